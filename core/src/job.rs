@@ -1,0 +1,163 @@
+//! The job state machine and what a `create_customer` job does with the profile it finds.
+//!
+//! ```text
+//!   pending ──claim──▶ running ──▶ succeeded   customer created (or already there) and written back
+//!      ▲                  │  ├───▶ skipped     profile gone before any Stripe call
+//!      └──retry (run_at)──┤  ├───▶ orphaned    customer created, but the profile vanished before write-back
+//!                         └──┴───▶ dead        permanent error, or attempts exhausted; reason kept
+//! ```
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::policy::{Backoff, Disposition};
+use crate::stripe::NewCustomer;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Pending,
+    Running,
+    Succeeded,
+    Skipped,
+    Orphaned,
+    Dead,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Skipped => "skipped",
+            JobState::Orphaned => "orphaned",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+/// The profile as the worker reads it just before calling Stripe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub email: Option<String>,
+    pub customer_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CustomerPlan {
+    /// No committed profile with this id: nothing to do, and nothing may be sent to Stripe.
+    ProfileGone,
+    /// The profile already has a customer; succeed without calling Stripe.
+    AlreadyProvisioned(String),
+    /// Sending this profile would create a customer Stripe or the app cannot use.
+    Unusable(String),
+    Create(NewCustomer),
+}
+
+/// Stripe's limit on a metadata value.
+pub const MAX_METADATA_VALUE: usize = 500;
+/// Stripe's limit on a customer's email.
+pub const MAX_EMAIL: usize = 512;
+
+pub fn plan_customer(user_id: &str, profile: Option<Profile>) -> CustomerPlan {
+    let Some(profile) = profile else { return CustomerPlan::ProfileGone };
+    if let Some(id) = profile.customer_id.filter(|id| !id.is_empty()) {
+        return CustomerPlan::AlreadyProvisioned(id);
+    }
+    if user_id.len() > MAX_METADATA_VALUE {
+        return CustomerPlan::Unusable(format!(
+            "user id is {} characters; Stripe metadata values are limited to {MAX_METADATA_VALUE}",
+            user_id.len()
+        ));
+    }
+    match profile.email.as_deref().map(str::trim) {
+        None | Some("") => CustomerPlan::Unusable("profile has no email".into()),
+        Some(email) => match check_email(email) {
+            Ok(()) => CustomerPlan::Create(NewCustomer { user_id: user_id.to_string(), email: email.to_string() }),
+            Err(why) => CustomerPlan::Unusable(why),
+        },
+    }
+}
+
+/// A deliberately loose check: catch obvious garbage, let Stripe judge the rest.
+pub fn check_email(email: &str) -> Result<(), String> {
+    if email.len() > MAX_EMAIL {
+        return Err(format!("email is {} characters; Stripe allows {MAX_EMAIL}", email.len()));
+    }
+    let valid = match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@') && !email.chars().any(char::is_whitespace)
+        }
+        None => false,
+    };
+    if valid { Ok(()) } else { Err(format!("email {email:?} is not an email address")) }
+}
+
+/// Where a job goes after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    RetryIn(Duration),
+    Dead,
+}
+
+pub fn after_failure(
+    attempts: u32,
+    max_attempts: u32,
+    disposition: Disposition,
+    backoff: &Backoff,
+    rng: &mut impl Rng,
+) -> AfterFailure {
+    match disposition {
+        Disposition::Retry { rate_limited } if attempts < max_attempts => {
+            AfterFailure::RetryIn(backoff.delay(attempts, rate_limited, rng))
+        }
+        _ => AfterFailure::Dead,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(email: Option<&str>, customer: Option<&str>) -> Option<Profile> {
+        Some(Profile { email: email.map(Into::into), customer_id: customer.map(Into::into) })
+    }
+
+    #[test]
+    fn plans_follow_the_profile() {
+        assert_eq!(plan_customer("u1", None), CustomerPlan::ProfileGone);
+        assert_eq!(
+            plan_customer("u1", profile(Some("a@b.co"), Some("cus_1"))),
+            CustomerPlan::AlreadyProvisioned("cus_1".into())
+        );
+        assert_eq!(
+            plan_customer("u1", profile(Some(" a@b.co "), None)),
+            CustomerPlan::Create(NewCustomer { user_id: "u1".into(), email: "a@b.co".into() })
+        );
+        assert!(matches!(plan_customer("u1", profile(None, None)), CustomerPlan::Unusable(_)));
+        assert!(matches!(plan_customer("u1", profile(Some("  "), None)), CustomerPlan::Unusable(_)));
+        assert!(matches!(plan_customer("u1", profile(Some("nope"), None)), CustomerPlan::Unusable(_)));
+        assert!(matches!(plan_customer(&"x".repeat(501), profile(Some("a@b.co"), None)), CustomerPlan::Unusable(_)));
+    }
+
+    #[test]
+    fn email_check_catches_garbage_only() {
+        for ok in ["a@b.co", "first.last+tag@sub.example.org", "x@localhost"] {
+            assert_eq!(check_email(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "plain", "@b.co", "a@", "a@b@c", "a b@c.d", &format!("{}@b.co", "a".repeat(600))] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn failures_retry_until_attempts_run_out() {
+        let backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(1) };
+        let retry = Disposition::Retry { rate_limited: false };
+        let mut rng = rand::rng();
+        assert!(matches!(after_failure(1, 3, retry, &backoff, &mut rng), AfterFailure::RetryIn(_)));
+        assert_eq!(after_failure(3, 3, retry, &backoff, &mut rng), AfterFailure::Dead);
+        assert_eq!(after_failure(1, 3, Disposition::Permanent, &backoff, &mut rng), AfterFailure::Dead);
+    }
+}

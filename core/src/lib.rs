@@ -1,0 +1,13 @@
+//! Pure logic of the `onboarding` extension, testable with plain `cargo test`:
+//!
+//! - [`stripe`]: the Stripe HTTP client (form encoding, auth, idempotency keys, error parsing);
+//! - [`policy`]: which failures are retried, and how long to wait before the next attempt;
+//! - [`job`]: what a job does with the profile it finds, and where it goes after an attempt;
+//! - [`runtime`]: an async runtime whose helper threads never receive PostgreSQL's signals.
+//!
+//! Nothing here touches PostgreSQL; the extension (`src/` at the top of the repository) is the glue.
+
+pub mod job;
+pub mod policy;
+pub mod runtime;
+pub mod stripe;

@@ -1,0 +1,399 @@
+//! The Stripe HTTP client: form-encoded requests, bearer auth, idempotency keys, and Stripe's
+//! error envelope parsed into [`StripeError`]. Works against any Stripe-compatible base URL.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde_json::Value;
+
+/// A Stripe secret key. Its `Debug` and `Display` never show more than Stripe itself would.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Option<ApiKey> {
+        let key = key.into();
+        let key = key.trim();
+        (!key.is_empty()).then(|| ApiKey(key.to_string()))
+    }
+
+    /// `sk_test_****abcd`, the way Stripe masks keys in its own messages.
+    pub fn masked(&self) -> String {
+        let prefix_end = self.0.match_indices('_').nth(1).map(|(i, _)| i + 1).unwrap_or(0);
+        let tail_start = self.0.len().saturating_sub(4).max(prefix_end);
+        let (prefix, tail) = (&self.0[..prefix_end], &self.0[tail_start..]);
+        format!("{prefix}****{tail}")
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.masked())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `https://api.stripe.com` in production; any Stripe-compatible server otherwise.
+    pub api_base: String,
+    pub api_key: ApiKey,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Form parameters in Stripe's bracket notation, e.g. `("metadata[user_id]", "…")`.
+pub type Params = Vec<(String, String)>;
+
+/// `application/x-www-form-urlencoded`, brackets percent-encoded (Stripe accepts both forms).
+pub fn encode_form(params: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish()
+}
+
+/// A successful (2xx) answer.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    pub request_id: Option<String>,
+    /// Stripe answered from its idempotency store (`Idempotent-Replayed: true`).
+    pub replayed: bool,
+    pub body: Value,
+}
+
+/// Stripe's error envelope plus the transport facts that decide whether to retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub error_type: Option<String>,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub param: Option<String>,
+    pub request_id: Option<String>,
+    /// `Stripe-Should-Retry`, which overrides every other retry rule.
+    pub should_retry: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    Connect,
+    Timeout,
+    /// The connection broke before a complete response arrived.
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StripeError {
+    /// No HTTP response: Stripe may or may not have executed the request.
+    Transport { kind: TransportKind, message: String },
+    /// An HTTP error status with Stripe's error envelope (or as much of it as was sent).
+    Api(ApiError),
+    /// A 2xx whose body is not the object we asked for.
+    InvalidResponse { status: u16, request_id: Option<String>, message: String },
+    /// The client could not be built (bad base URL, unusable key characters).
+    Config(String),
+}
+
+impl StripeError {
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            StripeError::Api(e) => e.request_id.as_deref(),
+            StripeError::InvalidResponse { request_id, .. } => request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            StripeError::Api(e) => Some(e.status),
+            StripeError::InvalidResponse { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Structured form for job rows and events.
+    pub fn to_json(&self) -> Value {
+        match self {
+            StripeError::Transport { kind, message } => serde_json::json!({
+                "kind": "transport", "transport": format!("{kind:?}").to_lowercase(), "message": message,
+            }),
+            StripeError::Api(e) => serde_json::json!({
+                "kind": "stripe", "status": e.status, "type": e.error_type, "code": e.code,
+                "message": e.message, "param": e.param, "request_id": e.request_id,
+                "should_retry": e.should_retry,
+            }),
+            StripeError::InvalidResponse { status, request_id, message } => serde_json::json!({
+                "kind": "invalid_response", "status": status, "request_id": request_id, "message": message,
+            }),
+            StripeError::Config(message) => serde_json::json!({"kind": "config", "message": message}),
+        }
+    }
+}
+
+impl fmt::Display for StripeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StripeError::Transport { kind, message } => {
+                let what = match kind {
+                    TransportKind::Connect => "could not connect to Stripe",
+                    TransportKind::Timeout => "Stripe request timed out",
+                    TransportKind::Other => "connection to Stripe failed",
+                };
+                write!(f, "{what}: {message}")
+            }
+            StripeError::Api(e) => {
+                write!(f, "Stripe answered HTTP {}", e.status)?;
+                if let Some(t) = &e.error_type {
+                    write!(f, " {t}")?;
+                }
+                if let Some(c) = &e.code {
+                    write!(f, " ({c})")?;
+                }
+                if let Some(m) = &e.message {
+                    write!(f, ": {m}")?;
+                }
+                if let Some(r) = &e.request_id {
+                    write!(f, " [request {r}]")?;
+                }
+                Ok(())
+            }
+            StripeError::InvalidResponse { status, request_id, message } => {
+                write!(f, "unexpected Stripe response (HTTP {status}): {message}")?;
+                if let Some(r) = request_id {
+                    write!(f, " [request {r}]")?;
+                }
+                Ok(())
+            }
+            StripeError::Config(m) => write!(f, "Stripe client misconfigured: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StripeError {}
+
+/// What we send to create a customer for a profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCustomer {
+    pub user_id: String,
+    pub email: String,
+}
+
+impl NewCustomer {
+    pub fn params(&self) -> Params {
+        vec![
+            ("email".into(), self.email.clone()),
+            ("metadata[user_id]".into(), self.user_id.clone()),
+        ]
+    }
+}
+
+/// The parts of a Stripe customer the extension uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Customer {
+    pub id: String,
+    pub email: Option<String>,
+    pub metadata_user_id: Option<String>,
+}
+
+impl Customer {
+    fn from_json(body: &Value) -> Option<Customer> {
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        Some(Customer {
+            id: text(body.get("id")?)?,
+            email: body.get("email").and_then(text),
+            metadata_user_id: body.pointer("/metadata/user_id").and_then(text),
+        })
+    }
+}
+
+pub struct StripeClient {
+    http: reqwest::Client,
+    api_base: String,
+    /// Marked sensitive, so reqwest never prints it.
+    authorization: HeaderValue,
+}
+
+impl StripeClient {
+    pub fn new(config: &ClientConfig) -> Result<StripeClient, StripeError> {
+        let api_base = config.api_base.trim_end_matches('/').to_string();
+        if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
+            return Err(StripeError::Config(format!(
+                "onboarding.stripe_api_base must start with https:// or http://, got {api_base:?}"
+            )));
+        }
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.api_key.0))
+            .map_err(|_| StripeError::Config("the Stripe API key contains characters not allowed in an HTTP header".into()))?;
+        authorization.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("onboarding-postgres/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StripeError::Config(e.without_url().to_string()))?;
+        Ok(StripeClient { http, api_base, authorization })
+    }
+
+    /// `POST /v1/customers` with the profile's email and `metadata[user_id]`.
+    pub async fn create_customer(
+        &self,
+        customer: &NewCustomer,
+        idempotency_key: &str,
+    ) -> Result<(Customer, Response), StripeError> {
+        let response = self.post("/v1/customers", &customer.params(), Some(idempotency_key)).await?;
+        let parsed = Customer::from_json(&response.body).ok_or_else(|| StripeError::InvalidResponse {
+            status: response.status,
+            request_id: response.request_id.clone(),
+            message: "the body has no customer id".into(),
+        })?;
+        Ok((parsed, response))
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        params: &[(String, String)],
+        idempotency_key: Option<&str>,
+    ) -> Result<Response, StripeError> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.api_base))
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(encode_form(params));
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        interpret(status, &headers, &bytes)
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Turns a status, headers and body into a [`Response`] or a [`StripeError`].
+pub fn interpret(status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Response, StripeError> {
+    let request_id = header_text(headers, "request-id");
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    if (200..300).contains(&status) {
+        let body = json.ok_or_else(|| StripeError::InvalidResponse {
+            status,
+            request_id: request_id.clone(),
+            message: "the body is not JSON".into(),
+        })?;
+        let replayed = header_text(headers, "idempotent-replayed").as_deref() == Some("true");
+        return Ok(Response { status, request_id, replayed, body });
+    }
+    let envelope = json.as_ref().and_then(|j| j.get("error"));
+    let field = |name: &str| envelope.and_then(|e| e.get(name)).and_then(Value::as_str).map(str::to_string);
+    Err(StripeError::Api(ApiError {
+        status,
+        error_type: field("type"),
+        code: field("code"),
+        message: field("message"),
+        param: field("param"),
+        request_id,
+        should_retry: match header_text(headers, "stripe-should-retry").as_deref() {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            _ => None,
+        },
+    }))
+}
+
+fn transport_error(e: reqwest::Error) -> StripeError {
+    let kind = if e.is_timeout() {
+        TransportKind::Timeout
+    } else if e.is_connect() {
+        TransportKind::Connect
+    } else {
+        TransportKind::Other
+    };
+    // The URL holds no secret, but keep messages short and stable: the causes, without the URL.
+    let mut causes = String::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        causes.push_str(": ");
+        causes.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let message = e.without_url().to_string() + &causes;
+    StripeError::Transport { kind, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn form_encoding_percent_encodes_brackets_and_reserved_characters() {
+        let params = NewCustomer { user_id: "u-1".into(), email: "a+b@example.com".into() }.params();
+        assert_eq!(encode_form(&params), "email=a%2Bb%40example.com&metadata%5Buser_id%5D=u-1");
+    }
+
+    #[test]
+    fn masks_keys_like_stripe() {
+        assert_eq!(ApiKey::new("sk_test_abcdefgh1234").unwrap().masked(), "sk_test_****1234");
+        assert_eq!(ApiKey::new("weird").unwrap().masked(), "****eird");
+        assert!(!format!("{:?}", ApiKey::new("sk_live_secretvalue9876").unwrap()).contains("secretvalue"));
+        assert!(ApiKey::new("   ").is_none());
+    }
+
+    #[test]
+    fn parses_success_with_replay_header() {
+        let h = headers(&[("request-id", "req_1"), ("idempotent-replayed", "true")]);
+        let r = interpret(200, &h, br#"{"id":"cus_1","email":"a@b.c","metadata":{"user_id":"u"}}"#).unwrap();
+        assert_eq!((r.request_id.as_deref(), r.replayed), (Some("req_1"), true));
+        let c = Customer::from_json(&r.body).unwrap();
+        assert_eq!(c, Customer { id: "cus_1".into(), email: Some("a@b.c".into()), metadata_user_id: Some("u".into()) });
+    }
+
+    #[test]
+    fn parses_error_envelope_and_should_retry() {
+        let h = headers(&[("request-id", "req_9"), ("stripe-should-retry", "false")]);
+        let body = br#"{"error":{"type":"invalid_request_error","code":"resource_missing","param":"customer","message":"No such customer: 'cus_x'"}}"#;
+        let StripeError::Api(e) = interpret(404, &h, body).unwrap_err() else { panic!("not an API error") };
+        assert_eq!(e.status, 404);
+        assert_eq!(e.error_type.as_deref(), Some("invalid_request_error"));
+        assert_eq!(e.code.as_deref(), Some("resource_missing"));
+        assert_eq!(e.param.as_deref(), Some("customer"));
+        assert_eq!(e.request_id.as_deref(), Some("req_9"));
+        assert_eq!(e.should_retry, Some(false));
+    }
+
+    #[test]
+    fn non_json_error_bodies_still_give_status_and_request_id() {
+        let err = interpret(502, &headers(&[("request-id", "req_2")]), b"<html>bad gateway</html>").unwrap_err();
+        assert_eq!((err.status(), err.request_id()), (Some(502), Some("req_2")));
+        assert!(err.to_string().contains("HTTP 502"), "{err}");
+    }
+
+    #[test]
+    fn non_json_success_is_an_invalid_response() {
+        let err = interpret(200, &HeaderMap::new(), b"ok").unwrap_err();
+        assert!(matches!(err, StripeError::InvalidResponse { status: 200, .. }));
+    }
+
+    #[test]
+    fn rejects_base_urls_without_scheme() {
+        let config = ClientConfig {
+            api_base: "api.stripe.com".into(),
+            api_key: ApiKey::new("sk_test_x").unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+        };
+        let Err(StripeError::Config(m)) = StripeClient::new(&config) else { panic!("accepted a bad base URL") };
+        assert!(m.contains("https://"), "{m}");
+    }
+}

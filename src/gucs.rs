@@ -1,0 +1,154 @@
+//! The `onboarding.*` settings. Each process holds its own copy; the worker re-reads them on SIGHUP
+//! (`SELECT pg_reload_conf()`), so `SET` in a session never reaches it.
+
+use std::ffi::CString;
+use std::time::Duration;
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_sys};
+
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static STRIPE_API_BASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"https://api.stripe.com"));
+pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(12);
+pub static RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+pub static RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000);
+pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"onboarding.database",
+        c"Database the onboarding background worker serves.",
+        c"The worker connects to this database at server start; install the extension there.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"onboarding.stripe_api_base",
+        c"Base URL of the Stripe API.",
+        c"https://api.stripe.com in production; any Stripe-compatible server for tests.",
+        &STRIPE_API_BASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"onboarding.stripe_api_key",
+        c"Stripe secret key used by the worker (superuser only).",
+        c"Set in postgresql.conf or with ALTER SYSTEM, then SELECT pg_reload_conf(). Hidden from non-superusers.",
+        &STRIPE_API_KEY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
+    );
+    let ms = |name, short, long, setting, min, max| {
+        GucRegistry::define_int_guc(name, short, long, setting, min, max, GucContext::Sighup, GucFlags::UNIT_MS)
+    };
+    ms(
+        c"onboarding.poll_interval",
+        c"How often the worker looks for due jobs when nothing wakes it.",
+        c"Committed inserts wake the worker at once; this is the safety net.",
+        &POLL_INTERVAL_MS,
+        10,
+        3_600_000,
+    );
+    ms(
+        c"onboarding.retry_base_delay",
+        c"Delay before the first retry of a failed Stripe call; doubles per attempt, with jitter.",
+        c"",
+        &RETRY_BASE_DELAY_MS,
+        1,
+        3_600_000,
+    );
+    ms(
+        c"onboarding.retry_max_delay",
+        c"Longest delay between two attempts of a job.",
+        c"",
+        &RETRY_MAX_DELAY_MS,
+        1,
+        86_400_000,
+    );
+    ms(
+        c"onboarding.connect_timeout",
+        c"Timeout for connecting to Stripe.",
+        c"",
+        &CONNECT_TIMEOUT_MS,
+        100,
+        600_000,
+    );
+    ms(
+        c"onboarding.request_timeout",
+        c"Timeout for a whole Stripe request.",
+        c"",
+        &REQUEST_TIMEOUT_MS,
+        100,
+        600_000,
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.max_attempts",
+        c"Attempts per job before it is parked as dead.",
+        c"",
+        &MAX_ATTEMPTS,
+        1,
+        1_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.batch_size",
+        c"Jobs the worker claims at once; their Stripe calls run concurrently.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        1_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"onboarding".as_ptr()) };
+}
+
+fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
+}
+
+fn millis(setting: &GucSetting<i32>) -> Duration {
+    Duration::from_millis(setting.get().max(0) as u64)
+}
+
+pub fn database() -> String {
+    text(&DATABASE).unwrap_or_else(|| "postgres".into())
+}
+
+pub fn stripe_api_base() -> String {
+    text(&STRIPE_API_BASE).unwrap_or_else(|| "https://api.stripe.com".into())
+}
+
+pub fn stripe_api_key() -> Option<String> {
+    text(&STRIPE_API_KEY)
+}
+
+pub fn poll_interval() -> Duration {
+    millis(&POLL_INTERVAL_MS)
+}
+
+pub fn batch_size() -> i32 {
+    BATCH_SIZE.get()
+}
+
+pub fn max_attempts() -> u32 {
+    MAX_ATTEMPTS.get().max(1) as u32
+}
+
+pub fn backoff() -> onboarding_core::policy::Backoff {
+    onboarding_core::policy::Backoff { base: millis(&RETRY_BASE_DELAY_MS), cap: millis(&RETRY_MAX_DELAY_MS) }
+}
+
+pub fn connect_timeout() -> Duration {
+    millis(&CONNECT_TIMEOUT_MS)
+}
+
+pub fn request_timeout() -> Duration {
+    millis(&REQUEST_TIMEOUT_MS)
+}

@@ -1,0 +1,53 @@
+//! `onboarding`: a PostgreSQL extension that creates Stripe customers for new profiles, after the
+//! profile's transaction commits, exactly once.
+//!
+//! Where things are:
+//! - `sql/onboarding.sql`: tables, `attach()`/`detach()`, the insert trigger, job transitions;
+//! - [`worker`]: the background worker loop (claim → call Stripe → record);
+//! - [`wake`]: waking the worker when an enqueuing transaction commits;
+//! - [`gucs`]: the `onboarding.*` settings;
+//! - `core/`: pure logic (Stripe client, retry policy, job planning), tested without PostgreSQL.
+
+use pgrx::prelude::*;
+
+mod gucs;
+mod wake;
+mod worker;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/onboarding.sql", name = "schema", bootstrap);
+
+extension_sql!(
+    r#"
+DO $$
+BEGIN
+    IF NOT onboarding._worker_preloaded() THEN
+        RAISE WARNING 'onboarding: the background worker is not running, so no Stripe customer will be created'
+            USING HINT = 'Add onboarding to shared_preload_libraries (ALTER SYSTEM SET shared_preload_libraries = ''onboarding'') and restart PostgreSQL.';
+    ELSIF current_setting('onboarding.database') <> current_database() THEN
+        RAISE WARNING 'onboarding: the background worker serves database "%", not "%"',
+                current_setting('onboarding.database'), current_database()
+            USING HINT = format('ALTER SYSTEM SET onboarding.database = %L and restart PostgreSQL.', current_database());
+    END IF;
+END $$;
+"#,
+    name = "preload_check",
+    finalize
+);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::register();
+    // Shared memory and background workers can only be set up while the postmaster loads us.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        wake::init_shared_memory();
+        worker::register();
+    }
+}
+
+/// True when the library was loaded through `shared_preload_libraries`, i.e. the worker exists.
+#[pg_extern(schema = "onboarding", name = "_worker_preloaded")]
+fn worker_preloaded() -> bool {
+    wake::shared_memory_ready()
+}

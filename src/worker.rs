@@ -1,0 +1,426 @@
+//! The background worker: the loop that turns committed jobs into Stripe customers.
+//!
+//! Each round has three phases, and no transaction is ever open during an HTTP call:
+//! 1. one transaction claims due jobs (`FOR UPDATE SKIP LOCKED`), re-reads their profiles,
+//!    finishes those that need no call, logs `stripe_request` for the rest, and commits;
+//! 2. the Stripe calls run concurrently, bounded by timeouts and abandoned on shutdown;
+//! 3. one transaction records every outcome (write-back, retry schedule or dead letter).
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use onboarding_core::job::{AfterFailure, CustomerPlan, Profile, after_failure, plan_customer};
+use onboarding_core::policy::classify;
+use onboarding_core::runtime::signal_safe_runtime;
+use onboarding_core::stripe::{ApiKey, ClientConfig, Customer, NewCustomer, Response, StripeClient, StripeError};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgTryBuilder};
+use serde_json::{Value, json};
+
+use crate::{gucs, wake};
+
+/// Pause after an unexpected database error, so a persistent one does not spin.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("onboarding worker")
+        .set_type("onboarding worker")
+        .set_library("onboarding")
+        .set_function("onboarding_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        // Restarted after any exit other than a requested shutdown.
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn onboarding_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    let runtime = signal_safe_runtime().unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
+    wake::publish_this_worker();
+    log!("onboarding: worker started for database \"{database}\"");
+
+    let mut worker = Worker { runtime, client: None, warned_no_key: false, last_requeue: None };
+    while !shutdown_requested() {
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            worker.client = None;
+            worker.warned_no_key = false;
+        }
+        let sleep = worker.run_round();
+        if !sleep.is_zero() && !BackgroundWorker::wait_latch(Some(sleep)) {
+            break;
+        }
+    }
+    wake::unpublish_this_worker();
+    log!("onboarding: worker stopped");
+}
+
+/// SIGTERM (smart/fast shutdown, pg_terminate_backend) sets this; pgrx's own flag resets on read.
+fn shutdown_requested() -> bool {
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+struct Worker {
+    runtime: tokio::runtime::Runtime,
+    client: Option<StripeClient>,
+    warned_no_key: bool,
+    last_requeue: Option<Instant>,
+}
+
+/// A claimed job that needs a Stripe call.
+struct Call {
+    job_id: i64,
+    attempts: u32,
+    idempotency_key: String,
+    customer: NewCustomer,
+}
+
+type CallResult = Result<(Customer, Response), StripeError>;
+
+impl Worker {
+    /// One claim/call/record round. Returns how long to sleep before the next one.
+    fn run_round(&mut self) -> Duration {
+        let poll = gucs::poll_interval();
+        if self.stripe_client().is_none() {
+            return poll;
+        }
+        let requeue = self.last_requeue.is_none_or(|t| t.elapsed() >= poll);
+        let claimed = in_transaction("claiming jobs", || claim_and_plan(gucs::batch_size(), requeue));
+        let Ok(Some((calls, claimed_count, next_due))) = claimed else {
+            return if claimed.is_err() { ERROR_PAUSE } else { poll };
+        };
+        if requeue {
+            self.last_requeue = Some(Instant::now());
+        }
+        if !calls.is_empty() {
+            let Some(results) = self.call_stripe(&calls) else { return Duration::ZERO };
+            record_results(&calls, results);
+        }
+        if claimed_count >= gucs::batch_size() as usize {
+            return Duration::ZERO;
+        }
+        next_due.map_or(poll, |due| due.min(poll))
+    }
+
+    /// The client, rebuilt after each configuration reload. None while no key is configured.
+    fn stripe_client(&mut self) -> Option<&StripeClient> {
+        if self.client.is_none() {
+            let Some(api_key) = gucs::stripe_api_key().and_then(ApiKey::new) else {
+                if !std::mem::replace(&mut self.warned_no_key, true) {
+                    warning!(
+                        "onboarding: onboarding.stripe_api_key is not set; jobs wait until it is \
+                         (ALTER SYSTEM SET onboarding.stripe_api_key = '...'; SELECT pg_reload_conf();)"
+                    );
+                }
+                return None;
+            };
+            let config = ClientConfig {
+                api_base: gucs::stripe_api_base(),
+                api_key,
+                connect_timeout: gucs::connect_timeout(),
+                request_timeout: gucs::request_timeout(),
+            };
+            match StripeClient::new(&config) {
+                Ok(client) => self.client = Some(client),
+                Err(e) => {
+                    if !std::mem::replace(&mut self.warned_no_key, true) {
+                        warning!("onboarding: {e}; jobs wait until the configuration is fixed");
+                    }
+                    return None;
+                }
+            }
+        }
+        self.client.as_ref()
+    }
+
+    /// Runs the calls concurrently. None if shutdown was requested meanwhile: the jobs stay
+    /// `running` and are requeued by the next worker, whose retry reuses their idempotency keys.
+    fn call_stripe(&mut self, calls: &[Call]) -> Option<Vec<(CallResult, Duration)>> {
+        let client = self.client.as_ref().expect("client checked by run_round");
+        for call in calls {
+            log!(
+                "onboarding: creating Stripe customer for user {} (job {}, attempt {})",
+                call.customer.user_id,
+                call.job_id,
+                call.attempts
+            );
+        }
+        let results = self.runtime.block_on(async {
+            let requests = join_all(calls.iter().map(|call| async {
+                let started = Instant::now();
+                let result = client.create_customer(&call.customer, &call.idempotency_key).await;
+                (result, started.elapsed())
+            }));
+            tokio::select! {
+                results = requests => Some(results),
+                () = until_shutdown_requested() => None,
+            }
+        });
+        check_for_interrupts!();
+        results
+    }
+}
+
+async fn until_shutdown_requested() {
+    while !shutdown_requested() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Phase 1. Returns None when the extension is not installed in this database yet.
+fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, Option<Duration>)> {
+    let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'onboarding')")
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if !installed {
+        return None;
+    }
+    if requeue {
+        let requeued = Spi::get_one_with_args::<i32>(
+            "SELECT onboarding._requeue_abandoned($1)",
+            &[(gucs::max_attempts() as i32).into()],
+        );
+        match requeued {
+            Ok(Some(n)) if n > 0 => log!("onboarding: took back {n} job(s) from a worker that exited mid-attempt"),
+            Ok(_) => {}
+            Err(e) => error!("onboarding: requeueing abandoned jobs: {e}"),
+        }
+    }
+
+    let claimed = Spi::connect_mut(|spi| {
+        let rows = spi.update("SELECT * FROM onboarding._claim_jobs($1)", None, &[batch_size.into()])?;
+        let mut claimed = Vec::new();
+        for row in rows {
+            let job_id: i64 = row.get(1)?.unwrap_or_default();
+            let user_id: String = row.get(3)?.unwrap_or_default();
+            let idempotency_key: String = row.get(4)?.unwrap_or_default();
+            let attempts = row.get::<i32>(5)?.unwrap_or_default().max(0) as u32;
+            let profile = row
+                .get::<bool>(6)?
+                .unwrap_or(false)
+                .then(|| -> Result<Profile, pgrx::spi::Error> {
+                    Ok(Profile { email: row.get(7)?, customer_id: row.get(8)? })
+                })
+                .transpose()?;
+            claimed.push((job_id, user_id, idempotency_key, attempts, profile));
+        }
+        Ok::<_, pgrx::spi::Error>(claimed)
+    })
+    .unwrap_or_else(|e| error!("onboarding: claiming jobs: {e}"));
+
+    let claimed_count = claimed.len();
+    let mut calls = Vec::new();
+    for (job_id, user_id, idempotency_key, attempts, profile) in claimed {
+        match plan_customer(&user_id, profile) {
+            CustomerPlan::ProfileGone => {
+                log!("onboarding: profile of user {user_id} no longer exists; skipping job {job_id}");
+                finish(job_id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
+            }
+            CustomerPlan::AlreadyProvisioned(id) => {
+                let detail = json!({"reason": "profile already has a customer", "stripe_id": id});
+                finish(job_id, "succeeded", "skipped", detail, Some(&id), None, None);
+            }
+            CustomerPlan::Unusable(reason) => {
+                warning!("onboarding: not creating a Stripe customer for user {user_id}: {reason} (job {job_id})");
+                finish(job_id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+            }
+            CustomerPlan::Create(customer) => {
+                let detail = json!({
+                    "method": "POST", "path": "/v1/customers", "attempt": attempts,
+                    "idempotency_key": idempotency_key, "email": customer.email,
+                });
+                log_event(job_id, "stripe_request", detail);
+                calls.push(Call { job_id, attempts, idempotency_key, customer });
+            }
+        }
+    }
+    let next_due = Spi::get_one::<f64>("SELECT onboarding._next_due_in()")
+        .ok()
+        .flatten()
+        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)));
+    Some((calls, claimed_count, next_due))
+}
+
+/// Phase 3: all outcomes in one transaction; if that fails, each job on its own, so one bad
+/// write-back (say, a failing trigger on the profile table) cannot hold the others hostage.
+fn record_results(calls: &[Call], results: Vec<(CallResult, Duration)>) {
+    let outcomes: Vec<_> = calls.iter().zip(results).collect();
+    let all = in_transaction("recording Stripe results", AssertUnwindSafe(|| {
+        for (call, (result, elapsed)) in &outcomes {
+            record_one(call, result, *elapsed);
+        }
+    }));
+    if all.is_ok() {
+        return;
+    }
+    for (call, (result, elapsed)) in &outcomes {
+        let one = in_transaction("recording a Stripe result", AssertUnwindSafe(|| record_one(call, result, *elapsed)));
+        if let Err(message) = one {
+            let stripe_id = result.as_ref().ok().map(|(c, _)| c.id.as_str());
+            let reason = format!("could not record the Stripe result: {message}");
+            let _ = in_transaction("parking a job", AssertUnwindSafe(|| {
+                let detail = json!({"reason": reason, "stripe_id": stripe_id});
+                finish(call.job_id, "dead", "dead", detail, stripe_id, Some(&reason), None)
+            }));
+        }
+    }
+}
+
+fn record_one(call: &Call, result: &CallResult, elapsed: Duration) {
+    let user_id = &call.customer.user_id;
+    let elapsed_ms = elapsed.as_millis() as u64;
+    match result {
+        Ok((customer, response)) => {
+            log!(
+                "onboarding: created Stripe customer {} for user {user_id} (job {}, request {})",
+                customer.id,
+                call.job_id,
+                response.request_id.as_deref().unwrap_or("unknown")
+            );
+            let detail = json!({
+                "status": response.status, "request_id": response.request_id, "stripe_id": customer.id,
+                "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
+            });
+            log_event(call.job_id, "stripe_response", detail);
+            if customer.metadata_user_id.as_deref() != Some(user_id.as_str()) {
+                // Never link a customer that Stripe says belongs to someone else.
+                let reason = format!(
+                    "customer {} has metadata.user_id {:?}, expected {user_id:?}",
+                    customer.id, customer.metadata_user_id
+                );
+                warning!("onboarding: not linking {}: {reason} (job {})", customer.id, call.job_id);
+                let detail = json!({"reason": reason, "stripe_id": customer.id});
+                finish(call.job_id, "orphaned", "orphaned", detail, Some(&customer.id), Some(&reason), None);
+                return;
+            }
+            let outcome = Spi::get_one_with_args::<String>(
+                "SELECT onboarding._write_back_customer($1, $2)",
+                &[call.job_id.into(), customer.id.as_str().into()],
+            )
+            .unwrap_or_else(|e| error!("onboarding: writing back {}: {e}", customer.id))
+            .unwrap_or_default();
+            match outcome.as_str() {
+                "written_back" => log!(
+                    "onboarding: wrote Stripe customer {} back to the profile of user {user_id} (job {})",
+                    customer.id,
+                    call.job_id
+                ),
+                "already_linked" => {}
+                other => warning!(
+                    "onboarding: Stripe customer {} for user {user_id} is not linked ({other}); job {} is orphaned",
+                    customer.id,
+                    call.job_id
+                ),
+            }
+        }
+        Err(error) => {
+            if let Some(status) = error.status() {
+                let detail = json!({"status": status, "request_id": error.request_id(), "duration_ms": elapsed_ms});
+                log_event(call.job_id, "stripe_response", detail);
+            }
+            let message = error.to_string();
+            let mut detail = error.to_json();
+            detail["attempt"] = call.attempts.into();
+            let next = after_failure(
+                call.attempts,
+                gucs::max_attempts(),
+                classify(error, true),
+                &gucs::backoff(),
+                &mut rand::rng(),
+            );
+            match next {
+                AfterFailure::RetryIn(delay) => {
+                    detail["retry_in_ms"] = (delay.as_millis() as u64).into();
+                    warning!(
+                        "onboarding: creating Stripe customer for user {user_id} failed: {message}; retrying in {:.1}s (job {}, attempt {})",
+                        delay.as_secs_f64(),
+                        call.job_id,
+                        call.attempts
+                    );
+                    finish(call.job_id, "pending", "failed", detail, None, Some(&message), Some(delay));
+                }
+                AfterFailure::Dead => {
+                    warning!(
+                        "onboarding: creating Stripe customer for user {user_id} failed for good: {message} (job {}, attempt {})",
+                        call.job_id,
+                        call.attempts
+                    );
+                    finish(call.job_id, "dead", "dead", detail, None, Some(&message), None);
+                }
+            }
+        }
+    }
+}
+
+fn finish(
+    job_id: i64,
+    state: &str,
+    step: &str,
+    detail: Value,
+    stripe_id: Option<&str>,
+    error: Option<&str>,
+    retry_in: Option<Duration>,
+) {
+    Spi::run_with_args(
+        "SELECT onboarding._finish_job($1, $2, $3, $4, stripe_id => $5, error => $6, \
+         retry_in => make_interval(secs => $7))",
+        &[
+            job_id.into(),
+            state.into(),
+            step.into(),
+            JsonB(detail).into(),
+            stripe_id.into(),
+            error.into(),
+            retry_in.map(|d| d.as_secs_f64()).into(),
+        ],
+    )
+    .unwrap_or_else(|e| error!("onboarding: finishing job {job_id}: {e}"));
+}
+
+fn log_event(job_id: i64, step: &str, detail: Value) {
+    Spi::run_with_args(
+        "SELECT onboarding._log_event($1, $2, $3)",
+        &[job_id.into(), step.into(), JsonB(detail).into()],
+    )
+    .unwrap_or_else(|e| error!("onboarding: logging {step} for job {job_id}: {e}"));
+}
+
+/// Runs `body` in its own transaction. An ERROR inside is caught, logged as a WARNING and the
+/// transaction aborted, so one bad job or statement never takes the worker down.
+fn in_transaction<R>(what: &str, body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    let body = AssertUnwindSafe(body);
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    PgTryBuilder::new(move || {
+        let result = (body.0)();
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        Ok(result)
+    })
+    .catch_others(|caught| {
+        let message = match &caught {
+            pg_sys::panic::CaughtError::PostgresError(report)
+            | pg_sys::panic::CaughtError::ErrorReport(report)
+            | pg_sys::panic::CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
+        };
+        Err(message)
+    })
+    .execute()
+    .inspect_err(|message| {
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        warning!("onboarding: {what} failed: {message}");
+    })
+}
