@@ -151,7 +151,9 @@ BEGIN
         SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
             customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column;
 
-    EXECUTE format('DROP TRIGGER IF EXISTS onboarding_enqueue ON %s', profile_table);
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_enqueue') THEN
+        EXECUTE format('DROP TRIGGER onboarding_enqueue ON %s', profile_table);
+    END IF;
     EXECUTE format($sql$
         CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %s
         REFERENCING NEW TABLE AS onboarding_inserted_profiles
@@ -168,7 +170,9 @@ COMMENT ON FUNCTION onboarding.attach IS
 CREATE FUNCTION onboarding.detach(profile_table regclass) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS onboarding_enqueue ON %s', profile_table);
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_enqueue') THEN
+        EXECUTE format('DROP TRIGGER onboarding_enqueue ON %s', profile_table);
+    END IF;
     DELETE FROM onboarding.attachments a WHERE a.profile_table = detach.profile_table;
     IF NOT FOUND THEN
         RETURN format('onboarding: %s was not attached', profile_table);
@@ -189,6 +193,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
     a onboarding.attachments;
+    rows_read bigint;
 BEGIN
     FOR job IN
         WITH due AS (
@@ -217,7 +222,8 @@ BEGIN
             EXECUTE format('SELECT %I::text, %I::text FROM %s WHERE %I = $1::%s',
                     a.email_column, a.customer_column, a.profile_table, a.id_column, a.id_type)
                INTO email, customer_id USING job.user_id;
-            profile_found := FOUND;
+            GET DIAGNOSTICS rows_read = ROW_COUNT;  -- EXECUTE does not set FOUND
+            profile_found := rows_read = 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM onboarding._finish_job(job.id, 'dead', 'dead',
                 jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
@@ -269,6 +275,7 @@ DECLARE
     a onboarding.attachments;
     current_id text;
     found_profile boolean;
+    updated bigint;
 BEGIN
     SELECT * INTO j FROM onboarding.jobs WHERE id = job;
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
@@ -276,7 +283,8 @@ BEGIN
         EXECUTE format('UPDATE %s SET %I = $2 WHERE %I = $1::%s AND %I IS NULL',
                 a.profile_table, a.customer_column, a.id_column, a.id_type, a.customer_column)
           USING j.user_id, customer;
-        IF FOUND THEN
+        GET DIAGNOSTICS updated = ROW_COUNT;  -- EXECUTE does not set FOUND
+        IF updated = 1 THEN
             PERFORM onboarding._finish_job(job, 'succeeded', 'written_back',
                 jsonb_build_object('stripe_id', customer, 'table', a.profile_table::text, 'column', a.customer_column),
                 stripe_id => customer);

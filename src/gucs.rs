@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_sys};
 
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static STRIPE_API_BASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"https://api.stripe.com"));
 pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -44,7 +45,16 @@ pub fn register() {
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
     );
     let ms = |name, short, long, setting, min, max| {
-        GucRegistry::define_int_guc(name, short, long, setting, min, max, GucContext::Sighup, GucFlags::UNIT_MS)
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            long,
+            setting,
+            min,
+            max,
+            GucContext::Sighup,
+            GucFlags::UNIT_MS,
+        )
     };
     ms(
         c"onboarding.poll_interval",
@@ -110,7 +120,10 @@ pub fn register() {
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
-    setting.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.trim().is_empty())
 }
 
 fn millis(setting: &GucSetting<i32>) -> Duration {
@@ -142,7 +155,10 @@ pub fn max_attempts() -> u32 {
 }
 
 pub fn backoff() -> onboarding_core::policy::Backoff {
-    onboarding_core::policy::Backoff { base: millis(&RETRY_BASE_DELAY_MS), cap: millis(&RETRY_MAX_DELAY_MS) }
+    onboarding_core::policy::Backoff {
+        base: millis(&RETRY_BASE_DELAY_MS),
+        cap: millis(&RETRY_MAX_DELAY_MS),
+    }
 }
 
 pub fn connect_timeout() -> Duration {

@@ -47,7 +47,7 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 /// True when the library was loaded through `shared_preload_libraries`, i.e. the worker exists.
-#[pg_extern(schema = "onboarding", name = "_worker_preloaded")]
+#[pg_extern(name = "_worker_preloaded")]
 fn worker_preloaded() -> bool {
     wake::shared_memory_ready()
 }

@@ -38,7 +38,7 @@ pub fn unpublish_this_worker() {
     WORKER_PROCNO.get().store(NO_WORKER, Ordering::Release);
 }
 
-#[pg_extern(schema = "onboarding", name = "_wake_worker_after_commit", volatile, parallel_unsafe)]
+#[pg_extern(name = "_wake_worker_after_commit", volatile, parallel_unsafe)]
 fn wake_worker_after_commit() {
     if !shared_memory_ready() || WAKE_REGISTERED.swap(true, Ordering::Relaxed) {
         return;
@@ -47,7 +47,9 @@ fn wake_worker_after_commit() {
         WAKE_REGISTERED.store(false, Ordering::Relaxed);
         set_worker_latch();
     });
-    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_REGISTERED.store(false, Ordering::Relaxed));
+    register_xact_callback(PgXactCallbackEvent::Abort, || {
+        WAKE_REGISTERED.store(false, Ordering::Relaxed)
+    });
 }
 
 /// Runs inside a commit callback, where an ERROR would be a PANIC: no locks, no allocation, no

@@ -1,0 +1,919 @@
+//! End-to-end tests: a real PostgreSQL 15 with the extension preloaded, its background worker,
+//! and the project's Stripe emulator in this process. Committed data only, as applications see it.
+//!
+//! Run with `cargo test --test end_to_end` after `cargo pgrx install`. Tests share one cluster
+//! and one emulator, so they run one at a time; each uses its own profile table and user ids.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use postgres::Client;
+use serde_json::Value;
+use stripe_emulator::{Emulator, EmulatorConfig, Fault, RecordedRequest};
+use support::cluster::Cluster;
+
+/// A distinctive key: the leak test looks for it everywhere it must not be.
+const API_KEY: &str = "sk_test_LEAKCANARY7f3a9c2e51d8b406";
+/// Far longer than any wait below, so a prompt result proves the commit woke the worker.
+const POLL_INTERVAL: Duration = Duration::from_secs(60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Env {
+    cluster: Cluster,
+    stripe: Emulator,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+fn env() -> &'static Env {
+    ENV.get().expect("environment started in main")
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let tests: Vec<(&str, fn() -> Result<(), Failed>)> = vec![
+        (
+            "committed_insert_creates_one_customer_and_writes_it_back",
+            committed_insert_creates_one_customer,
+        ),
+        (
+            "rolled_back_insert_leaves_no_job_and_calls_nothing",
+            rolled_back_insert_calls_nothing,
+        ),
+        (
+            "open_transaction_gets_no_call_until_commit_then_a_prompt_wake",
+            open_transaction_waits_for_commit,
+        ),
+        (
+            "profile_deleted_before_the_worker_runs_is_skipped",
+            deleted_profile_is_skipped,
+        ),
+        (
+            "profile_deleted_during_the_stripe_call_is_recorded_as_orphaned",
+            deleted_during_call_is_orphaned,
+        ),
+        (
+            "profile_with_a_customer_id_gets_no_stripe_call",
+            provisioned_profile_gets_no_call,
+        ),
+        (
+            "two_hundred_profiles_in_one_transaction_get_two_hundred_customers",
+            two_hundred_profiles,
+        ),
+        (
+            "transient_failures_are_recorded_and_retried_with_one_idempotency_key",
+            transient_failures_retry,
+        ),
+        (
+            "bad_request_is_recorded_and_parked_not_retried",
+            bad_request_is_parked,
+        ),
+        (
+            "profile_without_email_is_parked_without_a_call",
+            missing_email_is_parked,
+        ),
+        ("stuck_call_times_out_and_is_retried", stuck_call_times_out),
+        (
+            "terminated_worker_exits_promptly_restarts_and_finishes_the_job",
+            terminated_worker_restarts,
+        ),
+        (
+            "attach_validates_its_target_and_is_idempotent",
+            attach_validates,
+        ),
+        (
+            "api_key_never_appears_in_jobs_events_errors_or_logs",
+            api_key_never_leaks,
+        ),
+    ];
+    // Each test starts with an emulator that has no faults or objects left by the previous one.
+    let trials: Vec<Trial> = tests
+        .into_iter()
+        .map(|(name, test)| {
+            Trial::test(name, move || {
+                env().stripe.reset();
+                test()
+            })
+        })
+        .collect();
+
+    if !args.list {
+        let stripe = Emulator::start(
+            "127.0.0.1:0",
+            EmulatorConfig {
+                api_key: Some(API_KEY.into()),
+                ..Default::default()
+            },
+        )
+        .expect("start the Stripe emulator");
+        let settings = format!(
+            "onboarding.database = 'postgres'\n\
+             onboarding.stripe_api_base = '{base}'\n\
+             onboarding.stripe_api_key = '{API_KEY}'\n\
+             onboarding.poll_interval = '{poll}ms'\n\
+             onboarding.retry_base_delay = '100ms'\n\
+             onboarding.retry_max_delay = '1s'\n\
+             onboarding.max_attempts = 6\n\
+             onboarding.connect_timeout = '1s'\n\
+             onboarding.request_timeout = '{timeout}ms'\n\
+             log_min_messages = debug1\n",
+            base = stripe.base_url(),
+            poll = POLL_INTERVAL.as_millis(),
+            timeout = REQUEST_TIMEOUT.as_millis(),
+        );
+        let cluster = Cluster::start(&settings);
+        cluster
+            .connect()
+            .batch_execute("CREATE EXTENSION onboarding")
+            .expect("CREATE EXTENSION");
+        let _ = ENV.set(Env { cluster, stripe });
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Some(env) = ENV.get() {
+        env.cluster.stop();
+    }
+    conclusion.exit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn db() -> Client {
+    env().cluster.connect()
+}
+
+/// A Supabase-shaped profile table, attached.
+fn profiles_table(db: &mut Client, name: &str) -> String {
+    let table = format!("public.{name}");
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (
+             id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+             email text,
+             stripe_customer_id text,
+             stripe_connect_account_id text,
+             created_at timestamptz NOT NULL DEFAULT now());
+         SELECT onboarding.attach('{table}');"
+    ))
+    .unwrap();
+    table
+}
+
+fn insert_profile(
+    db: &mut impl postgres::GenericClient,
+    table: &str,
+    email: Option<&str>,
+) -> String {
+    db.query_one(
+        &format!("INSERT INTO {table} (email) VALUES ($1) RETURNING id::text"),
+        &[&email],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Polls `probe` until it yields a value or the deadline passes.
+fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T, Failed> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if Instant::now() >= until {
+            return Err(format!("timed out after {deadline:?} waiting for {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn customer_id(db: &mut Client, table: &str, user: &str) -> Option<String> {
+    db.query_one(
+        &format!("SELECT stripe_customer_id FROM {table} WHERE id::text = $1"),
+        &[&user],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn wait_for_customer(db: &mut Client, table: &str, user: &str) -> Result<String, Failed> {
+    wait_for(&format!("a customer for {user}"), DEADLINE, || {
+        customer_id(db, table, user)
+    })
+}
+
+#[derive(Debug)]
+struct Job {
+    state: String,
+    attempts: i32,
+    stripe_id: Option<String>,
+    last_error: Option<String>,
+    idempotency_key: String,
+}
+
+fn jobs_for(db: &mut Client, user: &str) -> Vec<Job> {
+    db.query(
+        "SELECT id, state, attempts, stripe_id, last_error, idempotency_key FROM onboarding.jobs
+          WHERE user_id = $1 ORDER BY id",
+        &[&user],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| Job {
+        state: r.get(1),
+        attempts: r.get(2),
+        stripe_id: r.get(3),
+        last_error: r.get(4),
+        idempotency_key: r.get(5),
+    })
+    .collect()
+}
+
+fn only_job(db: &mut Client, user: &str) -> Result<Job, Failed> {
+    let mut jobs = jobs_for(db, user);
+    if jobs.len() != 1 {
+        return Err(format!("expected one job for {user}, found {jobs:?}").into());
+    }
+    Ok(jobs.remove(0))
+}
+
+fn wait_for_state(db: &mut Client, user: &str, state: &str) -> Result<Job, Failed> {
+    wait_for(&format!("job of {user} to be {state}"), DEADLINE, || {
+        jobs_for(db, user).into_iter().find(|j| j.state == state)
+    })
+}
+
+/// (step, detail) in sequence order.
+fn events_for(db: &mut Client, user: &str) -> Vec<(String, Value)> {
+    db.query(
+        "SELECT step, detail FROM onboarding.events WHERE user_id = $1 ORDER BY at, id",
+        &[&user],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+fn steps(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(s, _)| s.as_str()).collect()
+}
+
+/// Requests the emulator received that concern this user (by `metadata[user_id]`).
+fn stripe_requests_for(user: &str) -> Vec<RecordedRequest> {
+    env()
+        .stripe
+        .requests()
+        .into_iter()
+        .filter(|r| r.params["metadata"]["user_id"] == user)
+        .collect()
+}
+
+fn stripe_customers_for(user: &str) -> Vec<Value> {
+    env()
+        .stripe
+        .customers()
+        .into_iter()
+        .filter(|c| c["metadata"]["user_id"] == user)
+        .collect()
+}
+
+fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
+    if condition {
+        Ok(())
+    } else {
+        Err(message().into())
+    }
+}
+
+fn worker_pid(db: &mut Client) -> Option<i32> {
+    db.query_opt(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'onboarding worker'",
+        &[],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+fn committed_insert_creates_one_customer() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_basic");
+    let user = insert_profile(&mut db, &table, Some("ada@example.com"));
+
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    let job = wait_for_state(&mut db, &user, "succeeded")?;
+    ensure(job.stripe_id.as_deref() == Some(customer.as_str()), || {
+        format!("job {job:?} vs {customer}")
+    })?;
+
+    let customers = stripe_customers_for(&user);
+    ensure(customers.len() == 1, || {
+        format!("expected one Stripe customer, got {customers:?}")
+    })?;
+    ensure(customers[0]["id"] == customer.as_str(), || {
+        format!("{customers:?} vs {customer}")
+    })?;
+    ensure(customers[0]["email"] == "ada@example.com", || {
+        format!("email: {}", customers[0])
+    })?;
+
+    let requests = stripe_requests_for(&user);
+    ensure(requests.len() == 1, || {
+        format!("expected one request, got {requests:?}")
+    })?;
+    ensure(
+        requests[0].idempotency_key.as_deref() == Some(job.idempotency_key.as_str()),
+        || {
+            format!(
+                "idempotency key {:?} vs job {:?}",
+                requests[0].idempotency_key, job.idempotency_key
+            )
+        },
+    )?;
+
+    let events = events_for(&mut db, &user);
+    let expected = [
+        "enqueued",
+        "claimed",
+        "stripe_request",
+        "stripe_response",
+        "written_back",
+    ];
+    ensure(steps(&events) == expected, || {
+        format!("steps {:?}", steps(&events))
+    })?;
+    let response = &events[3].1;
+    ensure(
+        response["status"] == 200
+            && response["request_id"] == requests[0].request_id.as_deref().unwrap(),
+        || format!("stripe_response detail {response}"),
+    )
+}
+
+fn rolled_back_insert_calls_nothing() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_rollback");
+    let mut tx = db.transaction().unwrap();
+    let rolled_back = insert_profile(&mut tx, &table, Some("ghost@example.com"));
+    tx.rollback().unwrap();
+    // A committed profile afterwards proves the worker ran after the rollback.
+    let committed = insert_profile(&mut db, &table, Some("real@example.com"));
+    wait_for_customer(&mut db, &table, &committed)?;
+
+    ensure(jobs_for(&mut db, &rolled_back).is_empty(), || {
+        "a rolled-back insert left a job".into()
+    })?;
+    ensure(events_for(&mut db, &rolled_back).is_empty(), || {
+        "a rolled-back insert left events".into()
+    })?;
+    let requests = stripe_requests_for(&rolled_back);
+    ensure(requests.is_empty(), || {
+        format!("Stripe was called for a rolled-back profile: {requests:?}")
+    })
+}
+
+fn open_transaction_waits_for_commit() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_open_tx");
+    let mut writer = env().cluster.connect();
+    let mut tx = writer.transaction().unwrap();
+    let user = insert_profile(&mut tx, &table, Some("patient@example.com"));
+
+    // While it is open, another committed profile is provisioned: the worker is active...
+    let other = insert_profile(&mut db, &table, Some("other@example.com"));
+    wait_for_customer(&mut db, &table, &other)?;
+    // ...and for several seconds it must not touch the uncommitted one.
+    let open_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < open_until {
+        let requests = stripe_requests_for(&user);
+        ensure(requests.is_empty(), || {
+            format!("Stripe called before COMMIT: {requests:?}")
+        })?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure(jobs_for(&mut db, &user).is_empty(), || {
+        "job visible before COMMIT".into()
+    })?;
+
+    let committed_at = Instant::now();
+    let committed_wall = std::time::SystemTime::now();
+    tx.commit().unwrap();
+    wait_for_customer(&mut db, &table, &user)?;
+    let latency = committed_at.elapsed();
+    // The poll interval is 60 s: only the commit-time wake explains a result within seconds.
+    ensure(latency < Duration::from_secs(5), || {
+        format!("customer took {latency:?} after COMMIT")
+    })?;
+    let first = &stripe_requests_for(&user)[0];
+    ensure(first.arrived_at >= committed_wall, || {
+        "the Stripe request predates the COMMIT".into()
+    })
+}
+
+/// Holds the worker inside a Stripe call (a stalled request for a decoy profile) while the test
+/// changes another profile after its commit, so the worker sees the change deterministically.
+fn while_worker_is_busy(
+    db: &mut Client,
+    table: &str,
+    change: impl FnOnce(&mut Client),
+) -> Result<(), Failed> {
+    env().stripe.inject(
+        Fault::stall(Duration::from_secs(2))
+            .on("POST", "/v1/customers")
+            .times(1),
+    );
+    let decoy = insert_profile(db, table, Some("decoy@example.com"));
+    wait_for("the decoy's request to reach Stripe", DEADLINE, || {
+        (!stripe_requests_for(&decoy).is_empty()).then_some(())
+    })?;
+    change(db);
+    wait_for_customer(db, table, &decoy)?;
+    Ok(())
+}
+
+fn deleted_profile_is_skipped() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_deleted");
+    let mut user = String::new();
+    while_worker_is_busy(&mut db, &table, |db| {
+        user = insert_profile(db, &table, Some("gone@example.com"));
+        db.execute(
+            &format!("DELETE FROM {table} WHERE id::text = $1"),
+            &[&user],
+        )
+        .unwrap();
+    })?;
+    let job = wait_for_state(&mut db, &user, "skipped")?;
+    ensure(job.stripe_id.is_none(), || format!("{job:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events) == ["enqueued", "claimed", "skipped"], || {
+        format!("steps {:?}", steps(&events))
+    })?;
+    ensure(events[2].1["reason"] == "profile not found", || {
+        format!("{}", events[2].1)
+    })?;
+    let requests = stripe_requests_for(&user);
+    ensure(requests.is_empty(), || {
+        format!("Stripe called for a deleted profile: {requests:?}")
+    })
+}
+
+fn deleted_during_call_is_orphaned() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_vanishing");
+    env().stripe.inject(
+        Fault::stall(Duration::from_secs(2))
+            .on("POST", "/v1/customers")
+            .times(1),
+    );
+    let user = insert_profile(&mut db, &table, Some("vanishing@example.com"));
+    wait_for("the request to reach Stripe", DEADLINE, || {
+        (!stripe_requests_for(&user).is_empty()).then_some(())
+    })?;
+    db.execute(
+        &format!("DELETE FROM {table} WHERE id::text = $1"),
+        &[&user],
+    )
+    .unwrap();
+
+    let job = wait_for_state(&mut db, &user, "orphaned")?;
+    let customers = stripe_customers_for(&user);
+    ensure(customers.len() == 1, || format!("{customers:?}"))?;
+    // Nothing silently lost: the job names the Stripe customer that has no profile.
+    ensure(
+        job.stripe_id.as_deref() == customers[0]["id"].as_str(),
+        || format!("{job:?} vs {customers:?}"),
+    )?;
+    ensure(
+        job.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("profile deleted")),
+        || format!("{job:?}"),
+    )?;
+    let events = events_for(&mut db, &user);
+    ensure(
+        steps(&events).ends_with(&["stripe_response", "orphaned"]),
+        || format!("steps {:?}", steps(&events)),
+    )
+}
+
+fn provisioned_profile_gets_no_call() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_provisioned");
+    // Inserted with an ID already: nothing to enqueue.
+    let inserted_with_id: String = db
+        .query_one(
+            &format!("INSERT INTO {table} (email, stripe_customer_id) VALUES ('has@example.com', 'cus_existing1') RETURNING id::text"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // Given an ID after enqueueing but before the worker gets to it: the job succeeds without a call.
+    let mut user = String::new();
+    while_worker_is_busy(&mut db, &table, |db| {
+        user = insert_profile(db, &table, Some("later@example.com"));
+        db.execute(
+            &format!("UPDATE {table} SET stripe_customer_id = 'cus_existing2' WHERE id::text = $1"),
+            &[&user],
+        )
+        .unwrap();
+    })?;
+    let job = wait_for_state(&mut db, &user, "succeeded")?;
+    ensure(job.stripe_id.as_deref() == Some("cus_existing2"), || {
+        format!("{job:?}")
+    })?;
+    ensure(jobs_for(&mut db, &inserted_with_id).is_empty(), || {
+        "a job for a provisioned profile".into()
+    })?;
+    for u in [&user, &inserted_with_id] {
+        let requests = stripe_requests_for(u);
+        ensure(requests.is_empty(), || {
+            format!("Stripe called for a provisioned profile: {requests:?}")
+        })?;
+    }
+    Ok(())
+}
+
+fn two_hundred_profiles() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_bulk");
+    let users: Vec<String> = db
+        .query(
+            &format!("INSERT INTO {table} (email) SELECT 'bulk' || g || '@example.com' FROM generate_series(1, 200) g RETURNING id::text"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    wait_for(
+        "200 customers written back",
+        Duration::from_secs(60),
+        || {
+            let done: i64 = db
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE stripe_customer_id IS NOT NULL"),
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (done == 200).then_some(())
+        },
+    )?;
+    let distinct: i64 = db
+        .query_one(
+            &format!("SELECT count(DISTINCT stripe_customer_id) FROM {table}"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    ensure(distinct == 200, || {
+        format!("{distinct} distinct customer ids for 200 profiles")
+    })?;
+    let all = env().stripe.customers();
+    for user in &users {
+        let theirs = all
+            .iter()
+            .filter(|c| c["metadata"]["user_id"] == user.as_str())
+            .count();
+        ensure(theirs == 1, || {
+            format!("user {user} has {theirs} Stripe customers")
+        })?;
+    }
+    Ok(())
+}
+
+fn transient_failures_retry() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_transient");
+    let stripe = &env().stripe;
+    stripe.inject(Fault::status(503).on("POST", "/v1/customers").times(1));
+    stripe.inject(Fault::rate_limit().on("POST", "/v1/customers").times(1));
+    stripe.inject(Fault::drop_before().on("POST", "/v1/customers").times(1));
+    // Executed by Stripe, but the answer is lost: the retry must replay it, not create another.
+    stripe.inject(Fault::drop_after().on("POST", "/v1/customers").times(1));
+    let user = insert_profile(&mut db, &table, Some("flaky@example.com"));
+
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    let job = only_job(&mut db, &user)?;
+    ensure(job.state == "succeeded" && job.attempts == 5, || {
+        format!("{job:?}")
+    })?;
+    ensure(job.last_error.is_some(), || {
+        "the failures left no last_error".into()
+    })?;
+
+    let customers = stripe_customers_for(&user);
+    ensure(
+        customers.len() == 1 && customers[0]["id"] == customer.as_str(),
+        || format!("{customers:?}"),
+    )?;
+    let requests = stripe_requests_for(&user);
+    ensure(requests.len() == 5, || {
+        format!("expected 5 requests, got {requests:?}")
+    })?;
+    ensure(
+        requests
+            .iter()
+            .all(|r| r.idempotency_key.as_deref() == Some(job.idempotency_key.as_str())),
+        || "retries used different idempotency keys".into(),
+    )?;
+    ensure(requests[4].replayed, || {
+        "the last attempt was not an idempotent replay".into()
+    })?;
+
+    let events = events_for(&mut db, &user);
+    let failures: Vec<&Value> = events
+        .iter()
+        .filter(|(s, _)| s == "failed")
+        .map(|(_, d)| d)
+        .collect();
+    ensure(failures.len() == 4, || {
+        format!("expected 4 failed events, got {:?}", steps(&events))
+    })?;
+    for (failure, (status, request)) in failures
+        .iter()
+        .zip([(503, &requests[0]), (429, &requests[1])])
+    {
+        ensure(
+            failure["status"] == status
+                && failure["request_id"] == request.request_id.as_deref().unwrap(),
+            || format!("failure {failure} vs request {request:?}"),
+        )?;
+    }
+    ensure(
+        failures[2]["kind"] == "transport" && failures[3]["kind"] == "transport",
+        || format!("{failures:?}"),
+    )?;
+    ensure(steps(&events).last() == Some(&"written_back"), || {
+        format!("steps {:?}", steps(&events))
+    })
+}
+
+fn bad_request_is_parked() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_bad_request");
+    env().stripe.inject(
+        Fault::status(400)
+            .on("POST", "/v1/customers")
+            .times(1)
+            .code("parameter_invalid_empty")
+            .message("Invalid email address"),
+    );
+    let user = insert_profile(&mut db, &table, Some("rejected@example.com"));
+    let job = wait_for_state(&mut db, &user, "dead")?;
+    ensure(job.attempts == 1, || format!("a 400 was retried: {job:?}"))?;
+    let requests = stripe_requests_for(&user);
+    ensure(requests.len() == 1, || format!("{requests:?}"))?;
+    let error = job.last_error.unwrap_or_default();
+    let request_id = requests[0].request_id.clone().unwrap();
+    for needle in [
+        "400",
+        "parameter_invalid_empty",
+        "Invalid email address",
+        request_id.as_str(),
+    ] {
+        ensure(error.contains(needle), || {
+            format!("last_error {error:?} lacks {needle:?}")
+        })?;
+    }
+    ensure(customer_id(&mut db, &table, &user).is_none(), || {
+        "a customer was written".into()
+    })
+}
+
+fn missing_email_is_parked() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_no_email");
+    let user = insert_profile(&mut db, &table, None);
+    let job = wait_for_state(&mut db, &user, "dead")?;
+    ensure(
+        job.last_error.as_deref() == Some("profile has no email"),
+        || format!("{job:?}"),
+    )?;
+    ensure(stripe_requests_for(&user).is_empty(), || {
+        "a profile without email was sent to Stripe".into()
+    })
+}
+
+fn stuck_call_times_out() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_stuck");
+    env().stripe.inject(
+        Fault::stall(REQUEST_TIMEOUT * 3)
+            .on("POST", "/v1/customers")
+            .times(1),
+    );
+    let user = insert_profile(&mut db, &table, Some("slow@example.com"));
+    wait_for_customer(&mut db, &table, &user)?;
+    let events = events_for(&mut db, &user);
+    let failure = events
+        .iter()
+        .find(|(s, _)| s == "failed")
+        .map(|(_, d)| d.clone());
+    ensure(
+        failure
+            .as_ref()
+            .is_some_and(|f| f["transport"] == "timeout"),
+        || format!("events {events:?}"),
+    )
+}
+
+fn terminated_worker_restarts() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_terminate");
+    let before = wait_for("the worker", DEADLINE, || worker_pid(&mut db))?;
+    env().stripe.inject(
+        Fault::stall(Duration::from_secs(30))
+            .on("POST", "/v1/customers")
+            .times(1),
+    );
+    let user = insert_profile(&mut db, &table, Some("interrupted@example.com"));
+    wait_for("the request to reach Stripe", DEADLINE, || {
+        (!stripe_requests_for(&user).is_empty()).then_some(())
+    })?;
+
+    let terminated_at = Instant::now();
+    db.execute("SELECT pg_terminate_backend($1)", &[&before])
+        .unwrap();
+    wait_for("the worker to exit", Duration::from_secs(2), || {
+        (worker_pid(&mut db) != Some(before)).then_some(())
+    })?;
+    let exit = terminated_at.elapsed();
+    ensure(exit < Duration::from_millis(1500), || {
+        format!("the worker took {exit:?} to exit mid-call")
+    })?;
+
+    let after = wait_for("a restarted worker", DEADLINE, || worker_pid(&mut db))?;
+    ensure(after != before, || "the same worker pid".into())?;
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    let job = only_job(&mut db, &user)?;
+    ensure(job.state == "succeeded" && job.attempts == 2, || {
+        format!("{job:?}")
+    })?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events).contains(&"requeued"), || {
+        format!("steps {:?}", steps(&events))
+    })?;
+    let customers = stripe_customers_for(&user);
+    ensure(
+        customers.len() == 1 && customers[0]["id"] == customer.as_str(),
+        || format!("{customers:?}"),
+    )
+}
+
+fn sqlstate(result: Result<impl Sized, postgres::Error>) -> Result<(String, String), Failed> {
+    match result {
+        Ok(_) => Err("expected an error".into()),
+        Err(e) => {
+            let db = e
+                .as_db_error()
+                .ok_or_else(|| format!("not a database error: {e}"))?;
+            Ok((
+                db.code().code().to_string(),
+                format!("{} {}", db.message(), db.hint().unwrap_or("")),
+            ))
+        }
+    }
+}
+
+fn attach_validates() -> Result<(), Failed> {
+    let mut db = db();
+    db.batch_execute(
+        "DROP TABLE IF EXISTS public.attach_target, public.attach_wrong CASCADE;
+         CREATE TABLE public.attach_target (id uuid PRIMARY KEY, email text, stripe_customer_id text);
+         CREATE TABLE public.attach_wrong (id uuid PRIMARY KEY, email integer, stripe_customer_id text);
+         CREATE OR REPLACE VIEW public.attach_view AS SELECT * FROM public.attach_target;",
+    )
+    .unwrap();
+    let cases = [
+        (
+            "SELECT onboarding.attach('public.no_such_table')",
+            "42P01",
+            "no_such_table",
+        ),
+        (
+            "SELECT onboarding.attach('public.attach_target', email_column => 'mail')",
+            "42703",
+            "mail",
+        ),
+        (
+            "SELECT onboarding.attach('public.attach_wrong')",
+            "42804",
+            "integer",
+        ),
+        (
+            "SELECT onboarding.attach('public.attach_view')",
+            "42809",
+            "not a table",
+        ),
+        (
+            "SELECT onboarding.attach('public.attach_target', connect_account_column => 'acct')",
+            "42703",
+            "acct",
+        ),
+    ];
+    for (sql, code, needle) in cases {
+        let (got, message) = sqlstate(db.simple_query(sql))?;
+        ensure(got == code && message.contains(needle), || {
+            format!("{sql}: {got} {message}")
+        })?;
+    }
+    let (_, hint) = sqlstate(
+        db.simple_query("SELECT onboarding.attach('public.attach_target', email_column => 'mail')"),
+    )?;
+    ensure(hint.contains("Columns of"), || {
+        format!("no hint listing the columns: {hint}")
+    })?;
+
+    for _ in 0..2 {
+        db.execute("SELECT onboarding.attach('public.attach_target')", &[])
+            .unwrap();
+    }
+    let triggers = |db: &mut Client| -> i64 {
+        db.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.attach_target'::regclass AND NOT tgisinternal", &[])
+            .unwrap()
+            .get(0)
+    };
+    ensure(triggers(&mut db) == 1, || {
+        "attach twice left other than one trigger".into()
+    })?;
+    db.execute("SELECT onboarding.detach('public.attach_target')", &[])
+        .unwrap();
+    ensure(triggers(&mut db) == 0, || "detach left the trigger".into())?;
+    let user: String = db
+        .query_one("INSERT INTO public.attach_target VALUES (gen_random_uuid(), 'x@example.com') RETURNING id::text", &[])
+        .unwrap()
+        .get(0);
+    ensure(jobs_for(&mut db, &user).is_empty(), || {
+        "a detached table still enqueues".into()
+    })
+}
+
+fn api_key_never_leaks() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_secret");
+    // An authentication failure is the likeliest place for a key to be echoed.
+    env().stripe.inject(
+        Fault::status(401)
+            .on("POST", "/v1/customers")
+            .times(1)
+            .message("Invalid API Key provided: sk_test_****b406"),
+    );
+    let user = insert_profile(&mut db, &table, Some("secret@example.com"));
+    let job = wait_for_state(&mut db, &user, "dead")?;
+    ensure(
+        job.last_error.as_deref().is_some_and(|e| e.contains("401")),
+        || format!("{job:?}"),
+    )?;
+
+    let secret = &API_KEY["sk_test_".len()..];
+    let leaks: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM onboarding.jobs j WHERE strpos(to_jsonb(j)::text, $1) > 0)
+                  + (SELECT count(*) FROM onboarding.events e WHERE strpos(to_jsonb(e)::text, $1) > 0)
+                  + (SELECT count(*) FROM pg_stat_activity a WHERE strpos(coalesce(a.query, ''), $1) > 0
+                        AND a.pid <> pg_backend_pid())",
+            &[&secret],
+        )
+        .unwrap()
+        .get(0);
+    ensure(leaks == 0, || {
+        format!("the key appears in {leaks} job, event or activity rows")
+    })?;
+    ensure(!env().cluster.server_log().contains(secret), || {
+        "the key appears in the server log".into()
+    })?;
+
+    // Non-superusers can neither read it nor see it listed.
+    db.batch_execute("DROP ROLE IF EXISTS onboarding_app; CREATE ROLE onboarding_app LOGIN")
+        .unwrap();
+    db.batch_execute("SET ROLE onboarding_app").unwrap();
+    let (code, _) =
+        sqlstate(db.simple_query("SELECT current_setting('onboarding.stripe_api_key')"))?;
+    ensure(code == "42501", || format!("current_setting gave {code}"))?;
+    let listed: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_settings WHERE name = 'onboarding.stripe_api_key'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    db.batch_execute("RESET ROLE").unwrap();
+    ensure(listed == 0, || {
+        "pg_settings shows the key to a non-superuser".into()
+    })
+}

@@ -1,0 +1,164 @@
+//! A throwaway PostgreSQL 15 cluster with the extension preloaded, run as the `postgres` user
+//! when the tests run as root (PostgreSQL refuses to run as root).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    bin_dir: PathBuf,
+}
+
+fn running_as_root() -> bool {
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    unsafe { geteuid() == 0 }
+}
+
+fn pg_config(arg: &str) -> PathBuf {
+    let pg_config = std::env::var("PG_CONFIG")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+    let out = Command::new(&pg_config)
+        .arg(arg)
+        .output()
+        .unwrap_or_else(|e| panic!("running {pg_config}: {e}"));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// initdb + start, with `settings` appended to postgresql.conf.
+    pub fn start(settings: &str) -> Cluster {
+        let library = pg_config("--pkglibdir").join("onboarding.so");
+        assert!(
+            library.exists(),
+            "{} is missing: install the extension first (cargo pgrx install --pg-config {})",
+            library.display(),
+            pg_config("--bindir").join("pg_config").display()
+        );
+        let data_dir =
+            std::env::temp_dir().join(format!("onboarding-tests-{}", std::process::id()));
+        let cluster = Cluster {
+            port: free_port(),
+            data_dir,
+            bin_dir: pg_config("--bindir"),
+        };
+        let _ = std::fs::remove_dir_all(&cluster.data_dir);
+        std::fs::create_dir_all(&cluster.data_dir).unwrap();
+        if running_as_root() {
+            cluster.run(
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&cluster.data_dir),
+                false,
+            );
+        }
+        let initdb = cluster.bin_dir.join("initdb");
+        cluster.run(
+            Command::new(initdb)
+                .args([
+                    "--no-sync",
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "-D",
+                ])
+                .arg(&cluster.data_dir),
+            true,
+        );
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
+             fsync = off\nshared_preload_libraries = 'onboarding'\nlogging_collector = off\n\
+             log_line_prefix = '%m [%p] %b '\n{settings}\n",
+            port = cluster.port,
+            dir = cluster.data_dir.display()
+        );
+        let conf_path = cluster.data_dir.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).unwrap();
+        cluster.pg_ctl(
+            &["start", "-w", "-t", "60", "-l"],
+            Some(&cluster.log_path()),
+        );
+        cluster
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join("server.log")
+    }
+
+    pub fn server_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
+    }
+
+    pub fn connect(&self) -> postgres::Client {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match postgres::Client::connect(&conninfo, postgres::NoTls) {
+                Ok(client) => return client,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("cannot connect to the test cluster: {e}"),
+            }
+        }
+    }
+
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast", "-w"], None);
+    }
+
+    fn pg_ctl(&self, args: &[&str], log: Option<&Path>) {
+        let mut command = Command::new(self.bin_dir.join("pg_ctl"));
+        command.arg("-D").arg(&self.data_dir).args(args);
+        if let Some(log) = log {
+            command.arg(log);
+        }
+        self.run(&mut command, true);
+    }
+
+    /// Runs a command, as `postgres` when we are root and `as_postgres` is set.
+    fn run(&self, command: &mut Command, as_postgres: bool) {
+        let mut command = if as_postgres && running_as_root() {
+            let mut wrapped = Command::new("runuser");
+            wrapped
+                .args(["-u", "postgres", "--"])
+                .arg(command.get_program())
+                .args(command.get_args());
+            wrapped
+        } else {
+            std::mem::replace(command, Command::new("true"))
+        };
+        let out = command
+            .current_dir(std::env::temp_dir())
+            .output()
+            .expect("spawn");
+        assert!(
+            out.status.success(),
+            "{:?} failed: {}\n{}",
+            command,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
