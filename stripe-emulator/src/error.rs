@@ -1,0 +1,80 @@
+//! Stripe's error envelope: `{"error": {type, code, message, param, ...}}`.
+
+use serde_json::{Map, Value, json};
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub error_type: String,
+    pub code: Option<String>,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error_type: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error_type: error_type.to_string(),
+            code: None,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", message)
+    }
+
+    pub fn code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_string());
+        self
+    }
+
+    pub fn param(mut self, param: &str) -> Self {
+        self.param = Some(param.to_string());
+        self
+    }
+
+    pub fn missing_param(param: &str) -> Self {
+        Self::invalid(format!("Missing required param: {param}."))
+            .code("parameter_missing")
+            .param(param)
+    }
+
+    pub fn unknown_param(param: &str) -> Self {
+        Self::invalid(format!("Received unknown parameter: {param}"))
+            .code("parameter_unknown")
+            .param(param)
+    }
+
+    pub fn resource_missing(status: u16, what: &str, id: &str, param: &str) -> Self {
+        Self::new(
+            status,
+            "invalid_request_error",
+            format!("No such {what}: '{id}'"),
+        )
+        .code("resource_missing")
+        .param(param)
+    }
+
+    pub fn body(&self) -> Value {
+        let mut err = Map::new();
+        err.insert("type".into(), json!(self.error_type));
+        if let Some(code) = &self.code {
+            err.insert("code".into(), json!(code));
+            err.insert(
+                "doc_url".into(),
+                json!(format!(
+                    "https://stripe.com/docs/error-codes/{}",
+                    code.replace('_', "-")
+                )),
+            );
+        }
+        err.insert("message".into(), json!(self.message));
+        if let Some(param) = &self.param {
+            err.insert("param".into(), json!(param));
+        }
+        json!({ "error": err })
+    }
+}

@@ -1,0 +1,424 @@
+//! HTTP serving and the per-request pipeline, in Stripe's order:
+//! auth -> rate limit -> injected fault -> routing -> idempotency -> latency -> execute.
+//! Nothing rejected before execution is stored under an idempotency key.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::RecordedRequest;
+use crate::api::{self, Ctx, Route};
+use crate::auth;
+use crate::control;
+use crate::error::ApiError;
+use crate::faults::{self, FaultAction};
+use crate::form;
+use crate::idempotency::{self, Claim, Fingerprint, Saved};
+use crate::state::Shared;
+use crate::store::random_alnum;
+
+const MAX_BODY: usize = 1 << 20;
+
+/// Returned by the service to make hyper close the connection without writing a response.
+#[derive(Debug)]
+pub struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by injected fault")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+pub async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log_line(format_args!("stripe-emulator: cannot use listener: {e}"));
+            return;
+        }
+    };
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Transient (e.g. out of file descriptors): back off instead of spinning.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(shared.clone(), req));
+            // Errors here are clients going away or our own DropConnection: nothing to do.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, DropConnection> {
+    if req.uri().path().starts_with("/_emulator/") {
+        return Ok(control::handle(&shared, req).await);
+    }
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let authorization = header("authorization");
+    let idempotency_key = header("idempotency-key").filter(|k| !k.is_empty());
+    let query = req.uri().query().unwrap_or("").to_string();
+
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            let error =
+                ApiError::invalid(format!("Request bodies are limited to {MAX_BODY} bytes."));
+            return Ok(json_response(413, error.body().to_string().into_bytes()));
+        }
+    };
+    // GET/DELETE parameters travel in the query string; POST takes both, body last.
+    let mut raw = query.into_bytes();
+    if method == "POST" && !body.is_empty() {
+        if !raw.is_empty() {
+            raw.push(b'&');
+        }
+        raw.extend_from_slice(&body);
+    }
+    let parsed = form::parse(&raw);
+    let params = parsed.clone().unwrap_or(Value::Object(Default::default()));
+
+    let request_id = format!("req_{}", random_alnum(14));
+    let log_id = shared.update(|s| {
+        s.record(RecordedRequest {
+            method: method.clone(),
+            path: path.clone(),
+            params: params.clone(),
+            idempotency_key: idempotency_key.clone(),
+            arrived_at: SystemTime::now(),
+            status: None,
+            request_id: None,
+            replayed: false,
+        })
+    });
+
+    let request = V1Request {
+        method,
+        path,
+        params,
+        authorization,
+        idempotency_key,
+    };
+    let outcome = match parsed {
+        Ok(_) => pipeline(&shared, &request).await,
+        Err(e) => Outcome::error(
+            ApiError::invalid(format!(
+                "Invalid parameters: conflicting values for `{}`",
+                e.param
+            ))
+            .param(&e.param),
+        ),
+    };
+
+    let log_requests = shared.lock().config.log_requests;
+    let elapsed = started.elapsed().as_millis();
+    let key_note = request
+        .idempotency_key
+        .as_deref()
+        .map(|k| format!(" idempotency_key={k:?}"))
+        .unwrap_or_default();
+    match outcome {
+        Outcome::Drop => {
+            // The entry keeps `status: None`; the update still wakes `wait_for` callers.
+            shared.update(|s| s.finish(log_id, |_| {}));
+            if log_requests {
+                log_line(format_args!(
+                    "{} {} -> dropped connection (injected){key_note} {elapsed}ms",
+                    request.method, request.path
+                ));
+            }
+            Err(DropConnection)
+        }
+        Outcome::Respond(reply) => {
+            shared.update(|s| {
+                s.finish(log_id, |r| {
+                    r.status = Some(reply.status);
+                    r.request_id = Some(request_id.clone());
+                    r.replayed = reply.replayed;
+                })
+            });
+            if log_requests {
+                log_line(format_args!(
+                    "{} {} -> {} {request_id}{key_note}{} {elapsed}ms",
+                    request.method,
+                    request.path,
+                    reply.status,
+                    if reply.replayed { " replayed" } else { "" }
+                ));
+            }
+            Ok(reply.into_response(&request_id, request.idempotency_key.as_deref()))
+        }
+    }
+}
+
+/// Unlike `eprintln!`, never panics (and so never fails a request) when stderr is gone.
+fn log_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// The parts of a `/v1` request the pipeline looks at.
+struct V1Request {
+    method: String,
+    path: String,
+    params: Value,
+    authorization: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+enum Outcome {
+    Respond(Reply),
+    Drop,
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+    replayed: bool,
+    should_retry: Option<bool>,
+}
+
+impl Outcome {
+    fn ok(status: u16, body: Value) -> Outcome {
+        Outcome::Respond(Reply {
+            status,
+            body,
+            replayed: false,
+            should_retry: None,
+        })
+    }
+
+    fn error(e: ApiError) -> Outcome {
+        Outcome::ok(e.status, e.body())
+    }
+}
+
+impl Reply {
+    fn into_response(self, request_id: &str, idempotency_key: Option<&str>) -> HttpResponse {
+        let mut body = serde_json::to_vec_pretty(&self.body).expect("JSON values serialize");
+        body.push(b'\n');
+        let mut response = json_response(self.status, body);
+        let headers = response.headers_mut();
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        };
+        set("request-id", request_id);
+        if let Some(key) = idempotency_key {
+            set("idempotency-key", key);
+        }
+        if self.replayed {
+            set("idempotent-replayed", "true");
+        }
+        if let Some(retry) = self.should_retry {
+            set("stripe-should-retry", if retry { "true" } else { "false" });
+        }
+        response
+    }
+}
+
+pub fn json_response(status: u16, body: Vec<u8>) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Frees an idempotency key claimed by a request that never got to store a result, e.g.
+/// because the client hung up during the injected latency and hyper dropped the future.
+struct ClaimGuard<'a> {
+    shared: &'a Shared,
+    key: Option<String>,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.shared.update(|s| s.idempotency.release(&key));
+        }
+    }
+}
+
+async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
+    // Rejections here come before Stripe's idempotency layer: never stored.
+    let (api_key, fault) = {
+        let mut state = shared.lock();
+        let api_key = match auth::check(
+            req.authorization.as_deref(),
+            state.config.api_key.as_deref(),
+        ) {
+            Ok(key) => key,
+            Err(e) => return Outcome::error(e),
+        };
+        if state.over_rate_limit(Instant::now()) {
+            return Outcome::error(
+                ApiError::new(429, "invalid_request_error", faults::RATE_LIMIT_MESSAGE)
+                    .code(faults::RATE_LIMIT_CODE),
+            );
+        }
+        (api_key, state.faults.take(&req.method, &req.path))
+    };
+
+    // Faults that act after execution are carried along in `after`.
+    let after = match fault {
+        None => None,
+        Some(FaultAction::Stall(d)) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        Some(FaultAction::DropBeforeExecute) => return Outcome::Drop,
+        Some(f @ FaultAction::Status { after_execute, .. }) if !after_execute => {
+            return status_fault(f);
+        }
+        Some(f) => Some(f),
+    };
+
+    let Some(route) = Route::resolve(&req.method, &req.path) else {
+        return Outcome::error(api::unrecognized(&req.method, &req.path));
+    };
+
+    let mut claim = ClaimGuard { shared, key: None };
+    if let (Some(key), "POST") = (&req.idempotency_key, req.method.as_str()) {
+        if let Err(e) = idempotency::check_key(key) {
+            return Outcome::error(e);
+        }
+        let fingerprint = Fingerprint {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            params: req.params.clone(),
+        };
+        match shared.update(|s| s.idempotency.claim(key, fingerprint)) {
+            Claim::Claimed => claim.key = Some(key.clone()),
+            Claim::Rejected(e) => return Outcome::error(e),
+            Claim::Replay(saved) => {
+                return Outcome::Respond(Reply {
+                    status: saved.status,
+                    body: saved.body,
+                    replayed: true,
+                    should_retry: None,
+                });
+            }
+        }
+    }
+
+    // After the claim, so a concurrent request with the same key finds it in flight.
+    let latency = shared.lock().config.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let (status, body) = shared.update(|s| {
+        let now = Instant::now();
+        let ctx = Ctx {
+            now_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            now,
+            indexed_at: now + s.config.search_lag,
+            api_key: &api_key,
+        };
+        let result = match &after {
+            Some(FaultAction::StoredStatus {
+                status,
+                error_type,
+                code,
+                message,
+            }) => {
+                // Execution "fails" instead of running.
+                let mut e = ApiError::new(*status, error_type, message.clone());
+                e.code = code.clone();
+                Err(e)
+            }
+            _ => api::execute(&route, &req.params, &mut s.store, &ctx),
+        };
+        let (status, body) = match result {
+            Ok(object) => (200, object),
+            Err(e) => (e.status, e.body()),
+        };
+        if let Some(key) = claim.key.take() {
+            // Validation errors happen before Stripe starts executing, so they are not kept.
+            if status == 400 {
+                s.idempotency.release(&key);
+            } else {
+                let saved = Saved {
+                    status,
+                    body: body.clone(),
+                };
+                s.idempotency.complete(&key, saved);
+            }
+        }
+        (status, body)
+    });
+
+    match after {
+        Some(FaultAction::DropAfterExecute) => Outcome::Drop,
+        Some(f @ FaultAction::Status { .. }) => status_fault(f),
+        _ => Outcome::ok(status, body),
+    }
+}
+
+fn status_fault(action: FaultAction) -> Outcome {
+    let FaultAction::Status {
+        status,
+        error_type,
+        code,
+        message,
+        should_retry,
+        ..
+    } = action
+    else {
+        unreachable!("only called with status faults");
+    };
+    let mut error = ApiError::new(status, &error_type, message);
+    error.code = code;
+    Outcome::Respond(Reply {
+        status,
+        body: error.body(),
+        replayed: false,
+        should_retry,
+    })
+}

@@ -1,0 +1,130 @@
+//! State shared by the server tasks and the [`crate::Emulator`] handle. One mutex guards
+//! everything; it is never held across an `.await`, and requests are small.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::faults::FaultQueue;
+use crate::idempotency::IdempotencyStore;
+use crate::store::Store;
+use crate::{EmulatorConfig, RecordedRequest};
+
+pub struct Shared {
+    state: Mutex<State>,
+    /// Signalled whenever the request log changes, for [`crate::Emulator::wait_for`].
+    changed: Condvar,
+}
+
+pub struct State {
+    pub config: EmulatorConfig,
+    pub store: Store,
+    pub idempotency: IdempotencyStore,
+    pub faults: FaultQueue,
+    log: Vec<LogEntry>,
+    next_request: u64,
+    /// Bumped on every log change, so waiters can tell a real change from a spurious wakeup.
+    pub generation: u64,
+    /// Arrival times of recent requests, for the optional rate limit.
+    recent: VecDeque<Instant>,
+}
+
+struct LogEntry {
+    /// Stable handle for finishing the entry later; positions shift on `clear_requests`.
+    id: u64,
+    request: RecordedRequest,
+}
+
+impl Shared {
+    pub fn new(config: EmulatorConfig) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                config,
+                store: Store::default(),
+                idempotency: IdempotencyStore::default(),
+                faults: FaultQueue::default(),
+                log: Vec::new(),
+                next_request: 0,
+                generation: 0,
+                recent: VecDeque::new(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// A panic in one request must not wedge the emulator for the rest of a test run.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the state, then wakes waiters.
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.lock();
+        let out = f(&mut state);
+        state.generation += 1;
+        drop(state);
+        self.changed.notify_all();
+        out
+    }
+
+    /// Blocks until the generation moves past `seen` or `timeout` passes.
+    pub fn wait_change(&self, seen: u64, timeout: Duration) {
+        let guard = self.lock();
+        let _ = self
+            .changed
+            .wait_timeout_while(guard, timeout, |s| s.generation == seen)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+impl State {
+    pub fn record(&mut self, request: RecordedRequest) -> u64 {
+        self.next_request += 1;
+        let id = self.next_request;
+        self.log.push(LogEntry { id, request });
+        id
+    }
+
+    pub fn finish(&mut self, id: u64, finish: impl FnOnce(&mut RecordedRequest)) {
+        // Almost always the newest entry or close to it.
+        if let Some(entry) = self.log.iter_mut().rev().find(|e| e.id == id) {
+            finish(&mut entry.request);
+        }
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.log.iter().map(|e| e.request.clone()).collect()
+    }
+
+    pub fn clear_requests(&mut self) {
+        self.log.clear();
+    }
+
+    pub fn reset(&mut self) {
+        self.store = Store::default();
+        self.idempotency = IdempotencyStore::default();
+        self.faults.clear();
+        self.config.latency = Duration::ZERO;
+        self.log.clear();
+        self.recent.clear();
+    }
+
+    /// Sliding one-second window; true if this request is over the configured limit.
+    pub fn over_rate_limit(&mut self, now: Instant) -> bool {
+        let Some(limit) = self.config.rate_limit else {
+            return false;
+        };
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= limit as usize {
+            return true;
+        }
+        self.recent.push_back(now);
+        false
+    }
+}
