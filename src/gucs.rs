@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::time::Duration;
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_sys};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_guard, pg_sys};
 
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -36,14 +36,22 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"onboarding.stripe_api_key",
-        c"Stripe secret key used by the worker (superuser only).",
-        c"Set in postgresql.conf or with ALTER SYSTEM, then SELECT pg_reload_conf(). Hidden from non-superusers.",
-        &STRIPE_API_KEY,
-        GucContext::Sighup,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
-    );
+    // Defined by hand for its check hook (pgrx's registry takes no hooks).
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            c"onboarding.stripe_api_key".as_ptr(),
+            c"Stripe secret key used by the worker (superuser only).".as_ptr(),
+            c"Set in postgresql.conf, then SELECT pg_reload_conf(). Hidden from non-superusers; read by the worker only."
+                .as_ptr(),
+            STRIPE_API_KEY.as_ptr(),
+            std::ptr::null(),
+            pg_sys::GucContext::PGC_SIGHUP,
+            (GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL).bits(),
+            Some(keep_key_out_of_postmaster),
+            None,
+            None,
+        );
+    }
     let ms = |name, short, long, setting, min, max| {
         GucRegistry::define_int_guc(
             name,
@@ -119,6 +127,26 @@ pub fn register() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"onboarding".as_ptr()) };
 }
 
+/// On reload the postmaster logs `parameter "…" changed to "<new value>"` for every changed
+/// setting, so a rotated key would land in the server log. The postmaster never needs the key:
+/// it keeps an empty value, so nothing ever "changes" there. Every other process reads the real
+/// value from the configuration files (the worker re-reads them at start, see worker.rs).
+#[pg_guard]
+unsafe extern "C-unwind" fn keep_key_out_of_postmaster(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    unsafe {
+        if !pg_sys::IsUnderPostmaster && !newval.is_null() && !(*newval).is_null() {
+            let value = *newval;
+            // Wipe it in place: the string belongs to the GUC machinery, which frees it later.
+            std::ptr::write_bytes(value, 0, std::ffi::CStr::from_ptr(value).to_bytes().len());
+        }
+    }
+    true
+}
+
 fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting
         .get()
@@ -138,6 +166,8 @@ pub fn stripe_api_base() -> String {
     text(&STRIPE_API_BASE).unwrap_or_else(|| "https://api.stripe.com".into())
 }
 
+/// The key as this process sees it: empty in the postmaster and in processes forked before a
+/// reload (see [`keep_key_out_of_postmaster`]); the worker re-reads the files at start.
 pub fn stripe_api_key() -> Option<String> {
     text(&STRIPE_API_KEY)
 }

@@ -46,6 +46,8 @@ pub extern "C-unwind" fn onboarding_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // The postmaster we were forked from holds no Stripe key (gucs.rs): read the files ourselves.
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     let runtime = signal_safe_runtime()
         .unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
     wake::publish_this_worker();

@@ -863,40 +863,64 @@ fn attach_validates() -> Result<(), Failed> {
     })
 }
 
+/// Inserts probe profiles until one's job ends in `state` (the worker applies a reload a moment
+/// after `pg_reload_conf()` returns, so earlier probes may still see the previous settings).
+fn probe_until(db: &mut Client, table: &str, state: &str) -> Result<Job, Failed> {
+    wait_for(&format!("a probe job to end {state}"), DEADLINE, || {
+        let user = insert_profile(db, table, Some("probe@example.com"));
+        let finished = wait_for("the probe job to finish", DEADLINE, || {
+            jobs_for(db, &user)
+                .into_iter()
+                .find(|j| !["pending", "running"].contains(&j.state.as_str()))
+        })
+        .ok()?;
+        (finished.state == state).then_some(finished)
+    })
+}
+
 fn api_key_never_leaks() -> Result<(), Failed> {
+    const ROTATED_KEY: &str = "sk_test_ROTATEDCANARY5e1f0a7d93c2";
     let mut db = db();
     let table = profiles_table(&mut db, "profiles_secret");
-    // An authentication failure is the likeliest place for a key to be echoed.
-    env().stripe.inject(
-        Fault::status(401)
-            .on("POST", "/v1/customers")
-            .times(1)
-            .message("Invalid API Key provided: sk_test_****b406"),
-    );
-    let user = insert_profile(&mut db, &table, Some("secret@example.com"));
-    let job = wait_for_state(&mut db, &user, "dead")?;
+    // Rotate to a key the emulator rejects: the reload must reach the worker, PostgreSQL must not
+    // log the new value, and the 401 (where keys get echoed) must not leak it either.
+    db.batch_execute(&format!(
+        "ALTER SYSTEM SET onboarding.stripe_api_key = '{ROTATED_KEY}'"
+    ))
+    .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let rejected = probe_until(&mut db, &table, "dead")?;
     ensure(
-        job.last_error.as_deref().is_some_and(|e| e.contains("401")),
-        || format!("{job:?}"),
+        rejected
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("401")),
+        || format!("{rejected:?}"),
     )?;
+    db.batch_execute("ALTER SYSTEM RESET onboarding.stripe_api_key")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    probe_until(&mut db, &table, "succeeded")?;
 
-    let secret = &API_KEY["sk_test_".len()..];
-    let leaks: i64 = db
-        .query_one(
-            "SELECT (SELECT count(*) FROM onboarding.jobs j WHERE strpos(to_jsonb(j)::text, $1) > 0)
-                  + (SELECT count(*) FROM onboarding.events e WHERE strpos(to_jsonb(e)::text, $1) > 0)
-                  + (SELECT count(*) FROM pg_stat_activity a WHERE strpos(coalesce(a.query, ''), $1) > 0
-                        AND a.pid <> pg_backend_pid())",
-            &[&secret],
-        )
-        .unwrap()
-        .get(0);
-    ensure(leaks == 0, || {
-        format!("the key appears in {leaks} job, event or activity rows")
-    })?;
-    ensure(!env().cluster.server_log().contains(secret), || {
-        "the key appears in the server log".into()
-    })?;
+    for key in [API_KEY, ROTATED_KEY] {
+        let secret = &key["sk_test_".len()..];
+        let leaks: i64 = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM onboarding.jobs j WHERE strpos(to_jsonb(j)::text, $1) > 0)
+                      + (SELECT count(*) FROM onboarding.events e WHERE strpos(to_jsonb(e)::text, $1) > 0)
+                      + (SELECT count(*) FROM pg_stat_activity a WHERE strpos(coalesce(a.query, ''), $1) > 0
+                            AND a.pid <> pg_backend_pid())",
+                &[&secret],
+            )
+            .unwrap()
+            .get(0);
+        ensure(leaks == 0, || {
+            format!("{key} appears in {leaks} job, event or activity rows")
+        })?;
+        ensure(!env().cluster.server_log().contains(secret), || {
+            format!("{key} appears in the server log")
+        })?;
+    }
 
     // Non-superusers can neither read it nor see it listed.
     db.batch_execute("DROP ROLE IF EXISTS onboarding_app; CREATE ROLE onboarding_app LOGIN")
