@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_guard, pg_sys};
 
-pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static STRIPE_API_BASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"https://api.stripe.com"));
 pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -53,16 +52,7 @@ pub fn register() {
         );
     }
     let ms = |name, short, long, setting, min, max| {
-        GucRegistry::define_int_guc(
-            name,
-            short,
-            long,
-            setting,
-            min,
-            max,
-            GucContext::Sighup,
-            GucFlags::UNIT_MS,
-        )
+        GucRegistry::define_int_guc(name, short, long, setting, min, max, GucContext::Sighup, GucFlags::UNIT_MS)
     };
     ms(
         c"onboarding.poll_interval",
@@ -88,22 +78,8 @@ pub fn register() {
         1,
         86_400_000,
     );
-    ms(
-        c"onboarding.connect_timeout",
-        c"Timeout for connecting to Stripe.",
-        c"",
-        &CONNECT_TIMEOUT_MS,
-        100,
-        600_000,
-    );
-    ms(
-        c"onboarding.request_timeout",
-        c"Timeout for a whole Stripe request.",
-        c"",
-        &REQUEST_TIMEOUT_MS,
-        100,
-        600_000,
-    );
+    ms(c"onboarding.connect_timeout", c"Timeout for connecting to Stripe.", c"", &CONNECT_TIMEOUT_MS, 100, 600_000);
+    ms(c"onboarding.request_timeout", c"Timeout for a whole Stripe request.", c"", &REQUEST_TIMEOUT_MS, 100, 600_000);
     GucRegistry::define_int_guc(
         c"onboarding.max_attempts",
         c"Attempts per job before it is parked as dead.",
@@ -148,10 +124,7 @@ unsafe extern "C-unwind" fn keep_key_out_of_postmaster(
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
-    setting
-        .get()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.trim().is_empty())
+    setting.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
 }
 
 fn millis(setting: &GucSetting<i32>) -> Duration {
@@ -185,10 +158,7 @@ pub fn max_attempts() -> u32 {
 }
 
 pub fn backoff() -> onboarding_core::policy::Backoff {
-    onboarding_core::policy::Backoff {
-        base: millis(&RETRY_BASE_DELAY_MS),
-        cap: millis(&RETRY_MAX_DELAY_MS),
-    }
+    onboarding_core::policy::Backoff { base: millis(&RETRY_BASE_DELAY_MS), cap: millis(&RETRY_MAX_DELAY_MS) }
 }
 
 pub fn connect_timeout() -> Duration {

@@ -47,9 +47,7 @@ fn wake_worker_after_commit() {
         WAKE_REGISTERED.store(false, Ordering::Relaxed);
         set_worker_latch();
     });
-    register_xact_callback(PgXactCallbackEvent::Abort, || {
-        WAKE_REGISTERED.store(false, Ordering::Relaxed)
-    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_REGISTERED.store(false, Ordering::Relaxed));
 }
 
 /// Runs inside a commit callback, where an ERROR would be a PANIC: no locks, no allocation, no

@@ -13,12 +13,8 @@ use futures_util::future::join_all;
 use onboarding_core::job::{AfterFailure, CustomerPlan, Profile, after_failure, plan_customer};
 use onboarding_core::policy::classify;
 use onboarding_core::runtime::signal_safe_runtime;
-use onboarding_core::stripe::{
-    ApiKey, ClientConfig, Customer, NewCustomer, Response, StripeClient, StripeError,
-};
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
+use onboarding_core::stripe::{ApiKey, ClientConfig, Customer, NewCustomer, Response, StripeClient, StripeError};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgTryBuilder};
 use serde_json::{Value, json};
@@ -48,17 +44,11 @@ pub extern "C-unwind" fn onboarding_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     // The postmaster we were forked from holds no Stripe key (gucs.rs): read the files ourselves.
     unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-    let runtime = signal_safe_runtime()
-        .unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
+    let runtime = signal_safe_runtime().unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
     wake::publish_this_worker();
     log!("onboarding: worker started for database \"{database}\"");
 
-    let mut worker = Worker {
-        runtime,
-        client: None,
-        warned_no_key: false,
-        last_requeue: None,
-    };
+    let mut worker = Worker { runtime, client: None, warned_no_key: false, last_requeue: None };
     while !shutdown_requested() {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -107,9 +97,7 @@ impl Worker {
             return poll;
         }
         let requeue = self.last_requeue.is_none_or(|t| t.elapsed() >= poll);
-        let claimed = in_transaction("claiming jobs", || {
-            claim_and_plan(gucs::batch_size(), requeue)
-        });
+        let claimed = in_transaction("claiming jobs", || claim_and_plan(gucs::batch_size(), requeue));
         let Ok(Some((calls, claimed_count, next_due))) = claimed else {
             return if claimed.is_err() { ERROR_PAUSE } else { poll };
         };
@@ -174,9 +162,7 @@ impl Worker {
         let results = self.runtime.block_on(async {
             let requests = join_all(calls.iter().map(|call| async {
                 let started = Instant::now();
-                let result = client
-                    .create_customer(&call.customer, &call.idempotency_key)
-                    .await;
+                let result = client.create_customer(&call.customer, &call.idempotency_key).await;
                 (result, started.elapsed())
             }));
             tokio::select! {
@@ -197,12 +183,10 @@ async fn until_shutdown_requested() {
 
 /// Phase 1. Returns None when the extension is not installed in this database yet.
 fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, Option<Duration>)> {
-    let installed = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'onboarding')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
+    let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'onboarding')")
+        .ok()
+        .flatten()
+        .unwrap_or(false);
     if !installed {
         return None;
     }
@@ -221,11 +205,7 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
     }
 
     let claimed = Spi::connect_mut(|spi| {
-        let rows = spi.update(
-            "SELECT * FROM onboarding._claim_jobs($1)",
-            None,
-            &[batch_size.into()],
-        )?;
+        let rows = spi.update("SELECT * FROM onboarding._claim_jobs($1)", None, &[batch_size.into()])?;
         let mut claimed = Vec::new();
         for row in rows {
             let job_id: i64 = row.get(1)?.unwrap_or_default();
@@ -236,10 +216,7 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
                 .get::<bool>(6)?
                 .unwrap_or(false)
                 .then(|| -> Result<Profile, pgrx::spi::Error> {
-                    Ok(Profile {
-                        email: row.get(7)?,
-                        customer_id: row.get(8)?,
-                    })
+                    Ok(Profile { email: row.get(7)?, customer_id: row.get(8)? })
                 })
                 .transpose()?;
             claimed.push((job_id, user_id, idempotency_key, attempts, profile));
@@ -253,44 +230,16 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
     for (job_id, user_id, idempotency_key, attempts, profile) in claimed {
         match plan_customer(&user_id, profile) {
             CustomerPlan::ProfileGone => {
-                log!(
-                    "onboarding: profile of user {user_id} no longer exists; skipping job {job_id}"
-                );
-                finish(
-                    job_id,
-                    "skipped",
-                    "skipped",
-                    json!({"reason": "profile not found"}),
-                    None,
-                    None,
-                    None,
-                );
+                log!("onboarding: profile of user {user_id} no longer exists; skipping job {job_id}");
+                finish(job_id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
             }
             CustomerPlan::AlreadyProvisioned(id) => {
                 let detail = json!({"reason": "profile already has a customer", "stripe_id": id});
-                finish(
-                    job_id,
-                    "succeeded",
-                    "skipped",
-                    detail,
-                    Some(&id),
-                    None,
-                    None,
-                );
+                finish(job_id, "succeeded", "skipped", detail, Some(&id), None, None);
             }
             CustomerPlan::Unusable(reason) => {
-                warning!(
-                    "onboarding: not creating a Stripe customer for user {user_id}: {reason} (job {job_id})"
-                );
-                finish(
-                    job_id,
-                    "dead",
-                    "dead",
-                    json!({"reason": reason}),
-                    None,
-                    Some(&reason),
-                    None,
-                );
+                warning!("onboarding: not creating a Stripe customer for user {user_id}: {reason} (job {job_id})");
+                finish(job_id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
             }
             CustomerPlan::Create(customer) => {
                 let detail = json!({
@@ -298,12 +247,7 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
                     "idempotency_key": idempotency_key, "email": customer.email,
                 });
                 log_event(job_id, "stripe_request", detail);
-                calls.push(Call {
-                    job_id,
-                    attempts,
-                    idempotency_key,
-                    customer,
-                });
+                calls.push(Call { job_id, attempts, idempotency_key, customer });
             }
         }
     }
@@ -330,10 +274,7 @@ fn record_results(calls: &[Call], results: Vec<(CallResult, Duration)>) {
         return;
     }
     for (call, (result, elapsed)) in &outcomes {
-        let one = in_transaction(
-            "recording a Stripe result",
-            AssertUnwindSafe(|| record_one(call, result, *elapsed)),
-        );
+        let one = in_transaction("recording a Stripe result", AssertUnwindSafe(|| record_one(call, result, *elapsed)));
         if let Err(message) = one {
             let stripe_id = result.as_ref().ok().map(|(c, _)| c.id.as_str());
             let reason = format!("could not record the Stripe result: {message}");
@@ -341,15 +282,7 @@ fn record_results(calls: &[Call], results: Vec<(CallResult, Duration)>) {
                 "parking a job",
                 AssertUnwindSafe(|| {
                     let detail = json!({"reason": reason, "stripe_id": stripe_id});
-                    finish(
-                        call.job_id,
-                        "dead",
-                        "dead",
-                        detail,
-                        stripe_id,
-                        Some(&reason),
-                        None,
-                    )
+                    finish(call.job_id, "dead", "dead", detail, stripe_id, Some(&reason), None)
                 }),
             );
         }
@@ -378,21 +311,9 @@ fn record_one(call: &Call, result: &CallResult, elapsed: Duration) {
                     "customer {} has metadata.user_id {:?}, expected {user_id:?}",
                     customer.id, customer.metadata_user_id
                 );
-                warning!(
-                    "onboarding: not linking {}: {reason} (job {})",
-                    customer.id,
-                    call.job_id
-                );
+                warning!("onboarding: not linking {}: {reason} (job {})", customer.id, call.job_id);
                 let detail = json!({"reason": reason, "stripe_id": customer.id});
-                finish(
-                    call.job_id,
-                    "orphaned",
-                    "orphaned",
-                    detail,
-                    Some(&customer.id),
-                    Some(&reason),
-                    None,
-                );
+                finish(call.job_id, "orphaned", "orphaned", detail, Some(&customer.id), Some(&reason), None);
                 return;
             }
             let outcome = Spi::get_one_with_args::<String>(
@@ -439,15 +360,7 @@ fn record_one(call: &Call, result: &CallResult, elapsed: Duration) {
                         call.job_id,
                         call.attempts
                     );
-                    finish(
-                        call.job_id,
-                        "pending",
-                        "failed",
-                        detail,
-                        None,
-                        Some(&message),
-                        Some(delay),
-                    );
+                    finish(call.job_id, "pending", "failed", detail, None, Some(&message), Some(delay));
                 }
                 AfterFailure::Dead => {
                     warning!(
@@ -455,15 +368,7 @@ fn record_one(call: &Call, result: &CallResult, elapsed: Duration) {
                         call.job_id,
                         call.attempts
                     );
-                    finish(
-                        call.job_id,
-                        "dead",
-                        "dead",
-                        detail,
-                        None,
-                        Some(&message),
-                        None,
-                    );
+                    finish(call.job_id, "dead", "dead", detail, None, Some(&message), None);
                 }
             }
         }
@@ -496,19 +401,13 @@ fn finish(
 }
 
 fn log_event(job_id: i64, step: &str, detail: Value) {
-    Spi::run_with_args(
-        "SELECT onboarding._log_event($1, $2, $3)",
-        &[job_id.into(), step.into(), JsonB(detail).into()],
-    )
-    .unwrap_or_else(|e| error!("onboarding: logging {step} for job {job_id}: {e}"));
+    Spi::run_with_args("SELECT onboarding._log_event($1, $2, $3)", &[job_id.into(), step.into(), JsonB(detail).into()])
+        .unwrap_or_else(|e| error!("onboarding: logging {step} for job {job_id}: {e}"));
 }
 
 /// Runs `body` in its own transaction. An ERROR inside is caught, logged as a WARNING and the
 /// transaction aborted, so one bad job or statement never takes the worker down.
-fn in_transaction<R>(
-    what: &str,
-    body: impl FnOnce() -> R + std::panic::UnwindSafe,
-) -> Result<R, String> {
+fn in_transaction<R>(what: &str, body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
     let body = AssertUnwindSafe(body);
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
@@ -527,9 +426,7 @@ fn in_transaction<R>(
         let message = match &caught {
             pg_sys::panic::CaughtError::PostgresError(report)
             | pg_sys::panic::CaughtError::ErrorReport(report)
-            | pg_sys::panic::CaughtError::RustPanic {
-                ereport: report, ..
-            } => report.message().to_string(),
+            | pg_sys::panic::CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
         };
         Err(message)
     })

@@ -37,59 +37,21 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let tests: Vec<(&str, fn() -> Result<(), Failed>)> = vec![
-        (
-            "committed_insert_creates_one_customer_and_writes_it_back",
-            committed_insert_creates_one_customer,
-        ),
-        (
-            "rolled_back_insert_leaves_no_job_and_calls_nothing",
-            rolled_back_insert_calls_nothing,
-        ),
-        (
-            "open_transaction_gets_no_call_until_commit_then_a_prompt_wake",
-            open_transaction_waits_for_commit,
-        ),
-        (
-            "profile_deleted_before_the_worker_runs_is_skipped",
-            deleted_profile_is_skipped,
-        ),
-        (
-            "profile_deleted_during_the_stripe_call_is_recorded_as_orphaned",
-            deleted_during_call_is_orphaned,
-        ),
-        (
-            "profile_with_a_customer_id_gets_no_stripe_call",
-            provisioned_profile_gets_no_call,
-        ),
-        (
-            "two_hundred_profiles_in_one_transaction_get_two_hundred_customers",
-            two_hundred_profiles,
-        ),
-        (
-            "transient_failures_are_recorded_and_retried_with_one_idempotency_key",
-            transient_failures_retry,
-        ),
-        (
-            "bad_request_is_recorded_and_parked_not_retried",
-            bad_request_is_parked,
-        ),
-        (
-            "profile_without_email_is_parked_without_a_call",
-            missing_email_is_parked,
-        ),
+        ("committed_insert_creates_one_customer_and_writes_it_back", committed_insert_creates_one_customer),
+        ("rolled_back_insert_leaves_no_job_and_calls_nothing", rolled_back_insert_calls_nothing),
+        ("open_transaction_gets_no_call_until_commit_then_a_prompt_wake", open_transaction_waits_for_commit),
+        ("profile_deleted_before_the_worker_runs_is_skipped", deleted_profile_is_skipped),
+        ("profile_deleted_during_the_stripe_call_is_recorded_as_orphaned", deleted_during_call_is_orphaned),
+        ("profile_with_a_customer_id_gets_no_stripe_call", provisioned_profile_gets_no_call),
+        ("two_hundred_profiles_in_one_transaction_get_two_hundred_customers", two_hundred_profiles),
+        ("transient_failures_are_recorded_and_retried_with_one_idempotency_key", transient_failures_retry),
+        ("bad_request_is_recorded_and_parked_not_retried", bad_request_is_parked),
+        ("profile_without_email_is_parked_without_a_call", missing_email_is_parked),
         ("stuck_call_times_out_and_is_retried", stuck_call_times_out),
-        (
-            "terminated_worker_exits_promptly_restarts_and_finishes_the_job",
-            terminated_worker_restarts,
-        ),
-        (
-            "attach_validates_its_target_and_is_idempotent",
-            attach_validates,
-        ),
-        (
-            "api_key_never_appears_in_jobs_events_errors_or_logs",
-            api_key_never_leaks,
-        ),
+        ("terminated_worker_exits_promptly_restarts_and_finishes_the_job", terminated_worker_restarts),
+        ("attach_validates_its_target_and_is_idempotent", attach_validates),
+        ("create_extension_warns_when_the_worker_serves_another_database", create_extension_warns),
+        ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
     ];
     // Each test starts with an emulator that has no faults or objects left by the previous one.
     let trials: Vec<Trial> = tests
@@ -103,14 +65,9 @@ fn main() {
         .collect();
 
     if !args.list {
-        let stripe = Emulator::start(
-            "127.0.0.1:0",
-            EmulatorConfig {
-                api_key: Some(API_KEY.into()),
-                ..Default::default()
-            },
-        )
-        .expect("start the Stripe emulator");
+        let stripe =
+            Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })
+                .expect("start the Stripe emulator");
         let settings = format!(
             "onboarding.database = 'postgres'\n\
              onboarding.stripe_api_base = '{base}'\n\
@@ -127,10 +84,7 @@ fn main() {
             timeout = REQUEST_TIMEOUT.as_millis(),
         );
         let cluster = Cluster::start(&settings);
-        cluster
-            .connect()
-            .batch_execute("CREATE EXTENSION onboarding")
-            .expect("CREATE EXTENSION");
+        cluster.connect().batch_execute("CREATE EXTENSION onboarding").expect("CREATE EXTENSION");
         let _ = ENV.set(Env { cluster, stripe });
     }
     let conclusion = libtest_mimic::run(&args, trials);
@@ -165,25 +119,12 @@ fn profiles_table(db: &mut Client, name: &str) -> String {
     table
 }
 
-fn insert_profile(
-    db: &mut impl postgres::GenericClient,
-    table: &str,
-    email: Option<&str>,
-) -> String {
-    db.query_one(
-        &format!("INSERT INTO {table} (email) VALUES ($1) RETURNING id::text"),
-        &[&email],
-    )
-    .unwrap()
-    .get(0)
+fn insert_profile(db: &mut impl postgres::GenericClient, table: &str, email: Option<&str>) -> String {
+    db.query_one(&format!("INSERT INTO {table} (email) VALUES ($1) RETURNING id::text"), &[&email]).unwrap().get(0)
 }
 
 /// Polls `probe` until it yields a value or the deadline passes.
-fn wait_for<T>(
-    what: &str,
-    deadline: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> Result<T, Failed> {
+fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T, Failed> {
     let until = Instant::now() + deadline;
     loop {
         if let Some(value) = probe() {
@@ -197,18 +138,11 @@ fn wait_for<T>(
 }
 
 fn customer_id(db: &mut Client, table: &str, user: &str) -> Option<String> {
-    db.query_one(
-        &format!("SELECT stripe_customer_id FROM {table} WHERE id::text = $1"),
-        &[&user],
-    )
-    .unwrap()
-    .get(0)
+    db.query_one(&format!("SELECT stripe_customer_id FROM {table} WHERE id::text = $1"), &[&user]).unwrap().get(0)
 }
 
 fn wait_for_customer(db: &mut Client, table: &str, user: &str) -> Result<String, Failed> {
-    wait_for(&format!("a customer for {user}"), DEADLINE, || {
-        customer_id(db, table, user)
-    })
+    wait_for(&format!("a customer for {user}"), DEADLINE, || customer_id(db, table, user))
 }
 
 #[derive(Debug)]
@@ -254,14 +188,11 @@ fn wait_for_state(db: &mut Client, user: &str, state: &str) -> Result<Job, Faile
 
 /// (step, detail) in sequence order.
 fn events_for(db: &mut Client, user: &str) -> Vec<(String, Value)> {
-    db.query(
-        "SELECT step, detail FROM onboarding.events WHERE user_id = $1 ORDER BY at, id",
-        &[&user],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
+    db.query("SELECT step, detail FROM onboarding.events WHERE user_id = $1 ORDER BY at, id", &[&user])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }
 
 fn steps(events: &[(String, Value)]) -> Vec<&str> {
@@ -270,38 +201,21 @@ fn steps(events: &[(String, Value)]) -> Vec<&str> {
 
 /// Requests the emulator received that concern this user (by `metadata[user_id]`).
 fn stripe_requests_for(user: &str) -> Vec<RecordedRequest> {
-    env()
-        .stripe
-        .requests()
-        .into_iter()
-        .filter(|r| r.params["metadata"]["user_id"] == user)
-        .collect()
+    env().stripe.requests().into_iter().filter(|r| r.params["metadata"]["user_id"] == user).collect()
 }
 
 fn stripe_customers_for(user: &str) -> Vec<Value> {
-    env()
-        .stripe
-        .customers()
-        .into_iter()
-        .filter(|c| c["metadata"]["user_id"] == user)
-        .collect()
+    env().stripe.customers().into_iter().filter(|c| c["metadata"]["user_id"] == user).collect()
 }
 
 fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
-    if condition {
-        Ok(())
-    } else {
-        Err(message().into())
-    }
+    if condition { Ok(()) } else { Err(message().into()) }
 }
 
 fn worker_pid(db: &mut Client) -> Option<i32> {
-    db.query_opt(
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'onboarding worker'",
-        &[],
-    )
-    .unwrap()
-    .map(|r| r.get(0))
+    db.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'onboarding worker'", &[])
+        .unwrap()
+        .map(|r| r.get(0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,52 +229,26 @@ fn committed_insert_creates_one_customer() -> Result<(), Failed> {
 
     let customer = wait_for_customer(&mut db, &table, &user)?;
     let job = wait_for_state(&mut db, &user, "succeeded")?;
-    ensure(job.stripe_id.as_deref() == Some(customer.as_str()), || {
-        format!("job {job:?} vs {customer}")
-    })?;
+    ensure(job.stripe_id.as_deref() == Some(customer.as_str()), || format!("job {job:?} vs {customer}"))?;
 
     let customers = stripe_customers_for(&user);
-    ensure(customers.len() == 1, || {
-        format!("expected one Stripe customer, got {customers:?}")
-    })?;
-    ensure(customers[0]["id"] == customer.as_str(), || {
-        format!("{customers:?} vs {customer}")
-    })?;
-    ensure(customers[0]["email"] == "ada@example.com", || {
-        format!("email: {}", customers[0])
-    })?;
+    ensure(customers.len() == 1, || format!("expected one Stripe customer, got {customers:?}"))?;
+    ensure(customers[0]["id"] == customer.as_str(), || format!("{customers:?} vs {customer}"))?;
+    ensure(customers[0]["email"] == "ada@example.com", || format!("email: {}", customers[0]))?;
 
     let requests = stripe_requests_for(&user);
-    ensure(requests.len() == 1, || {
-        format!("expected one request, got {requests:?}")
+    ensure(requests.len() == 1, || format!("expected one request, got {requests:?}"))?;
+    ensure(requests[0].idempotency_key.as_deref() == Some(job.idempotency_key.as_str()), || {
+        format!("idempotency key {:?} vs job {:?}", requests[0].idempotency_key, job.idempotency_key)
     })?;
-    ensure(
-        requests[0].idempotency_key.as_deref() == Some(job.idempotency_key.as_str()),
-        || {
-            format!(
-                "idempotency key {:?} vs job {:?}",
-                requests[0].idempotency_key, job.idempotency_key
-            )
-        },
-    )?;
 
     let events = events_for(&mut db, &user);
-    let expected = [
-        "enqueued",
-        "claimed",
-        "stripe_request",
-        "stripe_response",
-        "written_back",
-    ];
-    ensure(steps(&events) == expected, || {
-        format!("steps {:?}", steps(&events))
-    })?;
+    let expected = ["enqueued", "claimed", "stripe_request", "stripe_response", "written_back"];
+    ensure(steps(&events) == expected, || format!("steps {:?}", steps(&events)))?;
     let response = &events[3].1;
-    ensure(
-        response["status"] == 200
-            && response["request_id"] == requests[0].request_id.as_deref().unwrap(),
-        || format!("stripe_response detail {response}"),
-    )
+    ensure(response["status"] == 200 && response["request_id"] == requests[0].request_id.as_deref().unwrap(), || {
+        format!("stripe_response detail {response}")
+    })
 }
 
 fn rolled_back_insert_calls_nothing() -> Result<(), Failed> {
@@ -373,16 +261,10 @@ fn rolled_back_insert_calls_nothing() -> Result<(), Failed> {
     let committed = insert_profile(&mut db, &table, Some("real@example.com"));
     wait_for_customer(&mut db, &table, &committed)?;
 
-    ensure(jobs_for(&mut db, &rolled_back).is_empty(), || {
-        "a rolled-back insert left a job".into()
-    })?;
-    ensure(events_for(&mut db, &rolled_back).is_empty(), || {
-        "a rolled-back insert left events".into()
-    })?;
+    ensure(jobs_for(&mut db, &rolled_back).is_empty(), || "a rolled-back insert left a job".into())?;
+    ensure(events_for(&mut db, &rolled_back).is_empty(), || "a rolled-back insert left events".into())?;
     let requests = stripe_requests_for(&rolled_back);
-    ensure(requests.is_empty(), || {
-        format!("Stripe was called for a rolled-back profile: {requests:?}")
-    })
+    ensure(requests.is_empty(), || format!("Stripe was called for a rolled-back profile: {requests:?}"))
 }
 
 fn open_transaction_waits_for_commit() -> Result<(), Failed> {
@@ -399,14 +281,10 @@ fn open_transaction_waits_for_commit() -> Result<(), Failed> {
     let open_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < open_until {
         let requests = stripe_requests_for(&user);
-        ensure(requests.is_empty(), || {
-            format!("Stripe called before COMMIT: {requests:?}")
-        })?;
+        ensure(requests.is_empty(), || format!("Stripe called before COMMIT: {requests:?}"))?;
         std::thread::sleep(Duration::from_millis(100));
     }
-    ensure(jobs_for(&mut db, &user).is_empty(), || {
-        "job visible before COMMIT".into()
-    })?;
+    ensure(jobs_for(&mut db, &user).is_empty(), || "job visible before COMMIT".into())?;
 
     let committed_at = Instant::now();
     let committed_wall = std::time::SystemTime::now();
@@ -414,27 +292,15 @@ fn open_transaction_waits_for_commit() -> Result<(), Failed> {
     wait_for_customer(&mut db, &table, &user)?;
     let latency = committed_at.elapsed();
     // The poll interval is 60 s: only the commit-time wake explains a result within seconds.
-    ensure(latency < Duration::from_secs(5), || {
-        format!("customer took {latency:?} after COMMIT")
-    })?;
+    ensure(latency < Duration::from_secs(5), || format!("customer took {latency:?} after COMMIT"))?;
     let first = &stripe_requests_for(&user)[0];
-    ensure(first.arrived_at >= committed_wall, || {
-        "the Stripe request predates the COMMIT".into()
-    })
+    ensure(first.arrived_at >= committed_wall, || "the Stripe request predates the COMMIT".into())
 }
 
 /// Holds the worker inside a Stripe call (a stalled request for a decoy profile) while the test
 /// changes another profile after its commit, so the worker sees the change deterministically.
-fn while_worker_is_busy(
-    db: &mut Client,
-    table: &str,
-    change: impl FnOnce(&mut Client),
-) -> Result<(), Failed> {
-    env().stripe.inject(
-        Fault::stall(Duration::from_secs(2))
-            .on("POST", "/v1/customers")
-            .times(1),
-    );
+fn while_worker_is_busy(db: &mut Client, table: &str, change: impl FnOnce(&mut Client)) -> Result<(), Failed> {
+    env().stripe.inject(Fault::stall(Duration::from_secs(2)).on("POST", "/v1/customers").times(1));
     let decoy = insert_profile(db, table, Some("decoy@example.com"));
     wait_for("the decoy's request to reach Stripe", DEADLINE, || {
         (!stripe_requests_for(&decoy).is_empty()).then_some(())
@@ -450,64 +316,33 @@ fn deleted_profile_is_skipped() -> Result<(), Failed> {
     let mut user = String::new();
     while_worker_is_busy(&mut db, &table, |db| {
         user = insert_profile(db, &table, Some("gone@example.com"));
-        db.execute(
-            &format!("DELETE FROM {table} WHERE id::text = $1"),
-            &[&user],
-        )
-        .unwrap();
+        db.execute(&format!("DELETE FROM {table} WHERE id::text = $1"), &[&user]).unwrap();
     })?;
     let job = wait_for_state(&mut db, &user, "skipped")?;
     ensure(job.stripe_id.is_none(), || format!("{job:?}"))?;
     let events = events_for(&mut db, &user);
-    ensure(steps(&events) == ["enqueued", "claimed", "skipped"], || {
-        format!("steps {:?}", steps(&events))
-    })?;
-    ensure(events[2].1["reason"] == "profile not found", || {
-        format!("{}", events[2].1)
-    })?;
+    ensure(steps(&events) == ["enqueued", "claimed", "skipped"], || format!("steps {:?}", steps(&events)))?;
+    ensure(events[2].1["reason"] == "profile not found", || format!("{}", events[2].1))?;
     let requests = stripe_requests_for(&user);
-    ensure(requests.is_empty(), || {
-        format!("Stripe called for a deleted profile: {requests:?}")
-    })
+    ensure(requests.is_empty(), || format!("Stripe called for a deleted profile: {requests:?}"))
 }
 
 fn deleted_during_call_is_orphaned() -> Result<(), Failed> {
     let mut db = db();
     let table = profiles_table(&mut db, "profiles_vanishing");
-    env().stripe.inject(
-        Fault::stall(Duration::from_secs(2))
-            .on("POST", "/v1/customers")
-            .times(1),
-    );
+    env().stripe.inject(Fault::stall(Duration::from_secs(2)).on("POST", "/v1/customers").times(1));
     let user = insert_profile(&mut db, &table, Some("vanishing@example.com"));
-    wait_for("the request to reach Stripe", DEADLINE, || {
-        (!stripe_requests_for(&user).is_empty()).then_some(())
-    })?;
-    db.execute(
-        &format!("DELETE FROM {table} WHERE id::text = $1"),
-        &[&user],
-    )
-    .unwrap();
+    wait_for("the request to reach Stripe", DEADLINE, || (!stripe_requests_for(&user).is_empty()).then_some(()))?;
+    db.execute(&format!("DELETE FROM {table} WHERE id::text = $1"), &[&user]).unwrap();
 
     let job = wait_for_state(&mut db, &user, "orphaned")?;
     let customers = stripe_customers_for(&user);
     ensure(customers.len() == 1, || format!("{customers:?}"))?;
     // Nothing silently lost: the job names the Stripe customer that has no profile.
-    ensure(
-        job.stripe_id.as_deref() == customers[0]["id"].as_str(),
-        || format!("{job:?} vs {customers:?}"),
-    )?;
-    ensure(
-        job.last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("profile deleted")),
-        || format!("{job:?}"),
-    )?;
+    ensure(job.stripe_id.as_deref() == customers[0]["id"].as_str(), || format!("{job:?} vs {customers:?}"))?;
+    ensure(job.last_error.as_deref().is_some_and(|e| e.contains("profile deleted")), || format!("{job:?}"))?;
     let events = events_for(&mut db, &user);
-    ensure(
-        steps(&events).ends_with(&["stripe_response", "orphaned"]),
-        || format!("steps {:?}", steps(&events)),
-    )
+    ensure(steps(&events).ends_with(&["stripe_response", "orphaned"]), || format!("steps {:?}", steps(&events)))
 }
 
 fn provisioned_profile_gets_no_call() -> Result<(), Failed> {
@@ -525,24 +360,15 @@ fn provisioned_profile_gets_no_call() -> Result<(), Failed> {
     let mut user = String::new();
     while_worker_is_busy(&mut db, &table, |db| {
         user = insert_profile(db, &table, Some("later@example.com"));
-        db.execute(
-            &format!("UPDATE {table} SET stripe_customer_id = 'cus_existing2' WHERE id::text = $1"),
-            &[&user],
-        )
-        .unwrap();
+        db.execute(&format!("UPDATE {table} SET stripe_customer_id = 'cus_existing2' WHERE id::text = $1"), &[&user])
+            .unwrap();
     })?;
     let job = wait_for_state(&mut db, &user, "succeeded")?;
-    ensure(job.stripe_id.as_deref() == Some("cus_existing2"), || {
-        format!("{job:?}")
-    })?;
-    ensure(jobs_for(&mut db, &inserted_with_id).is_empty(), || {
-        "a job for a provisioned profile".into()
-    })?;
+    ensure(job.stripe_id.as_deref() == Some("cus_existing2"), || format!("{job:?}"))?;
+    ensure(jobs_for(&mut db, &inserted_with_id).is_empty(), || "a job for a provisioned profile".into())?;
     for u in [&user, &inserted_with_id] {
         let requests = stripe_requests_for(u);
-        ensure(requests.is_empty(), || {
-            format!("Stripe called for a provisioned profile: {requests:?}")
-        })?;
+        ensure(requests.is_empty(), || format!("Stripe called for a provisioned profile: {requests:?}"))?;
     }
     Ok(())
 }
@@ -559,39 +385,20 @@ fn two_hundred_profiles() -> Result<(), Failed> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    wait_for(
-        "200 customers written back",
-        Duration::from_secs(60),
-        || {
-            let done: i64 = db
-                .query_one(
-                    &format!("SELECT count(*) FROM {table} WHERE stripe_customer_id IS NOT NULL"),
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            (done == 200).then_some(())
-        },
-    )?;
-    let distinct: i64 = db
-        .query_one(
-            &format!("SELECT count(DISTINCT stripe_customer_id) FROM {table}"),
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    ensure(distinct == 200, || {
-        format!("{distinct} distinct customer ids for 200 profiles")
+    wait_for("200 customers written back", Duration::from_secs(60), || {
+        let done: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {table} WHERE stripe_customer_id IS NOT NULL"), &[])
+            .unwrap()
+            .get(0);
+        (done == 200).then_some(())
     })?;
+    let distinct: i64 =
+        db.query_one(&format!("SELECT count(DISTINCT stripe_customer_id) FROM {table}"), &[]).unwrap().get(0);
+    ensure(distinct == 200, || format!("{distinct} distinct customer ids for 200 profiles"))?;
     let all = env().stripe.customers();
     for user in &users {
-        let theirs = all
-            .iter()
-            .filter(|c| c["metadata"]["user_id"] == user.as_str())
-            .count();
-        ensure(theirs == 1, || {
-            format!("user {user} has {theirs} Stripe customers")
-        })?;
+        let theirs = all.iter().filter(|c| c["metadata"]["user_id"] == user.as_str()).count();
+        ensure(theirs == 1, || format!("user {user} has {theirs} Stripe customers"))?;
     }
     Ok(())
 }
@@ -609,58 +416,28 @@ fn transient_failures_retry() -> Result<(), Failed> {
 
     let customer = wait_for_customer(&mut db, &table, &user)?;
     let job = only_job(&mut db, &user)?;
-    ensure(job.state == "succeeded" && job.attempts == 5, || {
-        format!("{job:?}")
-    })?;
-    ensure(job.last_error.is_some(), || {
-        "the failures left no last_error".into()
-    })?;
+    ensure(job.state == "succeeded" && job.attempts == 5, || format!("{job:?}"))?;
+    ensure(job.last_error.is_some(), || "the failures left no last_error".into())?;
 
     let customers = stripe_customers_for(&user);
-    ensure(
-        customers.len() == 1 && customers[0]["id"] == customer.as_str(),
-        || format!("{customers:?}"),
-    )?;
+    ensure(customers.len() == 1 && customers[0]["id"] == customer.as_str(), || format!("{customers:?}"))?;
     let requests = stripe_requests_for(&user);
-    ensure(requests.len() == 5, || {
-        format!("expected 5 requests, got {requests:?}")
+    ensure(requests.len() == 5, || format!("expected 5 requests, got {requests:?}"))?;
+    ensure(requests.iter().all(|r| r.idempotency_key.as_deref() == Some(job.idempotency_key.as_str())), || {
+        "retries used different idempotency keys".into()
     })?;
-    ensure(
-        requests
-            .iter()
-            .all(|r| r.idempotency_key.as_deref() == Some(job.idempotency_key.as_str())),
-        || "retries used different idempotency keys".into(),
-    )?;
-    ensure(requests[4].replayed, || {
-        "the last attempt was not an idempotent replay".into()
-    })?;
+    ensure(requests[4].replayed, || "the last attempt was not an idempotent replay".into())?;
 
     let events = events_for(&mut db, &user);
-    let failures: Vec<&Value> = events
-        .iter()
-        .filter(|(s, _)| s == "failed")
-        .map(|(_, d)| d)
-        .collect();
-    ensure(failures.len() == 4, || {
-        format!("expected 4 failed events, got {:?}", steps(&events))
-    })?;
-    for (failure, (status, request)) in failures
-        .iter()
-        .zip([(503, &requests[0]), (429, &requests[1])])
-    {
-        ensure(
-            failure["status"] == status
-                && failure["request_id"] == request.request_id.as_deref().unwrap(),
-            || format!("failure {failure} vs request {request:?}"),
-        )?;
+    let failures: Vec<&Value> = events.iter().filter(|(s, _)| s == "failed").map(|(_, d)| d).collect();
+    ensure(failures.len() == 4, || format!("expected 4 failed events, got {:?}", steps(&events)))?;
+    for (failure, (status, request)) in failures.iter().zip([(503, &requests[0]), (429, &requests[1])]) {
+        ensure(failure["status"] == status && failure["request_id"] == request.request_id.as_deref().unwrap(), || {
+            format!("failure {failure} vs request {request:?}")
+        })?;
     }
-    ensure(
-        failures[2]["kind"] == "transport" && failures[3]["kind"] == "transport",
-        || format!("{failures:?}"),
-    )?;
-    ensure(steps(&events).last() == Some(&"written_back"), || {
-        format!("steps {:?}", steps(&events))
-    })
+    ensure(failures[2]["kind"] == "transport" && failures[3]["kind"] == "transport", || format!("{failures:?}"))?;
+    ensure(steps(&events).last() == Some(&"written_back"), || format!("steps {:?}", steps(&events)))
 }
 
 fn bad_request_is_parked() -> Result<(), Failed> {
@@ -680,19 +457,10 @@ fn bad_request_is_parked() -> Result<(), Failed> {
     ensure(requests.len() == 1, || format!("{requests:?}"))?;
     let error = job.last_error.unwrap_or_default();
     let request_id = requests[0].request_id.clone().unwrap();
-    for needle in [
-        "400",
-        "parameter_invalid_empty",
-        "Invalid email address",
-        request_id.as_str(),
-    ] {
-        ensure(error.contains(needle), || {
-            format!("last_error {error:?} lacks {needle:?}")
-        })?;
+    for needle in ["400", "parameter_invalid_empty", "Invalid email address", request_id.as_str()] {
+        ensure(error.contains(needle), || format!("last_error {error:?} lacks {needle:?}"))?;
     }
-    ensure(customer_id(&mut db, &table, &user).is_none(), || {
-        "a customer was written".into()
-    })
+    ensure(customer_id(&mut db, &table, &user).is_none(), || "a customer was written".into())
 }
 
 fn missing_email_is_parked() -> Result<(), Failed> {
@@ -700,92 +468,52 @@ fn missing_email_is_parked() -> Result<(), Failed> {
     let table = profiles_table(&mut db, "profiles_no_email");
     let user = insert_profile(&mut db, &table, None);
     let job = wait_for_state(&mut db, &user, "dead")?;
-    ensure(
-        job.last_error.as_deref() == Some("profile has no email"),
-        || format!("{job:?}"),
-    )?;
-    ensure(stripe_requests_for(&user).is_empty(), || {
-        "a profile without email was sent to Stripe".into()
-    })
+    ensure(job.last_error.as_deref() == Some("profile has no email"), || format!("{job:?}"))?;
+    ensure(stripe_requests_for(&user).is_empty(), || "a profile without email was sent to Stripe".into())
 }
 
 fn stuck_call_times_out() -> Result<(), Failed> {
     let mut db = db();
     let table = profiles_table(&mut db, "profiles_stuck");
-    env().stripe.inject(
-        Fault::stall(REQUEST_TIMEOUT * 3)
-            .on("POST", "/v1/customers")
-            .times(1),
-    );
+    env().stripe.inject(Fault::stall(REQUEST_TIMEOUT * 3).on("POST", "/v1/customers").times(1));
     let user = insert_profile(&mut db, &table, Some("slow@example.com"));
     wait_for_customer(&mut db, &table, &user)?;
     let events = events_for(&mut db, &user);
-    let failure = events
-        .iter()
-        .find(|(s, _)| s == "failed")
-        .map(|(_, d)| d.clone());
-    ensure(
-        failure
-            .as_ref()
-            .is_some_and(|f| f["transport"] == "timeout"),
-        || format!("events {events:?}"),
-    )
+    let failure = events.iter().find(|(s, _)| s == "failed").map(|(_, d)| d.clone());
+    ensure(failure.as_ref().is_some_and(|f| f["transport"] == "timeout"), || format!("events {events:?}"))
 }
 
 fn terminated_worker_restarts() -> Result<(), Failed> {
     let mut db = db();
     let table = profiles_table(&mut db, "profiles_terminate");
     let before = wait_for("the worker", DEADLINE, || worker_pid(&mut db))?;
-    env().stripe.inject(
-        Fault::stall(Duration::from_secs(30))
-            .on("POST", "/v1/customers")
-            .times(1),
-    );
+    env().stripe.inject(Fault::stall(Duration::from_secs(30)).on("POST", "/v1/customers").times(1));
     let user = insert_profile(&mut db, &table, Some("interrupted@example.com"));
-    wait_for("the request to reach Stripe", DEADLINE, || {
-        (!stripe_requests_for(&user).is_empty()).then_some(())
-    })?;
+    wait_for("the request to reach Stripe", DEADLINE, || (!stripe_requests_for(&user).is_empty()).then_some(()))?;
 
     let terminated_at = Instant::now();
-    db.execute("SELECT pg_terminate_backend($1)", &[&before])
-        .unwrap();
-    wait_for("the worker to exit", Duration::from_secs(2), || {
-        (worker_pid(&mut db) != Some(before)).then_some(())
-    })?;
+    db.execute("SELECT pg_terminate_backend($1)", &[&before]).unwrap();
+    wait_for("the worker to exit", Duration::from_secs(2), || (worker_pid(&mut db) != Some(before)).then_some(()))?;
     let exit = terminated_at.elapsed();
-    ensure(exit < Duration::from_millis(1500), || {
-        format!("the worker took {exit:?} to exit mid-call")
-    })?;
+    ensure(exit < Duration::from_millis(1500), || format!("the worker took {exit:?} to exit mid-call"))?;
 
     let after = wait_for("a restarted worker", DEADLINE, || worker_pid(&mut db))?;
     ensure(after != before, || "the same worker pid".into())?;
     let customer = wait_for_customer(&mut db, &table, &user)?;
     let job = only_job(&mut db, &user)?;
-    ensure(job.state == "succeeded" && job.attempts == 2, || {
-        format!("{job:?}")
-    })?;
+    ensure(job.state == "succeeded" && job.attempts == 2, || format!("{job:?}"))?;
     let events = events_for(&mut db, &user);
-    ensure(steps(&events).contains(&"requeued"), || {
-        format!("steps {:?}", steps(&events))
-    })?;
+    ensure(steps(&events).contains(&"requeued"), || format!("steps {:?}", steps(&events)))?;
     let customers = stripe_customers_for(&user);
-    ensure(
-        customers.len() == 1 && customers[0]["id"] == customer.as_str(),
-        || format!("{customers:?}"),
-    )
+    ensure(customers.len() == 1 && customers[0]["id"] == customer.as_str(), || format!("{customers:?}"))
 }
 
 fn sqlstate(result: Result<impl Sized, postgres::Error>) -> Result<(String, String), Failed> {
     match result {
         Ok(_) => Err("expected an error".into()),
         Err(e) => {
-            let db = e
-                .as_db_error()
-                .ok_or_else(|| format!("not a database error: {e}"))?;
-            Ok((
-                db.code().code().to_string(),
-                format!("{} {}", db.message(), db.hint().unwrap_or("")),
-            ))
+            let db = e.as_db_error().ok_or_else(|| format!("not a database error: {e}"))?;
+            Ok((db.code().code().to_string(), format!("{} {}", db.message(), db.hint().unwrap_or(""))))
         }
     }
 }
@@ -800,67 +528,59 @@ fn attach_validates() -> Result<(), Failed> {
     )
     .unwrap();
     let cases = [
-        (
-            "SELECT onboarding.attach('public.no_such_table')",
-            "42P01",
-            "no_such_table",
-        ),
-        (
-            "SELECT onboarding.attach('public.attach_target', email_column => 'mail')",
-            "42703",
-            "mail",
-        ),
-        (
-            "SELECT onboarding.attach('public.attach_wrong')",
-            "42804",
-            "integer",
-        ),
-        (
-            "SELECT onboarding.attach('public.attach_view')",
-            "42809",
-            "not a table",
-        ),
-        (
-            "SELECT onboarding.attach('public.attach_target', connect_account_column => 'acct')",
-            "42703",
-            "acct",
-        ),
+        ("SELECT onboarding.attach('public.no_such_table')", "42P01", "no_such_table"),
+        ("SELECT onboarding.attach('public.attach_target', email_column => 'mail')", "42703", "mail"),
+        ("SELECT onboarding.attach('public.attach_wrong')", "42804", "integer"),
+        ("SELECT onboarding.attach('public.attach_view')", "42809", "not a table"),
+        ("SELECT onboarding.attach('public.attach_target', connect_account_column => 'acct')", "42703", "acct"),
     ];
     for (sql, code, needle) in cases {
         let (got, message) = sqlstate(db.simple_query(sql))?;
-        ensure(got == code && message.contains(needle), || {
-            format!("{sql}: {got} {message}")
-        })?;
+        ensure(got == code && message.contains(needle), || format!("{sql}: {got} {message}"))?;
     }
-    let (_, hint) = sqlstate(
-        db.simple_query("SELECT onboarding.attach('public.attach_target', email_column => 'mail')"),
-    )?;
-    ensure(hint.contains("Columns of"), || {
-        format!("no hint listing the columns: {hint}")
-    })?;
+    let (_, hint) =
+        sqlstate(db.simple_query("SELECT onboarding.attach('public.attach_target', email_column => 'mail')"))?;
+    ensure(hint.contains("Columns of"), || format!("no hint listing the columns: {hint}"))?;
 
     for _ in 0..2 {
-        db.execute("SELECT onboarding.attach('public.attach_target')", &[])
-            .unwrap();
+        db.execute("SELECT onboarding.attach('public.attach_target')", &[]).unwrap();
     }
     let triggers = |db: &mut Client| -> i64 {
-        db.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.attach_target'::regclass AND NOT tgisinternal", &[])
-            .unwrap()
-            .get(0)
+        db.query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.attach_target'::regclass AND NOT tgisinternal",
+            &[],
+        )
+        .unwrap()
+        .get(0)
     };
-    ensure(triggers(&mut db) == 1, || {
-        "attach twice left other than one trigger".into()
-    })?;
-    db.execute("SELECT onboarding.detach('public.attach_target')", &[])
-        .unwrap();
+    ensure(triggers(&mut db) == 1, || "attach twice left other than one trigger".into())?;
+    db.execute("SELECT onboarding.detach('public.attach_target')", &[]).unwrap();
     ensure(triggers(&mut db) == 0, || "detach left the trigger".into())?;
     let user: String = db
-        .query_one("INSERT INTO public.attach_target VALUES (gen_random_uuid(), 'x@example.com') RETURNING id::text", &[])
+        .query_one(
+            "INSERT INTO public.attach_target VALUES (gen_random_uuid(), 'x@example.com') RETURNING id::text",
+            &[],
+        )
         .unwrap()
         .get(0);
-    ensure(jobs_for(&mut db, &user).is_empty(), || {
-        "a detached table still enqueues".into()
-    })
+    ensure(jobs_for(&mut db, &user).is_empty(), || "a detached table still enqueues".into())
+}
+
+fn create_extension_warns() -> Result<(), Failed> {
+    let mut db = db();
+    db.batch_execute("DROP DATABASE IF EXISTS other_app").unwrap();
+    db.batch_execute("CREATE DATABASE other_app").unwrap();
+    let out = env().cluster.psql("other_app", "CREATE EXTENSION onboarding");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure(out.status.success(), || format!("CREATE EXTENSION failed: {stderr}"))?;
+    ensure(stderr.contains("WARNING") && stderr.contains("serves database \"postgres\", not \"other_app\""), || {
+        format!("no clear warning: {stderr}")
+    })?;
+    ensure(stderr.contains("onboarding.database"), || format!("the warning has no hint: {stderr}"))?;
+    // In the database it serves, no warning (and the running worker survives the reinstall).
+    let out = env().cluster.psql("postgres", "DROP EXTENSION onboarding CASCADE; CREATE EXTENSION onboarding");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure(out.status.success() && !stderr.contains("WARNING"), || format!("reinstall: {stderr}"))
 }
 
 /// Inserts probe profiles until one's job ends in `state` (the worker applies a reload a moment
@@ -869,9 +589,7 @@ fn probe_until(db: &mut Client, table: &str, state: &str) -> Result<Job, Failed>
     wait_for(&format!("a probe job to end {state}"), DEADLINE, || {
         let user = insert_profile(db, table, Some("probe@example.com"));
         let finished = wait_for("the probe job to finish", DEADLINE, || {
-            jobs_for(db, &user)
-                .into_iter()
-                .find(|j| !["pending", "running"].contains(&j.state.as_str()))
+            jobs_for(db, &user).into_iter().find(|j| !["pending", "running"].contains(&j.state.as_str()))
         })
         .ok()?;
         (finished.state == state).then_some(finished)
@@ -884,21 +602,11 @@ fn api_key_never_leaks() -> Result<(), Failed> {
     let table = profiles_table(&mut db, "profiles_secret");
     // Rotate to a key the emulator rejects: the reload must reach the worker, PostgreSQL must not
     // log the new value, and the 401 (where keys get echoed) must not leak it either.
-    db.batch_execute(&format!(
-        "ALTER SYSTEM SET onboarding.stripe_api_key = '{ROTATED_KEY}'"
-    ))
-    .unwrap();
+    db.batch_execute(&format!("ALTER SYSTEM SET onboarding.stripe_api_key = '{ROTATED_KEY}'")).unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
     let rejected = probe_until(&mut db, &table, "dead")?;
-    ensure(
-        rejected
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("401")),
-        || format!("{rejected:?}"),
-    )?;
-    db.batch_execute("ALTER SYSTEM RESET onboarding.stripe_api_key")
-        .unwrap();
+    ensure(rejected.last_error.as_deref().is_some_and(|e| e.contains("401")), || format!("{rejected:?}"))?;
+    db.batch_execute("ALTER SYSTEM RESET onboarding.stripe_api_key").unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
     probe_until(&mut db, &table, "succeeded")?;
 
@@ -914,30 +622,17 @@ fn api_key_never_leaks() -> Result<(), Failed> {
             )
             .unwrap()
             .get(0);
-        ensure(leaks == 0, || {
-            format!("{key} appears in {leaks} job, event or activity rows")
-        })?;
-        ensure(!env().cluster.server_log().contains(secret), || {
-            format!("{key} appears in the server log")
-        })?;
+        ensure(leaks == 0, || format!("{key} appears in {leaks} job, event or activity rows"))?;
+        ensure(!env().cluster.server_log().contains(secret), || format!("{key} appears in the server log"))?;
     }
 
     // Non-superusers can neither read it nor see it listed.
-    db.batch_execute("DROP ROLE IF EXISTS onboarding_app; CREATE ROLE onboarding_app LOGIN")
-        .unwrap();
+    db.batch_execute("DROP ROLE IF EXISTS onboarding_app; CREATE ROLE onboarding_app LOGIN").unwrap();
     db.batch_execute("SET ROLE onboarding_app").unwrap();
-    let (code, _) =
-        sqlstate(db.simple_query("SELECT current_setting('onboarding.stripe_api_key')"))?;
+    let (code, _) = sqlstate(db.simple_query("SELECT current_setting('onboarding.stripe_api_key')"))?;
     ensure(code == "42501", || format!("current_setting gave {code}"))?;
-    let listed: i64 = db
-        .query_one(
-            "SELECT count(*) FROM pg_settings WHERE name = 'onboarding.stripe_api_key'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let listed: i64 =
+        db.query_one("SELECT count(*) FROM pg_settings WHERE name = 'onboarding.stripe_api_key'", &[]).unwrap().get(0);
     db.batch_execute("RESET ROLE").unwrap();
-    ensure(listed == 0, || {
-        "pg_settings shows the key to a non-superuser".into()
-    })
+    ensure(listed == 0, || "pg_settings shows the key to a non-superuser".into())
 }

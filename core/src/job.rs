@@ -76,10 +76,7 @@ pub fn plan_customer(user_id: &str, profile: Option<Profile>) -> CustomerPlan {
     match profile.email.as_deref().map(str::trim) {
         None | Some("") => CustomerPlan::Unusable("profile has no email".into()),
         Some(email) => match check_email(email) {
-            Ok(()) => CustomerPlan::Create(NewCustomer {
-                user_id: user_id.to_string(),
-                email: email.to_string(),
-            }),
+            Ok(()) => CustomerPlan::Create(NewCustomer { user_id: user_id.to_string(), email: email.to_string() }),
             Err(why) => CustomerPlan::Unusable(why),
         },
     }
@@ -88,25 +85,15 @@ pub fn plan_customer(user_id: &str, profile: Option<Profile>) -> CustomerPlan {
 /// A deliberately loose check: catch obvious garbage, let Stripe judge the rest.
 pub fn check_email(email: &str) -> Result<(), String> {
     if email.len() > MAX_EMAIL {
-        return Err(format!(
-            "email is {} characters; Stripe allows {MAX_EMAIL}",
-            email.len()
-        ));
+        return Err(format!("email is {} characters; Stripe allows {MAX_EMAIL}", email.len()));
     }
     let valid = match email.split_once('@') {
         Some((local, domain)) => {
-            !local.is_empty()
-                && !domain.is_empty()
-                && !domain.contains('@')
-                && !email.chars().any(char::is_whitespace)
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@') && !email.chars().any(char::is_whitespace)
         }
         None => false,
     };
-    if valid {
-        Ok(())
-    } else {
-        Err(format!("email {email:?} is not an email address"))
-    }
+    if valid { Ok(()) } else { Err(format!("email {email:?} is not an email address")) }
 }
 
 /// Where a job goes after a failed attempt.
@@ -136,10 +123,7 @@ mod tests {
     use super::*;
 
     fn profile(email: Option<&str>, customer: Option<&str>) -> Option<Profile> {
-        Some(Profile {
-            email: email.map(Into::into),
-            customer_id: customer.map(Into::into),
-        })
+        Some(Profile { email: email.map(Into::into), customer_id: customer.map(Into::into) })
     }
 
     #[test]
@@ -151,27 +135,12 @@ mod tests {
         );
         assert_eq!(
             plan_customer("u1", profile(Some(" a@b.co "), None)),
-            CustomerPlan::Create(NewCustomer {
-                user_id: "u1".into(),
-                email: "a@b.co".into()
-            })
+            CustomerPlan::Create(NewCustomer { user_id: "u1".into(), email: "a@b.co".into() })
         );
-        assert!(matches!(
-            plan_customer("u1", profile(None, None)),
-            CustomerPlan::Unusable(_)
-        ));
-        assert!(matches!(
-            plan_customer("u1", profile(Some("  "), None)),
-            CustomerPlan::Unusable(_)
-        ));
-        assert!(matches!(
-            plan_customer("u1", profile(Some("nope"), None)),
-            CustomerPlan::Unusable(_)
-        ));
-        assert!(matches!(
-            plan_customer(&"x".repeat(501), profile(Some("a@b.co"), None)),
-            CustomerPlan::Unusable(_)
-        ));
+        assert!(matches!(plan_customer("u1", profile(None, None)), CustomerPlan::Unusable(_)));
+        assert!(matches!(plan_customer("u1", profile(Some("  "), None)), CustomerPlan::Unusable(_)));
+        assert!(matches!(plan_customer("u1", profile(Some("nope"), None)), CustomerPlan::Unusable(_)));
+        assert!(matches!(plan_customer(&"x".repeat(501), profile(Some("a@b.co"), None)), CustomerPlan::Unusable(_)));
     }
 
     #[test]
@@ -179,40 +148,18 @@ mod tests {
         for ok in ["a@b.co", "first.last+tag@sub.example.org", "x@localhost"] {
             assert_eq!(check_email(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "",
-            "plain",
-            "@b.co",
-            "a@",
-            "a@b@c",
-            "a b@c.d",
-            &format!("{}@b.co", "a".repeat(600)),
-        ] {
+        for bad in ["", "plain", "@b.co", "a@", "a@b@c", "a b@c.d", &format!("{}@b.co", "a".repeat(600))] {
             assert!(check_email(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn failures_retry_until_attempts_run_out() {
-        let backoff = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        };
-        let retry = Disposition::Retry {
-            rate_limited: false,
-        };
+        let backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(1) };
+        let retry = Disposition::Retry { rate_limited: false };
         let mut rng = rand::rng();
-        assert!(matches!(
-            after_failure(1, 3, retry, &backoff, &mut rng),
-            AfterFailure::RetryIn(_)
-        ));
-        assert_eq!(
-            after_failure(3, 3, retry, &backoff, &mut rng),
-            AfterFailure::Dead
-        );
-        assert_eq!(
-            after_failure(1, 3, Disposition::Permanent, &backoff, &mut rng),
-            AfterFailure::Dead
-        );
+        assert!(matches!(after_failure(1, 3, retry, &backoff, &mut rng), AfterFailure::RetryIn(_)));
+        assert_eq!(after_failure(3, 3, retry, &backoff, &mut rng), AfterFailure::Dead);
+        assert_eq!(after_failure(1, 3, Disposition::Permanent, &backoff, &mut rng), AfterFailure::Dead);
     }
 }

@@ -18,9 +18,7 @@ pub enum Disposition {
 /// Classifies the outcome of a request; `is_post` matters because a POST's 500 is stored under
 /// its idempotency key, so replaying it can only return the same 500.
 pub fn classify(error: &StripeError, is_post: bool) -> Disposition {
-    const RETRY: Disposition = Disposition::Retry {
-        rate_limited: false,
-    };
+    const RETRY: Disposition = Disposition::Retry { rate_limited: false };
     match error {
         // Stripe may or may not have executed it; the idempotency key makes another try safe.
         StripeError::Transport { .. } => RETRY,
@@ -84,9 +82,7 @@ mod tests {
     #[test]
     fn classification_matches_the_documented_policy() {
         use Disposition::*;
-        let retry = Retry {
-            rate_limited: false,
-        };
+        let retry = Retry { rate_limited: false };
         let cases = [
             (api(409, None), true, retry),
             (api(424, None), true, retry),
@@ -104,77 +100,32 @@ mod tests {
             (api(402, None), true, Permanent),
             (api(403, None), true, Permanent),
             (api(404, None), true, Permanent),
-            (
-                StripeError::Transport {
-                    kind: TransportKind::Timeout,
-                    message: String::new(),
-                },
-                true,
-                retry,
-            ),
-            (
-                StripeError::Transport {
-                    kind: TransportKind::Other,
-                    message: String::new(),
-                },
-                true,
-                retry,
-            ),
-            (
-                StripeError::InvalidResponse {
-                    status: 200,
-                    request_id: None,
-                    message: String::new(),
-                },
-                true,
-                Permanent,
-            ),
+            (StripeError::Transport { kind: TransportKind::Timeout, message: String::new() }, true, retry),
+            (StripeError::Transport { kind: TransportKind::Other, message: String::new() }, true, retry),
+            (StripeError::InvalidResponse { status: 200, request_id: None, message: String::new() }, true, Permanent),
         ];
         for (error, is_post, expected) in cases {
-            assert_eq!(
-                classify(&error, is_post),
-                expected,
-                "{error:?} post={is_post}"
-            );
+            assert_eq!(classify(&error, is_post), expected, "{error:?} post={is_post}");
         }
     }
 
     #[test]
     fn backoff_grows_exponentially_within_jitter_and_cap() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(2),
-        };
+        let b = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(2) };
         let mut rng = rand::rng();
         for _ in 0..200 {
-            for (attempt, full_ms) in [
-                (1, 100),
-                (2, 200),
-                (3, 400),
-                (5, 1600),
-                (6, 2000),
-                (40, 2000),
-            ] {
+            for (attempt, full_ms) in [(1, 100), (2, 200), (3, 400), (5, 1600), (6, 2000), (40, 2000)] {
                 let d = b.delay(attempt, false, &mut rng).as_millis();
-                assert!(
-                    (full_ms / 2..=full_ms).contains(&d),
-                    "attempt {attempt}: {d}ms"
-                );
+                assert!((full_ms / 2..=full_ms).contains(&d), "attempt {attempt}: {d}ms");
             }
         }
     }
 
     #[test]
     fn rate_limits_back_off_at_least_a_second() {
-        let b = Backoff {
-            base: Duration::from_millis(10),
-            cap: Duration::from_millis(50),
-        };
+        let b = Backoff { base: Duration::from_millis(10), cap: Duration::from_millis(50) };
         let d = b.delay(1, true, &mut rand::rng());
-        assert!(
-            d >= Duration::from_millis(500) && d <= Duration::from_secs(1),
-            "{d:?}"
-        );
+        assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1), "{d:?}");
         assert!(b.delay(10, true, &mut rand::rng()) <= RATE_LIMIT_CAP);
     }
 }

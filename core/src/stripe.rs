@@ -20,12 +20,7 @@ impl ApiKey {
 
     /// `sk_test_****abcd`, the way Stripe masks keys in its own messages.
     pub fn masked(&self) -> String {
-        let prefix_end = self
-            .0
-            .match_indices('_')
-            .nth(1)
-            .map(|(i, _)| i + 1)
-            .unwrap_or(0);
+        let prefix_end = self.0.match_indices('_').nth(1).map(|(i, _)| i + 1).unwrap_or(0);
         let tail_start = self.0.len().saturating_sub(4).max(prefix_end);
         let (prefix, tail) = (&self.0[..prefix_end], &self.0[tail_start..]);
         format!("{prefix}****{tail}")
@@ -52,9 +47,7 @@ pub type Params = Vec<(String, String)>;
 
 /// `application/x-www-form-urlencoded`, brackets percent-encoded (Stripe accepts both forms).
 pub fn encode_form(params: &[(String, String)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params)
-        .finish()
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish()
 }
 
 /// A successful (2xx) answer.
@@ -91,18 +84,11 @@ pub enum TransportKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StripeError {
     /// No HTTP response: Stripe may or may not have executed the request.
-    Transport {
-        kind: TransportKind,
-        message: String,
-    },
+    Transport { kind: TransportKind, message: String },
     /// An HTTP error status with Stripe's error envelope (or as much of it as was sent).
     Api(ApiError),
     /// A 2xx whose body is not the object we asked for.
-    InvalidResponse {
-        status: u16,
-        request_id: Option<String>,
-        message: String,
-    },
+    InvalidResponse { status: u16, request_id: Option<String>, message: String },
     /// The client could not be built (bad base URL, unusable key characters).
     Config(String),
 }
@@ -135,11 +121,7 @@ impl StripeError {
                 "message": e.message, "param": e.param, "request_id": e.request_id,
                 "should_retry": e.should_retry,
             }),
-            StripeError::InvalidResponse {
-                status,
-                request_id,
-                message,
-            } => serde_json::json!({
+            StripeError::InvalidResponse { status, request_id, message } => serde_json::json!({
                 "kind": "invalid_response", "status": status, "request_id": request_id, "message": message,
             }),
             StripeError::Config(message) => {
@@ -176,11 +158,7 @@ impl fmt::Display for StripeError {
                 }
                 Ok(())
             }
-            StripeError::InvalidResponse {
-                status,
-                request_id,
-                message,
-            } => {
+            StripeError::InvalidResponse { status, request_id, message } => {
                 write!(f, "unexpected Stripe response (HTTP {status}): {message}")?;
                 if let Some(r) = request_id {
                     write!(f, " [request {r}]")?;
@@ -203,10 +181,7 @@ pub struct NewCustomer {
 
 impl NewCustomer {
     pub fn params(&self) -> Params {
-        vec![
-            ("email".into(), self.email.clone()),
-            ("metadata[user_id]".into(), self.user_id.clone()),
-        ]
+        vec![("email".into(), self.email.clone()), ("metadata[user_id]".into(), self.user_id.clone())]
     }
 }
 
@@ -244,12 +219,9 @@ impl StripeClient {
                 "onboarding.stripe_api_base must start with https:// or http://, got {api_base:?}"
             )));
         }
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.api_key.0))
-            .map_err(|_| {
-                StripeError::Config(
-                    "the Stripe API key contains characters not allowed in an HTTP header".into(),
-                )
-            })?;
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.api_key.0)).map_err(|_| {
+            StripeError::Config("the Stripe API key contains characters not allowed in an HTTP header".into())
+        })?;
         authorization.set_sensitive(true);
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -257,11 +229,7 @@ impl StripeClient {
             .user_agent(concat!("onboarding-postgres/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StripeError::Config(e.without_url().to_string()))?;
-        Ok(StripeClient {
-            http,
-            api_base,
-            authorization,
-        })
+        Ok(StripeClient { http, api_base, authorization })
     }
 
     /// `POST /v1/customers` with the profile's email and `metadata[user_id]`.
@@ -270,15 +238,12 @@ impl StripeClient {
         customer: &NewCustomer,
         idempotency_key: &str,
     ) -> Result<(Customer, Response), StripeError> {
-        let response = self
-            .post("/v1/customers", &customer.params(), Some(idempotency_key))
-            .await?;
-        let parsed =
-            Customer::from_json(&response.body).ok_or_else(|| StripeError::InvalidResponse {
-                status: response.status,
-                request_id: response.request_id.clone(),
-                message: "the body has no customer id".into(),
-            })?;
+        let response = self.post("/v1/customers", &customer.params(), Some(idempotency_key)).await?;
+        let parsed = Customer::from_json(&response.body).ok_or_else(|| StripeError::InvalidResponse {
+            status: response.status,
+            request_id: response.request_id.clone(),
+            message: "the body has no customer id".into(),
+        })?;
         Ok((parsed, response))
     }
 
@@ -306,10 +271,7 @@ impl StripeClient {
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 /// Turns a status, headers and body into a [`Response`] or a [`StripeError`].
@@ -323,20 +285,10 @@ pub fn interpret(status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Respon
             message: "the body is not JSON".into(),
         })?;
         let replayed = header_text(headers, "idempotent-replayed").as_deref() == Some("true");
-        return Ok(Response {
-            status,
-            request_id,
-            replayed,
-            body,
-        });
+        return Ok(Response { status, request_id, replayed, body });
     }
     let envelope = json.as_ref().and_then(|j| j.get("error"));
-    let field = |name: &str| {
-        envelope
-            .and_then(|e| e.get(name))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    let field = |name: &str| envelope.and_then(|e| e.get(name)).and_then(Value::as_str).map(str::to_string);
     Err(StripeError::Api(ApiError {
         status,
         error_type: field("type"),
@@ -386,59 +338,32 @@ mod tests {
 
     #[test]
     fn form_encoding_percent_encodes_brackets_and_reserved_characters() {
-        let params = NewCustomer {
-            user_id: "u-1".into(),
-            email: "a+b@example.com".into(),
-        }
-        .params();
-        assert_eq!(
-            encode_form(&params),
-            "email=a%2Bb%40example.com&metadata%5Buser_id%5D=u-1"
-        );
+        let params = NewCustomer { user_id: "u-1".into(), email: "a+b@example.com".into() }.params();
+        assert_eq!(encode_form(&params), "email=a%2Bb%40example.com&metadata%5Buser_id%5D=u-1");
     }
 
     #[test]
     fn masks_keys_like_stripe() {
-        assert_eq!(
-            ApiKey::new("sk_test_abcdefgh1234").unwrap().masked(),
-            "sk_test_****1234"
-        );
+        assert_eq!(ApiKey::new("sk_test_abcdefgh1234").unwrap().masked(), "sk_test_****1234");
         assert_eq!(ApiKey::new("weird").unwrap().masked(), "****eird");
-        assert!(
-            !format!("{:?}", ApiKey::new("sk_live_secretvalue9876").unwrap())
-                .contains("secretvalue")
-        );
+        assert!(!format!("{:?}", ApiKey::new("sk_live_secretvalue9876").unwrap()).contains("secretvalue"));
         assert!(ApiKey::new("   ").is_none());
     }
 
     #[test]
     fn parses_success_with_replay_header() {
         let h = headers(&[("request-id", "req_1"), ("idempotent-replayed", "true")]);
-        let r = interpret(
-            200,
-            &h,
-            br#"{"id":"cus_1","email":"a@b.c","metadata":{"user_id":"u"}}"#,
-        )
-        .unwrap();
+        let r = interpret(200, &h, br#"{"id":"cus_1","email":"a@b.c","metadata":{"user_id":"u"}}"#).unwrap();
         assert_eq!((r.request_id.as_deref(), r.replayed), (Some("req_1"), true));
         let c = Customer::from_json(&r.body).unwrap();
-        assert_eq!(
-            c,
-            Customer {
-                id: "cus_1".into(),
-                email: Some("a@b.c".into()),
-                metadata_user_id: Some("u".into())
-            }
-        );
+        assert_eq!(c, Customer { id: "cus_1".into(), email: Some("a@b.c".into()), metadata_user_id: Some("u".into()) });
     }
 
     #[test]
     fn parses_error_envelope_and_should_retry() {
         let h = headers(&[("request-id", "req_9"), ("stripe-should-retry", "false")]);
         let body = br#"{"error":{"type":"invalid_request_error","code":"resource_missing","param":"customer","message":"No such customer: 'cus_x'"}}"#;
-        let StripeError::Api(e) = interpret(404, &h, body).unwrap_err() else {
-            panic!("not an API error")
-        };
+        let StripeError::Api(e) = interpret(404, &h, body).unwrap_err() else { panic!("not an API error") };
         assert_eq!(e.status, 404);
         assert_eq!(e.error_type.as_deref(), Some("invalid_request_error"));
         assert_eq!(e.code.as_deref(), Some("resource_missing"));
@@ -449,12 +374,7 @@ mod tests {
 
     #[test]
     fn non_json_error_bodies_still_give_status_and_request_id() {
-        let err = interpret(
-            502,
-            &headers(&[("request-id", "req_2")]),
-            b"<html>bad gateway</html>",
-        )
-        .unwrap_err();
+        let err = interpret(502, &headers(&[("request-id", "req_2")]), b"<html>bad gateway</html>").unwrap_err();
         assert_eq!((err.status(), err.request_id()), (Some(502), Some("req_2")));
         assert!(err.to_string().contains("HTTP 502"), "{err}");
     }
@@ -462,10 +382,7 @@ mod tests {
     #[test]
     fn non_json_success_is_an_invalid_response() {
         let err = interpret(200, &HeaderMap::new(), b"ok").unwrap_err();
-        assert!(matches!(
-            err,
-            StripeError::InvalidResponse { status: 200, .. }
-        ));
+        assert!(matches!(err, StripeError::InvalidResponse { status: 200, .. }));
     }
 
     #[test]
@@ -476,9 +393,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
         };
-        let Err(StripeError::Config(m)) = StripeClient::new(&config) else {
-            panic!("accepted a bad base URL")
-        };
+        let Err(StripeError::Config(m)) = StripeClient::new(&config) else { panic!("accepted a bad base URL") };
         assert!(m.contains("https://"), "{m}");
     }
 }

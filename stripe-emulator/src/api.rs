@@ -70,12 +70,7 @@ pub struct Ctx<'a> {
     pub api_key: &'a str,
 }
 
-pub fn execute(
-    route: &Route,
-    params: &Value,
-    store: &mut Store,
-    ctx: &Ctx,
-) -> Result<Value, ApiError> {
+pub fn execute(route: &Route, params: &Value, store: &mut Store, ctx: &Ctx) -> Result<Value, ApiError> {
     let empty = Map::new();
     let p = params.as_object().unwrap_or(&empty);
     match route {
@@ -158,11 +153,7 @@ const CUSTOMER_IGNORED: &[&str] = &[
     "test_clock",
 ];
 
-fn create_customer(
-    p: &Map<String, Value>,
-    store: &mut Store,
-    ctx: &Ctx,
-) -> Result<Value, ApiError> {
+fn create_customer(p: &Map<String, Value>, store: &mut Store, ctx: &Ctx) -> Result<Value, ApiError> {
     allow(p, CUSTOMER_PARAMS, CUSTOMER_IGNORED)?;
     let mut metadata = Map::new();
     apply_metadata(&mut metadata, p)?;
@@ -198,28 +189,16 @@ fn create_customer(
     });
     set_customer_fields(&mut customer, p)?;
     let seq = store.next_seq();
-    store
-        .customers
-        .insert(seq, customer.clone(), ctx.indexed_at);
+    store.customers.insert(seq, customer.clone(), ctx.indexed_at);
     Ok(customer)
 }
 
-fn update_customer(
-    id: &str,
-    p: &Map<String, Value>,
-    store: &mut Store,
-    ctx: &Ctx,
-) -> Result<Value, ApiError> {
+fn update_customer(id: &str, p: &Map<String, Value>, store: &mut Store, ctx: &Ctx) -> Result<Value, ApiError> {
     allow(p, CUSTOMER_PARAMS, CUSTOMER_IGNORED)?;
-    let customer = store
-        .customers
-        .live_mut(id)
-        .ok_or_else(|| no_such_customer(id))?;
+    let customer = store.customers.live_mut(id).ok_or_else(|| no_such_customer(id))?;
     // Validate everything on a copy so a rejected update changes nothing.
     let mut updated = customer.clone();
-    let metadata = updated["metadata"]
-        .as_object_mut()
-        .expect("customers have metadata");
+    let metadata = updated["metadata"].as_object_mut().expect("customers have metadata");
     apply_metadata(metadata, p)?;
     set_customer_fields(&mut updated, p)?;
     *customer = updated.clone();
@@ -272,13 +251,7 @@ fn set_customer_fields(customer: &mut Value, p: &Map<String, Value>) -> Result<(
     Ok(())
 }
 
-const LIST_PARAMS: &[&str] = &[
-    "limit",
-    "starting_after",
-    "ending_before",
-    "created",
-    "expand",
-];
+const LIST_PARAMS: &[&str] = &["limit", "starting_after", "ending_before", "created", "expand"];
 
 fn list_customers(p: &Map<String, Value>, store: &Store) -> Result<Value, ApiError> {
     allow(p, &[LIST_PARAMS, &["email"]].concat(), &[])?;
@@ -289,9 +262,7 @@ fn list_customers(p: &Map<String, Value>, store: &Store) -> Result<Value, ApiErr
     };
     // Exact and case-sensitive, as Stripe documents for this filter.
     list(&store.customers, "/v1/customers", "customer", p, |c| {
-        email
-            .as_ref()
-            .is_none_or(|e| c["email"].as_str() == Some(e))
+        email.as_ref().is_none_or(|e| c["email"].as_str() == Some(e))
     })
 }
 
@@ -299,16 +270,15 @@ fn search_customers(p: &Map<String, Value>, store: &Store, ctx: &Ctx) -> Result<
     allow(p, &["query", "limit", "page", "expand"], &[])?;
     let query = match p.get("query") {
         None => return Err(ApiError::missing_param("query")),
-        Some(Value::String(q)) => {
-            Query::parse(q).map_err(|m| ApiError::invalid(m).param("query"))?
-        }
+        Some(Value::String(q)) => Query::parse(q).map_err(|m| ApiError::invalid(m).param("query"))?,
         Some(_) => return Err(invalid_string("query")),
     };
     let limit = limit_param(p)?;
     let before_seq = match p.get("page") {
         None => u64::MAX,
-        Some(Value::String(page)) => parse_page(page)
-            .ok_or_else(|| ApiError::invalid(format!("Invalid page: '{page}'")).param("page"))?,
+        Some(Value::String(page)) => {
+            parse_page(page).ok_or_else(|| ApiError::invalid(format!("Invalid page: '{page}'")).param("page"))?
+        }
         Some(_) => return Err(invalid_string("page")),
     };
     let mut hits = store
@@ -381,10 +351,7 @@ fn create_account(p: &Map<String, Value>, store: &mut Store, ctx: &Ctx) -> Resul
         None => return Err(ApiError::missing_param("type")),
         Some(Value::String(t)) if ["express", "standard", "custom"].contains(&t.as_str()) => t,
         Some(Value::String(_)) => {
-            return Err(ApiError::invalid(
-                "Invalid type: must be one of custom, express, or standard",
-            )
-            .param("type"));
+            return Err(ApiError::invalid("Invalid type: must be one of custom, express, or standard").param("type"));
         }
         Some(_) => return Err(invalid_string("type")),
     };
@@ -436,25 +403,13 @@ fn create_account(p: &Map<String, Value>, store: &mut Store, ctx: &Ctx) -> Resul
     Ok(account)
 }
 
-fn update_account(
-    id: &str,
-    p: &Map<String, Value>,
-    store: &mut Store,
-    ctx: &Ctx,
-) -> Result<Value, ApiError> {
+fn update_account(id: &str, p: &Map<String, Value>, store: &mut Store, ctx: &Ctx) -> Result<Value, ApiError> {
     allow(p, ACCOUNT_PARAMS, ACCOUNT_IGNORED)?;
     if p.contains_key("type") || p.contains_key("country") {
-        let param = if p.contains_key("type") {
-            "type"
-        } else {
-            "country"
-        };
+        let param = if p.contains_key("type") { "type" } else { "country" };
         return Err(ApiError::unknown_param(param));
     }
-    let account = store
-        .accounts
-        .live_mut(id)
-        .ok_or_else(|| account_invalid(id, ctx))?;
+    let account = store.accounts.live_mut(id).ok_or_else(|| account_invalid(id, ctx))?;
     let mut updated = account.clone();
     apply_metadata(updated["metadata"].as_object_mut().expect("map"), p)?;
     apply_capabilities(updated["capabilities"].as_object_mut().expect("map"), p)?;
@@ -497,12 +452,7 @@ fn set_account_fields(account: &mut Value, p: &Map<String, Value>) -> Result<(),
         }
         Some(_) => return Err(invalid_hash("business_profile")),
     }
-    let caps: Vec<String> = account["capabilities"]
-        .as_object()
-        .expect("map")
-        .keys()
-        .cloned()
-        .collect();
+    let caps: Vec<String> = account["capabilities"].as_object().expect("map").keys().cloned().collect();
     let mut due = vec![
         "business_type",
         "external_account",
@@ -540,10 +490,7 @@ fn requirements(due: &[&str]) -> Value {
 
 /// `capabilities[card_payments][requested]=true` adds `card_payments: "inactive"`; a
 /// capability stays inactive until onboarding, which the emulator never completes.
-fn apply_capabilities(
-    caps: &mut Map<String, Value>,
-    p: &Map<String, Value>,
-) -> Result<(), ApiError> {
+fn apply_capabilities(caps: &mut Map<String, Value>, p: &Map<String, Value>) -> Result<(), ApiError> {
     let requested = match p.get("capabilities") {
         None => return Ok(()),
         Some(Value::Object(m)) => m,
@@ -564,16 +511,13 @@ fn apply_capabilities(
         }
         match spec.get("requested") {
             Some(Value::String(b)) if b == "true" => {
-                caps.entry(name.clone())
-                    .or_insert_with(|| json!("inactive"));
+                caps.entry(name.clone()).or_insert_with(|| json!("inactive"));
             }
             Some(Value::String(b)) if b == "false" => {
                 caps.remove(name);
             }
             Some(_) => {
-                return Err(
-                    ApiError::invalid("Invalid boolean").param(&format!("{param}[requested]"))
-                );
+                return Err(ApiError::invalid("Invalid boolean").param(&format!("{param}[requested]")));
             }
             None => return Err(ApiError::missing_param(&format!("{param}[requested]"))),
         }
@@ -583,8 +527,8 @@ fn apply_capabilities(
 
 fn default_currency(country: &str) -> Value {
     const EURO: &[&str] = &[
-        "AT", "BE", "CY", "DE", "EE", "ES", "FI", "FR", "GR", "HR", "IE", "IT", "LT", "LU", "LV",
-        "MT", "NL", "PT", "SI", "SK",
+        "AT", "BE", "CY", "DE", "EE", "ES", "FI", "FR", "GR", "HR", "IE", "IT", "LT", "LU", "LV", "MT", "NL", "PT",
+        "SI", "SK",
     ];
     let currency = match country {
         "US" => "usd",
@@ -611,16 +555,8 @@ fn account_invalid(id: &str, ctx: &Ctx) -> ApiError {
     .code("account_invalid")
 }
 
-fn create_account_link(
-    p: &Map<String, Value>,
-    store: &Store,
-    ctx: &Ctx,
-) -> Result<Value, ApiError> {
-    allow(
-        p,
-        &["account", "type", "refresh_url", "return_url", "expand"],
-        &["collect", "collection_options"],
-    )?;
+fn create_account_link(p: &Map<String, Value>, store: &Store, ctx: &Ctx) -> Result<Value, ApiError> {
+    allow(p, &["account", "type", "refresh_url", "return_url", "expand"], &["collect", "collection_options"])?;
     let required = |name: &str| match string_param(p, name)? {
         Some(Value::String(s)) => Ok(s),
         _ => Err(ApiError::missing_param(name)),
@@ -630,24 +566,19 @@ fn create_account_link(
     let refresh_url = required("refresh_url")?;
     let return_url = required("return_url")?;
     if !["account_onboarding", "account_update"].contains(&link_type.as_str()) {
-        return Err(ApiError::invalid(
-            "Invalid type: must be one of account_onboarding or account_update",
-        )
-        .param("type"));
+        return Err(
+            ApiError::invalid("Invalid type: must be one of account_onboarding or account_update").param("type")
+        );
     }
     for (name, url) in [("refresh_url", &refresh_url), ("return_url", &return_url)] {
         if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
-            return Err(ApiError::invalid("Not a valid URL")
-                .code("url_invalid")
-                .param(name));
+            return Err(ApiError::invalid("Not a valid URL").code("url_invalid").param(name));
         }
     }
     match store.accounts.get(&account) {
         Some(r) if !r.deleted => {}
         _ => {
-            return Err(ApiError::resource_missing(
-                400, "account", &account, "account",
-            ));
+            return Err(ApiError::resource_missing(400, "account", &account, "account"));
         }
     }
     Ok(json!({
@@ -664,10 +595,7 @@ fn create_account_link(
 /// Stripe rejects parameters it does not know; `ignored` are real Stripe parameters the
 /// emulator accepts without modelling.
 fn allow(p: &Map<String, Value>, known: &[&str], ignored: &[&str]) -> Result<(), ApiError> {
-    match p
-        .keys()
-        .find(|k| !known.contains(&k.as_str()) && !ignored.contains(&k.as_str()))
-    {
+    match p.keys().find(|k| !known.contains(&k.as_str()) && !ignored.contains(&k.as_str())) {
         Some(unknown) => Err(ApiError::unknown_param(unknown)),
         None => Ok(()),
     }
@@ -695,15 +623,13 @@ fn invalid_hash(name: &str) -> ApiError {
 fn check_email(email: &str, param: &str) -> Result<(), ApiError> {
     let valid = email.len() <= 512
         && !email.chars().any(char::is_whitespace)
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
-        });
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
     if valid {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!("Invalid email address: {email}"))
-            .code("email_invalid")
-            .param(param))
+        Err(ApiError::invalid(format!("Invalid email address: {email}")).code("email_invalid").param(param))
     }
 }
 
@@ -713,10 +639,7 @@ const METADATA_MAX_VALUE_LEN: usize = 500;
 
 /// Merges `metadata[...]` into `metadata`: a key set to "" is removed, and `metadata=""`
 /// clears everything. Limits are checked on the result.
-fn apply_metadata(
-    metadata: &mut Map<String, Value>,
-    p: &Map<String, Value>,
-) -> Result<(), ApiError> {
+fn apply_metadata(metadata: &mut Map<String, Value>, p: &Map<String, Value>) -> Result<(), ApiError> {
     let changes = match p.get("metadata") {
         None => return Ok(()),
         Some(Value::String(s)) if s.is_empty() => {
@@ -729,9 +652,7 @@ fn apply_metadata(
     for (key, value) in changes {
         let invalid = |msg: String| Err(ApiError::invalid(msg).param("metadata"));
         if key.contains('[') || key.contains(']') {
-            return invalid(format!(
-                "Invalid metadata key '{key}': keys cannot contain '[' or ']'."
-            ));
+            return invalid(format!("Invalid metadata key '{key}': keys cannot contain '[' or ']'."));
         }
         if key.is_empty() {
             return invalid("Invalid metadata: keys cannot be empty.".into());
@@ -742,9 +663,7 @@ fn apply_metadata(
             ));
         }
         let Value::String(value) = value else {
-            return invalid(format!(
-                "Invalid value for metadata key '{key}': values must be strings."
-            ));
+            return invalid(format!("Invalid value for metadata key '{key}': values must be strings."));
         };
         if value.chars().count() > METADATA_MAX_VALUE_LEN {
             return invalid(format!(
@@ -774,10 +693,7 @@ fn limit_param(p: &Map<String, Value>) -> Result<usize, ApiError> {
         None => Ok(10),
         Some(Value::String(s)) => match s.parse::<usize>() {
             Ok(n @ 1..=100) => Ok(n),
-            Ok(_) => Err(
-                ApiError::invalid("Invalid limit: must be at least 1 and at most 100")
-                    .param("limit"),
-            ),
+            Ok(_) => Err(ApiError::invalid("Invalid limit: must be at least 1 and at most 100").param("limit")),
             Err(_) => Err(ApiError::invalid(format!("Invalid integer: {s}")).param("limit")),
         },
         Some(_) => Err(invalid_string("limit")),
@@ -787,9 +703,9 @@ fn limit_param(p: &Map<String, Value>) -> Result<usize, ApiError> {
 /// `created=N` or `created[gt|gte|lt|lte]=N`.
 fn created_filter(p: &Map<String, Value>) -> Result<Vec<(String, i64)>, ApiError> {
     let int = |name: &str, v: &Value| match v {
-        Value::String(s) => s
-            .parse::<i64>()
-            .map_err(|_| ApiError::invalid(format!("Invalid integer: {s}")).param(name)),
+        Value::String(s) => {
+            s.parse::<i64>().map_err(|_| ApiError::invalid(format!("Invalid integer: {s}")).param(name))
+        }
         _ => Err(invalid_string(name)),
     };
     match p.get("created") {
@@ -822,19 +738,16 @@ fn list(
     let cursor = |name: &str| -> Result<Option<u64>, ApiError> {
         match string_param(p, name)? {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(id)) => coll
-                .get(&id)
-                .map(|r| Some(r.seq))
-                .ok_or_else(|| ApiError::resource_missing(400, what, &id, name)),
+            Some(Value::String(id)) => {
+                coll.get(&id).map(|r| Some(r.seq)).ok_or_else(|| ApiError::resource_missing(400, what, &id, name))
+            }
             Some(_) => unreachable!("string_param returns strings or null"),
         }
     };
     let (after, before) = (cursor("starting_after")?, cursor("ending_before")?);
     if after.is_some() && before.is_some() {
-        return Err(ApiError::invalid(
-            "You may only specify one of these parameters: starting_after, ending_before.",
-        )
-        .param("ending_before"));
+        return Err(ApiError::invalid("You may only specify one of these parameters: starting_after, ending_before.")
+            .param("ending_before"));
     }
     let wanted = |r: &&Record| {
         !r.deleted
@@ -852,19 +765,10 @@ fn list(
     };
     let mut page: Vec<&Record> = match before {
         // Walk forward in time from the cursor, then present newest first.
-        Some(b) => coll
-            .records()
-            .filter(|r| r.seq > b)
-            .filter(wanted)
-            .take(limit + 1)
-            .collect(),
-        None => coll
-            .records()
-            .rev()
-            .filter(|r| after.is_none_or(|a| r.seq < a))
-            .filter(wanted)
-            .take(limit + 1)
-            .collect(),
+        Some(b) => coll.records().filter(|r| r.seq > b).filter(wanted).take(limit + 1).collect(),
+        None => {
+            coll.records().rev().filter(|r| after.is_none_or(|a| r.seq < a)).filter(wanted).take(limit + 1).collect()
+        }
     };
     let has_more = page.len() > limit;
     page.truncate(limit);

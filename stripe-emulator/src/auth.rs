@@ -34,20 +34,14 @@ pub fn check(authorization: Option<&str>, required: Option<&str>) -> Result<Stri
         None => ["sk_test_", "rk_test_"].iter().any(|prefix| {
             key.len() > prefix.len()
                 && key.starts_with(prefix)
-                && key[prefix.len()..]
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && key[prefix.len()..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         }),
     };
     if valid {
         Ok(key)
     } else {
-        Err(ApiError::new(
-            401,
-            "invalid_request_error",
-            format!("Invalid API Key provided: {}", mask(&key)),
-        )
-        .code("api_key_invalid"))
+        Err(ApiError::new(401, "invalid_request_error", format!("Invalid API Key provided: {}", mask(&key)))
+            .code("api_key_invalid"))
     }
 }
 
@@ -57,11 +51,7 @@ pub fn check(authorization: Option<&str>, required: Option<&str>) -> Result<Stri
 pub fn mask(key: &str) -> String {
     let prefix_len = stripe_prefix_len(key);
     let rest: Vec<char> = key[prefix_len..].chars().collect();
-    let tail: String = if rest.len() >= 12 {
-        rest[rest.len() - 4..].iter().collect()
-    } else {
-        String::new()
-    };
+    let tail: String = if rest.len() >= 12 { rest[rest.len() - 4..].iter().collect() } else { String::new() };
     format!("{}****{}", &key[..prefix_len], tail)
 }
 
@@ -70,14 +60,9 @@ fn stripe_prefix_len(key: &str) -> usize {
     let (Some(kind), Some(mode), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
         return 0;
     };
-    let lower = |s: &str, n: std::ops::RangeInclusive<usize>| {
-        n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase())
-    };
-    if lower(kind, 2..=4) && lower(mode, 2..=5) {
-        kind.len() + mode.len() + 2
-    } else {
-        0
-    }
+    let lower =
+        |s: &str, n: std::ops::RangeInclusive<usize>| n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase());
+    if lower(kind, 2..=4) && lower(mode, 2..=5) { kind.len() + mode.len() + 2 } else { 0 }
 }
 
 /// Standard base64 (padding optional), enough for Basic auth without another dependency.
@@ -120,19 +105,10 @@ mod tests {
 
     #[test]
     fn extracts_bearer_and_basic() {
-        assert_eq!(
-            extract_key(Some("Bearer sk_test_1")).as_deref(),
-            Some("sk_test_1")
-        );
+        assert_eq!(extract_key(Some("Bearer sk_test_1")).as_deref(), Some("sk_test_1"));
         // "sk_test_1:" in base64
-        assert_eq!(
-            extract_key(Some("Basic c2tfdGVzdF8xOg==")).as_deref(),
-            Some("sk_test_1")
-        );
-        assert_eq!(
-            extract_key(Some("Basic c2tfdGVzdF8x")).as_deref(),
-            Some("sk_test_1")
-        );
+        assert_eq!(extract_key(Some("Basic c2tfdGVzdF8xOg==")).as_deref(), Some("sk_test_1"));
+        assert_eq!(extract_key(Some("Basic c2tfdGVzdF8x")).as_deref(), Some("sk_test_1"));
         assert_eq!(extract_key(Some("Bearer ")), None);
         assert_eq!(extract_key(Some("Token x")), None);
         assert_eq!(extract_key(None), None);
@@ -146,11 +122,7 @@ mod tests {
         assert!(check(Some("Bearer sk_test_"), None).is_err());
         assert!(check(Some("Bearer sk_test_abc"), Some("sk_test_xyz")).is_err());
         assert!(check(Some("Bearer sk_test_xyz"), Some("sk_test_xyz")).is_ok());
-        let err = check(
-            Some("Bearer sk_test_0123456789abcdef"),
-            Some("sk_test_other"),
-        )
-        .unwrap_err();
+        let err = check(Some("Bearer sk_test_0123456789abcdef"), Some("sk_test_other")).unwrap_err();
         assert_eq!(err.status, 401);
         assert_eq!(err.message, "Invalid API Key provided: sk_test_****cdef");
     }

@@ -34,10 +34,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
             reply(200, json!({"ok": true}))
         }
         ("POST", "/_emulator/faults") => {
-            match serde_json::from_slice::<FaultSpec>(&body)
-                .map_err(|e| e.to_string())
-                .and_then(Fault::try_from)
-            {
+            match serde_json::from_slice::<FaultSpec>(&body).map_err(|e| e.to_string()).and_then(Fault::try_from) {
                 Ok(fault) => {
                     let pending = shared.update(|s| {
                         s.faults.push(fault);
@@ -78,10 +75,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
             let accounts: Vec<Value> = shared.lock().store.accounts.live().cloned().collect();
             reply(200, Value::Array(accounts))
         }
-        _ => reply(
-            404,
-            json!({"error": {"message": format!("no emulator control endpoint {method} {path}")}}),
-        ),
+        _ => reply(404, json!({"error": {"message": format!("no emulator control endpoint {method} {path}")}})),
     }
 }
 

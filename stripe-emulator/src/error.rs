@@ -13,13 +13,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, error_type: &str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            error_type: error_type.to_string(),
-            code: None,
-            message: message.into(),
-            param: None,
-        }
+        ApiError { status, error_type: error_type.to_string(), code: None, message: message.into(), param: None }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -37,25 +31,17 @@ impl ApiError {
     }
 
     pub fn missing_param(param: &str) -> Self {
-        Self::invalid(format!("Missing required param: {param}."))
-            .code("parameter_missing")
-            .param(param)
+        Self::invalid(format!("Missing required param: {param}.")).code("parameter_missing").param(param)
     }
 
     pub fn unknown_param(param: &str) -> Self {
-        Self::invalid(format!("Received unknown parameter: {param}"))
-            .code("parameter_unknown")
-            .param(param)
+        Self::invalid(format!("Received unknown parameter: {param}")).code("parameter_unknown").param(param)
     }
 
     pub fn resource_missing(status: u16, what: &str, id: &str, param: &str) -> Self {
-        Self::new(
-            status,
-            "invalid_request_error",
-            format!("No such {what}: '{id}'"),
-        )
-        .code("resource_missing")
-        .param(param)
+        Self::new(status, "invalid_request_error", format!("No such {what}: '{id}'"))
+            .code("resource_missing")
+            .param(param)
     }
 
     pub fn body(&self) -> Value {
@@ -65,10 +51,7 @@ impl ApiError {
             err.insert("code".into(), json!(code));
             err.insert(
                 "doc_url".into(),
-                json!(format!(
-                    "https://stripe.com/docs/error-codes/{}",
-                    code.replace('_', "-")
-                )),
+                json!(format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-"))),
             );
         }
         err.insert("message".into(), json!(self.message));

@@ -37,12 +37,7 @@ pub enum FaultAction {
     /// Stripe began executing and failed (a typical 500): answer with this error and store
     /// it under the idempotency key, so a retry with the same key replays the same error.
     /// Nothing is created.
-    StoredStatus {
-        status: u16,
-        error_type: String,
-        code: Option<String>,
-        message: String,
-    },
+    StoredStatus { status: u16, error_type: String, code: Option<String>, message: String },
     /// Close the connection without a response; nothing executes.
     DropBeforeExecute,
     /// Execute (and store under the idempotency key), then close without a response.
@@ -54,12 +49,7 @@ pub enum FaultAction {
 
 impl Fault {
     fn new(action: FaultAction) -> Fault {
-        Fault {
-            method: None,
-            path_prefix: "/v1/".to_string(),
-            times: 1,
-            action,
-        }
+        Fault { method: None, path_prefix: "/v1/".to_string(), times: 1, action }
     }
 
     /// An error response with Stripe's usual type and message for `status`
@@ -81,9 +71,7 @@ impl Fault {
 
     /// A 429 as Stripe's rate limiter sends it (`code: rate_limit`).
     pub fn rate_limit() -> Fault {
-        Fault::status(429)
-            .code(RATE_LIMIT_CODE)
-            .message(RATE_LIMIT_MESSAGE)
+        Fault::status(429).code(RATE_LIMIT_CODE).message(RATE_LIMIT_MESSAGE)
     }
 
     /// A 429 with `code: lock_timeout` (another request held a lock on the same object).
@@ -139,36 +127,21 @@ impl Fault {
     /// Turns a status fault into one that is stored under the idempotency key like a real
     /// execution failure (see [`FaultAction::StoredStatus`]).
     pub fn stored(mut self) -> Fault {
-        if let FaultAction::Status {
-            status,
-            error_type,
-            code,
-            message,
-            ..
-        } = self.action
-        {
-            self.action = FaultAction::StoredStatus {
-                status,
-                error_type,
-                code,
-                message,
-            };
+        if let FaultAction::Status { status, error_type, code, message, .. } = self.action {
+            self.action = FaultAction::StoredStatus { status, error_type, code, message };
         }
         self
     }
 
     pub fn code(mut self, new_code: &str) -> Fault {
-        if let FaultAction::Status { code, .. } | FaultAction::StoredStatus { code, .. } =
-            &mut self.action
-        {
+        if let FaultAction::Status { code, .. } | FaultAction::StoredStatus { code, .. } = &mut self.action {
             *code = Some(new_code.to_string());
         }
         self
     }
 
     pub fn error_type(mut self, new_type: &str) -> Fault {
-        if let FaultAction::Status { error_type, .. }
-        | FaultAction::StoredStatus { error_type, .. } = &mut self.action
+        if let FaultAction::Status { error_type, .. } | FaultAction::StoredStatus { error_type, .. } = &mut self.action
         {
             *error_type = new_type.to_string();
         }
@@ -176,18 +149,14 @@ impl Fault {
     }
 
     pub fn message(mut self, new_message: &str) -> Fault {
-        if let FaultAction::Status { message, .. } | FaultAction::StoredStatus { message, .. } =
-            &mut self.action
-        {
+        if let FaultAction::Status { message, .. } | FaultAction::StoredStatus { message, .. } = &mut self.action {
             *message = new_message.to_string();
         }
         self
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
-        self.times > 0
-            && self.method.as_deref().is_none_or(|m| m == method)
-            && path.starts_with(&self.path_prefix)
+        self.times > 0 && self.method.as_deref().is_none_or(|m| m == method) && path.starts_with(&self.path_prefix)
     }
 }
 
@@ -292,9 +261,7 @@ impl TryFrom<FaultSpec> for Fault {
             "lock_timeout" => Fault::lock_timeout(),
             "drop_before_execute" => Fault::drop_before(),
             "drop_after_execute" => Fault::drop_after(),
-            "stall" => Fault::stall(Duration::from_millis(
-                spec.ms.ok_or("a stall fault needs `ms`")?,
-            )),
+            "stall" => Fault::stall(Duration::from_millis(spec.ms.ok_or("a stall fault needs `ms`")?)),
             other => {
                 return Err(format!(
                     "unknown fault kind `{other}` (status, rate_limit, lock_timeout, \
@@ -322,16 +289,10 @@ mod tests {
         let mut q = FaultQueue::default();
         q.push(Fault::status(503).on("POST", "/v1/customers").times(2));
         q.push(Fault::drop_before());
-        assert_eq!(
-            q.take("GET", "/v1/customers").unwrap(),
-            FaultAction::DropBeforeExecute
-        );
+        assert_eq!(q.take("GET", "/v1/customers").unwrap(), FaultAction::DropBeforeExecute);
         assert!(q.take("GET", "/v1/customers").is_none());
         for _ in 0..2 {
-            assert!(matches!(
-                q.take("POST", "/v1/customers/cus_1"),
-                Some(FaultAction::Status { status: 503, .. })
-            ));
+            assert!(matches!(q.take("POST", "/v1/customers/cus_1"), Some(FaultAction::Status { status: 503, .. })));
         }
         assert!(q.take("POST", "/v1/customers").is_none());
         assert_eq!(q.pending(), 0);
@@ -345,18 +306,9 @@ mod tests {
         )
         .unwrap();
         let fault = Fault::try_from(spec).unwrap();
-        assert_eq!(
-            fault,
-            Fault::rate_limit()
-                .on("POST", "/v1/accounts")
-                .times(3)
-                .should_retry(false)
-        );
+        assert_eq!(fault, Fault::rate_limit().on("POST", "/v1/accounts").times(3).should_retry(false));
         let spec: FaultSpec = serde_json::from_str(r#"{"kind":"stall","ms":1500}"#).unwrap();
-        assert_eq!(
-            Fault::try_from(spec).unwrap().action,
-            FaultAction::Stall(Duration::from_millis(1500))
-        );
+        assert_eq!(Fault::try_from(spec).unwrap().action, FaultAction::Stall(Duration::from_millis(1500)));
         let spec: FaultSpec = serde_json::from_str(r#"{"kind":"boom"}"#).unwrap();
         assert!(Fault::try_from(spec).is_err());
     }

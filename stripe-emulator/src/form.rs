@@ -19,12 +19,8 @@ pub fn parse(input: &[u8]) -> Result<Value, FormError> {
     let mut root = Map::new();
     for (name, value) in form_urlencoded::parse(input) {
         let path = split_name(&name);
-        let (first, rest) = path
-            .split_first()
-            .expect("split_name returns at least one part");
-        insert(&mut root, first, rest, &value).map_err(|()| FormError {
-            param: name.to_string(),
-        })?;
+        let (first, rest) = path.split_first().expect("split_name returns at least one part");
+        insert(&mut root, first, rest, &value).map_err(|()| FormError { param: name.to_string() })?;
     }
     let mut root = Value::Object(root);
     indexed_maps_to_arrays(&mut root, false);
@@ -75,13 +71,9 @@ fn insert(map: &mut Map<String, Value>, key: &str, rest: &[String], value: &str)
         };
     };
     let appending = next.is_empty();
-    let slot = map.entry(key.to_string()).or_insert_with(|| {
-        if appending {
-            Value::Array(Vec::new())
-        } else {
-            Value::Object(Map::new())
-        }
-    });
+    let slot = map
+        .entry(key.to_string())
+        .or_insert_with(|| if appending { Value::Array(Vec::new()) } else { Value::Object(Map::new()) });
     match (slot, appending) {
         (Value::Object(inner), false) => insert(inner, next, rest, value),
         (Value::Array(items), true) => {
@@ -109,17 +101,13 @@ fn indexed_maps_to_arrays(value: &mut Value, is_metadata: bool) {
                 indexed_maps_to_arrays(v, k == "metadata");
             }
             if !is_metadata && !map.is_empty() && is_dense_index(map) {
-                let mut entries: Vec<(usize, Value)> = std::mem::take(map)
-                    .into_iter()
-                    .map(|(k, v)| (k.parse().expect("checked"), v))
-                    .collect();
+                let mut entries: Vec<(usize, Value)> =
+                    std::mem::take(map).into_iter().map(|(k, v)| (k.parse().expect("checked"), v)).collect();
                 entries.sort_by_key(|(i, _)| *i);
                 *value = Value::Array(entries.into_iter().map(|(_, v)| v).collect());
             }
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|v| indexed_maps_to_arrays(v, false)),
+        Value::Array(items) => items.iter_mut().for_each(|v| indexed_maps_to_arrays(v, false)),
         _ => {}
     }
 }
@@ -128,9 +116,7 @@ fn is_dense_index(map: &Map<String, Value>) -> bool {
     let mut seen = vec![false; map.len()];
     for k in map.keys() {
         // Canonical decimal only: "01" or "+1" stay map keys.
-        let canonical = !k.is_empty()
-            && k.bytes().all(|b| b.is_ascii_digit())
-            && (k == "0" || !k.starts_with('0'));
+        let canonical = !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) && (k == "0" || !k.starts_with('0'));
         match k.parse::<usize>() {
             Ok(i) if canonical && i < seen.len() && !seen[i] => seen[i] = true,
             _ => return false,
@@ -188,11 +174,6 @@ mod tests {
     #[test]
     fn conflicting_shapes() {
         assert_eq!(parse(b"a[b]=1&a=2"), Err(FormError { param: "a".into() }));
-        assert_eq!(
-            parse(b"a=1&a[b]=2"),
-            Err(FormError {
-                param: "a[b]".into()
-            })
-        );
+        assert_eq!(parse(b"a=1&a[b]=2"), Err(FormError { param: "a[b]".into() }));
     }
 }

@@ -43,8 +43,7 @@ impl IdempotencyStore {
     pub fn claim(&mut self, key: &str, request: Fingerprint) -> Claim {
         let (first, saved) = match self.entries.get(key) {
             None => {
-                self.entries
-                    .insert(key.to_string(), Entry::InFlight(request));
+                self.entries.insert(key.to_string(), Entry::InFlight(request));
                 return Claim::Claimed;
             }
             Some(Entry::InFlight(_)) => return Claim::Rejected(in_use(key)),
@@ -85,8 +84,7 @@ impl IdempotencyStore {
     /// Saves the outcome of a claimed key for replay.
     pub fn complete(&mut self, key: &str, saved: Saved) {
         if let Some(Entry::InFlight(request)) = self.entries.remove(key) {
-            self.entries
-                .insert(key.to_string(), Entry::Done(request, saved));
+            self.entries.insert(key.to_string(), Entry::Done(request, saved));
         }
     }
 
@@ -98,12 +96,8 @@ impl IdempotencyStore {
 
     /// Keys claimed by requests that have not finished yet.
     pub fn in_flight(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(e, Entry::InFlight(_)))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut keys: Vec<String> =
+            self.entries.iter().filter(|(_, e)| matches!(e, Entry::InFlight(_))).map(|(k, _)| k.clone()).collect();
         keys.sort();
         keys
     }

@@ -100,10 +100,7 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// The shape served by `GET /_emulator/requests`.
     pub fn to_json(&self) -> Value {
-        let arrived_ms = self
-            .arrived_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let arrived_ms = self.arrived_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         json!({
             "method": self.method,
             "path": self.path,
@@ -140,19 +137,12 @@ impl Emulator {
             .build()?;
         let (shutdown, stop) = oneshot::channel();
         let serving = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("stripe-emulator".into())
-            .spawn(move || {
-                runtime.block_on(server::serve(listener, serving, stop));
-                // Open connections (e.g. a stalled request) must not delay shutdown.
-                runtime.shutdown_timeout(Duration::from_millis(100));
-            })?;
-        Ok(Emulator {
-            shared,
-            addr,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("stripe-emulator".into()).spawn(move || {
+            runtime.block_on(server::serve(listener, serving, stop));
+            // Open connections (e.g. a stalled request) must not delay shutdown.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        })?;
+        Ok(Emulator { shared, addr, shutdown: Some(shutdown), thread: Some(thread) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -232,11 +222,7 @@ impl Emulator {
 
     /// Waits until `condition` holds, re-checking whenever a request arrives or finishes
     /// (and on any change made through this handle). Returns false on timeout.
-    pub fn wait_for(
-        &self,
-        timeout: Duration,
-        mut condition: impl FnMut(&Emulator) -> bool,
-    ) -> bool {
+    pub fn wait_for(&self, timeout: Duration, mut condition: impl FnMut(&Emulator) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let seen = self.shared.lock().generation;

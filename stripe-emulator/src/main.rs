@@ -31,9 +31,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
         listen: "127.0.0.1:12111".into(),
         port_file: None,
         config: EmulatorConfig {
-            api_key: std::env::var("STRIPE_EMULATOR_API_KEY")
-                .ok()
-                .filter(|k| !k.is_empty()),
+            api_key: std::env::var("STRIPE_EMULATOR_API_KEY").ok().filter(|k| !k.is_empty()),
             log_requests: true,
             ..EmulatorConfig::default()
         },
@@ -44,12 +42,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (flag, None),
         };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
+        let mut value = || inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"));
         let millis = |v: String| {
             v.parse::<u64>()
                 .map(Duration::from_millis)
@@ -89,9 +82,7 @@ fn write_port_file(path: &PathBuf, port: u16) -> std::io::Result<()> {
 /// Installs SIGTERM/SIGINT handlers now (not on first poll), returning a future that
 /// completes on the first of them.
 #[cfg(unix)]
-fn install_signal_handlers(
-    runtime: &tokio::runtime::Runtime,
-) -> std::io::Result<impl Future<Output = ()> + use<>> {
+fn install_signal_handlers(runtime: &tokio::runtime::Runtime) -> std::io::Result<impl Future<Output = ()> + use<>> {
     use tokio::signal::unix::{SignalKind, signal};
     let _context = runtime.enter();
     let mut term = signal(SignalKind::terminate())?;
@@ -105,9 +96,7 @@ fn install_signal_handlers(
 }
 
 #[cfg(not(unix))]
-fn install_signal_handlers(
-    _runtime: &tokio::runtime::Runtime,
-) -> std::io::Result<impl Future<Output = ()> + use<>> {
+fn install_signal_handlers(_runtime: &tokio::runtime::Runtime) -> std::io::Result<impl Future<Output = ()> + use<>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
@@ -152,11 +141,7 @@ fn main() -> ExitCode {
         }
     }
     let mut stdout = std::io::stdout();
-    let _ = writeln!(
-        stdout,
-        "stripe-emulator listening on {}",
-        emulator.base_url()
-    );
+    let _ = writeln!(stdout, "stripe-emulator listening on {}", emulator.base_url());
     let _ = stdout.flush();
 
     runtime.block_on(signals);

@@ -46,10 +46,7 @@ const STRING_FIELDS: &[&str] = &["email", "name", "phone", "description"];
 
 impl Query {
     pub fn parse(input: &str) -> Result<Query, String> {
-        let mut p = Parser {
-            s: input.as_bytes(),
-            i: 0,
-        };
+        let mut p = Parser { s: input.as_bytes(), i: 0 };
         let mut clauses = vec![p.clause()?];
         let mut joiner: Option<&'static str> = None;
         loop {
@@ -74,24 +71,14 @@ impl Query {
             clauses.push(p.clause()?);
         }
         if clauses.len() > MAX_CLAUSES {
-            return Err(format!(
-                "Query can have at most {MAX_CLAUSES} clauses, but it has {}.",
-                clauses.len()
-            ));
+            return Err(format!("Query can have at most {MAX_CLAUSES} clauses, but it has {}.", clauses.len()));
         }
-        Ok(Query {
-            clauses,
-            any: joiner == Some("OR"),
-        })
+        Ok(Query { clauses, any: joiner == Some("OR") })
     }
 
     pub fn matches(&self, object: &Value) -> bool {
         let hit = |c: &Clause| c.matches(object) != c.negated;
-        if self.any {
-            self.clauses.iter().any(hit)
-        } else {
-            self.clauses.iter().all(hit)
-        }
+        if self.any { self.clauses.iter().any(hit) } else { self.clauses.iter().all(hit) }
     }
 }
 
@@ -161,10 +148,7 @@ impl Parser<'_> {
     fn keyword(&mut self, word: &str) -> bool {
         let end = self.i + word.len();
         let followed_by_space = self.s.get(end).is_some_and(|b| b.is_ascii_whitespace());
-        if end <= self.s.len()
-            && self.s[self.i..end].eq_ignore_ascii_case(word.as_bytes())
-            && followed_by_space
-        {
+        if end <= self.s.len() && self.s[self.i..end].eq_ignore_ascii_case(word.as_bytes()) && followed_by_space {
             self.i = end;
             true
         } else {
@@ -197,20 +181,12 @@ impl Parser<'_> {
                 return Err("Substring queries (~) need at least 3 characters.".into());
             }
         }
-        Ok(Clause {
-            negated,
-            field,
-            op,
-            value,
-        })
+        Ok(Clause { negated, field, op, value })
     }
 
     fn field(&mut self) -> Result<Field, String> {
         let start = self.i;
-        while self
-            .peek()
-            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
+        while self.peek().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
             self.i += 1;
         }
         let name = std::str::from_utf8(&self.s[start..self.i]).expect("ascii");
@@ -231,9 +207,7 @@ impl Parser<'_> {
         } else if name.is_empty() {
             Err(self.error("expected a field name"))
         } else {
-            Err(format!(
-                "Field `{name}` is an unsupported search field for customers."
-            ))
+            Err(format!("Field `{name}` is an unsupported search field for customers."))
         }
     }
 
@@ -263,9 +237,7 @@ impl Parser<'_> {
                     self.i += 1;
                 }
                 let text = std::str::from_utf8(&self.s[start..self.i]).expect("ascii");
-                text.parse()
-                    .map(Literal::Num)
-                    .map_err(|_| self.error("invalid number"))
+                text.parse().map(Literal::Num).map_err(|_| self.error("invalid number"))
             }
             _ if self.keyword_at_boundary("null") => Ok(Literal::Null),
             _ => Err(self.error("expected a quoted value, a number or null")),
@@ -323,9 +295,7 @@ mod tests {
     }
 
     fn m(q: &str) -> bool {
-        Query::parse(q)
-            .unwrap_or_else(|e| panic!("{q}: {e}"))
-            .matches(&customer())
+        Query::parse(q).unwrap_or_else(|e| panic!("{q}: {e}")).matches(&customer())
     }
 
     #[test]

@@ -42,11 +42,7 @@ impl std::error::Error for DropConnection {}
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-pub async fn serve(
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
+pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut shutdown: oneshot::Receiver<()>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -71,29 +67,19 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(shared.clone(), req));
             // Errors here are clients going away or our own DropConnection: nothing to do.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<HttpResponse, DropConnection> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpResponse, DropConnection> {
     if req.uri().path().starts_with("/_emulator/") {
         return Ok(control::handle(&shared, req).await);
     }
     let started = Instant::now();
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let authorization = header("authorization");
     let idempotency_key = header("idempotency-key").filter(|k| !k.is_empty());
     let query = req.uri().query().unwrap_or("").to_string();
@@ -101,8 +87,7 @@ async fn handle(
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            let error =
-                ApiError::invalid(format!("Request bodies are limited to {MAX_BODY} bytes."));
+            let error = ApiError::invalid(format!("Request bodies are limited to {MAX_BODY} bytes."));
             return Ok(json_response(413, error.body().to_string().into_bytes()));
         }
     };
@@ -131,31 +116,17 @@ async fn handle(
         })
     });
 
-    let request = V1Request {
-        method,
-        path,
-        params,
-        authorization,
-        idempotency_key,
-    };
+    let request = V1Request { method, path, params, authorization, idempotency_key };
     let outcome = match parsed {
         Ok(_) => pipeline(&shared, &request).await,
         Err(e) => Outcome::error(
-            ApiError::invalid(format!(
-                "Invalid parameters: conflicting values for `{}`",
-                e.param
-            ))
-            .param(&e.param),
+            ApiError::invalid(format!("Invalid parameters: conflicting values for `{}`", e.param)).param(&e.param),
         ),
     };
 
     let log_requests = shared.lock().config.log_requests;
     let elapsed = started.elapsed().as_millis();
-    let key_note = request
-        .idempotency_key
-        .as_deref()
-        .map(|k| format!(" idempotency_key={k:?}"))
-        .unwrap_or_default();
+    let key_note = request.idempotency_key.as_deref().map(|k| format!(" idempotency_key={k:?}")).unwrap_or_default();
     match outcome {
         Outcome::Drop => {
             // The entry keeps `status: None`; the update still wakes `wait_for` callers.
@@ -219,12 +190,7 @@ struct Reply {
 
 impl Outcome {
     fn ok(status: u16, body: Value) -> Outcome {
-        Outcome::Respond(Reply {
-            status,
-            body,
-            replayed: false,
-            should_retry: None,
-        })
+        Outcome::Respond(Reply { status, body, replayed: false, should_retry: None })
     }
 
     fn error(e: ApiError) -> Outcome {
@@ -259,12 +225,8 @@ impl Reply {
 
 pub fn json_response(status: u16, body: Vec<u8>) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() =
-        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -287,17 +249,13 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
     // Rejections here come before Stripe's idempotency layer: never stored.
     let (api_key, fault) = {
         let mut state = shared.lock();
-        let api_key = match auth::check(
-            req.authorization.as_deref(),
-            state.config.api_key.as_deref(),
-        ) {
+        let api_key = match auth::check(req.authorization.as_deref(), state.config.api_key.as_deref()) {
             Ok(key) => key,
             Err(e) => return Outcome::error(e),
         };
         if state.over_rate_limit(Instant::now()) {
             return Outcome::error(
-                ApiError::new(429, "invalid_request_error", faults::RATE_LIMIT_MESSAGE)
-                    .code(faults::RATE_LIMIT_CODE),
+                ApiError::new(429, "invalid_request_error", faults::RATE_LIMIT_MESSAGE).code(faults::RATE_LIMIT_CODE),
             );
         }
         (api_key, state.faults.take(&req.method, &req.path))
@@ -326,11 +284,8 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
         if let Err(e) = idempotency::check_key(key) {
             return Outcome::error(e);
         }
-        let fingerprint = Fingerprint {
-            method: req.method.clone(),
-            path: req.path.clone(),
-            params: req.params.clone(),
-        };
+        let fingerprint =
+            Fingerprint { method: req.method.clone(), path: req.path.clone(), params: req.params.clone() };
         match shared.update(|s| s.idempotency.claim(key, fingerprint)) {
             Claim::Claimed => claim.key = Some(key.clone()),
             Claim::Rejected(e) => return Outcome::error(e),
@@ -354,20 +309,13 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
     let (status, body) = shared.update(|s| {
         let now = Instant::now();
         let ctx = Ctx {
-            now_secs: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
+            now_secs: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
             now,
             indexed_at: now + s.config.search_lag,
             api_key: &api_key,
         };
         let result = match &after {
-            Some(FaultAction::StoredStatus {
-                status,
-                error_type,
-                code,
-                message,
-            }) => {
+            Some(FaultAction::StoredStatus { status, error_type, code, message }) => {
                 // Execution "fails" instead of running.
                 let mut e = ApiError::new(*status, error_type, message.clone());
                 e.code = code.clone();
@@ -384,10 +332,7 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
             if status == 400 {
                 s.idempotency.release(&key);
             } else {
-                let saved = Saved {
-                    status,
-                    body: body.clone(),
-                };
+                let saved = Saved { status, body: body.clone() };
                 s.idempotency.complete(&key, saved);
             }
         }
@@ -402,23 +347,10 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
 }
 
 fn status_fault(action: FaultAction) -> Outcome {
-    let FaultAction::Status {
-        status,
-        error_type,
-        code,
-        message,
-        should_retry,
-        ..
-    } = action
-    else {
+    let FaultAction::Status { status, error_type, code, message, should_retry, .. } = action else {
         unreachable!("only called with status faults");
     };
     let mut error = ApiError::new(status, &error_type, message);
     error.code = code;
-    Outcome::Respond(Reply {
-        status,
-        body: error.body(),
-        replayed: false,
-        should_retry,
-    })
+    Outcome::Respond(Reply { status, body: error.body(), replayed: false, should_retry })
 }

@@ -114,11 +114,7 @@ impl State {
         let Some(limit) = self.config.rate_limit else {
             return false;
         };
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-        {
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
             self.recent.pop_front();
         }
         if self.recent.len() >= limit as usize {

@@ -23,11 +23,7 @@ pub struct Record {
 impl Record {
     /// The newest version the search index had caught up with at `now`.
     pub fn indexed(&self, now: Instant) -> Option<&Value> {
-        self.index
-            .iter()
-            .rev()
-            .find(|(at, _)| *at <= now)
-            .and_then(|(_, v)| v.as_ref())
+        self.index.iter().rev().find(|(at, _)| *at <= now).and_then(|(_, v)| v.as_ref())
     }
 }
 
@@ -42,15 +38,7 @@ impl Collection {
         let id = object["id"].as_str().expect("objects have ids").to_string();
         self.ids.insert(id, seq);
         let index = vec![(indexed_at, Some(object.clone()))];
-        self.by_seq.insert(
-            seq,
-            Record {
-                seq,
-                object,
-                deleted: false,
-                index,
-            },
-        );
+        self.by_seq.insert(seq, Record { seq, object, deleted: false, index });
     }
 
     pub fn contains(&self, id: &str) -> bool {
@@ -112,11 +100,7 @@ impl Store {
 }
 
 pub fn random_alnum(len: usize) -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// A fresh id with Stripe's shape (`cus_` + 14 characters, `acct_` + 16), unique in `taken`.

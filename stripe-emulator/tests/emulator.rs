@@ -49,10 +49,7 @@ impl Harness {
     fn with(config: EmulatorConfig) -> Harness {
         Harness {
             emu: Emulator::start("127.0.0.1:0", config).expect("emulator starts"),
-            http: Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            http: Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
         }
     }
 
@@ -89,11 +86,7 @@ impl Harness {
         let headers = resp.headers().clone();
         let text = resp.text()?;
         let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        Ok(Resp { status, headers, body })
     }
 
     fn send(&self, method: &str, path: &str, body: &str, key: Option<&str>) -> Resp {
@@ -131,27 +124,17 @@ impl Harness {
             req = req.json(&body);
         }
         let resp = req.send().unwrap();
-        assert!(
-            resp.status().is_success(),
-            "control call failed: {}",
-            resp.status()
-        );
+        assert!(resp.status().is_success(), "control call failed: {}", resp.status());
         resp.json().unwrap()
     }
 }
 
 fn ids(list: &Value) -> Vec<String> {
-    list["data"]
-        .as_array()
-        .expect("data array")
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_string())
-        .collect()
+    list["data"].as_array().expect("data array").iter().map(|c| c["id"].as_str().unwrap().to_string()).collect()
 }
 
 fn is_request_id(s: &str) -> bool {
-    s.strip_prefix("req_")
-        .is_some_and(|rest| rest.len() >= 14 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+    s.strip_prefix("req_").is_some_and(|rest| rest.len() >= 14 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -164,20 +147,8 @@ fn missing_or_invalid_keys_get_401_with_masked_key() {
     assert_eq!(missing.status, 401);
     assert_eq!(missing.error_type(), "invalid_request_error");
 
-    for bad in [
-        "sk_live_0123456789abcdefghij",
-        "pk_test_0123456789abcdefghij",
-        "sk_test_",
-    ] {
-        let r = h
-            .try_send(
-                "GET",
-                "/v1/customers",
-                "",
-                Some(&format!("Bearer {bad}")),
-                None,
-            )
-            .unwrap();
+    for bad in ["sk_live_0123456789abcdefghij", "pk_test_0123456789abcdefghij", "sk_test_"] {
+        let r = h.try_send("GET", "/v1/customers", "", Some(&format!("Bearer {bad}")), None).unwrap();
         assert_eq!(r.status, 401, "{bad}");
         assert!(is_request_id(r.header("request-id").unwrap()));
         let text = r.body.to_string();
@@ -185,69 +156,27 @@ fn missing_or_invalid_keys_get_401_with_masked_key() {
             assert!(!text.contains(bad), "key echoed in full: {text}");
         }
     }
-    let r = h
-        .try_send(
-            "GET",
-            "/v1/customers",
-            "",
-            Some("Bearer sk_live_0123456789abcdefghij"),
-            None,
-        )
-        .unwrap();
-    assert_eq!(
-        r.body["error"]["message"],
-        "Invalid API Key provided: sk_live_****ghij"
-    );
+    let r = h.try_send("GET", "/v1/customers", "", Some("Bearer sk_live_0123456789abcdefghij"), None).unwrap();
+    assert_eq!(r.body["error"]["message"], "Invalid API Key provided: sk_live_****ghij");
 
     // Basic auth with the key as user name, and restricted test keys.
     let basic = h
-        .try_send(
-            "GET",
-            "/v1/customers",
-            "",
-            Some("Basic c2tfdGVzdF9hYmM6"),
-            None,
-        ) // sk_test_abc:
+        .try_send("GET", "/v1/customers", "", Some("Basic c2tfdGVzdF9hYmM6"), None) // sk_test_abc:
         .unwrap();
     assert_eq!(basic.status, 200);
-    let restricted = h
-        .try_send("GET", "/v1/customers", "", Some("Bearer rk_test_abc"), None)
-        .unwrap();
+    let restricted = h.try_send("GET", "/v1/customers", "", Some("Bearer rk_test_abc"), None).unwrap();
     assert_eq!(restricted.status, 200);
 }
 
 #[test]
 fn configured_api_key_is_the_only_one_accepted() {
-    let h = Harness::with(EmulatorConfig {
-        api_key: Some(KEY.to_string()),
-        ..EmulatorConfig::default()
-    });
+    let h = Harness::with(EmulatorConfig { api_key: Some(KEY.to_string()), ..EmulatorConfig::default() });
     assert_eq!(h.get("/v1/customers", "").status, 200);
     let other = "sk_test_someoneElsesKey0123456789";
-    let r = h
-        .try_send(
-            "GET",
-            "/v1/customers",
-            "",
-            Some(&format!("Bearer {other}")),
-            None,
-        )
-        .unwrap();
+    let r = h.try_send("GET", "/v1/customers", "", Some(&format!("Bearer {other}")), None).unwrap();
     assert_eq!(r.status, 401);
-    assert_eq!(
-        r.body["error"]["message"],
-        "Invalid API Key provided: sk_test_****6789"
-    );
-    assert!(
-        !format!(
-            "{:?}",
-            EmulatorConfig {
-                api_key: Some(KEY.into()),
-                ..Default::default()
-            }
-        )
-        .contains(KEY)
-    );
+    assert_eq!(r.body["error"]["message"], "Invalid API Key provided: sk_test_****6789");
+    assert!(!format!("{:?}", EmulatorConfig { api_key: Some(KEY.into()), ..Default::default() }).contains(KEY));
 }
 
 #[test]
@@ -276,18 +205,10 @@ fn unknown_routes_are_404_invalid_request_error() {
     assert_eq!(r.status, 404);
     assert_eq!(r.error_type(), "invalid_request_error");
     let message = r.body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.starts_with("Unrecognized request URL (GET: /v1/x)"),
-        "{message}"
-    );
+    assert!(message.starts_with("Unrecognized request URL (GET: /v1/x)"), "{message}");
     let r = h.send("PUT", "/v1/customers", "", None);
     assert_eq!(r.status, 404);
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("(PUT: /v1/customers)")
-    );
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("(PUT: /v1/customers)"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -310,19 +231,13 @@ fn customer_create_retrieve_update_delete() {
     assert_eq!(c["livemode"], false);
     assert_eq!(c["metadata"], json!({"user_id": "42", "plan": "pro"}));
     let created = c["created"].as_i64().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((now - created).abs() <= 5);
 
     assert_eq!(h.get(&format!("/v1/customers/{id}"), "").body, c);
 
     // Metadata merges; "" removes a key; other fields stay.
-    let u = h.post(
-        &format!("/v1/customers/{id}"),
-        "metadata%5Bplan%5D=&metadata%5Bteam%5D=blue&name=Ann+B",
-    );
+    let u = h.post(&format!("/v1/customers/{id}"), "metadata%5Bplan%5D=&metadata%5Bteam%5D=blue&name=Ann+B");
     assert_eq!(u.status, 200, "{:?}", u.body);
     assert_eq!(u.body["metadata"], json!({"user_id": "42", "team": "blue"}));
     assert_eq!(u.body["name"], "Ann B");
@@ -331,16 +246,10 @@ fn customer_create_retrieve_update_delete() {
 
     let d = h.delete(&format!("/v1/customers/{id}"));
     assert_eq!(d.status, 200);
-    assert_eq!(
-        d.body,
-        json!({"id": id, "object": "customer", "deleted": true})
-    );
+    assert_eq!(d.body, json!({"id": id, "object": "customer", "deleted": true}));
     let g = h.get(&format!("/v1/customers/{id}"), "");
     assert_eq!(g.status, 200);
-    assert_eq!(
-        g.body,
-        json!({"id": id, "object": "customer", "deleted": true})
-    );
+    assert_eq!(g.body, json!({"id": id, "object": "customer", "deleted": true}));
     assert!(h.emu.customers().is_empty());
 
     // A deleted customer can be neither updated nor deleted again.
@@ -369,10 +278,7 @@ fn unknown_customer_is_resource_missing() {
 fn customer_parameter_validation() {
     let h = Harness::new();
     let r = h.post("/v1/customers", "emial=a%40b.co");
-    assert_eq!(
-        (r.status, r.error_code(), r.error_param()),
-        (400, "parameter_unknown", "emial")
-    );
+    assert_eq!((r.status, r.error_code(), r.error_param()), (400, "parameter_unknown", "emial"));
     let r = h.post("/v1/customers", "email=not-an-email");
     assert_eq!((r.status, r.error_param()), (400, "email"));
     let r = h.post("/v1/customers", "email[x]=y");
@@ -380,10 +286,7 @@ fn customer_parameter_validation() {
     let r = h.post("/v1/customers", "metadata=1&metadata[a]=b");
     assert_eq!(r.status, 400);
     // expand[] is accepted (and has nothing to expand here).
-    assert_eq!(
-        h.post("/v1/customers", "expand[0]=default_source").status,
-        200
-    );
+    assert_eq!(h.post("/v1/customers", "expand[0]=default_source").status, 200);
 }
 
 #[test]
@@ -397,14 +300,9 @@ fn metadata_limits() {
     let ok_key = format!("metadata[{}]=v", "k".repeat(40));
     let long_value = format!("metadata[k]={}", "v".repeat(501));
     let ok_value = format!("metadata[k]={}", "v".repeat(500));
-    for bad in [
-        fifty_one.as_str(),
-        &long_key,
-        &long_value,
-        "metadata%5Ba%5Bb%5D=v",
-        "metadata[a]b]=v",
-        "metadata[a][b]=v",
-    ] {
+    for bad in
+        [fifty_one.as_str(), &long_key, &long_value, "metadata%5Ba%5Bb%5D=v", "metadata[a]b]=v", "metadata[a][b]=v"]
+    {
         let r = h.post("/v1/customers", bad);
         assert_eq!(r.status, 400, "{bad}: {:?}", r.body);
         assert_eq!(r.error_type(), "invalid_request_error");
@@ -414,16 +312,10 @@ fn metadata_limits() {
     assert_eq!(h.post("/v1/customers", &ok_value).status, 200);
 
     // The 50-key limit applies to the merged result of an update.
-    let id = h.create_customer(&fifty)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = h.create_customer(&fifty)["id"].as_str().unwrap().to_string();
     let r = h.post(&format!("/v1/customers/{id}"), "metadata[extra]=v");
     assert_eq!(r.status, 400);
-    let r = h.post(
-        &format!("/v1/customers/{id}"),
-        "metadata[k0]=&metadata[extra]=v",
-    );
+    let r = h.post(&format!("/v1/customers/{id}"), "metadata[k0]=&metadata[extra]=v");
     assert_eq!(r.status, 200, "{:?}", r.body);
     // A rejected update changed nothing.
     assert_eq!(r.body["metadata"].as_object().unwrap().len(), 50);
@@ -434,15 +326,8 @@ fn list_is_newest_first_with_cursors_and_email_filter() {
     let h = Harness::new();
     let made: Vec<String> = (0..5)
         .map(|i| {
-            let email = if i % 2 == 0 {
-                "even%40x.co"
-            } else {
-                "odd%40x.co"
-            };
-            h.create_customer(&format!("email={email}"))["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
+            let email = if i % 2 == 0 { "even%40x.co" } else { "odd%40x.co" };
+            h.create_customer(&format!("email={email}"))["id"].as_str().unwrap().to_string()
         })
         .collect();
     let newest_first: Vec<String> = made.iter().rev().cloned().collect();
@@ -454,62 +339,21 @@ fn list_is_newest_first_with_cursors_and_email_filter() {
     assert_eq!(ids(&all), newest_first);
 
     let p1 = h.get("/v1/customers", "limit=2").body;
-    assert_eq!(
-        (ids(&p1), p1["has_more"].clone()),
-        (newest_first[0..2].to_vec(), json!(true))
-    );
-    let p2 = h
-        .get(
-            "/v1/customers",
-            &format!("limit=2&starting_after={}", newest_first[1]),
-        )
-        .body;
-    assert_eq!(
-        (ids(&p2), p2["has_more"].clone()),
-        (newest_first[2..4].to_vec(), json!(true))
-    );
-    let p3 = h
-        .get(
-            "/v1/customers",
-            &format!("limit=2&starting_after={}", newest_first[3]),
-        )
-        .body;
-    assert_eq!(
-        (ids(&p3), p3["has_more"].clone()),
-        (newest_first[4..].to_vec(), json!(false))
-    );
+    assert_eq!((ids(&p1), p1["has_more"].clone()), (newest_first[0..2].to_vec(), json!(true)));
+    let p2 = h.get("/v1/customers", &format!("limit=2&starting_after={}", newest_first[1])).body;
+    assert_eq!((ids(&p2), p2["has_more"].clone()), (newest_first[2..4].to_vec(), json!(true)));
+    let p3 = h.get("/v1/customers", &format!("limit=2&starting_after={}", newest_first[3])).body;
+    assert_eq!((ids(&p3), p3["has_more"].clone()), (newest_first[4..].to_vec(), json!(false)));
 
     // ending_before pages back towards newer objects, still presented newest first.
-    let back = h
-        .get(
-            "/v1/customers",
-            &format!("limit=2&ending_before={}", newest_first[4]),
-        )
-        .body;
-    assert_eq!(
-        (ids(&back), back["has_more"].clone()),
-        (newest_first[2..4].to_vec(), json!(true))
-    );
-    let back = h
-        .get(
-            "/v1/customers",
-            &format!("limit=2&ending_before={}", newest_first[1]),
-        )
-        .body;
-    assert_eq!(
-        (ids(&back), back["has_more"].clone()),
-        (newest_first[0..1].to_vec(), json!(false))
-    );
+    let back = h.get("/v1/customers", &format!("limit=2&ending_before={}", newest_first[4])).body;
+    assert_eq!((ids(&back), back["has_more"].clone()), (newest_first[2..4].to_vec(), json!(true)));
+    let back = h.get("/v1/customers", &format!("limit=2&ending_before={}", newest_first[1])).body;
+    assert_eq!((ids(&back), back["has_more"].clone()), (newest_first[0..1].to_vec(), json!(false)));
 
-    let both = h.get(
-        "/v1/customers",
-        &format!("starting_after={}&ending_before={}", made[0], made[1]),
-    );
+    let both = h.get("/v1/customers", &format!("starting_after={}&ending_before={}", made[0], made[1]));
     assert_eq!(both.status, 400);
-    assert_eq!(
-        h.get("/v1/customers", "starting_after=cus_nope").status,
-        400
-    );
+    assert_eq!(h.get("/v1/customers", "starting_after=cus_nope").status, 400);
     for bad in ["limit=0", "limit=101", "limit=ten"] {
         let r = h.get("/v1/customers", bad);
         assert_eq!((r.status, r.error_param()), (400, "limit"), "{bad}");
@@ -517,48 +361,20 @@ fn list_is_newest_first_with_cursors_and_email_filter() {
     assert_eq!(h.get("/v1/customers", "limit=100").status, 200);
 
     let even = h.get("/v1/customers", "email=even%40x.co").body;
-    assert_eq!(
-        ids(&even),
-        vec![made[4].clone(), made[2].clone(), made[0].clone()]
-    );
+    assert_eq!(ids(&even), vec![made[4].clone(), made[2].clone(), made[0].clone()]);
     assert!(ids(&h.get("/v1/customers", "email=EVEN%40x.co").body).is_empty());
 
     // Deleted customers drop out, but still work as cursors.
     assert_eq!(h.delete(&format!("/v1/customers/{}", made[3])).status, 200);
     let all = h.get("/v1/customers", "").body;
-    assert_eq!(
-        ids(&all),
-        vec![
-            made[4].clone(),
-            made[2].clone(),
-            made[1].clone(),
-            made[0].clone()
-        ]
-    );
-    let after_deleted = h
-        .get("/v1/customers", &format!("starting_after={}", made[3]))
-        .body;
-    assert_eq!(
-        ids(&after_deleted),
-        vec![made[2].clone(), made[1].clone(), made[0].clone()]
-    );
+    assert_eq!(ids(&all), vec![made[4].clone(), made[2].clone(), made[1].clone(), made[0].clone()]);
+    let after_deleted = h.get("/v1/customers", &format!("starting_after={}", made[3])).body;
+    assert_eq!(ids(&after_deleted), vec![made[2].clone(), made[1].clone(), made[0].clone()]);
 
     // created filters
     let created = all["data"][0]["created"].as_i64().unwrap();
-    assert_eq!(
-        ids(&h
-            .get("/v1/customers", &format!("created[gt]={created}"))
-            .body)
-        .len(),
-        0
-    );
-    assert_eq!(
-        ids(&h
-            .get("/v1/customers", &format!("created[lte]={created}"))
-            .body)
-        .len(),
-        4
-    );
+    assert_eq!(ids(&h.get("/v1/customers", &format!("created[gt]={created}")).body).len(), 0);
+    assert_eq!(ids(&h.get("/v1/customers", &format!("created[lte]={created}")).body).len(), 4);
 }
 
 #[test]
@@ -568,10 +384,7 @@ fn search_by_metadata_and_email_with_pagination() {
     let b = h.create_customer("email=b%40x.co&metadata[user_id]=u2");
     let c = h.create_customer("email=a%40x.co&metadata[user_id]=u3");
 
-    let r = h.get(
-        "/v1/customers/search",
-        "query=metadata%5B%27user_id%27%5D%3A%27u2%27",
-    );
+    let r = h.get("/v1/customers/search", "query=metadata%5B%27user_id%27%5D%3A%27u2%27");
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["object"], "search_result");
     assert_eq!(r.body["url"], "/v1/customers/search");
@@ -583,28 +396,16 @@ fn search_by_metadata_and_email_with_pagination() {
         let encoded: String = form_encode(query);
         h.get("/v1/customers/search", &format!("query={encoded}"))
     };
-    assert_eq!(
-        ids(&q("email:'a@x.co'").body),
-        vec![c["id"].as_str().unwrap(), a["id"].as_str().unwrap()]
-    );
-    assert_eq!(
-        ids(&q("email:'a@x.co' AND metadata['user_id']:'u1'").body),
-        vec![a["id"].as_str().unwrap()]
-    );
-    assert_eq!(
-        ids(&q("email:'a@x.co' metadata['user_id']:'u3'").body),
-        vec![c["id"].as_str().unwrap()]
-    );
+    assert_eq!(ids(&q("email:'a@x.co'").body), vec![c["id"].as_str().unwrap(), a["id"].as_str().unwrap()]);
+    assert_eq!(ids(&q("email:'a@x.co' AND metadata['user_id']:'u1'").body), vec![a["id"].as_str().unwrap()]);
+    assert_eq!(ids(&q("email:'a@x.co' metadata['user_id']:'u3'").body), vec![c["id"].as_str().unwrap()]);
     assert!(ids(&q("metadata['user_id']:'nobody'").body).is_empty());
 
     // Pages: limit 1 and follow next_page.
     let mut seen = Vec::new();
     let mut page: Option<String> = None;
     loop {
-        let mut query = format!(
-            "query={}&limit=1",
-            form_encode("email:'a@x.co' OR email:'b@x.co'")
-        );
+        let mut query = format!("query={}&limit=1", form_encode("email:'a@x.co' OR email:'b@x.co'"));
         if let Some(p) = &page {
             query.push_str(&format!("&page={p}"));
         }
@@ -619,22 +420,11 @@ fn search_by_metadata_and_email_with_pagination() {
         }
         assert!(seen.len() <= 3, "pagination does not terminate");
     }
-    let expected: Vec<String> = [&c, &b, &a]
-        .iter()
-        .map(|x| x["id"].as_str().unwrap().to_string())
-        .collect();
+    let expected: Vec<String> = [&c, &b, &a].iter().map(|x| x["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(seen, expected);
 
-    for bad in [
-        "",
-        "bogus:'x'",
-        "email:unquoted",
-        "email:'a' AND email:'b' OR email:'c'",
-    ] {
-        let r = h.get(
-            "/v1/customers/search",
-            &format!("query={}", form_encode(bad)),
-        );
+    for bad in ["", "bogus:'x'", "email:unquoted", "email:'a' AND email:'b' OR email:'c'"] {
+        let r = h.get("/v1/customers/search", &format!("query={}", form_encode(bad)));
         assert_eq!((r.status, r.error_param()), (400, "query"), "{bad}");
     }
     let r = h.get("/v1/customers/search", "");
@@ -643,19 +433,12 @@ fn search_by_metadata_and_email_with_pagination() {
 
 #[test]
 fn search_lag_makes_search_eventually_consistent() {
-    let h = Harness::with(EmulatorConfig {
-        search_lag: Duration::from_millis(300),
-        ..EmulatorConfig::default()
-    });
+    let h = Harness::with(EmulatorConfig { search_lag: Duration::from_millis(300), ..EmulatorConfig::default() });
     let query = format!("query={}", form_encode("metadata['user_id']:'lagged'"));
     let created_at = Instant::now();
     let c = h.create_customer("metadata[user_id]=lagged");
     // Retrieve and list are immediate; search is not.
-    assert_eq!(
-        h.get(&format!("/v1/customers/{}", c["id"].as_str().unwrap()), "")
-            .status,
-        200
-    );
+    assert_eq!(h.get(&format!("/v1/customers/{}", c["id"].as_str().unwrap()), "").status, 200);
     assert_eq!(ids(&h.get("/v1/customers", "").body).len(), 1);
     let first = h.get("/v1/customers/search", &query).body;
     if created_at.elapsed() < Duration::from_millis(300) {
@@ -695,31 +478,17 @@ fn accounts_and_account_links() {
     assert_eq!(acct["type"], "express");
     assert_eq!(acct["email"], "shop@x.co");
     assert_eq!(acct["country"], "US");
-    assert_eq!(
-        acct["capabilities"],
-        json!({"card_payments": "inactive", "transfers": "inactive"})
-    );
+    assert_eq!(acct["capabilities"], json!({"card_payments": "inactive", "transfers": "inactive"}));
     assert_eq!(acct["charges_enabled"], false);
     assert_eq!(acct["payouts_enabled"], false);
     assert_eq!(acct["details_submitted"], false);
-    assert!(
-        !acct["requirements"]["currently_due"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(!acct["requirements"]["currently_due"].as_array().unwrap().is_empty());
     assert_eq!(acct["metadata"], json!({"user_id": "9"}));
     assert!(acct["created"].is_i64());
     assert_eq!(h.emu.accounts(), vec![acct.clone()]);
 
-    let only_transfers = h.post(
-        "/v1/accounts",
-        "type=custom&country=gb&capabilities[transfers][requested]=true",
-    );
-    assert_eq!(
-        only_transfers.body["capabilities"],
-        json!({"transfers": "inactive"})
-    );
+    let only_transfers = h.post("/v1/accounts", "type=custom&country=gb&capabilities[transfers][requested]=true");
+    assert_eq!(only_transfers.body["capabilities"], json!({"transfers": "inactive"}));
     assert_eq!(only_transfers.body["country"], "GB");
 
     let r = h.post("/v1/accounts", "type=premium");
@@ -730,14 +499,8 @@ fn accounts_and_account_links() {
     assert_eq!(h.get(&format!("/v1/accounts/{id}"), "").body, acct);
     let r = h.get("/v1/accounts/acct_nope", "");
     assert_eq!(r.status, 403);
-    assert_eq!(
-        (r.error_type(), r.error_code()),
-        ("invalid_request_error", "account_invalid")
-    );
-    assert!(
-        !r.body.to_string().contains(KEY),
-        "key leaked in account_invalid message"
-    );
+    assert_eq!((r.error_type(), r.error_code()), ("invalid_request_error", "account_invalid"));
+    assert!(!r.body.to_string().contains(KEY), "key leaked in account_invalid message");
 
     // Account links
     let link_params = format!(
@@ -750,35 +513,19 @@ fn accounts_and_account_links() {
     let created = r.body["created"].as_i64().unwrap();
     assert_eq!(r.body["expires_at"].as_i64().unwrap(), created + 300);
     let url = r.body["url"].as_str().unwrap();
-    assert!(
-        url.starts_with(&format!("https://connect.stripe.com/setup/e/{id}/")),
-        "{url}"
-    );
+    assert!(url.starts_with(&format!("https://connect.stripe.com/setup/e/{id}/")), "{url}");
 
     for missing in ["account", "type", "refresh_url", "return_url"] {
-        let params: String = link_params
-            .split('&')
-            .filter(|p| !p.starts_with(&format!("{missing}=")))
-            .collect::<Vec<_>>()
-            .join("&");
+        let params: String =
+            link_params.split('&').filter(|p| !p.starts_with(&format!("{missing}="))).collect::<Vec<_>>().join("&");
         let r = h.post("/v1/account_links", &params);
-        assert_eq!(
-            (r.status, r.error_param()),
-            (400, missing),
-            "without {missing}"
-        );
+        assert_eq!((r.status, r.error_param()), (400, missing), "without {missing}");
     }
-    let r = h.post(
-        "/v1/account_links",
-        &link_params.replace(&id, "acct_unknown0000000"),
-    );
+    let r = h.post("/v1/account_links", &link_params.replace(&id, "acct_unknown0000000"));
     assert_eq!((r.status, r.error_param()), (400, "account"));
 
     let d = h.delete(&format!("/v1/accounts/{id}"));
-    assert_eq!(
-        d.body,
-        json!({"id": id, "object": "account", "deleted": true})
-    );
+    assert_eq!(d.body, json!({"id": id, "object": "account", "deleted": true}));
     assert_eq!(h.get(&format!("/v1/accounts/{id}"), "").status, 403);
     assert_eq!(h.emu.accounts().len(), 1);
 }
@@ -794,11 +541,7 @@ fn same_key_same_params_replays_the_first_response() {
     assert_eq!(first.status, 200);
     assert_eq!(first.header("idempotent-replayed"), None);
     // Same parameters, spelled differently on the wire (encoded brackets, other order).
-    let second = h.post_idem(
-        "/v1/customers",
-        "metadata%5Buser_id%5D=1&email=a%40b.co",
-        "key-1",
-    );
+    let second = h.post_idem("/v1/customers", "metadata%5Buser_id%5D=1&email=a%40b.co", "key-1");
     assert_eq!(second.status, 200);
     assert_eq!(second.header("idempotent-replayed"), Some("true"));
     assert_eq!(second.header("idempotency-key"), Some("key-1"));
@@ -808,10 +551,7 @@ fn same_key_same_params_replays_the_first_response() {
 
     // Without a key, or with another key, a new customer is created.
     assert_ne!(h.post("/v1/customers", body).body["id"], first.body["id"]);
-    assert_ne!(
-        h.post_idem("/v1/customers", body, "key-2").body["id"],
-        first.body["id"]
-    );
+    assert_ne!(h.post_idem("/v1/customers", body, "key-2").body["id"], first.body["id"]);
     assert_eq!(h.emu.customers().len(), 3);
 
     // Stored error results replay too (404 from updating an unknown customer).
@@ -824,10 +564,7 @@ fn same_key_same_params_replays_the_first_response() {
 #[test]
 fn same_key_with_different_params_or_endpoint_is_an_idempotency_error() {
     let h = Harness::new();
-    assert_eq!(
-        h.post_idem("/v1/customers", "email=a%40b.co", "k").status,
-        200
-    );
+    assert_eq!(h.post_idem("/v1/customers", "email=a%40b.co", "k").status, 200);
     let r = h.post_idem("/v1/customers", "email=other%40b.co", "k");
     assert_eq!((r.status, r.error_type()), (400, "idempotency_error"));
     let message = r.body["error"]["message"].as_str().unwrap();
@@ -840,11 +577,7 @@ fn same_key_with_different_params_or_endpoint_is_an_idempotency_error() {
     let long = "k".repeat(256);
     let r = h.post_idem("/v1/customers", "email=a%40b.co", &long);
     assert_eq!(r.status, 400);
-    assert_eq!(
-        h.post_idem("/v1/customers", "email=a%40b.co", &"k".repeat(255))
-            .status,
-        200
-    );
+    assert_eq!(h.post_idem("/v1/customers", "email=a%40b.co", &"k".repeat(255)).status, 200);
 }
 
 #[test]
@@ -853,10 +586,7 @@ fn concurrent_request_with_key_in_flight_gets_409() {
     h.emu.set_latency(Duration::from_millis(700));
     std::thread::scope(|s| {
         let first = s.spawn(|| h.post_idem("/v1/customers", "email=a%40b.co", "busy"));
-        assert!(
-            h.emu.wait_for(WAIT, |e| e.in_flight_keys() == ["busy"]),
-            "first request never got in flight"
-        );
+        assert!(h.emu.wait_for(WAIT, |e| e.in_flight_keys() == ["busy"]), "first request never got in flight");
         let second = h.post_idem("/v1/customers", "email=a%40b.co", "busy");
         assert_eq!(second.status, 409);
         assert_eq!(second.error_type(), "idempotency_error");
@@ -878,22 +608,13 @@ fn concurrent_request_with_key_in_flight_gets_409() {
 fn rejected_requests_are_not_stored_under_the_key() {
     let h = Harness::new();
     // 401
-    let r = h
-        .try_send(
-            "POST",
-            "/v1/customers",
-            "email=a%40b.co",
-            Some("Bearer sk_test_"),
-            Some("k401"),
-        )
-        .unwrap();
+    let r = h.try_send("POST", "/v1/customers", "email=a%40b.co", Some("Bearer sk_test_"), Some("k401")).unwrap();
     assert_eq!(r.status, 401);
     let r = h.post_idem("/v1/customers", "email=a%40b.co", "k401");
     assert_eq!((r.status, r.header("idempotent-replayed")), (200, None));
 
     // 429 from an injected rate limit
-    h.emu
-        .inject(Fault::rate_limit().on("POST", "/v1/customers"));
+    h.emu.inject(Fault::rate_limit().on("POST", "/v1/customers"));
     let r = h.post_idem("/v1/customers", "email=b%40b.co", "k429");
     assert_eq!((r.status, r.error_code()), (429, "rate_limit"));
     let r = h.post_idem("/v1/customers", "email=b%40b.co", "k429");
@@ -907,11 +628,7 @@ fn rejected_requests_are_not_stored_under_the_key() {
 
     // A status fault before execution (503) is not stored either.
     h.emu.inject(Fault::status(503).on("POST", "/v1/customers"));
-    assert_eq!(
-        h.post_idem("/v1/customers", "email=d%40b.co", "k503")
-            .status,
-        503
-    );
+    assert_eq!(h.post_idem("/v1/customers", "email=d%40b.co", "k503").status, 503);
     let r = h.post_idem("/v1/customers", "email=d%40b.co", "k503");
     assert_eq!((r.status, r.header("idempotent-replayed")), (200, None));
 
@@ -921,10 +638,7 @@ fn rejected_requests_are_not_stored_under_the_key() {
 #[test]
 fn get_and_delete_ignore_idempotency_keys() {
     let h = Harness::new();
-    let id = h.create_customer("email=a%40b.co")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = h.create_customer("email=a%40b.co")["id"].as_str().unwrap().to_string();
     let g1 = h.send("GET", &format!("/v1/customers/{id}"), "", Some("shared"));
     let g2 = h.send("GET", "/v1/customers", "", Some("shared"));
     assert_eq!((g1.status, g2.status), (200, 200));
@@ -943,17 +657,8 @@ fn get_and_delete_ignore_idempotency_keys() {
 #[test]
 fn status_fault_envelope_headers_and_consumption_order() {
     let h = Harness::new();
-    h.emu.inject(
-        Fault::status(503)
-            .on("POST", "/v1/customers")
-            .times(2)
-            .should_retry(true),
-    );
-    h.emu.inject(
-        Fault::status(500)
-            .on("*", "/v1/customers")
-            .should_retry(false),
-    );
+    h.emu.inject(Fault::status(503).on("POST", "/v1/customers").times(2).should_retry(true));
+    h.emu.inject(Fault::status(500).on("*", "/v1/customers").should_retry(false));
     assert_eq!(h.emu.pending_faults(), 2);
 
     // GET skips the POST-only fault and takes the second one.
@@ -979,12 +684,7 @@ fn status_fault_envelope_headers_and_consumption_order() {
     h.emu.inject(Fault::lock_timeout());
     let r = h.get("/v1/customers", "");
     assert_eq!((r.status, r.error_code()), (429, "lock_timeout"));
-    h.emu.inject(
-        Fault::status(402)
-            .error_type("card_error")
-            .code("card_declined")
-            .message("Your card was declined."),
-    );
+    h.emu.inject(Fault::status(402).error_type("card_error").code("card_declined").message("Your card was declined."));
     let r = h.get("/v1/customers", "");
     assert_eq!(
         r.body["error"],
@@ -996,58 +696,36 @@ fn status_fault_envelope_headers_and_consumption_order() {
 #[test]
 fn status_fault_after_execute_stores_the_real_result() {
     let h = Harness::new();
-    h.emu.inject(
-        Fault::status(502)
-            .on("POST", "/v1/customers")
-            .after_execute(),
-    );
+    h.emu.inject(Fault::status(502).on("POST", "/v1/customers").after_execute());
     let r = h.post_idem("/v1/customers", "email=a%40b.co", "after");
     assert_eq!(r.status, 502);
     let created = h.emu.customers();
     assert_eq!(created.len(), 1, "the request executed");
     let retry = h.post_idem("/v1/customers", "email=a%40b.co", "after");
-    assert_eq!(
-        (retry.status, retry.header("idempotent-replayed")),
-        (200, Some("true"))
-    );
+    assert_eq!((retry.status, retry.header("idempotent-replayed")), (200, Some("true")));
     assert_eq!(retry.body, created[0]);
 }
 
 #[test]
 fn stored_status_fault_replays_the_same_500() {
     let h = Harness::new();
-    h.emu
-        .inject(Fault::status(500).on("POST", "/v1/customers").stored());
+    h.emu.inject(Fault::status(500).on("POST", "/v1/customers").stored());
     let r = h.post_idem("/v1/customers", "email=a%40b.co", "five-hundred");
     assert_eq!((r.status, r.error_type()), (500, "api_error"));
     let retry = h.post_idem("/v1/customers", "email=a%40b.co", "five-hundred");
-    assert_eq!(
-        (retry.status, retry.header("idempotent-replayed")),
-        (500, Some("true"))
-    );
+    assert_eq!((retry.status, retry.header("idempotent-replayed")), (500, Some("true")));
     assert_eq!(retry.body, r.body);
     assert!(h.emu.customers().is_empty());
     // A new key executes for real.
-    assert_eq!(
-        h.post_idem("/v1/customers", "email=a%40b.co", "fresh")
-            .status,
-        200
-    );
+    assert_eq!(h.post_idem("/v1/customers", "email=a%40b.co", "fresh").status, 200);
 }
 
 #[test]
 fn drop_before_execute_closes_without_response_and_creates_nothing() {
     let h = Harness::new();
-    h.emu
-        .inject(Fault::drop_before().on("POST", "/v1/customers"));
+    h.emu.inject(Fault::drop_before().on("POST", "/v1/customers"));
     let err = h
-        .try_send(
-            "POST",
-            "/v1/customers",
-            "email=a%40b.co",
-            Some(&format!("Bearer {KEY}")),
-            Some("drop1"),
-        )
+        .try_send("POST", "/v1/customers", "email=a%40b.co", Some(&format!("Bearer {KEY}")), Some("drop1"))
         .expect_err("no response");
     assert!(!err.is_timeout(), "{err}");
     assert!(h.emu.customers().is_empty());
@@ -1057,51 +735,31 @@ fn drop_before_execute_closes_without_response_and_creates_nothing() {
 
     // Nothing stored: the retry executes fresh.
     let retry = h.post_idem("/v1/customers", "email=a%40b.co", "drop1");
-    assert_eq!(
-        (retry.status, retry.header("idempotent-replayed")),
-        (200, None)
-    );
+    assert_eq!((retry.status, retry.header("idempotent-replayed")), (200, None));
     assert_eq!(h.emu.customers().len(), 1);
 }
 
 #[test]
 fn drop_after_execute_creates_and_the_retry_replays() {
     let h = Harness::new();
-    h.emu
-        .inject(Fault::drop_after().on("POST", "/v1/customers"));
-    h.try_send(
-        "POST",
-        "/v1/customers",
-        "email=a%40b.co",
-        Some(&format!("Bearer {KEY}")),
-        Some("drop2"),
-    )
-    .expect_err("no response");
+    h.emu.inject(Fault::drop_after().on("POST", "/v1/customers"));
+    h.try_send("POST", "/v1/customers", "email=a%40b.co", Some(&format!("Bearer {KEY}")), Some("drop2"))
+        .expect_err("no response");
     let created = h.emu.customers();
     assert_eq!(created.len(), 1);
     let retry = h.post_idem("/v1/customers", "email=a%40b.co", "drop2");
-    assert_eq!(
-        (retry.status, retry.header("idempotent-replayed")),
-        (200, Some("true"))
-    );
+    assert_eq!((retry.status, retry.header("idempotent-replayed")), (200, Some("true")));
     assert_eq!(retry.body, created[0]);
     assert_eq!(h.emu.customers().len(), 1);
     let log = h.emu.requests();
-    assert_eq!(
-        log.iter().map(|r| r.status).collect::<Vec<_>>(),
-        vec![None, Some(200)]
-    );
+    assert_eq!(log.iter().map(|r| r.status).collect::<Vec<_>>(), vec![None, Some(200)]);
 }
 
 #[test]
 fn stall_lets_the_client_time_out() {
     let h = Harness::new();
-    h.emu
-        .inject(Fault::stall(Duration::from_millis(1500)).on("POST", "/v1/customers"));
-    let impatient = Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    h.emu.inject(Fault::stall(Duration::from_millis(1500)).on("POST", "/v1/customers"));
+    let impatient = Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
     let started = Instant::now();
     let err = impatient
         .post(format!("{}/v1/customers", h.emu.base_url()))
@@ -1116,16 +774,10 @@ fn stall_lets_the_client_time_out() {
     // The client hung up during the stall, so the server drops the request: past the end
     // of the stall it still has no status and nothing was created.
     let stall_end = started + Duration::from_millis(1500) + Duration::from_millis(300);
-    let finished = h
-        .emu
-        .wait_for(stall_end.saturating_duration_since(Instant::now()), |e| {
-            e.requests()[0].status.is_some() || !e.customers().is_empty()
-        });
-    assert!(
-        !finished,
-        "the stalled request executed: {:?}",
-        h.emu.requests()
-    );
+    let finished = h.emu.wait_for(stall_end.saturating_duration_since(Instant::now()), |e| {
+        e.requests()[0].status.is_some() || !e.customers().is_empty()
+    });
+    assert!(!finished, "the stalled request executed: {:?}", h.emu.requests());
     let r = h.post_idem("/v1/customers", "email=a%40b.co", "stalled");
     assert_eq!((r.status, r.header("idempotent-replayed")), (200, None));
 }
@@ -1145,17 +797,10 @@ fn injected_latency_delays_requests() {
 
 #[test]
 fn configured_rate_limit_answers_429_and_is_not_stored() {
-    let h = Harness::with(EmulatorConfig {
-        rate_limit: Some(3),
-        ..EmulatorConfig::default()
-    });
+    let h = Harness::with(EmulatorConfig { rate_limit: Some(3), ..EmulatorConfig::default() });
     let started = Instant::now();
-    let statuses: Vec<u16> = (0..5)
-        .map(|i| {
-            h.post_idem("/v1/customers", "email=a%40b.co", &format!("rl{i}"))
-                .status
-        })
-        .collect();
+    let statuses: Vec<u16> =
+        (0..5).map(|i| h.post_idem("/v1/customers", "email=a%40b.co", &format!("rl{i}")).status).collect();
     assert_eq!(&statuses[..3], &[200, 200, 200]);
     // The window is one second; only a very slow machine would get past it.
     if started.elapsed() < Duration::from_millis(900) {
@@ -1172,10 +817,7 @@ fn expired_idempotency_keys_execute_again() {
     let first = h.post_idem("/v1/customers", "email=a%40b.co", "old-key");
     h.emu.expire_idempotency_keys();
     let again = h.post_idem("/v1/customers", "email=a%40b.co", "old-key");
-    assert_eq!(
-        (again.status, again.header("idempotent-replayed")),
-        (200, None)
-    );
+    assert_eq!((again.status, again.header("idempotent-replayed")), (200, None));
     assert_ne!(again.body["id"], first.body["id"]);
     assert_eq!(h.emu.customers().len(), 2);
 }
@@ -1186,44 +828,18 @@ fn expired_idempotency_keys_execute_again() {
 #[test]
 fn request_log_records_everything_but_the_key() {
     let h = Harness::new();
-    h.post_idem(
-        "/v1/customers",
-        "email=a%40b.co&metadata%5Buser_id%5D=7&expand[0]=x&expand[1]=y",
-        "log-key",
-    );
-    let replay = h.post_idem(
-        "/v1/customers",
-        "email=a%40b.co&metadata%5Buser_id%5D=7&expand[0]=x&expand[1]=y",
-        "log-key",
-    );
+    h.post_idem("/v1/customers", "email=a%40b.co&metadata%5Buser_id%5D=7&expand[0]=x&expand[1]=y", "log-key");
+    let replay =
+        h.post_idem("/v1/customers", "email=a%40b.co&metadata%5Buser_id%5D=7&expand[0]=x&expand[1]=y", "log-key");
     h.get("/v1/customers", "limit=3&email=a%40b.co");
     h.emu.inject(Fault::drop_before());
-    let _ = h.try_send(
-        "DELETE",
-        "/v1/customers/cus_1",
-        "",
-        Some(&format!("Bearer {KEY}")),
-        None,
-    );
-    h.try_send(
-        "GET",
-        "/v1/customers",
-        "",
-        Some("Bearer sk_live_wrongwrongwrong"),
-        None,
-    )
-    .unwrap();
+    let _ = h.try_send("DELETE", "/v1/customers/cus_1", "", Some(&format!("Bearer {KEY}")), None);
+    h.try_send("GET", "/v1/customers", "", Some("Bearer sk_live_wrongwrongwrong"), None).unwrap();
 
     let log: Vec<RecordedRequest> = h.emu.requests();
     assert_eq!(log.len(), 5);
-    assert_eq!(
-        (log[0].method.as_str(), log[0].path.as_str()),
-        ("POST", "/v1/customers")
-    );
-    assert_eq!(
-        log[0].params,
-        json!({"email": "a@b.co", "metadata": {"user_id": "7"}, "expand": ["x", "y"]})
-    );
+    assert_eq!((log[0].method.as_str(), log[0].path.as_str()), ("POST", "/v1/customers"));
+    assert_eq!(log[0].params, json!({"email": "a@b.co", "metadata": {"user_id": "7"}, "expand": ["x", "y"]}));
     assert_eq!(log[0].idempotency_key.as_deref(), Some("log-key"));
     assert_eq!((log[0].status, log[0].replayed), (Some(200), false));
     assert_eq!((log[1].status, log[1].replayed), (Some(200), true));
@@ -1234,10 +850,7 @@ fn request_log_records_everything_but_the_key() {
     assert!(log.windows(2).all(|w| w[0].arrived_at <= w[1].arrived_at));
 
     let dump = format!("{log:?}") + &h.control("GET", "/_emulator/requests", None).to_string();
-    assert!(
-        !dump.contains(KEY) && !dump.contains("wrongwrong"),
-        "key in log: {dump}"
-    );
+    assert!(!dump.contains(KEY) && !dump.contains("wrongwrong"), "key in log: {dump}");
     assert!(!dump.to_lowercase().contains("authorization"));
 
     h.emu.clear_requests();
@@ -1261,10 +874,7 @@ fn http_control_endpoints() {
     );
     assert_eq!(pending["pending"], 1);
     let r = h.post("/v1/customers", "email=a%40b.co");
-    assert_eq!(
-        (r.status, r.header("stripe-should-retry")),
-        (503, Some("true"))
-    );
+    assert_eq!((r.status, r.header("stripe-should-retry")), (503, Some("true")));
     h.create_customer("email=a%40b.co");
 
     let customers = h.control("GET", "/_emulator/customers", None);
@@ -1282,38 +892,18 @@ fn http_control_endpoints() {
     assert!(started.elapsed() >= Duration::from_millis(200));
 
     h.control("POST", "/_emulator/reset", None);
-    assert!(
-        h.control("GET", "/_emulator/customers", None)
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        h.control("GET", "/_emulator/requests", None)
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(h.control("GET", "/_emulator/customers", None).as_array().unwrap().is_empty());
+    assert!(h.control("GET", "/_emulator/requests", None).as_array().unwrap().is_empty());
     let started = Instant::now();
     h.get("/v1/customers", "");
-    assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "reset clears latency"
-    );
+    assert!(started.elapsed() < Duration::from_millis(200), "reset clears latency");
 
     // Bad fault specs are rejected, and nothing under /_emulator/ is logged as a /v1 request.
-    let bad = h
-        .http
-        .post(format!("{}/_emulator/faults", h.emu.base_url()))
-        .json(&json!({"kind": "explode"}))
-        .send()
-        .unwrap();
+    let bad =
+        h.http.post(format!("{}/_emulator/faults", h.emu.base_url())).json(&json!({"kind": "explode"})).send().unwrap();
     assert_eq!(bad.status(), 400);
     assert_eq!(h.emu.requests().len(), 1);
-    assert!(matches!(
-        Fault::drop_after().action,
-        FaultAction::DropAfterExecute
-    ));
+    assert!(matches!(Fault::drop_after().action, FaultAction::DropAfterExecute));
 }
 
 #[test]
@@ -1332,18 +922,9 @@ fn binary_serves_and_exits_on_sigterm() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = std::fs::read_to_string(&port_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(
-        line.trim(),
-        format!("stripe-emulator listening on http://127.0.0.1:{port}")
-    );
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+    assert_eq!(line.trim(), format!("stripe-emulator listening on http://127.0.0.1:{port}"));
 
     let http = Client::new();
     let r = http
@@ -1362,10 +943,7 @@ fn binary_serves_and_exits_on_sigterm() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let deadline = Instant::now() + WAIT;
     let status = loop {
@@ -1377,20 +955,9 @@ fn binary_serves_and_exits_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
     let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(stderr.contains("POST /v1/customers -> 200"), "{stderr}");
-    assert!(
-        stderr.contains(&request_id) && stderr.contains("bin-key"),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains(KEY) && !stderr.contains("notTheConfiguredKey"),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&request_id) && stderr.contains("bin-key"), "{stderr}");
+    assert!(!stderr.contains(KEY) && !stderr.contains("notTheConfiguredKey"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,21 +20,13 @@ fn running_as_root() -> bool {
 }
 
 fn pg_config(arg: &str) -> PathBuf {
-    let pg_config = std::env::var("PG_CONFIG")
-        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
-    let out = Command::new(&pg_config)
-        .arg(arg)
-        .output()
-        .unwrap_or_else(|e| panic!("running {pg_config}: {e}"));
+    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+    let out = Command::new(&pg_config).arg(arg).output().unwrap_or_else(|e| panic!("running {pg_config}: {e}"));
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Cluster {
@@ -47,37 +39,17 @@ impl Cluster {
             library.display(),
             pg_config("--bindir").join("pg_config").display()
         );
-        let data_dir =
-            std::env::temp_dir().join(format!("onboarding-tests-{}", std::process::id()));
-        let cluster = Cluster {
-            port: free_port(),
-            data_dir,
-            bin_dir: pg_config("--bindir"),
-        };
+        let data_dir = std::env::temp_dir().join(format!("onboarding-tests-{}", std::process::id()));
+        let cluster = Cluster { port: free_port(), data_dir, bin_dir: pg_config("--bindir") };
         let _ = std::fs::remove_dir_all(&cluster.data_dir);
         std::fs::create_dir_all(&cluster.data_dir).unwrap();
         if running_as_root() {
-            cluster.run(
-                Command::new("chown")
-                    .args(["postgres:postgres"])
-                    .arg(&cluster.data_dir),
-                false,
-            );
+            cluster.run(Command::new("chown").args(["postgres:postgres"]).arg(&cluster.data_dir), false);
         }
         let initdb = cluster.bin_dir.join("initdb");
         cluster.run(
             Command::new(initdb)
-                .args([
-                    "--no-sync",
-                    "-A",
-                    "trust",
-                    "-U",
-                    "postgres",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "-D",
-                ])
+                .args(["--no-sync", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "-D"])
                 .arg(&cluster.data_dir),
             true,
         );
@@ -92,10 +64,7 @@ impl Cluster {
         let mut existing = std::fs::read_to_string(&conf_path).unwrap();
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).unwrap();
-        cluster.pg_ctl(
-            &["start", "-w", "-t", "60", "-l"],
-            Some(&cluster.log_path()),
-        );
+        cluster.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&cluster.log_path()));
         cluster
     }
 
@@ -108,20 +77,24 @@ impl Cluster {
     }
 
     pub fn connect(&self) -> postgres::Client {
-        let conninfo = format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        );
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match postgres::Client::connect(&conninfo, postgres::NoTls) {
                 Ok(client) => return client,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
                 Err(e) => panic!("cannot connect to the test cluster: {e}"),
             }
         }
+    }
+
+    /// Runs SQL through psql (to see NOTICEs and WARNINGs as a user would).
+    pub fn psql(&self, database: &str, sql: &str) -> std::process::Output {
+        Command::new(self.bin_dir.join("psql"))
+            .args(["-X", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1"])
+            .args(["-p", &self.port.to_string(), "-d", database, "-c", sql])
+            .output()
+            .expect("run psql")
     }
 
     pub fn stop(&self) {
@@ -141,18 +114,12 @@ impl Cluster {
     fn run(&self, command: &mut Command, as_postgres: bool) {
         let mut command = if as_postgres && running_as_root() {
             let mut wrapped = Command::new("runuser");
-            wrapped
-                .args(["-u", "postgres", "--"])
-                .arg(command.get_program())
-                .args(command.get_args());
+            wrapped.args(["-u", "postgres", "--"]).arg(command.get_program()).args(command.get_args());
             wrapped
         } else {
             std::mem::replace(command, Command::new("true"))
         };
-        let out = command
-            .current_dir(std::env::temp_dir())
-            .output()
-            .expect("spawn");
+        let out = command.current_dir(std::env::temp_dir()).output().expect("spawn");
         assert!(
             out.status.success(),
             "{:?} failed: {}\n{}",
