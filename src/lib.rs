@@ -20,6 +20,8 @@ extension_sql_file!("../sql/onboarding.sql", name = "schema", bootstrap);
 
 extension_sql!(
     r#"
+REVOKE EXECUTE ON FUNCTION onboarding._wake_worker_after_commit(), onboarding._worker_preloaded() FROM PUBLIC;
+
 DO $$
 BEGIN
     IF NOT onboarding._worker_preloaded() THEN

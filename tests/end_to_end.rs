@@ -38,6 +38,7 @@ fn main() {
     args.test_threads = Some(1);
     let tests: Vec<(&str, fn() -> Result<(), Failed>)> = vec![
         ("committed_insert_creates_one_customer_and_writes_it_back", committed_insert_creates_one_customer),
+        ("an_application_role_without_grants_on_onboarding_can_insert_profiles", unprivileged_app_role_inserts),
         ("rolled_back_insert_leaves_no_job_and_calls_nothing", rolled_back_insert_calls_nothing),
         ("open_transaction_gets_no_call_until_commit_then_a_prompt_wake", open_transaction_waits_for_commit),
         ("profile_deleted_before_the_worker_runs_is_skipped", deleted_profile_is_skipped),
@@ -249,6 +250,26 @@ fn committed_insert_creates_one_customer() -> Result<(), Failed> {
     ensure(response["status"] == 200 && response["request_id"] == requests[0].request_id.as_deref().unwrap(), || {
         format!("stripe_response detail {response}")
     })
+}
+
+/// Applications insert as their own role (Supabase: `authenticated`), which has no access to the
+/// extension's schema, tables or functions: the trigger must still enqueue.
+fn unprivileged_app_role_inserts() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_app_role");
+    db.batch_execute(&format!(
+        "DROP ROLE IF EXISTS onboarding_test_app; CREATE ROLE onboarding_test_app;
+         GRANT USAGE ON SCHEMA public TO onboarding_test_app;
+         GRANT SELECT, INSERT ON {table} TO onboarding_test_app;"
+    ))
+    .unwrap();
+    db.batch_execute("SET ROLE onboarding_test_app").unwrap();
+    let user = insert_profile(&mut db, &table, Some("app@example.com"));
+    let (code, _) = sqlstate(db.simple_query("SELECT count(*) FROM onboarding.jobs"))?;
+    db.batch_execute("RESET ROLE").unwrap();
+    ensure(code == "42501", || format!("the application role could read onboarding.jobs ({code})"))?;
+    wait_for_customer(&mut db, &table, &user)?;
+    Ok(())
 }
 
 fn rolled_back_insert_calls_nothing() -> Result<(), Failed> {
