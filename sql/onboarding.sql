@@ -20,11 +20,12 @@ CREATE TABLE onboarding.jobs (
     profile_table regclass NOT NULL,
     user_id text NOT NULL,
     state text NOT NULL DEFAULT 'pending'
-        CHECK (state IN ('pending', 'running', 'succeeded', 'skipped', 'orphaned', 'dead')),
+        CHECK (state IN ('pending', 'running', 'succeeded', 'skipped', 'orphaned', 'dead', 'cancelled')),
     attempts integer NOT NULL DEFAULT 0,
     -- Fixed before the first attempt and reused by every retry and restart.
     idempotency_key text NOT NULL UNIQUE DEFAULT 'onboarding-' || gen_random_uuid(),
     run_at timestamptz NOT NULL DEFAULT now(),
+    first_attempt_at timestamptz,
     stripe_id text,
     last_error text,
     last_error_detail jsonb,
@@ -35,7 +36,7 @@ CREATE TABLE onboarding.jobs (
     finished_at timestamptz
 );
 COMMENT ON TABLE onboarding.jobs IS
-    'Stripe work for profiles: pending -> running -> succeeded | skipped | orphaned | dead (or back to pending to retry)';
+    'Stripe work for profiles: pending -> running -> succeeded | skipped | orphaned | dead | cancelled (or back to pending to retry)';
 -- At most one open job per profile and kind: enqueueing twice joins the open job.
 CREATE UNIQUE INDEX jobs_one_open_per_profile ON onboarding.jobs (profile_table, kind, user_id)
     WHERE state IN ('pending', 'running');
@@ -181,6 +182,90 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------------------------
+-- Operating the queue (DBAs): retry and cancel. Each returns the rows it changed.
+------------------------------------------------------------------------------------------------
+
+-- Puts a dead or cancelled job back in the queue with a fresh attempt budget and the
+-- same idempotency key (it is the same logical operation).
+CREATE FUNCTION onboarding.retry(job_id bigint) RETURNS SETOF onboarding.jobs
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+    open_job bigint;
+BEGIN
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding.retry: no job %', job_id USING ERRCODE = 'no_data_found';
+    END IF;
+    IF j.state NOT IN ('dead', 'cancelled') THEN
+        RAISE EXCEPTION 'onboarding.retry: job % is %, only dead or cancelled jobs can be retried', job_id, j.state
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = CASE j.state WHEN 'pending' THEN 'It is already queued.'
+                                      WHEN 'running' THEN 'It is being worked on right now.'
+                                      ELSE 'It has finished.' END;
+    END IF;
+    SELECT o.id INTO open_job FROM onboarding.jobs o
+     WHERE o.profile_table = j.profile_table AND o.kind = j.kind AND o.user_id = j.user_id
+       AND o.state IN ('pending', 'running');
+    IF FOUND THEN
+        RAISE EXCEPTION 'onboarding.retry: job % for user % is already open for the same work', open_job, j.user_id
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for that job instead.';
+    END IF;
+    UPDATE onboarding.jobs
+       SET state = 'pending', attempts = 0, run_at = now(), updated_at = now(), finished_at = NULL
+     WHERE id = job_id RETURNING * INTO j;
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    VALUES (j.id, j.user_id, 'retried', jsonb_build_object('by', session_user::text));
+    PERFORM onboarding._wake_worker_after_commit();
+    RETURN NEXT j;
+END $$;
+
+-- Retries every dead job, or only those whose Stripe error code (or transport kind) matches.
+-- Jobs whose profile already has another open job are left alone.
+CREATE FUNCTION onboarding.retry_dead(error_code text DEFAULT NULL) RETURNS SETOF onboarding.jobs
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    candidate bigint;
+BEGIN
+    FOR candidate IN
+        SELECT d.id FROM onboarding.jobs d
+         WHERE d.state = 'dead'
+           AND (error_code IS NULL
+                OR d.last_error_detail->>'code' = error_code
+                OR d.last_error_detail->>'transport' = error_code)
+           AND NOT EXISTS (SELECT FROM onboarding.jobs o
+                            WHERE o.profile_table = d.profile_table AND o.kind = d.kind
+                              AND o.user_id = d.user_id AND o.state IN ('pending', 'running'))
+         ORDER BY d.id
+    LOOP
+        RETURN QUERY SELECT * FROM onboarding.retry(candidate);
+    END LOOP;
+END $$;
+
+-- Cancels a job that is waiting. A running job cannot be cancelled (its Stripe call is in flight).
+CREATE FUNCTION onboarding.cancel(job_id bigint) RETURNS SETOF onboarding.jobs
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+BEGIN
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding.cancel: no job %', job_id USING ERRCODE = 'no_data_found';
+    END IF;
+    IF j.state <> 'pending' THEN
+        RAISE EXCEPTION 'onboarding.cancel: job % is %, only pending jobs can be cancelled', job_id, j.state
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = CASE WHEN j.state = 'running' THEN 'Its Stripe call is in flight; let it finish.'
+                              ELSE 'It is no longer waiting.' END;
+    END IF;
+    UPDATE onboarding.jobs SET state = 'cancelled', updated_at = now(), finished_at = now()
+     WHERE id = job_id RETURNING * INTO j;
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    VALUES (j.id, j.user_id, 'cancelled', jsonb_build_object('by', session_user::text));
+    RETURN NEXT j;
+END $$;
+
+------------------------------------------------------------------------------------------------
 -- Job transitions used by the background worker (src/worker.rs). Not for applications.
 ------------------------------------------------------------------------------------------------
 
@@ -204,7 +289,7 @@ BEGIN
              FOR UPDATE SKIP LOCKED)
         UPDATE onboarding.jobs j
            SET state = 'running', attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimed_at = now(), updated_at = now()
+               claimed_at = now(), updated_at = now(), first_attempt_at = coalesce(j.first_attempt_at, now())
           FROM due WHERE j.id = due.id
         RETURNING j.*
     LOOP
@@ -344,6 +429,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM onboarding.jobs WHERE state = 'pending';
 $$;
 
-REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding._enqueue_inserted_profiles,
+REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retry, onboarding.retry_dead,
+    onboarding.cancel, onboarding._enqueue_inserted_profiles,
     onboarding._column_type, onboarding._claim_jobs, onboarding._finish_job, onboarding._log_event,
     onboarding._write_back_customer, onboarding._requeue_abandoned, onboarding._next_due_in FROM PUBLIC;

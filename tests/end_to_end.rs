@@ -46,7 +46,8 @@ fn main() {
         ("profile_with_a_customer_id_gets_no_stripe_call", provisioned_profile_gets_no_call),
         ("two_hundred_profiles_in_one_transaction_get_two_hundred_customers", two_hundred_profiles),
         ("transient_failures_are_recorded_and_retried_with_one_idempotency_key", transient_failures_retry),
-        ("bad_request_is_recorded_and_parked_not_retried", bad_request_is_parked),
+        ("bad_requests_are_parked_then_retry_dead_and_retry_requeue_them", bad_request_is_parked),
+        ("pending_job_can_be_cancelled_and_retried", pending_job_can_be_cancelled_and_retried),
         ("profile_without_email_is_parked_without_a_call", missing_email_is_parked),
         ("stuck_call_times_out_and_is_retried", stuck_call_times_out),
         ("terminated_worker_exits_promptly_restarts_and_finishes_the_job", terminated_worker_restarts),
@@ -464,24 +465,79 @@ fn transient_failures_retry() -> Result<(), Failed> {
 fn bad_request_is_parked() -> Result<(), Failed> {
     let mut db = db();
     let table = profiles_table(&mut db, "profiles_bad_request");
-    env().stripe.inject(
-        Fault::status(400)
-            .on("POST", "/v1/customers")
-            .times(1)
-            .code("parameter_invalid_empty")
-            .message("Invalid email address"),
-    );
-    let user = insert_profile(&mut db, &table, Some("rejected@example.com"));
-    let job = wait_for_state(&mut db, &user, "dead")?;
-    ensure(job.attempts == 1, || format!("a 400 was retried: {job:?}"))?;
-    let requests = stripe_requests_for(&user);
-    ensure(requests.len() == 1, || format!("{requests:?}"))?;
-    let error = job.last_error.unwrap_or_default();
-    let request_id = requests[0].request_id.clone().unwrap();
-    for needle in ["400", "parameter_invalid_empty", "Invalid email address", request_id.as_str()] {
-        ensure(error.contains(needle), || format!("last_error {error:?} lacks {needle:?}"))?;
+    for code in ["parameter_invalid_empty", "email_invalid"] {
+        env().stripe.inject(Fault::status(400).on("POST", "/v1/customers").code(code).message("Invalid email address"));
     }
-    ensure(customer_id(&mut db, &table, &user).is_none(), || "a customer was written".into())
+    let users: Vec<String> = (0..2).map(|_| insert_profile(&mut db, &table, Some("rejected@example.com"))).collect();
+    let mut jobs = Vec::new();
+    for user in &users {
+        let job = wait_for_state(&mut db, user, "dead")?;
+        ensure(job.attempts == 1, || format!("a 400 was retried: {job:?}"))?;
+        let requests = stripe_requests_for(user);
+        ensure(requests.len() == 1, || format!("{requests:?}"))?;
+        let error = job.last_error.clone().unwrap_or_default();
+        let request_id = requests[0].request_id.clone().unwrap();
+        for needle in ["400", "Invalid email address", request_id.as_str()] {
+            ensure(error.contains(needle), || format!("last_error {error:?} lacks {needle:?}"))?;
+        }
+        ensure(customer_id(&mut db, &table, user).is_none(), || "a customer was written".into())?;
+        jobs.push(job);
+    }
+
+    // retry_dead(code) picks only the jobs that failed with that code.
+    let retried: Vec<(i64, String)> = db
+        .query("SELECT id, user_id FROM onboarding.retry_dead('email_invalid')", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    ensure(retried.len() == 1, || format!("retry_dead('email_invalid') retried {retried:?}"))?;
+    let (retried_id, retried_user) = retried[0].clone();
+    wait_for_customer(&mut db, &table, &retried_user)?;
+    let other = users.iter().find(|u| **u != retried_user).unwrap();
+    ensure(only_job(&mut db, other)?.state == "dead", || "retry_dead retried a job with another code".into())?;
+
+    // retry(id) for the other one; refused for jobs that are not dead or cancelled.
+    let other_id: i64 = db.query_one("SELECT id FROM onboarding.jobs WHERE user_id = $1", &[other]).unwrap().get(0);
+    let state: String = db.query_one("SELECT state FROM onboarding.retry($1)", &[&other_id]).unwrap().get(0);
+    ensure(state == "pending", || format!("retry returned {state}"))?;
+    wait_for_customer(&mut db, &table, other)?;
+    let (code, message) = sqlstate(db.query("SELECT * FROM onboarding.retry($1)", &[&retried_id]))?;
+    ensure(code == "55000" && message.contains("succeeded"), || format!("retrying a finished job: {code} {message}"))?;
+    let (code, _) = sqlstate(db.query("SELECT * FROM onboarding.retry(-1)", &[]))?;
+    ensure(code == "P0002", || format!("retrying a missing job: {code}"))?;
+    let requests = stripe_requests_for(other);
+    ensure(requests.len() == 2 && requests[0].idempotency_key == requests[1].idempotency_key, || {
+        format!("a retried job must reuse its idempotency key: {requests:?}")
+    })
+}
+
+fn pending_job_can_be_cancelled_and_retried() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_cancel");
+    let mut job_id = 0i64;
+    let mut user = String::new();
+    while_worker_is_busy(&mut db, &table, |db| {
+        user = insert_profile(db, &table, Some("cancel@example.com"));
+        let row = db
+            .query_one(
+                "SELECT id, state FROM onboarding.cancel((SELECT id FROM onboarding.jobs WHERE user_id = $1))",
+                &[&user],
+            )
+            .unwrap();
+        job_id = row.get(0);
+        assert_eq!(row.get::<_, String>(1), "cancelled");
+    })?;
+    // The worker has moved on (the decoy is done); a cancelled job is never sent.
+    let sentinel = insert_profile(&mut db, &table, Some("sentinel@example.com"));
+    wait_for_customer(&mut db, &table, &sentinel)?;
+    ensure(stripe_requests_for(&user).is_empty(), || "a cancelled job reached Stripe".into())?;
+    let (code, message) = sqlstate(db.query("SELECT * FROM onboarding.cancel($1)", &[&job_id]))?;
+    ensure(code == "55000" && message.contains("cancelled"), || format!("cancelling twice: {code} {message}"))?;
+    db.query("SELECT * FROM onboarding.retry($1)", &[&job_id]).unwrap();
+    wait_for_customer(&mut db, &table, &user)?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events)[..3] == ["enqueued", "cancelled", "retried"], || format!("steps {:?}", steps(&events)))
 }
 
 fn missing_email_is_parked() -> Result<(), Failed> {
