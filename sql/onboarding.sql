@@ -16,7 +16,8 @@ CREATE TABLE onboarding.attachments (
 -- The transactional outbox: one row per unit of Stripe work.
 CREATE TABLE onboarding.jobs (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    kind text NOT NULL CHECK (kind IN ('create_customer')),
+    -- delete_customer compensates: it deletes a customer (stripe_id) that no profile can use.
+    kind text NOT NULL CHECK (kind IN ('create_customer', 'delete_customer')),
     profile_table regclass NOT NULL,
     user_id text NOT NULL,
     state text NOT NULL DEFAULT 'pending'
@@ -37,8 +38,9 @@ CREATE TABLE onboarding.jobs (
 );
 COMMENT ON TABLE onboarding.jobs IS
     'Stripe work for profiles: pending -> running -> succeeded | skipped | orphaned | dead | cancelled (or back to pending to retry)';
--- At most one open job per profile and kind: enqueueing twice joins the open job.
-CREATE UNIQUE INDEX jobs_one_open_per_profile ON onboarding.jobs (profile_table, kind, user_id)
+-- At most one open job per profile, kind and target: enqueueing twice joins the open job.
+-- (Creation jobs have no stripe_id while open; compensation jobs name the customer they delete.)
+CREATE UNIQUE INDEX jobs_one_open_per_target ON onboarding.jobs (profile_table, kind, user_id, coalesce(stripe_id, ''))
     WHERE state IN ('pending', 'running');
 CREATE INDEX jobs_due ON onboarding.jobs (run_at, id) WHERE state = 'pending';
 CREATE INDEX jobs_by_user ON onboarding.jobs (user_id);
@@ -83,6 +85,46 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Enqueues the deletion of a Stripe customer that no profile can use (compensation).
+CREATE FUNCTION onboarding._enqueue_compensation(tbl regclass, uid text, customer text, reason text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_job bigint;
+BEGIN
+    INSERT INTO onboarding.jobs (kind, profile_table, user_id, stripe_id)
+    VALUES ('delete_customer', tbl, uid, customer)
+    ON CONFLICT DO NOTHING
+    RETURNING id INTO new_job;
+    IF new_job IS NOT NULL THEN
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        VALUES (new_job, uid, 'enqueued', jsonb_build_object('source', 'compensation', 'reason', reason,
+                                                             'stripe_id', customer));
+        PERFORM onboarding._wake_worker_after_commit();
+    END IF;
+    RETURN new_job;
+END $$;
+
+-- Statement-level AFTER DELETE trigger: deleting a profile deletes its Stripe customer when this
+-- extension created it (a succeeded create_customer job names it) and no other row of the table
+-- uses it. Off with onboarding.delete_customers_with_profiles = off. TG_ARGV: id, customer column.
+CREATE FUNCTION onboarding._compensate_deleted_profiles() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce(current_setting('onboarding.delete_customers_with_profiles', true), 'on')::boolean THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format($sql$
+        SELECT count(onboarding._enqueue_compensation(%1$s::oid, d.%2$I::text, d.%3$I, 'profile deleted'))
+          FROM onboarding_deleted_profiles d
+         WHERE d.%3$I IS NOT NULL
+           AND EXISTS (SELECT FROM onboarding.jobs c
+                        WHERE c.profile_table = %1$s::oid AND c.kind = 'create_customer'
+                          AND c.user_id = d.%2$I::text AND c.state = 'succeeded' AND c.stripe_id = d.%3$I)
+           AND NOT EXISTS (SELECT FROM %4$s other WHERE other.%3$I = d.%3$I) $sql$,
+        TG_RELID, TG_ARGV[0], TG_ARGV[1], TG_RELID::regclass);
+    RETURN NULL;
+END $$;
+
 -- Checks that `col` exists in `tbl` with one of `allowed` types; returns its type.
 CREATE FUNCTION onboarding._column_type(tbl regclass, col name, role text, allowed regtype[]) RETURNS regtype
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -110,6 +152,19 @@ BEGIN
             USING ERRCODE = 'datatype_mismatch';
     END IF;
     RETURN col_type;
+END $$;
+
+CREATE FUNCTION onboarding._drop_triggers(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    trigger_name name;
+BEGIN
+    FOR trigger_name IN
+        SELECT tgname FROM pg_trigger
+         WHERE tgrelid = tbl AND tgname IN ('onboarding_enqueue', 'onboarding_compensate')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
+    END LOOP;
 END $$;
 
 CREATE FUNCTION onboarding.attach(
@@ -152,13 +207,16 @@ BEGIN
         SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
             customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column;
 
-    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_enqueue') THEN
-        EXECUTE format('DROP TRIGGER onboarding_enqueue ON %s', profile_table);
-    END IF;
+    PERFORM onboarding._drop_triggers(profile_table);
     EXECUTE format($sql$
         CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %s
         REFERENCING NEW TABLE AS onboarding_inserted_profiles
         FOR EACH STATEMENT EXECUTE FUNCTION onboarding._enqueue_inserted_profiles(%L, %L)$sql$,
+        profile_table, id_column, customer_column);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s
+        REFERENCING OLD TABLE AS onboarding_deleted_profiles
+        FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L)$sql$,
         profile_table, id_column, customer_column);
 
     RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s)',
@@ -171,9 +229,7 @@ COMMENT ON FUNCTION onboarding.attach IS
 CREATE FUNCTION onboarding.detach(profile_table regclass) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_enqueue') THEN
-        EXECUTE format('DROP TRIGGER onboarding_enqueue ON %s', profile_table);
-    END IF;
+    PERFORM onboarding._drop_triggers(profile_table);
     DELETE FROM onboarding.attachments a WHERE a.profile_table = detach.profile_table;
     IF NOT FOUND THEN
         RETURN format('onboarding: %s was not attached', profile_table);
@@ -206,7 +262,7 @@ BEGIN
     END IF;
     SELECT o.id INTO open_job FROM onboarding.jobs o
      WHERE o.profile_table = j.profile_table AND o.kind = j.kind AND o.user_id = j.user_id
-       AND o.state IN ('pending', 'running');
+       AND o.stripe_id IS NOT DISTINCT FROM j.stripe_id AND o.state IN ('pending', 'running');
     IF FOUND THEN
         RAISE EXCEPTION 'onboarding.retry: job % for user % is already open for the same work', open_job, j.user_id
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for that job instead.';
@@ -234,8 +290,8 @@ BEGIN
                 OR d.last_error_detail->>'code' = error_code
                 OR d.last_error_detail->>'transport' = error_code)
            AND NOT EXISTS (SELECT FROM onboarding.jobs o
-                            WHERE o.profile_table = d.profile_table AND o.kind = d.kind
-                              AND o.user_id = d.user_id AND o.state IN ('pending', 'running'))
+                            WHERE o.profile_table = d.profile_table AND o.kind = d.kind AND o.user_id = d.user_id
+                              AND o.stripe_id IS NOT DISTINCT FROM d.stripe_id AND o.state IN ('pending', 'running'))
          ORDER BY d.id
     LOOP
         RETURN QUERY SELECT * FROM onboarding.retry(candidate);
@@ -273,7 +329,7 @@ END $$;
 -- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
 CREATE FUNCTION onboarding._claim_jobs(max_jobs integer)
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
-               profile_found boolean, email text, customer_id text)
+               stripe_id text, profile_found boolean, email text, customer_id text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
@@ -302,7 +358,7 @@ BEGIN
             CONTINUE;
         END IF;
         job_id := job.id; kind := job.kind; user_id := job.user_id;
-        idempotency_key := job.idempotency_key; attempts := job.attempts;
+        idempotency_key := job.idempotency_key; attempts := job.attempts; stripe_id := job.stripe_id;
         BEGIN
             EXECUTE format('SELECT %I::text, %I::text FROM %s WHERE %I = $1::%s',
                     a.email_column, a.customer_column, a.profile_table, a.id_column, a.id_type)
@@ -389,11 +445,13 @@ BEGIN
         PERFORM onboarding._finish_job(job, 'orphaned', 'orphaned',
             jsonb_build_object('reason', format('profile is linked to %s instead', current_id), 'stripe_id', customer),
             stripe_id => customer, error => format('profile is already linked to %s; %s is unused', current_id, customer));
+        PERFORM onboarding._enqueue_compensation(j.profile_table, j.user_id, customer, 'profile linked to another customer');
         RETURN 'linked_elsewhere';
     END IF;
     PERFORM onboarding._finish_job(job, 'orphaned', 'orphaned',
         jsonb_build_object('reason', 'profile deleted before write-back', 'stripe_id', customer),
         stripe_id => customer, error => format('profile deleted before %s could be written back', customer));
+    PERFORM onboarding._enqueue_compensation(j.profile_table, j.user_id, customer, 'profile deleted before write-back');
     RETURN 'profile_gone';
 END $$;
 
@@ -432,4 +490,5 @@ $$;
 REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retry, onboarding.retry_dead,
     onboarding.cancel, onboarding._enqueue_inserted_profiles,
     onboarding._column_type, onboarding._claim_jobs, onboarding._finish_job, onboarding._log_event,
-    onboarding._write_back_customer, onboarding._requeue_abandoned, onboarding._next_due_in FROM PUBLIC;
+    onboarding._write_back_customer, onboarding._requeue_abandoned, onboarding._next_due_in,
+    onboarding._enqueue_compensation, onboarding._compensate_deleted_profiles, onboarding._drop_triggers FROM PUBLIC;

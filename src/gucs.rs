@@ -11,6 +11,7 @@ pub static STRIPE_API_BASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"https://api.stripe.com"));
 pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static DELETE_CUSTOMERS_WITH_PROFILES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(12);
 pub static RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
@@ -98,6 +99,15 @@ pub fn register() {
         1,
         1_000,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"onboarding.delete_customers_with_profiles",
+        c"Deleting a profile deletes the Stripe customer this extension created for it.",
+        c"Only customers that a succeeded job of this extension created and that no other row of the table uses. \
+          Read by the deleting session (superusers may SET it off for a maintenance delete).",
+        &DELETE_CUSTOMERS_WITH_PROFILES,
+        GucContext::Suset,
         GucFlags::default(),
     );
     unsafe { pg_sys::MarkGUCPrefixReserved(c"onboarding".as_ptr()) };

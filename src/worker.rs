@@ -10,7 +10,9 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use onboarding_core::job::{AfterFailure, CustomerPlan, Profile, after_failure, plan_customer};
+use onboarding_core::job::{
+    AfterFailure, CustomerPlan, DeletePlan, Profile, after_failure, plan_customer, plan_delete,
+};
 use onboarding_core::policy::classify;
 use onboarding_core::runtime::signal_safe_runtime;
 use onboarding_core::stripe::{ApiKey, ClientConfig, Customer, NewCustomer, Response, StripeClient, StripeError};
@@ -82,12 +84,51 @@ struct Worker {
 /// A claimed job that needs a Stripe call.
 struct Call {
     job_id: i64,
+    user_id: String,
     attempts: u32,
     idempotency_key: String,
-    customer: NewCustomer,
+    work: Work,
 }
 
-type CallResult = Result<(Customer, Response), StripeError>;
+enum Work {
+    CreateCustomer(NewCustomer),
+    /// Compensation: delete a customer no profile can use.
+    DeleteCustomer(String),
+}
+
+enum Outcome {
+    Created(Customer, Response),
+    /// `None` when Stripe says the customer is already gone (404), which is just as good.
+    Deleted(Option<Response>),
+    Failed(StripeError),
+}
+
+impl Call {
+    fn describe(&self) -> String {
+        match &self.work {
+            Work::CreateCustomer(_) => format!("creating Stripe customer for user {}", self.user_id),
+            Work::DeleteCustomer(id) => {
+                format!("deleting Stripe customer {id} of user {} (compensation)", self.user_id)
+            }
+        }
+    }
+
+    async fn perform(&self, client: &StripeClient) -> Outcome {
+        match &self.work {
+            Work::CreateCustomer(customer) => match client.create_customer(customer, &self.idempotency_key).await {
+                Ok((customer, response)) => Outcome::Created(customer, response),
+                Err(error) => Outcome::Failed(error),
+            },
+            Work::DeleteCustomer(id) => match client.delete_customer(id).await {
+                Ok(response) => Outcome::Deleted(Some(response)),
+                Err(StripeError::Api(e)) if e.status == 404 && e.code.as_deref() == Some("resource_missing") => {
+                    Outcome::Deleted(None)
+                }
+                Err(error) => Outcome::Failed(error),
+            },
+        }
+    }
+}
 
 impl Worker {
     /// One claim/call/record round. Returns how long to sleep before the next one.
@@ -149,21 +190,16 @@ impl Worker {
 
     /// Runs the calls concurrently. None if shutdown was requested meanwhile: the jobs stay
     /// `running` and are requeued by the next worker, whose retry reuses their idempotency keys.
-    fn call_stripe(&mut self, calls: &[Call]) -> Option<Vec<(CallResult, Duration)>> {
+    fn call_stripe(&mut self, calls: &[Call]) -> Option<Vec<(Outcome, Duration)>> {
         let client = self.client.as_ref().expect("client checked by run_round");
         for call in calls {
-            log!(
-                "onboarding: creating Stripe customer for user {} (job {}, attempt {})",
-                call.customer.user_id,
-                call.job_id,
-                call.attempts
-            );
+            log!("onboarding: {} (job {}, attempt {})", call.describe(), call.job_id, call.attempts);
         }
         let results = self.runtime.block_on(async {
             let requests = join_all(calls.iter().map(|call| async {
                 let started = Instant::now();
-                let result = client.create_customer(&call.customer, &call.idempotency_key).await;
-                (result, started.elapsed())
+                let outcome = call.perform(client).await;
+                (outcome, started.elapsed())
             }));
             tokio::select! {
                 results = requests => Some(results),
@@ -208,49 +244,29 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
         let rows = spi.update("SELECT * FROM onboarding._claim_jobs($1)", None, &[batch_size.into()])?;
         let mut claimed = Vec::new();
         for row in rows {
-            let job_id: i64 = row.get(1)?.unwrap_or_default();
-            let user_id: String = row.get(3)?.unwrap_or_default();
-            let idempotency_key: String = row.get(4)?.unwrap_or_default();
-            let attempts = row.get::<i32>(5)?.unwrap_or_default().max(0) as u32;
             let profile = row
-                .get::<bool>(6)?
+                .get::<bool>(7)?
                 .unwrap_or(false)
                 .then(|| -> Result<Profile, pgrx::spi::Error> {
-                    Ok(Profile { email: row.get(7)?, customer_id: row.get(8)? })
+                    Ok(Profile { email: row.get(8)?, customer_id: row.get(9)? })
                 })
                 .transpose()?;
-            claimed.push((job_id, user_id, idempotency_key, attempts, profile));
+            claimed.push(ClaimedJob {
+                id: row.get(1)?.unwrap_or_default(),
+                kind: row.get(2)?.unwrap_or_default(),
+                user_id: row.get(3)?.unwrap_or_default(),
+                idempotency_key: row.get(4)?.unwrap_or_default(),
+                attempts: row.get::<i32>(5)?.unwrap_or_default().max(0) as u32,
+                stripe_id: row.get(6)?,
+                profile,
+            });
         }
         Ok::<_, pgrx::spi::Error>(claimed)
     })
     .unwrap_or_else(|e| error!("onboarding: claiming jobs: {e}"));
 
     let claimed_count = claimed.len();
-    let mut calls = Vec::new();
-    for (job_id, user_id, idempotency_key, attempts, profile) in claimed {
-        match plan_customer(&user_id, profile) {
-            CustomerPlan::ProfileGone => {
-                log!("onboarding: profile of user {user_id} no longer exists; skipping job {job_id}");
-                finish(job_id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
-            }
-            CustomerPlan::AlreadyProvisioned(id) => {
-                let detail = json!({"reason": "profile already has a customer", "stripe_id": id});
-                finish(job_id, "succeeded", "skipped", detail, Some(&id), None, None);
-            }
-            CustomerPlan::Unusable(reason) => {
-                warning!("onboarding: not creating a Stripe customer for user {user_id}: {reason} (job {job_id})");
-                finish(job_id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
-            }
-            CustomerPlan::Create(customer) => {
-                let detail = json!({
-                    "method": "POST", "path": "/v1/customers", "attempt": attempts,
-                    "idempotency_key": idempotency_key, "email": customer.email,
-                });
-                log_event(job_id, "stripe_request", detail);
-                calls.push(Call { job_id, attempts, idempotency_key, customer });
-            }
-        }
-    }
+    let calls = claimed.into_iter().filter_map(plan).collect();
     let next_due = Spi::get_one::<f64>("SELECT onboarding._next_due_in()")
         .ok()
         .flatten()
@@ -258,9 +274,73 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
     Some((calls, claimed_count, next_due))
 }
 
+struct ClaimedJob {
+    id: i64,
+    kind: String,
+    user_id: String,
+    idempotency_key: String,
+    attempts: u32,
+    stripe_id: Option<String>,
+    profile: Option<Profile>,
+}
+
+/// Decides what a claimed job needs, inside the claim transaction: jobs that need no Stripe call
+/// are finished here; the others get their `stripe_request` event and become a [`Call`].
+fn plan(job: ClaimedJob) -> Option<Call> {
+    let (id, user_id) = (job.id, job.user_id.as_str());
+    let work = match job.kind.as_str() {
+        "create_customer" => match plan_customer(user_id, job.profile) {
+            CustomerPlan::ProfileGone => {
+                log!("onboarding: profile of user {user_id} no longer exists; skipping job {id}");
+                finish(id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
+                return None;
+            }
+            CustomerPlan::AlreadyProvisioned(existing) => {
+                // The job's stripe_id names only objects it created; this one it found.
+                let detail = json!({"reason": "profile already has a customer", "stripe_id": existing});
+                finish(id, "succeeded", "skipped", detail, None, None, None);
+                return None;
+            }
+            CustomerPlan::Unusable(reason) => {
+                warning!("onboarding: not creating a Stripe customer for user {user_id}: {reason} (job {id})");
+                finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+                return None;
+            }
+            CustomerPlan::Create(customer) => Work::CreateCustomer(customer),
+        },
+        "delete_customer" => {
+            let target = job.stripe_id.clone().unwrap_or_default();
+            match plan_delete(&target, job.profile.as_ref()) {
+                DeletePlan::InUse => {
+                    let detail = json!({"reason": "the profile links this customer again", "stripe_id": target});
+                    finish(id, "skipped", "skipped", detail, None, None, None);
+                    return None;
+                }
+                DeletePlan::Delete(customer) => Work::DeleteCustomer(customer),
+            }
+        }
+        other => {
+            let reason = format!("unknown job kind {other:?}");
+            finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+            return None;
+        }
+    };
+    let detail = match &work {
+        Work::CreateCustomer(customer) => json!({
+            "method": "POST", "path": "/v1/customers", "attempt": job.attempts,
+            "idempotency_key": job.idempotency_key, "email": customer.email,
+        }),
+        Work::DeleteCustomer(customer) => json!({
+            "method": "DELETE", "path": format!("/v1/customers/{customer}"), "attempt": job.attempts,
+        }),
+    };
+    log_event(id, "stripe_request", detail);
+    Some(Call { job_id: id, user_id: job.user_id, attempts: job.attempts, idempotency_key: job.idempotency_key, work })
+}
+
 /// Phase 3: all outcomes in one transaction; if that fails, each job on its own, so one bad
 /// write-back (say, a failing trigger on the profile table) cannot hold the others hostage.
-fn record_results(calls: &[Call], results: Vec<(CallResult, Duration)>) {
+fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) {
     let outcomes: Vec<_> = calls.iter().zip(results).collect();
     let all = in_transaction(
         "recording Stripe results",
@@ -276,7 +356,11 @@ fn record_results(calls: &[Call], results: Vec<(CallResult, Duration)>) {
     for (call, (result, elapsed)) in &outcomes {
         let one = in_transaction("recording a Stripe result", AssertUnwindSafe(|| record_one(call, result, *elapsed)));
         if let Err(message) = one {
-            let stripe_id = result.as_ref().ok().map(|(c, _)| c.id.as_str());
+            let stripe_id = match (&call.work, result) {
+                (_, Outcome::Created(customer, _)) => Some(customer.id.as_str()),
+                (Work::DeleteCustomer(id), _) => Some(id.as_str()),
+                _ => None,
+            };
             let reason = format!("could not record the Stripe result: {message}");
             let _ = in_transaction(
                 "parking a job",
@@ -289,86 +373,92 @@ fn record_results(calls: &[Call], results: Vec<(CallResult, Duration)>) {
     }
 }
 
-fn record_one(call: &Call, result: &CallResult, elapsed: Duration) {
-    let user_id = &call.customer.user_id;
+fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
+    let (job_id, user_id) = (call.job_id, call.user_id.as_str());
     let elapsed_ms = elapsed.as_millis() as u64;
-    match result {
-        Ok((customer, response)) => {
+    match outcome {
+        Outcome::Created(customer, response) => {
             log!(
-                "onboarding: created Stripe customer {} for user {user_id} (job {}, request {})",
+                "onboarding: created Stripe customer {} for user {user_id} (job {job_id}, request {})",
                 customer.id,
-                call.job_id,
                 response.request_id.as_deref().unwrap_or("unknown")
             );
             let detail = json!({
                 "status": response.status, "request_id": response.request_id, "stripe_id": customer.id,
                 "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
             });
-            log_event(call.job_id, "stripe_response", detail);
-            if customer.metadata_user_id.as_deref() != Some(user_id.as_str()) {
-                // Never link a customer that Stripe says belongs to someone else.
+            log_event(job_id, "stripe_response", detail);
+            if customer.metadata_user_id.as_deref() != Some(user_id) {
+                // Never link, nor delete, a customer that Stripe says belongs to someone else.
                 let reason = format!(
                     "customer {} has metadata.user_id {:?}, expected {user_id:?}",
                     customer.id, customer.metadata_user_id
                 );
-                warning!("onboarding: not linking {}: {reason} (job {})", customer.id, call.job_id);
+                warning!("onboarding: not linking {}: {reason} (job {job_id})", customer.id);
                 let detail = json!({"reason": reason, "stripe_id": customer.id});
-                finish(call.job_id, "orphaned", "orphaned", detail, Some(&customer.id), Some(&reason), None);
+                finish(job_id, "dead", "dead", detail, None, Some(&reason), None);
                 return;
             }
             let outcome = Spi::get_one_with_args::<String>(
                 "SELECT onboarding._write_back_customer($1, $2)",
-                &[call.job_id.into(), customer.id.as_str().into()],
+                &[job_id.into(), customer.id.as_str().into()],
             )
             .unwrap_or_else(|e| error!("onboarding: writing back {}: {e}", customer.id))
             .unwrap_or_default();
             match outcome.as_str() {
                 "written_back" => log!(
-                    "onboarding: wrote Stripe customer {} back to the profile of user {user_id} (job {})",
-                    customer.id,
-                    call.job_id
+                    "onboarding: wrote Stripe customer {} back to the profile of user {user_id} (job {job_id})",
+                    customer.id
                 ),
                 "already_linked" => {}
                 other => warning!(
-                    "onboarding: Stripe customer {} for user {user_id} is not linked ({other}); job {} is orphaned",
-                    customer.id,
-                    call.job_id
+                    "onboarding: Stripe customer {} for user {user_id} is not linked ({other}); \
+                     job {job_id} is orphaned and the customer will be deleted",
+                    customer.id
                 ),
             }
         }
-        Err(error) => {
+        Outcome::Deleted(response) => {
+            let Work::DeleteCustomer(customer) = &call.work else { unreachable!("only deletions delete") };
+            let detail = match response {
+                Some(r) => json!({"status": r.status, "request_id": r.request_id, "duration_ms": elapsed_ms}),
+                None => json!({"status": 404, "note": "already deleted", "duration_ms": elapsed_ms}),
+            };
+            log_event(job_id, "stripe_response", detail);
+            log!("onboarding: deleted Stripe customer {customer} of user {user_id} (job {job_id})");
+            let detail = json!({"stripe_id": customer});
+            finish(job_id, "succeeded", "compensated", detail, None, None, None);
+        }
+        Outcome::Failed(error) => {
             if let Some(status) = error.status() {
                 let detail = json!({"status": status, "request_id": error.request_id(), "duration_ms": elapsed_ms});
-                log_event(call.job_id, "stripe_response", detail);
+                log_event(job_id, "stripe_response", detail);
             }
             let message = error.to_string();
             let mut detail = error.to_json();
             detail["attempt"] = call.attempts.into();
+            let is_post = matches!(call.work, Work::CreateCustomer(_));
             let next = after_failure(
                 call.attempts,
                 gucs::max_attempts(),
-                classify(error, true),
+                classify(error, is_post),
                 &gucs::backoff(),
                 &mut rand::rng(),
             );
+            let what = call.describe();
             match next {
                 AfterFailure::RetryIn(delay) => {
                     detail["retry_in_ms"] = (delay.as_millis() as u64).into();
                     warning!(
-                        "onboarding: creating Stripe customer for user {user_id} failed: {message}; retrying in {:.1}s (job {}, attempt {})",
+                        "onboarding: {what} failed: {message}; retrying in {:.1}s (job {job_id}, attempt {})",
                         delay.as_secs_f64(),
-                        call.job_id,
                         call.attempts
                     );
-                    finish(call.job_id, "pending", "failed", detail, None, Some(&message), Some(delay));
+                    finish(job_id, "pending", "failed", detail, None, Some(&message), Some(delay));
                 }
                 AfterFailure::Dead => {
-                    warning!(
-                        "onboarding: creating Stripe customer for user {user_id} failed for good: {message} (job {}, attempt {})",
-                        call.job_id,
-                        call.attempts
-                    );
-                    finish(call.job_id, "dead", "dead", detail, None, Some(&message), None);
+                    warning!("onboarding: {what} failed for good: {message} (job {job_id}, attempt {})", call.attempts);
+                    finish(job_id, "dead", "dead", detail, None, Some(&message), None);
                 }
             }
         }

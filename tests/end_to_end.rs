@@ -42,7 +42,11 @@ fn main() {
         ("rolled_back_insert_leaves_no_job_and_calls_nothing", rolled_back_insert_calls_nothing),
         ("open_transaction_gets_no_call_until_commit_then_a_prompt_wake", open_transaction_waits_for_commit),
         ("profile_deleted_before_the_worker_runs_is_skipped", deleted_profile_is_skipped),
-        ("profile_deleted_during_the_stripe_call_is_recorded_as_orphaned", deleted_during_call_is_orphaned),
+        ("profile_deleted_during_the_stripe_call_orphans_then_deletes_the_customer", deleted_during_call_is_orphaned),
+        (
+            "deleting_a_provisioned_profile_deletes_its_customer_unless_told_not_to",
+            deleting_a_profile_deletes_its_customer,
+        ),
         ("profile_with_a_customer_id_gets_no_stripe_call", provisioned_profile_gets_no_call),
         ("two_hundred_profiles_in_one_transaction_get_two_hundred_customers", two_hundred_profiles),
         ("transient_failures_are_recorded_and_retried_with_one_idempotency_key", transient_failures_retry),
@@ -149,6 +153,7 @@ fn wait_for_customer(db: &mut Client, table: &str, user: &str) -> Result<String,
 
 #[derive(Debug)]
 struct Job {
+    kind: String,
     state: String,
     attempts: i32,
     stripe_id: Option<String>,
@@ -158,13 +163,14 @@ struct Job {
 
 fn jobs_for(db: &mut Client, user: &str) -> Vec<Job> {
     db.query(
-        "SELECT id, state, attempts, stripe_id, last_error, idempotency_key FROM onboarding.jobs
+        "SELECT kind, state, attempts, stripe_id, last_error, idempotency_key FROM onboarding.jobs
           WHERE user_id = $1 ORDER BY id",
         &[&user],
     )
     .unwrap()
     .iter()
     .map(|r| Job {
+        kind: r.get(0),
         state: r.get(1),
         attempts: r.get(2),
         stripe_id: r.get(3),
@@ -357,14 +363,63 @@ fn deleted_during_call_is_orphaned() -> Result<(), Failed> {
     wait_for("the request to reach Stripe", DEADLINE, || (!stripe_requests_for(&user).is_empty()).then_some(()))?;
     db.execute(&format!("DELETE FROM {table} WHERE id::text = $1"), &[&user]).unwrap();
 
+    // Nothing silently lost: the creation job names the customer that has no profile...
     let job = wait_for_state(&mut db, &user, "orphaned")?;
-    let customers = stripe_customers_for(&user);
-    ensure(customers.len() == 1, || format!("{customers:?}"))?;
-    // Nothing silently lost: the job names the Stripe customer that has no profile.
-    ensure(job.stripe_id.as_deref() == customers[0]["id"].as_str(), || format!("{job:?} vs {customers:?}"))?;
+    let created = job.stripe_id.clone().ok_or("the orphaned job does not name its customer")?;
     ensure(job.last_error.as_deref().is_some_and(|e| e.contains("profile deleted")), || format!("{job:?}"))?;
+    // ...and a compensation job deletes it.
+    wait_for("the compensation job", DEADLINE, || {
+        jobs_for(&mut db, &user).into_iter().find(|j| j.kind == "delete_customer" && j.state == "succeeded")
+    })?;
+    let live = stripe_customers_for(&user);
+    ensure(live.is_empty(), || format!("{created} was not deleted: {live:?}"))?;
+    let deletes: Vec<_> = env().stripe.requests().into_iter().filter(|r| r.method == "DELETE").collect();
+    ensure(deletes.len() == 1 && deletes[0].path == format!("/v1/customers/{created}"), || format!("{deletes:?}"))?;
     let events = events_for(&mut db, &user);
-    ensure(steps(&events).ends_with(&["stripe_response", "orphaned"]), || format!("steps {:?}", steps(&events)))
+    ensure(
+        steps(&events).ends_with(&[
+            "orphaned",
+            "enqueued",
+            "claimed",
+            "stripe_request",
+            "stripe_response",
+            "compensated",
+        ]),
+        || format!("steps {:?}", steps(&events)),
+    )
+}
+
+fn deleting_a_profile_deletes_its_customer() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_delete_cascade");
+    let user = insert_profile(&mut db, &table, Some("leaving@example.com"));
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    db.execute(&format!("DELETE FROM {table} WHERE id::text = $1"), &[&user]).unwrap();
+    wait_for("the compensation job", DEADLINE, || {
+        jobs_for(&mut db, &user).into_iter().find(|j| j.kind == "delete_customer" && j.state == "succeeded")
+    })?;
+    ensure(stripe_customers_for(&user).is_empty(), || format!("{customer} survived its profile"))?;
+
+    // Not when the setting is off for this session, nor for a customer the extension did not create.
+    let kept = insert_profile(&mut db, &table, Some("kept@example.com"));
+    wait_for_customer(&mut db, &table, &kept)?;
+    let foreign: String = db
+        .query_one(
+            &format!("INSERT INTO {table} (email, stripe_customer_id) VALUES ('foreign@example.com', 'cus_madeElsewhere') RETURNING id::text"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    db.batch_execute("SET onboarding.delete_customers_with_profiles = off").unwrap();
+    db.execute(&format!("DELETE FROM {table} WHERE id::text = $1"), &[&kept]).unwrap();
+    db.batch_execute("RESET onboarding.delete_customers_with_profiles").unwrap();
+    db.execute(&format!("DELETE FROM {table} WHERE id::text = $1"), &[&foreign]).unwrap();
+    // The trigger decides within the DELETE: no compensation job now means none ever.
+    for u in [&kept, &foreign] {
+        let compensations = jobs_for(&mut db, u).into_iter().filter(|j| j.kind == "delete_customer").count();
+        ensure(compensations == 0, || format!("a compensation job for {u}"))?;
+    }
+    ensure(stripe_customers_for(&kept).len() == 1, || "the kept customer is gone".into())
 }
 
 fn provisioned_profile_gets_no_call() -> Result<(), Failed> {
@@ -386,7 +441,10 @@ fn provisioned_profile_gets_no_call() -> Result<(), Failed> {
             .unwrap();
     })?;
     let job = wait_for_state(&mut db, &user, "succeeded")?;
-    ensure(job.stripe_id.as_deref() == Some("cus_existing2"), || format!("{job:?}"))?;
+    // The job's stripe_id names only what it created; the one it found is in its event.
+    ensure(job.stripe_id.is_none(), || format!("{job:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(events.last().is_some_and(|(_, d)| d["stripe_id"] == "cus_existing2"), || format!("{events:?}"))?;
     ensure(jobs_for(&mut db, &inserted_with_id).is_empty(), || "a job for a provisioned profile".into())?;
     for u in [&user, &inserted_with_id] {
         let requests = stripe_requests_for(u);
@@ -630,7 +688,8 @@ fn attach_validates() -> Result<(), Failed> {
         .unwrap()
         .get(0)
     };
-    ensure(triggers(&mut db) == 1, || "attach twice left other than one trigger".into())?;
+    // An insert trigger and a delete (compensation) trigger, not two of each.
+    ensure(triggers(&mut db) == 2, || "attach twice left other than its two triggers".into())?;
     db.execute("SELECT onboarding.detach('public.attach_target')", &[]).unwrap();
     ensure(triggers(&mut db) == 0, || "detach left the trigger".into())?;
     let user: String = db

@@ -5,7 +5,11 @@
 //!      ▲                  │  ├───▶ skipped     profile gone before any Stripe call
 //!      └──retry (run_at)──┤  ├───▶ orphaned    customer created, but the profile vanished before write-back
 //!                         └──┴───▶ dead        permanent error, or attempts exhausted; reason kept
+//!   (pending ──cancel──▶ cancelled; dead/cancelled ──retry──▶ pending)
 //! ```
+//!
+//! `delete_customer` jobs compensate: they delete a customer that no profile can use (the profile
+//! vanished before write-back, or was deleted after provisioning).
 
 use std::time::Duration;
 
@@ -96,6 +100,21 @@ pub fn check_email(email: &str) -> Result<(), String> {
     if valid { Ok(()) } else { Err(format!("email {email:?} is not an email address")) }
 }
 
+/// What a `delete_customer` (compensation) job does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeletePlan {
+    /// The profile (re-created, or never gone) links this very customer: it is in use, keep it.
+    InUse,
+    Delete(String),
+}
+
+pub fn plan_delete(customer: &str, profile: Option<&Profile>) -> DeletePlan {
+    match profile {
+        Some(p) if p.customer_id.as_deref() == Some(customer) => DeletePlan::InUse,
+        _ => DeletePlan::Delete(customer.to_string()),
+    }
+}
+
 /// Where a job goes after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterFailure {
@@ -141,6 +160,15 @@ mod tests {
         assert!(matches!(plan_customer("u1", profile(Some("  "), None)), CustomerPlan::Unusable(_)));
         assert!(matches!(plan_customer("u1", profile(Some("nope"), None)), CustomerPlan::Unusable(_)));
         assert!(matches!(plan_customer(&"x".repeat(501), profile(Some("a@b.co"), None)), CustomerPlan::Unusable(_)));
+    }
+
+    #[test]
+    fn compensation_never_deletes_a_customer_in_use() {
+        let linked = profile(Some("a@b.co"), Some("cus_1"));
+        assert_eq!(plan_delete("cus_1", linked.as_ref()), DeletePlan::InUse);
+        let other = profile(Some("a@b.co"), Some("cus_2"));
+        assert_eq!(plan_delete("cus_1", other.as_ref()), DeletePlan::Delete("cus_1".into()));
+        assert_eq!(plan_delete("cus_1", None), DeletePlan::Delete("cus_1".into()));
     }
 
     #[test]

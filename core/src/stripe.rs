@@ -247,6 +247,12 @@ impl StripeClient {
         Ok((parsed, response))
     }
 
+    /// `DELETE /v1/customers/{id}`. Deleting is permanent; Stripe ignores idempotency keys here.
+    pub async fn delete_customer(&self, id: &str) -> Result<Response, StripeError> {
+        let path = format!("/v1/customers/{}", object_id(id)?);
+        self.send(self.http.delete(format!("{}{path}", self.api_base))).await
+    }
+
     pub async fn post(
         &self,
         path: &str,
@@ -256,18 +262,28 @@ impl StripeClient {
         let mut request = self
             .http
             .post(format!("{}{path}", self.api_base))
-            .header(AUTHORIZATION, self.authorization.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(encode_form(params));
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
+        self.send(request).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, StripeError> {
+        let request = request.header(AUTHORIZATION, self.authorization.clone());
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(transport_error)?;
         interpret(status, &headers, &bytes)
     }
+}
+
+/// Stripe object ids are `prefix_alphanumerics`; anything else would change the request path.
+fn object_id(id: &str) -> Result<&str, StripeError> {
+    let valid = !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid { Ok(id) } else { Err(StripeError::Config(format!("{id:?} is not a Stripe object id"))) }
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -383,6 +399,14 @@ mod tests {
     fn non_json_success_is_an_invalid_response() {
         let err = interpret(200, &HeaderMap::new(), b"ok").unwrap_err();
         assert!(matches!(err, StripeError::InvalidResponse { status: 200, .. }));
+    }
+
+    #[test]
+    fn object_ids_cannot_change_the_path() {
+        assert_eq!(object_id("cus_AbC123"), Ok("cus_AbC123"));
+        for bad in ["", "cus_1/../accounts", "cus_1?expand=x", "cus 1", "cus_%2F"] {
+            assert!(object_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
