@@ -27,6 +27,8 @@ CREATE TABLE onboarding.jobs (
     idempotency_key text NOT NULL UNIQUE DEFAULT 'onboarding-' || gen_random_uuid(),
     run_at timestamptz NOT NULL DEFAULT now(),
     first_attempt_at timestamptz,
+    -- What the first attempt sent; every retry sends exactly this again under the same key.
+    request_params jsonb,
     stripe_id text,
     last_error text,
     last_error_detail jsonb,
@@ -327,9 +329,12 @@ END $$;
 
 -- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
 -- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
-CREATE FUNCTION onboarding._claim_jobs(max_jobs integer)
+-- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
+-- or refused it (idempotency_error): look the object up before creating anything.
+CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
-               stripe_id text, profile_found boolean, email text, customer_id text)
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
@@ -359,6 +364,9 @@ BEGIN
         END IF;
         job_id := job.id; kind := job.kind; user_id := job.user_id;
         idempotency_key := job.idempotency_key; attempts := job.attempts; stripe_id := job.stripe_id;
+        request_params := job.request_params;
+        look_up_first := job.first_attempt_at < now() - horizon
+                         OR job.last_error_detail->>'type' = 'idempotency_error';
         BEGIN
             EXECUTE format('SELECT %I::text, %I::text FROM %s WHERE %I = $1::%s',
                     a.email_column, a.customer_column, a.profile_table, a.id_column, a.id_type)
@@ -399,6 +407,12 @@ BEGIN
     END IF;
     INSERT INTO onboarding.events (job_id, user_id, step, detail) VALUES (job, uid, step, detail);
 END $$;
+
+-- Remembers what the first attempt of a job sends (see jobs.request_params).
+CREATE FUNCTION onboarding._remember_request(job bigint, params jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE onboarding.jobs SET request_params = params WHERE id = job AND request_params IS NULL;
+$$;
 
 -- Records a stripe_request event for a claimed job, just before the worker sends it.
 CREATE FUNCTION onboarding._log_event(job bigint, step text, detail jsonb) RETURNS void
@@ -491,4 +505,5 @@ REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retr
     onboarding.cancel, onboarding._enqueue_inserted_profiles,
     onboarding._column_type, onboarding._claim_jobs, onboarding._finish_job, onboarding._log_event,
     onboarding._write_back_customer, onboarding._requeue_abandoned, onboarding._next_due_in,
-    onboarding._enqueue_compensation, onboarding._compensate_deleted_profiles, onboarding._drop_triggers FROM PUBLIC;
+    onboarding._enqueue_compensation, onboarding._compensate_deleted_profiles, onboarding._drop_triggers,
+    onboarding._remember_request FROM PUBLIC;

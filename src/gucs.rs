@@ -12,6 +12,7 @@ pub static STRIPE_API_BASE: GucSetting<Option<CString>> =
 pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static DELETE_CUSTOMERS_WITH_PROFILES: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static IDEMPOTENCY_HORIZON_S: GucSetting<i32> = GucSetting::<i32>::new(23 * 3600);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(12);
 pub static RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
@@ -81,6 +82,16 @@ pub fn register() {
     );
     ms(c"onboarding.connect_timeout", c"Timeout for connecting to Stripe.", c"", &CONNECT_TIMEOUT_MS, 100, 600_000);
     ms(c"onboarding.request_timeout", c"Timeout for a whole Stripe request.", c"", &REQUEST_TIMEOUT_MS, 100, 600_000);
+    GucRegistry::define_int_guc(
+        c"onboarding.idempotency_horizon",
+        c"Age of a job's first attempt after which it looks for an existing customer before creating one.",
+        c"Stripe keeps idempotency keys for at least 24 hours; past that a retry could create a duplicate.",
+        &IDEMPOTENCY_HORIZON_S,
+        1,
+        7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_int_guc(
         c"onboarding.max_attempts",
         c"Attempts per job before it is parked as dead.",
@@ -169,6 +180,10 @@ pub fn max_attempts() -> u32 {
 
 pub fn backoff() -> onboarding_core::policy::Backoff {
     onboarding_core::policy::Backoff { base: millis(&RETRY_BASE_DELAY_MS), cap: millis(&RETRY_MAX_DELAY_MS) }
+}
+
+pub fn idempotency_horizon() -> Duration {
+    Duration::from_secs(IDEMPOTENCY_HORIZON_S.get().max(1) as u64)
 }
 
 pub fn connect_timeout() -> Duration {

@@ -91,13 +91,17 @@ struct Call {
 }
 
 enum Work {
-    CreateCustomer(NewCustomer),
+    /// With `look_up` (the emails to search by), first look for a customer Stripe already holds for
+    /// the user: past the idempotency horizon, or after Stripe refused the key.
+    CreateCustomer { customer: NewCustomer, look_up: Option<Vec<String>> },
     /// Compensation: delete a customer no profile can use.
     DeleteCustomer(String),
 }
 
 enum Outcome {
     Created(Customer, Response),
+    /// Found in Stripe by `metadata.user_id` instead of created.
+    Adopted(Customer),
     /// `None` when Stripe says the customer is already gone (404), which is just as good.
     Deleted(Option<Response>),
     Failed(StripeError),
@@ -106,7 +110,10 @@ enum Outcome {
 impl Call {
     fn describe(&self) -> String {
         match &self.work {
-            Work::CreateCustomer(_) => format!("creating Stripe customer for user {}", self.user_id),
+            Work::CreateCustomer { look_up: None, .. } => format!("creating Stripe customer for user {}", self.user_id),
+            Work::CreateCustomer { look_up: Some(_), .. } => {
+                format!("looking up or creating Stripe customer for user {}", self.user_id)
+            }
             Work::DeleteCustomer(id) => {
                 format!("deleting Stripe customer {id} of user {} (compensation)", self.user_id)
             }
@@ -115,10 +122,20 @@ impl Call {
 
     async fn perform(&self, client: &StripeClient) -> Outcome {
         match &self.work {
-            Work::CreateCustomer(customer) => match client.create_customer(customer, &self.idempotency_key).await {
-                Ok((customer, response)) => Outcome::Created(customer, response),
-                Err(error) => Outcome::Failed(error),
-            },
+            Work::CreateCustomer { customer, look_up } => {
+                if let Some(emails) = look_up {
+                    let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
+                    match client.find_customer(&self.user_id, &emails).await {
+                        Ok(Some(existing)) => return Outcome::Adopted(existing),
+                        Ok(None) => {}
+                        Err(error) => return Outcome::Failed(error),
+                    }
+                }
+                match client.create_customer(customer, &self.idempotency_key).await {
+                    Ok((customer, response)) => Outcome::Created(customer, response),
+                    Err(error) => Outcome::Failed(error),
+                }
+            }
             Work::DeleteCustomer(id) => match client.delete_customer(id).await {
                 Ok(response) => Outcome::Deleted(Some(response)),
                 Err(StripeError::Api(e)) if e.status == 404 && e.code.as_deref() == Some("resource_missing") => {
@@ -241,14 +258,18 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
     }
 
     let claimed = Spi::connect_mut(|spi| {
-        let rows = spi.update("SELECT * FROM onboarding._claim_jobs($1)", None, &[batch_size.into()])?;
+        let rows = spi.update(
+            "SELECT * FROM onboarding._claim_jobs($1, make_interval(secs => $2))",
+            None,
+            &[batch_size.into(), gucs::idempotency_horizon().as_secs_f64().into()],
+        )?;
         let mut claimed = Vec::new();
         for row in rows {
             let profile = row
-                .get::<bool>(7)?
+                .get::<bool>(9)?
                 .unwrap_or(false)
                 .then(|| -> Result<Profile, pgrx::spi::Error> {
-                    Ok(Profile { email: row.get(8)?, customer_id: row.get(9)? })
+                    Ok(Profile { email: row.get(10)?, customer_id: row.get(11)? })
                 })
                 .transpose()?;
             claimed.push(ClaimedJob {
@@ -258,6 +279,10 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
                 idempotency_key: row.get(4)?.unwrap_or_default(),
                 attempts: row.get::<i32>(5)?.unwrap_or_default().max(0) as u32,
                 stripe_id: row.get(6)?,
+                first_request: row.get::<JsonB>(7)?.and_then(|JsonB(v)| {
+                    Some(NewCustomer { user_id: v["user_id"].as_str()?.into(), email: v["email"].as_str()?.into() })
+                }),
+                look_up_first: row.get(8)?.unwrap_or(false),
                 profile,
             });
         }
@@ -281,6 +306,8 @@ struct ClaimedJob {
     idempotency_key: String,
     attempts: u32,
     stripe_id: Option<String>,
+    first_request: Option<NewCustomer>,
+    look_up_first: bool,
     profile: Option<Profile>,
 }
 
@@ -289,7 +316,7 @@ struct ClaimedJob {
 fn plan(job: ClaimedJob) -> Option<Call> {
     let (id, user_id) = (job.id, job.user_id.as_str());
     let work = match job.kind.as_str() {
-        "create_customer" => match plan_customer(user_id, job.profile) {
+        "create_customer" => match plan_customer(user_id, job.profile.clone(), job.first_request.clone()) {
             CustomerPlan::ProfileGone => {
                 log!("onboarding: profile of user {user_id} no longer exists; skipping job {id}");
                 finish(id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
@@ -306,7 +333,23 @@ fn plan(job: ClaimedJob) -> Option<Call> {
                 finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
                 return None;
             }
-            CustomerPlan::Create(customer) => Work::CreateCustomer(customer),
+            CustomerPlan::Create(customer) => {
+                if job.first_request.is_none() {
+                    let params = json!({"email": customer.email, "user_id": customer.user_id});
+                    Spi::run_with_args(
+                        "SELECT onboarding._remember_request($1, $2)",
+                        &[id.into(), JsonB(params).into()],
+                    )
+                    .unwrap_or_else(|e| error!("onboarding: remembering the request of job {id}: {e}"));
+                }
+                let look_up = job.look_up_first.then(|| {
+                    let current = job.profile.as_ref().and_then(|p| p.email.clone());
+                    let mut emails = vec![customer.email.clone()];
+                    emails.extend(current.filter(|e| *e != customer.email));
+                    emails
+                });
+                Work::CreateCustomer { customer, look_up }
+            }
         },
         "delete_customer" => {
             let target = job.stripe_id.clone().unwrap_or_default();
@@ -326,9 +369,9 @@ fn plan(job: ClaimedJob) -> Option<Call> {
         }
     };
     let detail = match &work {
-        Work::CreateCustomer(customer) => json!({
+        Work::CreateCustomer { customer, look_up } => json!({
             "method": "POST", "path": "/v1/customers", "attempt": job.attempts,
-            "idempotency_key": job.idempotency_key, "email": customer.email,
+            "idempotency_key": job.idempotency_key, "email": customer.email, "look_up_first": look_up.is_some(),
         }),
         Work::DeleteCustomer(customer) => json!({
             "method": "DELETE", "path": format!("/v1/customers/{customer}"), "attempt": job.attempts,
@@ -357,7 +400,7 @@ fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) {
         let one = in_transaction("recording a Stripe result", AssertUnwindSafe(|| record_one(call, result, *elapsed)));
         if let Err(message) = one {
             let stripe_id = match (&call.work, result) {
-                (_, Outcome::Created(customer, _)) => Some(customer.id.as_str()),
+                (_, Outcome::Created(customer, _) | Outcome::Adopted(customer)) => Some(customer.id.as_str()),
                 (Work::DeleteCustomer(id), _) => Some(id.as_str()),
                 _ => None,
             };
@@ -388,35 +431,15 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
             });
             log_event(job_id, "stripe_response", detail);
-            if customer.metadata_user_id.as_deref() != Some(user_id) {
-                // Never link, nor delete, a customer that Stripe says belongs to someone else.
-                let reason = format!(
-                    "customer {} has metadata.user_id {:?}, expected {user_id:?}",
-                    customer.id, customer.metadata_user_id
-                );
-                warning!("onboarding: not linking {}: {reason} (job {job_id})", customer.id);
-                let detail = json!({"reason": reason, "stripe_id": customer.id});
-                finish(job_id, "dead", "dead", detail, None, Some(&reason), None);
-                return;
-            }
-            let outcome = Spi::get_one_with_args::<String>(
-                "SELECT onboarding._write_back_customer($1, $2)",
-                &[job_id.into(), customer.id.as_str().into()],
-            )
-            .unwrap_or_else(|e| error!("onboarding: writing back {}: {e}", customer.id))
-            .unwrap_or_default();
-            match outcome.as_str() {
-                "written_back" => log!(
-                    "onboarding: wrote Stripe customer {} back to the profile of user {user_id} (job {job_id})",
-                    customer.id
-                ),
-                "already_linked" => {}
-                other => warning!(
-                    "onboarding: Stripe customer {} for user {user_id} is not linked ({other}); \
-                     job {job_id} is orphaned and the customer will be deleted",
-                    customer.id
-                ),
-            }
+            link_customer(job_id, user_id, customer);
+        }
+        Outcome::Adopted(customer) => {
+            log!(
+                "onboarding: found existing Stripe customer {} for user {user_id}; adopting it (job {job_id})",
+                customer.id
+            );
+            log_event(job_id, "adopted", json!({"stripe_id": customer.id, "duration_ms": elapsed_ms}));
+            link_customer(job_id, user_id, customer);
         }
         Outcome::Deleted(response) => {
             let Work::DeleteCustomer(customer) = &call.work else { unreachable!("only deletions delete") };
@@ -437,7 +460,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             let message = error.to_string();
             let mut detail = error.to_json();
             detail["attempt"] = call.attempts.into();
-            let is_post = matches!(call.work, Work::CreateCustomer(_));
+            let is_post = matches!(call.work, Work::CreateCustomer { .. });
             let next = after_failure(
                 call.attempts,
                 gucs::max_attempts(),
@@ -462,6 +485,39 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 }
             }
         }
+    }
+}
+
+/// Writes a created or adopted customer back to the profile (in the results transaction).
+fn link_customer(job_id: i64, user_id: &str, customer: &Customer) {
+    if customer.metadata_user_id.as_deref() != Some(user_id) {
+        // Never link, nor delete, a customer that Stripe says belongs to someone else.
+        let reason = format!(
+            "customer {} has metadata.user_id {:?}, expected {user_id:?}",
+            customer.id, customer.metadata_user_id
+        );
+        warning!("onboarding: not linking {}: {reason} (job {job_id})", customer.id);
+        let detail = json!({"reason": reason, "stripe_id": customer.id});
+        finish(job_id, "dead", "dead", detail, None, Some(&reason), None);
+        return;
+    }
+    let outcome = Spi::get_one_with_args::<String>(
+        "SELECT onboarding._write_back_customer($1, $2)",
+        &[job_id.into(), customer.id.as_str().into()],
+    )
+    .unwrap_or_else(|e| error!("onboarding: writing back {}: {e}", customer.id))
+    .unwrap_or_default();
+    match outcome.as_str() {
+        "written_back" => log!(
+            "onboarding: wrote Stripe customer {} back to the profile of user {user_id} (job {job_id})",
+            customer.id
+        ),
+        "already_linked" => {}
+        other => warning!(
+            "onboarding: Stripe customer {} for user {user_id} is not linked ({other}); \
+                 job {job_id} is orphaned and the customer will be deleted",
+            customer.id
+        ),
     }
 }
 

@@ -51,6 +51,9 @@ fn main() {
         ("two_hundred_profiles_in_one_transaction_get_two_hundred_customers", two_hundred_profiles),
         ("transient_failures_are_recorded_and_retried_with_one_idempotency_key", transient_failures_retry),
         ("bad_requests_are_parked_then_retry_dead_and_retry_requeue_them", bad_request_is_parked),
+        ("retries_resend_the_first_request_even_if_the_email_changed", retries_resend_the_first_request),
+        ("idempotency_error_is_resolved_by_looking_the_customer_up", idempotency_error_adopts),
+        ("job_past_the_idempotency_horizon_adopts_the_existing_customer", past_horizon_adopts),
         ("pending_job_can_be_cancelled_and_retried", pending_job_can_be_cancelled_and_retried),
         ("profile_without_email_is_parked_without_a_call", missing_email_is_parked),
         ("stuck_call_times_out_and_is_retried", stuck_call_times_out),
@@ -568,6 +571,60 @@ fn bad_request_is_parked() -> Result<(), Failed> {
     ensure(requests.len() == 2 && requests[0].idempotency_key == requests[1].idempotency_key, || {
         format!("a retried job must reuse its idempotency key: {requests:?}")
     })
+}
+
+fn retries_resend_the_first_request() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_email_change");
+    env().stripe.inject(Fault::rate_limit().on("POST", "/v1/customers")); // retried after at least 0.5 s
+    let user = insert_profile(&mut db, &table, Some("first@example.com"));
+    wait_for("the first attempt", DEADLINE, || (!stripe_requests_for(&user).is_empty()).then_some(()))?;
+    db.execute(&format!("UPDATE {table} SET email = 'second@example.com' WHERE id::text = $1"), &[&user]).unwrap();
+    wait_for_customer(&mut db, &table, &user)?;
+    let requests = stripe_requests_for(&user);
+    ensure(requests.len() == 2, || format!("{requests:?}"))?;
+    ensure(requests.iter().all(|r| r.params == requests[0].params && r.params["email"] == "first@example.com"), || {
+        format!("the retry changed its parameters under the same idempotency key: {requests:?}")
+    })
+}
+
+/// Stripe executes the first attempt but the answer is lost (`drop_after`); `second` answers the retry.
+fn created_then_lost(db: &mut Client, table: &str, second: Fault) -> String {
+    env().stripe.inject(Fault::drop_after().on("POST", "/v1/customers"));
+    env().stripe.inject(second.on("POST", "/v1/customers"));
+    insert_profile(db, table, Some("lost@example.com"))
+}
+
+fn idempotency_error_adopts() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_idempotency_error");
+    let refused = Fault::status(400)
+        .error_type("idempotency_error")
+        .message("Keys for idempotent requests can only be used with the same parameters they were first used with.");
+    let user = created_then_lost(&mut db, &table, refused);
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    let customers = stripe_customers_for(&user);
+    ensure(customers.len() == 1 && customers[0]["id"] == customer.as_str(), || format!("{customers:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events).contains(&"adopted"), || format!("steps {:?}", steps(&events)))
+}
+
+fn past_horizon_adopts() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_horizon");
+    let user = created_then_lost(&mut db, &table, Fault::status(400).message("refused for the test"));
+    wait_for_state(&mut db, &user, "dead")?;
+    ensure(stripe_customers_for(&user).len() == 1, || "the first attempt created nothing".into())?;
+    // Two days later: Stripe has forgotten the key, so a plain retry would create a second customer.
+    env().stripe.expire_idempotency_keys();
+    db.execute("UPDATE onboarding.jobs SET first_attempt_at = now() - interval '2 days' WHERE user_id = $1", &[&user])
+        .unwrap();
+    db.query("SELECT * FROM onboarding.retry((SELECT id FROM onboarding.jobs WHERE user_id = $1))", &[&user]).unwrap();
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    let customers = stripe_customers_for(&user);
+    ensure(customers.len() == 1 && customers[0]["id"] == customer.as_str(), || format!("{customers:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events).ends_with(&["adopted", "written_back"]), || format!("steps {:?}", steps(&events)))
 }
 
 fn pending_job_can_be_cancelled_and_retried() -> Result<(), Failed> {

@@ -64,12 +64,18 @@ pub const MAX_METADATA_VALUE: usize = 500;
 /// Stripe's limit on a customer's email.
 pub const MAX_EMAIL: usize = 512;
 
-pub fn plan_customer(user_id: &str, profile: Option<Profile>) -> CustomerPlan {
+/// `first_request` is what the job's first attempt sent, if it made one: retries send exactly
+/// that again, so the idempotency key never meets different parameters (Stripe's
+/// `idempotency_error`). A changed email is the business of a later update, not of this job.
+pub fn plan_customer(user_id: &str, profile: Option<Profile>, first_request: Option<NewCustomer>) -> CustomerPlan {
     let Some(profile) = profile else {
         return CustomerPlan::ProfileGone;
     };
     if let Some(id) = profile.customer_id.filter(|id| !id.is_empty()) {
         return CustomerPlan::AlreadyProvisioned(id);
+    }
+    if let Some(request) = first_request {
+        return CustomerPlan::Create(request);
     }
     if user_id.len() > MAX_METADATA_VALUE {
         return CustomerPlan::Unusable(format!(
@@ -133,6 +139,7 @@ pub fn after_failure(
         Disposition::Retry { rate_limited } if attempts < max_attempts => {
             AfterFailure::RetryIn(backoff.delay(attempts, rate_limited, rng))
         }
+        Disposition::LookUpFirst if attempts < max_attempts => AfterFailure::RetryIn(backoff.delay(1, false, rng)),
         _ => AfterFailure::Dead,
     }
 }
@@ -147,19 +154,28 @@ mod tests {
 
     #[test]
     fn plans_follow_the_profile() {
-        assert_eq!(plan_customer("u1", None), CustomerPlan::ProfileGone);
+        assert_eq!(plan_customer("u1", None, None), CustomerPlan::ProfileGone);
         assert_eq!(
-            plan_customer("u1", profile(Some("a@b.co"), Some("cus_1"))),
+            plan_customer("u1", profile(Some("a@b.co"), Some("cus_1")), None),
             CustomerPlan::AlreadyProvisioned("cus_1".into())
         );
         assert_eq!(
-            plan_customer("u1", profile(Some(" a@b.co "), None)),
+            plan_customer("u1", profile(Some(" a@b.co "), None), None),
             CustomerPlan::Create(NewCustomer { user_id: "u1".into(), email: "a@b.co".into() })
         );
-        assert!(matches!(plan_customer("u1", profile(None, None)), CustomerPlan::Unusable(_)));
-        assert!(matches!(plan_customer("u1", profile(Some("  "), None)), CustomerPlan::Unusable(_)));
-        assert!(matches!(plan_customer("u1", profile(Some("nope"), None)), CustomerPlan::Unusable(_)));
-        assert!(matches!(plan_customer(&"x".repeat(501), profile(Some("a@b.co"), None)), CustomerPlan::Unusable(_)));
+        assert!(matches!(plan_customer("u1", profile(None, None), None), CustomerPlan::Unusable(_)));
+        assert!(matches!(plan_customer("u1", profile(Some("  "), None), None), CustomerPlan::Unusable(_)));
+        assert!(matches!(plan_customer("u1", profile(Some("nope"), None), None), CustomerPlan::Unusable(_)));
+        // A retry resends the first attempt's request, whatever the profile says now.
+        let first = NewCustomer { user_id: "u1".into(), email: "first@b.co".into() };
+        assert_eq!(
+            plan_customer("u1", profile(Some("changed"), None), Some(first.clone())),
+            CustomerPlan::Create(first)
+        );
+        assert!(matches!(
+            plan_customer(&"x".repeat(501), profile(Some("a@b.co"), None), None),
+            CustomerPlan::Unusable(_)
+        ));
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub enum Disposition {
     Retry { rate_limited: bool },
     /// Another attempt would fail the same way: park the job with the reason.
     Permanent,
+    /// Stripe refused the idempotency key (`idempotency_error`): the object may exist already, so
+    /// the next attempt looks it up before anything else. Never a blind second create.
+    LookUpFirst,
 }
 
 /// Classifies the outcome of a request; `is_post` matters because a POST's 500 is stored under
@@ -27,6 +30,7 @@ pub fn classify(error: &StripeError, is_post: bool) -> Disposition {
             (Some(true), 429) => Disposition::Retry { rate_limited: true },
             (Some(true), _) => RETRY,
             (Some(false), _) => Disposition::Permanent,
+            (None, 400) if is_post && e.error_type.as_deref() == Some("idempotency_error") => Disposition::LookUpFirst,
             (None, 429) => Disposition::Retry { rate_limited: true },
             // 409 includes `idempotency_key_in_use`: the first request is still running.
             (None, 409 | 424 | 502 | 503 | 504) => RETRY,
@@ -79,6 +83,12 @@ mod tests {
         })
     }
 
+    fn idempotency_error() -> StripeError {
+        let StripeError::Api(mut e) = api(400, None) else { unreachable!() };
+        e.error_type = Some("idempotency_error".into());
+        StripeError::Api(e)
+    }
+
     #[test]
     fn classification_matches_the_documented_policy() {
         use Disposition::*;
@@ -100,6 +110,8 @@ mod tests {
             (api(402, None), true, Permanent),
             (api(403, None), true, Permanent),
             (api(404, None), true, Permanent),
+            (idempotency_error(), true, LookUpFirst),
+            (idempotency_error(), false, Permanent),
             (StripeError::Transport { kind: TransportKind::Timeout, message: String::new() }, true, retry),
             (StripeError::Transport { kind: TransportKind::Other, message: String::new() }, true, retry),
             (StripeError::InvalidResponse { status: 200, request_id: None, message: String::new() }, true, Permanent),

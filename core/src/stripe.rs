@@ -247,6 +247,34 @@ impl StripeClient {
         Ok((parsed, response))
     }
 
+    /// Finds the customer Stripe holds for `user_id` (its `metadata.user_id`), the oldest if several.
+    ///
+    /// First the list endpoint filtered by each known email (strongly consistent), then search on
+    /// the metadata (eventually consistent: it can miss an object created in the last minutes, so
+    /// callers use it for objects created long ago, past the idempotency horizon).
+    pub async fn find_customer(&self, user_id: &str, emails: &[&str]) -> Result<Option<Customer>, StripeError> {
+        let mut found = Vec::new();
+        for email in emails {
+            let url = format!(
+                "{}/v1/customers?{}",
+                self.api_base,
+                encode_form(&[("email".into(), email.to_string()), ("limit".into(), "100".into()),])
+            );
+            found.extend(customers_of(&self.send(self.http.get(url)).await?.body, user_id));
+        }
+        if found.is_empty() {
+            let escaped = user_id.replace('\\', "\\\\").replace('\'', "\\'");
+            let query = format!("metadata['user_id']:'{escaped}'");
+            let url = format!(
+                "{}/v1/customers/search?{}",
+                self.api_base,
+                encode_form(&[("query".into(), query), ("limit".into(), "100".into()),])
+            );
+            found.extend(customers_of(&self.send(self.http.get(url)).await?.body, user_id));
+        }
+        Ok(found.into_iter().min_by_key(|(created, c)| (*created, c.id.clone())).map(|(_, c)| c))
+    }
+
     /// `DELETE /v1/customers/{id}`. Deleting is permanent; Stripe ignores idempotency keys here.
     pub async fn delete_customer(&self, id: &str) -> Result<Response, StripeError> {
         let path = format!("/v1/customers/{}", object_id(id)?);
@@ -278,6 +306,17 @@ impl StripeClient {
         let bytes = response.bytes().await.map_err(transport_error)?;
         interpret(status, &headers, &bytes)
     }
+}
+
+/// The customers of a list or search result whose `metadata.user_id` is `user_id`, with their
+/// creation time. (Search matching is not exact, e.g. case-insensitive: compare ourselves.)
+fn customers_of(body: &Value, user_id: &str) -> Vec<(i64, Customer)> {
+    let data = body.get("data").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    data.iter()
+        .filter(|c| c.get("deleted").and_then(Value::as_bool) != Some(true))
+        .filter_map(|c| Some((c.get("created").and_then(Value::as_i64).unwrap_or(0), Customer::from_json(c)?)))
+        .filter(|(_, c)| c.metadata_user_id.as_deref() == Some(user_id))
+        .collect()
 }
 
 /// Stripe object ids are `prefix_alphanumerics`; anything else would change the request path.

@@ -105,3 +105,25 @@ fn transport_failures_are_classified() {
 fn client_for_port(port: u16) -> StripeClient {
     client(&format!("http://127.0.0.1:{port}"), KEY, Duration::from_secs(2))
 }
+
+#[test]
+fn finds_the_oldest_customer_of_a_user_by_email_then_by_search() {
+    let stripe = emulator();
+    let client = client(&stripe.base_url(), KEY, Duration::from_secs(5));
+    let rt = signal_safe_runtime().unwrap();
+    let user = "it's-user-1"; // a quote, to exercise search escaping
+    let mine = NewCustomer { user_id: user.into(), email: "old@example.com".into() };
+    let (oldest, _) = rt.block_on(client.create_customer(&mine, "k-a")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // Stripe's `created` has one-second resolution
+    let (_newer, _) = rt.block_on(client.create_customer(&mine, "k-b")).unwrap();
+    let someone_else = NewCustomer { user_id: "user-2".into(), email: "old@example.com".into() };
+    rt.block_on(client.create_customer(&someone_else, "k-c")).unwrap();
+
+    let by_email = rt.block_on(client.find_customer(user, &["old@example.com"])).unwrap();
+    assert_eq!(by_email.map(|c| c.id), Some(oldest.id.clone()));
+    // Email changed since: the metadata search still finds it.
+    let by_search = rt.block_on(client.find_customer(user, &["new@example.com"])).unwrap();
+    assert_eq!(by_search.map(|c| c.id), Some(oldest.id.clone()));
+    assert!(stripe.requests().iter().any(|r| r.path == "/v1/customers/search"));
+    assert_eq!(rt.block_on(client.find_customer("nobody", &["old@example.com"])).unwrap(), None);
+}
