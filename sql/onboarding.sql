@@ -400,10 +400,11 @@ BEGIN
            claimed_by = NULL,
            updated_at = now(),
            finished_at = CASE WHEN new_state IN ('pending', 'running') THEN NULL ELSE now() END
-     WHERE j.id = job AND j.state = 'running'
+     WHERE j.id = job AND j.state = 'running' AND j.claimed_by = pg_backend_pid()
     RETURNING j.user_id INTO uid;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'onboarding: job % is not running', job USING ERRCODE = 'object_not_in_prerequisite_state';
+        RAISE EXCEPTION 'onboarding: job % is not running in this worker (taken back after its lease?)', job
+            USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     INSERT INTO onboarding.events (job_id, user_id, step, detail) VALUES (job, uid, step, detail);
 END $$;
@@ -469,9 +470,11 @@ BEGIN
     RETURN 'profile_gone';
 END $$;
 
--- Puts back jobs claimed by a worker process that no longer exists (crash, kill, restart).
--- Attempts were counted at claim time, so a job that keeps killing its worker runs out of them.
-CREATE FUNCTION onboarding._requeue_abandoned(max_attempts integer) RETURNS integer
+-- Puts back jobs claimed by a worker process that no longer exists (crash, kill, restart), or
+-- running for longer than the lease (a worker alive but stuck; its late result is then refused by
+-- _finish_job). Attempts were counted at claim time, so a job that keeps killing its worker runs
+-- out of them and is parked.
+CREATE FUNCTION onboarding._requeue_abandoned(max_attempts integer, lease interval) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     requeued integer;
@@ -484,11 +487,12 @@ BEGIN
                             THEN 'the worker exited during every attempt' ELSE j.last_error END,
                finished_at = CASE WHEN j.attempts >= max_attempts THEN now() END
          WHERE j.state = 'running'
-           AND NOT EXISTS (SELECT FROM pg_stat_activity s WHERE s.pid = j.claimed_by)
+           AND (j.claimed_at < now() - lease
+                OR NOT EXISTS (SELECT FROM pg_stat_activity s WHERE s.pid = j.claimed_by))
         RETURNING j.id, j.user_id, j.state, j.attempts)
     INSERT INTO onboarding.events (job_id, user_id, step, detail)
     SELECT id, user_id, CASE state WHEN 'dead' THEN 'dead' ELSE 'requeued' END,
-           jsonb_build_object('reason', 'the worker that claimed it exited', 'attempts', attempts)
+           jsonb_build_object('reason', 'the worker that claimed it exited or overran its lease', 'attempts', attempts)
       FROM abandoned;
     GET DIAGNOSTICS requeued = ROW_COUNT;
     RETURN requeued;

@@ -13,6 +13,8 @@ pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static DELETE_CUSTOMERS_WITH_PROFILES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static IDEMPOTENCY_HORIZON_S: GucSetting<i32> = GucSetting::<i32>::new(23 * 3600);
+pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(12);
 pub static RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
@@ -89,6 +91,27 @@ pub fn register() {
         &IDEMPOTENCY_HORIZON_S,
         1,
         7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.workers",
+        c"Number of background workers sharing the job queue.",
+        c"Each takes a slot of max_worker_processes.",
+        &WORKERS,
+        1,
+        crate::wake::MAX_WORKERS as i32,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.lease",
+        c"How long a job may stay running before another worker takes it back.",
+        c"Jobs of a worker that exited are taken back at once; this covers a worker that is alive but stuck. \
+          Keep it well above request_timeout.",
+        &LEASE_S,
+        10,
+        86_400,
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
@@ -184,6 +207,14 @@ pub fn backoff() -> onboarding_core::policy::Backoff {
 
 pub fn idempotency_horizon() -> Duration {
     Duration::from_secs(IDEMPOTENCY_HORIZON_S.get().max(1) as u64)
+}
+
+pub fn workers() -> usize {
+    WORKERS.get().clamp(1, crate::wake::MAX_WORKERS as i32) as usize
+}
+
+pub fn lease() -> Duration {
+    Duration::from_secs(LEASE_S.get().max(1) as u64)
 }
 
 pub fn connect_timeout() -> Duration {

@@ -1,8 +1,9 @@
 //! Waking the worker when, and only when, an enqueuing transaction commits (pg_net's pattern).
 //!
-//! The worker publishes its PGPROC number in shared memory. The insert trigger calls
+//! Each worker publishes its PGPROC number in a shared-memory slot. The insert trigger calls
 //! `onboarding._wake_worker_after_commit()`, which registers a commit callback once per
-//! transaction; on COMMIT the callback sets the worker's latch, on ABORT nothing happens.
+//! transaction; on COMMIT the callback sets every worker's latch (they share the queue through
+//! `SKIP LOCKED`, so the idle ones compete for the new jobs), on ABORT nothing happens.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
@@ -11,7 +12,22 @@ use pgrx::{PgAtomic, PgXactCallbackEvent, pg_shmem_init, register_xact_callback}
 
 const NO_WORKER: i32 = -1;
 
-static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"onboarding_worker_procno") };
+/// Upper bound of `onboarding.workers`.
+pub const MAX_WORKERS: usize = 16;
+
+/// One PGPROC number per worker slot, `NO_WORKER` when the slot's worker is not running.
+pub struct WorkerSlots([AtomicI32; MAX_WORKERS]);
+
+// SAFETY: plain atomics, no pointers: valid in every process that maps the segment.
+unsafe impl pgrx::PGRXSharedMemory for WorkerSlots {}
+
+impl Default for WorkerSlots {
+    fn default() -> Self {
+        WorkerSlots(std::array::from_fn(|_| AtomicI32::new(NO_WORKER)))
+    }
+}
+
+static WORKERS: PgAtomic<WorkerSlots> = unsafe { PgAtomic::new(c"onboarding_worker_slots") };
 
 /// Set in the postmaster when preloading; inherited by every backend it forks.
 static SHARED_MEMORY_READY: AtomicBool = AtomicBool::new(false);
@@ -20,7 +36,7 @@ static SHARED_MEMORY_READY: AtomicBool = AtomicBool::new(false);
 static WAKE_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 pub fn init_shared_memory() {
-    pg_shmem_init!(WORKER_PROCNO = AtomicI32::new(NO_WORKER));
+    pg_shmem_init!(WORKERS);
     SHARED_MEMORY_READY.store(true, Ordering::Relaxed);
 }
 
@@ -28,14 +44,14 @@ pub fn shared_memory_ready() -> bool {
     SHARED_MEMORY_READY.load(Ordering::Relaxed)
 }
 
-/// Called by the worker once connected: from now on commits wake this process.
-pub fn publish_this_worker() {
+/// Called by worker `slot` once connected: from now on commits wake this process.
+pub fn publish_this_worker(slot: usize) {
     let procno = unsafe { (*pg_sys::MyProc).pgprocno };
-    WORKER_PROCNO.get().store(procno, Ordering::Release);
+    WORKERS.get().0[slot].store(procno, Ordering::Release);
 }
 
-pub fn unpublish_this_worker() {
-    WORKER_PROCNO.get().store(NO_WORKER, Ordering::Release);
+pub fn unpublish_this_worker(slot: usize) {
+    WORKERS.get().0[slot].store(NO_WORKER, Ordering::Release);
 }
 
 #[pg_extern(name = "_wake_worker_after_commit", volatile, parallel_unsafe)]
@@ -45,24 +61,27 @@ fn wake_worker_after_commit() {
     }
     register_xact_callback(PgXactCallbackEvent::Commit, || {
         WAKE_REGISTERED.store(false, Ordering::Relaxed);
-        set_worker_latch();
+        set_worker_latches();
     });
     register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_REGISTERED.store(false, Ordering::Relaxed));
 }
 
 /// Runs inside a commit callback, where an ERROR would be a PANIC: no locks, no allocation, no
 /// failure path. A stale PGPROC number (worker restarting) only causes a harmless spurious wake.
-fn set_worker_latch() {
-    let procno = WORKER_PROCNO.get().load(Ordering::Acquire);
-    if procno == NO_WORKER {
-        return;
-    }
-    unsafe {
-        let proc_global = pg_sys::ProcGlobal;
-        if proc_global.is_null() || procno < 0 || procno as u32 >= (*proc_global).allProcCount {
-            return;
+fn set_worker_latches() {
+    for slot in &WORKERS.get().0 {
+        let procno = slot.load(Ordering::Acquire);
+        unsafe {
+            let proc_global = pg_sys::ProcGlobal;
+            if procno == NO_WORKER
+                || proc_global.is_null()
+                || procno < 0
+                || procno as u32 >= (*proc_global).allProcCount
+            {
+                continue;
+            }
+            let worker_proc = (*proc_global).allProcs.add(procno as usize);
+            pg_sys::SetLatch(&raw mut (*worker_proc).procLatch);
         }
-        let worker_proc = (*proc_global).allProcs.add(procno as usize);
-        pg_sys::SetLatch(&raw mut (*worker_proc).procLatch);
     }
 }

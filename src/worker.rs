@@ -26,28 +26,33 @@ use crate::{gucs, wake};
 /// Pause after an unexpected database error, so a persistent one does not spin.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// Registers `onboarding.workers` workers; each gets its slot number as argument.
 pub fn register() {
-    BackgroundWorkerBuilder::new("onboarding worker")
-        .set_type("onboarding worker")
-        .set_library("onboarding")
-        .set_function("onboarding_worker_main")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        // Restarted after any exit other than a requested shutdown.
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
+    for slot in 0..gucs::workers() {
+        BackgroundWorkerBuilder::new(&format!("onboarding worker {}", slot + 1))
+            .set_type("onboarding worker")
+            .set_library("onboarding")
+            .set_function("onboarding_worker_main")
+            .set_argument(Some(pg_sys::Datum::from(slot)))
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            // Restarted after any exit other than a requested shutdown.
+            .set_restart_time(Some(Duration::from_secs(5)))
+            .load();
+    }
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn onboarding_worker_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
+    let slot = arg.value().min(wake::MAX_WORKERS - 1);
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     // The postmaster we were forked from holds no Stripe key (gucs.rs): read the files ourselves.
     unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     let runtime = signal_safe_runtime().unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
-    wake::publish_this_worker();
+    wake::publish_this_worker(slot);
     log!("onboarding: worker started for database \"{database}\"");
 
     let mut worker = Worker { runtime, client: None, warned_no_key: false, last_requeue: None };
@@ -62,7 +67,7 @@ pub extern "C-unwind" fn onboarding_worker_main(_arg: pg_sys::Datum) {
             break;
         }
     }
-    wake::unpublish_this_worker();
+    wake::unpublish_this_worker(slot);
     log!("onboarding: worker stopped");
     // Exit status 1 lets the postmaster restart us after pg_terminate_backend(); during a server
     // shutdown it restarts nothing. (Status 0 would mean "never restart".)
@@ -245,12 +250,12 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
     }
     if requeue {
         let requeued = Spi::get_one_with_args::<i32>(
-            "SELECT onboarding._requeue_abandoned($1)",
-            &[(gucs::max_attempts() as i32).into()],
+            "SELECT onboarding._requeue_abandoned($1, make_interval(secs => $2))",
+            &[(gucs::max_attempts() as i32).into(), gucs::lease().as_secs_f64().into()],
         );
         match requeued {
             Ok(Some(n)) if n > 0 => {
-                log!("onboarding: took back {n} job(s) from a worker that exited mid-attempt")
+                log!("onboarding: took back {n} job(s) from a worker that exited or overran its lease")
             }
             Ok(_) => {}
             Err(e) => error!("onboarding: requeueing abandoned jobs: {e}"),

@@ -61,6 +61,7 @@ fn main() {
         ("attach_validates_its_target_and_is_idempotent", attach_validates),
         ("create_extension_warns_when_the_worker_serves_another_database", create_extension_warns),
         ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
+        ("concurrent_workers_and_sessions_never_process_a_job_twice_at_once", concurrent_workers),
     ];
     // Each test starts with an emulator that has no faults or objects left by the previous one.
     let trials: Vec<Trial> = tests
@@ -77,22 +78,7 @@ fn main() {
         let stripe =
             Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })
                 .expect("start the Stripe emulator");
-        let settings = format!(
-            "onboarding.database = 'postgres'\n\
-             onboarding.stripe_api_base = '{base}'\n\
-             onboarding.stripe_api_key = '{API_KEY}'\n\
-             onboarding.poll_interval = '{poll}ms'\n\
-             onboarding.retry_base_delay = '100ms'\n\
-             onboarding.retry_max_delay = '1s'\n\
-             onboarding.max_attempts = 6\n\
-             onboarding.connect_timeout = '1s'\n\
-             onboarding.request_timeout = '{timeout}ms'\n\
-             log_min_messages = debug1\n",
-            base = stripe.base_url(),
-            poll = POLL_INTERVAL.as_millis(),
-            timeout = REQUEST_TIMEOUT.as_millis(),
-        );
-        let cluster = Cluster::start(&settings);
+        let cluster = Cluster::start("main", &settings(&stripe, "log_min_messages = debug1"));
         cluster.connect().batch_execute("CREATE EXTENSION onboarding").expect("CREATE EXTENSION");
         let _ = ENV.set(Env { cluster, stripe });
     }
@@ -106,6 +92,25 @@ fn main() {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// postgresql.conf lines for a test cluster that talks to `stripe`.
+fn settings(stripe: &Emulator, extra: &str) -> String {
+    format!(
+        "onboarding.database = 'postgres'\n\
+         onboarding.stripe_api_base = '{base}'\n\
+         onboarding.stripe_api_key = '{API_KEY}'\n\
+         onboarding.poll_interval = '{poll}ms'\n\
+         onboarding.retry_base_delay = '100ms'\n\
+         onboarding.retry_max_delay = '1s'\n\
+         onboarding.max_attempts = 6\n\
+         onboarding.connect_timeout = '1s'\n\
+         onboarding.request_timeout = '{timeout}ms'\n\
+         {extra}\n",
+        base = stripe.base_url(),
+        poll = POLL_INTERVAL.as_millis(),
+        timeout = REQUEST_TIMEOUT.as_millis(),
+    )
+}
 
 fn db() -> Client {
     env().cluster.connect()
@@ -828,4 +833,103 @@ fn api_key_never_leaks() -> Result<(), Failed> {
         db.query_one("SELECT count(*) FROM pg_settings WHERE name = 'onboarding.stripe_api_key'", &[]).unwrap().get(0);
     db.batch_execute("RESET ROLE").unwrap();
     ensure(listed == 0, || "pg_settings shows the key to a non-superuser".into())
+}
+
+/// Four workers, four sessions inserting at once, a DBA session retrying dead jobs, and Stripe
+/// failing now and then: every profile still gets exactly one customer, and no job is ever
+/// worked on by two workers at once. Runs its own cluster (the main one has a single worker).
+fn concurrent_workers() -> Result<(), Failed> {
+    const SESSIONS: usize = 4;
+    const TRANSACTIONS: usize = 5;
+    const PER_TRANSACTION: usize = 20;
+    let stripe =
+        Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })?;
+    stripe.set_latency(Duration::from_millis(20)); // keeps several calls in flight per worker
+    stripe.inject(Fault::status(503).on("POST", "/v1/customers").times(25));
+    stripe.inject(Fault::drop_after().on("POST", "/v1/customers").times(5));
+    let cluster = Cluster::start("workers", &settings(&stripe, "onboarding.workers = 4\nonboarding.batch_size = 5"));
+    let result = (|| {
+        let mut db = cluster.connect();
+        db.batch_execute("CREATE EXTENSION onboarding").unwrap();
+        let table = profiles_table(&mut db, "profiles_concurrent");
+        let finished = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let dba = scope.spawn(|| {
+                let mut dba = cluster.connect();
+                while !finished.load(std::sync::atomic::Ordering::Relaxed) {
+                    dba.query("SELECT * FROM onboarding.retry_dead()", &[]).unwrap();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+            let sessions: Vec<_> = (0..SESSIONS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut session = cluster.connect();
+                        for _ in 0..TRANSACTIONS {
+                            session
+                                .execute(
+                                    &format!("INSERT INTO {table} (email) SELECT 'c' || g || '@example.com' FROM generate_series(1, $1::int) g"),
+                                    &[&(PER_TRANSACTION as i32)],
+                                )
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            sessions.into_iter().for_each(|s| s.join().unwrap());
+            let expected = (SESSIONS * TRANSACTIONS * PER_TRANSACTION) as i64;
+            let done = wait_for("every profile to get a customer", Duration::from_secs(90), || {
+                let missing: i64 = db
+                    .query_one(&format!("SELECT count(*) FROM {table} WHERE stripe_customer_id IS NULL"), &[])
+                    .unwrap()
+                    .get(0);
+                (missing == 0).then_some(())
+            });
+            finished.store(true, std::sync::atomic::Ordering::Relaxed);
+            dba.join().unwrap();
+            done?;
+            let profiles: Vec<(String, String)> = db
+                .query(&format!("SELECT id::text, stripe_customer_id FROM {table}"), &[])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            ensure(profiles.len() as i64 == expected, || format!("{} profiles, expected {expected}", profiles.len()))?;
+            let customers = stripe.customers();
+            for (user, customer) in &profiles {
+                let theirs: Vec<&Value> =
+                    customers.iter().filter(|c| c["metadata"]["user_id"] == user.as_str()).collect();
+                ensure(theirs.len() == 1 && theirs[0]["id"] == customer.as_str(), || {
+                    format!("user {user} has Stripe customers {theirs:?}, profile says {customer}")
+                })?;
+            }
+            // A job's steps never interleave: every `claimed` is followed by its outcome before the next one.
+            let mut interleaved = Vec::new();
+            let mut pids = std::collections::HashSet::new();
+            for row in db.query(
+                "SELECT job_id, array_agg(step ORDER BY id), array_agg(detail->>'worker_pid' ORDER BY id)
+                   FROM onboarding.events GROUP BY job_id",
+                &[],
+            )? {
+                let (job, steps, workers): (i64, Vec<String>, Vec<Option<String>>) =
+                    (row.get(0), row.get(1), row.get(2));
+                pids.extend(workers.into_iter().flatten());
+                let mut open = false;
+                for step in &steps {
+                    match step.as_str() {
+                        "claimed" if open => interleaved.push(job),
+                        "claimed" => open = true,
+                        "failed" | "written_back" | "dead" | "skipped" | "orphaned" | "requeued" => open = false,
+                        _ => {}
+                    }
+                }
+            }
+            ensure(interleaved.is_empty(), || format!("jobs claimed twice at once: {interleaved:?}"))?;
+            ensure(pids.len() >= 2, || format!("only workers {pids:?} took part: no concurrency was tested"))?;
+            let failures = stripe.requests().iter().filter(|r| r.status != Some(200)).count();
+            ensure(failures >= 25, || format!("only {failures} failed requests: the faults did not fire"))
+        })
+    })();
+    cluster.stop();
+    result
 }

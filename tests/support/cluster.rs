@@ -31,7 +31,8 @@ fn free_port() -> u16 {
 
 impl Cluster {
     /// initdb + start, with `settings` appended to postgresql.conf.
-    pub fn start(settings: &str) -> Cluster {
+    /// `name` keeps clusters of one test run apart.
+    pub fn start(name: &str, settings: &str) -> Cluster {
         let library = pg_config("--pkglibdir").join("onboarding.so");
         assert!(
             library.exists(),
@@ -39,7 +40,7 @@ impl Cluster {
             library.display(),
             pg_config("--bindir").join("pg_config").display()
         );
-        let data_dir = std::env::temp_dir().join(format!("onboarding-tests-{}", std::process::id()));
+        let data_dir = std::env::temp_dir().join(format!("onboarding-tests-{}-{name}", std::process::id()));
         let cluster = Cluster { port: free_port(), data_dir, bin_dir: pg_config("--bindir") };
         let _ = std::fs::remove_dir_all(&cluster.data_dir);
         std::fs::create_dir_all(&cluster.data_dir).unwrap();
