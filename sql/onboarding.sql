@@ -251,6 +251,9 @@ DECLARE
     j onboarding.jobs;
     open_job bigint;
 BEGIN
+    IF job_id IS NULL THEN
+        RAISE EXCEPTION 'onboarding.retry: job_id is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO j FROM onboarding.jobs WHERE id = job_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'onboarding.retry: no job %', job_id USING ERRCODE = 'no_data_found';
@@ -306,6 +309,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j onboarding.jobs;
 BEGIN
+    IF job_id IS NULL THEN
+        RAISE EXCEPTION 'onboarding.cancel: job_id is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO j FROM onboarding.jobs WHERE id = job_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'onboarding.cancel: no job %', job_id USING ERRCODE = 'no_data_found';

@@ -59,6 +59,7 @@ fn main() {
         ("stuck_call_times_out_and_is_retried", stuck_call_times_out),
         ("terminated_worker_exits_promptly_restarts_and_finishes_the_job", terminated_worker_restarts),
         ("attach_validates_its_target_and_is_idempotent", attach_validates),
+        ("awkward_identifiers_are_quoted_and_bad_arguments_refused", awkward_identifiers_are_quoted),
         ("create_extension_warns_when_the_worker_serves_another_database", create_extension_warns),
         ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
         ("concurrent_workers_and_sessions_never_process_a_job_twice_at_once", concurrent_workers),
@@ -278,12 +279,90 @@ fn unprivileged_app_role_inserts() -> Result<(), Failed> {
          GRANT SELECT, INSERT ON {table} TO onboarding_test_app;"
     ))
     .unwrap();
+    // Even with USAGE on the schema, the tables and the state-changing functions stay closed.
+    db.batch_execute("GRANT USAGE ON SCHEMA onboarding TO onboarding_test_app").unwrap();
     db.batch_execute("SET ROLE onboarding_test_app").unwrap();
     let user = insert_profile(&mut db, &table, Some("app@example.com"));
-    let (code, _) = sqlstate(db.simple_query("SELECT count(*) FROM onboarding.jobs"))?;
+    let mut refused = Vec::new();
+    for sql in [
+        "SELECT count(*) FROM onboarding.jobs",
+        "SELECT count(*) FROM onboarding.events",
+        "SELECT * FROM onboarding.retry(1)",
+        "SELECT * FROM onboarding.cancel(1)",
+        "SELECT * FROM onboarding.retry_dead()",
+        "SELECT onboarding.attach('public.profiles_app_role')",
+        "SELECT onboarding._wake_worker_after_commit()",
+        "INSERT INTO onboarding.jobs (kind, profile_table, user_id) VALUES ('create_customer', 1, 'x')",
+    ] {
+        refused.push((sql, sqlstate(db.simple_query(sql)).map(|(code, _)| code).unwrap_or_else(|e| format!("{e:?}"))));
+    }
     db.batch_execute("RESET ROLE").unwrap();
-    ensure(code == "42501", || format!("the application role could read onboarding.jobs ({code})"))?;
+    for (sql, code) in refused {
+        ensure(code == "42501", || format!("{sql}: expected 42501, got {code}"))?;
+    }
     wait_for_customer(&mut db, &table, &user)?;
+    // SECURITY DEFINER functions pin their search_path.
+    let unpinned: Vec<String> = db
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+              WHERE p.pronamespace = 'onboarding'::regnamespace AND p.prosecdef
+                AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ensure(unpinned.is_empty(), || format!("SECURITY DEFINER without a pinned search_path: {unpinned:?}"))
+}
+
+/// Column and table names that need quoting, one of them shaped like an injection.
+fn awkward_identifiers_are_quoted() -> Result<(), Failed> {
+    let mut db = db();
+    db.batch_execute(
+        r#"DROP SCHEMA IF EXISTS "Odd Schema" CASCADE;
+           CREATE SCHEMA "Odd Schema";
+           CREATE TABLE "Odd Schema"."User Profiles" (
+               "User Id" uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+               "e-mail'); DROP TABLE x; --" text,
+               "Stripe ""Customer""" text);
+           SELECT onboarding.attach('"Odd Schema"."User Profiles"', id_column => 'User Id',
+                                    email_column => 'e-mail''); DROP TABLE x; --',
+                                    customer_column => 'Stripe "Customer"');"#,
+    )
+    .unwrap();
+    let user: String = db
+        .query_one(
+            r#"INSERT INTO "Odd Schema"."User Profiles" ("e-mail'); DROP TABLE x; --") VALUES ('odd@example.com')
+               RETURNING "User Id"::text"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let customer = wait_for("the odd profile's customer", DEADLINE, || {
+        db.query_one(
+            r#"SELECT "Stripe ""Customer""" FROM "Odd Schema"."User Profiles" WHERE "User Id"::text = $1"#,
+            &[&user],
+        )
+        .unwrap()
+        .get::<_, Option<String>>(0)
+    })?;
+    let customers = stripe_customers_for(&user);
+    ensure(
+        customers.len() == 1 && customers[0]["id"] == customer.as_str() && customers[0]["email"] == "odd@example.com",
+        || format!("{customers:?}"),
+    )?;
+    for sql in [
+        "SELECT * FROM onboarding.retry(NULL)",
+        "SELECT * FROM onboarding.cancel(NULL)",
+        "SELECT onboarding.attach(NULL)",
+    ] {
+        let (code, _) = sqlstate(db.simple_query(sql))?;
+        ensure(code == "22004", || format!("{sql}: {code}"))?;
+    }
+    let (code, _) = sqlstate(db.simple_query("SELECT onboarding.attach('public.profiles_basic', email_column => '')"))?;
+    ensure(code == "22023", || format!("empty column name: {code}"))?;
+    db.batch_execute(r#"DROP SCHEMA "Odd Schema" CASCADE"#).unwrap();
     Ok(())
 }
 
