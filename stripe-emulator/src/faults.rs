@@ -167,6 +167,9 @@ pub const RATE_LIMIT_MESSAGE: &str = "Request rate limit exceeded. Learn more ab
 #[derive(Default)]
 pub struct FaultQueue {
     faults: VecDeque<Fault>,
+    /// Chaos mode: when no queued fault applies, a matching request fails with this probability,
+    /// with one of these faults picked at random (their `times` is ignored).
+    random: Option<(f64, Vec<Fault>)>,
 }
 
 impl FaultQueue {
@@ -176,9 +179,15 @@ impl FaultQueue {
         }
     }
 
-    /// Consumes one use of the first matching fault.
+    pub fn set_random(&mut self, probability: f64, faults: Vec<Fault>) {
+        self.random = (probability > 0.0 && !faults.is_empty()).then_some((probability.min(1.0), faults));
+    }
+
+    /// Consumes one use of the first matching fault; failing that, maybe a random one.
     pub fn take(&mut self, method: &str, path: &str) -> Option<FaultAction> {
-        let i = self.faults.iter().position(|f| f.matches(method, path))?;
+        let Some(i) = self.faults.iter().position(|f| f.matches(method, path)) else {
+            return self.take_random(method, path);
+        };
         let fault = &mut self.faults[i];
         fault.times -= 1;
         let action = fault.action.clone();
@@ -188,12 +197,27 @@ impl FaultQueue {
         Some(action)
     }
 
+    fn take_random(&self, method: &str, path: &str) -> Option<FaultAction> {
+        use rand::Rng;
+        let (probability, faults) = self.random.as_ref()?;
+        let candidates: Vec<&Fault> = faults
+            .iter()
+            .filter(|f| f.method.as_deref().is_none_or(|m| m == method) && path.starts_with(&f.path_prefix))
+            .collect();
+        let mut rng = rand::rng();
+        if candidates.is_empty() || !rng.random_bool(*probability) {
+            return None;
+        }
+        Some(candidates[rng.random_range(0..candidates.len())].action.clone())
+    }
+
     pub fn pending(&self) -> usize {
         self.faults.len()
     }
 
     pub fn clear(&mut self) {
         self.faults.clear();
+        self.random = None;
     }
 }
 

@@ -188,6 +188,12 @@ impl Emulator {
         self.shared.update(|s| s.config.rate_limit = per_second);
     }
 
+    /// Chaos mode: every matching request that no queued fault claims fails with `probability`,
+    /// with one of `faults` picked at random. `set_random_faults(0.0, vec![])` turns it off.
+    pub fn set_random_faults(&self, probability: f64, faults: Vec<Fault>) {
+        self.shared.update(|s| s.faults.set_random(probability, faults));
+    }
+
     /// Queues a fault; faults are consumed in injection order by matching requests.
     pub fn inject(&self, fault: Fault) {
         self.shared.update(|s| s.faults.push(fault));

@@ -961,3 +961,18 @@ fn binary_serves_and_exits_on_sigterm() {
     assert!(!stderr.contains(KEY) && !stderr.contains("notTheConfiguredKey"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn random_faults_hit_about_the_set_share_of_matching_requests_only() {
+    let h = Harness::new();
+    h.emu.set_random_faults(0.5, vec![Fault::status(503).on("POST", "/v1/customers")]);
+    let statuses: Vec<u16> =
+        (0..200).map(|i| h.post("/v1/customers", &format!("email=r{i}%40example.com")).status).collect();
+    let failed = statuses.iter().filter(|s| **s == 503).count();
+    assert!((60..=140).contains(&failed), "{failed} of 200 failed at probability 0.5");
+    assert!(statuses.iter().all(|s| *s == 503 || *s == 200));
+    // Other paths are untouched; turning it off stops it.
+    assert!((0..20).all(|_| h.get("/v1/customers", "").status == 200));
+    h.emu.set_random_faults(0.0, vec![]);
+    assert!((0..20).all(|i| h.post("/v1/customers", &format!("email=s{i}%40example.com")).status == 200));
+}

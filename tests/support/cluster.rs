@@ -1,3 +1,5 @@
+#![allow(dead_code)] // shared by several test binaries, each using a part of it
+
 //! A throwaway PostgreSQL 15 cluster with the extension preloaded, run as the `postgres` user
 //! when the tests run as root (PostgreSQL refuses to run as root).
 
@@ -96,6 +98,12 @@ impl Cluster {
             .args(["-p", &self.port.to_string(), "-d", database, "-c", sql])
             .output()
             .expect("run psql")
+    }
+
+    /// `pg_ctl stop -m immediate` (no shutdown checkpoint, like a power cut), then start again.
+    pub fn restart_immediately(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"], None);
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&self.log_path()));
     }
 
     pub fn stop(&self) {

@@ -1,0 +1,252 @@
+//! The chaos test: profiles inserted in batches while Stripe fails about one request in five, the
+//! worker is SIGKILLed three times and PostgreSQL is stopped with `-m immediate` once, and 1 % of
+//! the profiles are deleted right after insert. Then it checks that every profile has exactly one
+//! Stripe customer, no customer is left without a profile, and no job was lost, and prints the
+//! figures.
+//!
+//!   cargo test --test chaos                          # 300 profiles (part of scripts/test)
+//!   CHAOS_PROFILES=10000 cargo test --test chaos     # the full run (bench/chaos)
+//!
+//! Needs the extension installed (`cargo pgrx install`), like the end-to-end tests.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use stripe_emulator::{Emulator, EmulatorConfig, Fault};
+use support::cluster::Cluster;
+
+const API_KEY: &str = "sk_test_CHAOSCANARY0c7b1e94f2a6";
+const FAULT_RATE: f64 = 0.2;
+const BATCH: usize = 50;
+
+fn faults() -> Vec<Fault> {
+    let post = |f: Fault| f.on("POST", "/v1/customers");
+    vec![
+        post(Fault::rate_limit()),
+        post(Fault::status(409).error_type("idempotency_error").code("idempotency_key_in_use")),
+        // A POST's 500 without Stripe-Should-Retry is permanent: the only faults that may park jobs.
+        post(Fault::status(500)),
+        post(Fault::status(500).should_retry(true)),
+        post(Fault::status(503)),
+        post(Fault::drop_before()),
+        post(Fault::drop_after()),
+        post(Fault::stall(Duration::from_millis(1500))), // beyond the 1 s request timeout
+        Fault::status(503).on("DELETE", "/v1/customers/"),
+        Fault::drop_before().on("DELETE", "/v1/customers/"),
+    ]
+}
+
+fn main() {
+    let profiles: usize = std::env::var("CHAOS_PROFILES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test -- --list`: nothing to list, this binary is one run
+    }
+    let stripe = Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })
+        .expect("start the Stripe emulator");
+    stripe.set_random_faults(FAULT_RATE, faults());
+    let settings = format!(
+        "onboarding.stripe_api_base = '{}'\n\
+         onboarding.stripe_api_key = '{API_KEY}'\n\
+         onboarding.workers = 2\n\
+         onboarding.batch_size = 10\n\
+         onboarding.poll_interval = '500ms'\n\
+         onboarding.retry_base_delay = '50ms'\n\
+         onboarding.retry_max_delay = '1s'\n\
+         onboarding.max_attempts = 25\n\
+         onboarding.connect_timeout = '1s'\n\
+         onboarding.request_timeout = '1s'\n\
+         onboarding.lease = '15s'\n",
+        stripe.base_url()
+    );
+    let cluster = Cluster::start("chaos", &settings);
+    let outcome = run(&cluster, &stripe, profiles);
+    cluster.stop();
+    match outcome {
+        Ok(failed) if failed == 0 => {}
+        Ok(_) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn open_jobs(db: &mut Client) -> Result<i64, postgres::Error> {
+    Ok(db.query_one("SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running')", &[])?.get(0))
+}
+
+/// Waits until no job is open, reconnecting through restarts.
+fn drain(cluster: &Cluster, db: &mut Client, deadline: Duration) -> Result<(), String> {
+    let until = Instant::now() + deadline;
+    loop {
+        match open_jobs(db) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(_) => *db = cluster.connect(),
+        }
+        if Instant::now() > until {
+            return Err(format!("jobs still open after {deadline:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn kill_a_worker(db: &mut Client) -> bool {
+    let pid: Option<i32> = db
+        .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'onboarding worker' LIMIT 1", &[])
+        .ok()
+        .flatten()
+        .map(|r| r.get(0));
+    pid.is_some_and(|pid| Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success()))
+}
+
+fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize) -> Result<usize, String> {
+    let started = Instant::now();
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "CREATE EXTENSION onboarding;
+         CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+             stripe_customer_id text, stripe_connect_account_id text);
+         SELECT onboarding.attach('public.profiles');",
+    )
+    .map_err(|e| e.to_string())?;
+
+    // Disruptions at these shares of the inserts: SIGKILL a worker (the postmaster then restarts
+    // every process), or stop PostgreSQL with -m immediate and start it again.
+    let mut disruptions = vec![(0.2, "kill"), (0.45, "kill"), (0.55, "immediate"), (0.7, "kill")];
+    let (mut kills, mut restarts, mut inserted, mut deleted, mut failed_batches) = (0, 0, 0usize, 0usize, 0);
+    let mut rng = rand::rng();
+    let batches = profiles.div_ceil(BATCH);
+    for batch in 0..batches {
+        let size = BATCH.min(profiles - batch * BATCH) as i32;
+        let ids: Result<Vec<String>, _> = db
+            .query(
+                "INSERT INTO public.profiles (email) SELECT 'chaos' || g || '-' || md5(random()::text) || '@example.com'
+                   FROM generate_series(1, $1::int) g RETURNING id::text",
+                &[&size],
+            )
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect());
+        match ids {
+            Ok(ids) => {
+                inserted += ids.len();
+                // 1 % deleted right after their insert committed.
+                let how_many = ids.len() / 100 + usize::from(rng.random_bool(0.5));
+                let doomed: Vec<String> = ids.choose_multiple(&mut rng, how_many).cloned().collect();
+                match db.execute("DELETE FROM public.profiles WHERE id::text = ANY($1)", &[&doomed]) {
+                    Ok(n) => deleted += n as usize,
+                    Err(_) => db = cluster.connect(),
+                }
+            }
+            Err(_) => {
+                failed_batches += 1; // the server went away mid-statement; whatever committed counts
+                db = cluster.connect();
+            }
+        }
+        let progress = (batch + 1) as f64 / batches as f64;
+        while disruptions.first().is_some_and(|(at, _)| progress >= *at) {
+            let (_, what) = disruptions.remove(0);
+            if what == "kill" {
+                kills += usize::from(kill_a_worker(&mut db));
+            } else {
+                cluster.restart_immediately();
+                restarts += 1;
+            }
+            db = cluster.connect();
+        }
+    }
+
+    drain(cluster, &mut db, Duration::from_secs(60 + profiles as u64 / 10))?;
+    let q = |db: &mut Client, sql: &str| -> Result<Vec<postgres::Row>, String> {
+        db.query(sql, &[]).map_err(|e| e.to_string())
+    };
+    // Dead jobs: only the injected permanent failures (a POST's 500 without Stripe-Should-Retry).
+    let dead = q(
+        &mut db,
+        "SELECT coalesce(last_error_detail->>'status', '-') || ' ' || coalesce(last_error_detail->>'should_retry', 'no header')
+                || ': ' || coalesce(last_error_detail->>'message', last_error, ''), count(*)
+           FROM onboarding.jobs WHERE state = 'dead' GROUP BY 1 ORDER BY 2 DESC",
+    )?;
+    let dead: Vec<(String, i64)> = dead.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let unexpected_dead: i64 =
+        dead.iter().filter(|(reason, _)| !reason.starts_with("500 no header")).map(|(_, n)| n).sum();
+    let dead_total: i64 = dead.iter().map(|(_, n)| n).sum();
+
+    // Stripe recovers; the operator retries the parked jobs.
+    stripe.set_random_faults(0.0, vec![]);
+    q(&mut db, "SELECT * FROM onboarding.retry_dead()")?;
+    drain(cluster, &mut db, Duration::from_secs(60))?;
+
+    let rows = q(&mut db, "SELECT id::text, stripe_customer_id FROM public.profiles")?;
+    let profiles_now: HashMap<String, Option<String>> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let customers = stripe.customers();
+    let mut by_user: HashMap<&str, Vec<&str>> = HashMap::new();
+    for c in &customers {
+        by_user
+            .entry(c["metadata"]["user_id"].as_str().unwrap_or(""))
+            .or_default()
+            .push(c["id"].as_str().unwrap_or(""));
+    }
+    let provisioned = profiles_now.values().filter(|c| c.is_some()).count();
+    let exactly_one = profiles_now
+        .iter()
+        .filter(|(user, linked)| {
+            by_user.get(user.as_str()).is_some_and(|ids| ids.len() == 1 && Some(ids[0]) == linked.as_deref())
+        })
+        .count();
+    let orphans = customers
+        .iter()
+        .filter(|c| {
+            let (user, id) = (c["metadata"]["user_id"].as_str().unwrap_or(""), c["id"].as_str().unwrap_or(""));
+            profiles_now.get(user).is_none_or(|linked| linked.as_deref() != Some(id))
+        })
+        .count();
+    let with_job: HashSet<String> =
+        q(&mut db, "SELECT DISTINCT user_id FROM onboarding.jobs WHERE kind = 'create_customer'")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    let lost = profiles_now.keys().filter(|u| !with_job.contains(*u)).count() as i64
+        + open_jobs(&mut db).map_err(|e| e.to_string())?;
+    let secret = &API_KEY["sk_test_".len()..];
+    let key_in_log = cluster.server_log().matches(secret).count();
+    let requests = stripe.requests();
+    let faulted = requests.iter().filter(|r| r.status.is_none_or(|s| s >= 400)).count();
+
+    let expected = profiles_now.len();
+    println!(
+        "\nchaos: {profiles} profiles requested, {inserted} inserted, {deleted} deleted after insert, {failed_batches} batches lost to restarts"
+    );
+    println!(
+        "       {kills} worker SIGKILLs, {restarts} immediate restarts, {} Stripe requests, {faulted} failed or dropped",
+        requests.len()
+    );
+    println!("       dead before retry_dead: {dead_total}");
+    for (reason, n) in &dead {
+        println!("         {n:>5}  {reason}");
+    }
+    let checks: Vec<(String, bool)> = vec![
+        (format!("profiles provisioned / expected        {provisioned} / {expected}"), provisioned == expected),
+        (format!("profiles with exactly one customer     {exactly_one} / {expected}"), exactly_one == expected),
+        (format!("Stripe customers without a profile     {orphans}"), orphans == 0),
+        (format!("jobs lost                              {lost}"), lost == 0),
+        (format!("dead jobs not from injected 500s       {unexpected_dead}"), unexpected_dead == 0),
+        (format!("key occurrences in the server log      {key_in_log}"), key_in_log == 0),
+        (
+            format!("disruptions carried out                {kills} kills, {restarts} restart"),
+            kills == 3 && restarts == 1,
+        ),
+    ];
+    for (line, ok) in &checks {
+        println!("  {} {line}", if *ok { "ok  " } else { "FAIL" });
+    }
+    println!("  wall time                              {:.1} s", started.elapsed().as_secs_f64());
+    let failed = checks.iter().filter(|(_, ok)| !ok).count();
+    println!("chaos: {} passed, {failed} failed", checks.len() - failed);
+    Ok(failed)
+}
