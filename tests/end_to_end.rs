@@ -58,6 +58,7 @@ fn main() {
         ("profile_without_email_is_parked_without_a_call", missing_email_is_parked),
         ("stuck_call_times_out_and_is_retried", stuck_call_times_out),
         ("terminated_worker_exits_promptly_restarts_and_finishes_the_job", terminated_worker_restarts),
+        ("overrun_lease_is_taken_back_and_late_results_refused", overrun_lease_is_taken_back_and_late_results_refused),
         ("attach_validates_its_target_and_is_idempotent", attach_validates),
         ("awkward_identifiers_are_quoted_and_bad_arguments_refused", awkward_identifiers_are_quoted),
         ("create_extension_warns_when_the_worker_serves_another_database", create_extension_warns),
@@ -767,6 +768,19 @@ fn terminated_worker_restarts() -> Result<(), Failed> {
     let user = insert_profile(&mut db, &table, Some("interrupted@example.com"));
     wait_for("the request to reach Stripe", DEADLINE, || (!stripe_requests_for(&user).is_empty()).then_some(()))?;
 
+    // A job whose every attempt so far killed its worker (claimed by a process that is gone, no
+    // attempts left): the restarted worker parks it instead of looping.
+    let crash_looper: i64 = db
+        .query_one(
+            &format!(
+                "INSERT INTO onboarding.jobs (kind, profile_table, user_id, state, attempts, claimed_by, claimed_at)
+                 VALUES ('create_customer', '{table}'::regclass, 'crash-looper', 'running', 6, 2147483647, now())
+                 RETURNING id"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
     let terminated_at = Instant::now();
     db.execute("SELECT pg_terminate_backend($1)", &[&before]).unwrap();
     wait_for("the worker to exit", Duration::from_secs(2), || (worker_pid(&mut db) != Some(before)).then_some(()))?;
@@ -781,7 +795,49 @@ fn terminated_worker_restarts() -> Result<(), Failed> {
     let events = events_for(&mut db, &user);
     ensure(steps(&events).contains(&"requeued"), || format!("steps {:?}", steps(&events)))?;
     let customers = stripe_customers_for(&user);
-    ensure(customers.len() == 1 && customers[0]["id"] == customer.as_str(), || format!("{customers:?}"))
+    ensure(customers.len() == 1 && customers[0]["id"] == customer.as_str(), || format!("{customers:?}"))?;
+    let parked = only_job(&mut db, "crash-looper")?;
+    ensure(parked.state == "dead" && parked.last_error.as_deref().is_some_and(|e| e.contains("every attempt")), || {
+        format!("crash-looping job {crash_looper}: {parked:?}")
+    })
+}
+
+/// A worker that is alive but stuck past the lease loses its job, and its late result is refused.
+fn overrun_lease_is_taken_back_and_late_results_refused() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_lease");
+    let job: i64 = db
+        .query_one(
+            &format!(
+                "INSERT INTO onboarding.jobs (kind, profile_table, user_id, state, attempts, claimed_by, claimed_at)
+                 VALUES ('create_customer', '{table}'::regclass, 'stuck-user', 'running', 1, pg_backend_pid(),
+                         now() - interval '1 hour')
+                 RETURNING id"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // This session plays the stuck worker: alive (its pid is in pg_stat_activity) but past the lease.
+    // The operator session plays the worker that takes it back and claims it, in one transaction so
+    // that the real worker cannot pick it up in between.
+    let mut operator = env().cluster.connect();
+    let mut takeover = operator.transaction().unwrap();
+    let taken: i32 =
+        takeover.query_one("SELECT onboarding._requeue_abandoned(6, interval '5 minutes')", &[]).unwrap().get(0);
+    let state: String = takeover.query_one("SELECT state FROM onboarding.jobs WHERE id = $1", &[&job]).unwrap().get(0);
+    takeover
+        .execute("UPDATE onboarding.jobs SET state = 'running', claimed_by = pg_backend_pid() WHERE id = $1", &[&job])
+        .unwrap();
+    takeover.commit().unwrap();
+    ensure(taken >= 1 && state == "pending", || format!("a job past its lease was not taken back ({taken}, {state})"))?;
+
+    // The stuck worker's late result is refused; the new owner's is taken.
+    let finish = "SELECT onboarding._finish_job($1, 'skipped', 'skipped', '{}')";
+    let (code, _) = sqlstate(db.query(finish, &[&job]))?;
+    ensure(code == "55000", || format!("a late result was accepted: {code}"))?;
+    operator.query(finish, &[&job]).unwrap();
+    ensure(only_job(&mut db, "stuck-user")?.state == "skipped", || "the new owner's result was lost".into())
 }
 
 fn sqlstate(result: Result<impl Sized, postgres::Error>) -> Result<(String, String), Failed> {
