@@ -504,10 +504,11 @@ BEGIN
     RETURN requeued;
 END $$;
 
--- Seconds until the next pending job is due (NULL when none), so an idle worker sleeps exactly that long.
+-- Seconds until the next pending job is due (negative when overdue, NULL when there is none), so
+-- an idle worker sleeps exactly that long. (Not greatest(0, …): greatest ignores NULL.)
 CREATE FUNCTION onboarding._next_due_in() RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT greatest(0, extract(epoch FROM min(run_at) - now()))::double precision
+    SELECT extract(epoch FROM min(run_at) - now())::double precision
       FROM onboarding.jobs WHERE state = 'pending';
 $$;
 

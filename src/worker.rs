@@ -23,6 +23,9 @@ use serde_json::{Value, json};
 
 use crate::{gucs, wake};
 
+/// Shortest sleep between rounds that claimed less than a full batch.
+const MIN_SLEEP: Duration = Duration::from_millis(20);
+
 /// Pause after an unexpected database error, so a persistent one does not spin.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -101,14 +104,22 @@ enum Work {
     CreateCustomer { customer: NewCustomer, look_up: Option<Vec<String>> },
     /// Compensation: delete a customer no profile can use.
     DeleteCustomer(String),
+    /// The profile vanished after an attempt whose answer was lost: delete whatever customer that
+    /// attempt created, found by `metadata.user_id` (the list by these emails is consistent).
+    CleanUpCustomer { emails: Vec<String> },
 }
 
 enum Outcome {
     Created(Customer, Response),
     /// Found in Stripe by `metadata.user_id` instead of created.
     Adopted(Customer),
-    /// `None` when Stripe says the customer is already gone (404), which is just as good.
-    Deleted(Option<Response>),
+    /// `response` is `None` when Stripe says the customer is already gone (404): just as good.
+    Deleted {
+        customer: String,
+        response: Option<Response>,
+    },
+    /// A clean-up found no customer: the earlier attempt never executed.
+    NothingToCleanUp,
     Failed(StripeError),
 }
 
@@ -121,6 +132,9 @@ impl Call {
             }
             Work::DeleteCustomer(id) => {
                 format!("deleting Stripe customer {id} of user {} (compensation)", self.user_id)
+            }
+            Work::CleanUpCustomer { .. } => {
+                format!("looking for a customer of deleted user {} to delete (compensation)", self.user_id)
             }
         }
     }
@@ -141,14 +155,26 @@ impl Call {
                     Err(error) => Outcome::Failed(error),
                 }
             }
-            Work::DeleteCustomer(id) => match client.delete_customer(id).await {
-                Ok(response) => Outcome::Deleted(Some(response)),
-                Err(StripeError::Api(e)) if e.status == 404 && e.code.as_deref() == Some("resource_missing") => {
-                    Outcome::Deleted(None)
+            Work::DeleteCustomer(id) => delete(client, id).await,
+            Work::CleanUpCustomer { emails } => {
+                let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
+                match client.find_customer(&self.user_id, &emails).await {
+                    Ok(Some(found)) => delete(client, &found.id).await,
+                    Ok(None) => Outcome::NothingToCleanUp,
+                    Err(error) => Outcome::Failed(error),
                 }
-                Err(error) => Outcome::Failed(error),
-            },
+            }
         }
+    }
+}
+
+async fn delete(client: &StripeClient, id: &str) -> Outcome {
+    match client.delete_customer(id).await {
+        Ok(response) => Outcome::Deleted { customer: id.to_string(), response: Some(response) },
+        Err(StripeError::Api(e)) if e.status == 404 && e.code.as_deref() == Some("resource_missing") => {
+            Outcome::Deleted { customer: id.to_string(), response: None }
+        }
+        Err(error) => Outcome::Failed(error),
     }
 }
 
@@ -161,7 +187,7 @@ impl Worker {
         }
         let requeue = self.last_requeue.is_none_or(|t| t.elapsed() >= poll);
         let claimed = in_transaction("claiming jobs", || claim_and_plan(gucs::batch_size(), requeue));
-        let Ok(Some((calls, claimed_count, next_due))) = claimed else {
+        let Ok(Some((calls, claimed_count, mut next_due))) = claimed else {
             return if claimed.is_err() { ERROR_PAUSE } else { poll };
         };
         if requeue {
@@ -171,12 +197,15 @@ impl Worker {
             let Some(results) = self.call_stripe(&calls) else {
                 return Duration::ZERO;
             };
-            record_results(&calls, results);
+            // Failed calls were just rescheduled: the next due time comes from after recording.
+            next_due = record_results(&calls, results);
         }
         if claimed_count >= gucs::batch_size() as usize {
             return Duration::ZERO;
         }
-        next_due.map_or(poll, |due| due.min(poll))
+        // A due job we could not claim is being claimed by another worker: look again shortly,
+        // but never spin.
+        next_due.map_or(poll, |due| due.clamp(MIN_SLEEP, poll))
     }
 
     /// The client, rebuilt after each configuration reload. None while no key is configured.
@@ -297,11 +326,14 @@ fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, O
 
     let claimed_count = claimed.len();
     let calls = claimed.into_iter().filter_map(plan).collect();
-    let next_due = Spi::get_one::<f64>("SELECT onboarding._next_due_in()")
-        .ok()
-        .flatten()
-        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)));
-    Some((calls, claimed_count, next_due))
+    Some((calls, claimed_count, next_due_in()))
+}
+
+/// Time until the next pending job is due (zero if overdue), None if nothing is pending.
+fn next_due_in() -> Option<Duration> {
+    Spi::get_one::<f64>("SELECT onboarding._next_due_in()")
+        .unwrap_or_else(|e| error!("onboarding: reading the next due time: {e}"))
+        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)))
 }
 
 struct ClaimedJob {
@@ -327,6 +359,7 @@ fn plan(job: ClaimedJob) -> Option<Call> {
                 finish(id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
                 return None;
             }
+            CustomerPlan::CleanUp(sent) => Work::CleanUpCustomer { emails: vec![sent.email] },
             CustomerPlan::AlreadyProvisioned(existing) => {
                 // The job's stripe_id names only objects it created; this one it found.
                 let detail = json!({"reason": "profile already has a customer", "stripe_id": existing});
@@ -381,6 +414,10 @@ fn plan(job: ClaimedJob) -> Option<Call> {
         Work::DeleteCustomer(customer) => json!({
             "method": "DELETE", "path": format!("/v1/customers/{customer}"), "attempt": job.attempts,
         }),
+        Work::CleanUpCustomer { emails } => json!({
+            "method": "GET", "path": "/v1/customers", "attempt": job.attempts, "emails": emails,
+            "reason": "profile deleted after an attempt whose answer was lost",
+        }),
     };
     log_event(id, "stripe_request", detail);
     Some(Call { job_id: id, user_id: job.user_id, attempts: job.attempts, idempotency_key: job.idempotency_key, work })
@@ -388,7 +425,8 @@ fn plan(job: ClaimedJob) -> Option<Call> {
 
 /// Phase 3: all outcomes in one transaction; if that fails, each job on its own, so one bad
 /// write-back (say, a failing trigger on the profile table) cannot hold the others hostage.
-fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) {
+/// Returns when the next pending job is due, as seen after recording.
+fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Option<Duration> {
     let outcomes: Vec<_> = calls.iter().zip(results).collect();
     let all = in_transaction(
         "recording Stripe results",
@@ -396,16 +434,18 @@ fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) {
             for (call, (result, elapsed)) in &outcomes {
                 record_one(call, result, *elapsed);
             }
+            next_due_in()
         }),
     );
-    if all.is_ok() {
-        return;
+    if let Ok(next_due) = all {
+        return next_due;
     }
     for (call, (result, elapsed)) in &outcomes {
         let one = in_transaction("recording a Stripe result", AssertUnwindSafe(|| record_one(call, result, *elapsed)));
         if let Err(message) = one {
             let stripe_id = match (&call.work, result) {
                 (_, Outcome::Created(customer, _) | Outcome::Adopted(customer)) => Some(customer.id.as_str()),
+                (_, Outcome::Deleted { customer, .. }) => Some(customer.as_str()),
                 (Work::DeleteCustomer(id), _) => Some(id.as_str()),
                 _ => None,
             };
@@ -419,6 +459,7 @@ fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) {
             );
         }
     }
+    Some(Duration::ZERO) // look again at once
 }
 
 fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
@@ -446,8 +487,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             log_event(job_id, "adopted", json!({"stripe_id": customer.id, "duration_ms": elapsed_ms}));
             link_customer(job_id, user_id, customer);
         }
-        Outcome::Deleted(response) => {
-            let Work::DeleteCustomer(customer) = &call.work else { unreachable!("only deletions delete") };
+        Outcome::Deleted { customer, response } => {
             let detail = match response {
                 Some(r) => json!({"status": r.status, "request_id": r.request_id, "duration_ms": elapsed_ms}),
                 None => json!({"status": 404, "note": "already deleted", "duration_ms": elapsed_ms}),
@@ -455,7 +495,16 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             log_event(job_id, "stripe_response", detail);
             log!("onboarding: deleted Stripe customer {customer} of user {user_id} (job {job_id})");
             let detail = json!({"stripe_id": customer});
-            finish(job_id, "succeeded", "compensated", detail, None, None, None);
+            if matches!(call.work, Work::CleanUpCustomer { .. }) {
+                // A creation job whose profile is gone: skipped, after undoing its lost attempt.
+                finish(job_id, "skipped", "compensated", detail, Some(customer), None, None);
+            } else {
+                finish(job_id, "succeeded", "compensated", detail, None, None, None);
+            }
+        }
+        Outcome::NothingToCleanUp => {
+            let detail = json!({"reason": "profile not found; no customer from earlier attempts"});
+            finish(job_id, "skipped", "skipped", detail, None, None, None);
         }
         Outcome::Failed(error) => {
             if let Some(status) = error.status() {

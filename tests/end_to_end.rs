@@ -47,6 +47,7 @@ fn main() {
             "deleting_a_provisioned_profile_deletes_its_customer_unless_told_not_to",
             deleting_a_profile_deletes_its_customer,
         ),
+        ("profile_deleted_after_a_lost_answer_gets_the_lost_customer_deleted", deleted_after_lost_answer),
         ("profile_with_a_customer_id_gets_no_stripe_call", provisioned_profile_gets_no_call),
         ("two_hundred_profiles_in_one_transaction_get_two_hundred_customers", two_hundred_profiles),
         ("transient_failures_are_recorded_and_retried_with_one_idempotency_key", transient_failures_retry),
@@ -62,6 +63,7 @@ fn main() {
         ("attach_validates_its_target_and_is_idempotent", attach_validates),
         ("awkward_identifiers_are_quoted_and_bad_arguments_refused", awkward_identifiers_are_quoted),
         ("create_extension_warns_when_the_worker_serves_another_database", create_extension_warns),
+        ("an_idle_worker_sleeps_instead_of_polling", idle_worker_sleeps),
         ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
         ("concurrent_workers_and_sessions_never_process_a_job_twice_at_once", concurrent_workers),
     ];
@@ -475,6 +477,22 @@ fn deleted_during_call_is_orphaned() -> Result<(), Failed> {
         ]),
         || format!("steps {:?}", steps(&events)),
     )
+}
+
+/// Stripe created the customer but the answer was lost; before the retry, the profile is deleted.
+/// The job must not just skip: it finds the customer its lost attempt created and deletes it.
+fn deleted_after_lost_answer() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_lost_then_deleted");
+    let user = created_then_lost(&mut db, &table, Fault::rate_limit()); // then a retry at least 0.5 s later
+    wait_for("the lost attempt and the rate-limited one", DEADLINE, || {
+        (stripe_requests_for(&user).len() == 2).then_some(())
+    })?;
+    db.execute(&format!("DELETE FROM {table} WHERE id::text = $1"), &[&user]).unwrap();
+    let job = wait_for_state(&mut db, &user, "skipped")?;
+    ensure(stripe_customers_for(&user).is_empty(), || format!("the lost attempt's customer survived: {job:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events).last() == Some(&"compensated"), || format!("steps {:?}", steps(&events)))
 }
 
 fn deleting_a_profile_deletes_its_customer() -> Result<(), Failed> {
@@ -914,6 +932,26 @@ fn create_extension_warns() -> Result<(), Failed> {
     let out = env().cluster.psql("postgres", "DROP EXTENSION onboarding CASCADE; CREATE EXTENSION onboarding");
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure(out.status.success() && !stderr.contains("WARNING"), || format!("reinstall: {stderr}"))
+}
+
+/// CPU time (user + system, in clock ticks) a process has used, from /proc.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// With nothing due, the worker waits on its latch (poll interval 60 s) and burns no CPU.
+fn idle_worker_sleeps() -> Result<(), Failed> {
+    let mut db = db();
+    let open: i64 =
+        db.query_one("SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running')", &[]).unwrap().get(0);
+    ensure(open == 0, || format!("{open} jobs still open: the worker is not idle"))?;
+    let pid = wait_for("the worker", DEADLINE, || worker_pid(&mut db))?;
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(1500)); // the measurement window
+    let used = cpu_ticks(pid) - before;
+    ensure(used <= 10, || format!("the idle worker used {used} ticks of CPU in 1.5 s"))
 }
 
 /// Inserts probe profiles until one's job ends in `state` (the worker applies a reload a moment

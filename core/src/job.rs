@@ -52,6 +52,9 @@ pub struct Profile {
 pub enum CustomerPlan {
     /// No committed profile with this id: nothing to do, and nothing may be sent to Stripe.
     ProfileGone,
+    /// The profile is gone, but an earlier attempt sent this request and may have created a
+    /// customer (its answer lost): find that customer and delete it.
+    CleanUp(NewCustomer),
     /// The profile already has a customer; succeed without calling Stripe.
     AlreadyProvisioned(String),
     /// Sending this profile would create a customer Stripe or the app cannot use.
@@ -69,7 +72,7 @@ pub const MAX_EMAIL: usize = 512;
 /// `idempotency_error`). A changed email is the business of a later update, not of this job.
 pub fn plan_customer(user_id: &str, profile: Option<Profile>, first_request: Option<NewCustomer>) -> CustomerPlan {
     let Some(profile) = profile else {
-        return CustomerPlan::ProfileGone;
+        return first_request.map_or(CustomerPlan::ProfileGone, CustomerPlan::CleanUp);
     };
     if let Some(id) = profile.customer_id.filter(|id| !id.is_empty()) {
         return CustomerPlan::AlreadyProvisioned(id);
@@ -155,6 +158,8 @@ mod tests {
     #[test]
     fn plans_follow_the_profile() {
         assert_eq!(plan_customer("u1", None, None), CustomerPlan::ProfileGone);
+        let sent = NewCustomer { user_id: "u1".into(), email: "a@b.co".into() };
+        assert_eq!(plan_customer("u1", None, Some(sent.clone())), CustomerPlan::CleanUp(sent));
         assert_eq!(
             plan_customer("u1", profile(Some("a@b.co"), Some("cus_1")), None),
             CustomerPlan::AlreadyProvisioned("cus_1".into())
