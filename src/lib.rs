@@ -4,6 +4,7 @@
 //! Where things are:
 //! - `sql/onboarding.sql`: tables, `attach()`/`detach()`, the insert trigger, job transitions;
 //! - [`worker`]: the background worker loop (claim → call Stripe → record);
+//! - [`jobs`]: what each phase does with a job (planning, the Stripe call, recording the outcome);
 //! - [`wake`]: waking the worker when an enqueuing transaction commits;
 //! - [`gucs`]: the `onboarding.*` settings;
 //! - `core/`: pure logic (Stripe client, retry policy, job planning), tested without PostgreSQL.
@@ -11,6 +12,7 @@
 use pgrx::prelude::*;
 
 mod gucs;
+mod jobs;
 mod wake;
 mod worker;
 

@@ -1,0 +1,445 @@
+//! What the worker does with each job, as pgrx glue around the pure planning in `core/`:
+//! claiming and planning (phase 1), the Stripe call of each job (phase 2), and recording its outcome
+//! (phase 3). The loop that drives these phases is in `worker.rs`; the SQL they call is in
+//! `sql/onboarding.sql`.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use onboarding_core::job::{
+    AfterFailure, CustomerPlan, DeletePlan, Profile, after_failure, plan_customer, plan_delete,
+};
+use onboarding_core::policy::classify;
+use onboarding_core::stripe::{Customer, NewCustomer, Response, StripeClient, StripeError};
+use pgrx::JsonB;
+use pgrx::prelude::*;
+use serde_json::{Value, json};
+
+use crate::gucs;
+use crate::worker::in_transaction;
+
+/// A claimed job that needs a Stripe call.
+pub struct Call {
+    pub job_id: i64,
+    pub user_id: String,
+    pub attempts: u32,
+    idempotency_key: String,
+    work: Work,
+}
+
+enum Work {
+    /// With `look_up` (the emails to search by), first look for a customer Stripe already holds for
+    /// the user: past the idempotency horizon, or after Stripe refused the key.
+    CreateCustomer { customer: NewCustomer, look_up: Option<Vec<String>> },
+    /// Compensation: delete a customer no profile can use.
+    DeleteCustomer(String),
+    /// The profile vanished after an attempt whose answer was lost: delete whatever customer that
+    /// attempt created, found by `metadata.user_id` (the list by these emails is consistent).
+    CleanUpCustomer { emails: Vec<String> },
+}
+
+pub enum Outcome {
+    Created(Customer, Response),
+    /// Found in Stripe by `metadata.user_id` instead of created.
+    Adopted(Customer),
+    /// `response` is `None` when Stripe says the customer is already gone (404): just as good.
+    Deleted {
+        customer: String,
+        response: Option<Response>,
+    },
+    /// A clean-up found no customer: the earlier attempt never executed.
+    NothingToCleanUp,
+    Failed(StripeError),
+}
+
+impl Call {
+    pub fn describe(&self) -> String {
+        match &self.work {
+            Work::CreateCustomer { look_up: None, .. } => format!("creating Stripe customer for user {}", self.user_id),
+            Work::CreateCustomer { look_up: Some(_), .. } => {
+                format!("looking up or creating Stripe customer for user {}", self.user_id)
+            }
+            Work::DeleteCustomer(id) => {
+                format!("deleting Stripe customer {id} of user {} (compensation)", self.user_id)
+            }
+            Work::CleanUpCustomer { .. } => {
+                format!("looking for a customer of deleted user {} to delete (compensation)", self.user_id)
+            }
+        }
+    }
+
+    pub async fn perform(&self, client: &StripeClient) -> Outcome {
+        match &self.work {
+            Work::CreateCustomer { customer, look_up } => {
+                if let Some(emails) = look_up {
+                    let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
+                    match client.find_customer(&self.user_id, &emails).await {
+                        Ok(Some(existing)) => return Outcome::Adopted(existing),
+                        Ok(None) => {}
+                        Err(error) => return Outcome::Failed(error),
+                    }
+                }
+                match client.create_customer(customer, &self.idempotency_key).await {
+                    Ok((customer, response)) => Outcome::Created(customer, response),
+                    Err(error) => Outcome::Failed(error),
+                }
+            }
+            Work::DeleteCustomer(id) => delete(client, id).await,
+            Work::CleanUpCustomer { emails } => {
+                let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
+                match client.find_customer(&self.user_id, &emails).await {
+                    Ok(Some(found)) => delete(client, &found.id).await,
+                    Ok(None) => Outcome::NothingToCleanUp,
+                    Err(error) => Outcome::Failed(error),
+                }
+            }
+        }
+    }
+}
+
+async fn delete(client: &StripeClient, id: &str) -> Outcome {
+    match client.delete_customer(id).await {
+        Ok(response) => Outcome::Deleted { customer: id.to_string(), response: Some(response) },
+        Err(StripeError::Api(e)) if e.status == 404 && e.code.as_deref() == Some("resource_missing") => {
+            Outcome::Deleted { customer: id.to_string(), response: None }
+        }
+        Err(error) => Outcome::Failed(error),
+    }
+}
+
+/// Phase 1. Returns None when the extension is not installed in this database yet.
+pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, Option<Duration>)> {
+    let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'onboarding')")
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if !installed {
+        return None;
+    }
+    if requeue {
+        let requeued = Spi::get_one_with_args::<i32>(
+            "SELECT onboarding._requeue_abandoned($1, make_interval(secs => $2))",
+            &[(gucs::max_attempts() as i32).into(), gucs::lease().as_secs_f64().into()],
+        );
+        match requeued {
+            Ok(Some(n)) if n > 0 => {
+                log!("onboarding: took back {n} job(s) from a worker that exited or overran its lease")
+            }
+            Ok(_) => {}
+            Err(e) => error!("onboarding: requeueing abandoned jobs: {e}"),
+        }
+    }
+
+    let claimed = Spi::connect_mut(|spi| {
+        let rows = spi.update(
+            "SELECT * FROM onboarding._claim_jobs($1, make_interval(secs => $2))",
+            None,
+            &[batch_size.into(), gucs::idempotency_horizon().as_secs_f64().into()],
+        )?;
+        let mut claimed = Vec::new();
+        for row in rows {
+            let profile = row
+                .get::<bool>(9)?
+                .unwrap_or(false)
+                .then(|| -> Result<Profile, pgrx::spi::Error> {
+                    Ok(Profile { email: row.get(10)?, customer_id: row.get(11)? })
+                })
+                .transpose()?;
+            claimed.push(ClaimedJob {
+                id: row.get(1)?.unwrap_or_default(),
+                kind: row.get(2)?.unwrap_or_default(),
+                user_id: row.get(3)?.unwrap_or_default(),
+                idempotency_key: row.get(4)?.unwrap_or_default(),
+                attempts: row.get::<i32>(5)?.unwrap_or_default().max(0) as u32,
+                stripe_id: row.get(6)?,
+                first_request: row.get::<JsonB>(7)?.and_then(|JsonB(v)| {
+                    Some(NewCustomer { user_id: v["user_id"].as_str()?.into(), email: v["email"].as_str()?.into() })
+                }),
+                look_up_first: row.get(8)?.unwrap_or(false),
+                profile,
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(claimed)
+    })
+    .unwrap_or_else(|e| error!("onboarding: claiming jobs: {e}"));
+
+    let claimed_count = claimed.len();
+    let calls = claimed.into_iter().filter_map(plan).collect();
+    Some((calls, claimed_count, next_due_in()))
+}
+
+/// Time until the next pending job is due (zero if overdue), None if nothing is pending.
+fn next_due_in() -> Option<Duration> {
+    Spi::get_one::<f64>("SELECT onboarding._next_due_in()")
+        .unwrap_or_else(|e| error!("onboarding: reading the next due time: {e}"))
+        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)))
+}
+
+struct ClaimedJob {
+    id: i64,
+    kind: String,
+    user_id: String,
+    idempotency_key: String,
+    attempts: u32,
+    stripe_id: Option<String>,
+    first_request: Option<NewCustomer>,
+    look_up_first: bool,
+    profile: Option<Profile>,
+}
+
+/// Decides what a claimed job needs, inside the claim transaction: jobs that need no Stripe call
+/// are finished here; the others get their `stripe_request` event and become a [`Call`].
+fn plan(job: ClaimedJob) -> Option<Call> {
+    let (id, user_id) = (job.id, job.user_id.as_str());
+    let work = match job.kind.as_str() {
+        "create_customer" => match plan_customer(user_id, job.profile.clone(), job.first_request.clone()) {
+            CustomerPlan::ProfileGone => {
+                log!("onboarding: profile of user {user_id} no longer exists; skipping job {id}");
+                finish(id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
+                return None;
+            }
+            CustomerPlan::CleanUp(sent) => Work::CleanUpCustomer { emails: vec![sent.email] },
+            CustomerPlan::AlreadyProvisioned(existing) => {
+                // The job's stripe_id names only objects it created; this one it found.
+                let detail = json!({"reason": "profile already has a customer", "stripe_id": existing});
+                finish(id, "succeeded", "skipped", detail, None, None, None);
+                return None;
+            }
+            CustomerPlan::Unusable(reason) => {
+                warning!("onboarding: not creating a Stripe customer for user {user_id}: {reason} (job {id})");
+                finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+                return None;
+            }
+            CustomerPlan::Create(customer) => {
+                if job.first_request.is_none() {
+                    let params = json!({"email": customer.email, "user_id": customer.user_id});
+                    Spi::run_with_args(
+                        "SELECT onboarding._remember_request($1, $2)",
+                        &[id.into(), JsonB(params).into()],
+                    )
+                    .unwrap_or_else(|e| error!("onboarding: remembering the request of job {id}: {e}"));
+                }
+                let look_up = job.look_up_first.then(|| {
+                    let current = job.profile.as_ref().and_then(|p| p.email.clone());
+                    let mut emails = vec![customer.email.clone()];
+                    emails.extend(current.filter(|e| *e != customer.email));
+                    emails
+                });
+                Work::CreateCustomer { customer, look_up }
+            }
+        },
+        "delete_customer" => {
+            let target = job.stripe_id.clone().unwrap_or_default();
+            match plan_delete(&target, job.profile.as_ref()) {
+                DeletePlan::InUse => {
+                    let detail = json!({"reason": "the profile links this customer again", "stripe_id": target});
+                    finish(id, "skipped", "skipped", detail, None, None, None);
+                    return None;
+                }
+                DeletePlan::Delete(customer) => Work::DeleteCustomer(customer),
+            }
+        }
+        other => {
+            let reason = format!("unknown job kind {other:?}");
+            finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+            return None;
+        }
+    };
+    let detail = match &work {
+        Work::CreateCustomer { customer, look_up } => json!({
+            "method": "POST", "path": "/v1/customers", "attempt": job.attempts,
+            "idempotency_key": job.idempotency_key, "email": customer.email, "look_up_first": look_up.is_some(),
+        }),
+        Work::DeleteCustomer(customer) => json!({
+            "method": "DELETE", "path": format!("/v1/customers/{customer}"), "attempt": job.attempts,
+        }),
+        Work::CleanUpCustomer { emails } => json!({
+            "method": "GET", "path": "/v1/customers", "attempt": job.attempts, "emails": emails,
+            "reason": "profile deleted after an attempt whose answer was lost",
+        }),
+    };
+    log_event(id, "stripe_request", detail);
+    Some(Call { job_id: id, user_id: job.user_id, attempts: job.attempts, idempotency_key: job.idempotency_key, work })
+}
+
+/// Phase 3: all outcomes in one transaction; if that fails, each job on its own, so one bad
+/// write-back (say, a failing trigger on the profile table) cannot hold the others hostage.
+/// Returns when the next pending job is due, as seen after recording.
+pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Option<Duration> {
+    let outcomes: Vec<_> = calls.iter().zip(results).collect();
+    let all = in_transaction(
+        "recording Stripe results",
+        AssertUnwindSafe(|| {
+            for (call, (result, elapsed)) in &outcomes {
+                record_one(call, result, *elapsed);
+            }
+            next_due_in()
+        }),
+    );
+    if let Ok(next_due) = all {
+        return next_due;
+    }
+    for (call, (result, elapsed)) in &outcomes {
+        let one = in_transaction("recording a Stripe result", AssertUnwindSafe(|| record_one(call, result, *elapsed)));
+        if let Err(message) = one {
+            let stripe_id = match (&call.work, result) {
+                (_, Outcome::Created(customer, _) | Outcome::Adopted(customer)) => Some(customer.id.as_str()),
+                (_, Outcome::Deleted { customer, .. }) => Some(customer.as_str()),
+                (Work::DeleteCustomer(id), _) => Some(id.as_str()),
+                _ => None,
+            };
+            let reason = format!("could not record the Stripe result: {message}");
+            let _ = in_transaction(
+                "parking a job",
+                AssertUnwindSafe(|| {
+                    let detail = json!({"reason": reason, "stripe_id": stripe_id});
+                    finish(call.job_id, "dead", "dead", detail, stripe_id, Some(&reason), None)
+                }),
+            );
+        }
+    }
+    Some(Duration::ZERO) // look again at once
+}
+
+fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
+    let (job_id, user_id) = (call.job_id, call.user_id.as_str());
+    let elapsed_ms = elapsed.as_millis() as u64;
+    match outcome {
+        Outcome::Created(customer, response) => {
+            log!(
+                "onboarding: created Stripe customer {} for user {user_id} (job {job_id}, request {})",
+                customer.id,
+                response.request_id.as_deref().unwrap_or("unknown")
+            );
+            let detail = json!({
+                "status": response.status, "request_id": response.request_id, "stripe_id": customer.id,
+                "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
+            });
+            log_event(job_id, "stripe_response", detail);
+            link_customer(job_id, user_id, customer);
+        }
+        Outcome::Adopted(customer) => {
+            log!(
+                "onboarding: found existing Stripe customer {} for user {user_id}; adopting it (job {job_id})",
+                customer.id
+            );
+            log_event(job_id, "adopted", json!({"stripe_id": customer.id, "duration_ms": elapsed_ms}));
+            link_customer(job_id, user_id, customer);
+        }
+        Outcome::Deleted { customer, response } => {
+            let detail = match response {
+                Some(r) => json!({"status": r.status, "request_id": r.request_id, "duration_ms": elapsed_ms}),
+                None => json!({"status": 404, "note": "already deleted", "duration_ms": elapsed_ms}),
+            };
+            log_event(job_id, "stripe_response", detail);
+            log!("onboarding: deleted Stripe customer {customer} of user {user_id} (job {job_id})");
+            let detail = json!({"stripe_id": customer});
+            if matches!(call.work, Work::CleanUpCustomer { .. }) {
+                // A creation job whose profile is gone: skipped, after undoing its lost attempt.
+                finish(job_id, "skipped", "compensated", detail, Some(customer), None, None);
+            } else {
+                finish(job_id, "succeeded", "compensated", detail, None, None, None);
+            }
+        }
+        Outcome::NothingToCleanUp => {
+            let detail = json!({"reason": "profile not found; no customer from earlier attempts"});
+            finish(job_id, "skipped", "skipped", detail, None, None, None);
+        }
+        Outcome::Failed(error) => {
+            if let Some(status) = error.status() {
+                let detail = json!({"status": status, "request_id": error.request_id(), "duration_ms": elapsed_ms});
+                log_event(job_id, "stripe_response", detail);
+            }
+            let message = error.to_string();
+            let mut detail = error.to_json();
+            detail["attempt"] = call.attempts.into();
+            let is_post = matches!(call.work, Work::CreateCustomer { .. });
+            let next = after_failure(
+                call.attempts,
+                gucs::max_attempts(),
+                classify(error, is_post),
+                &gucs::backoff(),
+                &mut rand::rng(),
+            );
+            let what = call.describe();
+            match next {
+                AfterFailure::RetryIn(delay) => {
+                    detail["retry_in_ms"] = (delay.as_millis() as u64).into();
+                    warning!(
+                        "onboarding: {what} failed: {message}; retrying in {:.1}s (job {job_id}, attempt {})",
+                        delay.as_secs_f64(),
+                        call.attempts
+                    );
+                    finish(job_id, "pending", "failed", detail, None, Some(&message), Some(delay));
+                }
+                AfterFailure::Dead => {
+                    warning!("onboarding: {what} failed for good: {message} (job {job_id}, attempt {})", call.attempts);
+                    finish(job_id, "dead", "dead", detail, None, Some(&message), None);
+                }
+            }
+        }
+    }
+}
+
+/// Writes a created or adopted customer back to the profile (in the results transaction).
+fn link_customer(job_id: i64, user_id: &str, customer: &Customer) {
+    if customer.metadata_user_id.as_deref() != Some(user_id) {
+        // Never link, nor delete, a customer that Stripe says belongs to someone else.
+        let reason = format!(
+            "customer {} has metadata.user_id {:?}, expected {user_id:?}",
+            customer.id, customer.metadata_user_id
+        );
+        warning!("onboarding: not linking {}: {reason} (job {job_id})", customer.id);
+        let detail = json!({"reason": reason, "stripe_id": customer.id});
+        finish(job_id, "dead", "dead", detail, None, Some(&reason), None);
+        return;
+    }
+    let outcome = Spi::get_one_with_args::<String>(
+        "SELECT onboarding._write_back_customer($1, $2)",
+        &[job_id.into(), customer.id.as_str().into()],
+    )
+    .unwrap_or_else(|e| error!("onboarding: writing back {}: {e}", customer.id))
+    .unwrap_or_default();
+    match outcome.as_str() {
+        "written_back" => log!(
+            "onboarding: wrote Stripe customer {} back to the profile of user {user_id} (job {job_id})",
+            customer.id
+        ),
+        "already_linked" => {}
+        other => warning!(
+            "onboarding: Stripe customer {} for user {user_id} is not linked ({other}); \
+                 job {job_id} is orphaned and the customer will be deleted",
+            customer.id
+        ),
+    }
+}
+
+fn finish(
+    job_id: i64,
+    state: &str,
+    step: &str,
+    detail: Value,
+    stripe_id: Option<&str>,
+    error: Option<&str>,
+    retry_in: Option<Duration>,
+) {
+    Spi::run_with_args(
+        "SELECT onboarding._finish_job($1, $2, $3, $4, stripe_id => $5, error => $6, \
+         retry_in => make_interval(secs => $7))",
+        &[
+            job_id.into(),
+            state.into(),
+            step.into(),
+            JsonB(detail).into(),
+            stripe_id.into(),
+            error.into(),
+            retry_in.map(|d| d.as_secs_f64()).into(),
+        ],
+    )
+    .unwrap_or_else(|e| error!("onboarding: finishing job {job_id}: {e}"));
+}
+
+fn log_event(job_id: i64, step: &str, detail: Value) {
+    Spi::run_with_args("SELECT onboarding._log_event($1, $2, $3)", &[job_id.into(), step.into(), JsonB(detail).into()])
+        .unwrap_or_else(|e| error!("onboarding: logging {step} for job {job_id}: {e}"));
+}
