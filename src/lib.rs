@@ -6,6 +6,7 @@
 //! - [`worker`]: the background worker loop (claim → call Stripe → record);
 //! - [`jobs`]: what each phase does with a job (planning, the Stripe call, recording the outcome);
 //! - [`wake`]: waking the worker when an enqueuing transaction commits;
+//! - [`requests`]: `get_or_create_customer`'s channel to the worker through shared memory;
 //! - [`gucs`]: the `onboarding.*` settings;
 //! - `core/`: pure logic (Stripe client, retry policy, job planning), tested without PostgreSQL.
 
@@ -13,6 +14,7 @@ use pgrx::prelude::*;
 
 mod gucs;
 mod jobs;
+mod requests;
 mod wake;
 mod worker;
 
@@ -22,7 +24,8 @@ extension_sql_file!("../sql/onboarding.sql", name = "schema", bootstrap);
 
 extension_sql!(
     r#"
-REVOKE EXECUTE ON FUNCTION onboarding._wake_worker_after_commit(), onboarding._worker_preloaded() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION onboarding._wake_worker_after_commit(), onboarding._worker_preloaded(),
+    onboarding._inserted_by_this_transaction(bigint), onboarding._request_customer(oid, text, integer) FROM PUBLIC;
 
 DO $$
 BEGIN
@@ -48,6 +51,14 @@ pub extern "C-unwind" fn _PG_init() {
         wake::init_shared_memory();
         worker::register();
     }
+}
+
+/// Whether a row's `xmin` is this transaction or one of its subtransactions: such a profile is
+/// not committed, so no Stripe work may be done for it yet.
+#[pg_extern(name = "_inserted_by_this_transaction", stable, parallel_safe)]
+fn inserted_by_this_transaction(xmin: i64) -> bool {
+    let xid = pg_sys::TransactionId::from_inner(xmin as u32);
+    unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid) }
 }
 
 /// True when the library was loaded through `shared_preload_libraries`, i.e. the worker exists.

@@ -37,6 +37,7 @@ static WAKE_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 pub fn init_shared_memory() {
     pg_shmem_init!(WORKERS);
+    crate::requests::init_shared_memory();
     SHARED_MEMORY_READY.store(true, Ordering::Relaxed);
 }
 
@@ -46,8 +47,7 @@ pub fn shared_memory_ready() -> bool {
 
 /// Called by worker `slot` once connected: from now on commits wake this process.
 pub fn publish_this_worker(slot: usize) {
-    let procno = unsafe { (*pg_sys::MyProc).pgprocno };
-    WORKERS.get().0[slot].store(procno, Ordering::Release);
+    WORKERS.get().0[slot].store(my_procno(), Ordering::Release);
 }
 
 pub fn unpublish_this_worker(slot: usize) {
@@ -68,20 +68,25 @@ fn wake_worker_after_commit() {
 
 /// Runs inside a commit callback, where an ERROR would be a PANIC: no locks, no allocation, no
 /// failure path. A stale PGPROC number (worker restarting) only causes a harmless spurious wake.
-fn set_worker_latches() {
+pub fn set_worker_latches() {
     for slot in &WORKERS.get().0 {
-        let procno = slot.load(Ordering::Acquire);
-        unsafe {
-            let proc_global = pg_sys::ProcGlobal;
-            if procno == NO_WORKER
-                || proc_global.is_null()
-                || procno < 0
-                || procno as u32 >= (*proc_global).allProcCount
-            {
-                continue;
-            }
-            let worker_proc = (*proc_global).allProcs.add(procno as usize);
-            pg_sys::SetLatch(&raw mut (*worker_proc).procLatch);
+        set_latch_of(slot.load(Ordering::Acquire));
+    }
+}
+
+/// This process's PGPROC number, which others use to wake it with [`set_latch_of`].
+pub fn my_procno() -> i32 {
+    unsafe { (*pg_sys::MyProc).pgprocno }
+}
+
+/// Sets the latch of the process with this PGPROC number; ignores numbers out of range.
+pub fn set_latch_of(procno: i32) {
+    unsafe {
+        let proc_global = pg_sys::ProcGlobal;
+        if procno < 0 || proc_global.is_null() || procno as u32 >= (*proc_global).allProcCount {
+            return;
         }
+        let target = (*proc_global).allProcs.add(procno as usize);
+        pg_sys::SetLatch(&raw mut (*target).procLatch);
     }
 }

@@ -1,0 +1,268 @@
+//! `onboarding.get_or_create_customer`: a synchronous path to the worker that does not depend on
+//! the caller's commit.
+//!
+//! A job row the caller inserted would stay invisible to the worker until the caller commits, so
+//! "enqueue and wait" in one call could only time out. Instead the caller leaves a request in a
+//! shared-memory slot and waits on its latch; a worker enqueues (or joins) the profile's job in
+//! its own transaction, lets the queue run it as usual, and writes the outcome back to the slot.
+
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+use pgrx::{PGRXSharedMemory, PgLwLock, pg_shmem_init};
+
+use crate::wake;
+
+const SLOTS: usize = 32;
+const MAX_TEXT: usize = 512;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// Waiting for a worker to enqueue the job.
+    Requested,
+    /// A worker is enqueueing it.
+    Accepting,
+    /// The job exists (`job_id`); waiting for it to finish.
+    Accepted,
+    /// `result` holds the customer id.
+    Done,
+    /// `result` holds the reason.
+    Failed,
+}
+
+#[derive(Clone, Copy)]
+struct FixedText {
+    len: u16,
+    bytes: [u8; MAX_TEXT],
+}
+
+impl FixedText {
+    fn new(text: &str) -> FixedText {
+        // Cut at a character boundary; callers check lengths that matter beforehand.
+        let mut end = text.len().min(MAX_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0; MAX_TEXT];
+        bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        FixedText { len: end as u16, bytes }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    state: SlotState,
+    /// Unique per request, so a worker never writes into a slot its caller gave up and reused.
+    ticket: u64,
+    requester_procno: i32,
+    table: pg_sys::Oid,
+    job_id: i64,
+    user_id: FixedText,
+    result: FixedText,
+}
+
+pub struct Requests {
+    next_ticket: u64,
+    slots: [Slot; SLOTS],
+}
+
+// SAFETY: plain data, no pointers: valid in every process that maps the segment.
+unsafe impl PGRXSharedMemory for Requests {}
+
+impl Default for Requests {
+    fn default() -> Self {
+        let free = Slot {
+            state: SlotState::Free,
+            ticket: 0,
+            requester_procno: -1,
+            table: pg_sys::Oid::INVALID,
+            job_id: 0,
+            user_id: FixedText::new(""),
+            result: FixedText::new(""),
+        };
+        Requests { next_ticket: 1, slots: [free; SLOTS] }
+    }
+}
+
+static REQUESTS: PgLwLock<Requests> = unsafe { PgLwLock::new(c"onboarding_requests") };
+
+pub fn init_shared_memory() {
+    pg_shmem_init!(REQUESTS);
+}
+
+/// A request in a slot; dropping it (return, error or cancel) frees the slot.
+struct Pending {
+    slot: usize,
+    ticket: u64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut requests = REQUESTS.exclusive();
+        let slot = &mut requests.slots[self.slot];
+        if slot.ticket == self.ticket {
+            slot.state = SlotState::Free;
+        }
+    }
+}
+
+/// Called by `onboarding.get_or_create_customer` (sql/onboarding.sql) for a committed profile
+/// without a customer. Waits up to `wait_ms` for the worker and returns the customer id.
+#[pg_extern(name = "_request_customer", volatile, parallel_unsafe)]
+fn request_customer(profile_table: pg_sys::Oid, user_id: &str, wait_ms: i32) -> String {
+    if !wake::shared_memory_ready() {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "onboarding: the background worker is not running",
+            "Add onboarding to shared_preload_libraries and restart PostgreSQL."
+        );
+    }
+    if user_id.len() > MAX_TEXT {
+        ereport!(ERROR, PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION, "onboarding: user_id is too long");
+    }
+    let pending = submit(profile_table, user_id);
+    wake::set_worker_latches();
+    let deadline = Instant::now() + Duration::from_millis(wait_ms.max(0) as u64);
+    loop {
+        let (state, job_id, result) = {
+            let requests = REQUESTS.share();
+            let slot = &requests.slots[pending.slot];
+            (slot.state, slot.job_id, slot.result.as_str().to_string())
+        };
+        match state {
+            SlotState::Done => return result,
+            SlotState::Failed => {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("onboarding: could not create a Stripe customer for user {user_id}: {result}"),
+                    "See onboarding.job_status() and onboarding.events; fix the cause, then onboarding.retry(job_id)."
+                );
+            }
+            _ => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let job = if job_id > 0 { format!("job {job_id}") } else { "its job (not yet enqueued)".into() };
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+                format!(
+                    "onboarding: timed out after {wait_ms} ms waiting for {job} to create a Stripe customer for user {user_id}"
+                ),
+                "The job goes on in the background: call again later, or follow onboarding.job_status(job_id)."
+            );
+        }
+        wait_on_my_latch(left.min(Duration::from_millis(100)));
+    }
+}
+
+fn submit(profile_table: pg_sys::Oid, user_id: &str) -> Pending {
+    let mut requests = REQUESTS.exclusive();
+    let Some(index) = requests.slots.iter().position(|s| s.state == SlotState::Free) else {
+        drop(requests);
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!("onboarding: {SLOTS} get_or_create_customer calls are already waiting"),
+            "Retry shortly, or use onboarding.enqueue_customer() and poll onboarding.job_status()."
+        );
+    };
+    let ticket = requests.next_ticket;
+    requests.next_ticket += 1;
+    requests.slots[index] = Slot {
+        state: SlotState::Requested,
+        ticket,
+        requester_procno: wake::my_procno(),
+        table: profile_table,
+        job_id: 0,
+        user_id: FixedText::new(user_id),
+        result: FixedText::new(""),
+    };
+    Pending { slot: index, ticket }
+}
+
+fn wait_on_my_latch(timeout: Duration) {
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout.as_millis() as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    check_for_interrupts!();
+}
+
+// ------------------------------------------------------------------------------------------------
+// The worker's side
+// ------------------------------------------------------------------------------------------------
+
+/// A request a worker has taken on: enqueue its job, then [`accept`] or [`fail`] it.
+pub struct Request {
+    pub ticket: u64,
+    pub table: pg_sys::Oid,
+    pub user_id: String,
+}
+
+/// Takes the requests no worker has taken yet.
+pub fn take_new() -> Vec<Request> {
+    let mut requests = REQUESTS.exclusive();
+    let mut taken = Vec::new();
+    for slot in requests.slots.iter_mut().filter(|s| s.state == SlotState::Requested) {
+        slot.state = SlotState::Accepting;
+        taken.push(Request { ticket: slot.ticket, table: slot.table, user_id: slot.user_id.as_str().into() });
+    }
+    taken
+}
+
+/// The jobs of accepted requests, to watch until they finish.
+pub fn watched_jobs() -> Vec<(u64, i64)> {
+    let requests = REQUESTS.share();
+    requests.slots.iter().filter(|s| s.state == SlotState::Accepted).map(|s| (s.ticket, s.job_id)).collect()
+}
+
+pub fn accept(ticket: u64, job_id: i64) {
+    settle(ticket, |slot| {
+        slot.state = SlotState::Accepted;
+        slot.job_id = job_id;
+        false
+    });
+}
+
+pub fn succeed(ticket: u64, customer: &str) {
+    settle(ticket, |slot| {
+        slot.state = SlotState::Done;
+        slot.result = FixedText::new(customer);
+        true
+    });
+}
+
+pub fn fail(ticket: u64, reason: &str) {
+    settle(ticket, |slot| {
+        slot.state = SlotState::Failed;
+        slot.result = FixedText::new(reason);
+        true
+    });
+}
+
+/// Updates the slot holding `ticket` (if its caller still waits) and wakes the caller if asked.
+fn settle(ticket: u64, update: impl FnOnce(&mut Slot) -> bool) {
+    let requester = {
+        let mut requests = REQUESTS.exclusive();
+        let Some(slot) = requests.slots.iter_mut().find(|s| s.ticket == ticket && s.state != SlotState::Free) else {
+            return;
+        };
+        update(slot).then_some(slot.requester_procno)
+    };
+    if let Some(procno) = requester {
+        wake::set_latch_of(procno);
+    }
+}
