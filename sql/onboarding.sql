@@ -16,8 +16,9 @@ CREATE TABLE onboarding.attachments (
 -- The transactional outbox: one row per unit of Stripe work.
 CREATE TABLE onboarding.jobs (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    -- delete_customer compensates: it deletes a customer (stripe_id) that no profile can use.
-    kind text NOT NULL CHECK (kind IN ('create_customer', 'delete_customer')),
+    -- delete_customer compensates: it deletes a customer (stripe_id) that no profile can use;
+    -- update_customer_email copies a changed profile email to its customer (stripe_id).
+    kind text NOT NULL CHECK (kind IN ('create_customer', 'delete_customer', 'update_customer_email')),
     profile_table regclass NOT NULL,
     user_id text NOT NULL,
     state text NOT NULL DEFAULT 'pending'
@@ -87,23 +88,48 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Enqueues the deletion of a Stripe customer that no profile can use (compensation).
-CREATE FUNCTION onboarding._enqueue_compensation(tbl regclass, uid text, customer text, reason text) RETURNS bigint
+-- Enqueues work on an existing customer: its deletion (compensation) or an email update. An open
+-- job for the same customer and kind absorbs the new one.
+CREATE FUNCTION onboarding._enqueue_for_customer(tbl regclass, uid text, job_kind text, customer text, reason text)
+RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_job bigint;
 BEGIN
     INSERT INTO onboarding.jobs (kind, profile_table, user_id, stripe_id)
-    VALUES ('delete_customer', tbl, uid, customer)
+    VALUES (job_kind, tbl, uid, customer)
     ON CONFLICT DO NOTHING
     RETURNING id INTO new_job;
     IF new_job IS NOT NULL THEN
         INSERT INTO onboarding.events (job_id, user_id, step, detail)
-        VALUES (new_job, uid, 'enqueued', jsonb_build_object('source', 'compensation', 'reason', reason,
-                                                             'stripe_id', customer));
+        VALUES (new_job, uid, 'enqueued', jsonb_build_object('source', reason, 'stripe_id', customer));
         PERFORM onboarding._wake_worker_after_commit();
     END IF;
     RETURN new_job;
+END $$;
+
+CREATE FUNCTION onboarding._enqueue_compensation(tbl regclass, uid text, customer text, reason text) RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT onboarding._enqueue_for_customer(tbl, uid, 'delete_customer', customer, reason);
+$$;
+
+CREATE FUNCTION onboarding._sync_email_enabled() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(current_setting('onboarding.sync_email', true), 'on')::boolean;
+$$;
+
+-- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
+-- TG_ARGV: id column, customer column.
+CREATE FUNCTION onboarding._enqueue_email_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    profile jsonb := to_jsonb(NEW);
+BEGIN
+    IF profile->>TG_ARGV[1] IS NOT NULL AND onboarding._sync_email_enabled() THEN
+        PERFORM onboarding._enqueue_for_customer(TG_RELID, profile->>TG_ARGV[0], 'update_customer_email',
+                                                 profile->>TG_ARGV[1], 'email changed');
+    END IF;
+    RETURN NULL;
 END $$;
 
 -- Statement-level AFTER DELETE trigger: deleting a profile deletes its Stripe customer when this
@@ -163,7 +189,7 @@ DECLARE
 BEGIN
     FOR trigger_name IN
         SELECT tgname FROM pg_trigger
-         WHERE tgrelid = tbl AND tgname IN ('onboarding_enqueue', 'onboarding_compensate')
+         WHERE tgrelid = tbl AND tgname IN ('onboarding_enqueue', 'onboarding_compensate', 'onboarding_sync_email')
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
     END LOOP;
@@ -220,6 +246,11 @@ BEGIN
         REFERENCING OLD TABLE AS onboarding_deleted_profiles
         FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L)$sql$,
         profile_table, id_column, customer_column);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_sync_email AFTER UPDATE OF %2$I ON %1$s
+        FOR EACH ROW WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I)
+        EXECUTE FUNCTION onboarding._enqueue_email_update(%3$L, %4$L)$sql$,
+        profile_table, email_column, id_column, customer_column);
 
     RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s)',
         profile_table, id_column, email_column, customer_column,
@@ -623,20 +654,26 @@ DECLARE
     j onboarding.jobs;
     a onboarding.attachments;
     current_id text;
+    current_email text;
     found_profile boolean;
     updated bigint;
 BEGIN
     SELECT * INTO j FROM onboarding.jobs WHERE id = job;
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
     IF FOUND THEN
-        EXECUTE format('UPDATE %s SET %I = $2 WHERE %I = $1::%s AND %I IS NULL',
-                a.profile_table, a.customer_column, a.id_column, a.id_type, a.customer_column)
-          USING j.user_id, customer;
+        EXECUTE format('UPDATE %s SET %I = $2 WHERE %I = $1::%s AND %I IS NULL RETURNING %I::text',
+                a.profile_table, a.customer_column, a.id_column, a.id_type, a.customer_column, a.email_column)
+           INTO current_email USING j.user_id, customer;
         GET DIAGNOSTICS updated = ROW_COUNT;  -- EXECUTE does not set FOUND
         IF updated = 1 THEN
             PERFORM onboarding._finish_job(job, 'succeeded', 'written_back',
                 jsonb_build_object('stripe_id', customer, 'table', a.profile_table::text, 'column', a.customer_column),
                 stripe_id => customer);
+            -- The email changed after the customer was sent: the customer follows.
+            IF btrim(current_email) IS DISTINCT FROM j.request_params->>'email' AND onboarding._sync_email_enabled() THEN
+                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
+                                                         customer, 'email changed during creation');
+            END IF;
             RETURN 'written_back';
         END IF;
         EXECUTE format('SELECT true, %I::text FROM %s WHERE %I = $1::%s',
@@ -661,6 +698,29 @@ BEGIN
         stripe_id => customer, error => format('profile deleted before %s could be written back', customer));
     PERFORM onboarding._enqueue_compensation(j.profile_table, j.user_id, customer, 'profile deleted before write-back');
     RETURN 'profile_gone';
+END $$;
+
+-- Finishes an email update; if the email changed again meanwhile, queues the next update.
+CREATE FUNCTION onboarding._finish_email_update(job bigint, sent_email text, detail jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+    a onboarding.attachments;
+    current_email text;
+BEGIN
+    PERFORM onboarding._finish_job(job, 'succeeded', 'email_updated', detail);
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
+    IF FOUND THEN
+        EXECUTE format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
+                a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column)
+           INTO current_email USING j.user_id, j.stripe_id;
+        IF current_email IS NOT NULL AND btrim(current_email) IS DISTINCT FROM sent_email
+           AND onboarding._sync_email_enabled() THEN
+            PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
+                                                     j.stripe_id, 'email changed during an update');
+        END IF;
+    END IF;
 END $$;
 
 -- Puts back jobs claimed by a worker process that no longer exists (crash, kill, restart), or
@@ -706,4 +766,5 @@ REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retr
     onboarding._enqueue_compensation, onboarding._compensate_deleted_profiles, onboarding._drop_triggers,
     onboarding._remember_request, onboarding._attachment, onboarding._profile, onboarding._enqueue,
     onboarding.enqueue_customer, onboarding.job_status, onboarding.profile_status,
-    onboarding.get_or_create_customer, onboarding._customer_of FROM PUBLIC;
+    onboarding.get_or_create_customer, onboarding._customer_of, onboarding._enqueue_for_customer,
+    onboarding._sync_email_enabled, onboarding._enqueue_email_update, onboarding._finish_email_update FROM PUBLIC;

@@ -13,6 +13,7 @@ pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static DELETE_CUSTOMERS_WITH_PROFILES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static IDEMPOTENCY_HORIZON_S: GucSetting<i32> = GucSetting::<i32>::new(23 * 3600);
+pub static SYNC_EMAIL: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10);
@@ -141,6 +142,14 @@ pub fn register() {
         c"Only customers that a succeeded job of this extension created and that no other row of the table uses. \
           Read by the deleting session (superusers may SET it off for a maintenance delete).",
         &DELETE_CUSTOMERS_WITH_PROFILES,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"onboarding.sync_email",
+        c"Changing a profile's email updates its Stripe customer's email.",
+        c"Read by the updating session (superusers may SET it off for one session).",
+        &SYNC_EMAIL,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -7,7 +7,8 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use onboarding_core::job::{
-    AfterFailure, CustomerPlan, DeletePlan, Profile, after_failure, plan_customer, plan_delete,
+    AfterFailure, CustomerPlan, DeletePlan, EmailPlan, Profile, after_failure, plan_customer, plan_delete,
+    plan_email_update,
 };
 use onboarding_core::policy::classify;
 use onboarding_core::stripe::{Customer, NewCustomer, Response, StripeClient, StripeError};
@@ -33,6 +34,8 @@ enum Work {
     CreateCustomer { customer: NewCustomer, look_up: Option<Vec<String>> },
     /// Compensation: delete a customer no profile can use.
     DeleteCustomer(String),
+    /// Copy the profile's changed email to its customer.
+    UpdateEmail { customer: String, email: String },
     /// The profile vanished after an attempt whose answer was lost: delete whatever customer that
     /// attempt created, found by `metadata.user_id` (the list by these emails is consistent).
     CleanUpCustomer { emails: Vec<String> },
@@ -49,6 +52,7 @@ pub enum Outcome {
     },
     /// A clean-up found no customer: the earlier attempt never executed.
     NothingToCleanUp,
+    EmailUpdated(Response),
     Failed(StripeError),
 }
 
@@ -61,6 +65,9 @@ impl Call {
             }
             Work::DeleteCustomer(id) => {
                 format!("deleting Stripe customer {id} of user {} (compensation)", self.user_id)
+            }
+            Work::UpdateEmail { customer, .. } => {
+                format!("updating the email of Stripe customer {customer} of user {}", self.user_id)
             }
             Work::CleanUpCustomer { .. } => {
                 format!("looking for a customer of deleted user {} to delete (compensation)", self.user_id)
@@ -85,6 +92,12 @@ impl Call {
                 }
             }
             Work::DeleteCustomer(id) => delete(client, id).await,
+            Work::UpdateEmail { customer, email } => {
+                match client.update_customer_email(customer, email, &self.idempotency_key).await {
+                    Ok((_, response)) => Outcome::EmailUpdated(response),
+                    Err(error) => Outcome::Failed(error),
+                }
+            }
             Work::CleanUpCustomer { emails } => {
                 let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
                 match client.find_customer(&self.user_id, &emails).await {
@@ -212,12 +225,7 @@ fn plan(job: ClaimedJob) -> Option<Call> {
             }
             CustomerPlan::Create(customer) => {
                 if job.first_request.is_none() {
-                    let params = json!({"email": customer.email, "user_id": customer.user_id});
-                    Spi::run_with_args(
-                        "SELECT onboarding._remember_request($1, $2)",
-                        &[id.into(), JsonB(params).into()],
-                    )
-                    .unwrap_or_else(|e| error!("onboarding: remembering the request of job {id}: {e}"));
+                    remember_request(id, &customer.email, user_id);
                 }
                 let look_up = job.look_up_first.then(|| {
                     let current = job.profile.as_ref().and_then(|p| p.email.clone());
@@ -239,6 +247,26 @@ fn plan(job: ClaimedJob) -> Option<Call> {
                 DeletePlan::Delete(customer) => Work::DeleteCustomer(customer),
             }
         }
+        "update_customer_email" => {
+            let target = job.stripe_id.clone().unwrap_or_default();
+            let first_email = job.first_request.as_ref().map(|r| r.email.as_str());
+            match plan_email_update(&target, job.profile.as_ref(), first_email) {
+                EmailPlan::Skip(reason) => {
+                    finish(id, "skipped", "skipped", json!({"reason": reason}), None, None, None);
+                    return None;
+                }
+                EmailPlan::Unusable(reason) => {
+                    finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+                    return None;
+                }
+                EmailPlan::Update(email) => {
+                    if job.first_request.is_none() {
+                        remember_request(id, &email, user_id);
+                    }
+                    Work::UpdateEmail { customer: target, email }
+                }
+            }
+        }
         other => {
             let reason = format!("unknown job kind {other:?}");
             finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
@@ -252,6 +280,10 @@ fn plan(job: ClaimedJob) -> Option<Call> {
         }),
         Work::DeleteCustomer(customer) => json!({
             "method": "DELETE", "path": format!("/v1/customers/{customer}"), "attempt": job.attempts,
+        }),
+        Work::UpdateEmail { customer, email } => json!({
+            "method": "POST", "path": format!("/v1/customers/{customer}"), "attempt": job.attempts,
+            "idempotency_key": job.idempotency_key, "email": email,
         }),
         Work::CleanUpCustomer { emails } => json!({
             "method": "GET", "path": "/v1/customers", "attempt": job.attempts, "emails": emails,
@@ -341,6 +373,20 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 finish(job_id, "succeeded", "compensated", detail, None, None, None);
             }
         }
+        Outcome::EmailUpdated(response) => {
+            let Work::UpdateEmail { customer, email } = &call.work else { unreachable!("only email updates update") };
+            let detail = json!({
+                "status": response.status, "request_id": response.request_id, "stripe_id": customer,
+                "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
+            });
+            log_event(job_id, "stripe_response", detail);
+            log!("onboarding: updated the email of Stripe customer {customer} of user {user_id} (job {job_id})");
+            Spi::run_with_args(
+                "SELECT onboarding._finish_email_update($1, $2, $3)",
+                &[job_id.into(), email.as_str().into(), JsonB(json!({"stripe_id": customer, "email": email})).into()],
+            )
+            .unwrap_or_else(|e| error!("onboarding: finishing email update job {job_id}: {e}"));
+        }
         Outcome::NothingToCleanUp => {
             let detail = json!({"reason": "profile not found; no customer from earlier attempts"});
             finish(job_id, "skipped", "skipped", detail, None, None, None);
@@ -353,7 +399,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             let message = error.to_string();
             let mut detail = error.to_json();
             detail["attempt"] = call.attempts.into();
-            let is_post = matches!(call.work, Work::CreateCustomer { .. });
+            let is_post = matches!(call.work, Work::CreateCustomer { .. } | Work::UpdateEmail { .. });
             let next = after_failure(
                 call.attempts,
                 gucs::max_attempts(),
@@ -437,6 +483,13 @@ fn finish(
         ],
     )
     .unwrap_or_else(|e| error!("onboarding: finishing job {job_id}: {e}"));
+}
+
+/// Stores what a job's first attempt sends (`jobs.request_params`); retries resend exactly that.
+fn remember_request(job_id: i64, email: &str, user_id: &str) {
+    let params = json!({"email": email, "user_id": user_id});
+    Spi::run_with_args("SELECT onboarding._remember_request($1, $2)", &[job_id.into(), JsonB(params).into()])
+        .unwrap_or_else(|e| error!("onboarding: remembering the request of job {job_id}: {e}"));
 }
 
 fn log_event(job_id: i64, step: &str, detail: Value) {

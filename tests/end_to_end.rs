@@ -66,6 +66,7 @@ fn main() {
         ("enqueue_customer_and_status_functions_for_applications", enqueue_and_status),
         ("get_or_create_customer_returns_at_once_or_joins_the_running_job", get_or_create_joins_the_trigger_job),
         ("get_or_create_customer_refuses_uncommitted_profiles_and_times_out_clearly", get_or_create_refusals),
+        ("email_changes_follow_to_the_stripe_customer", email_changes_follow),
         ("an_idle_worker_sleeps_instead_of_polling", idle_worker_sleeps),
         ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
         ("concurrent_workers_and_sessions_never_process_a_job_twice_at_once", concurrent_workers),
@@ -906,8 +907,8 @@ fn attach_validates() -> Result<(), Failed> {
         .unwrap()
         .get(0)
     };
-    // An insert trigger and a delete (compensation) trigger, not two of each.
-    ensure(triggers(&mut db) == 2, || "attach twice left other than its two triggers".into())?;
+    // An insert, a delete (compensation) and an email-update trigger, not two of each.
+    ensure(triggers(&mut db) == 3, || "attach twice left other than its three triggers".into())?;
     db.execute("SELECT onboarding.detach('public.attach_target')", &[]).unwrap();
     ensure(triggers(&mut db) == 0, || "detach left the trigger".into())?;
     let user: String = db
@@ -1063,6 +1064,43 @@ fn get_or_create_refusals() -> Result<(), Failed> {
         ensure(got == code, || format!("{id:?}/{wait}: expected {code}, got {got} {message}"))?;
     }
     Ok(())
+}
+
+fn stripe_email_of(user: &str) -> Option<String> {
+    stripe_customers_for(user).first().and_then(|c| c["email"].as_str().map(str::to_string))
+}
+
+fn email_changes_follow() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_email_sync");
+    let set_email = |db: &mut Client, user: &str, email: &str| {
+        db.execute(&format!("UPDATE {table} SET email = $2 WHERE id::text = $1"), &[&user, &email]).unwrap();
+    };
+    let user = insert_profile(&mut db, &table, Some("before@example.com"));
+    wait_for_customer(&mut db, &table, &user)?;
+    set_email(&mut db, &user, "after@example.com");
+    wait_for("the customer's email to follow", DEADLINE, || {
+        (stripe_email_of(&user).as_deref() == Some("after@example.com")).then_some(())
+    })?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events).last() == Some(&"email_updated"), || format!("steps {:?}", steps(&events)))?;
+
+    // Off for one session: no update job.
+    db.batch_execute("SET onboarding.sync_email = off").unwrap();
+    set_email(&mut db, &user, "quiet@example.com");
+    db.batch_execute("RESET onboarding.sync_email").unwrap();
+    let updates = jobs_for(&mut db, &user).iter().filter(|j| j.kind == "update_customer_email").count();
+    ensure(updates == 1, || format!("{updates} email update jobs with sync_email off for the second change"))?;
+
+    // Changed while the customer is being created with the old one: the customer ends up current.
+    env().stripe.inject(Fault::stall(Duration::from_secs(1)).on("POST", "/v1/customers"));
+    let racing = insert_profile(&mut db, &table, Some("first@example.com"));
+    wait_for("the creation to reach Stripe", DEADLINE, || (!stripe_requests_for(&racing).is_empty()).then_some(()))?;
+    set_email(&mut db, &racing, "second@example.com");
+    wait_for("the new customer's email to follow", DEADLINE, || {
+        (stripe_email_of(&racing).as_deref() == Some("second@example.com")).then_some(())
+    })?;
+    ensure(stripe_customers_for(&racing).len() == 1, || "more than one customer".into())
 }
 
 /// CPU time (user + system, in clock ticks) a process has used, from /proc.

@@ -124,6 +124,34 @@ pub fn plan_delete(customer: &str, profile: Option<&Profile>) -> DeletePlan {
     }
 }
 
+/// What an `update_customer_email` job does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EmailPlan {
+    /// Nothing to do (profile gone, or it links another customer now).
+    Skip(String),
+    Unusable(String),
+    Update(String),
+}
+
+/// `first_email` is what the job's first attempt sent, resent as is under the same key; a later
+/// change gets a job of its own once this one is done.
+pub fn plan_email_update(customer: &str, profile: Option<&Profile>, first_email: Option<&str>) -> EmailPlan {
+    let Some(profile) = profile else { return EmailPlan::Skip("profile not found".into()) };
+    if profile.customer_id.as_deref() != Some(customer) {
+        return EmailPlan::Skip(format!("the profile no longer links {customer}"));
+    }
+    if let Some(sent) = first_email {
+        return EmailPlan::Update(sent.to_string());
+    }
+    match profile.email.as_deref().map(str::trim) {
+        None | Some("") => EmailPlan::Unusable("profile has no email".into()),
+        Some(email) => match check_email(email) {
+            Ok(()) => EmailPlan::Update(email.to_string()),
+            Err(why) => EmailPlan::Unusable(why),
+        },
+    }
+}
+
 /// Where a job goes after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterFailure {
@@ -190,6 +218,20 @@ mod tests {
         let other = profile(Some("a@b.co"), Some("cus_2"));
         assert_eq!(plan_delete("cus_1", other.as_ref()), DeletePlan::Delete("cus_1".into()));
         assert_eq!(plan_delete("cus_1", None), DeletePlan::Delete("cus_1".into()));
+    }
+
+    #[test]
+    fn email_updates_follow_the_profile() {
+        let linked = profile(Some(" new@b.co "), Some("cus_1"));
+        assert_eq!(plan_email_update("cus_1", linked.as_ref(), None), EmailPlan::Update("new@b.co".into()));
+        assert_eq!(
+            plan_email_update("cus_1", linked.as_ref(), Some("first@b.co")),
+            EmailPlan::Update("first@b.co".into())
+        );
+        assert!(matches!(plan_email_update("cus_2", linked.as_ref(), None), EmailPlan::Skip(_)));
+        assert!(matches!(plan_email_update("cus_1", None, None), EmailPlan::Skip(_)));
+        let bad = profile(Some("nope"), Some("cus_1"));
+        assert!(matches!(plan_email_update("cus_1", bad.as_ref(), None), EmailPlan::Unusable(_)));
     }
 
     #[test]

@@ -247,6 +247,23 @@ impl StripeClient {
         Ok((parsed, response))
     }
 
+    /// `POST /v1/customers/{id}` setting the email.
+    pub async fn update_customer_email(
+        &self,
+        id: &str,
+        email: &str,
+        idempotency_key: &str,
+    ) -> Result<(Customer, Response), StripeError> {
+        let path = format!("/v1/customers/{}", object_id(id)?);
+        let response = self.post(&path, &[("email".into(), email.into())], Some(idempotency_key)).await?;
+        let parsed = Customer::from_json(&response.body).ok_or_else(|| StripeError::InvalidResponse {
+            status: response.status,
+            request_id: response.request_id.clone(),
+            message: "the body has no customer id".into(),
+        })?;
+        Ok((parsed, response))
+    }
+
     /// Finds the customer Stripe holds for `user_id` (its `metadata.user_id`), the oldest if several.
     ///
     /// First the list endpoint filtered by each known email (strongly consistent), then search on
