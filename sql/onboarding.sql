@@ -10,6 +10,10 @@ CREATE TABLE onboarding.attachments (
     email_column name NOT NULL,
     customer_column name NOT NULL,
     connect_account_column name,
+    -- When to create an Express Connect account (after the customer): never, always, or when
+    -- connect_condition (a boolean SQL expression over the profile row) is true.
+    connect_policy text NOT NULL DEFAULT 'never' CHECK (connect_policy IN ('never', 'always', 'when')),
+    connect_condition text,
     attached_at timestamptz NOT NULL DEFAULT now()
 );
 
@@ -18,7 +22,8 @@ CREATE TABLE onboarding.jobs (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- delete_customer compensates: it deletes a customer (stripe_id) that no profile can use;
     -- update_customer_email copies a changed profile email to its customer (stripe_id).
-    kind text NOT NULL CHECK (kind IN ('create_customer', 'delete_customer', 'update_customer_email')),
+    kind text NOT NULL CHECK (kind IN ('create_customer', 'delete_customer', 'update_customer_email',
+                                       'create_connect_account', 'delete_connect_account')),
     profile_table regclass NOT NULL,
     user_id text NOT NULL,
     state text NOT NULL DEFAULT 'pending'
@@ -108,11 +113,6 @@ BEGIN
     RETURN new_job;
 END $$;
 
-CREATE FUNCTION onboarding._enqueue_compensation(tbl regclass, uid text, customer text, reason text) RETURNS bigint
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT onboarding._enqueue_for_customer(tbl, uid, 'delete_customer', customer, reason);
-$$;
-
 CREATE FUNCTION onboarding._sync_email_enabled() RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(current_setting('onboarding.sync_email', true), 'on')::boolean;
@@ -132,24 +132,31 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Statement-level AFTER DELETE trigger: deleting a profile deletes its Stripe customer when this
--- extension created it (a succeeded create_customer job names it) and no other row of the table
--- uses it. Off with onboarding.delete_customers_with_profiles = off. TG_ARGV: id, customer column.
+-- Statement-level AFTER DELETE trigger: deleting a profile deletes its Stripe customer (and Connect
+-- account) when this extension created it (a succeeded creation job names it) and no other row of
+-- the table uses it. Off with onboarding.delete_customers_with_profiles = off.
+-- TG_ARGV: id, customer and Connect account column ('' when none).
 CREATE FUNCTION onboarding._compensate_deleted_profiles() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT coalesce(current_setting('onboarding.delete_customers_with_profiles', true), 'on')::boolean THEN
         RETURN NULL;
     END IF;
-    EXECUTE format($sql$
-        SELECT count(onboarding._enqueue_compensation(%1$s::oid, d.%2$I::text, d.%3$I, 'profile deleted'))
-          FROM onboarding_deleted_profiles d
-         WHERE d.%3$I IS NOT NULL
-           AND EXISTS (SELECT FROM onboarding.jobs c
-                        WHERE c.profile_table = %1$s::oid AND c.kind = 'create_customer'
-                          AND c.user_id = d.%2$I::text AND c.state = 'succeeded' AND c.stripe_id = d.%3$I)
-           AND NOT EXISTS (SELECT FROM %4$s other WHERE other.%3$I = d.%3$I) $sql$,
-        TG_RELID, TG_ARGV[0], TG_ARGV[1], TG_RELID::regclass);
+    -- Once for the customer column, once for the Connect account column (if the table has one).
+    FOR i IN 1..2 LOOP
+        CONTINUE WHEN coalesce(TG_ARGV[i], '') = '';
+        EXECUTE format($sql$
+            SELECT count(onboarding._enqueue_for_customer(%1$s::oid, d.%2$I::text, %5$L, d.%3$I, 'profile deleted'))
+              FROM onboarding_deleted_profiles d
+             WHERE d.%3$I IS NOT NULL
+               AND EXISTS (SELECT FROM onboarding.jobs c
+                            WHERE c.profile_table = %1$s::oid AND c.kind = %6$L
+                              AND c.user_id = d.%2$I::text AND c.state = 'succeeded' AND c.stripe_id = d.%3$I)
+               AND NOT EXISTS (SELECT FROM %4$s other WHERE other.%3$I = d.%3$I) $sql$,
+            TG_RELID, TG_ARGV[0], TG_ARGV[i], TG_RELID::regclass,
+            CASE i WHEN 1 THEN 'delete_customer' ELSE 'delete_connect_account' END,
+            CASE i WHEN 1 THEN 'create_customer' ELSE 'create_connect_account' END);
+    END LOOP;
     RETURN NULL;
 END $$;
 
@@ -182,6 +189,89 @@ BEGIN
     RETURN col_type;
 END $$;
 
+-- Whether the Connect policy of `a` wants an account for this profile row.
+CREATE FUNCTION onboarding._connect_due(a onboarding.attachments, profile anyelement) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    due boolean;
+BEGIN
+    IF a.connect_policy = 'always' THEN
+        RETURN true;
+    ELSIF a.connect_policy = 'when' THEN
+        -- A parameter forces a single statement: the condition cannot smuggle in another one.
+        EXECUTE format('SELECT (%s)::boolean FROM (SELECT ($1).*) AS p', a.connect_condition) INTO due USING profile;
+        RETURN coalesce(due, false);
+    END IF;
+    RETURN false;
+END $$;
+
+-- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the
+-- worker's write-back of the customer): enqueues the account when the policy wants one.
+CREATE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = TG_RELID;
+    IF FOUND AND onboarding._connect_due(a, NEW) THEN
+        PERFORM onboarding._enqueue(TG_RELID, to_jsonb(NEW)->>a.id_column, 'create_connect_account', 'connect policy');
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Sets when Connect accounts are created for a table's profiles: 'never', 'always', or 'when' with a
+-- condition over the profile row, e.g. set_connect_policy('public.profiles', 'when', 'role = ''provider''').
+CREATE FUNCTION onboarding.set_connect_policy(profile_table regclass, policy text, condition text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_connect_policy.profile_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(quote_literal(policy), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
+        RAISE EXCEPTION 'onboarding: a condition goes with policy ''when'', and only with it'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: set_connect_policy(''public.profiles'', ''when'', ''role = ''''provider'''''')';
+    END IF;
+    IF policy <> 'never' AND a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', profile_table
+            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+    END IF;
+    a.connect_policy := policy;
+    a.connect_condition := condition;
+    IF policy = 'when' THEN
+        BEGIN
+            EXECUTE format('SELECT onboarding._connect_due($1, NULL::%s)', profile_table) USING a;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %', quote_literal(condition),
+                    profile_table, SQLERRM
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+    END IF;
+    UPDATE onboarding.attachments t SET connect_policy = policy, connect_condition = condition
+     WHERE t.profile_table = set_connect_policy.profile_table;
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_connect') THEN
+        EXECUTE format('DROP TRIGGER onboarding_connect ON %s', profile_table);
+    END IF;
+    IF policy <> 'never' THEN
+        EXECUTE format($sql$
+            CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
+            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due()$sql$,
+            profile_table, a.connect_account_column, a.customer_column);
+    END IF;
+    RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
+END $$;
+
 CREATE FUNCTION onboarding._drop_triggers(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -189,7 +279,8 @@ DECLARE
 BEGIN
     FOR trigger_name IN
         SELECT tgname FROM pg_trigger
-         WHERE tgrelid = tbl AND tgname IN ('onboarding_enqueue', 'onboarding_compensate', 'onboarding_sync_email')
+         WHERE tgrelid = tbl
+           AND tgname IN ('onboarding_enqueue', 'onboarding_compensate', 'onboarding_sync_email', 'onboarding_connect')
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
     END LOOP;
@@ -200,7 +291,9 @@ CREATE FUNCTION onboarding.attach(
     id_column name DEFAULT 'id',
     email_column name DEFAULT 'email',
     customer_column name DEFAULT 'stripe_customer_id',
-    connect_account_column name DEFAULT NULL
+    connect_account_column name DEFAULT NULL,
+    connect_policy text DEFAULT 'never',
+    connect_condition text DEFAULT NULL
 ) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -244,17 +337,19 @@ BEGIN
     EXECUTE format($sql$
         CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s
         REFERENCING OLD TABLE AS onboarding_deleted_profiles
-        FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L)$sql$,
-        profile_table, id_column, customer_column);
+        FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L, %L)$sql$,
+        profile_table, id_column, customer_column, coalesce(connect_account_column, ''));
     EXECUTE format($sql$
         CREATE TRIGGER onboarding_sync_email AFTER UPDATE OF %2$I ON %1$s
         FOR EACH ROW WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I)
         EXECUTE FUNCTION onboarding._enqueue_email_update(%3$L, %4$L)$sql$,
         profile_table, email_column, id_column, customer_column);
 
-    RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s)',
+    PERFORM onboarding.set_connect_policy(profile_table, connect_policy, connect_condition);
+    RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s)',
         profile_table, id_column, email_column, customer_column,
-        coalesce(quote_ident(connect_account_column), 'none'));
+        coalesce(quote_ident(connect_account_column), 'none'),
+        connect_policy || coalesce(': ' || connect_condition, ''));
 END $$;
 COMMENT ON FUNCTION onboarding.attach IS
     'Provision a Stripe customer for every profile inserted into this table, after the insert commits';
@@ -416,6 +511,26 @@ BEGIN
     RETURN customer;
 END $$;
 
+-- Enqueues the creation of the profile's Express Connect account (after its customer), whatever
+-- the policy: an explicit request. Returns the job id (an open one is returned, not duplicated).
+CREATE FUNCTION onboarding.enqueue_connect_account(user_id text, profile_table regclass DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments := onboarding._attachment(profile_table);
+    profile jsonb := onboarding._profile(a, enqueue_connect_account.user_id);
+BEGIN
+    IF a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', a.profile_table
+            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+    END IF;
+    IF profile->>'customer' IS NULL THEN
+        -- Accounts come after the customer: make sure one is on its way.
+        PERFORM onboarding._enqueue(a.profile_table, enqueue_connect_account.user_id, 'create_customer', 'enqueue_connect_account');
+    END IF;
+    RETURN onboarding._enqueue(a.profile_table, enqueue_connect_account.user_id, 'create_connect_account',
+                               'enqueue_connect_account');
+END $$;
+
 CREATE FUNCTION onboarding.job_status(job_id bigint)
 RETURNS TABLE (id bigint, kind text, user_id text, state text, attempts integer, stripe_id text,
                last_error text, run_at timestamptz, created_at timestamptz, finished_at timestamptz,
@@ -558,7 +673,7 @@ END $$;
 CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text)
+               profile_found boolean, email text, customer_id text, connect_account_id text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
@@ -592,9 +707,10 @@ BEGIN
         look_up_first := job.first_attempt_at < now() - horizon
                          OR job.last_error_detail->>'type' = 'idempotency_error';
         BEGIN
-            EXECUTE format('SELECT %I::text, %I::text FROM %s WHERE %I = $1::%s',
-                    a.email_column, a.customer_column, a.profile_table, a.id_column, a.id_type)
-               INTO email, customer_id USING job.user_id;
+            EXECUTE format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                    a.email_column, a.customer_column, coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL'),
+                    a.profile_table, a.id_column, a.id_type)
+               INTO email, customer_id, connect_account_id USING job.user_id;
             GET DIAGNOSTICS rows_read = ROW_COUNT;  -- EXECUTE does not set FOUND
             profile_found := rows_read = 1;
         EXCEPTION WHEN OTHERS THEN
@@ -646,58 +762,88 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT j.id, j.user_id, step, detail FROM onboarding.jobs j WHERE j.id = job;
 $$;
 
--- Writes a created customer back to its profile, only where the column is still NULL, and
--- finishes the job. Returns what happened: written_back, already_linked, linked_elsewhere, profile_gone.
-CREATE FUNCTION onboarding._write_back_customer(job bigint, customer text) RETURNS text
+-- Writes a created (or adopted) customer or Connect account back to its profile, only where the
+-- column is still NULL, and finishes the job. Returns what happened: written_back, already_linked,
+-- linked_elsewhere, profile_gone. An object no profile can use is queued for deletion.
+CREATE FUNCTION onboarding._write_back(job bigint, object_id text) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j onboarding.jobs;
     a onboarding.attachments;
+    target_column name;
+    compensation text;
     current_id text;
     current_email text;
     found_profile boolean;
     updated bigint;
 BEGIN
     SELECT * INTO j FROM onboarding.jobs WHERE id = job;
+    compensation := CASE j.kind WHEN 'create_customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
-    IF FOUND THEN
+    target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
+    IF target_column IS NOT NULL THEN
         EXECUTE format('UPDATE %s SET %I = $2 WHERE %I = $1::%s AND %I IS NULL RETURNING %I::text',
-                a.profile_table, a.customer_column, a.id_column, a.id_type, a.customer_column, a.email_column)
-           INTO current_email USING j.user_id, customer;
+                a.profile_table, target_column, a.id_column, a.id_type, target_column, a.email_column)
+           INTO current_email USING j.user_id, object_id;
         GET DIAGNOSTICS updated = ROW_COUNT;  -- EXECUTE does not set FOUND
         IF updated = 1 THEN
             PERFORM onboarding._finish_job(job, 'succeeded', 'written_back',
-                jsonb_build_object('stripe_id', customer, 'table', a.profile_table::text, 'column', a.customer_column),
-                stripe_id => customer);
+                jsonb_build_object('stripe_id', object_id, 'table', a.profile_table::text, 'column', target_column),
+                stripe_id => object_id);
             -- The email changed after the customer was sent: the customer follows.
-            IF btrim(current_email) IS DISTINCT FROM j.request_params->>'email' AND onboarding._sync_email_enabled() THEN
+            IF j.kind = 'create_customer' AND btrim(current_email) IS DISTINCT FROM j.request_params->>'email'
+               AND onboarding._sync_email_enabled() THEN
                 PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
-                                                         customer, 'email changed during creation');
+                                                         object_id, 'email changed during creation');
             END IF;
             RETURN 'written_back';
         END IF;
         EXECUTE format('SELECT true, %I::text FROM %s WHERE %I = $1::%s',
-                a.customer_column, a.profile_table, a.id_column, a.id_type)
+                target_column, a.profile_table, a.id_column, a.id_type)
            INTO found_profile, current_id USING j.user_id;
     END IF;
-    IF current_id = customer THEN
+    IF current_id = object_id THEN
         PERFORM onboarding._finish_job(job, 'succeeded', 'skipped',
-            jsonb_build_object('reason', 'profile already linked to this customer', 'stripe_id', customer),
-            stripe_id => customer);
+            jsonb_build_object('reason', 'profile already linked to this object', 'stripe_id', object_id),
+            stripe_id => object_id);
         RETURN 'already_linked';
     ELSIF found_profile THEN
-        -- Someone linked another customer meanwhile: ours has no profile pointing at it.
+        -- Someone linked another object meanwhile: ours has no profile pointing at it.
         PERFORM onboarding._finish_job(job, 'orphaned', 'orphaned',
-            jsonb_build_object('reason', format('profile is linked to %s instead', current_id), 'stripe_id', customer),
-            stripe_id => customer, error => format('profile is already linked to %s; %s is unused', current_id, customer));
-        PERFORM onboarding._enqueue_compensation(j.profile_table, j.user_id, customer, 'profile linked to another customer');
+            jsonb_build_object('reason', format('profile is linked to %s instead', current_id), 'stripe_id', object_id),
+            stripe_id => object_id, error => format('profile is already linked to %s; %s is unused', current_id, object_id));
+        PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
+                                                 'profile linked to another object');
         RETURN 'linked_elsewhere';
     END IF;
     PERFORM onboarding._finish_job(job, 'orphaned', 'orphaned',
-        jsonb_build_object('reason', 'profile deleted before write-back', 'stripe_id', customer),
-        stripe_id => customer, error => format('profile deleted before %s could be written back', customer));
-    PERFORM onboarding._enqueue_compensation(j.profile_table, j.user_id, customer, 'profile deleted before write-back');
+        jsonb_build_object('reason', 'profile deleted before write-back', 'stripe_id', object_id),
+        stripe_id => object_id, error => format('profile deleted before %s could be written back', object_id));
+    PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
+                                             'profile deleted before write-back');
     RETURN 'profile_gone';
+END $$;
+
+-- A Connect account job whose profile has no customer yet waits for the customer's job (without
+-- spending an attempt); with no such job open, it is dead.
+CREATE FUNCTION onboarding._wait_for_customer(job bigint) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+BEGIN
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
+    IF EXISTS (SELECT FROM onboarding.jobs c
+                WHERE c.profile_table = j.profile_table AND c.user_id = j.user_id AND c.kind = 'create_customer'
+                  AND c.state IN ('pending', 'running')) THEN
+        PERFORM onboarding._finish_job(job, 'pending', 'postponed',
+            jsonb_build_object('reason', 'waiting for the customer'), retry_in => interval '1 second');
+        UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
+        RETURN 'postponed';
+    END IF;
+    PERFORM onboarding._finish_job(job, 'dead', 'dead',
+        jsonb_build_object('reason', 'the profile has no customer and none is being created'),
+        error => 'the profile has no customer and none is being created; enqueue_customer() first');
+    RETURN 'dead';
 END $$;
 
 -- Finishes an email update; if the email changed again meanwhile, queues the next update.
@@ -762,9 +908,11 @@ $$;
 REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retry, onboarding.retry_dead,
     onboarding.cancel, onboarding._enqueue_inserted_profiles,
     onboarding._column_type, onboarding._claim_jobs, onboarding._finish_job, onboarding._log_event,
-    onboarding._write_back_customer, onboarding._requeue_abandoned, onboarding._next_due_in,
-    onboarding._enqueue_compensation, onboarding._compensate_deleted_profiles, onboarding._drop_triggers,
+    onboarding._write_back, onboarding._requeue_abandoned, onboarding._next_due_in,
+    onboarding._compensate_deleted_profiles, onboarding._wait_for_customer, onboarding._drop_triggers,
     onboarding._remember_request, onboarding._attachment, onboarding._profile, onboarding._enqueue,
     onboarding.enqueue_customer, onboarding.job_status, onboarding.profile_status,
     onboarding.get_or_create_customer, onboarding._customer_of, onboarding._enqueue_for_customer,
-    onboarding._sync_email_enabled, onboarding._enqueue_email_update, onboarding._finish_email_update FROM PUBLIC;
+    onboarding._sync_email_enabled, onboarding._enqueue_email_update, onboarding._finish_email_update,
+    onboarding._connect_due, onboarding._enqueue_connect_if_due, onboarding.set_connect_policy,
+    onboarding.enqueue_connect_account FROM PUBLIC;

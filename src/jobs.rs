@@ -7,11 +7,11 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use onboarding_core::job::{
-    AfterFailure, CustomerPlan, DeletePlan, EmailPlan, Profile, after_failure, plan_customer, plan_delete,
-    plan_email_update,
+    AccountPlan, AfterFailure, CustomerPlan, DeletePlan, EmailPlan, Profile, after_failure, plan_account,
+    plan_customer, plan_delete, plan_email_update,
 };
 use onboarding_core::policy::classify;
-use onboarding_core::stripe::{Customer, NewCustomer, Response, StripeClient, StripeError};
+use onboarding_core::stripe::{NewAccount, NewCustomer, Response, StripeClient, StripeError, StripeObject};
 use pgrx::JsonB;
 use pgrx::prelude::*;
 use serde_json::{Value, json};
@@ -31,20 +31,30 @@ pub struct Call {
 enum Work {
     /// With `look_up` (the emails to search by), first look for a customer Stripe already holds for
     /// the user: past the idempotency horizon, or after Stripe refused the key.
-    CreateCustomer { customer: NewCustomer, look_up: Option<Vec<String>> },
+    CreateCustomer {
+        customer: NewCustomer,
+        look_up: Option<Vec<String>>,
+    },
     /// Compensation: delete a customer no profile can use.
     DeleteCustomer(String),
+    CreateAccount(NewAccount),
+    DeleteAccount(String),
     /// Copy the profile's changed email to its customer.
-    UpdateEmail { customer: String, email: String },
+    UpdateEmail {
+        customer: String,
+        email: String,
+    },
     /// The profile vanished after an attempt whose answer was lost: delete whatever customer that
     /// attempt created, found by `metadata.user_id` (the list by these emails is consistent).
-    CleanUpCustomer { emails: Vec<String> },
+    CleanUpCustomer {
+        emails: Vec<String>,
+    },
 }
 
 pub enum Outcome {
-    Created(Customer, Response),
+    Created(StripeObject, Response),
     /// Found in Stripe by `metadata.user_id` instead of created.
-    Adopted(Customer),
+    Adopted(StripeObject),
     /// `response` is `None` when Stripe says the customer is already gone (404): just as good.
     Deleted {
         customer: String,
@@ -65,6 +75,10 @@ impl Call {
             }
             Work::DeleteCustomer(id) => {
                 format!("deleting Stripe customer {id} of user {} (compensation)", self.user_id)
+            }
+            Work::CreateAccount(_) => format!("creating Stripe Connect account for user {}", self.user_id),
+            Work::DeleteAccount(id) => {
+                format!("deleting Stripe Connect account {id} of user {} (compensation)", self.user_id)
             }
             Work::UpdateEmail { customer, .. } => {
                 format!("updating the email of Stripe customer {customer} of user {}", self.user_id)
@@ -92,6 +106,20 @@ impl Call {
                 }
             }
             Work::DeleteCustomer(id) => delete(client, id).await,
+            Work::CreateAccount(account) => match client.create_account(account, &self.idempotency_key).await {
+                Ok((account, response)) => Outcome::Created(account, response),
+                Err(error) => Outcome::Failed(error),
+            },
+            Work::DeleteAccount(id) => match client.delete_account(id).await {
+                Ok(response) => Outcome::Deleted { customer: id.clone(), response: Some(response) },
+                // Unknown or already deleted accounts answer 403 account_invalid (or 404).
+                Err(StripeError::Api(e))
+                    if e.status == 404 || (e.status == 403 && e.code.as_deref() == Some("account_invalid")) =>
+                {
+                    Outcome::Deleted { customer: id.clone(), response: None }
+                }
+                Err(error) => Outcome::Failed(error),
+            },
             Work::UpdateEmail { customer, email } => {
                 match client.update_customer_email(customer, email, &self.idempotency_key).await {
                     Ok((_, response)) => Outcome::EmailUpdated(response),
@@ -155,7 +183,7 @@ pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usiz
                 .get::<bool>(9)?
                 .unwrap_or(false)
                 .then(|| -> Result<Profile, pgrx::spi::Error> {
-                    Ok(Profile { email: row.get(10)?, customer_id: row.get(11)? })
+                    Ok(Profile { email: row.get(10)?, customer_id: row.get(11)?, connect_account_id: row.get(12)? })
                 })
                 .transpose()?;
             claimed.push(ClaimedJob {
@@ -247,6 +275,45 @@ fn plan(job: ClaimedJob) -> Option<Call> {
                 DeletePlan::Delete(customer) => Work::DeleteCustomer(customer),
             }
         }
+        "create_connect_account" => {
+            let first =
+                job.first_request.as_ref().map(|r| NewAccount { user_id: r.user_id.clone(), email: r.email.clone() });
+            match plan_account(user_id, job.profile.as_ref(), first) {
+                AccountPlan::ProfileGone => {
+                    finish(id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
+                    return None;
+                }
+                AccountPlan::AlreadyProvisioned(existing) => {
+                    let detail = json!({"reason": "profile already has a Connect account", "stripe_id": existing});
+                    finish(id, "succeeded", "skipped", detail, None, None, None);
+                    return None;
+                }
+                AccountPlan::WaitForCustomer => {
+                    Spi::get_one_with_args::<String>("SELECT onboarding._wait_for_customer($1)", &[id.into()])
+                        .unwrap_or_else(|e| error!("onboarding: postponing job {id}: {e}"));
+                    return None;
+                }
+                AccountPlan::Unusable(reason) => {
+                    finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+                    return None;
+                }
+                AccountPlan::Create(account) => {
+                    if job.first_request.is_none() {
+                        remember_request(id, &account.email, user_id);
+                    }
+                    Work::CreateAccount(account)
+                }
+            }
+        }
+        "delete_connect_account" => {
+            let target = job.stripe_id.clone().unwrap_or_default();
+            if job.profile.as_ref().and_then(|p| p.connect_account_id.as_deref()) == Some(target.as_str()) {
+                let detail = json!({"reason": "the profile links this account again", "stripe_id": target});
+                finish(id, "skipped", "skipped", detail, None, None, None);
+                return None;
+            }
+            Work::DeleteAccount(target)
+        }
         "update_customer_email" => {
             let target = job.stripe_id.clone().unwrap_or_default();
             let first_email = job.first_request.as_ref().map(|r| r.email.as_str());
@@ -280,6 +347,13 @@ fn plan(job: ClaimedJob) -> Option<Call> {
         }),
         Work::DeleteCustomer(customer) => json!({
             "method": "DELETE", "path": format!("/v1/customers/{customer}"), "attempt": job.attempts,
+        }),
+        Work::CreateAccount(account) => json!({
+            "method": "POST", "path": "/v1/accounts", "attempt": job.attempts,
+            "idempotency_key": job.idempotency_key, "email": account.email, "type": "express",
+        }),
+        Work::DeleteAccount(account) => json!({
+            "method": "DELETE", "path": format!("/v1/accounts/{account}"), "attempt": job.attempts,
         }),
         Work::UpdateEmail { customer, email } => json!({
             "method": "POST", "path": format!("/v1/customers/{customer}"), "attempt": job.attempts,
@@ -348,7 +422,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
             });
             log_event(job_id, "stripe_response", detail);
-            link_customer(job_id, user_id, customer);
+            link_object(job_id, user_id, customer);
         }
         Outcome::Adopted(customer) => {
             log!(
@@ -356,7 +430,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 customer.id
             );
             log_event(job_id, "adopted", json!({"stripe_id": customer.id, "duration_ms": elapsed_ms}));
-            link_customer(job_id, user_id, customer);
+            link_object(job_id, user_id, customer);
         }
         Outcome::Deleted { customer, response } => {
             let detail = match response {
@@ -399,7 +473,8 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             let message = error.to_string();
             let mut detail = error.to_json();
             detail["attempt"] = call.attempts.into();
-            let is_post = matches!(call.work, Work::CreateCustomer { .. } | Work::UpdateEmail { .. });
+            let is_post =
+                matches!(call.work, Work::CreateCustomer { .. } | Work::CreateAccount(_) | Work::UpdateEmail { .. });
             let next = after_failure(
                 call.attempts,
                 gucs::max_attempts(),
@@ -427,8 +502,13 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
     }
 }
 
-/// Writes a created or adopted customer back to the profile (in the results transaction).
-fn link_customer(job_id: i64, user_id: &str, customer: &Customer) {
+/// "customer" or "Connect account", for log lines.
+fn object_noun(id: &str) -> &'static str {
+    if id.starts_with("acct_") { "Connect account" } else { "customer" }
+}
+
+/// Writes a created or adopted customer or account back to the profile (in the results transaction).
+fn link_object(job_id: i64, user_id: &str, customer: &StripeObject) {
     if customer.metadata_user_id.as_deref() != Some(user_id) {
         // Never link, nor delete, a customer that Stripe says belongs to someone else.
         let reason = format!(
@@ -441,20 +521,22 @@ fn link_customer(job_id: i64, user_id: &str, customer: &Customer) {
         return;
     }
     let outcome = Spi::get_one_with_args::<String>(
-        "SELECT onboarding._write_back_customer($1, $2)",
+        "SELECT onboarding._write_back($1, $2)",
         &[job_id.into(), customer.id.as_str().into()],
     )
     .unwrap_or_else(|e| error!("onboarding: writing back {}: {e}", customer.id))
     .unwrap_or_default();
     match outcome.as_str() {
         "written_back" => log!(
-            "onboarding: wrote Stripe customer {} back to the profile of user {user_id} (job {job_id})",
+            "onboarding: wrote Stripe {} {} back to the profile of user {user_id} (job {job_id})",
+            object_noun(&customer.id),
             customer.id
         ),
         "already_linked" => {}
         other => warning!(
-            "onboarding: Stripe customer {} for user {user_id} is not linked ({other}); \
-                 job {job_id} is orphaned and the customer will be deleted",
+            "onboarding: Stripe {} {} for user {user_id} is not linked ({other}); \
+                 job {job_id} is orphaned and the object will be deleted",
+            object_noun(&customer.id),
             customer.id
         ),
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::policy::{Backoff, Disposition};
-use crate::stripe::NewCustomer;
+use crate::stripe::{NewAccount, NewCustomer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobState {
@@ -46,6 +46,7 @@ impl JobState {
 pub struct Profile {
     pub email: Option<String>,
     pub customer_id: Option<String>,
+    pub connect_account_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +153,37 @@ pub fn plan_email_update(customer: &str, profile: Option<&Profile>, first_email:
     }
 }
 
+/// What a `create_connect_account` job does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountPlan {
+    ProfileGone,
+    AlreadyProvisioned(String),
+    /// Connect accounts come after the customer: wait for it.
+    WaitForCustomer,
+    Unusable(String),
+    Create(NewAccount),
+}
+
+pub fn plan_account(user_id: &str, profile: Option<&Profile>, first_request: Option<NewAccount>) -> AccountPlan {
+    let Some(profile) = profile else { return AccountPlan::ProfileGone };
+    if let Some(id) = profile.connect_account_id.clone().filter(|id| !id.is_empty()) {
+        return AccountPlan::AlreadyProvisioned(id);
+    }
+    if profile.customer_id.as_deref().is_none_or(str::is_empty) {
+        return AccountPlan::WaitForCustomer;
+    }
+    if let Some(request) = first_request {
+        return AccountPlan::Create(request);
+    }
+    match profile.email.as_deref().map(str::trim) {
+        None | Some("") => AccountPlan::Unusable("profile has no email".into()),
+        Some(email) => match check_email(email) {
+            Ok(()) => AccountPlan::Create(NewAccount { user_id: user_id.into(), email: email.into() }),
+            Err(why) => AccountPlan::Unusable(why),
+        },
+    }
+}
+
 /// Where a job goes after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterFailure {
@@ -180,7 +212,7 @@ mod tests {
     use super::*;
 
     fn profile(email: Option<&str>, customer: Option<&str>) -> Option<Profile> {
-        Some(Profile { email: email.map(Into::into), customer_id: customer.map(Into::into) })
+        Some(Profile { email: email.map(Into::into), customer_id: customer.map(Into::into), connect_account_id: None })
     }
 
     #[test]
@@ -232,6 +264,25 @@ mod tests {
         assert!(matches!(plan_email_update("cus_1", None, None), EmailPlan::Skip(_)));
         let bad = profile(Some("nope"), Some("cus_1"));
         assert!(matches!(plan_email_update("cus_1", bad.as_ref(), None), EmailPlan::Unusable(_)));
+    }
+
+    #[test]
+    fn accounts_come_after_the_customer() {
+        let with = |customer: Option<&str>, account: Option<&str>| Profile {
+            email: Some("a@b.co".into()),
+            customer_id: customer.map(Into::into),
+            connect_account_id: account.map(Into::into),
+        };
+        assert_eq!(plan_account("u", None, None), AccountPlan::ProfileGone);
+        assert_eq!(plan_account("u", Some(&with(None, None)), None), AccountPlan::WaitForCustomer);
+        assert_eq!(
+            plan_account("u", Some(&with(Some("cus_1"), Some("acct_1"))), None),
+            AccountPlan::AlreadyProvisioned("acct_1".into())
+        );
+        assert_eq!(
+            plan_account("u", Some(&with(Some("cus_1"), None)), None),
+            AccountPlan::Create(NewAccount { user_id: "u".into(), email: "a@b.co".into() })
+        );
     }
 
     #[test]

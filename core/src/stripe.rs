@@ -185,18 +185,37 @@ impl NewCustomer {
     }
 }
 
-/// The parts of a Stripe customer the extension uses.
+/// What we send to create an Express Connect account for a profile.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Customer {
+pub struct NewAccount {
+    pub user_id: String,
+    pub email: String,
+}
+
+impl NewAccount {
+    pub fn params(&self) -> Params {
+        vec![
+            ("type".into(), "express".into()),
+            ("email".into(), self.email.clone()),
+            ("capabilities[card_payments][requested]".into(), "true".into()),
+            ("capabilities[transfers][requested]".into(), "true".into()),
+            ("metadata[user_id]".into(), self.user_id.clone()),
+        ]
+    }
+}
+
+/// The parts of a Stripe customer or account the extension uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StripeObject {
     pub id: String,
     pub email: Option<String>,
     pub metadata_user_id: Option<String>,
 }
 
-impl Customer {
-    fn from_json(body: &Value) -> Option<Customer> {
+impl StripeObject {
+    fn from_json(body: &Value) -> Option<StripeObject> {
         let text = |v: &Value| v.as_str().map(str::to_string);
-        Some(Customer {
+        Some(StripeObject {
             id: text(body.get("id")?)?,
             email: body.get("email").and_then(text),
             metadata_user_id: body.pointer("/metadata/user_id").and_then(text),
@@ -237,14 +256,49 @@ impl StripeClient {
         &self,
         customer: &NewCustomer,
         idempotency_key: &str,
-    ) -> Result<(Customer, Response), StripeError> {
+    ) -> Result<(StripeObject, Response), StripeError> {
         let response = self.post("/v1/customers", &customer.params(), Some(idempotency_key)).await?;
-        let parsed = Customer::from_json(&response.body).ok_or_else(|| StripeError::InvalidResponse {
-            status: response.status,
-            request_id: response.request_id.clone(),
-            message: "the body has no customer id".into(),
-        })?;
-        Ok((parsed, response))
+        object_in(response)
+    }
+
+    /// `POST /v1/accounts`: an Express account with card payments and transfers requested.
+    pub async fn create_account(
+        &self,
+        account: &NewAccount,
+        idempotency_key: &str,
+    ) -> Result<(StripeObject, Response), StripeError> {
+        let response = self.post("/v1/accounts", &account.params(), Some(idempotency_key)).await?;
+        object_in(response)
+    }
+
+    /// `DELETE /v1/accounts/{id}`.
+    pub async fn delete_account(&self, id: &str) -> Result<Response, StripeError> {
+        let path = format!("/v1/accounts/{}", object_id(id)?);
+        self.send(self.http.delete(format!("{}{path}", self.api_base))).await
+    }
+
+    /// `POST /v1/account_links` (`account_onboarding`): a single-use URL that expires in minutes.
+    pub async fn create_account_link(
+        &self,
+        account: &str,
+        refresh_url: &str,
+        return_url: &str,
+    ) -> Result<String, StripeError> {
+        let params = vec![
+            ("account".into(), object_id(account)?.to_string()),
+            ("type".into(), "account_onboarding".into()),
+            ("refresh_url".into(), refresh_url.into()),
+            ("return_url".into(), return_url.into()),
+        ];
+        let response = self.post("/v1/account_links", &params, None).await?;
+        match response.body.get("url").and_then(Value::as_str) {
+            Some(url) => Ok(url.to_string()),
+            None => Err(StripeError::InvalidResponse {
+                status: response.status,
+                request_id: response.request_id,
+                message: "the account link has no url".into(),
+            }),
+        }
     }
 
     /// `POST /v1/customers/{id}` setting the email.
@@ -253,15 +307,10 @@ impl StripeClient {
         id: &str,
         email: &str,
         idempotency_key: &str,
-    ) -> Result<(Customer, Response), StripeError> {
+    ) -> Result<(StripeObject, Response), StripeError> {
         let path = format!("/v1/customers/{}", object_id(id)?);
         let response = self.post(&path, &[("email".into(), email.into())], Some(idempotency_key)).await?;
-        let parsed = Customer::from_json(&response.body).ok_or_else(|| StripeError::InvalidResponse {
-            status: response.status,
-            request_id: response.request_id.clone(),
-            message: "the body has no customer id".into(),
-        })?;
-        Ok((parsed, response))
+        object_in(response)
     }
 
     /// Finds the customer Stripe holds for `user_id` (its `metadata.user_id`), the oldest if several.
@@ -269,7 +318,7 @@ impl StripeClient {
     /// First the list endpoint filtered by each known email (strongly consistent), then search on
     /// the metadata (eventually consistent: it can miss an object created in the last minutes, so
     /// callers use it for objects created long ago, past the idempotency horizon).
-    pub async fn find_customer(&self, user_id: &str, emails: &[&str]) -> Result<Option<Customer>, StripeError> {
+    pub async fn find_customer(&self, user_id: &str, emails: &[&str]) -> Result<Option<StripeObject>, StripeError> {
         let mut found = Vec::new();
         for email in emails {
             let url = format!(
@@ -325,13 +374,25 @@ impl StripeClient {
     }
 }
 
+/// The object a successful answer carries.
+fn object_in(response: Response) -> Result<(StripeObject, Response), StripeError> {
+    match StripeObject::from_json(&response.body) {
+        Some(object) => Ok((object, response)),
+        None => Err(StripeError::InvalidResponse {
+            status: response.status,
+            request_id: response.request_id,
+            message: "the body has no object id".into(),
+        }),
+    }
+}
+
 /// The customers of a list or search result whose `metadata.user_id` is `user_id`, with their
 /// creation time. (Search matching is not exact, e.g. case-insensitive: compare ourselves.)
-fn customers_of(body: &Value, user_id: &str) -> Vec<(i64, Customer)> {
+fn customers_of(body: &Value, user_id: &str) -> Vec<(i64, StripeObject)> {
     let data = body.get("data").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     data.iter()
         .filter(|c| c.get("deleted").and_then(Value::as_bool) != Some(true))
-        .filter_map(|c| Some((c.get("created").and_then(Value::as_i64).unwrap_or(0), Customer::from_json(c)?)))
+        .filter_map(|c| Some((c.get("created").and_then(Value::as_i64).unwrap_or(0), StripeObject::from_json(c)?)))
         .filter(|(_, c)| c.metadata_user_id.as_deref() == Some(user_id))
         .collect()
 }
@@ -415,6 +476,16 @@ mod tests {
     }
 
     #[test]
+    fn express_accounts_request_both_capabilities() {
+        let params = NewAccount { user_id: "u-1".into(), email: "a@b.co".into() }.params();
+        assert_eq!(
+            encode_form(&params),
+            "type=express&email=a%40b.co&capabilities%5Bcard_payments%5D%5Brequested%5D=true\
+             &capabilities%5Btransfers%5D%5Brequested%5D=true&metadata%5Buser_id%5D=u-1"
+        );
+    }
+
+    #[test]
     fn masks_keys_like_stripe() {
         assert_eq!(ApiKey::new("sk_test_abcdefgh1234").unwrap().masked(), "sk_test_****1234");
         assert_eq!(ApiKey::new("weird").unwrap().masked(), "****eird");
@@ -427,8 +498,11 @@ mod tests {
         let h = headers(&[("request-id", "req_1"), ("idempotent-replayed", "true")]);
         let r = interpret(200, &h, br#"{"id":"cus_1","email":"a@b.c","metadata":{"user_id":"u"}}"#).unwrap();
         assert_eq!((r.request_id.as_deref(), r.replayed), (Some("req_1"), true));
-        let c = Customer::from_json(&r.body).unwrap();
-        assert_eq!(c, Customer { id: "cus_1".into(), email: Some("a@b.c".into()), metadata_user_id: Some("u".into()) });
+        let c = StripeObject::from_json(&r.body).unwrap();
+        assert_eq!(
+            c,
+            StripeObject { id: "cus_1".into(), email: Some("a@b.c".into()), metadata_user_id: Some("u".into()) }
+        );
     }
 
     #[test]
