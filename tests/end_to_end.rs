@@ -67,6 +67,8 @@ fn main() {
         ("get_or_create_customer_returns_at_once_or_joins_the_running_job", get_or_create_joins_the_trigger_job),
         ("get_or_create_customer_refuses_uncommitted_profiles_and_times_out_clearly", get_or_create_refusals),
         ("email_changes_follow_to_the_stripe_customer", email_changes_follow),
+        ("connect_accounts_follow_the_policy_after_the_customer", connect_accounts_follow_the_policy),
+        ("connect_policy_is_validated", connect_policy_is_validated),
         ("an_idle_worker_sleeps_instead_of_polling", idle_worker_sleeps),
         ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
         ("concurrent_workers_and_sessions_never_process_a_job_twice_at_once", concurrent_workers),
@@ -1101,6 +1103,104 @@ fn email_changes_follow() -> Result<(), Failed> {
         (stripe_email_of(&racing).as_deref() == Some("second@example.com")).then_some(())
     })?;
     ensure(stripe_customers_for(&racing).len() == 1, || "more than one customer".into())
+}
+
+fn stripe_accounts_for(user: &str) -> Vec<Value> {
+    env().stripe.accounts().into_iter().filter(|a| a["metadata"]["user_id"] == user).collect()
+}
+
+fn account_id(db: &mut Client, table: &str, user: &str) -> Option<String> {
+    db.query_one(&format!("SELECT stripe_connect_account_id FROM {table} WHERE id::text = $1"), &[&user])
+        .unwrap()
+        .get(0)
+}
+
+fn connect_accounts_follow_the_policy() -> Result<(), Failed> {
+    let mut db = db();
+    let table = "public.profiles_connect";
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, role text,
+             stripe_customer_id text, stripe_connect_account_id text);
+         SELECT onboarding.attach('{table}', connect_policy => 'always');"
+    ))
+    .unwrap();
+    let insert = |db: &mut Client, role: &str| -> String {
+        let email = format!("{role}@example.com");
+        db.query_one(&format!("INSERT INTO {table} (email, role) VALUES ($1, $2) RETURNING id::text"), &[&email, &role])
+            .unwrap()
+            .get(0)
+    };
+
+    // always: the customer, then an Express account with both capabilities, linked.
+    let user = insert(&mut db, "seller");
+    let account = wait_for("the Connect account", DEADLINE, || account_id(&mut db, table, &user))?;
+    let accounts = stripe_accounts_for(&user);
+    ensure(accounts.len() == 1 && accounts[0]["id"] == account.as_str(), || format!("{accounts:?}"))?;
+    let a = &accounts[0];
+    let capabilities = &a["capabilities"];
+    ensure(
+        a["type"] == "express"
+            && a["email"] == "seller@example.com"
+            && capabilities["card_payments"].is_string()
+            && capabilities["transfers"].is_string(),
+        || format!("account {a}"),
+    )?;
+    let paths: Vec<String> = env()
+        .stripe
+        .requests()
+        .iter()
+        .filter(|r| r.params["metadata"]["user_id"] == user.as_str())
+        .map(|r| r.path.clone())
+        .collect();
+    ensure(paths == ["/v1/customers", "/v1/accounts"], || format!("requests in order: {paths:?}"))?;
+    ensure(customer_id(&mut db, table, &user).is_some(), || "account without customer".into())?;
+
+    // when: only once the condition holds, and updating into it enqueues the account.
+    let when = format!("SELECT onboarding.set_connect_policy('{table}', 'when', $$role = 'provider'$$)");
+    db.batch_execute(&when).unwrap();
+    let buyer = insert(&mut db, "buyer");
+    wait_for_customer(&mut db, table, &buyer)?;
+    let provider = insert(&mut db, "provider");
+    wait_for("the provider's account", DEADLINE, || account_id(&mut db, table, &provider))?;
+    ensure(account_id(&mut db, table, &buyer).is_none(), || "a buyer got an account".into())?;
+    ensure(stripe_accounts_for(&buyer).is_empty(), || "Stripe got an account for a buyer".into())?;
+    db.execute(&format!("UPDATE {table} SET role = 'provider' WHERE id::text = $1"), &[&buyer]).unwrap();
+    wait_for("the promoted buyer's account", DEADLINE, || account_id(&mut db, table, &buyer))?;
+
+    // never: no account unless asked for explicitly.
+    db.batch_execute(&format!("SELECT onboarding.set_connect_policy('{table}', 'never')")).unwrap();
+    let other = insert(&mut db, "provider");
+    wait_for_customer(&mut db, table, &other)?;
+    let kinds: Vec<String> = jobs_for(&mut db, &other).into_iter().map(|j| j.kind).collect();
+    ensure(kinds == ["create_customer"], || format!("policy never made jobs {kinds:?}"))?;
+    db.query("SELECT onboarding.enqueue_connect_account($1, 'public.profiles_connect')", &[&other]).unwrap();
+    wait_for("the explicitly requested account", DEADLINE, || account_id(&mut db, table, &other))?;
+
+    // Deleting a profile deletes its account too.
+    db.execute(&format!("DELETE FROM {table} WHERE id::text = $1"), &[&user]).unwrap();
+    wait_for("the account's deletion", DEADLINE, || stripe_accounts_for(&user).is_empty().then_some(()))?;
+    ensure(stripe_customers_for(&user).is_empty(), || "the customer survived".into())
+}
+
+fn connect_policy_is_validated() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_connect_policy");
+    let policy = |args: &str| format!("SELECT onboarding.set_connect_policy('{table}', {args})");
+    let cases = [
+        (policy("'sometimes'"), "22023"),
+        (policy("'when'"), "22023"),
+        (policy("'always', 'true'"), "22023"),
+        (policy("'when', 'no_such_column = 1'"), "22023"),
+        (policy(&format!("'when', $$true); DROP TABLE {table}; --$$")), "22023"),
+        ("SELECT onboarding.set_connect_policy('public.attach_target', 'always')".to_string(), "55000"),
+    ];
+    for (sql, code) in cases {
+        let (got, message) = sqlstate(db.simple_query(&sql))?;
+        ensure(got == code, || format!("{sql}: expected {code}, got {got} {message}"))?;
+    }
+    let exists: bool = db.query_one(&format!("SELECT to_regclass('{table}') IS NOT NULL"), &[]).unwrap().get(0);
+    ensure(exists, || "the injected condition dropped the table".into())
 }
 
 /// CPU time (user + system, in clock ticks) a process has used, from /proc.
