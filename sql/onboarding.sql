@@ -531,6 +531,81 @@ BEGIN
                                'enqueue_connect_account');
 END $$;
 
+-- An account_onboarding link for the profile's Connect account, created first (after the
+-- customer) if the table's Connect policy allows. Links are single-use and expire within minutes:
+-- hand them to the user at once, never store them.
+CREATE FUNCTION onboarding.create_account_link(user_id text, refresh_url text, return_url text,
+                                               wait_ms integer DEFAULT 10000, profile_table regclass DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments := onboarding._attachment(profile_table);
+    profile jsonb := onboarding._profile(a, create_account_link.user_id);
+BEGIN
+    IF a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', a.profile_table
+            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+    END IF;
+    IF refresh_url IS NULL OR return_url IS NULL OR refresh_url !~ '^https?://' OR return_url !~ '^https?://'
+       OR length(refresh_url) > 500 OR length(return_url) > 500 THEN
+        RAISE EXCEPTION 'onboarding: refresh_url and return_url must be http(s) URLs of at most 500 characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (profile->>'inserted_by_this_transaction')::boolean THEN
+        RAISE EXCEPTION 'onboarding: profile % was inserted by this transaction, which has not committed yet', user_id
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Stripe work happens only after COMMIT.';
+    END IF;
+    IF wait_ms IS NULL OR wait_ms < 0 THEN
+        RAISE EXCEPTION 'onboarding: wait_ms must be 0 or more, got %', coalesce(wait_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN onboarding._request_account_link(a.profile_table, create_account_link.user_id, refresh_url, return_url, wait_ms);
+END $$;
+
+-- The Connect account column of a profile (NULL if none, or the profile or attachment is gone).
+CREATE FUNCTION onboarding._connect_account_of(tbl regclass, uid text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    account text;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tbl;
+    IF FOUND AND a.connect_account_column IS NOT NULL THEN
+        EXECUTE format('SELECT %I::text FROM %s WHERE %I = $1::%s', a.connect_account_column, a.profile_table,
+                a.id_column, a.id_type)
+           INTO account USING uid;
+    END IF;
+    RETURN account;
+END $$;
+
+-- For create_account_link: the profile's account if it has one; else, if the policy allows, the job
+-- that creates it (and the customer's before it); else why not.
+CREATE FUNCTION onboarding._account_or_enqueue(tbl regclass, uid text,
+                                               OUT account text, OUT job bigint, OUT refusal text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    due boolean;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tbl;
+    account := onboarding._connect_account_of(tbl, uid);
+    IF account IS NOT NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('SELECT onboarding._connect_due($1, p) FROM %s p WHERE %I = $2::%s', a.profile_table,
+            a.id_column, a.id_type)
+       INTO due USING a, uid;
+    IF NOT coalesce(due, false) THEN
+        refusal := format('the user has no Connect account, and the Connect policy of %s (%s) does not create one for them',
+                          tbl, a.connect_policy || coalesce(': ' || a.connect_condition, ''));
+        RETURN;
+    END IF;
+    IF onboarding._customer_of(tbl, uid) IS NULL THEN
+        PERFORM onboarding._enqueue(tbl, uid, 'create_customer', 'create_account_link');
+    END IF;
+    job := onboarding._enqueue(tbl, uid, 'create_connect_account', 'create_account_link');
+END $$;
+
 CREATE FUNCTION onboarding.job_status(job_id bigint)
 RETURNS TABLE (id bigint, kind text, user_id text, state text, attempts integer, stripe_id text,
                last_error text, run_at timestamptz, created_at timestamptz, finished_at timestamptz,
@@ -915,4 +990,5 @@ REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retr
     onboarding.get_or_create_customer, onboarding._customer_of, onboarding._enqueue_for_customer,
     onboarding._sync_email_enabled, onboarding._enqueue_email_update, onboarding._finish_email_update,
     onboarding._connect_due, onboarding._enqueue_connect_if_due, onboarding.set_connect_policy,
-    onboarding.enqueue_connect_account FROM PUBLIC;
+    onboarding.enqueue_connect_account, onboarding.create_account_link, onboarding._connect_account_of,
+    onboarding._account_or_enqueue FROM PUBLIC;

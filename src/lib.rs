@@ -25,7 +25,8 @@ extension_sql_file!("../sql/onboarding.sql", name = "schema", bootstrap);
 extension_sql!(
     r#"
 REVOKE EXECUTE ON FUNCTION onboarding._wake_worker_after_commit(), onboarding._worker_preloaded(),
-    onboarding._inserted_by_this_transaction(bigint), onboarding._request_customer(oid, text, integer) FROM PUBLIC;
+    onboarding._inserted_by_this_transaction(bigint), onboarding._request_customer(oid, text, integer),
+    onboarding._request_account_link(oid, text, text, text, integer) FROM PUBLIC;
 
 DO $$
 BEGIN

@@ -1,5 +1,5 @@
-//! `onboarding.get_or_create_customer`: a synchronous path to the worker that does not depend on
-//! the caller's commit.
+//! `onboarding.get_or_create_customer` and `onboarding.create_account_link`: synchronous paths to
+//! the worker (which alone holds the Stripe key) that do not depend on the caller's commit.
 //!
 //! A job row the caller inserted would stay invisible to the worker until the caller commits, so
 //! "enqueue and wait" in one call could only time out. Instead the caller leaves a request in a
@@ -15,6 +15,16 @@ use crate::wake;
 
 const SLOTS: usize = 32;
 const MAX_TEXT: usize = 512;
+
+/// What the caller wants back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RequestKind {
+    /// The profile's customer id (its creation job run or joined first, if needed).
+    Customer,
+    /// An `account_onboarding` link for the profile's Connect account (created first if the
+    /// policy allows).
+    AccountLink,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -56,6 +66,7 @@ impl FixedText {
 
 #[derive(Clone, Copy)]
 struct Slot {
+    kind: RequestKind,
     state: SlotState,
     /// Unique per request, so a worker never writes into a slot its caller gave up and reused.
     ticket: u64,
@@ -63,6 +74,8 @@ struct Slot {
     table: pg_sys::Oid,
     job_id: i64,
     user_id: FixedText,
+    refresh_url: FixedText,
+    return_url: FixedText,
     result: FixedText,
 }
 
@@ -77,12 +90,15 @@ unsafe impl PGRXSharedMemory for Requests {}
 impl Default for Requests {
     fn default() -> Self {
         let free = Slot {
+            kind: RequestKind::Customer,
             state: SlotState::Free,
             ticket: 0,
             requester_procno: -1,
             table: pg_sys::Oid::INVALID,
             job_id: 0,
             user_id: FixedText::new(""),
+            refresh_url: FixedText::new(""),
+            return_url: FixedText::new(""),
             result: FixedText::new(""),
         };
         Requests { next_ticket: 1, slots: [free; SLOTS] }
@@ -115,6 +131,22 @@ impl Drop for Pending {
 /// without a customer. Waits up to `wait_ms` for the worker and returns the customer id.
 #[pg_extern(name = "_request_customer", volatile, parallel_unsafe)]
 fn request_customer(profile_table: pg_sys::Oid, user_id: &str, wait_ms: i32) -> String {
+    request(RequestKind::Customer, profile_table, user_id, ["", ""], wait_ms)
+}
+
+/// Called by `onboarding.create_account_link`: returns a fresh account-onboarding URL.
+#[pg_extern(name = "_request_account_link", volatile, parallel_unsafe)]
+fn request_account_link(
+    profile_table: pg_sys::Oid,
+    user_id: &str,
+    refresh_url: &str,
+    return_url: &str,
+    wait_ms: i32,
+) -> String {
+    request(RequestKind::AccountLink, profile_table, user_id, [refresh_url, return_url], wait_ms)
+}
+
+fn request(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [&str; 2], wait_ms: i32) -> String {
     if !wake::shared_memory_ready() {
         ereport!(
             ERROR,
@@ -123,10 +155,14 @@ fn request_customer(profile_table: pg_sys::Oid, user_id: &str, wait_ms: i32) -> 
             "Add onboarding to shared_preload_libraries and restart PostgreSQL."
         );
     }
-    if user_id.len() > MAX_TEXT {
-        ereport!(ERROR, PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION, "onboarding: user_id is too long");
+    if user_id.len() > MAX_TEXT || urls.iter().any(|u| u.len() > MAX_TEXT) {
+        ereport!(ERROR, PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION, "onboarding: an argument is too long");
     }
-    let pending = submit(profile_table, user_id);
+    let what = match kind {
+        RequestKind::Customer => "a Stripe customer",
+        RequestKind::AccountLink => "a Connect account link",
+    };
+    let pending = submit(kind, profile_table, user_id, urls);
     wake::set_worker_latches();
     let deadline = Instant::now() + Duration::from_millis(wait_ms.max(0) as u64);
     loop {
@@ -141,21 +177,19 @@ fn request_customer(profile_table: pg_sys::Oid, user_id: &str, wait_ms: i32) -> 
                 ereport!(
                     ERROR,
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    format!("onboarding: could not create a Stripe customer for user {user_id}: {result}"),
-                    "See onboarding.job_status() and onboarding.events; fix the cause, then onboarding.retry(job_id)."
+                    format!("onboarding: could not get {what} for user {user_id}: {result}"),
+                    "See onboarding.profile_status() and onboarding.events; fix the cause, then onboarding.retry(job_id)."
                 );
             }
             _ => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let job = if job_id > 0 { format!("job {job_id}") } else { "its job (not yet enqueued)".into() };
+            let job = if job_id > 0 { format!("job {job_id}") } else { "the worker".into() };
             ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
-                format!(
-                    "onboarding: timed out after {wait_ms} ms waiting for {job} to create a Stripe customer for user {user_id}"
-                ),
+                format!("onboarding: timed out after {wait_ms} ms waiting for {job} to get {what} for user {user_id}"),
                 "The job goes on in the background: call again later, or follow onboarding.job_status(job_id)."
             );
         }
@@ -163,7 +197,7 @@ fn request_customer(profile_table: pg_sys::Oid, user_id: &str, wait_ms: i32) -> 
     }
 }
 
-fn submit(profile_table: pg_sys::Oid, user_id: &str) -> Pending {
+fn submit(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [&str; 2]) -> Pending {
     let mut requests = REQUESTS.exclusive();
     let Some(index) = requests.slots.iter().position(|s| s.state == SlotState::Free) else {
         drop(requests);
@@ -177,12 +211,15 @@ fn submit(profile_table: pg_sys::Oid, user_id: &str) -> Pending {
     let ticket = requests.next_ticket;
     requests.next_ticket += 1;
     requests.slots[index] = Slot {
+        kind,
         state: SlotState::Requested,
         ticket,
         requester_procno: wake::my_procno(),
         table: profile_table,
         job_id: 0,
         user_id: FixedText::new(user_id),
+        refresh_url: FixedText::new(urls[0]),
+        return_url: FixedText::new(urls[1]),
         result: FixedText::new(""),
     };
     Pending { slot: index, ticket }
@@ -206,10 +243,27 @@ fn wait_on_my_latch(timeout: Duration) {
 // ------------------------------------------------------------------------------------------------
 
 /// A request a worker has taken on: enqueue its job, then [`accept`] or [`fail`] it.
+#[derive(Clone)]
 pub struct Request {
     pub ticket: u64,
+    pub kind: RequestKind,
     pub table: pg_sys::Oid,
     pub user_id: String,
+    pub refresh_url: String,
+    pub return_url: String,
+}
+
+impl Request {
+    fn of(slot: &Slot) -> Request {
+        Request {
+            ticket: slot.ticket,
+            kind: slot.kind,
+            table: slot.table,
+            user_id: slot.user_id.as_str().into(),
+            refresh_url: slot.refresh_url.as_str().into(),
+            return_url: slot.return_url.as_str().into(),
+        }
+    }
 }
 
 /// Takes the requests no worker has taken yet.
@@ -218,15 +272,15 @@ pub fn take_new() -> Vec<Request> {
     let mut taken = Vec::new();
     for slot in requests.slots.iter_mut().filter(|s| s.state == SlotState::Requested) {
         slot.state = SlotState::Accepting;
-        taken.push(Request { ticket: slot.ticket, table: slot.table, user_id: slot.user_id.as_str().into() });
+        taken.push(Request::of(slot));
     }
     taken
 }
 
-/// The jobs of accepted requests, to watch until they finish.
-pub fn watched_jobs() -> Vec<(u64, i64)> {
+/// Accepted requests with their jobs, to watch until the jobs finish.
+pub fn watched() -> Vec<(Request, i64)> {
     let requests = REQUESTS.share();
-    requests.slots.iter().filter(|s| s.state == SlotState::Accepted).map(|s| (s.ticket, s.job_id)).collect()
+    requests.slots.iter().filter(|s| s.state == SlotState::Accepted).map(|s| (Request::of(s), s.job_id)).collect()
 }
 
 pub fn accept(ticket: u64, job_id: i64) {
@@ -237,10 +291,10 @@ pub fn accept(ticket: u64, job_id: i64) {
     });
 }
 
-pub fn succeed(ticket: u64, customer: &str) {
+pub fn succeed(ticket: u64, answer: &str) {
     settle(ticket, |slot| {
         slot.state = SlotState::Done;
-        slot.result = FixedText::new(customer);
+        slot.result = FixedText::new(answer);
         true
     });
 }

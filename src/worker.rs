@@ -19,7 +19,8 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 
 use crate::jobs::{Call, Outcome, claim_and_plan, record_results};
-use crate::{gucs, requests, wake};
+use crate::requests::{self, RequestKind};
+use crate::{gucs, wake};
 
 /// Shortest sleep between rounds that claimed less than a full batch.
 const MIN_SLEEP: Duration = Duration::from_millis(20);
@@ -95,10 +96,10 @@ impl Worker {
     fn run_round(&mut self) -> Duration {
         let poll = gucs::poll_interval();
         if self.stripe_client().is_none() {
-            serve_new_requests(Some("onboarding.stripe_api_key is not set"));
+            self.serve_new_requests(); // refuses them: nothing can be done without a key
             return poll;
         }
-        serve_new_requests(None);
+        self.serve_new_requests();
         let requeue = self.last_requeue.is_none_or(|t| t.elapsed() >= poll);
         let claimed = in_transaction("claiming jobs", || claim_and_plan(gucs::batch_size(), requeue));
         let Ok(Some((calls, claimed_count, mut next_due))) = claimed else {
@@ -115,7 +116,7 @@ impl Worker {
             next_due = record_results(&calls, results);
         }
         // Another worker may finish a watched job without waking us: watch closely meanwhile.
-        let watching = resolve_requests();
+        let watching = self.resolve_requests();
         if claimed_count >= gucs::batch_size() as usize {
             return Duration::ZERO;
         }
@@ -125,6 +126,107 @@ impl Worker {
         // A due job we could not claim is being claimed by another worker: look again shortly,
         // but never spin.
         next_due.map_or(poll, |due| due.clamp(MIN_SLEEP, poll))
+    }
+
+    /// Takes on new get_or_create_customer / create_account_link requests: answers at once what
+    /// can be (the profile already has the object), else enqueues or joins the job, in our own
+    /// transaction, and watches it.
+    fn serve_new_requests(&mut self) {
+        for request in requests::take_new() {
+            if self.client.is_none() {
+                requests::fail(request.ticket, "onboarding.stripe_api_key is not set");
+                continue;
+            }
+            // The profile may have got its object since the caller looked (say, from the insert
+            // trigger's job, which we were busy with): then there is nothing to enqueue.
+            let sql = match request.kind {
+                RequestKind::Customer => {
+                    "SELECT c, CASE WHEN c IS NULL
+                                   THEN onboarding._enqueue($1::regclass, $2, 'create_customer', 'get_or_create_customer')
+                               END, NULL::text
+                       FROM onboarding._customer_of($1::regclass, $2) c"
+                }
+                RequestKind::AccountLink => "SELECT * FROM onboarding._account_or_enqueue($1::regclass, $2)",
+            };
+            let found = in_transaction("taking on a request", || {
+                Spi::get_three_with_args::<String, i64, String>(
+                    sql,
+                    &[request.table.into(), request.user_id.as_str().into()],
+                )
+            });
+            match found {
+                Ok(Ok((Some(object), _, _))) => self.answer(&request, &object),
+                Ok(Ok((None, Some(job), _))) => requests::accept(request.ticket, job),
+                Ok(Ok((None, None, refusal))) => {
+                    requests::fail(request.ticket, refusal.as_deref().unwrap_or("no job was enqueued"))
+                }
+                Ok(Err(e)) => requests::fail(request.ticket, &e.to_string()),
+                Err(message) => requests::fail(request.ticket, &message),
+            }
+        }
+    }
+
+    /// Answers a request whose Stripe object exists: the id itself, or a fresh account link
+    /// (made here, outside any transaction; links are single-use and never stored).
+    fn answer(&self, request: &requests::Request, object: &str) {
+        match request.kind {
+            RequestKind::Customer => requests::succeed(request.ticket, object),
+            RequestKind::AccountLink => {
+                let client = self.client.as_ref().expect("requests are refused without a client");
+                let link = client.create_account_link(object, &request.refresh_url, &request.return_url);
+                match self.runtime.block_on(link) {
+                    Ok(url) => requests::succeed(request.ticket, &url),
+                    Err(error) => requests::fail(request.ticket, &error.to_string()),
+                }
+                check_for_interrupts!();
+            }
+        }
+    }
+
+    /// Answers the callers whose jobs have finished. Returns whether any are still waiting.
+    fn resolve_requests(&mut self) -> bool {
+        let watched = requests::watched();
+        if watched.is_empty() {
+            return false;
+        }
+        let ids: Vec<i64> = watched.iter().map(|(_, job)| *job).collect();
+        let jobs = in_transaction("checking jobs that callers wait for", || {
+            Spi::connect(|spi| {
+                let rows = spi.select(
+                    "SELECT id, state, coalesce(stripe_id, CASE kind
+                                WHEN 'create_customer' THEN onboarding._customer_of(profile_table, user_id)
+                                ELSE onboarding._connect_account_of(profile_table, user_id) END),
+                            last_error
+                       FROM onboarding.jobs WHERE id = ANY($1)",
+                    None,
+                    &[ids.clone().into()],
+                )?;
+                let mut jobs = Vec::new();
+                for row in rows {
+                    jobs.push((
+                        row.get::<i64>(1)?.unwrap_or_default(),
+                        row.get::<String>(2)?.unwrap_or_default(),
+                        row.get::<String>(3)?,
+                        row.get::<String>(4)?,
+                    ));
+                }
+                Ok::<_, pgrx::spi::Error>(jobs)
+            })
+        });
+        let Ok(Ok(jobs)) = jobs else { return true };
+        let mut waiting = false;
+        for (request, job_id) in watched {
+            match jobs.iter().find(|(id, ..)| *id == job_id) {
+                None => requests::fail(request.ticket, &format!("job {job_id} no longer exists")),
+                Some((_, state, _, _)) if state == "pending" || state == "running" => waiting = true,
+                Some((_, state, Some(object), _)) if state == "succeeded" => self.answer(&request, object),
+                Some((_, state, _, error)) => requests::fail(
+                    request.ticket,
+                    &format!("job {job_id} ended {state}: {}", error.as_deref().unwrap_or("nothing on the profile")),
+                ),
+            }
+        }
+        waiting
     }
 
     /// The client, rebuilt after each configuration reload. None while no key is configured.
@@ -179,76 +281,6 @@ impl Worker {
         check_for_interrupts!();
         results
     }
-}
-
-/// Enqueues (or joins) the job of each new get_or_create_customer request, in our own transaction.
-fn serve_new_requests(refuse: Option<&str>) {
-    for request in requests::take_new() {
-        if let Some(reason) = refuse {
-            requests::fail(request.ticket, reason);
-            continue;
-        }
-        // The profile may have got its customer since the caller looked (say, from the insert
-        // trigger's job, which we were busy with): then there is nothing to enqueue.
-        let enqueued = in_transaction("enqueueing for get_or_create_customer", || {
-            Spi::get_two_with_args::<String, i64>(
-                "SELECT c, CASE WHEN c IS NULL
-                               THEN onboarding._enqueue($1::regclass, $2, 'create_customer', 'get_or_create_customer') END
-                   FROM onboarding._customer_of($1::regclass, $2) c",
-                &[request.table.into(), request.user_id.as_str().into()],
-            )
-        });
-        match enqueued {
-            Ok(Ok((Some(customer), _))) => requests::succeed(request.ticket, &customer),
-            Ok(Ok((None, Some(job)))) => requests::accept(request.ticket, job),
-            Ok(Ok((None, None))) => requests::fail(request.ticket, "no job was enqueued"),
-            Ok(Err(e)) => requests::fail(request.ticket, &e.to_string()),
-            Err(message) => requests::fail(request.ticket, &message),
-        }
-    }
-}
-
-/// Answers the callers whose jobs have finished. Returns whether any are still waiting.
-fn resolve_requests() -> bool {
-    let watched = requests::watched_jobs();
-    if watched.is_empty() {
-        return false;
-    }
-    let ids: Vec<i64> = watched.iter().map(|(_, job)| *job).collect();
-    let jobs = in_transaction("checking jobs for get_or_create_customer", || {
-        Spi::connect(|spi| {
-            let rows = spi.select(
-                "SELECT id, state, coalesce(stripe_id, onboarding._customer_of(profile_table, user_id)), last_error
-                   FROM onboarding.jobs WHERE id = ANY($1)",
-                None,
-                &[ids.clone().into()],
-            )?;
-            let mut jobs = Vec::new();
-            for row in rows {
-                jobs.push((
-                    row.get::<i64>(1)?.unwrap_or_default(),
-                    row.get::<String>(2)?.unwrap_or_default(),
-                    row.get::<String>(3)?,
-                    row.get::<String>(4)?,
-                ));
-            }
-            Ok::<_, pgrx::spi::Error>(jobs)
-        })
-    });
-    let Ok(Ok(jobs)) = jobs else { return true };
-    let mut waiting = false;
-    for (ticket, job_id) in watched {
-        match jobs.iter().find(|(id, ..)| *id == job_id) {
-            None => requests::fail(ticket, &format!("job {job_id} no longer exists")),
-            Some((_, state, _, _)) if state == "pending" || state == "running" => waiting = true,
-            Some((_, state, Some(customer), _)) if state == "succeeded" => requests::succeed(ticket, customer),
-            Some((_, state, _, error)) => requests::fail(
-                ticket,
-                &format!("job {job_id} ended {state}: {}", error.as_deref().unwrap_or("no customer on the profile")),
-            ),
-        }
-    }
-    waiting
 }
 
 async fn until_shutdown_requested() {

@@ -69,6 +69,7 @@ fn main() {
         ("email_changes_follow_to_the_stripe_customer", email_changes_follow),
         ("connect_accounts_follow_the_policy_after_the_customer", connect_accounts_follow_the_policy),
         ("connect_policy_is_validated", connect_policy_is_validated),
+        ("account_links_are_made_fresh_and_only_when_allowed", account_links_are_made_fresh_and_only_when_allowed),
         ("an_idle_worker_sleeps_instead_of_polling", idle_worker_sleeps),
         ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
         ("concurrent_workers_and_sessions_never_process_a_job_twice_at_once", concurrent_workers),
@@ -1201,6 +1202,43 @@ fn connect_policy_is_validated() -> Result<(), Failed> {
     }
     let exists: bool = db.query_one(&format!("SELECT to_regclass('{table}') IS NOT NULL"), &[]).unwrap().get(0);
     ensure(exists, || "the injected condition dropped the table".into())
+}
+
+fn account_links_are_made_fresh_and_only_when_allowed() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_links");
+    let link = "SELECT onboarding.create_account_link($1, 'https://app.example.com/refresh', \
+                'https://app.example.com/return', 10000, 'public.profiles_links')";
+    let user = insert_profile(&mut db, &table, Some("payee@example.com"));
+    wait_for_customer(&mut db, &table, &user)?;
+
+    // Policy never and no account: refused, nothing created.
+    let (code, message) = sqlstate(db.query(link, &[&user]))?;
+    ensure(code == "55000" && message.contains("Connect policy"), || format!("policy never: {code} {message}"))?;
+    ensure(stripe_accounts_for(&user).is_empty(), || "an account was created against the policy".into())?;
+
+    // Allowed: the account is created first, then a link to it; each call makes a new link.
+    db.batch_execute(&format!("SELECT onboarding.set_connect_policy('{table}', 'always')")).unwrap();
+    let first: String = db.query_one(link, &[&user]).unwrap().get(0);
+    let second: String = db.query_one(link, &[&user]).unwrap().get(0);
+    let account = account_id(&mut db, &table, &user).ok_or("no account was linked")?;
+    ensure(first.starts_with("https://") && first != second, || format!("links {first} and {second}"))?;
+    let links: Vec<RecordedRequest> =
+        env().stripe.requests().into_iter().filter(|r| r.path == "/v1/account_links").collect();
+    ensure(links.len() == 2, || format!("{} account link requests", links.len()))?;
+    let p = &links[0].params;
+    ensure(
+        p["account"] == account.as_str()
+            && p["type"] == "account_onboarding"
+            && p["refresh_url"] == "https://app.example.com/refresh"
+            && p["return_url"] == "https://app.example.com/return",
+        || format!("account link params {p}"),
+    )?;
+
+    // Bad URLs.
+    let bad = "SELECT onboarding.create_account_link($1, 'javascript:alert(1)', 'https://x.example', 1000, 'public.profiles_links')";
+    let (code, _) = sqlstate(db.query(bad, &[&user]))?;
+    ensure(code == "22023", || format!("bad URL: {code}"))
 }
 
 /// CPU time (user + system, in clock ticks) a process has used, from /proc.
