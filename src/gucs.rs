@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_guard, pg_sys};
 
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static STRIPE_API_BASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"https://api.stripe.com"));
 pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -26,8 +26,8 @@ pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub fn register() {
     GucRegistry::define_string_guc(
         c"onboarding.database",
-        c"Database the onboarding background worker serves.",
-        c"The worker connects to this database at server start; install the extension there.",
+        c"Restricts the onboarding workers to this one database (empty: every database with the extension).",
+        c"By default the launcher starts workers in every database where the extension is installed.",
         &DATABASE,
         GucContext::Postmaster,
         GucFlags::default(),
@@ -184,8 +184,9 @@ fn millis(setting: &GucSetting<i32>) -> Duration {
     Duration::from_millis(setting.get().max(0) as u64)
 }
 
-pub fn database() -> String {
-    text(&DATABASE).unwrap_or_else(|| "postgres".into())
+/// The one database to serve, if restricted.
+pub fn database() -> Option<String> {
+    text(&DATABASE)
 }
 
 pub fn stripe_api_base() -> String {

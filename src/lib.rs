@@ -3,6 +3,7 @@
 //!
 //! Where things are:
 //! - `sql/onboarding.sql`: tables, `attach()`/`detach()`, the insert trigger, job transitions;
+//! - [`launcher`]: starts the workers of every database where the extension is installed;
 //! - [`worker`]: the background worker loop (claim → call Stripe → record);
 //! - [`jobs`]: what each phase does with a job (planning, the Stripe call, recording the outcome);
 //! - [`wake`]: waking the worker when an enqueuing transaction commits;
@@ -14,6 +15,7 @@ use pgrx::prelude::*;
 
 mod gucs;
 mod jobs;
+mod launcher;
 mod requests;
 mod wake;
 mod worker;
@@ -25,6 +27,7 @@ extension_sql_file!("../sql/onboarding.sql", name = "schema", bootstrap);
 extension_sql!(
     r#"
 REVOKE EXECUTE ON FUNCTION onboarding._wake_worker_after_commit(), onboarding._worker_preloaded(),
+    onboarding._launch_after_commit(),
     onboarding._inserted_by_this_transaction(bigint), onboarding._request_customer(oid, text, integer),
     onboarding._request_account_link(oid, text, text, text, integer) FROM PUBLIC;
 
@@ -33,11 +36,13 @@ BEGIN
     IF NOT onboarding._worker_preloaded() THEN
         RAISE WARNING 'onboarding: the background worker is not running, so no Stripe customer will be created'
             USING HINT = 'Add onboarding to shared_preload_libraries (ALTER SYSTEM SET shared_preload_libraries = ''onboarding'') and restart PostgreSQL.';
-    ELSIF current_setting('onboarding.database') <> current_database() THEN
-        RAISE WARNING 'onboarding: the background worker serves database "%", not "%"',
+    ELSIF coalesce(current_setting('onboarding.database'), '') NOT IN ('', current_database()) THEN
+        RAISE WARNING 'onboarding: onboarding.database restricts the workers to database "%", not "%"',
                 current_setting('onboarding.database'), current_database()
-            USING HINT = format('ALTER SYSTEM SET onboarding.database = %L and restart PostgreSQL.', current_database());
+            USING HINT = 'Empty onboarding.database (ALTER SYSTEM RESET onboarding.database) and restart PostgreSQL to serve every database.';
     END IF;
+    -- Once this commits, the launcher starts this database's workers.
+    PERFORM onboarding._launch_after_commit();
 END $$;
 "#,
     name = "preload_check",
@@ -50,7 +55,8 @@ pub extern "C-unwind" fn _PG_init() {
     // Shared memory and background workers can only be set up while the postmaster loads us.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         wake::init_shared_memory();
-        worker::register();
+        wake::install_drop_extension_hook();
+        launcher::register();
     }
 }
 

@@ -67,6 +67,8 @@ impl FixedText {
 #[derive(Clone, Copy)]
 struct Slot {
     kind: RequestKind,
+    /// The caller's database: only its workers take the request.
+    database: pg_sys::Oid,
     state: SlotState,
     /// Unique per request, so a worker never writes into a slot its caller gave up and reused.
     ticket: u64,
@@ -91,6 +93,7 @@ impl Default for Requests {
     fn default() -> Self {
         let free = Slot {
             kind: RequestKind::Customer,
+            database: pg_sys::Oid::INVALID,
             state: SlotState::Free,
             ticket: 0,
             requester_procno: -1,
@@ -212,6 +215,7 @@ fn submit(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [&
     requests.next_ticket += 1;
     requests.slots[index] = Slot {
         kind,
+        database: unsafe { pg_sys::MyDatabaseId },
         state: SlotState::Requested,
         ticket,
         requester_procno: wake::my_procno(),
@@ -270,7 +274,8 @@ impl Request {
 pub fn take_new() -> Vec<Request> {
     let mut requests = REQUESTS.exclusive();
     let mut taken = Vec::new();
-    for slot in requests.slots.iter_mut().filter(|s| s.state == SlotState::Requested) {
+    let here = unsafe { pg_sys::MyDatabaseId };
+    for slot in requests.slots.iter_mut().filter(|s| s.state == SlotState::Requested && s.database == here) {
         slot.state = SlotState::Accepting;
         taken.push(Request::of(slot));
     }
@@ -280,7 +285,13 @@ pub fn take_new() -> Vec<Request> {
 /// Accepted requests with their jobs, to watch until the jobs finish.
 pub fn watched() -> Vec<(Request, i64)> {
     let requests = REQUESTS.share();
-    requests.slots.iter().filter(|s| s.state == SlotState::Accepted).map(|s| (Request::of(s), s.job_id)).collect()
+    let here = unsafe { pg_sys::MyDatabaseId };
+    requests
+        .slots
+        .iter()
+        .filter(|s| s.state == SlotState::Accepted && s.database == here)
+        .map(|s| (Request::of(s), s.job_id))
+        .collect()
 }
 
 pub fn accept(ticket: u64, job_id: i64) {

@@ -1,42 +1,59 @@
-//! Waking the worker when, and only when, an enqueuing transaction commits (pg_net's pattern).
+//! Shared memory that ties the processes together, and waking them only after commit (pg_net's
+//! pattern).
 //!
-//! Each worker publishes its PGPROC number in a shared-memory slot. The insert trigger calls
-//! `onboarding._wake_worker_after_commit()`, which registers a commit callback once per
-//! transaction; on COMMIT the callback sets every worker's latch (they share the queue through
-//! `SKIP LOCKED`, so the idle ones compete for the new jobs), on ABORT nothing happens.
+//! Each worker publishes its PGPROC number and database in a slot; the launcher publishes its own.
+//! The insert trigger calls `onboarding._wake_worker_after_commit()`, which registers a commit
+//! callback once per transaction; on COMMIT it sets the latches of the workers of this database
+//! (they share the queue through `SKIP LOCKED`, so the idle ones compete for the new jobs); on
+//! ABORT nothing happens. `CREATE EXTENSION` likewise wakes the launcher after commit.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, PgXactCallbackEvent, pg_shmem_init, register_xact_callback};
 
-const NO_WORKER: i32 = -1;
+const NO_PROCESS: i32 = -1;
+const NO_DATABASE: u32 = 0;
 
-/// Upper bound of `onboarding.workers`.
-pub const MAX_WORKERS: usize = 16;
+/// Worker slots for all databases together; also the upper bound of `onboarding.workers`.
+pub const MAX_WORKERS: usize = 64;
 
-/// One PGPROC number per worker slot, `NO_WORKER` when the slot's worker is not running.
-pub struct WorkerSlots([AtomicI32; MAX_WORKERS]);
+pub struct Processes {
+    launcher: AtomicI32,
+    worker_procnos: [AtomicI32; MAX_WORKERS],
+    worker_databases: [AtomicU32; MAX_WORKERS],
+    /// Databases a worker found without the extension: the launcher leaves them alone until
+    /// `CREATE EXTENSION` there (or its periodic full rescan).
+    without_extension: [AtomicU32; MAX_WORKERS],
+}
 
 // SAFETY: plain atomics, no pointers: valid in every process that maps the segment.
-unsafe impl pgrx::PGRXSharedMemory for WorkerSlots {}
+unsafe impl pgrx::PGRXSharedMemory for Processes {}
 
-impl Default for WorkerSlots {
+impl Default for Processes {
     fn default() -> Self {
-        WorkerSlots(std::array::from_fn(|_| AtomicI32::new(NO_WORKER)))
+        Processes {
+            launcher: AtomicI32::new(NO_PROCESS),
+            worker_procnos: std::array::from_fn(|_| AtomicI32::new(NO_PROCESS)),
+            worker_databases: std::array::from_fn(|_| AtomicU32::new(NO_DATABASE)),
+            without_extension: std::array::from_fn(|_| AtomicU32::new(NO_DATABASE)),
+        }
     }
 }
 
-static WORKERS: PgAtomic<WorkerSlots> = unsafe { PgAtomic::new(c"onboarding_worker_slots") };
+static PROCESSES: PgAtomic<Processes> = unsafe { PgAtomic::new(c"onboarding_processes") };
 
 /// Set in the postmaster when preloading; inherited by every backend it forks.
 static SHARED_MEMORY_READY: AtomicBool = AtomicBool::new(false);
 
-/// Backend-local: a wake-up is already registered for the current transaction.
-static WAKE_REGISTERED: AtomicBool = AtomicBool::new(false);
+/// Backend-local: what the current transaction wants done at commit, and whether the callback
+/// that does it is registered.
+static WAKE_WORKERS: AtomicBool = AtomicBool::new(false);
+static WAKE_LAUNCHER: AtomicBool = AtomicBool::new(false);
+static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 pub fn init_shared_memory() {
-    pg_shmem_init!(WORKERS);
+    pg_shmem_init!(PROCESSES);
     crate::requests::init_shared_memory();
     SHARED_MEMORY_READY.store(true, Ordering::Relaxed);
 }
@@ -45,32 +62,134 @@ pub fn shared_memory_ready() -> bool {
     SHARED_MEMORY_READY.load(Ordering::Relaxed)
 }
 
-/// Called by worker `slot` once connected: from now on commits wake this process.
-pub fn publish_this_worker(slot: usize) {
-    WORKERS.get().0[slot].store(my_procno(), Ordering::Release);
+fn my_database() -> u32 {
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
-pub fn unpublish_this_worker(slot: usize) {
-    WORKERS.get().0[slot].store(NO_WORKER, Ordering::Release);
+/// Called by a worker once connected: from now on commits in its database wake it. Returns its
+/// slot, or None when all are taken. The slot is freed when the process exits, however it exits.
+pub fn publish_this_worker() -> Option<usize> {
+    let shared = PROCESSES.get();
+    let slot = (0..MAX_WORKERS).find(|&i| {
+        shared.worker_procnos[i].compare_exchange(NO_PROCESS, my_procno(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    })?;
+    shared.worker_databases[slot].store(my_database(), Ordering::Release);
+    unsafe { pg_sys::before_shmem_exit(Some(unpublish_worker), pg_sys::Datum::from(slot)) };
+    Some(slot)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn unpublish_worker(_code: i32, slot: pg_sys::Datum) {
+    let shared = PROCESSES.get();
+    shared.worker_databases[slot.value()].store(NO_DATABASE, Ordering::Release);
+    shared.worker_procnos[slot.value()].store(NO_PROCESS, Ordering::Release);
+}
+
+pub fn publish_launcher() {
+    PROCESSES.get().launcher.store(my_procno(), Ordering::Release);
+}
+
+pub fn mark_without_extension(database: pg_sys::Oid) {
+    let marks = &PROCESSES.get().without_extension;
+    if marks.iter().any(|m| m.load(Ordering::Acquire) == database.to_u32()) {
+        return;
+    }
+    // When the list is full the database just stays unmarked: the launcher retries it later.
+    let _ = marks
+        .iter()
+        .find(|m| m.compare_exchange(NO_DATABASE, database.to_u32(), Ordering::AcqRel, Ordering::Relaxed).is_ok());
+}
+
+pub fn without_extension(database: pg_sys::Oid) -> bool {
+    PROCESSES.get().without_extension.iter().any(|m| m.load(Ordering::Acquire) == database.to_u32())
+}
+
+pub fn forget_databases_without_extension() {
+    PROCESSES.get().without_extension.iter().for_each(|m| m.store(NO_DATABASE, Ordering::Release));
 }
 
 #[pg_extern(name = "_wake_worker_after_commit", volatile, parallel_unsafe)]
 fn wake_worker_after_commit() {
-    if !shared_memory_ready() || WAKE_REGISTERED.swap(true, Ordering::Relaxed) {
+    after_commit(&WAKE_WORKERS);
+}
+
+/// Called by `CREATE EXTENSION`: once it commits, the launcher starts this database's workers.
+#[pg_extern(name = "_launch_after_commit", volatile, parallel_unsafe)]
+fn launch_after_commit() {
+    after_commit(&WAKE_LAUNCHER);
+}
+
+fn after_commit(wanted: &AtomicBool) {
+    if !shared_memory_ready() {
+        return;
+    }
+    wanted.store(true, Ordering::Relaxed);
+    if CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
         return;
     }
     register_xact_callback(PgXactCallbackEvent::Commit, || {
-        WAKE_REGISTERED.store(false, Ordering::Relaxed);
-        set_worker_latches();
+        CALLBACK_REGISTERED.store(false, Ordering::Relaxed);
+        if WAKE_WORKERS.swap(false, Ordering::Relaxed) {
+            set_worker_latches();
+        }
+        if WAKE_LAUNCHER.swap(false, Ordering::Relaxed) {
+            let database = my_database();
+            let marks = &PROCESSES.get().without_extension;
+            marks.iter().for_each(|m| {
+                let _ = m.compare_exchange(database, NO_DATABASE, Ordering::AcqRel, Ordering::Relaxed);
+            });
+            set_latch_of(PROCESSES.get().launcher.load(Ordering::Acquire));
+        }
     });
-    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_REGISTERED.store(false, Ordering::Relaxed));
+    register_xact_callback(PgXactCallbackEvent::Abort, || {
+        CALLBACK_REGISTERED.store(false, Ordering::Relaxed);
+        WAKE_WORKERS.store(false, Ordering::Relaxed);
+        WAKE_LAUNCHER.store(false, Ordering::Relaxed);
+    });
 }
 
-/// Runs inside a commit callback, where an ERROR would be a PANIC: no locks, no allocation, no
-/// failure path. A stale PGPROC number (worker restarting) only causes a harmless spurious wake.
+static mut PREVIOUS_OBJECT_ACCESS_HOOK: pg_sys::object_access_hook_type = None;
+
+/// `DROP EXTENSION onboarding` wakes this database's workers after commit, so they notice at once
+/// that the extension is gone and exit (see worker.rs).
+pub fn install_drop_extension_hook() {
+    unsafe {
+        PREVIOUS_OBJECT_ACCESS_HOOK = pg_sys::object_access_hook;
+        pg_sys::object_access_hook = Some(on_object_access);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_object_access(
+    access: pg_sys::ObjectAccessType::Type,
+    class_id: pg_sys::Oid,
+    object_id: pg_sys::Oid,
+    sub_id: i32,
+    arg: *mut std::ffi::c_void,
+) {
+    unsafe {
+        if let Some(previous) = PREVIOUS_OBJECT_ACCESS_HOOK {
+            previous(access, class_id, object_id, sub_id, arg);
+        }
+        if access == pg_sys::ObjectAccessType::OAT_DROP
+            && class_id == pg_sys::ExtensionRelationId
+            && pg_sys::get_extension_oid(c"onboarding".as_ptr(), true) == object_id
+        {
+            after_commit(&WAKE_WORKERS);
+        }
+    }
+}
+
+/// Wakes the workers of this database. Runs inside a commit callback, where an ERROR would be a
+/// PANIC: atomics only, no locks, no allocation, no failure path. A stale slot (a worker
+/// restarting) only causes a harmless spurious wake.
 pub fn set_worker_latches() {
-    for slot in &WORKERS.get().0 {
-        set_latch_of(slot.load(Ordering::Acquire));
+    let shared = PROCESSES.get();
+    let database = my_database();
+    for slot in 0..MAX_WORKERS {
+        if shared.worker_databases[slot].load(Ordering::Acquire) == database {
+            set_latch_of(shared.worker_procnos[slot].load(Ordering::Acquire));
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use futures_util::future::join_all;
 use onboarding_core::runtime::signal_safe_runtime;
 use onboarding_core::stripe::{ApiKey, ClientConfig, StripeClient};
 use pgrx::PgTryBuilder;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
 use crate::jobs::{Call, Outcome, claim_and_plan, record_results};
@@ -31,34 +31,23 @@ const REQUEST_WATCH: Duration = Duration::from_millis(50);
 /// Pause after an unexpected database error, so a persistent one does not spin.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// Registers `onboarding.workers` workers; each gets its slot number as argument.
-pub fn register() {
-    for slot in 0..gucs::workers() {
-        BackgroundWorkerBuilder::new(&format!("onboarding worker {}", slot + 1))
-            .set_type("onboarding worker")
-            .set_library("onboarding")
-            .set_function("onboarding_worker_main")
-            .set_argument(Some(pg_sys::Datum::from(slot)))
-            .enable_spi_access()
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            // Restarted after any exit other than a requested shutdown.
-            .set_restart_time(Some(Duration::from_secs(5)))
-            .load();
-    }
-}
-
+/// A worker serves one database (its oid is the argument; the launcher starts it, see
+/// launcher.rs) until shutdown, or until it finds the extension is not installed there.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
-    let slot = arg.value().min(wake::MAX_WORKERS - 1);
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    let database_name = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = gucs::database();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     // The postmaster we were forked from holds no Stripe key (gucs.rs): read the files ourselves.
     unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     let runtime = signal_safe_runtime().unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
-    wake::publish_this_worker(slot);
-    log!("onboarding: worker started for database \"{database}\"");
+    if wake::publish_this_worker().is_none() {
+        warning!("onboarding: all {} worker slots are taken; not serving \"{database_name}\"", wake::MAX_WORKERS);
+        return;
+    }
+    log!("onboarding: worker started for database \"{database_name}\"");
 
     let mut worker = Worker { runtime, client: None, warned_no_key: false, last_requeue: None };
     while !shutdown_requested() {
@@ -67,20 +56,21 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
             worker.client = None;
             worker.warned_no_key = false;
         }
-        let sleep = worker.run_round();
+        let Some(sleep) = worker.run_round() else {
+            // Not installed here (any more): make way, until CREATE EXTENSION wakes the launcher.
+            wake::mark_without_extension(database);
+            log!("onboarding: extension not installed in database \"{database_name}\"; worker exiting");
+            return;
+        };
         if !sleep.is_zero() && !BackgroundWorker::wait_latch(Some(sleep)) {
             break;
         }
     }
-    wake::unpublish_this_worker(slot);
-    log!("onboarding: worker stopped");
-    // Exit status 1 lets the postmaster restart us after pg_terminate_backend(); during a server
-    // shutdown it restarts nothing. (Status 0 would mean "never restart".)
-    unsafe { pg_sys::proc_exit(1) };
+    log!("onboarding: worker for database \"{database_name}\" stopped");
 }
 
 /// SIGTERM (smart/fast shutdown, pg_terminate_backend) sets this; pgrx's own flag resets on read.
-fn shutdown_requested() -> bool {
+pub fn shutdown_requested() -> bool {
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
 }
 
@@ -92,25 +82,28 @@ struct Worker {
 }
 
 impl Worker {
-    /// One claim/call/record round. Returns how long to sleep before the next one.
-    fn run_round(&mut self) -> Duration {
+    /// One claim/call/record round. Returns how long to sleep before the next one, or None when
+    /// the extension is not installed in this database.
+    fn run_round(&mut self) -> Option<Duration> {
         let poll = gucs::poll_interval();
         if self.stripe_client().is_none() {
             self.serve_new_requests(); // refuses them: nothing can be done without a key
-            return poll;
+            return Some(poll);
         }
         self.serve_new_requests();
         let requeue = self.last_requeue.is_none_or(|t| t.elapsed() >= poll);
         let claimed = in_transaction("claiming jobs", || claim_and_plan(gucs::batch_size(), requeue));
-        let Ok(Some((calls, claimed_count, mut next_due))) = claimed else {
-            return if claimed.is_err() { ERROR_PAUSE } else { poll };
+        let (calls, claimed_count, mut next_due) = match claimed {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => return None,
+            Err(_) => return Some(ERROR_PAUSE),
         };
         if requeue {
             self.last_requeue = Some(Instant::now());
         }
         if !calls.is_empty() {
             let Some(results) = self.call_stripe(&calls) else {
-                return Duration::ZERO;
+                return Some(Duration::ZERO);
             };
             // Failed calls were just rescheduled: the next due time comes from after recording.
             next_due = record_results(&calls, results);
@@ -118,14 +111,14 @@ impl Worker {
         // Another worker may finish a watched job without waking us: watch closely meanwhile.
         let watching = self.resolve_requests();
         if claimed_count >= gucs::batch_size() as usize {
-            return Duration::ZERO;
+            return Some(Duration::ZERO);
         }
         if watching {
             next_due = Some(next_due.map_or(REQUEST_WATCH, |due| due.min(REQUEST_WATCH)));
         }
         // A due job we could not claim is being claimed by another worker: look again shortly,
         // but never spin.
-        next_due.map_or(poll, |due| due.clamp(MIN_SLEEP, poll))
+        Some(next_due.map_or(poll, |due| due.clamp(MIN_SLEEP, poll)))
     }
 
     /// Takes on new get_or_create_customer / create_account_link requests: answers at once what

@@ -80,7 +80,11 @@ impl Cluster {
     }
 
     pub fn connect(&self) -> postgres::Client {
-        let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port);
+        self.connect_to("postgres")
+    }
+
+    pub fn connect_to(&self, database: &str) -> postgres::Client {
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname={database}", self.port);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match postgres::Client::connect(&conninfo, postgres::NoTls) {
