@@ -97,12 +97,12 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"onboarding.workers",
-        c"Number of background workers sharing the job queue.",
-        c"Each takes a slot of max_worker_processes.",
+        c"Background workers per database, sharing its job queue.",
+        c"Each takes a slot of max_worker_processes. Raising it takes effect on reload; lowering it, at restart.",
         &WORKERS,
         1,
         crate::wake::MAX_WORKERS as i32,
-        GucContext::Postmaster,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
