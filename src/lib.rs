@@ -2,7 +2,8 @@
 //! profile's transaction commits, exactly once.
 //!
 //! Where things are:
-//! - `sql/onboarding.sql`: tables, `attach()`/`detach()`, the insert trigger, job transitions;
+//! - `sql/onboarding.sql`: tables, `attach()`/`detach()`, the triggers, the SQL API, job transitions;
+//! - `sql/audits.sql`: audits and metrics for DBAs;
 //! - [`launcher`]: starts the workers of every database where the extension is installed;
 //! - [`worker`]: the background worker loop (claim → call Stripe → record);
 //! - [`jobs`]: what each phase does with a job (planning, the Stripe call, recording the outcome);
@@ -23,6 +24,7 @@ mod worker;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/onboarding.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/audits.sql", name = "audits", requires = ["schema"]);
 
 extension_sql!(
     r#"

@@ -70,6 +70,7 @@ fn main() {
         ("connect_accounts_follow_the_policy_after_the_customer", connect_accounts_follow_the_policy),
         ("connect_policy_is_validated", connect_policy_is_validated),
         ("account_links_are_made_fresh_and_only_when_allowed", account_links_are_made_fresh_and_only_when_allowed),
+        ("audits_find_the_planted_gaps", audits_find_the_planted_gaps),
         ("an_idle_worker_sleeps_instead_of_polling", idle_worker_sleeps),
         ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
         ("concurrent_workers_and_sessions_never_process_a_job_twice_at_once", concurrent_workers),
@@ -115,6 +116,7 @@ fn settings(stripe: &Emulator, extra: &str) -> String {
          onboarding.max_attempts = 6\n\
          onboarding.connect_timeout = '1s'\n\
          onboarding.request_timeout = '{timeout}ms'\n\
+         track_commit_timestamp = on\n\
          {extra}\n",
         base = stripe.base_url(),
         poll = POLL_INTERVAL.as_millis(),
@@ -1280,6 +1282,100 @@ fn account_links_are_made_fresh_and_only_when_allowed() -> Result<(), Failed> {
     let bad = "SELECT onboarding.create_account_link($1, 'javascript:alert(1)', 'https://x.example', 1000, 'public.profiles_links')";
     let (code, _) = sqlstate(db.query(bad, &[&user]))?;
     ensure(code == "22023", || format!("bad URL: {code}"))
+}
+
+fn audits_find_the_planted_gaps() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_audit");
+    // A normal run, readable as a sequence.
+    let user = insert_profile(&mut db, &table, Some("audited@example.com"));
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    let lines: Vec<String> =
+        db.query("SELECT line FROM onboarding.sequence($1)", &[&user]).unwrap().iter().map(|r| r.get(0)).collect();
+    let text = lines.join("\n");
+    for needle in ["Profile committed", "Calling Stripe: POST /v1/customers", &format!("Stripe ID {customer} written")]
+    {
+        ensure(text.contains(needle), || format!("sequence lacks {needle:?}:\n{text}"))?;
+    }
+
+    // Ordering: clean after normal runs; a planted early request is caught.
+    let ordering = |db: &mut Client| -> Vec<(bool, Option<i64>, String)> {
+        db.query("SELECT violation, job_id, detail FROM onboarding.audit_ordering()", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    let clean = ordering(&mut db);
+    ensure(clean.len() == 1 && !clean[0].0 && !clean[0].2.starts_with("0 jobs"), || format!("{clean:?}"))?;
+    let job: i64 = db.query_one("SELECT id FROM onboarding.jobs WHERE user_id = $1", &[&user]).unwrap().get(0);
+    db.execute(
+        "INSERT INTO onboarding.events (job_id, user_id, step, at) VALUES ($1, $2, 'stripe_request', now() - interval '1 hour')",
+        &[&job, &user],
+    )
+    .unwrap();
+    let caught = ordering(&mut db);
+    db.execute("DELETE FROM onboarding.events WHERE job_id = $1 AND at < now() - interval '30 minutes'", &[&job])
+        .unwrap();
+    ensure(caught.iter().filter(|(v, _, _)| *v).map(|(_, j, _)| *j).collect::<Vec<_>>() == [Some(job)], || {
+        format!("the planted violation: {caught:?}")
+    })?;
+
+    // Gaps: a profile with no job, a dead job, a job stuck past its lease.
+    db.batch_execute(&format!("SELECT onboarding.detach('{table}')")).unwrap();
+    let jobless = insert_profile(&mut db, &table, Some("jobless@example.com"));
+    db.batch_execute(&format!("SELECT onboarding.attach('{table}')")).unwrap();
+    env().stripe.inject(Fault::status(400).on("POST", "/v1/customers").message("refused for the audit"));
+    let rejected = insert_profile(&mut db, &table, Some("rejected@example.com"));
+    let dead = wait_for_state(&mut db, &rejected, "dead")?;
+    let stuck: i64 = db
+        .query_one(
+            &format!(
+                "INSERT INTO onboarding.jobs (kind, profile_table, user_id, state, attempts, claimed_by, claimed_at)
+                 VALUES ('create_customer', '{table}'::regclass, 'stuck-audit', 'running', 1, pg_backend_pid(),
+                         now() - interval '1 hour') RETURNING id"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let missing: Vec<(String, String)> = db
+        .query(
+            "SELECT user_id, state FROM onboarding.audit_missing('0 seconds') WHERE profile_table = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = vec![(jobless.clone(), "no job".to_string()), (rejected.clone(), "dead".to_string())];
+    let mut sorted = missing.clone();
+    sorted.sort();
+    let mut want = expected.clone();
+    want.sort();
+    ensure(sorted == want, || format!("audit_missing found {missing:?}, expected {expected:?} ({dead:?})"))?;
+    let problems: Vec<(i64, String)> = db
+        .query("SELECT job_id, problem FROM onboarding.audit_jobs() WHERE user_id IN ($1, 'stuck-audit')", &[&rejected])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    ensure(problems.len() == 2 && problems.iter().any(|(id, p)| *id == stuck && p == "stuck past its lease"), || {
+        format!("audit_jobs: {problems:?}")
+    })?;
+    db.execute("UPDATE onboarding.jobs SET state = 'dead', claimed_by = NULL WHERE id = $1", &[&stuck]).unwrap();
+
+    // Metrics: latency from commit to write-back is measured.
+    let metrics: Vec<String> = db
+        .query("SELECT metric FROM onboarding.stats WHERE value IS NOT NULL", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for metric in ["jobs dead", "commit to written back p50", "commit to written back p99", "stripe call p50"] {
+        ensure(metrics.iter().any(|m| m == metric), || format!("stats lacks {metric}: {metrics:?}"))?;
+    }
+    Ok(())
 }
 
 /// CPU time (user + system, in clock ticks) a process has used, from /proc.

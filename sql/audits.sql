@@ -1,0 +1,181 @@
+-- onboarding: audits and metrics for DBAs. Read-only; SECURITY DEFINER so that an auditor role
+-- needs EXECUTE on these functions only (see README, "Roles and grants").
+
+-- The ordered event log of one user, one readable line per step (the ordering guide's "good
+-- sequence"), starting with the commit of the profile when track_commit_timestamp is on.
+CREATE FUNCTION onboarding.sequence(user_id text)
+RETURNS TABLE (at timestamptz, job_id bigint, step text, line text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH steps AS (
+        SELECT e.at, e.id, e.job_id, e.step, e.detail, j.kind, e.xmin AS event_xmin
+          FROM onboarding.events e JOIN onboarding.jobs j ON j.id = e.job_id
+         WHERE e.user_id = sequence.user_id)
+    SELECT committed, NULL::bigint, 'committed', format('Profile committed: %s', sequence.user_id)
+      FROM (SELECT pg_xact_commit_timestamp(s.event_xmin) AS committed FROM steps s
+             WHERE s.step = 'enqueued' AND current_setting('track_commit_timestamp')::boolean
+             ORDER BY s.id LIMIT 1) c
+     WHERE committed IS NOT NULL
+    UNION ALL
+    SELECT s.at, s.job_id, s.step,
+           CASE s.step
+               WHEN 'enqueued' THEN format('Queued %s for %s (%s)', replace(s.kind, '_', ' '), sequence.user_id,
+                                           coalesce(s.detail->>'source', 'insert'))
+               WHEN 'claimed' THEN format('Worker %s took job %s (attempt %s)', s.detail->>'worker_pid', s.job_id,
+                                          s.detail->>'attempt')
+               WHEN 'stripe_request' THEN format('Calling Stripe: %s %s', s.detail->>'method', s.detail->>'path')
+               WHEN 'stripe_response' THEN format('Stripe answered %s%s (request %s)', s.detail->>'status',
+                                                  coalesce(': ' || (s.detail->>'stripe_id'), ''),
+                                                  coalesce(s.detail->>'request_id', 'none'))
+               WHEN 'written_back' THEN format('Stripe ID %s written to %s.%s', s.detail->>'stripe_id',
+                                               s.detail->>'table', s.detail->>'column')
+               WHEN 'failed' THEN format('Attempt failed: %s; retry in %s ms', coalesce(s.detail->>'message',
+                                         s.detail->>'transport', s.detail->>'kind'), s.detail->>'retry_in_ms')
+               WHEN 'dead' THEN format('Gave up: %s', coalesce(s.detail->>'reason', s.detail->>'message'))
+               ELSE initcap(replace(s.step, '_', ' ')) || coalesce(': ' || coalesce(s.detail->>'reason',
+                                                                                  s.detail->>'stripe_id'), '')
+           END
+      FROM steps s
+     ORDER BY 1, 2 NULLS FIRST;
+$$;
+
+-- Jobs that need a human: dead ones, running ones past their lease, pending ones waiting long.
+CREATE FUNCTION onboarding.audit_jobs(waiting_longer_than interval DEFAULT '5 minutes')
+RETURNS TABLE (job_id bigint, kind text, user_id text, problem text, state text, attempts integer,
+               age interval, reason text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT j.id, j.kind, j.user_id,
+           CASE WHEN j.state = 'dead' THEN 'dead'
+                WHEN j.state = 'running' THEN 'stuck past its lease'
+                ELSE 'waiting long' END,
+           j.state, j.attempts, now() - j.created_at,
+           coalesce(j.last_error, CASE j.state WHEN 'running' THEN format('claimed by pid %s at %s', j.claimed_by, j.claimed_at) END)
+      FROM onboarding.jobs j
+     WHERE j.state = 'dead'
+        OR (j.state = 'running'
+            AND j.claimed_at < now() - coalesce(current_setting('onboarding.lease', true), '5min')::interval)
+        OR (j.state = 'pending' AND j.created_at < now() - waiting_longer_than)
+     ORDER BY j.id;
+$$;
+
+-- Attached profiles without a customer (or, where the Connect policy wants one, without an
+-- account), with their latest job's state and error, or "no job". Profiles whose job is younger
+-- than older_than are still in flight and left out.
+CREATE FUNCTION onboarding.audit_missing(older_than interval DEFAULT '5 minutes')
+RETURNS TABLE (profile_table regclass, user_id text, missing text, job_id bigint, state text, last_error text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments ORDER BY attachments.profile_table::text LOOP
+        RETURN QUERY EXECUTE format($sql$
+            SELECT %1$L::regclass, p.uid, m.what, j.id, coalesce(j.state, 'no job'), j.last_error
+              FROM (SELECT t.%2$I::text AS uid, t.%3$I AS customer, %4$s AS account, %5$s AS wants_account
+                      FROM %1$s t) p
+             CROSS JOIN LATERAL (VALUES ('customer', 'create_customer', p.customer IS NULL),
+                                        ('connect account', 'create_connect_account',
+                                         p.account IS NULL AND p.wants_account)) m(what, kind, is_missing)
+              LEFT JOIN LATERAL (SELECT x.id, x.state, x.last_error, x.created_at FROM onboarding.jobs x
+                                  WHERE x.profile_table = %1$L::regclass AND x.user_id = p.uid AND x.kind = m.kind
+                                  ORDER BY x.id DESC LIMIT 1) j ON true
+             WHERE m.is_missing AND (j.id IS NULL OR j.state NOT IN ('pending', 'running') OR j.created_at < now() - $1)
+             ORDER BY p.uid, m.what $sql$,
+            a.profile_table, a.id_column, a.customer_column,
+            coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'),
+            CASE a.connect_policy WHEN 'always' THEN 'true'
+                                  WHEN 'when' THEN format('onboarding._connect_due(%L::onboarding.attachments, t)', a)
+                                  ELSE 'false' END)
+        USING older_than;
+    END LOOP;
+END $$;
+
+-- Proof that no Stripe request for a profile was sent before the profile's transaction committed:
+-- the commit time of the transaction that queued the job (the xmin of its 'enqueued' event, never
+-- updated) against the first 'stripe_request' event. Returns the violations, then one summary row
+-- (violation = false) with the number of jobs checked.
+CREATE FUNCTION onboarding.audit_ordering()
+RETURNS TABLE (violation boolean, job_id bigint, user_id text, committed_at timestamptz,
+               first_request_at timestamptz, detail text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    checked bigint := 0;
+    unknown bigint := 0;
+    r record;
+BEGIN
+    IF NOT current_setting('track_commit_timestamp')::boolean THEN
+        RAISE EXCEPTION 'onboarding.audit_ordering needs track_commit_timestamp = on'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'ALTER SYSTEM SET track_commit_timestamp = on; then restart PostgreSQL. Only transactions '
+                         'committed after that can be checked.';
+    END IF;
+    FOR r IN
+        SELECT q.job_id, q.user_id, pg_xact_commit_timestamp(q.xmin) AS committed, s.first_request
+          FROM (SELECT DISTINCT ON (e.job_id) e.job_id, e.user_id, e.xmin
+                  FROM onboarding.events e WHERE e.step = 'enqueued' ORDER BY e.job_id, e.id) q
+          JOIN LATERAL (SELECT min(e.at) AS first_request FROM onboarding.events e
+                         WHERE e.job_id = q.job_id AND e.step = 'stripe_request') s ON s.first_request IS NOT NULL
+    LOOP
+        IF r.committed IS NULL THEN
+            unknown := unknown + 1;  -- committed before track_commit_timestamp, or its timestamp expired
+            CONTINUE;
+        END IF;
+        checked := checked + 1;
+        IF r.first_request < r.committed THEN
+            violation := true; job_id := r.job_id; user_id := r.user_id; committed_at := r.committed;
+            first_request_at := r.first_request;
+            detail := format('Stripe was called %s before the commit', r.committed - r.first_request);
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+    violation := false; job_id := NULL; user_id := NULL; committed_at := NULL; first_request_at := NULL;
+    detail := format('%s jobs checked, %s without a known commit time', checked, unknown);
+    RETURN NEXT;
+END $$;
+
+-- Operational metrics over a window: queue depth, age, throughput, latencies, attempts, failures.
+CREATE FUNCTION onboarding.stats_for(since interval DEFAULT '1 hour')
+RETURNS TABLE (metric text, value numeric, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH recent AS (SELECT * FROM onboarding.jobs WHERE created_at >= now() - since),
+    latency AS (
+        SELECT extract(epoch FROM w.at - pg_xact_commit_timestamp(q.xmin)) * 1000 AS ms
+          FROM onboarding.events w
+          JOIN LATERAL (SELECT e.xmin FROM onboarding.events e
+                         WHERE e.job_id = w.job_id AND e.step = 'enqueued' ORDER BY e.id LIMIT 1) q ON true
+         WHERE w.step = 'written_back' AND w.at >= now() - since
+           AND current_setting('track_commit_timestamp')::boolean),
+    calls AS (SELECT (detail->>'duration_ms')::numeric AS ms FROM onboarding.events
+               WHERE step = 'stripe_response' AND at >= now() - since AND detail ? 'duration_ms'),
+    failures AS (SELECT coalesce(detail->>'status', detail->>'transport', detail->>'kind') AS status,
+                        coalesce(detail->>'code', '') AS code
+                   FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since)
+    SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
+      FROM unnest(ARRAY['pending', 'running', 'dead']) s
+      LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
+    UNION ALL
+    SELECT 'oldest pending (s)', coalesce(extract(epoch FROM now() - min(created_at)), 0)::numeric(12, 1), NULL
+      FROM onboarding.jobs WHERE state = 'pending'
+    UNION ALL
+    SELECT 'succeeded per minute', (count(*) / greatest(extract(epoch FROM since) / 60, 1))::numeric(12, 2),
+           format('%s succeeded in %s', count(*), since)
+      FROM onboarding.jobs WHERE state = 'succeeded' AND finished_at >= now() - since
+    UNION ALL
+    SELECT 'commit to written back p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM latency, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'commit to written back max', max(ms)::numeric(12, 1), 'ms' FROM latency
+    UNION ALL
+    SELECT 'stripe call p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM calls, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'attempts per finished job', avg(attempts)::numeric(12, 2), NULL
+      FROM recent WHERE state NOT IN ('pending', 'running')
+    UNION ALL
+    SELECT 'failures ' || status || coalesce(' ' || nullif(code, ''), ''), count(*)::numeric, 'failed or dead attempts'
+      FROM failures GROUP BY status, code;
+$$;
+
+CREATE VIEW onboarding.stats AS SELECT * FROM onboarding.stats_for('1 hour');
+
+REVOKE EXECUTE ON FUNCTION onboarding.sequence, onboarding.audit_jobs, onboarding.audit_missing,
+    onboarding.audit_ordering, onboarding.stats_for FROM PUBLIC;
+REVOKE ALL ON onboarding.stats FROM PUBLIC;
