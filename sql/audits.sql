@@ -179,3 +179,121 @@ CREATE VIEW onboarding.stats AS SELECT * FROM onboarding.stats_for('1 hour');
 REVOKE EXECUTE ON FUNCTION onboarding.sequence, onboarding.audit_jobs, onboarding.audit_missing,
     onboarding.audit_ordering, onboarding.stats_for FROM PUBLIC;
 REVOKE ALL ON onboarding.stats FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- Backfill: profiles that existed before attach (or lost their job) get one, in batches.
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE onboarding.backfills (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    profile_table regclass NOT NULL,
+    total bigint NOT NULL,
+    enqueued bigint NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+REVOKE ALL ON onboarding.backfills FROM PUBLIC;
+
+-- Enqueues a customer job for every profile without a customer and without an open or dead job,
+-- `batch` at a time, committing after each batch (so the worker starts at once and another
+-- session can watch onboarding.backfill_progress); re-running adds nothing new. The worker paces
+-- the Stripe calls. A procedure: CALL it outside a transaction block.
+CREATE PROCEDURE onboarding.backfill(profile_table regclass DEFAULT NULL, batch integer DEFAULT 500)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a onboarding.attachments;
+    run bigint;
+    total bigint;
+    added bigint;
+    done bigint;
+    last_id text;
+    next_last text;
+    started timestamptz;
+BEGIN
+    IF batch IS NULL OR batch < 1 THEN
+        RAISE EXCEPTION 'onboarding.backfill: batch must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR a IN SELECT * FROM onboarding.attachments t
+              WHERE backfill.profile_table IS NULL OR t.profile_table = backfill.profile_table
+              ORDER BY t.profile_table::text LOOP
+        EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NULL', a.profile_table, a.customer_column)
+           INTO total;
+        INSERT INTO onboarding.backfills (profile_table, total) VALUES (a.profile_table, total) RETURNING id INTO run;
+        COMMIT;
+        started := pg_catalog.clock_timestamp();
+        done := 0;
+        last_id := NULL;
+        LOOP
+            -- Keyset pagination in the id column's own order.
+            EXECUTE pg_catalog.format($sql$
+                WITH page AS (
+                    SELECT t.%2$I AS id FROM %1$s t
+                     WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%2$I > $1::%4$s)
+                     ORDER BY t.%2$I LIMIT $2),
+                wanted AS (
+                    SELECT p.id::text AS uid FROM page p
+                     WHERE NOT EXISTS (SELECT FROM onboarding.jobs j
+                                        WHERE j.profile_table = %1$L::regclass AND j.kind = 'create_customer'
+                                          AND j.user_id = p.id::text AND j.state IN ('pending', 'running', 'dead')))
+                SELECT (SELECT p.id::text FROM page p ORDER BY p.id DESC LIMIT 1),  -- no max(uuid)
+                       (SELECT count(onboarding._enqueue(%1$L::regclass, uid, 'create_customer', 'backfill ' || $3))
+                          FROM wanted) $sql$,
+                    a.profile_table, a.id_column, a.customer_column, a.id_type)
+               INTO next_last, added USING last_id, batch, run;
+            EXIT WHEN next_last IS NULL;
+            last_id := next_last;
+            done := done + added;
+            UPDATE onboarding.backfills SET enqueued = done, updated_at = now() WHERE id = run;
+            COMMIT;
+            RAISE NOTICE 'onboarding.backfill %: % of % profiles of % enqueued; watch onboarding.backfill_progress',
+                run, done, total, a.profile_table;
+        END LOOP;
+        UPDATE onboarding.backfills SET enqueued = done, updated_at = now(), finished_at = now() WHERE id = run;
+        COMMIT;
+        RAISE NOTICE 'onboarding.backfill %: % jobs enqueued for % in %', run, done, a.profile_table,
+            pg_catalog.clock_timestamp() - started;
+    END LOOP;
+END $$;
+REVOKE EXECUTE ON PROCEDURE onboarding.backfill FROM PUBLIC;
+
+-- Progress of each backfill: jobs enqueued and provisioned so far, and the time left at the
+-- current pace.
+CREATE VIEW onboarding.backfill_progress AS
+SELECT b.id, b.profile_table, b.total, b.enqueued, p.provisioned, p.failed,
+       CASE WHEN b.enqueued = 0 THEN 100 ELSE round(100.0 * p.provisioned / b.enqueued, 1) END AS percent,
+       CASE WHEN p.provisioned > 0 AND p.provisioned < b.enqueued
+            THEN (now() - b.started_at) / p.provisioned * (b.enqueued - p.provisioned) END AS time_left,
+       b.started_at, b.finished_at AS enqueued_at
+  FROM onboarding.backfills b
+ CROSS JOIN LATERAL (
+       SELECT count(*) FILTER (WHERE j.state = 'succeeded') AS provisioned,
+              count(*) FILTER (WHERE j.state IN ('dead', 'skipped', 'cancelled')) AS failed
+         FROM onboarding.events e JOIN onboarding.jobs j ON j.id = e.job_id
+        WHERE e.step = 'enqueued' AND e.detail->>'source' = 'backfill ' || b.id) p;
+REVOKE ALL ON onboarding.backfill_progress FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- Retention: finished jobs (succeeded, skipped, cancelled) and their events are deleted after
+-- onboarding.retention; dead and orphaned ones are kept until a human deals with them.
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION onboarding.prune(older_than interval DEFAULT NULL, batch integer DEFAULT 1000) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keep interval := coalesce(older_than, current_setting('onboarding.retention', true)::interval, '30 days');
+    pruned bigint;
+BEGIN
+    IF keep <= interval '0' THEN
+        RETURN 0;  -- retention 0: keep everything
+    END IF;
+    WITH doomed AS (
+        SELECT id FROM onboarding.jobs
+         WHERE state IN ('succeeded', 'skipped', 'cancelled') AND finished_at < now() - keep
+         ORDER BY finished_at LIMIT batch FOR UPDATE SKIP LOCKED),
+    gone_events AS (DELETE FROM onboarding.events e USING doomed d WHERE e.job_id = d.id)
+    DELETE FROM onboarding.jobs j USING doomed d WHERE j.id = d.id;
+    GET DIAGNOSTICS pruned = ROW_COUNT;
+    RETURN pruned;
+END $$;
+REVOKE EXECUTE ON FUNCTION onboarding.prune FROM PUBLIC;

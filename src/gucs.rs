@@ -13,6 +13,7 @@ pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static DELETE_CUSTOMERS_WITH_PROFILES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static IDEMPOTENCY_HORIZON_S: GucSetting<i32> = GucSetting::<i32>::new(23 * 3600);
+pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 pub static SYNC_EMAIL: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
@@ -144,6 +145,16 @@ pub fn register() {
         &DELETE_CUSTOMERS_WITH_PROFILES,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.retention",
+        c"How long finished jobs and their events are kept (0: forever).",
+        c"Dead and orphaned jobs are kept until dealt with. The workers prune in small batches.",
+        &RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_bool_guc(
         c"onboarding.sync_email",

@@ -169,6 +169,8 @@ pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usiz
             Ok(_) => {}
             Err(e) => error!("onboarding: requeueing abandoned jobs: {e}"),
         }
+        // Retention, a small batch at a time (onboarding.retention).
+        Spi::get_one::<i64>("SELECT onboarding.prune()").unwrap_or_else(|e| error!("onboarding: pruning: {e}"));
     }
 
     let claimed = Spi::connect_mut(|spi| {

@@ -71,6 +71,11 @@ fn main() {
         ("connect_policy_is_validated", connect_policy_is_validated),
         ("account_links_are_made_fresh_and_only_when_allowed", account_links_are_made_fresh_and_only_when_allowed),
         ("audits_find_the_planted_gaps", audits_find_the_planted_gaps),
+        (
+            "backfill_provisions_existing_profiles_once_with_progress",
+            backfill_provisions_existing_profiles_once_with_progress,
+        ),
+        ("retention_prunes_finished_jobs_but_keeps_dead_ones", retention_prunes_finished_jobs_but_keeps_dead_ones),
         ("an_idle_worker_sleeps_instead_of_polling", idle_worker_sleeps),
         ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
         ("concurrent_workers_and_sessions_never_process_a_job_twice_at_once", concurrent_workers),
@@ -1376,6 +1381,80 @@ fn audits_find_the_planted_gaps() -> Result<(), Failed> {
         ensure(metrics.iter().any(|m| m == metric), || format!("stats lacks {metric}: {metrics:?}"))?;
     }
     Ok(())
+}
+
+fn backfill_provisions_existing_profiles_once_with_progress() -> Result<(), Failed> {
+    const PROFILES: i64 = 5000;
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_backfill");
+    db.batch_execute(&format!(
+        "SELECT onboarding.detach('{table}');
+         INSERT INTO {table} (email) SELECT 'old' || g || '@example.com' FROM generate_series(1, {PROFILES}) g;
+         SELECT onboarding.attach('{table}');"
+    ))
+    .unwrap();
+    let call = format!("CALL onboarding.backfill('{table}', 1000)");
+    let out = env().cluster.psql("postgres", &call);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let progress_lines = stderr.lines().filter(|l| l.contains("NOTICE") && l.contains(" of 5000 profiles")).count();
+    ensure(out.status.success() && progress_lines >= 5, || format!("backfill: {stderr}"))?;
+    wait_for("5,000 customers", Duration::from_secs(120), || {
+        let done: i64 = db.query_one(&format!("SELECT count(stripe_customer_id) FROM {table}"), &[]).unwrap().get(0);
+        (done == PROFILES).then_some(())
+    })?;
+    let distinct: i64 =
+        db.query_one(&format!("SELECT count(DISTINCT stripe_customer_id) FROM {table}"), &[]).unwrap().get(0);
+    let stripe_side: usize = {
+        let users: std::collections::HashSet<String> =
+            db.query(&format!("SELECT id::text FROM {table}"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        env()
+            .stripe
+            .customers()
+            .iter()
+            .filter(|c| users.contains(c["metadata"]["user_id"].as_str().unwrap_or("")))
+            .count()
+    };
+    ensure(distinct == PROFILES && stripe_side == PROFILES as usize, || {
+        format!("{distinct} linked, {stripe_side} in Stripe")
+    })?;
+    let row = db
+        .query_one(
+            "SELECT total, enqueued, provisioned, percent::float8 FROM onboarding.backfill_progress
+              WHERE profile_table = $1::text::regclass ORDER BY id DESC LIMIT 1",
+            &[&table],
+        )
+        .unwrap();
+    let (total, enqueued, provisioned, percent): (i64, i64, i64, f64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    ensure(total == PROFILES && enqueued == PROFILES && provisioned == PROFILES && percent == 100.0, || {
+        format!("progress {total} {enqueued} {provisioned} {percent}")
+    })?;
+    // Idempotent: a second run finds nothing to do.
+    let again = env().cluster.psql("postgres", &call);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    ensure(stderr.contains("0 jobs enqueued"), || format!("second backfill: {stderr}"))
+}
+
+fn retention_prunes_finished_jobs_but_keeps_dead_ones() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_retention");
+    let user = insert_profile(&mut db, &table, Some("old-news@example.com"));
+    wait_for_customer(&mut db, &table, &user)?;
+    env().stripe.inject(Fault::status(400).on("POST", "/v1/customers").message("kept for a human"));
+    let parked = insert_profile(&mut db, &table, Some("parked@example.com"));
+    wait_for_state(&mut db, &parked, "dead")?;
+    db.execute(
+        "UPDATE onboarding.jobs SET finished_at = now() - interval '40 days' WHERE user_id IN ($1, $2)",
+        &[&user, &parked],
+    )
+    .unwrap();
+    let pruned: i64 = db.query_one("SELECT onboarding.prune('30 days')", &[]).unwrap().get(0);
+    ensure(pruned >= 1, || "nothing pruned".into())?;
+    ensure(jobs_for(&mut db, &user).is_empty() && events_for(&mut db, &user).is_empty(), || {
+        "the old job stayed".into()
+    })?;
+    ensure(only_job(&mut db, &parked)?.state == "dead", || "a dead job was pruned".into())?;
+    ensure(customer_id(&mut db, &table, &user).is_some(), || "pruning touched the profile".into())
 }
 
 /// CPU time (user + system, in clock ticks) a process has used, from /proc.
