@@ -297,3 +297,229 @@ BEGIN
     RETURN pruned;
 END $$;
 REVOKE EXECUTE ON FUNCTION onboarding.prune FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- What Stripe holds: a snapshot of every customer and Connect account (taken by a worker, which
+-- alone has the key), for the audits that compare Stripe with the profiles.
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE onboarding.stripe_snapshots (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    pages integer NOT NULL DEFAULT 0,
+    customers integer NOT NULL DEFAULT 0,
+    accounts integer NOT NULL DEFAULT 0
+);
+CREATE TABLE onboarding.stripe_objects (
+    snapshot bigint NOT NULL REFERENCES onboarding.stripe_snapshots (id) ON DELETE CASCADE,
+    id text NOT NULL,
+    object text NOT NULL CHECK (object IN ('customer', 'account')),
+    user_id text,
+    email text,
+    PRIMARY KEY (snapshot, id)
+);
+CREATE INDEX stripe_objects_by_user ON onboarding.stripe_objects (snapshot, user_id);
+REVOKE ALL ON onboarding.stripe_snapshots, onboarding.stripe_objects FROM PUBLIC;
+
+CREATE FUNCTION onboarding._snapshot_begin() RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM onboarding.stripe_snapshots;  -- one snapshot at a time: the latest
+    INSERT INTO onboarding.stripe_snapshots DEFAULT VALUES RETURNING id;
+$$;
+
+CREATE FUNCTION onboarding._snapshot_add(snapshot bigint, kind text, page jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO onboarding.stripe_objects (snapshot, id, object, user_id, email)
+    SELECT snapshot, o->>'id', kind, o->>'user_id', o->>'email' FROM jsonb_array_elements(page) o
+    ON CONFLICT DO NOTHING;
+    UPDATE onboarding.stripe_snapshots
+       SET pages = pages + 1,
+           customers = customers + CASE kind WHEN 'customer' THEN jsonb_array_length(page) ELSE 0 END,
+           accounts = accounts + CASE kind WHEN 'account' THEN jsonb_array_length(page) ELSE 0 END
+     WHERE id = snapshot;
+$$;
+
+CREATE FUNCTION onboarding._snapshot_finish(snapshot bigint) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE onboarding.stripe_snapshots SET finished_at = now() WHERE id = snapshot;
+$$;
+
+-- Has a worker page through Stripe's customers and accounts (NOTICEs report progress); returns
+-- the snapshot id. Waits up to wait_ms.
+CREATE FUNCTION onboarding.refresh_stripe_snapshot(wait_ms integer DEFAULT 600000) RETURNS bigint
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT onboarding._request_snapshot(wait_ms);
+$$;
+
+-- The latest finished snapshot, taking a fresh one first if asked.
+CREATE FUNCTION onboarding._snapshot(refresh boolean) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    latest bigint;
+BEGIN
+    IF refresh THEN
+        RETURN onboarding.refresh_stripe_snapshot();
+    END IF;
+    SELECT id INTO latest FROM onboarding.stripe_snapshots WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1;
+    IF latest IS NULL THEN
+        RAISE EXCEPTION 'onboarding: no snapshot of Stripe yet' USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'Call it with refresh => true, or SELECT onboarding.refresh_stripe_snapshot().';
+    END IF;
+    RETURN latest;
+END $$;
+
+-- Every attached profile with its Stripe IDs.
+CREATE FUNCTION onboarding._all_profiles()
+RETURNS TABLE (profile_table regclass, user_id text, customer text, account text, email text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments LOOP
+        RETURN QUERY EXECUTE format('SELECT %1$L::regclass, t.%2$I::text, t.%3$I::text, %4$s, t.%5$I::text FROM %1$s t',
+            a.profile_table, a.id_column, a.customer_column,
+            coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'), a.email_column);
+    END LOOP;
+END $$;
+
+-- Stripe customers and Connect accounts carrying a metadata.user_id that no profile has, or whose
+-- profile links another object. (Objects without metadata.user_id were not made by this extension.)
+CREATE FUNCTION onboarding.audit_orphans(refresh boolean DEFAULT true)
+RETURNS TABLE (object text, stripe_id text, user_id text, problem text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap bigint := onboarding._snapshot(refresh);
+BEGIN
+    RETURN QUERY
+        SELECT o.object, o.id, o.user_id,
+               CASE WHEN count(p.user_id) = 0 THEN 'no profile has this user_id'
+                    ELSE format('the profile links %s', coalesce(min(CASE o.object WHEN 'customer' THEN p.customer
+                                                                                 ELSE p.account END), 'nothing')) END
+          FROM onboarding.stripe_objects o
+          LEFT JOIN onboarding._all_profiles() p ON p.user_id = o.user_id
+         WHERE o.snapshot = snap AND o.user_id IS NOT NULL
+         GROUP BY o.object, o.id, o.user_id
+        HAVING NOT bool_or(coalesce(CASE o.object WHEN 'customer' THEN p.customer ELSE p.account END = o.id, false))
+         ORDER BY o.user_id, o.id;
+END $$;
+
+-- Profiles whose stored Stripe ID is missing or deleted in Stripe, belongs to another user, or
+-- whose email differs from the customer's.
+CREATE FUNCTION onboarding.audit_mismatches(refresh boolean DEFAULT true)
+RETURNS TABLE (profile_table regclass, user_id text, object text, stripe_id text, problem text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap bigint := onboarding._snapshot(refresh);
+BEGIN
+    RETURN QUERY
+        SELECT p.profile_table, p.user_id, k.object, k.stripe_id,
+               CASE WHEN o.id IS NULL THEN 'missing or deleted in Stripe'
+                    WHEN o.user_id IS DISTINCT FROM p.user_id THEN format('belongs to user %s in Stripe', o.user_id)
+                    ELSE format('email differs: Stripe has %s', coalesce(o.email, 'none')) END
+          FROM onboarding._all_profiles() p
+         CROSS JOIN LATERAL (VALUES ('customer', p.customer), ('account', p.account)) k(object, stripe_id)
+          LEFT JOIN onboarding.stripe_objects o ON o.snapshot = snap AND o.id = k.stripe_id
+         WHERE k.stripe_id IS NOT NULL
+           AND (o.id IS NULL OR o.user_id IS DISTINCT FROM p.user_id
+                OR (k.object = 'customer' AND btrim(o.email) IS DISTINCT FROM btrim(p.email)))
+         ORDER BY p.profile_table::text, p.user_id, k.object;
+END $$;
+
+CREATE FUNCTION onboarding._reconciled(uid text, action text, detail jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    VALUES (NULL, uid, 'reconciled', jsonb_build_object('action', action, 'by', session_user::text) || detail);
+$$;
+
+-- What it takes to make Stripe and the profiles agree, and (dry_run => false) doing it: queue
+-- missing customers, retry dead jobs, relink a profile whose customer is gone to the live orphan
+-- of the same user (else clear it and queue a new one), delete orphans, sync differing emails.
+-- Every action done is an event ('reconciled', or the jobs it queues).
+CREATE FUNCTION onboarding.reconcile(dry_run boolean DEFAULT true, profile_table regclass DEFAULT NULL)
+RETURNS TABLE (action text, user_id text, stripe_id text, detail text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap bigint := onboarding.refresh_stripe_snapshot();
+    r record;
+    a onboarding.attachments;
+    relinked text[] := '{}';
+    target_column name;
+BEGIN
+    -- Profiles pointing at nothing usable in Stripe.
+    FOR r IN SELECT * FROM onboarding.audit_mismatches(false) m
+              WHERE reconcile.profile_table IS NULL OR m.profile_table = reconcile.profile_table LOOP
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = r.profile_table;
+        target_column := CASE r.object WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
+        user_id := r.user_id;
+        IF r.problem LIKE 'email differs%' THEN
+            action := 'sync email'; stripe_id := r.stripe_id; detail := r.problem;
+            IF NOT dry_run THEN
+                PERFORM onboarding._enqueue_for_customer(r.profile_table, r.user_id, 'update_customer_email', r.stripe_id, 'reconcile');
+            END IF;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        SELECT o.id INTO stripe_id FROM onboarding.stripe_objects o
+         WHERE o.snapshot = snap AND o.user_id = r.user_id AND o.object = r.object
+         ORDER BY o.id LIMIT 1;
+        IF stripe_id IS NOT NULL AND r.problem = 'missing or deleted in Stripe' THEN
+            action := 'relink'; detail := format('%s is %s; the user''s live %s is %s', r.stripe_id, r.problem, r.object, stripe_id);
+            relinked := relinked || stripe_id;
+            IF NOT dry_run THEN
+                EXECUTE format('UPDATE %s SET %I = $2 WHERE %I = $1::%s', r.profile_table, target_column, a.id_column, a.id_type)
+                  USING r.user_id, stripe_id;
+                PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('from', r.stripe_id, 'to', stripe_id));
+            END IF;
+        ELSE
+            action := 'recreate'; stripe_id := r.stripe_id; detail := r.problem;
+            IF NOT dry_run THEN
+                EXECUTE format('UPDATE %s SET %I = NULL WHERE %I = $1::%s', r.profile_table, target_column, a.id_column, a.id_type)
+                  USING r.user_id;
+                PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('cleared', r.stripe_id, 'problem', r.problem));
+                PERFORM onboarding._enqueue(r.profile_table, r.user_id,
+                    CASE r.object WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END, 'reconcile');
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- Stripe objects no profile uses.
+    FOR r IN SELECT * FROM onboarding.audit_orphans(false) o WHERE NOT o.stripe_id = ANY (relinked) LOOP
+        action := 'delete orphan'; user_id := r.user_id; stripe_id := r.stripe_id; detail := r.problem;
+        IF NOT dry_run THEN
+            PERFORM onboarding._enqueue_for_customer(
+                coalesce(reconcile.profile_table, (SELECT t.profile_table FROM onboarding.attachments t ORDER BY 1 LIMIT 1)),
+                r.user_id, CASE r.object WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END,
+                r.stripe_id, 'reconcile');
+            PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('stripe_id', r.stripe_id));
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- Profiles without their objects.
+    FOR r IN SELECT * FROM onboarding.audit_missing('0 seconds') m
+              WHERE reconcile.profile_table IS NULL OR m.profile_table = reconcile.profile_table LOOP
+        user_id := r.user_id; stripe_id := NULL;
+        IF r.state = 'dead' THEN
+            action := 'retry'; detail := format('job %s: %s', r.job_id, r.last_error);
+            IF NOT dry_run THEN
+                PERFORM onboarding.retry(r.job_id);
+            END IF;
+        ELSIF r.state = 'no job' OR r.state IN ('skipped', 'cancelled', 'orphaned', 'succeeded') THEN
+            action := 'enqueue ' || r.missing; detail := format('latest job: %s', r.state);
+            IF NOT dry_run THEN
+                PERFORM onboarding._enqueue(r.profile_table, r.user_id,
+                    CASE r.missing WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END, 'reconcile');
+            END IF;
+        ELSE
+            CONTINUE;  -- in flight
+        END IF;
+        IF NOT dry_run THEN
+            PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('detail', detail));
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+REVOKE EXECUTE ON FUNCTION onboarding._snapshot_begin, onboarding._snapshot_add, onboarding._snapshot_finish,
+    onboarding.refresh_stripe_snapshot, onboarding._snapshot, onboarding._all_profiles, onboarding.audit_orphans,
+    onboarding.audit_mismatches, onboarding._reconciled, onboarding.reconcile FROM PUBLIC;

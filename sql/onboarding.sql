@@ -56,7 +56,7 @@ CREATE INDEX jobs_by_user ON onboarding.jobs (user_id);
 -- The operation sequence: one row per step, in order.
 CREATE TABLE onboarding.events (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    job_id bigint NOT NULL REFERENCES onboarding.jobs (id),
+    job_id bigint REFERENCES onboarding.jobs (id),  -- NULL for actions outside a job (reconcile)
     user_id text NOT NULL,
     step text NOT NULL,
     at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -788,7 +788,10 @@ BEGIN
                INTO email, customer_id, connect_account_id USING job.user_id;
             GET DIAGNOSTICS rows_read = ROW_COUNT;  -- EXECUTE does not set FOUND
             profile_found := rows_read = 1;
-        EXCEPTION WHEN OTHERS THEN
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+        WHEN OTHERS THEN
             PERFORM onboarding._finish_job(job.id, 'dead', 'dead',
                 jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
                 error => 'could not read the profile: ' || SQLERRM);

@@ -31,7 +31,7 @@ extension_sql!(
 REVOKE EXECUTE ON FUNCTION onboarding._wake_worker_after_commit(), onboarding._worker_preloaded(),
     onboarding._launch_after_commit(),
     onboarding._inserted_by_this_transaction(bigint), onboarding._request_customer(oid, text, integer),
-    onboarding._request_account_link(oid, text, text, text, integer) FROM PUBLIC;
+    onboarding._request_account_link(oid, text, text, text, integer), onboarding._request_snapshot(integer) FROM PUBLIC;
 
 DO $$
 BEGIN

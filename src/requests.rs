@@ -24,6 +24,9 @@ pub enum RequestKind {
     /// An `account_onboarding` link for the profile's Connect account (created first if the
     /// policy allows).
     AccountLink,
+    /// A fresh copy of every customer and account in Stripe (`onboarding.stripe_objects`), for
+    /// the audits; the answer is the snapshot id.
+    Snapshot,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -137,6 +140,14 @@ fn request_customer(profile_table: pg_sys::Oid, user_id: &str, wait_ms: i32) -> 
     request(RequestKind::Customer, profile_table, user_id, ["", ""], wait_ms)
 }
 
+/// Called by `onboarding.refresh_stripe_snapshot`: returns the id of the finished snapshot,
+/// reporting progress as NOTICEs while the worker pages through Stripe.
+#[pg_extern(name = "_request_snapshot", volatile, parallel_unsafe)]
+fn request_snapshot(wait_ms: i32) -> i64 {
+    let answer = request(RequestKind::Snapshot, pg_sys::Oid::INVALID, "", ["", ""], wait_ms);
+    answer.parse().unwrap_or_else(|_| error!("onboarding: unexpected snapshot answer {answer:?}"))
+}
+
 /// Called by `onboarding.create_account_link`: returns a fresh account-onboarding URL.
 #[pg_extern(name = "_request_account_link", volatile, parallel_unsafe)]
 fn request_account_link(
@@ -164,7 +175,9 @@ fn request(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [
     let what = match kind {
         RequestKind::Customer => "a Stripe customer",
         RequestKind::AccountLink => "a Connect account link",
+        RequestKind::Snapshot => "a snapshot of Stripe's customers and accounts",
     };
+    let mut last_progress = String::new();
     let pending = submit(kind, profile_table, user_id, urls);
     wake::set_worker_latches();
     let deadline = Instant::now() + Duration::from_millis(wait_ms.max(0) as u64);
@@ -196,7 +209,24 @@ fn request(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [
                 "The job goes on in the background: call again later, or follow onboarding.job_status(job_id)."
             );
         }
+        if kind == RequestKind::Snapshot {
+            report_snapshot_progress(&mut last_progress);
+        }
         wait_on_my_latch(left.min(Duration::from_millis(100)));
+    }
+}
+
+/// Progress of a long snapshot, as committed page by page by the worker.
+fn report_snapshot_progress(last: &mut String) {
+    let progress = Spi::get_one::<String>(
+        "SELECT format('%s pages: %s customers, %s accounts', pages, customers, accounts)
+           FROM onboarding.stripe_snapshots WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1",
+    );
+    if let Ok(Some(progress)) = progress
+        && progress != *last
+    {
+        notice!("onboarding: reading Stripe: {progress}");
+        *last = progress;
     }
 }
 

@@ -12,8 +12,9 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::runtime::signal_safe_runtime;
-use onboarding_core::stripe::{ApiKey, ClientConfig, StripeClient};
+use onboarding_core::stripe::{ApiKey, ClientConfig, ListKind, StripeClient};
 use pgrx::PgTryBuilder;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -132,6 +133,10 @@ impl Worker {
             }
             // The profile may have got its object since the caller looked (say, from the insert
             // trigger's job, which we were busy with): then there is nothing to enqueue.
+            if request.kind == RequestKind::Snapshot {
+                self.take_snapshot(request.ticket);
+                continue;
+            }
             let sql = match request.kind {
                 RequestKind::Customer => {
                     "SELECT c, CASE WHEN c IS NULL
@@ -140,6 +145,7 @@ impl Worker {
                        FROM onboarding._customer_of($1::regclass, $2) c"
                 }
                 RequestKind::AccountLink => "SELECT * FROM onboarding._account_or_enqueue($1::regclass, $2)",
+                RequestKind::Snapshot => unreachable!("handled above"),
             };
             let found = in_transaction("taking on a request", || {
                 Spi::get_three_with_args::<String, i64, String>(
@@ -159,11 +165,83 @@ impl Worker {
         }
     }
 
+    /// Copies every customer and account from Stripe into `onboarding.stripe_objects`, a page per
+    /// transaction (never one open across a call), retrying pages the policy says to retry.
+    fn take_snapshot(&mut self, ticket: u64) {
+        let started =
+            in_transaction("starting a Stripe snapshot", || Spi::get_one::<i64>("SELECT onboarding._snapshot_begin()"));
+        let Ok(Ok(Some(snapshot))) = started else {
+            requests::fail(ticket, "could not start a snapshot");
+            return;
+        };
+        let client = self.client.as_ref().expect("requests are refused without a client");
+        for (kind, object) in [(ListKind::Customers, "customer"), (ListKind::Accounts, "account")] {
+            let mut after: Option<String> = None;
+            loop {
+                if shutdown_requested() {
+                    requests::fail(ticket, "the worker is shutting down");
+                    return;
+                }
+                let mut attempt = 0;
+                let page = loop {
+                    attempt += 1;
+                    match self.runtime.block_on(client.list_page(kind, after.as_deref())) {
+                        Ok(page) => break Ok(page),
+                        Err(error) => match classify(&error, false) {
+                            Disposition::Retry { rate_limited } if attempt < gucs::max_attempts() => {
+                                let delay = gucs::backoff().delay(attempt, rate_limited, &mut rand::rng());
+                                std::thread::sleep(delay.min(Duration::from_secs(30)));
+                            }
+                            _ => break Err(error),
+                        },
+                    }
+                };
+                check_for_interrupts!();
+                let (objects, more) = match page {
+                    Ok(page) => page,
+                    Err(error) => {
+                        requests::fail(ticket, &format!("listing {object}s: {error}"));
+                        return;
+                    }
+                };
+                after = objects.last().map(|o| o.summary.id.clone());
+                let rows: Vec<serde_json::Value> = objects
+                    .iter()
+                    .filter(|o| !o.deleted)
+                    .map(|o| {
+                        serde_json::json!({"id": o.summary.id, "user_id": o.summary.metadata_user_id,
+                                           "email": o.summary.email})
+                    })
+                    .collect();
+                let stored = in_transaction("storing a snapshot page", || {
+                    Spi::run_with_args(
+                        "SELECT onboarding._snapshot_add($1, $2, $3)",
+                        &[snapshot.into(), object.into(), pgrx::JsonB(serde_json::Value::Array(rows.clone())).into()],
+                    )
+                });
+                if !matches!(stored, Ok(Ok(()))) {
+                    requests::fail(ticket, "could not store a snapshot page");
+                    return;
+                }
+                if !more || after.is_none() {
+                    break;
+                }
+            }
+        }
+        let finished = in_transaction("finishing a Stripe snapshot", || {
+            Spi::run_with_args("SELECT onboarding._snapshot_finish($1)", &[snapshot.into()])
+        });
+        match finished {
+            Ok(Ok(())) => requests::succeed(ticket, &snapshot.to_string()),
+            _ => requests::fail(ticket, "could not finish the snapshot"),
+        }
+    }
+
     /// Answers a request whose Stripe object exists: the id itself, or a fresh account link
     /// (made here, outside any transaction; links are single-use and never stored).
     fn answer(&self, request: &requests::Request, object: &str) {
         match request.kind {
-            RequestKind::Customer => requests::succeed(request.ticket, object),
+            RequestKind::Customer | RequestKind::Snapshot => requests::succeed(request.ticket, object),
             RequestKind::AccountLink => {
                 let client = self.client.as_ref().expect("requests are refused without a client");
                 let link = client.create_account_link(object, &request.refresh_url, &request.return_url);

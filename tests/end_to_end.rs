@@ -76,6 +76,7 @@ fn main() {
             backfill_provisions_existing_profiles_once_with_progress,
         ),
         ("retention_prunes_finished_jobs_but_keeps_dead_ones", retention_prunes_finished_jobs_but_keeps_dead_ones),
+        ("reconcile_repairs_what_the_audits_find", reconcile_repairs_what_the_audits_find),
         ("an_idle_worker_sleeps_instead_of_polling", idle_worker_sleeps),
         ("api_key_never_appears_in_jobs_events_errors_or_logs", api_key_never_leaks),
         ("concurrent_workers_and_sessions_never_process_a_job_twice_at_once", concurrent_workers),
@@ -1455,6 +1456,138 @@ fn retention_prunes_finished_jobs_but_keeps_dead_ones() -> Result<(), Failed> {
     })?;
     ensure(only_job(&mut db, &parked)?.state == "dead", || "a dead job was pruned".into())?;
     ensure(customer_id(&mut db, &table, &user).is_some(), || "pruning touched the profile".into())
+}
+
+/// Seeds each gap between Stripe and the profiles on purpose; the audits find exactly those,
+/// reconcile (dry run, then for real) repairs them, and the audits come back clean.
+fn reconcile_repairs_what_the_audits_find() -> Result<(), Failed> {
+    use onboarding_core::stripe::{ApiKey, ClientConfig, NewCustomer, StripeClient};
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_reconcile");
+    let stripe = StripeClient::new(&ClientConfig {
+        api_base: env().stripe.base_url(),
+        api_key: ApiKey::new(API_KEY).unwrap(),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let rt = onboarding_core::runtime::signal_safe_runtime().unwrap();
+
+    let drifted = insert_profile(&mut db, &table, Some("drift@example.com"));
+    let gone = insert_profile(&mut db, &table, Some("gone@example.com"));
+    let relink = insert_profile(&mut db, &table, Some("relink@example.com"));
+    for u in [&drifted, &gone, &relink] {
+        wait_for_customer(&mut db, &table, u)?;
+    }
+    // The customer of `gone` is deleted in Stripe behind our back.
+    let gone_customer = customer_id(&mut db, &table, &gone).unwrap();
+    rt.block_on(stripe.delete_customer(&gone_customer)).unwrap();
+    // `relink` points at a customer that never existed; its real one is now an orphan.
+    let real = customer_id(&mut db, &table, &relink).unwrap();
+    db.execute(&format!("UPDATE {table} SET stripe_customer_id = 'cus_neverexisted' WHERE id::text = $1"), &[&relink])
+        .unwrap();
+    // A customer for a user id no profile has.
+    let ghost = NewCustomer { user_id: "ghost-user".into(), email: "ghost@example.com".into() };
+    let (ghost_customer, _) = rt.block_on(stripe.create_customer(&ghost, "ghost-key")).unwrap();
+    // An email changed while syncing was off.
+    db.batch_execute("SET onboarding.sync_email = off").unwrap();
+    db.execute(&format!("UPDATE {table} SET email = 'drifted@example.com' WHERE id::text = $1"), &[&drifted]).unwrap();
+    db.batch_execute("RESET onboarding.sync_email").unwrap();
+    // A profile that never got a job.
+    db.batch_execute(&format!("SELECT onboarding.detach('{table}')")).unwrap();
+    let jobless = insert_profile(&mut db, &table, Some("jobless@example.com"));
+    db.batch_execute(&format!("SELECT onboarding.attach('{table}')")).unwrap();
+
+    let orphans = |db: &mut Client, refresh: bool| -> Vec<(String, String)> {
+        db.query("SELECT user_id, stripe_id FROM onboarding.audit_orphans($1)", &[&refresh])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let mismatches = |db: &mut Client| -> Vec<(String, String)> {
+        db.query(
+            "SELECT user_id, problem FROM onboarding.audit_mismatches(false) WHERE profile_table = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    let mut found = orphans(&mut db, true);
+    found.sort();
+    let mut want = vec![("ghost-user".to_string(), ghost_customer.id.clone()), (relink.clone(), real.clone())];
+    want.sort();
+    ensure(found == want, || format!("audit_orphans found {found:?}, expected {want:?}"))?;
+    let found = mismatches(&mut db);
+    let problems: std::collections::HashMap<String, String> = found.iter().cloned().collect();
+    ensure(
+        found.len() == 3
+            && problems[&gone] == "missing or deleted in Stripe"
+            && problems[&relink] == "missing or deleted in Stripe"
+            && problems[&drifted].starts_with("email differs"),
+        || format!("audit_mismatches found {found:?}"),
+    )?;
+
+    let plan = |db: &mut Client, dry_run: bool| -> Vec<(String, String)> {
+        let mut rows: Vec<(String, String)> = db
+            .query("SELECT action, user_id FROM onboarding.reconcile($1, $2::text::regclass)", &[&dry_run, &table])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let mut expected = vec![
+        ("delete orphan".to_string(), "ghost-user".to_string()),
+        ("enqueue customer".to_string(), jobless.clone()),
+        ("recreate".to_string(), gone.clone()),
+        ("relink".to_string(), relink.clone()),
+        ("sync email".to_string(), drifted.clone()),
+    ];
+    expected.sort();
+    let dry = plan(&mut db, true);
+    ensure(dry == expected, || format!("dry run planned {dry:?}, expected {expected:?}"))?;
+    ensure(customer_id(&mut db, &table, &gone).as_deref() == Some(gone_customer.as_str()), || {
+        "the dry run changed data".into()
+    })?;
+    let done = plan(&mut db, false);
+    ensure(done == expected, || format!("reconcile did {done:?}"))?;
+
+    wait_for("the repairs", Duration::from_secs(30), || {
+        let open: i64 = db
+            .query_one("SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running')", &[])
+            .unwrap()
+            .get(0);
+        (open == 0 && customer_id(&mut db, &table, &gone).is_some() && customer_id(&mut db, &table, &jobless).is_some())
+            .then_some(())
+    })?;
+    ensure(customer_id(&mut db, &table, &relink).as_deref() == Some(real.as_str()), || "relink did not relink".into())?;
+    ensure(customer_id(&mut db, &table, &gone).as_deref() != Some(gone_customer.as_str()), || {
+        "gone kept its dead id".into()
+    })?;
+    let left = orphans(&mut db, true);
+    ensure(left.is_empty(), || format!("orphans left: {left:?}"))?;
+    let left = mismatches(&mut db);
+    ensure(left.is_empty(), || format!("mismatches left: {left:?}"))?;
+    let missing: i64 = db
+        .query_one(
+            "SELECT count(*) FROM onboarding.audit_missing('0 seconds') WHERE profile_table = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .get(0);
+    ensure(missing == 0, || format!("{missing} profiles still missing"))?;
+    let recorded: i64 = db
+        .query_one(
+            "SELECT count(*) FROM onboarding.events WHERE step = 'reconciled' AND user_id = ANY($1)",
+            &[&vec![gone.clone(), relink.clone(), jobless.clone(), "ghost-user".to_string()]],
+        )
+        .unwrap()
+        .get(0);
+    ensure(recorded == 4, || format!("{recorded} reconcile events"))
 }
 
 /// CPU time (user + system, in clock ticks) a process has used, from /proc.

@@ -185,6 +185,19 @@ impl NewCustomer {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    Customers,
+    Accounts,
+}
+
+/// An object from a list page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedObject {
+    pub summary: StripeObject,
+    pub deleted: bool,
+}
+
 /// What we send to create an Express Connect account for a profile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewAccount {
@@ -339,6 +352,34 @@ impl StripeClient {
             found.extend(customers_of(&self.send(self.http.get(url)).await?.body, user_id));
         }
         Ok(found.into_iter().min_by_key(|(created, c)| (*created, c.id.clone())).map(|(_, c)| c))
+    }
+
+    /// One page (up to 100, newest first) of `/v1/customers` or `/v1/accounts`, after the object
+    /// `starting_after`. Returns the objects and whether more follow.
+    pub async fn list_page(
+        &self,
+        kind: ListKind,
+        starting_after: Option<&str>,
+    ) -> Result<(Vec<ListedObject>, bool), StripeError> {
+        let mut params: Params = vec![("limit".into(), "100".into())];
+        if let Some(after) = starting_after {
+            params.push(("starting_after".into(), object_id(after)?.to_string()));
+        }
+        let path = match kind {
+            ListKind::Customers => "/v1/customers",
+            ListKind::Accounts => "/v1/accounts",
+        };
+        let url = format!("{}{path}?{}", self.api_base, encode_form(&params));
+        let response = self.send(self.http.get(url)).await?;
+        let data = response.body.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+        let objects = data
+            .iter()
+            .filter_map(|o| {
+                let summary = StripeObject::from_json(o)?;
+                Some(ListedObject { deleted: o.get("deleted").and_then(Value::as_bool) == Some(true), summary })
+            })
+            .collect();
+        Ok((objects, response.body.get("has_more").and_then(Value::as_bool) == Some(true)))
     }
 
     /// `DELETE /v1/customers/{id}`. Deleting is permanent; Stripe ignores idempotency keys here.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::runtime::signal_safe_runtime;
-use onboarding_core::stripe::{ApiKey, ClientConfig, NewCustomer, StripeClient, StripeError, TransportKind};
+use onboarding_core::stripe::{ApiKey, ClientConfig, ListKind, NewCustomer, StripeClient, StripeError, TransportKind};
 use stripe_emulator::{Emulator, EmulatorConfig, Fault};
 
 const KEY: &str = "sk_test_clientsecret0123456789";
@@ -126,4 +126,26 @@ fn finds_the_oldest_customer_of_a_user_by_email_then_by_search() {
     assert_eq!(by_search.map(|c| c.id), Some(oldest.id.clone()));
     assert!(stripe.requests().iter().any(|r| r.path == "/v1/customers/search"));
     assert_eq!(rt.block_on(client.find_customer("nobody", &["old@example.com"])).unwrap(), None);
+}
+
+#[test]
+fn lists_every_customer_page_by_page() {
+    let stripe = emulator();
+    let client = client(&stripe.base_url(), KEY, Duration::from_secs(5));
+    let rt = signal_safe_runtime().unwrap();
+    for i in 0..230 {
+        let c = NewCustomer { user_id: format!("u{i}"), email: format!("u{i}@example.com") };
+        rt.block_on(client.create_customer(&c, &format!("list-{i}"))).unwrap();
+    }
+    let (mut seen, mut after, mut pages) = (std::collections::HashSet::new(), None::<String>, 0);
+    loop {
+        let (objects, more) = rt.block_on(client.list_page(ListKind::Customers, after.as_deref())).unwrap();
+        pages += 1;
+        after = objects.last().map(|o| o.summary.id.clone());
+        seen.extend(objects.into_iter().map(|o| o.summary.metadata_user_id.unwrap()));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!((seen.len(), pages), (230, 3));
 }
