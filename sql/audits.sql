@@ -170,6 +170,11 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'attempts per finished job', avg(attempts)::numeric(12, 2), NULL
       FROM recent WHERE state NOT IN ('pending', 'running')
     UNION ALL
+    SELECT 'failure rate', round(count(*) FILTER (WHERE step IN ('failed', 'dead') AND detail ? 'kind')::numeric
+                                 / nullif(count(*) FILTER (WHERE step = 'stripe_request'), 0), 4),
+           'failed Stripe attempts per request'
+      FROM onboarding.events WHERE at >= now() - since
+    UNION ALL
     SELECT 'failures ' || status || coalesce(' ' || nullif(code, ''), ''), count(*)::numeric, 'failed or dead attempts'
       FROM failures GROUP BY status, code;
 $$;

@@ -1378,7 +1378,9 @@ fn audits_find_the_planted_gaps() -> Result<(), Failed> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for metric in ["jobs dead", "commit to written back p50", "commit to written back p99", "stripe call p50"] {
+    for metric in
+        ["jobs dead", "commit to written back p50", "commit to written back p99", "stripe call p50", "failure rate"]
+    {
         ensure(metrics.iter().any(|m| m == metric), || format!("stats lacks {metric}: {metrics:?}"))?;
     }
     Ok(())
