@@ -201,9 +201,9 @@ CREATE TABLE onboarding.backfills (
 REVOKE ALL ON onboarding.backfills FROM PUBLIC;
 
 -- Enqueues a customer job for every profile without a customer and without an open or dead job,
--- `batch` at a time, committing after each batch (so the worker starts at once and another
--- session can watch onboarding.backfill_progress); re-running adds nothing new. The worker paces
--- the Stripe calls. A procedure: CALL it outside a transaction block.
+-- `batch` at a time, committing after each batch (so the workers start at once and another
+-- session can watch onboarding.backfill_progress); re-running adds nothing new. The Stripe calls
+-- are paced where every call is made, in the workers. A procedure: CALL it outside a transaction.
 CREATE PROCEDURE onboarding.backfill(profile_table regclass DEFAULT NULL, batch integer DEFAULT 500)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -251,8 +251,11 @@ BEGIN
             done := done + added;
             UPDATE onboarding.backfills SET enqueued = done, updated_at = now() WHERE id = run;
             COMMIT;
-            RAISE NOTICE 'onboarding.backfill %: % of % profiles of % enqueued; watch onboarding.backfill_progress',
-                run, done, total, a.profile_table;
+            RAISE NOTICE 'onboarding.backfill %: % of % profiles of % enqueued, % provisioned, about % left',
+                run, done, total, a.profile_table,
+                (SELECT p.provisioned FROM onboarding.backfill_progress p WHERE p.id = run),
+                coalesce((SELECT date_trunc('second', p.time_left)::text FROM onboarding.backfill_progress p
+                           WHERE p.id = run), 'unknown');
         END LOOP;
         UPDATE onboarding.backfills SET enqueued = done, updated_at = now(), finished_at = now() WHERE id = run;
         COMMIT;
