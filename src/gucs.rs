@@ -17,7 +17,9 @@ pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 pub static SYNC_EMAIL: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(25);
+pub static RATE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(-1);
+pub static RATE_BURST: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(12);
 pub static RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000);
@@ -129,7 +131,7 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"onboarding.batch_size",
-        c"Jobs the worker claims at once; their Stripe calls run concurrently.",
+        c"Jobs a worker claims at once; their Stripe calls run concurrently (the in-flight bound).",
         c"",
         &BATCH_SIZE,
         1,
@@ -162,6 +164,26 @@ pub fn register() {
         c"Read by the updating session (superusers may SET it off for one session).",
         &SYNC_EMAIL,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.rate_limit",
+        c"Stripe requests per second, for all workers together (-1: 90 for live keys, 20 for test keys; 0: no limit).",
+        c"Kept below Stripe's limits (about 100/s live, 25/s test) so its 429s are never tripped.",
+        &RATE_LIMIT,
+        -1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.rate_burst",
+        c"Requests that may go back to back after a quiet spell, within onboarding.rate_limit.",
+        c"",
+        &RATE_BURST,
+        1,
+        10_000,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     unsafe { pg_sys::MarkGUCPrefixReserved(c"onboarding".as_ptr()) };
@@ -228,6 +250,16 @@ pub fn backoff() -> onboarding_core::policy::Backoff {
 
 pub fn idempotency_horizon() -> Duration {
     Duration::from_secs(IDEMPOTENCY_HORIZON_S.get().max(1) as u64)
+}
+
+/// The rate budget for requests made with `api_key`, or None when unlimited.
+pub fn rate_budget(api_key: &str) -> Option<onboarding_core::budget::Gcra> {
+    let per_second = match RATE_LIMIT.get() {
+        -1 if api_key.starts_with("sk_live_") || api_key.starts_with("rk_live_") => 90,
+        -1 => 20,
+        n => n,
+    };
+    onboarding_core::budget::Gcra::new(per_second as f64, RATE_BURST.get().max(1) as u32)
 }
 
 pub fn workers() -> usize {

@@ -7,7 +7,10 @@
 //! (they share the queue through `SKIP LOCKED`, so the idle ones compete for the new jobs); on
 //! ABORT nothing happens. `CREATE EXTENSION` likewise wakes the launcher after commit.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use onboarding_core::budget::{Gcra, monotonic_now};
 
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, PgXactCallbackEvent, pg_shmem_init, register_xact_callback};
@@ -25,6 +28,9 @@ pub struct Processes {
     /// Databases a worker found without the extension: the launcher leaves them alone until
     /// `CREATE EXTENSION` there (or its periodic full rescan).
     without_extension: [AtomicU32; MAX_WORKERS],
+    /// The rate budget's theoretical arrival time (nanoseconds on CLOCK_MONOTONIC), shared by
+    /// every worker: the cluster has one Stripe key.
+    rate_tat_nanos: AtomicU64,
 }
 
 // SAFETY: plain atomics, no pointers: valid in every process that maps the segment.
@@ -37,6 +43,7 @@ impl Default for Processes {
             worker_procnos: std::array::from_fn(|_| AtomicI32::new(NO_PROCESS)),
             worker_databases: std::array::from_fn(|_| AtomicU32::new(NO_DATABASE)),
             without_extension: std::array::from_fn(|_| AtomicU32::new(NO_DATABASE)),
+            rate_tat_nanos: AtomicU64::new(0),
         }
     }
 }
@@ -146,6 +153,28 @@ fn after_commit(wanted: &AtomicBool) {
         WAKE_WORKERS.store(false, Ordering::Relaxed);
         WAKE_LAUNCHER.store(false, Ordering::Relaxed);
     });
+}
+
+/// Reserves the next slot of the shared rate budget; returns how long to wait before sending.
+pub fn reserve_rate_slot(gcra: &Gcra) -> Duration {
+    update_rate_tat(|tat, now| gcra.reserve(tat, now))
+}
+
+/// A 429 came back anyway: every worker pauses before its next request.
+pub fn penalize_rate(gcra: &Gcra) {
+    update_rate_tat(|tat, now| (gcra.penalize(tat, now), Duration::ZERO));
+}
+
+fn update_rate_tat(step: impl Fn(Duration, Duration) -> (Duration, Duration)) -> Duration {
+    let cell = &PROCESSES.get().rate_tat_nanos;
+    let mut current = cell.load(Ordering::Acquire);
+    loop {
+        let (next, wait) = step(Duration::from_nanos(current), monotonic_now());
+        match cell.compare_exchange_weak(current, next.as_nanos() as u64, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return wait,
+            Err(actual) => current = actual,
+        }
+    }
 }
 
 static mut PREVIOUS_OBJECT_ACCESS_HOOK: pg_sys::object_access_hook_type = None;

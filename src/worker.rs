@@ -12,9 +12,10 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use onboarding_core::budget::Gcra;
 use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::runtime::signal_safe_runtime;
-use onboarding_core::stripe::{ApiKey, ClientConfig, ListKind, StripeClient};
+use onboarding_core::stripe::{ApiKey, ClientConfig, ListKind, StripeClient, StripeError};
 use pgrx::PgTryBuilder;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -50,7 +51,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
     }
     log!("onboarding: worker started for database \"{database_name}\"");
 
-    let mut worker = Worker { runtime, client: None, warned_no_key: false, last_requeue: None };
+    let mut worker = Worker { runtime, client: None, budget: None, warned_no_key: false, last_requeue: None };
     while !shutdown_requested() {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -78,6 +79,8 @@ pub fn shutdown_requested() -> bool {
 struct Worker {
     runtime: tokio::runtime::Runtime,
     client: Option<StripeClient>,
+    /// The shared rate budget for the configured key (None: unlimited); rebuilt with the client.
+    budget: Option<Gcra>,
     warned_no_key: bool,
     last_requeue: Option<Instant>,
 }
@@ -185,6 +188,7 @@ impl Worker {
                 let mut attempt = 0;
                 let page = loop {
                     attempt += 1;
+                    self.wait_for_budget();
                     match self.runtime.block_on(client.list_page(kind, after.as_deref())) {
                         Ok(page) => break Ok(page),
                         Err(error) => match classify(&error, false) {
@@ -237,12 +241,20 @@ impl Worker {
         }
     }
 
+    /// Waits for a slot of the rate budget (outside the async batch: snapshots and links).
+    fn wait_for_budget(&self) {
+        if let Some(gcra) = &self.budget {
+            std::thread::sleep(wake::reserve_rate_slot(gcra));
+        }
+    }
+
     /// Answers a request whose Stripe object exists: the id itself, or a fresh account link
     /// (made here, outside any transaction; links are single-use and never stored).
     fn answer(&self, request: &requests::Request, object: &str) {
         match request.kind {
             RequestKind::Customer | RequestKind::Snapshot => requests::succeed(request.ticket, object),
             RequestKind::AccountLink => {
+                self.wait_for_budget();
                 let client = self.client.as_ref().expect("requests are refused without a client");
                 let link = client.create_account_link(object, &request.refresh_url, &request.return_url);
                 match self.runtime.block_on(link) {
@@ -303,7 +315,8 @@ impl Worker {
     /// The client, rebuilt after each configuration reload. None while no key is configured.
     fn stripe_client(&mut self) -> Option<&StripeClient> {
         if self.client.is_none() {
-            let Some(api_key) = gucs::stripe_api_key().and_then(ApiKey::new) else {
+            let api_key_text = gucs::stripe_api_key().unwrap_or_default();
+            let Some(api_key) = ApiKey::new(api_key_text.clone()) else {
                 if !std::mem::replace(&mut self.warned_no_key, true) {
                     warning!(
                         "onboarding: onboarding.stripe_api_key is not set; jobs wait until it is \
@@ -312,6 +325,7 @@ impl Worker {
                 }
                 return None;
             };
+            self.budget = gucs::rate_budget(&api_key_text);
             let config = ClientConfig {
                 api_base: gucs::stripe_api_base(),
                 api_key,
@@ -338,10 +352,22 @@ impl Worker {
         for call in calls {
             log!("onboarding: {} (job {}, attempt {})", call.describe(), call.job_id, call.attempts);
         }
+        let budget = self.budget;
         let results = self.runtime.block_on(async {
-            let requests = join_all(calls.iter().map(|call| async {
+            let requests = join_all(calls.iter().map(|call| async move {
+                if let Some(gcra) = &budget {
+                    let wait = wake::reserve_rate_slot(gcra);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 let started = Instant::now();
                 let outcome = call.perform(client).await;
+                if let (Some(gcra), Outcome::Failed(StripeError::Api(e))) = (&budget, &outcome)
+                    && e.status == 429
+                {
+                    wake::penalize_rate(gcra);
+                }
                 (outcome, started.elapsed())
             }));
             tokio::select! {

@@ -61,7 +61,8 @@ fn main() {
          onboarding.max_attempts = 25\n\
          onboarding.connect_timeout = '1s'\n\
          onboarding.request_timeout = '1s'\n\
-         onboarding.lease = '15s'\n",
+         onboarding.lease = '15s'\n\
+         onboarding.rate_limit = 0\n",
         stripe.base_url()
     );
     let cluster = Cluster::start("chaos", &settings);

@@ -123,6 +123,7 @@ fn settings(stripe: &Emulator, extra: &str) -> String {
          onboarding.connect_timeout = '1s'\n\
          onboarding.request_timeout = '{timeout}ms'\n\
          track_commit_timestamp = on\n\
+         onboarding.rate_limit = 0\n\
          {extra}\n",
         base = stripe.base_url(),
         poll = POLL_INTERVAL.as_millis(),
@@ -1678,7 +1679,10 @@ fn concurrent_workers() -> Result<(), Failed> {
     stripe.set_latency(Duration::from_millis(20)); // keeps several calls in flight per worker
     stripe.inject(Fault::status(503).on("POST", "/v1/customers").times(25));
     stripe.inject(Fault::drop_after().on("POST", "/v1/customers").times(5));
-    let cluster = Cluster::start("workers", &settings(&stripe, "onboarding.workers = 4\nonboarding.batch_size = 5"));
+    // The rate budget is shared by the four workers: 50 requests/s in all, bursts of 10.
+    let extra =
+        "onboarding.workers = 4\nonboarding.batch_size = 5\nonboarding.rate_limit = 50\nonboarding.rate_burst = 10";
+    let cluster = Cluster::start("workers", &settings(&stripe, extra));
     let result = (|| {
         let mut db = cluster.connect();
         db.batch_execute("CREATE EXTENSION onboarding").unwrap();
@@ -1757,8 +1761,16 @@ fn concurrent_workers() -> Result<(), Failed> {
             }
             ensure(interleaved.is_empty(), || format!("jobs claimed twice at once: {interleaved:?}"))?;
             ensure(pids.len() >= 2, || format!("only workers {pids:?} took part: no concurrency was tested"))?;
-            let failures = stripe.requests().iter().filter(|r| r.status != Some(200)).count();
-            ensure(failures >= 25, || format!("only {failures} failed requests: the faults did not fire"))
+            let requests = stripe.requests();
+            let failures = requests.iter().filter(|r| r.status != Some(200)).count();
+            ensure(failures >= 25, || format!("only {failures} failed requests: the faults did not fire"))?;
+            // No second ever saw more than the budget (plus its burst), across all workers.
+            let times: Vec<std::time::SystemTime> = requests.iter().map(|r| r.arrived_at).collect();
+            let busiest = (0..times.len())
+                .map(|i| times[i..].iter().take_while(|t| **t < times[i] + Duration::from_secs(1)).count())
+                .max()
+                .unwrap_or(0);
+            ensure(busiest <= 60, || format!("{busiest} requests within one second under a 50/s budget"))
         })
     })();
     cluster.stop();

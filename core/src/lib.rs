@@ -1,5 +1,6 @@
 //! Pure logic of the `onboarding` extension, testable with plain `cargo test`:
 //!
+//! - [`budget`]: the client-side rate budget (GCRA) shared by every worker;
 //! - [`stripe`]: the Stripe HTTP client (form encoding, auth, idempotency keys, error parsing);
 //! - [`policy`]: which failures are retried, and how long to wait before the next attempt;
 //! - [`job`]: what a job does with the profile it finds, and where it goes after an attempt;
@@ -7,6 +8,7 @@
 //!
 //! Nothing here touches PostgreSQL; the extension (`src/` at the top of the repository) is the glue.
 
+pub mod budget;
 pub mod job;
 pub mod policy;
 pub mod runtime;
