@@ -172,6 +172,15 @@ impl Emulator {
         self.shared.update(|s| s.reset());
     }
 
+    /// The most `/v1` requests handled at once since the last [`Emulator::reset_max_in_flight`].
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn reset_max_in_flight(&self) {
+        self.shared.max_in_flight.store(0, std::sync::atomic::Ordering::Release);
+    }
+
     pub fn clear_requests(&self) {
         self.shared.update(|s| s.clear_requests());
     }

@@ -76,6 +76,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
     if req.uri().path().starts_with("/_emulator/") {
         return Ok(control::handle(&shared, req).await);
     }
+    let _in_flight = crate::state::InFlight::start(&shared);
     let started = Instant::now();
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();

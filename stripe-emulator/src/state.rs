@@ -2,6 +2,7 @@
 //! everything; it is never held across an `.await`, and requests are small.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,26 @@ pub struct Shared {
     state: Mutex<State>,
     /// Signalled whenever the request log changes, for [`crate::Emulator::wait_for`].
     changed: Condvar,
+    /// `/v1` requests being handled right now, and the most at once since the last reset.
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+}
+
+/// Counts a request as in flight for as long as it lives (however the request ends).
+pub struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    pub fn start(shared: &'a Shared) -> InFlight<'a> {
+        let now = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::AcqRel);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct State {
@@ -49,6 +70,8 @@ impl Shared {
                 recent: VecDeque::new(),
             }),
             changed: Condvar::new(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         }
     }
 

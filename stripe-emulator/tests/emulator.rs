@@ -976,3 +976,20 @@ fn random_faults_hit_about_the_set_share_of_matching_requests_only() {
     h.emu.set_random_faults(0.0, vec![]);
     assert!((0..20).all(|i| h.post("/v1/customers", &format!("email=s{i}%40example.com")).status == 200));
 }
+
+#[test]
+fn counts_the_most_requests_in_flight_at_once() {
+    let h = Harness::new();
+    h.emu.set_latency(Duration::from_millis(300));
+    std::thread::scope(|s| {
+        for i in 0..5 {
+            let h = &h;
+            s.spawn(move || h.post("/v1/customers", &format!("email=f{i}%40example.com")));
+        }
+    });
+    assert_eq!(h.emu.max_in_flight(), 5);
+    h.emu.reset_max_in_flight();
+    h.emu.set_latency(Duration::ZERO);
+    h.post("/v1/customers", "email=one%40example.com");
+    assert_eq!(h.emu.max_in_flight(), 1);
+}

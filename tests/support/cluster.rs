@@ -71,6 +71,11 @@ impl Cluster {
         cluster
     }
 
+    /// A PostgreSQL program (pgbench, psql, …) of the same installation.
+    pub fn bin(&self, program: &str) -> PathBuf {
+        self.bin_dir.join(program)
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.data_dir.join("server.log")
     }

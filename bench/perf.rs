@@ -1,0 +1,246 @@
+//! The performance benchmark: one command (`bench/perf`), one run, one table.
+//!
+//! Against the project's Stripe emulator on loopback, with the release build of the extension:
+//! 1. commit → ID written back latency, one profile at a time, 0 ms Stripe;
+//! 2. throughput, 0 ms Stripe, budget off;
+//! 3. throughput with 250 ms Stripe, budget off and at 100/s (peak in-flight, 429s);
+//! 4. trigger cost: single-row INSERT+COMMIT per second with and without the trigger (pgbench),
+//!    with the worker paused and as deployed;
+//! 5. the worker's resident memory before and after many jobs.
+//!
+//! Sizes can be lowered for a quick look: BENCH_THROUGHPUT, BENCH_SLOW, BENCH_MEMORY (profiles).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+use stripe_emulator::{Emulator, EmulatorConfig};
+use support::cluster::Cluster;
+
+const API_KEY: &str = "sk_test_benchmark0000000000";
+
+fn size(name: &str, default: i64) -> i64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let stripe = Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })
+        .expect("start the Stripe emulator");
+    let settings = format!(
+        "onboarding.stripe_api_base = '{}'\n\
+         onboarding.stripe_api_key = '{API_KEY}'\n\
+         onboarding.rate_limit = 0\n\
+         onboarding.poll_interval = '1s'\n\
+         onboarding.request_timeout = '5s'\n\
+         track_commit_timestamp = on\n\
+         synchronous_commit = on\n\
+         log_min_messages = warning\n\
+         shared_buffers = '256MB'\n",
+        stripe.base_url()
+    );
+    let cluster = Cluster::start("bench", &settings);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "CREATE EXTENSION onboarding;
+         CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+             stripe_customer_id text, stripe_connect_account_id text);
+         CREATE TABLE public.profiles_plain (LIKE public.profiles INCLUDING ALL);
+         SELECT onboarding.attach('public.profiles');",
+    )
+    .unwrap();
+
+    let row = |what: &str, value: String, target: &str| println!("  {what:<58} {value:>26}   (target {target})");
+    println!("\nonboarding benchmark — {} cores, PostgreSQL 15, release build, Stripe emulator on loopback\n", cores());
+
+    // 1. Latency, one at a time.
+    let (p50, p95, p99) = latency(&mut db, 300);
+    row(
+        "1. commit -> written back, one at a time: p50 / p95 / p99",
+        format!("{p50:.1} / {p95:.1} / {p99:.1} ms"),
+        "p50 <= 3, p99 <= 10 ms",
+    );
+
+    // 2. Throughput, 0 ms.
+    let n = size("BENCH_THROUGHPUT", 20_000);
+    set(&mut db, &[("onboarding.batch_size", "100")]);
+    let rate = throughput(&mut db, n, 1000);
+    row(
+        &format!("2. throughput, 0 ms Stripe, budget off ({n} profiles)"),
+        format!("{rate:.0} profiles/s"),
+        ">= 2000/s",
+    );
+
+    // 3. 250 ms at Stripe.
+    stripe.set_latency(Duration::from_millis(250));
+    let slow = size("BENCH_SLOW", 3000);
+    set(&mut db, &[("onboarding.batch_size", "200")]);
+    stripe.reset_max_in_flight();
+    let rate = throughput(&mut db, slow, 500);
+    row(
+        &format!("3a. throughput, 250 ms Stripe, budget off ({slow})"),
+        format!("{rate:.0}/s, {} in flight", stripe.max_in_flight()),
+        ">= 400/s",
+    );
+    stripe.set_rate_limit(Some(100));
+    let before_429 = count_429(&stripe);
+    set(&mut db, &[("onboarding.rate_limit", "100"), ("onboarding.rate_burst", "1")]);
+    stripe.reset_max_in_flight();
+    let budgeted = (slow / 3).max(300);
+    let rate = throughput(&mut db, budgeted, 500);
+    row(
+        &format!("3b. throughput, 250 ms Stripe, budget 100/s ({budgeted})"),
+        format!("{rate:.0}/s, {} in flight, {} 429s", stripe.max_in_flight(), count_429(&stripe) - before_429),
+        ">= 95/s, zero 429s",
+    );
+    stripe.set_rate_limit(None);
+    stripe.set_latency(Duration::ZERO);
+    set(&mut db, &[("onboarding.rate_limit", "0"), ("onboarding.batch_size", "100")]);
+
+    // 4. Trigger cost (pgbench), paused and deployed.
+    let plain = pgbench(&cluster, "public.profiles_plain");
+    set(&mut db, &[("onboarding.stripe_api_key", "")]); // no key: the workers claim nothing
+    let paused = pgbench(&cluster, "public.profiles");
+    set(&mut db, &[("onboarding.stripe_api_key", API_KEY)]);
+    let deployed = pgbench(&cluster, "public.profiles");
+    drain(&mut db, Duration::from_secs(600));
+    row("4a. INSERT+COMMIT/s without the trigger", format!("{plain:.0} tps"), "baseline");
+    row("4b. cost with the trigger, worker paused", format!("{:.2}x ({paused:.0} tps)", plain / paused), "<= 1.2x");
+    row("4c. cost with the trigger, as deployed", format!("{:.2}x ({deployed:.0} tps)", plain / deployed), "<= 2.0x");
+
+    // 5. Memory.
+    let pid: i32 = db
+        .query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'onboarding worker' LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    let before = rss_kib(pid);
+    let m = size("BENCH_MEMORY", 100_000);
+    throughput(&mut db, m, 2000);
+    let after = rss_kib(pid);
+    row(
+        &format!("5. worker resident memory before / after {m} jobs"),
+        format!("{:.1} / {:.1} MiB", before as f64 / 1024.0, after as f64 / 1024.0),
+        "growth < 10 MB",
+    );
+    cluster.stop();
+    println!();
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// ALTER SYSTEM + reload. The worker applies it at its next wake-up: a short settle time is
+/// enough here (a benchmark, not a test), and each phase starts with the queue drained.
+fn set(db: &mut Client, settings: &[(&str, &str)]) {
+    for (name, value) in settings {
+        db.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'")).unwrap();
+    }
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+fn latency(db: &mut Client, samples: usize) -> (f64, f64, f64) {
+    let mut users = Vec::new();
+    for i in 0..samples {
+        let user: String = db
+            .query_one(
+                "INSERT INTO public.profiles (email) VALUES ($1) RETURNING id::text",
+                &[&format!("lat{i}@example.com")],
+            )
+            .unwrap()
+            .get(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while db
+            .query_one("SELECT stripe_customer_id IS NULL FROM public.profiles WHERE id::text = $1", &[&user])
+            .unwrap()
+            .get::<_, bool>(0)
+        {
+            assert!(Instant::now() < deadline, "profile {user} not provisioned");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        users.push(user);
+    }
+    let row = db
+        .query_one(
+            "WITH l AS (
+                SELECT extract(epoch FROM w.at - pg_xact_commit_timestamp(q.xmin)) * 1000 AS ms
+                  FROM onboarding.events w
+                  JOIN onboarding.events q ON q.job_id = w.job_id AND q.step = 'enqueued'
+                 WHERE w.step = 'written_back' AND w.user_id = ANY($1))
+             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY ms),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FROM l",
+            &[&users],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Inserts `n` profiles in statements of `per_statement` rows and times them until all are
+/// written back. Returns profiles per second.
+fn throughput(db: &mut Client, n: i64, per_statement: i64) -> f64 {
+    drain(db, Duration::from_secs(600));
+    let start = Instant::now();
+    let marker: String = db.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(per_statement);
+        db.execute(
+            "INSERT INTO public.profiles (email) SELECT $1 || '-' || g || '@example.com' FROM generate_series(1, $2::bigint) g",
+            &[&marker, &k],
+        )
+        .unwrap();
+        left -= k;
+    }
+    drain(db, Duration::from_secs(1800));
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Waits until no job is open.
+fn drain(db: &mut Client, deadline: Duration) {
+    let until = Instant::now() + deadline;
+    loop {
+        let open: i64 = db
+            .query_one("SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running')", &[])
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            return;
+        }
+        assert!(Instant::now() < until, "{open} jobs still open");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn count_429(stripe: &Emulator) -> usize {
+    stripe.requests().iter().filter(|r| r.status == Some(429)).count()
+}
+
+/// Single-row INSERT+COMMIT transactions per second, one client, 10 s.
+fn pgbench(cluster: &Cluster, table: &str) -> f64 {
+    let script = std::env::temp_dir().join(format!("onboarding-bench-{}.sql", std::process::id()));
+    std::fs::write(&script, format!("INSERT INTO {table} (email) VALUES ('bench@example.com');\n")).unwrap();
+    let out = Command::new(cluster.bin("pgbench"))
+        .args(["-n", "-c", "1", "-T", "10", "-h", "127.0.0.1", "-U", "postgres", "-p", &cluster.port.to_string(), "-f"])
+        .arg(&script)
+        .arg("postgres")
+        .output()
+        .expect("run pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = ").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
