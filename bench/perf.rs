@@ -123,7 +123,7 @@ fn main() {
     throughput(&mut db, m, 2000);
     let after = rss_kib(pid);
     row(
-        &format!("5. worker resident memory before / after {m} jobs"),
+        &format!("5. worker private resident memory before / after {m} jobs"),
         format!("{:.1} / {:.1} MiB", before as f64 / 1024.0, after as f64 / 1024.0),
         "growth < 10 MB",
     );
@@ -237,10 +237,11 @@ fn pgbench(cluster: &Cluster, table: &str) -> f64 {
         .unwrap_or_else(|| panic!("no tps in pgbench output: {text}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// Private (anonymous) resident memory: shared buffers the worker touches are not its own.
 fn rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .find_map(|l| l.strip_prefix("RssAnon:").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }

@@ -19,7 +19,7 @@ pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(25);
 pub static RATE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(-1);
-pub static RATE_BURST: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static RATE_BURST: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(12);
 pub static RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000);
@@ -168,8 +168,8 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"onboarding.rate_limit",
-        c"Stripe requests per second, for all workers together (-1: 90 for live keys, 20 for test keys; 0: no limit).",
-        c"Kept below Stripe's limits (about 100/s live, 25/s test) so its 429s are never tripped.",
+        c"Most Stripe requests in any second, all workers together (-1: 95 for live keys, 24 for test keys; 0: no limit).",
+        c"Kept below Stripe's limits (about 100/s live, 25/s test) so its 429s are never tripped; bursts included.",
         &RATE_LIMIT,
         -1,
         100_000,
@@ -254,12 +254,12 @@ pub fn idempotency_horizon() -> Duration {
 
 /// The rate budget for requests made with `api_key`, or None when unlimited.
 pub fn rate_budget(api_key: &str) -> Option<onboarding_core::budget::Gcra> {
-    let per_second = match RATE_LIMIT.get() {
-        -1 if api_key.starts_with("sk_live_") || api_key.starts_with("rk_live_") => 90,
-        -1 => 20,
-        n => n,
+    let ceiling = match RATE_LIMIT.get() {
+        -1 if api_key.starts_with("sk_live_") || api_key.starts_with("rk_live_") => 95,
+        -1 => 24,
+        n => n.max(0),
     };
-    onboarding_core::budget::Gcra::new(per_second as f64, RATE_BURST.get().max(1) as u32)
+    onboarding_core::budget::Gcra::new(ceiling as u32, RATE_BURST.get().max(1) as u32)
 }
 
 pub fn workers() -> usize {

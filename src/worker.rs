@@ -58,6 +58,13 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
             worker.client = None;
             worker.warned_no_key = false;
         }
+        if worker.stripe_client().is_none() {
+            // Paused (no key): ignore commit wake-ups, which would otherwise spin the loop; a
+            // reload is noticed within a second.
+            worker.serve_new_requests(); // refuses them
+            std::thread::sleep(Duration::from_secs(1).min(gucs::poll_interval()));
+            continue;
+        }
         let Some(sleep) = worker.run_round() else {
             // Not installed here (any more): make way, until CREATE EXTENSION wakes the launcher.
             wake::mark_without_extension(database);

@@ -98,13 +98,24 @@ fn drain(cluster: &Cluster, db: &mut Client, deadline: Duration) -> Result<(), S
     }
 }
 
-fn kill_a_worker(db: &mut Client) -> bool {
-    let pid: Option<i32> = db
-        .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'onboarding worker' LIMIT 1", &[])
-        .ok()
-        .flatten()
-        .map(|r| r.get(0));
-    pid.is_some_and(|pid| Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success()))
+/// SIGKILLs a worker (the postmaster then restarts every process), waiting for one to exist: the
+/// launcher may still be starting them after the previous disruption.
+fn kill_a_worker(cluster: &Cluster, db: &mut Client) -> bool {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let pid: Option<i32> = db
+            .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'onboarding worker' LIMIT 1", &[])
+            .unwrap_or_else(|_| {
+                *db = cluster.connect();
+                None
+            })
+            .map(|r| r.get(0));
+        if let Some(pid) = pid {
+            return Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize) -> Result<usize, String> {
@@ -153,7 +164,7 @@ fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize) -> Result<usize, S
         while disruptions.first().is_some_and(|(at, _)| progress >= *at) {
             let (_, what) = disruptions.remove(0);
             if what == "kill" {
-                kills += usize::from(kill_a_worker(&mut db));
+                kills += usize::from(kill_a_worker(cluster, &mut db));
             } else {
                 cluster.restart_immediately();
                 restarts += 1;

@@ -20,9 +20,16 @@ pub struct Gcra {
 pub const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
 
 impl Gcra {
-    /// `None` when `per_second` is 0: no budget.
-    pub fn new(per_second: f64, burst: u32) -> Option<Gcra> {
-        (per_second > 0.0).then(|| Gcra { interval: Duration::from_secs_f64(1.0 / per_second), burst: burst.max(1) })
+    /// A budget under which no one-second window ever holds more than `ceiling` requests, bursts
+    /// of `burst` included: the sustained rate is `ceiling - burst + 1`, less 2 % for the jitter
+    /// between our clock and Stripe's counting. `None` when `ceiling` is 0: no budget.
+    pub fn new(ceiling: u32, burst: u32) -> Option<Gcra> {
+        if ceiling == 0 {
+            return None;
+        }
+        let burst = burst.clamp(1, ceiling);
+        let sustained = f64::from(ceiling - burst + 1) * 0.98;
+        Some(Gcra { interval: Duration::from_secs_f64(1.0 / sustained), burst })
     }
 
     /// Given the stored TAT and the time now (both on one monotonic clock), returns the new TAT
@@ -65,35 +72,38 @@ mod tests {
     }
 
     #[test]
-    fn sustained_rate_never_exceeds_the_budget_in_any_second() {
-        let gcra = Gcra::new(100.0, 10).unwrap();
-        let times = send_times(&gcra, 1000, Duration::from_secs(5));
-        for (i, t) in times.iter().enumerate() {
-            let in_window = times[i..].iter().take_while(|u| **u < *t + Duration::from_secs(1)).count();
-            assert!(in_window <= 100 + 10, "{in_window} requests in the second after request {i}");
+    fn no_second_ever_holds_more_than_the_ceiling() {
+        for (ceiling, burst) in [(100, 1), (100, 10), (25, 5), (95, 5)] {
+            let gcra = Gcra::new(ceiling, burst).unwrap();
+            let times = send_times(&gcra, 1000, Duration::from_secs(5));
+            for (i, t) in times.iter().enumerate() {
+                let in_window = times[i..].iter().take_while(|u| **u < *t + Duration::from_secs(1)).count();
+                assert!(in_window <= ceiling as usize, "{in_window} requests in one second under {ceiling}/{burst}");
+            }
+            let rate = 999.0 / (*times.last().unwrap() - times[0]).as_secs_f64();
+            let sustained = f64::from(ceiling - burst + 1);
+            assert!(rate > 0.97 * sustained && rate < sustained, "{rate}/s under {ceiling}/{burst}");
         }
-        let span = *times.last().unwrap() - times[0];
-        assert!((9.8..=10.0).contains(&span.as_secs_f64()), "1000 requests at 100/s took {span:?}");
     }
 
     #[test]
     fn a_quiet_budget_allows_a_burst_then_paces() {
-        let gcra = Gcra::new(10.0, 5).unwrap();
+        let gcra = Gcra::new(54, 5).unwrap(); // sustained 49/s
         let times = send_times(&gcra, 7, Duration::from_secs(100));
         assert!(times[..5].iter().all(|t| *t == Duration::from_secs(100)), "{times:?}");
-        assert_eq!(times[5] - times[0], Duration::from_millis(100));
-        assert_eq!(times[6] - times[0], Duration::from_millis(200));
+        assert_eq!(times[5] - times[0], gcra.interval);
+        assert_eq!(times[6] - times[0], gcra.interval * 2);
     }
 
     #[test]
     fn a_429_pauses_everyone_then_the_rate_recovers() {
-        let gcra = Gcra::new(50.0, 1).unwrap();
+        let gcra = Gcra::new(50, 1).unwrap();
         let now = Duration::from_secs(10);
         let tat = gcra.penalize(Duration::ZERO, now);
         let (tat, wait) = gcra.reserve(tat, now);
         assert_eq!(wait, RATE_LIMITED_PAUSE);
         let (_, next) = gcra.reserve(tat, now + RATE_LIMITED_PAUSE);
-        assert_eq!(next, Duration::from_millis(20));
-        assert!(Gcra::new(0.0, 10).is_none());
+        assert_eq!(next, gcra.interval);
+        assert!(Gcra::new(0, 10).is_none());
     }
 }
