@@ -227,12 +227,28 @@ fn count_429(stripe: &Emulator) -> usize {
     stripe.requests().iter().filter(|r| r.status == Some(429)).count()
 }
 
-/// Single-row INSERT+COMMIT transactions per second, one client, 15 s.
+/// Single-row INSERT+COMMIT transactions per second, two clients (one per core: a single client
+/// mostly measures how fast idle cores wake up), 15 s.
 fn pgbench(cluster: &Cluster, table: &str) -> f64 {
     let script = std::env::temp_dir().join(format!("onboarding-bench-{}.sql", std::process::id()));
     std::fs::write(&script, format!("INSERT INTO {table} (email) VALUES ('bench@example.com');\n")).unwrap();
     let out = Command::new(cluster.bin("pgbench"))
-        .args(["-n", "-c", "1", "-T", "15", "-h", "127.0.0.1", "-U", "postgres", "-p", &cluster.port.to_string(), "-f"])
+        .args([
+            "-n",
+            "-c",
+            "2",
+            "-j",
+            "2",
+            "-T",
+            "15",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &cluster.port.to_string(),
+            "-f",
+        ])
         .arg(&script)
         .arg("postgres")
         .output()
