@@ -55,9 +55,9 @@ pub enum Outcome {
     Created(StripeObject, Response),
     /// Found in Stripe by `metadata.user_id` instead of created.
     Adopted(StripeObject),
-    /// `response` is `None` when Stripe says the customer is already gone (404): just as good.
+    /// A customer or account deleted; `response` is `None` when Stripe says it was already gone.
     Deleted {
-        customer: String,
+        object: String,
         response: Option<Response>,
     },
     /// A clean-up found no customer: the earlier attempt never executed.
@@ -105,21 +105,12 @@ impl Call {
                     Err(error) => Outcome::Failed(error),
                 }
             }
-            Work::DeleteCustomer(id) => delete(client, id).await,
+            Work::DeleteCustomer(id) => delete(client, StripeCollection::Customers, id).await,
             Work::CreateAccount(account) => match client.create_account(account, &self.idempotency_key).await {
                 Ok((account, response)) => Outcome::Created(account, response),
                 Err(error) => Outcome::Failed(error),
             },
-            Work::DeleteAccount(id) => match client.delete_account(id).await {
-                Ok(response) => Outcome::Deleted { customer: id.clone(), response: Some(response) },
-                // Unknown or already deleted accounts answer 403 account_invalid (or 404).
-                Err(StripeError::Api(e))
-                    if e.status == 404 || (e.status == 403 && e.code.as_deref() == Some("account_invalid")) =>
-                {
-                    Outcome::Deleted { customer: id.clone(), response: None }
-                }
-                Err(error) => Outcome::Failed(error),
-            },
+            Work::DeleteAccount(id) => delete(client, StripeCollection::Accounts, id).await,
             Work::UpdateEmail { customer, email } => {
                 match client.update_customer_email(customer, email, &self.idempotency_key).await {
                     Ok((_, response)) => Outcome::EmailUpdated(response),
@@ -129,7 +120,7 @@ impl Call {
             Work::CleanUpCustomer { emails } => {
                 let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
                 match client.find_customer(&self.user_id, &emails).await {
-                    Ok(Some(found)) => delete(client, &found.id).await,
+                    Ok(Some(found)) => delete(client, StripeCollection::Customers, &found.id).await,
                     Ok(None) => Outcome::NothingToCleanUp,
                     Err(error) => Outcome::Failed(error),
                 }
@@ -138,11 +129,24 @@ impl Call {
     }
 }
 
-async fn delete(client: &StripeClient, id: &str) -> Outcome {
-    match client.delete_customer(id).await {
-        Ok(response) => Outcome::Deleted { customer: id.to_string(), response: Some(response) },
-        Err(StripeError::Api(e)) if e.status == 404 && e.code.as_deref() == Some("resource_missing") => {
-            Outcome::Deleted { customer: id.to_string(), response: None }
+enum StripeCollection {
+    Customers,
+    Accounts,
+}
+
+/// Deletes a customer or account; one already gone counts as deleted (customers answer 404
+/// `resource_missing`, unknown accounts 403 `account_invalid` or 404).
+async fn delete(client: &StripeClient, collection: StripeCollection, id: &str) -> Outcome {
+    let result = match collection {
+        StripeCollection::Customers => client.delete_customer(id).await,
+        StripeCollection::Accounts => client.delete_account(id).await,
+    };
+    match result {
+        Ok(response) => Outcome::Deleted { object: id.to_string(), response: Some(response) },
+        Err(StripeError::Api(e))
+            if e.status == 404 || (e.status == 403 && e.code.as_deref() == Some("account_invalid")) =>
+        {
+            Outcome::Deleted { object: id.to_string(), response: None }
         }
         Err(error) => Outcome::Failed(error),
     }
@@ -392,7 +396,7 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Opti
         if let Err(message) = one {
             let stripe_id = match (&call.work, result) {
                 (_, Outcome::Created(customer, _) | Outcome::Adopted(customer)) => Some(customer.id.as_str()),
-                (_, Outcome::Deleted { customer, .. }) => Some(customer.as_str()),
+                (_, Outcome::Deleted { object, .. }) => Some(object.as_str()),
                 (Work::DeleteCustomer(id), _) => Some(id.as_str()),
                 _ => None,
             };
@@ -434,17 +438,17 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             log_event(job_id, "adopted", json!({"stripe_id": customer.id, "duration_ms": elapsed_ms}));
             link_object(job_id, user_id, customer);
         }
-        Outcome::Deleted { customer, response } => {
+        Outcome::Deleted { object, response } => {
             let detail = match response {
                 Some(r) => json!({"status": r.status, "request_id": r.request_id, "duration_ms": elapsed_ms}),
-                None => json!({"status": 404, "note": "already deleted", "duration_ms": elapsed_ms}),
+                None => json!({"note": "already gone", "duration_ms": elapsed_ms}),
             };
             log_event(job_id, "stripe_response", detail);
-            log!("onboarding: deleted Stripe customer {customer} of user {user_id} (job {job_id})");
-            let detail = json!({"stripe_id": customer});
+            log!("onboarding: deleted Stripe {} {object} of user {user_id} (job {job_id})", object_noun(object));
+            let detail = json!({"stripe_id": object});
             if matches!(call.work, Work::CleanUpCustomer { .. }) {
                 // A creation job whose profile is gone: skipped, after undoing its lost attempt.
-                finish(job_id, "skipped", "compensated", detail, Some(customer), None, None);
+                finish(job_id, "skipped", "compensated", detail, Some(object), None, None);
             } else {
                 finish(job_id, "succeeded", "compensated", detail, None, None, None);
             }

@@ -18,29 +18,6 @@ use rand::Rng;
 use crate::policy::{Backoff, Disposition};
 use crate::stripe::{NewAccount, NewCustomer};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobState {
-    Pending,
-    Running,
-    Succeeded,
-    Skipped,
-    Orphaned,
-    Dead,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Pending => "pending",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Skipped => "skipped",
-            JobState::Orphaned => "orphaned",
-            JobState::Dead => "dead",
-        }
-    }
-}
-
 /// The profile as the worker reads it just before calling Stripe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Profile {

@@ -286,8 +286,7 @@ impl StripeClient {
 
     /// `DELETE /v1/accounts/{id}`.
     pub async fn delete_account(&self, id: &str) -> Result<Response, StripeError> {
-        let path = format!("/v1/accounts/{}", object_id(id)?);
-        self.send(self.http.delete(format!("{}{path}", self.api_base))).await
+        self.delete("/v1/accounts", id).await
     }
 
     /// `POST /v1/account_links` (`account_onboarding`): a single-use URL that expires in minutes.
@@ -384,8 +383,12 @@ impl StripeClient {
 
     /// `DELETE /v1/customers/{id}`. Deleting is permanent; Stripe ignores idempotency keys here.
     pub async fn delete_customer(&self, id: &str) -> Result<Response, StripeError> {
-        let path = format!("/v1/customers/{}", object_id(id)?);
-        self.send(self.http.delete(format!("{}{path}", self.api_base))).await
+        self.delete("/v1/customers", id).await
+    }
+
+    async fn delete(&self, collection: &str, id: &str) -> Result<Response, StripeError> {
+        let url = format!("{}{collection}/{}", self.api_base, object_id(id)?);
+        self.send(self.http.delete(url)).await
     }
 
     pub async fn post(
