@@ -11,10 +11,13 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
           FROM onboarding.events e JOIN onboarding.jobs j ON j.id = e.job_id
          WHERE e.user_id = sequence.user_id)
     SELECT committed, NULL::bigint, 'committed', format('Profile committed: %s', sequence.user_id)
-      FROM (SELECT pg_xact_commit_timestamp(s.event_xmin) AS committed FROM steps s
-             WHERE s.step = 'enqueued' AND current_setting('track_commit_timestamp')::boolean
-             ORDER BY s.id LIMIT 1) c
+      FROM (SELECT onboarding._queued_commit_time(s.detail, s.event_xmin) AS committed FROM steps s
+             WHERE s.step = 'enqueued' ORDER BY s.id LIMIT 1) c
      WHERE committed IS NOT NULL
+    UNION ALL
+    -- An insert the worker has not promoted to a job yet (it is not running, or is paused).
+    SELECT i.enqueued_at, NULL::bigint, 'enqueued', format('Queued create customer for %s (insert, awaiting the worker)', i.user_id)
+      FROM onboarding.intake i WHERE i.user_id = sequence.user_id
     UNION ALL
     SELECT s.at, s.job_id, s.step,
            CASE s.step
@@ -58,8 +61,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Attached profiles without a customer (or, where the Connect policy wants one, without an
--- account), with their latest job's state and error, or "no job". Profiles whose job is younger
--- than older_than are still in flight and left out.
+-- account), with their latest job's state and error, "awaiting the worker" (an insert not yet
+-- promoted to a job) or "no job". Profiles whose job is younger than older_than are still in
+-- flight and left out.
 CREATE FUNCTION onboarding.audit_missing(older_than interval DEFAULT '5 minutes')
 RETURNS TABLE (profile_table regclass, user_id text, missing text, job_id bigint, state text, last_error text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -68,7 +72,9 @@ DECLARE
 BEGIN
     FOR a IN SELECT * FROM onboarding.attachments ORDER BY attachments.profile_table::text LOOP
         RETURN QUERY EXECUTE format($sql$
-            SELECT %1$L::regclass, p.uid, m.what, j.id, coalesce(j.state, 'no job'), j.last_error
+            SELECT %1$L::regclass, p.uid, m.what, j.id,
+                   CASE WHEN q.since IS NOT NULL THEN 'awaiting the worker' ELSE coalesce(j.state, 'no job') END,
+                   j.last_error
               FROM (SELECT t.%2$I::text AS uid, t.%3$I AS customer, %4$s AS account, %5$s AS wants_account
                       FROM %1$s t) p
              CROSS JOIN LATERAL (VALUES ('customer', 'create_customer', p.customer IS NULL),
@@ -77,7 +83,13 @@ BEGIN
               LEFT JOIN LATERAL (SELECT x.id, x.state, x.last_error, x.created_at FROM onboarding.jobs x
                                   WHERE x.profile_table = %1$L::regclass AND x.user_id = p.uid AND x.kind = m.kind
                                   ORDER BY x.id DESC LIMIT 1) j ON true
-             WHERE m.is_missing AND (j.id IS NULL OR j.state NOT IN ('pending', 'running') OR j.created_at < now() - $1)
+              -- An insert not yet promoted to a job (see onboarding.intake).
+              LEFT JOIN (SELECT i.user_id, min(i.enqueued_at) AS since FROM onboarding.intake i
+                          WHERE i.profile_table = %1$L::regclass GROUP BY i.user_id) q
+                     ON q.user_id = p.uid AND m.kind = 'create_customer'
+             WHERE m.is_missing
+               AND CASE WHEN q.since IS NOT NULL THEN q.since < now() - $1
+                        ELSE j.id IS NULL OR j.state NOT IN ('pending', 'running') OR j.created_at < now() - $1 END
              ORDER BY p.uid, m.what $sql$,
             a.profile_table, a.id_column, a.customer_column,
             coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'),
@@ -89,8 +101,8 @@ BEGIN
 END $$;
 
 -- Proof that no Stripe request for a profile was sent before the profile's transaction committed:
--- the commit time of the transaction that queued the job (the xmin of its 'enqueued' event, never
--- updated) against the first 'stripe_request' event. Returns the violations, then one summary row
+-- the commit time of the transaction that queued the job (_queued_commit_time) against the first
+-- 'stripe_request' event. Returns the violations, then one summary row
 -- (violation = false) with the number of jobs checked.
 CREATE FUNCTION onboarding.audit_ordering()
 RETURNS TABLE (violation boolean, job_id bigint, user_id text, committed_at timestamptz,
@@ -108,8 +120,8 @@ BEGIN
                          'committed after that can be checked.';
     END IF;
     FOR r IN
-        SELECT q.job_id, q.user_id, pg_xact_commit_timestamp(q.xmin) AS committed, s.first_request
-          FROM (SELECT DISTINCT ON (e.job_id) e.job_id, e.user_id, e.xmin
+        SELECT q.job_id, q.user_id, onboarding._queued_commit_time(q.detail, q.xmin) AS committed, s.first_request
+          FROM (SELECT DISTINCT ON (e.job_id) e.job_id, e.user_id, e.detail, e.xmin
                   FROM onboarding.events e WHERE e.step = 'enqueued' ORDER BY e.job_id, e.id) q
           JOIN LATERAL (SELECT min(e.at) AS first_request FROM onboarding.events e
                          WHERE e.job_id = q.job_id AND e.step = 'stripe_request') s ON s.first_request IS NOT NULL
@@ -137,9 +149,9 @@ RETURNS TABLE (metric text, value numeric, detail text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH recent AS (SELECT * FROM onboarding.jobs WHERE created_at >= now() - since),
     latency AS (
-        SELECT extract(epoch FROM w.at - pg_xact_commit_timestamp(q.xmin)) * 1000 AS ms
+        SELECT extract(epoch FROM w.at - onboarding._queued_commit_time(q.detail, q.xmin)) * 1000 AS ms
           FROM onboarding.events w
-          JOIN LATERAL (SELECT e.xmin FROM onboarding.events e
+          JOIN LATERAL (SELECT e.detail, e.xmin FROM onboarding.events e
                          WHERE e.job_id = w.job_id AND e.step = 'enqueued' ORDER BY e.id LIMIT 1) q ON true
          WHERE w.step = 'written_back' AND w.at >= now() - since
            AND current_setting('track_commit_timestamp')::boolean),
@@ -152,8 +164,12 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM unnest(ARRAY['pending', 'running', 'dead']) s
       LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
     UNION ALL
+    SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
+      FROM onboarding.intake
+    UNION ALL
     SELECT 'oldest pending (s)', coalesce(extract(epoch FROM now() - min(created_at)), 0)::numeric(12, 1), NULL
-      FROM onboarding.jobs WHERE state = 'pending'
+      FROM (SELECT created_at FROM onboarding.jobs WHERE state = 'pending'
+            UNION ALL SELECT enqueued_at FROM onboarding.intake) pending
     UNION ALL
     SELECT 'succeeded per minute', (count(*) / greatest(extract(epoch FROM since) / 60, 1))::numeric(12, 2),
            format('%s succeeded in %s', count(*), since)

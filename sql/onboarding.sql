@@ -70,27 +70,58 @@ CREATE INDEX events_by_user ON onboarding.events (user_id, id);
 
 REVOKE ALL ON onboarding.attachments, onboarding.jobs, onboarding.events FROM PUBLIC;
 
--- Statement-level AFTER INSERT trigger: one INSERT ... SELECT per statement, whatever its row count.
--- TG_ARGV: id column, customer column. Jobs become visible only if the inserting transaction commits.
-CREATE FUNCTION onboarding._enqueue_inserted_profiles() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    -- Static SQL (its plan is cached per session, unlike EXECUTE's); the columns named by the
-    -- trigger's arguments are read through jsonb.
-    WITH new_jobs AS (
-        INSERT INTO onboarding.jobs (kind, profile_table, user_id)
-        SELECT 'create_customer', TG_RELID, p.row->>TG_ARGV[0]
-          FROM (SELECT to_jsonb(i) AS row FROM onboarding_inserted_profiles i) p
-         WHERE p.row->>TG_ARGV[0] IS NOT NULL AND p.row->>TG_ARGV[1] IS NULL
+-- The insert trigger's outbox (see src/intake.rs): one row per inserted profile without a
+-- customer, written in the inserting transaction by onboarding._intake_profile() with a plain heap
+-- insert. It must stay index-, trigger- and constraint-free; the worker promotes committed rows to
+-- jobs within milliseconds (_promote_intake), so it is normally empty.
+CREATE TABLE onboarding.intake (
+    profile_table regclass NOT NULL,
+    user_id text NOT NULL,
+    -- Start of the inserting transaction.
+    enqueued_at timestamptz NOT NULL
+);
+COMMENT ON TABLE onboarding.intake IS
+    'Inserted profiles awaiting promotion to create_customer jobs by the worker (normally empty)';
+REVOKE ALL ON onboarding.intake FROM PUBLIC;
+
+-- Moves up to max_rows committed intake rows into jobs, set-based: one create_customer job per
+-- profile (joining an open one if any), run and created at the insert's time, and its 'enqueued'
+-- event carrying the insert's commit time (the event's own xmin is the worker's transaction; see
+-- _queued_commit_time). Concurrent workers skip each other's rows. Returns the rows taken.
+CREATE FUNCTION onboarding._promote_intake(max_rows integer) RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH taken AS (
+        DELETE FROM onboarding.intake i
+         WHERE i.ctid = ANY (ARRAY(SELECT x.ctid FROM onboarding.intake x LIMIT max_rows FOR UPDATE SKIP LOCKED))
+        RETURNING i.profile_table, i.user_id, i.enqueued_at,
+                  CASE WHEN current_setting('track_commit_timestamp')::boolean
+                       THEN pg_xact_commit_timestamp(i.xmin) END AS committed_at),
+    profiles AS (
+        SELECT DISTINCT ON (t.profile_table, t.user_id) t.*
+          FROM taken t ORDER BY t.profile_table, t.user_id, t.enqueued_at),
+    new_jobs AS (
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, run_at, created_at, updated_at)
+        SELECT 'create_customer', p.profile_table, p.user_id, p.enqueued_at, p.enqueued_at, p.enqueued_at
+          FROM profiles p ORDER BY p.enqueued_at
         ON CONFLICT DO NOTHING
-        RETURNING id, user_id)
-    INSERT INTO onboarding.events (job_id, user_id, step, detail)
-    SELECT id, user_id, 'enqueued', jsonb_build_object('source', 'insert') FROM new_jobs;
-    IF FOUND THEN
-        PERFORM onboarding._wake_worker_after_commit();
-    END IF;
-    RETURN NULL;
-END $$;
+        RETURNING id, profile_table, user_id),
+    logged AS (
+        INSERT INTO onboarding.events (job_id, user_id, step, at, detail)
+        SELECT n.id, n.user_id, 'enqueued', p.enqueued_at,
+               jsonb_build_object('source', 'insert', 'committed_at', p.committed_at)
+          FROM new_jobs n JOIN profiles p USING (profile_table, user_id)
+         ORDER BY n.id)
+    SELECT count(*) FROM taken;
+$$;
+
+-- When the transaction that queued a job committed, from the job's 'enqueued' event: promoted
+-- inserts carry it in their detail; every other enqueuer wrote the event in its own transaction.
+-- NULL when unknown (track_commit_timestamp off at the time, or the timestamp expired).
+CREATE FUNCTION onboarding._queued_commit_time(detail jsonb, event_xmin xid) RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN detail ? 'committed_at' THEN (detail->>'committed_at')::timestamptz
+                WHEN current_setting('track_commit_timestamp')::boolean THEN pg_xact_commit_timestamp(event_xmin) END;
+$$;
 
 -- Enqueues work on an existing customer: its deletion (compensation) or an email update. An open
 -- job for the same customer and kind absorbs the new one.
@@ -329,9 +360,9 @@ BEGIN
 
     PERFORM onboarding._drop_triggers(profile_table);
     EXECUTE format($sql$
-        CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %s
-        REFERENCING NEW TABLE AS onboarding_inserted_profiles
-        FOR EACH STATEMENT EXECUTE FUNCTION onboarding._enqueue_inserted_profiles(%L, %L)$sql$,
+        CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %1$s
+        FOR EACH ROW WHEN (NEW.%2$I IS NOT NULL AND NEW.%3$I IS NULL)
+        EXECUTE FUNCTION onboarding._intake_profile(%2$L)$sql$,
         profile_table, id_column, customer_column);
     EXECUTE format($sql$
         CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s
@@ -357,6 +388,7 @@ CREATE FUNCTION onboarding.detach(profile_table regclass) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM onboarding._drop_triggers(profile_table);
+    DELETE FROM onboarding.intake i WHERE i.profile_table = detach.profile_table;
     DELETE FROM onboarding.attachments a WHERE a.profile_table = detach.profile_table;
     IF NOT FOUND THEN
         RETURN format('onboarding: %s was not attached', profile_table);
@@ -640,9 +672,17 @@ BEGIN
                  WHERE x.profile_table = a.profile_table AND x.user_id = profile_status.user_id
                 UNION SELECT 'create_customer') k
           LEFT JOIN LATERAL (
-                SELECT * FROM onboarding.jobs x
+                -- An insert the worker has not promoted to a job yet: pending, without a job id.
+                SELECT NULL::bigint AS id, 'pending'::text AS state, 0 AS attempts, NULL::text AS last_error,
+                       i.enqueued_at AS created_at, NULL::timestamptz AS finished_at, 0 AS rank
+                  FROM onboarding.intake i
+                 WHERE k.kind = 'create_customer' AND i.profile_table = a.profile_table
+                   AND i.user_id = profile_status.user_id
+                UNION ALL
+                SELECT x.id, x.state, x.attempts, x.last_error, x.created_at, x.finished_at, 1
+                  FROM onboarding.jobs x
                  WHERE x.profile_table = a.profile_table AND x.user_id = profile_status.user_id AND x.kind = k.kind
-                 ORDER BY x.id DESC LIMIT 1) j ON true
+                 ORDER BY rank, id DESC LIMIT 1) j ON true
          ORDER BY k.kind;
 END $$;
 
@@ -978,12 +1018,13 @@ END $$;
 -- an idle worker sleeps exactly that long. (Not greatest(0, …): greatest ignores NULL.)
 CREATE FUNCTION onboarding._next_due_in() RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT extract(epoch FROM min(run_at) - now())::double precision
+    SELECT CASE WHEN EXISTS (SELECT FROM onboarding.intake) THEN 0
+                ELSE extract(epoch FROM min(run_at) - now())::double precision END
       FROM onboarding.jobs WHERE state = 'pending';
 $$;
 
 REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retry, onboarding.retry_dead,
-    onboarding.cancel, onboarding._enqueue_inserted_profiles,
+    onboarding.cancel, onboarding._promote_intake, onboarding._queued_commit_time,
     onboarding._column_type, onboarding._claim_jobs, onboarding._finish_job, onboarding._log_event,
     onboarding._write_back, onboarding._requeue_abandoned, onboarding._next_due_in,
     onboarding._compensate_deleted_profiles, onboarding._wait_for_customer, onboarding._drop_triggers,

@@ -152,6 +152,15 @@ async fn delete(client: &StripeClient, collection: StripeCollection, id: &str) -
     }
 }
 
+/// Most intake rows (inserted profiles) turned into jobs per claim.
+const PROMOTE_PER_ROUND: i32 = 10_000;
+
+/// Turns committed inserts into jobs, set-based (see intake.rs); a large backlog over a few claims.
+pub fn promote_intake() {
+    Spi::get_one_with_args::<i64>("SELECT onboarding._promote_intake($1)", &[PROMOTE_PER_ROUND.into()])
+        .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"));
+}
+
 /// Phase 1. Returns None when the extension is not installed in this database yet.
 pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, Option<Duration>)> {
     let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'onboarding')")
@@ -176,6 +185,8 @@ pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usiz
         // Retention, a small batch at a time (onboarding.retention).
         Spi::get_one::<i64>("SELECT onboarding.prune()").unwrap_or_else(|e| error!("onboarding: pruning: {e}"));
     }
+
+    promote_intake();
 
     let claimed = Spi::connect_mut(|spi| {
         let rows = spi.update(

@@ -4,6 +4,7 @@
 //! Where things are:
 //! - `sql/onboarding.sql`: tables, `attach()`/`detach()`, the triggers, the SQL API, job transitions;
 //! - `sql/audits.sql`: audits and metrics for DBAs;
+//! - [`intake`]: the insert trigger (the outbox write on the application's path);
 //! - [`launcher`]: starts the workers of every database where the extension is installed;
 //! - [`worker`]: the background worker loop (claim → call Stripe → record);
 //! - [`jobs`]: what each phase does with a job (planning, the Stripe call, recording the outcome);
@@ -15,6 +16,7 @@
 use pgrx::prelude::*;
 
 mod gucs;
+mod intake;
 mod jobs;
 mod launcher;
 mod requests;

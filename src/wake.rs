@@ -2,9 +2,9 @@
 //! pattern).
 //!
 //! Each worker publishes its PGPROC number and database in a slot; the launcher publishes its own.
-//! The insert trigger calls `onboarding._wake_worker_after_commit()`, which registers a commit
-//! callback once per transaction; on COMMIT it sets the latches of the workers of this database
-//! (they share the queue through `SKIP LOCKED`, so the idle ones compete for the new jobs); on
+//! The insert trigger (intake.rs) and the plpgsql enqueuers (`onboarding._wake_worker_after_commit()`)
+//! flag the transaction; a transaction callback, installed once per backend, then on COMMIT sets
+//! the latches of the workers of this database (they share the queue through `SKIP LOCKED`, so the idle ones compete for the new jobs); on
 //! ABORT nothing happens. `CREATE EXTENSION` likewise wakes the launcher after commit.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use onboarding_core::budget::{Gcra, monotonic_now};
 
 use pgrx::prelude::*;
-use pgrx::{PgAtomic, PgXactCallbackEvent, pg_shmem_init, register_xact_callback};
+use pgrx::{PgAtomic, pg_shmem_init};
 
 const NO_PROCESS: i32 = -1;
 const NO_DATABASE: u32 = 0;
@@ -54,10 +54,10 @@ static PROCESSES: PgAtomic<Processes> = unsafe { PgAtomic::new(c"onboarding_proc
 static SHARED_MEMORY_READY: AtomicBool = AtomicBool::new(false);
 
 /// Backend-local: what the current transaction wants done at commit, and whether the callback
-/// that does it is registered.
+/// that does it is installed.
 static WAKE_WORKERS: AtomicBool = AtomicBool::new(false);
 static WAKE_LAUNCHER: AtomicBool = AtomicBool::new(false);
-static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+static CALLBACK_INSTALLED: AtomicBool = AtomicBool::new(false);
 
 pub fn init_shared_memory() {
     pg_shmem_init!(PROCESSES);
@@ -117,7 +117,7 @@ pub fn forget_databases_without_extension() {
 
 #[pg_extern(name = "_wake_worker_after_commit", volatile, parallel_unsafe)]
 fn wake_worker_after_commit() {
-    after_commit(&WAKE_WORKERS);
+    wake_workers_after_commit();
 }
 
 /// Called by `CREATE EXTENSION`: once it commits, the launcher starts this database's workers.
@@ -126,33 +126,50 @@ fn launch_after_commit() {
     after_commit(&WAKE_LAUNCHER);
 }
 
+/// Wakes this database's workers once the current transaction commits (the insert trigger's and
+/// the plpgsql enqueuers' way to say "new work").
+pub fn wake_workers_after_commit() {
+    after_commit(&WAKE_WORKERS);
+}
+
 fn after_commit(wanted: &AtomicBool) {
     if !shared_memory_ready() {
         return;
     }
     wanted.store(true, Ordering::Relaxed);
-    if CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
-        return;
+    // One plain callback for the backend's lifetime: it costs a branch per transaction, where
+    // registering closures per transaction cost more than the insert trigger's own work.
+    if !CALLBACK_INSTALLED.swap(true, Ordering::Relaxed) {
+        unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
     }
-    register_xact_callback(PgXactCallbackEvent::Commit, || {
-        CALLBACK_REGISTERED.store(false, Ordering::Relaxed);
-        if WAKE_WORKERS.swap(false, Ordering::Relaxed) {
-            set_worker_latches();
+}
+
+/// Runs at every transaction end of a backend that ever asked for a wake-up. On commit it only
+/// touches atomics and latches: an ERROR here would be a PANIC.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT => {
+            if WAKE_WORKERS.swap(false, Ordering::Relaxed) {
+                set_worker_latches();
+            }
+            if WAKE_LAUNCHER.swap(false, Ordering::Relaxed) {
+                let database = my_database();
+                let marks = &PROCESSES.get().without_extension;
+                marks.iter().for_each(|m| {
+                    let _ = m.compare_exchange(database, NO_DATABASE, Ordering::AcqRel, Ordering::Relaxed);
+                });
+                set_latch_of(PROCESSES.get().launcher.load(Ordering::Acquire));
+            }
         }
-        if WAKE_LAUNCHER.swap(false, Ordering::Relaxed) {
-            let database = my_database();
-            let marks = &PROCESSES.get().without_extension;
-            marks.iter().for_each(|m| {
-                let _ = m.compare_exchange(database, NO_DATABASE, Ordering::AcqRel, Ordering::Relaxed);
-            });
-            set_latch_of(PROCESSES.get().launcher.load(Ordering::Acquire));
+        // A prepared transaction commits later, maybe elsewhere: the workers' poll finds its jobs.
+        XACT_EVENT_ABORT | XACT_EVENT_PREPARE => {
+            WAKE_WORKERS.store(false, Ordering::Relaxed);
+            WAKE_LAUNCHER.store(false, Ordering::Relaxed);
         }
-    });
-    register_xact_callback(PgXactCallbackEvent::Abort, || {
-        CALLBACK_REGISTERED.store(false, Ordering::Relaxed);
-        WAKE_WORKERS.store(false, Ordering::Relaxed);
-        WAKE_LAUNCHER.store(false, Ordering::Relaxed);
-    });
+        _ => {}
+    }
 }
 
 /// Reserves the next slot of the shared rate budget; returns how long to wait before sending.

@@ -1,17 +1,23 @@
 //! The background worker: the loop that turns committed jobs into Stripe customers.
 //!
-//! Each round has three phases, and no transaction is ever open during an HTTP call:
-//! 1. one transaction claims due jobs (`FOR UPDATE SKIP LOCKED`), re-reads their profiles,
-//!    finishes those that need no call, logs `stripe_request` for the rest, and commits;
-//! 2. the Stripe calls run concurrently, bounded by timeouts and abandoned on shutdown;
-//! 3. one transaction records every outcome (write-back, retry schedule or dead letter).
+//! The loop is a pipeline, and no transaction is ever open during an HTTP call:
+//! - a short transaction turns committed inserts into jobs, claims due jobs up to the free
+//!   capacity (`onboarding.batch_size` calls in flight, `FOR UPDATE SKIP LOCKED`), re-reads their
+//!   profiles, finishes those that need no call, logs `stripe_request` for the rest, and commits;
+//! - their Stripe calls join the ones already in flight (paced by the shared rate budget);
+//! - as calls finish, one transaction records the finished batch (write-back, retry schedule or
+//!   dead letter), which frees capacity for the next claim.
 //!
-//! What each phase does with a job is in `jobs.rs`.
+//! Between those steps the loop serves `get_or_create_customer` requests and notices commit
+//! wake-ups within a tick, so new work never waits for the slowest call in flight. What each
+//! step does with a job is in `jobs.rs`.
 
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::FutureExt;
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use onboarding_core::budget::Gcra;
 use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::runtime::signal_safe_runtime;
@@ -20,12 +26,15 @@ use pgrx::PgTryBuilder;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
-use crate::jobs::{Call, Outcome, claim_and_plan, record_results};
+use crate::jobs::{Call, Outcome, claim_and_plan, promote_intake, record_results};
 use crate::requests::{self, RequestKind};
 use crate::{gucs, wake};
 
-/// Shortest sleep between rounds that claimed less than a full batch.
+/// Shortest wait before looking for due jobs again when a claim found fewer than it could take.
 const MIN_SLEEP: Duration = Duration::from_millis(20);
+
+/// While calls are in flight, how often the loop looks up from them (wake-ups, requests).
+const TICK: Duration = Duration::from_millis(2);
 
 /// How often a worker checks the jobs that get_or_create_customer callers wait for.
 const REQUEST_WATCH: Duration = Duration::from_millis(50);
@@ -51,29 +60,39 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
     }
     log!("onboarding: worker started for database \"{database_name}\"");
 
-    let mut worker = Worker { runtime, client: None, budget: None, warned_no_key: false, last_requeue: None };
+    let mut worker = Worker {
+        runtime,
+        client: None,
+        budget: None,
+        warned_no_key: false,
+        last_requeue: None,
+        in_flight: FuturesUnordered::new(),
+        next_claim: Instant::now(),
+    };
+    let mut woken = true;
     while !shutdown_requested() {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            worker.client = None;
+            worker.client = None; // calls in flight keep the client they started with
             worker.warned_no_key = false;
         }
-        if worker.stripe_client().is_none() {
+        if worker.stripe_client().is_none() && worker.in_flight.is_empty() {
             // Paused (no key): ignore commit wake-ups, which would otherwise spin the loop; a
             // reload is noticed within a second.
             worker.serve_new_requests(); // refuses them
             std::thread::sleep(Duration::from_secs(1).min(gucs::poll_interval()));
             continue;
         }
-        let Some(sleep) = worker.run_round() else {
+        let Some(wait) = worker.step(std::mem::take(&mut woken)) else {
             // Not installed here (any more): make way, until CREATE EXTENSION wakes the launcher.
             wake::mark_without_extension(database);
             log!("onboarding: extension not installed in database \"{database_name}\"; worker exiting");
             return;
         };
-        if !sleep.is_zero() && !BackgroundWorker::wait_latch(Some(sleep)) {
-            break;
-        }
+        woken = match wait {
+            Wait::Latch(timeout) => wait_for_latch(timeout),
+            Wait::Calls => worker.collect_finished_calls() || take_latch(),
+        };
     }
     log!("onboarding: worker for database \"{database_name}\" stopped");
 }
@@ -83,6 +102,9 @@ pub fn shutdown_requested() -> bool {
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
 }
 
+/// A Stripe call in flight, resolving to what it needs recorded.
+type CallInFlight = LocalBoxFuture<'static, (Call, Outcome, Duration)>;
+
 struct Worker {
     runtime: tokio::runtime::Runtime,
     client: Option<StripeClient>,
@@ -90,46 +112,116 @@ struct Worker {
     budget: Option<Gcra>,
     warned_no_key: bool,
     last_requeue: Option<Instant>,
+    in_flight: FuturesUnordered<CallInFlight>,
+    /// Look for due jobs again at this time, even without a wake-up.
+    next_claim: Instant,
+}
+
+/// What the loop waits for after a step.
+enum Wait {
+    /// Nothing in flight: the latch (a commit, a request, a signal), at most this long.
+    Latch(Duration),
+    /// Calls in flight: the first to finish, or a tick.
+    Calls,
 }
 
 impl Worker {
-    /// One claim/call/record round. Returns how long to sleep before the next one, or None when
-    /// the extension is not installed in this database.
-    fn run_round(&mut self) -> Option<Duration> {
+    /// One pass of the pipeline: requests, then (when woken, due, or with capacity freed) claim
+    /// and start calls. Returns what to wait for next, or None when the extension is not
+    /// installed in this database.
+    fn step(&mut self, woken: bool) -> Option<Wait> {
         let poll = gucs::poll_interval();
-        if self.stripe_client().is_none() {
-            self.serve_new_requests(); // refuses them: nothing can be done without a key
-            return Some(poll);
-        }
         self.serve_new_requests();
-        let requeue = self.last_requeue.is_none_or(|t| t.elapsed() >= poll);
-        let claimed = in_transaction("claiming jobs", || claim_and_plan(gucs::batch_size(), requeue));
-        let (calls, claimed_count, mut next_due) = match claimed {
-            Ok(Some(claimed)) => claimed,
-            Ok(None) => return None,
-            Err(_) => return Some(ERROR_PAUSE),
-        };
-        if requeue {
-            self.last_requeue = Some(Instant::now());
+        let capacity = (gucs::batch_size().max(1) as usize).saturating_sub(self.in_flight.len());
+        let now = Instant::now();
+        if self.client.is_some() && capacity > 0 && (woken || now >= self.next_claim) {
+            let requeue = self.last_requeue.is_none_or(|t| t.elapsed() >= poll);
+            match in_transaction("claiming jobs", || claim_and_plan(capacity as i32, requeue)) {
+                Ok(Some((calls, claimed, next_due))) => {
+                    if requeue {
+                        self.last_requeue = Some(now);
+                    }
+                    calls.into_iter().for_each(|call| self.start(call));
+                    // A full claim may have left more behind: claim again as soon as there is room.
+                    self.next_claim = if claimed >= capacity {
+                        now
+                    } else {
+                        now + next_due.map_or(poll, |due| due.clamp(MIN_SLEEP, poll))
+                    };
+                }
+                Ok(None) => return None,
+                Err(_) => self.next_claim = now + ERROR_PAUSE,
+            }
+        } else if woken && capacity == 0 {
+            // At capacity: still turn new inserts into jobs at once, so their status shows.
+            let _ = in_transaction("turning inserts into jobs", promote_intake);
         }
-        if !calls.is_empty() {
-            let Some(results) = self.call_stripe(&calls) else {
-                return Some(Duration::ZERO);
-            };
-            // Failed calls were just rescheduled: the next due time comes from after recording.
-            next_due = record_results(&calls, results);
+        if !self.in_flight.is_empty() {
+            self.resolve_requests();
+            return Some(Wait::Calls);
         }
+        let mut wait = self.next_claim.saturating_duration_since(Instant::now());
         // Another worker may finish a watched job without waking us: watch closely meanwhile.
-        let watching = self.resolve_requests();
-        if claimed_count >= gucs::batch_size() as usize {
-            return Some(Duration::ZERO);
+        if self.resolve_requests() {
+            wait = wait.min(REQUEST_WATCH);
         }
-        if watching {
-            next_due = Some(next_due.map_or(REQUEST_WATCH, |due| due.min(REQUEST_WATCH)));
+        Some(Wait::Latch(wait))
+    }
+
+    /// Starts a claimed job's Stripe call; it runs whenever the loop waits on the calls.
+    fn start(&mut self, call: Call) {
+        let client = self.client.clone().expect("calls are claimed only with a client");
+        let budget = self.budget;
+        log!("onboarding: {} (job {}, attempt {})", call.describe(), call.job_id, call.attempts);
+        self.in_flight.push(
+            async move {
+                if let Some(gcra) = &budget {
+                    let wait = wake::reserve_rate_slot(gcra);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                let started = Instant::now();
+                let outcome = call.perform(&client).await;
+                if let (Some(gcra), Outcome::Failed(StripeError::Api(e))) = (&budget, &outcome)
+                    && e.status == 429
+                {
+                    wake::penalize_rate(gcra);
+                }
+                (call, outcome, started.elapsed())
+            }
+            .boxed_local(),
+        );
+    }
+
+    /// Runs the calls in flight until one finishes (or a tick passes), then records every call
+    /// that has finished in one transaction. Returns whether any finished (capacity was freed).
+    /// Calls still in flight at shutdown are dropped: their jobs stay `running` and the next
+    /// worker requeues them; the retry reuses their idempotency keys.
+    fn collect_finished_calls(&mut self) -> bool {
+        let in_flight = &mut self.in_flight;
+        let finished = self.runtime.block_on(async {
+            let mut finished = Vec::new();
+            tokio::select! {
+                Some(first) = in_flight.next() => finished.push(first),
+                () = tokio::time::sleep(TICK) => return finished,
+            }
+            while let Some(Some(more)) = in_flight.next().now_or_never() {
+                finished.push(more);
+            }
+            finished
+        });
+        check_for_interrupts!();
+        if finished.is_empty() {
+            return false;
         }
-        // A due job we could not claim is being claimed by another worker: look again shortly,
-        // but never spin.
-        Some(next_due.map_or(poll, |due| due.clamp(MIN_SLEEP, poll)))
+        let (calls, results): (Vec<Call>, Vec<(Outcome, Duration)>) =
+            finished.into_iter().map(|(call, outcome, elapsed)| (call, (outcome, elapsed))).unzip();
+        // Failed calls were just rescheduled: look for due work again by their retry time.
+        if let Some(due) = record_results(&calls, results) {
+            self.next_claim = self.next_claim.min(Instant::now() + due.max(MIN_SLEEP));
+        }
+        true
     }
 
     /// Takes on new get_or_create_customer / create_account_link requests: answers at once what
@@ -351,45 +443,39 @@ impl Worker {
         }
         self.client.as_ref()
     }
-
-    /// Runs the calls concurrently. None if shutdown was requested meanwhile: the jobs stay
-    /// `running` and are requeued by the next worker, whose retry reuses their idempotency keys.
-    fn call_stripe(&mut self, calls: &[Call]) -> Option<Vec<(Outcome, Duration)>> {
-        let client = self.client.as_ref().expect("client checked by run_round");
-        for call in calls {
-            log!("onboarding: {} (job {}, attempt {})", call.describe(), call.job_id, call.attempts);
-        }
-        let budget = self.budget;
-        let results = self.runtime.block_on(async {
-            let requests = join_all(calls.iter().map(|call| async move {
-                if let Some(gcra) = &budget {
-                    let wait = wake::reserve_rate_slot(gcra);
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                let started = Instant::now();
-                let outcome = call.perform(client).await;
-                if let (Some(gcra), Outcome::Failed(StripeError::Api(e))) = (&budget, &outcome)
-                    && e.status == 429
-                {
-                    wake::penalize_rate(gcra);
-                }
-                (outcome, started.elapsed())
-            }));
-            tokio::select! {
-                results = requests => Some(results),
-                () = until_shutdown_requested() => None,
-            }
-        });
-        check_for_interrupts!();
-        results
-    }
 }
 
-async fn until_shutdown_requested() {
-    while !shutdown_requested() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Waits for the latch (or the timeout); returns whether the latch was set. Postmaster death
+/// ends the process.
+fn wait_for_latch(timeout: Duration) -> bool {
+    if timeout.is_zero() {
+        return take_latch();
+    }
+    let events = unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        )
+    };
+    let woken = events & pg_sys::WL_LATCH_SET as i32 != 0;
+    if woken {
+        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+    }
+    check_for_interrupts!();
+    woken
+}
+
+/// Whether the latch was set since last looked at (a commit wake-up, a request, a signal);
+/// resets it.
+fn take_latch() -> bool {
+    unsafe {
+        let set = (*pg_sys::MyLatch).is_set != 0;
+        if set {
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        set
     }
 }
 

@@ -435,14 +435,23 @@ fn open_transaction_waits_for_commit() -> Result<(), Failed> {
 
 /// Holds the worker inside a Stripe call (a stalled request for a decoy profile) while the test
 /// changes another profile after its commit, so the worker sees the change deterministically.
+/// Runs `change` while the worker has no room for another call: as many decoy calls as it keeps in
+/// flight (onboarding.batch_size, default 25) are stalled at Stripe for 2 s, so a profile inserted
+/// meanwhile becomes a pending job that waits.
 fn while_worker_is_busy(db: &mut Client, table: &str, change: impl FnOnce(&mut Client)) -> Result<(), Failed> {
-    env().stripe.inject(Fault::stall(Duration::from_secs(2)).on("POST", "/v1/customers").times(1));
-    let decoy = insert_profile(db, table, Some("decoy@example.com"));
-    wait_for("the decoy's request to reach Stripe", DEADLINE, || {
-        (!stripe_requests_for(&decoy).is_empty()).then_some(())
+    const CALLS_IN_FLIGHT: usize = 25;
+    env().stripe.inject(Fault::stall(Duration::from_secs(2)).on("POST", "/v1/customers").times(CALLS_IN_FLIGHT as u32));
+    let mut tx = db.transaction().unwrap();
+    let decoys: Vec<String> =
+        (0..CALLS_IN_FLIGHT).map(|_| insert_profile(&mut tx, table, Some("decoy@example.com"))).collect();
+    tx.commit().unwrap();
+    wait_for("every decoy's request to reach Stripe", DEADLINE, || {
+        decoys.iter().all(|decoy| !stripe_requests_for(decoy).is_empty()).then_some(())
     })?;
     change(db);
-    wait_for_customer(db, table, &decoy)?;
+    for decoy in &decoys {
+        wait_for_customer(db, table, decoy)?;
+    }
     Ok(())
 }
 
@@ -755,6 +764,9 @@ fn pending_job_can_be_cancelled_and_retried() -> Result<(), Failed> {
     let mut user = String::new();
     while_worker_is_busy(&mut db, &table, |db| {
         user = insert_profile(db, &table, Some("cancel@example.com"));
+        // The worker turns the insert into a job within milliseconds, even while busy.
+        let pending = wait_for("the insert's job", DEADLINE, || jobs_for(db, &user).into_iter().next());
+        assert_eq!(pending.map(|job| job.state).ok().as_deref(), Some("pending"));
         let row = db
             .query_one(
                 "SELECT id, state FROM onboarding.cancel((SELECT id FROM onboarding.jobs WHERE user_id = $1))",

@@ -236,6 +236,8 @@ impl StripeObject {
     }
 }
 
+/// Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
 pub struct StripeClient {
     http: reqwest::Client,
     api_base: String,
