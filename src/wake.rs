@@ -172,23 +172,25 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
     }
 }
 
-/// Reserves the next slot of the shared rate budget; returns how long to wait before sending.
-pub fn reserve_rate_slot(gcra: &Gcra) -> Duration {
-    update_rate_tat(|tat, now| gcra.reserve(tat, now))
+/// Takes a slot of the shared rate budget for a request about to be sent, or says how long until
+/// one opens.
+pub fn take_rate_slot(gcra: &Gcra) -> Result<(), Duration> {
+    update_rate_tat(|tat, now| gcra.acquire(tat, now)).map(|_| ())
 }
 
 /// A 429 came back anyway: every worker pauses before its next request.
 pub fn penalize_rate(gcra: &Gcra) {
-    update_rate_tat(|tat, now| (gcra.penalize(tat, now), Duration::ZERO));
+    let _ = update_rate_tat(|tat, now| Ok::<_, Duration>(gcra.penalize(tat, now)));
 }
 
-fn update_rate_tat(step: impl Fn(Duration, Duration) -> (Duration, Duration)) -> Duration {
+/// Moves the shared TAT (compare-and-swap, so every worker's update lands) unless `step` declines.
+fn update_rate_tat(step: impl Fn(Duration, Duration) -> Result<Duration, Duration>) -> Result<Duration, Duration> {
     let cell = &PROCESSES.get().rate_tat_nanos;
     let mut current = cell.load(Ordering::Acquire);
     loop {
-        let (next, wait) = step(Duration::from_nanos(current), monotonic_now());
+        let next = step(Duration::from_nanos(current), monotonic_now())?;
         match cell.compare_exchange_weak(current, next.as_nanos() as u64, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return wait,
+            Ok(_) => return Ok(next),
             Err(actual) => current = actual,
         }
     }

@@ -13,12 +13,12 @@
 //! step does with a job is in `jobs.rs`.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use futures_util::future::LocalBoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use onboarding_core::budget::Gcra;
+use onboarding_core::budget::{Gcra, TIMER_SLACK};
 use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::runtime::signal_safe_runtime;
 use onboarding_core::stripe::{ApiKey, ClientConfig, ListKind, StripeClient, StripeError};
@@ -67,6 +67,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         warned_no_key: false,
         last_requeue: None,
         in_flight: FuturesUnordered::new(),
+        budget_turnstile: Arc::default(),
         next_claim: Instant::now(),
     };
     let mut woken = true;
@@ -102,8 +103,8 @@ pub fn shutdown_requested() -> bool {
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
 }
 
-/// A Stripe call in flight, resolving to what it needs recorded.
-type CallInFlight = LocalBoxFuture<'static, (Call, Outcome, Duration)>;
+/// A Stripe call in flight on the runtime's thread, resolving to what it needs recorded.
+type CallInFlight = tokio::task::JoinHandle<(Call, Outcome, Duration)>;
 
 struct Worker {
     runtime: tokio::runtime::Runtime,
@@ -113,6 +114,8 @@ struct Worker {
     warned_no_key: bool,
     last_requeue: Option<Instant>,
     in_flight: FuturesUnordered<CallInFlight>,
+    /// Calls waiting for the rate budget queue here (fair), so one at a time polls it.
+    budget_turnstile: Arc<tokio::sync::Mutex<()>>,
     /// Look for due jobs again at this time, even without a wake-up.
     next_claim: Instant,
 }
@@ -168,30 +171,30 @@ impl Worker {
         Some(Wait::Latch(wait))
     }
 
-    /// Starts a claimed job's Stripe call; it runs whenever the loop waits on the calls.
+    /// Starts a claimed job's Stripe call on the runtime's thread, so it goes out when its budget
+    /// slot opens even while this thread is in a transaction.
     fn start(&mut self, call: Call) {
         let client = self.client.clone().expect("calls are claimed only with a client");
-        let budget = self.budget;
+        let (budget, turnstile) = (self.budget, self.budget_turnstile.clone());
         log!("onboarding: {} (job {}, attempt {})", call.describe(), call.job_id, call.attempts);
-        self.in_flight.push(
-            async move {
-                if let Some(gcra) = &budget {
-                    let wait = wake::reserve_rate_slot(gcra);
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
+        self.in_flight.push(self.runtime.spawn(async move {
+            if let Some(gcra) = &budget {
+                // One call at a time waits for the budget, in claim order.
+                let _turn = turnstile.lock().await;
+                while let Err(wait) = wake::take_rate_slot(gcra) {
+                    // Timers fire late, on millisecond ticks: aim a tick early (allowed).
+                    tokio::time::sleep(wait.saturating_sub(TIMER_SLACK)).await;
                 }
-                let started = Instant::now();
-                let outcome = call.perform(&client).await;
-                if let (Some(gcra), Outcome::Failed(StripeError::Api(e))) = (&budget, &outcome)
-                    && e.status == 429
-                {
-                    wake::penalize_rate(gcra);
-                }
-                (call, outcome, started.elapsed())
             }
-            .boxed_local(),
-        );
+            let started = Instant::now();
+            let outcome = call.perform(&client).await;
+            if let (Some(gcra), Outcome::Failed(StripeError::Api(e))) = (&budget, &outcome)
+                && e.status == 429
+            {
+                wake::penalize_rate(gcra);
+            }
+            (call, outcome, started.elapsed())
+        }));
     }
 
     /// Runs the calls in flight until one finishes (or a tick passes), then records every call
@@ -212,6 +215,11 @@ impl Worker {
             finished
         });
         check_for_interrupts!();
+        // A call that panicked leaves its job `running`: the lease brings it back.
+        let finished: Vec<_> = finished
+            .into_iter()
+            .filter_map(|joined| joined.inspect_err(|e| warning!("onboarding: a Stripe call failed: {e}")).ok())
+            .collect();
         if finished.is_empty() {
             return false;
         }
@@ -343,7 +351,9 @@ impl Worker {
     /// Waits for a slot of the rate budget (outside the async batch: snapshots and links).
     fn wait_for_budget(&self) {
         if let Some(gcra) = &self.budget {
-            std::thread::sleep(wake::reserve_rate_slot(gcra));
+            while let Err(wait) = wake::take_rate_slot(gcra) {
+                std::thread::sleep(wait);
+            }
         }
     }
 

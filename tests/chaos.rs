@@ -78,8 +78,11 @@ fn main() {
     }
 }
 
+/// Jobs not finished, counting inserts the worker has not turned into jobs yet.
 fn open_jobs(db: &mut Client) -> Result<i64, postgres::Error> {
-    Ok(db.query_one("SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running')", &[])?.get(0))
+    let sql = "SELECT (SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running'))
+                    + (SELECT count(*) FROM onboarding.intake)";
+    Ok(db.query_one(sql, &[])?.get(0))
 }
 
 /// Waits until no job is open, reconnecting through restarts.

@@ -1,16 +1,18 @@
 //! A tokio runtime that is safe to run inside a PostgreSQL backend.
 //!
 //! PostgreSQL's signal handlers (and pgrx's) touch process-global state such as the latch and
-//! may only run on the backend's main thread. The runtime is current-thread, so futures run on
-//! the calling (main) thread; the only threads it creates are blocking-pool threads (DNS lookups),
-//! and each of those blocks every signal as it starts, so the kernel delivers signals to the main
-//! thread only.
+//! may only run on the backend's main thread, and only the main thread may call into PostgreSQL.
+//! The runtime has one worker thread, where the Stripe calls run (so they go out on time while
+//! the main thread is in a transaction), plus blocking-pool threads for DNS lookups; every one of
+//! them blocks all signals as it starts, so the kernel delivers signals to the main thread only.
+//! The futures spawned on it must not touch PostgreSQL: they get plain data and return plain data.
 
 use std::io;
 
-/// Builds a current-thread runtime whose helper threads block all signals.
+/// Builds a runtime with one worker thread, whose threads block all signals.
 pub fn signal_safe_runtime() -> io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_io()
         .enable_time()
         .max_blocking_threads(4)
@@ -34,17 +36,19 @@ mod tests {
     #[test]
     fn helper_threads_block_signals() {
         let rt = signal_safe_runtime().unwrap();
-        let blocked = rt.block_on(async {
-            tokio::task::spawn_blocking(|| unsafe {
-                let mut current: libc::sigset_t = std::mem::zeroed();
-                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
-                [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGINT]
-                    .iter()
-                    .all(|&s| libc::sigismember(&current, s) == 1)
-            })
-            .await
-            .unwrap()
+        let all_blocked = || unsafe {
+            let mut current: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
+            [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGINT, libc::SIGURG]
+                .iter()
+                .all(|&s| libc::sigismember(&current, s) == 1)
+        };
+        let (on_blocking_pool, on_worker) = rt.block_on(async {
+            let pool = tokio::task::spawn_blocking(all_blocked).await.unwrap();
+            let worker = tokio::spawn(async move { all_blocked() }).await.unwrap();
+            (pool, worker)
         });
-        assert!(blocked, "a blocking-pool thread left a signal unblocked");
+        assert!(on_blocking_pool, "a blocking-pool thread left a signal unblocked");
+        assert!(on_worker, "the worker thread left a signal unblocked");
     }
 }
