@@ -361,8 +361,7 @@ BEGIN
     PERFORM onboarding._drop_triggers(profile_table);
     EXECUTE format($sql$
         CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %1$s
-        FOR EACH ROW WHEN (NEW.%2$I IS NOT NULL AND NEW.%3$I IS NULL)
-        EXECUTE FUNCTION onboarding._intake_profile(%2$L)$sql$,
+        FOR EACH ROW EXECUTE FUNCTION onboarding._intake_profile(%2$L, %3$L)$sql$,
         profile_table, id_column, customer_column);
     EXECUTE format($sql$
         CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s

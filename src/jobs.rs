@@ -152,12 +152,10 @@ async fn delete(client: &StripeClient, collection: StripeCollection, id: &str) -
     }
 }
 
-/// Most intake rows (inserted profiles) turned into jobs per claim.
-const PROMOTE_PER_ROUND: i32 = 10_000;
-
-/// Turns committed inserts into jobs, set-based (see intake.rs); a large backlog over a few claims.
-pub fn promote_intake() {
-    Spi::get_one_with_args::<i64>("SELECT onboarding._promote_intake($1)", &[PROMOTE_PER_ROUND.into()])
+/// Turns up to `at_most` committed inserts into jobs, set-based (see intake.rs). Each claim
+/// promotes about as many as it can take, so a backlog waits in the intake, not all at once here.
+pub fn promote_intake(at_most: i32) {
+    Spi::get_one_with_args::<i64>("SELECT onboarding._promote_intake($1)", &[at_most.into()])
         .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"));
 }
 
@@ -186,7 +184,7 @@ pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usiz
         Spi::get_one::<i64>("SELECT onboarding.prune()").unwrap_or_else(|e| error!("onboarding: pruning: {e}"));
     }
 
-    promote_intake();
+    promote_intake(batch_size);
 
     let claimed = Spi::connect_mut(|spi| {
         let rows = spi.update(

@@ -157,7 +157,7 @@ impl Worker {
             }
         } else if woken && capacity == 0 {
             // At capacity: still turn new inserts into jobs at once, so their status shows.
-            let _ = in_transaction("turning inserts into jobs", promote_intake);
+            let _ = in_transaction("turning inserts into jobs", || promote_intake(gucs::batch_size()));
         }
         if !self.in_flight.is_empty() {
             self.resolve_requests();

@@ -40,6 +40,7 @@ fn main() {
         ("committed_insert_creates_one_customer_and_writes_it_back", committed_insert_creates_one_customer),
         ("an_application_role_without_grants_on_onboarding_can_insert_profiles", unprivileged_app_role_inserts),
         ("rolled_back_insert_leaves_no_job_and_calls_nothing", rolled_back_insert_calls_nothing),
+        ("the_intake_refuses_additions_and_follows_a_recreated_extension", intake_guards_and_recreation),
         ("open_transaction_gets_no_call_until_commit_then_a_prompt_wake", open_transaction_waits_for_commit),
         ("profile_deleted_before_the_worker_runs_is_skipped", deleted_profile_is_skipped),
         ("profile_deleted_during_the_stripe_call_orphans_then_deletes_the_customer", deleted_during_call_is_orphaned),
@@ -308,6 +309,7 @@ fn unprivileged_app_role_inserts() -> Result<(), Failed> {
     for sql in [
         "SELECT count(*) FROM onboarding.jobs",
         "SELECT count(*) FROM onboarding.events",
+        "SELECT count(*) FROM onboarding.intake",
         "SELECT * FROM onboarding.retry(1)",
         "SELECT * FROM onboarding.cancel(1)",
         "SELECT * FROM onboarding.retry_dead()",
@@ -401,6 +403,34 @@ fn rolled_back_insert_calls_nothing() -> Result<(), Failed> {
     ensure(events_for(&mut db, &rolled_back).is_empty(), || "a rolled-back insert left events".into())?;
     let requests = stripe_requests_for(&rolled_back);
     ensure(requests.is_empty(), || format!("Stripe was called for a rolled-back profile: {requests:?}"))
+}
+
+/// The insert trigger writes `onboarding.intake` without the executor: it must refuse to run
+/// once someone gives the table an index (which it would not maintain), and a session that
+/// cached the table keeps working after the extension is dropped and created again.
+fn intake_guards_and_recreation() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_intake");
+    let first = insert_profile(&mut db, &table, Some("first@example.com"));
+    wait_for_customer(&mut db, &table, &first)?;
+
+    db.batch_execute("CREATE INDEX intake_by_user ON onboarding.intake (user_id)").unwrap();
+    let refused = sqlstate(db.query(&format!("INSERT INTO {table} (email) VALUES ('x@example.com')"), &[]));
+    db.batch_execute("DROP INDEX onboarding.intake_by_user").unwrap();
+    let (code, message) = refused?;
+    ensure(code == "55000" && message.contains("no indexes") && message.contains("drop what was added"), || {
+        format!("insert with an index on the intake: {code} {message}")
+    })?;
+
+    // Same session, so its cached oid of the intake goes stale.
+    db.batch_execute(&format!(
+        "DROP EXTENSION onboarding CASCADE; CREATE EXTENSION onboarding; SELECT onboarding.attach('{table}')"
+    ))
+    .unwrap();
+    let second = insert_profile(&mut db, &table, Some("second@example.com"));
+    wait_for_customer(&mut db, &table, &second)?;
+    let jobs = jobs_for(&mut db, &second);
+    ensure(jobs.len() == 1 && jobs[0].state == "succeeded", || format!("after recreating: {jobs:?}"))
 }
 
 fn open_transaction_waits_for_commit() -> Result<(), Failed> {

@@ -115,8 +115,13 @@ impl Cluster {
         self.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&self.log_path()));
     }
 
+    /// Stops the server and removes its data directory (kept with ONBOARDING_KEEP_CLUSTERS=1,
+    /// say to read a failed run's server.log).
     pub fn stop(&self) {
         self.pg_ctl(&["stop", "-m", "fast", "-w"], None);
+        if std::env::var_os("ONBOARDING_KEEP_CLUSTERS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 
     fn pg_ctl(&self, args: &[&str], log: Option<&Path>) {
