@@ -154,8 +154,16 @@ async fn delete(client: &StripeClient, collection: StripeCollection, id: &str) -
 
 /// Turns up to `at_most` committed inserts into jobs, set-based (see intake.rs). Each claim
 /// promotes about as many as it can take, so a backlog waits in the intake, not all at once here.
-pub fn promote_intake(at_most: i32) {
+fn promote_intake(at_most: i32) {
     Spi::get_one_with_args::<i64>("SELECT onboarding._promote_intake($1)", &[at_most.into()])
+        .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"));
+}
+
+/// Promotes inserts until `pending` jobs wait (or the intake is empty).
+pub fn top_up_pending(pending: i32) {
+    let sql = "SELECT onboarding._promote_intake($1 - (SELECT count(*) FROM (SELECT FROM onboarding.jobs
+                                                        WHERE state = 'pending' LIMIT $1) p)::integer)";
+    Spi::get_one_with_args::<i64>(sql, &[pending.into()])
         .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"));
 }
 

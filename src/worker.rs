@@ -26,7 +26,7 @@ use pgrx::PgTryBuilder;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
-use crate::jobs::{Call, Outcome, claim_and_plan, promote_intake, record_results};
+use crate::jobs::{Call, Outcome, claim_and_plan, record_results, top_up_pending};
 use crate::requests::{self, RequestKind};
 use crate::{gucs, wake};
 
@@ -34,7 +34,10 @@ use crate::{gucs, wake};
 const MIN_SLEEP: Duration = Duration::from_millis(20);
 
 /// While calls are in flight, how often the loop looks up from them (wake-ups, requests).
-const TICK: Duration = Duration::from_millis(2);
+const TICK: Duration = Duration::from_millis(5);
+
+/// At capacity, how often commit wake-ups may top up the pending jobs from the intake.
+const TOP_UP_EVERY: Duration = Duration::from_millis(25);
 
 /// How often a worker checks the jobs that get_or_create_customer callers wait for.
 const REQUEST_WATCH: Duration = Duration::from_millis(50);
@@ -69,6 +72,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         in_flight: FuturesUnordered::new(),
         budget_turnstile: Arc::default(),
         next_claim: Instant::now(),
+        last_top_up: Instant::now(),
     };
     let mut woken = true;
     while !shutdown_requested() {
@@ -118,6 +122,7 @@ struct Worker {
     budget_turnstile: Arc<tokio::sync::Mutex<()>>,
     /// Look for due jobs again at this time, even without a wake-up.
     next_claim: Instant,
+    last_top_up: Instant,
 }
 
 /// What the loop waits for after a step.
@@ -155,9 +160,11 @@ impl Worker {
                 Ok(None) => return None,
                 Err(_) => self.next_claim = now + ERROR_PAUSE,
             }
-        } else if woken && capacity == 0 {
-            // At capacity: still turn new inserts into jobs at once, so their status shows.
-            let _ = in_transaction("turning inserts into jobs", || promote_intake(gucs::batch_size()));
+        } else if woken && capacity == 0 && self.last_top_up.elapsed() >= TOP_UP_EVERY {
+            // At capacity: keep a batch of new inserts as pending jobs (their status and cancel
+            // work by job id), but leave a backlog in the intake, where it costs least.
+            self.last_top_up = now;
+            let _ = in_transaction("turning inserts into jobs", || top_up_pending(gucs::batch_size()));
         }
         if !self.in_flight.is_empty() {
             self.resolve_requests();
