@@ -16,9 +16,12 @@ pub struct Gcra {
     pub burst: u32,
 }
 
-/// How early a slot may be taken: the resolution of the timers that wait for slots. Covered by
-/// the 2 % margin (at 100/s that is 20 ms a second).
+/// How early a slot may be taken: the resolution of the timers that wait for slots.
 pub const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// How late a request may go and still count as sent in its slot (a timer fired late, the
+/// thread was descheduled).
+pub const LATE_SLACK: Duration = Duration::from_millis(5);
 
 /// When a 429 arrives anyway, everyone pauses this long (Stripe's advice: back off about 1 s).
 pub const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
@@ -41,12 +44,18 @@ impl Gcra {
     /// ahead: a request delayed after its slot (say, while the worker was in a transaction)
     /// would otherwise go out bunched with the next ones.
     ///
-    /// A slot may be taken up to [`TIMER_SLACK`] before it opens (timers fire on millisecond
-    /// ticks); that never accumulates, since the TAT moves on from the slot, not from `now`.
+    /// Timers fire on millisecond ticks, early or late: a slot may be taken up to [`TIMER_SLACK`]
+    /// before it opens, and a request up to [`LATE_SLACK`] late keeps its slot instead of pushing
+    /// the next one back. Neither accumulates (the TAT moves on by whole intervals) and the rate's
+    /// 2 % margin (20 ms in every second) covers both.
     pub fn acquire(&self, tat: Duration, now: Duration) -> Result<Duration, Duration> {
         let tolerance = self.interval * (self.burst - 1);
         let opens = tat.saturating_sub(tolerance);
-        if opens <= now + TIMER_SLACK { Ok(tat.max(now) + self.interval) } else { Err(opens - now) }
+        if opens > now + TIMER_SLACK {
+            return Err(opens - now);
+        }
+        let on_time = now <= tat + LATE_SLACK;
+        Ok(if on_time { tat } else { now } + self.interval)
     }
 
     /// After a 429: nobody sends before `now + RATE_LIMITED_PAUSE`.
@@ -117,6 +126,21 @@ mod tests {
         let closest = times.windows(2).map(|w| w[1] - w[0]).min().unwrap();
         assert!(closest + TIMER_SLACK >= gcra.interval, "two requests {closest:?} apart");
         assert!(most_in_one_second(&times) <= 100);
+    }
+
+    #[test]
+    fn timer_jitter_neither_breaks_the_ceiling_nor_costs_the_rate() {
+        // Every wake-up up to 3 ms late, in a fixed pseudo-random pattern.
+        for (ceiling, burst) in [(100, 1), (100, 5), (25, 1)] {
+            let gcra = Gcra::new(ceiling, burst).unwrap();
+            let jitter = |i: usize| Duration::from_micros((i as u64 * 7919) % 3000);
+            let times = send_times(&gcra, 2000, Duration::from_secs(5), jitter);
+            let most = most_in_one_second(&times);
+            assert!(most <= ceiling as usize, "{most} requests in one second under {ceiling}/{burst}");
+            let rate = 1999.0 / (*times.last().unwrap() - times[0]).as_secs_f64();
+            let sustained = f64::from(ceiling - burst + 1) * 0.98;
+            assert!(rate > 0.97 * sustained, "{rate}/s under {ceiling}/{burst} (sustained {sustained}/s)");
+        }
     }
 
     #[test]
