@@ -89,7 +89,10 @@ REVOKE ALL ON onboarding.intake FROM PUBLIC;
 -- event carrying the insert's commit time (the event's own xmin is the worker's transaction; see
 -- _queued_commit_time). Concurrent workers skip each other's rows. Returns the rows taken.
 CREATE FUNCTION onboarding._promote_intake(max_rows integer) RETURNS bigint
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken_count bigint;
+BEGIN
     WITH taken AS (
         DELETE FROM onboarding.intake i
          WHERE i.ctid = ANY (ARRAY(SELECT x.ctid FROM onboarding.intake x LIMIT max_rows FOR UPDATE SKIP LOCKED))
@@ -111,16 +114,20 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                jsonb_build_object('source', 'insert', 'committed_at', p.committed_at)
           FROM new_jobs n JOIN profiles p USING (profile_table, user_id)
          ORDER BY n.id)
-    SELECT count(*) FROM taken;
-$$;
+    SELECT count(*) INTO taken_count FROM taken;
+    RETURN taken_count;
+END $$;
 
 -- When the transaction that queued a job committed, from the job's 'enqueued' event: promoted
 -- inserts carry it in their detail; every other enqueuer wrote the event in its own transaction.
 -- NULL when unknown (track_commit_timestamp off at the time, or the timestamp expired).
+-- Inlined into the audits (no SET clause; every name is qualified).
 CREATE FUNCTION onboarding._queued_commit_time(detail jsonb, event_xmin xid) RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN detail ? 'committed_at' THEN (detail->>'committed_at')::timestamptz
-                WHEN current_setting('track_commit_timestamp')::boolean THEN pg_xact_commit_timestamp(event_xmin) END;
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN detail OPERATOR(pg_catalog.?) 'committed_at'
+                THEN pg_catalog.timestamptz(detail OPERATOR(pg_catalog.->>) 'committed_at')
+                WHEN pg_catalog.bool(pg_catalog.current_setting('track_commit_timestamp'))
+                THEN pg_catalog.pg_xact_commit_timestamp(event_xmin) END;
 $$;
 
 -- Enqueues work on an existing customer: its deletion (compensation) or an email update. An open
@@ -143,9 +150,10 @@ BEGIN
     RETURN new_job;
 END $$;
 
+-- Inlined into its callers (hence no SET clause; every name is qualified).
 CREATE FUNCTION onboarding._sync_email_enabled() RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(current_setting('onboarding.sync_email', true), 'on')::boolean;
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.bool(coalesce(pg_catalog.current_setting('onboarding.sync_email', true), 'on'));
 $$;
 
 -- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
@@ -866,17 +874,21 @@ BEGIN
 END $$;
 
 -- Remembers what the first attempt of a job sends (see jobs.request_params).
+-- (The worker's hot-path functions are plpgsql, not sql: plpgsql keeps its plans for the session,
+-- while a non-inlined sql function is parsed and planned again on every call.)
 CREATE FUNCTION onboarding._remember_request(job bigint, params jsonb) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     UPDATE onboarding.jobs SET request_params = params WHERE id = job AND request_params IS NULL;
-$$;
+END $$;
 
 -- Records a stripe_request event for a claimed job, just before the worker sends it.
 CREATE FUNCTION onboarding._log_event(job bigint, step text, detail jsonb) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     INSERT INTO onboarding.events (job_id, user_id, step, detail)
-    SELECT j.id, j.user_id, step, detail FROM onboarding.jobs j WHERE j.id = job;
-$$;
+    SELECT j.id, j.user_id, _log_event.step, _log_event.detail FROM onboarding.jobs j WHERE j.id = job;
+END $$;
 
 -- Writes a created (or adopted) customer or Connect account back to its profile, only where the
 -- column is still NULL, and finishes the job. Returns what happened: written_back, already_linked,
@@ -1016,11 +1028,12 @@ END $$;
 -- Seconds until the next pending job is due (negative when overdue, NULL when there is none), so
 -- an idle worker sleeps exactly that long. (Not greatest(0, …): greatest ignores NULL.)
 CREATE FUNCTION onboarding._next_due_in() RETURNS double precision
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN EXISTS (SELECT FROM onboarding.intake) THEN 0
-                ELSE extract(epoch FROM min(run_at) - now())::double precision END
-      FROM onboarding.jobs WHERE state = 'pending';
-$$;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT CASE WHEN EXISTS (SELECT FROM onboarding.intake) THEN 0
+                        ELSE extract(epoch FROM min(run_at) - now())::double precision END
+              FROM onboarding.jobs WHERE state = 'pending');
+END $$;
 
 REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retry, onboarding.retry_dead,
     onboarding.cancel, onboarding._promote_intake, onboarding._queued_commit_time,
