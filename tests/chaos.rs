@@ -113,8 +113,11 @@ fn kill_a_worker(cluster: &Cluster, db: &mut Client) -> bool {
                 None
             })
             .map(|r| r.get(0));
-        if let Some(pid) = pid {
-            return Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success());
+        // The pid may be of a worker that is already going away (crash restart): then try again.
+        if let Some(pid) = pid
+            && Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success())
+        {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
