@@ -873,16 +873,9 @@ BEGIN
     INSERT INTO onboarding.events (job_id, user_id, step, detail) VALUES (job, uid, step, detail);
 END $$;
 
--- Remembers what the first attempt of a job sends (see jobs.request_params).
+-- Records an event of a job (the worker's results other than the batched common ones).
 -- (The worker's hot-path functions are plpgsql, not sql: plpgsql keeps its plans for the session,
 -- while a non-inlined sql function is parsed and planned again on every call.)
-CREATE FUNCTION onboarding._remember_request(job bigint, params jsonb) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    UPDATE onboarding.jobs SET request_params = params WHERE id = job AND request_params IS NULL;
-END $$;
-
--- Records a stripe_request event for a claimed job, just before the worker sends it.
 CREATE FUNCTION onboarding._log_event(job bigint, step text, detail jsonb) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -950,6 +943,81 @@ BEGIN
     PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
                                              'profile deleted before write-back');
     RETURN 'profile_gone';
+END $$;
+
+-- The common outcome of a batch, set-based: customers created for running create_customer jobs.
+-- Logs every stripe_response, writes each customer back where the profile's column is still NULL,
+-- finishes those jobs (written_back) and queues an email update where the email changed meanwhile.
+-- Returns the jobs written back; the caller sends the others through _write_back, which knows
+-- what to do when the profile is gone or linked elsewhere.
+CREATE FUNCTION onboarding._record_created(job_ids bigint[], objects text[], responses jsonb[]) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    written bigint[] := '{}';
+    linked bigint[];
+    changed bigint[];
+    j onboarding.jobs;
+BEGIN
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    SELECT x.id, x.user_id, 'stripe_response', r.detail
+      FROM unnest(job_ids, responses) WITH ORDINALITY AS r(id, detail, n)
+      JOIN onboarding.jobs x ON x.id = r.id
+     ORDER BY r.n;
+    FOR a IN SELECT t.* FROM onboarding.attachments t
+              WHERE t.profile_table IN (SELECT x.profile_table FROM onboarding.jobs x WHERE x.id = ANY (job_ids))
+    LOOP
+        EXECUTE format($sql$
+            WITH mine AS (
+                SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
+                  FROM unnest($1, $2) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+                 WHERE x.profile_table = %1$L::regclass AND x.kind = 'create_customer'
+                   AND x.state = 'running' AND x.claimed_by = pg_backend_pid()),
+            linked AS (
+                UPDATE %1$s p SET %3$I = m.object FROM mine m
+                 WHERE p.%2$I = m.user_id::%4$s AND p.%3$I IS NULL
+                RETURNING m.id, m.user_id, m.object, m.sent_email, p.%5$I::text AS email),
+            finished AS (
+                UPDATE onboarding.jobs x
+                   SET state = 'succeeded', stripe_id = l.object, claimed_by = NULL, updated_at = now(),
+                       finished_at = now()
+                  FROM linked l WHERE x.id = l.id
+                RETURNING x.id),
+            logged AS (
+                INSERT INTO onboarding.events (job_id, user_id, step, detail)
+                SELECT l.id, l.user_id, 'written_back',
+                       jsonb_build_object('stripe_id', l.object, 'table', %6$L, 'column', %3$L)
+                  FROM linked l ORDER BY l.id)
+            SELECT coalesce(array_agg(l.id), '{}'),
+                   coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
+              FROM linked l $sql$,
+            a.profile_table, a.id_column, a.customer_column, a.id_type, a.email_column, a.profile_table::text)
+        INTO linked, changed USING job_ids, objects;
+        written := written || linked;
+        -- The email changed after the customer was sent: the customer follows.
+        IF cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
+            FOR j IN SELECT * FROM onboarding.jobs x WHERE x.id = ANY (changed) LOOP
+                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
+                                                         j.stripe_id, 'email changed during creation');
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN written;
+END $$;
+
+-- What the calls of a claimed batch are about to send, set-based: each first attempt's parameters
+-- (params NULL for retries, which resend the stored ones) and a stripe_request event per call.
+CREATE FUNCTION onboarding._calls_starting(job_ids bigint[], params jsonb[], details jsonb[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.jobs x SET request_params = p.params
+      FROM unnest(job_ids, params) AS p(id, params)
+     WHERE x.id = p.id AND p.params IS NOT NULL AND x.request_params IS NULL;
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    SELECT x.id, x.user_id, 'stripe_request', d.detail
+      FROM unnest(job_ids, details) WITH ORDINALITY AS d(id, detail, n)
+      JOIN onboarding.jobs x ON x.id = d.id
+     ORDER BY d.n;
 END $$;
 
 -- A Connect account job whose profile has no customer yet waits for the customer's job (without
@@ -1037,10 +1105,11 @@ END $$;
 
 REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retry, onboarding.retry_dead,
     onboarding.cancel, onboarding._promote_intake, onboarding._queued_commit_time,
+    onboarding._record_created, onboarding._calls_starting,
     onboarding._column_type, onboarding._claim_jobs, onboarding._finish_job, onboarding._log_event,
     onboarding._write_back, onboarding._requeue_abandoned, onboarding._next_due_in,
     onboarding._compensate_deleted_profiles, onboarding._wait_for_customer, onboarding._drop_triggers,
-    onboarding._remember_request, onboarding._attachment, onboarding._profile, onboarding._enqueue,
+    onboarding._attachment, onboarding._profile, onboarding._enqueue,
     onboarding.enqueue_customer, onboarding.job_status, onboarding.profile_status,
     onboarding.get_or_create_customer, onboarding._customer_of, onboarding._enqueue_for_customer,
     onboarding._sync_email_enabled, onboarding._enqueue_email_update, onboarding._finish_email_update,

@@ -228,7 +228,9 @@ pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usiz
     .unwrap_or_else(|e| error!("onboarding: claiming jobs: {e}"));
 
     let claimed_count = claimed.len();
-    let calls = claimed.into_iter().filter_map(plan).collect();
+    let mut starting = CallsStarting::default();
+    let calls = claimed.into_iter().filter_map(|job| plan(job, &mut starting)).collect();
+    starting.record();
     Some((calls, claimed_count, next_due_in()))
 }
 
@@ -253,8 +255,10 @@ struct ClaimedJob {
 
 /// Decides what a claimed job needs, inside the claim transaction: jobs that need no Stripe call
 /// are finished here; the others get their `stripe_request` event and become a [`Call`].
-fn plan(job: ClaimedJob) -> Option<Call> {
+fn plan(job: ClaimedJob, starting: &mut CallsStarting) -> Option<Call> {
     let (id, user_id) = (job.id, job.user_id.as_str());
+    // What a first attempt sends, stored before it is sent (retries resend it).
+    let mut first_params = None;
     let work = match job.kind.as_str() {
         "create_customer" => match plan_customer(user_id, job.profile.clone(), job.first_request.clone()) {
             CustomerPlan::ProfileGone => {
@@ -276,7 +280,7 @@ fn plan(job: ClaimedJob) -> Option<Call> {
             }
             CustomerPlan::Create(customer) => {
                 if job.first_request.is_none() {
-                    remember_request(id, &customer.email, user_id);
+                    first_params = Some(request_params(&customer.email, user_id));
                 }
                 let look_up = job.look_up_first.then(|| {
                     let current = job.profile.as_ref().and_then(|p| p.email.clone());
@@ -322,7 +326,7 @@ fn plan(job: ClaimedJob) -> Option<Call> {
                 }
                 AccountPlan::Create(account) => {
                     if job.first_request.is_none() {
-                        remember_request(id, &account.email, user_id);
+                        first_params = Some(request_params(&account.email, user_id));
                     }
                     Work::CreateAccount(account)
                 }
@@ -351,7 +355,7 @@ fn plan(job: ClaimedJob) -> Option<Call> {
                 }
                 EmailPlan::Update(email) => {
                     if job.first_request.is_none() {
-                        remember_request(id, &email, user_id);
+                        first_params = Some(request_params(&email, user_id));
                     }
                     Work::UpdateEmail { customer: target, email }
                 }
@@ -387,7 +391,7 @@ fn plan(job: ClaimedJob) -> Option<Call> {
             "reason": "profile deleted after an attempt whose answer was lost",
         }),
     };
-    log_event(id, "stripe_request", detail);
+    starting.push(id, first_params, detail);
     Some(Call { job_id: id, user_id: job.user_id, attempts: job.attempts, idempotency_key: job.idempotency_key, work })
 }
 
@@ -399,7 +403,15 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Opti
     let all = in_transaction(
         "recording Stripe results",
         AssertUnwindSafe(|| {
-            for (call, (result, elapsed)) in &outcomes {
+            // Customers created as asked: set-based when there are enough of them to pay for
+            // planning its statement; everything else one by one.
+            let (mut created, mut others): (Vec<_>, Vec<_>) =
+                outcomes.iter().partition(|(call, (outcome, _))| created_as_asked(call, outcome).is_some());
+            if created.len() < SET_BASED_FROM {
+                others.append(&mut created);
+            }
+            record_created(&created);
+            for (call, (result, elapsed)) in others {
                 record_one(call, result, *elapsed);
             }
             next_due_in()
@@ -428,6 +440,63 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Opti
         }
     }
     Some(Duration::ZERO) // look again at once
+}
+
+/// Fewer created customers than this are recorded one by one: planning the set-based statement
+/// (dynamic SQL, planned on each call) costs more than it saves on a handful.
+const SET_BASED_FROM: usize = 2;
+
+/// The customer a create_customer call created for its own user (the common outcome), if so.
+fn created_as_asked<'a>(call: &Call, outcome: &'a Outcome) -> Option<(&'a StripeObject, &'a Response)> {
+    match (&call.work, outcome) {
+        (Work::CreateCustomer { .. }, Outcome::Created(customer, response))
+            if customer.metadata_user_id.as_deref() == Some(call.user_id.as_str()) =>
+        {
+            Some((customer, response))
+        }
+        _ => None,
+    }
+}
+
+/// Records created customers in one statement (`onboarding._record_created`): responses,
+/// write-backs, finished jobs. Jobs it could not write back (the profile vanished or got another
+/// customer meanwhile) go through the one-by-one write-back, which handles those cases.
+fn record_created(created: &[&(&Call, (Outcome, Duration))]) {
+    if created.is_empty() {
+        return;
+    }
+    let mut job_ids = Vec::with_capacity(created.len());
+    let mut objects = Vec::with_capacity(created.len());
+    let mut responses = Vec::with_capacity(created.len());
+    for (call, (outcome, elapsed)) in created {
+        let (customer, response) = created_as_asked(call, outcome).expect("partitioned by created_as_asked");
+        log!(
+            "onboarding: created Stripe customer {} for user {} (job {}, request {})",
+            customer.id,
+            call.user_id,
+            call.job_id,
+            response.request_id.as_deref().unwrap_or("unknown")
+        );
+        job_ids.push(call.job_id);
+        objects.push(customer.id.clone());
+        responses.push(JsonB(json!({
+            "status": response.status, "request_id": response.request_id, "stripe_id": customer.id,
+            "idempotent_replayed": response.replayed, "duration_ms": elapsed.as_millis() as u64,
+        })));
+    }
+    let written = Spi::get_one_with_args::<Vec<i64>>(
+        "SELECT onboarding._record_created($1, $2, $3)",
+        &[job_ids.into(), objects.into(), responses.into()],
+    )
+    .unwrap_or_else(|e| error!("onboarding: recording created customers: {e}"))
+    .unwrap_or_default();
+    let written: std::collections::HashSet<i64> = written.into_iter().collect();
+    for (call, (outcome, _)) in created {
+        if !written.contains(&call.job_id) {
+            let (customer, _) = created_as_asked(call, outcome).expect("partitioned by created_as_asked");
+            link_object(call.job_id, &call.user_id, customer);
+        }
+    }
 }
 
 fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
@@ -590,11 +659,37 @@ fn finish(
     .unwrap_or_else(|e| error!("onboarding: finishing job {job_id}: {e}"));
 }
 
-/// Stores what a job's first attempt sends (`jobs.request_params`); retries resend exactly that.
-fn remember_request(job_id: i64, email: &str, user_id: &str) {
-    let params = json!({"email": email, "user_id": user_id});
-    Spi::run_with_args("SELECT onboarding._remember_request($1, $2)", &[job_id.into(), JsonB(params).into()])
-        .unwrap_or_else(|e| error!("onboarding: remembering the request of job {job_id}: {e}"));
+/// What a job's first attempt sends (`jobs.request_params`); retries resend exactly that.
+fn request_params(email: &str, user_id: &str) -> Value {
+    json!({"email": email, "user_id": user_id})
+}
+
+/// The calls a claim is about to start: their first attempts' parameters and `stripe_request`
+/// events, written in one statement (`onboarding._calls_starting`) before the claim commits.
+#[derive(Default)]
+struct CallsStarting {
+    job_ids: Vec<i64>,
+    params: Vec<Option<JsonB>>,
+    details: Vec<JsonB>,
+}
+
+impl CallsStarting {
+    fn push(&mut self, job_id: i64, first_params: Option<Value>, detail: Value) {
+        self.job_ids.push(job_id);
+        self.params.push(first_params.map(JsonB));
+        self.details.push(JsonB(detail));
+    }
+
+    fn record(self) {
+        if self.job_ids.is_empty() {
+            return;
+        }
+        Spi::run_with_args(
+            "SELECT onboarding._calls_starting($1, $2, $3)",
+            &[self.job_ids.into(), self.params.into(), self.details.into()],
+        )
+        .unwrap_or_else(|e| error!("onboarding: logging the calls about to start: {e}"));
+    }
 }
 
 fn log_event(job_id: i64, step: &str, detail: Value) {
