@@ -118,6 +118,9 @@ fn main() {
     if part("4") {
         // 4. Trigger cost (pgbench, 2 clients): the plain table against an attached one, first with
         // the worker paused (alternating runs, so drift hits both alike), then as deployed.
+        // Start from a steady state: no autovacuum of the earlier parts' rows during the runs.
+        db.batch_execute("VACUUM ANALYZE").unwrap();
+        db.batch_execute("CHECKPOINT").unwrap();
         set(&mut db, &[("onboarding.stripe_api_key", "")]); // no key: the workers claim nothing
         let (mut plain, mut paused) = (Vec::new(), Vec::new());
         for _ in 0..3 {
