@@ -883,9 +883,70 @@ BEGIN
     SELECT j.id, j.user_id, _log_event.step, _log_event.detail FROM onboarding.jobs j WHERE j.id = job;
 END $$;
 
--- Writes a created (or adopted) customer or Connect account back to its profile, only where the
--- column is still NULL, and finishes the job. Returns what happened: written_back, already_linked,
--- linked_elsewhere, profile_gone. An object no profile can use is queued for deletion.
+-- Writes created (or adopted) customers and Connect accounts back to their profiles, set-based:
+-- for each of this worker's running creation jobs, the object goes to the profile's column where it
+-- is still NULL, the job is finished (written_back), and a customer whose profile email changed
+-- after it was sent gets an email update. Returns the jobs written back; _write_back handles the
+-- others (profile gone or linked elsewhere).
+CREATE FUNCTION onboarding._link_objects(job_ids bigint[], objects text[]) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target record;
+    a onboarding.attachments;
+    target_column name;
+    written bigint[] := '{}';
+    linked bigint[];
+    changed bigint[];
+    j onboarding.jobs;
+BEGIN
+    FOR target IN SELECT DISTINCT x.profile_table, x.kind FROM onboarding.jobs x
+                   WHERE x.id = ANY (job_ids) AND x.kind IN ('create_customer', 'create_connect_account') LOOP
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = target.profile_table;
+        target_column := CASE target.kind WHEN 'create_customer' THEN a.customer_column
+                                          ELSE a.connect_account_column END;
+        CONTINUE WHEN target_column IS NULL;  -- detached, or no Connect column
+        EXECUTE format($sql$
+            WITH mine AS (
+                SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
+                  FROM unnest($1, $2) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+                 WHERE x.profile_table = %1$L::regclass AND x.kind = %7$L
+                   AND x.state = 'running' AND x.claimed_by = pg_backend_pid()),
+            linked AS (
+                UPDATE %1$s p SET %3$I = m.object FROM mine m
+                 WHERE p.%2$I = m.user_id::%4$s AND p.%3$I IS NULL
+                RETURNING m.id, m.user_id, m.object, m.sent_email, p.%5$I::text AS email),
+            finished AS (
+                UPDATE onboarding.jobs x
+                   SET state = 'succeeded', stripe_id = l.object, claimed_by = NULL, updated_at = now(),
+                       finished_at = now()
+                  FROM linked l WHERE x.id = l.id
+                RETURNING x.id),
+            logged AS (
+                INSERT INTO onboarding.events (job_id, user_id, step, detail)
+                SELECT l.id, l.user_id, 'written_back',
+                       jsonb_build_object('stripe_id', l.object, 'table', %6$L, 'column', %3$L)
+                  FROM linked l ORDER BY l.id)
+            SELECT coalesce(array_agg(l.id), '{}'),
+                   coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
+              FROM linked l $sql$,
+            a.profile_table, a.id_column, target_column, a.id_type, a.email_column, a.profile_table::text,
+            target.kind)
+        INTO linked, changed USING job_ids, objects;
+        written := written || linked;
+        -- The email changed after the customer was sent: the customer follows.
+        IF target.kind = 'create_customer' AND cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
+            FOR j IN SELECT * FROM onboarding.jobs x WHERE x.id = ANY (changed) LOOP
+                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
+                                                         j.stripe_id, 'email changed during creation');
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN written;
+END $$;
+
+-- Writes a created (or adopted) customer or Connect account back to its profile (_link_objects)
+-- and finishes the job. Returns what happened: written_back, already_linked, linked_elsewhere,
+-- profile_gone. An object no profile can use is queued for deletion.
 CREATE FUNCTION onboarding._write_back(job bigint, object_id text) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -894,31 +955,16 @@ DECLARE
     target_column name;
     compensation text;
     current_id text;
-    current_email text;
     found_profile boolean;
-    updated bigint;
 BEGIN
+    IF job = ANY (onboarding._link_objects(ARRAY[job], ARRAY[object_id])) THEN
+        RETURN 'written_back';
+    END IF;
     SELECT * INTO j FROM onboarding.jobs WHERE id = job;
     compensation := CASE j.kind WHEN 'create_customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
     target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
     IF target_column IS NOT NULL THEN
-        EXECUTE format('UPDATE %s SET %I = $2 WHERE %I = $1::%s AND %I IS NULL RETURNING %I::text',
-                a.profile_table, target_column, a.id_column, a.id_type, target_column, a.email_column)
-           INTO current_email USING j.user_id, object_id;
-        GET DIAGNOSTICS updated = ROW_COUNT;  -- EXECUTE does not set FOUND
-        IF updated = 1 THEN
-            PERFORM onboarding._finish_job(job, 'succeeded', 'written_back',
-                jsonb_build_object('stripe_id', object_id, 'table', a.profile_table::text, 'column', target_column),
-                stripe_id => object_id);
-            -- The email changed after the customer was sent: the customer follows.
-            IF j.kind = 'create_customer' AND btrim(current_email) IS DISTINCT FROM j.request_params->>'email'
-               AND onboarding._sync_email_enabled() THEN
-                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
-                                                         object_id, 'email changed during creation');
-            END IF;
-            RETURN 'written_back';
-        END IF;
         EXECUTE format('SELECT true, %I::text FROM %s WHERE %I = $1::%s',
                 target_column, a.profile_table, a.id_column, a.id_type)
            INTO found_profile, current_id USING j.user_id;
@@ -945,64 +991,18 @@ BEGIN
     RETURN 'profile_gone';
 END $$;
 
--- The common outcome of a batch, set-based: customers created for running create_customer jobs.
--- Logs every stripe_response, writes each customer back where the profile's column is still NULL,
--- finishes those jobs (written_back) and queues an email update where the email changed meanwhile.
--- Returns the jobs written back; the caller sends the others through _write_back, which knows
--- what to do when the profile is gone or linked elsewhere.
+-- The common outcome of a batch: customers created for running create_customer jobs. Logs every
+-- stripe_response and writes the customers back (_link_objects); returns the jobs written back,
+-- the caller sends the others through _write_back.
 CREATE FUNCTION onboarding._record_created(job_ids bigint[], objects text[], responses jsonb[]) RETURNS bigint[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a onboarding.attachments;
-    written bigint[] := '{}';
-    linked bigint[];
-    changed bigint[];
-    j onboarding.jobs;
 BEGIN
     INSERT INTO onboarding.events (job_id, user_id, step, detail)
     SELECT x.id, x.user_id, 'stripe_response', r.detail
       FROM unnest(job_ids, responses) WITH ORDINALITY AS r(id, detail, n)
       JOIN onboarding.jobs x ON x.id = r.id
      ORDER BY r.n;
-    FOR a IN SELECT t.* FROM onboarding.attachments t
-              WHERE t.profile_table IN (SELECT x.profile_table FROM onboarding.jobs x WHERE x.id = ANY (job_ids))
-    LOOP
-        EXECUTE format($sql$
-            WITH mine AS (
-                SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
-                  FROM unnest($1, $2) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
-                 WHERE x.profile_table = %1$L::regclass AND x.kind = 'create_customer'
-                   AND x.state = 'running' AND x.claimed_by = pg_backend_pid()),
-            linked AS (
-                UPDATE %1$s p SET %3$I = m.object FROM mine m
-                 WHERE p.%2$I = m.user_id::%4$s AND p.%3$I IS NULL
-                RETURNING m.id, m.user_id, m.object, m.sent_email, p.%5$I::text AS email),
-            finished AS (
-                UPDATE onboarding.jobs x
-                   SET state = 'succeeded', stripe_id = l.object, claimed_by = NULL, updated_at = now(),
-                       finished_at = now()
-                  FROM linked l WHERE x.id = l.id
-                RETURNING x.id),
-            logged AS (
-                INSERT INTO onboarding.events (job_id, user_id, step, detail)
-                SELECT l.id, l.user_id, 'written_back',
-                       jsonb_build_object('stripe_id', l.object, 'table', %6$L, 'column', %3$L)
-                  FROM linked l ORDER BY l.id)
-            SELECT coalesce(array_agg(l.id), '{}'),
-                   coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
-              FROM linked l $sql$,
-            a.profile_table, a.id_column, a.customer_column, a.id_type, a.email_column, a.profile_table::text)
-        INTO linked, changed USING job_ids, objects;
-        written := written || linked;
-        -- The email changed after the customer was sent: the customer follows.
-        IF cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
-            FOR j IN SELECT * FROM onboarding.jobs x WHERE x.id = ANY (changed) LOOP
-                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
-                                                         j.stripe_id, 'email changed during creation');
-            END LOOP;
-        END IF;
-    END LOOP;
-    RETURN written;
+    RETURN onboarding._link_objects(job_ids, objects);
 END $$;
 
 -- What the calls of a claimed batch are about to send, set-based: each first attempt's parameters
@@ -1105,7 +1105,7 @@ END $$;
 
 REVOKE EXECUTE ON FUNCTION onboarding.attach, onboarding.detach, onboarding.retry, onboarding.retry_dead,
     onboarding.cancel, onboarding._promote_intake, onboarding._queued_commit_time,
-    onboarding._record_created, onboarding._calls_starting,
+    onboarding._record_created, onboarding._calls_starting, onboarding._link_objects,
     onboarding._column_type, onboarding._claim_jobs, onboarding._finish_job, onboarding._log_event,
     onboarding._write_back, onboarding._requeue_abandoned, onboarding._next_due_in,
     onboarding._compensate_deleted_profiles, onboarding._wait_for_customer, onboarding._drop_triggers,

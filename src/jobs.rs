@@ -403,13 +403,9 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Opti
     let all = in_transaction(
         "recording Stripe results",
         AssertUnwindSafe(|| {
-            // Customers created as asked: set-based when there are enough of them to pay for
-            // planning its statement; everything else one by one.
-            let (mut created, mut others): (Vec<_>, Vec<_>) =
+            // Customers created as asked, the common outcome: set-based; everything else one by one.
+            let (created, others): (Vec<_>, Vec<_>) =
                 outcomes.iter().partition(|(call, (outcome, _))| created_as_asked(call, outcome).is_some());
-            if created.len() < SET_BASED_FROM {
-                others.append(&mut created);
-            }
             record_created(&created);
             for (call, (result, elapsed)) in others {
                 record_one(call, result, *elapsed);
@@ -442,10 +438,6 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Opti
     Some(Duration::ZERO) // look again at once
 }
 
-/// Fewer created customers than this are recorded one by one: planning the set-based statement
-/// (dynamic SQL, planned on each call) costs more than it saves on a handful.
-const SET_BASED_FROM: usize = 2;
-
 /// The customer a create_customer call created for its own user (the common outcome), if so.
 fn created_as_asked<'a>(call: &Call, outcome: &'a Outcome) -> Option<(&'a StripeObject, &'a Response)> {
     match (&call.work, outcome) {
@@ -470,19 +462,9 @@ fn record_created(created: &[&(&Call, (Outcome, Duration))]) {
     let mut responses = Vec::with_capacity(created.len());
     for (call, (outcome, elapsed)) in created {
         let (customer, response) = created_as_asked(call, outcome).expect("partitioned by created_as_asked");
-        log!(
-            "onboarding: created Stripe customer {} for user {} (job {}, request {})",
-            customer.id,
-            call.user_id,
-            call.job_id,
-            response.request_id.as_deref().unwrap_or("unknown")
-        );
         job_ids.push(call.job_id);
         objects.push(customer.id.clone());
-        responses.push(JsonB(json!({
-            "status": response.status, "request_id": response.request_id, "stripe_id": customer.id,
-            "idempotent_replayed": response.replayed, "duration_ms": elapsed.as_millis() as u64,
-        })));
+        responses.push(JsonB(created_response(call, customer, response, *elapsed)));
     }
     let written = Spi::get_one_with_args::<Vec<i64>>(
         "SELECT onboarding._record_created($1, $2, $3)",
@@ -499,21 +481,28 @@ fn record_created(created: &[&(&Call, (Outcome, Duration))]) {
     }
 }
 
+/// Logs a created object and returns its `stripe_response` event detail.
+fn created_response(call: &Call, object: &StripeObject, response: &Response, elapsed: Duration) -> Value {
+    log!(
+        "onboarding: created Stripe {} {} for user {} (job {}, request {})",
+        object_noun(&object.id),
+        object.id,
+        call.user_id,
+        call.job_id,
+        response.request_id.as_deref().unwrap_or("unknown")
+    );
+    json!({
+        "status": response.status, "request_id": response.request_id, "stripe_id": object.id,
+        "idempotent_replayed": response.replayed, "duration_ms": elapsed.as_millis() as u64,
+    })
+}
+
 fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
     let (job_id, user_id) = (call.job_id, call.user_id.as_str());
     let elapsed_ms = elapsed.as_millis() as u64;
     match outcome {
         Outcome::Created(customer, response) => {
-            log!(
-                "onboarding: created Stripe customer {} for user {user_id} (job {job_id}, request {})",
-                customer.id,
-                response.request_id.as_deref().unwrap_or("unknown")
-            );
-            let detail = json!({
-                "status": response.status, "request_id": response.request_id, "stripe_id": customer.id,
-                "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
-            });
-            log_event(job_id, "stripe_response", detail);
+            log_event(job_id, "stripe_response", created_response(call, customer, response, elapsed));
             link_object(job_id, user_id, customer);
         }
         Outcome::Adopted(customer) => {

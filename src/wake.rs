@@ -4,8 +4,9 @@
 //! Each worker publishes its PGPROC number and database in a slot; the launcher publishes its own.
 //! The insert trigger (intake.rs) and the plpgsql enqueuers (`onboarding._wake_worker_after_commit()`)
 //! flag the transaction; a transaction callback, installed once per backend, then on COMMIT sets
-//! the latches of the workers of this database (they share the queue through `SKIP LOCKED`, so the idle ones compete for the new jobs); on
-//! ABORT nothing happens. `CREATE EXTENSION` likewise wakes the launcher after commit.
+//! the latches of the workers of this database (they share the queue through `SKIP LOCKED`, so the
+//! idle ones compete for the new jobs); on ABORT nothing happens. `CREATE EXTENSION` likewise wakes
+//! the launcher after commit.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;

@@ -73,6 +73,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         budget_turnstile: Arc::default(),
         next_claim: Instant::now(),
         last_top_up: Instant::now(),
+        last_resolve: Instant::now(),
     };
     let mut woken = true;
     while !shutdown_requested() {
@@ -123,6 +124,7 @@ struct Worker {
     /// Look for due jobs again at this time, even without a wake-up.
     next_claim: Instant,
     last_top_up: Instant,
+    last_resolve: Instant,
 }
 
 /// What the loop waits for after a step.
@@ -167,7 +169,11 @@ impl Worker {
             let _ = in_transaction("turning inserts into jobs", || top_up_pending(gucs::batch_size()));
         }
         if !self.in_flight.is_empty() {
-            self.resolve_requests();
+            // Not every tick: a watched job finishes when a batch is recorded or (in another
+            // worker) on its own time, which REQUEST_WATCH covers as when idle.
+            if self.last_resolve.elapsed() >= REQUEST_WATCH {
+                self.resolve_requests();
+            }
             return Some(Wait::Calls);
         }
         let mut wait = self.next_claim.saturating_duration_since(Instant::now());
@@ -236,6 +242,7 @@ impl Worker {
         if let Some(due) = record_results(&calls, results) {
             self.next_claim = self.next_claim.min(Instant::now() + due.max(MIN_SLEEP));
         }
+        self.resolve_requests(); // callers waiting on these jobs hear at once
         true
     }
 
@@ -384,6 +391,7 @@ impl Worker {
 
     /// Answers the callers whose jobs have finished. Returns whether any are still waiting.
     fn resolve_requests(&mut self) -> bool {
+        self.last_resolve = Instant::now();
         let watched = requests::watched();
         if watched.is_empty() {
             return false;
