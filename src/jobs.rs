@@ -17,6 +17,7 @@ use pgrx::prelude::*;
 use serde_json::{Value, json};
 
 use crate::gucs;
+use crate::release::{self, Installed};
 use crate::worker::in_transaction;
 
 /// A claimed job that needs a Stripe call.
@@ -167,14 +168,11 @@ pub fn top_up_pending(pending: i32) {
         .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"));
 }
 
-/// Phase 1. Returns None when the extension is not installed in this database yet.
-pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usize, Option<Duration>)> {
-    let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'onboarding')")
-        .ok()
-        .flatten()
-        .unwrap_or(false);
-    if !installed {
-        return None;
+/// Phase 1. Refuses (with what is installed) unless this database holds this library's SQL.
+pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Result<(Vec<Call>, usize, Option<Duration>), Installed> {
+    match release::installed() {
+        Installed::Current => {}
+        other => return Err(other),
     }
     if requeue {
         let requeued = Spi::get_one_with_args::<i32>(
@@ -231,7 +229,7 @@ pub fn claim_and_plan(batch_size: i32, requeue: bool) -> Option<(Vec<Call>, usiz
     let mut starting = CallsStarting::default();
     let calls = claimed.into_iter().filter_map(|job| plan(job, &mut starting)).collect();
     starting.record();
-    Some((calls, claimed_count, next_due_in()))
+    Ok((calls, claimed_count, next_due_in()))
 }
 
 /// Time until the next pending job is due (zero if overdue), None if nothing is pending.

@@ -19,6 +19,7 @@ mod gucs;
 mod intake;
 mod jobs;
 mod launcher;
+mod release;
 mod requests;
 mod wake;
 mod worker;

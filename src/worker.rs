@@ -27,6 +27,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
 use crate::jobs::{Call, Outcome, claim_and_plan, record_results, top_up_pending};
+use crate::release::{self, Installed};
 use crate::requests::{self, RequestKind};
 use crate::{gucs, wake};
 
@@ -44,6 +45,10 @@ const REQUEST_WATCH: Duration = Duration::from_millis(50);
 
 /// Pause after an unexpected database error, so a persistent one does not spin.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// While the database's SQL is another release's, how often to look for `ALTER EXTENSION … UPDATE`
+/// (its commit also wakes the workers).
+const UPDATE_POLL: Duration = Duration::from_secs(1);
 
 /// A worker serves one database (its oid is the argument; the launcher starts it, see
 /// launcher.rs) until shutdown, or until it finds the extension is not installed there.
@@ -74,6 +79,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         next_claim: Instant::now(),
         last_top_up: Instant::now(),
         last_resolve: Instant::now(),
+        sql_release: SqlRelease::Unchecked,
     };
     let mut woken = true;
     while !shutdown_requested() {
@@ -81,6 +87,20 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             worker.client = None; // calls in flight keep the client they started with
             worker.warned_no_key = false;
+        }
+        if worker.sql_release != SqlRelease::Current {
+            match worker.check_sql_release(&database_name) {
+                Some(true) => woken = true,
+                Some(false) => {
+                    wait_for_latch(UPDATE_POLL);
+                    continue;
+                }
+                None => {
+                    wake::mark_without_extension(database);
+                    log!("onboarding: extension not installed in database \"{database_name}\"; worker exiting");
+                    return;
+                }
+            }
         }
         if worker.stripe_client().is_none() && worker.in_flight.is_empty() {
             // Paused (no key): ignore commit wake-ups, which would otherwise spin the loop; a
@@ -125,6 +145,17 @@ struct Worker {
     next_claim: Instant,
     last_top_up: Instant,
     last_resolve: Instant,
+    sql_release: SqlRelease,
+}
+
+/// Whether the database's SQL is this library's release (release.rs), as last seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SqlRelease {
+    /// Not looked yet (worker start), or a claim found it changed.
+    Unchecked,
+    Current,
+    /// Another release's: the worker waits, touching nothing, and has said so once at WARNING.
+    Behind(String),
 }
 
 /// What the loop waits for after a step.
@@ -147,7 +178,7 @@ impl Worker {
         if self.client.is_some() && capacity > 0 && (woken || now >= self.next_claim) {
             let requeue = self.last_requeue.is_none_or(|t| t.elapsed() >= poll);
             match in_transaction("claiming jobs", || claim_and_plan(capacity as i32, requeue)) {
-                Ok(Some((calls, claimed, next_due))) => {
+                Ok(Ok((calls, claimed, next_due))) => {
                     if requeue {
                         self.last_requeue = Some(now);
                     }
@@ -159,7 +190,12 @@ impl Worker {
                         now + next_due.map_or(poll, |due| due.clamp(MIN_SLEEP, poll))
                     };
                 }
-                Ok(None) => return None,
+                Ok(Err(Installed::No)) => return None,
+                Ok(Err(Installed::Other(_) | Installed::Current)) => {
+                    // Updated (or downgraded) under us: look again before touching anything.
+                    self.sql_release = SqlRelease::Unchecked;
+                    return Some(Wait::Latch(Duration::ZERO));
+                }
                 Err(_) => self.next_claim = now + ERROR_PAUSE,
             }
         } else if woken && capacity == 0 && self.last_top_up.elapsed() >= TOP_UP_EVERY {
@@ -182,6 +218,47 @@ impl Worker {
             wait = wait.min(REQUEST_WATCH);
         }
         Some(Wait::Latch(wait))
+    }
+
+    /// Looks at the database's extension release while it is not known to be this library's.
+    /// Returns Some(true) when the worker may go on, Some(false) while it must wait for
+    /// `ALTER EXTENSION onboarding UPDATE` (warned once, requests refused meanwhile), None when
+    /// the extension is not installed here.
+    fn check_sql_release(&mut self, database_name: &str) -> Option<bool> {
+        let installed = match in_transaction("reading the extension version", release::installed) {
+            Ok(installed) => installed,
+            Err(_) => return Some(false), // logged; look again after the pause
+        };
+        match installed {
+            Installed::No => None,
+            Installed::Current => {
+                if let SqlRelease::Behind(old) = &self.sql_release {
+                    log!(
+                        "onboarding: database \"{database_name}\" now has version {} (was {old}); worker resumes",
+                        release::LIBRARY_VERSION
+                    );
+                }
+                self.sql_release = SqlRelease::Current;
+                Some(true)
+            }
+            Installed::Other(version) => {
+                let message = release::update_needed(&version);
+                if self.sql_release != SqlRelease::Behind(version.clone()) {
+                    ereport!(
+                        WARNING,
+                        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        format!("onboarding: in database \"{database_name}\", {message}"),
+                        "Run ALTER EXTENSION onboarding UPDATE; in this database (as its owner or a superuser). \
+                         Inserted profiles keep queueing meanwhile and are provisioned right after."
+                    );
+                    self.sql_release = SqlRelease::Behind(version);
+                }
+                for request in requests::take_new() {
+                    requests::fail(request.ticket, &message);
+                }
+                Some(false)
+            }
+        }
     }
 
     /// Starts a claimed job's Stripe call on the runtime's thread, so it goes out when its budget

@@ -69,7 +69,7 @@ fn main() {
     let outcome = run(&cluster, &stripe, profiles);
     cluster.stop();
     match outcome {
-        Ok(failed) if failed == 0 => {}
+        Ok(0) => {}
         Ok(_) => std::process::exit(1),
         Err(e) => {
             eprintln!("chaos: {e}");

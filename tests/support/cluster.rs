@@ -115,6 +115,25 @@ impl Cluster {
         self.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&self.log_path()));
     }
 
+    /// `pg_ctl stop -m fast` (workers get SIGTERM, like a DBA's restart); the data directory stays.
+    pub fn stop_keeping_data(&self) {
+        self.pg_ctl(&["stop", "-m", "fast", "-w"], None);
+    }
+
+    /// Starts a server stopped with [`Cluster::stop_keeping_data`] (or crashed) again.
+    pub fn start_again(&self) {
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&self.log_path()));
+    }
+
+    /// Appends lines to postgresql.conf (later lines win); takes effect on reload or restart.
+    pub fn append_settings(&self, settings: &str) {
+        let conf_path = self.data_dir.join("postgresql.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).unwrap();
+        conf.push_str(settings);
+        conf.push('\n');
+        std::fs::write(&conf_path, conf).unwrap();
+    }
+
     /// Stops the server and removes its data directory (kept with ONBOARDING_KEEP_CLUSTERS=1,
     /// say to read a failed run's server.log).
     pub fn stop(&self) {

@@ -1,0 +1,561 @@
+//! Upgrade tests: a database made by the previous release keeps everything through the path a DBA
+//! follows (install the new package, restart PostgreSQL, `ALTER EXTENSION onboarding UPDATE`), and
+//! a fresh install and an upgraded one have the same schema.
+//!
+//! They install packages (`cargo pgrx package` trees) into the system's PostgreSQL directories, so
+//! `scripts/test` runs them alone, after the other suites, and they leave the current package
+//! installed. Packages: `ONBOARDING_PREVIOUS_PACKAGE` (default target/releases/onboarding-0.1.0,
+//! built by `scripts/package-release 0.1.0`) and `ONBOARDING_CURRENT_PACKAGE` (default
+//! target/package/current, from `cargo pgrx package --debug --out-dir target/package/current`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use postgres::Client;
+use stripe_emulator::{Emulator, EmulatorConfig, Fault};
+use support::cluster::Cluster;
+use support::schema::{differences, fingerprint};
+
+const PREVIOUS: &str = "0.1.0";
+const CURRENT: &str = env!("CARGO_PKG_VERSION");
+const API_KEY: &str = "sk_test_upgrade_4b1d7e0c9a";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let trials = vec![
+        Trial::test("the_previous_release_install_script_is_kept_verbatim", previous_install_script_is_kept),
+        Trial::test("a_fresh_install_and_an_upgraded_one_have_the_same_schema", fresh_and_upgraded_schemas_match),
+        Trial::test("the_schema_check_catches_an_upgrade_script_that_forgets_a_change", parity_check_catches_omissions),
+        Trial::test(
+            "a_previous_release_database_upgrades_in_place_keeping_every_job",
+            upgrade_in_place_keeps_every_job,
+        ),
+    ];
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Whatever happened, leave the current release installed for whoever comes next.
+    if !args.list {
+        install(&package(Release::Current));
+    }
+    conclusion.exit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packages and clusters
+// ---------------------------------------------------------------------------------------------
+
+enum Release {
+    Previous,
+    Current,
+}
+
+fn package(release: Release) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (var, default) = match release {
+        Release::Previous => ("ONBOARDING_PREVIOUS_PACKAGE", format!("target/releases/onboarding-{PREVIOUS}")),
+        Release::Current => ("ONBOARDING_CURRENT_PACKAGE", "target/package/current".to_string()),
+    };
+    let dir = std::env::var_os(var).map_or_else(|| root.join(default), PathBuf::from);
+    assert!(dir.join("usr").is_dir(), "no package at {} (see the top of tests/upgrade.rs)", dir.display());
+    dir
+}
+
+/// Copies a package tree onto `/`, each file through a temporary name and a rename, as package
+/// managers do: a running server that has the old library mapped keeps its copy intact. Files of
+/// another release's SQL that the new package lacks stay, as they would with apt.
+fn install(package: &Path) {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { walk(&path, files) } else { files.push(path) }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&package.join("usr"), &mut files);
+    for file in files {
+        let target = Path::new("/").join(file.strip_prefix(package).unwrap());
+        let staging = target.with_extension("upgrade-test-tmp");
+        std::fs::copy(&file, &staging).unwrap_or_else(|e| panic!("copying {}: {e}", file.display()));
+        std::fs::rename(&staging, &target).unwrap();
+    }
+}
+
+fn extension_dir() -> PathBuf {
+    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_config").arg("--sharedir").output().unwrap();
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension")
+}
+
+fn settings(stripe: &Emulator) -> String {
+    format!(
+        "onboarding.stripe_api_base = '{}'\n\
+         onboarding.stripe_api_key = '{API_KEY}'\n\
+         onboarding.poll_interval = '60s'\n\
+         onboarding.request_timeout = '4s'\n\
+         onboarding.connect_timeout = '1s'\n\
+         onboarding.rate_limit = 0\n\
+         track_commit_timestamp = on\n\
+         # A failed attempt waits an hour: it is still waiting when the upgrade comes.\n\
+         onboarding.retry_base_delay = '1h'\n\
+         onboarding.retry_max_delay = '1h'\n",
+        stripe.base_url()
+    )
+}
+
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Result<T, Failed> {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if Instant::now() >= until {
+            return Err(format!("timed out after {DEADLINE:?} waiting for {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
+    if condition { Ok(()) } else { Err(message().into()) }
+}
+
+fn extversion(db: &mut Client) -> String {
+    db.query_one("SELECT extversion FROM pg_extension WHERE extname = 'onboarding'", &[]).unwrap().get(0)
+}
+
+/// A database holding `version` of the extension (its install script must be in the extension
+/// directory), connected.
+fn database_with(cluster: &Cluster, name: &str, version: &str) -> Client {
+    let mut postgres = cluster.connect();
+    postgres.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+    postgres.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let mut db = cluster.connect_to(name);
+    db.batch_execute(&format!("CREATE EXTENSION onboarding VERSION '{version}'")).unwrap();
+    db
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema parity
+// ---------------------------------------------------------------------------------------------
+
+fn previous_install_script_is_kept() -> Result<(), Failed> {
+    let kept =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("sql/onboarding--{PREVIOUS}.sql")))?;
+    let built =
+        package(Release::Previous).join(format!("usr/share/postgresql/15/extension/onboarding--{PREVIOUS}.sql"));
+    let built = std::fs::read_to_string(built)?;
+    ensure(kept == built, || {
+        format!(
+            "sql/onboarding--{PREVIOUS}.sql is not the install script of the v{PREVIOUS} tag: never edit a released script"
+        )
+    })
+}
+
+/// A cluster running the current package, with the previous release's install script beside it
+/// (so that `CREATE EXTENSION … VERSION` can make a previous-release database to upgrade).
+fn current_cluster(name: &str, stripe: &Emulator) -> Cluster {
+    install(&package(Release::Current));
+    let kept = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("sql/onboarding--{PREVIOUS}.sql"));
+    std::fs::copy(kept, extension_dir().join(format!("onboarding--{PREVIOUS}.sql"))).unwrap();
+    Cluster::start(name, &settings(stripe))
+}
+
+fn emulator() -> Emulator {
+    Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })
+        .expect("start the Stripe emulator")
+}
+
+fn fresh_and_upgraded_schemas_match() -> Result<(), Failed> {
+    let stripe = emulator();
+    let cluster = current_cluster("parity", &stripe);
+    let result = (|| {
+        let mut fresh = database_with(&cluster, "fresh", CURRENT);
+        let mut upgraded = database_with(&cluster, "upgraded", PREVIOUS);
+        upgraded.batch_execute("ALTER EXTENSION onboarding UPDATE")?;
+        ensure(extversion(&mut upgraded) == CURRENT, || format!("upgraded to {}", extversion(&mut upgraded)))?;
+        let diff = differences("fresh", &fingerprint(&mut fresh), "upgraded", &fingerprint(&mut upgraded));
+        ensure(diff.is_empty(), || format!("the upgrade script misses changes:\n{diff}"))
+    })();
+    cluster.stop();
+    result
+}
+
+/// Splits an SQL script into statements (outside quotes, dollar quotes and comments).
+fn statements(script: &str) -> Vec<String> {
+    let (mut out, mut current) = (Vec::new(), String::new());
+    let mut chars = script.char_indices().peekable();
+    let mut dollar: Option<String> = None;
+    let (mut in_quote, mut in_comment) = (false, false);
+    while let Some((i, c)) = chars.next() {
+        current.push(c);
+        if in_comment {
+            in_comment = c != '\n';
+        } else if in_quote {
+            in_quote = c != '\'';
+        } else if let Some(tag) = &dollar {
+            if current.ends_with(tag.as_str()) && current.len() > tag.len() {
+                dollar = None;
+            }
+        } else if c == '-' && script[i + 1..].starts_with('-') {
+            in_comment = true;
+        } else if c == '\'' {
+            in_quote = true;
+        } else if c == '$' {
+            let rest = &script[i + 1..];
+            if let Some(end) =
+                rest.find('$').filter(|&end| rest[..end].chars().all(|x| x.is_alphanumeric() || x == '_'))
+            {
+                let tag = format!("${}$", &rest[..end]);
+                for _ in 0..=end {
+                    current.push(chars.next().unwrap().1);
+                }
+                dollar = Some(tag);
+            }
+        } else if c == ';' {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    out.push(current);
+    out
+}
+
+/// The statements of a script that change the schema, by their position.
+fn schema_changes(statements: &[String]) -> Vec<usize> {
+    let code = |s: &str| s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    statements
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            let first = code(s).split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            ["CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE"].contains(&first.as_str())
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Mutation check of the parity check itself: the upgrade script with one schema change left out
+/// (first, middle and last) must give a schema that differs from a fresh install, or fail.
+fn parity_check_catches_omissions() -> Result<(), Failed> {
+    let script_name = format!("onboarding--{PREVIOUS}--{CURRENT}.sql");
+    let script = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").join(&script_name))?;
+    let parts = statements(&script);
+    let changes = schema_changes(&parts);
+    let stripe = emulator();
+    let cluster = current_cluster("mutants", &stripe);
+    let result = (|| {
+        let mut fresh = database_with(&cluster, "fresh", CURRENT);
+        let expected = fingerprint(&mut fresh);
+        if changes.is_empty() {
+            // Nothing to leave out: then the previous release's schema must already be this one's.
+            let mut previous = database_with(&cluster, "previous", PREVIOUS);
+            let diff = differences("fresh", &expected, "previous", &fingerprint(&mut previous));
+            return ensure(diff.is_empty(), || format!("{script_name} changes no schema, yet:\n{diff}"));
+        }
+        let mut picks = vec![changes[0], changes[changes.len() / 2], changes[changes.len() - 1]];
+        picks.dedup();
+        let mutant_version = format!("{CURRENT}-mutant");
+        let mutant_path = extension_dir().join(format!("onboarding--{PREVIOUS}--{mutant_version}.sql"));
+        for pick in picks {
+            let mutant: String =
+                parts.iter().enumerate().filter(|(i, _)| *i != pick).map(|(_, s)| s.as_str()).collect();
+            std::fs::write(&mutant_path, mutant)?;
+            let mut db = database_with(&cluster, "mutant", PREVIOUS);
+            let caught = match db.batch_execute(&format!("ALTER EXTENSION onboarding UPDATE TO '{mutant_version}'")) {
+                Err(_) => true, // a later statement needed the missing one
+                Ok(()) => !differences("fresh", &expected, "mutant", &fingerprint(&mut db)).is_empty(),
+            };
+            drop(db);
+            if !caught {
+                let _ = std::fs::remove_file(&mutant_path);
+                return Err(
+                    format!("without statement {pick} the upgrade still matched:\n{}", parts[pick].trim()).into()
+                );
+            }
+        }
+        let _ = std::fs::remove_file(&mutant_path);
+        Ok(())
+    })();
+    cluster.stop();
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrading a database in use
+// ---------------------------------------------------------------------------------------------
+
+/// What a job is before the upgrade; compared with what it is after.
+#[derive(Clone, Debug, PartialEq)]
+struct JobRow {
+    kind: String,
+    user_id: String,
+    state: String,
+    attempts: i32,
+    idempotency_key: String,
+    stripe_id: Option<String>,
+    run_at: String,
+    updated_at: String,
+}
+
+fn jobs(db: &mut Client) -> BTreeMap<i64, JobRow> {
+    db.query(
+        "SELECT id, kind, user_id, state, attempts, idempotency_key, stripe_id, run_at::text, updated_at::text
+           FROM onboarding.jobs ORDER BY id",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get(0),
+            JobRow {
+                kind: r.get(1),
+                user_id: r.get(2),
+                state: r.get(3),
+                attempts: r.get(4),
+                idempotency_key: r.get(5),
+                stripe_id: r.get(6),
+                run_at: r.get(7),
+                updated_at: r.get(8),
+            },
+        )
+    })
+    .collect()
+}
+
+fn intake(db: &mut Client) -> Vec<String> {
+    db.query("SELECT user_id FROM onboarding.intake ORDER BY user_id", &[]).unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+fn attachments(db: &mut Client) -> Vec<String> {
+    db.query("SELECT a::text FROM onboarding.attachments a ORDER BY profile_table::text", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn insert(db: &mut Client, table: &str, email: Option<&str>, role: &str) -> String {
+    db.query_one(&format!("INSERT INTO {table} (email, role) VALUES ($1, $2) RETURNING id::text"), &[&email, &role])
+        .unwrap()
+        .get(0)
+}
+
+fn job_of(db: &mut Client, user: &str, kind: &str) -> Option<(i64, String, i32, Option<String>)> {
+    db.query_opt(
+        "SELECT id, state, attempts, last_error FROM onboarding.jobs WHERE user_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
+        &[&user, &kind],
+    )
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+}
+
+fn wait_for_state(db: &mut Client, user: &str, kind: &str, state: &str) -> Result<i64, Failed> {
+    wait_for(&format!("{kind} job of {user} to be {state}"), || {
+        job_of(db, user, kind).filter(|(_, s, ..)| s == state).map(|(id, ..)| id)
+    })
+}
+
+fn upgrade_in_place_keeps_every_job() -> Result<(), Failed> {
+    let stripe = emulator();
+    install(&package(Release::Previous));
+    let cluster = Cluster::start("upgrade", &settings(&stripe));
+    let result = upgrade_scenario(&cluster, &stripe);
+    if result.is_err() {
+        eprintln!("--- server log ---\n{}", cluster.server_log());
+    }
+    cluster.stop();
+    result
+}
+
+fn upgrade_scenario(cluster: &Cluster, stripe: &Emulator) -> Result<(), Failed> {
+    let mut db = cluster.connect();
+    db.batch_execute("CREATE EXTENSION onboarding")?;
+    ensure(extversion(&mut db) == PREVIOUS, || format!("installed {}", extversion(&mut db)))?;
+    db.batch_execute(
+        "CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+             stripe_customer_id text, stripe_connect_account_id text, role text);
+         CREATE TABLE public.sellers (LIKE public.profiles INCLUDING ALL);
+         SELECT onboarding.attach('public.profiles', connect_policy => 'when', connect_condition => 'role = ''provider''');
+         SELECT onboarding.attach('public.sellers', connect_policy => 'always');",
+    )?;
+
+    // Finished jobs of every kind of ending, made by the previous release's worker.
+    let provider = insert(&mut db, "public.profiles", Some("provider@example.com"), "provider");
+    let member = insert(&mut db, "public.profiles", Some("member@example.com"), "member");
+    let seller = insert(&mut db, "public.sellers", Some("seller@example.com"), "seller");
+    wait_for_state(&mut db, &provider, "create_connect_account", "succeeded")?;
+    wait_for_state(&mut db, &seller, "create_connect_account", "succeeded")?;
+    wait_for_state(&mut db, &member, "create_customer", "succeeded")?;
+    let no_email = insert(&mut db, "public.profiles", None, "member");
+    wait_for_state(&mut db, &no_email, "create_customer", "dead")?;
+    stripe.inject(Fault::stall(Duration::from_secs(2)).on("POST", "/v1/customers"));
+    let vanishing = insert(&mut db, "public.profiles", Some("vanishing@example.com"), "member");
+    wait_for("the vanishing profile's request", || {
+        stripe.requests().iter().any(|r| r.params["metadata"]["user_id"] == vanishing.as_str()).then_some(())
+    })?;
+    db.execute("DELETE FROM public.profiles WHERE id::text = $1", &[&vanishing])?;
+    wait_for_state(&mut db, &vanishing, "create_customer", "orphaned")?;
+    wait_for_state(&mut db, &vanishing, "delete_customer", "succeeded")?;
+
+    // Failed and waiting an hour for its retry.
+    stripe.inject(Fault::drop_before().on("POST", "/v1/customers"));
+    let failed = insert(&mut db, "public.profiles", Some("failed@example.com"), "member");
+    wait_for("the failed attempt to be recorded", || {
+        job_of(&mut db, &failed, "create_customer").filter(|(_, s, a, e)| s == "pending" && *a == 1 && e.is_some())
+    })?;
+
+    // Running, with a live lease: its call stalls at Stripe until the restart cuts it off.
+    stripe.inject(Fault::stall(Duration::from_secs(600)).on("POST", "/v1/customers"));
+    let running = insert(&mut db, "public.profiles", Some("running@example.com"), "member");
+    wait_for_state(&mut db, &running, "create_customer", "running")?;
+    wait_for("the running job's request to reach Stripe", || {
+        stripe.requests().iter().any(|r| r.params["metadata"]["user_id"] == running.as_str()).then_some(())
+    })?;
+
+    // Then the worker is paused (no key): new inserts stay in the intake, enqueued jobs pending.
+    cluster.append_settings("onboarding.stripe_api_key = ''");
+    db.batch_execute("SELECT pg_reload_conf()")?;
+    wait_for("the worker to notice it has no key", || {
+        cluster.server_log().contains("onboarding.stripe_api_key is not set").then_some(())
+    })?;
+    let in_intake: Vec<String> =
+        (0..3).map(|n| insert(&mut db, "public.profiles", Some(&format!("intake{n}@example.com")), "member")).collect();
+    db.batch_execute("ALTER TABLE public.profiles DISABLE TRIGGER onboarding_enqueue")?;
+    let enqueued = insert(&mut db, "public.profiles", Some("enqueued@example.com"), "member");
+    let cancelled = insert(&mut db, "public.profiles", Some("cancelled@example.com"), "member");
+    db.batch_execute("ALTER TABLE public.profiles ENABLE TRIGGER onboarding_enqueue")?;
+    db.query_one("SELECT onboarding.enqueue_customer($1, 'public.profiles')", &[&enqueued])?;
+    let cancel_job: i64 =
+        db.query_one("SELECT onboarding.enqueue_customer($1, 'public.profiles')", &[&cancelled])?.get(0);
+    db.query("SELECT * FROM onboarding.cancel($1)", &[&cancel_job])?;
+    db.query_one("SELECT onboarding.enqueue_connect_account($1, 'public.profiles')", &[&member])?;
+
+    let before = jobs(&mut db);
+    let count = |state: &str| before.values().filter(|j| j.state == state).count();
+    for state in ["pending", "running", "succeeded", "dead", "orphaned", "cancelled"] {
+        ensure(count(state) > 0, || format!("no {state} job before the upgrade: {before:#?}"))?;
+    }
+    ensure(intake(&mut db) == sorted(&in_intake), || format!("intake before the upgrade: {:?}", intake(&mut db)))?;
+    let (events_before, last_event): (i64, i64) =
+        db.query_one("SELECT count(*), max(id) FROM onboarding.events", &[]).map(|r| (r.get(0), r.get(1)))?;
+    let attached = attachments(&mut db);
+    drop(db);
+
+    // The DBA's path: install the new package, restart, ALTER EXTENSION … UPDATE.
+    cluster.stop_keeping_data();
+    install(&package(Release::Current));
+    cluster.append_settings(&format!("onboarding.stripe_api_key = '{API_KEY}'"));
+    cluster.start_again();
+    let mut db = cluster.connect();
+    wait_for("the worker's WARNING that the SQL is behind", || {
+        cluster
+            .server_log()
+            .contains("no job is touched until you run: ALTER EXTENSION onboarding UPDATE")
+            .then_some(())
+    })?;
+    // The waiting worker still answers, saying what to do; and it has touched nothing.
+    let refused = db.query_one("SELECT onboarding.get_or_create_customer($1, 5000, 'public.profiles')", &[&enqueued]);
+    let refusal = refused.err().map(|e| e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
+    ensure(refusal.as_deref().is_some_and(|m| m.contains("ALTER EXTENSION onboarding UPDATE")), || {
+        format!("get_or_create_customer before the update: {refusal:?}")
+    })?;
+    ensure(jobs(&mut db) == before, || "the queue changed before ALTER EXTENSION UPDATE".into())?;
+    ensure(intake(&mut db) == sorted(&in_intake), || "the intake changed before ALTER EXTENSION UPDATE".into())?;
+    let warnings =
+        cluster.server_log().lines().filter(|l| l.contains("WARNING") && l.contains("no job is touched")).count();
+    ensure(warnings == 1, || "the worker warned more than once".into())?;
+
+    db.batch_execute("ALTER EXTENSION onboarding UPDATE")?;
+    ensure(extversion(&mut db) == CURRENT, || format!("updated to {}", extversion(&mut db)))?;
+    // An hour passes for the failed job's retry.
+    db.execute(
+        "UPDATE onboarding.jobs SET run_at = now() WHERE state = 'pending' AND run_at > now() AND user_id = $1",
+        &[&failed],
+    )?;
+    wait_for("every open job and intake row to finish", || {
+        let open: i64 = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running'))
+                      + (SELECT count(*) FROM onboarding.intake)",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (open == 0).then_some(())
+    })?;
+    ensure(cluster.server_log().contains("worker resumes"), || "no log line of the worker resuming".into())?;
+
+    // Nothing lost: every job, with its key; finished ones as they were; open ones finished well.
+    let after = jobs(&mut db);
+    for (id, old) in &before {
+        let new = after.get(id).ok_or_else(|| format!("job {id} is gone: {old:?}"))?;
+        ensure(
+            new.idempotency_key == old.idempotency_key && new.kind == old.kind && new.user_id == old.user_id,
+            || format!("job {id} changed identity: {old:?} -> {new:?}"),
+        )?;
+        match old.state.as_str() {
+            "pending" | "running" => {
+                ensure(new.state == "succeeded" && new.stripe_id.is_some(), || format!("open job {id} ended {new:?}"))?
+            }
+            _ => ensure(new.state == old.state && new.stripe_id == old.stripe_id, || {
+                format!("finished job {id} changed: {old:?} -> {new:?}")
+            })?,
+        }
+    }
+    for user in in_intake.iter().chain([&enqueued, &running, &failed]) {
+        ensure(job_of(&mut db, user, "create_customer").is_some_and(|(_, s, ..)| s == "succeeded"), || {
+            format!("{user}: {:?}", job_of(&mut db, user, "create_customer"))
+        })?;
+    }
+    ensure(job_of(&mut db, &member, "create_connect_account").is_some_and(|(_, s, ..)| s == "succeeded"), || {
+        "the member's requested Connect account was not created".into()
+    })?;
+    // Exactly one Stripe customer per living profile that should have one, each request of a job
+    // under that job's key, and none for the orphan (compensated) or the cancelled profile.
+    let requests = stripe.requests();
+    for (_, job) in after.iter().filter(|(_, j)| j.kind == "create_customer") {
+        let sent: Vec<_> = requests
+            .iter()
+            .filter(|r| {
+                r.method == "POST"
+                    && r.path == "/v1/customers"
+                    && r.params["metadata"]["user_id"] == job.user_id.as_str()
+            })
+            .collect();
+        ensure(sent.iter().all(|r| r.idempotency_key.as_deref() == Some(job.idempotency_key.as_str())), || {
+            format!("a request for {} went out under another key: {sent:?}", job.user_id)
+        })?;
+    }
+    let customers = stripe.customers();
+    let customers_of = |user: &str| customers.iter().filter(|c| c["metadata"]["user_id"] == user).count();
+    for user in in_intake.iter().chain([&provider, &member, &enqueued, &running, &failed]) {
+        ensure(customers_of(user) == 1, || format!("{user} has {} Stripe customers", customers_of(user)))?;
+    }
+    ensure(customers_of(&seller) == 1 && customers_of(&vanishing) == 0 && customers_of(&cancelled) == 0, || {
+        "wrong customers for the seller, the orphan or the cancelled profile".into()
+    })?;
+    let accounts = stripe.accounts();
+    for user in [&provider, &seller, &member] {
+        let n = accounts.iter().filter(|a| a["metadata"]["user_id"] == user.as_str()).count();
+        ensure(n == 1, || format!("{user} has {n} Connect accounts"))?;
+    }
+    // The event log and the attachments survive; the log only grew.
+    let kept: i64 = db.query_one("SELECT count(*) FROM onboarding.events WHERE id <= $1", &[&last_event])?.get(0);
+    ensure(kept == events_before, || format!("{} of {events_before} events survived", kept))?;
+    ensure(attachments(&mut db) == attached, || format!("attachments changed: {:?}", attachments(&mut db)))?;
+
+    // And the upgraded database has the schema of a fresh install.
+    let mut fresh = database_with(cluster, "fresh", CURRENT);
+    let diff = differences("fresh", &fingerprint(&mut fresh), "upgraded", &fingerprint(&mut db));
+    ensure(diff.is_empty(), || format!("the upgraded schema differs from a fresh install:\n{diff}"))
+}
+
+fn sorted(users: &[String]) -> Vec<String> {
+    let mut users = users.to_vec();
+    users.sort();
+    users
+}
