@@ -11,6 +11,7 @@ use onboarding_core::job::{
     plan_customer, plan_delete, plan_email_update,
 };
 use onboarding_core::policy::classify;
+use onboarding_core::state::{JobKind, JobState, Success, Transition};
 use onboarding_core::stripe::{NewAccount, NewCustomer, Response, StripeClient, StripeError, StripeObject};
 use pgrx::JsonB;
 use pgrx::prelude::*;
@@ -163,8 +164,8 @@ fn promote_intake(at_most: i32) {
 /// Promotes inserts until `pending` jobs wait (or the intake is empty).
 pub fn top_up_pending(pending: i32) {
     let sql = "SELECT onboarding._promote_intake($1 - (SELECT count(*) FROM (SELECT FROM onboarding.jobs
-                                                        WHERE state = 'pending' LIMIT $1) p)::integer)";
-    Spi::get_one_with_args::<i64>(sql, &[pending.into()])
+                                                        WHERE state = $2 LIMIT $1) p)::integer)";
+    Spi::get_one_with_args::<i64>(sql, &[pending.into(), JobState::Pending.as_str().into()])
         .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"));
 }
 
@@ -257,23 +258,28 @@ fn plan(job: ClaimedJob, starting: &mut CallsStarting) -> Option<Call> {
     let (id, user_id) = (job.id, job.user_id.as_str());
     // What a first attempt sends, stored before it is sent (retries resend it).
     let mut first_params = None;
-    let work = match job.kind.as_str() {
-        "create_customer" => match plan_customer(user_id, job.profile.clone(), job.first_request.clone()) {
+    let Some(kind) = JobKind::parse(&job.kind) else {
+        let reason = format!("unknown job kind {:?}", job.kind);
+        finish(id, die(&reason), json!({"reason": reason}));
+        return None;
+    };
+    let work = match kind {
+        JobKind::CreateCustomer => match plan_customer(user_id, job.profile.clone(), job.first_request.clone()) {
             CustomerPlan::ProfileGone => {
                 log!("onboarding: profile of user {user_id} no longer exists; skipping job {id}");
-                finish(id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
+                finish(id, skip("profile not found"), json!({"reason": "profile not found"}));
                 return None;
             }
             CustomerPlan::CleanUp(sent) => Work::CleanUpCustomer { emails: vec![sent.email] },
             CustomerPlan::AlreadyProvisioned(existing) => {
                 // The job's stripe_id names only objects it created; this one it found.
                 let detail = json!({"reason": "profile already has a customer", "stripe_id": existing});
-                finish(id, "succeeded", "skipped", detail, None, None, None);
+                finish(id, Transition::Succeed { how: Success::AlreadyThere, stripe_id: None }, detail);
                 return None;
             }
             CustomerPlan::Unusable(reason) => {
                 warning!("onboarding: not creating a Stripe customer for user {user_id}: {reason} (job {id})");
-                finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+                finish(id, die(&reason), json!({"reason": reason}));
                 return None;
             }
             CustomerPlan::Create(customer) => {
@@ -289,28 +295,28 @@ fn plan(job: ClaimedJob, starting: &mut CallsStarting) -> Option<Call> {
                 Work::CreateCustomer { customer, look_up }
             }
         },
-        "delete_customer" => {
+        JobKind::DeleteCustomer => {
             let target = job.stripe_id.clone().unwrap_or_default();
             match plan_delete(&target, job.profile.as_ref()) {
                 DeletePlan::InUse => {
                     let detail = json!({"reason": "the profile links this customer again", "stripe_id": target});
-                    finish(id, "skipped", "skipped", detail, None, None, None);
+                    finish(id, skip("the profile links this customer again"), detail);
                     return None;
                 }
                 DeletePlan::Delete(customer) => Work::DeleteCustomer(customer),
             }
         }
-        "create_connect_account" => {
+        JobKind::CreateConnectAccount => {
             let first =
                 job.first_request.as_ref().map(|r| NewAccount { user_id: r.user_id.clone(), email: r.email.clone() });
             match plan_account(user_id, job.profile.as_ref(), first) {
                 AccountPlan::ProfileGone => {
-                    finish(id, "skipped", "skipped", json!({"reason": "profile not found"}), None, None, None);
+                    finish(id, skip("profile not found"), json!({"reason": "profile not found"}));
                     return None;
                 }
                 AccountPlan::AlreadyProvisioned(existing) => {
                     let detail = json!({"reason": "profile already has a Connect account", "stripe_id": existing});
-                    finish(id, "succeeded", "skipped", detail, None, None, None);
+                    finish(id, Transition::Succeed { how: Success::AlreadyThere, stripe_id: None }, detail);
                     return None;
                 }
                 AccountPlan::WaitForCustomer => {
@@ -319,7 +325,7 @@ fn plan(job: ClaimedJob, starting: &mut CallsStarting) -> Option<Call> {
                     return None;
                 }
                 AccountPlan::Unusable(reason) => {
-                    finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+                    finish(id, die(&reason), json!({"reason": reason}));
                     return None;
                 }
                 AccountPlan::Create(account) => {
@@ -330,25 +336,25 @@ fn plan(job: ClaimedJob, starting: &mut CallsStarting) -> Option<Call> {
                 }
             }
         }
-        "delete_connect_account" => {
+        JobKind::DeleteConnectAccount => {
             let target = job.stripe_id.clone().unwrap_or_default();
             if job.profile.as_ref().and_then(|p| p.connect_account_id.as_deref()) == Some(target.as_str()) {
                 let detail = json!({"reason": "the profile links this account again", "stripe_id": target});
-                finish(id, "skipped", "skipped", detail, None, None, None);
+                finish(id, skip("the profile links this account again"), detail);
                 return None;
             }
             Work::DeleteAccount(target)
         }
-        "update_customer_email" => {
+        JobKind::UpdateCustomerEmail => {
             let target = job.stripe_id.clone().unwrap_or_default();
             let first_email = job.first_request.as_ref().map(|r| r.email.as_str());
             match plan_email_update(&target, job.profile.as_ref(), first_email) {
                 EmailPlan::Skip(reason) => {
-                    finish(id, "skipped", "skipped", json!({"reason": reason}), None, None, None);
+                    finish(id, skip(&reason), json!({"reason": reason}));
                     return None;
                 }
                 EmailPlan::Unusable(reason) => {
-                    finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
+                    finish(id, die(&reason), json!({"reason": reason}));
                     return None;
                 }
                 EmailPlan::Update(email) => {
@@ -358,11 +364,6 @@ fn plan(job: ClaimedJob, starting: &mut CallsStarting) -> Option<Call> {
                     Work::UpdateEmail { customer: target, email }
                 }
             }
-        }
-        other => {
-            let reason = format!("unknown job kind {other:?}");
-            finish(id, "dead", "dead", json!({"reason": reason}), None, Some(&reason), None);
-            return None;
         }
     };
     let detail = match &work {
@@ -428,7 +429,8 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Opti
                 "parking a job",
                 AssertUnwindSafe(|| {
                     let detail = json!({"reason": reason, "stripe_id": stripe_id});
-                    finish(call.job_id, "dead", "dead", detail, stripe_id, Some(&reason), None)
+                    let parked = Transition::Die { error: reason.clone(), object: stripe_id.map(Into::into) };
+                    finish(call.job_id, parked, detail)
                 }),
             );
         }
@@ -519,12 +521,14 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             log_event(job_id, "stripe_response", detail);
             log!("onboarding: deleted Stripe {} {object} of user {user_id} (job {job_id})", object_noun(object));
             let detail = json!({"stripe_id": object});
-            if matches!(call.work, Work::CleanUpCustomer { .. }) {
+            let done = if matches!(call.work, Work::CleanUpCustomer { .. }) {
                 // A creation job whose profile is gone: skipped, after undoing its lost attempt.
-                finish(job_id, "skipped", "compensated", detail, Some(object), None, None);
+                let because = "profile not found; the customer of a lost attempt was deleted".into();
+                Transition::Skip { because, undone: Some(object.clone()) }
             } else {
-                finish(job_id, "succeeded", "compensated", detail, None, None, None);
-            }
+                Transition::Succeed { how: Success::Compensated, stripe_id: None }
+            };
+            finish(job_id, done, detail);
         }
         Outcome::EmailUpdated(response) => {
             let Work::UpdateEmail { customer, email } = &call.work else { unreachable!("only email updates update") };
@@ -541,8 +545,8 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             .unwrap_or_else(|e| error!("onboarding: finishing email update job {job_id}: {e}"));
         }
         Outcome::NothingToCleanUp => {
-            let detail = json!({"reason": "profile not found; no customer from earlier attempts"});
-            finish(job_id, "skipped", "skipped", detail, None, None, None);
+            let because = "profile not found; no customer from earlier attempts";
+            finish(job_id, skip(because), json!({"reason": because}));
         }
         Outcome::Failed(error) => {
             if let Some(status) = error.status() {
@@ -570,11 +574,11 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                         delay.as_secs_f64(),
                         call.attempts
                     );
-                    finish(job_id, "pending", "failed", detail, None, Some(&message), Some(delay));
+                    finish(job_id, Transition::RetryIn { delay, error: message }, detail);
                 }
                 AfterFailure::Dead => {
                     warning!("onboarding: {what} failed for good: {message} (job {job_id}, attempt {})", call.attempts);
-                    finish(job_id, "dead", "dead", detail, None, Some(&message), None);
+                    finish(job_id, die(&message), detail);
                 }
             }
         }
@@ -596,7 +600,7 @@ fn link_object(job_id: i64, user_id: &str, customer: &StripeObject) {
         );
         warning!("onboarding: not linking {}: {reason} (job {job_id})", customer.id);
         let detail = json!({"reason": reason, "stripe_id": customer.id});
-        finish(job_id, "dead", "dead", detail, None, Some(&reason), None);
+        finish(job_id, die(&reason), detail);
         return;
     }
     let outcome = Spi::get_one_with_args::<String>(
@@ -621,29 +625,31 @@ fn link_object(job_id: i64, user_id: &str, customer: &StripeObject) {
     }
 }
 
-fn finish(
-    job_id: i64,
-    state: &str,
-    step: &str,
-    detail: Value,
-    stripe_id: Option<&str>,
-    error: Option<&str>,
-    retry_in: Option<Duration>,
-) {
+/// Moves a running job on (`onboarding._finish_job`, whose table trigger checks the move),
+/// recording `detail` as the transition's event.
+fn finish(job_id: i64, transition: Transition, detail: Value) {
     Spi::run_with_args(
         "SELECT onboarding._finish_job($1, $2, $3, $4, stripe_id => $5, error => $6, \
          retry_in => make_interval(secs => $7))",
         &[
             job_id.into(),
-            state.into(),
-            step.into(),
+            transition.to().as_str().into(),
+            transition.step().into(),
             JsonB(detail).into(),
-            stripe_id.into(),
-            error.into(),
-            retry_in.map(|d| d.as_secs_f64()).into(),
+            transition.stripe_id().into(),
+            transition.error().into(),
+            transition.run_in().map(|d| d.as_secs_f64()).into(),
         ],
     )
-    .unwrap_or_else(|e| error!("onboarding: finishing job {job_id}: {e}"));
+    .unwrap_or_else(|e| error!("onboarding: finishing job {job_id} ({}): {e}", transition.step()));
+}
+
+fn skip(because: &str) -> Transition {
+    Transition::Skip { because: because.into(), undone: None }
+}
+
+fn die(error: &str) -> Transition {
+    Transition::Die { error: error.into(), object: None }
 }
 
 /// What a job's first attempt sends (`jobs.request_params`); retries resend exactly that.

@@ -23,8 +23,10 @@ pub enum Installed {
 
 /// Reads `pg_extension.extversion`; needs a transaction.
 pub fn installed() -> Installed {
-    let version = Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'onboarding'")
-        .unwrap_or_else(|e| error!("onboarding: reading the installed extension version: {e}"));
+    // A scalar subquery: always one row (Spi::get_one errs on none), NULL when not installed.
+    let version =
+        Spi::get_one::<String>("SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'onboarding')")
+            .unwrap_or_else(|e| error!("onboarding: reading the installed extension version: {e}"));
     match version {
         None => Installed::No,
         Some(v) if v == LIBRARY_VERSION => Installed::Current,

@@ -21,6 +21,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use onboarding_core::budget::{Gcra, TIMER_SLACK};
 use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::runtime::signal_safe_runtime;
+use onboarding_core::state::{JobKind, JobState};
 use onboarding_core::stripe::{ApiKey, ClientConfig, ListKind, StripeClient, StripeError};
 use pgrx::PgTryBuilder;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -341,7 +342,7 @@ impl Worker {
             let sql = match request.kind {
                 RequestKind::Customer => {
                     "SELECT c, CASE WHEN c IS NULL
-                                   THEN onboarding._enqueue($1::regclass, $2, 'create_customer', 'get_or_create_customer')
+                                   THEN onboarding._enqueue($1::regclass, $2, $3, 'get_or_create_customer')
                                END, NULL::text
                        FROM onboarding._customer_of($1::regclass, $2) c"
                 }
@@ -351,7 +352,7 @@ impl Worker {
             let found = in_transaction("taking on a request", || {
                 Spi::get_three_with_args::<String, i64, String>(
                     sql,
-                    &[request.table.into(), request.user_id.as_str().into()],
+                    &[request.table.into(), request.user_id.as_str().into(), JobKind::CreateCustomer.as_str().into()],
                 )
             });
             match found {
@@ -478,12 +479,12 @@ impl Worker {
             Spi::connect(|spi| {
                 let rows = spi.select(
                     "SELECT id, state, coalesce(stripe_id, CASE kind
-                                WHEN 'create_customer' THEN onboarding._customer_of(profile_table, user_id)
+                                WHEN $2 THEN onboarding._customer_of(profile_table, user_id)
                                 ELSE onboarding._connect_account_of(profile_table, user_id) END),
                             last_error
                        FROM onboarding.jobs WHERE id = ANY($1)",
                     None,
-                    &[ids.clone().into()],
+                    &[ids.clone().into(), JobKind::CreateCustomer.as_str().into()],
                 )?;
                 let mut jobs = Vec::new();
                 for row in rows {
@@ -502,8 +503,10 @@ impl Worker {
         for (request, job_id) in watched {
             match jobs.iter().find(|(id, ..)| *id == job_id) {
                 None => requests::fail(request.ticket, &format!("job {job_id} no longer exists")),
-                Some((_, state, _, _)) if state == "pending" || state == "running" => waiting = true,
-                Some((_, state, Some(object), _)) if state == "succeeded" => self.answer(&request, object),
+                Some((_, state, _, _)) if JobState::parse(state).is_some_and(JobState::is_open) => waiting = true,
+                Some((_, state, Some(object), _)) if JobState::parse(state) == Some(JobState::Succeeded) => {
+                    self.answer(&request, object)
+                }
                 Some((_, state, _, error)) => requests::fail(
                     request.ticket,
                     &format!("job {job_id} ended {state}: {}", error.as_deref().unwrap_or("nothing on the profile")),

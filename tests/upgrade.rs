@@ -25,17 +25,20 @@ const CURRENT: &str = env!("CARGO_PKG_VERSION");
 const API_KEY: &str = "sk_test_upgrade_4b1d7e0c9a";
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Registers each test under its function's name.
+macro_rules! trials {
+    ($($test:ident),* $(,)?) => { vec![$(Trial::test(stringify!($test), $test)),*] };
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let trials = vec![
-        Trial::test("the_previous_release_install_script_is_kept_verbatim", previous_install_script_is_kept),
-        Trial::test("a_fresh_install_and_an_upgraded_one_have_the_same_schema", fresh_and_upgraded_schemas_match),
-        Trial::test("the_schema_check_catches_an_upgrade_script_that_forgets_a_change", parity_check_catches_omissions),
-        Trial::test(
-            "a_previous_release_database_upgrades_in_place_keeping_every_job",
-            upgrade_in_place_keeps_every_job,
-        ),
+    let trials = trials![
+        the_previous_release_install_script_is_kept_verbatim,
+        a_fresh_install_and_an_upgraded_one_have_the_same_schema,
+        the_schema_check_catches_an_upgrade_script_that_forgets_a_change,
+        a_previous_release_database_upgrades_in_place_keeping_every_job,
+        public_can_execute_exactly_the_functions_the_readme_lists,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     // Whatever happened, leave the current release installed for whoever comes next.
@@ -82,6 +85,15 @@ fn install(package: &Path) {
         let staging = target.with_extension("upgrade-test-tmp");
         std::fs::copy(&file, &staging).unwrap_or_else(|e| panic!("copying {}: {e}", file.display()));
         std::fs::rename(&staging, &target).unwrap();
+    }
+}
+
+/// Stops a test cluster (and removes its data) however the test ends, panics included.
+struct StopOnDrop<'a>(&'a Cluster);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 
@@ -142,7 +154,7 @@ fn database_with(cluster: &Cluster, name: &str, version: &str) -> Client {
 // Schema parity
 // ---------------------------------------------------------------------------------------------
 
-fn previous_install_script_is_kept() -> Result<(), Failed> {
+fn the_previous_release_install_script_is_kept_verbatim() -> Result<(), Failed> {
     let kept =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("sql/onboarding--{PREVIOUS}.sql")))?;
     let built =
@@ -169,9 +181,10 @@ fn emulator() -> Emulator {
         .expect("start the Stripe emulator")
 }
 
-fn fresh_and_upgraded_schemas_match() -> Result<(), Failed> {
+fn a_fresh_install_and_an_upgraded_one_have_the_same_schema() -> Result<(), Failed> {
     let stripe = emulator();
     let cluster = current_cluster("parity", &stripe);
+    let _stop = StopOnDrop(&cluster);
     let result = (|| {
         let mut fresh = database_with(&cluster, "fresh", CURRENT);
         let mut upgraded = database_with(&cluster, "upgraded", PREVIOUS);
@@ -180,7 +193,6 @@ fn fresh_and_upgraded_schemas_match() -> Result<(), Failed> {
         let diff = differences("fresh", &fingerprint(&mut fresh), "upgraded", &fingerprint(&mut upgraded));
         ensure(diff.is_empty(), || format!("the upgrade script misses changes:\n{diff}"))
     })();
-    cluster.stop();
     result
 }
 
@@ -239,13 +251,14 @@ fn schema_changes(statements: &[String]) -> Vec<usize> {
 
 /// Mutation check of the parity check itself: the upgrade script with one schema change left out
 /// (first, middle and last) must give a schema that differs from a fresh install, or fail.
-fn parity_check_catches_omissions() -> Result<(), Failed> {
+fn the_schema_check_catches_an_upgrade_script_that_forgets_a_change() -> Result<(), Failed> {
     let script_name = format!("onboarding--{PREVIOUS}--{CURRENT}.sql");
     let script = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").join(&script_name))?;
     let parts = statements(&script);
     let changes = schema_changes(&parts);
     let stripe = emulator();
     let cluster = current_cluster("mutants", &stripe);
+    let _stop = StopOnDrop(&cluster);
     let result = (|| {
         let mut fresh = database_with(&cluster, "fresh", CURRENT);
         let expected = fingerprint(&mut fresh);
@@ -279,7 +292,6 @@ fn parity_check_catches_omissions() -> Result<(), Failed> {
         let _ = std::fs::remove_file(&mutant_path);
         Ok(())
     })();
-    cluster.stop();
     result
 }
 
@@ -359,15 +371,15 @@ fn wait_for_state(db: &mut Client, user: &str, kind: &str, state: &str) -> Resul
     })
 }
 
-fn upgrade_in_place_keeps_every_job() -> Result<(), Failed> {
+fn a_previous_release_database_upgrades_in_place_keeping_every_job() -> Result<(), Failed> {
     let stripe = emulator();
     install(&package(Release::Previous));
     let cluster = Cluster::start("upgrade", &settings(&stripe));
+    let _stop = StopOnDrop(&cluster);
     let result = upgrade_scenario(&cluster, &stripe);
     if result.is_err() {
         eprintln!("--- server log ---\n{}", cluster.server_log());
     }
-    cluster.stop();
     result
 }
 
@@ -558,4 +570,60 @@ fn sorted(users: &[String]) -> Vec<String> {
     let mut users = users.to_vec();
     users.sort();
     users
+}
+
+// ---------------------------------------------------------------------------------------------
+// Privileges of a fresh install
+// ---------------------------------------------------------------------------------------------
+
+/// The functions the README's "Roles and grants" section lists between its markers as executable
+/// by PUBLIC.
+fn documented_public_functions() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("<!-- public functions: begin -->").expect("README marker");
+    let end = readme.find("<!-- public functions: end -->").expect("README marker");
+    let mut listed: Vec<String> = readme[start..end]
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- `")?.split('`').next().map(str::to_string))
+        .collect();
+    listed.sort();
+    listed
+}
+
+fn public_can_execute_exactly_the_functions_the_readme_lists() -> Result<(), Failed> {
+    let stripe = emulator();
+    let cluster = current_cluster("privileges", &stripe);
+    let _stop = StopOnDrop(&cluster);
+    let result = (|| {
+        let mut db = database_with(&cluster, "fresh", CURRENT);
+        let mut executable: Vec<String> = db
+            .query(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p
+                  WHERE p.pronamespace = 'onboarding'::regnamespace
+                    AND (p.proacl IS NULL OR EXISTS (SELECT FROM aclexplode(p.proacl) a
+                                                      WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        executable.sort();
+        let documented = documented_public_functions();
+        ensure(executable == documented, || {
+            format!("PUBLIC can execute {executable:#?}\nbut the README lists {documented:#?}")
+        })?;
+        // And nothing of the queue is readable by PUBLIC.
+        let open: Vec<String> = db
+            .query(
+                "SELECT c.oid::regclass::text FROM pg_class c
+                  WHERE c.relnamespace = 'onboarding'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'S', 'p')
+                    AND (c.relacl IS NULL OR EXISTS (SELECT FROM aclexplode(c.relacl) a WHERE a.grantee = 0))",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ensure(open.is_empty(), || format!("PUBLIC has rights on {open:?}"))
+    })();
+    result
 }

@@ -3,6 +3,7 @@
 //! - [`budget`]: the client-side rate budget (GCRA) shared by every worker;
 //! - [`stripe`]: the Stripe HTTP client (form encoding, auth, idempotency keys, error parsing);
 //! - [`policy`]: which failures are retried, and how long to wait before the next attempt;
+//! - [`state`]: the job state machine: kinds, states and the named transitions between them;
 //! - [`job`]: what a job does with the profile it finds, and where it goes after an attempt;
 //! - [`runtime`]: an async runtime whose helper threads never receive PostgreSQL's signals.
 //!
@@ -16,4 +17,5 @@ pub mod budget;
 pub mod job;
 pub mod policy;
 pub mod runtime;
+pub mod state;
 pub mod stripe;

@@ -1,0 +1,324 @@
+//! Operations: audits, sequence and stats, backfill of existing profiles, retention, and reconcile.
+
+use std::time::Duration;
+
+use libtest_mimic::{Failed, Trial};
+use postgres::Client;
+use stripe_emulator::Fault;
+
+use crate::env;
+use crate::helpers::{
+    API_KEY, customer_id, db, ensure, events_for, insert_profile, jobs_for, only_job, profiles_table, wait_for,
+    wait_for_customer, wait_for_state,
+};
+
+pub(crate) fn tests() -> Vec<Trial> {
+    trials![
+        audits_find_the_planted_gaps,
+        backfill_provisions_existing_profiles_once_with_progress,
+        retention_prunes_finished_jobs_but_keeps_dead_ones,
+        reconcile_repairs_what_the_audits_find,
+    ]
+}
+
+fn audits_find_the_planted_gaps() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_audit");
+    // A normal run, readable as a sequence.
+    let user = insert_profile(&mut db, &table, Some("audited@example.com"));
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    let lines: Vec<String> =
+        db.query("SELECT line FROM onboarding.sequence($1)", &[&user]).unwrap().iter().map(|r| r.get(0)).collect();
+    let text = lines.join("\n");
+    for needle in ["Profile committed", "Calling Stripe: POST /v1/customers", &format!("Stripe ID {customer} written")]
+    {
+        ensure(text.contains(needle), || format!("sequence lacks {needle:?}:\n{text}"))?;
+    }
+
+    // Ordering: clean after normal runs; a planted early request is caught.
+    let ordering = |db: &mut Client| -> Vec<(bool, Option<i64>, String)> {
+        db.query("SELECT violation, job_id, detail FROM onboarding.audit_ordering()", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    let clean = ordering(&mut db);
+    ensure(clean.len() == 1 && !clean[0].0 && !clean[0].2.starts_with("0 jobs"), || format!("{clean:?}"))?;
+    let job: i64 = db.query_one("SELECT id FROM onboarding.jobs WHERE user_id = $1", &[&user]).unwrap().get(0);
+    db.execute(
+        "INSERT INTO onboarding.events (job_id, user_id, step, at) VALUES ($1, $2, 'stripe_request', now() - interval '1 hour')",
+        &[&job, &user],
+    )
+    .unwrap();
+    let caught = ordering(&mut db);
+    db.execute("DELETE FROM onboarding.events WHERE job_id = $1 AND at < now() - interval '30 minutes'", &[&job])
+        .unwrap();
+    ensure(caught.iter().filter(|(v, _, _)| *v).map(|(_, j, _)| *j).collect::<Vec<_>>() == [Some(job)], || {
+        format!("the planted violation: {caught:?}")
+    })?;
+
+    // Gaps: a profile with no job, a dead job, a job stuck past its lease.
+    db.batch_execute(&format!("SELECT onboarding.detach('{table}')")).unwrap();
+    let jobless = insert_profile(&mut db, &table, Some("jobless@example.com"));
+    db.batch_execute(&format!("SELECT onboarding.attach('{table}')")).unwrap();
+    env().stripe.inject(Fault::status(400).on("POST", "/v1/customers").message("refused for the audit"));
+    let rejected = insert_profile(&mut db, &table, Some("rejected@example.com"));
+    let dead = wait_for_state(&mut db, &rejected, "dead")?;
+    let stuck: i64 = db
+        .query_one(
+            &format!(
+                "INSERT INTO onboarding.jobs (kind, profile_table, user_id, state, attempts, claimed_by, claimed_at)
+                 VALUES ('create_customer', '{table}'::regclass, 'stuck-audit', 'running', 1, pg_backend_pid(),
+                         now() - interval '1 hour') RETURNING id"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let missing: Vec<(String, String)> = db
+        .query(
+            "SELECT user_id, state FROM onboarding.audit_missing('0 seconds') WHERE profile_table = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = vec![(jobless.clone(), "no job".to_string()), (rejected.clone(), "dead".to_string())];
+    let mut sorted = missing.clone();
+    sorted.sort();
+    let mut want = expected.clone();
+    want.sort();
+    ensure(sorted == want, || format!("audit_missing found {missing:?}, expected {expected:?} ({dead:?})"))?;
+    let problems: Vec<(i64, String)> = db
+        .query("SELECT job_id, problem FROM onboarding.audit_jobs() WHERE user_id IN ($1, 'stuck-audit')", &[&rejected])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    ensure(problems.len() == 2 && problems.iter().any(|(id, p)| *id == stuck && p == "stuck past its lease"), || {
+        format!("audit_jobs: {problems:?}")
+    })?;
+    db.execute("UPDATE onboarding.jobs SET state = 'dead', claimed_by = NULL WHERE id = $1", &[&stuck]).unwrap();
+
+    // Metrics: latency from commit to write-back is measured.
+    let metrics: Vec<String> = db
+        .query("SELECT metric FROM onboarding.stats WHERE value IS NOT NULL", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for metric in
+        ["jobs dead", "commit to written back p50", "commit to written back p99", "stripe call p50", "failure rate"]
+    {
+        ensure(metrics.iter().any(|m| m == metric), || format!("stats lacks {metric}: {metrics:?}"))?;
+    }
+    Ok(())
+}
+
+fn backfill_provisions_existing_profiles_once_with_progress() -> Result<(), Failed> {
+    const PROFILES: i64 = 5000;
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_backfill");
+    db.batch_execute(&format!(
+        "SELECT onboarding.detach('{table}');
+         INSERT INTO {table} (email) SELECT 'old' || g || '@example.com' FROM generate_series(1, {PROFILES}) g;
+         SELECT onboarding.attach('{table}');"
+    ))
+    .unwrap();
+    let call = format!("CALL onboarding.backfill('{table}', 1000)");
+    let out = env().cluster.psql("postgres", &call);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let progress_lines = stderr.lines().filter(|l| l.contains("NOTICE") && l.contains(" of 5000 profiles")).count();
+    ensure(out.status.success() && progress_lines >= 5, || format!("backfill: {stderr}"))?;
+    wait_for("5,000 customers", Duration::from_secs(120), || {
+        let done: i64 = db.query_one(&format!("SELECT count(stripe_customer_id) FROM {table}"), &[]).unwrap().get(0);
+        (done == PROFILES).then_some(())
+    })?;
+    let distinct: i64 =
+        db.query_one(&format!("SELECT count(DISTINCT stripe_customer_id) FROM {table}"), &[]).unwrap().get(0);
+    let stripe_side: usize = {
+        let users: std::collections::HashSet<String> =
+            db.query(&format!("SELECT id::text FROM {table}"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        env()
+            .stripe
+            .customers()
+            .iter()
+            .filter(|c| users.contains(c["metadata"]["user_id"].as_str().unwrap_or("")))
+            .count()
+    };
+    ensure(distinct == PROFILES && stripe_side == PROFILES as usize, || {
+        format!("{distinct} linked, {stripe_side} in Stripe")
+    })?;
+    let row = db
+        .query_one(
+            "SELECT total, enqueued, provisioned, percent::float8 FROM onboarding.backfill_progress
+              WHERE profile_table = $1::text::regclass ORDER BY id DESC LIMIT 1",
+            &[&table],
+        )
+        .unwrap();
+    let (total, enqueued, provisioned, percent): (i64, i64, i64, f64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    ensure(total == PROFILES && enqueued == PROFILES && provisioned == PROFILES && percent == 100.0, || {
+        format!("progress {total} {enqueued} {provisioned} {percent}")
+    })?;
+    // Idempotent: a second run finds nothing to do.
+    let again = env().cluster.psql("postgres", &call);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    ensure(stderr.contains("0 jobs enqueued"), || format!("second backfill: {stderr}"))
+}
+
+fn retention_prunes_finished_jobs_but_keeps_dead_ones() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_retention");
+    let user = insert_profile(&mut db, &table, Some("old-news@example.com"));
+    wait_for_customer(&mut db, &table, &user)?;
+    env().stripe.inject(Fault::status(400).on("POST", "/v1/customers").message("kept for a human"));
+    let parked = insert_profile(&mut db, &table, Some("parked@example.com"));
+    wait_for_state(&mut db, &parked, "dead")?;
+    db.execute(
+        "UPDATE onboarding.jobs SET finished_at = now() - interval '40 days' WHERE user_id IN ($1, $2)",
+        &[&user, &parked],
+    )
+    .unwrap();
+    let pruned: i64 = db.query_one("SELECT onboarding.prune('30 days')", &[]).unwrap().get(0);
+    ensure(pruned >= 1, || "nothing pruned".into())?;
+    ensure(jobs_for(&mut db, &user).is_empty() && events_for(&mut db, &user).is_empty(), || {
+        "the old job stayed".into()
+    })?;
+    ensure(only_job(&mut db, &parked)?.state == "dead", || "a dead job was pruned".into())?;
+    ensure(customer_id(&mut db, &table, &user).is_some(), || "pruning touched the profile".into())
+}
+
+/// Seeds each gap between Stripe and the profiles on purpose; the audits find exactly those,
+/// reconcile (dry run, then for real) repairs them, and the audits come back clean.
+fn reconcile_repairs_what_the_audits_find() -> Result<(), Failed> {
+    use onboarding_core::stripe::{ApiKey, ClientConfig, NewCustomer, StripeClient};
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_reconcile");
+    let stripe = StripeClient::new(&ClientConfig {
+        api_base: env().stripe.base_url(),
+        api_key: ApiKey::new(API_KEY).unwrap(),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let rt = onboarding_core::runtime::signal_safe_runtime().unwrap();
+
+    let drifted = insert_profile(&mut db, &table, Some("drift@example.com"));
+    let gone = insert_profile(&mut db, &table, Some("gone@example.com"));
+    let relink = insert_profile(&mut db, &table, Some("relink@example.com"));
+    for u in [&drifted, &gone, &relink] {
+        wait_for_customer(&mut db, &table, u)?;
+    }
+    // The customer of `gone` is deleted in Stripe behind our back.
+    let gone_customer = customer_id(&mut db, &table, &gone).unwrap();
+    rt.block_on(stripe.delete_customer(&gone_customer)).unwrap();
+    // `relink` points at a customer that never existed; its real one is now an orphan.
+    let real = customer_id(&mut db, &table, &relink).unwrap();
+    db.execute(&format!("UPDATE {table} SET stripe_customer_id = 'cus_neverexisted' WHERE id::text = $1"), &[&relink])
+        .unwrap();
+    // A customer for a user id no profile has.
+    let ghost = NewCustomer { user_id: "ghost-user".into(), email: "ghost@example.com".into() };
+    let (ghost_customer, _) = rt.block_on(stripe.create_customer(&ghost, "ghost-key")).unwrap();
+    // An email changed while syncing was off.
+    db.batch_execute("SET onboarding.sync_email = off").unwrap();
+    db.execute(&format!("UPDATE {table} SET email = 'drifted@example.com' WHERE id::text = $1"), &[&drifted]).unwrap();
+    db.batch_execute("RESET onboarding.sync_email").unwrap();
+    // A profile that never got a job.
+    db.batch_execute(&format!("SELECT onboarding.detach('{table}')")).unwrap();
+    let jobless = insert_profile(&mut db, &table, Some("jobless@example.com"));
+    db.batch_execute(&format!("SELECT onboarding.attach('{table}')")).unwrap();
+
+    let orphans = |db: &mut Client, refresh: bool| -> Vec<(String, String)> {
+        db.query("SELECT user_id, stripe_id FROM onboarding.audit_orphans($1)", &[&refresh])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let mismatches = |db: &mut Client| -> Vec<(String, String)> {
+        db.query(
+            "SELECT user_id, problem FROM onboarding.audit_mismatches(false) WHERE profile_table = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    let mut found = orphans(&mut db, true);
+    found.sort();
+    let mut want = vec![("ghost-user".to_string(), ghost_customer.id.clone()), (relink.clone(), real.clone())];
+    want.sort();
+    ensure(found == want, || format!("audit_orphans found {found:?}, expected {want:?}"))?;
+    let found = mismatches(&mut db);
+    let problems: std::collections::HashMap<String, String> = found.iter().cloned().collect();
+    ensure(
+        found.len() == 3
+            && problems[&gone] == "missing or deleted in Stripe"
+            && problems[&relink] == "missing or deleted in Stripe"
+            && problems[&drifted].starts_with("email differs"),
+        || format!("audit_mismatches found {found:?}"),
+    )?;
+
+    let plan = |db: &mut Client, dry_run: bool| -> Vec<(String, String)> {
+        let mut rows: Vec<(String, String)> = db
+            .query("SELECT action, user_id FROM onboarding.reconcile($1, $2::text::regclass)", &[&dry_run, &table])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let mut expected = vec![
+        ("delete orphan".to_string(), "ghost-user".to_string()),
+        ("enqueue customer".to_string(), jobless.clone()),
+        ("recreate".to_string(), gone.clone()),
+        ("relink".to_string(), relink.clone()),
+        ("sync email".to_string(), drifted.clone()),
+    ];
+    expected.sort();
+    let dry = plan(&mut db, true);
+    ensure(dry == expected, || format!("dry run planned {dry:?}, expected {expected:?}"))?;
+    ensure(customer_id(&mut db, &table, &gone).as_deref() == Some(gone_customer.as_str()), || {
+        "the dry run changed data".into()
+    })?;
+    let done = plan(&mut db, false);
+    ensure(done == expected, || format!("reconcile did {done:?}"))?;
+
+    wait_for("the repairs", Duration::from_secs(30), || {
+        let open: i64 = db
+            .query_one("SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running')", &[])
+            .unwrap()
+            .get(0);
+        (open == 0 && customer_id(&mut db, &table, &gone).is_some() && customer_id(&mut db, &table, &jobless).is_some())
+            .then_some(())
+    })?;
+    ensure(customer_id(&mut db, &table, &relink).as_deref() == Some(real.as_str()), || "relink did not relink".into())?;
+    ensure(customer_id(&mut db, &table, &gone).as_deref() != Some(gone_customer.as_str()), || {
+        "gone kept its dead id".into()
+    })?;
+    let left = orphans(&mut db, true);
+    ensure(left.is_empty(), || format!("orphans left: {left:?}"))?;
+    let left = mismatches(&mut db);
+    ensure(left.is_empty(), || format!("mismatches left: {left:?}"))?;
+    let missing: i64 = db
+        .query_one(
+            "SELECT count(*) FROM onboarding.audit_missing('0 seconds') WHERE profile_table = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .get(0);
+    ensure(missing == 0, || format!("{missing} profiles still missing"))?;
+    let recorded: i64 = db
+        .query_one(
+            "SELECT count(*) FROM onboarding.events WHERE step = 'reconciled' AND user_id = ANY($1)",
+            &[&vec![gone.clone(), relink.clone(), jobless.clone(), "ghost-user".to_string()]],
+        )
+        .unwrap()
+        .get(0);
+    ensure(recorded == 4, || format!("{recorded} reconcile events"))
+}
