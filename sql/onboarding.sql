@@ -43,7 +43,12 @@ CREATE TABLE onboarding.jobs (
     claimed_at timestamptz,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz
+    finished_at timestamptz,
+    -- Invariants of the state machine (sql/job_states.sql makes every move).
+    CONSTRAINT jobs_finished_exactly_when_final CHECK ((finished_at IS NULL) = (state IN ('pending', 'running'))),
+    CONSTRAINT jobs_claimed_exactly_while_running CHECK ((claimed_by IS NOT NULL) = (state = 'running')),
+    CONSTRAINT jobs_object_named_where_needed CHECK (stripe_id IS NOT NULL OR (state <> 'orphaned' AND
+        kind NOT IN ('delete_customer', 'update_customer_email', 'delete_connect_account')))
 );
 COMMENT ON TABLE onboarding.jobs IS
     'Stripe work for profiles: pending -> running -> succeeded | skipped | orphaned | dead | cancelled (or back to pending to retry)';
@@ -727,7 +732,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for that job instead.';
     END IF;
     UPDATE onboarding.jobs
-       SET state = 'pending', attempts = 0, run_at = now(), updated_at = now(), finished_at = NULL
+       SET state = 'pending', attempts = 0, run_at = now()
      WHERE id = job_id RETURNING * INTO j;
     INSERT INTO onboarding.events (job_id, user_id, step, detail)
     VALUES (j.id, j.user_id, 'retried', jsonb_build_object('by', session_user::text));
@@ -776,7 +781,7 @@ BEGIN
                   HINT = CASE WHEN j.state = 'running' THEN 'Its Stripe call is in flight; let it finish.'
                               ELSE 'It is no longer waiting.' END;
     END IF;
-    UPDATE onboarding.jobs SET state = 'cancelled', updated_at = now(), finished_at = now()
+    UPDATE onboarding.jobs SET state = 'cancelled'
      WHERE id = job_id RETURNING * INTO j;
     INSERT INTO onboarding.events (job_id, user_id, step, detail)
     VALUES (j.id, j.user_id, 'cancelled', jsonb_build_object('by', session_user::text));
@@ -810,7 +815,7 @@ BEGIN
              FOR UPDATE SKIP LOCKED)
         UPDATE onboarding.jobs j
            SET state = 'running', attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimed_at = now(), updated_at = now(), first_attempt_at = coalesce(j.first_attempt_at, now())
+               claimed_at = now(), first_attempt_at = coalesce(j.first_attempt_at, now())
           FROM due WHERE j.id = due.id
         RETURNING j.*
     LOOP
@@ -861,9 +866,7 @@ BEGIN
            last_error = coalesce(error, j.last_error),
            last_error_detail = CASE WHEN error IS NULL THEN j.last_error_detail ELSE detail END,
            run_at = CASE WHEN new_state = 'pending' THEN now() + coalesce(retry_in, '0') ELSE j.run_at END,
-           claimed_by = NULL,
-           updated_at = now(),
-           finished_at = CASE WHEN new_state IN ('pending', 'running') THEN NULL ELSE now() END
+           claimed_by = NULL
      WHERE j.id = job AND j.state = 'running' AND j.claimed_by = pg_backend_pid()
     RETURNING j.user_id INTO uid;
     IF NOT FOUND THEN
@@ -917,8 +920,7 @@ BEGIN
                 RETURNING m.id, m.user_id, m.object, m.sent_email, p.%5$I::text AS email),
             finished AS (
                 UPDATE onboarding.jobs x
-                   SET state = 'succeeded', stripe_id = l.object, claimed_by = NULL, updated_at = now(),
-                       finished_at = now()
+                   SET state = 'succeeded', stripe_id = l.object, claimed_by = NULL
                   FROM linked l WHERE x.id = l.id
                 RETURNING x.id),
             logged AS (
@@ -1077,10 +1079,9 @@ BEGIN
     WITH abandoned AS (
         UPDATE onboarding.jobs j
            SET state = CASE WHEN j.attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
-               run_at = now(), claimed_by = NULL, updated_at = now(),
+               run_at = now(), claimed_by = NULL,
                last_error = CASE WHEN j.attempts >= max_attempts
-                            THEN 'the worker exited during every attempt' ELSE j.last_error END,
-               finished_at = CASE WHEN j.attempts >= max_attempts THEN now() END
+                            THEN 'the worker exited during every attempt' ELSE j.last_error END
          WHERE j.state = 'running'
            AND (j.claimed_at < now() - lease
                 OR NOT EXISTS (SELECT FROM pg_stat_activity s WHERE s.pid = j.claimed_by))

@@ -28,10 +28,12 @@ mod worker;
 
 extension_sql_file!("../sql/onboarding.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/audits.sql", name = "audits", requires = ["schema"]);
+extension_sql_file!("../sql/job_states.sql", name = "job_states", requires = ["schema"]);
 
 extension_sql!(
     r#"
 REVOKE EXECUTE ON FUNCTION onboarding._wake_worker_after_commit(), onboarding._worker_preloaded(),
+    onboarding._job_may_become(text, text), onboarding._job_state_machine(),
     onboarding._launch_after_commit(),
     onboarding._inserted_by_this_transaction(bigint), onboarding._request_customer(oid, text, integer),
     onboarding._request_account_link(oid, text, text, text, integer), onboarding._request_snapshot(integer) FROM PUBLIC;

@@ -7,6 +7,7 @@ use postgres::Client;
 use stripe_emulator::Fault;
 
 use crate::env;
+use crate::helpers::plant_running_job;
 use crate::helpers::{
     API_KEY, customer_id, db, ensure, events_for, insert_profile, jobs_for, only_job, profiles_table, wait_for,
     wait_for_customer, wait_for_state,
@@ -65,17 +66,7 @@ fn audits_find_the_planted_gaps() -> Result<(), Failed> {
     env().stripe.inject(Fault::status(400).on("POST", "/v1/customers").message("refused for the audit"));
     let rejected = insert_profile(&mut db, &table, Some("rejected@example.com"));
     let dead = wait_for_state(&mut db, &rejected, "dead")?;
-    let stuck: i64 = db
-        .query_one(
-            &format!(
-                "INSERT INTO onboarding.jobs (kind, profile_table, user_id, state, attempts, claimed_by, claimed_at)
-                 VALUES ('create_customer', '{table}'::regclass, 'stuck-audit', 'running', 1, pg_backend_pid(),
-                         now() - interval '1 hour') RETURNING id"
-            ),
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let stuck = plant_running_job(&mut db, &table, "stuck-audit", 1, "pg_backend_pid()", "now() - interval '1 hour'");
     let missing: Vec<(String, String)> = db
         .query(
             "SELECT user_id, state FROM onboarding.audit_missing('0 seconds') WHERE profile_table = $1::text::regclass",

@@ -206,3 +206,37 @@ pub(crate) fn created_then_lost(db: &mut Client, table: &str, second: Fault) -> 
     env().stripe.inject(second.on("POST", "/v1/customers"));
     insert_profile(db, table, Some("lost@example.com"))
 }
+
+/// Plants a job that a worker claimed (`claimed_by`, `claimed_at` are SQL expressions), the way the
+/// state machine allows: inserted pending (due never, so no worker takes it first), then claimed,
+/// in one transaction.
+pub(crate) fn plant_running_job(
+    db: &mut Client,
+    table: &str,
+    user: &str,
+    attempts: i32,
+    claimed_by: &str,
+    claimed_at: &str,
+) -> i64 {
+    let mut tx = db.transaction().unwrap();
+    let id: i64 = tx
+        .query_one(
+            &format!(
+                "INSERT INTO onboarding.jobs (kind, profile_table, user_id, run_at)
+                 VALUES ('create_customer', '{table}'::regclass, $1, 'infinity') RETURNING id"
+            ),
+            &[&user],
+        )
+        .unwrap()
+        .get(0);
+    tx.execute(
+        &format!(
+            "UPDATE onboarding.jobs SET state = 'running', attempts = $2, claimed_by = {claimed_by},
+                    claimed_at = {claimed_at}, run_at = now() WHERE id = $1"
+        ),
+        &[&id, &attempts],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    id
+}

@@ -7,6 +7,7 @@ use serde_json::Value;
 use stripe_emulator::Fault;
 
 use crate::env;
+use crate::helpers::plant_running_job;
 use crate::helpers::{
     DEADLINE, REQUEST_TIMEOUT, created_then_lost, customer_id, db, ensure, events_for, insert_profile, jobs_for,
     only_job, profiles_table, sqlstate, steps, stripe_customers_for, stripe_requests_for, wait_for, wait_for_customer,
@@ -223,17 +224,7 @@ fn terminated_worker_exits_promptly_restarts_and_finishes_the_job() -> Result<()
 
     // A job whose every attempt so far killed its worker (claimed by a process that is gone, no
     // attempts left): the restarted worker parks it instead of looping.
-    let crash_looper: i64 = db
-        .query_one(
-            &format!(
-                "INSERT INTO onboarding.jobs (kind, profile_table, user_id, state, attempts, claimed_by, claimed_at)
-                 VALUES ('create_customer', '{table}'::regclass, 'crash-looper', 'running', 6, 2147483647, now())
-                 RETURNING id"
-            ),
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let crash_looper = plant_running_job(&mut db, &table, "crash-looper", 6, "2147483647", "now()");
     let terminated_at = Instant::now();
     db.execute("SELECT pg_terminate_backend($1)", &[&before]).unwrap();
     wait_for("the worker to exit", Duration::from_secs(2), || (worker_pid(&mut db) != Some(before)).then_some(()))?;
@@ -259,18 +250,7 @@ fn terminated_worker_exits_promptly_restarts_and_finishes_the_job() -> Result<()
 fn overrun_lease_is_taken_back_and_late_results_refused() -> Result<(), Failed> {
     let mut db = db();
     let table = profiles_table(&mut db, "profiles_lease");
-    let job: i64 = db
-        .query_one(
-            &format!(
-                "INSERT INTO onboarding.jobs (kind, profile_table, user_id, state, attempts, claimed_by, claimed_at)
-                 VALUES ('create_customer', '{table}'::regclass, 'stuck-user', 'running', 1, pg_backend_pid(),
-                         now() - interval '1 hour')
-                 RETURNING id"
-            ),
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let job = plant_running_job(&mut db, &table, "stuck-user", 1, "pg_backend_pid()", "now() - interval '1 hour'");
     // This session plays the stuck worker: alive (its pid is in pg_stat_activity) but past the lease.
     // The operator session plays the worker that takes it back and claims it, in one transaction so
     // that the real worker cannot pick it up in between.
