@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 use stripe_emulator::{Emulator, EmulatorConfig};
 use support::cluster::Cluster;
+use support::wait::open_work;
 
 const API_KEY: &str = "sk_test_benchmark0000000000";
 
@@ -251,14 +252,7 @@ fn throughput(db: &mut Client, n: i64, per_statement: i64) -> f64 {
 fn drain(db: &mut Client, deadline: Duration) {
     let until = Instant::now() + deadline;
     loop {
-        let open: i64 = db
-            .query_one(
-                "SELECT (SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running'))
-                      + (SELECT count(*) FROM onboarding.intake)",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        let open = open_work(db);
         if open == 0 {
             return;
         }

@@ -12,13 +12,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use postgres::Client;
 use stripe_emulator::{Emulator, EmulatorConfig, Fault};
 use support::cluster::Cluster;
 use support::schema::{differences, fingerprint};
+use support::wait::{ensure, open_work};
 
 const PREVIOUS: &str = "0.1.0";
 const CURRENT: &str = env!("CARGO_PKG_VERSION");
@@ -118,21 +119,8 @@ fn settings(stripe: &Emulator) -> String {
     )
 }
 
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Result<T, Failed> {
-    let until = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = probe() {
-            return Ok(value);
-        }
-        if Instant::now() >= until {
-            return Err(format!("timed out after {DEADLINE:?} waiting for {what}").into());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
-    if condition { Ok(()) } else { Err(message().into()) }
+fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> Result<T, Failed> {
+    support::wait::wait_for(what, DEADLINE, probe)
 }
 
 fn extversion(db: &mut Client) -> String {
@@ -486,17 +474,8 @@ fn upgrade_scenario(cluster: &Cluster, stripe: &Emulator) -> Result<(), Failed> 
         "UPDATE onboarding.jobs SET run_at = now() WHERE state = 'pending' AND run_at > now() AND user_id = $1",
         &[&failed],
     )?;
-    wait_for("every open job and intake row to finish", || {
-        let open: i64 = db
-            .query_one(
-                "SELECT (SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running'))
-                      + (SELECT count(*) FROM onboarding.intake)",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (open == 0).then_some(())
-    })?;
+    wait_for("every open job and intake row to finish", || (open_work(&mut db) == 0).then_some(()))?;
+
     ensure(cluster.server_log().contains("worker resumes"), || "no log line of the worker resuming".into())?;
 
     // Nothing lost: every job, with its key; finished ones as they were; open ones finished well.

@@ -1,6 +1,6 @@
 //! Helpers shared by the behaviour modules: settings, profile tables, waiting, jobs, events, Stripe's side.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libtest_mimic::Failed;
 use postgres::Client;
@@ -8,6 +8,8 @@ use serde_json::Value;
 use stripe_emulator::{Emulator, Fault, RecordedRequest};
 
 use crate::env;
+
+pub(crate) use crate::support::wait::{ensure, wait_for};
 
 /// A distinctive key: the leak test looks for it everywhere it must not be.
 pub(crate) const API_KEY: &str = "sk_test_LEAKCANARY7f3a9c2e51d8b406";
@@ -62,20 +64,6 @@ pub(crate) fn profiles_table(db: &mut Client, name: &str) -> String {
 
 pub(crate) fn insert_profile(db: &mut impl postgres::GenericClient, table: &str, email: Option<&str>) -> String {
     db.query_one(&format!("INSERT INTO {table} (email) VALUES ($1) RETURNING id::text"), &[&email]).unwrap().get(0)
-}
-
-/// Polls `probe` until it yields a value or the deadline passes.
-pub(crate) fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T, Failed> {
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(value) = probe() {
-            return Ok(value);
-        }
-        if Instant::now() >= until {
-            return Err(format!("timed out after {deadline:?} waiting for {what}").into());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 pub(crate) fn customer_id(db: &mut Client, table: &str, user: &str) -> Option<String> {
@@ -149,10 +137,6 @@ pub(crate) fn stripe_requests_for(user: &str) -> Vec<RecordedRequest> {
 
 pub(crate) fn stripe_customers_for(user: &str) -> Vec<Value> {
     env().stripe.customers().into_iter().filter(|c| c["metadata"]["user_id"] == user).collect()
-}
-
-pub(crate) fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
-    if condition { Ok(()) } else { Err(message().into()) }
 }
 
 pub(crate) fn worker_pid(db: &mut Client) -> Option<i32> {
