@@ -296,6 +296,10 @@ END $$;
 -- 4. Privileges of the new functions (sql/privileges.sql: nothing for PUBLIC).
 ------------------------------------------------------------------------------------------------
 REVOKE EXECUTE ON FUNCTION onboarding._job_may_become(text, text), onboarding._job_state_machine() FROM PUBLIC;
+-- 0.1.0 left the insert trigger's function open to PUBLIC, so that any role could put the trigger
+-- on a table of its own and write into the intake. EXECUTE on a trigger function is checked only at
+-- CREATE TRIGGER (attach()), so applications' inserts are not affected.
+REVOKE EXECUTE ON FUNCTION onboarding._intake_profile() FROM PUBLIC;
 
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -104,7 +104,7 @@ pub fn register() {
         c"Each takes a slot of max_worker_processes. Raising it takes effect on reload; lowering it, at restart.",
         &WORKERS,
         1,
-        crate::wake::MAX_WORKERS as i32,
+        crate::pg::processes::MAX_WORKERS as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -263,7 +263,7 @@ pub fn rate_budget(api_key: &str) -> Option<onboarding_core::budget::Gcra> {
 }
 
 pub fn workers() -> usize {
-    WORKERS.get().clamp(1, crate::wake::MAX_WORKERS as i32) as usize
+    WORKERS.get().clamp(1, crate::pg::processes::MAX_WORKERS as i32) as usize
 }
 
 pub fn lease() -> Duration {

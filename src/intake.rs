@@ -16,7 +16,7 @@ use pgrx::prelude::*;
 
 use crate::wake;
 
-/// Columns of `onboarding.intake`, in order (sql/onboarding.sql).
+/// Columns of `onboarding.intake`, in order (sql/schema.sql).
 const INTAKE_COLUMNS: usize = 3;
 
 #[pg_trigger]

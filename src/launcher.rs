@@ -17,7 +17,8 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 
-use crate::worker::shutdown_requested;
+use crate::pg::latch::shutdown_requested;
+use crate::pg::processes;
 use crate::{gucs, wake};
 
 /// How often the launcher forgets which databases lacked the extension and looks again (covers
@@ -47,7 +48,7 @@ struct Database {
 pub extern "C-unwind" fn onboarding_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(None, None);
-    wake::publish_launcher();
+    processes::publish_launcher();
     log!("onboarding: launcher started");
 
     let mut running: Vec<(pg_sys::Oid, DynamicBackgroundWorker)> = Vec::new();

@@ -2,23 +2,33 @@
 //! profile's transaction commits, exactly once.
 //!
 //! Where things are:
-//! - `sql/onboarding.sql`: tables, `attach()`/`detach()`, the triggers, the SQL API, job transitions;
-//! - `sql/audits.sql`: audits and metrics for DBAs;
+//! - `sql/`: the extension's SQL, one file per concern, installed in the order given below (what
+//!   each holds: README.md, "Repository layout");
 //! - [`intake`]: the insert trigger (the outbox write on the application's path);
+//! - [`wake`]: waking the workers (or the launcher) when a transaction commits;
 //! - [`launcher`]: starts the workers of every database where the extension is installed;
-//! - [`worker`]: the background worker loop (claim → call Stripe → record);
-//! - [`jobs`]: what each phase does with a job (planning, the Stripe call, recording the outcome);
-//! - [`wake`]: waking the worker when an enqueuing transaction commits;
+//! - [`worker`]: the background worker's loop, a pipeline (claim → calls in flight → record); its
+//!   steps are in `worker/`: `claim`, `calls` (the Stripe side of a job), `record`, and `queue`
+//!   (every SQL statement they and the loop run);
+//! - [`maintenance`]: apart from the hot path, one concern per file: `rescue` (taking back
+//!   abandoned jobs), `retention` (pruning), `snapshot` (the Stripe snapshot for the audits);
 //! - [`requests`]: `get_or_create_customer`'s channel to the worker through shared memory;
+//! - [`rate_budget`]: the rate budget for Stripe requests that all workers share;
+//! - [`release`]: this library's release, against the one whose SQL a database holds;
 //! - [`gucs`]: the `onboarding.*` settings;
-//! - `core/`: pure logic (Stripe client, retry policy, job planning), tested without PostgreSQL.
+//! - [`pg`]: PostgreSQL plumbing that knows nothing about jobs: transactions, latches, the shared
+//!   memory set up at preload and the registry of processes to wake;
+//! - `core/`: pure logic (Stripe client, retry policy, job planning, the job state machine), tested
+//!   without PostgreSQL.
 
 use pgrx::prelude::*;
 
 mod gucs;
 mod intake;
-mod jobs;
 mod launcher;
+mod maintenance;
+mod pg;
+mod rate_budget;
 mod release;
 mod requests;
 mod wake;
@@ -26,42 +36,33 @@ mod worker;
 
 ::pgrx::pg_module_magic!();
 
-extension_sql_file!("../sql/onboarding.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/audits.sql", name = "audits", requires = ["schema"]);
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/job_states.sql", name = "job_states", requires = ["schema"]);
-
-extension_sql!(
-    r#"
-REVOKE EXECUTE ON FUNCTION onboarding._wake_worker_after_commit(), onboarding._worker_preloaded(),
-    onboarding._job_may_become(text, text), onboarding._job_state_machine(),
-    onboarding._launch_after_commit(),
-    onboarding._inserted_by_this_transaction(bigint), onboarding._request_customer(oid, text, integer),
-    onboarding._request_account_link(oid, text, text, text, integer), onboarding._request_snapshot(integer) FROM PUBLIC;
-
-DO $$
-BEGIN
-    IF NOT onboarding._worker_preloaded() THEN
-        RAISE WARNING 'onboarding: the background worker is not running, so no Stripe customer will be created'
-            USING HINT = 'Add onboarding to shared_preload_libraries (ALTER SYSTEM SET shared_preload_libraries = ''onboarding'') and restart PostgreSQL.';
-    ELSIF coalesce(current_setting('onboarding.database'), '') NOT IN ('', current_database()) THEN
-        RAISE WARNING 'onboarding: onboarding.database restricts the workers to database "%", not "%"',
-                current_setting('onboarding.database'), current_database()
-            USING HINT = 'Empty onboarding.database (ALTER SYSTEM RESET onboarding.database) and restart PostgreSQL to serve every database.';
-    END IF;
-    -- Once this commits, the launcher starts this database's workers.
-    PERFORM onboarding._launch_after_commit();
-END $$;
-"#,
-    name = "preload_check",
-    finalize
+extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["schema"]);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema", "attach"]);
+extension_sql_file!(
+    "../sql/transitions.sql",
+    name = "transitions",
+    requires = ["schema", "job_states", "attach", "api"]
 );
+extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["schema", "job_states"]);
+extension_sql_file!("../sql/audits.sql", name = "audits", requires = ["schema", "attach", "maintenance"]);
+extension_sql_file!(
+    "../sql/operations.sql",
+    name = "operations",
+    requires = ["schema", "job_states", "api", "maintenance", "audits"]
+);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     // Shared memory and background workers can only be set up while the postmaster loads us.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg::processes::init_shared_memory();
         wake::init_shared_memory();
+        rate_budget::init_shared_memory();
+        requests::init_shared_memory();
         wake::install_drop_extension_hook();
         launcher::register();
     }
@@ -78,5 +79,5 @@ fn inserted_by_this_transaction(xmin: i64) -> bool {
 /// True when the library was loaded through `shared_preload_libraries`, i.e. the worker exists.
 #[pg_extern(name = "_worker_preloaded")]
 fn worker_preloaded() -> bool {
-    wake::shared_memory_ready()
+    pg::processes::shared_memory_ready()
 }

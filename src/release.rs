@@ -3,9 +3,8 @@
 //! A DBA upgrades by installing the new package, restarting PostgreSQL, then running
 //! `ALTER EXTENSION onboarding UPDATE` in each database. Between the restart and the UPDATE the new
 //! library meets the old SQL: its workers must not call functions that changed, so they wait
-//! (see `worker.rs`) until the database's `extversion` is [`LIBRARY_VERSION`].
-
-use pgrx::prelude::*;
+//! (see `worker.rs`) until the database's `extversion` is [`LIBRARY_VERSION`]; they read it with
+//! `worker/queue.rs`'s `installed_release`.
 
 /// The release this library is: `default_version` of the control file it ships with.
 pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -19,19 +18,6 @@ pub enum Installed {
     Current,
     /// Another release's SQL (the library was upgraded, `ALTER EXTENSION … UPDATE` not yet run).
     Other(String),
-}
-
-/// Reads `pg_extension.extversion`; needs a transaction.
-pub fn installed() -> Installed {
-    // A scalar subquery: always one row (Spi::get_one errs on none), NULL when not installed.
-    let version =
-        Spi::get_one::<String>("SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'onboarding')")
-            .unwrap_or_else(|e| error!("onboarding: reading the installed extension version: {e}"));
-    match version {
-        None => Installed::No,
-        Some(v) if v == LIBRARY_VERSION => Installed::Current,
-        Some(v) => Installed::Other(v),
-    }
 }
 
 /// What to tell a DBA (and callers of the SQL API) while the SQL is another release's.

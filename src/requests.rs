@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use pgrx::prelude::*;
 use pgrx::{PGRXSharedMemory, PgLwLock, pg_shmem_init};
 
-use crate::wake;
+use crate::pg::latch::{my_procno, set_latch_of, wait_on_my_latch};
+use crate::pg::processes::{self, shared_memory_ready};
 
 const SLOTS: usize = 32;
 const MAX_TEXT: usize = 512;
@@ -133,7 +134,7 @@ impl Drop for Pending {
     }
 }
 
-/// Called by `onboarding.get_or_create_customer` (sql/onboarding.sql) for a committed profile
+/// Called by `onboarding.get_or_create_customer` (sql/api.sql) for a committed profile
 /// without a customer. Waits up to `wait_ms` for the worker and returns the customer id.
 #[pg_extern(name = "_request_customer", volatile, parallel_unsafe)]
 fn request_customer(profile_table: pg_sys::Oid, user_id: &str, wait_ms: i32) -> String {
@@ -161,7 +162,7 @@ fn request_account_link(
 }
 
 fn request(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [&str; 2], wait_ms: i32) -> String {
-    if !wake::shared_memory_ready() {
+    if !shared_memory_ready() {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -179,7 +180,7 @@ fn request(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [
     };
     let mut last_progress = String::new();
     let pending = submit(kind, profile_table, user_id, urls);
-    wake::set_worker_latches();
+    processes::set_worker_latches();
     let deadline = Instant::now() + Duration::from_millis(wait_ms.max(0) as u64);
     loop {
         let (state, job_id, result) = {
@@ -248,7 +249,7 @@ fn submit(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [&
         database: unsafe { pg_sys::MyDatabaseId },
         state: SlotState::Requested,
         ticket,
-        requester_procno: wake::my_procno(),
+        requester_procno: my_procno(),
         table: profile_table,
         job_id: 0,
         user_id: FixedText::new(user_id),
@@ -257,19 +258,6 @@ fn submit(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [&
         result: FixedText::new(""),
     };
     Pending { slot: index, ticket }
-}
-
-fn wait_on_my_latch(timeout: Duration) {
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            timeout.as_millis() as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    check_for_interrupts!();
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -358,6 +346,6 @@ fn settle(ticket: u64, update: impl FnOnce(&mut Slot) -> bool) {
         update(slot).then_some(slot.requester_procno)
     };
     if let Some(procno) = requester {
-        wake::set_latch_of(procno);
+        set_latch_of(procno);
     }
 }

@@ -9,28 +9,44 @@
 //!   dead letter), which frees capacity for the next claim.
 //!
 //! Between those steps the loop serves `get_or_create_customer` requests and notices commit
-//! wake-ups within a tick, so new work never waits for the slowest call in flight. What each
-//! step does with a job is in `jobs.rs`.
+//! wake-ups within a tick, so new work never waits for the slowest call in flight.
+//!
+//! This file is the loop; what each step does with a job is apart:
+//! - [`claim`]: phase 1, claiming and planning;
+//! - [`calls`]: the Stripe side of a job (planning it into a call, the call, its outcome);
+//! - [`record`]: phase 3, recording outcomes;
+//! - [`queue`]: every SQL statement of these steps, and of the loop's own reads.
+//!
+//! Maintenance (requeueing abandoned jobs, retention, the Stripe snapshot) is in maintenance/.
 
-use std::panic::AssertUnwindSafe;
+mod calls;
+mod claim;
+mod queue;
+mod record;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use onboarding_core::budget::{Gcra, TIMER_SLACK};
-use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::runtime::signal_safe_runtime;
-use onboarding_core::state::{JobKind, JobState};
-use onboarding_core::stripe::{ApiKey, ClientConfig, ListKind, StripeClient, StripeError};
-use pgrx::PgTryBuilder;
+use onboarding_core::state::JobState;
+use onboarding_core::stripe::{ApiKey, ClientConfig, StripeClient, StripeError};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
-use crate::jobs::{Call, Outcome, claim_and_plan, record_results, top_up_pending};
+use crate::maintenance::snapshot::take_snapshot;
+use crate::pg::latch::{shutdown_requested, take_latch, wait_for_latch};
+use crate::pg::processes;
+use crate::pg::transaction::in_transaction;
 use crate::release::{self, Installed};
 use crate::requests::{self, RequestKind};
-use crate::{gucs, wake};
+use crate::worker::calls::{Call, Outcome};
+use crate::worker::claim::claim_and_plan;
+use crate::worker::queue::TakenOn;
+use crate::worker::record::record_results;
+use crate::{gucs, rate_budget, wake};
 
 /// Shortest wait before looking for due jobs again when a claim found fewer than it could take.
 const MIN_SLEEP: Duration = Duration::from_millis(20);
@@ -63,8 +79,8 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
     // The postmaster we were forked from holds no Stripe key (gucs.rs): read the files ourselves.
     unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     let runtime = signal_safe_runtime().unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
-    if wake::publish_this_worker().is_none() {
-        warning!("onboarding: all {} worker slots are taken; not serving \"{database_name}\"", wake::MAX_WORKERS);
+    if processes::publish_this_worker().is_none() {
+        warning!("onboarding: all {} worker slots are taken; not serving \"{database_name}\"", processes::MAX_WORKERS);
         return;
     }
     log!("onboarding: worker started for database \"{database_name}\"");
@@ -74,7 +90,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         client: None,
         budget: None,
         warned_no_key: false,
-        last_requeue: None,
+        last_maintenance: None,
         in_flight: FuturesUnordered::new(),
         budget_turnstile: Arc::default(),
         next_claim: Instant::now(),
@@ -124,11 +140,6 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
     log!("onboarding: worker for database \"{database_name}\" stopped");
 }
 
-/// SIGTERM (smart/fast shutdown, pg_terminate_backend) sets this; pgrx's own flag resets on read.
-pub fn shutdown_requested() -> bool {
-    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
-}
-
 /// A Stripe call in flight on the runtime's thread, resolving to what it needs recorded.
 type CallInFlight = tokio::task::JoinHandle<(Call, Outcome, Duration)>;
 
@@ -138,7 +149,8 @@ struct Worker {
     /// The shared rate budget for the configured key (None: unlimited); rebuilt with the client.
     budget: Option<Gcra>,
     warned_no_key: bool,
-    last_requeue: Option<Instant>,
+    /// When the claim last did maintenance (maintenance/: rescue and retention).
+    last_maintenance: Option<Instant>,
     in_flight: FuturesUnordered<CallInFlight>,
     /// Calls waiting for the rate budget queue here (fair), so one at a time polls it.
     budget_turnstile: Arc<tokio::sync::Mutex<()>>,
@@ -177,11 +189,11 @@ impl Worker {
         let capacity = (gucs::batch_size().max(1) as usize).saturating_sub(self.in_flight.len());
         let now = Instant::now();
         if self.client.is_some() && capacity > 0 && (woken || now >= self.next_claim) {
-            let requeue = self.last_requeue.is_none_or(|t| t.elapsed() >= poll);
-            match in_transaction("claiming jobs", || claim_and_plan(capacity as i32, requeue)) {
+            let maintain = self.last_maintenance.is_none_or(|t| t.elapsed() >= poll);
+            match in_transaction("claiming jobs", || claim_and_plan(capacity as i32, maintain)) {
                 Ok(Ok((calls, claimed, next_due))) => {
-                    if requeue {
-                        self.last_requeue = Some(now);
+                    if maintain {
+                        self.last_maintenance = Some(now);
                     }
                     calls.into_iter().for_each(|call| self.start(call));
                     // A full claim may have left more behind: claim again as soon as there is room.
@@ -203,7 +215,7 @@ impl Worker {
             // At capacity: keep a batch of new inserts as pending jobs (their status and cancel
             // work by job id), but leave a backlog in the intake, where it costs least.
             self.last_top_up = now;
-            let _ = in_transaction("turning inserts into jobs", || top_up_pending(gucs::batch_size()));
+            let _ = in_transaction("turning inserts into jobs", || queue::top_up_pending(gucs::batch_size()));
         }
         if !self.in_flight.is_empty() {
             // Not every tick: a watched job finishes when a batch is recorded or (in another
@@ -226,7 +238,7 @@ impl Worker {
     /// `ALTER EXTENSION onboarding UPDATE` (warned once, requests refused meanwhile), None when
     /// the extension is not installed here.
     fn check_sql_release(&mut self, database_name: &str) -> Option<bool> {
-        let installed = match in_transaction("reading the extension version", release::installed) {
+        let installed = match in_transaction("reading the extension version", queue::installed_release) {
             Ok(installed) => installed,
             Err(_) => return Some(false), // logged; look again after the pause
         };
@@ -272,7 +284,7 @@ impl Worker {
             if let Some(gcra) = &budget {
                 // One call at a time waits for the budget, in claim order.
                 let _turn = turnstile.lock().await;
-                while let Err(wait) = wake::take_rate_slot(gcra) {
+                while let Err(wait) = rate_budget::take_slot(gcra) {
                     // Timers fire late, on millisecond ticks: aim a tick early (allowed).
                     tokio::time::sleep(wait.saturating_sub(TIMER_SLACK)).await;
                 }
@@ -282,7 +294,7 @@ impl Worker {
             if let (Some(gcra), Outcome::Failed(StripeError::Api(e))) = (&budget, &outcome)
                 && e.status == 429
             {
-                wake::penalize_rate(gcra);
+                rate_budget::penalize(gcra);
             }
             (call, outcome, started.elapsed())
         }));
@@ -333,32 +345,18 @@ impl Worker {
                 requests::fail(request.ticket, "onboarding.stripe_api_key is not set");
                 continue;
             }
-            // The profile may have got its object since the caller looked (say, from the insert
-            // trigger's job, which we were busy with): then there is nothing to enqueue.
             if request.kind == RequestKind::Snapshot {
-                self.take_snapshot(request.ticket);
+                let client = self.client.as_ref().expect("requests are refused without a client");
+                take_snapshot(request.ticket, &self.runtime, client, self.budget.as_ref());
                 continue;
             }
-            let sql = match request.kind {
-                RequestKind::Customer => {
-                    "SELECT c, CASE WHEN c IS NULL
-                                   THEN onboarding._enqueue($1::regclass, $2, $3, 'get_or_create_customer')
-                               END, NULL::text
-                       FROM onboarding._customer_of($1::regclass, $2) c"
-                }
-                RequestKind::AccountLink => "SELECT * FROM onboarding._account_or_enqueue($1::regclass, $2)",
-                RequestKind::Snapshot => unreachable!("handled above"),
-            };
             let found = in_transaction("taking on a request", || {
-                Spi::get_three_with_args::<String, i64, String>(
-                    sql,
-                    &[request.table.into(), request.user_id.as_str().into(), JobKind::CreateCustomer.as_str().into()],
-                )
+                queue::take_on_request(request.kind, request.table, &request.user_id)
             });
             match found {
-                Ok(Ok((Some(object), _, _))) => self.answer(&request, &object),
-                Ok(Ok((None, Some(job), _))) => requests::accept(request.ticket, job),
-                Ok(Ok((None, None, refusal))) => {
+                Ok(Ok(TakenOn::Exists(object))) => self.answer(&request, &object),
+                Ok(Ok(TakenOn::Job(job))) => requests::accept(request.ticket, job),
+                Ok(Ok(TakenOn::Refused(refusal))) => {
                     requests::fail(request.ticket, refusal.as_deref().unwrap_or("no job was enqueued"))
                 }
                 Ok(Err(e)) => requests::fail(request.ticket, &e.to_string()),
@@ -367,85 +365,10 @@ impl Worker {
         }
     }
 
-    /// Copies every customer and account from Stripe into `onboarding.stripe_objects`, a page per
-    /// transaction (never one open across a call), retrying pages the policy says to retry.
-    fn take_snapshot(&mut self, ticket: u64) {
-        let started =
-            in_transaction("starting a Stripe snapshot", || Spi::get_one::<i64>("SELECT onboarding._snapshot_begin()"));
-        let Ok(Ok(Some(snapshot))) = started else {
-            requests::fail(ticket, "could not start a snapshot");
-            return;
-        };
-        let client = self.client.as_ref().expect("requests are refused without a client");
-        for (kind, object) in [(ListKind::Customers, "customer"), (ListKind::Accounts, "account")] {
-            let mut after: Option<String> = None;
-            loop {
-                if shutdown_requested() {
-                    requests::fail(ticket, "the worker is shutting down");
-                    return;
-                }
-                let mut attempt = 0;
-                let page = loop {
-                    attempt += 1;
-                    self.wait_for_budget();
-                    match self.runtime.block_on(client.list_page(kind, after.as_deref())) {
-                        Ok(page) => break Ok(page),
-                        Err(error) => match classify(&error, false) {
-                            Disposition::Retry { rate_limited } if attempt < gucs::max_attempts() => {
-                                let delay = gucs::backoff().delay(attempt, rate_limited, &mut rand::rng());
-                                std::thread::sleep(delay.min(Duration::from_secs(30)));
-                            }
-                            _ => break Err(error),
-                        },
-                    }
-                };
-                check_for_interrupts!();
-                let (objects, more) = match page {
-                    Ok(page) => page,
-                    Err(error) => {
-                        requests::fail(ticket, &format!("listing {object}s: {error}"));
-                        return;
-                    }
-                };
-                after = objects.last().map(|o| o.summary.id.clone());
-                let rows: Vec<serde_json::Value> = objects
-                    .iter()
-                    .filter(|o| !o.deleted)
-                    .map(|o| {
-                        serde_json::json!({"id": o.summary.id, "user_id": o.summary.metadata_user_id,
-                                           "email": o.summary.email})
-                    })
-                    .collect();
-                let stored = in_transaction("storing a snapshot page", || {
-                    Spi::run_with_args(
-                        "SELECT onboarding._snapshot_add($1, $2, $3)",
-                        &[snapshot.into(), object.into(), pgrx::JsonB(serde_json::Value::Array(rows.clone())).into()],
-                    )
-                });
-                if !matches!(stored, Ok(Ok(()))) {
-                    requests::fail(ticket, "could not store a snapshot page");
-                    return;
-                }
-                if !more || after.is_none() {
-                    break;
-                }
-            }
-        }
-        let finished = in_transaction("finishing a Stripe snapshot", || {
-            Spi::run_with_args("SELECT onboarding._snapshot_finish($1)", &[snapshot.into()])
-        });
-        match finished {
-            Ok(Ok(())) => requests::succeed(ticket, &snapshot.to_string()),
-            _ => requests::fail(ticket, "could not finish the snapshot"),
-        }
-    }
-
     /// Waits for a slot of the rate budget (outside the async batch: snapshots and links).
     fn wait_for_budget(&self) {
         if let Some(gcra) = &self.budget {
-            while let Err(wait) = wake::take_rate_slot(gcra) {
-                std::thread::sleep(wait);
-            }
+            rate_budget::wait_for_slot(gcra);
         }
     }
 
@@ -475,39 +398,19 @@ impl Worker {
             return false;
         }
         let ids: Vec<i64> = watched.iter().map(|(_, job)| *job).collect();
-        let jobs = in_transaction("checking jobs that callers wait for", || {
-            Spi::connect(|spi| {
-                let rows = spi.select(
-                    "SELECT id, state, coalesce(stripe_id, CASE kind
-                                WHEN $2 THEN onboarding._customer_of(profile_table, user_id)
-                                ELSE onboarding._connect_account_of(profile_table, user_id) END),
-                            last_error
-                       FROM onboarding.jobs WHERE id = ANY($1)",
-                    None,
-                    &[ids.clone().into(), JobKind::CreateCustomer.as_str().into()],
-                )?;
-                let mut jobs = Vec::new();
-                for row in rows {
-                    jobs.push((
-                        row.get::<i64>(1)?.unwrap_or_default(),
-                        row.get::<String>(2)?.unwrap_or_default(),
-                        row.get::<String>(3)?,
-                        row.get::<String>(4)?,
-                    ));
-                }
-                Ok::<_, pgrx::spi::Error>(jobs)
-            })
-        });
+        let jobs = in_transaction("checking jobs that callers wait for", || queue::watched_jobs(&ids));
         let Ok(Ok(jobs)) = jobs else { return true };
         let mut waiting = false;
         for (request, job_id) in watched {
-            match jobs.iter().find(|(id, ..)| *id == job_id) {
+            match jobs.iter().find(|job| job.id == job_id) {
                 None => requests::fail(request.ticket, &format!("job {job_id} no longer exists")),
-                Some((_, state, _, _)) if JobState::parse(state).is_some_and(JobState::is_open) => waiting = true,
-                Some((_, state, Some(object), _)) if JobState::parse(state) == Some(JobState::Succeeded) => {
+                Some(job) if JobState::parse(&job.state).is_some_and(JobState::is_open) => waiting = true,
+                Some(queue::WatchedJob { state, object: Some(object), .. })
+                    if JobState::parse(state) == Some(JobState::Succeeded) =>
+                {
                     self.answer(&request, object)
                 }
-                Some((_, state, _, error)) => requests::fail(
+                Some(queue::WatchedJob { state, error, .. }) => requests::fail(
                     request.ticket,
                     &format!("job {job_id} ended {state}: {}", error.as_deref().unwrap_or("nothing on the profile")),
                 ),
@@ -548,70 +451,4 @@ impl Worker {
         }
         self.client.as_ref()
     }
-}
-
-/// Waits for the latch (or the timeout); returns whether the latch was set. Postmaster death
-/// ends the process.
-fn wait_for_latch(timeout: Duration) -> bool {
-    if timeout.is_zero() {
-        return take_latch();
-    }
-    let events = unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        )
-    };
-    let woken = events & pg_sys::WL_LATCH_SET as i32 != 0;
-    if woken {
-        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
-    }
-    check_for_interrupts!();
-    woken
-}
-
-/// Whether the latch was set since last looked at (a commit wake-up, a request, a signal);
-/// resets it.
-fn take_latch() -> bool {
-    unsafe {
-        let set = (*pg_sys::MyLatch).is_set != 0;
-        if set {
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        set
-    }
-}
-
-/// Runs `body` in its own transaction. An ERROR inside is caught, logged as a WARNING and the
-/// transaction aborted, so one bad job or statement never takes the worker down.
-pub fn in_transaction<R>(what: &str, body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
-    let body = AssertUnwindSafe(body);
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    PgTryBuilder::new(move || {
-        let result = (body.0)();
-        unsafe {
-            pg_sys::PopActiveSnapshot();
-            pg_sys::CommitTransactionCommand();
-        }
-        Ok(result)
-    })
-    .catch_others(|caught| {
-        let message = match &caught {
-            pg_sys::panic::CaughtError::PostgresError(report)
-            | pg_sys::panic::CaughtError::ErrorReport(report)
-            | pg_sys::panic::CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
-        };
-        Err(message)
-    })
-    .execute()
-    .inspect_err(|message| {
-        unsafe { pg_sys::AbortCurrentTransaction() };
-        warning!("onboarding: {what} failed: {message}");
-    })
 }

@@ -4,7 +4,7 @@
 //! GCRA (the "generic cell rate algorithm"): a single number, the theoretical arrival time (TAT)
 //! of the next request, says when it may go. A request about to be sent takes a slot by moving
 //! the TAT one interval on, or learns how long to wait before trying again. One number means the state fits in one atomic in
-//! shared memory, updated with compare-and-swap by every worker (see the extension's wake.rs).
+//! shared memory, updated with compare-and-swap by every worker (see the extension's rate_budget.rs).
 
 use std::time::Duration;
 

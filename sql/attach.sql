@@ -1,0 +1,257 @@
+-- onboarding: attaching application tables. attach()/detach(), set_connect_policy(), their checks,
+-- and the trigger functions they install on a profile table (the insert trigger itself,
+-- onboarding._intake_profile, is Rust: src/intake.rs). The triggers enqueue through the helpers
+-- of sql/api.sql (_enqueue, _enqueue_for_customer), looked up when they fire.
+
+-- Inlined into its callers (hence no SET clause; every name is qualified).
+CREATE FUNCTION onboarding._sync_email_enabled() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.bool(coalesce(pg_catalog.current_setting('onboarding.sync_email', true), 'on'));
+$$;
+
+-- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
+-- TG_ARGV: id column, customer column.
+CREATE FUNCTION onboarding._enqueue_email_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    profile jsonb := to_jsonb(NEW);
+BEGIN
+    IF profile->>TG_ARGV[1] IS NOT NULL AND onboarding._sync_email_enabled() THEN
+        PERFORM onboarding._enqueue_for_customer(TG_RELID, profile->>TG_ARGV[0], 'update_customer_email',
+                                                 profile->>TG_ARGV[1], 'email changed');
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Statement-level AFTER DELETE trigger: deleting a profile deletes its Stripe customer (and Connect
+-- account) when this extension created it (a succeeded creation job names it) and no other row of
+-- the table uses it. Off with onboarding.delete_customers_with_profiles = off.
+-- TG_ARGV: id, customer and Connect account column ('' when none).
+CREATE FUNCTION onboarding._compensate_deleted_profiles() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce(current_setting('onboarding.delete_customers_with_profiles', true), 'on')::boolean THEN
+        RETURN NULL;
+    END IF;
+    -- Once for the customer column, once for the Connect account column (if the table has one).
+    FOR i IN 1..2 LOOP
+        CONTINUE WHEN coalesce(TG_ARGV[i], '') = '';
+        EXECUTE format($sql$
+            SELECT count(onboarding._enqueue_for_customer(%1$s::oid, d.%2$I::text, %5$L, d.%3$I, 'profile deleted'))
+              FROM onboarding_deleted_profiles d
+             WHERE d.%3$I IS NOT NULL
+               AND EXISTS (SELECT FROM onboarding.jobs c
+                            WHERE c.profile_table = %1$s::oid AND c.kind = %6$L
+                              AND c.user_id = d.%2$I::text AND c.state = 'succeeded' AND c.stripe_id = d.%3$I)
+               AND NOT EXISTS (SELECT FROM %4$s other WHERE other.%3$I = d.%3$I) $sql$,
+            TG_RELID, TG_ARGV[0], TG_ARGV[i], TG_RELID::regclass,
+            CASE i WHEN 1 THEN 'delete_customer' ELSE 'delete_connect_account' END,
+            CASE i WHEN 1 THEN 'create_customer' ELSE 'create_connect_account' END);
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+-- Checks that `col` exists in `tbl` with one of `allowed` types; returns its type.
+CREATE FUNCTION onboarding._column_type(tbl regclass, col name, role text, allowed regtype[]) RETURNS regtype
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col_type regtype;
+BEGIN
+    IF col IS NULL OR col = '' THEN
+        RAISE EXCEPTION 'onboarding: the % column name is empty', role
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        RAISE EXCEPTION 'onboarding: table % has no column % (the % column)', tbl, quote_ident(col), role
+            USING ERRCODE = 'undefined_column',
+                  HINT = format('Columns of %s: %s. Name the right one with %s_column => ''...''.', tbl,
+                      (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+                        WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped),
+                      CASE role WHEN 'connect account' THEN 'connect_account' ELSE role END);
+    END IF;
+    IF NOT col_type = ANY (allowed) THEN
+        RAISE EXCEPTION 'onboarding: column %.% is of type %, but the % column must be %',
+                tbl, quote_ident(col), col_type, role, array_to_string(allowed, ' or ')
+            USING ERRCODE = 'datatype_mismatch';
+    END IF;
+    RETURN col_type;
+END $$;
+
+-- Whether the Connect policy of `a` wants an account for this profile row.
+CREATE FUNCTION onboarding._connect_due(a onboarding.attachments, profile anyelement) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    due boolean;
+BEGIN
+    IF a.connect_policy = 'always' THEN
+        RETURN true;
+    ELSIF a.connect_policy = 'when' THEN
+        -- A parameter forces a single statement: the condition cannot smuggle in another one.
+        EXECUTE format('SELECT (%s)::boolean FROM (SELECT ($1).*) AS p', a.connect_condition) INTO due USING profile;
+        RETURN coalesce(due, false);
+    END IF;
+    RETURN false;
+END $$;
+
+-- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the
+-- worker's write-back of the customer): enqueues the account when the policy wants one.
+CREATE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = TG_RELID;
+    IF FOUND AND onboarding._connect_due(a, NEW) THEN
+        PERFORM onboarding._enqueue(TG_RELID, to_jsonb(NEW)->>a.id_column, 'create_connect_account', 'connect policy');
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Sets when Connect accounts are created for a table's profiles: 'never', 'always', or 'when' with a
+-- condition over the profile row, e.g. set_connect_policy('public.profiles', 'when', 'role = ''provider''').
+CREATE FUNCTION onboarding.set_connect_policy(profile_table regclass, policy text, condition text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_connect_policy.profile_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(quote_literal(policy), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
+        RAISE EXCEPTION 'onboarding: a condition goes with policy ''when'', and only with it'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: set_connect_policy(''public.profiles'', ''when'', ''role = ''''provider'''''')';
+    END IF;
+    IF policy <> 'never' AND a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', profile_table
+            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+    END IF;
+    a.connect_policy := policy;
+    a.connect_condition := condition;
+    IF policy = 'when' THEN
+        BEGIN
+            EXECUTE format('SELECT onboarding._connect_due($1, NULL::%s)', profile_table) USING a;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %', quote_literal(condition),
+                    profile_table, SQLERRM
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+    END IF;
+    UPDATE onboarding.attachments t SET connect_policy = policy, connect_condition = condition
+     WHERE t.profile_table = set_connect_policy.profile_table;
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_connect') THEN
+        EXECUTE format('DROP TRIGGER onboarding_connect ON %s', profile_table);
+    END IF;
+    IF policy <> 'never' THEN
+        EXECUTE format($sql$
+            CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
+            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due()$sql$,
+            profile_table, a.connect_account_column, a.customer_column);
+    END IF;
+    RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
+END $$;
+
+CREATE FUNCTION onboarding._drop_triggers(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    trigger_name name;
+BEGIN
+    FOR trigger_name IN
+        SELECT tgname FROM pg_trigger
+         WHERE tgrelid = tbl
+           AND tgname IN ('onboarding_enqueue', 'onboarding_compensate', 'onboarding_sync_email', 'onboarding_connect')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
+    END LOOP;
+END $$;
+
+CREATE FUNCTION onboarding.attach(
+    profile_table regclass,
+    id_column name DEFAULT 'id',
+    email_column name DEFAULT 'email',
+    customer_column name DEFAULT 'stripe_customer_id',
+    connect_account_column name DEFAULT NULL,
+    connect_policy text DEFAULT 'never',
+    connect_condition text DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id_type regtype;
+    text_types CONSTANT regtype[] := ARRAY['text', 'character varying']::regtype[];
+BEGIN
+    IF profile_table IS NULL THEN
+        RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = profile_table) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'onboarding.attach: % is not a table', profile_table
+            USING ERRCODE = 'wrong_object_type', HINT = 'Attach the table that holds the profiles, not a view.';
+    END IF;
+    id_type := onboarding._column_type(profile_table, id_column, 'id',
+        ARRAY['uuid', 'text', 'character varying', 'bigint', 'integer']::regtype[]);
+    PERFORM onboarding._column_type(profile_table, email_column, 'email', text_types || coalesce(to_regtype('citext'), 'text'));
+    PERFORM onboarding._column_type(profile_table, customer_column, 'customer', text_types);
+    -- The Connect column is optional: by default, used when the table has one.
+    IF connect_account_column IS NULL AND EXISTS (
+        SELECT FROM pg_attribute WHERE attrelid = profile_table AND attname = 'stripe_connect_account_id'
+           AND attnum > 0 AND NOT attisdropped) THEN
+        connect_account_column := 'stripe_connect_account_id';
+    END IF;
+    IF connect_account_column IS NOT NULL THEN
+        PERFORM onboarding._column_type(profile_table, connect_account_column, 'connect account', text_types);
+    END IF;
+
+    INSERT INTO onboarding.attachments AS a
+        (profile_table, id_column, id_type, email_column, customer_column, connect_account_column)
+    VALUES (profile_table, id_column, id_type, email_column, customer_column, connect_account_column)
+    ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
+        SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
+            customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column;
+
+    PERFORM onboarding._drop_triggers(profile_table);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %1$s
+        FOR EACH ROW EXECUTE FUNCTION onboarding._intake_profile(%2$L, %3$L)$sql$,
+        profile_table, id_column, customer_column);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s
+        REFERENCING OLD TABLE AS onboarding_deleted_profiles
+        FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L, %L)$sql$,
+        profile_table, id_column, customer_column, coalesce(connect_account_column, ''));
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_sync_email AFTER UPDATE OF %2$I ON %1$s
+        FOR EACH ROW WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I)
+        EXECUTE FUNCTION onboarding._enqueue_email_update(%3$L, %4$L)$sql$,
+        profile_table, email_column, id_column, customer_column);
+
+    PERFORM onboarding.set_connect_policy(profile_table, connect_policy, connect_condition);
+    RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s)',
+        profile_table, id_column, email_column, customer_column,
+        coalesce(quote_ident(connect_account_column), 'none'),
+        connect_policy || coalesce(': ' || connect_condition, ''));
+END $$;
+COMMENT ON FUNCTION onboarding.attach IS
+    'Provision a Stripe customer for every profile inserted into this table, after the insert commits';
+
+CREATE FUNCTION onboarding.detach(profile_table regclass) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM onboarding._drop_triggers(profile_table);
+    DELETE FROM onboarding.intake i WHERE i.profile_table = detach.profile_table;
+    DELETE FROM onboarding.attachments a WHERE a.profile_table = detach.profile_table;
+    IF NOT FOUND THEN
+        RETURN format('onboarding: %s was not attached', profile_table);
+    END IF;
+    RETURN format('onboarding: detached from %s; its pending jobs will be skipped', profile_table);
+END $$;

@@ -1,0 +1,124 @@
+-- onboarding: the tables, their indexes and comments. Run first (bootstrap: see src/lib.rs); the
+-- other files of sql/ hold the functions and views over these tables, each by concern.
+-- Everything lives in schema `onboarding` (from onboarding.control). Privileges are granted and
+-- revoked in one place only, sql/privileges.sql, run last.
+
+-- Which application tables are attached, and which of their columns hold what.
+CREATE TABLE onboarding.attachments (
+    profile_table regclass PRIMARY KEY,
+    id_column name NOT NULL,
+    id_type regtype NOT NULL,
+    email_column name NOT NULL,
+    customer_column name NOT NULL,
+    connect_account_column name,
+    -- When to create an Express Connect account (after the customer): never, always, or when
+    -- connect_condition (a boolean SQL expression over the profile row) is true.
+    connect_policy text NOT NULL DEFAULT 'never' CHECK (connect_policy IN ('never', 'always', 'when')),
+    connect_condition text,
+    attached_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The transactional outbox: one row per unit of Stripe work.
+CREATE TABLE onboarding.jobs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- delete_customer compensates: it deletes a customer (stripe_id) that no profile can use;
+    -- update_customer_email copies a changed profile email to its customer (stripe_id).
+    kind text NOT NULL CHECK (kind IN ('create_customer', 'delete_customer', 'update_customer_email',
+                                       'create_connect_account', 'delete_connect_account')),
+    profile_table regclass NOT NULL,
+    user_id text NOT NULL,
+    state text NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'running', 'succeeded', 'skipped', 'orphaned', 'dead', 'cancelled')),
+    attempts integer NOT NULL DEFAULT 0,
+    -- Fixed before the first attempt and reused by every retry and restart.
+    -- Random, so unique without an index to maintain on every insert.
+    idempotency_key text NOT NULL DEFAULT 'onboarding-' || gen_random_uuid(),
+    run_at timestamptz NOT NULL DEFAULT now(),
+    first_attempt_at timestamptz,
+    -- What the first attempt sent; every retry sends exactly this again under the same key.
+    request_params jsonb,
+    stripe_id text,
+    last_error text,
+    last_error_detail jsonb,
+    claimed_by integer,
+    claimed_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    -- Invariants of the state machine (sql/job_states.sql makes every move).
+    CONSTRAINT jobs_finished_exactly_when_final CHECK ((finished_at IS NULL) = (state IN ('pending', 'running'))),
+    CONSTRAINT jobs_claimed_exactly_while_running CHECK ((claimed_by IS NOT NULL) = (state = 'running')),
+    CONSTRAINT jobs_object_named_where_needed CHECK (stripe_id IS NOT NULL OR (state <> 'orphaned' AND
+        kind NOT IN ('delete_customer', 'update_customer_email', 'delete_connect_account')))
+);
+COMMENT ON TABLE onboarding.jobs IS
+    'Stripe work for profiles: pending -> running -> succeeded | skipped | orphaned | dead | cancelled (or back to pending to retry)';
+-- At most one open job per profile, kind and target: enqueueing twice joins the open job.
+-- (Creation jobs have no stripe_id while open; compensation jobs name the customer they delete.)
+CREATE UNIQUE INDEX jobs_one_open_per_target ON onboarding.jobs (profile_table, kind, user_id, coalesce(stripe_id, ''))
+    WHERE state IN ('pending', 'running');
+CREATE INDEX jobs_due ON onboarding.jobs (run_at, id) WHERE state = 'pending';
+CREATE INDEX jobs_by_user ON onboarding.jobs (user_id);
+
+-- The operation sequence: one row per step, in order.
+CREATE TABLE onboarding.events (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The job (NULL for actions outside a job, such as reconcile). Not a foreign key: the insert
+    -- trigger's cost matters more than the check, and jobs are only deleted with their events.
+    job_id bigint,
+    user_id text NOT NULL,
+    step text NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    detail jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_by_job ON onboarding.events (job_id, id);
+CREATE INDEX events_by_user ON onboarding.events (user_id, id);
+
+-- The insert trigger's outbox (see src/intake.rs): one row per inserted profile without a
+-- customer, written in the inserting transaction by onboarding._intake_profile() with a plain heap
+-- insert. It must stay index-, trigger- and constraint-free; the worker promotes committed rows to
+-- jobs within milliseconds (_promote_intake), so it is normally empty.
+CREATE TABLE onboarding.intake (
+    profile_table regclass NOT NULL,
+    user_id text NOT NULL,
+    -- Start of the inserting transaction.
+    enqueued_at timestamptz NOT NULL
+);
+COMMENT ON TABLE onboarding.intake IS
+    'Inserted profiles awaiting promotion to create_customer jobs by the worker (normally empty)';
+
+-- One row per run of onboarding.backfill (sql/operations.sql), which onboarding.backfill_progress
+-- reports on.
+
+CREATE TABLE onboarding.backfills (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    profile_table regclass NOT NULL,
+    total bigint NOT NULL,
+    enqueued bigint NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+
+------------------------------------------------------------------------------------------------
+-- What Stripe holds: a snapshot of every customer and Connect account (taken by a worker, which
+-- alone has the key), for the audits that compare Stripe with the profiles.
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE onboarding.stripe_snapshots (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    pages integer NOT NULL DEFAULT 0,
+    customers integer NOT NULL DEFAULT 0,
+    accounts integer NOT NULL DEFAULT 0
+);
+CREATE TABLE onboarding.stripe_objects (
+    snapshot bigint NOT NULL REFERENCES onboarding.stripe_snapshots (id) ON DELETE CASCADE,
+    id text NOT NULL,
+    object text NOT NULL CHECK (object IN ('customer', 'account')),
+    user_id text,
+    email text,
+    PRIMARY KEY (snapshot, id)
+);
+CREATE INDEX stripe_objects_by_user ON onboarding.stripe_objects (snapshot, user_id);

@@ -1,0 +1,326 @@
+-- onboarding: the job transitions the background worker drives: promoting the insert trigger's
+-- intake to jobs, claiming, the calls' requests and results, write-back, and finishing jobs. Every
+-- change of a job's state goes through the state machine trigger of sql/job_states.sql.
+
+------------------------------------------------------------------------------------------------
+-- Job transitions used by the background worker (src/worker.rs). Not for applications.
+------------------------------------------------------------------------------------------------
+
+-- Moves up to max_rows committed intake rows into jobs, set-based: one create_customer job per
+-- profile (joining an open one if any), run and created at the insert's time, and its 'enqueued'
+-- event carrying the insert's commit time (the event's own xmin is the worker's transaction; see
+-- _queued_commit_time). Concurrent workers skip each other's rows. Returns the rows taken.
+CREATE FUNCTION onboarding._promote_intake(max_rows integer) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken_count bigint;
+BEGIN
+    WITH taken AS (
+        DELETE FROM onboarding.intake i
+         WHERE i.ctid = ANY (ARRAY(SELECT x.ctid FROM onboarding.intake x LIMIT max_rows FOR UPDATE SKIP LOCKED))
+        RETURNING i.profile_table, i.user_id, i.enqueued_at,
+                  CASE WHEN current_setting('track_commit_timestamp')::boolean
+                       THEN pg_xact_commit_timestamp(i.xmin) END AS committed_at),
+    profiles AS (
+        SELECT DISTINCT ON (t.profile_table, t.user_id) t.*
+          FROM taken t ORDER BY t.profile_table, t.user_id, t.enqueued_at),
+    new_jobs AS (
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, run_at, created_at, updated_at)
+        SELECT 'create_customer', p.profile_table, p.user_id, p.enqueued_at, p.enqueued_at, p.enqueued_at
+          FROM profiles p ORDER BY p.enqueued_at
+        ON CONFLICT DO NOTHING
+        RETURNING id, profile_table, user_id),
+    logged AS (
+        INSERT INTO onboarding.events (job_id, user_id, step, at, detail)
+        SELECT n.id, n.user_id, 'enqueued', p.enqueued_at,
+               jsonb_build_object('source', 'insert', 'committed_at', p.committed_at)
+          FROM new_jobs n JOIN profiles p USING (profile_table, user_id)
+         ORDER BY n.id)
+    SELECT count(*) INTO taken_count FROM taken;
+    RETURN taken_count;
+END $$;
+
+-- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
+-- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
+-- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
+-- or refused it (idempotency_error): look the object up before creating anything.
+CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
+RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text, connect_account_id text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job onboarding.jobs;
+    a onboarding.attachments;
+    rows_read bigint;
+BEGIN
+    FOR job IN
+        WITH due AS (
+            SELECT j.id FROM onboarding.jobs j
+             WHERE j.state = 'pending' AND j.run_at <= now()
+             ORDER BY j.run_at, j.id
+             LIMIT max_jobs
+             FOR UPDATE SKIP LOCKED)
+        UPDATE onboarding.jobs j
+           SET state = 'running', attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+               claimed_at = now(), first_attempt_at = coalesce(j.first_attempt_at, now())
+          FROM due WHERE j.id = due.id
+        RETURNING j.*
+    LOOP
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
+        IF NOT FOUND THEN
+            PERFORM onboarding._finish_job(job.id, 'skipped', 'skipped',
+                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
+            CONTINUE;
+        END IF;
+        job_id := job.id; kind := job.kind; user_id := job.user_id;
+        idempotency_key := job.idempotency_key; attempts := job.attempts; stripe_id := job.stripe_id;
+        request_params := job.request_params;
+        look_up_first := job.first_attempt_at < now() - horizon
+                         OR job.last_error_detail->>'type' = 'idempotency_error';
+        BEGIN
+            EXECUTE format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                    a.email_column, a.customer_column, coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL'),
+                    a.profile_table, a.id_column, a.id_type)
+               INTO email, customer_id, connect_account_id USING job.user_id;
+            GET DIAGNOSTICS rows_read = ROW_COUNT;  -- EXECUTE does not set FOUND
+            profile_found := rows_read = 1;
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+        WHEN OTHERS THEN
+            PERFORM onboarding._finish_job(job.id, 'dead', 'dead',
+                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                error => 'could not read the profile: ' || SQLERRM);
+            CONTINUE;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Records an event and moves a running job to `new_state`. `retry_in` schedules a pending retry.
+CREATE FUNCTION onboarding._finish_job(job bigint, new_state text, step text, detail jsonb,
+                                       stripe_id text DEFAULT NULL, error text DEFAULT NULL,
+                                       retry_in interval DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    uid text;
+BEGIN
+    UPDATE onboarding.jobs j
+       SET state = new_state,
+           stripe_id = coalesce(_finish_job.stripe_id, j.stripe_id),
+           last_error = coalesce(error, j.last_error),
+           last_error_detail = CASE WHEN error IS NULL THEN j.last_error_detail ELSE detail END,
+           run_at = CASE WHEN new_state = 'pending' THEN now() + coalesce(retry_in, '0') ELSE j.run_at END,
+           claimed_by = NULL
+     WHERE j.id = job AND j.state = 'running' AND j.claimed_by = pg_backend_pid()
+    RETURNING j.user_id INTO uid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: job % is not running in this worker (taken back after its lease?)', job
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO onboarding.events (job_id, user_id, step, detail) VALUES (job, uid, step, detail);
+END $$;
+
+-- Records an event of a job (the worker's results other than the batched common ones).
+-- (The worker's hot-path functions are plpgsql, not sql: plpgsql keeps its plans for the session,
+-- while a non-inlined sql function is parsed and planned again on every call.)
+CREATE FUNCTION onboarding._log_event(job bigint, step text, detail jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    SELECT j.id, j.user_id, _log_event.step, _log_event.detail FROM onboarding.jobs j WHERE j.id = job;
+END $$;
+
+-- Writes created (or adopted) customers and Connect accounts back to their profiles, set-based:
+-- for each of this worker's running creation jobs, the object goes to the profile's column where it
+-- is still NULL, the job is finished (written_back), and a customer whose profile email changed
+-- after it was sent gets an email update. Returns the jobs written back; _write_back handles the
+-- others (profile gone or linked elsewhere).
+CREATE FUNCTION onboarding._link_objects(job_ids bigint[], objects text[]) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target record;
+    a onboarding.attachments;
+    target_column name;
+    written bigint[] := '{}';
+    linked bigint[];
+    changed bigint[];
+    j onboarding.jobs;
+BEGIN
+    FOR target IN SELECT DISTINCT x.profile_table, x.kind FROM onboarding.jobs x
+                   WHERE x.id = ANY (job_ids) AND x.kind IN ('create_customer', 'create_connect_account') LOOP
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = target.profile_table;
+        target_column := CASE target.kind WHEN 'create_customer' THEN a.customer_column
+                                          ELSE a.connect_account_column END;
+        CONTINUE WHEN target_column IS NULL;  -- detached, or no Connect column
+        EXECUTE format($sql$
+            WITH mine AS (
+                SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
+                  FROM unnest($1, $2) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+                 WHERE x.profile_table = %1$L::regclass AND x.kind = %7$L
+                   AND x.state = 'running' AND x.claimed_by = pg_backend_pid()),
+            linked AS (
+                UPDATE %1$s p SET %3$I = m.object FROM mine m
+                 WHERE p.%2$I = m.user_id::%4$s AND p.%3$I IS NULL
+                RETURNING m.id, m.user_id, m.object, m.sent_email, p.%5$I::text AS email),
+            finished AS (
+                UPDATE onboarding.jobs x
+                   SET state = 'succeeded', stripe_id = l.object, claimed_by = NULL
+                  FROM linked l WHERE x.id = l.id
+                RETURNING x.id),
+            logged AS (
+                INSERT INTO onboarding.events (job_id, user_id, step, detail)
+                SELECT l.id, l.user_id, 'written_back',
+                       jsonb_build_object('stripe_id', l.object, 'table', %6$L, 'column', %3$L)
+                  FROM linked l ORDER BY l.id)
+            SELECT coalesce(array_agg(l.id), '{}'),
+                   coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
+              FROM linked l $sql$,
+            a.profile_table, a.id_column, target_column, a.id_type, a.email_column, a.profile_table::text,
+            target.kind)
+        INTO linked, changed USING job_ids, objects;
+        written := written || linked;
+        -- The email changed after the customer was sent: the customer follows.
+        IF target.kind = 'create_customer' AND cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
+            FOR j IN SELECT * FROM onboarding.jobs x WHERE x.id = ANY (changed) LOOP
+                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
+                                                         j.stripe_id, 'email changed during creation');
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN written;
+END $$;
+
+-- Writes a created (or adopted) customer or Connect account back to its profile (_link_objects)
+-- and finishes the job. Returns what happened: written_back, already_linked, linked_elsewhere,
+-- profile_gone. An object no profile can use is queued for deletion.
+CREATE FUNCTION onboarding._write_back(job bigint, object_id text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+    a onboarding.attachments;
+    target_column name;
+    compensation text;
+    current_id text;
+    found_profile boolean;
+BEGIN
+    IF job = ANY (onboarding._link_objects(ARRAY[job], ARRAY[object_id])) THEN
+        RETURN 'written_back';
+    END IF;
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
+    compensation := CASE j.kind WHEN 'create_customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
+    target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
+    IF target_column IS NOT NULL THEN
+        EXECUTE format('SELECT true, %I::text FROM %s WHERE %I = $1::%s',
+                target_column, a.profile_table, a.id_column, a.id_type)
+           INTO found_profile, current_id USING j.user_id;
+    END IF;
+    IF current_id = object_id THEN
+        PERFORM onboarding._finish_job(job, 'succeeded', 'skipped',
+            jsonb_build_object('reason', 'profile already linked to this object', 'stripe_id', object_id),
+            stripe_id => object_id);
+        RETURN 'already_linked';
+    ELSIF found_profile THEN
+        -- Someone linked another object meanwhile: ours has no profile pointing at it.
+        PERFORM onboarding._finish_job(job, 'orphaned', 'orphaned',
+            jsonb_build_object('reason', format('profile is linked to %s instead', current_id), 'stripe_id', object_id),
+            stripe_id => object_id, error => format('profile is already linked to %s; %s is unused', current_id, object_id));
+        PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
+                                                 'profile linked to another object');
+        RETURN 'linked_elsewhere';
+    END IF;
+    PERFORM onboarding._finish_job(job, 'orphaned', 'orphaned',
+        jsonb_build_object('reason', 'profile deleted before write-back', 'stripe_id', object_id),
+        stripe_id => object_id, error => format('profile deleted before %s could be written back', object_id));
+    PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
+                                             'profile deleted before write-back');
+    RETURN 'profile_gone';
+END $$;
+
+-- The common outcome of a batch: customers created for running create_customer jobs. Logs every
+-- stripe_response and writes the customers back (_link_objects); returns the jobs written back,
+-- the caller sends the others through _write_back.
+CREATE FUNCTION onboarding._record_created(job_ids bigint[], objects text[], responses jsonb[]) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    SELECT x.id, x.user_id, 'stripe_response', r.detail
+      FROM unnest(job_ids, responses) WITH ORDINALITY AS r(id, detail, n)
+      JOIN onboarding.jobs x ON x.id = r.id
+     ORDER BY r.n;
+    RETURN onboarding._link_objects(job_ids, objects);
+END $$;
+
+-- What the calls of a claimed batch are about to send, set-based: each first attempt's parameters
+-- (params NULL for retries, which resend the stored ones) and a stripe_request event per call.
+CREATE FUNCTION onboarding._calls_starting(job_ids bigint[], params jsonb[], details jsonb[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.jobs x SET request_params = p.params
+      FROM unnest(job_ids, params) AS p(id, params)
+     WHERE x.id = p.id AND p.params IS NOT NULL AND x.request_params IS NULL;
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    SELECT x.id, x.user_id, 'stripe_request', d.detail
+      FROM unnest(job_ids, details) WITH ORDINALITY AS d(id, detail, n)
+      JOIN onboarding.jobs x ON x.id = d.id
+     ORDER BY d.n;
+END $$;
+
+-- A Connect account job whose profile has no customer yet waits for the customer's job (without
+-- spending an attempt); with no such job open, it is dead.
+CREATE FUNCTION onboarding._wait_for_customer(job bigint) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+BEGIN
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
+    IF EXISTS (SELECT FROM onboarding.jobs c
+                WHERE c.profile_table = j.profile_table AND c.user_id = j.user_id AND c.kind = 'create_customer'
+                  AND c.state IN ('pending', 'running')) THEN
+        PERFORM onboarding._finish_job(job, 'pending', 'postponed',
+            jsonb_build_object('reason', 'waiting for the customer'), retry_in => interval '1 second');
+        UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
+        RETURN 'postponed';
+    END IF;
+    PERFORM onboarding._finish_job(job, 'dead', 'dead',
+        jsonb_build_object('reason', 'the profile has no customer and none is being created'),
+        error => 'the profile has no customer and none is being created; enqueue_customer() first');
+    RETURN 'dead';
+END $$;
+
+-- Finishes an email update; if the email changed again meanwhile, queues the next update.
+CREATE FUNCTION onboarding._finish_email_update(job bigint, sent_email text, detail jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+    a onboarding.attachments;
+    current_email text;
+BEGIN
+    PERFORM onboarding._finish_job(job, 'succeeded', 'email_updated', detail);
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
+    IF FOUND THEN
+        EXECUTE format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
+                a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column)
+           INTO current_email USING j.user_id, j.stripe_id;
+        IF current_email IS NOT NULL AND btrim(current_email) IS DISTINCT FROM sent_email
+           AND onboarding._sync_email_enabled() THEN
+            PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
+                                                     j.stripe_id, 'email changed during an update');
+        END IF;
+    END IF;
+END $$;
+
+-- Seconds until the next pending job is due (negative when overdue, NULL when there is none), so
+-- an idle worker sleeps exactly that long. (Not greatest(0, …): greatest ignores NULL.)
+CREATE FUNCTION onboarding._next_due_in() RETURNS double precision
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT CASE WHEN EXISTS (SELECT FROM onboarding.intake) THEN 0
+                        ELSE extract(epoch FROM min(run_at) - now())::double precision END
+              FROM onboarding.jobs WHERE state = 'pending');
+END $$;

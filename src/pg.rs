@@ -1,0 +1,10 @@
+//! PostgreSQL plumbing the rest of the extension stands on. Nothing here knows about jobs,
+//! Stripe or requests:
+//! - [`transaction`]: running a piece of work in its own transaction, errors caught;
+//! - [`latch`]: waiting on this process's latch, setting another's, noticing shutdown;
+//! - [`processes`]: shared memory set up at preload, and the registry of the launcher's and the
+//!   workers' PGPROC numbers through which others wake them.
+
+pub mod latch;
+pub mod processes;
+pub mod transaction;

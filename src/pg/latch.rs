@@ -1,0 +1,77 @@
+//! Latches: how processes here wait, and how they wake each other (a commit wakes the workers, a
+//! worker wakes the caller it answered), plus the shutdown flag a wait must notice.
+
+use std::time::Duration;
+
+use pgrx::prelude::*;
+
+/// SIGTERM (smart/fast shutdown, pg_terminate_backend) sets this; pgrx's own flag resets on read.
+pub fn shutdown_requested() -> bool {
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+/// Waits for the latch (or the timeout); returns whether the latch was set. Postmaster death
+/// ends the process.
+pub fn wait_for_latch(timeout: Duration) -> bool {
+    if timeout.is_zero() {
+        return take_latch();
+    }
+    let events = unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        )
+    };
+    let woken = events & pg_sys::WL_LATCH_SET as i32 != 0;
+    if woken {
+        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+    }
+    check_for_interrupts!();
+    woken
+}
+
+/// Whether the latch was set since last looked at (a commit wake-up, a request, a signal);
+/// resets it.
+pub fn take_latch() -> bool {
+    unsafe {
+        let set = (*pg_sys::MyLatch).is_set != 0;
+        if set {
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        set
+    }
+}
+
+/// A waiting caller's sleep (requests.rs): up to `timeout`, then the latch is reset whatever
+/// woke it, since the caller looks at its slot after every wake-up anyway.
+pub fn wait_on_my_latch(timeout: Duration) {
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout.as_millis() as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    check_for_interrupts!();
+}
+
+/// This process's PGPROC number, which others use to wake it with [`set_latch_of`].
+pub fn my_procno() -> i32 {
+    unsafe { (*pg_sys::MyProc).pgprocno }
+}
+
+/// Sets the latch of the process with this PGPROC number; ignores numbers out of range.
+pub fn set_latch_of(procno: i32) {
+    unsafe {
+        let proc_global = pg_sys::ProcGlobal;
+        if procno < 0 || proc_global.is_null() || procno as u32 >= (*proc_global).allProcCount {
+            return;
+        }
+        let target = (*proc_global).allProcs.add(procno as usize);
+        pg_sys::SetLatch(&raw mut (*target).procLatch);
+    }
+}

@@ -1,0 +1,103 @@
+//! The extension's shared memory at preload, and the registry of its processes in it.
+//!
+//! Each worker publishes its PGPROC number and database in a slot; the launcher publishes its own.
+//! Others set their latches through it: a committing transaction wakes the workers of its
+//! database, `CREATE EXTENSION` wakes the launcher (wake.rs), a caller asks the workers for work
+//! (requests.rs).
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+
+use pgrx::prelude::*;
+use pgrx::{PgAtomic, pg_shmem_init};
+
+use crate::pg::latch::{my_procno, set_latch_of};
+
+const NO_PROCESS: i32 = -1;
+const NO_DATABASE: u32 = 0;
+
+/// Worker slots for all databases together; also the upper bound of `onboarding.workers`.
+pub const MAX_WORKERS: usize = 64;
+
+pub struct Processes {
+    launcher: AtomicI32,
+    worker_procnos: [AtomicI32; MAX_WORKERS],
+    worker_databases: [AtomicU32; MAX_WORKERS],
+}
+
+// SAFETY: plain atomics, no pointers: valid in every process that maps the segment.
+unsafe impl pgrx::PGRXSharedMemory for Processes {}
+
+impl Default for Processes {
+    fn default() -> Self {
+        Processes {
+            launcher: AtomicI32::new(NO_PROCESS),
+            worker_procnos: std::array::from_fn(|_| AtomicI32::new(NO_PROCESS)),
+            worker_databases: std::array::from_fn(|_| AtomicU32::new(NO_DATABASE)),
+        }
+    }
+}
+
+static PROCESSES: PgAtomic<Processes> = unsafe { PgAtomic::new(c"onboarding_processes") };
+
+/// Set in the postmaster when preloading; inherited by every backend it forks.
+static SHARED_MEMORY_READY: AtomicBool = AtomicBool::new(false);
+
+/// Requests this registry's segment; called from `_PG_init` while the postmaster preloads the
+/// library, with the other modules' segments (lib.rs), and marks shared memory as there for
+/// every backend forked from now on.
+pub fn init_shared_memory() {
+    pg_shmem_init!(PROCESSES);
+    SHARED_MEMORY_READY.store(true, Ordering::Relaxed);
+}
+
+/// True when the library was loaded through `shared_preload_libraries`: the shared memory (and
+/// so the workers) exist.
+pub fn shared_memory_ready() -> bool {
+    SHARED_MEMORY_READY.load(Ordering::Relaxed)
+}
+
+/// This backend's database, as the registry stores it.
+pub fn my_database() -> u32 {
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+/// Called by a worker once connected: from now on commits in its database wake it. Returns its
+/// slot, or None when all are taken. The slot is freed when the process exits, however it exits.
+pub fn publish_this_worker() -> Option<usize> {
+    let shared = PROCESSES.get();
+    let slot = (0..MAX_WORKERS).find(|&i| {
+        shared.worker_procnos[i].compare_exchange(NO_PROCESS, my_procno(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    })?;
+    shared.worker_databases[slot].store(my_database(), Ordering::Release);
+    unsafe { pg_sys::before_shmem_exit(Some(unpublish_worker), pg_sys::Datum::from(slot)) };
+    Some(slot)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn unpublish_worker(_code: i32, slot: pg_sys::Datum) {
+    let shared = PROCESSES.get();
+    shared.worker_databases[slot.value()].store(NO_DATABASE, Ordering::Release);
+    shared.worker_procnos[slot.value()].store(NO_PROCESS, Ordering::Release);
+}
+
+pub fn publish_launcher() {
+    PROCESSES.get().launcher.store(my_procno(), Ordering::Release);
+}
+
+/// Wakes the workers of this database. Runs inside a commit callback, where an ERROR would be a
+/// PANIC: atomics only, no locks, no allocation, no failure path. A stale slot (a worker
+/// restarting) only causes a harmless spurious wake.
+pub fn set_worker_latches() {
+    let shared = PROCESSES.get();
+    let database = my_database();
+    for slot in 0..MAX_WORKERS {
+        if shared.worker_databases[slot].load(Ordering::Acquire) == database {
+            set_latch_of(shared.worker_procnos[slot].load(Ordering::Acquire));
+        }
+    }
+}
+
+/// Wakes the launcher (atomics and a latch only, like [`set_worker_latches`]).
+pub fn set_launcher_latch() {
+    set_latch_of(PROCESSES.get().launcher.load(Ordering::Acquire));
+}

@@ -1,0 +1,283 @@
+//! Every statement the worker runs on its hot path, behind a small typed API: the release the
+//! database holds, promoting the intake, claiming jobs, recording what calls did (events,
+//! write-backs, finished jobs), the next due time, and the requests it takes on and watches.
+//!
+//! Each function runs inside the caller's transaction (`pg::transaction::in_transaction`); a
+//! failing statement raises an ERROR, which that transaction catches. The loop (worker.rs) decides
+//! when; the SQL functions called here are in `sql/transitions.sql` (and, for requests,
+//! `sql/api.sql`). Maintenance runs its own statements (maintenance/).
+
+use std::time::Duration;
+
+use onboarding_core::job::Profile;
+use onboarding_core::state::{JobKind, JobState, Transition};
+use onboarding_core::stripe::NewCustomer;
+use pgrx::JsonB;
+use pgrx::prelude::*;
+use serde_json::Value;
+
+use crate::release::{Installed, LIBRARY_VERSION};
+use crate::requests::RequestKind;
+
+/// Reads `pg_extension.extversion`.
+pub fn installed_release() -> Installed {
+    // A scalar subquery: always one row (Spi::get_one errs on none), NULL when not installed.
+    let version =
+        Spi::get_one::<String>("SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'onboarding')")
+            .unwrap_or_else(|e| error!("onboarding: reading the installed extension version: {e}"));
+    match version {
+        None => Installed::No,
+        Some(v) if v == LIBRARY_VERSION => Installed::Current,
+        Some(v) => Installed::Other(v),
+    }
+}
+
+/// Turns up to `at_most` committed inserts into jobs, set-based (see intake.rs). Each claim
+/// promotes about as many as it can take, so a backlog waits in the intake, not all at once here.
+pub fn promote_intake(at_most: i32) {
+    Spi::get_one_with_args::<i64>("SELECT onboarding._promote_intake($1)", &[at_most.into()])
+        .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"));
+}
+
+/// Promotes inserts until `pending` jobs wait (or the intake is empty).
+pub fn top_up_pending(pending: i32) {
+    let sql = "SELECT onboarding._promote_intake($1 - (SELECT count(*) FROM (SELECT FROM onboarding.jobs
+                                                        WHERE state = $2 LIMIT $1) p)::integer)";
+    Spi::get_one_with_args::<i64>(sql, &[pending.into(), JobState::Pending.as_str().into()])
+        .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"));
+}
+
+/// A job as `onboarding._claim_jobs` hands it over: now `running`, with its profile re-read.
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub user_id: String,
+    pub idempotency_key: String,
+    pub attempts: u32,
+    pub stripe_id: Option<String>,
+    /// What the job's first attempt sent (`jobs.request_params`), if one was made.
+    pub first_request: Option<NewCustomer>,
+    /// Look for an existing customer before creating one (past the idempotency horizon, or
+    /// after Stripe refused the key).
+    pub look_up_first: bool,
+    /// None when the profile no longer exists.
+    pub profile: Option<Profile>,
+}
+
+/// Claims up to `batch_size` due jobs (`FOR UPDATE SKIP LOCKED`); those whose first attempt is
+/// older than `idempotency_horizon` come with `look_up_first`.
+pub fn claim(batch_size: i32, idempotency_horizon: Duration) -> Vec<ClaimedJob> {
+    Spi::connect_mut(|spi| {
+        let rows = spi.update(
+            "SELECT * FROM onboarding._claim_jobs($1, make_interval(secs => $2))",
+            None,
+            &[batch_size.into(), idempotency_horizon.as_secs_f64().into()],
+        )?;
+        let mut claimed = Vec::new();
+        for row in rows {
+            let profile = row
+                .get::<bool>(9)?
+                .unwrap_or(false)
+                .then(|| -> Result<Profile, pgrx::spi::Error> {
+                    Ok(Profile { email: row.get(10)?, customer_id: row.get(11)?, connect_account_id: row.get(12)? })
+                })
+                .transpose()?;
+            claimed.push(ClaimedJob {
+                id: row.get(1)?.unwrap_or_default(),
+                kind: row.get(2)?.unwrap_or_default(),
+                user_id: row.get(3)?.unwrap_or_default(),
+                idempotency_key: row.get(4)?.unwrap_or_default(),
+                attempts: row.get::<i32>(5)?.unwrap_or_default().max(0) as u32,
+                stripe_id: row.get(6)?,
+                first_request: row.get::<JsonB>(7)?.and_then(|JsonB(v)| {
+                    Some(NewCustomer { user_id: v["user_id"].as_str()?.into(), email: v["email"].as_str()?.into() })
+                }),
+                look_up_first: row.get(8)?.unwrap_or(false),
+                profile,
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(claimed)
+    })
+    .unwrap_or_else(|e| error!("onboarding: claiming jobs: {e}"))
+}
+
+/// Time until the next pending job is due (zero if overdue), None if nothing is pending.
+pub fn next_due_in() -> Option<Duration> {
+    Spi::get_one::<f64>("SELECT onboarding._next_due_in()")
+        .unwrap_or_else(|e| error!("onboarding: reading the next due time: {e}"))
+        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)))
+}
+
+/// Puts a Connect account job back to `pending` behind its profile's customer job.
+pub fn wait_for_customer(job_id: i64) {
+    Spi::get_one_with_args::<String>("SELECT onboarding._wait_for_customer($1)", &[job_id.into()])
+        .unwrap_or_else(|e| error!("onboarding: postponing job {job_id}: {e}"));
+}
+
+/// The calls a claim is about to start: their first attempts' parameters and `stripe_request`
+/// events, written in one statement (`onboarding._calls_starting`) before the claim commits.
+#[derive(Default)]
+pub struct CallsStarting {
+    job_ids: Vec<i64>,
+    params: Vec<Option<JsonB>>,
+    details: Vec<JsonB>,
+}
+
+impl CallsStarting {
+    pub fn push(&mut self, job_id: i64, first_params: Option<Value>, detail: Value) {
+        self.job_ids.push(job_id);
+        self.params.push(first_params.map(JsonB));
+        self.details.push(JsonB(detail));
+    }
+
+    pub fn record(self) {
+        if self.job_ids.is_empty() {
+            return;
+        }
+        Spi::run_with_args(
+            "SELECT onboarding._calls_starting($1, $2, $3)",
+            &[self.job_ids.into(), self.params.into(), self.details.into()],
+        )
+        .unwrap_or_else(|e| error!("onboarding: logging the calls about to start: {e}"));
+    }
+}
+
+/// Moves a running job on (`onboarding._finish_job`, whose table trigger checks the move),
+/// recording `detail` as the transition's event.
+pub fn finish(job_id: i64, transition: Transition, detail: Value) {
+    Spi::run_with_args(
+        "SELECT onboarding._finish_job($1, $2, $3, $4, stripe_id => $5, error => $6, \
+         retry_in => make_interval(secs => $7))",
+        &[
+            job_id.into(),
+            transition.to().as_str().into(),
+            transition.step().into(),
+            JsonB(detail).into(),
+            transition.stripe_id().into(),
+            transition.error().into(),
+            transition.run_in().map(|d| d.as_secs_f64()).into(),
+        ],
+    )
+    .unwrap_or_else(|e| error!("onboarding: finishing job {job_id} ({}): {e}", transition.step()));
+}
+
+pub fn log_event(job_id: i64, step: &str, detail: Value) {
+    Spi::run_with_args("SELECT onboarding._log_event($1, $2, $3)", &[job_id.into(), step.into(), JsonB(detail).into()])
+        .unwrap_or_else(|e| error!("onboarding: logging {step} for job {job_id}: {e}"));
+}
+
+/// Records created customers in one statement (`onboarding._record_created`): each job's
+/// `stripe_response` event (`responses`), the write-back of `objects`, the finished jobs.
+/// Returns the jobs it wrote back; the others' profiles vanished or got another customer
+/// meanwhile.
+pub fn record_created(job_ids: Vec<i64>, objects: Vec<String>, responses: Vec<Value>) -> Vec<i64> {
+    let responses: Vec<JsonB> = responses.into_iter().map(JsonB).collect();
+    Spi::get_one_with_args::<Vec<i64>>(
+        "SELECT onboarding._record_created($1, $2, $3)",
+        &[job_ids.into(), objects.into(), responses.into()],
+    )
+    .unwrap_or_else(|e| error!("onboarding: recording created customers: {e}"))
+    .unwrap_or_default()
+}
+
+/// What `onboarding._write_back` did with a created or adopted object.
+pub enum WriteBack {
+    /// Written to the profile's column, which was NULL.
+    WrittenBack,
+    /// The profile already named this object.
+    AlreadyLinked,
+    /// Not linked, for this reason (the profile vanished or names another object): the job is
+    /// orphaned and a compensation job deletes the object.
+    NotLinked(String),
+}
+
+/// Writes a created or adopted customer or account back to the job's profile.
+pub fn write_back(job_id: i64, object_id: &str) -> WriteBack {
+    let outcome =
+        Spi::get_one_with_args::<String>("SELECT onboarding._write_back($1, $2)", &[job_id.into(), object_id.into()])
+            .unwrap_or_else(|e| error!("onboarding: writing back {object_id}: {e}"))
+            .unwrap_or_default();
+    match outcome.as_str() {
+        "written_back" => WriteBack::WrittenBack,
+        "already_linked" => WriteBack::AlreadyLinked,
+        _ => WriteBack::NotLinked(outcome),
+    }
+}
+
+/// Finishes an `update_customer_email` job whose call succeeded (`onboarding._finish_email_update`).
+pub fn finish_email_update(job_id: i64, email: &str, detail: Value) {
+    Spi::run_with_args(
+        "SELECT onboarding._finish_email_update($1, $2, $3)",
+        &[job_id.into(), email.into(), JsonB(detail).into()],
+    )
+    .unwrap_or_else(|e| error!("onboarding: finishing email update job {job_id}: {e}"));
+}
+
+/// What taking on a get_or_create_customer / create_account_link request found.
+pub enum TakenOn {
+    /// The profile has the object already: answer with it.
+    Exists(String),
+    /// The job to watch (enqueued, or the profile's open one joined).
+    Job(i64),
+    /// Nothing enqueued, with the reason when the SQL gave one.
+    Refused(Option<String>),
+}
+
+/// Enqueues or joins the job a request needs, unless the profile already has its object.
+pub fn take_on_request(kind: RequestKind, table: pg_sys::Oid, user_id: &str) -> Result<TakenOn, pgrx::spi::Error> {
+    // The profile may have got its object since the caller looked (say, from the insert
+    // trigger's job, which we were busy with): then there is nothing to enqueue.
+    let sql = match kind {
+        RequestKind::Customer => {
+            "SELECT c, CASE WHEN c IS NULL
+                           THEN onboarding._enqueue($1::regclass, $2, $3, 'get_or_create_customer')
+                       END, NULL::text
+               FROM onboarding._customer_of($1::regclass, $2) c"
+        }
+        RequestKind::AccountLink => "SELECT * FROM onboarding._account_or_enqueue($1::regclass, $2)",
+        RequestKind::Snapshot => unreachable!("a snapshot enqueues no job"),
+    };
+    let found = Spi::get_three_with_args::<String, i64, String>(
+        sql,
+        &[table.into(), user_id.into(), JobKind::CreateCustomer.as_str().into()],
+    )?;
+    Ok(match found {
+        (Some(object), _, _) => TakenOn::Exists(object),
+        (None, Some(job), _) => TakenOn::Job(job),
+        (None, None, refusal) => TakenOn::Refused(refusal),
+    })
+}
+
+/// A job a waiting caller watches, as it is now.
+pub struct WatchedJob {
+    pub id: i64,
+    pub state: String,
+    /// The job's Stripe object, else the object its profile now has.
+    pub object: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The jobs with these ids (an id missing from the answer is a job that no longer exists).
+pub fn watched_jobs(ids: &[i64]) -> Result<Vec<WatchedJob>, pgrx::spi::Error> {
+    Spi::connect(|spi| {
+        let rows = spi.select(
+            "SELECT id, state, coalesce(stripe_id, CASE kind
+                        WHEN $2 THEN onboarding._customer_of(profile_table, user_id)
+                        ELSE onboarding._connect_account_of(profile_table, user_id) END),
+                    last_error
+               FROM onboarding.jobs WHERE id = ANY($1)",
+            None,
+            &[ids.to_vec().into(), JobKind::CreateCustomer.as_str().into()],
+        )?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            jobs.push(WatchedJob {
+                id: row.get::<i64>(1)?.unwrap_or_default(),
+                state: row.get::<String>(2)?.unwrap_or_default(),
+                object: row.get::<String>(3)?,
+                error: row.get::<String>(4)?,
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(jobs)
+    })
+}

@@ -1,0 +1,234 @@
+//! Phase 3 of the pipeline: what a finished call's outcome does to its job — the write-back,
+//! the retry schedule or the dead letter, with the events and log lines that tell of it. All of a
+//! batch's outcomes are recorded in one transaction (the statements are queue.rs's).
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use onboarding_core::job::{AfterFailure, after_failure};
+use onboarding_core::policy::classify;
+use onboarding_core::state::{Success, Transition};
+use onboarding_core::stripe::{Response, StripeObject};
+use pgrx::prelude::*;
+use serde_json::{Value, json};
+
+use crate::gucs;
+use crate::pg::transaction::in_transaction;
+use crate::worker::calls::{Call, Outcome, Work, die, skip};
+use crate::worker::queue::{self, WriteBack};
+
+/// Phase 3: all outcomes in one transaction; if that fails, each job on its own, so one bad
+/// write-back (say, a failing trigger on the profile table) cannot hold the others hostage.
+/// Returns when the next pending job is due, as seen after recording.
+pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Option<Duration> {
+    let outcomes: Vec<_> = calls.iter().zip(results).collect();
+    let all = in_transaction(
+        "recording Stripe results",
+        AssertUnwindSafe(|| {
+            // Customers created as asked, the common outcome: set-based; everything else one by one.
+            let (created, others): (Vec<_>, Vec<_>) =
+                outcomes.iter().partition(|(call, (outcome, _))| created_as_asked(call, outcome).is_some());
+            record_created(&created);
+            for (call, (result, elapsed)) in others {
+                record_one(call, result, *elapsed);
+            }
+            queue::next_due_in()
+        }),
+    );
+    if let Ok(next_due) = all {
+        return next_due;
+    }
+    for (call, (result, elapsed)) in &outcomes {
+        let one = in_transaction("recording a Stripe result", AssertUnwindSafe(|| record_one(call, result, *elapsed)));
+        if let Err(message) = one {
+            let stripe_id = match (&call.work, result) {
+                (_, Outcome::Created(customer, _) | Outcome::Adopted(customer)) => Some(customer.id.as_str()),
+                (_, Outcome::Deleted { object, .. }) => Some(object.as_str()),
+                (Work::DeleteCustomer(id), _) => Some(id.as_str()),
+                _ => None,
+            };
+            let reason = format!("could not record the Stripe result: {message}");
+            let _ = in_transaction(
+                "parking a job",
+                AssertUnwindSafe(|| {
+                    let detail = json!({"reason": reason, "stripe_id": stripe_id});
+                    let parked = Transition::Die { error: reason.clone(), object: stripe_id.map(Into::into) };
+                    queue::finish(call.job_id, parked, detail)
+                }),
+            );
+        }
+    }
+    Some(Duration::ZERO) // look again at once
+}
+
+/// The customer a create_customer call created for its own user (the common outcome), if so.
+fn created_as_asked<'a>(call: &Call, outcome: &'a Outcome) -> Option<(&'a StripeObject, &'a Response)> {
+    match (&call.work, outcome) {
+        (Work::CreateCustomer { .. }, Outcome::Created(customer, response))
+            if customer.metadata_user_id.as_deref() == Some(call.user_id.as_str()) =>
+        {
+            Some((customer, response))
+        }
+        _ => None,
+    }
+}
+
+/// Records created customers in one statement ([`queue::record_created`]): responses,
+/// write-backs, finished jobs. Jobs it could not write back (the profile vanished or got another
+/// customer meanwhile) go through the one-by-one write-back, which handles those cases.
+fn record_created(created: &[&(&Call, (Outcome, Duration))]) {
+    if created.is_empty() {
+        return;
+    }
+    let mut job_ids = Vec::with_capacity(created.len());
+    let mut objects = Vec::with_capacity(created.len());
+    let mut responses = Vec::with_capacity(created.len());
+    for (call, (outcome, elapsed)) in created {
+        let (customer, response) = created_as_asked(call, outcome).expect("partitioned by created_as_asked");
+        job_ids.push(call.job_id);
+        objects.push(customer.id.clone());
+        responses.push(created_response(call, customer, response, *elapsed));
+    }
+    let written = queue::record_created(job_ids, objects, responses);
+    let written: std::collections::HashSet<i64> = written.into_iter().collect();
+    for (call, (outcome, _)) in created {
+        if !written.contains(&call.job_id) {
+            let (customer, _) = created_as_asked(call, outcome).expect("partitioned by created_as_asked");
+            link_object(call.job_id, &call.user_id, customer);
+        }
+    }
+}
+
+/// Logs a created object and returns its `stripe_response` event detail.
+fn created_response(call: &Call, object: &StripeObject, response: &Response, elapsed: Duration) -> Value {
+    log!(
+        "onboarding: created Stripe {} {} for user {} (job {}, request {})",
+        object_noun(&object.id),
+        object.id,
+        call.user_id,
+        call.job_id,
+        response.request_id.as_deref().unwrap_or("unknown")
+    );
+    json!({
+        "status": response.status, "request_id": response.request_id, "stripe_id": object.id,
+        "idempotent_replayed": response.replayed, "duration_ms": elapsed.as_millis() as u64,
+    })
+}
+
+fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
+    let (job_id, user_id) = (call.job_id, call.user_id.as_str());
+    let elapsed_ms = elapsed.as_millis() as u64;
+    match outcome {
+        Outcome::Created(customer, response) => {
+            queue::log_event(job_id, "stripe_response", created_response(call, customer, response, elapsed));
+            link_object(job_id, user_id, customer);
+        }
+        Outcome::Adopted(customer) => {
+            log!(
+                "onboarding: found existing Stripe customer {} for user {user_id}; adopting it (job {job_id})",
+                customer.id
+            );
+            queue::log_event(job_id, "adopted", json!({"stripe_id": customer.id, "duration_ms": elapsed_ms}));
+            link_object(job_id, user_id, customer);
+        }
+        Outcome::Deleted { object, response } => {
+            let detail = match response {
+                Some(r) => json!({"status": r.status, "request_id": r.request_id, "duration_ms": elapsed_ms}),
+                None => json!({"note": "already gone", "duration_ms": elapsed_ms}),
+            };
+            queue::log_event(job_id, "stripe_response", detail);
+            log!("onboarding: deleted Stripe {} {object} of user {user_id} (job {job_id})", object_noun(object));
+            let detail = json!({"stripe_id": object});
+            let done = if matches!(call.work, Work::CleanUpCustomer { .. }) {
+                // A creation job whose profile is gone: skipped, after undoing its lost attempt.
+                let because = "profile not found; the customer of a lost attempt was deleted".into();
+                Transition::Skip { because, undone: Some(object.clone()) }
+            } else {
+                Transition::Succeed { how: Success::Compensated, stripe_id: None }
+            };
+            queue::finish(job_id, done, detail);
+        }
+        Outcome::EmailUpdated(response) => {
+            let Work::UpdateEmail { customer, email } = &call.work else { unreachable!("only email updates update") };
+            let detail = json!({
+                "status": response.status, "request_id": response.request_id, "stripe_id": customer,
+                "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
+            });
+            queue::log_event(job_id, "stripe_response", detail);
+            log!("onboarding: updated the email of Stripe customer {customer} of user {user_id} (job {job_id})");
+            queue::finish_email_update(job_id, email, json!({"stripe_id": customer, "email": email}));
+        }
+        Outcome::NothingToCleanUp => {
+            let because = "profile not found; no customer from earlier attempts";
+            queue::finish(job_id, skip(because), json!({"reason": because}));
+        }
+        Outcome::Failed(error) => {
+            if let Some(status) = error.status() {
+                let detail = json!({"status": status, "request_id": error.request_id(), "duration_ms": elapsed_ms});
+                queue::log_event(job_id, "stripe_response", detail);
+            }
+            let message = error.to_string();
+            let mut detail = error.to_json();
+            detail["attempt"] = call.attempts.into();
+            let is_post =
+                matches!(call.work, Work::CreateCustomer { .. } | Work::CreateAccount(_) | Work::UpdateEmail { .. });
+            let next = after_failure(
+                call.attempts,
+                gucs::max_attempts(),
+                classify(error, is_post),
+                &gucs::backoff(),
+                &mut rand::rng(),
+            );
+            let what = call.describe();
+            match next {
+                AfterFailure::RetryIn(delay) => {
+                    detail["retry_in_ms"] = (delay.as_millis() as u64).into();
+                    warning!(
+                        "onboarding: {what} failed: {message}; retrying in {:.1}s (job {job_id}, attempt {})",
+                        delay.as_secs_f64(),
+                        call.attempts
+                    );
+                    queue::finish(job_id, Transition::RetryIn { delay, error: message }, detail);
+                }
+                AfterFailure::Dead => {
+                    warning!("onboarding: {what} failed for good: {message} (job {job_id}, attempt {})", call.attempts);
+                    queue::finish(job_id, die(&message), detail);
+                }
+            }
+        }
+    }
+}
+
+/// "customer" or "Connect account", for log lines.
+fn object_noun(id: &str) -> &'static str {
+    if id.starts_with("acct_") { "Connect account" } else { "customer" }
+}
+
+/// Writes a created or adopted customer or account back to the profile (in the results transaction).
+fn link_object(job_id: i64, user_id: &str, customer: &StripeObject) {
+    if customer.metadata_user_id.as_deref() != Some(user_id) {
+        // Never link, nor delete, a customer that Stripe says belongs to someone else.
+        let reason = format!(
+            "customer {} has metadata.user_id {:?}, expected {user_id:?}",
+            customer.id, customer.metadata_user_id
+        );
+        warning!("onboarding: not linking {}: {reason} (job {job_id})", customer.id);
+        let detail = json!({"reason": reason, "stripe_id": customer.id});
+        queue::finish(job_id, die(&reason), detail);
+        return;
+    }
+    match queue::write_back(job_id, &customer.id) {
+        WriteBack::WrittenBack => log!(
+            "onboarding: wrote Stripe {} {} back to the profile of user {user_id} (job {job_id})",
+            object_noun(&customer.id),
+            customer.id
+        ),
+        WriteBack::AlreadyLinked => {}
+        WriteBack::NotLinked(other) => warning!(
+            "onboarding: Stripe {} {} for user {user_id} is not linked ({other}); \
+                 job {job_id} is orphaned and the object will be deleted",
+            object_noun(&customer.id),
+            customer.id
+        ),
+    }
+}
