@@ -67,6 +67,9 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// (its commit also wakes the workers).
 const UPDATE_POLL: Duration = Duration::from_secs(1);
 
+/// While waiting for that update, the shortest gap between two looks (wake-ups come per commit).
+const UPDATE_RECHECK: Duration = Duration::from_millis(50);
+
 /// A worker serves one database (its oid is the argument; the launcher starts it, see
 /// launcher.rs) until shutdown, or until it finds the extension is not installed there.
 #[pg_guard]
@@ -109,7 +112,11 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
             match worker.check_sql_release(&database_name) {
                 Some(true) => woken = true,
                 Some(false) => {
-                    wait_for_latch(UPDATE_POLL);
+                    // Every insert's commit sets the latch: look at most every UPDATE_RECHECK, not
+                    // once per commit (requests are refused within that time).
+                    if wait_for_latch(UPDATE_POLL) {
+                        std::thread::sleep(UPDATE_RECHECK);
+                    }
                     continue;
                 }
                 None => {

@@ -1,7 +1,7 @@
 //! The job state machine: what a job is (`JobKind`), where it is in its life (`JobState`), and
 //! the named moves between states (`Transition`), each carrying its reason. Every state change
 //! the worker makes is a `Transition`; in SQL the same moves are enforced by the jobs table's
-//! state-machine trigger (`onboarding._job_state_machine`, sql/transitions.sql), whose table of
+//! state-machine triggers (`onboarding._job_state_machine`, sql/job_states.sql), whose table of
 //! allowed moves [`JobState::may_become`] mirrors (a test compares the two).
 //!
 //! ```text
