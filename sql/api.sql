@@ -82,7 +82,7 @@ BEGIN
     LOOP
         SELECT j.id INTO job FROM onboarding.jobs j
          WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid AND j.stripe_id IS NULL
-           AND j.state IN ('pending', 'running');
+           AND onboarding._is_open(j.state);
         IF FOUND THEN
             RETURN job;
         END IF;
@@ -300,7 +300,7 @@ BEGIN
                 UNION SELECT 'create_customer') k
           LEFT JOIN LATERAL (
                 -- An insert the worker has not promoted to a job yet: pending, without a job id.
-                SELECT NULL::bigint AS id, 'pending'::text AS state, 0 AS attempts, NULL::text AS last_error,
+                SELECT NULL::bigint AS id, onboarding._pending() AS state, 0 AS attempts, NULL::text AS last_error,
                        i.enqueued_at AS created_at, NULL::timestamptz AS finished_at, 0 AS rank
                   FROM onboarding.intake i
                  WHERE k.kind = 'create_customer' AND i.profile_table = a.profile_table

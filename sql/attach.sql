@@ -42,7 +42,7 @@ BEGIN
              WHERE d.%3$I IS NOT NULL
                AND EXISTS (SELECT FROM onboarding.jobs c
                             WHERE c.profile_table = %1$s::oid AND c.kind = %6$L
-                              AND c.user_id = d.%2$I::text AND c.state = 'succeeded' AND c.stripe_id = d.%3$I)
+                              AND c.user_id = d.%2$I::text AND c.state = onboarding._succeeded() AND c.stripe_id = d.%3$I)
                AND NOT EXISTS (SELECT FROM %4$s other WHERE other.%3$I = d.%3$I) $sql$,
             TG_RELID, TG_ARGV[0], TG_ARGV[i], TG_RELID::regclass,
             CASE i WHEN 1 THEN 'delete_customer' ELSE 'delete_connect_account' END,

@@ -60,16 +60,16 @@ RETURNS TABLE (job_id bigint, kind text, user_id text, problem text, state text,
                age interval, reason text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT j.id, j.kind, j.user_id,
-           CASE WHEN j.state = 'dead' THEN 'dead'
-                WHEN j.state = 'running' THEN 'stuck past its lease'
+           CASE WHEN j.state = onboarding._dead() THEN 'dead'
+                WHEN j.state = onboarding._running() THEN 'stuck past its lease'
                 ELSE 'waiting long' END,
            j.state, j.attempts, now() - j.created_at,
-           coalesce(j.last_error, CASE j.state WHEN 'running' THEN format('claimed by pid %s at %s', j.claimed_by, j.claimed_at) END)
+           coalesce(j.last_error, CASE WHEN j.state = onboarding._running() THEN format('claimed by pid %s at %s', j.claimed_by, j.claimed_at) END)
       FROM onboarding.jobs j
-     WHERE j.state = 'dead'
-        OR (j.state = 'running'
+     WHERE j.state = onboarding._dead()
+        OR (j.state = onboarding._running()
             AND j.claimed_at < now() - coalesce(current_setting('onboarding.lease', true), '5min')::interval)
-        OR (j.state = 'pending' AND j.created_at < now() - waiting_longer_than)
+        OR (j.state = onboarding._pending() AND j.created_at < now() - waiting_longer_than)
      ORDER BY j.id;
 $$;
 
@@ -102,7 +102,7 @@ BEGIN
                      ON q.user_id = p.uid AND m.kind = 'create_customer'
              WHERE m.is_missing
                AND CASE WHEN q.since IS NOT NULL THEN q.since < now() - $1
-                        ELSE j.id IS NULL OR j.state NOT IN ('pending', 'running') OR j.created_at < now() - $1 END
+                        ELSE j.id IS NULL OR NOT onboarding._is_open(j.state) OR j.created_at < now() - $1 END
              ORDER BY p.uid, m.what $sql$,
             a.profile_table, a.id_column, a.customer_column,
             coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'),
@@ -174,19 +174,19 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                         coalesce(detail->>'code', '') AS code
                    FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since)
     SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
-      FROM unnest(ARRAY['pending', 'running', 'dead']) s
+      FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
       LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
     UNION ALL
     SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
       FROM onboarding.intake
     UNION ALL
     SELECT 'oldest pending (s)', coalesce(extract(epoch FROM now() - min(created_at)), 0)::numeric(12, 1), NULL
-      FROM (SELECT created_at FROM onboarding.jobs WHERE state = 'pending'
+      FROM (SELECT created_at FROM onboarding.jobs WHERE state = onboarding._pending()
             UNION ALL SELECT enqueued_at FROM onboarding.intake) pending
     UNION ALL
     SELECT 'succeeded per minute', (count(*) / greatest(extract(epoch FROM since) / 60, 1))::numeric(12, 2),
            format('%s succeeded in %s', count(*), since)
-      FROM onboarding.jobs WHERE state = 'succeeded' AND finished_at >= now() - since
+      FROM onboarding.jobs WHERE state = onboarding._succeeded() AND finished_at >= now() - since
     UNION ALL
     SELECT 'commit to written back p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
       FROM latency, unnest(ARRAY[50, 95, 99]) p GROUP BY p
@@ -197,7 +197,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM calls, unnest(ARRAY[50, 95, 99]) p GROUP BY p
     UNION ALL
     SELECT 'attempts per finished job', avg(attempts)::numeric(12, 2), NULL
-      FROM recent WHERE state NOT IN ('pending', 'running')
+      FROM recent WHERE NOT onboarding._is_open(state)
     UNION ALL
     SELECT 'failure rate', round(count(*) FILTER (WHERE step IN ('failed', 'dead') AND detail ? 'kind')::numeric
                                  / nullif(count(*) FILTER (WHERE step = 'stripe_request'), 0), 4),

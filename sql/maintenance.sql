@@ -17,16 +17,16 @@ DECLARE
 BEGIN
     WITH abandoned AS (
         UPDATE onboarding.jobs j
-           SET state = CASE WHEN j.attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+           SET state = CASE WHEN j.attempts >= max_attempts THEN onboarding._dead() ELSE onboarding._pending() END,
                run_at = now(), claimed_by = NULL,
                last_error = CASE WHEN j.attempts >= max_attempts
                             THEN 'the worker exited during every attempt' ELSE j.last_error END
-         WHERE j.state = 'running'
+         WHERE j.state = onboarding._running()
            AND (j.claimed_at < now() - lease
                 OR NOT EXISTS (SELECT FROM pg_stat_activity s WHERE s.pid = j.claimed_by))
         RETURNING j.id, j.user_id, j.state, j.attempts)
     INSERT INTO onboarding.events (job_id, user_id, step, detail)
-    SELECT id, user_id, CASE state WHEN 'dead' THEN 'dead' ELSE 'requeued' END,
+    SELECT id, user_id, CASE WHEN state = onboarding._dead() THEN 'dead' ELSE 'requeued' END,
            jsonb_build_object('reason', 'the worker that claimed it exited or overran its lease', 'attempts', attempts)
       FROM abandoned;
     GET DIAGNOSTICS requeued = ROW_COUNT;
@@ -49,7 +49,7 @@ BEGIN
     END IF;
     WITH doomed AS (
         SELECT id FROM onboarding.jobs
-         WHERE state IN ('succeeded', 'skipped', 'cancelled') AND finished_at < now() - keep
+         WHERE onboarding._is_done(state) AND finished_at < now() - keep
          ORDER BY finished_at LIMIT batch FOR UPDATE SKIP LOCKED),
     gone_events AS (DELETE FROM onboarding.events e USING doomed d WHERE e.job_id = d.id)
     DELETE FROM onboarding.jobs j USING doomed d WHERE j.id = d.id;

@@ -21,22 +21,22 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'onboarding.retry: no job %', job_id USING ERRCODE = 'no_data_found';
     END IF;
-    IF j.state NOT IN ('dead', 'cancelled') THEN
+    IF j.state NOT IN (onboarding._dead(), onboarding._cancelled()) THEN
         RAISE EXCEPTION 'onboarding.retry: job % is %, only dead or cancelled jobs can be retried', job_id, j.state
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = CASE j.state WHEN 'pending' THEN 'It is already queued.'
-                                      WHEN 'running' THEN 'It is being worked on right now.'
-                                      ELSE 'It has finished.' END;
+                  HINT = CASE WHEN j.state = onboarding._pending() THEN 'It is already queued.'
+                              WHEN j.state = onboarding._running() THEN 'It is being worked on right now.'
+                              ELSE 'It has finished.' END;
     END IF;
     SELECT o.id INTO open_job FROM onboarding.jobs o
      WHERE o.profile_table = j.profile_table AND o.kind = j.kind AND o.user_id = j.user_id
-       AND o.stripe_id IS NOT DISTINCT FROM j.stripe_id AND o.state IN ('pending', 'running');
+       AND o.stripe_id IS NOT DISTINCT FROM j.stripe_id AND onboarding._is_open(o.state);
     IF FOUND THEN
         RAISE EXCEPTION 'onboarding.retry: job % for user % is already open for the same work', open_job, j.user_id
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for that job instead.';
     END IF;
     UPDATE onboarding.jobs
-       SET state = 'pending', attempts = 0, run_at = now()
+       SET state = onboarding._pending(), attempts = 0, run_at = now()
      WHERE id = job_id RETURNING * INTO j;
     INSERT INTO onboarding.events (job_id, user_id, step, detail)
     VALUES (j.id, j.user_id, 'retried', jsonb_build_object('by', session_user::text));
@@ -53,13 +53,13 @@ DECLARE
 BEGIN
     FOR candidate IN
         SELECT d.id FROM onboarding.jobs d
-         WHERE d.state = 'dead'
+         WHERE d.state = onboarding._dead()
            AND (error_code IS NULL
                 OR d.last_error_detail->>'code' = error_code
                 OR d.last_error_detail->>'transport' = error_code)
            AND NOT EXISTS (SELECT FROM onboarding.jobs o
                             WHERE o.profile_table = d.profile_table AND o.kind = d.kind AND o.user_id = d.user_id
-                              AND o.stripe_id IS NOT DISTINCT FROM d.stripe_id AND o.state IN ('pending', 'running'))
+                              AND o.stripe_id IS NOT DISTINCT FROM d.stripe_id AND onboarding._is_open(o.state))
          ORDER BY d.id
     LOOP
         RETURN QUERY SELECT * FROM onboarding.retry(candidate);
@@ -79,13 +79,13 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'onboarding.cancel: no job %', job_id USING ERRCODE = 'no_data_found';
     END IF;
-    IF j.state <> 'pending' THEN
+    IF j.state <> onboarding._pending() THEN
         RAISE EXCEPTION 'onboarding.cancel: job % is %, only pending jobs can be cancelled', job_id, j.state
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = CASE WHEN j.state = 'running' THEN 'Its Stripe call is in flight; let it finish.'
+                  HINT = CASE WHEN j.state = onboarding._running() THEN 'Its Stripe call is in flight; let it finish.'
                               ELSE 'It is no longer waiting.' END;
     END IF;
-    UPDATE onboarding.jobs SET state = 'cancelled'
+    UPDATE onboarding.jobs SET state = onboarding._cancelled()
      WHERE id = job_id RETURNING * INTO j;
     INSERT INTO onboarding.events (job_id, user_id, step, detail)
     VALUES (j.id, j.user_id, 'cancelled', jsonb_build_object('by', session_user::text));
@@ -136,7 +136,7 @@ BEGIN
                     SELECT p.id::text AS uid FROM page p
                      WHERE NOT EXISTS (SELECT FROM onboarding.jobs j
                                         WHERE j.profile_table = %1$L::regclass AND j.kind = 'create_customer'
-                                          AND j.user_id = p.id::text AND j.state IN ('pending', 'running', 'dead')))
+                                          AND j.user_id = p.id::text AND (onboarding._is_open(j.state) OR j.state = onboarding._dead())))
                 SELECT (SELECT p.id::text FROM page p ORDER BY p.id DESC LIMIT 1),  -- no max(uuid)
                        (SELECT count(onboarding._enqueue(%1$L::regclass, uid, 'create_customer', 'backfill ' || $3))
                           FROM wanted) $sql$,
@@ -170,8 +170,8 @@ SELECT b.id, b.profile_table, b.total, b.enqueued, p.provisioned, p.failed,
        b.started_at, b.finished_at AS enqueued_at
   FROM onboarding.backfills b
  CROSS JOIN LATERAL (
-       SELECT count(*) FILTER (WHERE j.state = 'succeeded') AS provisioned,
-              count(*) FILTER (WHERE j.state IN ('dead', 'skipped', 'cancelled')) AS failed
+       SELECT count(*) FILTER (WHERE j.state = onboarding._succeeded()) AS provisioned,
+              count(*) FILTER (WHERE j.state IN (onboarding._dead(), onboarding._skipped(), onboarding._cancelled())) AS failed
          FROM onboarding.events e JOIN onboarding.jobs j ON j.id = e.job_id
         WHERE e.step = 'enqueued' AND e.detail->>'source' = 'backfill ' || b.id) p;
 
@@ -252,12 +252,12 @@ BEGIN
     FOR r IN SELECT * FROM onboarding.audit_missing('0 seconds') m
               WHERE reconcile.profile_table IS NULL OR m.profile_table = reconcile.profile_table LOOP
         user_id := r.user_id; stripe_id := NULL;
-        IF r.state = 'dead' THEN
+        IF r.state = onboarding._dead() THEN
             action := 'retry'; detail := format('job %s: %s', r.job_id, r.last_error);
             IF NOT dry_run THEN
                 PERFORM onboarding.retry(r.job_id);
             END IF;
-        ELSIF r.state = 'no job' OR r.state IN ('skipped', 'cancelled', 'orphaned', 'succeeded') THEN
+        ELSIF r.state = 'no job' OR onboarding._is_final(r.state) THEN  -- (dead ones: above)
             action := 'enqueue ' || r.missing; detail := format('latest job: %s', r.state);
             IF NOT dry_run THEN
                 PERFORM onboarding._enqueue(r.profile_table, r.user_id,

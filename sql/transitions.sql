@@ -57,12 +57,12 @@ BEGIN
     FOR job IN
         WITH due AS (
             SELECT j.id FROM onboarding.jobs j
-             WHERE j.state = 'pending' AND j.run_at <= now()
+             WHERE j.state = onboarding._pending() AND j.run_at <= now()
              ORDER BY j.run_at, j.id
              LIMIT max_jobs
              FOR UPDATE SKIP LOCKED)
         UPDATE onboarding.jobs j
-           SET state = 'running', attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
                claimed_at = now(), first_attempt_at = coalesce(j.first_attempt_at, now())
           FROM due WHERE j.id = due.id
         RETURNING j.*
@@ -71,7 +71,7 @@ BEGIN
         VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
         SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
         IF NOT FOUND THEN
-            PERFORM onboarding._finish_job(job.id, 'skipped', 'skipped',
+            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
                 jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
             CONTINUE;
         END IF;
@@ -91,7 +91,7 @@ BEGIN
             -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
             profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
         WHEN OTHERS THEN
-            PERFORM onboarding._finish_job(job.id, 'dead', 'dead',
+            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
                 jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
                 error => 'could not read the profile: ' || SQLERRM);
             CONTINUE;
@@ -113,9 +113,9 @@ BEGIN
            stripe_id = coalesce(_finish_job.stripe_id, j.stripe_id),
            last_error = coalesce(error, j.last_error),
            last_error_detail = CASE WHEN error IS NULL THEN j.last_error_detail ELSE detail END,
-           run_at = CASE WHEN new_state = 'pending' THEN now() + coalesce(retry_in, '0') ELSE j.run_at END,
+           run_at = CASE WHEN new_state = onboarding._pending() THEN now() + coalesce(retry_in, '0') ELSE j.run_at END,
            claimed_by = NULL
-     WHERE j.id = job AND j.state = 'running' AND j.claimed_by = pg_backend_pid()
+     WHERE j.id = job AND j.state = onboarding._running() AND j.claimed_by = pg_backend_pid()
     RETURNING j.user_id INTO uid;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'onboarding: job % is not running in this worker (taken back after its lease?)', job
@@ -161,14 +161,14 @@ BEGIN
                 SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
                   FROM unnest($1, $2) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
                  WHERE x.profile_table = %1$L::regclass AND x.kind = %7$L
-                   AND x.state = 'running' AND x.claimed_by = pg_backend_pid()),
+                   AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
             linked AS (
                 UPDATE %1$s p SET %3$I = m.object FROM mine m
                  WHERE p.%2$I = m.user_id::%4$s AND p.%3$I IS NULL
                 RETURNING m.id, m.user_id, m.object, m.sent_email, p.%5$I::text AS email),
             finished AS (
                 UPDATE onboarding.jobs x
-                   SET state = 'succeeded', stripe_id = l.object, claimed_by = NULL
+                   SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL
                   FROM linked l WHERE x.id = l.id
                 RETURNING x.id),
             logged AS (
@@ -220,20 +220,20 @@ BEGIN
            INTO found_profile, current_id USING j.user_id;
     END IF;
     IF current_id = object_id THEN
-        PERFORM onboarding._finish_job(job, 'succeeded', 'skipped',
+        PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'skipped',
             jsonb_build_object('reason', 'profile already linked to this object', 'stripe_id', object_id),
             stripe_id => object_id);
         RETURN 'already_linked';
     ELSIF found_profile THEN
         -- Someone linked another object meanwhile: ours has no profile pointing at it.
-        PERFORM onboarding._finish_job(job, 'orphaned', 'orphaned',
+        PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
             jsonb_build_object('reason', format('profile is linked to %s instead', current_id), 'stripe_id', object_id),
             stripe_id => object_id, error => format('profile is already linked to %s; %s is unused', current_id, object_id));
         PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
                                                  'profile linked to another object');
         RETURN 'linked_elsewhere';
     END IF;
-    PERFORM onboarding._finish_job(job, 'orphaned', 'orphaned',
+    PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
         jsonb_build_object('reason', 'profile deleted before write-back', 'stripe_id', object_id),
         stripe_id => object_id, error => format('profile deleted before %s could be written back', object_id));
     PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
@@ -280,16 +280,16 @@ BEGIN
     SELECT * INTO j FROM onboarding.jobs WHERE id = job;
     IF EXISTS (SELECT FROM onboarding.jobs c
                 WHERE c.profile_table = j.profile_table AND c.user_id = j.user_id AND c.kind = 'create_customer'
-                  AND c.state IN ('pending', 'running')) THEN
-        PERFORM onboarding._finish_job(job, 'pending', 'postponed',
+                  AND onboarding._is_open(c.state)) THEN
+        PERFORM onboarding._finish_job(job, onboarding._pending(), 'postponed',
             jsonb_build_object('reason', 'waiting for the customer'), retry_in => interval '1 second');
         UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
         RETURN 'postponed';
     END IF;
-    PERFORM onboarding._finish_job(job, 'dead', 'dead',
+    PERFORM onboarding._finish_job(job, onboarding._dead(), 'dead',
         jsonb_build_object('reason', 'the profile has no customer and none is being created'),
         error => 'the profile has no customer and none is being created; enqueue_customer() first');
-    RETURN 'dead';
+    RETURN 'dead';  -- what happened (an event step), not the state
 END $$;
 
 -- Finishes an email update; if the email changed again meanwhile, queues the next update.
@@ -300,7 +300,7 @@ DECLARE
     a onboarding.attachments;
     current_email text;
 BEGIN
-    PERFORM onboarding._finish_job(job, 'succeeded', 'email_updated', detail);
+    PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'email_updated', detail);
     SELECT * INTO j FROM onboarding.jobs WHERE id = job;
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
     IF FOUND THEN
@@ -322,5 +322,5 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN (SELECT CASE WHEN EXISTS (SELECT FROM onboarding.intake) THEN 0
                         ELSE extract(epoch FROM min(run_at) - now())::double precision END
-              FROM onboarding.jobs WHERE state = 'pending');
+              FROM onboarding.jobs WHERE state = onboarding._pending());
 END $$;

@@ -38,15 +38,15 @@ mod worker;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/job_states.sql", name = "job_states", requires = ["schema"]);
-extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["schema"]);
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema", "attach"]);
+extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["schema", "job_states"]);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema", "job_states", "attach"]);
 extension_sql_file!(
     "../sql/transitions.sql",
     name = "transitions",
     requires = ["schema", "job_states", "attach", "api"]
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["schema", "job_states"]);
-extension_sql_file!("../sql/audits.sql", name = "audits", requires = ["schema", "attach", "maintenance"]);
+extension_sql_file!("../sql/audits.sql", name = "audits", requires = ["schema", "job_states", "attach", "maintenance"]);
 extension_sql_file!(
     "../sql/operations.sql",
     name = "operations",

@@ -132,6 +132,12 @@ impl JobState {
         !self.is_open()
     }
 
+    /// Finished with nothing left for anyone to do: retention may prune it (dead and orphaned jobs
+    /// wait for a human).
+    pub const fn is_done(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Skipped | JobState::Cancelled)
+    }
+
     /// The states a job in `self` may move to: the state machine as a table.
     pub const fn may_become(self) -> &'static [JobState] {
         use JobState::*;
@@ -374,6 +380,44 @@ mod tests {
         assert!(postpone.refunds_attempt() && postpone.error().is_none());
         let undone = Transition::Skip { because: "profile gone".into(), undone: Some("cus_2".into()) };
         assert_eq!((undone.step(), undone.stripe_id()), ("compensated", Some("cus_2")));
+    }
+
+    /// sql/job_states.sql, the SQL state machine's definitions.
+    fn sql_job_states() -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/job_states.sql");
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    /// The SQL names of the states (`onboarding._pending()` …) and its groups of states
+    /// (`onboarding._is_open(state)` …) must be these.
+    #[test]
+    fn sql_state_names_and_groups_match() {
+        let text = sql_job_states();
+        let start = text.find("-- state machine: states begin").expect("states begin marker");
+        let end = text.find("-- state machine: states end").expect("states end marker");
+        let named: Vec<(String, String)> = text[start..end]
+            .lines()
+            .filter_map(|l| {
+                let function = l.strip_prefix("CREATE FUNCTION onboarding._")?.split_once("()")?.0;
+                let value = l.split("RETURN '").nth(1)?.split_once("';")?.0;
+                Some((function.to_string(), value.to_string()))
+            })
+            .collect();
+        let expected: Vec<(String, String)> =
+            JobState::ALL.into_iter().map(|s| (s.as_str().to_string(), s.as_str().to_string())).collect();
+        assert_eq!(named, expected);
+
+        let group = |name: &str| -> Vec<String> {
+            let at = text.find(&format!("CREATE FUNCTION onboarding._{name}(state text)")).expect(name);
+            let list = text[at..].split("RETURN state IN (").nth(1).unwrap().split_once(");").unwrap().0;
+            list.split(", ").map(|s| s.trim_matches('\'').to_string()).collect()
+        };
+        let of = |keep: fn(JobState) -> bool| -> Vec<String> {
+            JobState::ALL.into_iter().filter(|s| keep(*s)).map(|s| s.as_str().to_string()).collect()
+        };
+        assert_eq!(group("is_open"), of(JobState::is_open));
+        assert_eq!(group("is_final"), of(JobState::is_final));
+        assert_eq!(group("is_done"), of(JobState::is_done));
     }
 
     /// The SQL trigger's table of moves (sql/) must be this one.
