@@ -94,6 +94,14 @@ fn main() {
             format!("{:.1} us / {:.1} %", per_job * 1e6, per_job * rate * 100.0),
             "-",
         );
+        // What running the worker's statements on a profile table as its owner costs: the claim's
+        // profile read and the write-back, through onboarding._as_owner vs plain EXECUTE.
+        let per_job = owner_switch_cost_per_job(&mut db);
+        row(
+            "2c. owner switch (read + write-back as the table's owner): per job / share",
+            format!("{:.1} us / {:.1} %", per_job * 1e6, per_job * rate * 100.0),
+            "-",
+        );
     }
     if part("3") {
         // 3. 250 ms at Stripe.
@@ -311,6 +319,52 @@ fn state_machine_cost_per_job(db: &mut Client) -> f64 {
         v[v.len() / 2]
     };
     (median(&mut with) - median(&mut without)).max(0.0) / JOBS as f64
+}
+
+/// Seconds per job that `onboarding._as_owner` adds to the worker's two statements on a profile
+/// (read by id, write-back by id): 5,000 profiles each way, three turns, medians' difference.
+fn owner_switch_cost_per_job(db: &mut Client) -> f64 {
+    const PROFILES: i64 = 5_000;
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS public.bench_owned;
+         CREATE TABLE public.bench_owned (id bigint PRIMARY KEY, email text, stripe_customer_id text);
+         INSERT INTO public.bench_owned SELECT g, 'p' || g || '@example.com', NULL FROM generate_series(1, {PROFILES}) g;
+         VACUUM ANALYZE public.bench_owned;"
+    ))
+    .unwrap();
+    let mut turn = |as_owner: bool| -> f64 {
+        db.batch_execute("UPDATE public.bench_owned SET stripe_customer_id = NULL").unwrap();
+        db.batch_execute("VACUUM public.bench_owned").unwrap();
+        let body = if as_owner {
+            "PERFORM FROM onboarding._as_owner('public.bench_owned'::regclass,
+                 'SELECT email::text, stripe_customer_id::text FROM public.bench_owned WHERE id = $1::bigint', ARRAY[i::text]);
+             PERFORM FROM onboarding._as_owner('public.bench_owned'::regclass,
+                 'UPDATE public.bench_owned SET stripe_customer_id = $2 WHERE id = $1::bigint AND stripe_customer_id IS NULL
+                  RETURNING id::text', ARRAY[i::text, 'cus_bench']);"
+        } else {
+            "EXECUTE 'SELECT email::text, stripe_customer_id::text FROM public.bench_owned WHERE id = $1::bigint'
+                 INTO e, c USING i::text;
+             EXECUTE 'UPDATE public.bench_owned SET stripe_customer_id = $2 WHERE id = $1::bigint AND stripe_customer_id IS NULL
+                  RETURNING id::text' INTO c USING i::text, 'cus_bench';"
+        };
+        let start = Instant::now();
+        db.batch_execute(&format!(
+            "DO $$ DECLARE e text; c text; BEGIN FOR i IN 1..{PROFILES} LOOP {body} END LOOP; END $$;"
+        ))
+        .unwrap();
+        start.elapsed().as_secs_f64()
+    };
+    let (mut owner, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        owner.push(turn(true));
+        plain.push(turn(false));
+    }
+    db.batch_execute("DROP TABLE public.bench_owned").unwrap();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(&mut owner) - median(&mut plain)).max(0.0) / PROFILES as f64
 }
 
 /// Waits until no job is open and no insert waits to become one.

@@ -52,14 +52,26 @@ BEGIN
             USING ERRCODE = 'string_data_right_truncation', HINT = 'Stripe metadata values hold at most 500 characters.';
     END IF;
     BEGIN
-        EXECUTE format('SELECT jsonb_build_object(''id'', %1$I::text, ''email'', %2$I::text, ''customer'', %3$I::text,
-                                   ''connect_account'', %4$s, ''inserted_by_this_transaction'',
-                                   onboarding._inserted_by_this_transaction(xmin::text::bigint))
-                          FROM %5$s WHERE %1$I = $1::%6$s',
-                a.id_column, a.email_column, a.customer_column,
-                coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
-                a.profile_table, a.id_type)
-           INTO profile USING user_id;
+        -- Only a profile the caller may read itself (its privileges, the table's row-level
+        -- security): applications act for their own users, not for anyone whose id they know.
+        IF onboarding._caller_can_read(a.profile_table,
+               format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type),
+               ARRAY[user_id]) = 'refused' THEN
+            RAISE EXCEPTION 'onboarding: no profile % that this role may read in %', quote_literal(user_id), a.profile_table
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'The calling role must be able to SELECT the profile: its privileges on the table and '
+                             'the table''s row-level security policies decide.';
+        END IF;
+        -- Then read as the table's owner (src/tables.rs).
+        SELECT jsonb_build_object('id', r[1], 'email', r[2], 'customer', r[3], 'connect_account', r[4],
+                                  'inserted_by_this_transaction', onboarding._inserted_by_this_transaction(r[5]::bigint))
+          INTO profile
+          FROM onboarding._as_owner(a.profile_table,
+                   format('SELECT %1$I::text, %2$I::text, %3$I::text, %4$s, xmin::text FROM %5$s WHERE %1$I = $1::%6$s',
+                          a.id_column, a.email_column, a.customer_column,
+                          coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                          a.profile_table, a.id_type),
+                   ARRAY[user_id]) r;
     EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
         RAISE EXCEPTION 'onboarding: % is not a valid % (the type of %.%)', quote_literal(user_id), a.id_type,
                 a.profile_table, quote_ident(a.id_column)
@@ -163,8 +175,9 @@ DECLARE
 BEGIN
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tbl;
     IF FOUND THEN
-        EXECUTE format('SELECT %I::text FROM %s WHERE %I = $1::%s', a.customer_column, a.profile_table, a.id_column, a.id_type)
-           INTO customer USING uid;
+        SELECT r[1] INTO customer
+          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                   a.customer_column, a.profile_table, a.id_column, a.id_type), ARRAY[uid]) r;
     END IF;
     RETURN customer;
 END $$;
@@ -229,9 +242,9 @@ DECLARE
 BEGIN
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tbl;
     IF FOUND AND a.connect_account_column IS NOT NULL THEN
-        EXECUTE format('SELECT %I::text FROM %s WHERE %I = $1::%s', a.connect_account_column, a.profile_table,
-                a.id_column, a.id_type)
-           INTO account USING uid;
+        SELECT r[1] INTO account
+          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                   a.connect_account_column, a.profile_table, a.id_column, a.id_type), ARRAY[uid]) r;
     END IF;
     RETURN account;
 END $$;
@@ -250,10 +263,8 @@ BEGIN
     IF account IS NOT NULL THEN
         RETURN;
     END IF;
-    EXECUTE format('SELECT onboarding._connect_due($1, p) FROM %s p WHERE %I = $2::%s', a.profile_table,
-            a.id_column, a.id_type)
-       INTO due USING a, uid;
-    IF NOT coalesce(due, false) THEN
+    due := onboarding._connect_due(a, uid);
+    IF NOT due THEN
         refusal := format('the user has no Connect account, and the Connect policy of %s (%s) does not create one for them',
                           tbl, a.connect_policy || coalesce(': ' || a.connect_condition, ''));
         RETURN;
@@ -269,17 +280,30 @@ RETURNS TABLE (id bigint, kind text, user_id text, state text, attempts integer,
                last_error text, run_at timestamptz, created_at timestamptz, finished_at timestamptz,
                duration interval)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
 BEGIN
     IF job_id IS NULL THEN
         RAISE EXCEPTION 'onboarding.job_status: job_id is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    SELECT * INTO j FROM onboarding.jobs x WHERE x.id = job_status.job_id;
+    -- Jobs of profiles the caller may read only; whether another job exists is not said, except to
+    -- roles that may read the queue anyway.
+    IF NOT FOUND OR NOT EXISTS (SELECT FROM onboarding.attachments a WHERE a.profile_table = j.profile_table)
+       OR onboarding._caller_can_read(j.profile_table,
+              (SELECT format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type)
+                 FROM onboarding.attachments a WHERE a.profile_table = j.profile_table),
+              ARRAY[j.user_id]) <> 'visible' THEN
+        IF NOT FOUND AND has_table_privilege(onboarding._calling_role(), 'onboarding.jobs', 'SELECT') THEN
+            RAISE EXCEPTION 'onboarding.job_status: no job %', job_id USING ERRCODE = 'no_data_found';
+        END IF;
+        RAISE EXCEPTION 'onboarding.job_status: no job % of a profile this role may read', job_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'The calling role must be able to SELECT the job''s profile.';
+    END IF;
     RETURN QUERY
         SELECT j.id, j.kind, j.user_id, j.state, j.attempts, j.stripe_id, j.last_error, j.run_at,
-               j.created_at, j.finished_at, coalesce(j.finished_at, now()) - j.created_at
-          FROM onboarding.jobs j WHERE j.id = job_status.job_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'onboarding.job_status: no job %', job_id USING ERRCODE = 'no_data_found';
-    END IF;
+               j.created_at, j.finished_at, coalesce(j.finished_at, now()) - j.created_at;
 END $$;
 
 -- The profile's Stripe IDs and its latest job of each kind.

@@ -9,16 +9,52 @@ LANGUAGE sql STABLE AS $$
     SELECT pg_catalog.bool(coalesce(pg_catalog.current_setting('onboarding.sync_email', true), 'on'));
 $$;
 
+-- The extension's triggers run with its owner's rights (they write the queue), so they read only
+-- the columns attach() named, and only while those still have the types attach() allows: the text
+-- form of a uuid, text, varchar or integer runs no code of the table's owner (to_jsonb(NEW) would
+-- run the owner's casts of every column). A column whose type the owner changed since is refused.
+CREATE FUNCTION onboarding._check_profile_columns(tbl regclass, columns name[]) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    changed text;
+BEGIN
+    SELECT string_agg(format('%I (%s)', c.name, coalesce(format_type(a.atttypid, NULL), 'dropped')), ', ')
+      INTO changed
+      FROM unnest(columns) AS c(name)
+      LEFT JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = c.name AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE c.name <> ''
+       AND (a.atttypid IS NULL
+            OR a.atttypid NOT IN ('uuid'::regtype, 'text'::regtype, 'character varying'::regtype, 'bigint'::regtype,
+                                  'integer'::regtype, coalesce(to_regtype('citext'), 'text'::regtype)));
+    IF changed IS NOT NULL THEN
+        RAISE EXCEPTION 'onboarding: columns of % changed since attach(): %', tbl, changed
+            USING ERRCODE = 'datatype_mismatch',
+                  HINT = 'Give them back a type attach() accepts (uuid, text, varchar, bigint, integer), or detach() the table.';
+    END IF;
+END $$;
+
+-- The named columns of a profile row, as text (after the check above).
+CREATE FUNCTION onboarding._profile_columns(tbl regclass, profile anyelement, columns name[]) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    picked text[];
+BEGIN
+    PERFORM onboarding._check_profile_columns(tbl, columns);
+    EXECUTE 'SELECT ARRAY[' || (SELECT string_agg(format('($1).%I::text', c), ', ') FROM unnest(columns) c) || ']'
+       INTO picked USING profile;
+    RETURN picked;
+END $$;
+
 -- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
 -- TG_ARGV: id column, customer column.
 CREATE FUNCTION onboarding._enqueue_email_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    profile jsonb := to_jsonb(NEW);
+    picked text[] := onboarding._profile_columns(TG_RELID, NEW, ARRAY[TG_ARGV[0], TG_ARGV[1]]::name[]);
 BEGIN
-    IF profile->>TG_ARGV[1] IS NOT NULL AND onboarding._sync_email_enabled() THEN
-        PERFORM onboarding._enqueue_for_customer(TG_RELID, profile->>TG_ARGV[0], 'update_customer_email',
-                                                 profile->>TG_ARGV[1], 'email changed');
+    IF picked[2] IS NOT NULL AND onboarding._sync_email_enabled() THEN
+        PERFORM onboarding._enqueue_for_customer(TG_RELID, picked[1], 'update_customer_email', picked[2],
+                                                 'email changed');
     END IF;
     RETURN NULL;
 END $$;
@@ -33,6 +69,7 @@ BEGIN
     IF NOT coalesce(current_setting('onboarding.delete_customers_with_profiles', true), 'on')::boolean THEN
         RETURN NULL;
     END IF;
+    PERFORM onboarding._check_profile_columns(TG_RELID, ARRAY[TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]]::name[]);
     -- Once for the customer column, once for the Connect account column (if the table has one).
     FOR i IN 1..2 LOOP
         CONTINUE WHEN coalesce(TG_ARGV[i], '') = '';
@@ -43,7 +80,9 @@ BEGIN
                AND EXISTS (SELECT FROM onboarding.jobs c
                             WHERE c.profile_table = %1$s::oid AND c.kind = %6$L
                               AND c.user_id = d.%2$I::text AND c.state = onboarding._succeeded() AND c.stripe_id = d.%3$I)
-               AND NOT EXISTS (SELECT FROM %4$s other WHERE other.%3$I = d.%3$I) $sql$,
+               AND NOT EXISTS (SELECT FROM onboarding._as_owner(%1$s::oid,
+                                   pg_catalog.format('SELECT ''x'' FROM %%s other WHERE other.%%I = $1 LIMIT 1', %4$L, %3$L),
+                                   ARRAY[d.%3$I::text])) $sql$,
             TG_RELID, TG_ARGV[0], TG_ARGV[i], TG_RELID::regclass,
             CASE i WHEN 1 THEN 'delete_customer' ELSE 'delete_connect_account' END,
             CASE i WHEN 1 THEN 'create_customer' ELSE 'create_connect_account' END);
@@ -80,21 +119,32 @@ BEGIN
     RETURN col_type;
 END $$;
 
--- Whether the Connect policy of `a` wants an account for this profile row.
-CREATE FUNCTION onboarding._connect_due(a onboarding.attachments, profile anyelement) RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    due boolean;
+-- Whether the Connect policy of `a` wants an account for the profile `uid`. The condition is
+-- evaluated on the profile's row as the table's owner (src/tables.rs), never with this extension's
+-- rights; set_connect_policy() has checked that it is one expression (src/condition.rs).
+CREATE FUNCTION onboarding._connect_due(a onboarding.attachments, uid text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF a.connect_policy = 'always' THEN
         RETURN true;
     ELSIF a.connect_policy = 'when' THEN
-        -- A parameter forces a single statement: the condition cannot smuggle in another one.
-        EXECUTE format('SELECT (%s)::boolean FROM (SELECT ($1).*) AS p', a.connect_condition) INTO due USING profile;
-        RETURN coalesce(due, false);
+        RETURN coalesce((SELECT r[1]::boolean
+                           FROM onboarding._as_owner(a.profile_table, onboarding._connect_condition_query(a, '$1'),
+                                                     ARRAY[uid]) r), false);
     END IF;
     RETURN false;
 END $$;
+
+-- The query that evaluates a's condition (as text) for the profile whose id is `id_expression`
+-- (NULL: for every profile, with its id first). Run only through onboarding._as_owner.
+CREATE FUNCTION onboarding._connect_condition_query(a onboarding.attachments, id_expression text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN id_expression IS NULL
+                THEN format(E'SELECT p.%I::text, (%s\n)::boolean::text FROM %s AS p', a.id_column, a.connect_condition,
+                            a.profile_table)
+                ELSE format(E'SELECT (%s\n)::boolean::text FROM %s AS p WHERE p.%I = %s::%s', a.connect_condition,
+                            a.profile_table, a.id_column, id_expression, a.id_type) END;
+$$;
 
 -- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the
 -- worker's write-back of the customer): enqueues the account when the policy wants one.
@@ -102,10 +152,14 @@ CREATE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a onboarding.attachments;
+    uid text;
 BEGIN
     SELECT * INTO a FROM onboarding.attachments WHERE profile_table = TG_RELID;
-    IF FOUND AND onboarding._connect_due(a, NEW) THEN
-        PERFORM onboarding._enqueue(TG_RELID, to_jsonb(NEW)->>a.id_column, 'create_connect_account', 'connect policy');
+    IF FOUND THEN
+        uid := (onboarding._profile_columns(TG_RELID, NEW, ARRAY[a.id_column]))[1];
+        IF onboarding._connect_due(a, uid) THEN
+            PERFORM onboarding._enqueue(TG_RELID, uid, 'create_connect_account', 'connect policy');
+        END IF;
     END IF;
     RETURN NULL;
 END $$;
@@ -139,11 +193,20 @@ BEGIN
     a.connect_policy := policy;
     a.connect_condition := condition;
     IF policy = 'when' THEN
+        -- One expression (src/condition.rs), then planned (not run) as the table's owner.
         BEGIN
-            EXECUTE format('SELECT onboarding._connect_due($1, NULL::%s)', profile_table) USING a;
+            PERFORM onboarding._check_connect_condition(condition);
+        EXCEPTION WHEN syntax_error THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % is not one SQL expression: %',
+                    onboarding._quoted_condition(condition), left(SQLERRM, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write one boolean expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+        BEGIN
+            PERFORM FROM onboarding._as_owner(profile_table, onboarding._connect_condition_query(a, 'NULL') || ' LIMIT 0');
         EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %', quote_literal(condition),
-                    profile_table, SQLERRM
+            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %',
+                    onboarding._quoted_condition(condition), profile_table, left(SQLERRM, 200)
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
         END;

@@ -88,8 +88,8 @@ BEGIN
             SELECT %1$L::regclass, p.uid, m.what, j.id,
                    CASE WHEN q.since IS NOT NULL THEN 'awaiting the worker' ELSE coalesce(j.state, 'no job') END,
                    j.last_error
-              FROM (SELECT t.%2$I::text AS uid, t.%3$I AS customer, %4$s AS account, %5$s AS wants_account
-                      FROM %1$s t) p
+              FROM (SELECT r[1] AS uid, r[2] AS customer, r[3] AS account, r[4]::boolean AS wants_account
+                      FROM onboarding._as_owner(%1$L::regclass, %2$L) r) p  -- read as the table's owner
              CROSS JOIN LATERAL (VALUES ('customer', 'create_customer', p.customer IS NULL),
                                         ('connect account', 'create_connect_account',
                                          p.account IS NULL AND p.wants_account)) m(what, kind, is_missing)
@@ -104,11 +104,13 @@ BEGIN
                AND CASE WHEN q.since IS NOT NULL THEN q.since < now() - $1
                         ELSE j.id IS NULL OR NOT onboarding._is_open(j.state) OR j.created_at < now() - $1 END
              ORDER BY p.uid, m.what $sql$,
-            a.profile_table, a.id_column, a.customer_column,
-            coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'),
-            CASE a.connect_policy WHEN 'always' THEN 'true'
-                                  WHEN 'when' THEN format('onboarding._connect_due(%L::onboarding.attachments, t)', a)
-                                  ELSE 'false' END)
+            a.profile_table,
+            format(E'SELECT p.%I::text, p.%I::text, %s, %s FROM %s AS p', a.id_column, a.customer_column,
+                   coalesce(format('p.%I::text', a.connect_account_column), 'NULL::text'),
+                   CASE a.connect_policy WHEN 'always' THEN '''true'''
+                                         WHEN 'when' THEN format(E'(%s\n)::boolean::text', a.connect_condition)
+                                         ELSE '''false''' END,
+                   a.profile_table))
         USING older_than;
     END LOOP;
 END $$;
@@ -222,9 +224,13 @@ DECLARE
     a onboarding.attachments;
 BEGIN
     FOR a IN SELECT * FROM onboarding.attachments LOOP
-        RETURN QUERY EXECUTE format('SELECT %1$L::regclass, t.%2$I::text, t.%3$I::text, %4$s, t.%5$I::text FROM %1$s t',
-            a.profile_table, a.id_column, a.customer_column,
-            coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'), a.email_column);
+        RETURN QUERY
+            SELECT a.profile_table, r[1], r[2], r[3], r[4]
+              FROM onboarding._as_owner(a.profile_table,
+                       format('SELECT t.%1$I::text, t.%2$I::text, %3$s, t.%4$I::text FROM %5$s t',
+                              a.id_column, a.customer_column,
+                              coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'), a.email_column,
+                              a.profile_table)) r;
     END LOOP;
 END $$;
 

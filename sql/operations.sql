@@ -111,6 +111,7 @@ DECLARE
     last_id text;
     next_last text;
     started timestamptz;
+    table_name text;
 BEGIN
     IF batch IS NULL OR batch < 1 THEN
         RAISE EXCEPTION 'onboarding.backfill: batch must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -118,30 +119,37 @@ BEGIN
     FOR a IN SELECT * FROM onboarding.attachments t
               WHERE backfill.profile_table IS NULL OR t.profile_table = backfill.profile_table
               ORDER BY t.profile_table::text LOOP
-        EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NULL', a.profile_table, a.customer_column)
-           INTO total;
+        -- The table is read as its owner (src/tables.rs), whose search_path is pinned: the name is
+        -- spelled in full (a procedure that commits cannot pin ours, so regclass may print it short).
+        SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) INTO table_name
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = a.profile_table;
+        SELECT r[1]::bigint INTO total
+          FROM onboarding._as_owner(a.profile_table, pg_catalog.format('SELECT count(*)::text FROM %s WHERE %I IS NULL',
+                   table_name, a.customer_column)) r;
         INSERT INTO onboarding.backfills (profile_table, total) VALUES (a.profile_table, total) RETURNING id INTO run;
         COMMIT;
         started := pg_catalog.clock_timestamp();
         done := 0;
         last_id := NULL;
         LOOP
-            -- Keyset pagination in the id column's own order.
-            EXECUTE pg_catalog.format($sql$
-                WITH page AS (
-                    SELECT t.%2$I AS id FROM %1$s t
-                     WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%2$I > $1::%4$s)
-                     ORDER BY t.%2$I LIMIT $2),
-                wanted AS (
-                    SELECT p.id::text AS uid FROM page p
-                     WHERE NOT EXISTS (SELECT FROM onboarding.jobs j
-                                        WHERE j.profile_table = %1$L::regclass AND j.kind = 'create_customer'
-                                          AND j.user_id = p.id::text AND (onboarding._is_open(j.state) OR j.state = onboarding._dead())))
-                SELECT (SELECT p.id::text FROM page p ORDER BY p.id DESC LIMIT 1),  -- no max(uuid)
-                       (SELECT count(onboarding._enqueue(%1$L::regclass, uid, 'create_customer', 'backfill ' || $3))
-                          FROM wanted) $sql$,
-                    a.profile_table, a.id_column, a.customer_column, a.id_type)
-               INTO next_last, added USING last_id, batch, run;
+            -- Keyset pagination in the id column's own order (the page keeps it: ordinality).
+            WITH page AS (
+                SELECT x.r[1] AS uid, x.n
+                  FROM onboarding._as_owner(a.profile_table, pg_catalog.format(
+                           'SELECT t.%2$I::text FROM %1$s t WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%2$I > $1::%4$s)
+                             ORDER BY t.%2$I LIMIT $2::integer',
+                           table_name, a.id_column, a.customer_column, a.id_type),
+                           ARRAY[last_id, batch::text]) WITH ORDINALITY AS x(r, n)),
+            wanted AS (
+                SELECT p.uid FROM page p
+                 WHERE NOT EXISTS (SELECT FROM onboarding.jobs j
+                                    WHERE j.profile_table = a.profile_table AND j.kind = 'create_customer'
+                                      AND j.user_id = p.uid AND (onboarding._is_open(j.state) OR j.state = onboarding._dead())))
+            SELECT (SELECT p.uid FROM page p ORDER BY p.n DESC LIMIT 1),
+                   (SELECT count(onboarding._enqueue(a.profile_table, w.uid, 'create_customer', 'backfill ' || run))
+                      FROM wanted w)
+              INTO next_last, added;
             EXIT WHEN next_last IS NULL;
             last_id := next_last;
             done := done + added;
@@ -220,15 +228,15 @@ BEGIN
             action := 'relink'; detail := format('%s is %s; the user''s live %s is %s', r.stripe_id, r.problem, r.object, stripe_id);
             relinked := relinked || stripe_id;
             IF NOT dry_run THEN
-                EXECUTE format('UPDATE %s SET %I = $2 WHERE %I = $1::%s', r.profile_table, target_column, a.id_column, a.id_type)
-                  USING r.user_id, stripe_id;
+                PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = $2 WHERE %I = $1::%s',
+                            r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id, stripe_id]);
                 PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('from', r.stripe_id, 'to', stripe_id));
             END IF;
         ELSE
             action := 'recreate'; stripe_id := r.stripe_id; detail := r.problem;
             IF NOT dry_run THEN
-                EXECUTE format('UPDATE %s SET %I = NULL WHERE %I = $1::%s', r.profile_table, target_column, a.id_column, a.id_type)
-                  USING r.user_id;
+                PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = NULL WHERE %I = $1::%s',
+                            r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id]);
                 PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('cleared', r.stripe_id, 'problem', r.problem));
                 PERFORM onboarding._enqueue(r.profile_table, r.user_id,
                     CASE r.object WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END, 'reconcile');

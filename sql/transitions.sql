@@ -52,7 +52,6 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
     a onboarding.attachments;
-    rows_read bigint;
 BEGIN
     FOR job IN
         WITH due AS (
@@ -81,12 +80,15 @@ BEGIN
         look_up_first := job.first_attempt_at < now() - horizon
                          OR job.last_error_detail->>'type' = 'idempotency_error';
         BEGIN
-            EXECUTE format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
-                    a.email_column, a.customer_column, coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL'),
-                    a.profile_table, a.id_column, a.id_type)
-               INTO email, customer_id, connect_account_id USING job.user_id;
-            GET DIAGNOSTICS rows_read = ROW_COUNT;  -- EXECUTE does not set FOUND
-            profile_found := rows_read = 1;
+            -- As the table's owner (src/tables.rs), like every statement on an application table.
+            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
+              FROM onboarding._as_owner(a.profile_table,
+                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                              a.email_column, a.customer_column,
+                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                              a.profile_table, a.id_column, a.id_type),
+                       ARRAY[job.user_id]) r;
+            profile_found := FOUND;
         EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
             -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
             profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
@@ -156,32 +158,35 @@ BEGIN
         target_column := CASE target.kind WHEN 'create_customer' THEN a.customer_column
                                           ELSE a.connect_account_column END;
         CONTINUE WHEN target_column IS NULL;  -- detached, or no Connect column
-        EXECUTE format($sql$
-            WITH mine AS (
-                SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
-                  FROM unnest($1, $2) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
-                 WHERE x.profile_table = %1$L::regclass AND x.kind = %7$L
-                   AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
-            linked AS (
-                UPDATE %1$s p SET %3$I = m.object FROM mine m
-                 WHERE p.%2$I = m.user_id::%4$s AND p.%3$I IS NULL
-                RETURNING m.id, m.user_id, m.object, m.sent_email, p.%5$I::text AS email),
-            finished AS (
-                UPDATE onboarding.jobs x
-                   SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL
-                  FROM linked l WHERE x.id = l.id
-                RETURNING x.id),
-            logged AS (
-                INSERT INTO onboarding.events (job_id, user_id, step, detail)
-                SELECT l.id, l.user_id, 'written_back',
-                       jsonb_build_object('stripe_id', l.object, 'table', %6$L, 'column', %3$L)
-                  FROM linked l ORDER BY l.id)
-            SELECT coalesce(array_agg(l.id), '{}'),
-                   coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
-              FROM linked l $sql$,
-            a.profile_table, a.id_column, target_column, a.id_type, a.email_column, a.profile_table::text,
-            target.kind)
-        INTO linked, changed USING job_ids, objects;
+        -- The profiles are written as the table's owner (src/tables.rs); the jobs and events here.
+        WITH mine AS (
+            SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
+              FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+             WHERE x.profile_table = target.profile_table AND x.kind = target.kind
+               AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
+        profiles_linked AS (
+            SELECT r[1] AS user_id, r[2] AS email
+              FROM onboarding._as_owner(a.profile_table,
+                       format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
+                                WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL RETURNING o.user_id, p.%5$I::text',
+                              a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
+                       ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
+                             (SELECT array_agg(m.object) FROM mine m)::text]) r),
+        linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
+        finished AS (
+            UPDATE onboarding.jobs x
+               SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL
+              FROM linked l WHERE x.id = l.id
+            RETURNING x.id),
+        logged AS (
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            SELECT l.id, l.user_id, 'written_back',
+                   jsonb_build_object('stripe_id', l.object, 'table', a.profile_table::text, 'column', target_column)
+              FROM linked l ORDER BY l.id)
+        SELECT coalesce(array_agg(l.id), '{}'),
+               coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
+          INTO linked, changed
+          FROM linked l;
         written := written || linked;
         -- The email changed after the customer was sent: the customer follows.
         IF target.kind = 'create_customer' AND cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
@@ -215,9 +220,9 @@ BEGIN
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
     target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
     IF target_column IS NOT NULL THEN
-        EXECUTE format('SELECT true, %I::text FROM %s WHERE %I = $1::%s',
-                target_column, a.profile_table, a.id_column, a.id_type)
-           INTO found_profile, current_id USING j.user_id;
+        SELECT true, r[1] INTO found_profile, current_id
+          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                   target_column, a.profile_table, a.id_column, a.id_type), ARRAY[j.user_id]) r;
     END IF;
     IF current_id = object_id THEN
         PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'skipped',
@@ -304,9 +309,10 @@ BEGIN
     SELECT * INTO j FROM onboarding.jobs WHERE id = job;
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
     IF FOUND THEN
-        EXECUTE format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
-                a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column)
-           INTO current_email USING j.user_id, j.stripe_id;
+        SELECT r[1] INTO current_email
+          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
+                   a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column),
+                   ARRAY[j.user_id, j.stripe_id]) r;
         IF current_email IS NOT NULL AND btrim(current_email) IS DISTINCT FROM sent_email
            AND onboarding._sync_email_enabled() THEN
             PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',

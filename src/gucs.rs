@@ -10,6 +10,10 @@ pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static STRIPE_API_BASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"https://api.stripe.com"));
 pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static STRIPE_API_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Set by a worker before it reads the configuration: the only processes that keep the key.
+static HOLDS_THE_KEY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static DELETE_CUSTOMERS_WITH_PROFILES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static IDEMPOTENCY_HORIZON_S: GucSetting<i32> = GucSetting::<i32>::new(23 * 3600);
@@ -47,18 +51,28 @@ pub fn register() {
     unsafe {
         pg_sys::DefineCustomStringVariable(
             c"onboarding.stripe_api_key".as_ptr(),
-            c"Stripe secret key used by the worker (superuser only).".as_ptr(),
-            c"Set in postgresql.conf, then SELECT pg_reload_conf(). Hidden from non-superusers; read by the worker only."
+            c"Stripe secret or restricted key used by the workers (prefer onboarding.stripe_api_key_file).".as_ptr(),
+            c"Set in postgresql.conf, then SELECT pg_reload_conf(). Only the workers hold it: every other process, \
+              superusers' sessions included, sees an empty value. Superusers still see the file's line in pg_file_settings."
                 .as_ptr(),
             STRIPE_API_KEY.as_ptr(),
             std::ptr::null(),
             pg_sys::GucContext::PGC_SIGHUP,
             (GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL).bits(),
-            Some(keep_key_out_of_postmaster),
+            Some(keep_key_in_workers_only),
             None,
             None,
         );
     }
+    GucRegistry::define_string_guc(
+        c"onboarding.stripe_api_key_file",
+        c"File holding the Stripe key (recommended): read by the workers alone, at start and on reload.",
+        c"Owned by the postgres OS user and not readable by others (mode 0600, or 0640 if owned by root), \
+          like ssl_key_file. When set, onboarding.stripe_api_key is ignored.",
+        &STRIPE_API_KEY_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     let ms = |name, short, long, setting, min, max| {
         GucRegistry::define_int_guc(name, short, long, setting, min, max, GucContext::Sighup, GucFlags::UNIT_MS)
     };
@@ -189,24 +203,30 @@ pub fn register() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"onboarding".as_ptr()) };
 }
 
-/// On reload the postmaster logs `parameter "…" changed to "<new value>"` for every changed
-/// setting, so a rotated key would land in the server log. The postmaster never needs the key:
-/// it keeps an empty value, so nothing ever "changes" there. Every other process reads the real
-/// value from the configuration files (the worker re-reads them at start, see worker.rs).
+/// Only the workers hold the key. Every process reads the configuration files on reload, so a
+/// backend that had processed one held the real value, and `SHOW` gave it to any member of
+/// pg_read_all_settings. This hook empties it in every process that is not a worker (the
+/// postmaster too, which would otherwise log `parameter "…" changed to "<new key>"`).
 #[pg_guard]
-unsafe extern "C-unwind" fn keep_key_out_of_postmaster(
+unsafe extern "C-unwind" fn keep_key_in_workers_only(
     newval: *mut *mut std::ffi::c_char,
     _extra: *mut *mut std::ffi::c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
     unsafe {
-        if !pg_sys::IsUnderPostmaster && !newval.is_null() && !(*newval).is_null() {
+        if !HOLDS_THE_KEY.load(std::sync::atomic::Ordering::Relaxed) && !newval.is_null() && !(*newval).is_null() {
             let value = *newval;
             // Wipe it in place: the string belongs to the GUC machinery, which frees it later.
             std::ptr::write_bytes(value, 0, std::ffi::CStr::from_ptr(value).to_bytes().len());
         }
     }
     true
+}
+
+/// Called by a worker before it reads the configuration files: from then on this process keeps
+/// the key it finds there.
+pub fn hold_the_key() {
+    HOLDS_THE_KEY.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
@@ -226,10 +246,40 @@ pub fn stripe_api_base() -> String {
     text(&STRIPE_API_BASE).unwrap_or_else(|| "https://api.stripe.com".into())
 }
 
-/// The key as this process sees it: empty in the postmaster and in processes forked before a
-/// reload (see [`keep_key_out_of_postmaster`]); the worker re-reads the files at start.
-pub fn stripe_api_key() -> Option<String> {
-    text(&STRIPE_API_KEY)
+/// Where the key comes from, for the worker (empty everywhere else, see [`keep_key_in_workers_only`]).
+pub enum KeySource {
+    /// `onboarding.stripe_api_key_file`, read just now.
+    File(String),
+    /// `onboarding.stripe_api_key`.
+    Setting(String),
+    None,
+}
+
+/// The key this worker should use, or why there is none: `onboarding.stripe_api_key_file` when
+/// set (refused, like PostgreSQL's ssl_key_file, when others may read it), else the setting.
+pub fn stripe_api_key() -> Result<KeySource, String> {
+    let Some(path) = text(&STRIPE_API_KEY_FILE) else {
+        return Ok(text(&STRIPE_API_KEY).map_or(KeySource::None, KeySource::Setting));
+    };
+    use std::os::unix::fs::MetadataExt;
+    let metadata =
+        std::fs::metadata(&path).map_err(|e| format!("cannot read onboarding.stripe_api_key_file \"{path}\": {e}"))?;
+    let mode = metadata.mode();
+    let group_readable_allowed = metadata.uid() == 0; // root-owned, group postgres: 0640 as for ssl_key_file
+    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !group_readable_allowed) {
+        return Err(format!(
+            "onboarding.stripe_api_key_file \"{path}\" has group or world access (mode {:o}); \
+             chmod 0600 it (0640 if owned by root)",
+            mode & 0o777
+        ));
+    }
+    let key = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read onboarding.stripe_api_key_file \"{path}\": {e}"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("onboarding.stripe_api_key_file \"{path}\" is empty"));
+    }
+    Ok(KeySource::File(key.to_string()))
 }
 
 pub fn poll_interval() -> Duration {

@@ -23,6 +23,7 @@
 
 use pgrx::prelude::*;
 
+mod condition;
 mod gucs;
 mod intake;
 mod launcher;
@@ -31,6 +32,7 @@ mod pg;
 mod rate_budget;
 mod release;
 mod requests;
+mod tables;
 mod wake;
 mod worker;
 

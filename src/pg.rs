@@ -2,9 +2,11 @@
 //! Stripe or requests:
 //! - [`transaction`]: running a piece of work in its own transaction, errors caught;
 //! - [`latch`]: waiting on this process's latch, setting another's, noticing shutdown;
+//! - [`owner`]: running a table owner's code with the owner's rights only;
 //! - [`processes`]: shared memory set up at preload, and the registry of the launcher's and the
 //!   workers' PGPROC numbers through which others wake them.
 
 pub mod latch;
+pub mod owner;
 pub mod processes;
 pub mod transaction;

@@ -79,7 +79,9 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
     let database_name = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
-    // The postmaster we were forked from holds no Stripe key (gucs.rs): read the files ourselves.
+    // The postmaster we were forked from holds no Stripe key (gucs.rs): read the files ourselves,
+    // as the one kind of process that keeps it.
+    gucs::hold_the_key();
     unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     let runtime = signal_safe_runtime().unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
     if processes::publish_this_worker().is_none() {
@@ -429,12 +431,22 @@ impl Worker {
     /// The client, rebuilt after each configuration reload. None while no key is configured.
     fn stripe_client(&mut self) -> Option<&StripeClient> {
         if self.client.is_none() {
-            let api_key_text = gucs::stripe_api_key().unwrap_or_default();
+            let api_key_text = match gucs::stripe_api_key() {
+                Ok(gucs::KeySource::File(key) | gucs::KeySource::Setting(key)) => key,
+                Ok(gucs::KeySource::None) => String::new(),
+                Err(why) => {
+                    if !std::mem::replace(&mut self.warned_no_key, true) {
+                        warning!("onboarding: {why}; jobs wait until it is fixed (then SELECT pg_reload_conf())");
+                    }
+                    return None;
+                }
+            };
             let Some(api_key) = ApiKey::new(api_key_text.clone()) else {
                 if !std::mem::replace(&mut self.warned_no_key, true) {
                     warning!(
-                        "onboarding: onboarding.stripe_api_key is not set; jobs wait until it is \
-                         (ALTER SYSTEM SET onboarding.stripe_api_key = '...'; SELECT pg_reload_conf();)"
+                        "onboarding: no Stripe key: onboarding.stripe_api_key_file and onboarding.stripe_api_key \
+                         are not set; jobs wait until one is (a file readable only by the postgres OS user, then \
+                         ALTER SYSTEM SET onboarding.stripe_api_key_file = '/path'; SELECT pg_reload_conf();)"
                     );
                 }
                 return None;

@@ -18,6 +18,17 @@ impl ApiKey {
         (!key.is_empty()).then(|| ApiKey(key.to_string()))
     }
 
+    /// `text` with every occurrence of this key replaced by its masked form: what an upstream
+    /// answer echoes (a proxy's error page, a misconfigured gateway) is stored in job rows and
+    /// events, which far more roles read than the key's own setting.
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if text.contains(self.0.as_str()) {
+            std::borrow::Cow::Owned(text.replace(self.0.as_str(), &self.masked()))
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        }
+    }
+
     /// `sk_test_****abcd`, the way Stripe masks keys in its own messages.
     pub fn masked(&self) -> String {
         let prefix_end = self.0.match_indices('_').nth(1).map(|(i, _)| i + 1).unwrap_or(0);
@@ -243,6 +254,8 @@ pub struct StripeClient {
     api_base: String,
     /// Marked sensitive, so reqwest never prints it.
     authorization: HeaderValue,
+    /// For redacting answers that echo it (see [`ApiKey::redact`]).
+    api_key: ApiKey,
 }
 
 impl StripeClient {
@@ -263,7 +276,7 @@ impl StripeClient {
             .user_agent(concat!("onboarding-postgres/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StripeError::Config(e.without_url().to_string()))?;
-        Ok(StripeClient { http, api_base, authorization })
+        Ok(StripeClient { http, api_base, authorization, api_key: config.api_key.clone() })
     }
 
     /// `POST /v1/customers` with the profile's email and `metadata[user_id]`.
@@ -416,7 +429,13 @@ impl StripeClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(transport_error)?;
-        interpret(status, &headers, &bytes)
+        // Everything of an answer may end up stored (errors, events, snapshots): never the key.
+        match String::from_utf8_lossy(&bytes) {
+            text if text.contains(self.api_key.0.as_str()) => {
+                interpret(status, &headers, self.api_key.redact(&text).as_bytes())
+            }
+            _ => interpret(status, &headers, &bytes),
+        }
     }
 }
 
@@ -537,6 +556,14 @@ mod tests {
         assert_eq!(ApiKey::new("weird").unwrap().masked(), "****eird");
         assert!(!format!("{:?}", ApiKey::new("sk_live_secretvalue9876").unwrap()).contains("secretvalue"));
         assert!(ApiKey::new("   ").is_none());
+    }
+
+    #[test]
+    fn redacts_every_occurrence_of_its_key_and_only_it() {
+        let key = ApiKey::new("rk_live_secretvalue9876").unwrap();
+        let echoed = "bad key rk_live_secretvalue9876 (again: rk_live_secretvalue9876); other rk_live_x";
+        assert_eq!(key.redact(echoed), "bad key rk_live_****9876 (again: rk_live_****9876); other rk_live_x");
+        assert!(matches!(key.redact("nothing here"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

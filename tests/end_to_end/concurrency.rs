@@ -110,13 +110,16 @@ fn concurrent_workers_and_sessions_never_process_a_job_twice_at_once() -> Result
             let requests = stripe.requests();
             let failures = requests.iter().filter(|r| r.status != Some(200)).count();
             ensure(failures >= 25, || format!("only {failures} failed requests: the faults did not fire"))?;
-            // No second ever saw more than the budget (plus its burst), across all workers.
+            // No second ever saw more than the budget, across all workers.
             let times: Vec<std::time::SystemTime> = requests.iter().map(|r| r.arrived_at).collect();
             let busiest = (0..times.len())
                 .map(|i| times[i..].iter().take_while(|t| **t < times[i] + Duration::from_secs(1)).count())
                 .max()
                 .unwrap_or(0);
-            ensure(busiest <= 50, || format!("{busiest} requests within one second under a 50/s budget"))
+            // Sends are spaced 20 ms apart, so a window of one second holds 50 of them, or 51 when
+            // loopback delays its first request's arrival by a fraction of a millisecond (seen: 1
+            // run in 2 on a loaded 2-core machine); a budget leak shows as far more.
+            ensure(busiest <= 51, || format!("{busiest} requests within one second under a 50/s budget"))
         })
     };
     cluster.stop();

@@ -46,7 +46,9 @@ mod helpers;
 mod idle;
 mod intake;
 mod retries;
+mod row_security;
 mod security;
+mod tenant;
 
 fn main() {
     let mut args = Arguments::from_args();
@@ -61,6 +63,8 @@ fn main() {
         audits::tests(),
         idle::tests(),
         security::tests(),
+        tenant::tests(),
+        row_security::tests(),
         concurrency::tests(),
     ]
     .into_iter()

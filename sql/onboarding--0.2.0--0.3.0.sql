@@ -1,0 +1,812 @@
+-- onboarding 0.2.0 -> 0.3.0, run by ALTER EXTENSION onboarding UPDATE (after the 0.3.0 package is
+-- installed and PostgreSQL restarted). Keeps every job, event, intake row and attachment.
+-- Until this commits, the 0.3.0 workers wait (src/release.rs); its commit wakes them.
+-- tests/upgrade.rs checks that this gives the schema of a fresh 0.3.0 install.
+\echo Use "ALTER EXTENSION onboarding UPDATE TO '0.3.0'" to load this file. \quit
+
+------------------------------------------------------------------------------------------------
+-- 1. The one way into application tables: statements run as the table's owner in a
+--    security-restricted operation (src/tables.rs); the calling role's own right to read a
+--    profile; Connect conditions checked to be one expression (src/condition.rs).
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION onboarding."_as_owner"(
+	"table" oid, /* pg_sys :: Oid */
+	"statement" TEXT, /* & str */
+	"params" TEXT[] DEFAULT '{}' /* Vec < Option < String > > */
+) RETURNS SETOF TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'as_owner_wrapper';
+
+CREATE FUNCTION onboarding."_calling_role"() RETURNS oid /* pg_sys :: Oid */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'calling_role_wrapper';
+
+CREATE FUNCTION onboarding."_caller_can_read"(
+	"table" oid, /* pg_sys :: Oid */
+	"statement" TEXT, /* & str */
+	"params" TEXT[] DEFAULT '{}' /* Vec < Option < String > > */
+) RETURNS TEXT /* & '_ str */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'caller_can_read_wrapper';
+
+CREATE FUNCTION onboarding."_check_connect_condition"(
+	"condition" TEXT /* & str */
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_connect_condition_wrapper';
+
+CREATE FUNCTION onboarding."_quoted_condition"(
+	"condition" TEXT /* & str */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'quoted_condition_wrapper';
+
+-- The extension's triggers run with its owner's rights (they write the queue), so they read only
+-- the columns attach() named, and only while those still have the types attach() allows: the text
+-- form of a uuid, text, varchar or integer runs no code of the table's owner (to_jsonb(NEW) would
+-- run the owner's casts of every column). A column whose type the owner changed since is refused.
+CREATE FUNCTION onboarding._check_profile_columns(tbl regclass, columns name[]) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    changed text;
+BEGIN
+    SELECT string_agg(format('%I (%s)', c.name, coalesce(format_type(a.atttypid, NULL), 'dropped')), ', ')
+      INTO changed
+      FROM unnest(columns) AS c(name)
+      LEFT JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = c.name AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE c.name <> ''
+       AND (a.atttypid IS NULL
+            OR a.atttypid NOT IN ('uuid'::regtype, 'text'::regtype, 'character varying'::regtype, 'bigint'::regtype,
+                                  'integer'::regtype, coalesce(to_regtype('citext'), 'text'::regtype)));
+    IF changed IS NOT NULL THEN
+        RAISE EXCEPTION 'onboarding: columns of % changed since attach(): %', tbl, changed
+            USING ERRCODE = 'datatype_mismatch',
+                  HINT = 'Give them back a type attach() accepts (uuid, text, varchar, bigint, integer), or detach() the table.';
+    END IF;
+END $$;
+
+-- The named columns of a profile row, as text (after the check above).
+CREATE FUNCTION onboarding._profile_columns(tbl regclass, profile anyelement, columns name[]) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    picked text[];
+BEGIN
+    PERFORM onboarding._check_profile_columns(tbl, columns);
+    EXECUTE 'SELECT ARRAY[' || (SELECT string_agg(format('($1).%I::text', c), ', ') FROM unnest(columns) c) || ']'
+       INTO picked USING profile;
+    RETURN picked;
+END $$;
+
+-- Whether the Connect policy of `a` wants an account for the profile `uid`. The condition is
+-- evaluated on the profile's row as the table's owner (src/tables.rs), never with this extension's
+-- rights; set_connect_policy() has checked that it is one expression (src/condition.rs).
+CREATE FUNCTION onboarding._connect_due(a onboarding.attachments, uid text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF a.connect_policy = 'always' THEN
+        RETURN true;
+    ELSIF a.connect_policy = 'when' THEN
+        RETURN coalesce((SELECT r[1]::boolean
+                           FROM onboarding._as_owner(a.profile_table, onboarding._connect_condition_query(a, '$1'),
+                                                     ARRAY[uid]) r), false);
+    END IF;
+    RETURN false;
+END $$;
+
+-- The query that evaluates a's condition (as text) for the profile whose id is `id_expression`
+-- (NULL: for every profile, with its id first). Run only through onboarding._as_owner.
+CREATE FUNCTION onboarding._connect_condition_query(a onboarding.attachments, id_expression text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN id_expression IS NULL
+                THEN format(E'SELECT p.%I::text, (%s\n)::boolean::text FROM %s AS p', a.id_column, a.connect_condition,
+                            a.profile_table)
+                ELSE format(E'SELECT (%s\n)::boolean::text FROM %s AS p WHERE p.%I = %s::%s', a.connect_condition,
+                            a.profile_table, a.id_column, id_expression, a.id_type) END;
+$$;
+
+------------------------------------------------------------------------------------------------
+-- 2. Every function that read or wrote an application table (or ran a Connect condition) with
+--    this extension's rights now goes through onboarding._as_owner; the triggers read only the
+--    named columns (no to_jsonb(NEW)); the application functions act only on profiles the caller
+--    may read.
+------------------------------------------------------------------------------------------------
+
+-- Checks a user id against the attached table: NULL, empty, malformed (for the id column's type)
+-- and unknown ids are refused with their own SQLSTATE. Returns the profile's row as jsonb
+-- (id, email, customer, connect account, whether this very transaction inserted it).
+CREATE OR REPLACE FUNCTION onboarding._profile(a onboarding.attachments, user_id text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    profile jsonb;
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'onboarding: user_id is NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF btrim(user_id) = '' THEN
+        RAISE EXCEPTION 'onboarding: user_id is empty' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF length(user_id) > 500 THEN
+        RAISE EXCEPTION 'onboarding: user_id is % characters long', length(user_id)
+            USING ERRCODE = 'string_data_right_truncation', HINT = 'Stripe metadata values hold at most 500 characters.';
+    END IF;
+    BEGIN
+        -- Only a profile the caller may read itself (its privileges, the table's row-level
+        -- security): applications act for their own users, not for anyone whose id they know.
+        IF onboarding._caller_can_read(a.profile_table,
+               format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type),
+               ARRAY[user_id]) = 'refused' THEN
+            RAISE EXCEPTION 'onboarding: no profile % that this role may read in %', quote_literal(user_id), a.profile_table
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'The calling role must be able to SELECT the profile: its privileges on the table and '
+                             'the table''s row-level security policies decide.';
+        END IF;
+        -- Then read as the table's owner (src/tables.rs).
+        SELECT jsonb_build_object('id', r[1], 'email', r[2], 'customer', r[3], 'connect_account', r[4],
+                                  'inserted_by_this_transaction', onboarding._inserted_by_this_transaction(r[5]::bigint))
+          INTO profile
+          FROM onboarding._as_owner(a.profile_table,
+                   format('SELECT %1$I::text, %2$I::text, %3$I::text, %4$s, xmin::text FROM %5$s WHERE %1$I = $1::%6$s',
+                          a.id_column, a.email_column, a.customer_column,
+                          coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                          a.profile_table, a.id_type),
+                   ARRAY[user_id]) r;
+    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+        RAISE EXCEPTION 'onboarding: % is not a valid % (the type of %.%)', quote_literal(user_id), a.id_type,
+                a.profile_table, quote_ident(a.id_column)
+            USING ERRCODE = 'invalid_text_representation';
+    END;
+    IF profile IS NULL THEN
+        RAISE EXCEPTION 'onboarding: no profile with id % in %', quote_literal(user_id), a.profile_table
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'Stripe resources are created for committed profiles only: insert and commit the profile first.';
+    END IF;
+    RETURN profile;
+END $$;
+
+-- The customer column of a profile (NULL if the profile or the attachment is gone).
+CREATE OR REPLACE FUNCTION onboarding._customer_of(tbl regclass, uid text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    customer text;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tbl;
+    IF FOUND THEN
+        SELECT r[1] INTO customer
+          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                   a.customer_column, a.profile_table, a.id_column, a.id_type), ARRAY[uid]) r;
+    END IF;
+    RETURN customer;
+END $$;
+
+-- The Connect account column of a profile (NULL if none, or the profile or attachment is gone).
+CREATE OR REPLACE FUNCTION onboarding._connect_account_of(tbl regclass, uid text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    account text;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tbl;
+    IF FOUND AND a.connect_account_column IS NOT NULL THEN
+        SELECT r[1] INTO account
+          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                   a.connect_account_column, a.profile_table, a.id_column, a.id_type), ARRAY[uid]) r;
+    END IF;
+    RETURN account;
+END $$;
+
+-- For create_account_link: the profile's account if it has one; else, if the policy allows, the job
+-- that creates it (and the customer's before it); else why not.
+CREATE OR REPLACE FUNCTION onboarding._account_or_enqueue(tbl regclass, uid text,
+                                               OUT account text, OUT job bigint, OUT refusal text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    due boolean;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tbl;
+    account := onboarding._connect_account_of(tbl, uid);
+    IF account IS NOT NULL THEN
+        RETURN;
+    END IF;
+    due := onboarding._connect_due(a, uid);
+    IF NOT due THEN
+        refusal := format('the user has no Connect account, and the Connect policy of %s (%s) does not create one for them',
+                          tbl, a.connect_policy || coalesce(': ' || a.connect_condition, ''));
+        RETURN;
+    END IF;
+    IF onboarding._customer_of(tbl, uid) IS NULL THEN
+        PERFORM onboarding._enqueue(tbl, uid, 'create_customer', 'create_account_link');
+    END IF;
+    job := onboarding._enqueue(tbl, uid, 'create_connect_account', 'create_account_link');
+END $$;
+
+CREATE OR REPLACE FUNCTION onboarding.job_status(job_id bigint)
+RETURNS TABLE (id bigint, kind text, user_id text, state text, attempts integer, stripe_id text,
+               last_error text, run_at timestamptz, created_at timestamptz, finished_at timestamptz,
+               duration interval)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+BEGIN
+    IF job_id IS NULL THEN
+        RAISE EXCEPTION 'onboarding.job_status: job_id is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO j FROM onboarding.jobs x WHERE x.id = job_status.job_id;
+    -- Jobs of profiles the caller may read only; whether another job exists is not said, except to
+    -- roles that may read the queue anyway.
+    IF NOT FOUND OR NOT EXISTS (SELECT FROM onboarding.attachments a WHERE a.profile_table = j.profile_table)
+       OR onboarding._caller_can_read(j.profile_table,
+              (SELECT format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type)
+                 FROM onboarding.attachments a WHERE a.profile_table = j.profile_table),
+              ARRAY[j.user_id]) <> 'visible' THEN
+        IF NOT FOUND AND has_table_privilege(onboarding._calling_role(), 'onboarding.jobs', 'SELECT') THEN
+            RAISE EXCEPTION 'onboarding.job_status: no job %', job_id USING ERRCODE = 'no_data_found';
+        END IF;
+        RAISE EXCEPTION 'onboarding.job_status: no job % of a profile this role may read', job_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'The calling role must be able to SELECT the job''s profile.';
+    END IF;
+    RETURN QUERY
+        SELECT j.id, j.kind, j.user_id, j.state, j.attempts, j.stripe_id, j.last_error, j.run_at,
+               j.created_at, j.finished_at, coalesce(j.finished_at, now()) - j.created_at;
+END $$;
+
+-- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
+-- TG_ARGV: id column, customer column.
+CREATE OR REPLACE FUNCTION onboarding._enqueue_email_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    picked text[] := onboarding._profile_columns(TG_RELID, NEW, ARRAY[TG_ARGV[0], TG_ARGV[1]]::name[]);
+BEGIN
+    IF picked[2] IS NOT NULL AND onboarding._sync_email_enabled() THEN
+        PERFORM onboarding._enqueue_for_customer(TG_RELID, picked[1], 'update_customer_email', picked[2],
+                                                 'email changed');
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Statement-level AFTER DELETE trigger: deleting a profile deletes its Stripe customer (and Connect
+-- account) when this extension created it (a succeeded creation job names it) and no other row of
+-- the table uses it. Off with onboarding.delete_customers_with_profiles = off.
+-- TG_ARGV: id, customer and Connect account column ('' when none).
+CREATE OR REPLACE FUNCTION onboarding._compensate_deleted_profiles() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce(current_setting('onboarding.delete_customers_with_profiles', true), 'on')::boolean THEN
+        RETURN NULL;
+    END IF;
+    PERFORM onboarding._check_profile_columns(TG_RELID, ARRAY[TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]]::name[]);
+    -- Once for the customer column, once for the Connect account column (if the table has one).
+    FOR i IN 1..2 LOOP
+        CONTINUE WHEN coalesce(TG_ARGV[i], '') = '';
+        EXECUTE format($sql$
+            SELECT count(onboarding._enqueue_for_customer(%1$s::oid, d.%2$I::text, %5$L, d.%3$I, 'profile deleted'))
+              FROM onboarding_deleted_profiles d
+             WHERE d.%3$I IS NOT NULL
+               AND EXISTS (SELECT FROM onboarding.jobs c
+                            WHERE c.profile_table = %1$s::oid AND c.kind = %6$L
+                              AND c.user_id = d.%2$I::text AND c.state = onboarding._succeeded() AND c.stripe_id = d.%3$I)
+               AND NOT EXISTS (SELECT FROM onboarding._as_owner(%1$s::oid,
+                                   pg_catalog.format('SELECT ''x'' FROM %%s other WHERE other.%%I = $1 LIMIT 1', %4$L, %3$L),
+                                   ARRAY[d.%3$I::text])) $sql$,
+            TG_RELID, TG_ARGV[0], TG_ARGV[i], TG_RELID::regclass,
+            CASE i WHEN 1 THEN 'delete_customer' ELSE 'delete_connect_account' END,
+            CASE i WHEN 1 THEN 'create_customer' ELSE 'create_connect_account' END);
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+-- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the
+-- worker's write-back of the customer): enqueues the account when the policy wants one.
+CREATE OR REPLACE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    uid text;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = TG_RELID;
+    IF FOUND THEN
+        uid := (onboarding._profile_columns(TG_RELID, NEW, ARRAY[a.id_column]))[1];
+        IF onboarding._connect_due(a, uid) THEN
+            PERFORM onboarding._enqueue(TG_RELID, uid, 'create_connect_account', 'connect policy');
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Sets when Connect accounts are created for a table's profiles: 'never', 'always', or 'when' with a
+-- condition over the profile row, e.g. set_connect_policy('public.profiles', 'when', 'role = ''provider''').
+CREATE OR REPLACE FUNCTION onboarding.set_connect_policy(profile_table regclass, policy text, condition text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_connect_policy.profile_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(quote_literal(policy), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
+        RAISE EXCEPTION 'onboarding: a condition goes with policy ''when'', and only with it'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: set_connect_policy(''public.profiles'', ''when'', ''role = ''''provider'''''')';
+    END IF;
+    IF policy <> 'never' AND a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', profile_table
+            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+    END IF;
+    a.connect_policy := policy;
+    a.connect_condition := condition;
+    IF policy = 'when' THEN
+        -- One expression (src/condition.rs), then planned (not run) as the table's owner.
+        BEGIN
+            PERFORM onboarding._check_connect_condition(condition);
+        EXCEPTION WHEN syntax_error THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % is not one SQL expression: %',
+                    onboarding._quoted_condition(condition), left(SQLERRM, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write one boolean expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+        BEGIN
+            PERFORM FROM onboarding._as_owner(profile_table, onboarding._connect_condition_query(a, 'NULL') || ' LIMIT 0');
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %',
+                    onboarding._quoted_condition(condition), profile_table, left(SQLERRM, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+    END IF;
+    UPDATE onboarding.attachments t SET connect_policy = policy, connect_condition = condition
+     WHERE t.profile_table = set_connect_policy.profile_table;
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_connect') THEN
+        EXECUTE format('DROP TRIGGER onboarding_connect ON %s', profile_table);
+    END IF;
+    IF policy <> 'never' THEN
+        EXECUTE format($sql$
+            CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
+            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due()$sql$,
+            profile_table, a.connect_account_column, a.customer_column);
+    END IF;
+    RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
+END $$;
+
+-- Attached profiles without a customer (or, where the Connect policy wants one, without an
+-- account), with their latest job's state and error, "awaiting the worker" (an insert not yet
+-- promoted to a job) or "no job". Profiles whose job is younger than older_than are still in
+-- flight and left out.
+CREATE OR REPLACE FUNCTION onboarding.audit_missing(older_than interval DEFAULT '5 minutes')
+RETURNS TABLE (profile_table regclass, user_id text, missing text, job_id bigint, state text, last_error text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments ORDER BY attachments.profile_table::text LOOP
+        RETURN QUERY EXECUTE format($sql$
+            SELECT %1$L::regclass, p.uid, m.what, j.id,
+                   CASE WHEN q.since IS NOT NULL THEN 'awaiting the worker' ELSE coalesce(j.state, 'no job') END,
+                   j.last_error
+              FROM (SELECT r[1] AS uid, r[2] AS customer, r[3] AS account, r[4]::boolean AS wants_account
+                      FROM onboarding._as_owner(%1$L::regclass, %2$L) r) p  -- read as the table's owner
+             CROSS JOIN LATERAL (VALUES ('customer', 'create_customer', p.customer IS NULL),
+                                        ('connect account', 'create_connect_account',
+                                         p.account IS NULL AND p.wants_account)) m(what, kind, is_missing)
+              LEFT JOIN LATERAL (SELECT x.id, x.state, x.last_error, x.created_at FROM onboarding.jobs x
+                                  WHERE x.profile_table = %1$L::regclass AND x.user_id = p.uid AND x.kind = m.kind
+                                  ORDER BY x.id DESC LIMIT 1) j ON true
+              -- An insert not yet promoted to a job (see onboarding.intake).
+              LEFT JOIN (SELECT i.user_id, min(i.enqueued_at) AS since FROM onboarding.intake i
+                          WHERE i.profile_table = %1$L::regclass GROUP BY i.user_id) q
+                     ON q.user_id = p.uid AND m.kind = 'create_customer'
+             WHERE m.is_missing
+               AND CASE WHEN q.since IS NOT NULL THEN q.since < now() - $1
+                        ELSE j.id IS NULL OR NOT onboarding._is_open(j.state) OR j.created_at < now() - $1 END
+             ORDER BY p.uid, m.what $sql$,
+            a.profile_table,
+            format(E'SELECT p.%I::text, p.%I::text, %s, %s FROM %s AS p', a.id_column, a.customer_column,
+                   coalesce(format('p.%I::text', a.connect_account_column), 'NULL::text'),
+                   CASE a.connect_policy WHEN 'always' THEN '''true'''
+                                         WHEN 'when' THEN format(E'(%s\n)::boolean::text', a.connect_condition)
+                                         ELSE '''false''' END,
+                   a.profile_table))
+        USING older_than;
+    END LOOP;
+END $$;
+
+-- Every attached profile with its Stripe IDs.
+CREATE OR REPLACE FUNCTION onboarding._all_profiles()
+RETURNS TABLE (profile_table regclass, user_id text, customer text, account text, email text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments LOOP
+        RETURN QUERY
+            SELECT a.profile_table, r[1], r[2], r[3], r[4]
+              FROM onboarding._as_owner(a.profile_table,
+                       format('SELECT t.%1$I::text, t.%2$I::text, %3$s, t.%4$I::text FROM %5$s t',
+                              a.id_column, a.customer_column,
+                              coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'), a.email_column,
+                              a.profile_table)) r;
+    END LOOP;
+END $$;
+
+-- Enqueues a customer job for every profile without a customer and without an open or dead job,
+-- `batch` at a time, committing after each batch (so the workers start at once and another
+-- session can watch onboarding.backfill_progress); re-running adds nothing new. The Stripe calls
+-- are paced where every call is made, in the workers. A procedure: CALL it outside a transaction.
+CREATE OR REPLACE PROCEDURE onboarding.backfill(profile_table regclass DEFAULT NULL, batch integer DEFAULT 500)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a onboarding.attachments;
+    run bigint;
+    total bigint;
+    added bigint;
+    done bigint;
+    last_id text;
+    next_last text;
+    started timestamptz;
+    table_name text;
+BEGIN
+    IF batch IS NULL OR batch < 1 THEN
+        RAISE EXCEPTION 'onboarding.backfill: batch must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR a IN SELECT * FROM onboarding.attachments t
+              WHERE backfill.profile_table IS NULL OR t.profile_table = backfill.profile_table
+              ORDER BY t.profile_table::text LOOP
+        -- The table is read as its owner (src/tables.rs), whose search_path is pinned: the name is
+        -- spelled in full (a procedure that commits cannot pin ours, so regclass may print it short).
+        SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) INTO table_name
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = a.profile_table;
+        SELECT r[1]::bigint INTO total
+          FROM onboarding._as_owner(a.profile_table, pg_catalog.format('SELECT count(*)::text FROM %s WHERE %I IS NULL',
+                   table_name, a.customer_column)) r;
+        INSERT INTO onboarding.backfills (profile_table, total) VALUES (a.profile_table, total) RETURNING id INTO run;
+        COMMIT;
+        started := pg_catalog.clock_timestamp();
+        done := 0;
+        last_id := NULL;
+        LOOP
+            -- Keyset pagination in the id column's own order (the page keeps it: ordinality).
+            WITH page AS (
+                SELECT x.r[1] AS uid, x.n
+                  FROM onboarding._as_owner(a.profile_table, pg_catalog.format(
+                           'SELECT t.%2$I::text FROM %1$s t WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%2$I > $1::%4$s)
+                             ORDER BY t.%2$I LIMIT $2::integer',
+                           table_name, a.id_column, a.customer_column, a.id_type),
+                           ARRAY[last_id, batch::text]) WITH ORDINALITY AS x(r, n)),
+            wanted AS (
+                SELECT p.uid FROM page p
+                 WHERE NOT EXISTS (SELECT FROM onboarding.jobs j
+                                    WHERE j.profile_table = a.profile_table AND j.kind = 'create_customer'
+                                      AND j.user_id = p.uid AND (onboarding._is_open(j.state) OR j.state = onboarding._dead())))
+            SELECT (SELECT p.uid FROM page p ORDER BY p.n DESC LIMIT 1),
+                   (SELECT count(onboarding._enqueue(a.profile_table, w.uid, 'create_customer', 'backfill ' || run))
+                      FROM wanted w)
+              INTO next_last, added;
+            EXIT WHEN next_last IS NULL;
+            last_id := next_last;
+            done := done + added;
+            UPDATE onboarding.backfills SET enqueued = done, updated_at = now() WHERE id = run;
+            COMMIT;
+            RAISE NOTICE 'onboarding.backfill %: % of % profiles of % enqueued, % provisioned, about % left',
+                run, done, total, a.profile_table,
+                (SELECT p.provisioned FROM onboarding.backfill_progress p WHERE p.id = run),
+                coalesce((SELECT date_trunc('second', p.time_left)::text FROM onboarding.backfill_progress p
+                           WHERE p.id = run), 'unknown');
+        END LOOP;
+        UPDATE onboarding.backfills SET enqueued = done, updated_at = now(), finished_at = now() WHERE id = run;
+        COMMIT;
+        RAISE NOTICE 'onboarding.backfill %: % jobs enqueued for % in %', run, done, a.profile_table,
+            pg_catalog.clock_timestamp() - started;
+    END LOOP;
+END $$;
+
+-- What it takes to make Stripe and the profiles agree, and (dry_run => false) doing it: queue
+-- missing customers, retry dead jobs, relink a profile whose customer is gone to the live orphan
+-- of the same user (else clear it and queue a new one), delete orphans, sync differing emails.
+-- Every action done is an event ('reconciled', or the jobs it queues).
+CREATE OR REPLACE FUNCTION onboarding.reconcile(dry_run boolean DEFAULT true, profile_table regclass DEFAULT NULL)
+RETURNS TABLE (action text, user_id text, stripe_id text, detail text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap bigint := onboarding.refresh_stripe_snapshot();
+    r record;
+    a onboarding.attachments;
+    relinked text[] := '{}';
+    target_column name;
+BEGIN
+    -- Profiles pointing at nothing usable in Stripe.
+    FOR r IN SELECT * FROM onboarding.audit_mismatches(false) m
+              WHERE reconcile.profile_table IS NULL OR m.profile_table = reconcile.profile_table LOOP
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = r.profile_table;
+        target_column := CASE r.object WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
+        user_id := r.user_id;
+        IF r.problem LIKE 'email differs%' THEN
+            action := 'sync email'; stripe_id := r.stripe_id; detail := r.problem;
+            IF NOT dry_run THEN
+                PERFORM onboarding._enqueue_for_customer(r.profile_table, r.user_id, 'update_customer_email', r.stripe_id, 'reconcile');
+            END IF;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        SELECT o.id INTO stripe_id FROM onboarding.stripe_objects o
+         WHERE o.snapshot = snap AND o.user_id = r.user_id AND o.object = r.object
+         ORDER BY o.id LIMIT 1;
+        IF stripe_id IS NOT NULL AND r.problem = 'missing or deleted in Stripe' THEN
+            action := 'relink'; detail := format('%s is %s; the user''s live %s is %s', r.stripe_id, r.problem, r.object, stripe_id);
+            relinked := relinked || stripe_id;
+            IF NOT dry_run THEN
+                PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = $2 WHERE %I = $1::%s',
+                            r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id, stripe_id]);
+                PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('from', r.stripe_id, 'to', stripe_id));
+            END IF;
+        ELSE
+            action := 'recreate'; stripe_id := r.stripe_id; detail := r.problem;
+            IF NOT dry_run THEN
+                PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = NULL WHERE %I = $1::%s',
+                            r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id]);
+                PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('cleared', r.stripe_id, 'problem', r.problem));
+                PERFORM onboarding._enqueue(r.profile_table, r.user_id,
+                    CASE r.object WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END, 'reconcile');
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- Stripe objects no profile uses.
+    FOR r IN SELECT * FROM onboarding.audit_orphans(false) o WHERE NOT o.stripe_id = ANY (relinked) LOOP
+        action := 'delete orphan'; user_id := r.user_id; stripe_id := r.stripe_id; detail := r.problem;
+        IF NOT dry_run THEN
+            PERFORM onboarding._enqueue_for_customer(
+                coalesce(reconcile.profile_table, (SELECT t.profile_table FROM onboarding.attachments t ORDER BY 1 LIMIT 1)),
+                r.user_id, CASE r.object WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END,
+                r.stripe_id, 'reconcile');
+            PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('stripe_id', r.stripe_id));
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- Profiles without their objects.
+    FOR r IN SELECT * FROM onboarding.audit_missing('0 seconds') m
+              WHERE reconcile.profile_table IS NULL OR m.profile_table = reconcile.profile_table LOOP
+        user_id := r.user_id; stripe_id := NULL;
+        IF r.state = onboarding._dead() THEN
+            action := 'retry'; detail := format('job %s: %s', r.job_id, r.last_error);
+            IF NOT dry_run THEN
+                PERFORM onboarding.retry(r.job_id);
+            END IF;
+        ELSIF r.state = 'no job' OR onboarding._is_final(r.state) THEN  -- (dead ones: above)
+            action := 'enqueue ' || r.missing; detail := format('latest job: %s', r.state);
+            IF NOT dry_run THEN
+                PERFORM onboarding._enqueue(r.profile_table, r.user_id,
+                    CASE r.missing WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END, 'reconcile');
+            END IF;
+        ELSE
+            CONTINUE;  -- in flight
+        END IF;
+        IF NOT dry_run THEN
+            PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('detail', detail));
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
+-- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
+-- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
+-- or refused it (idempotency_error): look the object up before creating anything.
+CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
+RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text, connect_account_id text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job onboarding.jobs;
+    a onboarding.attachments;
+BEGIN
+    FOR job IN
+        WITH due AS (
+            SELECT j.id FROM onboarding.jobs j
+             WHERE j.state = onboarding._pending() AND j.run_at <= now()
+             ORDER BY j.run_at, j.id
+             LIMIT max_jobs
+             FOR UPDATE SKIP LOCKED)
+        UPDATE onboarding.jobs j
+           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+               claimed_at = now(), first_attempt_at = coalesce(j.first_attempt_at, now())
+          FROM due WHERE j.id = due.id
+        RETURNING j.*
+    LOOP
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
+        IF NOT FOUND THEN
+            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
+            CONTINUE;
+        END IF;
+        job_id := job.id; kind := job.kind; user_id := job.user_id;
+        idempotency_key := job.idempotency_key; attempts := job.attempts; stripe_id := job.stripe_id;
+        request_params := job.request_params;
+        look_up_first := job.first_attempt_at < now() - horizon
+                         OR job.last_error_detail->>'type' = 'idempotency_error';
+        BEGIN
+            -- As the table's owner (src/tables.rs), like every statement on an application table.
+            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
+              FROM onboarding._as_owner(a.profile_table,
+                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                              a.email_column, a.customer_column,
+                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                              a.profile_table, a.id_column, a.id_type),
+                       ARRAY[job.user_id]) r;
+            profile_found := FOUND;
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+        WHEN OTHERS THEN
+            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                error => 'could not read the profile: ' || SQLERRM);
+            CONTINUE;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Writes created (or adopted) customers and Connect accounts back to their profiles, set-based:
+-- for each of this worker's running creation jobs, the object goes to the profile's column where it
+-- is still NULL, the job is finished (written_back), and a customer whose profile email changed
+-- after it was sent gets an email update. Returns the jobs written back; _write_back handles the
+-- others (profile gone or linked elsewhere).
+CREATE OR REPLACE FUNCTION onboarding._link_objects(job_ids bigint[], objects text[]) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target record;
+    a onboarding.attachments;
+    target_column name;
+    written bigint[] := '{}';
+    linked bigint[];
+    changed bigint[];
+    j onboarding.jobs;
+BEGIN
+    FOR target IN SELECT DISTINCT x.profile_table, x.kind FROM onboarding.jobs x
+                   WHERE x.id = ANY (job_ids) AND x.kind IN ('create_customer', 'create_connect_account') LOOP
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = target.profile_table;
+        target_column := CASE target.kind WHEN 'create_customer' THEN a.customer_column
+                                          ELSE a.connect_account_column END;
+        CONTINUE WHEN target_column IS NULL;  -- detached, or no Connect column
+        -- The profiles are written as the table's owner (src/tables.rs); the jobs and events here.
+        WITH mine AS (
+            SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
+              FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+             WHERE x.profile_table = target.profile_table AND x.kind = target.kind
+               AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
+        profiles_linked AS (
+            SELECT r[1] AS user_id, r[2] AS email
+              FROM onboarding._as_owner(a.profile_table,
+                       format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
+                                WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL RETURNING o.user_id, p.%5$I::text',
+                              a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
+                       ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
+                             (SELECT array_agg(m.object) FROM mine m)::text]) r),
+        linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
+        finished AS (
+            UPDATE onboarding.jobs x
+               SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL
+              FROM linked l WHERE x.id = l.id
+            RETURNING x.id),
+        logged AS (
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            SELECT l.id, l.user_id, 'written_back',
+                   jsonb_build_object('stripe_id', l.object, 'table', a.profile_table::text, 'column', target_column)
+              FROM linked l ORDER BY l.id)
+        SELECT coalesce(array_agg(l.id), '{}'),
+               coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
+          INTO linked, changed
+          FROM linked l;
+        written := written || linked;
+        -- The email changed after the customer was sent: the customer follows.
+        IF target.kind = 'create_customer' AND cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
+            FOR j IN SELECT * FROM onboarding.jobs x WHERE x.id = ANY (changed) LOOP
+                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
+                                                         j.stripe_id, 'email changed during creation');
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN written;
+END $$;
+
+-- Writes a created (or adopted) customer or Connect account back to its profile (_link_objects)
+-- and finishes the job. Returns what happened: written_back, already_linked, linked_elsewhere,
+-- profile_gone. An object no profile can use is queued for deletion.
+CREATE OR REPLACE FUNCTION onboarding._write_back(job bigint, object_id text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+    a onboarding.attachments;
+    target_column name;
+    compensation text;
+    current_id text;
+    found_profile boolean;
+BEGIN
+    IF job = ANY (onboarding._link_objects(ARRAY[job], ARRAY[object_id])) THEN
+        RETURN 'written_back';
+    END IF;
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
+    compensation := CASE j.kind WHEN 'create_customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
+    target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
+    IF target_column IS NOT NULL THEN
+        SELECT true, r[1] INTO found_profile, current_id
+          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                   target_column, a.profile_table, a.id_column, a.id_type), ARRAY[j.user_id]) r;
+    END IF;
+    IF current_id = object_id THEN
+        PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'skipped',
+            jsonb_build_object('reason', 'profile already linked to this object', 'stripe_id', object_id),
+            stripe_id => object_id);
+        RETURN 'already_linked';
+    ELSIF found_profile THEN
+        -- Someone linked another object meanwhile: ours has no profile pointing at it.
+        PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
+            jsonb_build_object('reason', format('profile is linked to %s instead', current_id), 'stripe_id', object_id),
+            stripe_id => object_id, error => format('profile is already linked to %s; %s is unused', current_id, object_id));
+        PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
+                                                 'profile linked to another object');
+        RETURN 'linked_elsewhere';
+    END IF;
+    PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
+        jsonb_build_object('reason', 'profile deleted before write-back', 'stripe_id', object_id),
+        stripe_id => object_id, error => format('profile deleted before %s could be written back', object_id));
+    PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
+                                             'profile deleted before write-back');
+    RETURN 'profile_gone';
+END $$;
+
+-- Finishes an email update; if the email changed again meanwhile, queues the next update.
+CREATE OR REPLACE FUNCTION onboarding._finish_email_update(job bigint, sent_email text, detail jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+    a onboarding.attachments;
+    current_email text;
+BEGIN
+    PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'email_updated', detail);
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
+    IF FOUND THEN
+        SELECT r[1] INTO current_email
+          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
+                   a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column),
+                   ARRAY[j.user_id, j.stripe_id]) r;
+        IF current_email IS NOT NULL AND btrim(current_email) IS DISTINCT FROM sent_email
+           AND onboarding._sync_email_enabled() THEN
+            PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
+                                                     j.stripe_id, 'email changed during an update');
+        END IF;
+    END IF;
+END $$;
+
+-- Replaced by _connect_due(attachments, text), which evaluates the condition as the table's owner.
+DROP FUNCTION onboarding._connect_due(onboarding.attachments, anyelement);
+
+------------------------------------------------------------------------------------------------
+-- 3. Privileges of the new functions (sql/privileges.sql: nothing for PUBLIC).
+------------------------------------------------------------------------------------------------
+REVOKE EXECUTE ON FUNCTION onboarding._as_owner(oid, text, text[]), onboarding._calling_role(),
+    onboarding._caller_can_read(oid, text, text[]), onboarding._check_connect_condition(text),
+    onboarding._quoted_condition(text), onboarding._check_profile_columns(regclass, name[]),
+    onboarding._profile_columns(regclass, anyelement, name[]), onboarding._connect_due(onboarding.attachments, text),
+    onboarding._connect_condition_query(onboarding.attachments, text) FROM PUBLIC;
+
+-- The workers go on as soon as this transaction commits.
+SELECT onboarding._wake_worker_after_commit();

@@ -1,0 +1,106 @@
+//! The extension's one way into application tables. Every statement that reads or writes an
+//! attached table — the worker's profile reads and write-backs, Connect conditions, the audits,
+//! backfill and reconcile — goes through `onboarding._as_owner`, which runs it as the table's
+//! owner in a security-restricted operation (src/pg/owner.rs). Whatever the owner attached to the
+//! table (triggers, CHECK constraints, generated columns, index expressions, policies, casts,
+//! functions) then runs with the owner's rights, not the worker's superuser or the extension's.
+//! The extension's own tables are out of reach from there: the owner has no rights on them.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::iter::SetOfIterator;
+use pgrx::prelude::*;
+
+use crate::pg::owner;
+
+/// Runs `statement` (its result columns all text) with `params` as `$1 … $n` (text) as the owner of
+/// `table`, and returns its rows. Not for applications: EXECUTE is revoked from PUBLIC.
+#[pg_extern(name = "_as_owner", volatile, parallel_unsafe)]
+fn as_owner(
+    table: pg_sys::Oid,
+    statement: &str,
+    params: default!(Vec<Option<String>>, "'{}'"),
+) -> SetOfIterator<'static, Vec<Option<String>>> {
+    // It lowers rights only, but a role that could call it would become any table's owner.
+    if !unsafe { pg_sys::superuser() } {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "onboarding._as_owner is for the extension's own functions"
+        );
+    }
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1)",
+        &[table.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("onboarding: table with oid {} does not exist", table.to_u32())
+        );
+        unreachable!("ereport(ERROR) returned")
+    });
+    let rows = owner::as_role(owner, || {
+        Spi::connect_mut(|client| {
+            let args: Vec<DatumWithOid> = params.iter().map(|p| p.clone().into()).collect();
+            let result = client.update(statement, None, &args)?;
+            let mut rows = Vec::new();
+            let Ok(columns) = result.columns() else {
+                return Ok(rows); // no RETURNING
+            };
+            for row in result {
+                let mut values = Vec::with_capacity(columns);
+                for ordinal in 1..=columns {
+                    values.push(row.get::<String>(ordinal)?);
+                }
+                rows.push(values);
+            }
+            Ok::<_, pgrx::spi::Error>(rows)
+        })
+    })
+    .unwrap_or_else(|e| error!("onboarding: {e}"));
+    SetOfIterator::new(rows)
+}
+
+/// The role the application function was called by: `GetOuterUserId()`, the session's current
+/// role, which SECURITY DEFINER functions (ours included) do not change.
+#[pg_extern(name = "_calling_role", stable, parallel_safe)]
+fn calling_role() -> pg_sys::Oid {
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Whether the calling role ([`calling_role`]) may read the profile that `statement` (`$1 … $n`:
+/// `params`) selects, checked as that role — its privileges and the table's row-level security —
+/// in a security-restricted operation: `visible`, `not found` (it may read the table, no policy
+/// hides rows from it, and there is no such row) or `refused` (no SELECT privilege, or a policy
+/// may be what hides the row: the answer must not say which).
+#[pg_extern(name = "_caller_can_read", volatile, parallel_unsafe)]
+fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Option<String>>, "'{}'")) -> &'static str {
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    owner::as_role(caller, || {
+        let may_select =
+            Spi::get_one_with_args::<bool>("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", &[table.into()])
+                .ok()
+                .flatten()
+                .unwrap_or(false);
+        if !may_select {
+            return "refused";
+        }
+        let found = Spi::connect_mut(|client| {
+            let args: Vec<DatumWithOid> = params.iter().map(|p| p.clone().into()).collect();
+            Ok::<_, pgrx::spi::Error>(!client.update(statement, Some(1), &args)?.is_empty())
+        })
+        .unwrap_or_else(|e| error!("onboarding: {e}"));
+        if found {
+            return "visible";
+        }
+        let hidden_by_policy =
+            Spi::get_one_with_args::<bool>("SELECT pg_catalog.row_security_active($1)", &[table.into()])
+                .ok()
+                .flatten()
+                .unwrap_or(true);
+        if hidden_by_policy { "refused" } else { "not found" }
+    })
+}
