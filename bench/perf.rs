@@ -328,10 +328,10 @@ fn owner_switch_cost_per_job(db: &mut Client) -> f64 {
     db.batch_execute(&format!(
         "DROP TABLE IF EXISTS public.bench_owned;
          CREATE TABLE public.bench_owned (id bigint PRIMARY KEY, email text, stripe_customer_id text);
-         INSERT INTO public.bench_owned SELECT g, 'p' || g || '@example.com', NULL FROM generate_series(1, {PROFILES}) g;
-         VACUUM ANALYZE public.bench_owned;"
+         INSERT INTO public.bench_owned SELECT g, 'p' || g || '@example.com', NULL FROM generate_series(1, {PROFILES}) g;"
     ))
     .unwrap();
+    db.batch_execute("VACUUM ANALYZE public.bench_owned").unwrap();
     let mut turn = |as_owner: bool| -> f64 {
         db.batch_execute("UPDATE public.bench_owned SET stripe_customer_id = NULL").unwrap();
         db.batch_execute("VACUUM public.bench_owned").unwrap();

@@ -28,20 +28,7 @@ fn as_owner(
             "onboarding._as_owner is for the extension's own functions"
         );
     }
-    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1)",
-        &[table.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| {
-        ereport!(
-            PgLogLevel::ERROR,
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("onboarding: table with oid {} does not exist", table.to_u32())
-        );
-        unreachable!("ereport(ERROR) returned")
-    });
+    let owner = owner_of(table);
     let rows = owner::as_role(owner, || {
         Spi::connect_mut(|client| {
             let args: Vec<DatumWithOid> = params.iter().map(|p| p.clone().into()).collect();
@@ -62,6 +49,25 @@ fn as_owner(
     })
     .unwrap_or_else(|e| error!("onboarding: {e}"));
     SetOfIterator::new(rows)
+}
+
+/// The owner of `table`, from the system cache (a query for it cost twice the switch itself: bench
+/// 2c went from 71 to 22 µs per job).
+fn owner_of(table: pg_sys::Oid) -> pg_sys::Oid {
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as i32, pg_sys::Datum::from(table));
+        if tuple.is_null() {
+            ereport!(
+                PgLogLevel::ERROR,
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("onboarding: table with oid {} does not exist", table.to_u32())
+            );
+            unreachable!("ereport(ERROR) returned")
+        }
+        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple)).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        owner
+    }
 }
 
 /// The role the application function was called by: `GetOuterUserId()`, the session's current
