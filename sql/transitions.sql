@@ -92,10 +92,13 @@ BEGIN
         EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
             -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
             profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
-        WHEN OTHERS THEN
+        WHEN OTHERS OR query_canceled THEN
+            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
+            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
             PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
                 jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                error => 'could not read the profile: ' || SQLERRM);
+                error => 'could not read the profile: ' || SQLERRM
+                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
             CONTINUE;
         END;
         RETURN NEXT;

@@ -21,6 +21,7 @@ pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 pub static SYNC_EMAIL: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+pub static OWNER_STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(25);
 pub static RATE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static RATE_BURST: GucSetting<i32> = GucSetting::<i32>::new(5);
@@ -121,6 +122,17 @@ pub fn register() {
         crate::pg::processes::MAX_WORKERS as i32,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.owner_statement_timeout",
+        c"Longest a statement the extension runs on an attached table, as its owner, may take (0: no limit).",
+        c"Profile reads, write-backs, Connect conditions, audits. Applies where no statement_timeout is already \
+          running (an application session's own one governs its statements).",
+        &OWNER_STATEMENT_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"onboarding.lease",
@@ -318,6 +330,11 @@ pub fn workers() -> usize {
 
 pub fn lease() -> Duration {
     Duration::from_secs(LEASE_S.get().max(1) as u64)
+}
+
+/// `onboarding.owner_statement_timeout` in milliseconds (0: none).
+pub fn owner_statement_timeout_ms() -> i32 {
+    OWNER_STATEMENT_TIMEOUT_MS.get().max(0)
 }
 
 pub fn connect_timeout() -> Duration {

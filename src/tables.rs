@@ -10,6 +10,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::iter::SetOfIterator;
 use pgrx::prelude::*;
 
+use crate::gucs;
 use crate::pg::owner;
 
 /// Runs `statement` (its result columns all text) with `params` as `$1 … $n` (text) as the owner of
@@ -29,7 +30,7 @@ fn as_owner(
         );
     }
     let owner = owner_of(table);
-    let rows = owner::as_role(owner, || {
+    let rows = owner::as_role(owner, gucs::owner_statement_timeout_ms(), || {
         Spi::connect_mut(|client| {
             let args: Vec<DatumWithOid> = params.iter().map(|p| p.clone().into()).collect();
             let result = client.update(statement, None, &args)?;
@@ -85,7 +86,7 @@ fn calling_role() -> pg_sys::Oid {
 #[pg_extern(name = "_caller_can_read", volatile, parallel_unsafe)]
 fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Option<String>>, "'{}'")) -> &'static str {
     let caller = unsafe { pg_sys::GetOuterUserId() };
-    owner::as_role(caller, || {
+    owner::as_role(caller, gucs::owner_statement_timeout_ms(), || {
         let may_select =
             Spi::get_one_with_args::<bool>("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", &[table.into()])
                 .ok()

@@ -1,7 +1,48 @@
 //! Running a table owner's code with the owner's rights only: the way PostgreSQL itself runs
 //! VACUUM, ANALYZE, REINDEX and REFRESH MATERIALIZED VIEW since CVE-2020-25695.
 
+use std::ffi::c_int;
+
 use pgrx::pg_sys;
+
+/// utils/timeout.h of PostgreSQL 15, which pgrx's bindings leave out.
+mod timeout {
+    use std::ffi::c_int;
+
+    /// `STATEMENT_TIMEOUT` of `enum TimeoutId` (registered for every backend and worker by
+    /// InitPostgres; when it fires, the running statement fails with 57014).
+    pub const STATEMENT_TIMEOUT: c_int = 3;
+
+    unsafe extern "C-unwind" {
+        pub fn enable_timeout_after(id: c_int, delay_ms: c_int);
+        pub fn disable_timeout(id: c_int, keep_indicator: bool);
+        pub fn get_timeout_active(id: c_int) -> bool;
+    }
+}
+
+/// A statement timeout armed for the work of [`as_role`] when none was running; disarmed when
+/// the work ends, on an error too (dropped while unwinding).
+struct Deadline {
+    armed: bool,
+}
+
+impl Deadline {
+    fn arm(delay_ms: c_int) -> Deadline {
+        let armed = delay_ms > 0 && !unsafe { timeout::get_timeout_active(timeout::STATEMENT_TIMEOUT) };
+        if armed {
+            unsafe { timeout::enable_timeout_after(timeout::STATEMENT_TIMEOUT, delay_ms) };
+        }
+        Deadline { armed }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        if self.armed {
+            unsafe { timeout::disable_timeout(timeout::STATEMENT_TIMEOUT, false) };
+        }
+    }
+}
 
 /// Runs `work` as `role` in a security-restricted operation, with `search_path` pinned to
 /// `pg_catalog, pg_temp`. Whatever the role's objects run meanwhile (triggers, CHECK constraints,
@@ -9,9 +50,12 @@ use pgrx::pg_sys;
 /// role's rights, cannot `SET ROLE` or `SET SESSION AUTHORIZATION`, create temporary objects or
 /// leave settings behind (every setting changed inside is undone on the way out).
 ///
+/// `timeout_ms` (when positive and no statement timeout is running already) bounds the work: past
+/// it, the running statement fails with 57014 ("canceling statement due to statement timeout").
+///
 /// On an error the (sub)transaction's abort restores the user and the settings, as it does for
 /// PostgreSQL's own callers; `work` is not expected to catch errors.
-pub fn as_role<R>(role: pg_sys::Oid, work: impl FnOnce() -> R) -> R {
+pub fn as_role<R>(role: pg_sys::Oid, timeout_ms: c_int, work: impl FnOnce() -> R) -> R {
     let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0);
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
@@ -33,7 +77,9 @@ pub fn as_role<R>(role: pg_sys::Oid, work: impl FnOnce() -> R) -> R {
             false,
         );
     }
+    let deadline = Deadline::arm(timeout_ms);
     let result = work();
+    drop(deadline);
     unsafe {
         // false: every change made inside is rolled back, SET without LOCAL too (as matview.c does).
         pg_sys::AtEOXact_GUC(false, nest_level);

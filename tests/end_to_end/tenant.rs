@@ -6,13 +6,16 @@
 use libtest_mimic::{Failed, Trial};
 use postgres::Client;
 
-use crate::helpers::{DEADLINE, db, ensure, sqlstate, wait_for};
+use crate::helpers::{
+    DEADLINE, db, ensure, insert_profile, jobs_for, profiles_table, sqlstate, wait_for, wait_for_customer,
+};
 
 pub(crate) fn tests() -> Vec<Trial> {
     trials![
         a_table_owners_code_runs_with_her_rights_only,
         a_cast_on_a_profile_column_runs_no_code_of_the_owner,
         the_connect_condition_is_one_bounded_expression,
+        a_slow_statement_of_the_owner_is_cut_off_and_parks_only_its_job,
     ]
 }
 
@@ -235,4 +238,47 @@ fn the_connect_condition_is_one_bounded_expression() -> Result<(), Failed> {
 /// `text` as an SQL string literal.
 fn postgres_protocol_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A statement on her table that runs longer than onboarding.owner_statement_timeout (here: a
+/// policy that sleeps) is cancelled; its job is parked with the reason and the others go on.
+fn a_slow_statement_of_the_owner_is_cut_off_and_parks_only_its_job() -> Result<(), Failed> {
+    let mut db = db();
+    tenant(&mut db);
+    db.batch_execute(
+        "SET ROLE tenant;
+         CREATE TABLE tenant.slow (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_customer_id text);
+         CREATE FUNCTION tenant.sleepy() RETURNS boolean LANGUAGE sql AS $$ SELECT pg_sleep(1) IS NOT NULL $$;
+         ALTER TABLE tenant.slow ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE tenant.slow FORCE ROW LEVEL SECURITY;
+         CREATE POLICY reads ON tenant.slow FOR SELECT USING (tenant.sleepy());
+         CREATE POLICY inserts ON tenant.slow FOR INSERT WITH CHECK (true);
+         CREATE POLICY updates ON tenant.slow FOR UPDATE USING (true) WITH CHECK (true);
+         RESET ROLE;
+         SELECT onboarding.attach('tenant.slow');",
+    )
+    .unwrap();
+    db.batch_execute("ALTER SYSTEM SET onboarding.owner_statement_timeout = '300ms'").unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let fast_table = profiles_table(&mut db, "profiles_beside_slow");
+    // The worker applies the reload a moment later: probes until one is cut off (each takes 1 s
+    // while the worker still has the default of 10 s).
+    let outcome = wait_for("a probe's profile read to be cut off", DEADLINE, || {
+        let user = insert_profile(&mut db, "tenant.slow", Some("slow@example.com"));
+        let finished = wait_for("the probe to finish", DEADLINE, || {
+            jobs_for(&mut db, &user).into_iter().find(|j| !["pending", "running"].contains(&j.state.as_str()))
+        })
+        .ok()?;
+        (finished.state == "dead").then_some(finished)
+    });
+    let beside = insert_profile(&mut db, &fast_table, Some("beside@example.com"));
+    let provisioned = wait_for_customer(&mut db, &fast_table, &beside);
+    db.batch_execute("ALTER SYSTEM RESET onboarding.owner_statement_timeout").unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let dead = outcome?;
+    provisioned?;
+    let error = dead.last_error.unwrap_or_default();
+    ensure(error.contains("statement timeout"), || format!("last_error: {error}"))?;
+    db.batch_execute("SELECT onboarding.detach('tenant.slow')").unwrap();
+    Ok(())
 }
