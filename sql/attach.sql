@@ -136,14 +136,11 @@ BEGIN
 END $$;
 
 -- The query that evaluates a's condition (as text) for the profile whose id is `id_expression`
--- (NULL: for every profile, with its id first). Run only through onboarding._as_owner.
+-- ('$1', or 'NULL' to plan it without a row). Run only through onboarding._as_owner.
 CREATE FUNCTION onboarding._connect_condition_query(a onboarding.attachments, id_expression text) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN id_expression IS NULL
-                THEN format(E'SELECT p.%I::text, (%s\n)::boolean::text FROM %s AS p', a.id_column, a.connect_condition,
-                            a.profile_table)
-                ELSE format(E'SELECT (%s\n)::boolean::text FROM %s AS p WHERE p.%I = %s::%s', a.connect_condition,
-                            a.profile_table, a.id_column, id_expression, a.id_type) END;
+    SELECT format(E'SELECT (%s\n)::boolean::text FROM %s AS p WHERE p.%I = %s::%s', a.connect_condition,
+                  a.profile_table, a.id_column, id_expression, a.id_type);
 $$;
 
 -- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the

@@ -8,12 +8,12 @@ use pgrx::prelude::*;
 use pgrx::{PgList, is_a};
 
 /// Longest condition accepted; conditions are short predicates over a row.
-pub const MAX_LENGTH: usize = 2000;
+const MAX_LENGTH: usize = 2000;
 /// How much of a refused condition an error message quotes.
 const QUOTED: usize = 60;
 
 /// The start of `condition` for an error message: at most [`QUOTED`] characters.
-pub fn quoted(condition: &str) -> String {
+fn quoted(condition: &str) -> String {
     let mut shown: String = condition.chars().take(QUOTED).collect();
     if shown.len() < condition.len() {
         shown.push('…');

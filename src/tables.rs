@@ -32,8 +32,7 @@ fn as_owner(
     let owner = owner_of(table);
     let rows = owner::as_role(owner, gucs::owner_statement_timeout_ms(), || {
         Spi::connect_mut(|client| {
-            let args: Vec<DatumWithOid> = params.iter().map(|p| p.clone().into()).collect();
-            let result = client.update(statement, None, &args)?;
+            let result = client.update(statement, None, &text_args(&params))?;
             let mut rows = Vec::new();
             let Ok(columns) = result.columns() else {
                 return Ok(rows); // no RETURNING
@@ -50,6 +49,11 @@ fn as_owner(
     })
     .unwrap_or_else(|e| error!("onboarding: {e}"));
     SetOfIterator::new(rows)
+}
+
+/// `params` as the text arguments `$1 … $n` of a statement.
+fn text_args(params: &[Option<String>]) -> Vec<DatumWithOid<'_>> {
+    params.iter().map(|p| p.clone().into()).collect()
 }
 
 /// The owner of `table`, from the system cache (a query for it cost twice the switch itself: bench
@@ -96,8 +100,7 @@ fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Opt
             return "refused";
         }
         let found = Spi::connect_mut(|client| {
-            let args: Vec<DatumWithOid> = params.iter().map(|p| p.clone().into()).collect();
-            Ok::<_, pgrx::spi::Error>(!client.update(statement, Some(1), &args)?.is_empty())
+            Ok::<_, pgrx::spi::Error>(!client.update(statement, Some(1), &text_args(&params))?.is_empty())
         })
         .unwrap_or_else(|e| error!("onboarding: {e}"));
         if found {
