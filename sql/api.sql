@@ -35,9 +35,23 @@ BEGIN
                           ELSE 'Pass profile_table => ''schema.table''.' END;
 END $$;
 
+-- Refuses at once on a standby what needs a worker or writes the queue: workers run on the
+-- primary only (read load balancers send SELECTs to standbys).
+CREATE FUNCTION onboarding._require_primary() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'onboarding: read-only standby: run this on the primary'
+            USING ERRCODE = 'read_only_sql_transaction',
+                  HINT = 'The workers that call Stripe run on the primary only; send this call to a read-write connection.';
+    END IF;
+END $$;
+
 -- Checks a user id against the attached table: NULL, empty, malformed (for the id column's type)
 -- and unknown ids are refused with their own SQLSTATE. Returns the profile's row as jsonb
--- (id, email, customer, connect account, whether this very transaction inserted it).
+-- (id, email, customer, connect account, whether this very transaction inserted it). Its id is
+-- the id column's own text form: callers key jobs by it, never by the caller's spelling (' 42',
+-- '+042' and '42' are one profile; so are a uuid in upper and lower case).
 CREATE FUNCTION onboarding._profile(a onboarding.attachments, user_id text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -90,6 +104,10 @@ CREATE FUNCTION onboarding._enqueue(tbl regclass, uid text, job_kind text, sourc
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job bigint;
+    -- Fixed here, in the enqueueing transaction, and replicated with the job. An account's is
+    -- derived from its customer's job, which a promoted standby may make again under the same key.
+    key text := coalesce(CASE WHEN job_kind = 'create_connect_account' THEN onboarding._account_key(tbl, uid) END,
+                         'onboarding-' || gen_random_uuid());
 BEGIN
     LOOP
         SELECT j.id INTO job FROM onboarding.jobs j
@@ -98,7 +116,7 @@ BEGIN
         IF FOUND THEN
             RETURN job;
         END IF;
-        INSERT INTO onboarding.jobs (kind, profile_table, user_id) VALUES (job_kind, tbl, uid)
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key) VALUES (job_kind, tbl, uid, key)
         ON CONFLICT DO NOTHING RETURNING id INTO job;
         IF job IS NOT NULL THEN
             INSERT INTO onboarding.events (job_id, user_id, step, detail)
@@ -109,6 +127,19 @@ BEGIN
         -- Lost a race with another enqueue: its job is open now; look again.
     END LOOP;
 END $$;
+
+-- The idempotency key of a profile's Connect account: derived from the key of the profile's
+-- latest customer job that is open or succeeded (NULL when there is none: then a random one).
+-- When an old primary created the account and its record of it was lost in a failover, the new
+-- primary makes the customer job again under the same key (_intake_key), then this same key.
+CREATE FUNCTION onboarding._account_key(tbl regclass, uid text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'onboarding-' || md5('create_connect_account/' || c.idempotency_key)::uuid
+      FROM onboarding.jobs c
+     WHERE c.profile_table = tbl AND c.user_id = uid AND c.kind = 'create_customer'
+       AND (onboarding._is_open(c.state) OR c.state = onboarding._succeeded())
+     ORDER BY c.id DESC LIMIT 1;
+$$;
 
 -- Enqueues work on an existing customer: its deletion (compensation) or an email update. An open
 -- job for the same customer and kind absorbs the new one.
@@ -136,9 +167,10 @@ CREATE FUNCTION onboarding.enqueue_customer(user_id text, profile_table regclass
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a onboarding.attachments := onboarding._attachment(profile_table);
+    profile jsonb := onboarding._profile(a, enqueue_customer.user_id);
 BEGIN
-    PERFORM onboarding._profile(a, user_id);
-    RETURN onboarding._enqueue(a.profile_table, user_id, 'create_customer', 'enqueue_customer');
+    PERFORM onboarding._require_primary();
+    RETURN onboarding._enqueue(a.profile_table, profile->>'id', 'create_customer', 'enqueue_customer');
 END $$;
 
 -- Returns the profile's Stripe customer, creating it first if needed (waiting up to wait_ms).
@@ -153,6 +185,7 @@ BEGIN
     IF profile->>'customer' IS NOT NULL THEN
         RETURN profile->>'customer';
     END IF;
+    PERFORM onboarding._require_primary();
     IF (profile->>'inserted_by_this_transaction')::boolean THEN
         RAISE EXCEPTION 'onboarding: profile % was inserted by this transaction, which has not committed yet', user_id
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -163,7 +196,7 @@ BEGIN
         RAISE EXCEPTION 'onboarding: wait_ms must be 0 or more, got %', coalesce(wait_ms::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN onboarding._request_customer(a.profile_table, get_or_create_customer.user_id, wait_ms);
+    RETURN onboarding._request_customer(a.profile_table, profile->>'id', wait_ms);
 END $$;
 
 -- The customer column of a profile (NULL if the profile or the attachment is gone).
@@ -194,12 +227,12 @@ BEGIN
         RAISE EXCEPTION 'onboarding: % has no Connect account column', a.profile_table
             USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
     END IF;
+    PERFORM onboarding._require_primary();
     IF profile->>'customer' IS NULL THEN
         -- Accounts come after the customer: make sure one is on its way.
-        PERFORM onboarding._enqueue(a.profile_table, enqueue_connect_account.user_id, 'create_customer', 'enqueue_connect_account');
+        PERFORM onboarding._enqueue(a.profile_table, profile->>'id', 'create_customer', 'enqueue_connect_account');
     END IF;
-    RETURN onboarding._enqueue(a.profile_table, enqueue_connect_account.user_id, 'create_connect_account',
-                               'enqueue_connect_account');
+    RETURN onboarding._enqueue(a.profile_table, profile->>'id', 'create_connect_account', 'enqueue_connect_account');
 END $$;
 
 -- An account_onboarding link for the profile's Connect account, created first (after the
@@ -230,7 +263,7 @@ BEGIN
         RAISE EXCEPTION 'onboarding: wait_ms must be 0 or more, got %', coalesce(wait_ms::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN onboarding._request_account_link(a.profile_table, create_account_link.user_id, refresh_url, return_url, wait_ms);
+    RETURN onboarding._request_account_link(a.profile_table, profile->>'id', refresh_url, return_url, wait_ms);
 END $$;
 
 -- The Connect account column of a profile (NULL if none, or the profile or attachment is gone).
@@ -320,7 +353,7 @@ BEGIN
         SELECT profile->>'customer', profile->>'connect_account', k.kind,
                j.id, j.state, j.attempts, j.last_error, j.created_at, j.finished_at
           FROM (SELECT DISTINCT x.kind FROM onboarding.jobs x
-                 WHERE x.profile_table = a.profile_table AND x.user_id = profile_status.user_id
+                 WHERE x.profile_table = a.profile_table AND x.user_id = profile->>'id'
                 UNION SELECT 'create_customer') k
           LEFT JOIN LATERAL (
                 -- An insert the worker has not promoted to a job yet: pending, without a job id.
@@ -328,11 +361,11 @@ BEGIN
                        i.enqueued_at AS created_at, NULL::timestamptz AS finished_at, 0 AS rank
                   FROM onboarding.intake i
                  WHERE k.kind = 'create_customer' AND i.profile_table = a.profile_table
-                   AND i.user_id = profile_status.user_id
+                   AND i.user_id = profile->>'id'
                 UNION ALL
                 SELECT x.id, x.state, x.attempts, x.last_error, x.created_at, x.finished_at, 1
                   FROM onboarding.jobs x
-                 WHERE x.profile_table = a.profile_table AND x.user_id = profile_status.user_id AND x.kind = k.kind
+                 WHERE x.profile_table = a.profile_table AND x.user_id = profile->>'id' AND x.kind = k.kind
                  ORDER BY rank, id DESC LIMIT 1) j ON true
          ORDER BY k.kind;
 END $$;

@@ -46,14 +46,16 @@ BEGIN
 END $$;
 
 -- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
--- TG_ARGV: id column, customer column.
+-- TG_ARGV: id column, customer column, the attached table's oid (a partitioned table's triggers
+-- fire on its partitions; triggers made before 0.3.0 lack it and sit on the attached table itself).
 CREATE FUNCTION onboarding._enqueue_email_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     picked text[] := onboarding._profile_columns(TG_RELID, NEW, ARRAY[TG_ARGV[0], TG_ARGV[1]]::name[]);
+    attached regclass := coalesce(TG_ARGV[2]::oid, TG_RELID);
 BEGIN
     IF picked[2] IS NOT NULL AND onboarding._sync_email_enabled() THEN
-        PERFORM onboarding._enqueue_for_customer(TG_RELID, picked[1], 'update_customer_email', picked[2],
+        PERFORM onboarding._enqueue_for_customer(attached, picked[1], 'update_customer_email', picked[2],
                                                  'email changed');
     END IF;
     RETURN NULL;
@@ -145,17 +147,18 @@ $$;
 
 -- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the
 -- worker's write-back of the customer): enqueues the account when the policy wants one.
+-- TG_ARGV: the attached table's oid (as for _enqueue_email_update).
 CREATE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a onboarding.attachments;
     uid text;
 BEGIN
-    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = TG_RELID;
+    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = coalesce(TG_ARGV[0]::oid, TG_RELID);
     IF FOUND THEN
         uid := (onboarding._profile_columns(TG_RELID, NEW, ARRAY[a.id_column]))[1];
         IF onboarding._connect_due(a, uid) THEN
-            PERFORM onboarding._enqueue(TG_RELID, uid, 'create_connect_account', 'connect policy');
+            PERFORM onboarding._enqueue(a.profile_table, uid, 'create_connect_account', 'connect policy');
         END IF;
     END IF;
     RETURN NULL;
@@ -217,8 +220,8 @@ BEGIN
         EXECUTE format($sql$
             CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
             FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
-            EXECUTE FUNCTION onboarding._enqueue_connect_if_due()$sql$,
-            profile_table, a.connect_account_column, a.customer_column);
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
+            profile_table, a.connect_account_column, a.customer_column, profile_table::oid);
     END IF;
     RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
 END $$;
@@ -235,6 +238,59 @@ BEGIN
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
     END LOOP;
+END $$;
+
+-- Tables attach() refuses besides views: a partition (its partitioned table is attached instead,
+-- which covers every partition, present and future; attaching both would provision twice) and
+-- the tables of an extension, this one's above all (its insert trigger on onboarding.intake would
+-- fail every profile insert).
+CREATE FUNCTION onboarding._check_attachable(tbl regclass) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    parent regclass;
+BEGIN
+    IF tbl::oid IN (SELECT d.objid FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e')
+       OR (SELECT relnamespace FROM pg_class WHERE oid = tbl) = 'onboarding'::regnamespace THEN
+        RAISE EXCEPTION 'onboarding.attach: % belongs to an extension', tbl
+            USING ERRCODE = 'wrong_object_type', HINT = 'Attach the application''s own profile table.';
+    END IF;
+    SELECT i.inhparent INTO parent FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhrelid = tbl AND c.relispartition;
+    IF FOUND THEN
+        RAISE EXCEPTION 'onboarding.attach: % is a partition of %', tbl, parent
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = format('Attach the partitioned table (SELECT onboarding.attach(%L);): that covers all of its '
+                                'partitions, present and future.', pg_partition_root(tbl)::text);
+    END IF;
+    IF EXISTS (SELECT FROM pg_partition_tree(tbl) p JOIN onboarding.attachments a ON a.profile_table = p.relid
+                WHERE p.relid <> tbl) THEN
+        RAISE EXCEPTION 'onboarding.attach: a partition of % is attached already', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'detach() the partition first, then attach the partitioned table.';
+    END IF;
+END $$;
+
+-- The insert, delete and email triggers of an attachment (the Connect trigger is set_connect_policy's).
+-- On a partitioned table PostgreSQL clones the row-level ones onto every partition, present and
+-- future; they name the attached table (the last argument) for the jobs.
+CREATE FUNCTION onboarding._create_triggers(a onboarding.attachments) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM onboarding._drop_triggers(a.profile_table);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %1$s
+        FOR EACH ROW EXECUTE FUNCTION onboarding._intake_profile(%2$L, %3$L, %4$L)$sql$,
+        a.profile_table, a.id_column, a.customer_column, a.profile_table::oid);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s
+        REFERENCING OLD TABLE AS onboarding_deleted_profiles
+        FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L, %L)$sql$,
+        a.profile_table, a.id_column, a.customer_column, coalesce(a.connect_account_column, ''));
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_sync_email AFTER UPDATE OF %2$I ON %1$s
+        FOR EACH ROW WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I)
+        EXECUTE FUNCTION onboarding._enqueue_email_update(%3$L, %4$L, %5$L)$sql$,
+        a.profile_table, a.email_column, a.id_column, a.customer_column, a.profile_table::oid);
 END $$;
 
 CREATE FUNCTION onboarding.attach(
@@ -258,6 +314,7 @@ BEGIN
         RAISE EXCEPTION 'onboarding.attach: % is not a table', profile_table
             USING ERRCODE = 'wrong_object_type', HINT = 'Attach the table that holds the profiles, not a view.';
     END IF;
+    PERFORM onboarding._check_attachable(profile_table);
     id_type := onboarding._column_type(profile_table, id_column, 'id',
         ARRAY['uuid', 'text', 'character varying', 'bigint', 'integer']::regtype[]);
     PERFORM onboarding._column_type(profile_table, email_column, 'email', text_types || coalesce(to_regtype('citext'), 'text'));
@@ -279,22 +336,7 @@ BEGIN
         SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
             customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column;
 
-    PERFORM onboarding._drop_triggers(profile_table);
-    EXECUTE format($sql$
-        CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %1$s
-        FOR EACH ROW EXECUTE FUNCTION onboarding._intake_profile(%2$L, %3$L)$sql$,
-        profile_table, id_column, customer_column);
-    EXECUTE format($sql$
-        CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s
-        REFERENCING OLD TABLE AS onboarding_deleted_profiles
-        FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L, %L)$sql$,
-        profile_table, id_column, customer_column, coalesce(connect_account_column, ''));
-    EXECUTE format($sql$
-        CREATE TRIGGER onboarding_sync_email AFTER UPDATE OF %2$I ON %1$s
-        FOR EACH ROW WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I)
-        EXECUTE FUNCTION onboarding._enqueue_email_update(%3$L, %4$L)$sql$,
-        profile_table, email_column, id_column, customer_column);
-
+    PERFORM onboarding._create_triggers(a) FROM onboarding.attachments a WHERE a.profile_table = attach.profile_table;
     PERFORM onboarding.set_connect_policy(profile_table, connect_policy, connect_condition);
     RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s)',
         profile_table, id_column, email_column, customer_column,
@@ -315,3 +357,38 @@ BEGIN
     END IF;
     RETURN format('onboarding: detached from %s; its pending jobs will be skipped', profile_table);
 END $$;
+
+-- DROP TABLE (or DROP SCHEMA ... CASCADE, DROP OWNED) of an attached table takes its attachment,
+-- intake rows and waiting jobs with it (cancelled, with the reason); a job running at that moment
+-- finds no attachment when it records its result. It runs as the dropping role, hence SECURITY
+-- DEFINER to write the queue; it runs nothing of that role's, and never fails the DROP.
+CREATE FUNCTION onboarding._forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dropped oid;
+    dropped_name text;
+    reason text;
+BEGIN
+    FOR dropped, dropped_name IN
+        SELECT o.objid, o.object_identity FROM pg_event_trigger_dropped_objects() o
+         WHERE o.classid = 'pg_class'::regclass AND o.objsubid = 0 AND o.object_type IN ('table', 'partitioned table')
+           AND o.objid IN (SELECT a.profile_table FROM onboarding.attachments a)
+    LOOP
+        reason := format('table %s was dropped', dropped_name);
+        DELETE FROM onboarding.intake i WHERE i.profile_table = dropped;
+        WITH cancelled AS (
+            UPDATE onboarding.jobs j SET state = onboarding._cancelled(), last_error = reason
+             WHERE j.profile_table = dropped AND j.state = onboarding._pending()
+            RETURNING j.id, j.user_id)
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        SELECT c.id, c.user_id, 'cancelled', jsonb_build_object('reason', reason, 'by', session_user::text)
+          FROM cancelled c;
+        DELETE FROM onboarding.attachments a WHERE a.profile_table = dropped;
+        RAISE NOTICE 'onboarding: %: detached, its waiting jobs cancelled', reason;
+    END LOOP;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'onboarding: could not detach a dropped table: %', SQLERRM
+        USING HINT = 'SELECT onboarding.detach(oid) for it by hand.';
+END $$;
+CREATE EVENT TRIGGER onboarding_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION onboarding._forget_dropped_tables();

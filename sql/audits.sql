@@ -207,7 +207,24 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM onboarding.events WHERE at >= now() - since
     UNION ALL
     SELECT 'failures ' || status || coalesce(' ' || nullif(code, ''), ''), count(*)::numeric, 'failed or dead attempts'
-      FROM failures GROUP BY status, code;
+      FROM failures GROUP BY status, code
+    UNION ALL
+    -- Claimed calls held until standbys have their claim's commit (src/worker/standby_gate.rs).
+    SELECT 'calls waiting for standbys', w.calls::numeric,
+           CASE WHEN w.calls > 0 THEN format('the longest for %s s, for %s', round(w.waiting_seconds::numeric, 1),
+                concat_ws(' and ',
+                    CASE WHEN current_setting('synchronous_standby_names') <> '' THEN 'synchronous_standby_names = '
+                         || quote_literal(current_setting('synchronous_standby_names')) END,
+                    CASE WHEN coalesce(current_setting('onboarding.wait_for_standbys', true), '') <> ''
+                         THEN 'onboarding.wait_for_standbys = ' || quote_literal(current_setting('onboarding.wait_for_standbys')) END))
+           END
+      FROM onboarding._standby_wait() w
+    UNION ALL
+    SELECT 'orphans found after the last promotion', t.orphans_found::numeric,
+           format('timeline %s (from %s) since %s: %s', t.timeline, t.promoted_from, t.seen_at,
+                  CASE WHEN t.swept_at IS NULL THEN 'sweeping Stripe'
+                       ELSE format('%s Stripe objects checked by %s', t.objects_checked, t.swept_at) END)
+      FROM (SELECT * FROM onboarding.timelines WHERE promoted_from IS NOT NULL ORDER BY timeline DESC LIMIT 1) t;
 $$;
 
 CREATE VIEW onboarding.stats AS SELECT * FROM onboarding.stats_for('1 hour');

@@ -6,9 +6,11 @@
 -- Rescue: jobs claimed by a worker that is gone or overran its lease go back to the queue.
 ------------------------------------------------------------------------------------------------
 
--- Puts back jobs claimed by a worker process that no longer exists (crash, kill, restart), or
--- running for longer than the lease (a worker alive but stuck; its late result is then refused by
--- _finish_job). Attempts were counted at claim time, so a job that keeps killing its worker runs
+-- Puts back jobs claimed by a worker process that no longer exists (crash, kill, restart, or
+-- another server's before a failover), or running for longer than the lease (a worker alive but
+-- stuck; its late result is then refused by _finish_job). A claimer is alive only if a process
+-- with its pid *and* start time runs here: pids are reused, and after a promotion a live pid may
+-- be anything. Attempts were counted at claim time, so a job that keeps killing its worker runs
 -- out of them and is parked.
 CREATE FUNCTION onboarding._requeue_abandoned(max_attempts integer, lease interval) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -23,7 +25,10 @@ BEGIN
                             THEN 'the worker exited during every attempt' ELSE j.last_error END
          WHERE j.state = onboarding._running()
            AND (j.claimed_at < now() - lease
-                OR NOT EXISTS (SELECT FROM pg_stat_activity s WHERE s.pid = j.claimed_by))
+                OR NOT EXISTS (SELECT FROM pg_stat_activity s
+                                WHERE s.pid = j.claimed_by
+                                  -- NULL: claimed by a release that did not record it
+                                  AND s.backend_start = coalesce(j.claimer_started_at, s.backend_start)))
         RETURNING j.id, j.user_id, j.state, j.attempts)
     INSERT INTO onboarding.events (job_id, user_id, step, detail)
     SELECT id, user_id, CASE WHEN state = onboarding._dead() THEN 'dead' ELSE 'requeued' END,

@@ -808,5 +808,812 @@ REVOKE EXECUTE ON FUNCTION onboarding._as_owner(oid, text, text[]), onboarding._
     onboarding._profile_columns(regclass, anyelement, name[]), onboarding._connect_due(onboarding.attachments, text),
     onboarding._connect_condition_query(onboarding.attachments, text) FROM PUBLIC;
 
+------------------------------------------------------------------------------------------------
+-- 4. Exactly once across replicas and failover, and for every spelling of a profile: idempotency
+--    keys fixed in the inserting transaction (_intake_key) and for accounts derived from them
+--    (_account_key); claimers named by pid and start time; the sweep after a promotion
+--    (sql/failover.sql); user ids in the id column's own form; partitioned tables; dropped tables.
+------------------------------------------------------------------------------------------------
+ALTER TABLE onboarding.jobs
+    ADD COLUMN look_up_first boolean NOT NULL DEFAULT false,
+    ADD COLUMN claimer_started_at timestamptz;
+
+CREATE TABLE onboarding.timelines (
+    timeline integer PRIMARY KEY,
+    seen_at timestamptz NOT NULL DEFAULT now(),
+    promoted_from integer,
+    sweep_from timestamptz,
+    swept_at timestamptz,
+    objects_checked integer NOT NULL DEFAULT 0,
+    orphans_found integer NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE onboarding.timelines IS
+    'WAL timelines the workers ran on; after a promotion, the sweep for objects the old primary left behind';
+
+CREATE FUNCTION onboarding."_backend_started_at"() RETURNS timestamp with time zone /* pgrx :: datum :: TimestampWithTimeZone */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'backend_started_at_wrapper';
+
+CREATE FUNCTION onboarding."_standby_wait"() RETURNS TABLE (
+	"calls" bigint,  /* i64 */
+	"waiting_seconds" double precision  /* Option < f64 > */
+)
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'standby_wait_wrapper';
+
+-- Refuses at once on a standby what needs a worker or writes the queue: workers run on the
+-- primary only (read load balancers send SELECTs to standbys).
+CREATE FUNCTION onboarding._require_primary() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'onboarding: read-only standby: run this on the primary'
+            USING ERRCODE = 'read_only_sql_transaction',
+                  HINT = 'The workers that call Stripe run on the primary only; send this call to a read-write connection.';
+    END IF;
+END $$;
+
+-- The idempotency key of a profile's Connect account: derived from the key of the profile's
+-- latest customer job that is open or succeeded (NULL when there is none: then a random one).
+-- When an old primary created the account and its record of it was lost in a failover, the new
+-- primary makes the customer job again under the same key (_intake_key), then this same key.
+CREATE FUNCTION onboarding._account_key(tbl regclass, uid text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'onboarding-' || md5('create_connect_account/' || c.idempotency_key)::uuid
+      FROM onboarding.jobs c
+     WHERE c.profile_table = tbl AND c.user_id = uid AND c.kind = 'create_customer'
+       AND (onboarding._is_open(c.state) OR c.state = onboarding._succeeded())
+     ORDER BY c.id DESC LIMIT 1;
+$$;
+
+-- Tables attach() refuses besides views: a partition (its partitioned table is attached instead,
+-- which covers every partition, present and future; attaching both would provision twice) and
+-- the tables of an extension, this one's above all (its insert trigger on onboarding.intake would
+-- fail every profile insert).
+CREATE FUNCTION onboarding._check_attachable(tbl regclass) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    parent regclass;
+BEGIN
+    IF tbl::oid IN (SELECT d.objid FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e')
+       OR (SELECT relnamespace FROM pg_class WHERE oid = tbl) = 'onboarding'::regnamespace THEN
+        RAISE EXCEPTION 'onboarding.attach: % belongs to an extension', tbl
+            USING ERRCODE = 'wrong_object_type', HINT = 'Attach the application''s own profile table.';
+    END IF;
+    SELECT i.inhparent INTO parent FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhrelid = tbl AND c.relispartition;
+    IF FOUND THEN
+        RAISE EXCEPTION 'onboarding.attach: % is a partition of %', tbl, parent
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = format('Attach the partitioned table (SELECT onboarding.attach(%L);): that covers all of its '
+                                'partitions, present and future.', pg_partition_root(tbl)::text);
+    END IF;
+    IF EXISTS (SELECT FROM pg_partition_tree(tbl) p JOIN onboarding.attachments a ON a.profile_table = p.relid
+                WHERE p.relid <> tbl) THEN
+        RAISE EXCEPTION 'onboarding.attach: a partition of % is attached already', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'detach() the partition first, then attach the partitioned table.';
+    END IF;
+END $$;
+
+-- The insert, delete and email triggers of an attachment (the Connect trigger is set_connect_policy's).
+-- On a partitioned table PostgreSQL clones the row-level ones onto every partition, present and
+-- future; they name the attached table (the last argument) for the jobs.
+CREATE FUNCTION onboarding._create_triggers(a onboarding.attachments) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM onboarding._drop_triggers(a.profile_table);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %1$s
+        FOR EACH ROW EXECUTE FUNCTION onboarding._intake_profile(%2$L, %3$L, %4$L)$sql$,
+        a.profile_table, a.id_column, a.customer_column, a.profile_table::oid);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s
+        REFERENCING OLD TABLE AS onboarding_deleted_profiles
+        FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L, %L)$sql$,
+        a.profile_table, a.id_column, a.customer_column, coalesce(a.connect_account_column, ''));
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_sync_email AFTER UPDATE OF %2$I ON %1$s
+        FOR EACH ROW WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I)
+        EXECUTE FUNCTION onboarding._enqueue_email_update(%3$L, %4$L, %5$L)$sql$,
+        a.profile_table, a.email_column, a.id_column, a.customer_column, a.profile_table::oid);
+END $$;
+
+-- DROP TABLE (or DROP SCHEMA ... CASCADE, DROP OWNED) of an attached table takes its attachment,
+-- intake rows and waiting jobs with it (cancelled, with the reason); a job running at that moment
+-- finds no attachment when it records its result. It runs as the dropping role, hence SECURITY
+-- DEFINER to write the queue; it runs nothing of that role's, and never fails the DROP.
+CREATE FUNCTION onboarding._forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dropped oid;
+    dropped_name text;
+    reason text;
+BEGIN
+    FOR dropped, dropped_name IN
+        SELECT o.objid, o.object_identity FROM pg_event_trigger_dropped_objects() o
+         WHERE o.classid = 'pg_class'::regclass AND o.objsubid = 0 AND o.object_type IN ('table', 'partitioned table')
+           AND o.objid IN (SELECT a.profile_table FROM onboarding.attachments a)
+    LOOP
+        reason := format('table %s was dropped', dropped_name);
+        DELETE FROM onboarding.intake i WHERE i.profile_table = dropped;
+        WITH cancelled AS (
+            UPDATE onboarding.jobs j SET state = onboarding._cancelled(), last_error = reason
+             WHERE j.profile_table = dropped AND j.state = onboarding._pending()
+            RETURNING j.id, j.user_id)
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        SELECT c.id, c.user_id, 'cancelled', jsonb_build_object('reason', reason, 'by', session_user::text)
+          FROM cancelled c;
+        DELETE FROM onboarding.attachments a WHERE a.profile_table = dropped;
+        RAISE NOTICE 'onboarding: %: detached, its waiting jobs cancelled', reason;
+    END LOOP;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'onboarding: could not detach a dropped table: %', SQLERRM
+        USING HINT = 'SELECT onboarding.detach(oid) for it by hand.';
+END $$;
+
+-- How far before the last replicated event the sweep starts: covers the clock difference between
+-- this server and Stripe (object `created` times are Stripe's, in whole seconds) and calls the old
+-- primary made between claiming and its last replicated commit.
+CREATE FUNCTION onboarding._sweep_margin() RETURNS interval LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN interval '5 minutes';
+
+-- Records the WAL timeline the calling worker runs on. Returns the time from which Stripe objects
+-- must be swept when this is a timeline the workers have not run on after another (a promotion),
+-- or when such a sweep was left unfinished; NULL otherwise (first start, or a restart).
+CREATE FUNCTION onboarding._note_timeline(current_timeline integer) RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    last_seen onboarding.timelines;
+    sweep_from timestamptz;
+BEGIN
+    -- One worker at a time, so the old primary's jobs are taken back once, before anyone claims.
+    LOCK TABLE onboarding.timelines IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO last_seen FROM onboarding.timelines ORDER BY timeline DESC LIMIT 1;
+    IF NOT FOUND THEN
+        INSERT INTO onboarding.timelines (timeline, swept_at) VALUES (current_timeline, now());
+        RETURN NULL;
+    ELSIF last_seen.timeline >= current_timeline THEN
+        RETURN CASE WHEN last_seen.swept_at IS NULL THEN last_seen.sweep_from END;
+    END IF;
+    -- Promoted: everything the old primary did after its last commit that reached us is unknown.
+    sweep_from := coalesce((SELECT e.at FROM onboarding.events e ORDER BY e.id DESC LIMIT 1), now())
+                  - onboarding._sweep_margin();
+    INSERT INTO onboarding.timelines (timeline, promoted_from, sweep_from)
+    VALUES (current_timeline, last_seen.timeline, sweep_from);
+    WITH taken_back AS (
+        UPDATE onboarding.jobs j
+           SET state = onboarding._pending(), claimed_by = NULL, run_at = now(), look_up_first = true
+         WHERE j.state = onboarding._running()
+        RETURNING j.id, j.user_id)
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    SELECT t.id, t.user_id, 'requeued',
+           jsonb_build_object('reason', 'claimed on timeline ' || last_seen.timeline || ' before this server was promoted',
+                              'timeline', current_timeline)
+      FROM taken_back t;
+    -- Attempted there: its object may exist under a key Stripe has pruned; look before creating.
+    UPDATE onboarding.jobs j SET look_up_first = true
+     WHERE j.state = onboarding._pending() AND j.first_attempt_at IS NOT NULL AND NOT j.look_up_first;
+    RAISE LOG 'onboarding: promoted from timeline % to %; sweeping Stripe objects created since %',
+        last_seen.timeline, current_timeline, sweep_from;
+    RETURN sweep_from;
+END $$;
+
+-- Checks Stripe objects (a page of customers or accounts created since the sweep began: jsonb
+-- array of {id, user_id}) against the profiles. Returns how many were queued for deletion.
+-- Per object, by its metadata user id:
+-- - a succeeded job or the profile names it: nothing to do;
+-- - the profile has no such object yet: its creation job (made if none is open) looks it up
+--   first and adopts it;
+-- - the profile names another object, or no attached table has the profile: an orphan, deleted
+--   by a compensation job (events: orphaned, then compensated).
+CREATE FUNCTION onboarding._check_after_failover(object_kind text, objects jsonb) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o record;
+    a onboarding.attachments;
+    create_kind text := CASE object_kind WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END;
+    delete_kind text := CASE object_kind WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
+    target_column name;
+    linked text;
+    found_in regclass;
+    orphans integer := 0;
+    reason text;
+    job bigint;
+BEGIN
+    FOR o IN SELECT x.id, x.user_id FROM jsonb_to_recordset(objects) AS x(id text, user_id text)
+              WHERE x.user_id IS NOT NULL LOOP
+        CONTINUE WHEN EXISTS (SELECT FROM onboarding.jobs j
+                               WHERE j.stripe_id = o.id AND j.kind = create_kind AND j.state = onboarding._succeeded());
+        found_in := NULL; reason := NULL;
+        FOR a IN SELECT * FROM onboarding.attachments t ORDER BY t.profile_table LOOP
+            target_column := CASE object_kind WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
+            CONTINUE WHEN target_column IS NULL;
+            BEGIN
+                SELECT a.profile_table, r[1] INTO found_in, linked
+                  FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                           target_column, a.profile_table, a.id_column, a.id_type), ARRAY[o.user_id]) r;
+            EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                CONTINUE;  -- not an id of this table
+            END;
+            EXIT WHEN found_in IS NOT NULL;
+        END LOOP;
+        IF found_in IS NOT NULL AND linked = o.id THEN
+            CONTINUE;
+        ELSIF found_in IS NOT NULL AND linked IS NULL THEN
+            -- Its job (open, or made now) adopts this object instead of creating another.
+            job := onboarding._enqueue(found_in, o.user_id, create_kind, 'failover sweep');
+            UPDATE onboarding.jobs j SET look_up_first = true WHERE j.id = job AND NOT j.look_up_first;
+            CONTINUE;
+        ELSIF found_in IS NOT NULL THEN
+            reason := format('created by the old primary; the profile has %s', linked);
+        ELSE
+            reason := 'created by the old primary for a profile this server never received';
+            SELECT t.profile_table INTO found_in FROM onboarding.attachments t ORDER BY t.profile_table LIMIT 1;
+            CONTINUE WHEN found_in IS NULL;  -- nothing attached: nothing to account it to
+        END IF;
+        job := onboarding._enqueue_for_customer(found_in, o.user_id, delete_kind, o.id, 'failover sweep: ' || reason);
+        IF job IS NOT NULL THEN
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (job, o.user_id, 'orphaned', jsonb_build_object('stripe_id', o.id, 'reason', reason));
+            orphans := orphans + 1;
+        END IF;
+    END LOOP;
+    RETURN orphans;
+END $$;
+
+-- Records a finished sweep of the timeline's objects.
+CREATE FUNCTION onboarding._failover_swept(swept_timeline integer, checked integer, orphans integer) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE onboarding.timelines
+       SET swept_at = now(), objects_checked = checked, orphans_found = orphans
+     WHERE timeline = swept_timeline;
+$$;
+
+-- The idempotency key of an inserted profile's customer: a digest of what the inserting
+-- transaction wrote (table, user id, its transaction id and start time), fixed and replicated with
+-- the profile, unique without storing anything more on the application's path. The digest keeps
+-- the user id out of Stripe's logs (keys must carry no personal data).
+CREATE FUNCTION onboarding._intake_key(tbl regclass, uid text, inserted_by xid, enqueued_at timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN 'onboarding-' || pg_catalog.md5(pg_catalog.concat_ws('/', tbl::oid, uid, inserted_by,
+                                                            pg_catalog.date_part('epoch', enqueued_at)))::uuid;
+
+-- Enqueues `kind` for a profile, or returns the open job that already does it.
+CREATE OR REPLACE FUNCTION onboarding._enqueue(tbl regclass, uid text, job_kind text, source text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job bigint;
+    -- Fixed here, in the enqueueing transaction, and replicated with the job. An account's is
+    -- derived from its customer's job, which a promoted standby may make again under the same key.
+    key text := coalesce(CASE WHEN job_kind = 'create_connect_account' THEN onboarding._account_key(tbl, uid) END,
+                         'onboarding-' || gen_random_uuid());
+BEGIN
+    LOOP
+        SELECT j.id INTO job FROM onboarding.jobs j
+         WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid AND j.stripe_id IS NULL
+           AND onboarding._is_open(j.state);
+        IF FOUND THEN
+            RETURN job;
+        END IF;
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key) VALUES (job_kind, tbl, uid, key)
+        ON CONFLICT DO NOTHING RETURNING id INTO job;
+        IF job IS NOT NULL THEN
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (job, uid, 'enqueued', jsonb_build_object('source', source, 'table', tbl::text));
+            PERFORM onboarding._wake_worker_after_commit();
+            RETURN job;
+        END IF;
+        -- Lost a race with another enqueue: its job is open now; look again.
+    END LOOP;
+END $$;
+
+-- Enqueues the creation of the profile's Stripe customer (or returns the open job doing it).
+-- The job runs after the calling transaction commits, like the trigger's.
+CREATE OR REPLACE FUNCTION onboarding.enqueue_customer(user_id text, profile_table regclass DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments := onboarding._attachment(profile_table);
+    profile jsonb := onboarding._profile(a, enqueue_customer.user_id);
+BEGIN
+    PERFORM onboarding._require_primary();
+    RETURN onboarding._enqueue(a.profile_table, profile->>'id', 'create_customer', 'enqueue_customer');
+END $$;
+
+-- Returns the profile's Stripe customer, creating it first if needed (waiting up to wait_ms).
+-- Joins the job the insert trigger queued, if it is still open: never a second customer.
+CREATE OR REPLACE FUNCTION onboarding.get_or_create_customer(user_id text, wait_ms integer DEFAULT 10000,
+                                                  profile_table regclass DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments := onboarding._attachment(profile_table);
+    profile jsonb := onboarding._profile(a, get_or_create_customer.user_id);
+BEGIN
+    IF profile->>'customer' IS NOT NULL THEN
+        RETURN profile->>'customer';
+    END IF;
+    PERFORM onboarding._require_primary();
+    IF (profile->>'inserted_by_this_transaction')::boolean THEN
+        RAISE EXCEPTION 'onboarding: profile % was inserted by this transaction, which has not committed yet', user_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Stripe work happens only after COMMIT, and the insert has already queued it. Commit, then call '
+                         'get_or_create_customer again, or read the customer column (or onboarding.profile_status()) later.';
+    END IF;
+    IF wait_ms IS NULL OR wait_ms < 0 THEN
+        RAISE EXCEPTION 'onboarding: wait_ms must be 0 or more, got %', coalesce(wait_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN onboarding._request_customer(a.profile_table, profile->>'id', wait_ms);
+END $$;
+
+-- Enqueues the creation of the profile's Express Connect account (after its customer), whatever
+-- the policy: an explicit request. Returns the job id (an open one is returned, not duplicated).
+CREATE OR REPLACE FUNCTION onboarding.enqueue_connect_account(user_id text, profile_table regclass DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments := onboarding._attachment(profile_table);
+    profile jsonb := onboarding._profile(a, enqueue_connect_account.user_id);
+BEGIN
+    IF a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', a.profile_table
+            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+    END IF;
+    PERFORM onboarding._require_primary();
+    IF profile->>'customer' IS NULL THEN
+        -- Accounts come after the customer: make sure one is on its way.
+        PERFORM onboarding._enqueue(a.profile_table, profile->>'id', 'create_customer', 'enqueue_connect_account');
+    END IF;
+    RETURN onboarding._enqueue(a.profile_table, profile->>'id', 'create_connect_account', 'enqueue_connect_account');
+END $$;
+
+-- An account_onboarding link for the profile's Connect account, created first (after the
+-- customer) if the table's Connect policy allows. Links are single-use and expire within minutes:
+-- hand them to the user at once, never store them.
+CREATE OR REPLACE FUNCTION onboarding.create_account_link(user_id text, refresh_url text, return_url text,
+                                               wait_ms integer DEFAULT 10000, profile_table regclass DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments := onboarding._attachment(profile_table);
+    profile jsonb := onboarding._profile(a, create_account_link.user_id);
+BEGIN
+    IF a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', a.profile_table
+            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+    END IF;
+    IF refresh_url IS NULL OR return_url IS NULL OR refresh_url !~ '^https?://' OR return_url !~ '^https?://'
+       OR length(refresh_url) > 500 OR length(return_url) > 500 THEN
+        RAISE EXCEPTION 'onboarding: refresh_url and return_url must be http(s) URLs of at most 500 characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (profile->>'inserted_by_this_transaction')::boolean THEN
+        RAISE EXCEPTION 'onboarding: profile % was inserted by this transaction, which has not committed yet', user_id
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Stripe work happens only after COMMIT.';
+    END IF;
+    IF wait_ms IS NULL OR wait_ms < 0 THEN
+        RAISE EXCEPTION 'onboarding: wait_ms must be 0 or more, got %', coalesce(wait_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN onboarding._request_account_link(a.profile_table, profile->>'id', refresh_url, return_url, wait_ms);
+END $$;
+
+-- The profile's Stripe IDs and its latest job of each kind.
+CREATE OR REPLACE FUNCTION onboarding.profile_status(user_id text, profile_table regclass DEFAULT NULL)
+RETURNS TABLE (stripe_customer_id text, stripe_connect_account_id text, kind text,
+               job_id bigint, state text, attempts integer, last_error text, created_at timestamptz,
+               finished_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments := onboarding._attachment(profile_table);
+    profile jsonb := onboarding._profile(a, profile_status.user_id);
+BEGIN
+    RETURN QUERY
+        SELECT profile->>'customer', profile->>'connect_account', k.kind,
+               j.id, j.state, j.attempts, j.last_error, j.created_at, j.finished_at
+          FROM (SELECT DISTINCT x.kind FROM onboarding.jobs x
+                 WHERE x.profile_table = a.profile_table AND x.user_id = profile->>'id'
+                UNION SELECT 'create_customer') k
+          LEFT JOIN LATERAL (
+                -- An insert the worker has not promoted to a job yet: pending, without a job id.
+                SELECT NULL::bigint AS id, onboarding._pending() AS state, 0 AS attempts, NULL::text AS last_error,
+                       i.enqueued_at AS created_at, NULL::timestamptz AS finished_at, 0 AS rank
+                  FROM onboarding.intake i
+                 WHERE k.kind = 'create_customer' AND i.profile_table = a.profile_table
+                   AND i.user_id = profile->>'id'
+                UNION ALL
+                SELECT x.id, x.state, x.attempts, x.last_error, x.created_at, x.finished_at, 1
+                  FROM onboarding.jobs x
+                 WHERE x.profile_table = a.profile_table AND x.user_id = profile->>'id' AND x.kind = k.kind
+                 ORDER BY rank, id DESC LIMIT 1) j ON true
+         ORDER BY k.kind;
+END $$;
+
+-- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
+-- TG_ARGV: id column, customer column, the attached table's oid (a partitioned table's triggers
+-- fire on its partitions; triggers made before 0.3.0 lack it and sit on the attached table itself).
+CREATE OR REPLACE FUNCTION onboarding._enqueue_email_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    picked text[] := onboarding._profile_columns(TG_RELID, NEW, ARRAY[TG_ARGV[0], TG_ARGV[1]]::name[]);
+    attached regclass := coalesce(TG_ARGV[2]::oid, TG_RELID);
+BEGIN
+    IF picked[2] IS NOT NULL AND onboarding._sync_email_enabled() THEN
+        PERFORM onboarding._enqueue_for_customer(attached, picked[1], 'update_customer_email', picked[2],
+                                                 'email changed');
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the
+-- worker's write-back of the customer): enqueues the account when the policy wants one.
+-- TG_ARGV: the attached table's oid (as for _enqueue_email_update).
+CREATE OR REPLACE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    uid text;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = coalesce(TG_ARGV[0]::oid, TG_RELID);
+    IF FOUND THEN
+        uid := (onboarding._profile_columns(TG_RELID, NEW, ARRAY[a.id_column]))[1];
+        IF onboarding._connect_due(a, uid) THEN
+            PERFORM onboarding._enqueue(a.profile_table, uid, 'create_connect_account', 'connect policy');
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Sets when Connect accounts are created for a table's profiles: 'never', 'always', or 'when' with a
+-- condition over the profile row, e.g. set_connect_policy('public.profiles', 'when', 'role = ''provider''').
+CREATE OR REPLACE FUNCTION onboarding.set_connect_policy(profile_table regclass, policy text, condition text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_connect_policy.profile_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(quote_literal(policy), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
+        RAISE EXCEPTION 'onboarding: a condition goes with policy ''when'', and only with it'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: set_connect_policy(''public.profiles'', ''when'', ''role = ''''provider'''''')';
+    END IF;
+    IF policy <> 'never' AND a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', profile_table
+            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+    END IF;
+    a.connect_policy := policy;
+    a.connect_condition := condition;
+    IF policy = 'when' THEN
+        -- One expression (src/condition.rs), then planned (not run) as the table's owner.
+        BEGIN
+            PERFORM onboarding._check_connect_condition(condition);
+        EXCEPTION WHEN syntax_error THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % is not one SQL expression: %',
+                    onboarding._quoted_condition(condition), left(SQLERRM, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write one boolean expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+        BEGIN
+            PERFORM FROM onboarding._as_owner(profile_table, onboarding._connect_condition_query(a, 'NULL') || ' LIMIT 0');
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %',
+                    onboarding._quoted_condition(condition), profile_table, left(SQLERRM, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+    END IF;
+    UPDATE onboarding.attachments t SET connect_policy = policy, connect_condition = condition
+     WHERE t.profile_table = set_connect_policy.profile_table;
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_connect') THEN
+        EXECUTE format('DROP TRIGGER onboarding_connect ON %s', profile_table);
+    END IF;
+    IF policy <> 'never' THEN
+        EXECUTE format($sql$
+            CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
+            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
+            profile_table, a.connect_account_column, a.customer_column, profile_table::oid);
+    END IF;
+    RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
+END $$;
+
+CREATE OR REPLACE FUNCTION onboarding.attach(
+    profile_table regclass,
+    id_column name DEFAULT 'id',
+    email_column name DEFAULT 'email',
+    customer_column name DEFAULT 'stripe_customer_id',
+    connect_account_column name DEFAULT NULL,
+    connect_policy text DEFAULT 'never',
+    connect_condition text DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id_type regtype;
+    text_types CONSTANT regtype[] := ARRAY['text', 'character varying']::regtype[];
+BEGIN
+    IF profile_table IS NULL THEN
+        RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = profile_table) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'onboarding.attach: % is not a table', profile_table
+            USING ERRCODE = 'wrong_object_type', HINT = 'Attach the table that holds the profiles, not a view.';
+    END IF;
+    PERFORM onboarding._check_attachable(profile_table);
+    id_type := onboarding._column_type(profile_table, id_column, 'id',
+        ARRAY['uuid', 'text', 'character varying', 'bigint', 'integer']::regtype[]);
+    PERFORM onboarding._column_type(profile_table, email_column, 'email', text_types || coalesce(to_regtype('citext'), 'text'));
+    PERFORM onboarding._column_type(profile_table, customer_column, 'customer', text_types);
+    -- The Connect column is optional: by default, used when the table has one.
+    IF connect_account_column IS NULL AND EXISTS (
+        SELECT FROM pg_attribute WHERE attrelid = profile_table AND attname = 'stripe_connect_account_id'
+           AND attnum > 0 AND NOT attisdropped) THEN
+        connect_account_column := 'stripe_connect_account_id';
+    END IF;
+    IF connect_account_column IS NOT NULL THEN
+        PERFORM onboarding._column_type(profile_table, connect_account_column, 'connect account', text_types);
+    END IF;
+
+    INSERT INTO onboarding.attachments AS a
+        (profile_table, id_column, id_type, email_column, customer_column, connect_account_column)
+    VALUES (profile_table, id_column, id_type, email_column, customer_column, connect_account_column)
+    ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
+        SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
+            customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column;
+
+    PERFORM onboarding._create_triggers(a) FROM onboarding.attachments a WHERE a.profile_table = attach.profile_table;
+    PERFORM onboarding.set_connect_policy(profile_table, connect_policy, connect_condition);
+    RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s)',
+        profile_table, id_column, email_column, customer_column,
+        coalesce(quote_ident(connect_account_column), 'none'),
+        connect_policy || coalesce(': ' || connect_condition, ''));
+END $$;
+
+-- Operational metrics over a window: queue depth, age, throughput, latencies, attempts, failures.
+CREATE OR REPLACE FUNCTION onboarding.stats_for(since interval DEFAULT '1 hour')
+RETURNS TABLE (metric text, value numeric, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH recent AS (SELECT * FROM onboarding.jobs WHERE created_at >= now() - since),
+    latency AS (
+        SELECT extract(epoch FROM w.at - onboarding._queued_commit_time(q.detail, q.xmin)) * 1000 AS ms
+          FROM onboarding.events w
+          JOIN LATERAL (SELECT e.detail, e.xmin FROM onboarding.events e
+                         WHERE e.job_id = w.job_id AND e.step = 'enqueued' ORDER BY e.id LIMIT 1) q ON true
+         WHERE w.step = 'written_back' AND w.at >= now() - since
+           AND current_setting('track_commit_timestamp')::boolean),
+    calls AS (SELECT (detail->>'duration_ms')::numeric AS ms FROM onboarding.events
+               WHERE step = 'stripe_response' AND at >= now() - since AND detail ? 'duration_ms'),
+    failures AS (SELECT coalesce(detail->>'status', detail->>'transport', detail->>'kind') AS status,
+                        coalesce(detail->>'code', '') AS code
+                   FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since)
+    SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
+      FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
+      LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
+    UNION ALL
+    SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
+      FROM onboarding.intake
+    UNION ALL
+    SELECT 'oldest pending (s)', coalesce(extract(epoch FROM now() - min(created_at)), 0)::numeric(12, 1), NULL
+      FROM (SELECT created_at FROM onboarding.jobs WHERE state = onboarding._pending()
+            UNION ALL SELECT enqueued_at FROM onboarding.intake) pending
+    UNION ALL
+    SELECT 'succeeded per minute', (count(*) / greatest(extract(epoch FROM since) / 60, 1))::numeric(12, 2),
+           format('%s succeeded in %s', count(*), since)
+      FROM onboarding.jobs WHERE state = onboarding._succeeded() AND finished_at >= now() - since
+    UNION ALL
+    SELECT 'commit to written back p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM latency, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'commit to written back max', max(ms)::numeric(12, 1), 'ms' FROM latency
+    UNION ALL
+    SELECT 'stripe call p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM calls, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'attempts per finished job', avg(attempts)::numeric(12, 2), NULL
+      FROM recent WHERE NOT onboarding._is_open(state)
+    UNION ALL
+    SELECT 'failure rate', round(count(*) FILTER (WHERE step IN ('failed', 'dead') AND detail ? 'kind')::numeric
+                                 / nullif(count(*) FILTER (WHERE step = 'stripe_request'), 0), 4),
+           'failed Stripe attempts per request'
+      FROM onboarding.events WHERE at >= now() - since
+    UNION ALL
+    SELECT 'failures ' || status || coalesce(' ' || nullif(code, ''), ''), count(*)::numeric, 'failed or dead attempts'
+      FROM failures GROUP BY status, code
+    UNION ALL
+    -- Claimed calls held until standbys have their claim's commit (src/worker/standby_gate.rs).
+    SELECT 'calls waiting for standbys', w.calls::numeric,
+           CASE WHEN w.calls > 0 THEN format('the longest for %s s, for %s', round(w.waiting_seconds::numeric, 1),
+                concat_ws(' and ',
+                    CASE WHEN current_setting('synchronous_standby_names') <> '' THEN 'synchronous_standby_names = '
+                         || quote_literal(current_setting('synchronous_standby_names')) END,
+                    CASE WHEN coalesce(current_setting('onboarding.wait_for_standbys', true), '') <> ''
+                         THEN 'onboarding.wait_for_standbys = ' || quote_literal(current_setting('onboarding.wait_for_standbys')) END))
+           END
+      FROM onboarding._standby_wait() w
+    UNION ALL
+    SELECT 'orphans found after the last promotion', t.orphans_found::numeric,
+           format('timeline %s (from %s) since %s: %s', t.timeline, t.promoted_from, t.seen_at,
+                  CASE WHEN t.swept_at IS NULL THEN 'sweeping Stripe'
+                       ELSE format('%s Stripe objects checked by %s', t.objects_checked, t.swept_at) END)
+      FROM (SELECT * FROM onboarding.timelines WHERE promoted_from IS NOT NULL ORDER BY timeline DESC LIMIT 1) t;
+$$;
+
+-- Puts back jobs claimed by a worker process that no longer exists (crash, kill, restart, or
+-- another server's before a failover), or running for longer than the lease (a worker alive but
+-- stuck; its late result is then refused by _finish_job). A claimer is alive only if a process
+-- with its pid *and* start time runs here: pids are reused, and after a promotion a live pid may
+-- be anything. Attempts were counted at claim time, so a job that keeps killing its worker runs
+-- out of them and is parked.
+CREATE OR REPLACE FUNCTION onboarding._requeue_abandoned(max_attempts integer, lease interval) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    requeued integer;
+BEGIN
+    WITH abandoned AS (
+        UPDATE onboarding.jobs j
+           SET state = CASE WHEN j.attempts >= max_attempts THEN onboarding._dead() ELSE onboarding._pending() END,
+               run_at = now(), claimed_by = NULL,
+               last_error = CASE WHEN j.attempts >= max_attempts
+                            THEN 'the worker exited during every attempt' ELSE j.last_error END
+         WHERE j.state = onboarding._running()
+           AND (j.claimed_at < now() - lease
+                OR NOT EXISTS (SELECT FROM pg_stat_activity s
+                                WHERE s.pid = j.claimed_by
+                                  -- NULL: claimed by a release that did not record it
+                                  AND s.backend_start = coalesce(j.claimer_started_at, s.backend_start)))
+        RETURNING j.id, j.user_id, j.state, j.attempts)
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    SELECT id, user_id, CASE WHEN state = onboarding._dead() THEN 'dead' ELSE 'requeued' END,
+           jsonb_build_object('reason', 'the worker that claimed it exited or overran its lease', 'attempts', attempts)
+      FROM abandoned;
+    GET DIAGNOSTICS requeued = ROW_COUNT;
+    RETURN requeued;
+END $$;
+
+-- Moves up to max_rows committed intake rows into jobs, set-based: one create_customer job per
+-- profile (joining an open one if any), run and created at the insert's time, and its 'enqueued'
+-- event carrying the insert's commit time (the event's own xmin is the worker's transaction; see
+-- _queued_commit_time). Concurrent workers skip each other's rows. Returns the rows taken.
+-- The job's idempotency key comes from the intake row itself (_intake_key): a standby promoted
+-- after this server called Stripe promotes the replicated row again under the same key.
+CREATE OR REPLACE FUNCTION onboarding._promote_intake(max_rows integer) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken_count bigint;
+BEGIN
+    WITH taken AS (
+        DELETE FROM onboarding.intake i
+         WHERE i.ctid = ANY (ARRAY(SELECT x.ctid FROM onboarding.intake x LIMIT max_rows FOR UPDATE SKIP LOCKED))
+        RETURNING i.profile_table, i.user_id, i.enqueued_at,
+                  onboarding._intake_key(i.profile_table, i.user_id, i.xmin, i.enqueued_at) AS idempotency_key,
+                  CASE WHEN current_setting('track_commit_timestamp')::boolean
+                       THEN pg_xact_commit_timestamp(i.xmin) END AS committed_at),
+    profiles AS (
+        SELECT DISTINCT ON (t.profile_table, t.user_id) t.*
+          FROM taken t ORDER BY t.profile_table, t.user_id, t.enqueued_at),
+    new_jobs AS (
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, run_at, created_at, updated_at)
+        SELECT 'create_customer', p.profile_table, p.user_id, p.idempotency_key, p.enqueued_at, p.enqueued_at,
+               p.enqueued_at
+          FROM profiles p ORDER BY p.enqueued_at
+        ON CONFLICT DO NOTHING
+        RETURNING id, profile_table, user_id),
+    logged AS (
+        INSERT INTO onboarding.events (job_id, user_id, step, at, detail)
+        SELECT n.id, n.user_id, 'enqueued', p.enqueued_at,
+               jsonb_build_object('source', 'insert', 'committed_at', p.committed_at)
+          FROM new_jobs n JOIN profiles p USING (profile_table, user_id)
+         ORDER BY n.id)
+    SELECT count(*) INTO taken_count FROM taken;
+    RETURN taken_count;
+END $$;
+
+-- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
+-- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
+-- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
+-- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
+-- look the object up before creating anything.
+CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
+RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text, connect_account_id text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job onboarding.jobs;
+    a onboarding.attachments;
+BEGIN
+    FOR job IN
+        WITH due AS (
+            SELECT j.id FROM onboarding.jobs j
+             WHERE j.state = onboarding._pending() AND j.run_at <= now()
+             ORDER BY j.run_at, j.id
+             LIMIT max_jobs
+             FOR UPDATE SKIP LOCKED)
+        UPDATE onboarding.jobs j
+           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
+               first_attempt_at = coalesce(j.first_attempt_at, now())
+          FROM due WHERE j.id = due.id
+        RETURNING j.*
+    LOOP
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
+        IF NOT FOUND THEN
+            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
+            CONTINUE;
+        END IF;
+        job_id := job.id; kind := job.kind; user_id := job.user_id;
+        idempotency_key := job.idempotency_key; attempts := job.attempts; stripe_id := job.stripe_id;
+        request_params := job.request_params;
+        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
+                         OR job.last_error_detail->>'type' = 'idempotency_error';
+        BEGIN
+            -- As the table's owner (src/tables.rs), like every statement on an application table.
+            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
+              FROM onboarding._as_owner(a.profile_table,
+                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                              a.email_column, a.customer_column,
+                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                              a.profile_table, a.id_column, a.id_type),
+                       ARRAY[job.user_id]) r;
+            profile_found := FOUND;
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+        WHEN OTHERS OR query_canceled THEN
+            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
+            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
+            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                error => 'could not read the profile: ' || SQLERRM
+                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
+            CONTINUE;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+CREATE EVENT TRIGGER onboarding_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION onboarding._forget_dropped_tables();
+
+-- Attachments of tables dropped while 0.2.0 had no event trigger: gone with their intake rows.
+DELETE FROM onboarding.intake i WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = i.profile_table);
+DELETE FROM onboarding.attachments a WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = a.profile_table);
+
+-- The profile tables' triggers again, now naming the attached table (which partitions need).
+SELECT onboarding._create_triggers(a) FROM onboarding.attachments a;
+DO $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments t WHERE t.connect_policy <> 'never' LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS onboarding_connect ON %s', a.profile_table);
+        EXECUTE format($sql$
+            CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
+            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
+            a.profile_table, a.connect_account_column, a.customer_column, a.profile_table::oid);
+    END LOOP;
+END $$;
+
+REVOKE EXECUTE ON FUNCTION onboarding._backend_started_at(), onboarding._standby_wait(), onboarding._require_primary(),
+    onboarding._account_key(regclass, text), onboarding._check_attachable(regclass),
+    onboarding._create_triggers(onboarding.attachments), onboarding._forget_dropped_tables(),
+    onboarding._sweep_margin(), onboarding._note_timeline(integer), onboarding._check_after_failover(text, jsonb),
+    onboarding._failover_swept(integer, integer, integer), onboarding._intake_key(regclass, text, xid, timestamptz)
+    FROM PUBLIC;
+REVOKE ALL ON onboarding.timelines FROM PUBLIC;
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -45,6 +45,12 @@ CREATE TABLE onboarding.jobs (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
+    -- Look for the job's Stripe object before creating one: set for jobs an old primary may have
+    -- attempted before a promotion (sql/failover.sql); the horizon and idempotency errors add to it.
+    look_up_first boolean NOT NULL DEFAULT false,
+    -- With claimed_by, who holds a running job: the claiming worker's start time (pid and start
+    -- together name one process; a pid alone can be reused, or be another server's after failover).
+    claimer_started_at timestamptz,
     -- Invariants of the state machine (sql/job_states.sql makes every move).
     CONSTRAINT jobs_finished_exactly_when_final CHECK ((finished_at IS NULL) = (state IN ('pending', 'running'))),
     CONSTRAINT jobs_claimed_exactly_while_running CHECK ((claimed_by IS NOT NULL) = (state = 'running')),
@@ -122,3 +128,23 @@ CREATE TABLE onboarding.stripe_objects (
     PRIMARY KEY (snapshot, id)
 );
 CREATE INDEX stripe_objects_by_user ON onboarding.stripe_objects (snapshot, user_id);
+
+------------------------------------------------------------------------------------------------
+-- Failover: the WAL timelines the workers of this database have run on (sql/failover.sql). A new
+-- timeline means the server was promoted; its row records the sweep of Stripe for objects an old
+-- primary created for commits that never reached this one.
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE onboarding.timelines (
+    timeline integer PRIMARY KEY,
+    seen_at timestamptz NOT NULL DEFAULT now(),
+    -- The timeline before the promotion (NULL: the first one the workers saw).
+    promoted_from integer,
+    -- Stripe objects created from this time on are checked against the profiles.
+    sweep_from timestamptz,
+    swept_at timestamptz,
+    objects_checked integer NOT NULL DEFAULT 0,
+    orphans_found integer NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE onboarding.timelines IS
+    'WAL timelines the workers ran on; after a promotion, the sweep for objects the old primary left behind';

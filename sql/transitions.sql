@@ -10,6 +10,8 @@
 -- profile (joining an open one if any), run and created at the insert's time, and its 'enqueued'
 -- event carrying the insert's commit time (the event's own xmin is the worker's transaction; see
 -- _queued_commit_time). Concurrent workers skip each other's rows. Returns the rows taken.
+-- The job's idempotency key comes from the intake row itself (_intake_key): a standby promoted
+-- after this server called Stripe promotes the replicated row again under the same key.
 CREATE FUNCTION onboarding._promote_intake(max_rows integer) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -19,14 +21,16 @@ BEGIN
         DELETE FROM onboarding.intake i
          WHERE i.ctid = ANY (ARRAY(SELECT x.ctid FROM onboarding.intake x LIMIT max_rows FOR UPDATE SKIP LOCKED))
         RETURNING i.profile_table, i.user_id, i.enqueued_at,
+                  onboarding._intake_key(i.profile_table, i.user_id, i.xmin, i.enqueued_at) AS idempotency_key,
                   CASE WHEN current_setting('track_commit_timestamp')::boolean
                        THEN pg_xact_commit_timestamp(i.xmin) END AS committed_at),
     profiles AS (
         SELECT DISTINCT ON (t.profile_table, t.user_id) t.*
           FROM taken t ORDER BY t.profile_table, t.user_id, t.enqueued_at),
     new_jobs AS (
-        INSERT INTO onboarding.jobs (kind, profile_table, user_id, run_at, created_at, updated_at)
-        SELECT 'create_customer', p.profile_table, p.user_id, p.enqueued_at, p.enqueued_at, p.enqueued_at
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, run_at, created_at, updated_at)
+        SELECT 'create_customer', p.profile_table, p.user_id, p.idempotency_key, p.enqueued_at, p.enqueued_at,
+               p.enqueued_at
           FROM profiles p ORDER BY p.enqueued_at
         ON CONFLICT DO NOTHING
         RETURNING id, profile_table, user_id),
@@ -40,10 +44,20 @@ BEGIN
     RETURN taken_count;
 END $$;
 
+-- The idempotency key of an inserted profile's customer: a digest of what the inserting
+-- transaction wrote (table, user id, its transaction id and start time), fixed and replicated with
+-- the profile, unique without storing anything more on the application's path. The digest keeps
+-- the user id out of Stripe's logs (keys must carry no personal data).
+CREATE FUNCTION onboarding._intake_key(tbl regclass, uid text, inserted_by xid, enqueued_at timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN 'onboarding-' || pg_catalog.md5(pg_catalog.concat_ws('/', tbl::oid, uid, inserted_by,
+                                                            pg_catalog.date_part('epoch', enqueued_at)))::uuid;
+
 -- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
 -- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
 -- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
--- or refused it (idempotency_error): look the object up before creating anything.
+-- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
+-- look the object up before creating anything.
 CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
@@ -62,7 +76,8 @@ BEGIN
              FOR UPDATE SKIP LOCKED)
         UPDATE onboarding.jobs j
            SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimed_at = now(), first_attempt_at = coalesce(j.first_attempt_at, now())
+               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
+               first_attempt_at = coalesce(j.first_attempt_at, now())
           FROM due WHERE j.id = due.id
         RETURNING j.*
     LOOP
@@ -77,7 +92,7 @@ BEGIN
         job_id := job.id; kind := job.kind; user_id := job.user_id;
         idempotency_key := job.idempotency_key; attempts := job.attempts; stripe_id := job.stripe_id;
         request_params := job.request_params;
-        look_up_first := job.first_attempt_at < now() - horizon
+        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
                          OR job.last_error_detail->>'type' = 'idempotency_error';
         BEGIN
             -- As the table's owner (src/tables.rs), like every statement on an application table.

@@ -30,6 +30,8 @@ pub static RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000);
 pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+pub static WAIT_FOR_STANDBYS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static STANDBY_WAIT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -212,6 +214,24 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"onboarding.wait_for_standbys",
+        c"Standbys (application_name, comma-separated; * for any one) that must have a job's commit before it calls Stripe.",
+        c"For asynchronous replication: no Stripe object is made for a commit these standbys lack, so a failover to \
+          one of them leaves none behind. Synchronous standbys (synchronous_standby_names) are always waited for. \
+          Empty: off.",
+        &WAIT_FOR_STANDBYS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    ms(
+        c"onboarding.standby_wait_timeout",
+        c"Longest a call waits for onboarding.wait_for_standbys before it goes ahead anyway, with a WARNING (0: no limit).",
+        c"Synchronous standbys are waited for without limit, as PostgreSQL's commits wait for them.",
+        &STANDBY_WAIT_TIMEOUT_MS,
+        0,
+        i32::MAX,
+    );
     unsafe { pg_sys::MarkGUCPrefixReserved(c"onboarding".as_ptr()) };
 }
 
@@ -343,4 +363,16 @@ pub fn connect_timeout() -> Duration {
 
 pub fn request_timeout() -> Duration {
     millis(&REQUEST_TIMEOUT_MS)
+}
+
+/// `onboarding.wait_for_standbys`, split: the application_names to wait for (`*`: any one).
+pub fn wait_for_standbys() -> Vec<String> {
+    text(&WAIT_FOR_STANDBYS)
+        .map(|names| names.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+/// `onboarding.standby_wait_timeout` (None: wait as long as it takes).
+pub fn standby_wait_timeout() -> Option<Duration> {
+    Some(millis(&STANDBY_WAIT_TIMEOUT_MS)).filter(|timeout| !timeout.is_zero())
 }

@@ -2,7 +2,8 @@
 //! heap insert.
 //!
 //! For every inserted profile without a customer, `onboarding._intake_profile(id column, customer
-//! column)` (a row-level AFTER INSERT trigger) appends one tuple `(table, user id, time)` to
+//! column, attached table)` (a row-level AFTER INSERT trigger) appends one tuple `(table, user id,
+//! time)` to
 //! `onboarding.intake` in the inserting transaction and asks for the workers to be woken when it
 //! commits. The table has no indexes, triggers or constraints, so the tuple goes straight to the
 //! heap, without the executor or a plpgsql frame; a rolled-back insert takes its tuple with it.
@@ -44,10 +45,30 @@ fn _intake_profile<'a>(
         let Some((id, id_type)) = column(profiles, row, id_column) else {
             return Ok(None); // no id: nothing to provision
         };
-        append_to_intake((*profiles).rd_id, as_text(id, id_type));
+        append_to_intake(attached_table(profiles, trigger), as_text(id, id_type));
     }
     wake::wake_workers_after_commit();
     Ok(None)
+}
+
+/// The attached table the jobs are for: the trigger's third argument, which names it even where
+/// PostgreSQL fires the trigger on a partition (its clone on a partitioned table's partitions).
+/// Triggers made before 0.3.0 have two arguments and sit on the attached table itself.
+unsafe fn attached_table(profiles: pg_sys::Relation, trigger: *const pg_sys::Trigger) -> pg_sys::Oid {
+    unsafe {
+        if (*trigger).tgnargs < 3 {
+            return (*profiles).rd_id;
+        }
+        let text = CStr::from_ptr(*(*trigger).tgargs.add(2));
+        match text.to_str().ok().and_then(|oid| oid.parse::<u32>().ok()) {
+            Some(oid) => pg_sys::Oid::from(oid),
+            None => raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "onboarding: the insert trigger's table argument is not an oid",
+                "Run onboarding.attach() again for this table.",
+            ),
+        }
+    }
 }
 
 /// The value and type of the row's column `name`, or None when it is NULL.

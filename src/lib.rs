@@ -11,7 +11,8 @@
 //!   steps are in `worker/`: `claim`, `calls` (the Stripe side of a job), `record`, and `queue`
 //!   (every SQL statement they and the loop run);
 //! - [`maintenance`]: apart from the hot path, one concern per file: `rescue` (taking back
-//!   abandoned jobs), `retention` (pruning), `snapshot` (the Stripe snapshot for the audits);
+//!   abandoned jobs), `retention` (pruning), `snapshot` (the Stripe snapshot for the audits),
+//!   `failover` (after a promotion);
 //! - [`requests`]: `get_or_create_customer`'s channel to the worker through shared memory;
 //! - [`rate_budget`]: the rate budget for Stripe requests that all workers share;
 //! - [`release`]: this library's release, against the one whose SQL a database holds;
@@ -48,6 +49,7 @@ extension_sql_file!(
     requires = ["schema", "job_states", "attach", "api"]
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["schema", "job_states"]);
+extension_sql_file!("../sql/failover.sql", name = "failover", requires = ["schema", "job_states", "api"]);
 extension_sql_file!("../sql/audits.sql", name = "audits", requires = ["schema", "job_states", "attach", "maintenance"]);
 extension_sql_file!(
     "../sql/operations.sql",
@@ -76,6 +78,14 @@ pub extern "C-unwind" fn _PG_init() {
 fn inserted_by_this_transaction(xmin: i64) -> bool {
     let xid = pg_sys::TransactionId::from_inner(xmin as u32);
     unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid) }
+}
+
+/// This backend's start time, as `pg_stat_activity.backend_start` shows it: with its pid, it names
+/// one process (a pid alone may be reused, or be another server's after a failover).
+#[pg_extern(name = "_backend_started_at", stable, parallel_safe)]
+fn backend_started_at() -> pgrx::datum::TimestampWithTimeZone {
+    pgrx::datum::TimestampWithTimeZone::try_from(unsafe { pg_sys::MyStartTimestamp })
+        .unwrap_or_else(|e| error!("onboarding: this backend's start time is out of range: {e:?}"))
 }
 
 /// True when the library was loaded through `shared_preload_libraries`, i.e. the worker exists.

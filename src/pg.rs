@@ -4,9 +4,11 @@
 //! - [`latch`]: waiting on this process's latch, setting another's, noticing shutdown;
 //! - [`owner`]: running a table owner's code with the owner's rights only;
 //! - [`processes`]: shared memory set up at preload, and the registry of the launcher's and the
-//!   workers' PGPROC numbers through which others wake them.
+//!   workers' PGPROC numbers through which others wake them;
+//! - [`replication`]: WAL positions, the timeline, and how far the standbys have the WAL.
 
 pub mod latch;
 pub mod owner;
 pub mod processes;
+pub mod replication;
 pub mod transaction;

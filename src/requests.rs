@@ -170,6 +170,15 @@ fn request(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [
             "Add onboarding to shared_preload_libraries and restart PostgreSQL."
         );
     }
+    // Workers run on the primary only: a standby would let the caller wait out wait_ms for nothing.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "onboarding: read-only standby: run this on the primary",
+            "The workers that call Stripe run on the primary only; send this call to a read-write connection."
+        );
+    }
     if user_id.len() > MAX_TEXT || urls.iter().any(|u| u.len() > MAX_TEXT) {
         ereport!(ERROR, PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION, "onboarding: an argument is too long");
     }

@@ -15,14 +15,17 @@
 //! - [`claim`]: phase 1, claiming and planning;
 //! - [`calls`]: the Stripe side of a job (planning it into a call, the call, its outcome);
 //! - [`record`]: phase 3, recording outcomes;
-//! - [`queue`]: every SQL statement of these steps, and of the loop's own reads.
+//! - [`queue`]: every SQL statement of these steps, and of the loop's own reads;
+//! - [`standby_gate`]: between claim and call, the wait for standbys to have the claim's commit.
 //!
-//! Maintenance (requeueing abandoned jobs, retention, the Stripe snapshot) is in maintenance/.
+//! Maintenance (requeueing abandoned jobs, retention, the Stripe snapshot, the sweep after a
+//! promotion) is in maintenance/.
 
 mod calls;
 mod claim;
 mod queue;
 mod record;
+mod standby_gate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,16 +39,18 @@ use onboarding_core::stripe::{ApiKey, ClientConfig, StripeClient, StripeError};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
+use crate::maintenance::failover::{self, Sweep};
 use crate::maintenance::snapshot::take_snapshot;
-use crate::pg::latch::{shutdown_requested, take_latch, wait_for_latch};
-use crate::pg::processes;
+use crate::pg::latch::{handle_sigterm_in_commits, shutdown_requested, take_latch, wait_for_latch};
 use crate::pg::transaction::in_transaction;
+use crate::pg::{processes, replication};
 use crate::release::{self, Installed};
 use crate::requests::{self, RequestKind};
 use crate::worker::calls::{Call, Outcome};
 use crate::worker::claim::claim_and_plan;
 use crate::worker::queue::TakenOn;
 use crate::worker::record::record_results;
+use crate::worker::standby_gate::StandbyGate;
 use crate::{gucs, rate_budget, wake};
 
 /// Shortest wait before looking for due jobs again when a claim found fewer than it could take.
@@ -78,16 +83,27 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(arg.value() as u32);
     let database_name = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    handle_sigterm_in_commits();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    // Every commit of a worker is durable here and, where synchronous standbys are configured,
+    // waits for them whatever the role's or database's setting (standby_gate.rs checks it did).
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"synchronous_commit".as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        )
+    };
     // The postmaster we were forked from holds no Stripe key (gucs.rs): read the files ourselves,
     // as the one kind of process that keeps it.
     gucs::hold_the_key();
     unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     let runtime = signal_safe_runtime().unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
-    if processes::publish_this_worker().is_none() {
+    let Some(slot) = processes::publish_this_worker() else {
         warning!("onboarding: all {} worker slots are taken; not serving \"{database_name}\"", processes::MAX_WORKERS);
         return;
-    }
+    };
     log!("onboarding: worker started for database \"{database_name}\"");
 
     let mut worker = Worker {
@@ -102,6 +118,9 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         last_top_up: Instant::now(),
         last_resolve: Instant::now(),
         sql_release: SqlRelease::Unchecked,
+        standby_gate: StandbyGate::new(slot),
+        timeline_noted: false,
+        sweep: None,
     };
     let mut woken = true;
     while !shutdown_requested() {
@@ -168,6 +187,12 @@ struct Worker {
     last_top_up: Instant,
     last_resolve: Instant,
     sql_release: SqlRelease,
+    /// Claimed calls waiting for standbys to have their claim's commit.
+    standby_gate: StandbyGate,
+    /// Whether this worker has recorded the WAL timeline it runs on (once, before its first claim).
+    timeline_noted: bool,
+    /// A sweep of Stripe after a promotion, still to do (maintenance/failover.rs).
+    sweep: Option<Sweep>,
 }
 
 /// Whether the database's SQL is this library's release (release.rs), as last seen.
@@ -195,16 +220,29 @@ impl Worker {
     fn step(&mut self, woken: bool) -> Option<Wait> {
         let poll = gucs::poll_interval();
         self.serve_new_requests();
-        let capacity = (gucs::batch_size().max(1) as usize).saturating_sub(self.in_flight.len());
+        if !self.timeline_noted {
+            // Before the first claim: on a promoted standby, take back the old primary's jobs.
+            match failover::note_timeline() {
+                Ok(sweep) => (self.timeline_noted, self.sweep) = (true, sweep),
+                Err(_) => return Some(Wait::Latch(ERROR_PAUSE)),
+            }
+        }
+        self.release_confirmed_calls();
+        let busy = self.in_flight.len() + self.standby_gate.held_calls();
+        let capacity = (gucs::batch_size().max(1) as usize).saturating_sub(busy);
         let now = Instant::now();
         if self.client.is_some() && capacity > 0 && (woken || now >= self.next_claim) {
             let maintain = self.last_maintenance.is_none_or(|t| t.elapsed() >= poll);
+            if maintain {
+                self.sweep_after_promotion();
+            }
             match in_transaction("claiming jobs", || claim_and_plan(capacity as i32, maintain)) {
                 Ok(Ok((calls, claimed, next_due))) => {
                     if maintain {
                         self.last_maintenance = Some(now);
                     }
-                    calls.into_iter().for_each(|call| self.start(call));
+                    let ready = self.standby_gate.admit(replication::last_commit_end(), calls);
+                    ready.into_iter().for_each(|call| self.start(call));
                     // A full claim may have left more behind: claim again as soon as there is room.
                     self.next_claim = if claimed >= capacity {
                         now
@@ -235,11 +273,31 @@ impl Worker {
             return Some(Wait::Calls);
         }
         let mut wait = self.next_claim.saturating_duration_since(Instant::now());
+        if self.standby_gate.held_calls() > 0 {
+            // Standbys confirm without waking us: look again every tick.
+            wait = wait.min(TICK);
+        }
         // Another worker may finish a watched job without waking us: watch closely meanwhile.
         if self.resolve_requests() {
             wait = wait.min(REQUEST_WATCH);
         }
         Some(Wait::Latch(wait))
+    }
+
+    /// Starts the calls whose claims the standbys now have.
+    fn release_confirmed_calls(&mut self) {
+        for call in self.standby_gate.release() {
+            self.start(call);
+        }
+    }
+
+    /// After a promotion: sweeps Stripe for objects the old primary left behind, until done.
+    fn sweep_after_promotion(&mut self) {
+        let Some(sweep) = &self.sweep else { return };
+        let client = self.client.as_ref().expect("sweeps run with a client");
+        if failover::sweep(sweep, &self.runtime, client, self.budget.as_ref()) {
+            self.sweep = None;
+        }
     }
 
     /// Looks at the database's extension release while it is not known to be this library's.

@@ -207,6 +207,30 @@ pub enum ListKind {
 pub struct ListedObject {
     pub summary: StripeObject,
     pub deleted: bool,
+    /// Unix seconds (Stripe's resolution), 0 if absent.
+    pub created: i64,
+}
+
+impl ListedObject {
+    /// The objects of a list or search answer; entries without an id are left out.
+    fn all_in(body: &Value) -> Vec<ListedObject> {
+        let data = body.get("data").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        data.iter()
+            .filter_map(|o| {
+                Some(ListedObject {
+                    summary: StripeObject::from_json(o)?,
+                    deleted: o.get("deleted").and_then(Value::as_bool) == Some(true),
+                    created: o.get("created").and_then(Value::as_i64).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Live and made for `user_id` (its `metadata.user_id`). Compared here, exactly: search
+    /// matching is not (it is case-insensitive, for one).
+    fn belongs_to(&self, user_id: &str) -> bool {
+        !self.deleted && self.summary.metadata_user_id.as_deref() == Some(user_id)
+    }
 }
 
 /// What we send to create an Express Connect account for a profile.
@@ -353,7 +377,7 @@ impl StripeClient {
                 self.api_base,
                 encode_form(&[("email".into(), email.to_string()), ("limit".into(), "100".into()),])
             );
-            found.extend(customers_of(&self.send(self.http.get(url)).await?.body, user_id));
+            found.extend(owned_by(&self.send(self.http.get(url)).await?.body, user_id));
         }
         if found.is_empty() {
             let escaped = user_id.replace('\\', "\\\\").replace('\'', "\\'");
@@ -363,9 +387,25 @@ impl StripeClient {
                 self.api_base,
                 encode_form(&[("query".into(), query), ("limit".into(), "100".into()),])
             );
-            found.extend(customers_of(&self.send(self.http.get(url)).await?.body, user_id));
+            found.extend(owned_by(&self.send(self.http.get(url)).await?.body, user_id));
         }
-        Ok(found.into_iter().min_by_key(|(created, c)| (*created, c.id.clone())).map(|(_, c)| c))
+        Ok(oldest(found))
+    }
+
+    /// Finds the Connect account Stripe holds for `user_id` (its `metadata.user_id`), the oldest
+    /// if several. Accounts have no search and no list filter on metadata: this pages through every
+    /// account of the platform (the list is strongly consistent, so it sees one created just now).
+    pub async fn find_account(&self, user_id: &str) -> Result<Option<StripeObject>, StripeError> {
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = self.list_page(ListKind::Accounts, after.as_deref()).await?;
+            after = page.last().map(|a| a.summary.id.clone());
+            found.extend(page.into_iter().filter(|a| a.belongs_to(user_id)));
+            if !more || after.is_none() {
+                return Ok(oldest(found));
+            }
+        }
     }
 
     /// One page (up to 100, newest first) of `/v1/customers` or `/v1/accounts`, after the object
@@ -375,9 +415,23 @@ impl StripeClient {
         kind: ListKind,
         starting_after: Option<&str>,
     ) -> Result<(Vec<ListedObject>, bool), StripeError> {
+        self.list_page_since(kind, starting_after, None).await
+    }
+
+    /// [`list_page`](Self::list_page) of the objects created at or after `created_since` (Unix
+    /// seconds) when given (`created[gte]`).
+    pub async fn list_page_since(
+        &self,
+        kind: ListKind,
+        starting_after: Option<&str>,
+        created_since: Option<i64>,
+    ) -> Result<(Vec<ListedObject>, bool), StripeError> {
         let mut params: Params = vec![("limit".into(), "100".into())];
         if let Some(after) = starting_after {
             params.push(("starting_after".into(), object_id(after)?.to_string()));
+        }
+        if let Some(since) = created_since {
+            params.push(("created[gte]".into(), since.to_string()));
         }
         let path = match kind {
             ListKind::Customers => "/v1/customers",
@@ -385,15 +439,8 @@ impl StripeClient {
         };
         let url = format!("{}{path}?{}", self.api_base, encode_form(&params));
         let response = self.send(self.http.get(url)).await?;
-        let data = response.body.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
-        let objects = data
-            .iter()
-            .filter_map(|o| {
-                let summary = StripeObject::from_json(o)?;
-                Some(ListedObject { deleted: o.get("deleted").and_then(Value::as_bool) == Some(true), summary })
-            })
-            .collect();
-        Ok((objects, response.body.get("has_more").and_then(Value::as_bool) == Some(true)))
+        let more = response.body.get("has_more").and_then(Value::as_bool) == Some(true);
+        Ok((ListedObject::all_in(&response.body), more))
     }
 
     /// `DELETE /v1/customers/{id}`. Deleting is permanent; Stripe ignores idempotency keys here.
@@ -451,15 +498,15 @@ fn object_in(response: Response) -> Result<(StripeObject, Response), StripeError
     }
 }
 
-/// The customers of a list or search result whose `metadata.user_id` is `user_id`, with their
-/// creation time. (Search matching is not exact, e.g. case-insensitive: compare ourselves.)
-fn customers_of(body: &Value, user_id: &str) -> Vec<(i64, StripeObject)> {
-    let data = body.get("data").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    data.iter()
-        .filter(|c| c.get("deleted").and_then(Value::as_bool) != Some(true))
-        .filter_map(|c| Some((c.get("created").and_then(Value::as_i64).unwrap_or(0), StripeObject::from_json(c)?)))
-        .filter(|(_, c)| c.metadata_user_id.as_deref() == Some(user_id))
-        .collect()
+/// The objects of a list or search answer that [belong to](ListedObject::belongs_to) `user_id`.
+fn owned_by(body: &Value, user_id: &str) -> impl Iterator<Item = ListedObject> {
+    ListedObject::all_in(body).into_iter().filter(move |o| o.belongs_to(user_id))
+}
+
+/// The oldest of a user's objects (by `created`, then id: `created` has one-second resolution),
+/// the one every later duplicate should give way to.
+fn oldest(objects: Vec<ListedObject>) -> Option<StripeObject> {
+    objects.into_iter().min_by(|a, b| (a.created, &a.summary.id).cmp(&(b.created, &b.summary.id))).map(|o| o.summary)
 }
 
 /// Stripe object ids are `prefix_alphanumerics`; anything else would change the request path.
@@ -610,6 +657,65 @@ mod tests {
         for bad in ["", "cus_1/../accounts", "cus_1?expand=x", "cus 1", "cus_%2F"] {
             assert!(object_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_oldest_live_object_of_the_user_wins_ties_going_to_the_smaller_id() {
+        let body = serde_json::json!({"data": [
+            {"id": "acct_new", "created": 20, "metadata": {"user_id": "u"}},
+            {"id": "acct_b", "created": 10, "metadata": {"user_id": "u"}},
+            {"id": "acct_a", "created": 10, "metadata": {"user_id": "u"}},
+            {"id": "acct_gone", "created": 5, "metadata": {"user_id": "u"}, "deleted": true},
+            {"id": "acct_other", "created": 1, "metadata": {"user_id": "U"}},
+            {"created": 0, "metadata": {"user_id": "u"}},
+        ]});
+        assert_eq!(oldest(owned_by(&body, "u").collect()).map(|o| o.id).as_deref(), Some("acct_a"));
+        assert_eq!(oldest(owned_by(&body, "nobody").collect()), None);
+    }
+
+    fn emulated_stripe() -> (stripe_emulator::Emulator, StripeClient) {
+        let key = "sk_test_findaccount0123456789";
+        let config = stripe_emulator::EmulatorConfig { api_key: Some(key.into()), ..Default::default() };
+        let stripe = stripe_emulator::Emulator::start("127.0.0.1:0", config).unwrap();
+        let client = StripeClient::new(&ClientConfig {
+            api_base: stripe.base_url(),
+            api_key: ApiKey::new(key).unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        (stripe, client)
+    }
+
+    #[test]
+    fn finds_the_oldest_account_of_a_user_on_the_last_of_several_pages() {
+        let (stripe, client) = emulated_stripe();
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        let create = |user: &str, key: String| {
+            let account = NewAccount { user_id: user.into(), email: format!("{user}@example.com") };
+            rt.block_on(client.create_account(&account, &key)).unwrap().0
+        };
+        let user = "seller-1";
+        let oldest = create(user, "first".into());
+        std::thread::sleep(Duration::from_millis(1100)); // `created` has one-second resolution
+        // Newest first: the oldest lands on the third page, after a newer duplicate on the first.
+        for i in 0..230 {
+            create(&format!("other-{i}"), format!("filler-{i}"));
+        }
+        let duplicate = create(user, "second".into());
+
+        stripe.clear_requests();
+        let found = rt.block_on(client.find_account(user)).unwrap();
+        assert_eq!(found.as_ref().map(|a| a.id.as_str()), Some(oldest.id.as_str()), "not {duplicate:?}");
+        let pages: Vec<_> = stripe.requests().into_iter().map(|r| (r.method, r.path, r.params)).collect();
+        assert_eq!(pages.len(), 3, "{pages:?}");
+        assert!(
+            pages
+                .iter()
+                .all(|(method, path, params)| method == "GET" && path == "/v1/accounts" && params["limit"] == "100")
+        );
+        assert!(pages[0].2.get("starting_after").is_none() && pages[2].2["starting_after"].is_string());
+        assert_eq!(rt.block_on(client.find_account("nobody")).unwrap(), None);
     }
 
     #[test]

@@ -2,20 +2,16 @@
 //! `onboarding.stripe_objects`, taken by a worker (which alone holds the key) when
 //! `onboarding.refresh_stripe_snapshot` asks through the request channel (requests.rs).
 
-use std::time::Duration;
-
 use onboarding_core::budget::Gcra;
-use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::stripe::{ListKind, StripeClient};
 use pgrx::prelude::*;
 
-use crate::pg::latch::shutdown_requested;
+use crate::maintenance::listing::for_each_page;
 use crate::pg::transaction::in_transaction;
-use crate::{gucs, rate_budget, requests};
+use crate::requests;
 
 /// Copies every customer and account from Stripe into `onboarding.stripe_objects`, a page per
-/// transaction (never one open across a call), retrying pages the policy says to retry, and
-/// answers the request `ticket` with the snapshot id. Each page waits for the rate budget.
+/// transaction (listing.rs), and answers the request `ticket` with the snapshot id.
 pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &StripeClient, budget: Option<&Gcra>) {
     let started =
         in_transaction("starting a Stripe snapshot", || Spi::get_one::<i64>("SELECT onboarding._snapshot_begin()"));
@@ -24,38 +20,7 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
         return;
     };
     for (kind, object) in [(ListKind::Customers, "customer"), (ListKind::Accounts, "account")] {
-        let mut after: Option<String> = None;
-        loop {
-            if shutdown_requested() {
-                requests::fail(ticket, "the worker is shutting down");
-                return;
-            }
-            let mut attempt = 0;
-            let page = loop {
-                attempt += 1;
-                if let Some(gcra) = budget {
-                    rate_budget::wait_for_slot(gcra);
-                }
-                match runtime.block_on(client.list_page(kind, after.as_deref())) {
-                    Ok(page) => break Ok(page),
-                    Err(error) => match classify(&error, false) {
-                        Disposition::Retry { rate_limited } if attempt < gucs::max_attempts() => {
-                            let delay = gucs::backoff().delay(attempt, rate_limited, &mut rand::rng());
-                            std::thread::sleep(delay.min(Duration::from_secs(30)));
-                        }
-                        _ => break Err(error),
-                    },
-                }
-            };
-            check_for_interrupts!();
-            let (objects, more) = match page {
-                Ok(page) => page,
-                Err(error) => {
-                    requests::fail(ticket, &format!("listing {object}s: {error}"));
-                    return;
-                }
-            };
-            after = objects.last().map(|o| o.summary.id.clone());
+        let listed = for_each_page(runtime, client, budget, kind, None, |objects| {
             let rows: Vec<serde_json::Value> = objects
                 .iter()
                 .filter(|o| !o.deleted)
@@ -67,16 +32,17 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
             let stored = in_transaction("storing a snapshot page", || {
                 Spi::run_with_args(
                     "SELECT onboarding._snapshot_add($1, $2, $3)",
-                    &[snapshot.into(), object.into(), pgrx::JsonB(serde_json::Value::Array(rows.clone())).into()],
+                    &[snapshot.into(), object.into(), pgrx::JsonB(serde_json::Value::Array(rows)).into()],
                 )
             });
-            if !matches!(stored, Ok(Ok(()))) {
-                requests::fail(ticket, "could not store a snapshot page");
-                return;
+            match stored {
+                Ok(Ok(())) => Ok(()),
+                _ => Err("could not store a snapshot page".into()),
             }
-            if !more || after.is_none() {
-                break;
-            }
+        });
+        if let Err(error) = listed {
+            requests::fail(ticket, &format!("listing {object}s: {error}"));
+            return;
         }
     }
     let finished = in_transaction("finishing a Stripe snapshot", || {

@@ -1,6 +1,7 @@
 //! Latches: how processes here wait, and how they wake each other (a commit wakes the workers, a
 //! worker wakes the caller it answered), plus the shutdown flag a wait must notice.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pgrx::prelude::*;
@@ -8,6 +9,50 @@ use pgrx::prelude::*;
 /// SIGTERM (smart/fast shutdown, pg_terminate_backend) sets this; pgrx's own flag resets on read.
 pub fn shutdown_requested() -> bool {
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+/// Set while this process commits: a commit may wait for synchronous standbys, and only
+/// `ProcDiePending` ends that wait (PostgreSQL's own `die` handling, which pgrx's handler lacks).
+static COMMITTING: AtomicBool = AtomicBool::new(false);
+
+/// Replaces pgrx's SIGTERM handler (install after `attach_signal_handlers`): the same flag and
+/// latch, and during a commit also what ends a wait for a stalled synchronous standby.
+pub fn handle_sigterm_in_commits() {
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
+}
+
+unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
+    unsafe {
+        (&raw mut pg_sys::ShutdownRequestPending).write_volatile(1);
+        if COMMITTING.load(Ordering::SeqCst) {
+            end_commit_wait();
+        }
+        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// Makes PostgreSQL give up waiting for synchronous standbys: the commit stays committed here,
+/// with PostgreSQL's WARNING that the standbys may not have it.
+unsafe fn end_commit_wait() {
+    unsafe {
+        (&raw mut pg_sys::ProcDiePending).write_volatile(1);
+        (&raw mut pg_sys::InterruptPending).write_volatile(1);
+    }
+}
+
+/// Runs `commit`, ending its wait for synchronous standbys if SIGTERM comes (or came already).
+/// Afterwards the worker stops the ordinary way, through [`shutdown_requested`]: the pending
+/// "die" is withdrawn, so no FATAL cuts the loop short.
+pub fn commit_interruptibly(commit: impl FnOnce()) {
+    COMMITTING.store(true, Ordering::SeqCst);
+    if shutdown_requested() {
+        unsafe { end_commit_wait() };
+    }
+    commit();
+    COMMITTING.store(false, Ordering::SeqCst);
+    if shutdown_requested() {
+        unsafe { (&raw mut pg_sys::ProcDiePending).write_volatile(0) };
+    }
 }
 
 /// Waits for the latch (or the timeout); returns whether the latch was set. Postmaster death

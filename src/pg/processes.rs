@@ -5,7 +5,7 @@
 //! database, `CREATE EXTENSION` wakes the launcher (wake.rs), a caller asks the workers for work
 //! (requests.rs).
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, pg_shmem_init};
@@ -22,6 +22,9 @@ pub struct Processes {
     launcher: AtomicI32,
     worker_procnos: [AtomicI32; MAX_WORKERS],
     worker_databases: [AtomicU32; MAX_WORKERS],
+    /// Per worker: calls waiting for standbys, and since when (Unix milliseconds; 0: none).
+    worker_standby_waits: [AtomicU32; MAX_WORKERS],
+    worker_standby_wait_since: [AtomicI64; MAX_WORKERS],
 }
 
 // SAFETY: plain atomics, no pointers: valid in every process that maps the segment.
@@ -33,6 +36,8 @@ impl Default for Processes {
             launcher: AtomicI32::new(NO_PROCESS),
             worker_procnos: std::array::from_fn(|_| AtomicI32::new(NO_PROCESS)),
             worker_databases: std::array::from_fn(|_| AtomicU32::new(NO_DATABASE)),
+            worker_standby_waits: std::array::from_fn(|_| AtomicU32::new(0)),
+            worker_standby_wait_since: std::array::from_fn(|_| AtomicI64::new(0)),
         }
     }
 }
@@ -76,6 +81,7 @@ pub fn publish_this_worker() -> Option<usize> {
 #[pg_guard]
 unsafe extern "C-unwind" fn unpublish_worker(_code: i32, slot: pg_sys::Datum) {
     let shared = PROCESSES.get();
+    shared.worker_standby_waits[slot.value()].store(0, Ordering::Release);
     shared.worker_databases[slot.value()].store(NO_DATABASE, Ordering::Release);
     shared.worker_procnos[slot.value()].store(NO_PROCESS, Ordering::Release);
 }
@@ -100,4 +106,28 @@ pub fn set_worker_latches() {
 /// Wakes the launcher (atomics and a latch only, like [`set_worker_latches`]).
 pub fn set_launcher_latch() {
     set_latch_of(PROCESSES.get().launcher.load(Ordering::Acquire));
+}
+
+/// Publishes how many of this worker's calls wait for standbys, and since when (Unix ms).
+pub fn publish_standby_wait(slot: usize, calls: u32, since_unix_ms: i64) {
+    let shared = PROCESSES.get();
+    shared.worker_standby_wait_since[slot].store(since_unix_ms, Ordering::Relaxed);
+    shared.worker_standby_waits[slot].store(calls, Ordering::Release);
+}
+
+/// The calls waiting for standbys in this database's workers, and the earliest wait's start
+/// (Unix ms), if any waits.
+pub fn standby_waits_here() -> (u64, Option<i64>) {
+    let shared = PROCESSES.get();
+    let database = my_database();
+    let (mut calls, mut since) = (0u64, None::<i64>);
+    for slot in 0..MAX_WORKERS {
+        let waiting = shared.worker_standby_waits[slot].load(Ordering::Acquire);
+        if waiting > 0 && shared.worker_databases[slot].load(Ordering::Acquire) == database {
+            calls += u64::from(waiting);
+            let started = shared.worker_standby_wait_since[slot].load(Ordering::Relaxed);
+            since = Some(since.map_or(started, |s: i64| s.min(started)));
+        }
+    }
+    (calls, since)
 }

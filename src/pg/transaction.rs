@@ -5,6 +5,8 @@ use std::panic::AssertUnwindSafe;
 use pgrx::PgTryBuilder;
 use pgrx::prelude::*;
 
+use crate::pg::latch::commit_interruptibly;
+
 /// Runs `body` in its own transaction. An ERROR inside is caught, logged as a WARNING and the
 /// transaction aborted, so one bad job or statement never takes the worker down.
 pub fn in_transaction<R>(what: &str, body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
@@ -16,10 +18,9 @@ pub fn in_transaction<R>(what: &str, body: impl FnOnce() -> R + std::panic::Unwi
     }
     PgTryBuilder::new(move || {
         let result = (body.0)();
-        unsafe {
-            pg_sys::PopActiveSnapshot();
-            pg_sys::CommitTransactionCommand();
-        }
+        unsafe { pg_sys::PopActiveSnapshot() };
+        // The commit may wait for synchronous standbys (workers commit with synchronous_commit = on).
+        commit_interruptibly(|| unsafe { pg_sys::CommitTransactionCommand() });
         Ok(result)
     })
     .catch_others(|caught| {

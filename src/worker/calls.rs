@@ -30,7 +30,12 @@ pub enum Work {
     },
     /// Compensation: delete a customer no profile can use.
     DeleteCustomer(String),
-    CreateAccount(NewAccount),
+    /// With `look_up`, first look for an account Stripe already holds for the user (same cases as
+    /// customers).
+    CreateAccount {
+        account: NewAccount,
+        look_up: bool,
+    },
     DeleteAccount(String),
     /// Copy the profile's changed email to its customer.
     UpdateEmail {
@@ -69,7 +74,12 @@ impl Call {
             Work::DeleteCustomer(id) => {
                 format!("deleting Stripe customer {id} of user {} (compensation)", self.user_id)
             }
-            Work::CreateAccount(_) => format!("creating Stripe Connect account for user {}", self.user_id),
+            Work::CreateAccount { look_up: false, .. } => {
+                format!("creating Stripe Connect account for user {}", self.user_id)
+            }
+            Work::CreateAccount { look_up: true, .. } => {
+                format!("looking up or creating Stripe Connect account for user {}", self.user_id)
+            }
             Work::DeleteAccount(id) => {
                 format!("deleting Stripe Connect account {id} of user {} (compensation)", self.user_id)
             }
@@ -85,24 +95,15 @@ impl Call {
     pub async fn perform(&self, client: &StripeClient) -> Outcome {
         match &self.work {
             Work::CreateCustomer { customer, look_up } => {
-                if let Some(emails) = look_up {
-                    let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
-                    match client.find_customer(&self.user_id, &emails).await {
-                        Ok(Some(existing)) => return Outcome::Adopted(existing),
-                        Ok(None) => {}
-                        Err(error) => return Outcome::Failed(error),
-                    }
-                }
-                match client.create_customer(customer, &self.idempotency_key).await {
-                    Ok((customer, response)) => Outcome::Created(customer, response),
-                    Err(error) => Outcome::Failed(error),
-                }
+                let emails: Option<Vec<&str>> = look_up.as_ref().map(|e| e.iter().map(String::as_str).collect());
+                let find = emails.as_deref().map(|emails| client.find_customer(&self.user_id, emails));
+                look_up_or_create(find, client.create_customer(customer, &self.idempotency_key)).await
             }
             Work::DeleteCustomer(id) => delete(client, StripeCollection::Customers, id).await,
-            Work::CreateAccount(account) => match client.create_account(account, &self.idempotency_key).await {
-                Ok((account, response)) => Outcome::Created(account, response),
-                Err(error) => Outcome::Failed(error),
-            },
+            Work::CreateAccount { account, look_up } => {
+                let find = look_up.then(|| client.find_account(&self.user_id));
+                look_up_or_create(find, client.create_account(account, &self.idempotency_key)).await
+            }
             Work::DeleteAccount(id) => delete(client, StripeCollection::Accounts, id).await,
             Work::UpdateEmail { customer, email } => {
                 match client.update_customer_email(customer, email, &self.idempotency_key).await {
@@ -119,6 +120,25 @@ impl Call {
                 }
             }
         }
+    }
+}
+
+/// Adopts what `find` finds, if there is a `find`; otherwise runs `create` (futures are lazy: it
+/// sends nothing unless awaited).
+async fn look_up_or_create(
+    find: Option<impl Future<Output = Result<Option<StripeObject>, StripeError>>>,
+    create: impl Future<Output = Result<(StripeObject, Response), StripeError>>,
+) -> Outcome {
+    if let Some(find) = find {
+        match find.await {
+            Ok(Some(existing)) => return Outcome::Adopted(existing),
+            Ok(None) => {}
+            Err(error) => return Outcome::Failed(error),
+        }
+    }
+    match create.await {
+        Ok((created, response)) => Outcome::Created(created, response),
+        Err(error) => Outcome::Failed(error),
     }
 }
 
@@ -228,7 +248,7 @@ pub fn plan(job: ClaimedJob) -> Planned {
                     if job.first_request.is_none() {
                         first_params = Some(request_params(&account.email, user_id));
                     }
-                    Work::CreateAccount(account)
+                    Work::CreateAccount { account, look_up: job.look_up_first }
                 }
             }
         }
@@ -267,9 +287,10 @@ pub fn plan(job: ClaimedJob) -> Planned {
         Work::DeleteCustomer(customer) => json!({
             "method": "DELETE", "path": format!("/v1/customers/{customer}"), "attempt": job.attempts,
         }),
-        Work::CreateAccount(account) => json!({
+        Work::CreateAccount { account, look_up } => json!({
             "method": "POST", "path": "/v1/accounts", "attempt": job.attempts,
             "idempotency_key": job.idempotency_key, "email": account.email, "type": "express",
+            "look_up_first": look_up,
         }),
         Work::DeleteAccount(account) => json!({
             "method": "DELETE", "path": format!("/v1/accounts/{account}"), "attempt": job.attempts,

@@ -123,13 +123,14 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             queue::log_event(job_id, "stripe_response", created_response(call, customer, response, elapsed));
             link_object(job_id, user_id, customer);
         }
-        Outcome::Adopted(customer) => {
+        Outcome::Adopted(existing) => {
             log!(
-                "onboarding: found existing Stripe customer {} for user {user_id}; adopting it (job {job_id})",
-                customer.id
+                "onboarding: found existing Stripe {} {} for user {user_id}; adopting it (job {job_id})",
+                object_noun(&existing.id),
+                existing.id
             );
-            queue::log_event(job_id, "adopted", json!({"stripe_id": customer.id, "duration_ms": elapsed_ms}));
-            link_object(job_id, user_id, customer);
+            queue::log_event(job_id, "adopted", json!({"stripe_id": existing.id, "duration_ms": elapsed_ms}));
+            link_object(job_id, user_id, existing);
         }
         Outcome::Deleted { object, response } => {
             let detail = match response {
@@ -170,8 +171,10 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             let message = error.to_string();
             let mut detail = error.to_json();
             detail["attempt"] = call.attempts.into();
-            let is_post =
-                matches!(call.work, Work::CreateCustomer { .. } | Work::CreateAccount(_) | Work::UpdateEmail { .. });
+            let is_post = matches!(
+                call.work,
+                Work::CreateCustomer { .. } | Work::CreateAccount { .. } | Work::UpdateEmail { .. }
+            );
             let next = after_failure(
                 call.attempts,
                 gucs::max_attempts(),

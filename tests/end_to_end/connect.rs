@@ -3,12 +3,12 @@
 use libtest_mimic::{Failed, Trial};
 use postgres::Client;
 use serde_json::Value;
-use stripe_emulator::RecordedRequest;
+use stripe_emulator::{Fault, RecordedRequest};
 
 use crate::env;
 use crate::helpers::{
-    DEADLINE, customer_id, db, ensure, insert_profile, jobs_for, profiles_table, sqlstate, stripe_customers_for,
-    wait_for, wait_for_customer,
+    DEADLINE, customer_id, db, ensure, events_for, insert_profile, jobs_for, profiles_table, sqlstate, steps,
+    stripe_customers_for, wait_for, wait_for_customer, wait_for_state,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
@@ -16,6 +16,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         connect_accounts_follow_the_policy_after_the_customer,
         connect_policy_is_validated,
         account_links_are_made_fresh_and_only_when_allowed,
+        account_job_past_the_idempotency_horizon_adopts_the_existing_account,
     ]
 }
 
@@ -152,4 +153,34 @@ fn account_links_are_made_fresh_and_only_when_allowed() -> Result<(), Failed> {
     let bad = "SELECT onboarding.create_account_link($1, 'javascript:alert(1)', 'https://x.example', 1000, 'public.profiles_links')";
     let (code, _) = sqlstate(db.query(bad, &[&user]))?;
     ensure(code == "22023", || format!("bad URL: {code}"))
+}
+
+/// Like customers (retries.rs): a retry whose key Stripe has forgotten looks the account up first.
+fn account_job_past_the_idempotency_horizon_adopts_the_existing_account() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_connect_horizon");
+    db.batch_execute(&format!("SELECT onboarding.set_connect_policy('{table}', 'always')")).unwrap();
+    // Stripe creates the account but the answer is lost; the retry is refused, parking the job.
+    env().stripe.inject(Fault::drop_after().on("POST", "/v1/accounts"));
+    env().stripe.inject(Fault::status(400).message("refused for the test").on("POST", "/v1/accounts"));
+    let user = insert_profile(&mut db, &table, Some("lost-seller@example.com"));
+    wait_for_state(&mut db, &user, "dead")?;
+    let first = stripe_accounts_for(&user).len();
+    ensure(first == 1, || format!("the first attempt created {first} accounts, not one"))?;
+    ensure(account_id(&mut db, &table, &user).is_none(), || "a lost answer was written back".into())?;
+
+    // Two days later: Stripe has forgotten the key, so a plain retry would create a second account.
+    env().stripe.expire_idempotency_keys();
+    let job = "(SELECT id FROM onboarding.jobs WHERE user_id = $1 AND kind = 'create_connect_account')";
+    db.execute(
+        &format!("UPDATE onboarding.jobs SET first_attempt_at = now() - interval '2 days' WHERE id = {job}"),
+        &[&user],
+    )
+    .unwrap();
+    db.query(&format!("SELECT * FROM onboarding.retry({job})"), &[&user]).unwrap();
+    let account = wait_for("the account's write-back", DEADLINE, || account_id(&mut db, &table, &user))?;
+    let accounts: Vec<Value> = stripe_accounts_for(&user).into_iter().map(|a| a["id"].clone()).collect();
+    ensure(accounts == [account.as_str()], || format!("the profile has {account}; Stripe holds {accounts:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events).ends_with(&["adopted", "written_back"]), || format!("steps {:?}", steps(&events)))
 }

@@ -42,12 +42,15 @@ mod audits;
 mod compensation;
 mod concurrency;
 mod connect;
+mod dropped_tables;
 mod helpers;
 mod idle;
 mod intake;
+mod partitions;
 mod retries;
 mod row_security;
 mod security;
+mod spellings;
 mod tenant;
 
 fn main() {
@@ -66,6 +69,9 @@ fn main() {
         tenant::tests(),
         row_security::tests(),
         concurrency::tests(),
+        spellings::tests(),
+        partitions::tests(),
+        dropped_tables::tests(),
     ]
     .into_iter()
     .flatten()

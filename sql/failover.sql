@@ -1,0 +1,125 @@
+-- onboarding: after a promotion. A standby promoted after an asynchronous primary died lacks the
+-- commits that never reached it; that primary may have called Stripe for some of them. The first
+-- worker on the new timeline (src/maintenance/failover.rs) takes back the old primary's running
+-- jobs, marks every job it may have attempted to look its object up before creating one, and then
+-- sweeps Stripe's objects created since shortly before the last commit it received: each is
+-- linked, adopted by its profile's job, or (no profile here, or the profile has another) deleted
+-- by a compensation job. The table is onboarding.timelines (sql/schema.sql).
+
+-- How far before the last replicated event the sweep starts: covers the clock difference between
+-- this server and Stripe (object `created` times are Stripe's, in whole seconds) and calls the old
+-- primary made between claiming and its last replicated commit.
+CREATE FUNCTION onboarding._sweep_margin() RETURNS interval LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN interval '5 minutes';
+
+-- Records the WAL timeline the calling worker runs on. Returns the time from which Stripe objects
+-- must be swept when this is a timeline the workers have not run on after another (a promotion),
+-- or when such a sweep was left unfinished; NULL otherwise (first start, or a restart).
+CREATE FUNCTION onboarding._note_timeline(current_timeline integer) RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    last_seen onboarding.timelines;
+    sweep_from timestamptz;
+BEGIN
+    -- One worker at a time, so the old primary's jobs are taken back once, before anyone claims.
+    LOCK TABLE onboarding.timelines IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO last_seen FROM onboarding.timelines ORDER BY timeline DESC LIMIT 1;
+    IF NOT FOUND THEN
+        INSERT INTO onboarding.timelines (timeline, swept_at) VALUES (current_timeline, now());
+        RETURN NULL;
+    ELSIF last_seen.timeline >= current_timeline THEN
+        RETURN CASE WHEN last_seen.swept_at IS NULL THEN last_seen.sweep_from END;
+    END IF;
+    -- Promoted: everything the old primary did after its last commit that reached us is unknown.
+    sweep_from := coalesce((SELECT e.at FROM onboarding.events e ORDER BY e.id DESC LIMIT 1), now())
+                  - onboarding._sweep_margin();
+    INSERT INTO onboarding.timelines (timeline, promoted_from, sweep_from)
+    VALUES (current_timeline, last_seen.timeline, sweep_from);
+    WITH taken_back AS (
+        UPDATE onboarding.jobs j
+           SET state = onboarding._pending(), claimed_by = NULL, run_at = now(), look_up_first = true
+         WHERE j.state = onboarding._running()
+        RETURNING j.id, j.user_id)
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    SELECT t.id, t.user_id, 'requeued',
+           jsonb_build_object('reason', 'claimed on timeline ' || last_seen.timeline || ' before this server was promoted',
+                              'timeline', current_timeline)
+      FROM taken_back t;
+    -- Attempted there: its object may exist under a key Stripe has pruned; look before creating.
+    UPDATE onboarding.jobs j SET look_up_first = true
+     WHERE j.state = onboarding._pending() AND j.first_attempt_at IS NOT NULL AND NOT j.look_up_first;
+    RAISE LOG 'onboarding: promoted from timeline % to %; sweeping Stripe objects created since %',
+        last_seen.timeline, current_timeline, sweep_from;
+    RETURN sweep_from;
+END $$;
+
+-- Checks Stripe objects (a page of customers or accounts created since the sweep began: jsonb
+-- array of {id, user_id}) against the profiles. Returns how many were queued for deletion.
+-- Per object, by its metadata user id:
+-- - a succeeded job or the profile names it: nothing to do;
+-- - the profile has no such object yet: its creation job (made if none is open) looks it up
+--   first and adopts it;
+-- - the profile names another object, or no attached table has the profile: an orphan, deleted
+--   by a compensation job (events: orphaned, then compensated).
+CREATE FUNCTION onboarding._check_after_failover(object_kind text, objects jsonb) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o record;
+    a onboarding.attachments;
+    create_kind text := CASE object_kind WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END;
+    delete_kind text := CASE object_kind WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
+    target_column name;
+    linked text;
+    found_in regclass;
+    orphans integer := 0;
+    reason text;
+    job bigint;
+BEGIN
+    FOR o IN SELECT x.id, x.user_id FROM jsonb_to_recordset(objects) AS x(id text, user_id text)
+              WHERE x.user_id IS NOT NULL LOOP
+        CONTINUE WHEN EXISTS (SELECT FROM onboarding.jobs j
+                               WHERE j.stripe_id = o.id AND j.kind = create_kind AND j.state = onboarding._succeeded());
+        found_in := NULL; reason := NULL;
+        FOR a IN SELECT * FROM onboarding.attachments t ORDER BY t.profile_table LOOP
+            target_column := CASE object_kind WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
+            CONTINUE WHEN target_column IS NULL;
+            BEGIN
+                SELECT a.profile_table, r[1] INTO found_in, linked
+                  FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                           target_column, a.profile_table, a.id_column, a.id_type), ARRAY[o.user_id]) r;
+            EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                CONTINUE;  -- not an id of this table
+            END;
+            EXIT WHEN found_in IS NOT NULL;
+        END LOOP;
+        IF found_in IS NOT NULL AND linked = o.id THEN
+            CONTINUE;
+        ELSIF found_in IS NOT NULL AND linked IS NULL THEN
+            -- Its job (open, or made now) adopts this object instead of creating another.
+            job := onboarding._enqueue(found_in, o.user_id, create_kind, 'failover sweep');
+            UPDATE onboarding.jobs j SET look_up_first = true WHERE j.id = job AND NOT j.look_up_first;
+            CONTINUE;
+        ELSIF found_in IS NOT NULL THEN
+            reason := format('created by the old primary; the profile has %s', linked);
+        ELSE
+            reason := 'created by the old primary for a profile this server never received';
+            SELECT t.profile_table INTO found_in FROM onboarding.attachments t ORDER BY t.profile_table LIMIT 1;
+            CONTINUE WHEN found_in IS NULL;  -- nothing attached: nothing to account it to
+        END IF;
+        job := onboarding._enqueue_for_customer(found_in, o.user_id, delete_kind, o.id, 'failover sweep: ' || reason);
+        IF job IS NOT NULL THEN
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (job, o.user_id, 'orphaned', jsonb_build_object('stripe_id', o.id, 'reason', reason));
+            orphans := orphans + 1;
+        END IF;
+    END LOOP;
+    RETURN orphans;
+END $$;
+
+-- Records a finished sweep of the timeline's objects.
+CREATE FUNCTION onboarding._failover_swept(swept_timeline integer, checked integer, orphans integer) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE onboarding.timelines
+       SET swept_at = now(), objects_checked = checked, orphans_found = orphans
+     WHERE timeline = swept_timeline;
+$$;
