@@ -1005,7 +1005,8 @@ END $$;
 -- array of {id, user_id}) against the profiles. Returns how many were queued for deletion.
 -- Per object, by its metadata user id:
 -- - a succeeded job or the profile names it: nothing to do;
--- - the profile has no such object yet: its creation job (made if none is open) looks it up
+-- - the profile has no such object yet: an insert still in the intake will get it back under
+--   the old primary's key; else the profile's creation job (made if none is open) looks it up
 --   first and adopts it;
 -- - the profile names another object, or no attached table has the profile: an orphan, deleted
 --   by a compensation job (events: orphaned, then compensated).
@@ -1043,7 +1044,11 @@ BEGIN
         IF found_in IS NOT NULL AND linked = o.id THEN
             CONTINUE;
         ELSIF found_in IS NOT NULL AND linked IS NULL THEN
-            -- Its job (open, or made now) adopts this object instead of creating another.
+            -- An insert not yet promoted becomes a job under the key the old primary used: Stripe
+            -- replays this object to it.
+            CONTINUE WHEN create_kind = 'create_customer' AND EXISTS (
+                SELECT FROM onboarding.intake i WHERE i.profile_table = found_in AND i.user_id = o.user_id);
+            -- Else its job (open, or made now) adopts this object instead of creating another.
             job := onboarding._enqueue(found_in, o.user_id, create_kind, 'failover sweep');
             UPDATE onboarding.jobs j SET look_up_first = true WHERE j.id = job AND NOT j.look_up_first;
             CONTINUE;

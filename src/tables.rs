@@ -31,8 +31,7 @@ fn as_owner(
     }
     let owner = owner_of(table);
     let rows = owner::as_role(owner, gucs::owner_statement_timeout_ms(), || {
-        Spi::connect_mut(|client| {
-            let result = client.update(statement, None, &text_args(&params))?;
+        run(statement, None, &params, |result| {
             let mut rows = Vec::new();
             let Ok(columns) = result.columns() else {
                 return Ok(rows); // no RETURNING
@@ -44,11 +43,27 @@ fn as_owner(
                 }
                 rows.push(values);
             }
-            Ok::<_, pgrx::spi::Error>(rows)
+            Ok(rows)
         })
     })
     .unwrap_or_else(|e| error!("onboarding: {e}"));
     SetOfIterator::new(rows)
+}
+
+/// Runs `statement` and hands its result to `take`. Read-write SPI (which takes a transaction id)
+/// on a primary; read-only on a standby, where there is none to take and only reads can work
+/// (profile reads for the application functions, which read load balancers send there).
+fn run<R>(
+    statement: &str,
+    limit: Option<i64>,
+    params: &[Option<String>],
+    take: impl FnOnce(pgrx::spi::SpiTupleTable) -> Result<R, pgrx::spi::Error>,
+) -> Result<R, pgrx::spi::Error> {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        Spi::connect(|client| take(client.select(statement, limit, &text_args(params))?))
+    } else {
+        Spi::connect_mut(|client| take(client.update(statement, limit, &text_args(params))?))
+    }
 }
 
 /// `params` as the text arguments `$1 … $n` of a statement.
@@ -91,26 +106,21 @@ fn calling_role() -> pg_sys::Oid {
 fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Option<String>>, "'{}'")) -> &'static str {
     let caller = unsafe { pg_sys::GetOuterUserId() };
     owner::as_role(caller, gucs::owner_statement_timeout_ms(), || {
-        let may_select =
-            Spi::get_one_with_args::<bool>("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", &[table.into()])
-                .ok()
-                .flatten()
-                .unwrap_or(false);
+        let may_select = read_bool("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", table).unwrap_or(false);
         if !may_select {
             return "refused";
         }
-        let found = Spi::connect_mut(|client| {
-            Ok::<_, pgrx::spi::Error>(!client.update(statement, Some(1), &text_args(&params))?.is_empty())
-        })
-        .unwrap_or_else(|e| error!("onboarding: {e}"));
+        let found = run(statement, Some(1), &params, |result| Ok(!result.is_empty()))
+            .unwrap_or_else(|e| error!("onboarding: {e}"));
         if found {
             return "visible";
         }
-        let hidden_by_policy =
-            Spi::get_one_with_args::<bool>("SELECT pg_catalog.row_security_active($1)", &[table.into()])
-                .ok()
-                .flatten()
-                .unwrap_or(true);
+        let hidden_by_policy = read_bool("SELECT pg_catalog.row_security_active($1)", table).unwrap_or(true);
         if hidden_by_policy { "refused" } else { "not found" }
     })
+}
+
+/// A boolean about `table`, read with read-only SPI (which works on a standby too).
+fn read_bool(query: &str, table: pg_sys::Oid) -> Option<bool> {
+    Spi::connect(|client| client.select(query, Some(1), &[table.into()])?.first().get_one::<bool>()).ok().flatten()
 }

@@ -5,7 +5,8 @@
 //! - [`policy`]: which failures are retried, and how long to wait before the next attempt;
 //! - [`state`]: the job state machine: kinds, states and the named transitions between them;
 //! - [`job`]: what a job does with the profile it finds, and where it goes after an attempt;
-//! - [`runtime`]: an async runtime whose helper threads never receive PostgreSQL's signals.
+//! - [`runtime`]: an async runtime whose helper threads never receive PostgreSQL's signals;
+//! - [`standby_wait`]: holding calls until the standbys have the commit they came from.
 //!
 //! Nothing here touches PostgreSQL; the extension (`src/` at the top of the repository) is the glue.
 
@@ -17,5 +18,6 @@ pub mod budget;
 pub mod job;
 pub mod policy;
 pub mod runtime;
+pub mod standby_wait;
 pub mod state;
 pub mod stripe;

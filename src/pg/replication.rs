@@ -2,10 +2,8 @@
 //! Stripe only for commits that a failover cannot lose, and to notice that it runs on a promoted
 //! standby.
 
+pub use onboarding_core::standby_wait::WalPosition;
 use pgrx::prelude::*;
-
-/// A WAL position (an LSN, as `pg_lsn` shows it in hex `X/Y`).
-pub type WalPosition = u64;
 
 /// The end of this backend's last commit record: a commit is safe from failover once the
 /// standbys that matter have flushed WAL up to here. (Each commit sets it; reading it after a

@@ -26,6 +26,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         stuck_call_times_out_and_is_retried,
         terminated_worker_exits_promptly_restarts_and_finishes_the_job,
         overrun_lease_is_taken_back_and_late_results_refused,
+        a_live_pid_that_did_not_claim_a_job_does_not_hold_it,
     ]
 }
 
@@ -271,4 +272,40 @@ fn overrun_lease_is_taken_back_and_late_results_refused() -> Result<(), Failed> 
     ensure(code == "55000", || format!("a late result was accepted: {code}"))?;
     operator.query(finish, &[&job]).unwrap();
     ensure(only_job(&mut db, "stuck-user")?.state == "skipped", || "the new owner's result was lost".into())
+}
+
+/// A job is held by the process that claimed it, named by pid and start time: a live process that
+/// merely has the same pid (reused, or on a promoted standby) does not keep it for the whole lease.
+fn a_live_pid_that_did_not_claim_a_job_does_not_hold_it() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_reused_pid");
+    let job = plant_running_job(&mut db, &table, "reused-pid-user", 1, "pg_backend_pid()", "now()");
+    // Claimed by "this pid" an hour before this session started: another process with the same pid.
+    db.execute(
+        "UPDATE onboarding.jobs SET claimer_started_at =
+                (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) - interval '1 hour'
+          WHERE id = $1",
+        &[&job],
+    )
+    .unwrap();
+    let mut tx = db.transaction().unwrap();
+    let taken: i32 = tx.query_one("SELECT onboarding._requeue_abandoned(6, interval '5 minutes')", &[]).unwrap().get(0);
+    let state: String = tx.query_one("SELECT state FROM onboarding.jobs WHERE id = $1", &[&job]).unwrap().get(0);
+    tx.commit().unwrap();
+    ensure(taken >= 1 && state == "pending", || {
+        format!("a job claimed by an earlier process with a live pid stayed claimed ({taken}, {state})")
+    })?;
+    // The real claimer, pid and start time, keeps its job.
+    let held = plant_running_job(&mut db, &table, "live-claimer-user", 1, "pg_backend_pid()", "now()");
+    db.execute(
+        "UPDATE onboarding.jobs SET claimer_started_at =
+                (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) WHERE id = $1",
+        &[&held],
+    )
+    .unwrap();
+    let mut tx = db.transaction().unwrap();
+    tx.query_one("SELECT onboarding._requeue_abandoned(6, interval '5 minutes')", &[]).unwrap();
+    let state: String = tx.query_one("SELECT state FROM onboarding.jobs WHERE id = $1", &[&held]).unwrap().get(0);
+    tx.commit().unwrap();
+    ensure(state == "running", || format!("a job of a live claimer was taken back ({state})"))
 }

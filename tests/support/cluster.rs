@@ -42,8 +42,7 @@ impl Cluster {
             library.display(),
             pg_config("--bindir").join("pg_config").display()
         );
-        let data_dir = std::env::temp_dir().join(format!("onboarding-tests-{}-{name}", std::process::id()));
-        let cluster = Cluster { port: free_port(), data_dir, bin_dir: pg_config("--bindir") };
+        let cluster = Cluster::unstarted(name);
         let _ = std::fs::remove_dir_all(&cluster.data_dir);
         std::fs::create_dir_all(&cluster.data_dir).unwrap();
         if running_as_root() {
@@ -143,25 +142,70 @@ impl Cluster {
         }
     }
 
-    fn pg_ctl(&self, args: &[&str], log: Option<&Path>) {
-        let mut command = Command::new(self.bin_dir.join("pg_ctl"));
-        command.arg("-D").arg(&self.data_dir).args(args);
+    /// A handle on a data directory that something else will make (pg_basebackup, say), with a
+    /// free port and the same naming as [`Cluster::start`]; nothing is created or started.
+    pub fn unstarted(name: &str) -> Cluster {
+        Cluster {
+            port: free_port(),
+            data_dir: std::env::temp_dir().join(format!("onboarding-tests-{}-{name}", std::process::id())),
+            bin_dir: pg_config("--bindir"),
+        }
+    }
+
+    /// The postmaster's pid, from postmaster.pid (None when the server is not running).
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let pid_file = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        pid_file.lines().next()?.trim().parse().ok()
+    }
+
+    /// What `pg_ctl stop -m immediate` does (SIGQUIT to the postmaster, then wait until it is
+    /// gone), without pg_ctl's start-up time, so the kill lands at the moment the test chose.
+    pub fn crash(&self) {
+        let Some(pid) = self.postmaster_pid() else { return };
+        send_signal(pid, SIGQUIT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.postmaster_pid().is_some() {
+            assert!(Instant::now() < deadline, "the postmaster {pid} did not exit within 30 s of SIGQUIT");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the server if one runs (`-m immediate`: nothing is kept) and removes the data
+    /// directory (kept with ONBOARDING_KEEP_CLUSTERS=1). For servers a test crashed, left
+    /// mid-shutdown or never started; errors are ignored.
+    pub fn discard(&self) {
+        if self.data_dir.join("postmaster.pid").exists() {
+            self.try_pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]);
+        }
+        if std::env::var_os("ONBOARDING_KEEP_CLUSTERS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+
+    /// `pg_ctl -D <data dir> <args>` as `postgres`; panics if it fails.
+    pub fn pg_ctl(&self, args: &[&str], log: Option<&Path>) {
+        let mut command = self.pg_ctl_command(args);
         if let Some(log) = log {
             command.arg(log);
         }
         self.run(&mut command, true);
     }
 
-    /// Runs a command, as `postgres` when we are root and `as_postgres` is set.
-    fn run(&self, command: &mut Command, as_postgres: bool) {
-        let mut command = if as_postgres && running_as_root() {
-            let mut wrapped = Command::new("runuser");
-            wrapped.args(["-u", "postgres", "--"]).arg(command.get_program()).args(command.get_args());
-            wrapped
-        } else {
-            std::mem::replace(command, Command::new("true"))
-        };
-        let out = command.current_dir(std::env::temp_dir()).output().expect("spawn");
+    /// `pg_ctl -D <data dir> <args>` as `postgres`; whether it succeeded (a stop with `-t` that
+    /// ran out of time, a stop that found no server).
+    pub fn try_pg_ctl(&self, args: &[&str]) -> bool {
+        self.output(&mut self.pg_ctl_command(args), true).1.status.success()
+    }
+
+    fn pg_ctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(self.bin_dir.join("pg_ctl"));
+        command.arg("-D").arg(&self.data_dir).args(args);
+        command
+    }
+
+    /// Runs a command, as `postgres` when we are root and `as_postgres` is set; panics if it fails.
+    pub fn run(&self, command: &mut Command, as_postgres: bool) {
+        let (command, out) = self.output(command, as_postgres);
         assert!(
             out.status.success(),
             "{:?} failed: {}\n{}",
@@ -170,4 +214,31 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    /// Runs a command (as `postgres` when we are root and `as_postgres` is set) and returns it as
+    /// run, with its output.
+    fn output(&self, command: &mut Command, as_postgres: bool) -> (Command, std::process::Output) {
+        let mut command = if as_postgres && running_as_root() {
+            let mut wrapped = Command::new("runuser");
+            wrapped.args(["-u", "postgres", "--"]).arg(command.get_program()).args(command.get_args());
+            wrapped
+        } else {
+            std::mem::replace(command, Command::new("true"))
+        };
+        let out = command.current_dir(std::env::temp_dir()).output().expect("spawn");
+        (command, out)
+    }
+}
+
+pub const SIGQUIT: i32 = 3;
+pub const SIGTERM: i32 = 15;
+pub const SIGCONT: i32 = 18;
+pub const SIGSTOP: i32 = 19;
+
+/// kill(2); whether the signal was sent (false when the process is gone).
+pub fn send_signal(pid: i32, signal: i32) -> bool {
+    unsafe extern "C" {
+        fn kill(pid: i32, signal: i32) -> i32;
+    }
+    unsafe { kill(pid, signal) == 0 }
 }

@@ -1,3 +1,4 @@
 pub mod cluster;
+pub mod replication;
 pub mod schema;
 pub mod wait;

@@ -1,0 +1,537 @@
+//! The failover test (issue 12, "exactly once across replicas and failover"): profiles inserted in
+//! batches on a primary with a streaming standby, the primary killed with `-m immediate` while the
+//! worker provisions them, the standby promoted and more profiles inserted there. Each scenario then
+//! waits until every profile on the new primary has its customer and prints what the switch cost:
+//!
+//! 1. backlog: a low rate budget leaves a backlog in the intake; the asynchronous standby has
+//!    every insert but not the worker's last promotions and claims when the primary dies;
+//! 2. sync, stalled: a synchronous standby whose walreceiver is stopped before a batch that the
+//!    application commits with `synchronous_commit = local`; `onboarding.wait_for_standbys` set;
+//! 3. async, no waiting: the standby stalled for the last batch, `onboarding.wait_for_standbys`
+//!    off: the old primary creates customers the new primary has no profile for, which the new
+//!    primary must find and delete by itself.
+//!
+//! Plus two checks that need a standby: `get_or_create_customer` refused at once on a standby, and a
+//! worker waiting for a stalled synchronous standby that still obeys pg_terminate_backend and a
+//! fast shutdown.
+//!
+//!   cargo test -p onboarding --test failover
+//!   cargo test -p onboarding --test failover -- backlog     # only the runs whose title says so
+//!
+//! Needs the extension installed (`cargo pgrx install`), like the end-to-end tests.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Failed;
+use postgres::Client;
+use stripe_emulator::{Emulator, EmulatorConfig};
+use support::cluster::Cluster;
+use support::replication::{Replicated, STANDBY_NAME};
+use support::wait::wait_for;
+
+const API_KEY: &str = "sk_test_FAILOVERCANARY5d2e8a17";
+/// Profiles per inserting transaction.
+const BATCH: i32 = 20;
+/// How long the new primary may take to find and delete the customers the old one made for
+/// profiles it never received (scenario 3).
+const SWEEP_DEADLINE: Duration = Duration::from_secs(60);
+const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test -- --list`: nothing to list, this binary is one run
+    }
+    let started = Instant::now();
+    let runs: [(&str, Run); 4] = [
+        ("1. backlog: async standby with every insert, rate budget 30/s, its claims after them lost", backlog),
+        ("2. sync standby stalled, application commits local, wait_for_standbys = 'standby1'", sync_stalled),
+        ("3. async standby stalled for the last batch, wait_for_standbys off", async_lagging),
+        ("4. a standby and a stalled synchronous standby", standby_checks),
+    ];
+    // `cargo test --test failover -- sync` runs the runs whose title contains "sync".
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let mut failed = 0;
+    for (title, run) in runs.into_iter().filter(|(title, _)| filters.iter().all(|f| title.contains(f.as_str()))) {
+        println!("\nfailover {title}");
+        let report = run().unwrap_or_else(|e| {
+            let mut report = Report::default();
+            report.check(format!("ran to the end: {}", e.message().unwrap_or("failed")), false);
+            report
+        });
+        failed += report.print();
+    }
+    println!("\nfailover: total wall time {:.1} s, {failed} checks failed", started.elapsed().as_secs_f64());
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// One scenario or group of checks, on its own servers and emulator.
+type Run = fn() -> Result<Report, Failed>;
+
+/// Figures and checks of one run, printed like chaos.rs prints them.
+#[derive(Default)]
+struct Report {
+    /// A line and its verdict (None: a figure without a target).
+    lines: Vec<(String, Option<bool>)>,
+}
+
+impl Report {
+    fn check(&mut self, line: String, ok: bool) {
+        self.lines.push((line, Some(ok)));
+    }
+
+    fn figure(&mut self, line: String) {
+        self.lines.push((line, None));
+    }
+
+    /// Prints the lines; returns how many checks failed.
+    fn print(&self) -> usize {
+        for (line, verdict) in &self.lines {
+            let mark = match verdict {
+                Some(true) => "ok  ",
+                Some(false) => "FAIL",
+                None => "    ",
+            };
+            println!("  {mark} {line}");
+        }
+        self.lines.iter().filter(|(_, verdict)| *verdict == Some(false)).count()
+    }
+}
+
+fn start_emulator() -> Emulator {
+    Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })
+        .expect("start the Stripe emulator")
+}
+
+/// The primary's settings: chaos.rs's, with one worker claiming small batches (so it claims often),
+/// then `extra` (later lines win).
+fn primary_settings(stripe: &Emulator, extra: &str) -> String {
+    format!(
+        "onboarding.stripe_api_base = '{}'\n\
+         onboarding.stripe_api_key = '{API_KEY}'\n\
+         onboarding.workers = 1\n\
+         onboarding.batch_size = 5\n\
+         onboarding.poll_interval = '500ms'\n\
+         onboarding.retry_base_delay = '50ms'\n\
+         onboarding.retry_max_delay = '1s'\n\
+         onboarding.max_attempts = 25\n\
+         onboarding.connect_timeout = '1s'\n\
+         onboarding.request_timeout = '1s'\n\
+         onboarding.lease = '15s'\n\
+         onboarding.rate_limit = 0\n\
+         {extra}",
+        stripe.base_url()
+    )
+}
+
+/// The standby's copy of postgresql.conf, once promoted, has no standby behind it: its commits
+/// must not wait for one, and it drains at full speed (a rate budget only makes the backlog).
+const STANDBY_SETTINGS: &str =
+    "synchronous_standby_names = ''\nonboarding.wait_for_standbys = ''\nonboarding.rate_limit = 0\n";
+
+/// Creates the profiles table on the primary, attached, and waits for the standby to stream.
+/// Returns an application session: it commits without waiting for standbys
+/// (`synchronous_commit = local`; with an asynchronous standby that changes nothing).
+fn set_up(pair: &Replicated, sync: bool) -> Result<Client, Failed> {
+    pair.wait_streaming(sync)?;
+    pair.primary.connect().batch_execute(
+        "CREATE EXTENSION onboarding;
+         CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+             stripe_customer_id text, stripe_connect_account_id text);
+         SELECT onboarding.attach('public.profiles');",
+    )?;
+    app_session(&pair.primary)
+}
+
+fn app_session(server: &Cluster) -> Result<Client, Failed> {
+    let mut db = server.connect();
+    db.batch_execute("SET synchronous_commit = local")?;
+    Ok(db)
+}
+
+/// Inserts `batches` transactions of [`BATCH`] profiles; returns the ids whose COMMIT returned OK.
+fn insert_batches(db: &mut Client, batches: usize) -> Result<Vec<String>, Failed> {
+    let mut acknowledged = Vec::new();
+    for _ in 0..batches {
+        let mut tx = db.transaction()?;
+        let rows = tx.query(
+            "INSERT INTO public.profiles (email)
+             SELECT 'failover-' || g || '-' || md5(random()::text) || '@example.com' FROM generate_series(1, $1) g
+             RETURNING id::text",
+            &[&BATCH],
+        )?;
+        tx.commit()?;
+        acknowledged.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    Ok(acknowledged)
+}
+
+fn count(db: &mut Client, sql: &str) -> Option<i64> {
+    db.query_one(sql, &[]).ok().map(|row| row.get(0))
+}
+
+/// Every profile's id and customer column.
+fn profiles_with_customers(db: &mut Client) -> Result<HashMap<String, Option<String>>, Failed> {
+    let rows = db.query("SELECT id::text, stripe_customer_id FROM public.profiles", &[])?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// POSTs to /v1/customers so far.
+fn customer_posts(stripe: &Emulator) -> Vec<stripe_emulator::RecordedRequest> {
+    stripe.requests().into_iter().filter(|r| r.method == "POST" && r.path == "/v1/customers").collect()
+}
+
+/// `metadata[user_id]` of a customer, or of a create request's parameters.
+fn user_of(object: &serde_json::Value) -> String {
+    object["metadata"]["user_id"].as_str().unwrap_or_default().to_string()
+}
+
+fn scenario(
+    name: &str,
+    primary_extra: &str,
+    sync: bool,
+    before_the_kill: impl FnOnce(&Replicated, &Emulator, &mut Client) -> Result<Vec<String>, Failed>,
+    expect: Expect,
+) -> Result<Report, Failed> {
+    let stripe = start_emulator();
+    let pair = Replicated::start(name, &primary_settings(&stripe, primary_extra), STANDBY_SETTINGS);
+    let mut db = set_up(&pair, sync)?;
+    let acknowledged = before_the_kill(&pair, &stripe, &mut db)?;
+    let promotion = pair.fail_over()?;
+    after_failover(&pair, &stripe, &acknowledged, promotion, expect)
+}
+
+/// What a scenario asserts beyond zero duplicates.
+enum Expect {
+    /// The standby was caught up: no acknowledged commit is lost.
+    NothingLost,
+    /// The last `n` acknowledged commits never reached the standby, and no customer was ever
+    /// created for them.
+    LostWithoutCustomers(usize),
+    /// The last `n` acknowledged commits never reached the standby; their customers are deleted
+    /// by the new primary within [`SWEEP_DEADLINE`].
+    LostAndSwept(usize),
+}
+
+/// Scenario 1.
+fn backlog() -> Result<Report, Failed> {
+    let budget = "onboarding.rate_limit = 30\nonboarding.rate_burst = 1\n";
+    scenario("backlog", budget, false, kill_at_a_call_with_backlog, Expect::NothingLost)
+}
+
+/// Inserts 160 profiles, waits for the standby to have them all and for the worker to be well
+/// into them with a backlog left, then stops the standby's WAL receiver: the intake rows are
+/// replicated, but the promotions and claims of the next 20 Stripe calls are not. Crashes the
+/// primary once those calls have arrived: the new primary promotes the same intake rows again.
+fn kill_at_a_call_with_backlog(pair: &Replicated, stripe: &Emulator, db: &mut Client) -> Result<Vec<String>, Failed> {
+    let acknowledged = insert_batches(db, 8)?;
+    pair.wait_caught_up()?;
+    wait_for("30 Stripe calls with a backlog left in the intake", Duration::from_secs(30), || {
+        let backlog = count(db, "SELECT count(*) FROM onboarding.intake")?;
+        (customer_posts(stripe).len() >= 30 && backlog > 0).then_some(())
+    })?;
+    pair.stall_walreceiver()?;
+    let calls = customer_posts(stripe).len();
+    if !stripe.wait_for(Duration::from_secs(10), |s| customer_posts(s).len() >= calls + 20) {
+        return Err("fewer than 20 Stripe calls in 10 s while a backlog waited".into());
+    }
+    Ok(acknowledged)
+}
+
+/// Scenario 2.
+fn sync_stalled() -> Result<Report, Failed> {
+    let settings =
+        format!("synchronous_standby_names = '{STANDBY_NAME}'\nonboarding.wait_for_standbys = '{STANDBY_NAME}'\n");
+    scenario("sync", &settings, true, stall_then_insert_and_wait_for_the_worker, Expect::LostWithoutCustomers(40))
+}
+
+/// 60 profiles the standby gets, then its walreceiver stopped and 40 more committed locally;
+/// waits until the worker either waits for the standby (a commit in SyncRep) or calls Stripe for
+/// one of the 40 (which the check after the failover then counts).
+fn stall_then_insert_and_wait_for_the_worker(
+    pair: &Replicated,
+    stripe: &Emulator,
+    db: &mut Client,
+) -> Result<Vec<String>, Failed> {
+    let mut acknowledged = insert_batches(db, 3)?;
+    pair.wait_caught_up()?;
+    pair.stall_walreceiver()?;
+    let unreplicated = insert_batches(db, 2)?;
+    let unreplicated_users: HashSet<&String> = unreplicated.iter().collect();
+    let waiting = wait_for("the worker to wait for the standby or call Stripe", Duration::from_secs(10), || {
+        let in_sync_rep = count(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'onboarding worker' AND wait_event = 'SyncRep'",
+        )? > 0;
+        let called = customer_posts(stripe).iter().any(|r| unreplicated_users.contains(&user_of(&r.params)));
+        (in_sync_rep || called).then_some(())
+    });
+    if waiting.is_err() {
+        println!("       (the worker neither waited in SyncRep nor called Stripe within 10 s; failing over anyway)");
+    }
+    acknowledged.extend(unreplicated);
+    Ok(acknowledged)
+}
+
+/// Scenario 3.
+fn async_lagging() -> Result<Report, Failed> {
+    scenario(
+        "async",
+        "onboarding.wait_for_standbys = ''\n",
+        false,
+        stall_then_insert_and_wait_for_customers,
+        Expect::LostAndSwept(40),
+    )
+}
+
+/// 60 profiles the standby gets, then its walreceiver stopped and 40 more; waits until the old
+/// primary has created customers for all 40, which the new primary will never see.
+fn stall_then_insert_and_wait_for_customers(
+    pair: &Replicated,
+    stripe: &Emulator,
+    db: &mut Client,
+) -> Result<Vec<String>, Failed> {
+    let mut acknowledged = insert_batches(db, 3)?;
+    pair.wait_caught_up()?;
+    pair.stall_walreceiver()?;
+    let unreplicated = insert_batches(db, 2)?;
+    let provisioned = stripe.wait_for(Duration::from_secs(30), |s| {
+        let users: HashSet<String> = s.customers().iter().map(user_of).collect();
+        unreplicated.iter().all(|u| users.contains(u))
+    });
+    if !provisioned {
+        return Err("the old primary did not provision the unreplicated profiles within 30 s".into());
+    }
+    acknowledged.extend(unreplicated);
+    Ok(acknowledged)
+}
+
+/// After the promotion: another batch on the new primary, the wait for every profile's customer
+/// (and, in scenario 3, for the old primary's orphans to go), then the figures.
+fn after_failover(
+    pair: &Replicated,
+    stripe: &Emulator,
+    acknowledged: &[String],
+    promotion: Duration,
+    expect: Expect,
+) -> Result<Report, Failed> {
+    let promoted_at = Instant::now();
+    let mut report = Report::default();
+    report.figure(format!("promotion                                      {:.1} s", promotion.as_secs_f64()));
+    let mut db = app_session(&pair.standby)?;
+    insert_batches(&mut db, 1)?;
+    let profiles = profiles_with_customers(&mut db)?;
+    let orphans = |stripe: &Emulator| stripe.customers().iter().filter(|c| !profiles.contains_key(&user_of(c))).count();
+
+    if let Expect::LostAndSwept(_) = expect {
+        let swept = stripe.wait_for(SWEEP_DEADLINE.saturating_sub(promoted_at.elapsed()), |s| orphans(s) == 0);
+        let took = promoted_at.elapsed().as_secs_f64();
+        report.check(
+            if swept {
+                format!("orphans deleted by the new primary after        {took:.1} s")
+            } else {
+                format!("orphans deleted by the new primary            still {} after {took:.1} s", orphans(stripe))
+            },
+            swept,
+        );
+    }
+    let drained = wait_for("every profile's customer, no open job", DRAIN_DEADLINE, || {
+        count(
+            &mut db,
+            "SELECT (SELECT count(*) FROM public.profiles WHERE stripe_customer_id IS NULL)
+                  + (SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running'))
+                  + (SELECT count(*) FROM onboarding.intake)",
+        )
+        .filter(|open| *open == 0)
+    });
+    report.check(format!("new primary drained (deadline {DRAIN_DEADLINE:?})"), drained.is_ok());
+
+    // Re-read: the customers written back since.
+    let profiles = profiles_with_customers(&mut db)?;
+    let lost = acknowledged.iter().filter(|id| !profiles.contains_key(*id)).count();
+    match expect {
+        Expect::NothingLost => {
+            report.check(format!("acknowledged commits lost                      {lost}"), lost == 0)
+        }
+        Expect::LostWithoutCustomers(n) | Expect::LostAndSwept(n) => report.check(
+            format!("acknowledged commits lost                      {lost} (the stalled batches: {n})"),
+            lost == n,
+        ),
+    }
+
+    let customers = stripe.customers();
+    let mut by_user: HashMap<String, Vec<String>> = HashMap::new();
+    for c in &customers {
+        by_user.entry(user_of(c)).or_default().push(c["id"].as_str().unwrap_or_default().to_string());
+    }
+    let exactly_one = profiles
+        .iter()
+        .filter(|(user, linked)| {
+            by_user.get(*user).is_some_and(|ids| ids.len() == 1 && Some(&ids[0]) == linked.as_ref())
+        })
+        .count();
+    let duplicated = profiles.keys().filter(|user| by_user.get(*user).is_some_and(|ids| ids.len() > 1)).count();
+    report.check(
+        format!(
+            "surviving profiles with exactly one customer   {exactly_one} / {} ({duplicated} with more than one)",
+            profiles.len()
+        ),
+        exactly_one == profiles.len() && duplicated == 0,
+    );
+
+    let orphans_left = customers.iter().filter(|c| !profiles.contains_key(&user_of(c))).count();
+    let posts = customer_posts(stripe);
+    let created_for_lost = posts
+        .iter()
+        .filter(|r| r.status == Some(200) && !r.replayed && !profiles.contains_key(&user_of(&r.params)))
+        .count();
+    let orphan_line = format!("customers without a profile (live)             {orphans_left}");
+    let created_line = format!("customers ever created for lost profiles       {created_for_lost}");
+    match expect {
+        Expect::LostWithoutCustomers(_) => {
+            report.check(orphan_line, orphans_left == 0);
+            report.check(created_line, created_for_lost == 0);
+        }
+        Expect::NothingLost | Expect::LostAndSwept(_) => {
+            report.figure(orphan_line);
+            report.figure(created_line);
+        }
+    }
+
+    // The first create the emulator saw for a profile carries the key its job was created with;
+    // a job created again after the failover (its claim lost) shows as a different key.
+    let mut first_key: HashMap<String, Option<String>> = HashMap::new();
+    for r in &posts {
+        first_key.entry(user_of(&r.params)).or_insert_with(|| r.idempotency_key.clone());
+    }
+    let mut succeeded_keys: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &db.query(
+        "SELECT user_id, idempotency_key FROM onboarding.jobs WHERE kind = 'create_customer' AND state = 'succeeded'",
+        &[],
+    )? {
+        succeeded_keys.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    let original_key = profiles
+        .keys()
+        .filter(|user| {
+            let first = first_key.get(*user).cloned().flatten();
+            succeeded_keys.get(*user).is_some_and(|keys| keys.iter().any(|k| Some(k) == first.as_ref()))
+        })
+        .count();
+    report.figure(format!("jobs finished under their original key         {original_key} / {}", profiles.len()));
+    Ok(report)
+}
+
+/// The two checks on one primary with a synchronous standby: `get_or_create_customer` on the
+/// standby, then a worker stuck behind the stalled standby.
+fn standby_checks() -> Result<Report, Failed> {
+    let stripe = start_emulator();
+    let settings = primary_settings(&stripe, &format!("synchronous_standby_names = '{STANDBY_NAME}'\n"));
+    let pair = Replicated::start("checks", &settings, STANDBY_SETTINGS);
+    let mut db = set_up(&pair, true)?;
+    let mut report = Report::default();
+    refused_on_the_standby(&pair, &mut db, &mut report)?;
+    worker_stuck_behind_a_stalled_standby(&pair, &mut db, &mut report)?;
+    Ok(report)
+}
+
+/// `get_or_create_customer` on a standby (no worker runs there) must fail at once with 25006.
+fn refused_on_the_standby(pair: &Replicated, db: &mut Client, report: &mut Report) -> Result<(), Failed> {
+    // Without the trigger (replica role), so the profile stays without a customer.
+    let mut tx = db.transaction()?;
+    tx.batch_execute("SET LOCAL session_replication_role = replica")?;
+    let user: String = tx
+        .query_one("INSERT INTO public.profiles (email) VALUES ('standby@example.com') RETURNING id::text", &[])?
+        .get(0);
+    tx.commit()?;
+    pair.wait_caught_up()?;
+    let wait_ms = 4000;
+    let started = Instant::now();
+    let outcome =
+        pair.standby.connect().query_one("SELECT onboarding.get_or_create_customer($1, $2)", &[&user, &wait_ms]);
+    let took = started.elapsed();
+    let (code, message) = match &outcome {
+        Ok(row) => ("none".to_string(), format!("returned {:?}", row.get::<_, Option<String>>(0))),
+        Err(e) => match e.as_db_error() {
+            Some(db_error) => (db_error.code().code().to_string(), db_error.message().to_string()),
+            None => ("none".to_string(), e.to_string()),
+        },
+    };
+    report.check(
+        format!(
+            "get_or_create_customer on the standby          {code} after {} ms (wait_ms {wait_ms}): {message}",
+            took.as_millis()
+        ),
+        code == "25006" && message.contains("standby") && took < Duration::from_secs(1),
+    );
+    // A profile that has its customer is answered there: nothing needs a worker.
+    let provisioned: String = db
+        .query_one("INSERT INTO public.profiles (email) VALUES ('on-both@example.com') RETURNING id::text", &[])?
+        .get(0);
+    let customer = wait_for("a customer on the primary", Duration::from_secs(20), || {
+        db.query_one("SELECT stripe_customer_id FROM public.profiles WHERE id::text = $1", &[&provisioned])
+            .ok()?
+            .get::<_, Option<String>>(0)
+    })?;
+    pair.wait_caught_up()?;
+    let answered: Option<String> = pair
+        .standby
+        .connect()
+        .query_one("SELECT onboarding.get_or_create_customer($1)", &[&provisioned])
+        .ok()
+        .and_then(|row| row.get(0));
+    report.check(
+        format!("get_or_create_customer of a provisioned profile on the standby  {answered:?}"),
+        answered.as_deref() == Some(customer.as_str()),
+    );
+    Ok(())
+}
+
+/// A worker whose commit waits for a stalled synchronous standby must still exit on
+/// pg_terminate_backend within a few seconds, and a fast shutdown must complete.
+fn worker_stuck_behind_a_stalled_standby(
+    pair: &Replicated,
+    db: &mut Client,
+    report: &mut Report,
+) -> Result<(), Failed> {
+    pair.stall_walreceiver()?;
+    insert_batches(db, 1)?;
+    let worker = wait_for("the worker's commit to wait for the standby", Duration::from_secs(10), || {
+        db.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'onboarding worker' AND wait_event = 'SyncRep'",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .map(|row| row.get::<_, i32>(0))
+    })?;
+    let started = Instant::now();
+    db.execute("SELECT pg_terminate_backend($1)", &[&worker])?;
+    let exited = wait_for("the terminated worker to exit", Duration::from_secs(5), || {
+        let row = db.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&worker]).ok()?;
+        (row.get::<_, i64>(0) == 0).then_some(())
+    });
+    report.check(
+        match exited {
+            Ok(()) => format!("worker in SyncRep exits on pg_terminate_backend  {} ms", started.elapsed().as_millis()),
+            Err(_) => "worker in SyncRep exits on pg_terminate_backend  still there after 5 s".to_string(),
+        },
+        exited.is_ok(),
+    );
+    let deadline = 15;
+    let started = Instant::now();
+    let stopped = pair.primary.try_pg_ctl(&["stop", "-m", "fast", "-w", "-t", &deadline.to_string()]);
+    report.check(
+        format!(
+            "pg_ctl stop -m fast with the standby stalled   {} after {:.1} s (deadline {deadline} s)",
+            if stopped { "stopped" } else { "still running" },
+            started.elapsed().as_secs_f64()
+        ),
+        stopped,
+    );
+    Ok(())
+}
