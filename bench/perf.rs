@@ -6,7 +6,9 @@
 //! 3. throughput with 250 ms Stripe, budget off and at 100/s (peak in-flight, 429s);
 //! 4. trigger cost: single-row INSERT+COMMIT per second with and without the trigger (pgbench),
 //!    with the worker paused and as deployed;
-//! 5. the worker's resident memory before and after many jobs.
+//! 5. the worker's resident memory before and after many jobs;
+//! 6. the price of waiting for a standby: line 1 again on a primary with a streaming standby on
+//!    loopback, not waited for, named in `onboarding.wait_for_standbys`, and synchronous.
 //!
 //! Sizes can be lowered for a quick look: BENCH_THROUGHPUT, BENCH_SLOW, BENCH_MEMORY (profiles);
 //! BENCH_ONLY=1,4 runs only those parts.
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 use stripe_emulator::{Emulator, EmulatorConfig};
 use support::cluster::Cluster;
+use support::replication::{Replicated, STANDBY_NAME};
 use support::wait::open_work;
 
 const API_KEY: &str = "sk_test_benchmark0000000000";
@@ -194,7 +197,37 @@ fn main() {
         );
     }
     cluster.stop();
+    if part("6") {
+        standby_wait_cost(&settings, &row);
+    }
     println!();
+}
+
+/// Line 6: commit -> written back, one at a time, on a primary with a streaming standby, as
+/// deployed three ways. fsync is off on both servers (as everywhere here): what a standby adds is
+/// its round trip and WAL receiver, not its disk.
+fn standby_wait_cost(settings: &str, row: &dyn Fn(&str, String, &str)) {
+    let pair = Replicated::start("bench-standby", settings, "");
+    let mut db = pair.primary.connect();
+    db.batch_execute(
+        "CREATE EXTENSION onboarding;
+         CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+             stripe_customer_id text, stripe_connect_account_id text);
+         SELECT onboarding.attach('public.profiles');",
+    )
+    .unwrap();
+    pair.wait_streaming(false).expect("the standby streams");
+    let samples = size("BENCH_STANDBY", 300) as usize;
+    let (base50, _, base99) = latency(&mut db, samples);
+    row("6a. line 1 with an async standby, not waited for: p50 / p99", format!("{base50:.1} / {base99:.1} ms"), "-");
+    let against_base = |label: &str, (p50, _, p99): (f64, f64, f64)| {
+        row(label, format!("{p50:.1} / {p99:.1} ms ({:.2}x / {:.2}x)", p50 / base50, p99 / base99), "-");
+    };
+    set(&mut db, &[("onboarding.wait_for_standbys", STANDBY_NAME)]);
+    against_base("6b. the same, standby in onboarding.wait_for_standbys", latency(&mut db, samples));
+    set(&mut db, &[("onboarding.wait_for_standbys", ""), ("synchronous_standby_names", STANDBY_NAME)]);
+    pair.wait_streaming(true).expect("the standby is synchronous");
+    against_base("6c. the same, synchronous standby (commits wait too)", latency(&mut db, samples));
 }
 
 fn cores() -> usize {

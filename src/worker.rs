@@ -59,6 +59,9 @@ const MIN_SLEEP: Duration = Duration::from_millis(20);
 /// While calls are in flight, how often the loop looks up from them (wake-ups, requests).
 const TICK: Duration = Duration::from_millis(5);
 
+/// While calls wait for standbys (and none are in flight), how often to look whether they may go.
+const STANDBY_POLL: Duration = Duration::from_millis(1);
+
 /// At capacity, how often commit wake-ups may top up the pending jobs from the intake.
 const TOP_UP_EVERY: Duration = Duration::from_millis(25);
 
@@ -274,8 +277,9 @@ impl Worker {
         }
         let mut wait = self.next_claim.saturating_duration_since(Instant::now());
         if self.standby_gate.held_calls() > 0 {
-            // Standbys confirm without waking us: look again every tick.
-            wait = wait.min(TICK);
+            // Standbys confirm without waking us: look again soon (a read of shared memory, or
+            // of pg_stat_replication for onboarding.wait_for_standbys).
+            wait = wait.min(STANDBY_POLL);
         }
         // Another worker may finish a watched job without waking us: watch closely meanwhile.
         if self.resolve_requests() {

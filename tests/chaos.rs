@@ -50,21 +50,7 @@ fn main() {
     let stripe = Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })
         .expect("start the Stripe emulator");
     stripe.set_random_faults(FAULT_RATE, faults());
-    let settings = format!(
-        "onboarding.stripe_api_base = '{}'\n\
-         onboarding.stripe_api_key = '{API_KEY}'\n\
-         onboarding.workers = 2\n\
-         onboarding.batch_size = 10\n\
-         onboarding.poll_interval = '500ms'\n\
-         onboarding.retry_base_delay = '50ms'\n\
-         onboarding.retry_max_delay = '1s'\n\
-         onboarding.max_attempts = 25\n\
-         onboarding.connect_timeout = '1s'\n\
-         onboarding.request_timeout = '1s'\n\
-         onboarding.lease = '15s'\n\
-         onboarding.rate_limit = 0\n",
-        stripe.base_url()
-    );
+    let settings = support::settings::fast_recovery(&stripe.base_url(), API_KEY, 2, 10);
     let cluster = Cluster::start("chaos", &settings);
     let outcome = run(&cluster, &stripe, profiles);
     cluster.stop();

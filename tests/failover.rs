@@ -110,22 +110,7 @@ fn start_emulator() -> Emulator {
 /// The primary's settings: chaos.rs's, with one worker claiming small batches (so it claims often),
 /// then `extra` (later lines win).
 fn primary_settings(stripe: &Emulator, extra: &str) -> String {
-    format!(
-        "onboarding.stripe_api_base = '{}'\n\
-         onboarding.stripe_api_key = '{API_KEY}'\n\
-         onboarding.workers = 1\n\
-         onboarding.batch_size = 5\n\
-         onboarding.poll_interval = '500ms'\n\
-         onboarding.retry_base_delay = '50ms'\n\
-         onboarding.retry_max_delay = '1s'\n\
-         onboarding.max_attempts = 25\n\
-         onboarding.connect_timeout = '1s'\n\
-         onboarding.request_timeout = '1s'\n\
-         onboarding.lease = '15s'\n\
-         onboarding.rate_limit = 0\n\
-         {extra}",
-        stripe.base_url()
-    )
+    support::settings::fast_recovery(&stripe.base_url(), API_KEY, 1, 5) + extra
 }
 
 /// The standby's copy of postgresql.conf, once promoted, has no standby behind it: its commits
@@ -257,10 +242,7 @@ fn stall_then_insert_and_wait_for_the_worker(
     stripe: &Emulator,
     db: &mut Client,
 ) -> Result<Vec<String>, Failed> {
-    let mut acknowledged = insert_batches(db, 3)?;
-    pair.wait_caught_up()?;
-    pair.stall_walreceiver()?;
-    let unreplicated = insert_batches(db, 2)?;
+    let (mut acknowledged, unreplicated) = replicate_then_stall(pair, db)?;
     let unreplicated_users: HashSet<&String> = unreplicated.iter().collect();
     let waiting = wait_for("the worker to wait for the standby or call Stripe", Duration::from_secs(10), || {
         let in_sync_rep = count(
@@ -275,6 +257,15 @@ fn stall_then_insert_and_wait_for_the_worker(
     }
     acknowledged.extend(unreplicated);
     Ok(acknowledged)
+}
+
+/// Inserts 60 profiles the standby gets, stops its walreceiver, then inserts 40 more. Returns
+/// both sets.
+fn replicate_then_stall(pair: &Replicated, db: &mut Client) -> Result<(Vec<String>, Vec<String>), Failed> {
+    let replicated = insert_batches(db, 3)?;
+    pair.wait_caught_up()?;
+    pair.stall_walreceiver()?;
+    Ok((replicated, insert_batches(db, 2)?))
 }
 
 /// Scenario 3.
@@ -295,10 +286,7 @@ fn stall_then_insert_and_wait_for_customers(
     stripe: &Emulator,
     db: &mut Client,
 ) -> Result<Vec<String>, Failed> {
-    let mut acknowledged = insert_batches(db, 3)?;
-    pair.wait_caught_up()?;
-    pair.stall_walreceiver()?;
-    let unreplicated = insert_batches(db, 2)?;
+    let (mut acknowledged, unreplicated) = replicate_then_stall(pair, db)?;
     let provisioned = stripe.wait_for(Duration::from_secs(30), |s| {
         let users: HashSet<String> = s.customers().iter().map(user_of).collect();
         unreplicated.iter().all(|u| users.contains(u))

@@ -1,4 +1,5 @@
 pub mod cluster;
 pub mod replication;
 pub mod schema;
+pub mod settings;
 pub mod wait;
