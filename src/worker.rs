@@ -297,7 +297,7 @@ impl Worker {
 
     /// After a promotion: sweeps Stripe for objects the old primary left behind, until done.
     fn sweep_after_promotion(&mut self) {
-        let Some(sweep) = &self.sweep else { return };
+        let Some(sweep) = self.sweep.as_ref().filter(|sweep| sweep.due()) else { return };
         let client = self.client.as_ref().expect("sweeps run with a client");
         if failover::sweep(sweep, &self.runtime, client, self.budget.as_ref()) {
             self.sweep = None;

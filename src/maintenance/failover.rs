@@ -1,23 +1,37 @@
 //! After a promotion: the old primary may have called Stripe for commits this server never
 //! received. Each worker notes the WAL timeline before its first claim; the first on a new one
 //! takes back the old primary's running jobs and marks what it attempted to look up before
-//! creating (`onboarding._note_timeline`), then one worker sweeps Stripe's customers and accounts
-//! created since shortly before the last replicated commit, and sql/failover.sql decides what
-//! each needs (nothing, adoption by its profile's job, or deletion as an orphan).
+//! creating (`onboarding._note_timeline`); then (a worker that finds the sweep unfinished) sweeps
+//! Stripe's customers and accounts created since shortly before the last replicated commit, and
+//! sql/failover.sql decides what each needs (nothing, adoption by its profile's job, or deletion
+//! as an orphan).
+
+use std::time::Instant;
 
 use onboarding_core::budget::Gcra;
 use onboarding_core::stripe::{ListKind, StripeClient};
 use pgrx::prelude::*;
 use serde_json::{Value, json};
 
+use crate::gucs;
 use crate::maintenance::listing::for_each_page;
 use crate::pg::replication;
 use crate::pg::transaction::in_transaction;
 
-/// A sweep to do: objects created since `from` (Unix seconds), for `timeline`.
+/// A sweep to do: objects created since `from` (Unix seconds), for `timeline`, once
+/// `not_before` has passed.
 pub struct Sweep {
     timeline: u32,
     from: i64,
+    /// A request the old primary sent just before it died may still be executing at Stripe: the
+    /// sweep waits one `onboarding.request_timeout` after the promotion was noticed.
+    not_before: Instant,
+}
+
+impl Sweep {
+    pub fn due(&self) -> bool {
+        Instant::now() >= self.not_before
+    }
 }
 
 /// Records the timeline this worker runs on (`onboarding._note_timeline`); returns the sweep due,
@@ -31,13 +45,14 @@ pub fn note_timeline() -> Result<Option<Sweep>, String> {
         )
     })?
     .map_err(|e| e.to_string())?;
-    Ok(from.map(|from| Sweep { timeline, from: from.floor() as i64 }))
+    let not_before = Instant::now() + gucs::request_timeout();
+    Ok(from.map(|from| Sweep { timeline, from: from.floor() as i64, not_before }))
 }
 
 /// Sweeps customers, then (where a table has a Connect column) accounts. Returns whether the
 /// sweep is done; a failed one is tried again at the next maintenance.
 pub fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeClient, budget: Option<&Gcra>) -> bool {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let uses_connect = in_transaction("looking for Connect columns", || {
         Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT FROM onboarding.attachments WHERE connect_account_column IS NOT NULL)",

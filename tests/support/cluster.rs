@@ -231,6 +231,7 @@ impl Cluster {
 }
 
 pub const SIGQUIT: i32 = 3;
+pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;
 pub const SIGCONT: i32 = 18;
 pub const SIGSTOP: i32 = 19;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::Failed;
 
-use super::cluster::{Cluster, SIGCONT, SIGSTOP, SIGTERM, send_signal};
+use super::cluster::{Cluster, SIGCONT, SIGKILL, SIGSTOP, send_signal};
 use super::wait::wait_for;
 
 /// The standby's `application_name`, as `synchronous_standby_names` and
@@ -130,14 +130,14 @@ impl Replicated {
         }
     }
 
-    /// Resumes a stalled walreceiver so that it exits without reading on: WAL the primary had sent
-    /// into the socket while it was stopped would otherwise still reach the standby, which a
-    /// standby cut off from a dead primary never gets. SIGTERM is queued while it is stopped and
-    /// handled first when it goes on (it was stopped idle, between two reads).
+    /// Kills a stalled walreceiver: WAL the primary had sent into its socket while it was stopped
+    /// would otherwise still reach the standby, which a standby cut off from a dead primary never
+    /// gets. (SIGTERM is not enough: resumed in the middle of its receive loop, it writes what it
+    /// has read before it looks at its interrupts.) The standby's postmaster takes it for a crash
+    /// and restarts recovery from the WAL the standby had flushed.
     fn cut_off_walreceiver(&self) {
         if let Some(pid) = self.stalled_walreceiver.take() {
-            send_signal(pid, SIGTERM);
-            send_signal(pid, SIGCONT);
+            send_signal(pid, SIGKILL);
         }
     }
 
