@@ -220,6 +220,13 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
            END
       FROM onboarding._standby_wait() w
     UNION ALL
+    -- A worker's own commit waiting for a synchronous standby (before its calls can be held).
+    SELECT 'workers waiting for a synchronous standby', count(*)::numeric,
+           CASE WHEN count(*) > 0 THEN format('their commits wait (SyncRep) for synchronous_standby_names = %L',
+                                              current_setting('synchronous_standby_names')) END
+      FROM pg_stat_activity a
+     WHERE a.backend_type = 'onboarding worker' AND a.datname = current_database() AND a.wait_event = 'SyncRep'
+    UNION ALL
     SELECT 'orphans found after the last promotion', t.orphans_found::numeric,
            format('timeline %s (from %s) since %s: %s', t.timeline, t.promoted_from, t.seen_at,
                   CASE WHEN t.swept_at IS NULL THEN 'sweeping Stripe'

@@ -11,9 +11,10 @@
 //!    off: the old primary creates customers the new primary has no profile for, which the new
 //!    primary must find and delete by itself.
 //!
-//! Plus two checks that need a standby: `get_or_create_customer` refused at once on a standby, and a
-//! worker waiting for a stalled synchronous standby that still obeys pg_terminate_backend and a
-//! fast shutdown.
+//! Plus checks that need a standby: `get_or_create_customer` refused at once on a standby; a worker
+//! waiting for a stalled synchronous standby that still obeys pg_terminate_backend and a fast
+//! shutdown; calls held for a stalled asynchronous standby named in `onboarding.wait_for_standbys`
+//! (shown by `onboarding.stats`) until it resumes, or until `onboarding.standby_wait_timeout`.
 //!
 //!   cargo test -p onboarding --test failover
 //!   cargo test -p onboarding --test failover -- backlog     # only the runs whose title says so
@@ -45,11 +46,12 @@ fn main() {
         return; // `cargo test -- --list`: nothing to list, this binary is one run
     }
     let started = Instant::now();
-    let runs: [(&str, Run); 4] = [
+    let runs: [(&str, Run); 5] = [
         ("1. backlog: async standby with every insert, rate budget 30/s, its claims after them lost", backlog),
         ("2. sync standby stalled, application commits local, wait_for_standbys = 'standby1'", sync_stalled),
         ("3. async standby stalled for the last batch, wait_for_standbys off", async_lagging),
         ("4. a standby and a stalled synchronous standby", standby_checks),
+        ("5. an async standby in wait_for_standbys, stalled, then a timeout", named_standby_wait),
     ];
     // `cargo test --test failover -- sync` runs the runs whose title contains "sync".
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -497,6 +499,13 @@ fn worker_stuck_behind_a_stalled_standby(
         .flatten()
         .map(|row| row.get::<_, i32>(0))
     })?;
+    let shown: (i64, Option<String>) = db
+        .query_one(
+            "SELECT value::bigint, detail FROM onboarding.stats WHERE metric = 'workers waiting for a synchronous standby'",
+            &[],
+        )
+        .map(|row| (row.get(0), row.get(1)))?;
+    report.check(format!("onboarding.stats shows it                        {shown:?}"), shown.0 == 1);
     let started = Instant::now();
     db.execute("SELECT pg_terminate_backend($1)", &[&worker])?;
     let exited = wait_for("the terminated worker to exit", Duration::from_secs(5), || {
@@ -522,4 +531,83 @@ fn worker_stuck_behind_a_stalled_standby(
         stopped,
     );
     Ok(())
+}
+
+/// Run 5: with `onboarding.wait_for_standbys` naming an asynchronous standby whose walreceiver is
+/// stopped, calls are held (and `onboarding.stats` says so) while the application's commits go
+/// through; `onboarding.standby_wait_timeout` lets them go; a resumed standby releases the rest.
+fn named_standby_wait() -> Result<Report, Failed> {
+    let stripe = start_emulator();
+    let settings = primary_settings(&stripe, &format!("onboarding.wait_for_standbys = '{STANDBY_NAME}'\n"));
+    let pair = Replicated::start("named", &settings, STANDBY_SETTINGS);
+    let mut db = set_up(&pair, false)?;
+    let mut report = Report::default();
+    pair.stall_walreceiver()?;
+    let first = insert_batches(&mut db, 1)?;
+    let shown = calls_shown_waiting(&mut db);
+    let created = held_posts(&stripe, &first);
+    report.check(
+        format!("calls held while the standby is stalled          {}, {created} created", describe(&shown)),
+        shown.as_ref().is_ok_and(|(_, detail)| detail.contains("onboarding.wait_for_standbys")) && created == 0,
+    );
+    set_and_reload(&mut db, "onboarding.standby_wait_timeout = '300ms'")?;
+    let timed_out = stripe.wait_for(Duration::from_secs(10), |s| held_posts(s, &first) == first.len());
+    report.check(
+        format!(
+            "standby_wait_timeout 300ms lets them go           {} of {} created",
+            held_posts(&stripe, &first),
+            first.len()
+        ),
+        timed_out,
+    );
+    set_and_reload(&mut db, "onboarding.standby_wait_timeout TO DEFAULT")?;
+    let second = insert_batches(&mut db, 1)?;
+    // Wait until the new calls are held, so no reload lag lets them through unseen.
+    let shown = calls_shown_waiting(&mut db);
+    let early = held_posts(&stripe, &second);
+    pair.resume_walreceiver();
+    let released = stripe.wait_for(Duration::from_secs(20), |s| held_posts(s, &second) == second.len());
+    report.check(
+        format!(
+            "without a timeout held again                     {}, {early} created; released on resume: {released}",
+            describe(&shown)
+        ),
+        shown.is_ok() && early == 0 && released,
+    );
+    Ok(report)
+}
+
+/// `ALTER SYSTEM SET <setting>` (which cannot share a transaction), then a reload.
+fn set_and_reload(db: &mut Client, setting: &str) -> Result<(), Failed> {
+    db.batch_execute(&format!("ALTER SYSTEM SET {setting}"))?;
+    db.batch_execute("SELECT pg_reload_conf()")?;
+    Ok(())
+}
+
+/// Waits until `onboarding.stats` shows calls waiting for standbys; returns how many and its detail.
+fn calls_shown_waiting(db: &mut Client) -> Result<(i64, String), Failed> {
+    wait_for("onboarding.stats to show calls waiting for standbys", Duration::from_secs(10), || {
+        let row = db
+            .query_one(
+                "SELECT value::bigint, coalesce(detail, '') FROM onboarding.stats
+                  WHERE metric = 'calls waiting for standbys'",
+                &[],
+            )
+            .ok()?;
+        let (calls, detail): (i64, String) = (row.get(0), row.get(1));
+        (calls > 0).then_some((calls, detail))
+    })
+}
+
+fn describe(shown: &Result<(i64, String), Failed>) -> String {
+    match shown {
+        Ok((calls, detail)) => format!("stats: {calls} waiting ({detail})"),
+        Err(_) => "stats: none waiting".into(),
+    }
+}
+
+/// Customer creations the emulator has seen for `users`.
+fn held_posts(stripe: &Emulator, users: &[String]) -> usize {
+    let users: HashSet<&String> = users.iter().collect();
+    customer_posts(stripe).iter().filter(|r| users.contains(&user_of(&r.params))).count()
 }
