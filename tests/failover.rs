@@ -8,8 +8,8 @@
 //! 2. sync, stalled: a synchronous standby whose walreceiver is stopped before a batch that the
 //!    application commits with `synchronous_commit = local`; `onboarding.wait_for_standbys` set;
 //! 3. async, no waiting: the standby stalled for the last batch, `onboarding.wait_for_standbys`
-//!    off: the old primary creates customers the new primary has no profile for, which the new
-//!    primary must find and delete by itself.
+//!    off, a Connect account for every profile: the old primary creates customers and accounts the
+//!    new primary has no profile for, which the new primary must find and delete by itself.
 //!
 //! Plus checks that need a standby: `get_or_create_customer` refused at once on a standby; a worker
 //! waiting for a stalled synchronous standby that still obeys pg_terminate_backend and a fast
@@ -49,7 +49,7 @@ fn main() {
     let runs: [(&str, Run); 5] = [
         ("1. backlog: async standby with every insert, rate budget 30/s, its claims after them lost", backlog),
         ("2. sync standby stalled, application commits local, wait_for_standbys = 'standby1'", sync_stalled),
-        ("3. async standby stalled for the last batch, wait_for_standbys off", async_lagging),
+        ("3. async standby stalled for the last batch, wait_for_standbys off, Connect accounts too", async_lagging),
         ("4. a standby and a stalled synchronous standby", standby_checks),
         ("5. an async standby in wait_for_standbys, stalled, then a timeout", named_standby_wait),
     ];
@@ -161,10 +161,27 @@ fn count(db: &mut Client, sql: &str) -> Option<i64> {
     db.query_one(sql, &[]).ok().map(|row| row.get(0))
 }
 
-/// Every profile's id and customer column.
-fn profiles_with_customers(db: &mut Client) -> Result<HashMap<String, Option<String>>, Failed> {
-    let rows = db.query("SELECT id::text, stripe_customer_id FROM public.profiles", &[])?;
+/// Every profile's id and its `column` (the customer, or the Connect account).
+fn profiles_with(db: &mut Client, column: &str) -> Result<HashMap<String, Option<String>>, Failed> {
+    let rows = db.query(&format!("SELECT id::text, {column} FROM public.profiles"), &[])?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Of the profiles (id -> the object they link), how many have exactly one live Stripe object
+/// among `objects`, the one they link; and how many have more than one.
+fn one_object_each(objects: &[serde_json::Value], profiles: &HashMap<String, Option<String>>) -> (usize, usize) {
+    let mut by_user: HashMap<String, Vec<String>> = HashMap::new();
+    for object in objects {
+        by_user.entry(user_of(object)).or_default().push(object["id"].as_str().unwrap_or_default().to_string());
+    }
+    let exactly_one = profiles
+        .iter()
+        .filter(|(user, linked)| {
+            by_user.get(*user).is_some_and(|ids| ids.len() == 1 && Some(&ids[0]) == linked.as_ref())
+        })
+        .count();
+    let duplicated = profiles.keys().filter(|user| by_user.get(*user).is_some_and(|ids| ids.len() > 1)).count();
+    (exactly_one, duplicated)
 }
 
 /// POSTs to /v1/customers so far.
@@ -281,20 +298,25 @@ fn async_lagging() -> Result<Report, Failed> {
     )
 }
 
-/// 60 profiles the standby gets, then its walreceiver stopped and 40 more; waits until the old
-/// primary has created customers for all 40, which the new primary will never see.
+/// With a Connect account for every profile: 60 profiles the standby gets, then its walreceiver
+/// stopped and 40 more; waits until the old primary has created customers and accounts for all
+/// 40, which the new primary will never see.
 fn stall_then_insert_and_wait_for_customers(
     pair: &Replicated,
     stripe: &Emulator,
     db: &mut Client,
 ) -> Result<Vec<String>, Failed> {
+    db.batch_execute("SELECT onboarding.set_connect_policy('public.profiles', 'always')")?;
     let (mut acknowledged, unreplicated) = replicate_then_stall(pair, db)?;
     let provisioned = stripe.wait_for(Duration::from_secs(30), |s| {
-        let users: HashSet<String> = s.customers().iter().map(user_of).collect();
-        unreplicated.iter().all(|u| users.contains(u))
+        let customers: HashSet<String> = s.customers().iter().map(user_of).collect();
+        let accounts: HashSet<String> = s.accounts().iter().map(user_of).collect();
+        unreplicated.iter().all(|u| customers.contains(u) && accounts.contains(u))
     });
     if !provisioned {
-        return Err("the old primary did not provision the unreplicated profiles within 30 s".into());
+        return Err(
+            "the old primary did not provision the unreplicated profiles (customer and account) within 30 s".into()
+        );
     }
     acknowledged.extend(unreplicated);
     Ok(acknowledged)
@@ -314,8 +336,13 @@ fn after_failover(
     report.figure(format!("promotion                                      {:.1} s", promotion.as_secs_f64()));
     let mut db = app_session(&pair.standby)?;
     insert_batches(&mut db, 1)?;
-    let profiles = profiles_with_customers(&mut db)?;
-    let orphans = |stripe: &Emulator| stripe.customers().iter().filter(|c| !profiles.contains_key(&user_of(c))).count();
+    let connect =
+        count(&mut db, "SELECT count(*) FROM onboarding.attachments WHERE connect_policy <> 'never'") == Some(1);
+    let profiles = profiles_with(&mut db, "stripe_customer_id")?;
+    let orphans = |stripe: &Emulator| {
+        let accounts = if connect { stripe.accounts() } else { Vec::new() };
+        stripe.customers().iter().chain(&accounts).filter(|o| !profiles.contains_key(&user_of(o))).count()
+    };
 
     if let Expect::LostAndSwept(_) = expect {
         let swept = stripe.wait_for(SWEEP_DEADLINE.saturating_sub(promoted_at.elapsed()), |s| orphans(s) == 0);
@@ -332,7 +359,10 @@ fn after_failover(
     let drained = wait_for("every profile's customer, no open job", DRAIN_DEADLINE, || {
         count(
             &mut db,
-            "SELECT (SELECT count(*) FROM public.profiles WHERE stripe_customer_id IS NULL)
+            "SELECT (SELECT count(*) FROM public.profiles WHERE stripe_customer_id IS NULL
+                                                            OR (stripe_connect_account_id IS NULL AND EXISTS (
+                                                                SELECT FROM onboarding.attachments
+                                                                 WHERE connect_policy <> 'never')))
                   + (SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running'))
                   + (SELECT count(*) FROM onboarding.intake)",
         )
@@ -341,7 +371,7 @@ fn after_failover(
     report.check(format!("new primary drained (deadline {DRAIN_DEADLINE:?})"), drained.is_ok());
 
     // Re-read: the customers written back since.
-    let profiles = profiles_with_customers(&mut db)?;
+    let profiles = profiles_with(&mut db, "stripe_customer_id")?;
     let lost = acknowledged.iter().filter(|id| !profiles.contains_key(*id)).count();
     match expect {
         Expect::NothingLost => {
@@ -354,17 +384,7 @@ fn after_failover(
     }
 
     let customers = stripe.customers();
-    let mut by_user: HashMap<String, Vec<String>> = HashMap::new();
-    for c in &customers {
-        by_user.entry(user_of(c)).or_default().push(c["id"].as_str().unwrap_or_default().to_string());
-    }
-    let exactly_one = profiles
-        .iter()
-        .filter(|(user, linked)| {
-            by_user.get(*user).is_some_and(|ids| ids.len() == 1 && Some(&ids[0]) == linked.as_ref())
-        })
-        .count();
-    let duplicated = profiles.keys().filter(|user| by_user.get(*user).is_some_and(|ids| ids.len() > 1)).count();
+    let (exactly_one, duplicated) = one_object_each(&customers, &profiles);
     report.check(
         format!(
             "surviving profiles with exactly one customer   {exactly_one} / {} ({duplicated} with more than one)",
@@ -372,6 +392,19 @@ fn after_failover(
         ),
         exactly_one == profiles.len() && duplicated == 0,
     );
+    if connect {
+        let accounts = profiles_with(&mut db, "stripe_connect_account_id")?;
+        let (exactly_one, duplicated) = one_object_each(&stripe.accounts(), &accounts);
+        report.check(
+            format!(
+                "surviving profiles with exactly one account    {exactly_one} / {} ({duplicated} with more than one)",
+                accounts.len()
+            ),
+            exactly_one == accounts.len() && duplicated == 0,
+        );
+        let orphan_accounts = stripe.accounts().iter().filter(|a| !accounts.contains_key(&user_of(a))).count();
+        report.check(format!("accounts without a profile (live)              {orphan_accounts}"), orphan_accounts == 0);
+    }
 
     let orphans_left = customers.iter().filter(|c| !profiles.contains_key(&user_of(c))).count();
     let posts = customer_posts(stripe);
