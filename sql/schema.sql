@@ -51,6 +51,9 @@ CREATE TABLE onboarding.jobs (
     -- With claimed_by, who holds a running job: the claiming worker's start time (pid and start
     -- together name one process; a pid alone can be reused, or be another server's after failover).
     claimer_started_at timestamptz,
+    -- A creation job's object, made (or adopted) but not yet on its profile because another
+    -- transaction held the profile's row: the next claim writes it back, with no Stripe call.
+    object_to_link text,
     -- Invariants of the state machine (sql/job_states.sql makes every move).
     CONSTRAINT jobs_finished_exactly_when_final CHECK ((finished_at IS NULL) = (state IN ('pending', 'running'))),
     CONSTRAINT jobs_claimed_exactly_while_running CHECK ((claimed_by IS NOT NULL) = (state = 'running')),

@@ -90,7 +90,9 @@ BEGIN
             CONTINUE;
         END IF;
         job_id := job.id; kind := job.kind; user_id := job.user_id;
-        idempotency_key := job.idempotency_key; attempts := job.attempts; stripe_id := job.stripe_id;
+        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
+        idempotency_key := job.idempotency_key; attempts := job.attempts;
+        stripe_id := coalesce(job.stripe_id, job.object_to_link);
         request_params := job.request_params;
         look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
                          OR job.last_error_detail->>'type' = 'idempotency_error';
@@ -185,15 +187,20 @@ BEGIN
         profiles_linked AS (
             SELECT r[1] AS user_id, r[2] AS email
               FROM onboarding._as_owner(a.profile_table,
+                       -- SKIP LOCKED: a row another transaction holds is left for a later claim
+                       -- (_write_back postpones its job); it never holds up the batch.
                        format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
-                                WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL RETURNING o.user_id, p.%5$I::text',
+                                WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL
+                                  AND p.%2$I IN (SELECT q.%2$I FROM %1$s q WHERE q.%2$I = ANY ($1::%4$s[])
+                                                    FOR UPDATE SKIP LOCKED)
+                                RETURNING o.user_id, p.%5$I::text',
                               a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
                        ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
                              (SELECT array_agg(m.object) FROM mine m)::text]) r),
         linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
         finished AS (
             UPDATE onboarding.jobs x
-               SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL
+               SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL, object_to_link = NULL
               FROM linked l WHERE x.id = l.id
             RETURNING x.id),
         logged AS (
@@ -218,8 +225,9 @@ BEGIN
 END $$;
 
 -- Writes a created (or adopted) customer or Connect account back to its profile (_link_objects)
--- and finishes the job. Returns what happened: written_back, already_linked, linked_elsewhere,
--- profile_gone. An object no profile can use is queued for deletion.
+-- and finishes the job. Returns what happened: written_back, already_linked, postponed (the row
+-- is locked: the job waits, holding its object), linked_elsewhere, profile_gone. An object no
+-- profile can use is queued for deletion.
 CREATE FUNCTION onboarding._write_back(job bigint, object_id text) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -247,6 +255,15 @@ BEGIN
             jsonb_build_object('reason', 'profile already linked to this object', 'stripe_id', object_id),
             stripe_id => object_id);
         RETURN 'already_linked';
+    ELSIF found_profile AND current_id IS NULL THEN
+        -- Another transaction holds the profile's row: keep the object, write it back at a later
+        -- claim (no Stripe call, no attempt spent), and let the rest of the batch go on.
+        UPDATE onboarding.jobs SET object_to_link = object_id WHERE id = job;
+        PERFORM onboarding._finish_job(job, onboarding._pending(), 'postponed',
+            jsonb_build_object('reason', 'the profile''s row is locked by another transaction', 'stripe_id', object_id),
+            retry_in => interval '1 second');
+        UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
+        RETURN 'postponed';
     ELSIF found_profile THEN
         -- Someone linked another object meanwhile: ours has no profile pointing at it.
         PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',

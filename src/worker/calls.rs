@@ -171,6 +171,9 @@ pub enum Planned {
     Finish(Transition, Value),
     /// A Connect account whose customer is still being created: postponed behind it.
     WaitForCustomer,
+    /// A creation job that holds its object already (its write-back found the profile's row
+    /// locked): write it back, no Stripe call.
+    WriteBack(String),
     /// A call to start, with its `stripe_request` event detail and, for a first attempt, what it
     /// sends (`jobs.request_params`).
     Call { call: Call, first_params: Option<Value>, request: Value },
@@ -187,6 +190,9 @@ pub fn plan(job: ClaimedJob) -> Planned {
         let reason = format!("unknown job kind {:?}", job.kind);
         return Planned::Finish(die(&reason), json!({"reason": reason}));
     };
+    if let (JobKind::CreateCustomer | JobKind::CreateConnectAccount, Some(object)) = (kind, &job.stripe_id) {
+        return Planned::WriteBack(object.clone());
+    }
     let work = match kind {
         JobKind::CreateCustomer => match plan_customer(user_id, job.profile.clone(), job.first_request.clone()) {
             CustomerPlan::ProfileGone => {

@@ -42,6 +42,10 @@ pub fn claim_and_plan(batch_size: i32, maintain: bool) -> Result<(Vec<Call>, usi
                     queue::wait_for_customer(id);
                     None
                 }
+                Planned::WriteBack(object) => {
+                    queue::write_back(id, &object); // or postponed again, if the row is still locked
+                    None
+                }
                 Planned::Call { call, first_params, request } => {
                     starting.push(id, first_params, request);
                     Some(call)

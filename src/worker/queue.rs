@@ -54,6 +54,8 @@ pub struct ClaimedJob {
     pub user_id: String,
     pub idempotency_key: String,
     pub attempts: u32,
+    /// The object the job acts on; for a creation job, the object it made whose write-back was
+    /// postponed (the profile's row was locked).
     pub stripe_id: Option<String>,
     /// What the job's first attempt sent (`jobs.request_params`), if one was made.
     pub first_request: Option<NewCustomer>,
@@ -186,6 +188,8 @@ pub enum WriteBack {
     WrittenBack,
     /// The profile already named this object.
     AlreadyLinked,
+    /// Another transaction held the profile's row: the job waits with its object, for a later claim.
+    Postponed,
     /// Not linked, for this reason (the profile vanished or names another object): the job is
     /// orphaned and a compensation job deletes the object.
     NotLinked(String),
@@ -200,6 +204,7 @@ pub fn write_back(job_id: i64, object_id: &str) -> WriteBack {
     match outcome.as_str() {
         "written_back" => WriteBack::WrittenBack,
         "already_linked" => WriteBack::AlreadyLinked,
+        "postponed" => WriteBack::Postponed,
         _ => WriteBack::NotLinked(outcome),
     }
 }

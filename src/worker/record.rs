@@ -227,6 +227,12 @@ fn link_object(job_id: i64, user_id: &str, customer: &StripeObject) {
             customer.id
         ),
         WriteBack::AlreadyLinked => {}
+        WriteBack::Postponed => log!(
+            "onboarding: the profile of user {user_id} is locked by another transaction; Stripe {} {} will be \
+             written back later (job {job_id})",
+            object_noun(&customer.id),
+            customer.id
+        ),
         WriteBack::NotLinked(other) => warning!(
             "onboarding: Stripe {} {} for user {user_id} is not linked ({other}); \
                  job {job_id} is orphaned and the object will be deleted",

@@ -46,6 +46,7 @@ mod dropped_tables;
 mod helpers;
 mod idle;
 mod intake;
+mod locked_rows;
 mod partitions;
 mod retries;
 mod row_security;
@@ -72,6 +73,7 @@ fn main() {
         spellings::tests(),
         partitions::tests(),
         dropped_tables::tests(),
+        locked_rows::tests(),
     ]
     .into_iter()
     .flatten()
