@@ -235,7 +235,12 @@ impl Worker {
         let capacity = (gucs::batch_size().max(1) as usize).saturating_sub(busy);
         let now = Instant::now();
         if self.client.is_some() && capacity > 0 && (woken || now >= self.next_claim) {
-            let maintain = self.last_maintenance.is_none_or(|t| t.elapsed() >= poll);
+            // Maintenance (rescue, retention, a sweep) rides along with a claim, but not with one
+            // a commit woke us for, unless it is overdue: a signup's claim should be all signup.
+            let maintain = self.last_maintenance.is_none_or(|t| {
+                let since = t.elapsed();
+                (since >= poll && !woken) || since >= 2 * poll
+            });
             if maintain {
                 self.sweep_after_promotion();
             }
