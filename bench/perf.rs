@@ -9,7 +9,9 @@
 //!    with the worker paused and as deployed;
 //! 5. the worker's resident memory before and after many jobs;
 //! 6. the price of waiting for a standby: line 1 again on a primary with a streaming standby on
-//!    loopback, not waited for, named in `onboarding.wait_for_standbys`, and synchronous.
+//!    loopback, not waited for, named in `onboarding.wait_for_standbys`, and synchronous;
+//! 7. signups arriving during a backfill that waits for the rate budget, with priority lanes and
+//!    with one queue (the backfill's jobs put in the signups' lane).
 //!
 //! Sizes can be lowered for a quick look: BENCH_THROUGHPUT, BENCH_SLOW, BENCH_MEMORY (profiles);
 //! BENCH_ONLY=1,4 runs only those parts.
@@ -207,6 +209,25 @@ fn main() {
             "growth < 10 MB",
         );
     }
+    if part("7") {
+        // 7. Priority lanes: signups at 2/s while a backfill waits for a test key's budget.
+        let backlog = size("BENCH_BACKFILL", 480);
+        set(
+            &mut db,
+            &[("onboarding.rate_limit", "24"), ("onboarding.rate_burst", "1"), ("onboarding.batch_size", "25")],
+        );
+        let (lanes50, lanes99) = signups_during_backfill(&mut db, backlog, 20, Duration::from_millis(500), false);
+        let (fifo50, fifo99) = signups_during_backfill(&mut db, backlog, 20, Duration::from_millis(500), true);
+        row(
+            &format!("7. signups at 2/s during a backfill of {backlog} at 24/s: p50 / p99"),
+            format!("{lanes50:.2} / {lanes99:.2} s (one queue: {fifo50:.1} / {fifo99:.1} s)"),
+            "p99 <= 1.5 s",
+        );
+        set(
+            &mut db,
+            &[("onboarding.rate_limit", "0"), ("onboarding.rate_burst", "5"), ("onboarding.batch_size", "100")],
+        );
+    }
     cluster.stop();
     if part("6") {
         standby_wait_cost(&settings, &row);
@@ -279,6 +300,11 @@ fn latency(db: &mut Client, samples: usize, gap: Duration) -> (f64, f64, f64) {
         }
         users.push(user);
     }
+    written_back_percentiles(db, &users)
+}
+
+/// Commit -> written back of these users' profiles, p50 / p95 / p99 in milliseconds.
+fn written_back_percentiles(db: &mut Client, users: &[String]) -> (f64, f64, f64) {
     let row = db
         .query_one(
             "WITH l AS (
@@ -294,6 +320,66 @@ fn latency(db: &mut Client, samples: usize, gap: Duration) -> (f64, f64, f64) {
         )
         .unwrap();
     (row.get(0), row.get(1), row.get(2))
+}
+
+/// Line 7: signups arriving every `gap` (`signups` of them) while a backfill of `backlog` profiles
+/// waits for a rate budget of 24/s. `fifo` puts the backfill's jobs in the signups' lane, as every
+/// job was before lanes. Returns the signups' commit -> written back p50 / p99 in seconds.
+fn signups_during_backfill(db: &mut Client, backlog: i64, signups: usize, gap: Duration, fifo: bool) -> (f64, f64) {
+    db.batch_execute(
+        "CREATE TABLE IF NOT EXISTS public.backlog (LIKE public.profiles INCLUDING ALL);
+         SELECT onboarding.attach('public.backlog');
+         TRUNCATE public.backlog;",
+    )
+    .unwrap();
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute("SET LOCAL session_replication_role = replica").unwrap(); // no insert trigger: no jobs yet
+    tx.execute(
+        "INSERT INTO public.backlog (email) SELECT 'old-' || g || '@example.com' FROM generate_series(1, $1::bigint) g",
+        &[&backlog],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    db.batch_execute("CALL onboarding.backfill('public.backlog', 1000)").unwrap();
+    if fifo {
+        db.batch_execute(
+            "UPDATE onboarding.jobs SET lane = 0 WHERE profile_table = 'public.backlog'::regclass AND state = 'pending'",
+        )
+        .unwrap();
+    }
+    let mut users = Vec::new();
+    for i in 0..signups {
+        std::thread::sleep(gap);
+        let user: String = db
+            .query_one(
+                "INSERT INTO public.profiles (email) VALUES ($1) RETURNING id::text",
+                &[&format!("during-backfill-{fifo}-{i}@example.com")],
+            )
+            .unwrap()
+            .get(0);
+        users.push(user);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while db
+        .query_one(
+            "SELECT count(*) FROM public.profiles WHERE id::text = ANY($1) AND stripe_customer_id IS NULL",
+            &[&users],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "signups not provisioned during the backfill");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What is left of the backfill is not this line's business.
+    db.batch_execute(
+        "UPDATE onboarding.jobs SET state = 'cancelled' WHERE profile_table = 'public.backlog'::regclass AND state = 'pending'",
+    )
+    .unwrap();
+    drain(db, Duration::from_secs(60));
+    let (p50, _, p99) = written_back_percentiles(db, &users);
+    (p50 / 1000.0, p99 / 1000.0)
 }
 
 /// Inserts `n` profiles in statements of `per_statement` rows and times them until all are

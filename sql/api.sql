@@ -99,6 +99,14 @@ BEGIN
     RETURN profile;
 END $$;
 
+-- The priority lane of new work (jobs.lane), claimed lowest first: a backfill or a reconcile never
+-- queues ahead of a signup. Retries move to lane 1 (_finish_job).
+CREATE FUNCTION onboarding._lane(job_kind text, source text) RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN source LIKE 'backfill%' OR source LIKE 'reconcile%' THEN 3
+            WHEN job_kind IN ('update_customer_email', 'delete_customer', 'delete_connect_account') THEN 2
+            ELSE 0 END;
+
 -- Enqueues `kind` for a profile, or returns the open job that already does it.
 CREATE FUNCTION onboarding._enqueue(tbl regclass, uid text, job_kind text, source text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -116,7 +124,8 @@ BEGIN
         IF FOUND THEN
             RETURN job;
         END IF;
-        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key) VALUES (job_kind, tbl, uid, key)
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, lane)
+        VALUES (job_kind, tbl, uid, key, onboarding._lane(job_kind, source))
         ON CONFLICT DO NOTHING RETURNING id INTO job;
         IF job IS NOT NULL THEN
             INSERT INTO onboarding.events (job_id, user_id, step, detail)
@@ -149,8 +158,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_job bigint;
 BEGIN
-    INSERT INTO onboarding.jobs (kind, profile_table, user_id, stripe_id)
-    VALUES (job_kind, tbl, uid, customer)
+    INSERT INTO onboarding.jobs (kind, profile_table, user_id, stripe_id, lane)
+    VALUES (job_kind, tbl, uid, customer, onboarding._lane(job_kind, reason))
     ON CONFLICT DO NOTHING
     RETURNING id INTO new_job;
     IF new_job IS NOT NULL THEN

@@ -179,6 +179,13 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
       LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
     UNION ALL
+    -- Pending work by priority lane (jobs.lane, claimed lowest first).
+    SELECT 'pending in lane ' || l.lane, count(j.id)::numeric, l.what
+      FROM (VALUES (0, 'signups and application requests'), (1, 'retries'), (2, 'email syncs and compensation'),
+                   (3, 'backfill and reconcile')) l(lane, what)
+      LEFT JOIN onboarding.jobs j ON j.lane = l.lane AND j.state = onboarding._pending()
+     GROUP BY l.lane, l.what
+    UNION ALL
     SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
       FROM onboarding.intake
     UNION ALL

@@ -1827,5 +1827,260 @@ BEGIN
     RETURN 'profile_gone';
 END $$;
 
+------------------------------------------------------------------------------------------------
+-- 6. Priority lanes: jobs are claimed by lane (0 signups and requests, 1 retries, 2 email syncs
+--    and compensation, 3 backfill and reconcile), then by due time.
+------------------------------------------------------------------------------------------------
+ALTER TABLE onboarding.jobs ADD COLUMN lane smallint NOT NULL DEFAULT 0;
+DROP INDEX onboarding.jobs_due;
+CREATE INDEX jobs_due ON onboarding.jobs (lane, run_at, id) WHERE state = 'pending';
+
+-- The priority lane of new work (jobs.lane), claimed lowest first: a backfill or a reconcile never
+-- queues ahead of a signup. Retries move to lane 1 (_finish_job).
+CREATE FUNCTION onboarding._lane(job_kind text, source text) RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN source LIKE 'backfill%' OR source LIKE 'reconcile%' THEN 3
+            WHEN job_kind IN ('update_customer_email', 'delete_customer', 'delete_connect_account') THEN 2
+            ELSE 0 END;
+
+-- Enqueues `kind` for a profile, or returns the open job that already does it.
+CREATE OR REPLACE FUNCTION onboarding._enqueue(tbl regclass, uid text, job_kind text, source text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job bigint;
+    -- Fixed here, in the enqueueing transaction, and replicated with the job. An account's is
+    -- derived from its customer's job, which a promoted standby may make again under the same key.
+    key text := coalesce(CASE WHEN job_kind = 'create_connect_account' THEN onboarding._account_key(tbl, uid) END,
+                         'onboarding-' || gen_random_uuid());
+BEGIN
+    LOOP
+        SELECT j.id INTO job FROM onboarding.jobs j
+         WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid AND j.stripe_id IS NULL
+           AND onboarding._is_open(j.state);
+        IF FOUND THEN
+            RETURN job;
+        END IF;
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, lane)
+        VALUES (job_kind, tbl, uid, key, onboarding._lane(job_kind, source))
+        ON CONFLICT DO NOTHING RETURNING id INTO job;
+        IF job IS NOT NULL THEN
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (job, uid, 'enqueued', jsonb_build_object('source', source, 'table', tbl::text));
+            PERFORM onboarding._wake_worker_after_commit();
+            RETURN job;
+        END IF;
+        -- Lost a race with another enqueue: its job is open now; look again.
+    END LOOP;
+END $$;
+
+-- Enqueues work on an existing customer: its deletion (compensation) or an email update. An open
+-- job for the same customer and kind absorbs the new one.
+CREATE OR REPLACE FUNCTION onboarding._enqueue_for_customer(tbl regclass, uid text, job_kind text, customer text, reason text)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_job bigint;
+BEGIN
+    INSERT INTO onboarding.jobs (kind, profile_table, user_id, stripe_id, lane)
+    VALUES (job_kind, tbl, uid, customer, onboarding._lane(job_kind, reason))
+    ON CONFLICT DO NOTHING
+    RETURNING id INTO new_job;
+    IF new_job IS NOT NULL THEN
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        VALUES (new_job, uid, 'enqueued', jsonb_build_object('source', reason, 'stripe_id', customer));
+        PERFORM onboarding._wake_worker_after_commit();
+    END IF;
+    RETURN new_job;
+END $$;
+
+-- Operational metrics over a window: queue depth, age, throughput, latencies, attempts, failures.
+CREATE OR REPLACE FUNCTION onboarding.stats_for(since interval DEFAULT '1 hour')
+RETURNS TABLE (metric text, value numeric, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH recent AS (SELECT * FROM onboarding.jobs WHERE created_at >= now() - since),
+    latency AS (
+        SELECT extract(epoch FROM w.at - onboarding._queued_commit_time(q.detail, q.xmin)) * 1000 AS ms
+          FROM onboarding.events w
+          JOIN LATERAL (SELECT e.detail, e.xmin FROM onboarding.events e
+                         WHERE e.job_id = w.job_id AND e.step = 'enqueued' ORDER BY e.id LIMIT 1) q ON true
+         WHERE w.step = 'written_back' AND w.at >= now() - since
+           AND current_setting('track_commit_timestamp')::boolean),
+    calls AS (SELECT (detail->>'duration_ms')::numeric AS ms FROM onboarding.events
+               WHERE step = 'stripe_response' AND at >= now() - since AND detail ? 'duration_ms'),
+    failures AS (SELECT coalesce(detail->>'status', detail->>'transport', detail->>'kind') AS status,
+                        coalesce(detail->>'code', '') AS code
+                   FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since)
+    SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
+      FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
+      LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
+    UNION ALL
+    -- Pending work by priority lane (jobs.lane, claimed lowest first).
+    SELECT 'pending in lane ' || l.lane, count(j.id)::numeric, l.what
+      FROM (VALUES (0, 'signups and application requests'), (1, 'retries'), (2, 'email syncs and compensation'),
+                   (3, 'backfill and reconcile')) l(lane, what)
+      LEFT JOIN onboarding.jobs j ON j.lane = l.lane AND j.state = onboarding._pending()
+     GROUP BY l.lane, l.what
+    UNION ALL
+    SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
+      FROM onboarding.intake
+    UNION ALL
+    SELECT 'oldest pending (s)', coalesce(extract(epoch FROM now() - min(created_at)), 0)::numeric(12, 1), NULL
+      FROM (SELECT created_at FROM onboarding.jobs WHERE state = onboarding._pending()
+            UNION ALL SELECT enqueued_at FROM onboarding.intake) pending
+    UNION ALL
+    SELECT 'succeeded per minute', (count(*) / greatest(extract(epoch FROM since) / 60, 1))::numeric(12, 2),
+           format('%s succeeded in %s', count(*), since)
+      FROM onboarding.jobs WHERE state = onboarding._succeeded() AND finished_at >= now() - since
+    UNION ALL
+    SELECT 'commit to written back p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM latency, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'commit to written back max', max(ms)::numeric(12, 1), 'ms' FROM latency
+    UNION ALL
+    SELECT 'stripe call p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM calls, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'attempts per finished job', avg(attempts)::numeric(12, 2), NULL
+      FROM recent WHERE NOT onboarding._is_open(state)
+    UNION ALL
+    SELECT 'failure rate', round(count(*) FILTER (WHERE step IN ('failed', 'dead') AND detail ? 'kind')::numeric
+                                 / nullif(count(*) FILTER (WHERE step = 'stripe_request'), 0), 4),
+           'failed Stripe attempts per request'
+      FROM onboarding.events WHERE at >= now() - since
+    UNION ALL
+    SELECT 'failures ' || status || coalesce(' ' || nullif(code, ''), ''), count(*)::numeric, 'failed or dead attempts'
+      FROM failures GROUP BY status, code
+    UNION ALL
+    -- Claimed calls held until standbys have their claim's commit (src/worker/standby_gate.rs).
+    SELECT 'calls waiting for standbys', w.calls::numeric,
+           CASE WHEN w.calls > 0 THEN format('the longest for %s s, for %s', round(w.waiting_seconds::numeric, 1),
+                concat_ws(' and ',
+                    CASE WHEN current_setting('synchronous_standby_names') <> '' THEN 'synchronous_standby_names = '
+                         || quote_literal(current_setting('synchronous_standby_names')) END,
+                    CASE WHEN coalesce(current_setting('onboarding.wait_for_standbys', true), '') <> ''
+                         THEN 'onboarding.wait_for_standbys = ' || quote_literal(current_setting('onboarding.wait_for_standbys')) END))
+           END
+      FROM onboarding._standby_wait() w
+    UNION ALL
+    -- A worker's own commit waiting for a synchronous standby (before its calls can be held).
+    SELECT 'workers waiting for a synchronous standby', count(*)::numeric,
+           CASE WHEN count(*) > 0 THEN format('their commits wait (SyncRep) for synchronous_standby_names = %L',
+                                              current_setting('synchronous_standby_names')) END
+      FROM pg_stat_activity a
+     WHERE a.backend_type = 'onboarding worker' AND a.datname = current_database() AND a.wait_event = 'SyncRep'
+    UNION ALL
+    SELECT 'orphans found after the last promotion', t.orphans_found::numeric,
+           format('timeline %s (from %s) since %s: %s', t.timeline, t.promoted_from, t.seen_at,
+                  CASE WHEN t.swept_at IS NULL THEN 'sweeping Stripe'
+                       ELSE format('%s Stripe objects checked by %s', t.objects_checked, t.swept_at) END)
+      FROM (SELECT * FROM onboarding.timelines WHERE promoted_from IS NOT NULL ORDER BY timeline DESC LIMIT 1) t;
+$$;
+
+-- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
+-- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
+-- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
+-- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
+-- look the object up before creating anything.
+DROP FUNCTION onboarding._claim_jobs(integer, interval);
+CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
+RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job onboarding.jobs;
+    a onboarding.attachments;
+BEGIN
+    FOR job IN
+        WITH due AS (
+            SELECT j.id FROM onboarding.jobs j
+             WHERE j.state = onboarding._pending() AND j.run_at <= now()
+             ORDER BY j.lane, j.run_at, j.id
+             LIMIT max_jobs
+             FOR UPDATE SKIP LOCKED)
+        UPDATE onboarding.jobs j
+           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
+               first_attempt_at = coalesce(j.first_attempt_at, now())
+          FROM due WHERE j.id = due.id
+        RETURNING j.*
+    LOOP
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
+        IF NOT FOUND THEN
+            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
+            CONTINUE;
+        END IF;
+        job_id := job.id; kind := job.kind; user_id := job.user_id;
+        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
+        idempotency_key := job.idempotency_key; attempts := job.attempts;
+        stripe_id := coalesce(job.stripe_id, job.object_to_link);
+        request_params := job.request_params; lane := job.lane;
+        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
+                         OR job.last_error_detail->>'type' = 'idempotency_error';
+        BEGIN
+            -- As the table's owner (src/tables.rs), like every statement on an application table.
+            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
+              FROM onboarding._as_owner(a.profile_table,
+                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                              a.email_column, a.customer_column,
+                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                              a.profile_table, a.id_column, a.id_type),
+                       ARRAY[job.user_id]) r;
+            profile_found := FOUND;
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+        WHEN OTHERS OR query_canceled THEN
+            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
+            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
+            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                error => 'could not read the profile: ' || SQLERRM
+                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
+            CONTINUE;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Records an event and moves a running job to `new_state`. `retry_in` schedules a pending retry.
+CREATE OR REPLACE FUNCTION onboarding._finish_job(job bigint, new_state text, step text, detail jsonb,
+                                       stripe_id text DEFAULT NULL, error text DEFAULT NULL,
+                                       retry_in interval DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    uid text;
+BEGIN
+    UPDATE onboarding.jobs j
+       SET state = new_state,
+           stripe_id = coalesce(_finish_job.stripe_id, j.stripe_id),
+           last_error = coalesce(error, j.last_error),
+           last_error_detail = CASE WHEN error IS NULL THEN j.last_error_detail ELSE detail END,
+           run_at = CASE WHEN new_state = onboarding._pending() THEN now() + coalesce(retry_in, '0') ELSE j.run_at END,
+           -- A failed attempt's retry gives way to new signups and requests.
+           lane = CASE WHEN new_state = onboarding._pending() AND _finish_job.step = 'failed'
+                       THEN greatest(j.lane, 1) ELSE j.lane END,
+           claimed_by = NULL
+     WHERE j.id = job AND j.state = onboarding._running() AND j.claimed_by = pg_backend_pid()
+    RETURNING j.user_id INTO uid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: job % is not running in this worker (taken back after its lease?)', job
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO onboarding.events (job_id, user_id, step, detail) VALUES (job, uid, step, detail);
+END $$;
+
+-- Open jobs get the lane they would have had: by what enqueued them, retries behind signups.
+UPDATE onboarding.jobs j
+   SET lane = greatest(onboarding._lane(j.kind, coalesce((SELECT e.detail->>'source' FROM onboarding.events e
+                                                           WHERE e.job_id = j.id AND e.step = 'enqueued'
+                                                           ORDER BY e.id LIMIT 1), '')),
+                       CASE WHEN j.attempts > 0 THEN 1 ELSE 0 END)
+ WHERE onboarding._is_open(j.state);
+REVOKE EXECUTE ON FUNCTION onboarding._lane(text, text), onboarding._claim_jobs(integer, interval) FROM PUBLIC;
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -54,6 +54,9 @@ CREATE TABLE onboarding.jobs (
     -- A creation job's object, made (or adopted) but not yet on its profile because another
     -- transaction held the profile's row: the next claim writes it back, with no Stripe call.
     object_to_link text,
+    -- Priority lane, claimed lowest first (onboarding._lane): 0 signups and the application's
+    -- requests, 1 retries, 2 email syncs and compensation, 3 backfill and reconcile.
+    lane smallint NOT NULL DEFAULT 0,
     -- Invariants of the state machine (sql/job_states.sql makes every move).
     CONSTRAINT jobs_finished_exactly_when_final CHECK ((finished_at IS NULL) = (state IN ('pending', 'running'))),
     CONSTRAINT jobs_claimed_exactly_while_running CHECK ((claimed_by IS NOT NULL) = (state = 'running')),
@@ -66,7 +69,7 @@ COMMENT ON TABLE onboarding.jobs IS
 -- (Creation jobs have no stripe_id while open; compensation jobs name the customer they delete.)
 CREATE UNIQUE INDEX jobs_one_open_per_target ON onboarding.jobs (profile_table, kind, user_id, coalesce(stripe_id, ''))
     WHERE state IN ('pending', 'running');
-CREATE INDEX jobs_due ON onboarding.jobs (run_at, id) WHERE state = 'pending';
+CREATE INDEX jobs_due ON onboarding.jobs (lane, run_at, id) WHERE state = 'pending';
 CREATE INDEX jobs_by_user ON onboarding.jobs (user_id);
 
 -- The operation sequence: one row per step, in order.

@@ -61,7 +61,7 @@ RETURN 'onboarding-' || pg_catalog.md5(pg_catalog.concat_ws('/', tbl::oid, uid, 
 CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text, connect_account_id text)
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
@@ -71,7 +71,7 @@ BEGIN
         WITH due AS (
             SELECT j.id FROM onboarding.jobs j
              WHERE j.state = onboarding._pending() AND j.run_at <= now()
-             ORDER BY j.run_at, j.id
+             ORDER BY j.lane, j.run_at, j.id
              LIMIT max_jobs
              FOR UPDATE SKIP LOCKED)
         UPDATE onboarding.jobs j
@@ -93,7 +93,7 @@ BEGIN
         -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
         idempotency_key := job.idempotency_key; attempts := job.attempts;
         stripe_id := coalesce(job.stripe_id, job.object_to_link);
-        request_params := job.request_params;
+        request_params := job.request_params; lane := job.lane;
         look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
                          OR job.last_error_detail->>'type' = 'idempotency_error';
         BEGIN
@@ -136,6 +136,9 @@ BEGIN
            last_error = coalesce(error, j.last_error),
            last_error_detail = CASE WHEN error IS NULL THEN j.last_error_detail ELSE detail END,
            run_at = CASE WHEN new_state = onboarding._pending() THEN now() + coalesce(retry_in, '0') ELSE j.run_at END,
+           -- A failed attempt's retry gives way to new signups and requests.
+           lane = CASE WHEN new_state = onboarding._pending() AND _finish_job.step = 'failed'
+                       THEN greatest(j.lane, 1) ELSE j.lane END,
            claimed_by = NULL
      WHERE j.id = job AND j.state = onboarding._running() AND j.claimed_by = pg_backend_pid()
     RETURNING j.user_id INTO uid;

@@ -358,8 +358,9 @@ impl Worker {
         log!("onboarding: {} (job {}, attempt {})", call.describe(), call.job_id, call.attempts);
         self.in_flight.push(self.runtime.spawn(async move {
             if let Some(gcra) = &budget {
-                // One call at a time waits for the budget, in claim order.
-                let _turn = turnstile.lock().await;
+                // One call at a time waits for the budget, in claim order; a signup's (lane 0)
+                // does not queue: it vies for the next slot with the one call at the head.
+                let _turn = if call.lane > 0 { Some(turnstile.lock().await) } else { None };
                 while let Err(wait) = rate_budget::take_slot(gcra) {
                     // Timers fire late, on millisecond ticks: aim a tick early (allowed).
                     tokio::time::sleep(wait.saturating_sub(TIMER_SLACK)).await;

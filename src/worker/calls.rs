@@ -17,6 +17,9 @@ pub struct Call {
     pub job_id: i64,
     pub user_id: String,
     pub attempts: u32,
+    /// Lane 0 (a signup or an application's request) does not queue behind other calls for the
+    /// rate budget.
+    pub lane: i16,
     idempotency_key: String,
     pub work: Work,
 }
@@ -310,8 +313,14 @@ pub fn plan(job: ClaimedJob) -> Planned {
             "reason": "profile deleted after an attempt whose answer was lost",
         }),
     };
-    let call =
-        Call { job_id: id, user_id: job.user_id, attempts: job.attempts, idempotency_key: job.idempotency_key, work };
+    let call = Call {
+        job_id: id,
+        user_id: job.user_id,
+        attempts: job.attempts,
+        lane: job.lane,
+        idempotency_key: job.idempotency_key,
+        work,
+    };
     Planned::Call { call, first_params, request: detail }
 }
 

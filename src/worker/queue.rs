@@ -64,6 +64,8 @@ pub struct ClaimedJob {
     pub look_up_first: bool,
     /// None when the profile no longer exists.
     pub profile: Option<Profile>,
+    /// Its priority lane (`jobs.lane`): 0 for signups and the application's requests.
+    pub lane: i16,
 }
 
 /// Claims up to `batch_size` due jobs (`FOR UPDATE SKIP LOCKED`); those whose first attempt is
@@ -96,6 +98,7 @@ pub fn claim(batch_size: i32, idempotency_horizon: Duration) -> Vec<ClaimedJob> 
                 }),
                 look_up_first: row.get(8)?.unwrap_or(false),
                 profile,
+                lane: row.get::<i16>(13)?.unwrap_or_default(),
             });
         }
         Ok::<_, pgrx::spi::Error>(claimed)

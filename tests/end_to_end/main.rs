@@ -46,6 +46,7 @@ mod dropped_tables;
 mod helpers;
 mod idle;
 mod intake;
+mod lanes;
 mod locked_rows;
 mod partitions;
 mod retries;
@@ -74,6 +75,7 @@ fn main() {
         partitions::tests(),
         dropped_tables::tests(),
         locked_rows::tests(),
+        lanes::tests(),
     ]
     .into_iter()
     .flatten()
