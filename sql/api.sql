@@ -124,8 +124,8 @@ BEGIN
         IF FOUND THEN
             RETURN job;
         END IF;
-        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, lane)
-        VALUES (job_kind, tbl, uid, key, onboarding._lane(job_kind, source))
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, lane, conditional)
+        VALUES (job_kind, tbl, uid, key, onboarding._lane(job_kind, source), source = 'connect condition')
         ON CONFLICT DO NOTHING RETURNING id INTO job;
         IF job IS NOT NULL THEN
             INSERT INTO onboarding.events (job_id, user_id, step, detail)

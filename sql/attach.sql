@@ -123,16 +123,23 @@ END $$;
 
 -- Whether the Connect policy of `a` wants an account for the profile `uid`. The condition is
 -- evaluated on the profile's row as the table's owner (src/tables.rs), never with this extension's
--- rights; set_connect_policy() has checked that it is one expression (src/condition.rs).
+-- rights, within onboarding.connect_condition_timeout; set_connect_policy() has checked that it is
+-- one expression (src/condition.rs). Called by the worker only (claims, account-link requests).
 CREATE FUNCTION onboarding._connect_due(a onboarding.attachments, uid text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner_timeout text := current_setting('onboarding.owner_statement_timeout');
+    due boolean;
 BEGIN
     IF a.connect_policy = 'always' THEN
         RETURN true;
     ELSIF a.connect_policy = 'when' THEN
-        RETURN coalesce((SELECT r[1]::boolean
+        PERFORM set_config('onboarding.owner_statement_timeout', current_setting('onboarding.connect_condition_timeout'), true);
+        due := coalesce((SELECT r[1]::boolean
                            FROM onboarding._as_owner(a.profile_table, onboarding._connect_condition_query(a, '$1'),
                                                      ARRAY[uid]) r), false);
+        PERFORM set_config('onboarding.owner_statement_timeout', owner_timeout, true);
+        RETURN due;
     END IF;
     RETURN false;
 END $$;
@@ -145,8 +152,10 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                   a.profile_table, a.id_column, id_expression, a.id_type);
 $$;
 
--- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the
--- worker's write-back of the customer): enqueues the account when the policy wants one.
+-- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account, for updates of
+-- the customer column (which covers the worker's write-back) or of the columns the condition
+-- reads: enqueues the account. Under a 'when' policy the job is conditional: the worker checks
+-- the condition when it claims it, so the application's UPDATE never waits for a condition.
 -- TG_ARGV: the attached table's oid (as for _enqueue_email_update).
 CREATE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -155,11 +164,10 @@ DECLARE
     uid text;
 BEGIN
     SELECT * INTO a FROM onboarding.attachments WHERE profile_table = coalesce(TG_ARGV[0]::oid, TG_RELID);
-    IF FOUND THEN
+    IF FOUND AND a.connect_policy <> 'never' THEN
         uid := (onboarding._profile_columns(TG_RELID, NEW, ARRAY[a.id_column]))[1];
-        IF onboarding._connect_due(a, uid) THEN
-            PERFORM onboarding._enqueue(a.profile_table, uid, 'create_connect_account', 'connect policy');
-        END IF;
+        PERFORM onboarding._enqueue(a.profile_table, uid, 'create_connect_account',
+                                    CASE a.connect_policy WHEN 'when' THEN 'connect condition' ELSE 'connect policy' END);
     END IF;
     RETURN NULL;
 END $$;
@@ -218,12 +226,32 @@ BEGIN
     END IF;
     IF policy <> 'never' THEN
         EXECUTE format($sql$
-            CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
+            CREATE TRIGGER onboarding_connect AFTER UPDATE %5$s ON %1$s
             FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
             EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
-            profile_table, a.connect_account_column, a.customer_column, profile_table::oid);
+            profile_table, a.connect_account_column, a.customer_column, profile_table::oid,
+            onboarding._connect_trigger_columns(a));
     END IF;
     RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
+END $$;
+
+-- The UPDATE OF list of the Connect trigger: the customer column and the columns the condition
+-- reads ('' when the walk of the condition cannot tell, or names something that is not a column:
+-- then every update of a row without an account fires it).
+CREATE FUNCTION onboarding._connect_trigger_columns(a onboarding.attachments) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    read_columns text[] := CASE WHEN a.connect_policy = 'when' THEN onboarding._condition_columns(a.connect_condition)
+                                ELSE '{}' END;
+BEGIN
+    IF read_columns IS NULL OR EXISTS (
+           SELECT FROM unnest(read_columns) c
+            WHERE NOT EXISTS (SELECT FROM pg_attribute t WHERE t.attrelid = a.profile_table AND t.attname = c
+                                 AND t.attnum > 0 AND NOT t.attisdropped)) THEN
+        RETURN '';
+    END IF;
+    RETURN 'OF ' || (SELECT string_agg(quote_ident(c), ', ' ORDER BY c)
+                       FROM (SELECT DISTINCT c FROM unnest(read_columns || a.customer_column::text) c) d);
 END $$;
 
 CREATE FUNCTION onboarding._drop_triggers(tbl regclass) RETURNS void

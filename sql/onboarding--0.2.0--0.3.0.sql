@@ -2082,5 +2082,281 @@ UPDATE onboarding.jobs j
  WHERE onboarding._is_open(j.state);
 REVOKE EXECUTE ON FUNCTION onboarding._lane(text, text), onboarding._claim_jobs(integer, interval) FROM PUBLIC;
 
+------------------------------------------------------------------------------------------------
+-- 7. A slow Connect condition delays only its own jobs: the application's UPDATE no longer runs
+--    it; the worker checks it when it claims a conditional account job, within
+--    onboarding.connect_condition_timeout; the Connect trigger fires on the columns it reads.
+------------------------------------------------------------------------------------------------
+ALTER TABLE onboarding.jobs ADD COLUMN conditional boolean NOT NULL DEFAULT false;
+
+CREATE FUNCTION onboarding."_condition_columns"(
+	"condition" TEXT /* & str */
+) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'condition_columns_wrapper';
+
+-- The UPDATE OF list of the Connect trigger: the customer column and the columns the condition
+-- reads ('' when the walk of the condition cannot tell, or names something that is not a column:
+-- then every update of a row without an account fires it).
+CREATE FUNCTION onboarding._connect_trigger_columns(a onboarding.attachments) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    read_columns text[] := CASE WHEN a.connect_policy = 'when' THEN onboarding._condition_columns(a.connect_condition)
+                                ELSE '{}' END;
+BEGIN
+    IF read_columns IS NULL OR EXISTS (
+           SELECT FROM unnest(read_columns) c
+            WHERE NOT EXISTS (SELECT FROM pg_attribute t WHERE t.attrelid = a.profile_table AND t.attname = c
+                                 AND t.attnum > 0 AND NOT t.attisdropped)) THEN
+        RETURN '';
+    END IF;
+    RETURN 'OF ' || (SELECT string_agg(quote_ident(c), ', ' ORDER BY c)
+                       FROM (SELECT DISTINCT c FROM unnest(read_columns || a.customer_column::text) c) d);
+END $$;
+
+-- Enqueues `kind` for a profile, or returns the open job that already does it.
+CREATE OR REPLACE FUNCTION onboarding._enqueue(tbl regclass, uid text, job_kind text, source text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job bigint;
+    -- Fixed here, in the enqueueing transaction, and replicated with the job. An account's is
+    -- derived from its customer's job, which a promoted standby may make again under the same key.
+    key text := coalesce(CASE WHEN job_kind = 'create_connect_account' THEN onboarding._account_key(tbl, uid) END,
+                         'onboarding-' || gen_random_uuid());
+BEGIN
+    LOOP
+        SELECT j.id INTO job FROM onboarding.jobs j
+         WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid AND j.stripe_id IS NULL
+           AND onboarding._is_open(j.state);
+        IF FOUND THEN
+            RETURN job;
+        END IF;
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, lane, conditional)
+        VALUES (job_kind, tbl, uid, key, onboarding._lane(job_kind, source), source = 'connect condition')
+        ON CONFLICT DO NOTHING RETURNING id INTO job;
+        IF job IS NOT NULL THEN
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (job, uid, 'enqueued', jsonb_build_object('source', source, 'table', tbl::text));
+            PERFORM onboarding._wake_worker_after_commit();
+            RETURN job;
+        END IF;
+        -- Lost a race with another enqueue: its job is open now; look again.
+    END LOOP;
+END $$;
+
+-- Whether the Connect policy of `a` wants an account for the profile `uid`. The condition is
+-- evaluated on the profile's row as the table's owner (src/tables.rs), never with this extension's
+-- rights, within onboarding.connect_condition_timeout; set_connect_policy() has checked that it is
+-- one expression (src/condition.rs). Called by the worker only (claims, account-link requests).
+CREATE OR REPLACE FUNCTION onboarding._connect_due(a onboarding.attachments, uid text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner_timeout text := current_setting('onboarding.owner_statement_timeout');
+    due boolean;
+BEGIN
+    IF a.connect_policy = 'always' THEN
+        RETURN true;
+    ELSIF a.connect_policy = 'when' THEN
+        PERFORM set_config('onboarding.owner_statement_timeout', current_setting('onboarding.connect_condition_timeout'), true);
+        due := coalesce((SELECT r[1]::boolean
+                           FROM onboarding._as_owner(a.profile_table, onboarding._connect_condition_query(a, '$1'),
+                                                     ARRAY[uid]) r), false);
+        PERFORM set_config('onboarding.owner_statement_timeout', owner_timeout, true);
+        RETURN due;
+    END IF;
+    RETURN false;
+END $$;
+
+-- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account, for updates of
+-- the customer column (which covers the worker's write-back) or of the columns the condition
+-- reads: enqueues the account. Under a 'when' policy the job is conditional: the worker checks
+-- the condition when it claims it, so the application's UPDATE never waits for a condition.
+-- TG_ARGV: the attached table's oid (as for _enqueue_email_update).
+CREATE OR REPLACE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    uid text;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = coalesce(TG_ARGV[0]::oid, TG_RELID);
+    IF FOUND AND a.connect_policy <> 'never' THEN
+        uid := (onboarding._profile_columns(TG_RELID, NEW, ARRAY[a.id_column]))[1];
+        PERFORM onboarding._enqueue(a.profile_table, uid, 'create_connect_account',
+                                    CASE a.connect_policy WHEN 'when' THEN 'connect condition' ELSE 'connect policy' END);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Sets when Connect accounts are created for a table's profiles: 'never', 'always', or 'when' with a
+-- condition over the profile row, e.g. set_connect_policy('public.profiles', 'when', 'role = ''provider''').
+CREATE OR REPLACE FUNCTION onboarding.set_connect_policy(profile_table regclass, policy text, condition text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_connect_policy.profile_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(quote_literal(policy), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
+        RAISE EXCEPTION 'onboarding: a condition goes with policy ''when'', and only with it'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: set_connect_policy(''public.profiles'', ''when'', ''role = ''''provider'''''')';
+    END IF;
+    IF policy <> 'never' AND a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', profile_table
+            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+    END IF;
+    a.connect_policy := policy;
+    a.connect_condition := condition;
+    IF policy = 'when' THEN
+        -- One expression (src/condition.rs), then planned (not run) as the table's owner.
+        BEGIN
+            PERFORM onboarding._check_connect_condition(condition);
+        EXCEPTION WHEN syntax_error THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % is not one SQL expression: %',
+                    onboarding._quoted_condition(condition), left(SQLERRM, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write one boolean expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+        BEGIN
+            PERFORM FROM onboarding._as_owner(profile_table, onboarding._connect_condition_query(a, 'NULL') || ' LIMIT 0');
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %',
+                    onboarding._quoted_condition(condition), profile_table, left(SQLERRM, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+    END IF;
+    UPDATE onboarding.attachments t SET connect_policy = policy, connect_condition = condition
+     WHERE t.profile_table = set_connect_policy.profile_table;
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_connect') THEN
+        EXECUTE format('DROP TRIGGER onboarding_connect ON %s', profile_table);
+    END IF;
+    IF policy <> 'never' THEN
+        EXECUTE format($sql$
+            CREATE TRIGGER onboarding_connect AFTER UPDATE %5$s ON %1$s
+            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
+            profile_table, a.connect_account_column, a.customer_column, profile_table::oid,
+            onboarding._connect_trigger_columns(a));
+    END IF;
+    RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
+END $$;
+
+-- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
+-- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
+-- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
+-- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
+-- look the object up before creating anything.
+CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
+RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job onboarding.jobs;
+    a onboarding.attachments;
+    due boolean;
+BEGIN
+    FOR job IN
+        WITH due AS (
+            SELECT j.id FROM onboarding.jobs j
+             WHERE j.state = onboarding._pending() AND j.run_at <= now()
+             ORDER BY j.lane, j.run_at, j.id
+             LIMIT max_jobs
+             FOR UPDATE SKIP LOCKED)
+        UPDATE onboarding.jobs j
+           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
+               first_attempt_at = coalesce(j.first_attempt_at, now())
+          FROM due WHERE j.id = due.id
+        RETURNING j.*
+    LOOP
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
+        IF NOT FOUND THEN
+            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
+            CONTINUE;
+        END IF;
+        job_id := job.id; kind := job.kind; user_id := job.user_id;
+        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
+        idempotency_key := job.idempotency_key; attempts := job.attempts;
+        stripe_id := coalesce(job.stripe_id, job.object_to_link);
+        request_params := job.request_params; lane := job.lane;
+        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
+                         OR job.last_error_detail->>'type' = 'idempotency_error';
+        BEGIN
+            -- As the table's owner (src/tables.rs), like every statement on an application table.
+            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
+              FROM onboarding._as_owner(a.profile_table,
+                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                              a.email_column, a.customer_column,
+                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                              a.profile_table, a.id_column, a.id_type),
+                       ARRAY[job.user_id]) r;
+            profile_found := FOUND;
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+        WHEN OTHERS OR query_canceled THEN
+            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
+            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
+            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                error => 'could not read the profile: ' || SQLERRM
+                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
+            CONTINUE;
+        END;
+        -- A conditional account job: the condition is checked now, in the worker (bounded by
+        -- onboarding.connect_condition_timeout), never in the application's UPDATE.
+        IF job.conditional AND profile_found THEN
+            BEGIN
+                due := onboarding._connect_due(a, job.user_id);
+            EXCEPTION WHEN OTHERS OR query_canceled THEN
+                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                    jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                    error => 'the Connect condition failed: ' || SQLERRM
+                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
+                CONTINUE;
+            END;
+            IF NOT due THEN
+                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                    jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
+                                                        a.profile_table)));
+                CONTINUE;
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- The Connect triggers again, on the columns their conditions read.
+DO $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments t WHERE t.connect_policy <> 'never' LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS onboarding_connect ON %s', a.profile_table);
+        EXECUTE format($sql$
+            CREATE TRIGGER onboarding_connect AFTER UPDATE %5$s ON %1$s
+            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
+            a.profile_table, a.connect_account_column, a.customer_column, a.profile_table::oid,
+            onboarding._connect_trigger_columns(a));
+    END LOOP;
+END $$;
+REVOKE EXECUTE ON FUNCTION onboarding._condition_columns(text), onboarding._connect_trigger_columns(onboarding.attachments)
+    FROM PUBLIC;
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -57,6 +57,9 @@ CREATE TABLE onboarding.jobs (
     -- Priority lane, claimed lowest first (onboarding._lane): 0 signups and the application's
     -- requests, 1 retries, 2 email syncs and compensation, 3 backfill and reconcile.
     lane smallint NOT NULL DEFAULT 0,
+    -- An account job made by a 'when' Connect policy: the worker checks the condition when it
+    -- claims the job (never in the application's UPDATE), so a slow condition delays only it.
+    conditional boolean NOT NULL DEFAULT false,
     -- Invariants of the state machine (sql/job_states.sql makes every move).
     CONSTRAINT jobs_finished_exactly_when_final CHECK ((finished_at IS NULL) = (state IN ('pending', 'running'))),
     CONSTRAINT jobs_claimed_exactly_while_running CHECK ((claimed_by IS NOT NULL) = (state = 'running')),

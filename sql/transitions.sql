@@ -66,6 +66,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
     a onboarding.attachments;
+    due boolean;
 BEGIN
     FOR job IN
         WITH due AS (
@@ -118,6 +119,25 @@ BEGIN
                          || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
             CONTINUE;
         END;
+        -- A conditional account job: the condition is checked now, in the worker (bounded by
+        -- onboarding.connect_condition_timeout), never in the application's UPDATE.
+        IF job.conditional AND profile_found THEN
+            BEGIN
+                due := onboarding._connect_due(a, job.user_id);
+            EXCEPTION WHEN OTHERS OR query_canceled THEN
+                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                    jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                    error => 'the Connect condition failed: ' || SQLERRM
+                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
+                CONTINUE;
+            END;
+            IF NOT due THEN
+                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                    jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
+                                                        a.profile_table)));
+                CONTINUE;
+            END IF;
+        END IF;
         RETURN NEXT;
     END LOOP;
 END $$;

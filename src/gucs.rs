@@ -32,6 +32,7 @@ pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static WAIT_FOR_STANDBYS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static STANDBY_WAIT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static CONNECT_CONDITION_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(250);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -231,6 +232,17 @@ pub fn register() {
         &STANDBY_WAIT_TIMEOUT_MS,
         0,
         i32::MAX,
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.connect_condition_timeout",
+        c"Longest a Connect condition may take for one profile before its account job is parked (dead, with the reason).",
+        c"The worker evaluates conditions when it claims an account job, as the table's owner; a slow one delays only \
+          that job, by at most this long.",
+        &CONNECT_CONDITION_TIMEOUT_MS,
+        1,
+        3_600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     unsafe { pg_sys::MarkGUCPrefixReserved(c"onboarding".as_ptr()) };
 }

@@ -52,6 +52,7 @@ mod partitions;
 mod retries;
 mod row_security;
 mod security;
+mod slow_condition;
 mod spellings;
 mod tenant;
 
@@ -76,6 +77,7 @@ fn main() {
         dropped_tables::tests(),
         locked_rows::tests(),
         lanes::tests(),
+        slow_condition::tests(),
     ]
     .into_iter()
     .flatten()
