@@ -11,7 +11,8 @@
 //! 6. the price of waiting for a standby: line 1 again on a primary with a streaming standby on
 //!    loopback, not waited for, named in `onboarding.wait_for_standbys`, and synchronous;
 //! 7. signups arriving during a backfill that waits for the rate budget, with priority lanes and
-//!    with one queue (the backfill's jobs put in the signups' lane).
+//!    with one queue (the backfill's jobs put in the signups' lane);
+//! 8. line 1 while another session holds one profile's row through its write-back.
 //!
 //! Sizes can be lowered for a quick look: BENCH_THROUGHPUT, BENCH_SLOW, BENCH_MEMORY (profiles);
 //! BENCH_ONLY=1,4 runs only those parts.
@@ -23,7 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use postgres::Client;
-use stripe_emulator::{Emulator, EmulatorConfig};
+use stripe_emulator::{Emulator, EmulatorConfig, Fault};
 use support::cluster::Cluster;
 use support::replication::{Replicated, STANDBY_NAME};
 use support::wait::open_work;
@@ -207,6 +208,29 @@ fn main() {
             &format!("5. worker private resident memory before / after {m} jobs"),
             format!("{:.1} / {:.1} MiB", before as f64 / 1024.0, after as f64 / 1024.0),
             "growth < 10 MB",
+        );
+    }
+    if part("8") {
+        // 8. One profile's row held by another session while others arrive one at a time.
+        let samples = size("BENCH_LOCKED", 200) as usize;
+        stripe.inject(Fault::stall(Duration::from_millis(300)).on("POST", "/v1/customers").times(1));
+        let held: String = db
+            .query_one("INSERT INTO public.profiles (email) VALUES ('held@example.com') RETURNING id::text", &[])
+            .unwrap()
+            .get(0);
+        let mut holder = cluster.connect();
+        let mut lock = holder.transaction().unwrap();
+        lock.query("SELECT 1 FROM public.profiles WHERE id::text = $1 FOR UPDATE", &[&held]).unwrap();
+        let (p50, _, p99) = latency(&mut db, samples, Duration::ZERO);
+        let still_unlinked: bool = db
+            .query_one("SELECT stripe_customer_id IS NULL FROM public.profiles WHERE id::text = $1", &[&held])
+            .unwrap()
+            .get(0);
+        lock.commit().unwrap();
+        row(
+            &format!("8. {samples} profiles while another's row is locked: p50 / p99"),
+            format!("{p50:.1} / {p99:.1} ms{}", if still_unlinked { "" } else { " (the row was not held!)" }),
+            "p99 <= 50 ms",
         );
     }
     if part("7") {
