@@ -2358,5 +2358,249 @@ END $$;
 REVOKE EXECUTE ON FUNCTION onboarding._condition_columns(text), onboarding._connect_trigger_columns(onboarding.attachments)
     FROM PUBLIC;
 
+------------------------------------------------------------------------------------------------
+-- 8. Nothing waits behind a locked table either: the worker's statements on application tables
+--    wait at most 50 ms for a lock (src/tables.rs); a job whose table is held waits for a later
+--    claim, keeping the object it made (_postpone).
+------------------------------------------------------------------------------------------------
+-- Puts a running job back for a second, without spending an attempt, because of something it
+-- must not wait for (a lock another transaction holds); `object` is the Stripe object it made,
+-- kept for the write-back (jobs.object_to_link).
+CREATE FUNCTION onboarding._postpone(job bigint, reason text, object text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.jobs SET object_to_link = coalesce(object, object_to_link) WHERE id = job;
+    PERFORM onboarding._finish_job(job, onboarding._pending(), 'postponed',
+        jsonb_build_object('reason', reason, 'stripe_id', object), retry_in => interval '1 second');
+    UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
+END $$;
+
+-- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
+-- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
+-- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
+-- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
+-- look the object up before creating anything.
+CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
+RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job onboarding.jobs;
+    a onboarding.attachments;
+    due boolean;
+BEGIN
+    FOR job IN
+        WITH due AS (
+            SELECT j.id FROM onboarding.jobs j
+             WHERE j.state = onboarding._pending() AND j.run_at <= now()
+             ORDER BY j.lane, j.run_at, j.id
+             LIMIT max_jobs
+             FOR UPDATE SKIP LOCKED)
+        UPDATE onboarding.jobs j
+           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
+               first_attempt_at = coalesce(j.first_attempt_at, now())
+          FROM due WHERE j.id = due.id
+        RETURNING j.*
+    LOOP
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
+        IF NOT FOUND THEN
+            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
+            CONTINUE;
+        END IF;
+        job_id := job.id; kind := job.kind; user_id := job.user_id;
+        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
+        idempotency_key := job.idempotency_key; attempts := job.attempts;
+        stripe_id := coalesce(job.stripe_id, job.object_to_link);
+        request_params := job.request_params; lane := job.lane;
+        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
+                         OR job.last_error_detail->>'type' = 'idempotency_error';
+        BEGIN
+            -- As the table's owner (src/tables.rs), like every statement on an application table.
+            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
+              FROM onboarding._as_owner(a.profile_table,
+                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                              a.email_column, a.customer_column,
+                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                              a.profile_table, a.id_column, a.id_type),
+                       ARRAY[job.user_id]) r;
+            profile_found := FOUND;
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+        WHEN lock_not_available THEN
+            -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
+            -- does not wait for it (src/tables.rs); this job tries again in a second.
+            PERFORM onboarding._postpone(job.id, format('table %s is locked by another transaction', a.profile_table));
+            CONTINUE;
+        WHEN OTHERS OR query_canceled THEN
+            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
+            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
+            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                error => 'could not read the profile: ' || SQLERRM
+                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
+            CONTINUE;
+        END;
+        -- A conditional account job: the condition is checked now, in the worker (bounded by
+        -- onboarding.connect_condition_timeout), never in the application's UPDATE.
+        IF job.conditional AND profile_found THEN
+            BEGIN
+                due := onboarding._connect_due(a, job.user_id);
+            EXCEPTION WHEN OTHERS OR query_canceled THEN
+                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                    jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                    error => 'the Connect condition failed: ' || SQLERRM
+                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
+                CONTINUE;
+            END;
+            IF NOT due THEN
+                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                    jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
+                                                        a.profile_table)));
+                CONTINUE;
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Writes created (or adopted) customers and Connect accounts back to their profiles, set-based:
+-- for each of this worker's running creation jobs, the object goes to the profile's column where it
+-- is still NULL, the job is finished (written_back), and a customer whose profile email changed
+-- after it was sent gets an email update. Returns the jobs written back; _write_back handles the
+-- others (profile gone or linked elsewhere).
+CREATE OR REPLACE FUNCTION onboarding._link_objects(job_ids bigint[], objects text[]) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target record;
+    a onboarding.attachments;
+    target_column name;
+    written bigint[] := '{}';
+    linked bigint[];
+    changed bigint[];
+    j onboarding.jobs;
+BEGIN
+    FOR target IN SELECT DISTINCT x.profile_table, x.kind FROM onboarding.jobs x
+                   WHERE x.id = ANY (job_ids) AND x.kind IN ('create_customer', 'create_connect_account') LOOP
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = target.profile_table;
+        target_column := CASE target.kind WHEN 'create_customer' THEN a.customer_column
+                                          ELSE a.connect_account_column END;
+        CONTINUE WHEN target_column IS NULL;  -- detached, or no Connect column
+        -- The profiles are written as the table's owner (src/tables.rs); the jobs and events here.
+        BEGIN
+            WITH mine AS (
+                SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
+                  FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+                 WHERE x.profile_table = target.profile_table AND x.kind = target.kind
+                   AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
+            profiles_linked AS (
+                SELECT r[1] AS user_id, r[2] AS email
+                  FROM onboarding._as_owner(a.profile_table,
+                           -- SKIP LOCKED: a row another transaction holds is left for a later claim
+                           -- (_write_back postpones its job); it never holds up the batch.
+                           format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
+                                    WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL
+                                      AND p.%2$I IN (SELECT q.%2$I FROM %1$s q WHERE q.%2$I = ANY ($1::%4$s[])
+                                                        FOR UPDATE SKIP LOCKED)
+                                    RETURNING o.user_id, p.%5$I::text',
+                                  a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
+                           ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
+                                 (SELECT array_agg(m.object) FROM mine m)::text]) r),
+            linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
+            finished AS (
+                UPDATE onboarding.jobs x
+                   SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL, object_to_link = NULL
+                  FROM linked l WHERE x.id = l.id
+                RETURNING x.id),
+            logged AS (
+                INSERT INTO onboarding.events (job_id, user_id, step, detail)
+                SELECT l.id, l.user_id, 'written_back',
+                       jsonb_build_object('stripe_id', l.object, 'table', a.profile_table::text, 'column', target_column)
+                  FROM linked l ORDER BY l.id)
+            SELECT coalesce(array_agg(l.id), '{}'),
+                   coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
+              INTO linked, changed
+              FROM linked l;
+        EXCEPTION WHEN lock_not_available THEN
+            CONTINUE;  -- another transaction holds the table: _write_back postpones these jobs
+        END;
+        written := written || linked;
+        -- The email changed after the customer was sent: the customer follows.
+        IF target.kind = 'create_customer' AND cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
+            FOR j IN SELECT * FROM onboarding.jobs x WHERE x.id = ANY (changed) LOOP
+                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
+                                                         j.stripe_id, 'email changed during creation');
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN written;
+END $$;
+
+-- Writes a created (or adopted) customer or Connect account back to its profile (_link_objects)
+-- and finishes the job. Returns what happened: written_back, already_linked, postponed (the row
+-- is locked: the job waits, holding its object), linked_elsewhere, profile_gone. An object no
+-- profile can use is queued for deletion.
+CREATE OR REPLACE FUNCTION onboarding._write_back(job bigint, object_id text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j onboarding.jobs;
+    a onboarding.attachments;
+    target_column name;
+    compensation text;
+    current_id text;
+    found_profile boolean;
+BEGIN
+    IF job = ANY (onboarding._link_objects(ARRAY[job], ARRAY[object_id])) THEN
+        RETURN 'written_back';
+    END IF;
+    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
+    compensation := CASE j.kind WHEN 'create_customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
+    target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
+    IF target_column IS NOT NULL THEN
+        BEGIN
+            SELECT true, r[1] INTO found_profile, current_id
+              FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                       target_column, a.profile_table, a.id_column, a.id_type), ARRAY[j.user_id]) r;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM onboarding._postpone(job, format('table %s is locked by another transaction', a.profile_table),
+                                         object_id);
+            RETURN 'postponed';
+        END;
+    END IF;
+    IF current_id = object_id THEN
+        PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'skipped',
+            jsonb_build_object('reason', 'profile already linked to this object', 'stripe_id', object_id),
+            stripe_id => object_id);
+        RETURN 'already_linked';
+    ELSIF found_profile AND current_id IS NULL THEN
+        -- Another transaction holds the profile's row: keep the object, write it back at a later
+        -- claim (no Stripe call, no attempt spent), and let the rest of the batch go on.
+        PERFORM onboarding._postpone(job, 'the profile''s row is locked by another transaction', object_id);
+        RETURN 'postponed';
+    ELSIF found_profile THEN
+        -- Someone linked another object meanwhile: ours has no profile pointing at it.
+        PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
+            jsonb_build_object('reason', format('profile is linked to %s instead', current_id), 'stripe_id', object_id),
+            stripe_id => object_id, error => format('profile is already linked to %s; %s is unused', current_id, object_id));
+        PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
+                                                 'profile linked to another object');
+        RETURN 'linked_elsewhere';
+    END IF;
+    PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
+        jsonb_build_object('reason', 'profile deleted before write-back', 'stripe_id', object_id),
+        stripe_id => object_id, error => format('profile deleted before %s could be written back', object_id));
+    PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
+                                             'profile deleted before write-back');
+    RETURN 'profile_gone';
+END $$;
+
+REVOKE EXECUTE ON FUNCTION onboarding._postpone(bigint, text, text) FROM PUBLIC;
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -110,6 +110,11 @@ BEGIN
         EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
             -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
             profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+        WHEN lock_not_available THEN
+            -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
+            -- does not wait for it (src/tables.rs); this job tries again in a second.
+            PERFORM onboarding._postpone(job.id, format('table %s is locked by another transaction', a.profile_table));
+            CONTINUE;
         WHEN OTHERS OR query_canceled THEN
             -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
             -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
@@ -169,6 +174,18 @@ BEGIN
     INSERT INTO onboarding.events (job_id, user_id, step, detail) VALUES (job, uid, step, detail);
 END $$;
 
+-- Puts a running job back for a second, without spending an attempt, because of something it
+-- must not wait for (a lock another transaction holds); `object` is the Stripe object it made,
+-- kept for the write-back (jobs.object_to_link).
+CREATE FUNCTION onboarding._postpone(job bigint, reason text, object text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.jobs SET object_to_link = coalesce(object, object_to_link) WHERE id = job;
+    PERFORM onboarding._finish_job(job, onboarding._pending(), 'postponed',
+        jsonb_build_object('reason', reason, 'stripe_id', object), retry_in => interval '1 second');
+    UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
+END $$;
+
 -- Records an event of a job (the worker's results other than the batched common ones).
 -- (The worker's hot-path functions are plpgsql, not sql: plpgsql keeps its plans for the session,
 -- while a non-inlined sql function is parsed and planned again on every call.)
@@ -202,39 +219,43 @@ BEGIN
                                           ELSE a.connect_account_column END;
         CONTINUE WHEN target_column IS NULL;  -- detached, or no Connect column
         -- The profiles are written as the table's owner (src/tables.rs); the jobs and events here.
-        WITH mine AS (
-            SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
-              FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
-             WHERE x.profile_table = target.profile_table AND x.kind = target.kind
-               AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
-        profiles_linked AS (
-            SELECT r[1] AS user_id, r[2] AS email
-              FROM onboarding._as_owner(a.profile_table,
-                       -- SKIP LOCKED: a row another transaction holds is left for a later claim
-                       -- (_write_back postpones its job); it never holds up the batch.
-                       format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
-                                WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL
-                                  AND p.%2$I IN (SELECT q.%2$I FROM %1$s q WHERE q.%2$I = ANY ($1::%4$s[])
-                                                    FOR UPDATE SKIP LOCKED)
-                                RETURNING o.user_id, p.%5$I::text',
-                              a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
-                       ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
-                             (SELECT array_agg(m.object) FROM mine m)::text]) r),
-        linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
-        finished AS (
-            UPDATE onboarding.jobs x
-               SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL, object_to_link = NULL
-              FROM linked l WHERE x.id = l.id
-            RETURNING x.id),
-        logged AS (
-            INSERT INTO onboarding.events (job_id, user_id, step, detail)
-            SELECT l.id, l.user_id, 'written_back',
-                   jsonb_build_object('stripe_id', l.object, 'table', a.profile_table::text, 'column', target_column)
-              FROM linked l ORDER BY l.id)
-        SELECT coalesce(array_agg(l.id), '{}'),
-               coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
-          INTO linked, changed
-          FROM linked l;
+        BEGIN
+            WITH mine AS (
+                SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
+                  FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+                 WHERE x.profile_table = target.profile_table AND x.kind = target.kind
+                   AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
+            profiles_linked AS (
+                SELECT r[1] AS user_id, r[2] AS email
+                  FROM onboarding._as_owner(a.profile_table,
+                           -- SKIP LOCKED: a row another transaction holds is left for a later claim
+                           -- (_write_back postpones its job); it never holds up the batch.
+                           format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
+                                    WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL
+                                      AND p.%2$I IN (SELECT q.%2$I FROM %1$s q WHERE q.%2$I = ANY ($1::%4$s[])
+                                                        FOR UPDATE SKIP LOCKED)
+                                    RETURNING o.user_id, p.%5$I::text',
+                                  a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
+                           ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
+                                 (SELECT array_agg(m.object) FROM mine m)::text]) r),
+            linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
+            finished AS (
+                UPDATE onboarding.jobs x
+                   SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL, object_to_link = NULL
+                  FROM linked l WHERE x.id = l.id
+                RETURNING x.id),
+            logged AS (
+                INSERT INTO onboarding.events (job_id, user_id, step, detail)
+                SELECT l.id, l.user_id, 'written_back',
+                       jsonb_build_object('stripe_id', l.object, 'table', a.profile_table::text, 'column', target_column)
+                  FROM linked l ORDER BY l.id)
+            SELECT coalesce(array_agg(l.id), '{}'),
+                   coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
+              INTO linked, changed
+              FROM linked l;
+        EXCEPTION WHEN lock_not_available THEN
+            CONTINUE;  -- another transaction holds the table: _write_back postpones these jobs
+        END;
         written := written || linked;
         -- The email changed after the customer was sent: the customer follows.
         IF target.kind = 'create_customer' AND cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
@@ -269,9 +290,15 @@ BEGIN
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
     target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
     IF target_column IS NOT NULL THEN
-        SELECT true, r[1] INTO found_profile, current_id
-          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
-                   target_column, a.profile_table, a.id_column, a.id_type), ARRAY[j.user_id]) r;
+        BEGIN
+            SELECT true, r[1] INTO found_profile, current_id
+              FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                       target_column, a.profile_table, a.id_column, a.id_type), ARRAY[j.user_id]) r;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM onboarding._postpone(job, format('table %s is locked by another transaction', a.profile_table),
+                                         object_id);
+            RETURN 'postponed';
+        END;
     END IF;
     IF current_id = object_id THEN
         PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'skipped',
@@ -281,11 +308,7 @@ BEGIN
     ELSIF found_profile AND current_id IS NULL THEN
         -- Another transaction holds the profile's row: keep the object, write it back at a later
         -- claim (no Stripe call, no attempt spent), and let the rest of the batch go on.
-        UPDATE onboarding.jobs SET object_to_link = object_id WHERE id = job;
-        PERFORM onboarding._finish_job(job, onboarding._pending(), 'postponed',
-            jsonb_build_object('reason', 'the profile''s row is locked by another transaction', 'stripe_id', object_id),
-            retry_in => interval '1 second');
-        UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
+        PERFORM onboarding._postpone(job, 'the profile''s row is locked by another transaction', object_id);
         RETURN 'postponed';
     ELSIF found_profile THEN
         -- Someone linked another object meanwhile: ours has no profile pointing at it.

@@ -13,6 +13,9 @@ use pgrx::prelude::*;
 use crate::gucs;
 use crate::pg::owner;
 
+/// How long the worker waits for a lock on an application table (rows it skips: SKIP LOCKED).
+const WORKER_LOCK_TIMEOUT_MS: std::ffi::c_int = 50;
+
 /// Runs `statement` (its result columns all text) with `params` as `$1 … $n` (text) as the owner of
 /// `table`, and returns its rows. Not for applications: EXECUTE is revoked from PUBLIC.
 #[pg_extern(name = "_as_owner", volatile, parallel_unsafe)]
@@ -30,7 +33,10 @@ fn as_owner(
         );
     }
     let owner = owner_of(table);
-    let rows = owner::as_role(owner, gucs::owner_statement_timeout_ms(), || {
+    // The worker never waits for an application's lock: a table someone holds (ALTER TABLE, VACUUM
+    // FULL, LOCK) fails the statement with 55P03 at once, and the job waits for a later claim.
+    let lock_timeout = if gucs::in_worker() { WORKER_LOCK_TIMEOUT_MS } else { 0 };
+    let rows = owner::as_role(owner, gucs::owner_statement_timeout_ms(), lock_timeout, || {
         run(statement, None, &params, |result| {
             let mut rows = Vec::new();
             let Ok(columns) = result.columns() else {
@@ -105,7 +111,7 @@ fn calling_role() -> pg_sys::Oid {
 #[pg_extern(name = "_caller_can_read", volatile, parallel_unsafe)]
 fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Option<String>>, "'{}'")) -> &'static str {
     let caller = unsafe { pg_sys::GetOuterUserId() };
-    owner::as_role(caller, gucs::owner_statement_timeout_ms(), || {
+    owner::as_role(caller, gucs::owner_statement_timeout_ms(), 0, || {
         let may_select = read_bool("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", table).unwrap_or(false);
         if !may_select {
             return "refused";

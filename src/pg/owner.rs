@@ -52,10 +52,11 @@ impl Drop for Deadline {
 ///
 /// `timeout_ms` (when positive and no statement timeout is running already) bounds the work: past
 /// it, the running statement fails with 57014 ("canceling statement due to statement timeout").
+/// `lock_timeout_ms` (when positive) bounds each wait for a lock: past it, 55P03.
 ///
 /// On an error the (sub)transaction's abort restores the user and the settings, as it does for
 /// PostgreSQL's own callers; `work` is not expected to catch errors.
-pub fn as_role<R>(role: pg_sys::Oid, timeout_ms: c_int, work: impl FnOnce() -> R) -> R {
+pub fn as_role<R>(role: pg_sys::Oid, timeout_ms: c_int, lock_timeout_ms: c_int, work: impl FnOnce() -> R) -> R {
     let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0);
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
@@ -76,6 +77,21 @@ pub fn as_role<R>(role: pg_sys::Oid, timeout_ms: c_int, work: impl FnOnce() -> R
             0,
             false,
         );
+    }
+    if lock_timeout_ms > 0 {
+        let value = std::ffi::CString::new(lock_timeout_ms.to_string()).expect("digits");
+        unsafe {
+            pg_sys::set_config_option(
+                c"lock_timeout".as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
     }
     let deadline = Deadline::arm(timeout_ms);
     let result = work();
