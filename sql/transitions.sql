@@ -174,15 +174,19 @@ BEGIN
     INSERT INTO onboarding.events (job_id, user_id, step, detail) VALUES (job, uid, step, detail);
 END $$;
 
--- Puts a running job back for a second, without spending an attempt, because of something it
--- must not wait for (a lock another transaction holds); `object` is the Stripe object it made,
--- kept for the write-back (jobs.object_to_link).
+-- Puts a running job back, without spending an attempt, because of something it must not wait
+-- for (a lock another transaction holds); `object` is the Stripe object it made, kept for the
+-- write-back (jobs.object_to_link). It looks again in a second, then less often the longer it has
+-- waited (a tenth of its age, at most a minute): a lock held for hours costs a claim a minute.
 CREATE FUNCTION onboarding._postpone(job bigint, reason text, object text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    waited interval := now() - (SELECT coalesce(j.first_attempt_at, j.created_at) FROM onboarding.jobs j WHERE j.id = job);
 BEGIN
     UPDATE onboarding.jobs SET object_to_link = coalesce(object, object_to_link) WHERE id = job;
     PERFORM onboarding._finish_job(job, onboarding._pending(), 'postponed',
-        jsonb_build_object('reason', reason, 'stripe_id', object), retry_in => interval '1 second');
+        jsonb_build_object('reason', reason, 'stripe_id', object),
+        retry_in => least(greatest(interval '1 second', waited / 10), interval '1 minute'));
     UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
 END $$;
 

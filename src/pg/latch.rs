@@ -44,15 +44,22 @@ unsafe fn end_commit_wait() {
 /// Afterwards the worker stops the ordinary way, through [`shutdown_requested`]: the pending
 /// "die" is withdrawn, so no FATAL cuts the loop short.
 pub fn commit_interruptibly(commit: impl FnOnce()) {
+    /// Leaves the commit state however the commit ends (an ERROR unwinds through here).
+    struct Committing;
+    impl Drop for Committing {
+        fn drop(&mut self) {
+            COMMITTING.store(false, Ordering::SeqCst);
+            if shutdown_requested() {
+                unsafe { (&raw mut pg_sys::ProcDiePending).write_volatile(0) };
+            }
+        }
+    }
     COMMITTING.store(true, Ordering::SeqCst);
+    let _committing = Committing;
     if shutdown_requested() {
         unsafe { end_commit_wait() };
     }
     commit();
-    COMMITTING.store(false, Ordering::SeqCst);
-    if shutdown_requested() {
-        unsafe { (&raw mut pg_sys::ProcDiePending).write_volatile(0) };
-    }
 }
 
 /// Waits for the latch (or the timeout); returns whether the latch was set. Postmaster death
