@@ -2,6 +2,8 @@
 -- installed and PostgreSQL restarted). Keeps every job, event, intake row and attachment.
 -- Until this commits, the 0.3.0 workers wait (src/release.rs); its commit wakes them.
 -- tests/upgrade.rs checks that this gives the schema of a fresh 0.3.0 install.
+-- 0.3.0 is one release made in several parts (the sections below): a function that more than one
+-- part changed is stated once, in its final form, where it first appears.
 \echo Use "ALTER EXTENSION onboarding UPDATE TO '0.3.0'" to load this file. \quit
 
 ------------------------------------------------------------------------------------------------
@@ -84,16 +86,23 @@ END $$;
 
 -- Whether the Connect policy of `a` wants an account for the profile `uid`. The condition is
 -- evaluated on the profile's row as the table's owner (src/tables.rs), never with this extension's
--- rights; set_connect_policy() has checked that it is one expression (src/condition.rs).
+-- rights, within onboarding.connect_condition_timeout; set_connect_policy() has checked that it is
+-- one expression (src/condition.rs). Called by the worker only (claims, account-link requests).
 CREATE FUNCTION onboarding._connect_due(a onboarding.attachments, uid text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner_timeout text := current_setting('onboarding.owner_statement_timeout');
+    due boolean;
 BEGIN
     IF a.connect_policy = 'always' THEN
         RETURN true;
     ELSIF a.connect_policy = 'when' THEN
-        RETURN coalesce((SELECT r[1]::boolean
+        PERFORM set_config('onboarding.owner_statement_timeout', current_setting('onboarding.connect_condition_timeout'), true);
+        due := coalesce((SELECT r[1]::boolean
                            FROM onboarding._as_owner(a.profile_table, onboarding._connect_condition_query(a, '$1'),
                                                      ARRAY[uid]) r), false);
+        PERFORM set_config('onboarding.owner_statement_timeout', owner_timeout, true);
+        RETURN due;
     END IF;
     RETURN false;
 END $$;
@@ -253,14 +262,16 @@ BEGIN
 END $$;
 
 -- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
--- TG_ARGV: id column, customer column.
+-- TG_ARGV: id column, customer column, the attached table's oid (a partitioned table's triggers
+-- fire on its partitions; triggers made before 0.3.0 lack it and sit on the attached table itself).
 CREATE OR REPLACE FUNCTION onboarding._enqueue_email_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     picked text[] := onboarding._profile_columns(TG_RELID, NEW, ARRAY[TG_ARGV[0], TG_ARGV[1]]::name[]);
+    attached regclass := coalesce(TG_ARGV[2]::oid, TG_RELID);
 BEGIN
     IF picked[2] IS NOT NULL AND onboarding._sync_email_enabled() THEN
-        PERFORM onboarding._enqueue_for_customer(TG_RELID, picked[1], 'update_customer_email', picked[2],
+        PERFORM onboarding._enqueue_for_customer(attached, picked[1], 'update_customer_email', picked[2],
                                                  'email changed');
     END IF;
     RETURN NULL;
@@ -297,20 +308,22 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the
--- worker's write-back of the customer): enqueues the account when the policy wants one.
+-- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account, for updates of
+-- the customer column (which covers the worker's write-back) or of the columns the condition
+-- reads: enqueues the account. Under a 'when' policy the job is conditional: the worker checks
+-- the condition when it claims it, so the application's UPDATE never waits for a condition.
+-- TG_ARGV: the attached table's oid (as for _enqueue_email_update).
 CREATE OR REPLACE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a onboarding.attachments;
     uid text;
 BEGIN
-    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = TG_RELID;
-    IF FOUND THEN
+    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = coalesce(TG_ARGV[0]::oid, TG_RELID);
+    IF FOUND AND a.connect_policy <> 'never' THEN
         uid := (onboarding._profile_columns(TG_RELID, NEW, ARRAY[a.id_column]))[1];
-        IF onboarding._connect_due(a, uid) THEN
-            PERFORM onboarding._enqueue(TG_RELID, uid, 'create_connect_account', 'connect policy');
-        END IF;
+        PERFORM onboarding._enqueue(a.profile_table, uid, 'create_connect_account',
+                                    CASE a.connect_policy WHEN 'when' THEN 'connect condition' ELSE 'connect policy' END);
     END IF;
     RETURN NULL;
 END $$;
@@ -369,10 +382,11 @@ BEGIN
     END IF;
     IF policy <> 'never' THEN
         EXECUTE format($sql$
-            CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
+            CREATE TRIGGER onboarding_connect AFTER UPDATE %5$s ON %1$s
             FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
-            EXECUTE FUNCTION onboarding._enqueue_connect_if_due()$sql$,
-            profile_table, a.connect_account_column, a.customer_column);
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
+            profile_table, a.connect_account_column, a.customer_column, profile_table::oid,
+            onboarding._connect_trigger_columns(a));
     END IF;
     RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
 END $$;
@@ -600,26 +614,31 @@ END $$;
 -- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
 -- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
 -- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
--- or refused it (idempotency_error): look the object up before creating anything.
-CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
+-- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
+-- look the object up before creating anything.
+-- (Dropped first: its result gained a column, lane.)
+DROP FUNCTION onboarding._claim_jobs(integer, interval);
+CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text, connect_account_id text)
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
     a onboarding.attachments;
+    due boolean;
 BEGIN
     FOR job IN
         WITH due AS (
             SELECT j.id FROM onboarding.jobs j
              WHERE j.state = onboarding._pending() AND j.run_at <= now()
-             ORDER BY j.run_at, j.id
+             ORDER BY j.lane, j.run_at, j.id
              LIMIT max_jobs
              FOR UPDATE SKIP LOCKED)
         UPDATE onboarding.jobs j
            SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimed_at = now(), first_attempt_at = coalesce(j.first_attempt_at, now())
+               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
+               first_attempt_at = coalesce(j.first_attempt_at, now())
           FROM due WHERE j.id = due.id
         RETURNING j.*
     LOOP
@@ -632,9 +651,11 @@ BEGIN
             CONTINUE;
         END IF;
         job_id := job.id; kind := job.kind; user_id := job.user_id;
-        idempotency_key := job.idempotency_key; attempts := job.attempts; stripe_id := job.stripe_id;
-        request_params := job.request_params;
-        look_up_first := job.first_attempt_at < now() - horizon
+        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
+        idempotency_key := job.idempotency_key; attempts := job.attempts;
+        stripe_id := coalesce(job.stripe_id, job.object_to_link);
+        request_params := job.request_params; lane := job.lane;
+        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
                          OR job.last_error_detail->>'type' = 'idempotency_error';
         BEGIN
             -- As the table's owner (src/tables.rs), like every statement on an application table.
@@ -649,6 +670,11 @@ BEGIN
         EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
             -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
             profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+        WHEN lock_not_available THEN
+            -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
+            -- does not wait for it (src/tables.rs); this job tries again in a second.
+            PERFORM onboarding._postpone(job.id, format('table %s is locked by another transaction', a.profile_table));
+            CONTINUE;
         WHEN OTHERS OR query_canceled THEN
             -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
             -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
@@ -658,6 +684,25 @@ BEGIN
                          || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
             CONTINUE;
         END;
+        -- A conditional account job: the condition is checked now, in the worker (bounded by
+        -- onboarding.connect_condition_timeout), never in the application's UPDATE.
+        IF job.conditional AND profile_found THEN
+            BEGIN
+                due := onboarding._connect_due(a, job.user_id);
+            EXCEPTION WHEN OTHERS OR query_canceled THEN
+                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                    jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                    error => 'the Connect condition failed: ' || SQLERRM
+                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
+                CONTINUE;
+            END;
+            IF NOT due THEN
+                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                    jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
+                                                        a.profile_table)));
+                CONTINUE;
+            END IF;
+        END IF;
         RETURN NEXT;
     END LOOP;
 END $$;
@@ -685,34 +730,43 @@ BEGIN
                                           ELSE a.connect_account_column END;
         CONTINUE WHEN target_column IS NULL;  -- detached, or no Connect column
         -- The profiles are written as the table's owner (src/tables.rs); the jobs and events here.
-        WITH mine AS (
-            SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
-              FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
-             WHERE x.profile_table = target.profile_table AND x.kind = target.kind
-               AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
-        profiles_linked AS (
-            SELECT r[1] AS user_id, r[2] AS email
-              FROM onboarding._as_owner(a.profile_table,
-                       format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
-                                WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL RETURNING o.user_id, p.%5$I::text',
-                              a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
-                       ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
-                             (SELECT array_agg(m.object) FROM mine m)::text]) r),
-        linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
-        finished AS (
-            UPDATE onboarding.jobs x
-               SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL
-              FROM linked l WHERE x.id = l.id
-            RETURNING x.id),
-        logged AS (
-            INSERT INTO onboarding.events (job_id, user_id, step, detail)
-            SELECT l.id, l.user_id, 'written_back',
-                   jsonb_build_object('stripe_id', l.object, 'table', a.profile_table::text, 'column', target_column)
-              FROM linked l ORDER BY l.id)
-        SELECT coalesce(array_agg(l.id), '{}'),
-               coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
-          INTO linked, changed
-          FROM linked l;
+        BEGIN
+            WITH mine AS (
+                SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
+                  FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+                 WHERE x.profile_table = target.profile_table AND x.kind = target.kind
+                   AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
+            profiles_linked AS (
+                SELECT r[1] AS user_id, r[2] AS email
+                  FROM onboarding._as_owner(a.profile_table,
+                           -- SKIP LOCKED: a row another transaction holds is left for a later claim
+                           -- (_write_back postpones its job); it never holds up the batch.
+                           format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
+                                    WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL
+                                      AND p.%2$I IN (SELECT q.%2$I FROM %1$s q WHERE q.%2$I = ANY ($1::%4$s[])
+                                                        FOR UPDATE SKIP LOCKED)
+                                    RETURNING o.user_id, p.%5$I::text',
+                                  a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
+                           ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
+                                 (SELECT array_agg(m.object) FROM mine m)::text]) r),
+            linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
+            finished AS (
+                UPDATE onboarding.jobs x
+                   SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL, object_to_link = NULL
+                  FROM linked l WHERE x.id = l.id
+                RETURNING x.id),
+            logged AS (
+                INSERT INTO onboarding.events (job_id, user_id, step, detail)
+                SELECT l.id, l.user_id, 'written_back',
+                       jsonb_build_object('stripe_id', l.object, 'table', a.profile_table::text, 'column', target_column)
+                  FROM linked l ORDER BY l.id)
+            SELECT coalesce(array_agg(l.id), '{}'),
+                   coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
+              INTO linked, changed
+              FROM linked l;
+        EXCEPTION WHEN lock_not_available THEN
+            CONTINUE;  -- another transaction holds the table: _write_back postpones these jobs
+        END;
         written := written || linked;
         -- The email changed after the customer was sent: the customer follows.
         IF target.kind = 'create_customer' AND cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
@@ -726,8 +780,9 @@ BEGIN
 END $$;
 
 -- Writes a created (or adopted) customer or Connect account back to its profile (_link_objects)
--- and finishes the job. Returns what happened: written_back, already_linked, linked_elsewhere,
--- profile_gone. An object no profile can use is queued for deletion.
+-- and finishes the job. Returns what happened: written_back, already_linked, postponed (the row
+-- is locked: the job waits, holding its object), linked_elsewhere, profile_gone. An object no
+-- profile can use is queued for deletion.
 CREATE OR REPLACE FUNCTION onboarding._write_back(job bigint, object_id text) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -746,15 +801,26 @@ BEGIN
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
     target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
     IF target_column IS NOT NULL THEN
-        SELECT true, r[1] INTO found_profile, current_id
-          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
-                   target_column, a.profile_table, a.id_column, a.id_type), ARRAY[j.user_id]) r;
+        BEGIN
+            SELECT true, r[1] INTO found_profile, current_id
+              FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                       target_column, a.profile_table, a.id_column, a.id_type), ARRAY[j.user_id]) r;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM onboarding._postpone(job, format('table %s is locked by another transaction', a.profile_table),
+                                         object_id);
+            RETURN 'postponed';
+        END;
     END IF;
     IF current_id = object_id THEN
         PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'skipped',
             jsonb_build_object('reason', 'profile already linked to this object', 'stripe_id', object_id),
             stripe_id => object_id);
         RETURN 'already_linked';
+    ELSIF found_profile AND current_id IS NULL THEN
+        -- Another transaction holds the profile's row: keep the object, write it back at a later
+        -- claim (no Stripe call, no attempt spent), and let the rest of the batch go on.
+        PERFORM onboarding._postpone(job, 'the profile''s row is locked by another transaction', object_id);
+        RETURN 'postponed';
     ELSIF found_profile THEN
         -- Someone linked another object meanwhile: ours has no profile pointing at it.
         PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
@@ -806,7 +872,8 @@ REVOKE EXECUTE ON FUNCTION onboarding._as_owner(oid, text, text[]), onboarding._
     onboarding._caller_can_read(oid, text, text[]), onboarding._check_connect_condition(text),
     onboarding._quoted_condition(text), onboarding._check_profile_columns(regclass, name[]),
     onboarding._profile_columns(regclass, anyelement, name[]), onboarding._connect_due(onboarding.attachments, text),
-    onboarding._connect_condition_query(onboarding.attachments, text) FROM PUBLIC;
+    onboarding._connect_condition_query(onboarding.attachments, text), onboarding._claim_jobs(integer, interval)
+    FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------------
 -- 4. Exactly once across replicas and failover, and for every spelling of a profile: idempotency
@@ -1103,7 +1170,8 @@ BEGIN
         IF FOUND THEN
             RETURN job;
         END IF;
-        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key) VALUES (job_kind, tbl, uid, key)
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, lane, conditional)
+        VALUES (job_kind, tbl, uid, key, onboarding._lane(job_kind, source), source = 'connect condition')
         ON CONFLICT DO NOTHING RETURNING id INTO job;
         IF job IS NOT NULL THEN
             INSERT INTO onboarding.events (job_id, user_id, step, detail)
@@ -1235,103 +1303,6 @@ BEGIN
          ORDER BY k.kind;
 END $$;
 
--- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
--- TG_ARGV: id column, customer column, the attached table's oid (a partitioned table's triggers
--- fire on its partitions; triggers made before 0.3.0 lack it and sit on the attached table itself).
-CREATE OR REPLACE FUNCTION onboarding._enqueue_email_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    picked text[] := onboarding._profile_columns(TG_RELID, NEW, ARRAY[TG_ARGV[0], TG_ARGV[1]]::name[]);
-    attached regclass := coalesce(TG_ARGV[2]::oid, TG_RELID);
-BEGIN
-    IF picked[2] IS NOT NULL AND onboarding._sync_email_enabled() THEN
-        PERFORM onboarding._enqueue_for_customer(attached, picked[1], 'update_customer_email', picked[2],
-                                                 'email changed');
-    END IF;
-    RETURN NULL;
-END $$;
-
--- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account (which covers the
--- worker's write-back of the customer): enqueues the account when the policy wants one.
--- TG_ARGV: the attached table's oid (as for _enqueue_email_update).
-CREATE OR REPLACE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a onboarding.attachments;
-    uid text;
-BEGIN
-    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = coalesce(TG_ARGV[0]::oid, TG_RELID);
-    IF FOUND THEN
-        uid := (onboarding._profile_columns(TG_RELID, NEW, ARRAY[a.id_column]))[1];
-        IF onboarding._connect_due(a, uid) THEN
-            PERFORM onboarding._enqueue(a.profile_table, uid, 'create_connect_account', 'connect policy');
-        END IF;
-    END IF;
-    RETURN NULL;
-END $$;
-
--- Sets when Connect accounts are created for a table's profiles: 'never', 'always', or 'when' with a
--- condition over the profile row, e.g. set_connect_policy('public.profiles', 'when', 'role = ''provider''').
-CREATE OR REPLACE FUNCTION onboarding.set_connect_policy(profile_table regclass, policy text, condition text DEFAULT NULL)
-RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a onboarding.attachments;
-BEGIN
-    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_connect_policy.profile_table;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
-        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(quote_literal(policy), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
-        RAISE EXCEPTION 'onboarding: a condition goes with policy ''when'', and only with it'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'For example: set_connect_policy(''public.profiles'', ''when'', ''role = ''''provider'''''')';
-    END IF;
-    IF policy <> 'never' AND a.connect_account_column IS NULL THEN
-        RAISE EXCEPTION 'onboarding: % has no Connect account column', profile_table
-            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
-    END IF;
-    a.connect_policy := policy;
-    a.connect_condition := condition;
-    IF policy = 'when' THEN
-        -- One expression (src/condition.rs), then planned (not run) as the table's owner.
-        BEGIN
-            PERFORM onboarding._check_connect_condition(condition);
-        EXCEPTION WHEN syntax_error THEN
-            RAISE EXCEPTION 'onboarding: the connect condition % is not one SQL expression: %',
-                    onboarding._quoted_condition(condition), left(SQLERRM, 200)
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Write one boolean expression over the profile''s columns, e.g. role = ''provider''.';
-        END;
-        BEGIN
-            PERFORM FROM onboarding._as_owner(profile_table, onboarding._connect_condition_query(a, 'NULL') || ' LIMIT 0');
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %',
-                    onboarding._quoted_condition(condition), profile_table, left(SQLERRM, 200)
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
-        END;
-    END IF;
-    UPDATE onboarding.attachments t SET connect_policy = policy, connect_condition = condition
-     WHERE t.profile_table = set_connect_policy.profile_table;
-    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_connect') THEN
-        EXECUTE format('DROP TRIGGER onboarding_connect ON %s', profile_table);
-    END IF;
-    IF policy <> 'never' THEN
-        EXECUTE format($sql$
-            CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
-            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
-            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
-            profile_table, a.connect_account_column, a.customer_column, profile_table::oid);
-    END IF;
-    RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
-END $$;
-
 CREATE OR REPLACE FUNCTION onboarding.attach(
     profile_table regclass,
     id_column name DEFAULT 'id',
@@ -1403,6 +1374,13 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
       FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
       LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
+    UNION ALL
+    -- Pending work by priority lane (jobs.lane, claimed lowest first).
+    SELECT 'pending in lane ' || l.lane, count(j.id)::numeric, l.what
+      FROM (VALUES (0, 'signups and application requests'), (1, 'retries'), (2, 'email syncs and compensation'),
+                   (3, 'backfill and reconcile')) l(lane, what)
+      LEFT JOIN onboarding.jobs j ON j.lane = l.lane AND j.state = onboarding._pending()
+     GROUP BY l.lane, l.what
     UNION ALL
     SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
       FROM onboarding.intake
@@ -1529,73 +1507,6 @@ BEGIN
     RETURN taken_count;
 END $$;
 
--- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
--- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
--- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
--- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
--- look the object up before creating anything.
-CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
-RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
-               stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text, connect_account_id text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    job onboarding.jobs;
-    a onboarding.attachments;
-BEGIN
-    FOR job IN
-        WITH due AS (
-            SELECT j.id FROM onboarding.jobs j
-             WHERE j.state = onboarding._pending() AND j.run_at <= now()
-             ORDER BY j.run_at, j.id
-             LIMIT max_jobs
-             FOR UPDATE SKIP LOCKED)
-        UPDATE onboarding.jobs j
-           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
-               first_attempt_at = coalesce(j.first_attempt_at, now())
-          FROM due WHERE j.id = due.id
-        RETURNING j.*
-    LOOP
-        INSERT INTO onboarding.events (job_id, user_id, step, detail)
-        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
-        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
-        IF NOT FOUND THEN
-            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
-            CONTINUE;
-        END IF;
-        job_id := job.id; kind := job.kind; user_id := job.user_id;
-        idempotency_key := job.idempotency_key; attempts := job.attempts; stripe_id := job.stripe_id;
-        request_params := job.request_params;
-        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
-                         OR job.last_error_detail->>'type' = 'idempotency_error';
-        BEGIN
-            -- As the table's owner (src/tables.rs), like every statement on an application table.
-            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
-              FROM onboarding._as_owner(a.profile_table,
-                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
-                              a.email_column, a.customer_column,
-                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
-                              a.profile_table, a.id_column, a.id_type),
-                       ARRAY[job.user_id]) r;
-            profile_found := FOUND;
-        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
-            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
-        WHEN OTHERS OR query_canceled THEN
-            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
-            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
-            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                error => 'could not read the profile: ' || SQLERRM
-                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
-            CONTINUE;
-        END;
-        RETURN NEXT;
-    END LOOP;
-END $$;
-
 CREATE EVENT TRIGGER onboarding_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION onboarding._forget_dropped_tables();
 
@@ -1605,19 +1516,7 @@ DELETE FROM onboarding.attachments a WHERE NOT EXISTS (SELECT FROM pg_class c WH
 
 -- The profile tables' triggers again, now naming the attached table (which partitions need).
 SELECT onboarding._create_triggers(a) FROM onboarding.attachments a;
-DO $$
-DECLARE
-    a onboarding.attachments;
-BEGIN
-    FOR a IN SELECT * FROM onboarding.attachments t WHERE t.connect_policy <> 'never' LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS onboarding_connect ON %s', a.profile_table);
-        EXECUTE format($sql$
-            CREATE TRIGGER onboarding_connect AFTER UPDATE ON %1$s
-            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
-            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
-            a.profile_table, a.connect_account_column, a.customer_column, a.profile_table::oid);
-    END LOOP;
-END $$;
+-- (The Connect triggers: section 7.)
 
 REVOKE EXECUTE ON FUNCTION onboarding._backend_started_at(), onboarding._standby_wait(), onboarding._require_primary(),
     onboarding._account_key(regclass, text), onboarding._check_attachable(regclass),
@@ -1632,200 +1531,6 @@ REVOKE ALL ON onboarding.timelines FROM PUBLIC;
 --    such a job keeps its object (jobs.object_to_link) and writes it back at a later claim.
 ------------------------------------------------------------------------------------------------
 ALTER TABLE onboarding.jobs ADD COLUMN object_to_link text;
-
--- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
--- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
--- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
--- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
--- look the object up before creating anything.
-CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
-RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
-               stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text, connect_account_id text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    job onboarding.jobs;
-    a onboarding.attachments;
-BEGIN
-    FOR job IN
-        WITH due AS (
-            SELECT j.id FROM onboarding.jobs j
-             WHERE j.state = onboarding._pending() AND j.run_at <= now()
-             ORDER BY j.run_at, j.id
-             LIMIT max_jobs
-             FOR UPDATE SKIP LOCKED)
-        UPDATE onboarding.jobs j
-           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
-               first_attempt_at = coalesce(j.first_attempt_at, now())
-          FROM due WHERE j.id = due.id
-        RETURNING j.*
-    LOOP
-        INSERT INTO onboarding.events (job_id, user_id, step, detail)
-        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
-        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
-        IF NOT FOUND THEN
-            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
-            CONTINUE;
-        END IF;
-        job_id := job.id; kind := job.kind; user_id := job.user_id;
-        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
-        idempotency_key := job.idempotency_key; attempts := job.attempts;
-        stripe_id := coalesce(job.stripe_id, job.object_to_link);
-        request_params := job.request_params;
-        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
-                         OR job.last_error_detail->>'type' = 'idempotency_error';
-        BEGIN
-            -- As the table's owner (src/tables.rs), like every statement on an application table.
-            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
-              FROM onboarding._as_owner(a.profile_table,
-                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
-                              a.email_column, a.customer_column,
-                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
-                              a.profile_table, a.id_column, a.id_type),
-                       ARRAY[job.user_id]) r;
-            profile_found := FOUND;
-        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
-            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
-        WHEN OTHERS OR query_canceled THEN
-            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
-            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
-            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                error => 'could not read the profile: ' || SQLERRM
-                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
-            CONTINUE;
-        END;
-        RETURN NEXT;
-    END LOOP;
-END $$;
-
--- Writes created (or adopted) customers and Connect accounts back to their profiles, set-based:
--- for each of this worker's running creation jobs, the object goes to the profile's column where it
--- is still NULL, the job is finished (written_back), and a customer whose profile email changed
--- after it was sent gets an email update. Returns the jobs written back; _write_back handles the
--- others (profile gone or linked elsewhere).
-CREATE OR REPLACE FUNCTION onboarding._link_objects(job_ids bigint[], objects text[]) RETURNS bigint[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    target record;
-    a onboarding.attachments;
-    target_column name;
-    written bigint[] := '{}';
-    linked bigint[];
-    changed bigint[];
-    j onboarding.jobs;
-BEGIN
-    FOR target IN SELECT DISTINCT x.profile_table, x.kind FROM onboarding.jobs x
-                   WHERE x.id = ANY (job_ids) AND x.kind IN ('create_customer', 'create_connect_account') LOOP
-        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = target.profile_table;
-        target_column := CASE target.kind WHEN 'create_customer' THEN a.customer_column
-                                          ELSE a.connect_account_column END;
-        CONTINUE WHEN target_column IS NULL;  -- detached, or no Connect column
-        -- The profiles are written as the table's owner (src/tables.rs); the jobs and events here.
-        WITH mine AS (
-            SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
-              FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
-             WHERE x.profile_table = target.profile_table AND x.kind = target.kind
-               AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
-        profiles_linked AS (
-            SELECT r[1] AS user_id, r[2] AS email
-              FROM onboarding._as_owner(a.profile_table,
-                       -- SKIP LOCKED: a row another transaction holds is left for a later claim
-                       -- (_write_back postpones its job); it never holds up the batch.
-                       format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
-                                WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL
-                                  AND p.%2$I IN (SELECT q.%2$I FROM %1$s q WHERE q.%2$I = ANY ($1::%4$s[])
-                                                    FOR UPDATE SKIP LOCKED)
-                                RETURNING o.user_id, p.%5$I::text',
-                              a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
-                       ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
-                             (SELECT array_agg(m.object) FROM mine m)::text]) r),
-        linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
-        finished AS (
-            UPDATE onboarding.jobs x
-               SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL, object_to_link = NULL
-              FROM linked l WHERE x.id = l.id
-            RETURNING x.id),
-        logged AS (
-            INSERT INTO onboarding.events (job_id, user_id, step, detail)
-            SELECT l.id, l.user_id, 'written_back',
-                   jsonb_build_object('stripe_id', l.object, 'table', a.profile_table::text, 'column', target_column)
-              FROM linked l ORDER BY l.id)
-        SELECT coalesce(array_agg(l.id), '{}'),
-               coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
-          INTO linked, changed
-          FROM linked l;
-        written := written || linked;
-        -- The email changed after the customer was sent: the customer follows.
-        IF target.kind = 'create_customer' AND cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
-            FOR j IN SELECT * FROM onboarding.jobs x WHERE x.id = ANY (changed) LOOP
-                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
-                                                         j.stripe_id, 'email changed during creation');
-            END LOOP;
-        END IF;
-    END LOOP;
-    RETURN written;
-END $$;
-
--- Writes a created (or adopted) customer or Connect account back to its profile (_link_objects)
--- and finishes the job. Returns what happened: written_back, already_linked, postponed (the row
--- is locked: the job waits, holding its object), linked_elsewhere, profile_gone. An object no
--- profile can use is queued for deletion.
-CREATE OR REPLACE FUNCTION onboarding._write_back(job bigint, object_id text) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    j onboarding.jobs;
-    a onboarding.attachments;
-    target_column name;
-    compensation text;
-    current_id text;
-    found_profile boolean;
-BEGIN
-    IF job = ANY (onboarding._link_objects(ARRAY[job], ARRAY[object_id])) THEN
-        RETURN 'written_back';
-    END IF;
-    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
-    compensation := CASE j.kind WHEN 'create_customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
-    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
-    target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
-    IF target_column IS NOT NULL THEN
-        SELECT true, r[1] INTO found_profile, current_id
-          FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
-                   target_column, a.profile_table, a.id_column, a.id_type), ARRAY[j.user_id]) r;
-    END IF;
-    IF current_id = object_id THEN
-        PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'skipped',
-            jsonb_build_object('reason', 'profile already linked to this object', 'stripe_id', object_id),
-            stripe_id => object_id);
-        RETURN 'already_linked';
-    ELSIF found_profile AND current_id IS NULL THEN
-        -- Another transaction holds the profile's row: keep the object, write it back at a later
-        -- claim (no Stripe call, no attempt spent), and let the rest of the batch go on.
-        UPDATE onboarding.jobs SET object_to_link = object_id WHERE id = job;
-        PERFORM onboarding._finish_job(job, onboarding._pending(), 'postponed',
-            jsonb_build_object('reason', 'the profile''s row is locked by another transaction', 'stripe_id', object_id),
-            retry_in => interval '1 second');
-        UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
-        RETURN 'postponed';
-    ELSIF found_profile THEN
-        -- Someone linked another object meanwhile: ours has no profile pointing at it.
-        PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
-            jsonb_build_object('reason', format('profile is linked to %s instead', current_id), 'stripe_id', object_id),
-            stripe_id => object_id, error => format('profile is already linked to %s; %s is unused', current_id, object_id));
-        PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
-                                                 'profile linked to another object');
-        RETURN 'linked_elsewhere';
-    END IF;
-    PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
-        jsonb_build_object('reason', 'profile deleted before write-back', 'stripe_id', object_id),
-        stripe_id => object_id, error => format('profile deleted before %s could be written back', object_id));
-    PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
-                                             'profile deleted before write-back');
-    RETURN 'profile_gone';
-END $$;
 
 ------------------------------------------------------------------------------------------------
 -- 6. Priority lanes: jobs are claimed by lane (0 signups and requests, 1 retries, 2 email syncs
@@ -1842,36 +1547,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN source LIKE 'backfill%' OR source LIKE 'reconcile%' THEN 3
             WHEN job_kind IN ('update_customer_email', 'delete_customer', 'delete_connect_account') THEN 2
             ELSE 0 END;
-
--- Enqueues `kind` for a profile, or returns the open job that already does it.
-CREATE OR REPLACE FUNCTION onboarding._enqueue(tbl regclass, uid text, job_kind text, source text) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    job bigint;
-    -- Fixed here, in the enqueueing transaction, and replicated with the job. An account's is
-    -- derived from its customer's job, which a promoted standby may make again under the same key.
-    key text := coalesce(CASE WHEN job_kind = 'create_connect_account' THEN onboarding._account_key(tbl, uid) END,
-                         'onboarding-' || gen_random_uuid());
-BEGIN
-    LOOP
-        SELECT j.id INTO job FROM onboarding.jobs j
-         WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid AND j.stripe_id IS NULL
-           AND onboarding._is_open(j.state);
-        IF FOUND THEN
-            RETURN job;
-        END IF;
-        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, lane)
-        VALUES (job_kind, tbl, uid, key, onboarding._lane(job_kind, source))
-        ON CONFLICT DO NOTHING RETURNING id INTO job;
-        IF job IS NOT NULL THEN
-            INSERT INTO onboarding.events (job_id, user_id, step, detail)
-            VALUES (job, uid, 'enqueued', jsonb_build_object('source', source, 'table', tbl::text));
-            PERFORM onboarding._wake_worker_after_commit();
-            RETURN job;
-        END IF;
-        -- Lost a race with another enqueue: its job is open now; look again.
-    END LOOP;
-END $$;
 
 -- Enqueues work on an existing customer: its deletion (compensation) or an email update. An open
 -- job for the same customer and kind absorbs the new one.
@@ -1891,159 +1566,6 @@ BEGIN
         PERFORM onboarding._wake_worker_after_commit();
     END IF;
     RETURN new_job;
-END $$;
-
--- Operational metrics over a window: queue depth, age, throughput, latencies, attempts, failures.
-CREATE OR REPLACE FUNCTION onboarding.stats_for(since interval DEFAULT '1 hour')
-RETURNS TABLE (metric text, value numeric, detail text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH recent AS (SELECT * FROM onboarding.jobs WHERE created_at >= now() - since),
-    latency AS (
-        SELECT extract(epoch FROM w.at - onboarding._queued_commit_time(q.detail, q.xmin)) * 1000 AS ms
-          FROM onboarding.events w
-          JOIN LATERAL (SELECT e.detail, e.xmin FROM onboarding.events e
-                         WHERE e.job_id = w.job_id AND e.step = 'enqueued' ORDER BY e.id LIMIT 1) q ON true
-         WHERE w.step = 'written_back' AND w.at >= now() - since
-           AND current_setting('track_commit_timestamp')::boolean),
-    calls AS (SELECT (detail->>'duration_ms')::numeric AS ms FROM onboarding.events
-               WHERE step = 'stripe_response' AND at >= now() - since AND detail ? 'duration_ms'),
-    failures AS (SELECT coalesce(detail->>'status', detail->>'transport', detail->>'kind') AS status,
-                        coalesce(detail->>'code', '') AS code
-                   FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since)
-    SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
-      FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
-      LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
-    UNION ALL
-    -- Pending work by priority lane (jobs.lane, claimed lowest first).
-    SELECT 'pending in lane ' || l.lane, count(j.id)::numeric, l.what
-      FROM (VALUES (0, 'signups and application requests'), (1, 'retries'), (2, 'email syncs and compensation'),
-                   (3, 'backfill and reconcile')) l(lane, what)
-      LEFT JOIN onboarding.jobs j ON j.lane = l.lane AND j.state = onboarding._pending()
-     GROUP BY l.lane, l.what
-    UNION ALL
-    SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
-      FROM onboarding.intake
-    UNION ALL
-    SELECT 'oldest pending (s)', coalesce(extract(epoch FROM now() - min(created_at)), 0)::numeric(12, 1), NULL
-      FROM (SELECT created_at FROM onboarding.jobs WHERE state = onboarding._pending()
-            UNION ALL SELECT enqueued_at FROM onboarding.intake) pending
-    UNION ALL
-    SELECT 'succeeded per minute', (count(*) / greatest(extract(epoch FROM since) / 60, 1))::numeric(12, 2),
-           format('%s succeeded in %s', count(*), since)
-      FROM onboarding.jobs WHERE state = onboarding._succeeded() AND finished_at >= now() - since
-    UNION ALL
-    SELECT 'commit to written back p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
-      FROM latency, unnest(ARRAY[50, 95, 99]) p GROUP BY p
-    UNION ALL
-    SELECT 'commit to written back max', max(ms)::numeric(12, 1), 'ms' FROM latency
-    UNION ALL
-    SELECT 'stripe call p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
-      FROM calls, unnest(ARRAY[50, 95, 99]) p GROUP BY p
-    UNION ALL
-    SELECT 'attempts per finished job', avg(attempts)::numeric(12, 2), NULL
-      FROM recent WHERE NOT onboarding._is_open(state)
-    UNION ALL
-    SELECT 'failure rate', round(count(*) FILTER (WHERE step IN ('failed', 'dead') AND detail ? 'kind')::numeric
-                                 / nullif(count(*) FILTER (WHERE step = 'stripe_request'), 0), 4),
-           'failed Stripe attempts per request'
-      FROM onboarding.events WHERE at >= now() - since
-    UNION ALL
-    SELECT 'failures ' || status || coalesce(' ' || nullif(code, ''), ''), count(*)::numeric, 'failed or dead attempts'
-      FROM failures GROUP BY status, code
-    UNION ALL
-    -- Claimed calls held until standbys have their claim's commit (src/worker/standby_gate.rs).
-    SELECT 'calls waiting for standbys', w.calls::numeric,
-           CASE WHEN w.calls > 0 THEN format('the longest for %s s, for %s', round(w.waiting_seconds::numeric, 1),
-                concat_ws(' and ',
-                    CASE WHEN current_setting('synchronous_standby_names') <> '' THEN 'synchronous_standby_names = '
-                         || quote_literal(current_setting('synchronous_standby_names')) END,
-                    CASE WHEN coalesce(current_setting('onboarding.wait_for_standbys', true), '') <> ''
-                         THEN 'onboarding.wait_for_standbys = ' || quote_literal(current_setting('onboarding.wait_for_standbys')) END))
-           END
-      FROM onboarding._standby_wait() w
-    UNION ALL
-    -- A worker's own commit waiting for a synchronous standby (before its calls can be held).
-    SELECT 'workers waiting for a synchronous standby', count(*)::numeric,
-           CASE WHEN count(*) > 0 THEN format('their commits wait (SyncRep) for synchronous_standby_names = %L',
-                                              current_setting('synchronous_standby_names')) END
-      FROM pg_stat_activity a
-     WHERE a.backend_type = 'onboarding worker' AND a.datname = current_database() AND a.wait_event = 'SyncRep'
-    UNION ALL
-    SELECT 'orphans found after the last promotion', t.orphans_found::numeric,
-           format('timeline %s (from %s) since %s: %s', t.timeline, t.promoted_from, t.seen_at,
-                  CASE WHEN t.swept_at IS NULL THEN 'sweeping Stripe'
-                       ELSE format('%s Stripe objects checked by %s', t.objects_checked, t.swept_at) END)
-      FROM (SELECT * FROM onboarding.timelines WHERE promoted_from IS NOT NULL ORDER BY timeline DESC LIMIT 1) t;
-$$;
-
--- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
--- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
--- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
--- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
--- look the object up before creating anything.
-DROP FUNCTION onboarding._claim_jobs(integer, interval);
-CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
-RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
-               stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    job onboarding.jobs;
-    a onboarding.attachments;
-BEGIN
-    FOR job IN
-        WITH due AS (
-            SELECT j.id FROM onboarding.jobs j
-             WHERE j.state = onboarding._pending() AND j.run_at <= now()
-             ORDER BY j.lane, j.run_at, j.id
-             LIMIT max_jobs
-             FOR UPDATE SKIP LOCKED)
-        UPDATE onboarding.jobs j
-           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
-               first_attempt_at = coalesce(j.first_attempt_at, now())
-          FROM due WHERE j.id = due.id
-        RETURNING j.*
-    LOOP
-        INSERT INTO onboarding.events (job_id, user_id, step, detail)
-        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
-        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
-        IF NOT FOUND THEN
-            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
-            CONTINUE;
-        END IF;
-        job_id := job.id; kind := job.kind; user_id := job.user_id;
-        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
-        idempotency_key := job.idempotency_key; attempts := job.attempts;
-        stripe_id := coalesce(job.stripe_id, job.object_to_link);
-        request_params := job.request_params; lane := job.lane;
-        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
-                         OR job.last_error_detail->>'type' = 'idempotency_error';
-        BEGIN
-            -- As the table's owner (src/tables.rs), like every statement on an application table.
-            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
-              FROM onboarding._as_owner(a.profile_table,
-                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
-                              a.email_column, a.customer_column,
-                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
-                              a.profile_table, a.id_column, a.id_type),
-                       ARRAY[job.user_id]) r;
-            profile_found := FOUND;
-        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
-            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
-        WHEN OTHERS OR query_canceled THEN
-            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
-            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
-            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                error => 'could not read the profile: ' || SQLERRM
-                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
-            CONTINUE;
-        END;
-        RETURN NEXT;
-    END LOOP;
 END $$;
 
 -- Records an event and moves a running job to `new_state`. `retry_in` schedules a pending retry.
@@ -2080,7 +1602,7 @@ UPDATE onboarding.jobs j
                                                            ORDER BY e.id LIMIT 1), '')),
                        CASE WHEN j.attempts > 0 THEN 1 ELSE 0 END)
  WHERE onboarding._is_open(j.state);
-REVOKE EXECUTE ON FUNCTION onboarding._lane(text, text), onboarding._claim_jobs(integer, interval) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION onboarding._lane(text, text) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------------
 -- 7. A slow Connect condition delays only its own jobs: the application's UPDATE no longer runs
@@ -2113,231 +1635,6 @@ BEGIN
     END IF;
     RETURN 'OF ' || (SELECT string_agg(quote_ident(c), ', ' ORDER BY c)
                        FROM (SELECT DISTINCT c FROM unnest(read_columns || a.customer_column::text) c) d);
-END $$;
-
--- Enqueues `kind` for a profile, or returns the open job that already does it.
-CREATE OR REPLACE FUNCTION onboarding._enqueue(tbl regclass, uid text, job_kind text, source text) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    job bigint;
-    -- Fixed here, in the enqueueing transaction, and replicated with the job. An account's is
-    -- derived from its customer's job, which a promoted standby may make again under the same key.
-    key text := coalesce(CASE WHEN job_kind = 'create_connect_account' THEN onboarding._account_key(tbl, uid) END,
-                         'onboarding-' || gen_random_uuid());
-BEGIN
-    LOOP
-        SELECT j.id INTO job FROM onboarding.jobs j
-         WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid AND j.stripe_id IS NULL
-           AND onboarding._is_open(j.state);
-        IF FOUND THEN
-            RETURN job;
-        END IF;
-        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, lane, conditional)
-        VALUES (job_kind, tbl, uid, key, onboarding._lane(job_kind, source), source = 'connect condition')
-        ON CONFLICT DO NOTHING RETURNING id INTO job;
-        IF job IS NOT NULL THEN
-            INSERT INTO onboarding.events (job_id, user_id, step, detail)
-            VALUES (job, uid, 'enqueued', jsonb_build_object('source', source, 'table', tbl::text));
-            PERFORM onboarding._wake_worker_after_commit();
-            RETURN job;
-        END IF;
-        -- Lost a race with another enqueue: its job is open now; look again.
-    END LOOP;
-END $$;
-
--- Whether the Connect policy of `a` wants an account for the profile `uid`. The condition is
--- evaluated on the profile's row as the table's owner (src/tables.rs), never with this extension's
--- rights, within onboarding.connect_condition_timeout; set_connect_policy() has checked that it is
--- one expression (src/condition.rs). Called by the worker only (claims, account-link requests).
-CREATE OR REPLACE FUNCTION onboarding._connect_due(a onboarding.attachments, uid text) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    owner_timeout text := current_setting('onboarding.owner_statement_timeout');
-    due boolean;
-BEGIN
-    IF a.connect_policy = 'always' THEN
-        RETURN true;
-    ELSIF a.connect_policy = 'when' THEN
-        PERFORM set_config('onboarding.owner_statement_timeout', current_setting('onboarding.connect_condition_timeout'), true);
-        due := coalesce((SELECT r[1]::boolean
-                           FROM onboarding._as_owner(a.profile_table, onboarding._connect_condition_query(a, '$1'),
-                                                     ARRAY[uid]) r), false);
-        PERFORM set_config('onboarding.owner_statement_timeout', owner_timeout, true);
-        RETURN due;
-    END IF;
-    RETURN false;
-END $$;
-
--- Row-level AFTER UPDATE trigger on rows with a customer and no Connect account, for updates of
--- the customer column (which covers the worker's write-back) or of the columns the condition
--- reads: enqueues the account. Under a 'when' policy the job is conditional: the worker checks
--- the condition when it claims it, so the application's UPDATE never waits for a condition.
--- TG_ARGV: the attached table's oid (as for _enqueue_email_update).
-CREATE OR REPLACE FUNCTION onboarding._enqueue_connect_if_due() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a onboarding.attachments;
-    uid text;
-BEGIN
-    SELECT * INTO a FROM onboarding.attachments WHERE profile_table = coalesce(TG_ARGV[0]::oid, TG_RELID);
-    IF FOUND AND a.connect_policy <> 'never' THEN
-        uid := (onboarding._profile_columns(TG_RELID, NEW, ARRAY[a.id_column]))[1];
-        PERFORM onboarding._enqueue(a.profile_table, uid, 'create_connect_account',
-                                    CASE a.connect_policy WHEN 'when' THEN 'connect condition' ELSE 'connect policy' END);
-    END IF;
-    RETURN NULL;
-END $$;
-
--- Sets when Connect accounts are created for a table's profiles: 'never', 'always', or 'when' with a
--- condition over the profile row, e.g. set_connect_policy('public.profiles', 'when', 'role = ''provider''').
-CREATE OR REPLACE FUNCTION onboarding.set_connect_policy(profile_table regclass, policy text, condition text DEFAULT NULL)
-RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a onboarding.attachments;
-BEGIN
-    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_connect_policy.profile_table;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
-        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(quote_literal(policy), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
-        RAISE EXCEPTION 'onboarding: a condition goes with policy ''when'', and only with it'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'For example: set_connect_policy(''public.profiles'', ''when'', ''role = ''''provider'''''')';
-    END IF;
-    IF policy <> 'never' AND a.connect_account_column IS NULL THEN
-        RAISE EXCEPTION 'onboarding: % has no Connect account column', profile_table
-            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
-    END IF;
-    a.connect_policy := policy;
-    a.connect_condition := condition;
-    IF policy = 'when' THEN
-        -- One expression (src/condition.rs), then planned (not run) as the table's owner.
-        BEGIN
-            PERFORM onboarding._check_connect_condition(condition);
-        EXCEPTION WHEN syntax_error THEN
-            RAISE EXCEPTION 'onboarding: the connect condition % is not one SQL expression: %',
-                    onboarding._quoted_condition(condition), left(SQLERRM, 200)
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Write one boolean expression over the profile''s columns, e.g. role = ''provider''.';
-        END;
-        BEGIN
-            PERFORM FROM onboarding._as_owner(profile_table, onboarding._connect_condition_query(a, 'NULL') || ' LIMIT 0');
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %',
-                    onboarding._quoted_condition(condition), profile_table, left(SQLERRM, 200)
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
-        END;
-    END IF;
-    UPDATE onboarding.attachments t SET connect_policy = policy, connect_condition = condition
-     WHERE t.profile_table = set_connect_policy.profile_table;
-    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_connect') THEN
-        EXECUTE format('DROP TRIGGER onboarding_connect ON %s', profile_table);
-    END IF;
-    IF policy <> 'never' THEN
-        EXECUTE format($sql$
-            CREATE TRIGGER onboarding_connect AFTER UPDATE %5$s ON %1$s
-            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
-            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
-            profile_table, a.connect_account_column, a.customer_column, profile_table::oid,
-            onboarding._connect_trigger_columns(a));
-    END IF;
-    RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
-END $$;
-
--- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
--- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
--- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
--- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
--- look the object up before creating anything.
-CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
-RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
-               stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    job onboarding.jobs;
-    a onboarding.attachments;
-    due boolean;
-BEGIN
-    FOR job IN
-        WITH due AS (
-            SELECT j.id FROM onboarding.jobs j
-             WHERE j.state = onboarding._pending() AND j.run_at <= now()
-             ORDER BY j.lane, j.run_at, j.id
-             LIMIT max_jobs
-             FOR UPDATE SKIP LOCKED)
-        UPDATE onboarding.jobs j
-           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
-               first_attempt_at = coalesce(j.first_attempt_at, now())
-          FROM due WHERE j.id = due.id
-        RETURNING j.*
-    LOOP
-        INSERT INTO onboarding.events (job_id, user_id, step, detail)
-        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
-        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
-        IF NOT FOUND THEN
-            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
-            CONTINUE;
-        END IF;
-        job_id := job.id; kind := job.kind; user_id := job.user_id;
-        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
-        idempotency_key := job.idempotency_key; attempts := job.attempts;
-        stripe_id := coalesce(job.stripe_id, job.object_to_link);
-        request_params := job.request_params; lane := job.lane;
-        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
-                         OR job.last_error_detail->>'type' = 'idempotency_error';
-        BEGIN
-            -- As the table's owner (src/tables.rs), like every statement on an application table.
-            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
-              FROM onboarding._as_owner(a.profile_table,
-                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
-                              a.email_column, a.customer_column,
-                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
-                              a.profile_table, a.id_column, a.id_type),
-                       ARRAY[job.user_id]) r;
-            profile_found := FOUND;
-        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
-            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
-        WHEN OTHERS OR query_canceled THEN
-            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
-            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
-            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                error => 'could not read the profile: ' || SQLERRM
-                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
-            CONTINUE;
-        END;
-        -- A conditional account job: the condition is checked now, in the worker (bounded by
-        -- onboarding.connect_condition_timeout), never in the application's UPDATE.
-        IF job.conditional AND profile_found THEN
-            BEGIN
-                due := onboarding._connect_due(a, job.user_id);
-            EXCEPTION WHEN OTHERS OR query_canceled THEN
-                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                    jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                    error => 'the Connect condition failed: ' || SQLERRM
-                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
-                CONTINUE;
-            END;
-            IF NOT due THEN
-                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                    jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
-                                                        a.profile_table)));
-                CONTINUE;
-            END IF;
-        END IF;
-        RETURN NEXT;
-    END LOOP;
 END $$;
 
 -- The Connect triggers again, on the columns their conditions read.
@@ -2377,231 +1674,6 @@ BEGIN
         jsonb_build_object('reason', reason, 'stripe_id', object),
         retry_in => least(greatest(interval '1 second', waited / 10), interval '1 minute'));
     UPDATE onboarding.jobs SET attempts = attempts - 1 WHERE id = job;
-END $$;
-
--- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
--- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
--- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
--- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
--- look the object up before creating anything.
-CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
-RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
-               stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    job onboarding.jobs;
-    a onboarding.attachments;
-    due boolean;
-BEGIN
-    FOR job IN
-        WITH due AS (
-            SELECT j.id FROM onboarding.jobs j
-             WHERE j.state = onboarding._pending() AND j.run_at <= now()
-             ORDER BY j.lane, j.run_at, j.id
-             LIMIT max_jobs
-             FOR UPDATE SKIP LOCKED)
-        UPDATE onboarding.jobs j
-           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
-               first_attempt_at = coalesce(j.first_attempt_at, now())
-          FROM due WHERE j.id = due.id
-        RETURNING j.*
-    LOOP
-        INSERT INTO onboarding.events (job_id, user_id, step, detail)
-        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
-        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
-        IF NOT FOUND THEN
-            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
-            CONTINUE;
-        END IF;
-        job_id := job.id; kind := job.kind; user_id := job.user_id;
-        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
-        idempotency_key := job.idempotency_key; attempts := job.attempts;
-        stripe_id := coalesce(job.stripe_id, job.object_to_link);
-        request_params := job.request_params; lane := job.lane;
-        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
-                         OR job.last_error_detail->>'type' = 'idempotency_error';
-        BEGIN
-            -- As the table's owner (src/tables.rs), like every statement on an application table.
-            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
-              FROM onboarding._as_owner(a.profile_table,
-                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
-                              a.email_column, a.customer_column,
-                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
-                              a.profile_table, a.id_column, a.id_type),
-                       ARRAY[job.user_id]) r;
-            profile_found := FOUND;
-        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
-            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
-        WHEN lock_not_available THEN
-            -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
-            -- does not wait for it (src/tables.rs); this job tries again in a second.
-            PERFORM onboarding._postpone(job.id, format('table %s is locked by another transaction', a.profile_table));
-            CONTINUE;
-        WHEN OTHERS OR query_canceled THEN
-            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
-            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
-            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                error => 'could not read the profile: ' || SQLERRM
-                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
-            CONTINUE;
-        END;
-        -- A conditional account job: the condition is checked now, in the worker (bounded by
-        -- onboarding.connect_condition_timeout), never in the application's UPDATE.
-        IF job.conditional AND profile_found THEN
-            BEGIN
-                due := onboarding._connect_due(a, job.user_id);
-            EXCEPTION WHEN OTHERS OR query_canceled THEN
-                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                    jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                    error => 'the Connect condition failed: ' || SQLERRM
-                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
-                CONTINUE;
-            END;
-            IF NOT due THEN
-                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                    jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
-                                                        a.profile_table)));
-                CONTINUE;
-            END IF;
-        END IF;
-        RETURN NEXT;
-    END LOOP;
-END $$;
-
--- Writes created (or adopted) customers and Connect accounts back to their profiles, set-based:
--- for each of this worker's running creation jobs, the object goes to the profile's column where it
--- is still NULL, the job is finished (written_back), and a customer whose profile email changed
--- after it was sent gets an email update. Returns the jobs written back; _write_back handles the
--- others (profile gone or linked elsewhere).
-CREATE OR REPLACE FUNCTION onboarding._link_objects(job_ids bigint[], objects text[]) RETURNS bigint[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    target record;
-    a onboarding.attachments;
-    target_column name;
-    written bigint[] := '{}';
-    linked bigint[];
-    changed bigint[];
-    j onboarding.jobs;
-BEGIN
-    FOR target IN SELECT DISTINCT x.profile_table, x.kind FROM onboarding.jobs x
-                   WHERE x.id = ANY (job_ids) AND x.kind IN ('create_customer', 'create_connect_account') LOOP
-        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = target.profile_table;
-        target_column := CASE target.kind WHEN 'create_customer' THEN a.customer_column
-                                          ELSE a.connect_account_column END;
-        CONTINUE WHEN target_column IS NULL;  -- detached, or no Connect column
-        -- The profiles are written as the table's owner (src/tables.rs); the jobs and events here.
-        BEGIN
-            WITH mine AS (
-                SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
-                  FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
-                 WHERE x.profile_table = target.profile_table AND x.kind = target.kind
-                   AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
-            profiles_linked AS (
-                SELECT r[1] AS user_id, r[2] AS email
-                  FROM onboarding._as_owner(a.profile_table,
-                           -- SKIP LOCKED: a row another transaction holds is left for a later claim
-                           -- (_write_back postpones its job); it never holds up the batch.
-                           format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
-                                    WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL
-                                      AND p.%2$I IN (SELECT q.%2$I FROM %1$s q WHERE q.%2$I = ANY ($1::%4$s[])
-                                                        FOR UPDATE SKIP LOCKED)
-                                    RETURNING o.user_id, p.%5$I::text',
-                                  a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
-                           ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
-                                 (SELECT array_agg(m.object) FROM mine m)::text]) r),
-            linked AS (SELECT m.*, p.email FROM mine m JOIN profiles_linked p USING (user_id)),
-            finished AS (
-                UPDATE onboarding.jobs x
-                   SET state = onboarding._succeeded(), stripe_id = l.object, claimed_by = NULL, object_to_link = NULL
-                  FROM linked l WHERE x.id = l.id
-                RETURNING x.id),
-            logged AS (
-                INSERT INTO onboarding.events (job_id, user_id, step, detail)
-                SELECT l.id, l.user_id, 'written_back',
-                       jsonb_build_object('stripe_id', l.object, 'table', a.profile_table::text, 'column', target_column)
-                  FROM linked l ORDER BY l.id)
-            SELECT coalesce(array_agg(l.id), '{}'),
-                   coalesce(array_agg(l.id) FILTER (WHERE btrim(l.email) IS DISTINCT FROM l.sent_email), '{}')
-              INTO linked, changed
-              FROM linked l;
-        EXCEPTION WHEN lock_not_available THEN
-            CONTINUE;  -- another transaction holds the table: _write_back postpones these jobs
-        END;
-        written := written || linked;
-        -- The email changed after the customer was sent: the customer follows.
-        IF target.kind = 'create_customer' AND cardinality(changed) > 0 AND onboarding._sync_email_enabled() THEN
-            FOR j IN SELECT * FROM onboarding.jobs x WHERE x.id = ANY (changed) LOOP
-                PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, 'update_customer_email',
-                                                         j.stripe_id, 'email changed during creation');
-            END LOOP;
-        END IF;
-    END LOOP;
-    RETURN written;
-END $$;
-
--- Writes a created (or adopted) customer or Connect account back to its profile (_link_objects)
--- and finishes the job. Returns what happened: written_back, already_linked, postponed (the row
--- is locked: the job waits, holding its object), linked_elsewhere, profile_gone. An object no
--- profile can use is queued for deletion.
-CREATE OR REPLACE FUNCTION onboarding._write_back(job bigint, object_id text) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    j onboarding.jobs;
-    a onboarding.attachments;
-    target_column name;
-    compensation text;
-    current_id text;
-    found_profile boolean;
-BEGIN
-    IF job = ANY (onboarding._link_objects(ARRAY[job], ARRAY[object_id])) THEN
-        RETURN 'written_back';
-    END IF;
-    SELECT * INTO j FROM onboarding.jobs WHERE id = job;
-    compensation := CASE j.kind WHEN 'create_customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
-    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = j.profile_table;
-    target_column := CASE j.kind WHEN 'create_customer' THEN a.customer_column ELSE a.connect_account_column END;
-    IF target_column IS NOT NULL THEN
-        BEGIN
-            SELECT true, r[1] INTO found_profile, current_id
-              FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
-                       target_column, a.profile_table, a.id_column, a.id_type), ARRAY[j.user_id]) r;
-        EXCEPTION WHEN lock_not_available THEN
-            PERFORM onboarding._postpone(job, format('table %s is locked by another transaction', a.profile_table),
-                                         object_id);
-            RETURN 'postponed';
-        END;
-    END IF;
-    IF current_id = object_id THEN
-        PERFORM onboarding._finish_job(job, onboarding._succeeded(), 'skipped',
-            jsonb_build_object('reason', 'profile already linked to this object', 'stripe_id', object_id),
-            stripe_id => object_id);
-        RETURN 'already_linked';
-    ELSIF found_profile AND current_id IS NULL THEN
-        -- Another transaction holds the profile's row: keep the object, write it back at a later
-        -- claim (no Stripe call, no attempt spent), and let the rest of the batch go on.
-        PERFORM onboarding._postpone(job, 'the profile''s row is locked by another transaction', object_id);
-        RETURN 'postponed';
-    ELSIF found_profile THEN
-        -- Someone linked another object meanwhile: ours has no profile pointing at it.
-        PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
-            jsonb_build_object('reason', format('profile is linked to %s instead', current_id), 'stripe_id', object_id),
-            stripe_id => object_id, error => format('profile is already linked to %s; %s is unused', current_id, object_id));
-        PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
-                                                 'profile linked to another object');
-        RETURN 'linked_elsewhere';
-    END IF;
-    PERFORM onboarding._finish_job(job, onboarding._orphaned(), 'orphaned',
-        jsonb_build_object('reason', 'profile deleted before write-back', 'stripe_id', object_id),
-        stripe_id => object_id, error => format('profile deleted before %s could be written back', object_id));
-    PERFORM onboarding._enqueue_for_customer(j.profile_table, j.user_id, compensation, object_id,
-                                             'profile deleted before write-back');
-    RETURN 'profile_gone';
 END $$;
 
 REVOKE EXECUTE ON FUNCTION onboarding._postpone(bigint, text, text) FROM PUBLIC;
