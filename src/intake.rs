@@ -3,9 +3,8 @@
 //!
 //! For every inserted profile without a customer, `onboarding._intake_profile(id column, customer
 //! column, attached table)` (a row-level AFTER INSERT trigger) appends one tuple `(table, user id,
-//! time)` to
-//! `onboarding.intake` in the inserting transaction and asks for the workers to be woken when it
-//! commits. The table has no indexes, triggers or constraints, so the tuple goes straight to the
+//! time)` to `onboarding.intake` in the inserting transaction and asks for the workers to be woken
+//! when it commits. The table has no indexes, triggers or constraints, so the tuple goes straight to the
 //! heap, without the executor or a plpgsql frame; a rolled-back insert takes its tuple with it.
 //! The worker promotes committed intake tuples to jobs (`onboarding._promote_intake`), where the
 //! indexes, the dedup and the event log live, in batches and off the application's path.
