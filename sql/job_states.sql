@@ -63,6 +63,11 @@ BEGIN
                          'a dead or cancelled one.';
     END IF;
     NEW.finished_at := CASE WHEN NEW.state IN ('pending', 'running') THEN NULL ELSE coalesce(NEW.finished_at, now()) END;
+    IF NEW.state = 'pending' THEN
+        -- Back in the queue, maybe before where the workers' claims start: they look from the
+        -- front once this commits (src/wake.rs).
+        PERFORM onboarding._wake_worker_after_commit();
+    END IF;
     NEW.updated_at := now();
     RETURN NEW;
 END $$;

@@ -618,29 +618,46 @@ END $$;
 -- look the object up before creating anything.
 -- (Dropped first: its result gained a column, lane.)
 DROP FUNCTION onboarding._claim_jobs(integer, interval);
-CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
+CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval, after_run_at timestamptz[],
+                                       after_id bigint[], reserved integer[])
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
+               run_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
     a onboarding.attachments;
     due boolean;
+    claimed bigint[] := '{}';
+    wanted integer;
 BEGIN
+    FOR pass IN 1 .. 2 LOOP
+        FOR l IN 0 .. 3 LOOP
+            wanted := max_jobs - cardinality(claimed);
+            IF pass = 1 THEN
+                wanted := least(wanted, coalesce(reserved[l + 1], 0));
+            END IF;
+            CONTINUE WHEN wanted <= 0;
+            claimed := claimed || ARRAY(
+                SELECT j.id FROM onboarding.jobs j
+                 WHERE j.state = onboarding._pending() AND j.lane = l AND j.run_at <= now()
+                   AND (j.run_at, j.id) > (coalesce(after_run_at[l + 1], '-infinity'), coalesce(after_id[l + 1], 0))
+                   AND j.id <> ALL (claimed)  -- our own locks do not skip them
+                 ORDER BY j.run_at, j.id
+                 LIMIT wanted
+                 FOR UPDATE SKIP LOCKED);
+        END LOOP;
+    END LOOP;
     FOR job IN
-        WITH due AS (
-            SELECT j.id FROM onboarding.jobs j
-             WHERE j.state = onboarding._pending() AND j.run_at <= now()
-             ORDER BY j.lane, j.run_at, j.id
-             LIMIT max_jobs
-             FOR UPDATE SKIP LOCKED)
-        UPDATE onboarding.jobs j
-           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
-               first_attempt_at = coalesce(j.first_attempt_at, now())
-          FROM due WHERE j.id = due.id
-        RETURNING j.*
+        WITH taken AS (
+            UPDATE onboarding.jobs j
+               SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+                   claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
+                   first_attempt_at = coalesce(j.first_attempt_at, now())
+             WHERE j.id = ANY (claimed)
+            RETURNING j.*)
+        SELECT * FROM taken t ORDER BY t.lane, t.run_at, t.id
     LOOP
         INSERT INTO onboarding.events (job_id, user_id, step, detail)
         VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
@@ -654,7 +671,7 @@ BEGIN
         -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
         idempotency_key := job.idempotency_key; attempts := job.attempts;
         stripe_id := coalesce(job.stripe_id, job.object_to_link);
-        request_params := job.request_params; lane := job.lane;
+        request_params := job.request_params; lane := job.lane; run_at := job.run_at;
         look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
                          OR job.last_error_detail->>'type' = 'idempotency_error';
         BEGIN
@@ -733,19 +750,29 @@ BEGIN
         BEGIN
             WITH mine AS (
                 SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
-                  FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+                  FROM unnest(job_ids, objects) AS o(id, object)
+                  -- By primary key (OFFSET 0 keeps the other conditions out of the scan): the
+                  -- open-jobs index fits them too, but holds every dead entry a snapshot keeps.
+                  CROSS JOIN LATERAL (SELECT * FROM onboarding.jobs y WHERE y.id = o.id OFFSET 0) x
                  WHERE x.profile_table = target.profile_table AND x.kind = target.kind
                    AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
             profiles_linked AS (
                 SELECT r[1] AS user_id, r[2] AS email
                   FROM onboarding._as_owner(a.profile_table,
                            -- SKIP LOCKED: a row another transaction holds is left for a later claim
-                           -- (_write_back postpones its job); it never holds up the batch.
-                           format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
-                                    WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL
-                                      AND p.%2$I IN (SELECT q.%2$I FROM %1$s q WHERE q.%2$I = ANY ($1::%4$s[])
-                                                        FOR UPDATE SKIP LOCKED)
-                                    RETURNING o.user_id, p.%5$I::text',
+                           -- (_write_back postpones its job); it never holds up the batch. The rows
+                           -- are locked first, once (MATERIALIZED), then updated by key: as an IN
+                           -- (subquery) the planner ran the lock once per row (batch squared), and
+                           -- with `IS NULL` rare in a provisioned table it may scan the whole table.
+                           format('WITH locked AS MATERIALIZED (
+                                       SELECT q.%2$I AS id, o.user_id, o.object
+                                         FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
+                                         JOIN %1$s q ON q.%2$I = o.user_id::%4$s
+                                        WHERE q.%2$I = ANY ($1::%4$s[])
+                                          FOR UPDATE OF q SKIP LOCKED)
+                                   UPDATE %1$s p SET %3$I = l.object FROM locked l
+                                    WHERE p.%2$I = l.id AND p.%3$I IS NULL
+                                    RETURNING l.user_id, p.%5$I::text',
                                   a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
                            ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
                                  (SELECT array_agg(m.object) FROM mine m)::text]) r),
@@ -872,7 +899,8 @@ REVOKE EXECUTE ON FUNCTION onboarding._as_owner(oid, text, text[]), onboarding._
     onboarding._caller_can_read(oid, text, text[]), onboarding._check_connect_condition(text),
     onboarding._quoted_condition(text), onboarding._check_profile_columns(regclass, name[]),
     onboarding._profile_columns(regclass, anyelement, name[]), onboarding._connect_due(onboarding.attachments, text),
-    onboarding._connect_condition_query(onboarding.attachments, text), onboarding._claim_jobs(integer, interval)
+    onboarding._connect_condition_query(onboarding.attachments, text),
+    onboarding._claim_jobs(integer, interval, timestamptz[], bigint[], integer[])
     FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------------
@@ -1492,7 +1520,7 @@ BEGIN
           FROM taken t ORDER BY t.profile_table, t.user_id, t.enqueued_at),
     new_jobs AS (
         INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, run_at, created_at, updated_at)
-        SELECT 'create_customer', p.profile_table, p.user_id, p.idempotency_key, p.enqueued_at, p.enqueued_at,
+        SELECT 'create_customer', p.profile_table, p.user_id, p.idempotency_key, now(), p.enqueued_at,
                p.enqueued_at
           FROM profiles p ORDER BY p.enqueued_at
         ON CONFLICT DO NOTHING
@@ -1677,6 +1705,73 @@ BEGIN
 END $$;
 
 REVOKE EXECUTE ON FUNCTION onboarding._postpone(bigint, text, text) FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- 9. The queue does not slow down with its own history or under a held snapshot: claims start in
+--    each lane after the last key claimed there (core/src/claim_cursor.rs; _claim_jobs above),
+--    inserted profiles' jobs are due from their promotion, a move back to pending tells the
+--    workers to look from the front, and the write-back's batch is read by primary key. The lower
+--    lanes keep a share of each claim (onboarding.lane_shares, _claim_jobs' reserved), which
+--    backfill_progress shows with the work ahead of a backfill.
+------------------------------------------------------------------------------------------------
+DROP FUNCTION onboarding._next_due_in();
+-- Seconds until the next pending job is due (negative when overdue, NULL when there is none), so
+-- an idle worker sleeps exactly that long; each lane looked at after the worker's key in it, as
+-- _claim_jobs does. (The intake is the worker's to watch: commits wake it.)
+CREATE FUNCTION onboarding._next_due_in(after_run_at timestamptz[], after_id bigint[]) RETURNS double precision
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN extract(epoch FROM
+        (SELECT min((SELECT j.run_at FROM onboarding.jobs j
+                      WHERE j.state = onboarding._pending() AND j.lane = l
+                        AND (j.run_at, j.id) > (coalesce(after_run_at[l + 1], '-infinity'), coalesce(after_id[l + 1], 0))
+                      ORDER BY j.run_at, j.id LIMIT 1))
+           FROM generate_series(0, 3) l) - now())::double precision;
+END $$;
+
+CREATE OR REPLACE FUNCTION onboarding._job_state_machine() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT onboarding._job_may_become(CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END, NEW.state) THEN
+        RAISE EXCEPTION 'onboarding: job % cannot go from % to %', NEW.id,
+                CASE WHEN TG_OP = 'UPDATE' THEN OLD.state ELSE 'nothing' END, NEW.state
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Jobs start pending and go pending -> running -> succeeded, skipped, orphaned or dead '
+                         '(or back to pending to retry); cancel() stops a pending job and retry() brings back '
+                         'a dead or cancelled one.';
+    END IF;
+    NEW.finished_at := CASE WHEN NEW.state IN ('pending', 'running') THEN NULL ELSE coalesce(NEW.finished_at, now()) END;
+    IF NEW.state = 'pending' THEN
+        -- Back in the queue, maybe before where the workers' claims start: they look from the
+        -- front once this commits (src/wake.rs).
+        PERFORM onboarding._wake_worker_after_commit();
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+
+REVOKE EXECUTE ON FUNCTION onboarding._next_due_in(timestamptz[], bigint[]) FROM PUBLIC;
+
+-- Progress of each backfill: jobs enqueued and provisioned so far, and the time left at the
+-- current pace; and where its jobs wait: their lane (3, backfill and reconcile), how many of them
+-- are pending, and how many pending jobs of the lanes claimed before it (signups, retries, email
+-- syncs) go first, beyond its share (onboarding.lane_shares).
+CREATE OR REPLACE VIEW onboarding.backfill_progress AS
+SELECT b.id, b.profile_table, b.total, b.enqueued, p.provisioned, p.failed,
+       CASE WHEN b.enqueued = 0 THEN 100 ELSE round(100.0 * p.provisioned / b.enqueued, 1) END AS percent,
+       CASE WHEN p.provisioned > 0 AND p.provisioned < b.enqueued
+            THEN (now() - b.started_at) / p.provisioned * (b.enqueued - p.provisioned) END AS time_left,
+       b.started_at, b.finished_at AS enqueued_at,
+       onboarding._lane('create_customer', 'backfill') AS lane, p.pending,
+       (SELECT count(*) FROM onboarding.jobs j
+         WHERE j.state = onboarding._pending() AND j.lane < onboarding._lane('create_customer', 'backfill')) AS pending_ahead
+  FROM onboarding.backfills b
+ CROSS JOIN LATERAL (
+       SELECT count(*) FILTER (WHERE j.state = onboarding._succeeded()) AS provisioned,
+              count(*) FILTER (WHERE j.state IN (onboarding._dead(), onboarding._skipped(), onboarding._cancelled())) AS failed,
+              count(*) FILTER (WHERE j.state = onboarding._pending()) AS pending
+         FROM onboarding.events e JOIN onboarding.jobs j ON j.id = e.job_id
+        WHERE e.step = 'enqueued' AND e.detail->>'source' = 'backfill ' || b.id) p;
 
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -169,17 +169,23 @@ BEGIN
 END $$;
 
 -- Progress of each backfill: jobs enqueued and provisioned so far, and the time left at the
--- current pace.
+-- current pace; and where its jobs wait: their lane (3, backfill and reconcile), how many of them
+-- are pending, and how many pending jobs of the lanes claimed before it (signups, retries, email
+-- syncs) go first, beyond its share (onboarding.lane_shares).
 CREATE VIEW onboarding.backfill_progress AS
 SELECT b.id, b.profile_table, b.total, b.enqueued, p.provisioned, p.failed,
        CASE WHEN b.enqueued = 0 THEN 100 ELSE round(100.0 * p.provisioned / b.enqueued, 1) END AS percent,
        CASE WHEN p.provisioned > 0 AND p.provisioned < b.enqueued
             THEN (now() - b.started_at) / p.provisioned * (b.enqueued - p.provisioned) END AS time_left,
-       b.started_at, b.finished_at AS enqueued_at
+       b.started_at, b.finished_at AS enqueued_at,
+       onboarding._lane('create_customer', 'backfill') AS lane, p.pending,
+       (SELECT count(*) FROM onboarding.jobs j
+         WHERE j.state = onboarding._pending() AND j.lane < onboarding._lane('create_customer', 'backfill')) AS pending_ahead
   FROM onboarding.backfills b
  CROSS JOIN LATERAL (
        SELECT count(*) FILTER (WHERE j.state = onboarding._succeeded()) AS provisioned,
-              count(*) FILTER (WHERE j.state IN (onboarding._dead(), onboarding._skipped(), onboarding._cancelled())) AS failed
+              count(*) FILTER (WHERE j.state IN (onboarding._dead(), onboarding._skipped(), onboarding._cancelled())) AS failed,
+              count(*) FILTER (WHERE j.state = onboarding._pending()) AS pending
          FROM onboarding.events e JOIN onboarding.jobs j ON j.id = e.job_id
         WHERE e.step = 'enqueued' AND e.detail->>'source' = 'backfill ' || b.id) p;
 

@@ -7,9 +7,11 @@
 ------------------------------------------------------------------------------------------------
 
 -- Moves up to max_rows committed intake rows into jobs, set-based: one create_customer job per
--- profile (joining an open one if any), run and created at the insert's time, and its 'enqueued'
--- event carrying the insert's commit time (the event's own xmin is the worker's transaction; see
+-- profile (joining an open one if any), created at the insert's time, and its 'enqueued' event
+-- carrying the insert's commit time (the event's own xmin is the worker's transaction; see
 -- _queued_commit_time). Concurrent workers skip each other's rows. Returns the rows taken.
+-- The jobs are due from now(), the claiming transaction's start, not the insert's: with their new
+-- ids they sort after every key a claim has passed (core/src/claim_cursor.rs).
 -- The job's idempotency key comes from the intake row itself (_intake_key): a standby promoted
 -- after this server called Stripe promotes the replicated row again under the same key.
 CREATE FUNCTION onboarding._promote_intake(max_rows integer) RETURNS bigint
@@ -29,7 +31,7 @@ BEGIN
           FROM taken t ORDER BY t.profile_table, t.user_id, t.enqueued_at),
     new_jobs AS (
         INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, run_at, created_at, updated_at)
-        SELECT 'create_customer', p.profile_table, p.user_id, p.idempotency_key, p.enqueued_at, p.enqueued_at,
+        SELECT 'create_customer', p.profile_table, p.user_id, p.idempotency_key, now(), p.enqueued_at,
                p.enqueued_at
           FROM profiles p ORDER BY p.enqueued_at
         ON CONFLICT DO NOTHING
@@ -54,33 +56,55 @@ RETURN 'onboarding-' || pg_catalog.md5(pg_catalog.concat_ws('/', tbl::oid, uid, 
                                                             pg_catalog.date_part('epoch', enqueued_at)))::uuid;
 
 -- Claims up to max_jobs due jobs (committed by the caller before any Stripe call) and reads each
--- one's profile. A job whose table is gone, detached or unreadable is finished here, not returned.
+-- one's profile: first up to reserved[lane] from each lane (the lower lanes' shares,
+-- core/src/lane_shares.rs), then lane by lane in order. A job whose table is gone, detached or
+-- unreadable is finished here, not returned. In each lane the scan starts after the key
+-- (after_run_at, after_id) the worker passes (NULL: from the front), past the dead index entries of
+-- earlier claims that a held snapshot keeps (core/src/claim_cursor.rs); run_at comes back to move
+-- that key on.
 -- look_up_first: Stripe may have pruned the idempotency key (first attempt older than `horizon`)
 -- or refused it (idempotency_error), or an old primary attempted the job (jobs.look_up_first):
 -- look the object up before creating anything.
-CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval)
+CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval, after_run_at timestamptz[],
+                                       after_id bigint[], reserved integer[])
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
-               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint)
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
+               run_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
     a onboarding.attachments;
     due boolean;
+    claimed bigint[] := '{}';
+    wanted integer;
 BEGIN
+    FOR pass IN 1 .. 2 LOOP
+        FOR l IN 0 .. 3 LOOP
+            wanted := max_jobs - cardinality(claimed);
+            IF pass = 1 THEN
+                wanted := least(wanted, coalesce(reserved[l + 1], 0));
+            END IF;
+            CONTINUE WHEN wanted <= 0;
+            claimed := claimed || ARRAY(
+                SELECT j.id FROM onboarding.jobs j
+                 WHERE j.state = onboarding._pending() AND j.lane = l AND j.run_at <= now()
+                   AND (j.run_at, j.id) > (coalesce(after_run_at[l + 1], '-infinity'), coalesce(after_id[l + 1], 0))
+                   AND j.id <> ALL (claimed)  -- our own locks do not skip them
+                 ORDER BY j.run_at, j.id
+                 LIMIT wanted
+                 FOR UPDATE SKIP LOCKED);
+        END LOOP;
+    END LOOP;
     FOR job IN
-        WITH due AS (
-            SELECT j.id FROM onboarding.jobs j
-             WHERE j.state = onboarding._pending() AND j.run_at <= now()
-             ORDER BY j.lane, j.run_at, j.id
-             LIMIT max_jobs
-             FOR UPDATE SKIP LOCKED)
-        UPDATE onboarding.jobs j
-           SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
-               claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
-               first_attempt_at = coalesce(j.first_attempt_at, now())
-          FROM due WHERE j.id = due.id
-        RETURNING j.*
+        WITH taken AS (
+            UPDATE onboarding.jobs j
+               SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+                   claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
+                   first_attempt_at = coalesce(j.first_attempt_at, now())
+             WHERE j.id = ANY (claimed)
+            RETURNING j.*)
+        SELECT * FROM taken t ORDER BY t.lane, t.run_at, t.id
     LOOP
         INSERT INTO onboarding.events (job_id, user_id, step, detail)
         VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
@@ -94,7 +118,7 @@ BEGIN
         -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
         idempotency_key := job.idempotency_key; attempts := job.attempts;
         stripe_id := coalesce(job.stripe_id, job.object_to_link);
-        request_params := job.request_params; lane := job.lane;
+        request_params := job.request_params; lane := job.lane; run_at := job.run_at;
         look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
                          OR job.last_error_detail->>'type' = 'idempotency_error';
         BEGIN
@@ -226,19 +250,29 @@ BEGIN
         BEGIN
             WITH mine AS (
                 SELECT x.id, x.user_id, o.object, x.request_params->>'email' AS sent_email
-                  FROM unnest(job_ids, objects) AS o(id, object) JOIN onboarding.jobs x ON x.id = o.id
+                  FROM unnest(job_ids, objects) AS o(id, object)
+                  -- By primary key (OFFSET 0 keeps the other conditions out of the scan): the
+                  -- open-jobs index fits them too, but holds every dead entry a snapshot keeps.
+                  CROSS JOIN LATERAL (SELECT * FROM onboarding.jobs y WHERE y.id = o.id OFFSET 0) x
                  WHERE x.profile_table = target.profile_table AND x.kind = target.kind
                    AND x.state = onboarding._running() AND x.claimed_by = pg_backend_pid()),
             profiles_linked AS (
                 SELECT r[1] AS user_id, r[2] AS email
                   FROM onboarding._as_owner(a.profile_table,
                            -- SKIP LOCKED: a row another transaction holds is left for a later claim
-                           -- (_write_back postpones its job); it never holds up the batch.
-                           format('UPDATE %1$s p SET %3$I = o.object FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
-                                    WHERE p.%2$I = o.user_id::%4$s AND p.%3$I IS NULL
-                                      AND p.%2$I IN (SELECT q.%2$I FROM %1$s q WHERE q.%2$I = ANY ($1::%4$s[])
-                                                        FOR UPDATE SKIP LOCKED)
-                                    RETURNING o.user_id, p.%5$I::text',
+                           -- (_write_back postpones its job); it never holds up the batch. The rows
+                           -- are locked first, once (MATERIALIZED), then updated by key: as an IN
+                           -- (subquery) the planner ran the lock once per row (batch squared), and
+                           -- with `IS NULL` rare in a provisioned table it may scan the whole table.
+                           format('WITH locked AS MATERIALIZED (
+                                       SELECT q.%2$I AS id, o.user_id, o.object
+                                         FROM unnest($1::text[], $2::text[]) AS o(user_id, object)
+                                         JOIN %1$s q ON q.%2$I = o.user_id::%4$s
+                                        WHERE q.%2$I = ANY ($1::%4$s[])
+                                          FOR UPDATE OF q SKIP LOCKED)
+                                   UPDATE %1$s p SET %3$I = l.object FROM locked l
+                                    WHERE p.%2$I = l.id AND p.%3$I IS NULL
+                                    RETURNING l.user_id, p.%5$I::text',
                                   a.profile_table, a.id_column, target_column, a.id_type, a.email_column),
                            ARRAY[(SELECT array_agg(m.user_id) FROM mine m)::text,
                                  (SELECT array_agg(m.object) FROM mine m)::text]) r),
@@ -407,11 +441,15 @@ BEGIN
 END $$;
 
 -- Seconds until the next pending job is due (negative when overdue, NULL when there is none), so
--- an idle worker sleeps exactly that long. (Not greatest(0, …): greatest ignores NULL.)
-CREATE FUNCTION onboarding._next_due_in() RETURNS double precision
+-- an idle worker sleeps exactly that long; each lane looked at after the worker's key in it, as
+-- _claim_jobs does. (The intake is the worker's to watch: commits wake it.)
+CREATE FUNCTION onboarding._next_due_in(after_run_at timestamptz[], after_id bigint[]) RETURNS double precision
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN (SELECT CASE WHEN EXISTS (SELECT FROM onboarding.intake) THEN 0
-                        ELSE extract(epoch FROM min(run_at) - now())::double precision END
-              FROM onboarding.jobs WHERE state = onboarding._pending());
+    RETURN extract(epoch FROM
+        (SELECT min((SELECT j.run_at FROM onboarding.jobs j
+                      WHERE j.state = onboarding._pending() AND j.lane = l
+                        AND (j.run_at, j.id) > (coalesce(after_run_at[l + 1], '-infinity'), coalesce(after_id[l + 1], 0))
+                      ORDER BY j.run_at, j.id LIMIT 1))
+           FROM generate_series(0, 3) l) - now())::double precision;
 END $$;

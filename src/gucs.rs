@@ -4,6 +4,7 @@
 use std::ffi::CString;
 use std::time::Duration;
 
+use onboarding_core::lane_shares::Shares;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_guard, pg_sys};
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -33,6 +34,8 @@ pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static WAIT_FOR_STANDBYS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static STANDBY_WAIT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static CONNECT_CONDITION_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(250);
+pub static LANE_SHARES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"10,5,5"));
+const DEFAULT_LANE_SHARES: &str = "10,5,5";
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -244,7 +247,60 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::UNIT_MS,
     );
+    // Defined by hand for its check hook, like the key's.
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            c"onboarding.lane_shares".as_ptr(),
+            c"Percent of the claimed work kept for lanes 1, 2 and 3 (retries; email syncs and compensation; backfill \
+              and reconcile) while they have due jobs; lane 0 (signups and requests) has the rest."
+                .as_ptr(),
+            c"Comma-separated, together at most 90. A signup's call still goes ahead of every call waiting for the \
+              rate budget. 0,0,0: strict priority, lower lanes wait while lane 0 has due work."
+                .as_ptr(),
+            LANE_SHARES.as_ptr(),
+            c"10,5,5".as_ptr(),
+            pg_sys::GucContext::PGC_SIGHUP,
+            0,
+            Some(check_lane_shares),
+            None,
+            None,
+        );
+    }
     unsafe { pg_sys::MarkGUCPrefixReserved(c"onboarding".as_ptr()) };
+}
+
+/// Refuses a malformed `onboarding.lane_shares` with what is wrong and how to write it.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_lane_shares(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        std::ffi::CStr::from_ptr(*newval).to_string_lossy().into_owned()
+    };
+    match Shares::parse(&value) {
+        Ok(_) => true,
+        Err(problem) => {
+            unsafe {
+                pg_sys::GUC_check_errdetail_string =
+                    pg_sys::pstrdup(CString::new(problem).unwrap_or_default().as_ptr());
+                pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
+                    c"Three percentages for lanes 1, 2 and 3, such as '10,5,5'; '0,0,0' for strict priority.".as_ptr(),
+                );
+            }
+            false
+        }
+    }
+}
+
+/// `onboarding.lane_shares` (checked when set).
+pub fn lane_shares() -> Shares {
+    let setting = text(&LANE_SHARES).unwrap_or_else(|| DEFAULT_LANE_SHARES.into());
+    Shares::parse(&setting).unwrap_or_else(|_| Shares::parse(DEFAULT_LANE_SHARES).expect("the default parses"))
 }
 
 /// Only the workers hold the key. Every process reads the configuration files on reload, so a

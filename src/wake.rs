@@ -7,8 +7,13 @@
 //! idle ones compete for the new jobs); on ABORT nothing happens. `CREATE EXTENSION` likewise wakes
 //! the launcher after commit. Whose latches those are is in the process registry
 //! (pg/processes.rs).
+//!
+//! The plpgsql enqueuers (and every move of a job back to pending) also bump a shared rescan
+//! count at commit: their jobs may sort before where the workers' claims start
+//! (core's `claim_cursor`), so the next claim scans from the front. Inserted profiles need no
+//! rescan: the worker keys the jobs it makes of them after its cursors.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, pg_shmem_init};
@@ -35,14 +40,24 @@ impl Default for WithoutExtension {
 static WITHOUT_EXTENSION: PgAtomic<WithoutExtension> =
     unsafe { PgAtomic::new(c"onboarding_databases_without_extension") };
 
+/// Commits that made jobs pending where a claim's cursor may have passed (all databases).
+static QUEUE_RESCANS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"onboarding_queue_rescans") };
+
 /// Backend-local: what the current transaction wants done at commit, and whether the callback
 /// that does it is installed.
 static WAKE_WORKERS: AtomicBool = AtomicBool::new(false);
+static RESCAN_QUEUE: AtomicBool = AtomicBool::new(false);
 static WAKE_LAUNCHER: AtomicBool = AtomicBool::new(false);
 static CALLBACK_INSTALLED: AtomicBool = AtomicBool::new(false);
 
 pub fn init_shared_memory() {
     pg_shmem_init!(WITHOUT_EXTENSION);
+    pg_shmem_init!(QUEUE_RESCANS);
+}
+
+/// How many commits so far made jobs pending that a claim's cursor may have passed.
+pub fn queue_rescans() -> u64 {
+    QUEUE_RESCANS.get().load(Ordering::Acquire)
 }
 
 pub fn mark_without_extension(database: pg_sys::Oid) {
@@ -64,8 +79,12 @@ pub fn forget_databases_without_extension() {
     WITHOUT_EXTENSION.get().databases.iter().for_each(|m| m.store(NO_DATABASE, Ordering::Release));
 }
 
+/// The plpgsql enqueuers' wake-up: their jobs may also sort before the workers' cursors.
 #[pg_extern(name = "_wake_worker_after_commit", volatile, parallel_unsafe)]
 fn wake_worker_after_commit() {
+    if shared_memory_ready() {
+        RESCAN_QUEUE.store(true, Ordering::Relaxed);
+    }
     wake_workers_after_commit();
 }
 
@@ -100,6 +119,9 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_COMMIT => {
+            if RESCAN_QUEUE.swap(false, Ordering::Relaxed) {
+                QUEUE_RESCANS.get().fetch_add(1, Ordering::AcqRel);
+            }
             if WAKE_WORKERS.swap(false, Ordering::Relaxed) {
                 processes::set_worker_latches();
             }
@@ -115,6 +137,7 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
         // A prepared transaction commits later, maybe elsewhere: the workers' poll finds its jobs.
         XACT_EVENT_ABORT | XACT_EVENT_PREPARE => {
             WAKE_WORKERS.store(false, Ordering::Relaxed);
+            RESCAN_QUEUE.store(false, Ordering::Relaxed);
             WAKE_LAUNCHER.store(false, Ordering::Relaxed);
         }
         _ => {}

@@ -27,12 +27,15 @@ mod queue;
 mod record;
 mod standby_gate;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use onboarding_core::budget::{Gcra, TIMER_SLACK};
+use onboarding_core::claim_cursor::ClaimCursor;
+use onboarding_core::lane_shares::LaneCredit;
 use onboarding_core::runtime::signal_safe_runtime;
 use onboarding_core::state::JobState;
 use onboarding_core::stripe::{ApiKey, ClientConfig, StripeClient, StripeError};
@@ -124,6 +127,8 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         standby_gate: StandbyGate::new(slot),
         timeline_noted: false,
         sweep: None,
+        claim_cursor: ClaimCursor::default(),
+        lane_credit: LaneCredit::default(),
     };
     let mut woken = true;
     while !shutdown_requested() {
@@ -196,6 +201,10 @@ struct Worker {
     timeline_noted: bool,
     /// A sweep of Stripe after a promotion, still to do (maintenance/failover.rs).
     sweep: Option<Sweep>,
+    /// Where claims start in each lane (core's claim_cursor): past earlier claims' dead entries.
+    claim_cursor: ClaimCursor,
+    /// What the lower lanes' shares have earned (core's lane_shares).
+    lane_credit: LaneCredit,
 }
 
 /// Whether the database's SQL is this library's release (release.rs), as last seen.
@@ -244,7 +253,16 @@ impl Worker {
             if maintain {
                 self.sweep_after_promotion();
             }
-            match in_transaction("claiming jobs", || claim_and_plan(capacity as i32, maintain)) {
+            // AssertUnwindSafe: a failed claim leaves the cursor half-moved, and it is dropped below.
+            let (cursor, credit) = (&mut self.claim_cursor, &mut self.lane_credit);
+            let claimed = in_transaction(
+                "claiming jobs",
+                AssertUnwindSafe(|| claim_and_plan(capacity as i32, maintain, cursor, credit)),
+            );
+            if claimed.is_err() {
+                self.claim_cursor = ClaimCursor::default(); // its claims were undone: start from the front
+            }
+            match claimed {
                 Ok(Ok((calls, claimed, next_due))) => {
                     if maintain {
                         self.last_maintenance = Some(now);
@@ -406,7 +424,7 @@ impl Worker {
         let (calls, results): (Vec<Call>, Vec<(Outcome, Duration)>) =
             finished.into_iter().map(|(call, outcome, elapsed)| (call, (outcome, elapsed))).unzip();
         // Failed calls were just rescheduled: look for due work again by their retry time.
-        if let Some(due) = record_results(&calls, results) {
+        if let Some(due) = record_results(&calls, results, &self.claim_cursor.current()) {
             self.next_claim = self.next_claim.min(Instant::now() + due.max(MIN_SLEEP));
         }
         self.resolve_requests(); // callers waiting on these jobs hear at once

@@ -6,7 +6,9 @@
 //! - [`state`]: the job state machine: kinds, states and the named transitions between them;
 //! - [`job`]: what a job does with the profile it finds, and where it goes after an attempt;
 //! - [`runtime`]: an async runtime whose helper threads never receive PostgreSQL's signals;
-//! - [`standby_wait`]: holding calls until the standbys have the commit they came from.
+//! - [`standby_wait`]: holding calls until the standbys have the commit they came from;
+//! - [`claim_cursor`]: where claims start in each lane, past the dead entries of earlier claims;
+//! - [`lane_shares`]: the share of the claimed work kept for the lower priority lanes.
 //!
 //! Nothing here touches PostgreSQL; the extension (`src/` at the top of the repository) is the glue.
 
@@ -15,7 +17,9 @@
 #![allow(clippy::result_large_err)]
 
 pub mod budget;
+pub mod claim_cursor;
 pub mod job;
+pub mod lane_shares;
 pub mod policy;
 pub mod runtime;
 pub mod standby_wait;

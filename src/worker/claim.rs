@@ -1,20 +1,32 @@
 //! Phase 1 of the pipeline, one short transaction: maintenance when due, committed inserts turned
-//! into jobs, due jobs claimed up to the free capacity, and each planned (calls.rs): jobs that need
-//! no Stripe call are finished here, the others log `stripe_request` and come back as [`Call`]s
-//! to start once the claim commits.
+//! into jobs, due jobs claimed up to the free capacity (each lane from where the last claim there
+//! stopped: core's `claim_cursor`), and each planned (calls.rs): jobs that need no Stripe call are
+//! finished here, the others log `stripe_request` and come back as [`Call`]s to start once the
+//! claim commits.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use onboarding_core::claim_cursor::{ClaimCursor, LANES};
+use onboarding_core::lane_shares::LaneCredit;
 
 use crate::gucs;
 use crate::maintenance::{rescue, retention};
 use crate::release::Installed;
+use crate::wake;
 use crate::worker::calls::{self, Call, Planned};
 use crate::worker::queue;
 
-/// Claims and plans up to `batch_size` jobs, doing maintenance first when `maintain`. Returns the
-/// calls to start, how many jobs were claimed, and when the next pending job is due. Refuses
-/// (with what is installed) unless this database holds this library's SQL.
-pub fn claim_and_plan(batch_size: i32, maintain: bool) -> Result<(Vec<Call>, usize, Option<Duration>), Installed> {
+/// Claims and plans up to `batch_size` jobs, doing maintenance first when `maintain`, moving
+/// `cursor` on past what it claims (the caller drops it if the transaction fails: the claims
+/// are then undone) and spending the lower lanes' `credit`. Returns the calls to start, how many
+/// jobs were claimed, and when the next pending job is due. Refuses (with what is installed)
+/// unless this database holds this library's SQL.
+pub fn claim_and_plan(
+    batch_size: i32,
+    maintain: bool,
+    cursor: &mut ClaimCursor,
+    credit: &mut LaneCredit,
+) -> Result<(Vec<Call>, usize, Option<Duration>), Installed> {
     match queue::installed_release() {
         Installed::Current => {}
         other => return Err(other),
@@ -24,9 +36,23 @@ pub fn claim_and_plan(batch_size: i32, maintain: bool) -> Result<(Vec<Call>, usi
         retention::prune();
     }
 
-    queue::promote_intake(batch_size);
+    let promoted = queue::promote_intake(batch_size);
 
-    let claimed = queue::claim(batch_size, gucs::idempotency_horizon());
+    let scan = cursor.scan_from(wake::queue_rescans(), gucs::poll_interval(), Instant::now());
+    let reserved = credit.reserve(gucs::lane_shares(), batch_size.max(0) as usize);
+    let started = Instant::now();
+    let claimed = queue::claim(batch_size, gucs::idempotency_horizon(), &scan, reserved);
+    if ClaimCursor::is_full(&scan) {
+        cursor.full_scan_took(started.elapsed());
+    }
+    let mut per_lane = [0; LANES];
+    for job in &claimed {
+        cursor.claimed(job.lane as usize, job.key);
+        if let Some(n) = per_lane.get_mut(job.lane as usize) {
+            *n += 1;
+        }
+    }
+    credit.taken(reserved, per_lane);
     let claimed_count = claimed.len();
     let mut starting = queue::CallsStarting::default();
     let calls = claimed
@@ -54,5 +80,8 @@ pub fn claim_and_plan(batch_size: i32, maintain: bool) -> Result<(Vec<Call>, usi
         })
         .collect();
     starting.record();
-    Ok((calls, claimed_count, queue::next_due_in()))
+    // A full promotion may have left more inserts behind (they woke us once, not again).
+    let next_due =
+        if promoted >= i64::from(batch_size) { Some(Duration::ZERO) } else { queue::next_due_in(&cursor.current()) };
+    Ok((calls, claimed_count, next_due))
 }

@@ -9,10 +9,12 @@
 
 use std::time::Duration;
 
+use onboarding_core::claim_cursor::{JobKey, LANES, ScanFrom};
 use onboarding_core::job::Profile;
 use onboarding_core::state::{JobKind, JobState, Transition};
 use onboarding_core::stripe::NewCustomer;
 use pgrx::JsonB;
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use serde_json::Value;
 
@@ -34,9 +36,11 @@ pub fn installed_release() -> Installed {
 
 /// Turns up to `at_most` committed inserts into jobs, set-based (see intake.rs). Each claim
 /// promotes about as many as it can take, so a backlog waits in the intake, not all at once here.
-pub fn promote_intake(at_most: i32) {
+/// Returns how many it took: `at_most` means more may be waiting.
+pub fn promote_intake(at_most: i32) -> i64 {
     Spi::get_one_with_args::<i64>("SELECT onboarding._promote_intake($1)", &[at_most.into()])
-        .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"));
+        .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"))
+        .unwrap_or_default()
 }
 
 /// Promotes inserts until `pending` jobs wait (or the intake is empty).
@@ -66,16 +70,42 @@ pub struct ClaimedJob {
     pub profile: Option<Profile>,
     /// Its priority lane (`jobs.lane`): 0 for signups and the application's requests.
     pub lane: i16,
+    /// Its place in the lane, where the next claim there starts.
+    pub key: JobKey,
 }
 
-/// Claims up to `batch_size` due jobs (`FOR UPDATE SKIP LOCKED`); those whose first attempt is
-/// older than `idempotency_horizon` come with `look_up_first`.
-pub fn claim(batch_size: i32, idempotency_horizon: Duration) -> Vec<ClaimedJob> {
+/// A claim cursor's keys as `_claim_jobs` and `_next_due_in` take them: run_at and id per lane.
+fn scan_args(scan: &ScanFrom) -> (Vec<Option<TimestampWithTimeZone>>, Vec<Option<i64>>) {
+    scan.iter()
+        .map(|key| match key {
+            Some(k) => (TimestampWithTimeZone::try_from(k.run_at).ok(), Some(k.id)),
+            None => (None, None),
+        })
+        .unzip()
+}
+
+/// Claims up to `batch_size` due jobs (`FOR UPDATE SKIP LOCKED`), first up to `reserved` from
+/// each lane, then lane by lane; each lane scanned from `scan`'s key. Those whose first attempt
+/// is older than `idempotency_horizon` come with `look_up_first`.
+pub fn claim(
+    batch_size: i32,
+    idempotency_horizon: Duration,
+    scan: &ScanFrom,
+    reserved: [usize; LANES],
+) -> Vec<ClaimedJob> {
+    let (after_run_at, after_id) = scan_args(scan);
+    let reserved: Vec<i32> = reserved.iter().map(|&n| n as i32).collect();
     Spi::connect_mut(|spi| {
         let rows = spi.update(
-            "SELECT * FROM onboarding._claim_jobs($1, make_interval(secs => $2))",
+            "SELECT * FROM onboarding._claim_jobs($1, make_interval(secs => $2), $3, $4, $5)",
             None,
-            &[batch_size.into(), idempotency_horizon.as_secs_f64().into()],
+            &[
+                batch_size.into(),
+                idempotency_horizon.as_secs_f64().into(),
+                after_run_at.into(),
+                after_id.into(),
+                reserved.into(),
+            ],
         )?;
         let mut claimed = Vec::new();
         for row in rows {
@@ -86,8 +116,10 @@ pub fn claim(batch_size: i32, idempotency_horizon: Duration) -> Vec<ClaimedJob> 
                     Ok(Profile { email: row.get(10)?, customer_id: row.get(11)?, connect_account_id: row.get(12)? })
                 })
                 .transpose()?;
+            let id = row.get(1)?.unwrap_or_default();
+            let run_at = row.get::<TimestampWithTimeZone>(14)?.map_or(0, i64::from);
             claimed.push(ClaimedJob {
-                id: row.get(1)?.unwrap_or_default(),
+                id,
                 kind: row.get(2)?.unwrap_or_default(),
                 user_id: row.get(3)?.unwrap_or_default(),
                 idempotency_key: row.get(4)?.unwrap_or_default(),
@@ -99,6 +131,7 @@ pub fn claim(batch_size: i32, idempotency_horizon: Duration) -> Vec<ClaimedJob> 
                 look_up_first: row.get(8)?.unwrap_or(false),
                 profile,
                 lane: row.get::<i16>(13)?.unwrap_or_default(),
+                key: JobKey { run_at, id },
             });
         }
         Ok::<_, pgrx::spi::Error>(claimed)
@@ -106,9 +139,11 @@ pub fn claim(batch_size: i32, idempotency_horizon: Duration) -> Vec<ClaimedJob> 
     .unwrap_or_else(|e| error!("onboarding: claiming jobs: {e}"))
 }
 
-/// Time until the next pending job is due (zero if overdue), None if nothing is pending.
-pub fn next_due_in() -> Option<Duration> {
-    Spi::get_one::<f64>("SELECT onboarding._next_due_in()")
+/// Time until the next pending job is due (zero if overdue), None if nothing is pending, each
+/// lane looked at from `scan`'s key.
+pub fn next_due_in(scan: &ScanFrom) -> Option<Duration> {
+    let (after_run_at, after_id) = scan_args(scan);
+    Spi::get_one_with_args::<f64>("SELECT onboarding._next_due_in($1, $2)", &[after_run_at.into(), after_id.into()])
         .unwrap_or_else(|e| error!("onboarding: reading the next due time: {e}"))
         .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)))
 }

@@ -5,6 +5,7 @@
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use onboarding_core::claim_cursor::ScanFrom;
 use onboarding_core::job::{AfterFailure, after_failure};
 use onboarding_core::policy::classify;
 use onboarding_core::state::{Success, Transition};
@@ -20,7 +21,7 @@ use crate::worker::queue::{self, WriteBack};
 /// Phase 3: all outcomes in one transaction; if that fails, each job on its own, so one bad
 /// write-back (say, a failing trigger on the profile table) cannot hold the others hostage.
 /// Returns when the next pending job is due, as seen after recording.
-pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Option<Duration> {
+pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &ScanFrom) -> Option<Duration> {
     let outcomes: Vec<_> = calls.iter().zip(results).collect();
     let all = in_transaction(
         "recording Stripe results",
@@ -32,7 +33,7 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>) -> Opti
             for (call, (result, elapsed)) in others {
                 record_one(call, result, *elapsed);
             }
-            queue::next_due_in()
+            queue::next_due_in(scan)
         }),
     );
     if let Ok(next_due) = all {

@@ -1,4 +1,5 @@
-//! Priority lanes: a backfill queued ahead of a signup does not make the signup wait for it.
+//! Priority lanes: a backfill queued ahead of a signup does not make the signup wait for it, and a
+//! flood of signups does not stop the backfill (its share, onboarding.lane_shares).
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,7 @@ use libtest_mimic::{Failed, Trial};
 use crate::helpers::{DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, wait_for};
 
 pub(crate) fn tests() -> Vec<Trial> {
-    trials![a_signup_goes_ahead_of_a_queued_backfill]
+    trials![a_signup_goes_ahead_of_a_queued_backfill, a_backfill_keeps_its_share_during_a_flood_of_signups]
 }
 
 /// A few budget slots, far less than the backfill queued ahead of the signup (80 at 10/s: 8 s).
@@ -55,4 +56,56 @@ fn a_signup_goes_ahead_of_a_queued_backfill() -> Result<(), Failed> {
     ensure(still_queued > 0, || format!("the backfill was done before the signup ({took:?}): nothing proven"))?;
     // The backfill itself goes on.
     wait_for("the backfill to finish", DEADLINE, || (pending_backfill_jobs(&mut db, &table) == 0).then_some(()))
+}
+
+fn unprovisioned(db: &mut postgres::Client, table: &str) -> i64 {
+    db.query_one(&format!("SELECT count(*) FROM {table} WHERE stripe_customer_id IS NULL"), &[]).unwrap().get(0)
+}
+
+fn a_backfill_keeps_its_share_during_a_flood_of_signups() -> Result<(), Failed> {
+    let mut db = db();
+    // Shares that leave lane 0 nothing are refused, saying why and how to write them.
+    let refused = db.batch_execute("ALTER SYSTEM SET onboarding.lane_shares = '50,50,50'").unwrap_err();
+    let refused = refused.as_db_error().expect("a database error");
+    ensure(
+        refused.code().code() == "22023"
+            && refused.detail().is_some_and(|d| d.contains("add up to 150%"))
+            && refused.hint().is_some_and(|h| h.contains("'10,5,5'")),
+        || format!("unexpected refusal: {refused:?}"),
+    )?;
+    let old = profiles_table(&mut db, "profiles_share_backfill");
+    let signups = profiles_table(&mut db, "profiles_share_signups");
+    db.batch_execute(&format!(
+        "BEGIN; SET LOCAL session_replication_role = replica;
+         INSERT INTO {old} (email) SELECT 'old-' || g || '@example.com' FROM generate_series(1, 30) g;
+         COMMIT;"
+    ))
+    .unwrap();
+    // 10 calls a second: the flood of 100 signups below takes 10 s of budget.
+    set(&mut db, "onboarding.rate_limit = 10");
+    set(&mut db, "onboarding.rate_burst = 1");
+    set(&mut db, "onboarding.batch_size = 10");
+    set(&mut db, "onboarding.lane_shares = '0,0,20'");
+    db.batch_execute(&format!("CALL onboarding.backfill('{old}')")).unwrap();
+    db.batch_execute(&format!(
+        "INSERT INTO {signups} (email) SELECT 'flood-' || g || '@example.com' FROM generate_series(1, 100) g"
+    ))
+    .unwrap();
+    // Some of the backfill is provisioned while the flood is still going through.
+    let seen = wait_for("backfilled profiles", DEADLINE, || {
+        let backfilled = 30 - unprovisioned(&mut db, &old);
+        (backfilled >= 3).then(|| (backfilled, unprovisioned(&mut db, &signups)))
+    });
+    set(&mut db, "onboarding.rate_limit = 0");
+    set(&mut db, "onboarding.rate_burst = 5");
+    set(&mut db, "onboarding.batch_size = 25");
+    db.batch_execute("ALTER SYSTEM RESET onboarding.lane_shares").unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let (backfilled, flood_left) = seen?;
+    ensure(flood_left > 0, || {
+        format!("{backfilled} backfilled profiles only after the whole flood: the backfill had no share")
+    })?;
+    wait_for("everything provisioned", DEADLINE, || {
+        (unprovisioned(&mut db, &old) + unprovisioned(&mut db, &signups) == 0).then_some(())
+    })
 }

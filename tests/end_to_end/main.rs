@@ -39,6 +39,7 @@ macro_rules! trials {
 // Declared after `trials!` so that they can use it.
 mod api;
 mod audits;
+mod claim_cursor;
 mod compensation;
 mod concurrency;
 mod connect;
@@ -78,6 +79,7 @@ fn main() {
         locked_rows::tests(),
         lanes::tests(),
         slow_condition::tests(),
+        claim_cursor::tests(),
     ]
     .into_iter()
     .flatten()
