@@ -118,9 +118,12 @@ DECLARE
                          'onboarding-' || gen_random_uuid());
 BEGIN
     LOOP
+        -- COLLATE "default": a user id read through _as_owner from a statement built with format()
+        -- over a `name` column comes with collation "C", which no index on jobs can serve (a
+        -- backfill looked each profile up with a scan of the whole queue: quadratic).
         SELECT j.id INTO job FROM onboarding.jobs j
-         WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid AND j.stripe_id IS NULL
-           AND onboarding._is_open(j.state);
+         WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid COLLATE "default"
+           AND j.stripe_id IS NULL AND onboarding._is_open(j.state);
         IF FOUND THEN
             RETURN job;
         END IF;
@@ -145,7 +148,7 @@ CREATE FUNCTION onboarding._account_key(tbl regclass, uid text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'onboarding-' || md5('create_connect_account/' || c.idempotency_key)::uuid
       FROM onboarding.jobs c
-     WHERE c.profile_table = tbl AND c.user_id = uid AND c.kind = 'create_customer'
+     WHERE c.profile_table = tbl AND c.user_id = uid COLLATE "default" AND c.kind = 'create_customer'
        AND (onboarding._is_open(c.state) OR c.state = onboarding._succeeded())
      ORDER BY c.id DESC LIMIT 1;
 $$;

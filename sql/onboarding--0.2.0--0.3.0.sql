@@ -467,6 +467,8 @@ DECLARE
     next_last text;
     started timestamptz;
     table_name text;
+    provisioned bigint;
+    time_left text;
 BEGIN
     IF batch IS NULL OR batch < 1 THEN
         RAISE EXCEPTION 'onboarding.backfill: batch must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -500,7 +502,8 @@ BEGIN
                 SELECT p.uid FROM page p
                  WHERE NOT EXISTS (SELECT FROM onboarding.jobs j
                                     WHERE j.profile_table = a.profile_table AND j.kind = 'create_customer'
-                                      AND j.user_id = p.uid AND (onboarding._is_open(j.state) OR j.state = onboarding._dead())))
+                                      AND j.user_id = p.uid COLLATE "default"  -- see _enqueue
+                                      AND (onboarding._is_open(j.state) OR j.state = onboarding._dead())))
             SELECT (SELECT p.uid FROM page p ORDER BY p.n DESC LIMIT 1),
                    (SELECT count(onboarding._enqueue(a.profile_table, w.uid, 'create_customer', 'backfill ' || run))
                       FROM wanted w)
@@ -510,11 +513,10 @@ BEGIN
             done := done + added;
             UPDATE onboarding.backfills SET enqueued = done, updated_at = now() WHERE id = run;
             COMMIT;
+            SELECT p.provisioned, date_trunc('second', p.time_left)::text INTO provisioned, time_left
+              FROM onboarding.backfill_progress p WHERE p.id = run;
             RAISE NOTICE 'onboarding.backfill %: % of % profiles of % enqueued, % provisioned, about % left',
-                run, done, total, a.profile_table,
-                (SELECT p.provisioned FROM onboarding.backfill_progress p WHERE p.id = run),
-                coalesce((SELECT date_trunc('second', p.time_left)::text FROM onboarding.backfill_progress p
-                           WHERE p.id = run), 'unknown');
+                run, done, total, a.profile_table, provisioned, coalesce(time_left, 'unknown');
         END LOOP;
         UPDATE onboarding.backfills SET enqueued = done, updated_at = now(), finished_at = now() WHERE id = run;
         COMMIT;
@@ -623,7 +625,7 @@ CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval, after
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
                profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
-               run_at timestamptz)
+               run_at timestamptz, finished boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
@@ -659,67 +661,73 @@ BEGIN
             RETURNING j.*)
         SELECT * FROM taken t ORDER BY t.lane, t.run_at, t.id
     LOOP
-        INSERT INTO onboarding.events (job_id, user_id, step, detail)
-        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
-        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
-        IF NOT FOUND THEN
-            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
-            CONTINUE;
-        END IF;
-        job_id := job.id; kind := job.kind; user_id := job.user_id;
-        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
-        idempotency_key := job.idempotency_key; attempts := job.attempts;
-        stripe_id := coalesce(job.stripe_id, job.object_to_link);
-        request_params := job.request_params; lane := job.lane; run_at := job.run_at;
-        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
-                         OR job.last_error_detail->>'type' = 'idempotency_error';
+        -- Every claimed job comes back, where the next claim starts; those finished here say so.
+        job_id := job.id; lane := job.lane; run_at := job.run_at; finished := true;
+        <<planning>>
         BEGIN
-            -- As the table's owner (src/tables.rs), like every statement on an application table.
-            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
-              FROM onboarding._as_owner(a.profile_table,
-                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
-                              a.email_column, a.customer_column,
-                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
-                              a.profile_table, a.id_column, a.id_type),
-                       ARRAY[job.user_id]) r;
-            profile_found := FOUND;
-        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
-            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
-        WHEN lock_not_available THEN
-            -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
-            -- does not wait for it (src/tables.rs); this job tries again in a second.
-            PERFORM onboarding._postpone(job.id, format('table %s is locked by another transaction', a.profile_table));
-            CONTINUE;
-        WHEN OTHERS OR query_canceled THEN
-            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
-            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
-            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                error => 'could not read the profile: ' || SQLERRM
-                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
-            CONTINUE;
-        END;
-        -- A conditional account job: the condition is checked now, in the worker (bounded by
-        -- onboarding.connect_condition_timeout), never in the application's UPDATE.
-        IF job.conditional AND profile_found THEN
-            BEGIN
-                due := onboarding._connect_due(a, job.user_id);
-            EXCEPTION WHEN OTHERS OR query_canceled THEN
-                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                    jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                    error => 'the Connect condition failed: ' || SQLERRM
-                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
-                CONTINUE;
-            END;
-            IF NOT due THEN
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
+            SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
+            IF NOT FOUND THEN
                 PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                    jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
-                                                        a.profile_table)));
-                CONTINUE;
+                    jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
+                EXIT planning;
             END IF;
-        END IF;
+            kind := job.kind; user_id := job.user_id;
+            -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
+            idempotency_key := job.idempotency_key; attempts := job.attempts;
+            stripe_id := coalesce(job.stripe_id, job.object_to_link);
+            request_params := job.request_params;
+            look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
+                             OR job.last_error_detail->>'type' = 'idempotency_error';
+            BEGIN
+                -- As the table's owner (src/tables.rs), like every statement on an application table.
+                SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
+                  FROM onboarding._as_owner(a.profile_table,
+                           format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                                  a.email_column, a.customer_column,
+                                  coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                                  a.profile_table, a.id_column, a.id_type),
+                           ARRAY[job.user_id]) r;
+                profile_found := FOUND;
+            EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+                profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+            WHEN lock_not_available THEN
+                -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
+                -- does not wait for it (src/tables.rs); this job tries again in a second.
+                PERFORM onboarding._postpone(job.id, format('table %s is locked by another transaction', a.profile_table));
+                EXIT planning;
+            WHEN OTHERS OR query_canceled THEN
+                -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
+                -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
+                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                    jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                    error => 'could not read the profile: ' || SQLERRM
+                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
+                EXIT planning;
+            END;
+            -- A conditional account job: the condition is checked now, in the worker (bounded by
+            -- onboarding.connect_condition_timeout), never in the application's UPDATE.
+            IF job.conditional AND profile_found THEN
+                BEGIN
+                    due := onboarding._connect_due(a, job.user_id);
+                EXCEPTION WHEN OTHERS OR query_canceled THEN
+                    PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                        jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                        error => 'the Connect condition failed: ' || SQLERRM
+                                 || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
+                    EXIT planning;
+                END;
+                IF NOT due THEN
+                    PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                        jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
+                                                            a.profile_table)));
+                    EXIT planning;
+                END IF;
+            END IF;
+            finished := false;
+        END;
         RETURN NEXT;
     END LOOP;
 END $$;
@@ -958,7 +966,7 @@ CREATE FUNCTION onboarding._account_key(tbl regclass, uid text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'onboarding-' || md5('create_connect_account/' || c.idempotency_key)::uuid
       FROM onboarding.jobs c
-     WHERE c.profile_table = tbl AND c.user_id = uid AND c.kind = 'create_customer'
+     WHERE c.profile_table = tbl AND c.user_id = uid COLLATE "default" AND c.kind = 'create_customer'
        AND (onboarding._is_open(c.state) OR c.state = onboarding._succeeded())
      ORDER BY c.id DESC LIMIT 1;
 $$;
@@ -1192,9 +1200,12 @@ DECLARE
                          'onboarding-' || gen_random_uuid());
 BEGIN
     LOOP
+        -- COLLATE "default": a user id read through _as_owner from a statement built with format()
+        -- over a `name` column comes with collation "C", which no index on jobs can serve (a
+        -- backfill looked each profile up with a scan of the whole queue: quadratic).
         SELECT j.id INTO job FROM onboarding.jobs j
-         WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid AND j.stripe_id IS NULL
-           AND onboarding._is_open(j.state);
+         WHERE j.profile_table = tbl AND j.kind = job_kind AND j.user_id = uid COLLATE "default"
+           AND j.stripe_id IS NULL AND onboarding._is_open(j.state);
         IF FOUND THEN
             RETURN job;
         END IF;
@@ -1712,7 +1723,9 @@ REVOKE EXECUTE ON FUNCTION onboarding._postpone(bigint, text, text) FROM PUBLIC;
 --    inserted profiles' jobs are due from their promotion, a move back to pending tells the
 --    workers to look from the front, and the write-back's batch is read by primary key. The lower
 --    lanes keep a share of each claim (onboarding.lane_shares, _claim_jobs' reserved), which
---    backfill_progress shows with the work ahead of a backfill.
+--    backfill_progress shows with the work ahead of a backfill. A backfill looks its profiles' jobs
+--    up by index (_enqueue, _account_key and backfill above compare user ids in the default
+--    collation: the "C" of ids read through _as_owner made each look-up a scan of the queue).
 ------------------------------------------------------------------------------------------------
 DROP FUNCTION onboarding._next_due_in();
 -- Seconds until the next pending job is due (negative when overdue, NULL when there is none), so

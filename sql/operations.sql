@@ -112,6 +112,8 @@ DECLARE
     next_last text;
     started timestamptz;
     table_name text;
+    provisioned bigint;
+    time_left text;
 BEGIN
     IF batch IS NULL OR batch < 1 THEN
         RAISE EXCEPTION 'onboarding.backfill: batch must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -145,7 +147,8 @@ BEGIN
                 SELECT p.uid FROM page p
                  WHERE NOT EXISTS (SELECT FROM onboarding.jobs j
                                     WHERE j.profile_table = a.profile_table AND j.kind = 'create_customer'
-                                      AND j.user_id = p.uid AND (onboarding._is_open(j.state) OR j.state = onboarding._dead())))
+                                      AND j.user_id = p.uid COLLATE "default"  -- see _enqueue
+                                      AND (onboarding._is_open(j.state) OR j.state = onboarding._dead())))
             SELECT (SELECT p.uid FROM page p ORDER BY p.n DESC LIMIT 1),
                    (SELECT count(onboarding._enqueue(a.profile_table, w.uid, 'create_customer', 'backfill ' || run))
                       FROM wanted w)
@@ -155,11 +158,10 @@ BEGIN
             done := done + added;
             UPDATE onboarding.backfills SET enqueued = done, updated_at = now() WHERE id = run;
             COMMIT;
+            SELECT p.provisioned, date_trunc('second', p.time_left)::text INTO provisioned, time_left
+              FROM onboarding.backfill_progress p WHERE p.id = run;
             RAISE NOTICE 'onboarding.backfill %: % of % profiles of % enqueued, % provisioned, about % left',
-                run, done, total, a.profile_table,
-                (SELECT p.provisioned FROM onboarding.backfill_progress p WHERE p.id = run),
-                coalesce((SELECT date_trunc('second', p.time_left)::text FROM onboarding.backfill_progress p
-                           WHERE p.id = run), 'unknown');
+                run, done, total, a.profile_table, provisioned, coalesce(time_left, 'unknown');
         END LOOP;
         UPDATE onboarding.backfills SET enqueued = done, updated_at = now(), finished_at = now() WHERE id = run;
         COMMIT;

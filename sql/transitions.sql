@@ -70,7 +70,7 @@ CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval, after
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
                profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
-               run_at timestamptz)
+               run_at timestamptz, finished boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
@@ -106,67 +106,73 @@ BEGIN
             RETURNING j.*)
         SELECT * FROM taken t ORDER BY t.lane, t.run_at, t.id
     LOOP
-        INSERT INTO onboarding.events (job_id, user_id, step, detail)
-        VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
-        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
-        IF NOT FOUND THEN
-            PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
-            CONTINUE;
-        END IF;
-        job_id := job.id; kind := job.kind; user_id := job.user_id;
-        -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
-        idempotency_key := job.idempotency_key; attempts := job.attempts;
-        stripe_id := coalesce(job.stripe_id, job.object_to_link);
-        request_params := job.request_params; lane := job.lane; run_at := job.run_at;
-        look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
-                         OR job.last_error_detail->>'type' = 'idempotency_error';
+        -- Every claimed job comes back, where the next claim starts; those finished here say so.
+        job_id := job.id; lane := job.lane; run_at := job.run_at; finished := true;
+        <<planning>>
         BEGIN
-            -- As the table's owner (src/tables.rs), like every statement on an application table.
-            SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
-              FROM onboarding._as_owner(a.profile_table,
-                       format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
-                              a.email_column, a.customer_column,
-                              coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
-                              a.profile_table, a.id_column, a.id_type),
-                       ARRAY[job.user_id]) r;
-            profile_found := FOUND;
-        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-            -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
-            profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
-        WHEN lock_not_available THEN
-            -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
-            -- does not wait for it (src/tables.rs); this job tries again in a second.
-            PERFORM onboarding._postpone(job.id, format('table %s is locked by another transaction', a.profile_table));
-            CONTINUE;
-        WHEN OTHERS OR query_canceled THEN
-            -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
-            -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
-            PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                error => 'could not read the profile: ' || SQLERRM
-                         || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
-            CONTINUE;
-        END;
-        -- A conditional account job: the condition is checked now, in the worker (bounded by
-        -- onboarding.connect_condition_timeout), never in the application's UPDATE.
-        IF job.conditional AND profile_found THEN
-            BEGIN
-                due := onboarding._connect_due(a, job.user_id);
-            EXCEPTION WHEN OTHERS OR query_canceled THEN
-                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
-                    jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
-                    error => 'the Connect condition failed: ' || SQLERRM
-                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
-                CONTINUE;
-            END;
-            IF NOT due THEN
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
+            SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
+            IF NOT FOUND THEN
                 PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
-                    jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
-                                                        a.profile_table)));
-                CONTINUE;
+                    jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
+                EXIT planning;
             END IF;
-        END IF;
+            kind := job.kind; user_id := job.user_id;
+            -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
+            idempotency_key := job.idempotency_key; attempts := job.attempts;
+            stripe_id := coalesce(job.stripe_id, job.object_to_link);
+            request_params := job.request_params;
+            look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
+                             OR job.last_error_detail->>'type' = 'idempotency_error';
+            BEGIN
+                -- As the table's owner (src/tables.rs), like every statement on an application table.
+                SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
+                  FROM onboarding._as_owner(a.profile_table,
+                           format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                                  a.email_column, a.customer_column,
+                                  coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                                  a.profile_table, a.id_column, a.id_type),
+                           ARRAY[job.user_id]) r;
+                profile_found := FOUND;
+            EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+                profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+            WHEN lock_not_available THEN
+                -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
+                -- does not wait for it (src/tables.rs); this job tries again in a second.
+                PERFORM onboarding._postpone(job.id, format('table %s is locked by another transaction', a.profile_table));
+                EXIT planning;
+            WHEN OTHERS OR query_canceled THEN
+                -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
+                -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
+                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                    jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                    error => 'could not read the profile: ' || SQLERRM
+                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
+                EXIT planning;
+            END;
+            -- A conditional account job: the condition is checked now, in the worker (bounded by
+            -- onboarding.connect_condition_timeout), never in the application's UPDATE.
+            IF job.conditional AND profile_found THEN
+                BEGIN
+                    due := onboarding._connect_due(a, job.user_id);
+                EXCEPTION WHEN OTHERS OR query_canceled THEN
+                    PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                        jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                        error => 'the Connect condition failed: ' || SQLERRM
+                                 || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
+                    EXIT planning;
+                END;
+                IF NOT due THEN
+                    PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                        jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
+                                                            a.profile_table)));
+                    EXIT planning;
+                END IF;
+            END IF;
+            finished := false;
+        END;
         RETURN NEXT;
     END LOOP;
 END $$;

@@ -83,6 +83,17 @@ impl ClaimCursor {
         }
     }
 
+    /// A claim found fewer due jobs than it had room for, in every lane: nothing pending sorted
+    /// before `as_of` (its transaction's start, PostgreSQL microseconds) that it could see. Later
+    /// claims start there, past the dead entries of jobs claimed before it (an idle worker's claim
+    /// would otherwise scan every quiet lane from the front).
+    pub fn exhausted(&mut self, as_of: i64) {
+        let past = JobKey { run_at: as_of, id: i64::MAX };
+        for after in &mut self.after {
+            *after = Some(after.map_or(past, |k| k.max(past)));
+        }
+    }
+
     /// Where the lanes stand now (for the next-due look-up after a claim).
     pub fn current(&self) -> ScanFrom {
         self.after
@@ -148,6 +159,19 @@ mod tests {
         // Announcements keep coming (say, retries): the cursor holds for 1 s, then a full scan.
         assert!(!ClaimCursor::is_full(&cursor.scan_from(1, INTERVAL, t0 + Duration::from_millis(999))));
         assert!(ClaimCursor::is_full(&cursor.scan_from(2, INTERVAL, t0 + Duration::from_millis(1000))));
+    }
+
+    #[test]
+    fn an_exhausted_claim_moves_every_lane_to_its_start_time() {
+        let mut cursor = ClaimCursor::default();
+        let t0 = Instant::now();
+        cursor.scan_from(0, INTERVAL, t0);
+        cursor.claimed(0, key(100, 7));
+        cursor.claimed(2, key(900, 3)); // keys never go back
+        cursor.exhausted(500);
+        let next = cursor.scan_from(0, INTERVAL, t0 + Duration::from_millis(1));
+        let past = Some(key(500, i64::MAX));
+        assert_eq!(next, [past, past, Some(key(900, 3)), past]);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use onboarding_core::claim_cursor::{ClaimCursor, LANES};
 use onboarding_core::lane_shares::LaneCredit;
 
+use pgrx::pg_sys;
+
 use crate::gucs;
 use crate::maintenance::{rescue, retention};
 use crate::release::Installed;
@@ -54,9 +56,14 @@ pub fn claim_and_plan(
     }
     credit.taken(reserved, per_lane);
     let claimed_count = claimed.len();
+    if claimed_count < batch_size.max(0) as usize {
+        // Every lane gave all it had due: the next claims start after this transaction's start.
+        cursor.exhausted(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() });
+    }
     let mut starting = queue::CallsStarting::default();
     let calls = claimed
         .into_iter()
+        .filter(|job| !job.finished)
         .filter_map(|job| {
             let id = job.id;
             match calls::plan(job) {

@@ -72,6 +72,8 @@ pub struct ClaimedJob {
     pub lane: i16,
     /// Its place in the lane, where the next claim there starts.
     pub key: JobKey,
+    /// Finished (or put back) by the claim itself: nothing left to do for it here.
+    pub finished: bool,
 }
 
 /// A claim cursor's keys as `_claim_jobs` and `_next_due_in` take them: run_at and id per lane.
@@ -132,6 +134,7 @@ pub fn claim(
                 profile,
                 lane: row.get::<i16>(13)?.unwrap_or_default(),
                 key: JobKey { run_at, id },
+                finished: row.get::<bool>(15)?.unwrap_or(false),
             });
         }
         Ok::<_, pgrx::spi::Error>(claimed)

@@ -30,16 +30,21 @@ fn pending_backfill_jobs(db: &mut postgres::Client, table: &str) -> i64 {
     .get(0)
 }
 
-fn a_signup_goes_ahead_of_a_queued_backfill() -> Result<(), Failed> {
-    let mut db = db();
-    let table = profiles_table(&mut db, "profiles_lanes");
-    // 80 profiles from before the trigger (no job), then a rate budget of 10 calls a second.
+/// `n` profiles inserted without the trigger (as if from before `attach`): no job until a backfill.
+fn profiles_without_jobs(db: &mut postgres::Client, table: &str, n: i32) {
     db.batch_execute(&format!(
         "BEGIN; SET LOCAL session_replication_role = replica;
-         INSERT INTO {table} (email) SELECT 'old-' || g || '@example.com' FROM generate_series(1, 80) g;
+         INSERT INTO {table} (email) SELECT 'old-' || g || '@example.com' FROM generate_series(1, {n}) g;
          COMMIT;"
     ))
     .unwrap();
+}
+
+fn a_signup_goes_ahead_of_a_queued_backfill() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_lanes");
+    // 80 profiles from before the trigger, then a rate budget of 10 calls a second.
+    profiles_without_jobs(&mut db, &table, 80);
     set(&mut db, "onboarding.rate_limit = 10");
     set(&mut db, "onboarding.rate_burst = 1");
     db.batch_execute(&format!("CALL onboarding.backfill('{table}')")).unwrap();
@@ -75,12 +80,7 @@ fn a_backfill_keeps_its_share_during_a_flood_of_signups() -> Result<(), Failed> 
     )?;
     let old = profiles_table(&mut db, "profiles_share_backfill");
     let signups = profiles_table(&mut db, "profiles_share_signups");
-    db.batch_execute(&format!(
-        "BEGIN; SET LOCAL session_replication_role = replica;
-         INSERT INTO {old} (email) SELECT 'old-' || g || '@example.com' FROM generate_series(1, 30) g;
-         COMMIT;"
-    ))
-    .unwrap();
+    profiles_without_jobs(&mut db, &old, 30);
     // 10 calls a second: the flood of 100 signups below takes 10 s of budget.
     set(&mut db, "onboarding.rate_limit = 10");
     set(&mut db, "onboarding.rate_burst = 1");
