@@ -11,6 +11,14 @@ pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static STRIPE_API_BASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"https://api.stripe.com"));
 pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The pinned API version's default: core's `STRIPE_API_VERSION`, as a C string (checked below).
+const PINNED_API_VERSION: &std::ffi::CStr = c"2026-10-28.endive";
+const _: () = assert!(
+    same_bytes(PINNED_API_VERSION.to_bytes(), onboarding_core::stripe::STRIPE_API_VERSION.as_bytes()),
+    "onboarding.stripe_api_version's default must be the client's pinned version"
+);
+pub static STRIPE_API_VERSION: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(PINNED_API_VERSION));
 pub static STRIPE_API_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Set by a worker before it reads the configuration: the only processes that keep the key.
@@ -44,6 +52,15 @@ pub fn register() {
         c"By default the launcher starts workers in every database where the extension is installed.",
         &DATABASE,
         GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"onboarding.stripe_api_version",
+        c"Stripe API version sent with every request (Stripe-Version).",
+        c"Defaults to the version this release is built and tested against; see the README before moving it. \
+          Empty: that default.",
+        &STRIPE_API_VERSION,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -345,6 +362,25 @@ fn millis(setting: &GucSetting<i32>) -> Duration {
 /// The one database to serve, if restricted.
 pub fn database() -> Option<String> {
     text(&DATABASE)
+}
+
+/// `onboarding.stripe_api_version`, None when empty (the client's pinned version then).
+pub fn stripe_api_version() -> Option<String> {
+    text(&STRIPE_API_VERSION)
+}
+
+const fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 pub fn stripe_api_base() -> String {

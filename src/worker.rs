@@ -543,6 +543,7 @@ impl Worker {
                 api_key,
                 connect_timeout: gucs::connect_timeout(),
                 request_timeout: gucs::request_timeout(),
+                api_version: gucs::stripe_api_version(),
             };
             match StripeClient::new(&config) {
                 Ok(client) => self.client = Some(client),

@@ -1,11 +1,18 @@
-//! The Stripe HTTP client: form-encoded requests, bearer auth, idempotency keys, and Stripe's
-//! error envelope parsed into [`StripeError`]. Works against any Stripe-compatible base URL.
+//! The Stripe HTTP client: form-encoded requests, bearer auth, idempotency keys, a pinned API
+//! version, and Stripe's error envelope parsed into [`StripeError`]. Works against any
+//! Stripe-compatible base URL.
 
 use std::fmt;
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
+
+/// The Stripe API version every request pins (`Stripe-Version`) unless configured otherwise:
+/// the one the client and the project's test server (whose parameter lists are generated for
+/// it, `stripe-emulator/params/<version>.json`) are built and tested against. Without the
+/// header Stripe answers in the account's default version, which differs between accounts.
+pub const STRIPE_API_VERSION: &str = "2026-10-28.endive";
 
 /// A Stripe secret key. Its `Debug` and `Display` never show more than Stripe itself would.
 #[derive(Clone, PartialEq, Eq)]
@@ -51,6 +58,8 @@ pub struct ClientConfig {
     pub api_key: ApiKey,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// `Stripe-Version` to send instead of [`STRIPE_API_VERSION`].
+    pub api_version: Option<String>,
 }
 
 /// Form parameters in Stripe's bracket notation, e.g. `("metadata[user_id]", "…")`.
@@ -240,15 +249,48 @@ pub struct NewAccount {
     pub email: String,
 }
 
+/// The controller properties of an Express account (Express Dashboard, the platform paying
+/// Stripe's fees and liable for losses, Stripe collecting requirements), which replace the
+/// deprecated `type=express`. Every API version that knows `controller` takes them; none needs
+/// `type` as well.
+pub const EXPRESS_CONTROLLER: [(&str, &str); 4] = [
+    ("controller[stripe_dashboard][type]", "express"),
+    ("controller[fees][payer]", "application"),
+    ("controller[losses][payments]", "application"),
+    ("controller[requirement_collection]", "stripe"),
+];
+
+/// [`EXPRESS_CONTROLLER`] as the `controller` object Stripe returns (for the event log).
+pub fn express_controller_object() -> Value {
+    let mut controller = serde_json::Map::new();
+    for (name, value) in EXPRESS_CONTROLLER {
+        // "controller[a][b]" -> ["a", "b"]
+        let keys: Vec<&str> = name.trim_start_matches("controller[").trim_end_matches(']').split("][").collect();
+        let (last, parents) = keys.split_last().expect("every controller property has a name");
+        let mut level = &mut controller;
+        for key in parents {
+            level = level
+                .entry(key.to_string())
+                .or_insert_with(|| Value::Object(Default::default()))
+                .as_object_mut()
+                .expect("controller properties nest hashes");
+        }
+        level.insert(last.to_string(), Value::String(value.to_string()));
+    }
+    Value::Object(controller)
+}
+
 impl NewAccount {
     pub fn params(&self) -> Params {
-        vec![
-            ("type".into(), "express".into()),
-            ("email".into(), self.email.clone()),
-            ("capabilities[card_payments][requested]".into(), "true".into()),
-            ("capabilities[transfers][requested]".into(), "true".into()),
-            ("metadata[user_id]".into(), self.user_id.clone()),
-        ]
+        let controller = EXPRESS_CONTROLLER.iter().map(|(name, value)| (name.to_string(), value.to_string()));
+        controller
+            .chain([
+                ("email".into(), self.email.clone()),
+                ("capabilities[card_payments][requested]".into(), "true".into()),
+                ("capabilities[transfers][requested]".into(), "true".into()),
+                ("metadata[user_id]".into(), self.user_id.clone()),
+            ])
+            .collect()
     }
 }
 
@@ -278,6 +320,8 @@ pub struct StripeClient {
     api_base: String,
     /// Marked sensitive, so reqwest never prints it.
     authorization: HeaderValue,
+    /// `Stripe-Version`, sent with every request.
+    api_version: HeaderValue,
     /// For redacting answers that echo it (see [`ApiKey::redact`]).
     api_key: ApiKey,
 }
@@ -294,13 +338,18 @@ impl StripeClient {
             StripeError::Config("the Stripe API key contains characters not allowed in an HTTP header".into())
         })?;
         authorization.set_sensitive(true);
+        let version = config.api_version.as_deref().map_or(STRIPE_API_VERSION, str::trim);
+        let api_version = match HeaderValue::from_str(version) {
+            Ok(v) if !version.is_empty() => v,
+            _ => return Err(StripeError::Config(format!("{version:?} is not a Stripe API version"))),
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .user_agent(concat!("onboarding-postgres/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StripeError::Config(e.without_url().to_string()))?;
-        Ok(StripeClient { http, api_base, authorization, api_key: config.api_key.clone() })
+        Ok(StripeClient { http, api_base, authorization, api_version, api_key: config.api_key.clone() })
     }
 
     /// `POST /v1/customers` with the profile's email and `metadata[user_id]`.
@@ -313,7 +362,8 @@ impl StripeClient {
         object_in(response)
     }
 
-    /// `POST /v1/accounts`: an Express account with card payments and transfers requested.
+    /// `POST /v1/accounts`: an account configured as Express ([`EXPRESS_CONTROLLER`]) with card
+    /// payments and transfers requested.
     pub async fn create_account(
         &self,
         account: &NewAccount,
@@ -471,7 +521,9 @@ impl StripeClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, StripeError> {
-        let request = request.header(AUTHORIZATION, self.authorization.clone());
+        let request = request
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header("Stripe-Version", self.api_version.clone());
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -588,13 +640,17 @@ mod tests {
     }
 
     #[test]
-    fn express_accounts_request_both_capabilities() {
+    fn accounts_are_express_by_controller_properties_with_both_capabilities() {
         let params = NewAccount { user_id: "u-1".into(), email: "a@b.co".into() }.params();
         assert_eq!(
             encode_form(&params),
-            "type=express&email=a%40b.co&capabilities%5Bcard_payments%5D%5Brequested%5D=true\
+            "controller%5Bstripe_dashboard%5D%5Btype%5D=express&controller%5Bfees%5D%5Bpayer%5D=application\
+             &controller%5Blosses%5D%5Bpayments%5D=application&controller%5Brequirement_collection%5D=stripe\
+             &email=a%40b.co&capabilities%5Bcard_payments%5D%5Brequested%5D=true\
              &capabilities%5Btransfers%5D%5Brequested%5D=true&metadata%5Buser_id%5D=u-1"
         );
+        // The deprecated form is not sent: the pinned version does not need it.
+        assert!(params.iter().all(|(name, _)| name != "type"));
     }
 
     #[test]
@@ -682,6 +738,7 @@ mod tests {
             api_key: ApiKey::new(key).unwrap(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
+            api_version: None,
         })
         .unwrap();
         (stripe, client)
@@ -725,8 +782,71 @@ mod tests {
             api_key: ApiKey::new("sk_test_x").unwrap(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
+            api_version: None,
         };
         let Err(StripeError::Config(m)) = StripeClient::new(&config) else { panic!("accepted a bad base URL") };
         assert!(m.contains("https://"), "{m}");
+        let bad_version =
+            ClientConfig { api_base: "https://api.stripe.com".into(), api_version: Some("\n".into()), ..config };
+        assert!(matches!(StripeClient::new(&bad_version), Err(StripeError::Config(_))));
+    }
+
+    #[test]
+    fn the_express_controller_as_an_object() {
+        assert_eq!(
+            express_controller_object(),
+            serde_json::json!({"stripe_dashboard": {"type": "express"}, "fees": {"payer": "application"},
+                               "losses": {"payments": "application"}, "requirement_collection": "stripe"})
+        );
+    }
+
+    #[test]
+    fn pins_the_api_version_on_every_request() {
+        // The test server's lists are generated for this version: the two must move together.
+        assert_eq!(STRIPE_API_VERSION, stripe_emulator::PINNED_API_VERSION);
+        let (stripe, client) = emulated_stripe();
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        let customer = NewCustomer { user_id: "u-1".into(), email: "a@b.co".into() };
+        let (created, _) = rt.block_on(client.create_customer(&customer, "k1")).unwrap();
+        rt.block_on(client.update_customer_email(&created.id, "b@b.co", "k2")).unwrap();
+        rt.block_on(client.find_customer("u-1", &["b@b.co"])).unwrap();
+        rt.block_on(client.find_customer("nobody", &[])).unwrap();
+        let account = NewAccount { user_id: "u-1".into(), email: "a@b.co".into() };
+        let (account, _) = rt.block_on(client.create_account(&account, "k3")).unwrap();
+        rt.block_on(client.create_account_link(&account.id, "https://x.co/r", "https://x.co/b")).unwrap();
+        rt.block_on(client.list_page_since(ListKind::Customers, Some(&created.id), Some(0))).unwrap();
+        rt.block_on(client.delete_account(&account.id)).unwrap();
+        rt.block_on(client.delete_customer(&created.id)).unwrap();
+        let log = stripe.requests();
+        assert_eq!(log.len(), 9, "{log:?}");
+        for request in &log {
+            assert_eq!(request.stripe_version.as_deref(), Some(STRIPE_API_VERSION), "{request:?}");
+            assert_eq!(request.status, Some(200), "{request:?}");
+        }
+        // The account was created by controller properties, as Express.
+        assert_eq!(log[4].params["controller"]["stripe_dashboard"]["type"], "express");
+        assert!(log[4].params.get("type").is_none());
+    }
+
+    #[test]
+    fn the_api_version_can_be_overridden() {
+        let key = "sk_test_versionoverride0123456789";
+        let stripe = stripe_emulator::Emulator::start("127.0.0.1:0", Default::default()).unwrap();
+        let client = StripeClient::new(&ClientConfig {
+            api_base: stripe.base_url(),
+            api_key: ApiKey::new(key).unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            api_version: Some("2024-06-20".into()),
+        })
+        .unwrap();
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        // The test server speaks only the pinned version, and says so.
+        let Err(StripeError::Api(e)) = rt.block_on(client.list_page(ListKind::Accounts, None)) else {
+            panic!("another version was accepted")
+        };
+        assert_eq!(e.status, 400);
+        assert!(e.message.as_deref().is_some_and(|m| m.starts_with("Invalid Stripe API version: 2024-06-20")), "{e:?}");
+        assert_eq!(stripe.requests()[0].stripe_version.as_deref(), Some("2024-06-20"));
     }
 }

@@ -20,6 +20,7 @@ fn client(base: &str, key: &str, timeout: Duration) -> StripeClient {
         api_key: ApiKey::new(key).unwrap(),
         connect_timeout: Duration::from_secs(1),
         request_timeout: timeout,
+        api_version: None,
     })
     .unwrap()
 }

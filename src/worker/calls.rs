@@ -298,7 +298,8 @@ pub fn plan(job: ClaimedJob) -> Planned {
         }),
         Work::CreateAccount { account, look_up } => json!({
             "method": "POST", "path": "/v1/accounts", "attempt": job.attempts,
-            "idempotency_key": job.idempotency_key, "email": account.email, "type": "express",
+            "idempotency_key": job.idempotency_key, "email": account.email,
+            "controller": onboarding_core::stripe::express_controller_object(),
             "look_up_first": look_up,
         }),
         Work::DeleteAccount(account) => json!({

@@ -40,8 +40,8 @@ pub fn check(authorization: Option<&str>, required: Option<&str>) -> Result<Stri
     if valid {
         Ok(key)
     } else {
-        Err(ApiError::new(401, "invalid_request_error", format!("Invalid API Key provided: {}", mask(&key)))
-            .code("api_key_invalid"))
+        // No `code`: Stripe has none for a wrong key (only `api_key_expired`).
+        Err(ApiError::new(401, "invalid_request_error", format!("Invalid API Key provided: {}", mask(&key))))
     }
 }
 

@@ -20,7 +20,9 @@ impl ApiError {
         Self::new(400, "invalid_request_error", message)
     }
 
+    /// Only codes Stripe has (`error_codes` in the parameter lists); injected faults set any.
     pub fn code(mut self, code: &str) -> Self {
+        debug_assert!(crate::params::is_stripe_error_code(code), "Stripe has no error code {code}");
         self.code = Some(code.to_string());
         self
     }

@@ -1,5 +1,7 @@
 //! Stripe's idempotency layer: a key is claimed when execution begins, and the response is
-//! saved against the request's method, path and parameters once it finishes.
+//! saved against the request's method, path and parameters once it finishes. A key reused
+//! for another request is an `idempotency_error` without a `code` (Stripe has none for it);
+//! one still in flight is a 409 `idempotency_key_in_use`.
 
 use std::collections::HashMap;
 
@@ -50,32 +52,26 @@ impl IdempotencyStore {
             Some(Entry::Done(first, saved)) => (first, saved),
         };
         if first.method != request.method || first.path != request.path {
-            Claim::Rejected(
-                ApiError::new(
-                    400,
-                    "idempotency_error",
-                    format!(
-                        "Keys for idempotent requests can only be used for the same endpoint they \
+            Claim::Rejected(ApiError::new(
+                400,
+                "idempotency_error",
+                format!(
+                    "Keys for idempotent requests can only be used for the same endpoint they \
                          were first used for ('{} {}' vs '{} {}'). Try using a key other than \
                          '{key}' if you meant to execute a different request.",
-                        first.method, first.path, request.method, request.path
-                    ),
-                )
-                .code("idempotency_key_reused"),
-            )
+                    first.method, first.path, request.method, request.path
+                ),
+            ))
         } else if first.params != request.params {
-            Claim::Rejected(
-                ApiError::new(
-                    400,
-                    "idempotency_error",
-                    format!(
-                        "Keys for idempotent requests can only be used with the same parameters \
+            Claim::Rejected(ApiError::new(
+                400,
+                "idempotency_error",
+                format!(
+                    "Keys for idempotent requests can only be used with the same parameters \
                          they were first used with. Try using a key other than '{key}' if you \
                          meant to execute a different request."
-                    ),
-                )
-                .code("idempotency_key_reused"),
-            )
+                ),
+            ))
         } else {
             Claim::Replay(saved.clone())
         }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use stripe_emulator::{Emulator, EmulatorConfig};
+use stripe_emulator::{Emulator, EmulatorConfig, PINNED_API_VERSION};
 
 const USAGE: &str = "\
 usage: stripe-emulator [options]
@@ -17,8 +17,14 @@ usage: stripe-emulator [options]
   --latency-ms N        delay added to every /v1 request (default 0)
   --rate-limit N        answer 429 above N /v1 requests per second
   --quiet               do not log requests to stderr
+Every /v1 request must send `Stripe-Version: {version}` (the version whose parameter lists
+the server enforces); it is echoed back.
 Test controls: GET /_emulator/requests, POST /_emulator/reset, POST /_emulator/faults,
 POST /_emulator/latency {\"ms\":N}, POST /_emulator/search_lag {\"ms\":N}, GET /_emulator/customers";
+
+fn usage() -> String {
+    USAGE.replace("{version}", PINNED_API_VERSION)
+}
 
 struct Options {
     listen: String,
@@ -106,11 +112,11 @@ fn main() -> ExitCode {
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) if e.is_empty() => {
-            let _ = writeln!(std::io::stdout(), "{USAGE}");
+            let _ = writeln!(std::io::stdout(), "{}", usage());
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("stripe-emulator: {e}\n{USAGE}");
+            eprintln!("stripe-emulator: {e}\n{}", usage());
             return ExitCode::from(2);
         }
     };

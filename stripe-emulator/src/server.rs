@@ -1,6 +1,10 @@
 //! HTTP serving and the per-request pipeline, in Stripe's order:
-//! auth -> rate limit -> injected fault -> routing -> idempotency -> latency -> execute.
-//! Nothing rejected before execution is stored under an idempotency key.
+//! auth -> API version -> rate limit -> injected fault -> routing -> idempotency -> latency ->
+//! execute. Nothing rejected before execution is stored under an idempotency key.
+//!
+//! Unlike Stripe, which falls back to the account's default version, the emulator requires
+//! `Stripe-Version` on every `/v1` request and answers only in the version its parameter lists
+//! were generated for ([`params::PINNED_API_VERSION`]), echoing it back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +27,7 @@ use crate::error::ApiError;
 use crate::faults::{self, FaultAction};
 use crate::form;
 use crate::idempotency::{self, Claim, Fingerprint, Saved};
+use crate::params;
 use crate::state::Shared;
 use crate::store::random_alnum;
 
@@ -83,6 +88,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let authorization = header("authorization");
     let idempotency_key = header("idempotency-key").filter(|k| !k.is_empty());
+    let stripe_version = header("stripe-version");
     let query = req.uri().query().unwrap_or("").to_string();
 
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -110,6 +116,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
             path: path.clone(),
             params: params.clone(),
             idempotency_key: idempotency_key.clone(),
+            stripe_version: stripe_version.clone(),
             arrived_at: SystemTime::now(),
             status: None,
             request_id: None,
@@ -117,7 +124,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
         })
     });
 
-    let request = V1Request { method, path, params, authorization, idempotency_key };
+    let request = V1Request { method, path, params, authorization, idempotency_key, stripe_version };
     let outcome = match parsed {
         Ok(_) => pipeline(&shared, &request).await,
         Err(e) => Outcome::error(
@@ -157,7 +164,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
                     if reply.replayed { " replayed" } else { "" }
                 ));
             }
-            Ok(reply.into_response(&request_id, request.idempotency_key.as_deref()))
+            // Echoed only when it is the version the answer was given in.
+            let version = request.stripe_version.as_deref().filter(|v| params::is_served_version(v));
+            Ok(reply.into_response(&request_id, request.idempotency_key.as_deref(), version))
         }
     }
 }
@@ -175,6 +184,7 @@ struct V1Request {
     params: Value,
     authorization: Option<String>,
     idempotency_key: Option<String>,
+    stripe_version: Option<String>,
 }
 
 enum Outcome {
@@ -200,7 +210,7 @@ impl Outcome {
 }
 
 impl Reply {
-    fn into_response(self, request_id: &str, idempotency_key: Option<&str>) -> HttpResponse {
+    fn into_response(self, request_id: &str, idempotency_key: Option<&str>, version: Option<&str>) -> HttpResponse {
         let mut body = serde_json::to_vec_pretty(&self.body).expect("JSON values serialize");
         body.push(b'\n');
         let mut response = json_response(self.status, body);
@@ -213,6 +223,9 @@ impl Reply {
         set("request-id", request_id);
         if let Some(key) = idempotency_key {
             set("idempotency-key", key);
+        }
+        if let Some(version) = version {
+            set("stripe-version", version);
         }
         if self.replayed {
             set("idempotent-replayed", "true");
@@ -254,6 +267,9 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
             Ok(key) => key,
             Err(e) => return Outcome::error(e),
         };
+        if let Err(e) = check_version(req.stripe_version.as_deref()) {
+            return Outcome::error(e);
+        }
         if state.over_rate_limit(Instant::now()) {
             return Outcome::error(
                 ApiError::new(429, "invalid_request_error", faults::RATE_LIMIT_MESSAGE).code(faults::RATE_LIMIT_CODE),
@@ -344,6 +360,24 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
         Some(FaultAction::DropAfterExecute) => Outcome::Drop,
         Some(f @ FaultAction::Status { .. }) => status_fault(f),
         _ => Outcome::ok(status, body),
+    }
+}
+
+/// A request without `Stripe-Version` would get the account's default version at Stripe, which
+/// differs between accounts: the emulator refuses it rather than guess.
+fn check_version(version: Option<&str>) -> Result<(), ApiError> {
+    match version.map(str::trim) {
+        None | Some("") => Err(ApiError::invalid(format!(
+            "This test server requires a pinned API version: send the header `Stripe-Version: {}` \
+             with every request (without it Stripe uses the account's default API version, which \
+             differs between accounts).",
+            params::PINNED_API_VERSION
+        ))),
+        Some(v) if params::is_served_version(v) => Ok(()),
+        Some(v) => Err(ApiError::invalid(format!(
+            "Invalid Stripe API version: {v}. This test server speaks only {}.",
+            params::PINNED_API_VERSION
+        ))),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use stripe_emulator::{Emulator, EmulatorConfig, Fault, FaultAction, RecordedRequest};
+use stripe_emulator::{Emulator, EmulatorConfig, Fault, FaultAction, PINNED_API_VERSION, RecordedRequest};
 
 const KEY: &str = "sk_test_51EmulatorTestKey0123456789wxyz";
 const WAIT: Duration = Duration::from_secs(5);
@@ -53,7 +53,8 @@ impl Harness {
         }
     }
 
-    /// `body` is sent verbatim as a urlencoded form (POST) or appended as the query string.
+    /// `body` is sent verbatim as a urlencoded form (POST) or appended as the query string,
+    /// with `Stripe-Version` pinned as the client does.
     fn try_send(
         &self,
         method: &str,
@@ -61,6 +62,18 @@ impl Harness {
         body: &str,
         auth: Option<&str>,
         idempotency_key: Option<&str>,
+    ) -> reqwest::Result<Resp> {
+        self.try_send_as(method, path, body, auth, idempotency_key, Some(PINNED_API_VERSION))
+    }
+
+    fn try_send_as(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        auth: Option<&str>,
+        idempotency_key: Option<&str>,
+        stripe_version: Option<&str>,
     ) -> reqwest::Result<Resp> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut url = format!("{}{path}", self.emu.base_url());
@@ -80,6 +93,9 @@ impl Harness {
         }
         if let Some(key) = idempotency_key {
             req = req.header("Idempotency-Key", key);
+        }
+        if let Some(version) = stripe_version {
+            req = req.header("Stripe-Version", version);
         }
         let resp = req.send()?;
         let status = resp.status().as_u16();
@@ -433,26 +449,50 @@ fn search_by_metadata_and_email_with_pagination() {
 
 #[test]
 fn search_lag_makes_search_eventually_consistent() {
-    let h = Harness::with(EmulatorConfig { search_lag: Duration::from_millis(300), ..EmulatorConfig::default() });
-    let query = format!("query={}", form_encode("metadata['user_id']:'lagged'"));
+    let lag = Duration::from_millis(1500);
+    let h = Harness::with(EmulatorConfig { search_lag: lag, ..EmulatorConfig::default() });
+    let search = |user: &str| {
+        let query = format!("query={}", form_encode(&format!("metadata['user_id']:'{user}'")));
+        ids(&h.get("/v1/customers/search", &query).body)
+    };
     let created_at = Instant::now();
     let c = h.create_customer("metadata[user_id]=lagged");
+    let id = c["id"].as_str().unwrap().to_string();
     // Retrieve and list are immediate; search is not.
-    assert_eq!(h.get(&format!("/v1/customers/{}", c["id"].as_str().unwrap()), "").status, 200);
-    assert_eq!(ids(&h.get("/v1/customers", "").body).len(), 1);
-    let first = h.get("/v1/customers/search", &query).body;
-    if created_at.elapsed() < Duration::from_millis(300) {
-        assert!(ids(&first).is_empty(), "visible before the lag passed");
+    assert_eq!(h.get(&format!("/v1/customers/{id}"), "").status, 200);
+    assert_eq!(ids(&h.get("/v1/customers", "").body), vec![id.clone()]);
+    let first = search("lagged");
+    // Only a machine stalled for the whole lag could see it already.
+    if created_at.elapsed() < lag {
+        assert!(first.is_empty(), "visible before the lag passed");
     }
-    let deadline = Instant::now() + WAIT;
+    let found = wait_until(created_at + lag + WAIT, || search("lagged") == [id.clone()]);
+    assert!(found, "never became searchable");
+    assert!(created_at.elapsed() >= lag, "searchable after {:?}, before the lag", created_at.elapsed());
+
+    // An update lags too: the index keeps the old version until it catches up.
+    let updated_at = Instant::now();
+    assert_eq!(h.post(&format!("/v1/customers/{id}"), "metadata[user_id]=moved").status, 200);
+    let (old, new) = (search("lagged"), search("moved"));
+    if updated_at.elapsed() < lag {
+        assert_eq!((old, new), (vec![id.clone()], vec![]), "the update was indexed at once");
+    }
+    assert!(wait_until(updated_at + lag + WAIT, || search("moved") == [id.clone()] && search("lagged").is_empty()));
+    assert!(updated_at.elapsed() >= lag);
+}
+
+/// Re-checks `condition` until it holds or `deadline` passes (a short pause between checks:
+/// search answers change with time, not with requests, so there is nothing to wait on).
+fn wait_until(deadline: Instant, mut condition: impl FnMut() -> bool) -> bool {
     loop {
-        if ids(&h.get("/v1/customers/search", &query).body).len() == 1 {
-            break;
+        if condition() {
+            return true;
         }
-        assert!(Instant::now() < deadline, "never became searchable");
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(created_at.elapsed() >= Duration::from_millis(300));
 }
 
 fn form_encode(s: &str) -> String {
@@ -493,8 +533,7 @@ fn accounts_and_account_links() {
 
     let r = h.post("/v1/accounts", "type=premium");
     assert_eq!((r.status, r.error_param()), (400, "type"));
-    let r = h.post("/v1/accounts", "email=a%40b.co");
-    assert_eq!((r.status, r.error_param()), (400, "type"));
+    assert_eq!(r.body["error"]["message"], "Invalid type: must be one of custom, express, or standard");
 
     assert_eq!(h.get(&format!("/v1/accounts/{id}"), "").body, acct);
     let r = h.get("/v1/accounts/acct_nope", "");
@@ -569,6 +608,8 @@ fn same_key_with_different_params_or_endpoint_is_an_idempotency_error() {
     assert_eq!((r.status, r.error_type()), (400, "idempotency_error"));
     let message = r.body["error"]["message"].as_str().unwrap();
     assert!(message.contains("same parameters"), "{message}");
+    // Stripe has no code for a reused key.
+    assert_eq!(r.body["error"].get("code"), None);
     let r = h.post_idem("/v1/accounts", "email=a%40b.co", "k");
     assert_eq!((r.status, r.error_type()), (400, "idempotency_error"));
     assert_eq!(h.emu.customers().len(), 1);
@@ -764,6 +805,7 @@ fn stall_lets_the_client_time_out() {
     let err = impatient
         .post(format!("{}/v1/customers", h.emu.base_url()))
         .bearer_auth(KEY)
+        .header("Stripe-Version", PINNED_API_VERSION)
         .header("Idempotency-Key", "stalled")
         .form(&[("email", "a@b.co")])
         .send()
@@ -930,6 +972,7 @@ fn binary_serves_and_exits_on_sigterm() {
     let r = http
         .post(format!("http://127.0.0.1:{port}/v1/customers"))
         .bearer_auth(KEY)
+        .header("Stripe-Version", PINNED_API_VERSION)
         .header("Idempotency-Key", "bin-key")
         .form(&[("email", "a@b.co")])
         .send()
@@ -939,6 +982,7 @@ fn binary_serves_and_exits_on_sigterm() {
     let r = http
         .get(format!("http://127.0.0.1:{port}/v1/customers"))
         .bearer_auth("sk_test_notTheConfiguredKey123")
+        .header("Stripe-Version", PINNED_API_VERSION)
         .send()
         .unwrap();
     assert_eq!(r.status(), 401);
@@ -992,4 +1036,291 @@ fn counts_the_most_requests_in_flight_at_once() {
     h.emu.set_latency(Duration::ZERO);
     h.post("/v1/customers", "email=one%40example.com");
     assert_eq!(h.emu.max_in_flight(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Strictness: Stripe's parameter lists, API version, error codes
+
+#[test]
+fn unknown_parameters_are_refused_with_their_full_bracketed_path() {
+    let h = Harness::new();
+    let cases = [
+        ("POST", "/v1/customers", "emial=a%40b.co", "emial"),
+        ("POST", "/v1/customers", "address[line1]=x&address[foo]=y", "address[foo]"),
+        ("POST", "/v1/customers", "shipping[name]=A&shipping[address][planet]=Mars", "shipping[address][planet]"),
+        (
+            "POST",
+            "/v1/customers",
+            "tax_id_data[0][type]=eu_vat&tax_id_data[0][value]=1&tax_id_data[0][x]=2",
+            "tax_id_data[0][x]",
+        ),
+        (
+            "POST",
+            "/v1/accounts",
+            "controller[fees][payer]=application&controller[fees][foo]=x",
+            "controller[fees][foo]",
+        ),
+        ("POST", "/v1/accounts", "capabilities[card_payments][wanted]=true", "capabilities[card_payments][wanted]"),
+        ("POST", "/v1/accounts", "capabilities[teleportation][requested]=true", "capabilities[teleportation]"),
+        (
+            "POST",
+            "/v1/accounts",
+            "business_profile[url]=https%3A%2F%2Fx.co&business_profile[motto]=m",
+            "business_profile[motto]",
+        ),
+        ("POST", "/v1/accounts", "settings[payouts][schedule][when]=now", "settings[payouts][schedule][when]"),
+        // Removed from customers in an earlier version; the old emulator accepted them.
+        ("POST", "/v1/customers", "coupon=SAVE", "coupon"),
+        ("GET", "/v1/customers", "emails=a%40b.co", "emails"),
+        ("GET", "/v1/customers", "created[after]=1", "created[after]"),
+        ("GET", "/v1/customers/search", "query=email%3A%27a%27&sort=asc", "sort"),
+        ("GET", "/v1/accounts", "email=a%40b.co", "email"),
+        ("DELETE", "/v1/customers/cus_x", "force=true", "force"),
+        ("POST", "/v1/account_links", "account=acct_x&type=account_onboarding&locale=fr", "locale"),
+    ];
+    for (method, path, body, param) in cases {
+        let r = h.send(method, path, body, None);
+        assert_eq!(
+            (r.status, r.error_type(), r.error_code()),
+            (400, "invalid_request_error", "parameter_unknown"),
+            "{body}"
+        );
+        assert_eq!(r.error_param(), param, "{body}");
+        assert_eq!(r.body["error"]["message"], format!("Received unknown parameter: {param}"));
+    }
+    assert!(h.emu.customers().is_empty() && h.emu.accounts().is_empty());
+}
+
+#[test]
+fn values_are_checked_against_their_shape_and_enum() {
+    let h = Harness::new();
+    let r = h.post("/v1/customers", "tax_exempt=sometimes");
+    assert_eq!((r.status, r.error_param()), (400, "tax_exempt"));
+    assert_eq!(r.body["error"]["message"], "Invalid tax_exempt: must be one of exempt, none, or reverse");
+    let r = h.post("/v1/customers", "address=somewhere");
+    assert_eq!(
+        (r.status, r.error_param(), r.body["error"]["message"].as_str()),
+        (400, "address", Some("Invalid hash"))
+    );
+    let r = h.post("/v1/accounts", "capabilities[transfers][requested]=please");
+    assert_eq!((r.status, r.error_param()), (400, "capabilities[transfers][requested]"));
+    let r = h.get("/v1/customers", "limit=ten");
+    assert_eq!((r.status, r.error_code(), r.error_param()), (400, "parameter_invalid_integer", "limit"));
+    // "" unsets what may be unset, and nothing else.
+    assert_eq!(h.post("/v1/customers", "metadata=&address=&tax_exempt=").status, 200);
+    let r = h.post("/v1/accounts", "controller=");
+    assert_eq!((r.status, r.error_code(), r.error_param()), (400, "parameter_invalid_empty", "controller"));
+}
+
+/// Exactly what `onboarding_core::stripe::StripeClient` sends, endpoint by endpoint.
+#[test]
+fn every_parameter_the_client_sends_is_accepted() {
+    let h = Harness::new();
+    let customer = h.post_idem("/v1/customers", "email=ada%40example.com&metadata%5Buser_id%5D=u-1", "c1");
+    assert_eq!(customer.status, 200, "{:?}", customer.body);
+    let id = customer.body["id"].as_str().unwrap().to_string();
+    let update = h.post_idem(&format!("/v1/customers/{id}"), "email=ada2%40example.com", "c2");
+    assert_eq!(update.status, 200, "{:?}", update.body);
+    let r = h.get("/v1/customers", "email=ada2%40example.com&limit=100");
+    assert_eq!(ids(&r.body), vec![id.clone()]);
+    let query = form_encode("metadata['user_id']:'u-1'");
+    assert_eq!(h.get("/v1/customers/search", &format!("query={query}&limit=100")).status, 200);
+    let r = h.get("/v1/customers", &format!("limit=100&starting_after={id}&created%5Bgte%5D=0"));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    let account = h.post_idem(
+        "/v1/accounts",
+        "controller%5Bstripe_dashboard%5D%5Btype%5D=express&controller%5Bfees%5D%5Bpayer%5D=application\
+         &controller%5Blosses%5D%5Bpayments%5D=application&controller%5Brequirement_collection%5D=stripe\
+         &email=ada%40example.com&capabilities%5Bcard_payments%5D%5Brequested%5D=true\
+         &capabilities%5Btransfers%5D%5Brequested%5D=true&metadata%5Buser_id%5D=u-1",
+        "a1",
+    );
+    assert_eq!(account.status, 200, "{:?}", account.body);
+    let account_id = account.body["id"].as_str().unwrap().to_string();
+    let r = h.get("/v1/accounts", &format!("limit=100&starting_after={account_id}"));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let link = h.post(
+        "/v1/account_links",
+        &format!(
+            "account={account_id}&type=account_onboarding&refresh_url=https%3A%2F%2Fx.co%2Fr\
+             &return_url=https%3A%2F%2Fx.co%2Fb"
+        ),
+    );
+    assert_eq!(link.status, 200, "{:?}", link.body);
+    assert_eq!(h.delete(&format!("/v1/accounts/{account_id}")).status, 200);
+    assert_eq!(h.delete(&format!("/v1/customers/{id}")).status, 200);
+    assert!(h.emu.requests().iter().all(|r| r.status == Some(200)), "{:?}", h.emu.requests());
+}
+
+#[test]
+fn create_and_update_take_different_parameters() {
+    let h = Harness::new();
+    // Customers: tax IDs and test clocks only at creation, a default source only on update.
+    let c = h.create_customer("email=a%40b.co&tax_id_data[0][type]=eu_vat&tax_id_data[0][value]=DE123456789");
+    let id = c["id"].as_str().unwrap().to_string();
+    let r = h.post(&format!("/v1/customers/{id}"), "tax_id_data[0][type]=eu_vat&tax_id_data[0][value]=DE1");
+    assert_eq!((r.status, r.error_code(), r.error_param()), (400, "parameter_unknown", "tax_id_data"));
+    let r = h.post("/v1/customers", "default_source=src_1");
+    assert_eq!((r.status, r.error_code(), r.error_param()), (400, "parameter_unknown", "default_source"));
+    assert_eq!(h.post(&format!("/v1/customers/{id}"), "default_source=src_1").status, 200);
+
+    // Accounts: type, country and controller are fixed at creation.
+    let a = h.post("/v1/accounts", "type=express&country=US&capabilities[transfers][requested]=true");
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let account = format!("/v1/accounts/{}", a.body["id"].as_str().unwrap());
+    for param in ["type=custom", "country=GB", "controller[fees][payer]=application"] {
+        let r = h.post(&account, param);
+        assert_eq!((r.status, r.error_code()), (400, "parameter_unknown"), "{param}");
+        assert_eq!(r.error_param(), param.split('=').next().unwrap().split('[').next().unwrap(), "{param}");
+    }
+    assert_eq!(h.post(&account, "email=new%40b.co&metadata[k]=v").status, 200);
+}
+
+#[test]
+fn stripe_version_is_required_echoed_and_only_the_pinned_one_served() {
+    let h = Harness::new();
+    let auth = format!("Bearer {KEY}");
+    let missing = h.try_send_as("POST", "/v1/customers", "email=a%40b.co", Some(&auth), Some("nover"), None).unwrap();
+    assert_eq!((missing.status, missing.error_type()), (400, "invalid_request_error"));
+    let message = missing.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("requires a pinned API version") && message.contains(PINNED_API_VERSION), "{message}");
+    assert_eq!(missing.header("stripe-version"), None);
+
+    let old = h.try_send_as("GET", "/v1/customers", "", Some(&auth), None, Some("2020-08-27")).unwrap();
+    assert_eq!((old.status, old.error_type()), (400, "invalid_request_error"));
+    let message = old.body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("Invalid Stripe API version: 2020-08-27"), "{message}");
+    assert_eq!(old.header("stripe-version"), None);
+    assert!(h.emu.customers().is_empty());
+
+    // Rejected before execution: the key was not stored.
+    let ok = h.post_idem("/v1/customers", "email=a%40b.co", "nover");
+    assert_eq!((ok.status, ok.header("idempotent-replayed")), (200, None));
+    assert_eq!(ok.header("stripe-version"), Some(PINNED_API_VERSION));
+    // Errors in the pinned version carry it too.
+    assert_eq!(h.get("/v1/customers/cus_nope", "").header("stripe-version"), Some(PINNED_API_VERSION));
+    let log = h.emu.requests();
+    assert_eq!(log[0].stripe_version, None);
+    assert_eq!(log[1].stripe_version.as_deref(), Some("2020-08-27"));
+    assert_eq!(log[2].stripe_version.as_deref(), Some(PINNED_API_VERSION));
+
+    // The test controls need no version.
+    assert_eq!(h.control("GET", "/_emulator/customers", None).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn accounts_by_controller_properties() {
+    let h = Harness::new();
+    let express = "controller[stripe_dashboard][type]=express&controller[fees][payer]=application\
+                   &controller[losses][payments]=application&controller[requirement_collection]=stripe\
+                   &capabilities[transfers][requested]=true&email=s%40x.co";
+    let r = h.post("/v1/accounts", express);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body["controller"],
+        json!({"fees": {"payer": "application"}, "is_controller": true, "losses": {"payments": "application"},
+               "requirement_collection": "stripe", "stripe_dashboard": {"type": "express"}, "type": "application"})
+    );
+    assert_eq!(r.body["type"], "none");
+    assert_eq!(r.body["capabilities"], json!({"transfers": "inactive"}));
+
+    // Left out, each property takes Stripe's default.
+    let r = h.post("/v1/accounts", "email=plain%40x.co");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["controller"]["fees"]["payer"], "account");
+    assert_eq!(r.body["controller"]["losses"]["payments"], "stripe");
+    assert_eq!(r.body["controller"]["requirement_collection"], "stripe");
+    assert_eq!(r.body["controller"]["stripe_dashboard"]["type"], "full");
+
+    let refused = [
+        ("controller[stripe_dashboard][type]=basic", "controller[stripe_dashboard][type]", ""),
+        ("controller[requirement_collection]=platform", "controller[requirement_collection]", ""),
+        ("controller[losses][payments]=application", "controller[fees][payer]", ""),
+        (
+            "controller[stripe_dashboard][type]=express&controller[fees][payer]=account",
+            "controller[losses][payments]",
+            "",
+        ),
+        (
+            "controller[stripe_dashboard][type]=none&controller[requirement_collection]=application\
+          &controller[fees][payer]=application&controller[losses][payments]=application",
+            "capabilities",
+            "parameter_missing",
+        ),
+        ("type=express&controller[fees][payer]=application", "controller", "parameters_exclusive"),
+    ];
+    for (body, param, code) in refused {
+        let r = h.post("/v1/accounts", body);
+        assert_eq!(
+            (r.status, r.error_type(), r.error_param()),
+            (400, "invalid_request_error", param),
+            "{body}: {:?}",
+            r.body
+        );
+        assert_eq!(r.error_code(), code, "{body}");
+    }
+    assert_eq!(h.emu.accounts().len(), 2);
+}
+
+#[test]
+fn the_deprecated_type_is_still_accepted_in_the_pinned_version() {
+    let h = Harness::new();
+    let r = h.post("/v1/accounts", "type=express&capabilities[card_payments][requested]=true");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["type"], "express");
+    let controller = &r.body["controller"];
+    assert_eq!(controller["stripe_dashboard"]["type"], "express");
+    assert_eq!(controller["fees"]["payer"], "application_express");
+    assert_eq!(controller["losses"]["payments"], "application");
+    assert_eq!(controller["requirement_collection"], "stripe");
+    let custom = h.post("/v1/accounts", "type=custom&capabilities[transfers][requested]=true");
+    assert_eq!(custom.body["controller"]["requirement_collection"], "application");
+    assert_eq!(custom.body["controller"]["fees"]["payer"], "application_custom");
+    // Custom accounts have no Dashboard, so they must name their capabilities.
+    let r = h.post("/v1/accounts", "type=custom");
+    assert_eq!((r.status, r.error_code(), r.error_param()), (400, "parameter_missing", "capabilities"));
+    assert_eq!(h.post("/v1/accounts", "type=standard").body["controller"]["stripe_dashboard"]["type"], "full");
+}
+
+#[test]
+fn error_codes_are_stripes() {
+    let h = Harness::new();
+    let bad_key = h.try_send("GET", "/v1/customers", "", Some("Bearer sk_test_"), None).unwrap();
+    assert_eq!((bad_key.status, bad_key.body["error"].get("code")), (401, None));
+    let mut emitted = vec![
+        h.post("/v1/customers", "nope=1").error_code().to_string(),
+        h.post("/v1/customers", "email=bad").error_code().to_string(),
+        h.get("/v1/customers/cus_x", "").error_code().to_string(),
+        h.get("/v1/accounts/acct_x", "").error_code().to_string(),
+        h.get("/v1/customers/search", "").error_code().to_string(),
+        h.post("/v1/accounts", "type=express&controller[fees][payer]=account").error_code().to_string(),
+    ];
+    h.emu.set_latency(Duration::from_millis(500));
+    std::thread::scope(|s| {
+        let first = s.spawn(|| h.post_idem("/v1/customers", "email=a%40b.co", "busy"));
+        assert!(h.emu.wait_for(WAIT, |e| e.in_flight_keys() == ["busy"]));
+        let second = h.post_idem("/v1/customers", "email=a%40b.co", "busy");
+        assert_eq!(second.status, 409);
+        emitted.push(second.error_code().to_string());
+        assert_eq!(first.join().unwrap().status, 200);
+    });
+    assert_eq!(
+        emitted,
+        [
+            "parameter_unknown",
+            "email_invalid",
+            "resource_missing",
+            "account_invalid",
+            "parameter_missing",
+            "parameters_exclusive",
+            "idempotency_key_in_use"
+        ]
+    );
+    for code in emitted.iter().chain(&["rate_limit".to_string(), "lock_timeout".to_string(), "url_invalid".to_string()])
+    {
+        assert!(stripe_emulator::is_stripe_error_code(code), "{code}");
+    }
+    assert!(!stripe_emulator::is_stripe_error_code("idempotency_key_reused"));
+    assert!(!stripe_emulator::is_stripe_error_code("api_key_invalid"));
 }

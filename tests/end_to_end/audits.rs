@@ -193,6 +193,7 @@ fn reconcile_repairs_what_the_audits_find() -> Result<(), Failed> {
         api_key: ApiKey::new(API_KEY).unwrap(),
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
+        api_version: None,
     })
     .unwrap();
     let rt = onboarding_core::runtime::signal_safe_runtime().unwrap();

@@ -47,7 +47,8 @@ fn connect_accounts_follow_the_policy_after_the_customer() -> Result<(), Failed>
             .get(0)
     };
 
-    // always: the customer, then an Express account with both capabilities, linked.
+    // always: the customer, then an Express account (by controller properties, as the pinned API
+    // version has it) with both capabilities, linked; its request event names the controller.
     let user = insert(&mut db, "seller");
     let account = wait_for("the Connect account", DEADLINE, || account_id(&mut db, table, &user))?;
     let accounts = stripe_accounts_for(&user);
@@ -55,7 +56,7 @@ fn connect_accounts_follow_the_policy_after_the_customer() -> Result<(), Failed>
     let a = &accounts[0];
     let capabilities = &a["capabilities"];
     ensure(
-        a["type"] == "express"
+        a["controller"] == onboarding_core::stripe::express_controller_object()
             && a["email"] == "seller@example.com"
             && capabilities["card_payments"].is_string()
             && capabilities["transfers"].is_string(),
@@ -70,6 +71,15 @@ fn connect_accounts_follow_the_policy_after_the_customer() -> Result<(), Failed>
         .collect();
     ensure(paths == ["/v1/customers", "/v1/accounts"], || format!("requests in order: {paths:?}"))?;
     ensure(customer_id(&mut db, table, &user).is_some(), || "account without customer".into())?;
+    let sent: Value = db
+        .query_one(
+            "SELECT detail->'controller' FROM onboarding.events WHERE user_id = $1 AND step = 'stripe_request'
+                AND detail->>'path' = '/v1/accounts'",
+            &[&user],
+        )
+        .unwrap()
+        .get(0);
+    ensure(sent == onboarding_core::stripe::express_controller_object(), || format!("event's controller: {sent}"))?;
 
     // when: only once the condition holds, and updating into it enqueues the account.
     let when = format!("SELECT onboarding.set_connect_policy('{table}', 'when', $$role = 'provider'$$)");
