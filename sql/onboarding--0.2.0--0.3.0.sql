@@ -1786,5 +1786,13 @@ SELECT b.id, b.profile_table, b.total, b.enqueued, p.provisioned, p.failed,
          FROM onboarding.events e JOIN onboarding.jobs j ON j.id = e.job_id
         WHERE e.step = 'enqueued' AND e.detail->>'source' = 'backfill ' || b.id) p;
 
+------------------------------------------------------------------------------------------------
+-- 10. Maintenance reads only what it acts on: the running jobs rescue may take back and the
+--     finished ones retention may prune have indexes of their own (each was a scan of the whole
+--     queue, its history included, about once a second).
+------------------------------------------------------------------------------------------------
+CREATE INDEX jobs_running ON onboarding.jobs (claimed_at) WHERE state = 'running';
+CREATE INDEX jobs_done_by_finished_at ON onboarding.jobs (finished_at) WHERE state IN ('succeeded', 'skipped', 'cancelled');
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -73,6 +73,10 @@ COMMENT ON TABLE onboarding.jobs IS
 CREATE UNIQUE INDEX jobs_one_open_per_target ON onboarding.jobs (profile_table, kind, user_id, coalesce(stripe_id, ''))
     WHERE state IN ('pending', 'running');
 CREATE INDEX jobs_due ON onboarding.jobs (lane, run_at, id) WHERE state = 'pending';
+-- Maintenance reads only what it acts on, however long the history: the running jobs it may take
+-- back (rescue), and the finished ones retention may prune (_is_done's states), oldest first.
+CREATE INDEX jobs_running ON onboarding.jobs (claimed_at) WHERE state = 'running';
+CREATE INDEX jobs_done_by_finished_at ON onboarding.jobs (finished_at) WHERE state IN ('succeeded', 'skipped', 'cancelled');
 CREATE INDEX jobs_by_user ON onboarding.jobs (user_id);
 
 -- The operation sequence: one row per step, in order.

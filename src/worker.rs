@@ -29,6 +29,7 @@ mod standby_gate;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -36,6 +37,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use onboarding_core::budget::{Gcra, TIMER_SLACK};
 use onboarding_core::claim_cursor::ClaimCursor;
 use onboarding_core::lane_shares::LaneCredit;
+use onboarding_core::pacing::{self, Pacing};
 use onboarding_core::runtime::signal_safe_runtime;
 use onboarding_core::state::JobState;
 use onboarding_core::stripe::{ApiKey, ClientConfig, StripeClient, StripeError};
@@ -45,7 +47,7 @@ use pgrx::prelude::*;
 use crate::maintenance::failover::{self, Sweep};
 use crate::maintenance::snapshot::take_snapshot;
 use crate::pg::latch::{handle_sigterm_in_commits, shutdown_requested, take_latch, wait_for_latch};
-use crate::pg::transaction::in_transaction;
+use crate::pg::transaction::{in_transaction, report_table_stats};
 use crate::pg::{processes, replication};
 use crate::release::{self, Installed};
 use crate::requests::{self, RequestKind};
@@ -66,7 +68,7 @@ const TICK: Duration = Duration::from_millis(5);
 const STANDBY_POLL: Duration = Duration::from_millis(1);
 
 /// At capacity, how often commit wake-ups may top up the pending jobs from the intake.
-const TOP_UP_EVERY: Duration = Duration::from_millis(25);
+const TOP_UP_EVERY: Duration = pacing::SPACING;
 
 /// How often a worker checks the jobs that get_or_create_customer callers wait for.
 const REQUEST_WATCH: Duration = Duration::from_millis(50);
@@ -129,6 +131,9 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         sweep: None,
         claim_cursor: ClaimCursor::default(),
         lane_credit: LaneCredit::default(),
+        pacing: Pacing::default(),
+        waiting_for_slot: Arc::default(),
+        unrecorded: Vec::new(),
     };
     let mut woken = true;
     while !shutdown_requested() {
@@ -168,11 +173,18 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
             log!("onboarding: extension not installed in database \"{database_name}\"; worker exiting");
             return;
         };
+        let flush_stats_in = report_table_stats();
         woken = match wait {
-            Wait::Latch(timeout) => wait_for_latch(timeout),
-            Wait::Calls => worker.collect_finished_calls() || take_latch(),
+            Wait::Latch(timeout) => wait_for_latch(flush_stats_in.map_or(timeout, |t| t.min(timeout))),
+            // Places the finished calls free are claimed by next_claim (now, when the last claim was
+            // full): a call that finishes is no sign of more work, a commit is.
+            Wait::Calls => {
+                worker.collect_finished_calls();
+                take_latch()
+            }
         };
     }
+    worker.record_finished_calls(true);
     log!("onboarding: worker for database \"{database_name}\" stopped");
 }
 
@@ -205,6 +217,12 @@ struct Worker {
     claim_cursor: ClaimCursor,
     /// What the lower lanes' shares have earned (core's lane_shares).
     lane_credit: LaneCredit,
+    /// Claims and records spaced while the rate budget is the limit (core's pacing).
+    pacing: Pacing,
+    /// Calls in flight that have not got their budget slot yet.
+    waiting_for_slot: Arc<AtomicUsize>,
+    /// Finished calls not recorded yet (while paced, they wait to be recorded together).
+    unrecorded: Vec<(Call, (Outcome, Duration))>,
 }
 
 /// Whether the database's SQL is this library's release (release.rs), as last seen.
@@ -240,10 +258,16 @@ impl Worker {
             }
         }
         self.release_confirmed_calls();
+        self.record_finished_calls(false);
         let busy = self.in_flight.len() + self.standby_gate.held_calls();
         let capacity = (gucs::batch_size().max(1) as usize).saturating_sub(busy);
         let now = Instant::now();
-        if self.client.is_some() && capacity > 0 && (woken || now >= self.next_claim) {
+        let paced_until = self.pacing.claim_at(self.budget_saturated(), now);
+        if paced_until > now && (woken || now >= self.next_claim) {
+            // The calls waiting for budget slots keep Stripe busy meanwhile: claim then, together.
+            self.next_claim = self.next_claim.min(paced_until);
+        } else if self.client.is_some() && capacity > 0 && (woken || now >= self.next_claim) {
+            self.pacing.claimed(now);
             // Maintenance (rescue, retention, a sweep) rides along with a claim, but not with one
             // a commit woke us for, unless it is overdue: a signup's claim should be all signup.
             let maintain = self.last_maintenance.is_none_or(|t| {
@@ -284,11 +308,15 @@ impl Worker {
                 }
                 Err(_) => self.next_claim = now + ERROR_PAUSE,
             }
-        } else if woken && capacity == 0 && self.last_top_up.elapsed() >= TOP_UP_EVERY {
-            // At capacity: keep a batch of new inserts as pending jobs (their status and cancel
-            // work by job id), but leave a backlog in the intake, where it costs least.
-            self.last_top_up = now;
-            let _ = in_transaction("turning inserts into jobs", || queue::top_up_pending(gucs::batch_size()));
+        } else if woken && capacity == 0 {
+            // New work at capacity: claim it as soon as calls free their places.
+            self.next_claim = now;
+            if self.last_top_up.elapsed() >= TOP_UP_EVERY {
+                // Keep a batch of new inserts as pending jobs (their status and cancel work by job
+                // id), but leave a backlog in the intake, where it costs least.
+                self.last_top_up = now;
+                let _ = in_transaction("turning inserts into jobs", || queue::top_up_pending(gucs::batch_size()));
+            }
         }
         if !self.in_flight.is_empty() {
             // Not every tick: a watched job finishes when a batch is recorded or (in another
@@ -368,11 +396,20 @@ impl Worker {
         }
     }
 
+    /// Whether the calls waiting for budget slots keep the budget busy for a pacing spacing.
+    fn budget_saturated(&self) -> bool {
+        pacing::saturated(self.waiting_for_slot.load(Ordering::Relaxed), self.budget.map(|gcra| gcra.interval))
+    }
+
     /// Starts a claimed job's Stripe call on the runtime's thread, so it goes out when its budget
     /// slot opens even while this thread is in a transaction.
     fn start(&mut self, call: Call) {
         let client = self.client.clone().expect("calls are claimed only with a client");
         let (budget, turnstile) = (self.budget, self.budget_turnstile.clone());
+        let waiting_for_slot = self.waiting_for_slot.clone();
+        if budget.is_some() {
+            waiting_for_slot.fetch_add(1, Ordering::Relaxed);
+        }
         log!("onboarding: {} (job {}, attempt {})", call.describe(), call.job_id, call.attempts);
         self.in_flight.push(self.runtime.spawn(async move {
             if let Some(gcra) = &budget {
@@ -383,6 +420,7 @@ impl Worker {
                     // Timers fire late, on millisecond ticks: aim a tick early (allowed).
                     tokio::time::sleep(wait.saturating_sub(TIMER_SLACK)).await;
                 }
+                waiting_for_slot.fetch_sub(1, Ordering::Relaxed);
             }
             let started = Instant::now();
             let outcome = call.perform(&client).await;
@@ -396,10 +434,11 @@ impl Worker {
     }
 
     /// Runs the calls in flight until one finishes (or a tick passes), then records every call
-    /// that has finished in one transaction. Returns whether any finished (capacity was freed).
-    /// Calls still in flight at shutdown are dropped: their jobs stay `running` and the next
-    /// worker requeues them; the retry reuses their idempotency keys.
-    fn collect_finished_calls(&mut self) -> bool {
+    /// that has finished in one transaction (while paced, with those of the next ticks). Calls
+    /// still in flight at shutdown are dropped:
+    /// their jobs stay `running` and the next worker requeues them; the retry reuses their
+    /// idempotency keys.
+    fn collect_finished_calls(&mut self) {
         let in_flight = &mut self.in_flight;
         let finished = self.runtime.block_on(async {
             let mut finished = Vec::new();
@@ -418,17 +457,29 @@ impl Worker {
             .into_iter()
             .filter_map(|joined| joined.inspect_err(|e| warning!("onboarding: a Stripe call failed: {e}")).ok())
             .collect();
-        if finished.is_empty() {
-            return false;
+        self.unrecorded.extend(finished.into_iter().map(|(call, outcome, elapsed)| (call, (outcome, elapsed))));
+        self.record_finished_calls(false);
+    }
+
+    /// Records the finished calls in one transaction: at once, or while the budget is saturated
+    /// and other calls are in flight, once a pacing spacing has passed since the last record
+    /// (`all`: at once whatever the pacing, as at shutdown).
+    fn record_finished_calls(&mut self, all: bool) {
+        if self.unrecorded.is_empty() {
+            return;
         }
+        let now = Instant::now();
+        if !all && !self.in_flight.is_empty() && self.pacing.record_at(self.budget_saturated(), now) > now {
+            return;
+        }
+        self.pacing.recorded(now);
         let (calls, results): (Vec<Call>, Vec<(Outcome, Duration)>) =
-            finished.into_iter().map(|(call, outcome, elapsed)| (call, (outcome, elapsed))).unzip();
+            std::mem::take(&mut self.unrecorded).into_iter().unzip();
         // Failed calls were just rescheduled: look for due work again by their retry time.
         if let Some(due) = record_results(&calls, results, &self.claim_cursor.current()) {
             self.next_claim = self.next_claim.min(Instant::now() + due.max(MIN_SLEEP));
         }
         self.resolve_requests(); // callers waiting on these jobs hear at once
-        true
     }
 
     /// Takes on new get_or_create_customer / create_account_link requests: answers at once what

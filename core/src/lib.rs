@@ -8,7 +8,8 @@
 //! - [`runtime`]: an async runtime whose helper threads never receive PostgreSQL's signals;
 //! - [`standby_wait`]: holding calls until the standbys have the commit they came from;
 //! - [`claim_cursor`]: where claims start in each lane, past the dead entries of earlier claims;
-//! - [`lane_shares`]: the share of the claimed work kept for the lower priority lanes.
+//! - [`lane_shares`]: the share of the claimed work kept for the lower priority lanes;
+//! - [`pacing`]: spacing claims and records while the rate budget is what limits the worker.
 //!
 //! Nothing here touches PostgreSQL; the extension (`src/` at the top of the repository) is the glue.
 
@@ -20,6 +21,7 @@ pub mod budget;
 pub mod claim_cursor;
 pub mod job;
 pub mod lane_shares;
+pub mod pacing;
 pub mod policy;
 pub mod runtime;
 pub mod standby_wait;

@@ -55,6 +55,7 @@ mod row_security;
 mod security;
 mod slow_condition;
 mod spellings;
+mod statistics;
 mod tenant;
 
 fn main() {
@@ -78,6 +79,7 @@ fn main() {
         dropped_tables::tests(),
         locked_rows::tests(),
         lanes::tests(),
+        statistics::tests(),
         slow_condition::tests(),
         claim_cursor::tests(),
     ]
