@@ -106,7 +106,7 @@ BEGIN
              ORDER BY p.uid, m.what $sql$,
             a.profile_table,
             format(E'SELECT p.%I::text, p.%I::text, %s, %s FROM %s AS p', a.id_column, a.customer_column,
-                   coalesce(format('p.%I::text', a.connect_account_column), 'NULL::text'),
+                   coalesce('p.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
                    CASE a.connect_policy WHEN 'always' THEN '''true'''
                                          WHEN 'when' THEN format(E'(%s\n)::boolean::text', a.connect_condition)
                                          ELSE '''false''' END,
@@ -260,7 +260,7 @@ BEGIN
               FROM onboarding._as_owner(a.profile_table,
                        format('SELECT t.%1$I::text, t.%2$I::text, %3$s, t.%4$I::text FROM %5$s t',
                               a.id_column, a.customer_column,
-                              coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'), a.email_column,
+                              coalesce('t.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text'), a.email_column,
                               a.profile_table)) r;
     END LOOP;
 END $$;

@@ -424,7 +424,7 @@ BEGIN
              ORDER BY p.uid, m.what $sql$,
             a.profile_table,
             format(E'SELECT p.%I::text, p.%I::text, %s, %s FROM %s AS p', a.id_column, a.customer_column,
-                   coalesce(format('p.%I::text', a.connect_account_column), 'NULL::text'),
+                   coalesce('p.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
                    CASE a.connect_policy WHEN 'always' THEN '''true'''
                                          WHEN 'when' THEN format(E'(%s\n)::boolean::text', a.connect_condition)
                                          ELSE '''false''' END,
@@ -446,7 +446,7 @@ BEGIN
               FROM onboarding._as_owner(a.profile_table,
                        format('SELECT t.%1$I::text, t.%2$I::text, %3$s, t.%4$I::text FROM %5$s t',
                               a.id_column, a.customer_column,
-                              coalesce(format('t.%I::text', a.connect_account_column), 'NULL::text'), a.email_column,
+                              coalesce('t.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text'), a.email_column,
                               a.profile_table)) r;
     END LOOP;
 END $$;
@@ -1793,6 +1793,35 @@ SELECT b.id, b.profile_table, b.total, b.enqueued, p.provisioned, p.failed,
 ------------------------------------------------------------------------------------------------
 CREATE INDEX jobs_running ON onboarding.jobs (claimed_at) WHERE state = 'running';
 CREATE INDEX jobs_done_by_finished_at ON onboarding.jobs (finished_at) WHERE state IN ('succeeded', 'skipped', 'cancelled');
+
+------------------------------------------------------------------------------------------------
+-- 11. The Stripe snapshot lists accounts only when Connect is in use (an attached table has a
+--     Connect-account column), and says so: a Stripe account without Connect refuses the call,
+--     which failed audit_orphans, audit_mismatches and reconcile.
+------------------------------------------------------------------------------------------------
+ALTER TABLE onboarding.stripe_snapshots ADD COLUMN accounts_listed boolean NOT NULL DEFAULT true;
+
+-- The latest finished snapshot, taking a fresh one first if asked. Says so when it holds no
+-- accounts because Connect is not in use (src/maintenance/snapshot.rs).
+CREATE OR REPLACE FUNCTION onboarding._snapshot(refresh boolean) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    latest bigint;
+BEGIN
+    IF refresh THEN
+        latest := onboarding.refresh_stripe_snapshot();
+    ELSE
+        SELECT id INTO latest FROM onboarding.stripe_snapshots WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1;
+        IF latest IS NULL THEN
+            RAISE EXCEPTION 'onboarding: no snapshot of Stripe yet' USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Call it with refresh => true, or SELECT onboarding.refresh_stripe_snapshot().';
+        END IF;
+    END IF;
+    IF NOT (SELECT s.accounts_listed FROM onboarding.stripe_snapshots s WHERE s.id = latest) THEN
+        RAISE NOTICE 'onboarding: Stripe snapshot % holds customers only: no attached table has a Connect-account column, so Connect accounts were not listed', latest;
+    END IF;
+    RETURN latest;
+END $$;
 
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -130,7 +130,10 @@ CREATE TABLE onboarding.stripe_snapshots (
     finished_at timestamptz,
     pages integer NOT NULL DEFAULT 0,
     customers integer NOT NULL DEFAULT 0,
-    accounts integer NOT NULL DEFAULT 0
+    accounts integer NOT NULL DEFAULT 0,
+    -- False when no attached table had a Connect-account column: the snapshot holds customers
+    -- only (a Stripe account without Connect refuses to list accounts, and the audits need none).
+    accounts_listed boolean NOT NULL DEFAULT true
 );
 CREATE TABLE onboarding.stripe_objects (
     snapshot bigint NOT NULL REFERENCES onboarding.stripe_snapshots (id) ON DELETE CASCADE,

@@ -1,6 +1,8 @@
 //! The Stripe snapshot behind the audits: every customer and account in Stripe copied into
 //! `onboarding.stripe_objects`, taken by a worker (which alone holds the key) when
 //! `onboarding.refresh_stripe_snapshot` asks through the request channel (requests.rs).
+//! Accounts are listed only while Connect is in use (an attached table has a Connect-account
+//! column): a Stripe account without Connect refuses the call, and the audits then need none.
 
 use onboarding_core::budget::Gcra;
 use onboarding_core::stripe::{ListKind, StripeClient};
@@ -13,13 +15,19 @@ use crate::requests;
 /// Copies every customer and account from Stripe into `onboarding.stripe_objects`, a page per
 /// transaction (listing.rs), and answers the request `ticket` with the snapshot id.
 pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &StripeClient, budget: Option<&Gcra>) {
-    let started =
-        in_transaction("starting a Stripe snapshot", || Spi::get_one::<i64>("SELECT onboarding._snapshot_begin()"));
-    let Ok(Ok(Some(snapshot))) = started else {
+    let started = in_transaction("starting a Stripe snapshot", || {
+        let connect_in_use = Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM onboarding.attachments WHERE connect_account_column IS NOT NULL)",
+        )?;
+        Ok::<_, pgrx::spi::Error>((Spi::get_one::<i64>("SELECT onboarding._snapshot_begin()")?, connect_in_use))
+    });
+    let Ok(Ok((Some(snapshot), connect_in_use))) = started else {
         requests::fail(ticket, "could not start a snapshot");
         return;
     };
-    for (kind, object) in [(ListKind::Customers, "customer"), (ListKind::Accounts, "account")] {
+    let accounts_listed = connect_in_use.unwrap_or(true);
+    let kinds = [(ListKind::Customers, "customer"), (ListKind::Accounts, "account")];
+    for (kind, object) in kinds.into_iter().take(if accounts_listed { 2 } else { 1 }) {
         let listed = for_each_page(runtime, client, budget, kind, None, |objects| {
             let rows: Vec<serde_json::Value> = objects
                 .iter()
@@ -46,6 +54,12 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
         }
     }
     let finished = in_transaction("finishing a Stripe snapshot", || {
+        if !accounts_listed {
+            Spi::run_with_args(
+                "UPDATE onboarding.stripe_snapshots SET accounts_listed = false WHERE id = $1",
+                &[snapshot.into()],
+            )?;
+        }
         Spi::run_with_args("SELECT onboarding._snapshot_finish($1)", &[snapshot.into()])
     });
     match finished {

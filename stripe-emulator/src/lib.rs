@@ -72,6 +72,10 @@ pub struct EmulatorConfig {
     pub rate_limit: Option<u32>,
     /// One line per request on stderr (never the API key).
     pub log_requests: bool,
+    /// Answer a request without `Stripe-Version` in the pinned version, as Stripe answers it in
+    /// the account's default: for releases of the extension older than the pin (the upgrade
+    /// suite runs one). By default such a request is refused.
+    pub accept_unpinned: bool,
 }
 
 impl std::fmt::Debug for EmulatorConfig {
@@ -82,6 +86,7 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("latency", &self.latency)
             .field("rate_limit", &self.rate_limit)
             .field("log_requests", &self.log_requests)
+            .field("accept_unpinned", &self.accept_unpinned)
             .finish()
     }
 }

@@ -267,7 +267,7 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
             Ok(key) => key,
             Err(e) => return Outcome::error(e),
         };
-        if let Err(e) = check_version(req.stripe_version.as_deref()) {
+        if let Err(e) = check_version(req.stripe_version.as_deref(), state.config.accept_unpinned) {
             return Outcome::error(e);
         }
         if state.over_rate_limit(Instant::now()) {
@@ -365,8 +365,9 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
 
 /// A request without `Stripe-Version` would get the account's default version at Stripe, which
 /// differs between accounts: the emulator refuses it rather than guess.
-fn check_version(version: Option<&str>) -> Result<(), ApiError> {
+fn check_version(version: Option<&str>, accept_unpinned: bool) -> Result<(), ApiError> {
     match version.map(str::trim) {
+        None | Some("") if accept_unpinned => Ok(()),
         None | Some("") => Err(ApiError::invalid(format!(
             "This test server requires a pinned API version: send the header `Stripe-Version: {}` \
              with every request (without it Stripe uses the account's default API version, which \
