@@ -1823,5 +1823,24 @@ BEGIN
     RETURN latest;
 END $$;
 
+------------------------------------------------------------------------------------------------
+-- 12. A stripe_request event tells when its request was sent, not when it was queued for the
+--     rate budget (sequence() and the Stripe-call metrics misreported by the budget's wait).
+------------------------------------------------------------------------------------------------
+-- Moves each call's stripe_request event, logged at its claim (before the rate budget's wait), to
+-- when its request was sent (seconds since the epoch); the claim's time stays in the detail as
+-- queued_at. A call whose outcome is never recorded keeps the claim's time, which is earlier.
+CREATE FUNCTION onboarding._requests_sent(job_ids bigint[], sent_at double precision[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.events e
+       SET at = to_timestamp(s.sent_at), detail = e.detail || jsonb_build_object('queued_at', e.at)
+      FROM unnest(job_ids, sent_at) AS s(job_id, sent_at)
+     CROSS JOIN LATERAL (SELECT max(r.id) AS id FROM onboarding.events r
+                          WHERE r.job_id = s.job_id AND r.step = 'stripe_request') last
+     WHERE e.id = last.id;
+END $$;
+REVOKE EXECUTE ON FUNCTION onboarding._requests_sent(bigint[], double precision[]) FROM PUBLIC;
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -422,6 +422,8 @@ impl Worker {
                 }
                 waiting_for_slot.fetch_sub(1, Ordering::Relaxed);
             }
+            let mut call = call;
+            call.sent_at = Some(std::time::SystemTime::now());
             let started = Instant::now();
             let outcome = call.perform(&client).await;
             if let (Some(gcra), Outcome::Failed(StripeError::Api(e))) = (&budget, &outcome)
@@ -597,7 +599,17 @@ impl Worker {
                 api_version: gucs::stripe_api_version(),
             };
             match StripeClient::new(&config) {
-                Ok(client) => self.client = Some(client),
+                Ok(client) => {
+                    // Says when a reload took effect (never the key).
+                    let budget =
+                        self.budget.map_or("off".into(), |g| format!("{:.2}/s", 1.0 / g.interval.as_secs_f64()));
+                    log!(
+                        "onboarding: Stripe client ready: {}, API version {}, rate budget {budget}",
+                        config.api_base,
+                        gucs::stripe_api_version().as_deref().unwrap_or(onboarding_core::stripe::STRIPE_API_VERSION)
+                    );
+                    self.client = Some(client)
+                }
                 Err(e) => {
                     if !std::mem::replace(&mut self.warned_no_key, true) {
                         warning!("onboarding: {e}; jobs wait until the configuration is fixed");

@@ -2,6 +2,8 @@
 //! no SQL), the [`Call`] that does it and the [`Outcome`] it comes back with. The claim (claim.rs)
 //! carries out the plans, the loop (worker.rs) runs the calls, record.rs records their outcomes.
 
+use std::time::SystemTime;
+
 use onboarding_core::job::{
     AccountPlan, CustomerPlan, DeletePlan, EmailPlan, plan_account, plan_customer, plan_delete, plan_email_update,
 };
@@ -22,6 +24,9 @@ pub struct Call {
     pub lane: i16,
     idempotency_key: String,
     pub work: Work,
+    /// When its first request went out, after the rate budget's wait (set by the call itself):
+    /// its `stripe_request` event, logged at the claim, is moved to this time.
+    pub sent_at: Option<SystemTime>,
 }
 
 pub enum Work {
@@ -321,6 +326,7 @@ pub fn plan(job: ClaimedJob) -> Planned {
         lane: job.lane,
         idempotency_key: job.idempotency_key,
         work,
+        sent_at: None,
     };
     Planned::Call { call, first_params, request: detail }
 }

@@ -204,6 +204,17 @@ pub fn finish(job_id: i64, transition: Transition, detail: Value) {
     .unwrap_or_else(|e| error!("onboarding: finishing job {job_id} ({}): {e}", transition.step()));
 }
 
+/// Moves each call's `stripe_request` event (logged at its claim, before the rate budget's wait)
+/// to when its request was sent: `(job id, seconds since the epoch)`.
+pub fn requests_sent(sent: &[(i64, f64)]) {
+    if sent.is_empty() {
+        return;
+    }
+    let (jobs, times): (Vec<i64>, Vec<f64>) = sent.iter().copied().unzip();
+    Spi::run_with_args("SELECT onboarding._requests_sent($1, $2)", &[jobs.into(), times.into()])
+        .unwrap_or_else(|e| error!("onboarding: recording when requests were sent: {e}"));
+}
+
 pub fn log_event(job_id: i64, step: &str, detail: Value) {
     Spi::run_with_args("SELECT onboarding._log_event($1, $2, $3)", &[job_id.into(), step.into(), JsonB(detail).into()])
         .unwrap_or_else(|e| error!("onboarding: logging {step} for job {job_id}: {e}"));

@@ -26,6 +26,7 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
     let all = in_transaction(
         "recording Stripe results",
         AssertUnwindSafe(|| {
+            queue::requests_sent(&sent_times(calls.iter()));
             // Customers created as asked, the common outcome: set-based; everything else one by one.
             let (created, others): (Vec<_>, Vec<_>) =
                 outcomes.iter().partition(|(call, (outcome, _))| created_as_asked(call, outcome).is_some());
@@ -40,7 +41,13 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
         return next_due;
     }
     for (call, (result, elapsed)) in &outcomes {
-        let one = in_transaction("recording a Stripe result", AssertUnwindSafe(|| record_one(call, result, *elapsed)));
+        let one = in_transaction(
+            "recording a Stripe result",
+            AssertUnwindSafe(|| {
+                queue::requests_sent(&sent_times(std::iter::once(*call)));
+                record_one(call, result, *elapsed)
+            }),
+        );
         if let Err(message) = one {
             let stripe_id = match (&call.work, result) {
                 (_, Outcome::Created(customer, _) | Outcome::Adopted(customer)) => Some(customer.id.as_str()),
@@ -60,6 +67,16 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
         }
     }
     Some(Duration::ZERO) // look again at once
+}
+
+/// When the calls' requests were sent, as `(job id, seconds since the epoch)`.
+fn sent_times<'a>(calls: impl Iterator<Item = &'a Call>) -> Vec<(i64, f64)> {
+    calls
+        .filter_map(|call| {
+            let since_epoch = call.sent_at?.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some((call.job_id, since_epoch.as_secs_f64()))
+        })
+        .collect()
 }
 
 /// The customer a create_customer call created for its own user (the common outcome), if so.

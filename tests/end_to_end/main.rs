@@ -50,6 +50,7 @@ mod intake;
 mod lanes;
 mod locked_rows;
 mod partitions;
+mod request_times;
 mod retries;
 mod row_security;
 mod security;
@@ -80,6 +81,7 @@ fn main() {
         locked_rows::tests(),
         lanes::tests(),
         statistics::tests(),
+        request_times::tests(),
         slow_condition::tests(),
         claim_cursor::tests(),
     ]
