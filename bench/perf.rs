@@ -171,6 +171,8 @@ fn main() {
         // Start from a steady state: no autovacuum of the earlier parts' rows during the runs.
         db.batch_execute("VACUUM ANALYZE").unwrap();
         db.batch_execute("CHECKPOINT").unwrap();
+        // As deployed: the default batch (the earlier lines leave 100), whichever lines ran before.
+        set(&mut db, &[("onboarding.batch_size", "25")]);
         let deployed_at = |rate_limit: &str, db: &mut Client| {
             set(db, &[("onboarding.stripe_api_key", API_KEY), ("onboarding.rate_limit", rate_limit)]);
             let before = provisioned(db);
@@ -189,7 +191,10 @@ fn main() {
             deployed.push(deployed_at("95", &mut db));
             flat_out.push(deployed_at("0", &mut db));
         }
-        set(&mut db, &[("onboarding.stripe_api_key", API_KEY), ("onboarding.rate_limit", "0")]);
+        set(
+            &mut db,
+            &[("onboarding.stripe_api_key", API_KEY), ("onboarding.rate_limit", "0"), ("onboarding.batch_size", "100")],
+        );
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         // The mean ratio and the spread of the turns' ratios.
         let cost = |runs: &[f64]| {
