@@ -11,14 +11,9 @@ pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static STRIPE_API_BASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"https://api.stripe.com"));
 pub static STRIPE_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-/// The pinned API version's default: core's `STRIPE_API_VERSION`, as a C string (checked below).
-const PINNED_API_VERSION: &std::ffi::CStr = c"2026-10-28.endive";
-const _: () = assert!(
-    same_bytes(PINNED_API_VERSION.to_bytes(), onboarding_core::stripe::STRIPE_API_VERSION.as_bytes()),
-    "onboarding.stripe_api_version's default must be the client's pinned version"
-);
+/// Its default is the version the client pins.
 pub static STRIPE_API_VERSION: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(PINNED_API_VERSION));
+    GucSetting::<Option<CString>>::new(Some(onboarding_core::stripe::STRIPE_API_VERSION_C));
 pub static STRIPE_API_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Set by a worker before it reads the configuration: the only processes that keep the key.
@@ -367,20 +362,6 @@ pub fn database() -> Option<String> {
 /// `onboarding.stripe_api_version`, None when empty (the client's pinned version then).
 pub fn stripe_api_version() -> Option<String> {
     text(&STRIPE_API_VERSION)
-}
-
-const fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 pub fn stripe_api_base() -> String {

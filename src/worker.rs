@@ -437,9 +437,8 @@ impl Worker {
 
     /// Runs the calls in flight until one finishes (or a tick passes), then records every call
     /// that has finished in one transaction (while paced, with those of the next ticks). Calls
-    /// still in flight at shutdown are dropped:
-    /// their jobs stay `running` and the next worker requeues them; the retry reuses their
-    /// idempotency keys.
+    /// still in flight at shutdown are dropped: their jobs stay `running` and the next worker
+    /// requeues them; the retry reuses their idempotency keys.
     fn collect_finished_calls(&mut self) {
         let in_flight = &mut self.in_flight;
         let finished = self.runtime.block_on(async {
@@ -606,7 +605,7 @@ impl Worker {
                     log!(
                         "onboarding: Stripe client ready: {}, API version {}, rate budget {budget}",
                         config.api_base,
-                        gucs::stripe_api_version().as_deref().unwrap_or(onboarding_core::stripe::STRIPE_API_VERSION)
+                        config.api_version.as_deref().unwrap_or(onboarding_core::stripe::STRIPE_API_VERSION)
                     );
                     self.client = Some(client)
                 }

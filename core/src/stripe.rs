@@ -12,7 +12,13 @@ use serde_json::Value;
 /// the one the client and the project's test server (whose parameter lists are generated for
 /// it, `stripe-emulator/params/<version>.json`) are built and tested against. Without the
 /// header Stripe answers in the account's default version, which differs between accounts.
-pub const STRIPE_API_VERSION: &str = "2026-10-28.endive";
+pub const STRIPE_API_VERSION: &str = match STRIPE_API_VERSION_C.to_str() {
+    Ok(version) => version,
+    Err(_) => panic!("the pinned API version is UTF-8"),
+};
+
+/// [`STRIPE_API_VERSION`] as a C string: the extension's setting needs its default as one.
+pub const STRIPE_API_VERSION_C: &std::ffi::CStr = c"2026-10-28.endive";
 
 /// A Stripe secret key. Its `Debug` and `Display` never show more than Stripe itself would.
 #[derive(Clone, PartialEq, Eq)]

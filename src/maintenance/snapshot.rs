@@ -26,8 +26,9 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
         return;
     };
     let accounts_listed = connect_in_use.unwrap_or(true);
-    let kinds = [(ListKind::Customers, "customer"), (ListKind::Accounts, "account")];
-    for (kind, object) in kinds.into_iter().take(if accounts_listed { 2 } else { 1 }) {
+    let customers = (ListKind::Customers, "customer");
+    let kinds: &[_] = if accounts_listed { &[customers, (ListKind::Accounts, "account")] } else { &[customers] };
+    for &(kind, object) in kinds {
         let listed = for_each_page(runtime, client, budget, kind, None, |objects| {
             let rows: Vec<serde_json::Value> = objects
                 .iter()
