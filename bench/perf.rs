@@ -93,11 +93,17 @@ fn main() {
     if part("1b") {
         // 1b. The same for signups as they really arrive: one now and then, the worker idle between.
         let samples = size("BENCH_SPACED", 60) as usize;
-        let (p50, p95, p99) = latency(&mut db, samples, Duration::from_secs(1));
+        let (users, (p50, p95, p99)) = latency_of(&mut db, samples, Duration::from_secs(1));
         row(
             &format!("1b. the same, {samples} inserts 1 s apart (worker idle between)"),
             format!("{p50:.1} / {p95:.1} / {p99:.1} ms"),
             "p50 <= 2, p99 <= 5 ms",
+        );
+        let [wake, send, answer, write] = phases(&mut db, &users);
+        row(
+            "1c. 1b's medians: commit->claimed / ->sent / ->answer recorded / ->written back",
+            format!("{wake:.2} / {send:.2} / {answer:.2} / {write:.2} ms"),
+            "-",
         );
     }
     if part("2") {
@@ -402,6 +408,11 @@ fn set(db: &mut Client, settings: &[(&str, &str)]) {
 /// Commit -> written back of `samples` profiles inserted one at a time, each `gap` after the
 /// previous one was written back (the arrival pattern being measured, not a wait for anything).
 fn latency(db: &mut Client, samples: usize, gap: Duration) -> (f64, f64, f64) {
+    latency_of(db, samples, gap).1
+}
+
+/// [`latency`], with the users it inserted.
+fn latency_of(db: &mut Client, samples: usize, gap: Duration) -> (Vec<String>, (f64, f64, f64)) {
     let mut users = Vec::new();
     for i in 0..samples {
         std::thread::sleep(gap);
@@ -423,7 +434,35 @@ fn latency(db: &mut Client, samples: usize, gap: Duration) -> (f64, f64, f64) {
         }
         users.push(user);
     }
-    written_back_percentiles(db, &users)
+    let percentiles = written_back_percentiles(db, &users);
+    (users, percentiles)
+}
+
+/// Where the milliseconds from commit to write-back go, medians over these users' jobs: the
+/// profile's commit to the claim's `claimed` event (the wake-up and the claim), to the request's
+/// send (`stripe_request`, moved to when it went out), to the answer's record (`stripe_response`,
+/// in the record transaction), to the write-back's commit.
+fn phases(db: &mut Client, users: &[String]) -> [f64; 4] {
+    let row = db
+        .query_one(
+            "WITH e AS (
+                SELECT q.job_id, onboarding._queued_commit_time(q.detail, q.xmin) AS committed,
+                       (SELECT min(at) FROM onboarding.events x WHERE x.job_id = q.job_id AND x.step = 'claimed') AS claimed,
+                       (SELECT min(at) FROM onboarding.events x WHERE x.job_id = q.job_id AND x.step = 'stripe_request') AS sent,
+                       (SELECT min(at) FROM onboarding.events x WHERE x.job_id = q.job_id AND x.step = 'stripe_response') AS answered,
+                       (SELECT min(at) FROM onboarding.events x WHERE x.job_id = q.job_id AND x.step = 'written_back') AS written
+                  FROM onboarding.events q WHERE q.step = 'enqueued' AND q.user_id = ANY($1)),
+             ms AS (
+                SELECT extract(epoch FROM claimed - committed) * 1000 AS a, extract(epoch FROM sent - claimed) * 1000 AS b,
+                       extract(epoch FROM answered - sent) * 1000 AS c, extract(epoch FROM written - answered) * 1000 AS d
+                  FROM e)
+             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY a), percentile_cont(0.5) WITHIN GROUP (ORDER BY b),
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY c), percentile_cont(0.5) WITHIN GROUP (ORDER BY d)
+               FROM ms",
+            &[&users],
+        )
+        .unwrap();
+    [row.get(0), row.get(1), row.get(2), row.get(3)]
 }
 
 /// Commit -> written back of these users' profiles, p50 / p95 / p99 in milliseconds.

@@ -130,3 +130,9 @@ fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Opt
 fn read_bool(query: &str, table: pg_sys::Oid) -> Option<bool> {
     Spi::connect(|client| client.select(query, Some(1), &[table.into()])?.first().get_one::<bool>()).ok().flatten()
 }
+
+/// Whether Connect is in use here: an attached table has a Connect-account column.
+pub fn connect_in_use() -> Result<bool, pgrx::spi::Error> {
+    Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM onboarding.attachments WHERE connect_account_column IS NOT NULL)")
+        .map(|in_use| in_use.unwrap_or(false))
+}

@@ -8,12 +8,13 @@
 //! the launcher after commit. Whose latches those are is in the process registry
 //! (pg/processes.rs).
 //!
-//! The plpgsql enqueuers (and every move of a job back to pending) also bump a shared rescan
-//! count at commit: their jobs may sort before where the workers' claims start
-//! (core's `claim_cursor`), so the next claim scans from the front. Inserted profiles need no
-//! rescan: the worker keys the jobs it makes of them after its cursors.
+//! The plpgsql enqueuers (and every move of a job back to pending) also announce their
+//! transaction's start to this database's workers at commit: their jobs are keyed at or after
+//! it, maybe before where the workers' claims start (core's `claim_cursor`), so the next claim
+//! looks again from there. Inserted profiles need no announcement: the worker keys the jobs it
+//! makes of them after its cursors.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, pg_shmem_init};
@@ -40,9 +41,6 @@ impl Default for WithoutExtension {
 static WITHOUT_EXTENSION: PgAtomic<WithoutExtension> =
     unsafe { PgAtomic::new(c"onboarding_databases_without_extension") };
 
-/// Commits that made jobs pending where a claim's cursor may have passed (all databases).
-static QUEUE_RESCANS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"onboarding_queue_rescans") };
-
 /// Backend-local: what the current transaction wants done at commit, and whether the callback
 /// that does it is installed.
 static WAKE_WORKERS: AtomicBool = AtomicBool::new(false);
@@ -52,12 +50,6 @@ static CALLBACK_INSTALLED: AtomicBool = AtomicBool::new(false);
 
 pub fn init_shared_memory() {
     pg_shmem_init!(WITHOUT_EXTENSION);
-    pg_shmem_init!(QUEUE_RESCANS);
-}
-
-/// How many commits so far made jobs pending that a claim's cursor may have passed.
-pub fn queue_rescans() -> u64 {
-    QUEUE_RESCANS.get().load(Ordering::Acquire)
 }
 
 pub fn mark_without_extension(database: pg_sys::Oid) {
@@ -120,7 +112,7 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
     match event {
         XACT_EVENT_COMMIT => {
             if RESCAN_QUEUE.swap(false, Ordering::Relaxed) {
-                QUEUE_RESCANS.get().fetch_add(1, Ordering::AcqRel);
+                processes::announce_early_jobs(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() });
             }
             if WAKE_WORKERS.swap(false, Ordering::Relaxed) {
                 processes::set_worker_latches();

@@ -34,13 +34,15 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use onboarding_core::budget::{Gcra, TIMER_SLACK};
+use onboarding_core::budget::Gcra;
+use onboarding_core::budget_turns::BudgetTurns;
 use onboarding_core::claim_cursor::ClaimCursor;
 use onboarding_core::lane_shares::LaneCredit;
 use onboarding_core::pacing::{self, Pacing};
+use onboarding_core::permissions::PermissionCheckError;
 use onboarding_core::runtime::signal_safe_runtime;
 use onboarding_core::state::JobState;
-use onboarding_core::stripe::{ApiKey, ClientConfig, StripeClient, StripeError};
+use onboarding_core::stripe::{ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, StripeClient, StripeError};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
@@ -56,7 +58,7 @@ use crate::worker::claim::claim_and_plan;
 use crate::worker::queue::TakenOn;
 use crate::worker::record::record_results;
 use crate::worker::standby_gate::StandbyGate;
-use crate::{gucs, rate_budget, wake};
+use crate::{gucs, rate_budget, tables, wake};
 
 /// Shortest wait before looking for due jobs again when a claim found fewer than it could take.
 const MIN_SLEEP: Duration = Duration::from_millis(20);
@@ -75,6 +77,9 @@ const REQUEST_WATCH: Duration = Duration::from_millis(50);
 
 /// Pause after an unexpected database error, so a persistent one does not spin.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// While the key's permissions are refused, how often the worker checks them again by itself.
+const PERMISSION_RECHECK: Duration = Duration::from_secs(60);
 
 /// While the database's SQL is another release's, how often to look for `ALTER EXTENSION … UPDATE`
 /// (its commit also wakes the workers).
@@ -119,13 +124,15 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         client: None,
         budget: None,
         warned_no_key: false,
+        key_refused_at: None,
         last_maintenance: None,
         in_flight: FuturesUnordered::new(),
-        budget_turnstile: Arc::default(),
+        budget_turns: Arc::default(),
         next_claim: Instant::now(),
         last_top_up: Instant::now(),
         last_resolve: Instant::now(),
         sql_release: SqlRelease::Unchecked,
+        slot,
         standby_gate: StandbyGate::new(slot),
         timeline_noted: false,
         sweep: None,
@@ -141,6 +148,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             worker.client = None; // calls in flight keep the client they started with
             worker.warned_no_key = false;
+            worker.key_refused_at = None;
         }
         if worker.sql_release != SqlRelease::Current {
             match worker.check_sql_release(&database_name) {
@@ -197,16 +205,20 @@ struct Worker {
     /// The shared rate budget for the configured key (None: unlimited); rebuilt with the client.
     budget: Option<Gcra>,
     warned_no_key: bool,
+    /// When the key's permission check last refused it (see `key_has_permissions`).
+    key_refused_at: Option<Instant>,
     /// When the claim last did maintenance (maintenance/: rescue and retention).
     last_maintenance: Option<Instant>,
     in_flight: FuturesUnordered<CallInFlight>,
-    /// Calls waiting for the rate budget queue here (fair), so one at a time polls it.
-    budget_turnstile: Arc<tokio::sync::Mutex<()>>,
+    /// Which waiting call takes the next rate-budget slot (core's budget_turns): a signup's first.
+    budget_turns: Arc<BudgetTurns>,
     /// Look for due jobs again at this time, even without a wake-up.
     next_claim: Instant,
     last_top_up: Instant,
     last_resolve: Instant,
     sql_release: SqlRelease,
+    /// This worker's slot in the process registry (pg/processes.rs).
+    slot: usize,
     /// Claimed calls waiting for standbys to have their claim's commit.
     standby_gate: StandbyGate,
     /// Whether this worker has recorded the WAL timeline it runs on (once, before its first claim).
@@ -279,9 +291,10 @@ impl Worker {
             }
             // AssertUnwindSafe: a failed claim leaves the cursor half-moved, and it is dropped below.
             let (cursor, credit) = (&mut self.claim_cursor, &mut self.lane_credit);
+            let announced_from = processes::take_announced_rescan(self.slot);
             let claimed = in_transaction(
                 "claiming jobs",
-                AssertUnwindSafe(|| claim_and_plan(capacity as i32, maintain, cursor, credit)),
+                AssertUnwindSafe(|| claim_and_plan(capacity as i32, maintain, cursor, announced_from, credit)),
             );
             if claimed.is_err() {
                 self.claim_cursor = ClaimCursor::default(); // its claims were undone: start from the front
@@ -405,7 +418,7 @@ impl Worker {
     /// slot opens even while this thread is in a transaction.
     fn start(&mut self, call: Call) {
         let client = self.client.clone().expect("calls are claimed only with a client");
-        let (budget, turnstile) = (self.budget, self.budget_turnstile.clone());
+        let (budget, turns) = (self.budget, self.budget_turns.clone());
         let waiting_for_slot = self.waiting_for_slot.clone();
         if budget.is_some() {
             waiting_for_slot.fetch_add(1, Ordering::Relaxed);
@@ -413,13 +426,7 @@ impl Worker {
         log!("onboarding: {} (job {}, attempt {})", call.describe(), call.job_id, call.attempts);
         self.in_flight.push(self.runtime.spawn(async move {
             if let Some(gcra) = &budget {
-                // One call at a time waits for the budget, in claim order; a signup's (lane 0)
-                // does not queue: it vies for the next slot with the one call at the head.
-                let _turn = if call.lane > 0 { Some(turnstile.lock().await) } else { None };
-                while let Err(wait) = rate_budget::take_slot(gcra) {
-                    // Timers fire late, on millisecond ticks: aim a tick early (allowed).
-                    tokio::time::sleep(wait.saturating_sub(TIMER_SLACK)).await;
-                }
+                turns.wait_for_slot(call.lane == 0, || rate_budget::take_slot(gcra)).await;
                 waiting_for_slot.fetch_sub(1, Ordering::Relaxed);
             }
             let mut call = call;
@@ -596,9 +603,16 @@ impl Worker {
                 connect_timeout: gucs::connect_timeout(),
                 request_timeout: gucs::request_timeout(),
                 api_version: gucs::stripe_api_version(),
+                search_rate: DEFAULT_SEARCH_RATE,
             };
+            if self.key_refused_at.is_some_and(|at| at.elapsed() < PERMISSION_RECHECK) {
+                return None;
+            }
             match StripeClient::new(&config) {
                 Ok(client) => {
+                    if !self.key_has_permissions(&client) {
+                        return None;
+                    }
                     // Says when a reload took effect (never the key).
                     let budget =
                         self.budget.map_or("off".into(), |g| format!("{:.2}/s", 1.0 / g.interval.as_secs_f64()));
@@ -618,5 +632,40 @@ impl Worker {
             }
         }
         self.client.as_ref()
+    }
+
+    /// Checks once per key (and again every [`PERMISSION_RECHECK`] while refused, or at a reload)
+    /// that it may do what this database needs: customers, and Connect accounts and their links
+    /// once a table has a Connect column. A restricted key without a permission gets one WARNING
+    /// naming it, and no job is claimed (none dies of it) until a reload or the next check.
+    /// A check that gets no answer lets the worker go on: its calls retry as any.
+    fn key_has_permissions(&mut self, client: &StripeClient) -> bool {
+        let connect = match in_transaction("looking for Connect columns", tables::connect_in_use) {
+            Ok(Ok(connect)) => connect,
+            _ => true,
+        };
+        match self.runtime.block_on(client.check_permissions(connect)) {
+            Ok(()) => {
+                self.key_refused_at = None;
+                true
+            }
+            Err(PermissionCheckError::Inconclusive(e)) => {
+                warning!("onboarding: could not check the Stripe key's permissions ({e}); going on");
+                true
+            }
+            Err(refused) => {
+                if self.key_refused_at.is_none() {
+                    ereport!(
+                        WARNING,
+                        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                        format!("onboarding: {refused}; no job is claimed until the key may"),
+                        "Give the restricted key the permissions README \"Restricted keys\" lists (or use another \
+                         key), then SELECT pg_reload_conf(); the worker also checks again every minute."
+                    );
+                }
+                self.key_refused_at = Some(Instant::now());
+                false
+            }
+        }
     }
 }

@@ -8,11 +8,14 @@
 //!
 //! A job can sort before a cursor only if it became pending in a transaction that started
 //! earlier, or under an earlier key (an enqueue, a retry by hand, a requeue, another worker's
-//! retry). Those transactions tell the workers at commit (`_wake_worker_after_commit` bumps a
-//! shared rescan count), and the next claim scans every lane from the front. What nothing
-//! announces (a prepared transaction committed later, a pending row another session held while
-//! a claim skipped it) is found by a periodic full scan, at most every `max(interval, 20 x what
-//! the last full scan took)`: rescans never take more than about a twentieth of the worker.
+//! retry). Every job such a transaction makes pending is keyed at or after its start, and it
+//! announces that start to the workers at commit (`_wake_worker_after_commit`): the next claim
+//! looks again in every lane from there, past only the dead entries of claims made since (not
+//! the whole history: a backfill's 100,000 claimed jobs once made each announced rescan cost
+//! most of a second, spaced 16 s apart, and an early signup waited for it). What nothing announces
+//! (a prepared transaction committed later, a pending row another session held while a claim
+//! skipped it) is found by a periodic full scan, at most every `max(interval, 20 x what the last
+//! full scan took)`: full scans never take more than about a twentieth of the worker.
 //! The worker's own new jobs (promoted inserts) are keyed by the claiming transaction's start
 //! time and a new id, so they always sort after its cursors.
 
@@ -38,30 +41,33 @@ const FULL_SCAN_SHARE: u32 = 20;
 #[derive(Debug, Default)]
 pub struct ClaimCursor {
     after: ScanFrom,
-    /// The shared rescan count as of the last full scan.
-    rescans_seen: u64,
     last_full_scan: Option<Instant>,
     full_scan_took: Duration,
 }
 
 impl ClaimCursor {
-    /// Where the next claim starts. `rescans` is the shared count of announced early jobs;
-    /// `interval` how often to scan from the front when nothing is announced. A full scan is
-    /// started (and the cursors dropped) when something was announced or the interval has
-    /// passed, and the last full scan is at least 20 times its own duration ago.
-    pub fn scan_from(&mut self, rescans: u64, interval: Duration, now: Instant) -> ScanFrom {
-        let due = match self.last_full_scan {
+    /// Where the next claim starts. `announced_from`: the earliest start (PostgreSQL
+    /// microseconds) of the transactions announced since the last claim, whose jobs may sort
+    /// before the cursors; every lane then starts at it at the latest. `interval`: how often to
+    /// scan from the front for what nothing announces, if the last full scan is at least 20 times
+    /// its own duration ago.
+    pub fn scan_from(&mut self, announced_from: Option<i64>, interval: Duration, now: Instant) -> ScanFrom {
+        let full_scan_due = match self.last_full_scan {
             None => true,
             Some(at) => {
                 let since = now.saturating_duration_since(at);
-                let spaced = since >= self.full_scan_took * FULL_SCAN_SHARE;
-                spaced && (rescans != self.rescans_seen || since >= interval)
+                since >= interval && since >= self.full_scan_took * FULL_SCAN_SHARE
             }
         };
-        if due {
+        if full_scan_due {
             self.after = [None; LANES];
-            self.rescans_seen = rescans;
             self.last_full_scan = Some(now);
+        } else if let Some(from) = announced_from {
+            // Keys are (run_at, id) with ids from 1: (from, 0) sorts before every job keyed at `from`.
+            let before = JobKey { run_at: from, id: 0 };
+            for after in self.after.iter_mut().flatten() {
+                *after = (*after).min(before);
+            }
         }
         self.after
     }
@@ -114,62 +120,65 @@ mod tests {
     fn the_first_claim_scans_from_the_front_and_later_ones_after_the_last_claimed_key() {
         let mut cursor = ClaimCursor::default();
         let t0 = Instant::now();
-        let first = cursor.scan_from(0, INTERVAL, t0);
+        let first = cursor.scan_from(None, INTERVAL, t0);
         assert!(ClaimCursor::is_full(&first));
         cursor.claimed(0, key(100, 7));
         cursor.claimed(0, key(100, 5)); // claims come back in any order: the cursor keeps the last
         cursor.claimed(3, key(50, 9));
-        let next = cursor.scan_from(0, INTERVAL, t0 + Duration::from_millis(1));
+        let next = cursor.scan_from(None, INTERVAL, t0 + Duration::from_millis(1));
         assert_eq!(next, [Some(key(100, 7)), None, None, Some(key(50, 9))]);
         assert!(!ClaimCursor::is_full(&next));
     }
 
     #[test]
-    fn an_announced_early_job_starts_a_full_scan() {
+    fn an_announced_transaction_moves_every_lane_back_to_its_start_and_no_further() {
         let mut cursor = ClaimCursor::default();
         let t0 = Instant::now();
-        cursor.scan_from(0, INTERVAL, t0);
-        cursor.full_scan_took(Duration::from_micros(200));
+        cursor.scan_from(None, INTERVAL, t0);
+        cursor.full_scan_took(Duration::from_millis(800)); // a front full of dead entries
         cursor.claimed(0, key(100, 7));
-        let announced = cursor.scan_from(1, INTERVAL, t0 + Duration::from_millis(5));
-        assert!(ClaimCursor::is_full(&announced));
+        cursor.claimed(3, key(50, 9));
+        // A transaction that started at 60 made jobs pending: lane 0 looks again from there at
+        // once (no full scan, however costly those are), lane 3 is already before it.
+        let announced = cursor.scan_from(Some(60), INTERVAL, t0 + Duration::from_millis(5));
+        assert_eq!(announced, [Some(key(60, 0)), None, None, Some(key(50, 9))]);
+        cursor.claimed(0, key(60, 12));
         cursor.claimed(0, key(200, 8));
-        // The same count again: no new announcement, the cursor holds.
-        assert_eq!(cursor.scan_from(1, INTERVAL, t0 + Duration::from_millis(6))[0], Some(key(200, 8)));
+        // Nothing new announced: the cursor holds.
+        assert_eq!(cursor.scan_from(None, INTERVAL, t0 + Duration::from_millis(6))[0], Some(key(200, 8)));
     }
 
     #[test]
     fn without_announcements_the_front_is_scanned_again_after_the_interval() {
         let mut cursor = ClaimCursor::default();
         let t0 = Instant::now();
-        cursor.scan_from(0, INTERVAL, t0);
+        cursor.scan_from(None, INTERVAL, t0);
         cursor.claimed(1, key(1, 1));
-        assert!(!ClaimCursor::is_full(&cursor.scan_from(0, INTERVAL, t0 + INTERVAL / 2)));
-        assert!(ClaimCursor::is_full(&cursor.scan_from(0, INTERVAL, t0 + INTERVAL)));
+        assert!(!ClaimCursor::is_full(&cursor.scan_from(None, INTERVAL, t0 + INTERVAL / 2)));
+        assert!(ClaimCursor::is_full(&cursor.scan_from(None, INTERVAL, t0 + INTERVAL)));
     }
 
     #[test]
     fn full_scans_are_spaced_by_twenty_times_their_cost() {
         let mut cursor = ClaimCursor::default();
         let t0 = Instant::now();
-        cursor.scan_from(0, INTERVAL, t0);
-        // Under a held snapshot the front is full of dead entries: a full scan took 50 ms.
-        cursor.full_scan_took(Duration::from_millis(50));
+        cursor.scan_from(None, INTERVAL, t0);
+        // Under a held snapshot the front is full of dead entries: a full scan took 1 s.
+        cursor.full_scan_took(Duration::from_secs(1));
         cursor.claimed(0, key(100, 7));
-        // Announcements keep coming (say, retries): the cursor holds for 1 s, then a full scan.
-        assert!(!ClaimCursor::is_full(&cursor.scan_from(1, INTERVAL, t0 + Duration::from_millis(999))));
-        assert!(ClaimCursor::is_full(&cursor.scan_from(2, INTERVAL, t0 + Duration::from_millis(1000))));
+        assert!(!ClaimCursor::is_full(&cursor.scan_from(None, INTERVAL, t0 + Duration::from_secs(19))));
+        assert!(ClaimCursor::is_full(&cursor.scan_from(None, INTERVAL, t0 + Duration::from_secs(20))));
     }
 
     #[test]
     fn an_exhausted_claim_moves_every_lane_to_its_start_time() {
         let mut cursor = ClaimCursor::default();
         let t0 = Instant::now();
-        cursor.scan_from(0, INTERVAL, t0);
+        cursor.scan_from(None, INTERVAL, t0);
         cursor.claimed(0, key(100, 7));
         cursor.claimed(2, key(900, 3)); // keys never go back
         cursor.exhausted(500);
-        let next = cursor.scan_from(0, INTERVAL, t0 + Duration::from_millis(1));
+        let next = cursor.scan_from(None, INTERVAL, t0 + Duration::from_millis(1));
         let past = Some(key(500, i64::MAX));
         assert_eq!(next, [past, past, Some(key(900, 3)), past]);
     }
@@ -177,7 +186,7 @@ mod tests {
     #[test]
     fn an_unknown_lane_is_ignored() {
         let mut cursor = ClaimCursor::default();
-        cursor.scan_from(0, INTERVAL, Instant::now());
+        cursor.scan_from(None, INTERVAL, Instant::now());
         cursor.claimed(LANES, key(1, 1));
         assert!(ClaimCursor::is_full(&cursor.current()));
     }

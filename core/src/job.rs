@@ -179,7 +179,9 @@ pub fn after_failure(
         Disposition::Retry { rate_limited } if attempts < max_attempts => {
             AfterFailure::RetryIn(backoff.delay(attempts, rate_limited, rng))
         }
-        Disposition::LookUpFirst if attempts < max_attempts => AfterFailure::RetryIn(backoff.delay(1, false, rng)),
+        Disposition::LookUpFirst | Disposition::OutcomeUnknown if attempts < max_attempts => {
+            AfterFailure::RetryIn(backoff.delay(1, false, rng))
+        }
         _ => AfterFailure::Dead,
     }
 }

@@ -1,7 +1,11 @@
 //! Pure logic of the `onboarding` extension, testable with plain `cargo test`:
 //!
 //! - [`budget`]: the client-side rate budget (GCRA) shared by every worker;
-//! - [`stripe`]: the Stripe HTTP client (form encoding, auth, idempotency keys, error parsing);
+//! - [`local_budget`]: the same budget for one process's async tasks (customer search's own);
+//! - [`budget_turns`]: whose call takes the next budget slot (a signup's first);
+//! - [`stripe`]: the Stripe HTTP client (form encoding, auth, idempotency keys, error parsing,
+//!   look-ups by `metadata.user_id`);
+//! - [`permissions`]: checking, without creating anything, that a key may do what the extension needs;
 //! - [`policy`]: which failures are retried, and how long to wait before the next attempt;
 //! - [`state`]: the job state machine: kinds, states and the named transitions between them;
 //! - [`job`]: what a job does with the profile it finds, and where it goes after an attempt;
@@ -18,10 +22,13 @@
 #![allow(clippy::result_large_err)]
 
 pub mod budget;
+pub mod budget_turns;
 pub mod claim_cursor;
 pub mod job;
 pub mod lane_shares;
+pub mod local_budget;
 pub mod pacing;
+pub mod permissions;
 pub mod policy;
 pub mod runtime;
 pub mod standby_wait;

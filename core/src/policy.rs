@@ -16,10 +16,29 @@ pub enum Disposition {
     /// Stripe refused the idempotency key (`idempotency_error`): the object may exist already, so
     /// the next attempt looks it up before anything else. Never a blind second create.
     LookUpFirst,
+    /// A POST's 500: Stripe may or may not have made the object, and it replays the same 500 for
+    /// this idempotency key forever. The next attempt looks the object up and, if there is none,
+    /// creates it under a new key ([`key_after_unknown_outcome`]).
+    OutcomeUnknown,
+}
+
+/// The idempotency key of the attempt after `attempt` ended in a POST's 500 under `key`. Derived,
+/// not random: a standby promoted before the record of that attempt replicated derives the same
+/// key again, so no replay can send the create under two new keys.
+pub fn key_after_unknown_outcome(key: &str, attempt: u32) -> String {
+    // Stripe allows 255 characters; our keys are far shorter, but never send a longer one.
+    let suffix = format!("-after-500-{attempt}");
+    let keep = key.len().min(255 - suffix.len());
+    let mut end = keep;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &key[..end])
 }
 
 /// Classifies the outcome of a request; `is_post` matters because a POST's 500 is stored under
-/// its idempotency key, so replaying it can only return the same 500.
+/// its idempotency key, so replaying it can only return the same 500 (Stripe treats its outcome
+/// as unknown).
 pub fn classify(error: &StripeError, is_post: bool) -> Disposition {
     const RETRY: Disposition = Disposition::Retry { rate_limited: false };
     match error {
@@ -34,7 +53,7 @@ pub fn classify(error: &StripeError, is_post: bool) -> Disposition {
             (None, 429) => Disposition::Retry { rate_limited: true },
             // 409 includes `idempotency_key_in_use`: the first request is still running.
             (None, 409 | 424 | 502 | 503 | 504) => RETRY,
-            (None, 500) if is_post => Disposition::Permanent,
+            (None, 500) if is_post => Disposition::OutcomeUnknown,
             (None, s) if s >= 500 => RETRY,
             (None, _) => Disposition::Permanent,
         },
@@ -90,6 +109,16 @@ mod tests {
     }
 
     #[test]
+    fn the_key_after_a_500_is_derived_and_within_stripes_limit() {
+        assert_eq!(key_after_unknown_outcome("onboarding-abc", 2), "onboarding-abc-after-500-2");
+        assert_eq!(key_after_unknown_outcome("onboarding-abc", 2), key_after_unknown_outcome("onboarding-abc", 2));
+        assert_ne!(key_after_unknown_outcome("onboarding-abc", 2), key_after_unknown_outcome("onboarding-abc", 3));
+        let long = "é".repeat(200);
+        let next = key_after_unknown_outcome(&long, 7);
+        assert!(next.len() <= 255 && next.ends_with("-after-500-7"), "{}", next.len());
+    }
+
+    #[test]
     fn classification_matches_the_documented_policy() {
         use Disposition::*;
         let retry = Retry { rate_limited: false };
@@ -100,7 +129,7 @@ mod tests {
             (api(502, None), true, retry),
             (api(503, None), true, retry),
             (api(504, None), true, retry),
-            (api(500, None), true, Permanent),
+            (api(500, None), true, OutcomeUnknown),
             (api(500, None), false, retry),
             (api(500, Some(true)), true, retry),
             (api(503, Some(false)), true, Permanent),

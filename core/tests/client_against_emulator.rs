@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::runtime::signal_safe_runtime;
-use onboarding_core::stripe::{ApiKey, ClientConfig, ListKind, NewCustomer, StripeClient, StripeError, TransportKind};
+use onboarding_core::stripe::{
+    ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, ListKind, LookUp, NewCustomer, StripeClient, StripeError, TransportKind,
+};
 use stripe_emulator::{Emulator, EmulatorConfig, Fault};
 
 const KEY: &str = "sk_test_clientsecret0123456789";
@@ -21,6 +23,7 @@ fn client(base: &str, key: &str, timeout: Duration) -> StripeClient {
         connect_timeout: Duration::from_secs(1),
         request_timeout: timeout,
         api_version: None,
+        search_rate: DEFAULT_SEARCH_RATE,
     })
     .unwrap()
 }
@@ -121,12 +124,12 @@ fn finds_the_oldest_customer_of_a_user_by_email_then_by_search() {
     rt.block_on(client.create_customer(&someone_else, "k-c")).unwrap();
 
     let by_email = rt.block_on(client.find_customer(user, &["old@example.com"])).unwrap();
-    assert_eq!(by_email.map(|c| c.id), Some(oldest.id.clone()));
+    assert_eq!(by_email, LookUp::Found(oldest.clone()));
     // Email changed since: the metadata search still finds it.
     let by_search = rt.block_on(client.find_customer(user, &["new@example.com"])).unwrap();
-    assert_eq!(by_search.map(|c| c.id), Some(oldest.id.clone()));
+    assert_eq!(by_search, LookUp::Found(oldest.clone()));
     assert!(stripe.requests().iter().any(|r| r.path == "/v1/customers/search"));
-    assert_eq!(rt.block_on(client.find_customer("nobody", &["old@example.com"])).unwrap(), None);
+    assert_eq!(rt.block_on(client.find_customer("nobody", &["old@example.com"])).unwrap(), LookUp::NotFound);
 }
 
 #[test]

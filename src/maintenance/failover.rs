@@ -17,6 +17,7 @@ use crate::gucs;
 use crate::maintenance::listing::for_each_page;
 use crate::pg::replication;
 use crate::pg::transaction::in_transaction;
+use crate::tables;
 
 /// A sweep to do: objects created since `from` (Unix seconds), for `timeline`, once
 /// `not_before` has passed.
@@ -53,14 +54,10 @@ pub fn note_timeline() -> Result<Option<Sweep>, String> {
 /// sweep is done; a failed one is tried again at the next maintenance.
 pub fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeClient, budget: Option<&Gcra>) -> bool {
     let started = Instant::now();
-    let uses_connect = in_transaction("looking for Connect columns", || {
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT FROM onboarding.attachments WHERE connect_account_column IS NOT NULL)",
-        )
-    });
+    let uses_connect = in_transaction("looking for Connect columns", tables::connect_in_use);
     let Ok(Ok(uses_connect)) = uses_connect else { return false };
     let (mut checked, mut orphans) = (0i32, 0i32);
-    let kinds: &[(ListKind, &str)] = if uses_connect.unwrap_or(false) {
+    let kinds: &[(ListKind, &str)] = if uses_connect {
         &[(ListKind::Customers, "customer"), (ListKind::Accounts, "account")]
     } else {
         &[(ListKind::Customers, "customer")]

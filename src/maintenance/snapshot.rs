@@ -11,21 +11,20 @@ use pgrx::prelude::*;
 use crate::maintenance::listing::for_each_page;
 use crate::pg::transaction::in_transaction;
 use crate::requests;
+use crate::tables;
 
 /// Copies every customer and account from Stripe into `onboarding.stripe_objects`, a page per
 /// transaction (listing.rs), and answers the request `ticket` with the snapshot id.
 pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &StripeClient, budget: Option<&Gcra>) {
     let started = in_transaction("starting a Stripe snapshot", || {
-        let connect_in_use = Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT FROM onboarding.attachments WHERE connect_account_column IS NOT NULL)",
-        )?;
+        let connect_in_use = tables::connect_in_use()?;
         Ok::<_, pgrx::spi::Error>((Spi::get_one::<i64>("SELECT onboarding._snapshot_begin()")?, connect_in_use))
     });
     let Ok(Ok((Some(snapshot), connect_in_use))) = started else {
         requests::fail(ticket, "could not start a snapshot");
         return;
     };
-    let accounts_listed = connect_in_use.unwrap_or(true);
+    let accounts_listed = connect_in_use;
     let customers = (ListKind::Customers, "customer");
     let kinds: &[_] = if accounts_listed { &[customers, (ListKind::Accounts, "account")] } else { &[customers] };
     for &(kind, object) in kinds {

@@ -25,7 +25,12 @@ pub struct Processes {
     /// Per worker: calls waiting for standbys, and since when (Unix milliseconds; 0: none).
     worker_standby_waits: [AtomicU32; MAX_WORKERS],
     worker_standby_wait_since: [AtomicI64; MAX_WORKERS],
+    /// Per worker: the earliest start (PostgreSQL microseconds) of the transactions that made jobs
+    /// pending where its claims may have passed, since it last looked; [`NO_RESCAN`] if none.
+    worker_rescan_from: [AtomicI64; MAX_WORKERS],
 }
+
+const NO_RESCAN: i64 = i64::MAX;
 
 // SAFETY: plain atomics, no pointers: valid in every process that maps the segment.
 unsafe impl pgrx::PGRXSharedMemory for Processes {}
@@ -38,6 +43,7 @@ impl Default for Processes {
             worker_databases: std::array::from_fn(|_| AtomicU32::new(NO_DATABASE)),
             worker_standby_waits: std::array::from_fn(|_| AtomicU32::new(0)),
             worker_standby_wait_since: std::array::from_fn(|_| AtomicI64::new(0)),
+            worker_rescan_from: std::array::from_fn(|_| AtomicI64::new(NO_RESCAN)),
         }
     }
 }
@@ -73,6 +79,8 @@ pub fn publish_this_worker() -> Option<usize> {
     let slot = (0..MAX_WORKERS).find(|&i| {
         shared.worker_procnos[i].compare_exchange(NO_PROCESS, my_procno(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
     })?;
+    // A new worker's first claim scans from the front anyway.
+    shared.worker_rescan_from[slot].store(NO_RESCAN, Ordering::Release);
     shared.worker_databases[slot].store(my_database(), Ordering::Release);
     unsafe { pg_sys::before_shmem_exit(Some(unpublish_worker), pg_sys::Datum::from(slot)) };
     Some(slot)
@@ -101,6 +109,25 @@ pub fn set_worker_latches() {
             set_latch_of(shared.worker_procnos[slot].load(Ordering::Acquire));
         }
     }
+}
+
+/// Tells this database's workers that the committing transaction, which started at `started`
+/// (PostgreSQL microseconds), made jobs pending: each keyed at or after its start, maybe before
+/// where a worker's claims have got to. Atomics only, like [`set_worker_latches`].
+pub fn announce_early_jobs(started: i64) {
+    let shared = PROCESSES.get();
+    let database = my_database();
+    for slot in 0..MAX_WORKERS {
+        if shared.worker_databases[slot].load(Ordering::Acquire) == database {
+            shared.worker_rescan_from[slot].fetch_min(started, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The earliest start announced to this worker since it last asked (see [`announce_early_jobs`]).
+pub fn take_announced_rescan(slot: usize) -> Option<i64> {
+    let from = PROCESSES.get().worker_rescan_from[slot].swap(NO_RESCAN, Ordering::AcqRel);
+    (from != NO_RESCAN).then_some(from)
 }
 
 /// Wakes the launcher (atomics and a latch only, like [`set_worker_latches`]).

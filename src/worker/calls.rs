@@ -8,7 +8,7 @@ use onboarding_core::job::{
     AccountPlan, CustomerPlan, DeletePlan, EmailPlan, plan_account, plan_customer, plan_delete, plan_email_update,
 };
 use onboarding_core::state::{JobKind, Success, Transition};
-use onboarding_core::stripe::{NewAccount, NewCustomer, Response, StripeClient, StripeError, StripeObject};
+use onboarding_core::stripe::{LookUp, NewAccount, NewCustomer, Response, StripeClient, StripeError, StripeObject};
 use pgrx::prelude::*;
 use serde_json::{Value, json};
 
@@ -69,10 +69,17 @@ pub enum Outcome {
     /// A clean-up found no customer: the earlier attempt never executed.
     NothingToCleanUp,
     EmailUpdated(Response),
+    /// A look-up could not tell whether Stripe holds the object (search refused, too many pages):
+    /// creating one could make a second, so the job waits for an operator, with the reason.
+    Undecided(String),
     Failed(StripeError),
 }
 
 impl Call {
+    pub fn idempotency_key(&self) -> &str {
+        &self.idempotency_key
+    }
+
     pub fn describe(&self) -> String {
         match &self.work {
             Work::CreateCustomer { look_up: None, .. } => format!("creating Stripe customer for user {}", self.user_id),
@@ -122,8 +129,9 @@ impl Call {
             Work::CleanUpCustomer { emails } => {
                 let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
                 match client.find_customer(&self.user_id, &emails).await {
-                    Ok(Some(found)) => delete(client, StripeCollection::Customers, &found.id).await,
-                    Ok(None) => Outcome::NothingToCleanUp,
+                    Ok(LookUp::Found(found)) => delete(client, StripeCollection::Customers, &found.id).await,
+                    Ok(LookUp::NotFound) => Outcome::NothingToCleanUp,
+                    Ok(LookUp::Undecided(reason)) => Outcome::Undecided(reason),
                     Err(error) => Outcome::Failed(error),
                 }
             }
@@ -134,13 +142,14 @@ impl Call {
 /// Adopts what `find` finds, if there is a `find`; otherwise runs `create` (futures are lazy: it
 /// sends nothing unless awaited).
 async fn look_up_or_create(
-    find: Option<impl Future<Output = Result<Option<StripeObject>, StripeError>>>,
+    find: Option<impl Future<Output = Result<LookUp, StripeError>>>,
     create: impl Future<Output = Result<(StripeObject, Response), StripeError>>,
 ) -> Outcome {
     if let Some(find) = find {
         match find.await {
-            Ok(Some(existing)) => return Outcome::Adopted(existing),
-            Ok(None) => {}
+            Ok(LookUp::Found(existing)) => return Outcome::Adopted(existing),
+            Ok(LookUp::NotFound) => {}
+            Ok(LookUp::Undecided(reason)) => return Outcome::Undecided(reason),
             Err(error) => return Outcome::Failed(error),
         }
     }

@@ -14,12 +14,12 @@ use pgrx::pg_sys;
 use crate::gucs;
 use crate::maintenance::{rescue, retention};
 use crate::release::Installed;
-use crate::wake;
 use crate::worker::calls::{self, Call, Planned};
 use crate::worker::queue;
 
 /// Claims and plans up to `batch_size` jobs, doing maintenance first when `maintain`, moving
-/// `cursor` on past what it claims (the caller drops it if the transaction fails: the claims
+/// `cursor` on past what it claims (back first to `announced_from`, the earliest start of the
+/// transactions announced to this worker since its last claim: pg/processes.rs) (the caller drops it if the transaction fails: the claims
 /// are then undone) and spending the lower lanes' `credit`. Returns the calls to start, how many
 /// jobs were claimed, and when the next pending job is due. Refuses (with what is installed)
 /// unless this database holds this library's SQL.
@@ -27,6 +27,7 @@ pub fn claim_and_plan(
     batch_size: i32,
     maintain: bool,
     cursor: &mut ClaimCursor,
+    announced_from: Option<i64>,
     credit: &mut LaneCredit,
 ) -> Result<(Vec<Call>, usize, Option<Duration>), Installed> {
     match queue::installed_release() {
@@ -40,7 +41,7 @@ pub fn claim_and_plan(
 
     let promoted = queue::promote_intake(batch_size);
 
-    let scan = cursor.scan_from(wake::queue_rescans(), gucs::poll_interval(), Instant::now());
+    let scan = cursor.scan_from(announced_from, gucs::poll_interval(), Instant::now());
     let reserved = credit.reserve(gucs::lane_shares(), batch_size.max(0) as usize);
     let started = Instant::now();
     let claimed = queue::claim(batch_size, gucs::idempotency_horizon(), &scan, reserved);

@@ -204,6 +204,16 @@ pub fn finish(job_id: i64, transition: Transition, detail: Value) {
     .unwrap_or_else(|e| error!("onboarding: finishing job {job_id} ({}): {e}", transition.step()));
 }
 
+/// After a POST's 500 (its outcome unknown, and replayed for its key): the job's next attempt
+/// looks its object up first and, if Stripe holds none, creates it under `key`.
+pub fn look_up_then_use_key(job_id: i64, key: &str) {
+    Spi::run_with_args(
+        "UPDATE onboarding.jobs SET idempotency_key = $2, look_up_first = true WHERE id = $1",
+        &[job_id.into(), key.into()],
+    )
+    .unwrap_or_else(|e| error!("onboarding: replacing the idempotency key of job {job_id}: {e}"));
+}
+
 /// Moves each call's `stripe_request` event (logged at its claim, before the rate budget's wait)
 /// to when its request was sent: `(job id, seconds since the epoch)`.
 pub fn requests_sent(sent: &[(i64, f64)]) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use onboarding_core::claim_cursor::ScanFrom;
 use onboarding_core::job::{AfterFailure, after_failure};
-use onboarding_core::policy::classify;
+use onboarding_core::policy::{Disposition, classify, key_after_unknown_outcome};
 use onboarding_core::state::{Success, Transition};
 use onboarding_core::stripe::{Response, StripeObject};
 use pgrx::prelude::*;
@@ -181,6 +181,13 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             let because = "profile not found; no customer from earlier attempts";
             queue::finish(job_id, skip(because), json!({"reason": because}));
         }
+        Outcome::Undecided(reason) => {
+            let what = call.describe();
+            let reason = format!("the look-up could not decide whether Stripe holds the object: {reason}");
+            warning!("onboarding: {what}: {reason}; run onboarding.retry({job_id}) once it can (job {job_id})");
+            let detail = json!({"reason": reason, "attempt": call.attempts});
+            queue::finish(job_id, die(&reason), detail);
+        }
         Outcome::Failed(error) => {
             if let Some(status) = error.status() {
                 let detail = json!({"status": status, "request_id": error.request_id(), "duration_ms": elapsed_ms});
@@ -193,17 +200,22 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 call.work,
                 Work::CreateCustomer { .. } | Work::CreateAccount { .. } | Work::UpdateEmail { .. }
             );
-            let next = after_failure(
-                call.attempts,
-                gucs::max_attempts(),
-                classify(error, is_post),
-                &gucs::backoff(),
-                &mut rand::rng(),
-            );
+            let disposition = classify(error, is_post);
+            let next =
+                after_failure(call.attempts, gucs::max_attempts(), disposition, &gucs::backoff(), &mut rand::rng());
             let what = call.describe();
             match next {
                 AfterFailure::RetryIn(delay) => {
                     detail["retry_in_ms"] = (delay.as_millis() as u64).into();
+                    if disposition == Disposition::OutcomeUnknown {
+                        // Fixed here, before the retry can be claimed (and replicated with it).
+                        let key = key_after_unknown_outcome(call.idempotency_key(), call.attempts);
+                        queue::look_up_then_use_key(job_id, &key);
+                        detail["next_idempotency_key"] = key.into();
+                        detail["outcome"] = "unknown: the next attempt looks the object up, then creates it under \
+                                             next_idempotency_key if Stripe holds none"
+                            .into();
+                    }
                     warning!(
                         "onboarding: {what} failed: {message}; retrying in {:.1}s (job {job_id}, attempt {})",
                         delay.as_secs_f64(),

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::faults::{Fault, FaultSpec};
+use crate::permissions::Permission;
 use crate::server::{HttpResponse, json_response};
 use crate::state::Shared;
 
@@ -67,6 +68,17 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
             }
             Err(e) => reply(400, json!({"error": {"message": e}})),
         },
+        ("POST", "/_emulator/restricted_keys") => match restricted_key(&body) {
+            Ok((key, permissions)) => match shared.update(|s| s.restricted_keys.set(&key, permissions)) {
+                Ok(()) => reply(200, json!({"ok": true})),
+                Err(e) => reply(400, json!({"error": {"message": e}})),
+            },
+            Err(e) => reply(400, json!({"error": {"message": e}})),
+        },
+        ("DELETE", "/_emulator/restricted_keys") => {
+            shared.update(|s| s.restricted_keys.clear());
+            reply(200, json!({"ok": true}))
+        }
         ("GET", "/_emulator/customers") => {
             let customers: Vec<Value> = shared.lock().store.customers.live().cloned().collect();
             reply(200, Value::Array(customers))
@@ -89,6 +101,29 @@ fn millis(body: &[u8]) -> Result<Duration, String> {
     serde_json::from_slice::<Millis>(body)
         .map(|m| Duration::from_millis(m.ms))
         .map_err(|e| format!("expected {{\"ms\": N}}: {e}"))
+}
+
+/// `{"key": "rk_test_…", "permissions": ["rak_customer_write", …]}`. Errors never show the key.
+fn restricted_key(body: &[u8]) -> Result<(String, Vec<Permission>), String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RestrictedKey {
+        key: String,
+        permissions: Vec<String>,
+    }
+    let spec: RestrictedKey = serde_json::from_slice(body)
+        .map_err(|_| "expected {\"key\": \"rk_test_…\", \"permissions\": [\"rak_…\", …]}".to_string())?;
+    let permissions = spec
+        .permissions
+        .iter()
+        .map(|id| {
+            Permission::parse(id).ok_or_else(|| {
+                let known: Vec<&str> = Permission::ALL.iter().map(|p| p.id()).collect();
+                format!("unknown permission {id:?} (known: {})", known.join(", "))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((spec.key, permissions))
 }
 
 fn reply(status: u16, body: Value) -> HttpResponse {

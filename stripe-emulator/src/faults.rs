@@ -38,6 +38,11 @@ pub enum FaultAction {
     /// it under the idempotency key, so a retry with the same key replays the same error.
     /// Nothing is created.
     StoredStatus { status: u16, error_type: String, code: Option<String>, message: String },
+    /// Stripe executed the request (the object exists) and then failed: answer with this error
+    /// and store it under the idempotency key instead of the real result, so a retry with the
+    /// same key replays the error while the object stays. A POST 500 "after execute, stored":
+    /// the case where only a look-up can find what was created.
+    StoredAfterExecute { status: u16, error_type: String, code: Option<String>, message: String },
     /// Close the connection without a response; nothing executes.
     DropBeforeExecute,
     /// Execute (and store under the idempotency key), then close without a response.
@@ -115,33 +120,48 @@ impl Fault {
         self
     }
 
-    /// Executes and stores the real result, but answers with this fault's status.
-    /// Only meaningful for status faults.
+    /// Executes the request for real, then answers with this fault's status: the real result
+    /// is stored under the idempotency key, or, with [`Fault::stored`] too, this error is
+    /// ([`FaultAction::StoredAfterExecute`]). Only meaningful for status faults.
     pub fn after_execute(mut self) -> Fault {
-        if let FaultAction::Status { after_execute, .. } = &mut self.action {
-            *after_execute = true;
+        match self.action {
+            FaultAction::Status { ref mut after_execute, .. } => *after_execute = true,
+            FaultAction::StoredStatus { status, error_type, code, message } => {
+                self.action = FaultAction::StoredAfterExecute { status, error_type, code, message };
+            }
+            _ => {}
         }
         self
     }
 
     /// Turns a status fault into one that is stored under the idempotency key like a real
-    /// execution failure (see [`FaultAction::StoredStatus`]).
+    /// execution failure: before anything executes ([`FaultAction::StoredStatus`]), or after,
+    /// when combined with [`Fault::after_execute`] ([`FaultAction::StoredAfterExecute`]).
     pub fn stored(mut self) -> Fault {
-        if let FaultAction::Status { status, error_type, code, message, .. } = self.action {
-            self.action = FaultAction::StoredStatus { status, error_type, code, message };
+        if let FaultAction::Status { status, error_type, code, message, after_execute, .. } = self.action {
+            self.action = if after_execute {
+                FaultAction::StoredAfterExecute { status, error_type, code, message }
+            } else {
+                FaultAction::StoredStatus { status, error_type, code, message }
+            };
         }
         self
     }
 
     pub fn code(mut self, new_code: &str) -> Fault {
-        if let FaultAction::Status { code, .. } | FaultAction::StoredStatus { code, .. } = &mut self.action {
+        if let FaultAction::Status { code, .. }
+        | FaultAction::StoredStatus { code, .. }
+        | FaultAction::StoredAfterExecute { code, .. } = &mut self.action
+        {
             *code = Some(new_code.to_string());
         }
         self
     }
 
     pub fn error_type(mut self, new_type: &str) -> Fault {
-        if let FaultAction::Status { error_type, .. } | FaultAction::StoredStatus { error_type, .. } = &mut self.action
+        if let FaultAction::Status { error_type, .. }
+        | FaultAction::StoredStatus { error_type, .. }
+        | FaultAction::StoredAfterExecute { error_type, .. } = &mut self.action
         {
             *error_type = new_type.to_string();
         }
@@ -149,7 +169,10 @@ impl Fault {
     }
 
     pub fn message(mut self, new_message: &str) -> Fault {
-        if let FaultAction::Status { message, .. } | FaultAction::StoredStatus { message, .. } = &mut self.action {
+        if let FaultAction::Status { message, .. }
+        | FaultAction::StoredStatus { message, .. }
+        | FaultAction::StoredAfterExecute { message, .. } = &mut self.action
+        {
             *message = new_message.to_string();
         }
         self
@@ -223,7 +246,8 @@ impl FaultQueue {
 
 /// The JSON accepted by `POST /_emulator/faults`, flat so it is easy to write by hand:
 /// `{"kind":"status","status":503,"method":"POST","path_prefix":"/v1/customers","times":2,
-///   "should_retry":true}` (optionally `"after_execute":true` or `"stored":true`), `{"kind":"drop_before_execute"}`, `{"kind":"stall","ms":2000}`.
+///   "should_retry":true}` (optionally `"after_execute":true`, `"stored":true`, or both: see
+/// [`Fault::after_execute`]), `{"kind":"drop_before_execute"}`, `{"kind":"stall","ms":2000}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
@@ -270,9 +294,7 @@ impl TryFrom<FaultSpec> for Fault {
                 if let Some(r) = spec.should_retry {
                     f = f.should_retry(r);
                 }
-                if spec.after_execute && spec.stored {
-                    return Err("`after_execute` and `stored` exclude each other".into());
-                }
+                // Both: executed, then the error stored (a POST 500 after the object was made).
                 if spec.after_execute {
                     f = f.after_execute();
                 }
@@ -333,6 +355,15 @@ mod tests {
         assert_eq!(fault, Fault::rate_limit().on("POST", "/v1/accounts").times(3).should_retry(false));
         let spec: FaultSpec = serde_json::from_str(r#"{"kind":"stall","ms":1500}"#).unwrap();
         assert_eq!(Fault::try_from(spec).unwrap().action, FaultAction::Stall(Duration::from_millis(1500)));
+        let spec: FaultSpec = serde_json::from_str(
+            r#"{"kind":"status","status":500,"method":"POST","path_prefix":"/v1/customers",
+                "after_execute":true,"stored":true}"#,
+        )
+        .unwrap();
+        let expected = Fault::status(500).on("POST", "/v1/customers").after_execute().stored();
+        assert_eq!(Fault::try_from(spec).unwrap(), expected);
+        assert_eq!(expected, Fault::status(500).on("POST", "/v1/customers").stored().after_execute());
+        assert!(matches!(expected.action, FaultAction::StoredAfterExecute { status: 500, .. }));
         let spec: FaultSpec = serde_json::from_str(r#"{"kind":"boom"}"#).unwrap();
         assert!(Fault::try_from(spec).is_err());
     }

@@ -26,10 +26,18 @@
 //! | `DELETE /_emulator/requests` | clears the log |
 //! | `POST /_emulator/reset` | [`Emulator::reset`] |
 //! | `POST /_emulator/faults` | injects a fault: `{"kind":"status","status":503,"method":"POST","path_prefix":"/v1/customers","times":1,"should_retry":true}`; kinds `status` (with optional `type`, `code`, `message`, `after_execute`, `stored`), `rate_limit`, `lock_timeout`, `drop_before_execute`, `drop_after_execute`, `stall` (with `ms`) |
+//! | | a POST 500 after execute, stored (the object is created, the 500 is stored under the idempotency key and replayed for it): `{"kind":"status","status":500,"method":"POST","path_prefix":"/v1/customers","after_execute":true,"stored":true}` ([`FaultAction::StoredAfterExecute`]) |
 //! | `DELETE /_emulator/faults` | drops pending faults |
 //! | `POST /_emulator/latency`, `POST /_emulator/search_lag` | `{"ms": N}` |
 //! | `POST /_emulator/expire_idempotency_keys` | [`Emulator::expire_idempotency_keys`] |
 //! | `GET /_emulator/customers`, `GET /_emulator/accounts` | live objects, oldest first |
+//! | `POST /_emulator/restricted_keys` | gives a restricted key a permission set: `{"key":"rk_test_…","permissions":["rak_customer_write"]}` ([`Emulator::set_restricted_key`]; ids in [`Permission`]) |
+//! | `DELETE /_emulator/restricted_keys` | forgets every permission set: restricted keys may do everything again |
+//!
+//! Restricted keys (`rk_test_…`) may do everything unless given a permission set; then a request
+//! its permissions do not cover answers 403 as Stripe does (`permissions.rs` holds the table of
+//! what each endpoint needs). A key given a permission set is accepted even when
+//! [`EmulatorConfig::api_key`] names another key. Permission sets survive [`Emulator::reset`].
 
 mod api;
 mod auth;
@@ -39,6 +47,7 @@ mod faults;
 mod form;
 mod idempotency;
 mod params;
+mod permissions;
 mod search;
 mod server;
 mod state;
@@ -54,6 +63,7 @@ use tokio::sync::oneshot;
 
 pub use faults::{Fault, FaultAction};
 pub use params::{PINNED_API_VERSION, is_known as is_known_param, is_stripe_error_code};
+pub use permissions::{PLATFORM_ACCOUNT, Permission};
 
 use state::Shared;
 
@@ -221,6 +231,22 @@ impl Emulator {
     /// Queues a fault; faults are consumed in injection order by matching requests.
     pub fn inject(&self, fault: Fault) {
         self.shared.update(|s| s.faults.push(fault));
+    }
+
+    /// Gives the restricted key `key` (`rk_test_…`) exactly these permissions (write implies
+    /// read), replacing any it had: requests they do not cover get Stripe's 403. An empty set
+    /// refuses everything. Errors if `key` is not a restricted test key.
+    pub fn set_restricted_key(
+        &self,
+        key: &str,
+        permissions: impl IntoIterator<Item = Permission>,
+    ) -> Result<(), String> {
+        self.shared.update(|s| s.restricted_keys.set(key, permissions))
+    }
+
+    /// Back to the default for `key`: everything allowed. Returns whether it had a set.
+    pub fn remove_restricted_key(&self, key: &str) -> bool {
+        self.shared.update(|s| s.restricted_keys.remove(key))
     }
 
     /// Idempotency keys of POSTs that are executing (or waiting out the latency) right now.

@@ -20,7 +20,8 @@ usage: stripe-emulator [options]
 Every /v1 request must send `Stripe-Version: {version}` (the version whose parameter lists
 the server enforces); it is echoed back.
 Test controls: GET /_emulator/requests, POST /_emulator/reset, POST /_emulator/faults,
-POST /_emulator/latency {\"ms\":N}, POST /_emulator/search_lag {\"ms\":N}, GET /_emulator/customers";
+POST /_emulator/latency {\"ms\":N}, POST /_emulator/search_lag {\"ms\":N}, GET /_emulator/customers,
+POST /_emulator/restricted_keys {\"key\":\"rk_test_…\",\"permissions\":[\"rak_customer_write\"]}";
 
 fn usage() -> String {
     USAGE.replace("{version}", PINNED_API_VERSION)

@@ -1,6 +1,6 @@
 //! HTTP serving and the per-request pipeline, in Stripe's order:
-//! auth -> API version -> rate limit -> injected fault -> routing -> idempotency -> latency ->
-//! execute. Nothing rejected before execution is stored under an idempotency key.
+//! auth -> API version -> rate limit -> injected fault -> routing -> restricted-key permission ->
+//! idempotency -> latency -> execute. Nothing rejected before execution is stored under an idempotency key.
 //!
 //! Unlike Stripe, which falls back to the account's default version, the emulator requires
 //! `Stripe-Version` on every `/v1` request and answers only in the version its parameter lists
@@ -263,9 +263,14 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
     // Rejections here come before Stripe's idempotency layer: never stored.
     let (api_key, fault) = {
         let mut state = shared.lock();
-        let api_key = match auth::check(req.authorization.as_deref(), state.config.api_key.as_deref()) {
-            Ok(key) => key,
-            Err(e) => return Outcome::error(e),
+        let restricted =
+            auth::extract_key(req.authorization.as_deref()).filter(|k| state.restricted_keys.is_configured(k));
+        let api_key = match restricted {
+            Some(key) => key,
+            None => match auth::check(req.authorization.as_deref(), state.config.api_key.as_deref()) {
+                Ok(key) => key,
+                Err(e) => return Outcome::error(e),
+            },
         };
         if let Err(e) = check_version(req.stripe_version.as_deref(), state.config.accept_unpinned) {
             return Outcome::error(e);
@@ -295,6 +300,10 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
     let Some(route) = Route::resolve(&req.method, &req.path) else {
         return Outcome::error(api::unrecognized(&req.method, &req.path));
     };
+    // Before the idempotency layer: a refusal is not stored (see permissions.rs).
+    if let Err(e) = shared.lock().restricted_keys.check(&api_key, &route) {
+        return Outcome::error(e);
+    }
 
     let mut claim = ClaimGuard { shared, key: None };
     if let (Some(key), "POST") = (&req.idempotency_key, req.method.as_str()) {
@@ -340,9 +349,15 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
             }
             _ => api::execute(&route, &req.params, &mut s.store, &ctx),
         };
-        let (status, body) = match result {
-            Ok(object) => (200, object),
-            Err(e) => (e.status, e.body()),
+        let (status, body) = match (result, &after) {
+            // Executed for real; what is stored and answered is the failure that followed.
+            (Ok(_), Some(FaultAction::StoredAfterExecute { status, error_type, code, message })) => {
+                let mut e = ApiError::new(*status, error_type, message.clone());
+                e.code = code.clone();
+                (e.status, e.body())
+            }
+            (Ok(object), _) => (200, object),
+            (Err(e), _) => (e.status, e.body()),
         };
         if let Some(key) = claim.key.take() {
             // Validation errors happen before Stripe starts executing, so they are not kept.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::faults::FaultQueue;
 use crate::idempotency::IdempotencyStore;
+use crate::permissions::RestrictedKeys;
 use crate::store::Store;
 use crate::{EmulatorConfig, RecordedRequest};
 
@@ -42,6 +43,8 @@ pub struct State {
     pub store: Store,
     pub idempotency: IdempotencyStore,
     pub faults: FaultQueue,
+    /// Kept across [`State::reset`], like the configured key: they are the account's keys.
+    pub restricted_keys: RestrictedKeys,
     log: Vec<LogEntry>,
     next_request: u64,
     /// Bumped on every log change, so waiters can tell a real change from a spurious wakeup.
@@ -64,6 +67,7 @@ impl Shared {
                 store: Store::default(),
                 idempotency: IdempotencyStore::default(),
                 faults: FaultQueue::default(),
+                restricted_keys: RestrictedKeys::default(),
                 log: Vec::new(),
                 next_request: 0,
                 generation: 0,

@@ -762,6 +762,32 @@ fn stored_status_fault_replays_the_same_500() {
 }
 
 #[test]
+fn post_500_after_execute_creates_stores_the_500_and_replays_it() {
+    let h = Harness::new();
+    h.emu.inject(Fault::status(500).on("POST", "/v1/customers").after_execute().stored());
+    let r = h.post_idem("/v1/customers", "email=a%40b.co", "made-then-failed");
+    assert_eq!((r.status, r.error_type()), (500, "api_error"));
+    let created = h.emu.customers();
+    assert_eq!(created.len(), 1, "the request executed");
+    // The retry with the same key replays the 500 and creates nothing more.
+    let retry = h.post_idem("/v1/customers", "email=a%40b.co", "made-then-failed");
+    assert_eq!((retry.status, retry.header("idempotent-replayed")), (500, Some("true")));
+    assert_eq!(retry.body, r.body);
+    assert_eq!(h.emu.customers(), created);
+
+    // The same over the control endpoint.
+    h.control(
+        "POST",
+        "/_emulator/faults",
+        Some(json!({"kind": "status", "status": 500, "method": "POST", "path_prefix": "/v1/customers",
+                    "after_execute": true, "stored": true})),
+    );
+    assert_eq!(h.post_idem("/v1/customers", "email=c%40d.co", "again").status, 500);
+    assert_eq!(h.post_idem("/v1/customers", "email=c%40d.co", "again").header("idempotent-replayed"), Some("true"));
+    assert_eq!(h.emu.customers().len(), 2);
+}
+
+#[test]
 fn drop_before_execute_closes_without_response_and_creates_nothing() {
     let h = Harness::new();
     h.emu.inject(Fault::drop_before().on("POST", "/v1/customers"));
@@ -1335,4 +1361,87 @@ fn error_codes_are_stripes() {
     }
     assert!(!stripe_emulator::is_stripe_error_code("idempotency_key_reused"));
     assert!(!stripe_emulator::is_stripe_error_code("api_key_invalid"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Restricted keys
+
+const RESTRICTED: &str = "rk_test_51RestrictedKey0123456789abcd";
+
+fn as_restricted(h: &Harness, method: &str, path: &str, body: &str, idempotency_key: Option<&str>) -> Resp {
+    h.try_send(method, path, body, Some(&format!("Bearer {RESTRICTED}")), idempotency_key).unwrap()
+}
+
+#[test]
+fn restricted_keys_get_stripes_403_for_what_their_permissions_do_not_cover() {
+    // Started for one secret key: a restricted key given permissions is the account's too.
+    let h = Harness::with(EmulatorConfig { api_key: Some(KEY.into()), ..Default::default() });
+    // Unconfigured: refused like any other key that is not the configured one.
+    assert_eq!(as_restricted(&h, "GET", "/v1/customers", "", None).status, 401);
+
+    h.control(
+        "POST",
+        "/_emulator/restricted_keys",
+        Some(json!({"key": RESTRICTED, "permissions": ["rak_customer_write", "rak_connected_account_read"]})),
+    );
+    // Write implies read.
+    assert_eq!(as_restricted(&h, "GET", "/v1/customers", "", None).status, 200);
+    assert_eq!(as_restricted(&h, "POST", "/v1/customers", "email=a%40b.co", None).status, 200);
+    assert_eq!(as_restricted(&h, "GET", "/v1/accounts", "", None).status, 200);
+
+    let refused = as_restricted(&h, "POST", "/v1/accounts", "country=US", Some("refused-1"));
+    assert_eq!((refused.status, refused.error_type(), refused.error_code()), (403, "invalid_request_error", ""));
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        format!(
+            "The provided key 'rk_test_****abcd' does not have the required permissions for this endpoint on \
+             account '{}'. Having the 'rak_connected_account_write' permission would allow this request to \
+             continue.",
+            stripe_emulator::PLATFORM_ACCOUNT
+        )
+    );
+    assert!(!refused.body.to_string().contains(RESTRICTED));
+    let link = as_restricted(&h, "POST", "/v1/account_links", "account=acct_x&type=account_onboarding", None);
+    assert!(link.body["error"]["message"].as_str().unwrap().contains("'rak_account_link_write'"), "{link:?}");
+    // Nothing executed, and the refusal was not stored under the key.
+    assert!(h.emu.accounts().is_empty());
+    assert_eq!(h.post_idem("/v1/accounts", "country=US", "refused-1").header("idempotent-replayed"), None);
+
+    // The probes the client's permission check sends: allowed, each is a 4xx that is not a refusal.
+    let probe = as_restricted(&h, "POST", "/v1/customers/cus_onboarding_permission_check", "", None);
+    assert_eq!((probe.status, probe.error_code()), (404, "resource_missing"));
+
+    // Permission sets survive a reset; the Rust API replaces them; DELETE forgets them all.
+    h.emu.reset();
+    assert_eq!(as_restricted(&h, "POST", "/v1/accounts", "country=US", None).status, 403);
+    h.emu.set_restricted_key(RESTRICTED, [stripe_emulator::Permission::ConnectedAccountWrite]).unwrap();
+    assert_eq!(as_restricted(&h, "POST", "/v1/accounts", "country=US", None).status, 200);
+    assert_eq!(as_restricted(&h, "GET", "/v1/customers", "", None).status, 403);
+    h.control("DELETE", "/_emulator/restricted_keys", None);
+    assert_eq!(as_restricted(&h, "GET", "/v1/customers", "", None).status, 401);
+    assert!(h.emu.set_restricted_key(KEY, []).is_err(), "a secret key has no permission set");
+
+    // Bad specs: unknown permission names, secret keys; the key is never echoed.
+    let bad = |body: Value| {
+        let r = h.http.post(format!("{}/_emulator/restricted_keys", h.emu.base_url())).json(&body).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (status, text) = bad(json!({"key": RESTRICTED, "permissions": ["rak_everything"]}));
+    assert_eq!(status, 400);
+    assert!(text.contains("rak_everything") && !text.contains(RESTRICTED), "{text}");
+    let (status, text) = bad(json!({"key": KEY, "permissions": []}));
+    assert_eq!(status, 400);
+    assert!(!text.contains(KEY), "{text}");
+}
+
+#[test]
+fn unconfigured_restricted_keys_may_do_everything() {
+    let h = Harness::new();
+    assert_eq!(as_restricted(&h, "POST", "/v1/accounts", "country=US", None).status, 200);
+    assert_eq!(as_restricted(&h, "POST", "/v1/customers", "email=a%40b.co", None).status, 200);
+    h.emu.set_restricted_key(RESTRICTED, []).unwrap();
+    assert_eq!(as_restricted(&h, "GET", "/v1/customers", "", None).status, 403);
+    assert!(h.emu.remove_restricted_key(RESTRICTED));
+    assert_eq!(as_restricted(&h, "GET", "/v1/customers", "", None).status, 200);
 }

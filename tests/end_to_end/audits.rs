@@ -243,6 +243,7 @@ fn reconcile_repairs_what_the_audits_find() -> Result<(), Failed> {
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
         api_version: None,
+        search_rate: onboarding_core::stripe::DEFAULT_SEARCH_RATE,
     })
     .unwrap();
     let rt = onboarding_core::runtime::signal_safe_runtime().unwrap();

@@ -57,6 +57,7 @@ mod security;
 mod slow_condition;
 mod spellings;
 mod statistics;
+mod stripe_api;
 mod tenant;
 
 fn main() {
@@ -84,6 +85,7 @@ fn main() {
         request_times::tests(),
         slow_condition::tests(),
         claim_cursor::tests(),
+        stripe_api::tests(),
     ]
     .into_iter()
     .flatten()

@@ -1,0 +1,360 @@
+//! Whether the configured key may do what the extension needs, found out without creating
+//! anything: one request per resource, each one Stripe can only refuse (a 403 naming the missing
+//! permission, for a restricted key) or fail on an object that cannot exist (an id no Stripe id
+//! looks like). Run it when the client is built for a key; it costs one request without Connect,
+//! three with.
+//!
+//! Assumed, not confirmed: Stripe checks a restricted key's permissions for an endpoint before
+//! it looks up the object, so an allowed probe answers "no such object" and a refused one 403.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::stripe::{Params, StripeClient, StripeError};
+
+/// Ids no Stripe object has (Stripe's are the prefix and alphanumerics), so no probe can touch one.
+const PROBE_CUSTOMER: &str = "cus_onboarding_permission_check";
+const PROBE_ACCOUNT: &str = "acct_onboarding_permission_check";
+
+/// A permission the key lacks, from one refused probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingPermission {
+    /// Stripe's id, e.g. `rak_customer_write`, as its refusal names it; `None` when the refusal
+    /// names none (some say only that restricted keys cannot use the endpoint).
+    pub permission: Option<String>,
+    /// The endpoint that refused, e.g. `POST /v1/customers/{id}`.
+    pub endpoint: &'static str,
+    /// What the extension needs it for.
+    pub needed_for: &'static str,
+    pub request_id: Option<String>,
+}
+
+/// Why the key cannot be used as configured. Never contains the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PermissionCheckError {
+    /// 401: Stripe does not know the key (mistyped, revoked, the other mode). Permanent until the
+    /// key changes.
+    KeyRefused(StripeError),
+    /// The key lacks permissions (a restricted key), one entry per refused probe. Permanent until
+    /// the key or its permissions change.
+    Missing(Vec<MissingPermission>),
+    /// No decision: no answer, or 409, 429 or 5xx. Says nothing about the key: check again later.
+    Inconclusive(StripeError),
+}
+
+impl PermissionCheckError {
+    /// Structured form for events and job rows.
+    pub fn to_json(&self) -> Value {
+        match self {
+            PermissionCheckError::KeyRefused(e) => serde_json::json!({"kind": "key_refused", "error": e.to_json()}),
+            PermissionCheckError::Missing(missing) => serde_json::json!({
+                "kind": "missing_permissions",
+                "missing": missing.iter().map(|m| serde_json::json!({
+                    "permission": m.permission, "endpoint": m.endpoint, "needed_for": m.needed_for,
+                    "request_id": m.request_id,
+                })).collect::<Vec<_>>(),
+            }),
+            PermissionCheckError::Inconclusive(e) => serde_json::json!({"kind": "inconclusive", "error": e.to_json()}),
+        }
+    }
+}
+
+impl fmt::Display for PermissionCheckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PermissionCheckError::KeyRefused(e) => write!(f, "Stripe refused the API key: {e}"),
+            PermissionCheckError::Missing(missing) => {
+                f.write_str("the Stripe API key lacks ")?;
+                for (i, m) in missing.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    match &m.permission {
+                        Some(p) => write!(f, "permission {p} (for {}; {} refused it)", m.needed_for, m.endpoint)?,
+                        None => write!(f, "the permission for {} ({} refused it)", m.needed_for, m.endpoint)?,
+                    }
+                    if let Some(r) = &m.request_id {
+                        write!(f, " [request {r}]")?;
+                    }
+                }
+                Ok(())
+            }
+            PermissionCheckError::Inconclusive(e) => write!(f, "could not check the Stripe API key's permissions: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PermissionCheckError {}
+
+/// One probe: what it needs, where it goes, what it sends.
+struct Probe {
+    needed_for: &'static str,
+    endpoint: &'static str,
+    path: String,
+    params: Params,
+}
+
+fn probes(connect: bool) -> Vec<Probe> {
+    // Write implies read: the look-ups' lists and search are covered too.
+    let mut probes = vec![Probe {
+        needed_for: "creating and updating customers",
+        endpoint: "POST /v1/customers/{id}",
+        path: format!("/v1/customers/{PROBE_CUSTOMER}"),
+        params: vec![],
+    }];
+    if connect {
+        probes.push(Probe {
+            needed_for: "creating Connect accounts",
+            endpoint: "POST /v1/accounts/{id}",
+            path: format!("/v1/accounts/{PROBE_ACCOUNT}"),
+            params: vec![],
+        });
+        // Every parameter, valid: only the account is missing, so a refusal cannot hide behind a
+        // parameter error.
+        probes.push(Probe {
+            needed_for: "creating account onboarding links",
+            endpoint: "POST /v1/account_links",
+            path: "/v1/account_links".into(),
+            params: vec![
+                ("account".into(), PROBE_ACCOUNT.into()),
+                ("type".into(), "account_onboarding".into()),
+                ("refresh_url".into(), "https://example.com/onboarding-permission-check".into()),
+                ("return_url".into(), "https://example.com/onboarding-permission-check".into()),
+            ],
+        });
+    }
+    probes
+}
+
+/// What one probe's answer says.
+enum Verdict {
+    Allowed,
+    Refused(MissingPermission),
+    KeyRefused(StripeError),
+    Inconclusive(StripeError),
+}
+
+fn verdict(probe: &Probe, answer: Result<(), StripeError>) -> Verdict {
+    let error = match answer {
+        // Nothing can answer 2xx for an object that does not exist; if something does, it let
+        // the request through.
+        Ok(()) => return Verdict::Allowed,
+        Err(error) => error,
+    };
+    let StripeError::Api(e) = &error else {
+        return Verdict::Inconclusive(error);
+    };
+    match e.status {
+        401 => Verdict::KeyRefused(error),
+        // Every 403 is a permission error (the SDKs map 403 to one), but for the account that
+        // does not exist: `account_invalid`, the allowed answer of the account probe.
+        403 if e.code.as_deref() != Some("account_invalid") => Verdict::Refused(MissingPermission {
+            permission: e.message.as_deref().and_then(named_permission),
+            endpoint: probe.endpoint,
+            needed_for: probe.needed_for,
+            request_id: e.request_id.clone(),
+        }),
+        409 | 429 => Verdict::Inconclusive(error),
+        s if s >= 500 => Verdict::Inconclusive(error),
+        // resource_missing, account_invalid, any other refusal of the request itself: past the
+        // permission check.
+        _ if e.should_retry == Some(true) => Verdict::Inconclusive(error),
+        _ => Verdict::Allowed,
+    }
+}
+
+/// The permission a refusal names: "Having the 'rak_customer_write' permission would allow this
+/// request to continue."
+fn named_permission(message: &str) -> Option<String> {
+    message.split('\'').skip(1).step_by(2).find_map(|quoted| {
+        let valid = quoted.starts_with("rak_") && quoted.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        valid.then(|| quoted.to_string())
+    })
+}
+
+impl StripeClient {
+    /// Checks that the key may create customers and, with `connect`, Connect accounts and their
+    /// onboarding links, without creating anything ([`crate::permissions`]). Every probe is
+    /// sent (so one check names every missing permission) unless the key is refused outright
+    /// or a probe gets no decision.
+    pub async fn check_permissions(&self, connect: bool) -> Result<(), PermissionCheckError> {
+        let mut missing = Vec::new();
+        for probe in probes(connect) {
+            let answer = self.post(&probe.path, &probe.params, None).await.map(|_| ());
+            match verdict(&probe, answer) {
+                Verdict::Allowed => {}
+                Verdict::Refused(m) => missing.push(m),
+                Verdict::KeyRefused(e) => return Err(PermissionCheckError::KeyRefused(e)),
+                Verdict::Inconclusive(e) => return Err(PermissionCheckError::Inconclusive(e)),
+            }
+        }
+        if missing.is_empty() { Ok(()) } else { Err(PermissionCheckError::Missing(missing)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use stripe_emulator::{Emulator, EmulatorConfig, Permission};
+
+    use super::*;
+    use crate::stripe::{ApiError, ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, TransportKind};
+
+    /// A Stripe error answer as the client parses it.
+    fn refusal(status: u16, code: Option<&str>, message: &str) -> StripeError {
+        StripeError::Api(ApiError {
+            status,
+            error_type: Some("invalid_request_error".into()),
+            code: code.map(str::to_string),
+            message: Some(message.into()),
+            param: None,
+            request_id: Some("req_1".into()),
+            should_retry: None,
+        })
+    }
+
+    const RESTRICTED: &str = "rk_test_permissioncheck0123456789wxyz";
+
+    fn client_for(stripe: &Emulator, key: &str) -> StripeClient {
+        StripeClient::new(&ClientConfig {
+            api_base: stripe.base_url(),
+            api_key: ApiKey::new(key).unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            api_version: None,
+            search_rate: DEFAULT_SEARCH_RATE,
+        })
+        .unwrap()
+    }
+
+    fn check(stripe: &Emulator, permissions: &[Permission], connect: bool) -> Result<(), PermissionCheckError> {
+        stripe.set_restricted_key(RESTRICTED, permissions.iter().copied()).unwrap();
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        rt.block_on(client_for(stripe, RESTRICTED).check_permissions(connect))
+    }
+
+    const ALL: [Permission; 3] =
+        [Permission::CustomerWrite, Permission::ConnectedAccountWrite, Permission::AccountLinkWrite];
+
+    #[test]
+    fn a_restricted_key_with_every_permission_passes_and_nothing_is_created() {
+        let stripe = Emulator::start("127.0.0.1:0", EmulatorConfig::default()).unwrap();
+        assert_eq!(check(&stripe, &ALL, true), Ok(()));
+        assert_eq!(check(&stripe, &ALL[..1], false), Ok(()));
+        assert!(stripe.customers().is_empty() && stripe.accounts().is_empty());
+        let log = stripe.requests();
+        assert_eq!(log.len(), 4, "{log:?}");
+        assert!(log.iter().all(|r| r.method == "POST" && r.idempotency_key.is_none()), "{log:?}");
+        // Each allowed probe is a 4xx that is not a refusal (Stripe's answers for objects that do not exist).
+        let answers: Vec<_> = log.iter().map(|r| (r.path.as_str(), r.status)).collect();
+        assert_eq!(
+            answers[..3],
+            [
+                ("/v1/customers/cus_onboarding_permission_check", Some(404)),
+                ("/v1/accounts/acct_onboarding_permission_check", Some(403)),
+                ("/v1/account_links", Some(400)),
+            ]
+        );
+        // A secret key passes the same way.
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        assert_eq!(rt.block_on(client_for(&stripe, "sk_test_secretkey0123456789").check_permissions(true)), Ok(()));
+    }
+
+    #[test]
+    fn a_key_without_customer_write_is_told_so_by_name() {
+        let stripe = Emulator::start("127.0.0.1:0", EmulatorConfig::default()).unwrap();
+        let only_read = [Permission::CustomerRead, Permission::ConnectedAccountWrite, Permission::AccountLinkWrite];
+        let Err(PermissionCheckError::Missing(missing)) = check(&stripe, &only_read, true) else {
+            panic!("passed without rak_customer_write")
+        };
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert_eq!(missing[0].permission.as_deref(), Some("rak_customer_write"));
+        assert_eq!(missing[0].endpoint, "POST /v1/customers/{id}");
+        assert!(missing[0].request_id.as_deref().is_some_and(|r| r.starts_with("req_")));
+        let text = PermissionCheckError::Missing(missing).to_string();
+        assert!(text.contains("rak_customer_write") && !text.contains(RESTRICTED), "{text}");
+        assert!(!text.contains("****"), "not even masked: {text}");
+    }
+
+    #[test]
+    fn without_connect_accounts_are_not_probed() {
+        let stripe = Emulator::start("127.0.0.1:0", EmulatorConfig::default()).unwrap();
+        assert_eq!(check(&stripe, &[Permission::CustomerWrite], false), Ok(()));
+        let paths: Vec<_> = stripe.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths, ["/v1/customers/cus_onboarding_permission_check"]);
+    }
+
+    #[test]
+    fn with_connect_every_missing_permission_is_named() {
+        let stripe = Emulator::start("127.0.0.1:0", EmulatorConfig::default()).unwrap();
+        let without_accounts = [Permission::CustomerWrite, Permission::AccountLinkWrite];
+        let Err(PermissionCheckError::Missing(missing)) = check(&stripe, &without_accounts, true) else {
+            panic!("passed without rak_connected_account_write")
+        };
+        let named: Vec<_> = missing.iter().map(|m| (m.permission.as_deref(), m.endpoint)).collect();
+        assert_eq!(named, [(Some("rak_connected_account_write"), "POST /v1/accounts/{id}")]);
+
+        let Err(PermissionCheckError::Missing(missing)) = check(&stripe, &[Permission::ConnectedAccountRead], true)
+        else {
+            panic!("passed with read only")
+        };
+        let named: Vec<_> = missing.iter().filter_map(|m| m.permission.as_deref()).collect();
+        assert_eq!(named, ["rak_customer_write", "rak_connected_account_write", "rak_account_link_write"]);
+        assert!(stripe.customers().is_empty() && stripe.accounts().is_empty());
+    }
+
+    #[test]
+    fn a_bad_key_and_a_missing_answer_are_their_own_errors() {
+        let key = "sk_test_theonlykey0123456789";
+        let stripe =
+            Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(key.into()), ..Default::default() }).unwrap();
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        let wrong = "sk_test_wrongkey0123456789";
+        let Err(PermissionCheckError::KeyRefused(e)) = rt.block_on(client_for(&stripe, wrong).check_permissions(true))
+        else {
+            panic!("a wrong key passed")
+        };
+        assert_eq!(e.status(), Some(401));
+        assert!(!e.to_string().contains(wrong));
+        assert_eq!(stripe.requests().len(), 1, "no probe after the key was refused");
+
+        stripe.inject(stripe_emulator::Fault::status(503).on("POST", "/v1/accounts"));
+        let answer = rt.block_on(client_for(&stripe, key).check_permissions(true));
+        assert!(
+            matches!(answer, Err(PermissionCheckError::Inconclusive(ref e)) if e.status() == Some(503)),
+            "{answer:?}"
+        );
+        stripe.inject(stripe_emulator::Fault::drop_before().on("POST", "/v1/customers"));
+        let answer = rt.block_on(client_for(&stripe, key).check_permissions(false));
+        assert!(
+            matches!(
+                answer,
+                Err(PermissionCheckError::Inconclusive(StripeError::Transport { kind: TransportKind::Other, .. }))
+            ),
+            "{answer:?}"
+        );
+    }
+
+    #[test]
+    fn verdicts_on_stripes_answers() {
+        let probe = &probes(true)[0];
+        let named = "The provided key 'rk_live_****abcd' does not have the required permissions for this endpoint \
+                     on account 'acct_1'. Having the 'rak_customer_write' permission would allow this request to continue.";
+        let Verdict::Refused(m) = verdict(probe, Err(refusal(403, None, named))) else { panic!() };
+        assert_eq!(m.permission.as_deref(), Some("rak_customer_write"));
+        let unnamed = "The provided key 'rk_live_****abcd' does not have the required permissions for this endpoint \
+                       on account 'acct_1'. This is a restricted API key, but the required permissions are not \
+                       available for use by restricted keys.";
+        let Verdict::Refused(m) = verdict(probe, Err(refusal(403, None, unnamed))) else { panic!() };
+        assert_eq!((m.permission, m.endpoint), (None, "POST /v1/customers/{id}"));
+        let text = PermissionCheckError::Missing(vec![MissingPermission { permission: None, ..m }]).to_string();
+        assert!(text.contains("POST /v1/customers/{id}"), "{text}");
+        assert!(matches!(verdict(probe, Err(refusal(403, Some("account_invalid"), "no access"))), Verdict::Allowed));
+        assert!(matches!(verdict(probe, Err(refusal(404, Some("resource_missing"), "No such"))), Verdict::Allowed));
+        assert!(matches!(verdict(probe, Err(refusal(429, None, "slow down"))), Verdict::Inconclusive(_)));
+        assert!(matches!(verdict(probe, Err(refusal(500, None, "boom"))), Verdict::Inconclusive(_)));
+        assert!(matches!(verdict(probe, Err(refusal(401, None, "Invalid API Key"))), Verdict::KeyRefused(_)));
+    }
+}

@@ -1,0 +1,115 @@
+//! Today's Stripe API, as the worker meets it: a restricted key missing a permission, and a POST
+//! whose 500 leaves the outcome unknown.
+
+use libtest_mimic::{Failed, Trial};
+use stripe_emulator::{Fault, Permission};
+
+use crate::env;
+use crate::helpers::{
+    API_KEY, DEADLINE, db, ensure, events_for, insert_profile, only_job, profiles_table, steps, stripe_customers_for,
+    wait_for, wait_for_customer,
+};
+
+pub(crate) fn tests() -> Vec<Trial> {
+    trials![
+        a_restricted_key_without_a_permission_is_named_once_and_no_job_dies_of_it,
+        a_500_whose_create_went_through_is_resolved_by_the_look_up,
+        a_500_whose_create_did_not_go_through_is_retried_under_a_new_key,
+    ]
+}
+
+const RESTRICTED_KEY: &str = "rk_test_onboardingE2Erestricted9a7c";
+
+fn use_key(db: &mut postgres::Client, key: &str) {
+    db.batch_execute(&format!("ALTER SYSTEM SET onboarding.stripe_api_key = '{key}'")).unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+/// A restricted key that may read customers but not write them: the worker says so once, naming
+/// `rak_customer_write`, and claims nothing; once the key may, the waiting profile gets its
+/// customer at its first attempt.
+fn a_restricted_key_without_a_permission_is_named_once_and_no_job_dies_of_it() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_restricted_key");
+    let stripe = &env().stripe;
+    stripe.set_restricted_key(RESTRICTED_KEY, [Permission::CustomerRead])?;
+    let log_before = env().cluster.server_log().len();
+    use_key(&mut db, RESTRICTED_KEY);
+    let refused = wait_for("the worker to name the missing permission", DEADLINE, || {
+        let log = env().cluster.server_log();
+        let new = &log[log_before..];
+        new.lines().find(|l| l.contains("WARNING") && l.contains("rak_customer_write")).map(str::to_string)
+    });
+    let result = (|| {
+        let refused = refused?;
+        ensure(!refused.contains(RESTRICTED_KEY), || format!("the key is in the log: {refused}"))?;
+        let user = insert_profile(&mut db, &table, Some("restricted@example.com"));
+        // Let the worker see it (it promotes inserts only while it may call Stripe: the intake keeps it).
+        // What README "Restricted keys" lists (the test tables have a Connect column).
+        let needed = [Permission::CustomerWrite, Permission::ConnectedAccountWrite, Permission::AccountLinkWrite];
+        stripe.set_restricted_key(RESTRICTED_KEY, needed)?;
+        db.batch_execute("SELECT pg_reload_conf()").unwrap();
+        wait_for_customer(&mut db, &table, &user)?;
+        let job = only_job(&mut db, &user)?;
+        ensure(job.attempts == 1 && job.last_error.is_none(), || format!("attempts were spent meanwhile: {job:?}"))?;
+        let log = env().cluster.server_log();
+        let warnings = log[log_before..].matches("rak_customer_write").count();
+        ensure(warnings == 1, || format!("the missing permission was logged {warnings} times, not once"))?;
+        ensure(!log.contains(RESTRICTED_KEY), || "the restricted key is in the server log".into())
+    })();
+    use_key(&mut db, API_KEY);
+    stripe.remove_restricted_key(RESTRICTED_KEY);
+    result
+}
+
+/// Stripe made the customer, then answered 500 and stored it for the key (its replay is the same
+/// 500 forever). The next attempt looks the customer up and adopts it: one customer, no dead job.
+fn a_500_whose_create_went_through_is_resolved_by_the_look_up() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_500_executed");
+    env().stripe.inject(Fault::status(500).on("POST", "/v1/customers").after_execute().stored().times(1));
+    let user = insert_profile(&mut db, &table, Some("five-hundred@example.com"));
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    let customers = stripe_customers_for(&user);
+    ensure(customers.len() == 1 && customers[0]["id"] == customer.as_str(), || format!("{customers:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events).ends_with(&["adopted", "written_back"]), || format!("steps {:?}", steps(&events)))?;
+    let failed = events.iter().find(|(s, _)| s == "failed").map(|(_, d)| d).ok_or("no failed event")?;
+    ensure(failed["status"] == 500 && failed["next_idempotency_key"].is_string(), || format!("{failed}"))
+}
+
+/// Stripe stored a 500 without making anything: the look-up finds no customer, and the create goes
+/// out again under the new key the failure recorded (the old one would replay the 500).
+fn a_500_whose_create_did_not_go_through_is_retried_under_a_new_key() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_500_not_executed");
+    env().stripe.inject(Fault::status(500).on("POST", "/v1/customers").stored().times(1));
+    let user = insert_profile(&mut db, &table, Some("five-hundred-again@example.com"));
+    let first_key = wait_for("the job's first key", DEADLINE, || {
+        env()
+            .stripe
+            .requests()
+            .into_iter()
+            .find(|r| r.method == "POST" && r.params["metadata"]["user_id"] == user.as_str())
+            .and_then(|r| r.idempotency_key)
+    })?;
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    let customers = stripe_customers_for(&user);
+    ensure(customers.len() == 1 && customers[0]["id"] == customer.as_str(), || format!("{customers:?}"))?;
+    let job = only_job(&mut db, &user)?;
+    ensure(job.state == "succeeded" && job.idempotency_key != first_key, || {
+        format!("{job:?} (first key {first_key})")
+    })?;
+    let events = events_for(&mut db, &user);
+    let failed = events.iter().find(|(s, _)| s == "failed").map(|(_, d)| d).ok_or("no failed event")?;
+    ensure(failed["next_idempotency_key"] == job.idempotency_key.as_str(), || format!("{failed} vs {job:?}"))?;
+    let creates: Vec<_> = env()
+        .stripe
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/customers" && r.params["metadata"]["user_id"] == user.as_str())
+        .map(|r| r.idempotency_key)
+        .collect();
+    ensure(creates == [Some(first_key), Some(job.idempotency_key.clone())], || format!("creates {creates:?}"))?;
+    ensure(steps(&events).ends_with(&["written_back"]), || format!("steps {:?}", steps(&events)))
+}
