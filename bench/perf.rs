@@ -2,7 +2,7 @@
 //!
 //! Against the project's Stripe emulator on loopback, with the release build of the extension:
 //! 1. commit → ID written back latency, one profile at a time, 0 ms Stripe (1b: 1 s apart, as
-//!    signups arrive);
+//!    signups arrive; 1c and 1d: where 1b's and 1's milliseconds go, from the jobs' events);
 //! 2. throughput, 0 ms Stripe, budget off;
 //! 3. throughput with 250 ms Stripe, budget off and at 100/s (peak in-flight, 429s);
 //! 4. trigger cost: single-row INSERT+COMMIT per second with and without the trigger (pgbench),
@@ -81,9 +81,11 @@ fn main() {
     let row = |what: &str, value: String, target: &str| println!("  {what:<58} {value:>34}   (target {target})");
     println!("\nonboarding benchmark — {} cores, PostgreSQL 15, release build, Stripe emulator on loopback\n", cores());
 
+    let mut busy_phases = None;
     if part("1") {
         // 1. Latency, one at a time.
-        let (p50, p95, p99) = latency(&mut db, 300, Duration::ZERO);
+        let (users, (p50, p95, p99)) = latency_of(&mut db, 300, Duration::ZERO);
+        busy_phases = Some(phases(&mut db, &users));
         row(
             "1. commit -> written back, one at a time: p50 / p95 / p99",
             format!("{p50:.1} / {p95:.1} / {p99:.1} ms"),
@@ -93,18 +95,23 @@ fn main() {
     if part("1b") {
         // 1b. The same for signups as they really arrive: one now and then, the worker idle between.
         let samples = size("BENCH_SPACED", 60) as usize;
+        top_statements(&mut db, "before 1b"); // resets the counts
         let (users, (p50, p95, p99)) = latency_of(&mut db, samples, Duration::from_secs(1));
+        top_statements(&mut db, "1b");
         row(
             &format!("1b. the same, {samples} inserts 1 s apart (worker idle between)"),
             format!("{p50:.1} / {p95:.1} / {p99:.1} ms"),
             "p50 <= 2, p99 <= 5 ms",
         );
-        let [wake, send, answer, write] = phases(&mut db, &users);
+        let show = |[wake, send, answer, write]: [f64; 4]| format!("{wake:.2} / {send:.2} / {answer:.2} / {write:.2}");
         row(
-            "1c. 1b's medians: commit->claimed / ->sent / ->answer recorded / ->written back",
-            format!("{wake:.2} / {send:.2} / {answer:.2} / {write:.2} ms"),
+            "1c. medians of 1b: commit->claimed / ->sent / ->answer recorded / ->written back",
+            format!("{} ms", show(phases(&mut db, &users))),
             "-",
         );
+        if let Some(busy) = busy_phases {
+            row("1d. the same of line 1 (one at a time)", format!("{} ms", show(busy)), "-");
+        }
     }
     if part("2") {
         // 2. Throughput, 0 ms.
@@ -353,13 +360,20 @@ fn top_statements(db: &mut Client, label: &str) {
     println!("--- {label}");
     for r in db
         .query(
-            "SELECT round(total_exec_time)::int, calls, round((shared_blks_hit + shared_blks_read)::numeric / greatest(calls, 1), 1)::float8, left(regexp_replace(query, '\\s+', ' ', 'g'), 150)
+            "SELECT round(total_exec_time)::int, calls, round((shared_blks_hit + shared_blks_read)::numeric / greatest(calls, 1), 1)::float8, round(mean_exec_time * 1000)::int, left(regexp_replace(query, '\\s+', ' ', 'g'), 150)
                FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 40",
             &[],
         )
         .unwrap()
     {
-        println!("{:>7} ms {:>7} calls {:>9} blks/call  {}", r.get::<_, i32>(0), r.get::<_, i64>(1), r.get::<_, f64>(2), r.get::<_, String>(3));
+        println!(
+            "{:>7} ms {:>7} calls {:>6} us/call {:>9} blks/call  {}",
+            r.get::<_, i32>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, i32>(3),
+            r.get::<_, f64>(2),
+            r.get::<_, String>(4)
+        );
     }
     db.batch_execute("SELECT pg_stat_statements_reset()").unwrap();
 }
