@@ -215,13 +215,15 @@ pub fn look_up_then_use_key(job_id: i64, key: &str) {
 }
 
 /// Moves each call's `stripe_request` event (logged at its claim, before the rate budget's wait)
-/// to when its request was sent: `(job id, seconds since the epoch)`.
-pub fn requests_sent(sent: &[(i64, f64)]) {
+/// to when its request was sent: `(job id, attempt, seconds since the epoch)`.
+pub fn requests_sent(sent: &[(i64, u32, f64)]) {
     if sent.is_empty() {
         return;
     }
-    let (jobs, times): (Vec<i64>, Vec<f64>) = sent.iter().copied().unzip();
-    Spi::run_with_args("SELECT onboarding._requests_sent($1, $2)", &[jobs.into(), times.into()])
+    let jobs: Vec<i64> = sent.iter().map(|s| s.0).collect();
+    let attempts: Vec<i32> = sent.iter().map(|s| s.1 as i32).collect();
+    let times: Vec<f64> = sent.iter().map(|s| s.2).collect();
+    Spi::run_with_args("SELECT onboarding._requests_sent($1, $2, $3)", &[jobs.into(), attempts.into(), times.into()])
         .unwrap_or_else(|e| error!("onboarding: recording when requests were sent: {e}"));
 }
 

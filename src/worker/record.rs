@@ -69,12 +69,12 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
     Some(Duration::ZERO) // look again at once
 }
 
-/// When the calls' requests were sent, as `(job id, seconds since the epoch)`.
-fn sent_times<'a>(calls: impl Iterator<Item = &'a Call>) -> Vec<(i64, f64)> {
+/// When the calls' requests were sent, as `(job id, attempt, seconds since the epoch)`.
+fn sent_times<'a>(calls: impl Iterator<Item = &'a Call>) -> Vec<(i64, u32, f64)> {
     calls
         .filter_map(|call| {
             let since_epoch = call.sent_at?.duration_since(std::time::UNIX_EPOCH).ok()?;
-            Some((call.job_id, since_epoch.as_secs_f64()))
+            Some((call.job_id, call.attempts, since_epoch.as_secs_f64()))
         })
         .collect()
 }

@@ -10,7 +10,7 @@ use crate::env;
 use crate::helpers::{DEADLINE, db, ensure, insert_profile, profiles_table, wait_for, wait_for_customer};
 
 pub(crate) fn tests() -> Vec<Trial> {
-    trials![a_request_event_is_timed_when_the_budget_lets_it_go]
+    trials![a_request_event_is_timed_when_the_budget_lets_it_go, a_late_call_moves_its_own_attempts_event_only]
 }
 
 fn set(db: &mut postgres::Client, setting: &str) {
@@ -67,4 +67,33 @@ fn a_request_event_is_timed_when_the_budget_lets_it_go() -> Result<(), Failed> {
     }
     // The budget did hold one back (else this test shows nothing).
     ensure(waited >= Duration::from_millis(400), || format!("the longest budget wait was only {waited:?}"))
+}
+
+/// A call recorded late (its lease overran, the job was claimed again meanwhile) moves its own
+/// attempt's stripe_request event, not the newer attempt's (before, the job's latest was moved).
+fn a_late_call_moves_its_own_attempts_event_only() -> Result<(), Failed> {
+    let mut db = db();
+    let job: i64 = db.query_one("SELECT -(extract(epoch FROM clock_timestamp()) * 1000)::bigint", &[]).unwrap().get(0);
+    db.execute(
+        "INSERT INTO onboarding.events (job_id, user_id, step, at, detail)
+         SELECT $1, 'late-call-user', 'stripe_request', now() - interval '1 minute' * (3 - a), jsonb_build_object('attempt', a)
+           FROM generate_series(1, 2) a",
+        &[&job],
+    )
+    .unwrap();
+    let sent = 1_000_000_000.0f64; // 2001-09-09: unmistakable
+    db.execute("SELECT onboarding._requests_sent(ARRAY[$1::bigint], ARRAY[1], ARRAY[$2::float8])", &[&job, &sent])
+        .unwrap();
+    let rows = db
+        .query(
+            "SELECT (detail->>'attempt')::int, extract(epoch FROM at)::float8 FROM onboarding.events
+              WHERE job_id = $1 ORDER BY id",
+            &[&job],
+        )
+        .unwrap();
+    let at: Vec<(i32, f64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    db.execute("DELETE FROM onboarding.events WHERE job_id = $1", &[&job]).unwrap();
+    ensure(at.len() == 2 && at[0] == (1, sent) && at[1].0 == 2 && at[1].1 != sent, || {
+        format!("attempt 1's event should have moved, attempt 2's not: {at:?}")
+    })
 }
