@@ -50,6 +50,7 @@ const ENDPOINTS = [
   ['DELETE', '/v1/accounts/{id}', 'Accounts', 'del'],
   ['POST', '/v1/account_links', 'AccountLinks', 'create'],
   ['GET', '/v1/events', 'Events', 'list'],
+  ['GET', '/v1/events/{id}', 'Events', 'retrieve'],
 ];
 
 // The `code` values an API error can carry: the OpenAPI enum of `api_errors.code`, which the

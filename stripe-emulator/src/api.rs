@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::events::{self, Cause};
 use crate::params;
 use crate::search::Query;
 use crate::store::{Collection, Record, Store, new_id, random_alnum};
@@ -28,6 +29,8 @@ pub enum Route {
     UpdateAccount(String),
     DeleteAccount(String),
     CreateAccountLink,
+    ListEvents,
+    GetEvent(String),
 }
 
 impl Route {
@@ -47,6 +50,8 @@ impl Route {
             ("POST", ["accounts", a]) => Route::UpdateAccount(id(a)?),
             ("DELETE", ["accounts", a]) => Route::DeleteAccount(id(a)?),
             ("POST", ["account_links"]) => Route::CreateAccountLink,
+            ("GET", ["events"]) => Route::ListEvents,
+            ("GET", ["events", e]) => Route::GetEvent(id(e)?),
             _ => return None,
         })
     }
@@ -66,6 +71,8 @@ impl Route {
             Route::UpdateAccount(_) => "POST /v1/accounts/{id}",
             Route::DeleteAccount(_) => "DELETE /v1/accounts/{id}",
             Route::CreateAccountLink => "POST /v1/account_links",
+            Route::ListEvents => "GET /v1/events",
+            Route::GetEvent(_) => "GET /v1/events/{id}",
         }
     }
 }
@@ -89,6 +96,8 @@ pub struct Ctx<'a> {
     pub indexed_at: Instant,
     /// Only ever shown masked, in `account_invalid` messages.
     pub api_key: &'a str,
+    /// The request, named in the events it causes.
+    pub cause: Cause,
 }
 
 pub fn execute(route: &Route, params: &Value, store: &mut Store, ctx: &Ctx) -> Result<Value, ApiError> {
@@ -106,11 +115,7 @@ pub fn execute(route: &Route, params: &Value, store: &mut Store, ctx: &Ctx) -> R
         },
         Route::UpdateCustomer(id) => update_customer(id, p, store, ctx),
         Route::DeleteCustomer(id) => {
-            if store.customers.delete(id, ctx.indexed_at) {
-                Ok(deleted_stub(id, "customer"))
-            } else {
-                Err(no_such_customer(id))
-            }
+            delete_customer(store, id, &ctx.cause, ctx.now_secs, ctx.indexed_at).ok_or_else(|| no_such_customer(id))
         }
         Route::CreateAccount => create_account(p, store, ctx),
         Route::ListAccounts => list(&store.accounts, "/v1/accounts", "account", p, |_| true),
@@ -120,13 +125,15 @@ pub fn execute(route: &Route, params: &Value, store: &mut Store, ctx: &Ctx) -> R
         },
         Route::UpdateAccount(id) => update_account(id, p, store, ctx),
         Route::DeleteAccount(id) => {
-            if store.accounts.delete(id, ctx.indexed_at) {
+            if deauthorize_account(store, id, &ctx.cause, ctx.now_secs, ctx.indexed_at) {
                 Ok(deleted_stub(id, "account"))
             } else {
                 Err(account_invalid(id, ctx))
             }
         }
         Route::CreateAccountLink => create_account_link(p, store, ctx),
+        Route::ListEvents => store.events.list(p, ctx.now_secs),
+        Route::GetEvent(id) => store.events.retrieve(id, ctx.now_secs),
     }
 }
 
@@ -171,6 +178,7 @@ fn create_customer(p: &Map<String, Value>, store: &mut Store, ctx: &Ctx) -> Resu
     set_customer_fields(&mut customer, p)?;
     let seq = store.next_seq();
     store.customers.insert(seq, customer.clone(), ctx.indexed_at);
+    store.events.record("customer.created", &customer, None, None, &ctx.cause, ctx.now_secs);
     Ok(customer)
 }
 
@@ -181,9 +189,56 @@ fn update_customer(id: &str, p: &Map<String, Value>, store: &mut Store, ctx: &Ct
     let metadata = updated["metadata"].as_object_mut().expect("customers have metadata");
     apply_metadata(metadata, p)?;
     set_customer_fields(&mut updated, p)?;
-    *customer = updated.clone();
-    store.customers.reindex(id, ctx.indexed_at);
+    replace_customer(store, id, updated.clone(), &ctx.cause, ctx.now_secs, ctx.indexed_at);
     Ok(updated)
+}
+
+/// Stores `updated` as customer `id` (live) and records `customer.updated` if anything changed.
+pub fn replace_customer(
+    store: &mut Store,
+    id: &str,
+    updated: Value,
+    cause: &Cause,
+    now_secs: i64,
+    indexed_at: Instant,
+) {
+    let Some(customer) = store.customers.live_mut(id) else {
+        return;
+    };
+    let previous = events::previous_attributes(customer, &updated);
+    *customer = updated.clone();
+    store.customers.reindex(id, indexed_at);
+    // Assumed, not confirmed: Stripe sends no event for an update that changes nothing.
+    if !previous.is_empty() {
+        store.events.record("customer.updated", &updated, Some(previous), None, cause, now_secs);
+    }
+}
+
+/// Deletes live customer `id`, recording `customer.deleted` with the customer as it was.
+/// Returns the deletion stub, or `None` if there was no live customer.
+pub fn delete_customer(
+    store: &mut Store,
+    id: &str,
+    cause: &Cause,
+    now_secs: i64,
+    indexed_at: Instant,
+) -> Option<Value> {
+    let last = store.customers.live_mut(id)?.clone();
+    store.customers.delete(id, indexed_at);
+    store.events.record("customer.deleted", &last, None, None, cause, now_secs);
+    Some(deleted_stub(id, "customer"))
+}
+
+/// Removes live account `id` from the platform (an API delete or a deauthorization), recording
+/// `account.application.deauthorized`. False if there was no live account.
+pub fn deauthorize_account(store: &mut Store, id: &str, cause: &Cause, now_secs: i64, indexed_at: Instant) -> bool {
+    if !store.accounts.delete(id, indexed_at) {
+        return false;
+    }
+    store.onboarding_controlled.remove(id);
+    let application = events::platform_application();
+    store.events.record("account.application.deauthorized", &application, None, Some(id), cause, now_secs);
+    true
 }
 
 fn set_customer_fields(customer: &mut Value, p: &Map<String, Value>) -> Result<(), ApiError> {
@@ -287,7 +342,7 @@ fn parse_page(token: &str) -> Option<u64> {
     u64::from_str_radix(token.strip_prefix("page_")?, 16).ok()
 }
 
-fn no_such_customer(id: &str) -> ApiError {
+pub fn no_such_customer(id: &str) -> ApiError {
     ApiError::resource_missing(404, "customer", id, "id")
 }
 
@@ -425,25 +480,46 @@ fn create_account(p: &Map<String, Value>, store: &mut Store, ctx: &Ctx) -> Resul
         "tos_acceptance": { "date": null, "ip": null, "user_agent": null },
         "type": account_type,
     });
-    set_account_fields(&mut account, p)?;
+    set_account_fields(&mut account, p, true)?;
     let seq = store.next_seq();
     store.accounts.insert(seq, account.clone(), ctx.indexed_at);
+    // Stripe has no `account.created`: a new connected account is announced by `account.updated`
+    // (without `previous_attributes`, there being no earlier state).
+    store.events.record("account.updated", &account, None, Some(&id), &ctx.cause, ctx.now_secs);
     Ok(account)
 }
 
 /// `type`, `country` and `controller` are fixed at creation: the update list has none of them.
 fn update_account(id: &str, p: &Map<String, Value>, store: &mut Store, ctx: &Ctx) -> Result<Value, ApiError> {
+    let recompute = !store.onboarding_controlled.contains(id);
     let account = store.accounts.live_mut(id).ok_or_else(|| account_invalid(id, ctx))?;
     let mut updated = account.clone();
     apply_metadata(updated["metadata"].as_object_mut().expect("map"), p)?;
     apply_capabilities(updated["capabilities"].as_object_mut().expect("map"), p)?;
-    set_account_fields(&mut updated, p)?;
-    *account = updated.clone();
-    store.accounts.reindex(id, ctx.indexed_at);
+    set_account_fields(&mut updated, p, recompute)?;
+    replace_account(store, id, updated.clone(), &ctx.cause, ctx.now_secs, ctx.indexed_at);
     Ok(updated)
 }
 
-fn set_account_fields(account: &mut Value, p: &Map<String, Value>) -> Result<(), ApiError> {
+/// Stores `updated` as account `id` (live) and records `account.updated` if anything changed.
+pub fn replace_account(store: &mut Store, id: &str, updated: Value, cause: &Cause, now_secs: i64, indexed_at: Instant) {
+    let Some(account) = store.accounts.live_mut(id) else {
+        return;
+    };
+    let previous = events::previous_attributes(account, &updated);
+    *account = updated.clone();
+    store.accounts.reindex(id, indexed_at);
+    if !previous.is_empty() {
+        store.events.record("account.updated", &updated, Some(previous), Some(id), cause, now_secs);
+    }
+}
+
+/// `recompute_requirements` is false for accounts whose onboarding state a test set.
+fn set_account_fields(
+    account: &mut Value,
+    p: &Map<String, Value>,
+    recompute_requirements: bool,
+) -> Result<(), ApiError> {
     if let Some(email) = string_param(p, "email")? {
         if let Value::String(e) = &email {
             check_email(e, "email")?;
@@ -476,6 +552,9 @@ fn set_account_fields(account: &mut Value, p: &Map<String, Value>) -> Result<(),
         }
         Some(_) => return Err(invalid_hash("business_profile")),
     }
+    if !recompute_requirements {
+        return Ok(());
+    }
     let caps: Vec<String> = account["capabilities"].as_object().expect("map").keys().cloned().collect();
     let mut due = vec![
         "business_type",
@@ -499,7 +578,7 @@ fn set_account_fields(account: &mut Value, p: &Map<String, Value>) -> Result<(),
     Ok(())
 }
 
-fn requirements(due: &[&str]) -> Value {
+pub fn requirements(due: &[&str]) -> Value {
     json!({
         "alternatives": [],
         "current_deadline": null,
@@ -513,7 +592,8 @@ fn requirements(due: &[&str]) -> Value {
 }
 
 /// `capabilities[card_payments][requested]=true` adds `card_payments: "inactive"`; a
-/// capability stays inactive until onboarding, which the emulator never completes.
+/// capability stays inactive until a test moves the account through onboarding
+/// ([`crate::Onboarding`]).
 fn apply_capabilities(caps: &mut Map<String, Value>, p: &Map<String, Value>) -> Result<(), ApiError> {
     let requested = match p.get("capabilities") {
         None => return Ok(()),
@@ -702,7 +782,7 @@ fn apply_metadata(metadata: &mut Map<String, Value>, p: &Map<String, Value>) -> 
     Ok(())
 }
 
-fn limit_param(p: &Map<String, Value>) -> Result<usize, ApiError> {
+pub fn limit_param(p: &Map<String, Value>) -> Result<usize, ApiError> {
     match p.get("limit") {
         None => Ok(10),
         Some(Value::String(s)) => match s.parse::<usize>() {
@@ -715,7 +795,7 @@ fn limit_param(p: &Map<String, Value>) -> Result<usize, ApiError> {
 }
 
 /// `created=N` or `created[gt|gte|lt|lte]=N`.
-fn created_filter(p: &Map<String, Value>) -> Result<Vec<(String, i64)>, ApiError> {
+pub fn created_filter(p: &Map<String, Value>) -> Result<Vec<(String, i64)>, ApiError> {
     let int = |name: &str, v: &Value| match v {
         Value::String(s) => {
             s.parse::<i64>().map_err(|_| ApiError::invalid(format!("Invalid integer: {s}")).param(name))

@@ -9,7 +9,9 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::dashboard;
 use crate::faults::{Fault, FaultSpec};
+use crate::onboarding::Onboarding;
 use crate::permissions::Permission;
 use crate::server::{HttpResponse, json_response};
 use crate::state::Shared;
@@ -87,8 +89,72 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
             let accounts: Vec<Value> = shared.lock().store.accounts.live().cloned().collect();
             reply(200, Value::Array(accounts))
         }
-        _ => reply(404, json!({"error": {"message": format!("no emulator control endpoint {method} {path}")}})),
+        ("GET", "/_emulator/events") => reply(200, Value::Array(shared.lock().store.events.all())),
+        ("POST", "/_emulator/events/age") => match days(&body) {
+            Ok(days) => {
+                shared.update(|s| s.store.events.age(i64::from(days) * 86_400));
+                reply(200, json!({"ok": true}))
+            }
+            Err(e) => reply(400, json!({"error": {"message": e}})),
+        },
+        _ => object_control(shared, &method, &path, &body),
     }
+}
+
+/// Controls on one object: `/_emulator/customers/{id}`, `/_emulator/accounts/{id}/…`.
+fn object_control(shared: &Shared, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    let segments: Vec<&str> = path.trim_start_matches("/_emulator/").split('/').collect();
+    let outcome = match (method, segments.as_slice()) {
+        ("POST", ["customers", id]) => customer_email(body)
+            .and_then(|email| shared.update(|s| dashboard::set_customer_email(s, id, email.as_deref()))),
+        ("DELETE", ["customers", id]) => {
+            if shared.update(|s| dashboard::delete_customer(s, id)) {
+                Ok(json!({"id": id, "object": "customer", "deleted": true}))
+            } else {
+                Err(format!("no live customer {id}"))
+            }
+        }
+        ("POST", ["accounts", id, "onboarding"]) => serde_json::from_slice::<Onboarding>(body)
+            .map_err(|e| format!("expected {{\"state\": \"requirements_due\"|\"details_submitted\"|\"enabled\"|\"disabled\", …}}: {e}"))
+            .and_then(|step| shared.update(|s| dashboard::set_onboarding(s, id, &step))),
+        ("POST", ["accounts", id, "deauthorize"]) => {
+            if shared.update(|s| dashboard::deauthorize_account(s, id)) {
+                Ok(json!({"ok": true}))
+            } else {
+                Err(format!("no live account {id}"))
+            }
+        }
+        _ => {
+            return reply(404, json!({"error": {"message": format!("no emulator control endpoint {method} {path}")}}));
+        }
+    };
+    match outcome {
+        Ok(object) => reply(200, object),
+        Err(e) if e.starts_with("no live") => reply(404, json!({"error": {"message": e}})),
+        Err(e) => reply(400, json!({"error": {"message": e}})),
+    }
+}
+
+/// `{"email": "…"}` or `{"email": null}`.
+fn customer_email(body: &[u8]) -> Result<Option<String>, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Email {
+        email: Option<String>,
+    }
+    serde_json::from_slice::<Email>(body)
+        .map(|e| e.email)
+        .map_err(|e| format!("expected {{\"email\": \"…\"}} or {{\"email\": null}}: {e}"))
+}
+
+/// `{"days": N}`
+fn days(body: &[u8]) -> Result<u32, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Days {
+        days: u32,
+    }
+    serde_json::from_slice::<Days>(body).map(|d| d.days).map_err(|e| format!("expected {{\"days\": N}}: {e}"))
 }
 
 /// `{"ms": N}`

@@ -1,5 +1,6 @@
 //! A Stripe-compatible test server: customers, Connect accounts and account links, with
-//! Stripe's idempotency semantics, eventually consistent search, and injectable faults.
+//! Stripe's idempotency semantics, eventually consistent search, the Events API, and injectable
+//! faults.
 //!
 //! It is as strict as Stripe about parameters: each endpoint accepts exactly the parameters
 //! (nested keys, value shapes and enum values included) that Stripe's official SDK lists for
@@ -33,6 +34,43 @@
 //! | `GET /_emulator/customers`, `GET /_emulator/accounts` | live objects, oldest first |
 //! | `POST /_emulator/restricted_keys` | gives a restricted key a permission set: `{"key":"rk_test_…","permissions":["rak_customer_write"]}` ([`Emulator::set_restricted_key`]; ids in [`Permission`]) |
 //! | `DELETE /_emulator/restricted_keys` | forgets every permission set: restricted keys may do everything again |
+//! | `GET /_emulator/events` | every recorded event, oldest first, aged-out ones included ([`Emulator::events`]) |
+//! | `POST /_emulator/events/age` | `{"days": N}`: moves every recorded event's `created` N days back ([`Emulator::age_events`]); past 30 days `GET /v1/events` no longer serves it |
+//! | `POST /_emulator/customers/{id}` | a Dashboard email change: `{"email": "new@example.com"}` or `{"email": null}`; answers the customer, records `customer.updated` ([`Emulator::dashboard_set_customer_email`]) |
+//! | `DELETE /_emulator/customers/{id}` | a Dashboard deletion: answers `{"id", "object": "customer", "deleted": true}`, records `customer.deleted` ([`Emulator::dashboard_delete_customer`]) |
+//! | `POST /_emulator/accounts/{id}/onboarding` | moves a connected account through onboarding ([`Onboarding`], [`Emulator::set_onboarding`]); answers the account, records `account.updated`: `{"state":"requirements_due","currently_due":["external_account"],"disabled_reason":"requirements.past_due"}` (both fields optional), `{"state":"details_submitted"}`, `{"state":"enabled"}`, `{"state":"disabled","disabled_reason":"rejected.fraud"}` (`currently_due` optional) |
+//! | `POST /_emulator/accounts/{id}/deauthorize` | the account disconnects from the platform: gone (403 `account_invalid`), records `account.application.deauthorized` ([`Emulator::deauthorize_account`]) |
+//!
+//! Controls on one object answer 404 `{"error": {"message": …}}` when it is not live, 400 for a
+//! malformed body. Nothing under `/_emulator/` appears in the request log.
+//!
+//! ## Events
+//!
+//! Every change the emulator makes is recorded as a Stripe `event` (`evt_…`, `api_version` the
+//! pinned one, `livemode: false`, `pending_webhooks: 0`, `request: {id, idempotency_key}` naming
+//! the `/v1` request that caused it, or both `null` for changes made through the test controls),
+//! served by `GET /v1/events` (newest first; `limit`, `starting_after`/`ending_before`,
+//! `type` with an optional trailing `*` wildcard, `types[]`, `created`, `delivery_success`) and
+//! `GET /v1/events/{id}`. Events are ordered by a recording sequence, so order is deterministic
+//! within one second. An idempotent replay records nothing; nor does a refused request or an
+//! update that changes nothing.
+//!
+//! | Change | Event | `data` |
+//! |---|---|---|
+//! | customer created (`POST /v1/customers`) | `customer.created` | `object` |
+//! | customer updated (API or Dashboard control) | `customer.updated` | `object`, `previous_attributes` |
+//! | customer deleted (API or Dashboard control) | `customer.deleted` | `object`: the customer as it was |
+//! | account created (`POST /v1/accounts`) | `account.updated` (Stripe has no `account.created`) | `object` |
+//! | account updated (API or onboarding control) | `account.updated` | `object`, `previous_attributes` |
+//! | account deleted (`DELETE /v1/accounts/{id}`) or deauthorized (control) | `account.application.deauthorized` | `object`: the platform's `application` ([`PLATFORM_APPLICATION`]) |
+//!
+//! `previous_attributes` holds the previous values of the changed top-level fields, whole
+//! (`metadata` as it was, not only the changed keys). `account.*` events also carry `account`:
+//! the connected account's id. Events older than 30 days ([`EVENT_RETENTION_SECS`]) are gone:
+//! retrieving one, or passing it as `starting_after`/`ending_before`, answers 404
+//! `resource_missing` (param `id`, `starting_after` or `ending_before`), as for an unknown id.
+//! Reading events needs [`Permission::EventRead`] (`rak_event_read`) when a restricted key has a
+//! permission set.
 //!
 //! Restricted keys (`rk_test_…`) may do everything unless given a permission set; then a request
 //! its permissions do not cover answers 403 as Stripe does (`permissions.rs` holds the table of
@@ -42,10 +80,13 @@
 mod api;
 mod auth;
 mod control;
+mod dashboard;
 mod error;
+mod events;
 mod faults;
 mod form;
 mod idempotency;
+mod onboarding;
 mod params;
 mod permissions;
 mod search;
@@ -61,7 +102,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+pub use events::{PLATFORM_APPLICATION, RETENTION_SECS as EVENT_RETENTION_SECS};
 pub use faults::{Fault, FaultAction};
+pub use onboarding::Onboarding;
 pub use params::{PINNED_API_VERSION, is_known as is_known_param, is_stripe_error_code};
 pub use permissions::{PLATFORM_ACCOUNT, Permission};
 
@@ -191,7 +234,7 @@ impl Emulator {
         self.shared.lock().requests()
     }
 
-    /// Forgets objects, idempotency keys, faults, latency and the request log.
+    /// Forgets objects, events, idempotency keys, faults, latency and the request log.
     /// Settings from [`EmulatorConfig`] other than latency are kept.
     pub fn reset(&self) {
         self.shared.update(|s| s.reset());
@@ -274,6 +317,46 @@ impl Emulator {
     /// Live (not deleted) accounts, oldest first.
     pub fn accounts(&self) -> Vec<Value> {
         self.shared.lock().store.accounts.live().cloned().collect()
+    }
+
+    /// Every event recorded since the last reset, oldest first, including those older than
+    /// Stripe's 30-day retention (which `GET /v1/events` no longer serves).
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.lock().store.events.all()
+    }
+
+    /// Ages every recorded event by `days`: its `created` moves that far back, so retention
+    /// and `created` filters can be tested without waiting. Later events get the real time.
+    pub fn age_events(&self, days: u32) {
+        self.shared.update(|s| s.store.events.age(i64::from(days) * 86_400));
+    }
+
+    /// Moves a live connected account through onboarding (see [`Onboarding`]), recording
+    /// `account.updated` with `previous_attributes`. Returns the updated account. From then on,
+    /// API updates to the account leave its `requirements` as the test set them.
+    pub fn set_onboarding(&self, account: &str, step: Onboarding) -> Result<Value, String> {
+        self.shared.update(|s| dashboard::set_onboarding(s, account, &step))
+    }
+
+    /// The connected account deauthorizes the platform: it is gone for the platform (403
+    /// `account_invalid`) and `account.application.deauthorized` is recorded. False if there
+    /// was no live account.
+    pub fn deauthorize_account(&self, account: &str) -> bool {
+        self.shared.update(|s| dashboard::deauthorize_account(s, account))
+    }
+
+    /// Deletes a customer "in the Dashboard": as `DELETE /v1/customers/{id}` (recording
+    /// `customer.deleted`), but with `request.id` null and nothing in the request log. False if
+    /// there was no live customer.
+    pub fn dashboard_delete_customer(&self, customer: &str) -> bool {
+        self.shared.update(|s| dashboard::delete_customer(s, customer))
+    }
+
+    /// Changes a customer's email "in the Dashboard" (`None` clears it), recording
+    /// `customer.updated` with `previous_attributes.email` (nothing if the email is unchanged).
+    /// Returns the updated customer.
+    pub fn dashboard_set_customer_email(&self, customer: &str, email: Option<&str>) -> Result<Value, String> {
+        self.shared.update(|s| dashboard::set_customer_email(s, customer, email))
     }
 
     /// Waits until `condition` holds, re-checking whenever a request arrives or finishes

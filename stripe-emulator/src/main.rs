@@ -21,7 +21,12 @@ Every /v1 request must send `Stripe-Version: {version}` (the version whose param
 the server enforces); it is echoed back.
 Test controls: GET /_emulator/requests, POST /_emulator/reset, POST /_emulator/faults,
 POST /_emulator/latency {\"ms\":N}, POST /_emulator/search_lag {\"ms\":N}, GET /_emulator/customers,
-POST /_emulator/restricted_keys {\"key\":\"rk_test_…\",\"permissions\":[\"rak_customer_write\"]}";
+POST /_emulator/restricted_keys {\"key\":\"rk_test_…\",\"permissions\":[\"rak_customer_write\"]},
+GET /_emulator/events, POST /_emulator/events/age {\"days\":N} (past 30 days events are gone),
+POST /_emulator/customers/{id} {\"email\":\"…\"|null} and DELETE /_emulator/customers/{id}
+(Dashboard changes), POST /_emulator/accounts/{id}/onboarding {\"state\":\"requirements_due\"|
+\"details_submitted\"|\"enabled\"|\"disabled\",\"disabled_reason\":…,\"currently_due\":[…]},
+POST /_emulator/accounts/{id}/deauthorize. Every change is recorded as an event: GET /v1/events.";
 
 fn usage() -> String {
     USAGE.replace("{version}", PINNED_API_VERSION)

@@ -202,6 +202,7 @@ mod tests {
             "DELETE /v1/accounts/{id}",
             "POST /v1/account_links",
             "GET /v1/events",
+            "GET /v1/events/{id}",
         ] {
             assert!(lists().endpoints.contains_key(endpoint), "{endpoint}");
         }

@@ -27,15 +27,17 @@ pub enum Permission {
     ConnectedAccountRead,
     ConnectedAccountWrite,
     AccountLinkWrite,
+    EventRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 6] = [
         Permission::CustomerRead,
         Permission::CustomerWrite,
         Permission::ConnectedAccountRead,
         Permission::ConnectedAccountWrite,
         Permission::AccountLinkWrite,
+        Permission::EventRead,
     ];
 
     /// Stripe's id, e.g. `rak_customer_write`.
@@ -46,6 +48,7 @@ impl Permission {
             Permission::ConnectedAccountRead => "rak_connected_account_read",
             Permission::ConnectedAccountWrite => "rak_connected_account_write",
             Permission::AccountLinkWrite => "rak_account_link_write",
+            Permission::EventRead => "rak_event_read",
         }
     }
 
@@ -78,6 +81,7 @@ impl Permission {
                 Permission::ConnectedAccountWrite
             }
             Route::CreateAccountLink => Permission::AccountLinkWrite,
+            Route::ListEvents | Route::GetEvent(_) => Permission::EventRead,
         }
     }
 }

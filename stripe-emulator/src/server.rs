@@ -24,6 +24,7 @@ use crate::api::{self, Ctx, Route};
 use crate::auth;
 use crate::control;
 use crate::error::ApiError;
+use crate::events::Cause;
 use crate::faults::{self, FaultAction};
 use crate::form;
 use crate::idempotency::{self, Claim, Fingerprint, Saved};
@@ -124,7 +125,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
         })
     });
 
-    let request = V1Request { method, path, params, authorization, idempotency_key, stripe_version };
+    let request = V1Request {
+        method,
+        path,
+        params,
+        authorization,
+        idempotency_key,
+        stripe_version,
+        request_id: request_id.clone(),
+    };
     let outcome = match parsed {
         Ok(_) => pipeline(&shared, &request).await,
         Err(e) => Outcome::error(
@@ -185,6 +194,8 @@ struct V1Request {
     authorization: Option<String>,
     idempotency_key: Option<String>,
     stripe_version: Option<String>,
+    /// The `Request-Id` the answer will carry, named in the events the request causes.
+    request_id: String,
 }
 
 enum Outcome {
@@ -339,6 +350,11 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
             now,
             indexed_at: now + s.config.search_lag,
             api_key: &api_key,
+            cause: Cause {
+                request_id: Some(req.request_id.clone()),
+                // Stripe names the key only of a POST: GET and DELETE ignore idempotency keys.
+                idempotency_key: req.idempotency_key.clone().filter(|_| req.method == "POST"),
+            },
         };
         let result = match &after {
             Some(FaultAction::StoredStatus { status, error_type, code, message }) => {

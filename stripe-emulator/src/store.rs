@@ -1,12 +1,14 @@
 //! In-memory objects. Deleted objects stay as tombstones: Stripe still answers a GET for a
 //! deleted customer, and a list cursor may point at one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::Value;
+
+use crate::events::EventLog;
 
 pub struct Record {
     /// Creation order; list endpoints sort newest first by it, so ties in `created`
@@ -89,6 +91,10 @@ impl Collection {
 pub struct Store {
     pub customers: Collection,
     pub accounts: Collection,
+    pub events: EventLog,
+    /// Accounts whose onboarding state a test set ([`crate::Onboarding`]): API updates leave
+    /// their `requirements` alone instead of recomputing them.
+    pub onboarding_controlled: HashSet<String>,
     next_seq: u64,
 }
 
