@@ -640,6 +640,32 @@ impl StripeClient {
         Ok((ListedObject::all_in(&response.body), has_more(&response.body)))
     }
 
+    /// The events after `cursor` (an event id), oldest first, up to 100 of `types` (all types when
+    /// empty): `GET /v1/events?ending_before=<cursor>`, whose page is the events just newer than
+    /// the cursor. Returns them and whether newer ones follow. A cursor Stripe no longer holds
+    /// (past its 30 days of events) answers 404 `resource_missing`: see [`lost_event_cursor`].
+    pub async fn events_after(&self, cursor: &str, types: &[&str]) -> Result<(Vec<Value>, bool), StripeError> {
+        let mut params: Params =
+            vec![("limit".into(), "100".into()), ("ending_before".into(), object_id(cursor)?.into())];
+        params.extend(types.iter().enumerate().map(|(i, t)| (format!("types[{i}]"), t.to_string())));
+        let url = format!("{}/v1/events?{}", self.api_base, encode_form(&params));
+        let response = self.send(self.http.get(url)).await?;
+        let more = has_more(&response.body);
+        let mut events: Vec<Value> = response.body["data"].as_array().cloned().unwrap_or_default();
+        events.reverse(); // Stripe lists newest first
+        Ok((events, more))
+    }
+
+    /// The id of the newest event of `types` (all when empty), where a reader with no cursor yet
+    /// starts; `None` when Stripe holds none.
+    pub async fn newest_event(&self, types: &[&str]) -> Result<Option<String>, StripeError> {
+        let mut params: Params = vec![("limit".into(), "1".into())];
+        params.extend(types.iter().enumerate().map(|(i, t)| (format!("types[{i}]"), t.to_string())));
+        let url = format!("{}/v1/events?{}", self.api_base, encode_form(&params));
+        let response = self.send(self.http.get(url)).await?;
+        Ok(response.body["data"][0]["id"].as_str().map(str::to_string))
+    }
+
     /// `DELETE /v1/customers/{id}`. Deleting is permanent; Stripe ignores idempotency keys here.
     pub async fn delete_customer(&self, id: &str) -> Result<Response, StripeError> {
         self.delete("/v1/customers", id).await
@@ -700,6 +726,13 @@ fn object_in(response: Response) -> Result<(StripeObject, Response), StripeError
 /// A list or search answer says more pages follow.
 fn has_more(body: &Value) -> bool {
     body.get("has_more").and_then(Value::as_bool) == Some(true)
+}
+
+/// Whether `error` says an events cursor is gone (Stripe keeps 30 days of events): the reader
+/// must start again from a full snapshot.
+pub fn lost_event_cursor(error: &StripeError) -> bool {
+    matches!(error, StripeError::Api(e) if e.status == 404 && e.code.as_deref() == Some("resource_missing")
+        && matches!(e.param.as_deref(), Some("ending_before" | "starting_after")))
 }
 
 /// The objects of a list or search answer that [belong to](ListedObject::belongs_to) `user_id`.
@@ -895,6 +928,43 @@ mod tests {
         })
         .unwrap();
         (stripe, client)
+    }
+
+    #[test]
+    fn events_are_read_oldest_first_after_a_cursor_and_a_lost_cursor_says_so() {
+        let (stripe, client) = emulated_stripe();
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        let create = |i: usize| {
+            let customer = NewCustomer { user_id: format!("u{i}"), email: format!("e{i}@example.com") };
+            rt.block_on(client.create_customer(&customer, &format!("key-events-{i}"))).unwrap().0
+        };
+        let types = ["customer.created", "customer.updated"];
+        assert_eq!(rt.block_on(client.newest_event(&types)).unwrap(), None);
+        create(0);
+        let cursor = rt.block_on(client.newest_event(&types)).unwrap().expect("the first customer's event");
+        let created: Vec<String> = (1..=120).map(|i| create(i).id).collect();
+        let updated = &created[5];
+        rt.block_on(client.update_customer_email(updated, "new@example.com", "key-events-update")).unwrap();
+
+        let (first, more) = rt.block_on(client.events_after(&cursor, &types)).unwrap();
+        assert!(more && first.len() == 100, "{} events, more: {more}", first.len());
+        let next = first.last().unwrap()["id"].as_str().unwrap().to_string();
+        let (rest, more) = rt.block_on(client.events_after(&next, &types)).unwrap();
+        assert!(!more && rest.len() == 21, "{} events, more: {more}", rest.len());
+        let read: Vec<(&str, &str)> = first
+            .iter()
+            .chain(&rest)
+            .map(|e| (e["type"].as_str().unwrap(), e["data"]["object"]["id"].as_str().unwrap()))
+            .collect();
+        let mut expected: Vec<(&str, &str)> = created.iter().map(|id| ("customer.created", id.as_str())).collect();
+        expected.push(("customer.updated", updated.as_str()));
+        assert_eq!(read, expected, "oldest first, each once, from just after the cursor");
+
+        // Past Stripe's 30 days the cursor is gone: the reader is told, not handed an empty page.
+        stripe.age_events(31);
+        let lost = rt.block_on(client.events_after(&next, &types)).unwrap_err();
+        assert!(lost_event_cursor(&lost), "{lost:?}");
+        assert!(!lost_event_cursor(&StripeError::Config("x".into())));
     }
 
     #[test]
