@@ -7,7 +7,7 @@ use stripe_emulator::{Fault, Permission};
 use crate::env;
 use crate::helpers::{
     API_KEY, DEADLINE, db, ensure, events_for, insert_profile, only_job, profiles_table, steps, stripe_customers_for,
-    wait_for, wait_for_customer,
+    wait_for, wait_for_customer, wait_for_state,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
@@ -15,6 +15,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         a_restricted_key_without_a_permission_is_named_once_and_no_job_dies_of_it,
         a_500_whose_create_went_through_is_resolved_by_the_look_up,
         a_500_whose_create_did_not_go_through_is_retried_under_a_new_key,
+        a_look_up_that_cannot_decide_creates_nothing_and_says_why,
     ]
 }
 
@@ -112,4 +113,31 @@ fn a_500_whose_create_did_not_go_through_is_retried_under_a_new_key() -> Result<
         .collect();
     ensure(creates == [Some(first_key), Some(job.idempotency_key.clone())], || format!("creates {creates:?}"))?;
     ensure(steps(&events).ends_with(&["written_back"]), || format!("steps {:?}", steps(&events)))
+}
+
+/// Past the idempotency horizon a job looks its customer up before creating one; when the email
+/// list holds none and search is refused (not every account has it), it cannot tell whether one
+/// exists under another email: it creates nothing and is parked with the reason.
+fn a_look_up_that_cannot_decide_creates_nothing_and_says_why() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_undecided");
+    let stripe = &env().stripe;
+    stripe.inject(Fault::status(400).on("POST", "/v1/customers").message("refused for the test").times(1));
+    let user = insert_profile(&mut db, &table, Some("undecided@example.com"));
+    wait_for_state(&mut db, &user, "dead")?;
+    let job: i64 = db.query_one("SELECT id FROM onboarding.jobs WHERE user_id = $1", &[&user]).unwrap().get(0);
+    db.execute("UPDATE onboarding.jobs SET first_attempt_at = now() - interval '2 days' WHERE id = $1", &[&job])
+        .unwrap();
+    stripe.inject(
+        Fault::status(400).on("GET", "/v1/customers/search").message("Search is not available for this account"),
+    );
+    db.query("SELECT * FROM onboarding.retry($1)", &[&job]).unwrap();
+    // The search fault stays until the next test's reset.
+    let parked = wait_for("the retry to be parked", DEADLINE, || {
+        let job = only_job(&mut db, &user).ok()?;
+        (job.state == "dead" && job.attempts == 1 && job.last_error.as_deref()?.contains("could not decide"))
+            .then_some(job)
+    })?;
+    ensure(stripe_customers_for(&user).is_empty(), || "a customer was created without a decision".into())?;
+    ensure(parked.last_error.as_deref().is_some_and(|e| e.contains("search")), || format!("{parked:?}"))
 }
