@@ -839,40 +839,51 @@ fn list(
         }
     };
     let (after, before) = (cursor("starting_after")?, cursor("ending_before")?);
+    let wanted = |r: &&Record| !r.deleted && keep(&r.object) && created_matches(&created, r.object["created"].as_i64());
+    let (page, has_more) = page_of(coll.records(), |r| r.seq, after, before, limit, wanted)?;
+    Ok(list_answer(url, has_more, page.iter().map(|r| r.object.clone()).collect()))
+}
+
+/// One page of a list shown newest first: up to `limit` of the `wanted` records (in `seq` order,
+/// oldest first) after cursor `after` or before `before` (their `seq`), and whether more follow.
+pub fn page_of<'a, R>(
+    records: impl DoubleEndedIterator<Item = &'a R>,
+    seq: impl Fn(&R) -> u64,
+    after: Option<u64>,
+    before: Option<u64>,
+    limit: usize,
+    wanted: impl Fn(&&'a R) -> bool,
+) -> Result<(Vec<&'a R>, bool), ApiError> {
     if after.is_some() && before.is_some() {
         return Err(ApiError::invalid("You may only specify one of these parameters: starting_after, ending_before.")
             .param("ending_before"));
     }
-    let wanted = |r: &&Record| {
-        !r.deleted
-            && keep(&r.object)
-            && created.iter().all(|(op, n)| {
-                let c = r.object["created"].as_i64().unwrap_or(0);
-                match op.as_str() {
-                    "gt" => c > *n,
-                    "gte" => c >= *n,
-                    "lt" => c < *n,
-                    "lte" => c <= *n,
-                    _ => c == *n,
-                }
-            })
-    };
-    let mut page: Vec<&Record> = match before {
+    let mut page: Vec<&R> = match before {
         // Walk forward in time from the cursor, then present newest first.
-        Some(b) => coll.records().filter(|r| r.seq > b).filter(wanted).take(limit + 1).collect(),
-        None => {
-            coll.records().rev().filter(|r| after.is_none_or(|a| r.seq < a)).filter(wanted).take(limit + 1).collect()
-        }
+        Some(b) => records.filter(|r| seq(r) > b).filter(wanted).take(limit + 1).collect(),
+        None => records.rev().filter(|r| after.is_none_or(|a| seq(r) < a)).filter(wanted).take(limit + 1).collect(),
     };
     let has_more = page.len() > limit;
     page.truncate(limit);
     if before.is_some() {
         page.reverse();
     }
-    Ok(json!({
-        "object": "list",
-        "url": url,
-        "has_more": has_more,
-        "data": page.iter().map(|r| r.object.clone()).collect::<Vec<_>>(),
-    }))
+    Ok((page, has_more))
+}
+
+/// A list answer's envelope.
+pub fn list_answer(url: &str, has_more: bool, data: Vec<Value>) -> Value {
+    json!({"object": "list", "url": url, "has_more": has_more, "data": data})
+}
+
+/// Whether an object `created` (Unix seconds) passes a `created[...]` filter.
+pub fn created_matches(filter: &[(String, i64)], created: Option<i64>) -> bool {
+    let c = created.unwrap_or(0);
+    filter.iter().all(|(op, n)| match op.as_str() {
+        "gt" => c > *n,
+        "gte" => c >= *n,
+        "lt" => c < *n,
+        "lte" => c <= *n,
+        _ => c == *n,
+    })
 }

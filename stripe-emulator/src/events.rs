@@ -132,41 +132,14 @@ impl EventLog {
             }
         };
         let (after, before) = (cursor("starting_after")?, cursor("ending_before")?);
-        if after.is_some() && before.is_some() {
-            return Err(ApiError::invalid(
-                "You may only specify one of these parameters: starting_after, ending_before.",
-            )
-            .param("ending_before"));
-        }
         let wanted = |r: &&Recorded| {
-            let c = r.event["created"].as_i64().unwrap_or(0);
             delivered
                 && Self::retained(r, now_secs)
                 && types.iter().any(|t| t.matches(r.event["type"].as_str().unwrap_or("")))
-                && created.iter().all(|(op, n)| match op.as_str() {
-                    "gt" => c > *n,
-                    "gte" => c >= *n,
-                    "lt" => c < *n,
-                    "lte" => c <= *n,
-                    _ => c == *n,
-                })
+                && crate::api::created_matches(&created, r.event["created"].as_i64())
         };
-        let records = self.by_seq.values();
-        let mut page: Vec<&Recorded> = match before {
-            Some(b) => records.filter(|r| r.seq > b).filter(wanted).take(limit + 1).collect(),
-            None => records.rev().filter(|r| after.is_none_or(|a| r.seq < a)).filter(wanted).take(limit + 1).collect(),
-        };
-        let has_more = page.len() > limit;
-        page.truncate(limit);
-        if before.is_some() {
-            page.reverse();
-        }
-        Ok(json!({
-            "object": "list",
-            "url": "/v1/events",
-            "has_more": has_more,
-            "data": page.iter().map(|r| r.event.clone()).collect::<Vec<_>>(),
-        }))
+        let (page, has_more) = crate::api::page_of(self.by_seq.values(), |r| r.seq, after, before, limit, wanted)?;
+        Ok(crate::api::list_answer("/v1/events", has_more, page.iter().map(|r| r.event.clone()).collect()))
     }
 }
 
