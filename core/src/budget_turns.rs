@@ -94,18 +94,28 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_signup_waits_for_at_most_the_next_slot_behind_a_backlog() {
+    /// A test key's budget (24/s, no burst), its clock starting now, and the turns to wait in.
+    fn at_24_a_second() -> (Gcra, Arc<Budget>, Arc<BudgetTurns>) {
         let gcra = Gcra::new(24, 1).unwrap();
         let budget = Arc::new(Budget { gcra, tat: StdMutex::default(), start: tokio::time::Instant::now() });
-        let turns = Arc::new(BudgetTurns::default());
-        // A backfill: 200 calls queued at the turnstile, about eight seconds of budget.
-        let backlog: Vec<_> = (0..200)
+        (gcra, budget, Arc::new(BudgetTurns::default()))
+    }
+
+    /// `n` lower-lane calls queued for the budget.
+    fn backlog(turns: &Arc<BudgetTurns>, budget: &Arc<Budget>, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..n)
             .map(|_| {
                 let (turns, budget) = (turns.clone(), budget.clone());
                 tokio::spawn(async move { turns.wait_for_slot(false, || budget.take()).await })
             })
-            .collect();
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signup_waits_for_at_most_the_next_slot_behind_a_backlog() {
+        let (gcra, budget, turns) = at_24_a_second();
+        // A backfill: 200 calls queued at the turnstile, about eight seconds of budget.
+        let backlog = backlog(&turns, &budget, 200);
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Signups arrive now and then, at random phases of the slots.
         for arrival in [0u64, 7, 19, 33, 41] {
@@ -135,12 +145,7 @@ mod tests {
             let gcra = Gcra::new(100, 1).unwrap(); // about 10 ms a slot
             let budget = Arc::new(Budget { gcra, tat: StdMutex::default(), start: tokio::time::Instant::now() });
             let turns = Arc::new(BudgetTurns::default());
-            let backlog: Vec<_> = (0..150)
-                .map(|_| {
-                    let (turns, budget) = (turns.clone(), budget.clone());
-                    tokio::spawn(async move { turns.wait_for_slot(false, || budget.take()).await })
-                })
-                .collect();
+            let backlog = backlog(&turns, &budget, 150);
             tokio::time::sleep(Duration::from_millis(100)).await;
             for arrival in [0u64, 3, 6, 8] {
                 tokio::time::sleep(Duration::from_millis(50 + arrival)).await;
@@ -162,16 +167,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_backlog_keeps_the_whole_rate_when_no_signup_waits() {
-        let gcra = Gcra::new(24, 1).unwrap();
-        let budget = Arc::new(Budget { gcra, tat: StdMutex::default(), start: tokio::time::Instant::now() });
-        let turns = Arc::new(BudgetTurns::default());
+        let (gcra, budget, turns) = at_24_a_second();
         let started = tokio::time::Instant::now();
-        let backlog: Vec<_> = (0..48)
-            .map(|_| {
-                let (turns, budget) = (turns.clone(), budget.clone());
-                tokio::spawn(async move { turns.wait_for_slot(false, || budget.take()).await })
-            })
-            .collect();
+        let backlog = backlog(&turns, &budget, 48);
         for call in backlog {
             call.await.unwrap();
         }
@@ -182,9 +180,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_signup_dropped_while_waiting_lets_the_backlog_go_on() {
-        let gcra = Gcra::new(24, 1).unwrap();
-        let budget = Arc::new(Budget { gcra, tat: StdMutex::default(), start: tokio::time::Instant::now() });
-        let turns = Arc::new(BudgetTurns::default());
+        let (gcra, budget, turns) = at_24_a_second();
         budget.take().unwrap(); // the next slot is one interval away
         let b = budget.clone();
         let signup = turns.wait_for_slot(true, move || b.take());

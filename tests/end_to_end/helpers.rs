@@ -41,6 +41,12 @@ pub(crate) fn settings(stripe: &Emulator, extra: &str) -> String {
     )
 }
 
+/// `ALTER SYSTEM SET <setting>` and a reload (the workers apply it a moment later).
+pub(crate) fn set_and_reload(db: &mut Client, setting: &str) {
+    db.batch_execute(&format!("ALTER SYSTEM SET {setting}")).unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
 pub(crate) fn db() -> Client {
     env().cluster.connect()
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
 
-use crate::helpers::{DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, wait_for};
+use crate::helpers::{DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, set_and_reload, wait_for};
 
 pub(crate) fn tests() -> Vec<Trial> {
     trials![a_signup_goes_ahead_of_a_queued_backfill, a_backfill_keeps_its_share_during_a_flood_of_signups]
@@ -13,11 +13,6 @@ pub(crate) fn tests() -> Vec<Trial> {
 
 /// A few budget slots, far less than the backfill queued ahead of the signup (80 at 10/s: 8 s).
 const SIGNUP_DEADLINE: Duration = Duration::from_secs(2);
-
-fn set(db: &mut postgres::Client, setting: &str) {
-    db.batch_execute(&format!("ALTER SYSTEM SET {setting}")).unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
-}
 
 fn pending_backfill_jobs(db: &mut postgres::Client, table: &str) -> i64 {
     db.query_one(
@@ -45,8 +40,8 @@ fn a_signup_goes_ahead_of_a_queued_backfill() -> Result<(), Failed> {
     let table = profiles_table(&mut db, "profiles_lanes");
     // 80 profiles from before the trigger, then a rate budget of 10 calls a second.
     profiles_without_jobs(&mut db, &table, 80);
-    set(&mut db, "onboarding.rate_limit = 10");
-    set(&mut db, "onboarding.rate_burst = 1");
+    set_and_reload(&mut db, "onboarding.rate_limit = 10");
+    set_and_reload(&mut db, "onboarding.rate_burst = 1");
     db.batch_execute(&format!("CALL onboarding.backfill('{table}')")).unwrap();
 
     let started = Instant::now();
@@ -55,8 +50,8 @@ fn a_signup_goes_ahead_of_a_queued_backfill() -> Result<(), Failed> {
         wait_for("the signup's customer", SIGNUP_DEADLINE, || customer_id(&mut db, &table, &signup)).map(|_| ());
     let took = started.elapsed();
     let still_queued = pending_backfill_jobs(&mut db, &table);
-    set(&mut db, "onboarding.rate_limit = 0");
-    set(&mut db, "onboarding.rate_burst = 5");
+    set_and_reload(&mut db, "onboarding.rate_limit = 0");
+    set_and_reload(&mut db, "onboarding.rate_burst = 5");
     provisioned?;
     ensure(still_queued > 0, || format!("the backfill was done before the signup ({took:?}): nothing proven"))?;
     // The backfill itself goes on.
@@ -82,10 +77,10 @@ fn a_backfill_keeps_its_share_during_a_flood_of_signups() -> Result<(), Failed> 
     let signups = profiles_table(&mut db, "profiles_share_signups");
     profiles_without_jobs(&mut db, &old, 30);
     // 10 calls a second: the flood of 100 signups below takes 10 s of budget.
-    set(&mut db, "onboarding.rate_limit = 10");
-    set(&mut db, "onboarding.rate_burst = 1");
-    set(&mut db, "onboarding.batch_size = 10");
-    set(&mut db, "onboarding.lane_shares = '0,0,20'");
+    set_and_reload(&mut db, "onboarding.rate_limit = 10");
+    set_and_reload(&mut db, "onboarding.rate_burst = 1");
+    set_and_reload(&mut db, "onboarding.batch_size = 10");
+    set_and_reload(&mut db, "onboarding.lane_shares = '0,0,20'");
     db.batch_execute(&format!("CALL onboarding.backfill('{old}')")).unwrap();
     db.batch_execute(&format!(
         "INSERT INTO {signups} (email) SELECT 'flood-' || g || '@example.com' FROM generate_series(1, 100) g"
@@ -96,9 +91,9 @@ fn a_backfill_keeps_its_share_during_a_flood_of_signups() -> Result<(), Failed> 
         let backfilled = 30 - unprovisioned(&mut db, &old);
         (backfilled >= 3).then(|| (backfilled, unprovisioned(&mut db, &signups)))
     });
-    set(&mut db, "onboarding.rate_limit = 0");
-    set(&mut db, "onboarding.rate_burst = 5");
-    set(&mut db, "onboarding.batch_size = 25");
+    set_and_reload(&mut db, "onboarding.rate_limit = 0");
+    set_and_reload(&mut db, "onboarding.rate_burst = 5");
+    set_and_reload(&mut db, "onboarding.batch_size = 25");
     db.batch_execute("ALTER SYSTEM RESET onboarding.lane_shares").unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
     let (backfilled, flood_left) = seen?;

@@ -7,15 +7,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use libtest_mimic::{Failed, Trial};
 
 use crate::env;
-use crate::helpers::{DEADLINE, db, ensure, insert_profile, profiles_table, wait_for, wait_for_customer};
+use crate::helpers::{
+    DEADLINE, db, ensure, insert_profile, profiles_table, set_and_reload, wait_for, wait_for_customer,
+};
 
 pub(crate) fn tests() -> Vec<Trial> {
     trials![a_request_event_is_timed_when_the_budget_lets_it_go, a_late_call_moves_its_own_attempts_event_only]
-}
-
-fn set(db: &mut postgres::Client, setting: &str) {
-    db.batch_execute(&format!("ALTER SYSTEM SET {setting}")).unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
 
 /// Three signups committed together under a budget of two requests a second go out about half a
@@ -24,8 +21,8 @@ fn set(db: &mut postgres::Client, setting: &str) {
 fn a_request_event_is_timed_when_the_budget_lets_it_go() -> Result<(), Failed> {
     let mut db = db();
     let table = profiles_table(&mut db, "profiles_request_times");
-    set(&mut db, "onboarding.rate_limit = 2");
-    set(&mut db, "onboarding.rate_burst = 1");
+    set_and_reload(&mut db, "onboarding.rate_limit = 2");
+    set_and_reload(&mut db, "onboarding.rate_burst = 1");
     // Once the worker says so, the budget holds (2 a second less one burst slot: 1.96/s).
     wait_for("the worker to take the budget", DEADLINE, || {
         env().cluster.server_log().contains("rate budget 1.96/s").then_some(())
@@ -36,8 +33,8 @@ fn a_request_event_is_timed_when_the_budget_lets_it_go() -> Result<(), Failed> {
     tx.commit().unwrap();
     let provisioned: Result<Vec<String>, Failed> =
         users.iter().map(|user| wait_for_customer(&mut db, &table, user)).collect();
-    set(&mut db, "onboarding.rate_limit = 0");
-    set(&mut db, "onboarding.rate_burst = 5");
+    set_and_reload(&mut db, "onboarding.rate_limit = 0");
+    set_and_reload(&mut db, "onboarding.rate_burst = 5");
     provisioned?;
     let arrivals = env().stripe.requests();
     let mut waited = Duration::ZERO;

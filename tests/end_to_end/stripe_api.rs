@@ -6,8 +6,8 @@ use stripe_emulator::{Fault, Permission};
 
 use crate::env;
 use crate::helpers::{
-    API_KEY, DEADLINE, db, ensure, events_for, insert_profile, only_job, profiles_table, steps, stripe_customers_for,
-    wait_for, wait_for_customer, wait_for_state,
+    API_KEY, DEADLINE, db, ensure, events_for, insert_profile, only_job, profiles_table, set_and_reload, steps,
+    stripe_customers_for, wait_for, wait_for_customer, wait_for_state,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
@@ -22,8 +22,7 @@ pub(crate) fn tests() -> Vec<Trial> {
 const RESTRICTED_KEY: &str = "rk_test_onboardingE2Erestricted9a7c";
 
 fn use_key(db: &mut postgres::Client, key: &str) {
-    db.batch_execute(&format!("ALTER SYSTEM SET onboarding.stripe_api_key = '{key}'")).unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    set_and_reload(db, &format!("onboarding.stripe_api_key = '{key}'"));
 }
 
 /// A restricted key that may read customers but not write them: the worker says so once, naming
