@@ -6,6 +6,8 @@
 //! - [`stripe`]: the Stripe HTTP client (form encoding, auth, idempotency keys, error parsing,
 //!   look-ups by `metadata.user_id`);
 //! - [`permissions`]: checking, without creating anything, that a key may do what the extension needs;
+//! - [`inbound`]: what Stripe's events say about the accounts and customers the extension made, and
+//!   which of them to apply;
 //! - [`policy`]: which failures are retried, and how long to wait before the next attempt;
 //! - [`state`]: the job state machine: kinds, states and the named transitions between them;
 //! - [`job`]: what a job does with the profile it finds, and where it goes after an attempt;
@@ -24,6 +26,7 @@
 pub mod budget;
 pub mod budget_turns;
 pub mod claim_cursor;
+pub mod inbound;
 pub mod job;
 pub mod lane_shares;
 pub mod local_budget;
