@@ -51,6 +51,18 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                                                                                   s.detail->>'stripe_id'), '')
            END
       FROM steps s
+    UNION ALL
+    -- What Stripe said of the user's Connect account, from its events (sql/inbound.sql).
+    SELECT e.at, NULL::bigint, e.step,
+           format('Stripe says account %s is %s%s', e.detail->>'account_id',
+                  CASE WHEN (e.detail->>'ready')::boolean THEN 'ready' ELSE 'not ready' END,
+                  coalesce(' (' || nullif(concat_ws(', ',
+                      CASE WHEN (e.detail->>'deauthorized')::boolean THEN 'disconnected from the platform' END,
+                      'disabled: ' || (e.detail->>'disabled_reason'),
+                      'due: ' || nullif(array_to_string(ARRAY(SELECT jsonb_array_elements_text(
+                                    e.detail->'requirements_currently_due')), ', '), '')), '') || ')', ''))
+      FROM onboarding.events e
+     WHERE e.user_id = sequence.user_id AND e.job_id IS NULL AND e.step = 'stripe_account_updated'
      ORDER BY 1, 2 NULLS FIRST;
 $$;
 
@@ -238,7 +250,23 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
            format('timeline %s (from %s) since %s: %s', t.timeline, t.promoted_from, t.seen_at,
                   CASE WHEN t.swept_at IS NULL THEN 'sweeping Stripe'
                        ELSE format('%s Stripe objects checked by %s', t.objects_checked, t.swept_at) END)
-      FROM (SELECT * FROM onboarding.timelines WHERE promoted_from IS NOT NULL ORDER BY timeline DESC LIMIT 1) t;
+      FROM (SELECT * FROM onboarding.timelines WHERE promoted_from IS NOT NULL ORDER BY timeline DESC LIMIT 1) t
+    UNION ALL
+    -- The events reader (sql/inbound.sql): Stripe's changes up to its last read are applied.
+    SELECT 'Stripe events cursor lag (s)', extract(epoch FROM now() - c.polled_at)::numeric(12, 1),
+           CASE WHEN c.polled_at IS NULL THEN 'Stripe''s events not read yet'
+                ELSE format('read up to %s; newest event read from %s%s', c.polled_at,
+                            coalesce(c.last_event_created::text, 'none'),
+                            coalesce('; cursor lost (past 30 days) at ' || c.cursor_lost_at, '')) END
+      FROM onboarding.events_cursor c
+    UNION ALL
+    SELECT 'Stripe events applied per minute',
+           round(count(*) / greatest(extract(epoch FROM since) / 60, 1), 2)::numeric, 'from the Events API'
+      FROM onboarding.stripe_events_applied WHERE applied_at >= now() - since
+    UNION ALL
+    SELECT 'Connect accounts ready', count(*) FILTER (WHERE ready)::numeric,
+           format('of %s followed (onboarding.connect_accounts)', count(*))
+      FROM onboarding.connect_accounts;
 $$;
 
 CREATE VIEW onboarding.stats AS SELECT * FROM onboarding.stats_for('1 hour');

@@ -1393,88 +1393,6 @@ BEGIN
         connect_policy || coalesce(': ' || connect_condition, ''));
 END $$;
 
--- Operational metrics over a window: queue depth, age, throughput, latencies, attempts, failures.
-CREATE OR REPLACE FUNCTION onboarding.stats_for(since interval DEFAULT '1 hour')
-RETURNS TABLE (metric text, value numeric, detail text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH recent AS (SELECT * FROM onboarding.jobs WHERE created_at >= now() - since),
-    latency AS (
-        SELECT extract(epoch FROM w.at - onboarding._queued_commit_time(q.detail, q.xmin)) * 1000 AS ms
-          FROM onboarding.events w
-          JOIN LATERAL (SELECT e.detail, e.xmin FROM onboarding.events e
-                         WHERE e.job_id = w.job_id AND e.step = 'enqueued' ORDER BY e.id LIMIT 1) q ON true
-         WHERE w.step = 'written_back' AND w.at >= now() - since
-           AND current_setting('track_commit_timestamp')::boolean),
-    calls AS (SELECT (detail->>'duration_ms')::numeric AS ms FROM onboarding.events
-               WHERE step = 'stripe_response' AND at >= now() - since AND detail ? 'duration_ms'),
-    failures AS (SELECT coalesce(detail->>'status', detail->>'transport', detail->>'kind') AS status,
-                        coalesce(detail->>'code', '') AS code
-                   FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since)
-    SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
-      FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
-      LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
-    UNION ALL
-    -- Pending work by priority lane (jobs.lane, claimed lowest first).
-    SELECT 'pending in lane ' || l.lane, count(j.id)::numeric, l.what
-      FROM (VALUES (0, 'signups and application requests'), (1, 'retries'), (2, 'email syncs and compensation'),
-                   (3, 'backfill and reconcile')) l(lane, what)
-      LEFT JOIN onboarding.jobs j ON j.lane = l.lane AND j.state = onboarding._pending()
-     GROUP BY l.lane, l.what
-    UNION ALL
-    SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
-      FROM onboarding.intake
-    UNION ALL
-    SELECT 'oldest pending (s)', coalesce(extract(epoch FROM now() - min(created_at)), 0)::numeric(12, 1), NULL
-      FROM (SELECT created_at FROM onboarding.jobs WHERE state = onboarding._pending()
-            UNION ALL SELECT enqueued_at FROM onboarding.intake) pending
-    UNION ALL
-    SELECT 'succeeded per minute', (count(*) / greatest(extract(epoch FROM since) / 60, 1))::numeric(12, 2),
-           format('%s succeeded in %s', count(*), since)
-      FROM onboarding.jobs WHERE state = onboarding._succeeded() AND finished_at >= now() - since
-    UNION ALL
-    SELECT 'commit to written back p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
-      FROM latency, unnest(ARRAY[50, 95, 99]) p GROUP BY p
-    UNION ALL
-    SELECT 'commit to written back max', max(ms)::numeric(12, 1), 'ms' FROM latency
-    UNION ALL
-    SELECT 'stripe call p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
-      FROM calls, unnest(ARRAY[50, 95, 99]) p GROUP BY p
-    UNION ALL
-    SELECT 'attempts per finished job', avg(attempts)::numeric(12, 2), NULL
-      FROM recent WHERE NOT onboarding._is_open(state)
-    UNION ALL
-    SELECT 'failure rate', round(count(*) FILTER (WHERE step IN ('failed', 'dead') AND detail ? 'kind')::numeric
-                                 / nullif(count(*) FILTER (WHERE step = 'stripe_request'), 0), 4),
-           'failed Stripe attempts per request'
-      FROM onboarding.events WHERE at >= now() - since
-    UNION ALL
-    SELECT 'failures ' || status || coalesce(' ' || nullif(code, ''), ''), count(*)::numeric, 'failed or dead attempts'
-      FROM failures GROUP BY status, code
-    UNION ALL
-    -- Claimed calls held until standbys have their claim's commit (src/worker/standby_gate.rs).
-    SELECT 'calls waiting for standbys', w.calls::numeric,
-           CASE WHEN w.calls > 0 THEN format('the longest for %s s, for %s', round(w.waiting_seconds::numeric, 1),
-                concat_ws(' and ',
-                    CASE WHEN current_setting('synchronous_standby_names') <> '' THEN 'synchronous_standby_names = '
-                         || quote_literal(current_setting('synchronous_standby_names')) END,
-                    CASE WHEN coalesce(current_setting('onboarding.wait_for_standbys', true), '') <> ''
-                         THEN 'onboarding.wait_for_standbys = ' || quote_literal(current_setting('onboarding.wait_for_standbys')) END))
-           END
-      FROM onboarding._standby_wait() w
-    UNION ALL
-    -- A worker's own commit waiting for a synchronous standby (before its calls can be held).
-    SELECT 'workers waiting for a synchronous standby', count(*)::numeric,
-           CASE WHEN count(*) > 0 THEN format('their commits wait (SyncRep) for synchronous_standby_names = %L',
-                                              current_setting('synchronous_standby_names')) END
-      FROM pg_stat_activity a
-     WHERE a.backend_type = 'onboarding worker' AND a.datname = current_database() AND a.wait_event = 'SyncRep'
-    UNION ALL
-    SELECT 'orphans found after the last promotion', t.orphans_found::numeric,
-           format('timeline %s (from %s) since %s: %s', t.timeline, t.promoted_from, t.seen_at,
-                  CASE WHEN t.swept_at IS NULL THEN 'sweeping Stripe'
-                       ELSE format('%s Stripe objects checked by %s', t.objects_checked, t.swept_at) END)
-      FROM (SELECT * FROM onboarding.timelines WHERE promoted_from IS NOT NULL ORDER BY timeline DESC LIMIT 1) t;
-$$;
 
 -- Puts back jobs claimed by a worker process that no longer exists (crash, kill, restart, or
 -- another server's before a failover), or running for longer than the lease (a worker alive but
@@ -1844,6 +1762,407 @@ BEGIN
      WHERE e.id = this_attempt.id;
 END $$;
 REVOKE EXECUTE ON FUNCTION onboarding._requests_sent(bigint[], integer[], double precision[]) FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- 13. Stripe back into Postgres: a worker reads Stripe's events (src/maintenance/events.rs) and
+--     keeps the readiness of the Connect accounts this extension created (sql/inbound.sql).
+------------------------------------------------------------------------------------------------
+-- One row per Connect account this extension created (added when its job succeeds: the trigger
+-- below), with what Stripe last said of it.
+CREATE TABLE onboarding.connect_accounts (
+    account_id text PRIMARY KEY,
+    profile_table regclass NOT NULL,
+    user_id text NOT NULL,
+    charges_enabled boolean NOT NULL DEFAULT false,
+    payouts_enabled boolean NOT NULL DEFAULT false,
+    details_submitted boolean NOT NULL DEFAULT false,
+    requirements_currently_due text[] NOT NULL DEFAULT '{}',
+    disabled_reason text,
+    -- The owner disconnected the account from the platform (account.application.deauthorized).
+    deauthorized_at timestamptz,
+    ready boolean GENERATED ALWAYS AS (charges_enabled AND payouts_enabled AND details_submitted
+                                       AND disabled_reason IS NULL AND deauthorized_at IS NULL) STORED,
+    -- Stripe's time (Unix seconds) of the state held: the applied event's `created`, or when the
+    -- account itself was last read. An event older than this never overwrites it
+    -- (core/src/inbound.rs). NULL: nothing heard yet (a new account: nothing is enabled).
+    as_of bigint,
+    -- Read the account itself at the next poll: held before events were read, an event of the
+    -- same second as the state held, or the cursor lost.
+    refresh_due boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX connect_accounts_by_user ON onboarding.connect_accounts (user_id);
+CREATE INDEX connect_accounts_to_refresh ON onboarding.connect_accounts (account_id) WHERE refresh_due;
+
+-- Every event applied, so that none is applied twice (a page read again after a crash, a
+-- cursor moved back). Pruned with the jobs (onboarding.prune), once past Stripe's 30 days.
+CREATE TABLE onboarding.stripe_events_applied (
+    event_id text PRIMARY KEY,
+    type text NOT NULL,
+    created timestamptz NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX stripe_events_applied_by_time ON onboarding.stripe_events_applied (applied_at);
+
+-- Where the events reader is: one row.
+CREATE TABLE onboarding.events_cursor (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    -- The newest event read; NULL: start at Stripe's newest event at the next poll.
+    last_event_id text,
+    last_event_created timestamptz,
+    polled_at timestamptz,
+    next_poll_at timestamptz NOT NULL DEFAULT now(),
+    -- The worker reading now (one at a time; a reader gone for a minute is taken over).
+    polling_pid integer,
+    polling_since timestamptz,
+    -- When an account link was last issued: onboarding owners come back soon, so poll faster.
+    last_link_at timestamptz,
+    -- When the cursor was last found past Stripe's 30 days of events (every account re-read).
+    cursor_lost_at timestamptz,
+    events_applied bigint NOT NULL DEFAULT 0
+);
+INSERT INTO onboarding.events_cursor DEFAULT VALUES;
+
+-- A Connect account job that succeeded: its account is followed from now on.
+CREATE FUNCTION onboarding._follow_account() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO onboarding.connect_accounts (account_id, profile_table, user_id)
+    VALUES (NEW.stripe_id, NEW.profile_table, NEW.user_id)
+    ON CONFLICT (account_id) DO NOTHING;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_follow_account AFTER UPDATE OF state ON onboarding.jobs
+    FOR EACH ROW WHEN (NEW.kind = 'create_connect_account' AND NEW.state = 'succeeded' AND NEW.stripe_id IS NOT NULL
+                       AND OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION onboarding._follow_account();
+
+-- Whether the user's Connect account can take charges and receive payouts (charges and payouts
+-- enabled, details submitted, not disabled or disconnected), as Stripe last said. One index
+-- look-up, so it can sit in RLS policies; false for a user without an account. `user_id` of any
+-- type (uuid, bigint, text), compared as text like jobs.user_id.
+CREATE FUNCTION onboarding.account_ready(user_id anyelement) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(bool_or(c.ready), false) FROM onboarding.connect_accounts c WHERE c.user_id = $1::text
+$$;
+
+-- The user's Connect accounts with what Stripe last said of them.
+CREATE FUNCTION onboarding.account_status(user_id anyelement)
+RETURNS TABLE (account_id text, profile_table regclass, ready boolean, charges_enabled boolean,
+               payouts_enabled boolean, details_submitted boolean, requirements_currently_due text[],
+               disabled_reason text, deauthorized_at timestamptz, updated_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.account_id, c.profile_table, c.ready, c.charges_enabled, c.payouts_enabled, c.details_submitted,
+           c.requirements_currently_due, c.disabled_reason, c.deauthorized_at, c.updated_at
+      FROM onboarding.connect_accounts c WHERE c.user_id = $1::text ORDER BY c.account_id
+$$;
+
+-- The events reader takes its turn, when a poll is due and no other worker is polling (or the
+-- one that was has been gone a minute): `polling`, with the cursor, the accounts to read again
+-- and the seconds since the last account link. Otherwise the seconds until the next poll is due.
+CREATE FUNCTION onboarding._events_poll_begin(refresh_at_most integer)
+RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, accounts_to_refresh text[],
+               since_link double precision)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.events_cursor c SET polling_pid = pg_backend_pid(), polling_since = now()
+     WHERE c.next_poll_at <= now() AND (c.polling_pid IS NULL OR c.polling_since < now() - interval '1 minute');
+    polling := FOUND;
+    SELECT greatest(extract(epoch FROM c.next_poll_at - now()), 0), c.last_event_id,
+           extract(epoch FROM now() - c.last_link_at)
+      INTO due_in, last_event_id, since_link
+      FROM onboarding.events_cursor c;
+    IF polling THEN
+        accounts_to_refresh := ARRAY(SELECT a.account_id FROM onboarding.connect_accounts a WHERE a.refresh_due
+                                      ORDER BY a.account_id LIMIT refresh_at_most);
+    END IF;
+    RETURN NEXT;
+END $$;
+
+-- Which of these events are new (not applied before), recording them as applied.
+CREATE FUNCTION onboarding._events_not_applied(ids text[], types text[], created bigint[]) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fresh text[];
+BEGIN
+    WITH added AS (
+        INSERT INTO onboarding.stripe_events_applied (event_id, type, created)
+        SELECT e.id, e.type, to_timestamp(e.created) FROM unnest(ids, types, created) AS e(id, type, created)
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id)
+    SELECT coalesce(array_agg(event_id), '{}') INTO fresh FROM added;
+    RETURN fresh;
+END $$;
+
+-- What Stripe says of accounts (from events or from reading them), each a JSON object with
+-- account, as_of and either the readiness fields or deauthorized: true. Only followed accounts
+-- are written, and only over older state (the worker weighed same-second events already:
+-- core/src/inbound.rs). A change of readiness is announced on channel onboarding_accounts with
+-- {"user_id", "account_id", "table", "ready"}, at commit; a change of what Stripe says is logged
+-- as a stripe_account_updated event (sequence()).
+CREATE FUNCTION onboarding._apply_account_states(states jsonb) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    changed record;
+    written integer := 0;
+BEGIN
+    FOR changed IN
+        WITH incoming AS (
+            SELECT s->>'account' AS account_id, (s->>'as_of')::bigint AS as_of,
+                   coalesce((s->>'deauthorized')::boolean, false) AS deauthorized, s
+              FROM jsonb_array_elements(states) s),
+        before AS (
+            SELECT c.account_id, c.ready,
+                   (c.charges_enabled, c.payouts_enabled, c.details_submitted, c.requirements_currently_due,
+                    c.disabled_reason, c.deauthorized_at)::text AS said
+              FROM onboarding.connect_accounts c JOIN incoming i USING (account_id)),
+        updated AS (
+            UPDATE onboarding.connect_accounts c
+               SET charges_enabled = CASE WHEN i.deauthorized THEN c.charges_enabled ELSE coalesce((i.s->>'charges_enabled')::boolean, false) END,
+                   payouts_enabled = CASE WHEN i.deauthorized THEN c.payouts_enabled ELSE coalesce((i.s->>'payouts_enabled')::boolean, false) END,
+                   details_submitted = CASE WHEN i.deauthorized THEN c.details_submitted ELSE coalesce((i.s->>'details_submitted')::boolean, false) END,
+                   requirements_currently_due = CASE WHEN i.deauthorized THEN c.requirements_currently_due
+                       ELSE ARRAY(SELECT jsonb_array_elements_text(coalesce(i.s->'requirements_currently_due', '[]'))) END,
+                   disabled_reason = CASE WHEN i.deauthorized THEN c.disabled_reason ELSE i.s->>'disabled_reason' END,
+                   deauthorized_at = CASE WHEN i.deauthorized THEN coalesce(c.deauthorized_at, to_timestamp(i.as_of)) ELSE c.deauthorized_at END,
+                   as_of = greatest(c.as_of, i.as_of),
+                   refresh_due = coalesce((i.s->>'refresh_due')::boolean, false),
+                   updated_at = now()
+              FROM incoming i
+             WHERE c.account_id = i.account_id AND (c.as_of IS NULL OR c.as_of <= i.as_of)
+            RETURNING c.account_id, c.user_id, c.profile_table, c.ready, c.charges_enabled, c.payouts_enabled,
+                      c.details_submitted, c.requirements_currently_due, c.disabled_reason, c.deauthorized_at,
+                      (c.charges_enabled, c.payouts_enabled, c.details_submitted, c.requirements_currently_due,
+                       c.disabled_reason, c.deauthorized_at)::text AS says)
+        SELECT u.*, b.ready AS was_ready, b.said FROM updated u JOIN before b USING (account_id)
+    LOOP
+        written := written + 1;
+        IF changed.says IS DISTINCT FROM changed.said THEN
+            -- The user's sequence() shows it (an event outside any job).
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (NULL, changed.user_id, 'stripe_account_updated', jsonb_build_object(
+                'account_id', changed.account_id, 'ready', changed.ready,
+                'charges_enabled', changed.charges_enabled, 'payouts_enabled', changed.payouts_enabled,
+                'details_submitted', changed.details_submitted,
+                'requirements_currently_due', to_jsonb(changed.requirements_currently_due),
+                'disabled_reason', changed.disabled_reason, 'deauthorized', changed.deauthorized_at IS NOT NULL));
+        END IF;
+        IF changed.ready IS DISTINCT FROM changed.was_ready THEN
+            PERFORM pg_notify('onboarding_accounts', jsonb_build_object(
+                'user_id', changed.user_id, 'account_id', changed.account_id,
+                'table', changed.profile_table::text, 'ready', changed.ready)::text);
+        END IF;
+    END LOOP;
+    RETURN written;
+END $$;
+
+-- Marks accounts to be read again at the next poll (same-second events, a lost cursor).
+CREATE FUNCTION onboarding._refresh_accounts(accounts text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF accounts IS NULL THEN
+        UPDATE onboarding.connect_accounts SET refresh_due = true WHERE NOT refresh_due;
+    ELSE
+        UPDATE onboarding.connect_accounts SET refresh_due = true WHERE account_id = ANY (accounts) AND NOT refresh_due;
+    END IF;
+END $$;
+
+-- The poll is over: the cursor moves to the newest event read (if any), the next poll is due in
+-- `next_in`, and `applied` more events count as applied. `lost`: the cursor was past Stripe's
+-- retention and starts again at the newest event.
+CREATE FUNCTION onboarding._events_poll_end(new_cursor text, new_cursor_created bigint, applied integer,
+                                            next_in interval, lost boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.events_cursor c
+       SET last_event_id = CASE WHEN lost THEN new_cursor ELSE coalesce(new_cursor, c.last_event_id) END,
+           last_event_created = CASE WHEN new_cursor IS NULL AND NOT lost THEN c.last_event_created
+                                     ELSE to_timestamp(new_cursor_created) END,
+           polled_at = now(), next_poll_at = now() + next_in,
+           polling_pid = NULL, polling_since = NULL,
+           cursor_lost_at = CASE WHEN lost THEN now() ELSE c.cursor_lost_at END,
+           events_applied = c.events_applied + applied
+     WHERE c.polling_pid = pg_backend_pid();
+    -- Ids past Stripe's 30 days cannot come again.
+    DELETE FROM onboarding.stripe_events_applied e
+     WHERE e.event_id = ANY (ARRAY(SELECT o.event_id FROM onboarding.stripe_events_applied o
+                                    WHERE o.applied_at < now() - interval '31 days' LIMIT 1000));
+END $$;
+
+-- An account link was issued: its owner may finish onboarding in minutes, so poll soon and often.
+CREATE FUNCTION onboarding._account_link_issued(fast interval) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.events_cursor SET last_link_at = now(), next_poll_at = least(next_poll_at, now() + fast);
+END $$;
+
+-- Accounts created before 0.3.0 are followed too, read from Stripe at the first poll.
+INSERT INTO onboarding.connect_accounts (account_id, profile_table, user_id, refresh_due)
+SELECT DISTINCT ON (j.stripe_id) j.stripe_id, j.profile_table, j.user_id, true
+  FROM onboarding.jobs j
+ WHERE j.kind = 'create_connect_account' AND j.state = 'succeeded' AND j.stripe_id IS NOT NULL
+ ORDER BY j.stripe_id, j.id DESC;
+
+REVOKE EXECUTE ON FUNCTION onboarding._follow_account(), onboarding.account_ready(anyelement),
+    onboarding.account_status(anyelement), onboarding._events_poll_begin(integer),
+    onboarding._events_not_applied(text[], text[], bigint[]), onboarding._apply_account_states(jsonb),
+    onboarding._refresh_accounts(text[]), onboarding._events_poll_end(text, bigint, integer, interval, boolean),
+    onboarding._account_link_issued(interval) FROM PUBLIC;
+
+
+-- The tables hold nothing for PUBLIC (sql/privileges.sql).
+REVOKE ALL ON onboarding.connect_accounts, onboarding.events_cursor, onboarding.stripe_events_applied FROM PUBLIC;
+
+-- The events reader's lines in stats and sequence(); stats_for in its final 0.3.0 form (it needs
+-- the tables above).
+-- Operational metrics over a window: queue depth, age, throughput, latencies, attempts, failures.
+CREATE OR REPLACE FUNCTION onboarding.stats_for(since interval DEFAULT '1 hour')
+RETURNS TABLE (metric text, value numeric, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH recent AS (SELECT * FROM onboarding.jobs WHERE created_at >= now() - since),
+    latency AS (
+        SELECT extract(epoch FROM w.at - onboarding._queued_commit_time(q.detail, q.xmin)) * 1000 AS ms
+          FROM onboarding.events w
+          JOIN LATERAL (SELECT e.detail, e.xmin FROM onboarding.events e
+                         WHERE e.job_id = w.job_id AND e.step = 'enqueued' ORDER BY e.id LIMIT 1) q ON true
+         WHERE w.step = 'written_back' AND w.at >= now() - since
+           AND current_setting('track_commit_timestamp')::boolean),
+    calls AS (SELECT (detail->>'duration_ms')::numeric AS ms FROM onboarding.events
+               WHERE step = 'stripe_response' AND at >= now() - since AND detail ? 'duration_ms'),
+    failures AS (SELECT coalesce(detail->>'status', detail->>'transport', detail->>'kind') AS status,
+                        coalesce(detail->>'code', '') AS code
+                   FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since)
+    SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
+      FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
+      LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
+    UNION ALL
+    -- Pending work by priority lane (jobs.lane, claimed lowest first).
+    SELECT 'pending in lane ' || l.lane, count(j.id)::numeric, l.what
+      FROM (VALUES (0, 'signups and application requests'), (1, 'retries'), (2, 'email syncs and compensation'),
+                   (3, 'backfill and reconcile')) l(lane, what)
+      LEFT JOIN onboarding.jobs j ON j.lane = l.lane AND j.state = onboarding._pending()
+     GROUP BY l.lane, l.what
+    UNION ALL
+    SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
+      FROM onboarding.intake
+    UNION ALL
+    SELECT 'oldest pending (s)', coalesce(extract(epoch FROM now() - min(created_at)), 0)::numeric(12, 1), NULL
+      FROM (SELECT created_at FROM onboarding.jobs WHERE state = onboarding._pending()
+            UNION ALL SELECT enqueued_at FROM onboarding.intake) pending
+    UNION ALL
+    SELECT 'succeeded per minute', (count(*) / greatest(extract(epoch FROM since) / 60, 1))::numeric(12, 2),
+           format('%s succeeded in %s', count(*), since)
+      FROM onboarding.jobs WHERE state = onboarding._succeeded() AND finished_at >= now() - since
+    UNION ALL
+    SELECT 'commit to written back p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM latency, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'commit to written back max', max(ms)::numeric(12, 1), 'ms' FROM latency
+    UNION ALL
+    SELECT 'stripe call p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM calls, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'attempts per finished job', avg(attempts)::numeric(12, 2), NULL
+      FROM recent WHERE NOT onboarding._is_open(state)
+    UNION ALL
+    SELECT 'failure rate', round(count(*) FILTER (WHERE step IN ('failed', 'dead') AND detail ? 'kind')::numeric
+                                 / nullif(count(*) FILTER (WHERE step = 'stripe_request'), 0), 4),
+           'failed Stripe attempts per request'
+      FROM onboarding.events WHERE at >= now() - since
+    UNION ALL
+    SELECT 'failures ' || status || coalesce(' ' || nullif(code, ''), ''), count(*)::numeric, 'failed or dead attempts'
+      FROM failures GROUP BY status, code
+    UNION ALL
+    -- Claimed calls held until standbys have their claim's commit (src/worker/standby_gate.rs).
+    SELECT 'calls waiting for standbys', w.calls::numeric,
+           CASE WHEN w.calls > 0 THEN format('the longest for %s s, for %s', round(w.waiting_seconds::numeric, 1),
+                concat_ws(' and ',
+                    CASE WHEN current_setting('synchronous_standby_names') <> '' THEN 'synchronous_standby_names = '
+                         || quote_literal(current_setting('synchronous_standby_names')) END,
+                    CASE WHEN coalesce(current_setting('onboarding.wait_for_standbys', true), '') <> ''
+                         THEN 'onboarding.wait_for_standbys = ' || quote_literal(current_setting('onboarding.wait_for_standbys')) END))
+           END
+      FROM onboarding._standby_wait() w
+    UNION ALL
+    -- A worker's own commit waiting for a synchronous standby (before its calls can be held).
+    SELECT 'workers waiting for a synchronous standby', count(*)::numeric,
+           CASE WHEN count(*) > 0 THEN format('their commits wait (SyncRep) for synchronous_standby_names = %L',
+                                              current_setting('synchronous_standby_names')) END
+      FROM pg_stat_activity a
+     WHERE a.backend_type = 'onboarding worker' AND a.datname = current_database() AND a.wait_event = 'SyncRep'
+    UNION ALL
+    SELECT 'orphans found after the last promotion', t.orphans_found::numeric,
+           format('timeline %s (from %s) since %s: %s', t.timeline, t.promoted_from, t.seen_at,
+                  CASE WHEN t.swept_at IS NULL THEN 'sweeping Stripe'
+                       ELSE format('%s Stripe objects checked by %s', t.objects_checked, t.swept_at) END)
+      FROM (SELECT * FROM onboarding.timelines WHERE promoted_from IS NOT NULL ORDER BY timeline DESC LIMIT 1) t
+    UNION ALL
+    -- The events reader (sql/inbound.sql): Stripe's changes up to its last read are applied.
+    SELECT 'Stripe events cursor lag (s)', extract(epoch FROM now() - c.polled_at)::numeric(12, 1),
+           CASE WHEN c.polled_at IS NULL THEN 'Stripe''s events not read yet'
+                ELSE format('read up to %s; newest event read from %s%s', c.polled_at,
+                            coalesce(c.last_event_created::text, 'none'),
+                            coalesce('; cursor lost (past 30 days) at ' || c.cursor_lost_at, '')) END
+      FROM onboarding.events_cursor c
+    UNION ALL
+    SELECT 'Stripe events applied per minute',
+           round(count(*) / greatest(extract(epoch FROM since) / 60, 1), 2)::numeric, 'from the Events API'
+      FROM onboarding.stripe_events_applied WHERE applied_at >= now() - since
+    UNION ALL
+    SELECT 'Connect accounts ready', count(*) FILTER (WHERE ready)::numeric,
+           format('of %s followed (onboarding.connect_accounts)', count(*))
+      FROM onboarding.connect_accounts;
+$$;
+
+CREATE OR REPLACE FUNCTION onboarding.sequence(user_id text)
+RETURNS TABLE (at timestamptz, job_id bigint, step text, line text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH steps AS (
+        SELECT e.at, e.id, e.job_id, e.step, e.detail, j.kind, e.xmin AS event_xmin
+          FROM onboarding.events e JOIN onboarding.jobs j ON j.id = e.job_id
+         WHERE e.user_id = sequence.user_id)
+    SELECT committed, NULL::bigint, 'committed', format('Profile committed: %s', sequence.user_id)
+      FROM (SELECT onboarding._queued_commit_time(s.detail, s.event_xmin) AS committed FROM steps s
+             WHERE s.step = 'enqueued' ORDER BY s.id LIMIT 1) c
+     WHERE committed IS NOT NULL
+    UNION ALL
+    -- An insert the worker has not promoted to a job yet (it is not running, or is paused).
+    SELECT i.enqueued_at, NULL::bigint, 'enqueued', format('Queued create customer for %s (insert, awaiting the worker)', i.user_id)
+      FROM onboarding.intake i WHERE i.user_id = sequence.user_id
+    UNION ALL
+    SELECT s.at, s.job_id, s.step,
+           CASE s.step
+               WHEN 'enqueued' THEN format('Queued %s for %s (%s)', replace(s.kind, '_', ' '), sequence.user_id,
+                                           coalesce(s.detail->>'source', 'insert'))
+               WHEN 'claimed' THEN format('Worker %s took job %s (attempt %s)', s.detail->>'worker_pid', s.job_id,
+                                          s.detail->>'attempt')
+               WHEN 'stripe_request' THEN format('Calling Stripe: %s %s', s.detail->>'method', s.detail->>'path')
+               WHEN 'stripe_response' THEN format('Stripe answered %s%s (request %s)', s.detail->>'status',
+                                                  coalesce(': ' || (s.detail->>'stripe_id'), ''),
+                                                  coalesce(s.detail->>'request_id', 'none'))
+               WHEN 'written_back' THEN format('Stripe ID %s written to %s.%s', s.detail->>'stripe_id',
+                                               s.detail->>'table', s.detail->>'column')
+               WHEN 'failed' THEN format('Attempt failed: %s; retry in %s ms', coalesce(s.detail->>'message',
+                                         s.detail->>'transport', s.detail->>'kind'), s.detail->>'retry_in_ms')
+               WHEN 'dead' THEN format('Gave up: %s', coalesce(s.detail->>'reason', s.detail->>'message'))
+               ELSE initcap(replace(s.step, '_', ' ')) || coalesce(': ' || coalesce(s.detail->>'reason',
+                                                                                  s.detail->>'stripe_id'), '')
+           END
+      FROM steps s
+    UNION ALL
+    -- What Stripe said of the user's Connect account, from its events (sql/inbound.sql).
+    SELECT e.at, NULL::bigint, e.step,
+           format('Stripe says account %s is %s%s', e.detail->>'account_id',
+                  CASE WHEN (e.detail->>'ready')::boolean THEN 'ready' ELSE 'not ready' END,
+                  coalesce(' (' || nullif(concat_ws(', ',
+                      CASE WHEN (e.detail->>'deauthorized')::boolean THEN 'disconnected from the platform' END,
+                      'disabled: ' || (e.detail->>'disabled_reason'),
+                      'due: ' || nullif(array_to_string(ARRAY(SELECT jsonb_array_elements_text(
+                                    e.detail->'requirements_currently_due')), ', '), '')), '') || ')', ''))
+      FROM onboarding.events e
+     WHERE e.user_id = sequence.user_id AND e.job_id IS NULL AND e.step = 'stripe_account_updated'
+     ORDER BY 1, 2 NULLS FIRST;
+$$;
 
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

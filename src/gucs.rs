@@ -37,6 +37,10 @@ pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static WAIT_FOR_STANDBYS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static STANDBY_WAIT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static CONNECT_CONDITION_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(250);
+pub static EVENTS_POLL_INTERVAL_MS: GucSetting<i32> =
+    GucSetting::<i32>::new(onboarding_core::inbound::POLL_EVERY.as_millis() as i32);
+pub static EVENTS_POLL_FAST_INTERVAL_MS: GucSetting<i32> =
+    GucSetting::<i32>::new(onboarding_core::inbound::POLL_FAST.as_millis() as i32);
 pub static LANE_SHARES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"10,5,5"));
 const DEFAULT_LANE_SHARES: &str = "10,5,5";
 
@@ -121,6 +125,22 @@ pub fn register() {
     );
     ms(c"onboarding.connect_timeout", c"Timeout for connecting to Stripe.", c"", &CONNECT_TIMEOUT_MS, 100, 600_000);
     ms(c"onboarding.request_timeout", c"Timeout for a whole Stripe request.", c"", &REQUEST_TIMEOUT_MS, 100, 600_000);
+    ms(
+        c"onboarding.events_poll_interval",
+        c"How often a worker reads Stripe's events (Connect readiness, Dashboard changes); 0: never.",
+        c"Each read takes a slot of the rate budget after every signup's call. See onboarding.events_poll_fast_interval.",
+        &EVENTS_POLL_INTERVAL_MS,
+        0,
+        86_400_000,
+    );
+    ms(
+        c"onboarding.events_poll_fast_interval",
+        c"How often Stripe's events are read in the 10 minutes after an account link was issued.",
+        c"An owner back from Stripe's onboarding waits for account_ready(); never slower than onboarding.events_poll_interval.",
+        &EVENTS_POLL_FAST_INTERVAL_MS,
+        100,
+        86_400_000,
+    );
     GucRegistry::define_int_guc(
         c"onboarding.idempotency_horizon",
         c"Age of a job's first attempt after which it looks for an existing customer before creating one.",
@@ -449,6 +469,16 @@ pub fn owner_statement_timeout_ms() -> i32 {
 
 pub fn connect_timeout() -> Duration {
     millis(&CONNECT_TIMEOUT_MS)
+}
+
+/// When to read Stripe's events, or None when `onboarding.events_poll_interval` is 0 (never).
+pub fn events_poll() -> Option<onboarding_core::inbound::PollInterval> {
+    let every = millis(&EVENTS_POLL_INTERVAL_MS);
+    (!every.is_zero()).then(|| onboarding_core::inbound::PollInterval {
+        every,
+        fast: millis(&EVENTS_POLL_FAST_INTERVAL_MS).min(every),
+        fast_for: onboarding_core::inbound::POLL_FAST_FOR,
+    })
 }
 
 pub fn request_timeout() -> Duration {

@@ -50,12 +50,17 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["schema", "job_states"]);
 extension_sql_file!("../sql/failover.sql", name = "failover", requires = ["schema", "job_states", "api"]);
-extension_sql_file!("../sql/audits.sql", name = "audits", requires = ["schema", "job_states", "attach", "maintenance"]);
+extension_sql_file!(
+    "../sql/audits.sql",
+    name = "audits",
+    requires = ["schema", "job_states", "attach", "maintenance", "inbound"]
+);
 extension_sql_file!(
     "../sql/operations.sql",
     name = "operations",
     requires = ["schema", "job_states", "api", "maintenance", "audits"]
 );
+extension_sql_file!("../sql/inbound.sql", name = "inbound", requires = ["schema", "job_states"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]

@@ -46,6 +46,7 @@ use onboarding_core::stripe::{ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, StripeC
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
+use crate::maintenance::events;
 use crate::maintenance::failover::{self, Sweep};
 use crate::maintenance::snapshot::take_snapshot;
 use crate::pg::latch::{handle_sigterm_in_commits, shutdown_requested, take_latch, wait_for_latch};
@@ -73,6 +74,8 @@ const STANDBY_POLL: Duration = Duration::from_millis(1);
 const TOP_UP_EVERY: Duration = pacing::SPACING;
 
 /// How often a worker checks the jobs that get_or_create_customer callers wait for.
+/// How often to ask at most whether a read of Stripe's events is due (maintenance/events.rs).
+const EVENTS_CHECK_EVERY: Duration = Duration::from_secs(5);
 const REQUEST_WATCH: Duration = Duration::from_millis(50);
 
 /// Pause after an unexpected database error, so a persistent one does not spin.
@@ -141,6 +144,9 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         pacing: Pacing::default(),
         waiting_for_slot: Arc::default(),
         unrecorded: Vec::new(),
+        events_poll: None,
+        next_events_check: Instant::now(),
+        events_warned: false,
     };
     let mut woken = true;
     while !shutdown_requested() {
@@ -235,6 +241,12 @@ struct Worker {
     waiting_for_slot: Arc<AtomicUsize>,
     /// Finished calls not recorded yet (while paced, they wait to be recorded together).
     unrecorded: Vec<(Call, (Outcome, Duration))>,
+    /// A read of Stripe's events in the background (maintenance/events.rs).
+    events_poll: Option<events::Poll>,
+    /// When to ask again whether a read of Stripe's events is due.
+    next_events_check: Instant,
+    /// A failed read of Stripe's events was told (once, until one succeeds).
+    events_warned: bool,
 }
 
 /// Whether the database's SQL is this library's release (release.rs), as last seen.
@@ -331,6 +343,7 @@ impl Worker {
                 let _ = in_transaction("turning inserts into jobs", || queue::top_up_pending(gucs::batch_size()));
             }
         }
+        self.poll_events();
         if !self.in_flight.is_empty() {
             // Not every tick: a watched job finishes when a batch is recorded or (in another
             // worker) on its own time, which REQUEST_WATCH covers as when idle.
@@ -340,6 +353,10 @@ impl Worker {
             return Some(Wait::Calls);
         }
         let mut wait = self.next_claim.saturating_duration_since(Instant::now());
+        wait = wait.min(match self.events_poll {
+            Some(_) => MIN_SLEEP, // its answer does not wake us: look again soon
+            None => self.next_events_check.saturating_duration_since(Instant::now()),
+        });
         if self.standby_gate.held_calls() > 0 {
             // Standbys confirm without waking us: look again soon (a read of shared memory, or
             // of pg_stat_replication for onboarding.wait_for_standbys).
@@ -350,6 +367,24 @@ impl Worker {
             wait = wait.min(REQUEST_WATCH);
         }
         Some(Wait::Latch(wait))
+    }
+
+    /// Reads Stripe's events in the background when a read is due, and applies a finished read.
+    fn poll_events(&mut self) {
+        if self.events_poll.as_ref().is_some_and(events::Poll::is_finished) {
+            let poll = self.events_poll.take().expect("checked above");
+            let next_in = poll.finish(&self.runtime, &mut self.events_warned);
+            self.next_events_check = Instant::now() + next_in.min(EVENTS_CHECK_EVERY);
+        }
+        let now = Instant::now();
+        if self.events_poll.is_some() || now < self.next_events_check || gucs::events_poll().is_none() {
+            return;
+        }
+        let Some(client) = self.client.as_ref() else { return };
+        match events::start(&self.runtime, client, self.budget, self.budget_turns.clone()) {
+            Ok(poll) => self.events_poll = Some(poll),
+            Err(ask_again_in) => self.next_events_check = now + ask_again_in.max(MIN_SLEEP),
+        }
     }
 
     /// Starts the calls whose claims the standbys now have.
@@ -528,7 +563,7 @@ impl Worker {
 
     /// Answers a request whose Stripe object exists: the id itself, or a fresh account link
     /// (made here, outside any transaction; links are single-use and never stored).
-    fn answer(&self, request: &requests::Request, object: &str) {
+    fn answer(&mut self, request: &requests::Request, object: &str) {
         match request.kind {
             RequestKind::Customer | RequestKind::Snapshot => requests::succeed(request.ticket, object),
             RequestKind::AccountLink => {
@@ -536,7 +571,11 @@ impl Worker {
                 let client = self.client.as_ref().expect("requests are refused without a client");
                 let link = client.create_account_link(object, &request.refresh_url, &request.return_url);
                 match self.runtime.block_on(link) {
-                    Ok(url) => requests::succeed(request.ticket, &url),
+                    Ok(url) => {
+                        requests::succeed(request.ticket, &url);
+                        events::account_link_issued();
+                        self.next_events_check = Instant::now(); // the next poll is due sooner
+                    }
                     Err(error) => requests::fail(request.ticket, &error.to_string()),
                 }
                 check_for_interrupts!();
@@ -644,7 +683,9 @@ impl Worker {
             Ok(Ok(connect)) => connect,
             _ => true,
         };
-        match self.runtime.block_on(client.check_permissions(connect)) {
+        let budget = self.budget;
+        let take_slot = || budget.as_ref().map_or(Ok(()), rate_budget::take_slot);
+        match self.runtime.block_on(client.check_permissions(connect, take_slot)) {
             Ok(()) => {
                 self.key_refused_at = None;
                 true

@@ -666,6 +666,13 @@ impl StripeClient {
         Ok(response.body["data"][0]["id"].as_str().map(str::to_string))
     }
 
+    /// `GET /v1/accounts/{id}`: the account as Stripe holds it now. An account that left the
+    /// platform answers 403 `account_invalid` ([`account_gone`]).
+    pub async fn retrieve_account(&self, id: &str) -> Result<Value, StripeError> {
+        let url = format!("{}/v1/accounts/{}", self.api_base, object_id(id)?);
+        Ok(self.send(self.http.get(url)).await?.body)
+    }
+
     /// `DELETE /v1/customers/{id}`. Deleting is permanent; Stripe ignores idempotency keys here.
     pub async fn delete_customer(&self, id: &str) -> Result<Response, StripeError> {
         self.delete("/v1/customers", id).await
@@ -733,6 +740,11 @@ fn has_more(body: &Value) -> bool {
 pub fn lost_event_cursor(error: &StripeError) -> bool {
     matches!(error, StripeError::Api(e) if e.status == 404 && e.code.as_deref() == Some("resource_missing")
         && matches!(e.param.as_deref(), Some("ending_before" | "starting_after")))
+}
+
+/// Whether `error` says a Connect account is no longer the platform's (deleted or disconnected).
+pub fn account_gone(error: &StripeError) -> bool {
+    matches!(error, StripeError::Api(e) if e.code.as_deref() == Some("account_invalid"))
 }
 
 /// The objects of a list or search answer that [belong to](ListedObject::belongs_to) `user_id`.

@@ -46,6 +46,7 @@ mod connect;
 mod dropped_tables;
 mod helpers;
 mod idle;
+mod inbound;
 mod intake;
 mod lanes;
 mod locked_rows;
@@ -86,6 +87,7 @@ fn main() {
         slow_condition::tests(),
         claim_cursor::tests(),
         stripe_api::tests(),
+        inbound::tests(),
     ]
     .into_iter()
     .flatten()

@@ -1,0 +1,320 @@
+//! Stripe back into Postgres, with no webhook endpoint: a worker reads Stripe's Events API from the
+//! cursor in `onboarding.events_cursor` and keeps `onboarding.connect_accounts` (sql/inbound.sql)
+//! in step with what Stripe says of the accounts the extension created.
+//!
+//! A poll is three steps, none holding a transaction across a call: take the turn (one worker
+//! at a time, when `onboarding.events_poll_interval` says one is due); read a page of events
+//! and the accounts due to be read again, in the background on the worker's runtime, each
+//! request behind every signup's call for the rate budget; apply them in one transaction. Events
+//! already applied (ids in `onboarding.stripe_events_applied`) are skipped, and an event older
+//! than the state held never overwrites it (core's `inbound`). Without a cursor (the first poll)
+//! or with one past Stripe's 30 days, the reader starts at Stripe's newest event and reads every
+//! followed account itself, so nothing that happened meanwhile is missed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use onboarding_core::budget::Gcra;
+use onboarding_core::budget_turns::BudgetTurns;
+use onboarding_core::inbound::{AccountReadiness, Change, Verdict, parse_event, plan};
+use onboarding_core::stripe::{StripeClient, StripeError, account_gone, lost_event_cursor};
+use pgrx::JsonB;
+use pgrx::prelude::*;
+use serde_json::{Value, json};
+
+use crate::gucs;
+use crate::pg::transaction::in_transaction;
+use crate::rate_budget;
+
+/// The events read: what the readiness table needs.
+pub const TYPES: &[&str] = &["account.updated", "account.application.deauthorized"];
+
+/// Accounts read directly per poll (each a request): the rest wait for the next polls.
+const REFRESH_AT_MOST: i32 = 20;
+
+/// How long to wait before asking again whether a poll is due, at most: another worker may
+/// have issued an account link meanwhile (which makes one due sooner).
+const CHECK_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
+
+/// A poll whose requests run in the background.
+pub struct Poll {
+    reading: tokio::task::JoinHandle<Read>,
+    since_link: Option<Duration>,
+}
+
+/// What a poll read from Stripe.
+struct Read {
+    page: Result<Page, StripeError>,
+    /// Each account read again: when its request was sent (Unix seconds) and Stripe's answer.
+    accounts: Vec<(String, i64, Result<Value, StripeError>)>,
+}
+
+enum Page {
+    /// Events after the cursor, oldest first, and whether newer ones follow.
+    After(Vec<Value>, bool),
+    /// No cursor yet (`lost`: Stripe no longer holds it): where to start, Stripe's newest event.
+    Start { newest: Option<String>, lost: bool },
+}
+
+/// Takes the poller's turn if a poll is due and starts reading. Returns the poll, or when to ask
+/// again.
+pub fn start(
+    runtime: &tokio::runtime::Runtime,
+    client: &StripeClient,
+    budget: Option<Gcra>,
+    turns: Arc<BudgetTurns>,
+) -> Result<Poll, Duration> {
+    let taken = in_transaction("taking the events poll", || {
+        Spi::connect(|spi| {
+            let row = spi
+                .select("SELECT * FROM onboarding._events_poll_begin($1)", Some(1), &[REFRESH_AT_MOST.into()])?
+                .first();
+            let polling = row.get::<bool>(1)?.unwrap_or(false);
+            let due_in = Duration::from_secs_f64(row.get::<f64>(2)?.unwrap_or(0.0).clamp(0.0, 86_400.0));
+            let cursor = row.get::<String>(3)?;
+            let accounts = row.get::<Vec<String>>(4)?.unwrap_or_default();
+            let since_link = row.get::<f64>(5)?.map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9)));
+            Ok::<_, pgrx::spi::Error>((polling, due_in, cursor, accounts, since_link))
+        })
+    });
+    let (cursor, accounts, since_link) = match taken {
+        Ok(Ok((true, _, cursor, accounts, since_link))) => (cursor, accounts, since_link),
+        Ok(Ok((false, due_in, ..))) => return Err(due_in.min(CHECK_AT_LEAST_EVERY)),
+        // Not installed at this release yet, or a standby: ask again later.
+        _ => return Err(CHECK_AT_LEAST_EVERY),
+    };
+    let client = client.clone();
+    let reading = runtime.spawn(async move {
+        let slot = || async {
+            if let Some(gcra) = &budget {
+                turns.wait_for_slot(false, || rate_budget::take_slot(gcra)).await;
+            }
+        };
+        slot().await;
+        let page = match &cursor {
+            None => client.newest_event(TYPES).await.map(|newest| Page::Start { newest, lost: false }),
+            Some(cursor) => match client.events_after(cursor, TYPES).await {
+                Err(e) if lost_event_cursor(&e) => {
+                    slot().await;
+                    client.newest_event(TYPES).await.map(|newest| Page::Start { newest, lost: true })
+                }
+                read => read.map(|(events, more)| Page::After(events, more)),
+            },
+        };
+        let mut read_accounts = Vec::with_capacity(accounts.len());
+        if page.is_ok() {
+            for account in accounts {
+                slot().await;
+                let sent_at = unix_now();
+                let answer = client.retrieve_account(&account).await;
+                read_accounts.push((account, sent_at, answer));
+            }
+        }
+        Read { page, accounts: read_accounts }
+    });
+    Ok(Poll { reading, since_link })
+}
+
+impl Poll {
+    pub fn is_finished(&self) -> bool {
+        self.reading.is_finished()
+    }
+
+    /// Applies what the poll read (call once [`Poll::is_finished`]), in one transaction, and
+    /// returns when to ask again whether a poll is due; `warned` says a failure was already told.
+    pub fn finish(self, runtime: &tokio::runtime::Runtime, warned: &mut bool) -> Duration {
+        let Poll { reading, since_link } = self;
+        let Ok(read) = runtime.block_on(reading) else {
+            return CHECK_AT_LEAST_EVERY; // the task panicked: the turn lapses in a minute
+        };
+        let interval = gucs::events_poll().map_or(Duration::from_secs(3600), |p| p.next_poll_in(since_link));
+        // AssertUnwindSafe: a failed transaction leaves `warned` as good as any value.
+        let applied =
+            in_transaction("applying Stripe's events", std::panic::AssertUnwindSafe(|| apply(read, interval, warned)));
+        match applied {
+            Ok(Ok(next_in)) => next_in,
+            Ok(Err(e)) => {
+                warning!("onboarding: applying Stripe's events: {e}");
+                interval
+            }
+            Err(_) => interval,
+        }
+    }
+}
+
+/// Applies a poll's read and ends the poll; returns when the next one is due.
+fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, pgrx::spi::Error> {
+    let mut states: HashMap<String, Value> = HashMap::new();
+    let mut refetch: Vec<String> = Vec::new();
+    let (mut applied, mut next_in) = (0, interval);
+    let (mut cursor, mut lost) = (None::<(String, Option<i64>)>, false);
+    match read.page {
+        Err(error) => {
+            if !*warned {
+                warning!("onboarding: could not read Stripe's events: {error}; trying again every {interval:?}");
+                *warned = true;
+            }
+            end_poll(None, 0, interval, false)?;
+            return Ok(interval);
+        }
+        Ok(Page::Start { newest, lost: was_lost }) => {
+            if was_lost {
+                warning!(
+                    "onboarding: Stripe no longer holds the events after the stored cursor (it keeps 30 days): \
+                     starting again at the newest event and reading every followed account"
+                );
+            }
+            // Whatever happened before the new cursor is read from the accounts themselves.
+            Spi::run("SELECT onboarding._refresh_accounts(NULL)")?;
+            cursor = newest.map(|id| (id, None));
+            lost = was_lost;
+        }
+        Ok(Page::After(events, more)) => {
+            if let Some(last) = events.last() {
+                cursor = last["id"].as_str().map(|id| (id.to_string(), last["created"].as_i64()));
+            }
+            if more {
+                next_in = Duration::ZERO;
+            }
+            let fresh = not_applied_before(&events)?;
+            let parsed = events
+                .iter()
+                .filter(|e| e["id"].as_str().is_some_and(|id| fresh.contains(id)))
+                .filter_map(|e| parse_event(e).inspect_err(|why| warning!("onboarding: skipping {why}")).ok())
+                .collect::<Vec<_>>();
+            applied = parsed.len() as i32;
+            let as_of = stored_as_of(&parsed)?;
+            for step in plan(parsed, |account| as_of.get(account).copied().flatten()) {
+                let created = step.event.created;
+                match (step.verdict, step.superseded, step.event.change) {
+                    (Verdict::Stale, ..) | (_, true, _) => {}
+                    (Verdict::Refetch, false, change) => refetch.extend(change.object_id().map(str::to_string)),
+                    (Verdict::Apply, false, Change::Account(readiness)) => {
+                        states.insert(readiness.account.clone(), readiness_state(&readiness, created));
+                    }
+                    (Verdict::Apply, false, Change::AccountDeauthorized { account }) => {
+                        states.insert(
+                            account.clone(),
+                            json!({"account": account, "as_of": created, "deauthorized": true}),
+                        );
+                    }
+                    (Verdict::Apply, false, _) => {} // not read yet (customer changes)
+                }
+            }
+        }
+    }
+    for (account, sent_at, answer) in read.accounts {
+        let state = match answer {
+            Ok(object) => match AccountReadiness::from_account(&object) {
+                Some(readiness) => readiness_state(&readiness, sent_at),
+                None => continue,
+            },
+            Err(e) if account_gone(&e) => json!({"account": account, "as_of": sent_at, "deauthorized": true}),
+            Err(e) => {
+                warning!("onboarding: reading Connect account {account}: {e}");
+                continue; // still due: read again at the next poll
+            }
+        };
+        // A read is as new as any event of the poll before it: the later of the two wins.
+        let newer = states.get(&account).is_none_or(|s| s["as_of"].as_i64() <= Some(sent_at));
+        if newer {
+            states.insert(account, state);
+        }
+    }
+    *warned = false;
+    if !states.is_empty() {
+        let states: Vec<Value> = states.into_values().collect();
+        Spi::run_with_args("SELECT onboarding._apply_account_states($1)", &[JsonB(Value::Array(states)).into()])?;
+    }
+    if !refetch.is_empty() {
+        // Read at once, by the next poll: an owner may be waiting for exactly this change.
+        Spi::run_with_args("SELECT onboarding._refresh_accounts($1)", &[refetch.into()])?;
+        next_in = Duration::ZERO;
+    }
+    end_poll(cursor, applied, next_in, lost)?;
+    Ok(next_in)
+}
+
+/// The readiness as `_apply_account_states` takes it, as of `as_of` (Unix seconds).
+fn readiness_state(readiness: &AccountReadiness, as_of: i64) -> Value {
+    json!({
+        "account": readiness.account, "as_of": as_of,
+        "charges_enabled": readiness.charges_enabled, "payouts_enabled": readiness.payouts_enabled,
+        "details_submitted": readiness.details_submitted,
+        "requirements_currently_due": readiness.requirements_currently_due,
+        "disabled_reason": readiness.disabled_reason,
+    })
+}
+
+/// The ids of `events` not applied before, now recorded as applied.
+fn not_applied_before(events: &[Value]) -> Result<std::collections::HashSet<String>, pgrx::spi::Error> {
+    let (mut ids, mut types, mut created) = (Vec::new(), Vec::new(), Vec::new());
+    for event in events {
+        if let (Some(id), Some(kind)) = (event["id"].as_str(), event["type"].as_str()) {
+            ids.push(id.to_string());
+            types.push(kind.to_string());
+            created.push(event["created"].as_i64().unwrap_or(0));
+        }
+    }
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let fresh = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT onboarding._events_not_applied($1, $2, $3)",
+        &[ids.into(), types.into(), created.into()],
+    )?;
+    Ok(fresh.unwrap_or_default().into_iter().collect())
+}
+
+/// The time of the state held for each followed account the events are about.
+fn stored_as_of(
+    events: &[onboarding_core::inbound::InboundEvent],
+) -> Result<HashMap<String, Option<i64>>, pgrx::spi::Error> {
+    let accounts: Vec<String> = events.iter().filter_map(|e| e.change.object_id().map(str::to_string)).collect();
+    if accounts.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Spi::connect(|spi| {
+        let rows = spi.select(
+            "SELECT account_id, as_of FROM onboarding.connect_accounts WHERE account_id = ANY ($1)",
+            None,
+            &[accounts.into()],
+        )?;
+        let mut held = HashMap::new();
+        for row in rows {
+            if let Some(account) = row.get::<String>(1)? {
+                held.insert(account, row.get::<i64>(2)?);
+            }
+        }
+        Ok(held)
+    })
+}
+
+fn end_poll(
+    cursor: Option<(String, Option<i64>)>,
+    applied: i32,
+    next_in: Duration,
+    lost: bool,
+) -> Result<(), pgrx::spi::Error> {
+    let (id, created) = cursor.map_or((None, None), |(id, created)| (Some(id), created));
+    Spi::run_with_args(
+        "SELECT onboarding._events_poll_end($1, $2, $3, make_interval(secs => $4), $5)",
+        &[id.into(), created.into(), applied.into(), next_in.as_secs_f64().into(), lost.into()],
+    )
+}
+
+/// Records that an account link was issued: the next polls come at the fast interval.
+pub fn account_link_issued() {
+    let Some(poll) = gucs::events_poll() else { return };
+    let _ = in_transaction("noting an account link", || {
+        Spi::run_with_args(
+            "SELECT onboarding._account_link_issued(make_interval(secs => $1))",
+            &[poll.fast.as_secs_f64().into()],
+        )
+    });
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,251 @@
+//! Stripe back into Postgres: Connect accounts' readiness follows Stripe's events (no webhook).
+
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Failed, Trial};
+use postgres::Client;
+use postgres::fallible_iterator::FallibleIterator;
+use stripe_emulator::Onboarding;
+
+use crate::env;
+use crate::helpers::{DEADLINE, db, ensure, set_and_reload, wait_for};
+
+pub(crate) fn tests() -> Vec<Trial> {
+    trials![
+        an_account_onboarded_at_stripe_is_ready_within_a_poll,
+        events_read_again_or_out_of_order_leave_the_newest_state,
+        a_cursor_past_stripe_retention_starts_again_from_the_accounts,
+    ]
+}
+
+/// A table with Connect always on and one provider, whose account the worker created.
+fn provider(db: &mut Client, table: &str) -> (String, String) {
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+             stripe_customer_id text, stripe_connect_account_id text);
+         SELECT onboarding.attach('{table}', connect_policy => 'always');"
+    ))
+    .unwrap();
+    let user: String = db
+        .query_one(&format!("INSERT INTO {table} (email) VALUES ('seller@example.com') RETURNING id::text"), &[])
+        .unwrap()
+        .get(0);
+    let account = wait_for("the Connect account", DEADLINE, || {
+        db.query_one(&format!("SELECT stripe_connect_account_id FROM {table} WHERE id::text = $1"), &[&user])
+            .unwrap()
+            .get::<_, Option<String>>(0)
+    })
+    .unwrap();
+    (user, account)
+}
+
+fn ready(db: &mut Client, user: &str) -> bool {
+    db.query_one("SELECT onboarding.account_ready($1::text::uuid)", &[&user]).unwrap().get(0)
+}
+
+/// (ready, charges, payouts, details submitted, currently due, disabled reason, deauthorized)
+type Status = (bool, bool, bool, bool, Vec<String>, Option<String>, bool);
+
+fn status(db: &mut Client, user: &str) -> Option<Status> {
+    db.query_opt(
+        "SELECT ready, charges_enabled, payouts_enabled, details_submitted, requirements_currently_due,
+                disabled_reason, deauthorized_at IS NOT NULL FROM onboarding.account_status($1::text::uuid)",
+        &[&user],
+    )
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+}
+
+fn wait_for_status(
+    db: &mut Client,
+    user: &str,
+    what: &str,
+    deadline: Duration,
+    want: impl Fn(&Status) -> bool,
+) -> Result<Status, Failed> {
+    wait_for(what, deadline, || status(db, user).filter(|s| want(s)))
+}
+
+/// At the default intervals: after an account link (2 s polls for 10 minutes), each onboarding
+/// step shows in account_status, readiness within one poll of Stripe enabling the account, with
+/// a NOTIFY; disabling and disconnecting take it back.
+fn an_account_onboarded_at_stripe_is_ready_within_a_poll() -> Result<(), Failed> {
+    let mut db = db();
+    let table = "public.profiles_inbound";
+    let (user, account) = provider(&mut db, table);
+    ensure(!ready(&mut db, &user), || "a new account is ready".into())?;
+    let link: String = db
+        .query_one(
+            "SELECT onboarding.create_account_link($1, 'https://example.com/refresh', 'https://example.com/return',
+                                                   profile_table => $2::text::regclass)",
+            &[&user, &table],
+        )
+        .unwrap()
+        .get(0);
+    ensure(link.starts_with("http"), || format!("link {link}"))?;
+    let mut listener = crate::helpers::db();
+    listener.batch_execute("LISTEN onboarding_accounts").unwrap();
+    let poll = Duration::from_secs(2) + Duration::from_secs(3); // the fast interval, and a margin
+
+    env().stripe.set_onboarding(&account, Onboarding::requirements_due()).unwrap();
+    wait_for_status(&mut db, &user, "requirements due", poll, |s| {
+        !s.0 && !s.4.is_empty() && s.5.as_deref() == Some("requirements.past_due")
+    })?;
+    env().stripe.set_onboarding(&account, Onboarding::DetailsSubmitted).unwrap();
+    wait_for_status(&mut db, &user, "details submitted", poll, |s| s.3 && !s.0)?;
+    let enabled_at = Instant::now();
+    env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
+    wait_for("account_ready", poll, || ready(&mut db, &user).then_some(()))?;
+    println!("    account enabled at Stripe -> account_ready true: {:?}", enabled_at.elapsed());
+    let status = status(&mut db, &user).unwrap();
+    ensure(status == (true, true, true, true, vec![], None, false), || format!("{status:?}"))?;
+    let heard = listener
+        .notifications()
+        .timeout_iter(Duration::from_secs(1))
+        .iterator()
+        .filter_map(Result::ok)
+        .map(|n| serde_json::from_str::<serde_json::Value>(n.payload()).unwrap())
+        .find(|n| n["user_id"] == user.as_str() && n["ready"] == true);
+    ensure(heard.is_some_and(|n| n["account_id"] == account.as_str() && n["table"] == table), || {
+        "no NOTIFY onboarding_accounts saying ready".into()
+    })?;
+
+    // The user's sequence() tells what Stripe said, and stats how far the reader is.
+    let lines: Vec<String> = db
+        .query("SELECT line FROM onboarding.sequence($1) WHERE step = 'stripe_account_updated'", &[&user])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let ready_line = format!("Stripe says account {account} is ready");
+    ensure(
+        lines.iter().any(|l| l.contains("not ready (disabled: requirements.past_due, due: external_account"))
+            && lines.last() == Some(&ready_line),
+        || format!("sequence lines: {lines:?}"),
+    )?;
+    let lag: Option<f64> = db
+        .query_one("SELECT value::float8 FROM onboarding.stats WHERE metric = 'Stripe events cursor lag (s)'", &[])
+        .unwrap()
+        .get(0);
+    ensure(lag.is_some_and(|l| l < 60.0), || format!("cursor lag {lag:?}"))?;
+
+    env().stripe.set_onboarding(&account, Onboarding::disabled("rejected.fraud")).unwrap();
+    wait_for_status(&mut db, &user, "disabled", poll, |s| !s.0 && s.5.as_deref() == Some("rejected.fraud"))?;
+    env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
+    wait_for("ready again", poll, || ready(&mut db, &user).then_some(()))?;
+    ensure(env().stripe.deauthorize_account(&account), || "no account to deauthorize".into())?;
+    wait_for_status(&mut db, &user, "deauthorized", poll, |s| s.6 && !s.0)?;
+    ensure(!ready(&mut db, &user), || "a disconnected account is ready".into())
+}
+
+/// Moves the cursor back to before every event of the account, and forgets or keeps what was
+/// applied: events read again are skipped, and old ones applied again never undo newer state.
+fn events_read_again_or_out_of_order_leave_the_newest_state() -> Result<(), Failed> {
+    let mut db = db();
+    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
+    let result = (|| {
+        let table = "public.profiles_inbound_order";
+        let (user, account) = provider(&mut db, table);
+        env().stripe.set_onboarding(&account, Onboarding::requirements_due()).unwrap();
+        env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
+        wait_for("account_ready", DEADLINE, || ready(&mut db, &user).then_some(()))?;
+        let first_event = env()
+            .stripe
+            .events()
+            .into_iter()
+            .find(|e| e["data"]["object"]["id"] == account.as_str())
+            .and_then(|e| e["id"].as_str().map(str::to_string))
+            .unwrap();
+        // Read from there once (the first poll started at Stripe's newest event and read the
+        // account itself: what came before may not be applied yet), then again.
+        rewind(&mut db, &first_event, false);
+        wait_for("the rewound poll", DEADLINE, || polled_past(&mut db, &first_event))?;
+        ensure(ready(&mut db, &user), || "older events applied late undid readiness".into())?;
+        let applied_before: i64 =
+            db.query_one("SELECT events_applied FROM onboarding.events_cursor", &[]).unwrap().get(0);
+        rewind(&mut db, &first_event, false);
+        wait_for("the second rewound poll", DEADLINE, || polled_past(&mut db, &first_event))?;
+        let applied_after: i64 =
+            db.query_one("SELECT events_applied FROM onboarding.events_cursor", &[]).unwrap().get(0);
+        ensure(applied_after == applied_before, || format!("applied {applied_before} then {applied_after}"))?;
+        ensure(ready(&mut db, &user), || "reading events again undid readiness".into())?;
+
+        // Applied again as if new (ids forgotten) over state from a later read (as a read of
+        // the account a minute on would give): every event is older, none may overwrite it.
+        db.execute(
+            "UPDATE onboarding.connect_accounts SET charges_enabled = false, disabled_reason = 'rejected.other',
+                    as_of = as_of + 60 WHERE account_id = $1",
+            &[&account],
+        )
+        .unwrap();
+        rewind(&mut db, &first_event, true);
+        wait_for("the rewound poll", DEADLINE, || polled_past(&mut db, &first_event))?;
+        let s = status(&mut db, &user).unwrap();
+        ensure(s == (false, false, true, true, vec![], Some("rejected.other".into()), false), || {
+            format!("older events overwrote newer state: {s:?}")
+        })
+    })();
+    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
+    result
+}
+
+/// Moves the cursor to `event` (events after it are read again), forgetting the applied ids if
+/// `forget`.
+fn rewind(db: &mut Client, event: &str, forget: bool) {
+    if forget {
+        db.execute("DELETE FROM onboarding.stripe_events_applied", &[]).unwrap();
+    }
+    // Between polls: a poll in flight would move the cursor past the rewind.
+    wait_for("a moment between polls", DEADLINE, || {
+        let moved = db
+            .execute(
+                "UPDATE onboarding.events_cursor SET last_event_id = $1, next_poll_at = now() WHERE polling_pid IS NULL",
+                &[&event],
+            )
+            .unwrap();
+        (moved == 1).then_some(())
+    })
+    .unwrap();
+}
+
+/// The cursor moved past `event` and no account waits to be read again (a same-second event's).
+fn polled_past(db: &mut Client, event: &str) -> Option<()> {
+    let row = db
+        .query_one(
+            "SELECT last_event_id IS DISTINCT FROM $1
+                    AND NOT EXISTS (SELECT FROM onboarding.connect_accounts WHERE refresh_due)
+               FROM onboarding.events_cursor",
+            &[&event],
+        )
+        .unwrap();
+    row.get::<_, bool>(0).then_some(())
+}
+
+/// Stripe keeps 30 days of events: a cursor older than that is lost, the reader says so, starts
+/// at the newest event and reads the accounts themselves, so a change made meanwhile still shows.
+fn a_cursor_past_stripe_retention_starts_again_from_the_accounts() -> Result<(), Failed> {
+    let mut db = db();
+    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
+    let result = (|| {
+        let table = "public.profiles_inbound_lost";
+        let (user, account) = provider(&mut db, table);
+        env().stripe.set_onboarding(&account, Onboarding::requirements_due()).unwrap();
+        wait_for_status(&mut db, &user, "requirements due", DEADLINE, |s| !s.4.is_empty())?;
+        // Slow polls while Stripe forgets every event, the enabling one too.
+        set_and_reload(&mut db, "onboarding.events_poll_interval = '1h'");
+        db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now() + interval '1 hour'", &[]).unwrap();
+        env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
+        env().stripe.age_events(31);
+        let lost_before: Option<std::time::SystemTime> =
+            db.query_one("SELECT cursor_lost_at FROM onboarding.events_cursor", &[]).unwrap().get(0);
+        set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
+        db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now()", &[]).unwrap();
+        wait_for("account_ready from reading the account", DEADLINE, || ready(&mut db, &user).then_some(()))?;
+        let lost_after: Option<std::time::SystemTime> =
+            db.query_one("SELECT cursor_lost_at FROM onboarding.events_cursor", &[]).unwrap().get(0);
+        ensure(lost_after.is_some() && lost_after != lost_before, || "the lost cursor was not noted".into())
+    })();
+    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
+    result
+}
