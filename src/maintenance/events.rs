@@ -30,7 +30,8 @@ use crate::rate_budget;
 /// The events read: what the readiness table needs.
 pub const TYPES: &[&str] = &["account.updated", "account.application.deauthorized"];
 
-/// Accounts read directly per poll (each a request): the rest wait for the next polls.
+/// Accounts read directly per poll (each a request): the rest wait for the next polls. (Polls
+/// following at once while more waited delayed signups past a lane test's 2 s at a 10/s budget.)
 const REFRESH_AT_MOST: i32 = 20;
 
 /// How long to wait before asking again whether a poll is due, at most: another worker may

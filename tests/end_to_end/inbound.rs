@@ -8,13 +8,14 @@ use postgres::fallible_iterator::FallibleIterator;
 use stripe_emulator::Onboarding;
 
 use crate::env;
-use crate::helpers::{DEADLINE, db, ensure, set_and_reload, wait_for};
+use crate::helpers::{DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, set_and_reload, wait_for};
 
 pub(crate) fn tests() -> Vec<Trial> {
     trials![
         an_account_onboarded_at_stripe_is_ready_within_a_poll,
         events_read_again_or_out_of_order_leave_the_newest_state,
         a_cursor_past_stripe_retention_starts_again_from_the_accounts,
+        a_stalled_read_of_events_delays_no_signup,
     ]
 }
 
@@ -245,6 +246,29 @@ fn a_cursor_past_stripe_retention_starts_again_from_the_accounts() -> Result<(),
         let lost_after: Option<std::time::SystemTime> =
             db.query_one("SELECT cursor_lost_at FROM onboarding.events_cursor", &[]).unwrap().get(0);
         ensure(lost_after.is_some() && lost_after != lost_before, || "the lost cursor was not noted".into())
+    })();
+    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
+    result
+}
+
+/// The events are read in the background: while Stripe takes 5 s to answer a read, a signup's
+/// customer is created and written back as at any other time.
+fn a_stalled_read_of_events_delays_no_signup() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_inbound_stall");
+    env().stripe.inject(stripe_emulator::Fault::stall(Duration::from_secs(5)).on("GET", "/v1/events").times(1));
+    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
+    let result = (|| {
+        db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now()", &[]).unwrap();
+        wait_for("the read to stall", DEADLINE, || (env().stripe.pending_faults() == 0).then_some(()))?;
+        let started = Instant::now();
+        let user = insert_profile(&mut db, &table, Some("signup@example.com"));
+        wait_for("the signup's customer", DEADLINE, || customer_id(&mut db, &table, &user))?;
+        let took = started.elapsed();
+        ensure(took < Duration::from_secs(2), || format!("the signup waited {took:?} behind a stalled read"))?;
+        let polling: bool =
+            db.query_one("SELECT polling_pid IS NOT NULL FROM onboarding.events_cursor", &[]).unwrap().get(0);
+        ensure(polling, || "the read was no longer stalled: the test shows nothing".into())
     })();
     set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
     result
