@@ -12,7 +12,8 @@
 //!    loopback, not waited for, named in `onboarding.wait_for_standbys`, and synchronous;
 //! 7. signups arriving during a backfill of 100,000 that waits for the rate budget, with priority
 //!    lanes; and during a short one with lanes and with one queue (the backfill's jobs put in the
-//!    signups' lane);
+//!    signups' lane); and the short one with lanes while Stripe's events are read every second
+//!    (7c: the reader re-reading 200 Connect accounts, all in the same budget);
 //! 8. line 1 while another session holds one profile's row through its write-back;
 //! 9. the queue's own history: line 2's throughput after 100,000 finished jobs, and while another
 //!    session holds a REPEATABLE READ snapshot open (twice in a row, then once released), each as
@@ -284,6 +285,7 @@ fn main() {
         let (lanes50, lanes99) = signups_during_backfill(&mut db, backlog, 20, Duration::from_millis(500), false);
         let (short50, short99) = signups_during_backfill(&mut db, short, 20, Duration::from_millis(500), false);
         let (fifo50, fifo99) = signups_during_backfill(&mut db, short, 20, Duration::from_millis(500), true);
+        let (events50, events99, busiest) = signups_during_events_reads(&mut db, &stripe, short);
         row(
             &format!("7. signups at 2/s during a backfill of {backlog} at 24/s: p50 / p99"),
             format!("{lanes50:.2} / {lanes99:.2} s"),
@@ -293,6 +295,11 @@ fn main() {
             &format!("7b. the same during a backfill of {short}, with lanes / one queue"),
             format!("{short50:.2} / {short99:.2} s / {fifo50:.1} / {fifo99:.1} s"),
             "-",
+        );
+        row(
+            "7c. 7b with lanes, Stripe's events read every 1 s (200 accounts)",
+            format!("{events50:.2} / {events99:.2} s, busiest second {busiest}"),
+            "p99 as 7b's; <= 25 requests a second",
         );
         set(
             &mut db,
@@ -556,6 +563,58 @@ fn signups_during_backfill(db: &mut Client, backlog: i64, signups: usize, gap: D
     drain(db, Duration::from_secs(60));
     let (p50, _, p99) = written_back_percentiles(db, &users);
     (p50 / 1000.0, p99 / 1000.0)
+}
+
+/// Line 7c: line 7b with lanes while the events reader (issue 15) is as busy as it gets: polls
+/// every second, each re-reading 20 of 200 followed Connect accounts (`refresh_due`, as after a
+/// lost cursor), every request in the lowest lane of the same 24/s budget. Returns the signups'
+/// p50 / p99 (s) and the most requests Stripe received in any one second meanwhile.
+fn signups_during_events_reads(db: &mut Client, stripe: &Emulator, short: i64) -> (f64, f64, usize) {
+    set(db, &[("onboarding.rate_limit", "0")]);
+    db.batch_execute(
+        "CREATE TABLE public.sellers (LIKE public.profiles INCLUDING ALL);
+         SELECT onboarding.attach('public.sellers', connect_policy => 'always');
+         INSERT INTO public.sellers (email) SELECT 'seller-' || g || '@example.com' FROM generate_series(1, 200) g;",
+    )
+    .unwrap();
+    drain(db, Duration::from_secs(120));
+    set(
+        db,
+        &[
+            ("onboarding.rate_limit", "24"),
+            ("onboarding.events_poll_interval", "1s"),
+            ("onboarding.events_poll_fast_interval", "1s"),
+        ],
+    );
+    db.batch_execute(
+        "UPDATE onboarding.connect_accounts SET refresh_due = true;
+         UPDATE onboarding.events_cursor SET next_poll_at = now();",
+    )
+    .unwrap();
+    let since = std::time::SystemTime::now();
+    let (p50, p99) = signups_during_backfill(db, short, 20, Duration::from_millis(500), false);
+    let reads =
+        stripe.requests().iter().filter(|r| r.arrived_at >= since && r.path.starts_with("/v1/accounts/")).count();
+    assert!(reads >= 100, "the events reader read only {reads} accounts: the line shows nothing");
+    let busiest = busiest_second(stripe, since);
+    set(db, &[("onboarding.events_poll_interval", "15s"), ("onboarding.events_poll_fast_interval", "2s")]);
+    (p50, p99, busiest)
+}
+
+/// The most requests Stripe received in any one second (a sliding window) since `since`.
+fn busiest_second(stripe: &Emulator, since: std::time::SystemTime) -> usize {
+    let mut times: Vec<std::time::SystemTime> =
+        stripe.requests().iter().map(|r| r.arrived_at).filter(|t| *t >= since).collect();
+    times.sort();
+    let mut busiest = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end].duration_since(times[start]).unwrap_or_default() >= Duration::from_secs(1) {
+            start += 1;
+        }
+        busiest = busiest.max(end - start + 1);
+    }
+    busiest
 }
 
 /// Inserts `n` profiles in statements of `per_statement` rows and times them until all are

@@ -52,17 +52,27 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
            END
       FROM steps s
     UNION ALL
-    -- What Stripe said of the user's Connect account, from its events (sql/inbound.sql).
+    -- What Stripe said of the user's Connect account and customer, from its events (sql/inbound.sql).
     SELECT e.at, NULL::bigint, e.step,
-           format('Stripe says account %s is %s%s', e.detail->>'account_id',
-                  CASE WHEN (e.detail->>'ready')::boolean THEN 'ready' ELSE 'not ready' END,
-                  coalesce(' (' || nullif(concat_ws(', ',
-                      CASE WHEN (e.detail->>'deauthorized')::boolean THEN 'disconnected from the platform' END,
-                      'disabled: ' || (e.detail->>'disabled_reason'),
-                      'due: ' || nullif(array_to_string(ARRAY(SELECT jsonb_array_elements_text(
-                                    e.detail->'requirements_currently_due')), ', '), '')), '') || ')', ''))
+           CASE e.step
+               WHEN 'stripe_account_updated' THEN
+                   format('Stripe says account %s is %s%s', e.detail->>'account_id',
+                          CASE WHEN (e.detail->>'ready')::boolean THEN 'ready' ELSE 'not ready' END,
+                          coalesce(' (' || nullif(concat_ws(', ',
+                              CASE WHEN (e.detail->>'deauthorized')::boolean THEN 'disconnected from the platform' END,
+                              'disabled: ' || (e.detail->>'disabled_reason'),
+                              'due: ' || nullif(array_to_string(ARRAY(SELECT jsonb_array_elements_text(
+                                            e.detail->'requirements_currently_due')), ', '), '')), '') || ')', ''))
+               WHEN 'stripe_customer_deleted' THEN
+                   format('Stripe says customer %s was deleted: %s', e.detail->>'customer_id',
+                          CASE e.detail->>'outcome' WHEN 'recreated' THEN 'cleared, a new one queued'
+                                                    WHEN 'flagged' THEN 'flagged (audit_mismatches)'
+                                                    ELSE e.detail->>'outcome' END)
+               ELSE format('Stripe says customer %s''s email changed: %s', e.detail->>'customer_id', e.detail->>'outcome')
+           END
       FROM onboarding.events e
-     WHERE e.user_id = sequence.user_id AND e.job_id IS NULL AND e.step = 'stripe_account_updated'
+     WHERE e.user_id = sequence.user_id AND e.job_id IS NULL
+       AND e.step IN ('stripe_account_updated', 'stripe_customer_deleted', 'stripe_customer_updated')
      ORDER BY 1, 2 NULLS FIRST;
 $$;
 
@@ -315,23 +325,29 @@ BEGIN
 END $$;
 
 -- Profiles whose stored Stripe ID is missing or deleted in Stripe, belongs to another user, or
--- whose email differs from the customer's.
+-- whose email differs from the customer's: in the latest snapshot of Stripe, or in what Stripe's
+-- events said since (sql/inbound.sql: a deletion, a newer email), so that a change made in the
+-- Dashboard shows without a new snapshot.
 CREATE FUNCTION onboarding.audit_mismatches(refresh boolean DEFAULT true)
 RETURNS TABLE (profile_table regclass, user_id text, object text, stripe_id text, problem text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     snap bigint := onboarding._snapshot(refresh);
+    -- Whole seconds, as Stripe times events: one of the snapshot's second counts as newer.
+    taken bigint := (SELECT floor(extract(epoch FROM s.started_at)) FROM onboarding.stripe_snapshots s WHERE s.id = snap);
 BEGIN
     RETURN QUERY
         SELECT p.profile_table, p.user_id, k.object, k.stripe_id,
-               CASE WHEN o.id IS NULL THEN 'missing or deleted in Stripe'
+               CASE WHEN o.id IS NULL OR d.deleted_at IS NOT NULL THEN 'missing or deleted in Stripe'
                     WHEN o.user_id IS DISTINCT FROM p.user_id THEN format('belongs to user %s in Stripe', o.user_id)
-                    ELSE format('email differs: Stripe has %s', coalesce(o.email, 'none')) END
+                    ELSE format('email differs: Stripe has %s', coalesce(stripe.email, 'none')) END
           FROM onboarding._all_profiles() p
          CROSS JOIN LATERAL (VALUES ('customer', p.customer), ('account', p.account)) k(object, stripe_id)
           LEFT JOIN onboarding.stripe_objects o ON o.snapshot = snap AND o.id = k.stripe_id
+          LEFT JOIN onboarding.customer_changes d ON k.object = 'customer' AND d.customer_id = k.stripe_id
+         CROSS JOIN LATERAL (SELECT CASE WHEN d.email_as_of >= taken THEN d.stripe_email ELSE o.email END AS email) stripe
          WHERE k.stripe_id IS NOT NULL
-           AND (o.id IS NULL OR o.user_id IS DISTINCT FROM p.user_id
-                OR (k.object = 'customer' AND btrim(o.email) IS DISTINCT FROM btrim(p.email)))
+           AND (o.id IS NULL OR d.deleted_at IS NOT NULL OR o.user_id IS DISTINCT FROM p.user_id
+                OR (k.object = 'customer' AND btrim(stripe.email) IS DISTINCT FROM btrim(p.email)))
          ORDER BY p.profile_table::text, p.user_id, k.object;
 END $$;

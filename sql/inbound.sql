@@ -94,19 +94,20 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The events reader takes its turn, when a poll is due and no other worker is polling (or the
--- one that was has been gone a minute): `polling`, with the cursor, the accounts to read again
--- and the seconds since the last account link. Otherwise the seconds until the next poll is due.
+-- one that was has been gone a minute): `polling`, with the cursor, the accounts to read again,
+-- the seconds since the last account link and when the last poll was (Unix seconds: without a
+-- cursor, events are read from then on). Otherwise the seconds until the next poll is due.
 CREATE FUNCTION onboarding._events_poll_begin(refresh_at_most integer)
 RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, accounts_to_refresh text[],
-               since_link double precision)
+               since_link double precision, last_polled_at bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE onboarding.events_cursor c SET polling_pid = pg_backend_pid(), polling_since = now()
      WHERE c.next_poll_at <= now() AND (c.polling_pid IS NULL OR c.polling_since < now() - interval '1 minute');
     polling := FOUND;
     SELECT greatest(extract(epoch FROM c.next_poll_at - now()), 0), c.last_event_id,
-           extract(epoch FROM now() - c.last_link_at)
-      INTO due_in, last_event_id, since_link
+           extract(epoch FROM now() - c.last_link_at), floor(extract(epoch FROM c.polled_at))::bigint
+      INTO due_in, last_event_id, since_link, last_polled_at
       FROM onboarding.events_cursor c;
     IF polling THEN
         accounts_to_refresh := ARRAY(SELECT a.account_id FROM onboarding.connect_accounts a WHERE a.refresh_due
@@ -204,17 +205,18 @@ BEGIN
 END $$;
 
 -- The poll is over: the cursor moves to the newest event read (if any), the next poll is due in
--- `next_in`, and `applied` more events count as applied. `lost`: the cursor was past Stripe's
+-- `next_in`, and `applied` more events count as applied. `read_at`: when the events were read
+-- (Unix seconds; NULL: the read failed, and the lag grows). `lost`: the cursor was past Stripe's
 -- retention and starts again at the newest event.
 CREATE FUNCTION onboarding._events_poll_end(new_cursor text, new_cursor_created bigint, applied integer,
-                                            next_in interval, lost boolean DEFAULT false) RETURNS void
+                                            next_in interval, read_at bigint, lost boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE onboarding.events_cursor c
        SET last_event_id = CASE WHEN lost THEN new_cursor ELSE coalesce(new_cursor, c.last_event_id) END,
            last_event_created = CASE WHEN new_cursor IS NULL AND NOT lost THEN c.last_event_created
                                      ELSE to_timestamp(new_cursor_created) END,
-           polled_at = now(), next_poll_at = now() + next_in,
+           polled_at = coalesce(to_timestamp(read_at), c.polled_at), next_poll_at = now() + next_in,
            polling_pid = NULL, polling_since = NULL,
            cursor_lost_at = CASE WHEN lost THEN now() ELSE c.cursor_lost_at END,
            events_applied = c.events_applied + applied
@@ -230,4 +232,185 @@ CREATE FUNCTION onboarding._account_link_issued(fast interval) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE onboarding.events_cursor SET last_link_at = now(), next_poll_at = least(next_poll_at, now() + fast);
+END $$;
+
+------------------------------------------------------------------------------------------------
+-- Customers changed in Stripe outside the extension (the Dashboard, another API client): deleted,
+-- or their email changed. What a table does about it is its own setting (set_stripe_change_policy).
+------------------------------------------------------------------------------------------------
+
+-- What Stripe said of customers after their creation: one row per customer a deletion or an email
+-- change was heard for (customer.deleted, customer.updated), carrying metadata.user_id.
+CREATE TABLE onboarding.customer_changes (
+    customer_id text PRIMARY KEY,
+    -- The customer's metadata.user_id (the extension sets it on every customer it makes).
+    user_id text NOT NULL,
+    -- The attached table whose profile linked the customer when the change was handled (NULL:
+    -- none did, e.g. the extension deleted it itself after its profile was deleted).
+    profile_table regclass,
+    -- The email as Stripe last said, and Stripe's time of it (Unix seconds): an older change never
+    -- overwrites a newer one. audit_mismatches compares it with the profile's.
+    stripe_email text,
+    email_as_of bigint,
+    deleted_at timestamptz,
+    -- The table's policy was applied and the change logged; false: at the next poll (new, or the
+    -- profile's row was held by another transaction).
+    handled boolean NOT NULL DEFAULT false,
+    -- flagged, recreated, email matches, email differs, profile email updated, not linked, or
+    -- 'failed: ...' (the profile's table refused the write).
+    outcome text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX customer_changes_unhandled ON onboarding.customer_changes (updated_at) WHERE NOT handled;
+
+-- What a table does when Stripe says one of its customers changed outside the extension. NULL
+-- keeps a setting as it is.
+--   customer_deleted: 'flag' (the default: the profile keeps the ID; a WARNING, an event in
+--     sequence() and a line in audit_mismatches, which reconcile acts on) or 'recreate' (the ID is
+--     cleared and a new customer created, under a new idempotency key).
+--   email_changed: 'audit' (the default: the profile is the source of truth; the difference shows in
+--     audit_mismatches, and reconcile copies the profile's email to Stripe) or 'update_profile'
+--     (Stripe's email is written to the profile, without being sent back to Stripe).
+CREATE FUNCTION onboarding.set_stripe_change_policy(profile_table regclass, customer_deleted text DEFAULT NULL,
+                                                    email_changed text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_stripe_change_policy.profile_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'attach() it first.';
+    END IF;
+    IF customer_deleted NOT IN ('flag', 'recreate') THEN
+        RAISE EXCEPTION 'onboarding: customer_deleted must be flag or recreate, not %', quote_literal(customer_deleted)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'flag (the default) keeps the ID and reports it; recreate clears it and creates a new customer.';
+    END IF;
+    IF email_changed NOT IN ('audit', 'update_profile') THEN
+        RAISE EXCEPTION 'onboarding: email_changed must be audit or update_profile, not %', quote_literal(email_changed)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'audit (the default) keeps the profile as the source of truth; update_profile copies Stripe''s email to it.';
+    END IF;
+    UPDATE onboarding.attachments t
+       SET on_customer_deleted = coalesce(customer_deleted, t.on_customer_deleted),
+           on_stripe_email_changed = coalesce(email_changed, t.on_stripe_email_changed)
+     WHERE t.profile_table = set_stripe_change_policy.profile_table
+    RETURNING * INTO a;
+    RETURN format('onboarding: %s: a customer deleted in Stripe is %s; an email changed in Stripe is %s', profile_table,
+                  CASE a.on_customer_deleted WHEN 'flag' THEN 'flagged' ELSE 'recreated' END,
+                  CASE a.on_stripe_email_changed WHEN 'audit' THEN 'audited' ELSE 'copied to the profile' END);
+END $$;
+
+-- Records what events say of customers (from the events reader: each a JSON object with
+-- customer, user_id, as_of and either deleted: true or email), to be handled next
+-- (_handle_customer_changes). A deletion stays; an email older than the one held is dropped.
+CREATE FUNCTION onboarding._record_customer_changes(changes jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO onboarding.customer_changes AS c (customer_id, user_id, stripe_email, email_as_of, deleted_at)
+    SELECT s->>'customer', s->>'user_id', s->>'email',
+           CASE WHEN s ? 'email' THEN (s->>'as_of')::bigint END,
+           CASE WHEN coalesce((s->>'deleted')::boolean, false) THEN to_timestamp((s->>'as_of')::bigint) END
+      FROM jsonb_array_elements(changes) s
+     WHERE s->>'user_id' IS NOT NULL  -- not made by this extension
+    ON CONFLICT (customer_id) DO UPDATE
+       SET stripe_email = CASE WHEN EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0) THEN EXCLUDED.stripe_email
+                               ELSE c.stripe_email END,
+           email_as_of = greatest(c.email_as_of, EXCLUDED.email_as_of),
+           deleted_at = coalesce(c.deleted_at, EXCLUDED.deleted_at),
+           handled = c.handled AND NOT (c.deleted_at IS NULL AND EXCLUDED.deleted_at IS NOT NULL)
+                     AND NOT coalesce(EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0), false),
+           updated_at = now();
+$$;
+
+-- Applies each table's policy to up to `at_most` recorded changes not handled yet, each on its own
+-- (a subtransaction): the profile that links the customer is found by metadata.user_id, read and
+-- written as its table's owner (onboarding._as_owner; the worker waits 50 ms for a lock at most).
+-- A change whose profile row or table another transaction holds waits for the next poll; one the
+-- table refuses (its trigger fails, a statement times out) is recorded as failed. Returns how many
+-- wait.
+CREATE FUNCTION onboarding._handle_customer_changes(at_most integer) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c onboarding.customer_changes;
+    a onboarding.attachments;
+    linked_by onboarding.attachments;
+    profile_email text;
+    result text;
+    sync_email text;
+    waiting integer := 0;
+BEGIN
+    FOR c IN SELECT * FROM onboarding.customer_changes x WHERE NOT x.handled ORDER BY x.updated_at LIMIT at_most LOOP
+        BEGIN
+            linked_by := NULL;
+            FOR a IN SELECT * FROM onboarding.attachments ORDER BY attachments.profile_table::oid LOOP
+                BEGIN
+                    SELECT r[1] INTO profile_email
+                      FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
+                               a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column),
+                               ARRAY[c.user_id, c.customer_id]) r;
+                EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                    CONTINUE;  -- a user id of another type: not this table's
+                END;
+                IF FOUND THEN
+                    linked_by := a;
+                    EXIT;
+                END IF;
+            END LOOP;
+            IF linked_by.profile_table IS NULL THEN
+                result := 'not linked';
+            ELSIF c.deleted_at IS NOT NULL THEN
+                IF linked_by.on_customer_deleted = 'recreate' THEN
+                    PERFORM FROM onboarding._as_owner(linked_by.profile_table, format('UPDATE %s SET %I = NULL WHERE %I = $1::%s AND %I = $2',
+                                linked_by.profile_table, linked_by.customer_column, linked_by.id_column, linked_by.id_type,
+                                linked_by.customer_column), ARRAY[c.user_id, c.customer_id]);
+                    PERFORM onboarding._enqueue(linked_by.profile_table, c.user_id, 'create_customer', 'customer deleted in Stripe');
+                    result := 'recreated';
+                    RAISE LOG 'onboarding: Stripe customer % of % user % was deleted outside the extension: a new one is queued',
+                        c.customer_id, linked_by.profile_table, c.user_id;
+                ELSE
+                    result := 'flagged';
+                    RAISE WARNING 'onboarding: Stripe customer % of % user % was deleted outside the extension; the profile still links it',
+                            c.customer_id, linked_by.profile_table, c.user_id
+                        USING HINT = 'See onboarding.audit_mismatches(); onboarding.reconcile(dry_run => false) links or creates another, '
+                                     'or set_stripe_change_policy(table, customer_deleted => ''recreate'') does it from now on.';
+                END IF;
+                INSERT INTO onboarding.events (job_id, user_id, step, detail)
+                VALUES (NULL, c.user_id, 'stripe_customer_deleted', jsonb_build_object('customer_id', c.customer_id,
+                        'table', linked_by.profile_table::text, 'outcome', result, 'deleted_at', c.deleted_at));
+            ELSE
+                IF btrim(c.stripe_email) IS NOT DISTINCT FROM btrim(profile_email) THEN
+                    result := 'email matches';
+                ELSIF linked_by.on_stripe_email_changed = 'update_profile' AND c.stripe_email IS NOT NULL THEN
+                    -- Not sent back to Stripe: the email trigger reads onboarding.sync_email.
+                    sync_email := current_setting('onboarding.sync_email', true);
+                    PERFORM set_config('onboarding.sync_email', 'off', true);
+                    PERFORM FROM onboarding._as_owner(linked_by.profile_table, format('UPDATE %s SET %I = $3 WHERE %I = $1::%s AND %I = $2',
+                                linked_by.profile_table, linked_by.email_column, linked_by.id_column, linked_by.id_type,
+                                linked_by.customer_column), ARRAY[c.user_id, c.customer_id, c.stripe_email]);
+                    PERFORM set_config('onboarding.sync_email', coalesce(sync_email, 'on'), true);
+                    result := 'profile email updated';
+                ELSE
+                    result := 'email differs';
+                END IF;
+                INSERT INTO onboarding.events (job_id, user_id, step, detail)
+                VALUES (NULL, c.user_id, 'stripe_customer_updated', jsonb_build_object('customer_id', c.customer_id,
+                        'table', linked_by.profile_table::text, 'outcome', result));
+            END IF;
+            UPDATE onboarding.customer_changes x
+               SET handled = true, profile_table = linked_by.profile_table, outcome = result,
+                   updated_at = now()
+             WHERE x.customer_id = c.customer_id;
+        EXCEPTION
+            WHEN lock_not_available THEN
+                waiting := waiting + 1;  -- the profile's row or table is held: at the next poll
+            WHEN query_canceled OR OTHERS THEN
+                RAISE WARNING 'onboarding: Stripe changed customer % of user %, and applying it failed: %',
+                    c.customer_id, c.user_id, SQLERRM;
+                UPDATE onboarding.customer_changes x
+                   SET handled = true, outcome = left('failed: ' || SQLERRM, 200), updated_at = now()
+                 WHERE x.customer_id = c.customer_id;
+        END;
+    END LOOP;
+    RETURN waiting;
 END $$;

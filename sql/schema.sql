@@ -15,7 +15,13 @@ CREATE TABLE onboarding.attachments (
     -- connect_condition (a boolean SQL expression over the profile row) is true.
     connect_policy text NOT NULL DEFAULT 'never' CHECK (connect_policy IN ('never', 'always', 'when')),
     connect_condition text,
-    attached_at timestamptz NOT NULL DEFAULT now()
+    attached_at timestamptz NOT NULL DEFAULT now(),
+    -- When Stripe says a customer of this table changed outside the extension (sql/inbound.sql,
+    -- set_stripe_change_policy): deleted, flag it (an event and an audit line) or recreate it;
+    -- its email changed, leave the profile as the source of truth (audit) or copy it there.
+    on_customer_deleted text NOT NULL DEFAULT 'flag' CHECK (on_customer_deleted IN ('flag', 'recreate')),
+    on_stripe_email_changed text NOT NULL DEFAULT 'audit'
+        CHECK (on_stripe_email_changed IN ('audit', 'update_profile'))
 );
 
 -- The transactional outbox: one row per unit of Stripe work.

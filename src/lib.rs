@@ -60,7 +60,7 @@ extension_sql_file!(
     name = "operations",
     requires = ["schema", "job_states", "api", "maintenance", "audits"]
 );
-extension_sql_file!("../sql/inbound.sql", name = "inbound", requires = ["schema", "job_states"]);
+extension_sql_file!("../sql/inbound.sql", name = "inbound", requires = ["schema", "job_states", "api"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]

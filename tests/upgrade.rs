@@ -349,12 +349,18 @@ fn intake(db: &mut Client) -> Vec<String> {
     db.query("SELECT user_id FROM onboarding.intake ORDER BY user_id", &[]).unwrap().iter().map(|r| r.get(0)).collect()
 }
 
+/// The attachments as 0.2.0 held them (later releases add settings, with their defaults).
 fn attachments(db: &mut Client) -> Vec<String> {
-    db.query("SELECT a::text FROM onboarding.attachments a ORDER BY profile_table::text", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    db.query(
+        "SELECT (profile_table, id_column, id_type, email_column, customer_column, connect_account_column,
+                 connect_policy, connect_condition, attached_at)::text
+           FROM onboarding.attachments ORDER BY profile_table::text",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 fn insert(db: &mut Client, table: &str, email: Option<&str>, role: &str) -> String {
@@ -557,6 +563,13 @@ fn upgrade_scenario(cluster: &Cluster, stripe: &Emulator) -> Result<(), Failed> 
     let kept: i64 = db.query_one("SELECT count(*) FROM onboarding.events WHERE id <= $1", &[&last_event])?.get(0);
     ensure(kept == events_before, || format!("{} of {events_before} events survived", kept))?;
     ensure(attachments(&mut db) == attached, || format!("attachments changed: {:?}", attachments(&mut db)))?;
+    let policies: Vec<String> = db
+        .query("SELECT DISTINCT on_customer_deleted || '/' || on_stripe_email_changed FROM onboarding.attachments", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ensure(policies == ["flag/audit"], || format!("Stripe change policies after the upgrade: {policies:?}"))?;
 
     // And the upgraded database has the schema of a fresh install.
     let mut fresh = database_with(cluster, "fresh", CURRENT);

@@ -58,9 +58,10 @@ pub enum Change {
     /// `account.application.deauthorized`: the account left the platform.
     AccountDeauthorized { account: String },
     /// `customer.updated` that changed the email (`None`: cleared); the email after the update.
-    CustomerEmail { customer: String, email: Option<String> },
-    /// `customer.deleted`.
-    CustomerDeleted { customer: String },
+    /// `user_id`: the customer's `metadata.user_id` (the extension sets it on every customer).
+    CustomerEmail { customer: String, user_id: Option<String>, email: Option<String> },
+    /// `customer.deleted` (in the Dashboard, or by any API client).
+    CustomerDeleted { customer: String, user_id: Option<String> },
     /// Anything else, including a `customer.updated` that left the email alone.
     Ignored,
 }
@@ -71,7 +72,7 @@ impl Change {
         match self {
             Change::Account(readiness) => Some(&readiness.account),
             Change::AccountDeauthorized { account } => Some(account),
-            Change::CustomerEmail { customer, .. } | Change::CustomerDeleted { customer } => Some(customer),
+            Change::CustomerEmail { customer, .. } | Change::CustomerDeleted { customer, .. } => Some(customer),
             Change::Ignored => None,
         }
     }
@@ -97,6 +98,7 @@ pub fn parse_event(event: &Value) -> Result<InboundEvent, String> {
     if !object.is_object() {
         return Err(malformed("no data.object"));
     }
+    let user_id = || object["metadata"]["user_id"].as_str().map(str::to_string);
     let customer = || match (object["object"].as_str(), object["id"].as_str()) {
         (Some("customer"), Some(id)) => Ok(id.to_string()),
         _ => Err(malformed("data.object is not a customer")),
@@ -110,9 +112,10 @@ pub fn parse_event(event: &Value) -> Result<InboundEvent, String> {
             Change::AccountDeauthorized { account: account.to_string() }
         }
         "customer.updated" if event["data"]["previous_attributes"].get("email").is_some() => {
-            Change::CustomerEmail { customer: customer()?, email: object["email"].as_str().map(str::to_string) }
+            let email = object["email"].as_str().map(str::to_string);
+            Change::CustomerEmail { customer: customer()?, user_id: user_id(), email }
         }
-        "customer.deleted" => Change::CustomerDeleted { customer: customer()? },
+        "customer.deleted" => Change::CustomerDeleted { customer: customer()?, user_id: user_id() },
         _ => Change::Ignored,
     };
     Ok(InboundEvent { id: id.to_string(), created, change })
@@ -268,6 +271,7 @@ mod tests {
         stripe.dashboard_set_customer_email(&cus, Some("new@example.com")).unwrap();
         stripe.dashboard_set_customer_email(&cus, None).unwrap();
         stripe.dashboard_delete_customer(&cus);
+        let user = Some("u1".to_string()); // metadata.user_id
         stripe.deauthorize_account(&acct);
 
         let events = stripe.events();
@@ -282,9 +286,13 @@ mod tests {
             [
                 Change::Account(enabled(&acct)),
                 Change::Ignored, // the name changed, not the email
-                Change::CustomerEmail { customer: cus.clone(), email: Some("new@example.com".into()) },
-                Change::CustomerEmail { customer: cus.clone(), email: None },
-                Change::CustomerDeleted { customer: cus.clone() },
+                Change::CustomerEmail {
+                    customer: cus.clone(),
+                    user_id: user.clone(),
+                    email: Some("new@example.com".into())
+                },
+                Change::CustomerEmail { customer: cus.clone(), user_id: user.clone(), email: None },
+                Change::CustomerDeleted { customer: cus.clone(), user_id: user.clone() },
                 Change::AccountDeauthorized { account: acct.clone() },
             ]
         );
@@ -357,7 +365,7 @@ mod tests {
             InboundEvent { id: "evt_2".into(), created: 10, change: Change::Ignored }
         );
         assert_eq!(Change::Ignored.object_id(), None);
-        assert_eq!(Change::CustomerDeleted { customer: "cus_1".into() }.object_id(), Some("cus_1"));
+        assert_eq!(Change::CustomerDeleted { customer: "cus_1".into(), user_id: None }.object_id(), Some("cus_1"));
         assert_eq!(Change::AccountDeauthorized { account: "acct_1".into() }.object_id(), Some("acct_1"));
     }
 

@@ -1,6 +1,8 @@
 //! Stripe back into Postgres, with no webhook endpoint: a worker reads Stripe's Events API from the
 //! cursor in `onboarding.events_cursor` and keeps `onboarding.connect_accounts` (sql/inbound.sql)
-//! in step with what Stripe says of the accounts the extension created.
+//! in step with what Stripe says of the accounts the extension created; customers deleted or
+//! given another email outside the extension go to `onboarding.customer_changes`, where each
+//! table's policy is applied to them (flag or recreate; audit or copy the email).
 //!
 //! A poll is three steps, none holding a transaction across a call: take the turn (one worker
 //! at a time, when `onboarding.events_poll_interval` says one is due); read a page of events
@@ -9,7 +11,8 @@
 //! already applied (ids in `onboarding.stripe_events_applied`) are skipped, and an event older
 //! than the state held never overwrites it (core's `inbound`). Without a cursor (the first poll)
 //! or with one past Stripe's 30 days, the reader starts at Stripe's newest event and reads every
-//! followed account itself, so nothing that happened meanwhile is missed.
+//! followed account itself, so nothing that happened meanwhile is missed. (Customers changed
+//! meanwhile show in `audit_mismatches(refresh => true)`, which reads Stripe itself.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,12 +30,20 @@ use crate::gucs;
 use crate::pg::transaction::in_transaction;
 use crate::rate_budget;
 
-/// The events read: what the readiness table needs.
-pub const TYPES: &[&str] = &["account.updated", "account.application.deauthorized"];
+/// The events read: accounts' readiness, and customers deleted or changed outside the extension.
+pub const TYPES: &[&str] =
+    &["account.updated", "account.application.deauthorized", "customer.updated", "customer.deleted"];
+
+/// Customer changes handled per poll (each reads its profile, and may write it): the rest wait.
+const CUSTOMER_CHANGES_AT_MOST: i32 = 50;
 
 /// Accounts read directly per poll (each a request): the rest wait for the next polls. (Polls
 /// following at once while more waited delayed signups past a lane test's 2 s at a 10/s budget.)
 const REFRESH_AT_MOST: i32 = 20;
+
+/// How far before the last poll a reader without a cursor reads events from: Stripe's clock and
+/// this server's may differ.
+const CLOCK_MARGIN_SECS: i64 = 60;
 
 /// How long to wait before asking again whether a poll is due, at most: another worker may
 /// have issued an account link meanwhile (which makes one due sooner).
@@ -47,6 +58,8 @@ pub struct Poll {
 /// What a poll read from Stripe.
 struct Read {
     page: Result<Page, StripeError>,
+    /// When the events were read (Unix seconds).
+    read_at: i64,
     /// Each account read again: when its request was sent (Unix seconds) and Stripe's answer.
     accounts: Vec<(String, i64, Result<Value, StripeError>)>,
 }
@@ -54,7 +67,11 @@ struct Read {
 enum Page {
     /// Events after the cursor, oldest first, and whether newer ones follow.
     After(Vec<Value>, bool),
-    /// No cursor yet (`lost`: Stripe no longer holds it): where to start, Stripe's newest event.
+    /// No cursor (the last poll found no event at all, or `lost`: Stripe no longer holds it):
+    /// the events since the last poll, oldest first.
+    Since { events: Vec<Value>, lost: bool },
+    /// The very first poll (or a lost cursor and no poll ever read): where to start, Stripe's
+    /// newest event.
     Start { newest: Option<String>, lost: bool },
 }
 
@@ -76,11 +93,14 @@ pub fn start(
             let cursor = row.get::<String>(3)?;
             let accounts = row.get::<Vec<String>>(4)?.unwrap_or_default();
             let since_link = row.get::<f64>(5)?.map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9)));
-            Ok::<_, pgrx::spi::Error>((polling, due_in, cursor, accounts, since_link))
+            let last_polled_at = row.get::<i64>(6)?;
+            Ok::<_, pgrx::spi::Error>((polling, due_in, cursor, accounts, since_link, last_polled_at))
         })
     });
-    let (cursor, accounts, since_link) = match taken {
-        Ok(Ok((true, _, cursor, accounts, since_link))) => (cursor, accounts, since_link),
+    let (cursor, accounts, since_link, last_polled_at) = match taken {
+        Ok(Ok((true, _, cursor, accounts, since_link, last_polled_at))) => {
+            (cursor, accounts, since_link, last_polled_at)
+        }
         Ok(Ok((false, due_in, ..))) => return Err(due_in.min(CHECK_AT_LEAST_EVERY)),
         // Not installed at this release yet, or a standby: ask again later.
         _ => return Err(CHECK_AT_LEAST_EVERY),
@@ -93,12 +113,27 @@ pub fn start(
             }
         };
         slot().await;
+        let read_at = unix_now();
+        // Without a cursor, every event since the last poll that read (a margin for Stripe's
+        // clock; ids already applied are skipped), so that none between two polls is missed.
+        let since = |lost| {
+            let client = &client;
+            async move {
+                match last_polled_at {
+                    Some(polled_at) => client
+                        .events_since(polled_at - CLOCK_MARGIN_SECS, TYPES)
+                        .await
+                        .map(|events| Page::Since { events, lost }),
+                    None => client.newest_event(TYPES).await.map(|newest| Page::Start { newest, lost }),
+                }
+            }
+        };
         let page = match &cursor {
-            None => client.newest_event(TYPES).await.map(|newest| Page::Start { newest, lost: false }),
+            None => since(false).await,
             Some(cursor) => match client.events_after(cursor, TYPES).await {
                 Err(e) if lost_event_cursor(&e) => {
                     slot().await;
-                    client.newest_event(TYPES).await.map(|newest| Page::Start { newest, lost: true })
+                    since(true).await
                 }
                 read => read.map(|(events, more)| Page::After(events, more)),
             },
@@ -112,7 +147,7 @@ pub fn start(
                 read_accounts.push((account, sent_at, answer));
             }
         }
-        Read { page, accounts: read_accounts }
+        Read { page, read_at, accounts: read_accounts }
     });
     Ok(Poll { reading, since_link })
 }
@@ -147,62 +182,70 @@ impl Poll {
 /// Applies a poll's read and ends the poll; returns when the next one is due.
 fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, pgrx::spi::Error> {
     let mut states: HashMap<String, Value> = HashMap::new();
+    let mut customers: HashMap<String, Value> = HashMap::new();
     let mut refetch: Vec<String> = Vec::new();
-    let (mut applied, mut next_in) = (0, interval);
-    let (mut cursor, mut lost) = (None::<(String, Option<i64>)>, false);
-    match read.page {
+    let mut next_in = interval;
+    let mut cursor = None::<(String, Option<i64>)>;
+    let (events, more, lost, started) = match read.page {
         Err(error) => {
             if !*warned {
                 warning!("onboarding: could not read Stripe's events: {error}; trying again every {interval:?}");
                 *warned = true;
             }
-            end_poll(None, 0, interval, false)?;
+            end_poll(None, 0, interval, None, false)?;
             return Ok(interval);
         }
-        Ok(Page::Start { newest, lost: was_lost }) => {
-            if was_lost {
-                warning!(
-                    "onboarding: Stripe no longer holds the events after the stored cursor (it keeps 30 days): \
-                     starting again at the newest event and reading every followed account"
-                );
-            }
-            // Whatever happened before the new cursor is read from the accounts themselves.
-            Spi::run("SELECT onboarding._refresh_accounts(NULL)")?;
+        Ok(Page::After(events, more)) => (events, more, false, false),
+        Ok(Page::Since { events, lost }) => (events, false, lost, false),
+        Ok(Page::Start { newest, lost }) => {
             cursor = newest.map(|id| (id, None));
-            lost = was_lost;
+            (Vec::new(), false, lost, true)
         }
-        Ok(Page::After(events, more)) => {
-            if let Some(last) = events.last() {
-                cursor = last["id"].as_str().map(|id| (id.to_string(), last["created"].as_i64()));
+    };
+    if lost {
+        warning!(
+            "onboarding: Stripe no longer holds the events after the stored cursor (it keeps 30 days): \
+             reading the events since the last poll that Stripe still has, and every followed account"
+        );
+    }
+    if lost || started {
+        // What happened before the events read is read from the accounts themselves.
+        Spi::run("SELECT onboarding._refresh_accounts(NULL)")?;
+    }
+    if let Some(last) = events.last() {
+        cursor = last["id"].as_str().map(|id| (id.to_string(), last["created"].as_i64()));
+    }
+    if more {
+        next_in = Duration::ZERO;
+    }
+    let fresh = not_applied_before(&events)?;
+    let parsed = events
+        .iter()
+        .filter(|e| e["id"].as_str().is_some_and(|id| fresh.contains(id)))
+        .filter_map(|e| parse_event(e).inspect_err(|why| warning!("onboarding: skipping {why}")).ok())
+        .collect::<Vec<_>>();
+    let applied = parsed.len() as i32;
+    let as_of = stored_as_of(&parsed)?;
+    for step in plan(parsed, |account| as_of.get(account).copied().flatten()) {
+        let created = step.event.created;
+        match (step.verdict, step.superseded, step.event.change) {
+            (Verdict::Stale, ..) | (_, true, _) => {}
+            (Verdict::Refetch, false, change) => refetch.extend(change.object_id().map(str::to_string)),
+            (Verdict::Apply, false, Change::Account(readiness)) => {
+                states.insert(readiness.account.clone(), readiness_state(&readiness, created));
             }
-            if more {
-                next_in = Duration::ZERO;
+            (Verdict::Apply, false, Change::AccountDeauthorized { account }) => {
+                states.insert(account.clone(), json!({"account": account, "as_of": created, "deauthorized": true}));
             }
-            let fresh = not_applied_before(&events)?;
-            let parsed = events
-                .iter()
-                .filter(|e| e["id"].as_str().is_some_and(|id| fresh.contains(id)))
-                .filter_map(|e| parse_event(e).inspect_err(|why| warning!("onboarding: skipping {why}")).ok())
-                .collect::<Vec<_>>();
-            applied = parsed.len() as i32;
-            let as_of = stored_as_of(&parsed)?;
-            for step in plan(parsed, |account| as_of.get(account).copied().flatten()) {
-                let created = step.event.created;
-                match (step.verdict, step.superseded, step.event.change) {
-                    (Verdict::Stale, ..) | (_, true, _) => {}
-                    (Verdict::Refetch, false, change) => refetch.extend(change.object_id().map(str::to_string)),
-                    (Verdict::Apply, false, Change::Account(readiness)) => {
-                        states.insert(readiness.account.clone(), readiness_state(&readiness, created));
-                    }
-                    (Verdict::Apply, false, Change::AccountDeauthorized { account }) => {
-                        states.insert(
-                            account.clone(),
-                            json!({"account": account, "as_of": created, "deauthorized": true}),
-                        );
-                    }
-                    (Verdict::Apply, false, _) => {} // not read yet (customer changes)
-                }
+            (Verdict::Apply, false, Change::CustomerDeleted { customer, user_id }) => {
+                let deleted = json!({"customer": customer, "user_id": user_id, "as_of": created, "deleted": true});
+                customers.insert(customer, deleted);
             }
+            (Verdict::Apply, false, Change::CustomerEmail { customer, user_id, email }) => {
+                let changed = json!({"customer": customer, "user_id": user_id, "as_of": created, "email": email});
+                customers.insert(customer, changed);
+            }
+            (Verdict::Apply, false, Change::Ignored) => {}
         }
     }
     for (account, sent_at, answer) in read.accounts {
@@ -228,12 +271,18 @@ fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, 
         let states: Vec<Value> = states.into_values().collect();
         Spi::run_with_args("SELECT onboarding._apply_account_states($1)", &[JsonB(Value::Array(states)).into()])?;
     }
+    if !customers.is_empty() {
+        let changes: Vec<Value> = customers.into_values().collect();
+        Spi::run_with_args("SELECT onboarding._record_customer_changes($1)", &[JsonB(Value::Array(changes)).into()])?;
+    }
+    // Also those that waited for a locked profile at an earlier poll.
+    Spi::run_with_args("SELECT onboarding._handle_customer_changes($1)", &[CUSTOMER_CHANGES_AT_MOST.into()])?;
     if !refetch.is_empty() {
         // Read at once, by the next poll: an owner may be waiting for exactly this change.
         Spi::run_with_args("SELECT onboarding._refresh_accounts($1)", &[refetch.into()])?;
         next_in = Duration::ZERO;
     }
-    end_poll(cursor, applied, next_in, lost)?;
+    end_poll(cursor, applied, next_in, Some(read.read_at), lost)?;
     Ok(next_in)
 }
 
@@ -296,12 +345,13 @@ fn end_poll(
     cursor: Option<(String, Option<i64>)>,
     applied: i32,
     next_in: Duration,
+    read_at: Option<i64>,
     lost: bool,
 ) -> Result<(), pgrx::spi::Error> {
     let (id, created) = cursor.map_or((None, None), |(id, created)| (Some(id), created));
     Spi::run_with_args(
-        "SELECT onboarding._events_poll_end($1, $2, $3, make_interval(secs => $4), $5)",
-        &[id.into(), created.into(), applied.into(), next_in.as_secs_f64().into(), lost.into()],
+        "SELECT onboarding._events_poll_end($1, $2, $3, make_interval(secs => $4), $5, $6)",
+        &[id.into(), created.into(), applied.into(), next_in.as_secs_f64().into(), read_at.into(), lost.into()],
     )
 }
 

@@ -43,6 +43,7 @@ mod claim_cursor;
 mod compensation;
 mod concurrency;
 mod connect;
+mod customer_changes;
 mod dropped_tables;
 mod helpers;
 mod idle;
@@ -88,6 +89,7 @@ fn main() {
         claim_cursor::tests(),
         stripe_api::tests(),
         inbound::tests(),
+        customer_changes::tests(),
     ]
     .into_iter()
     .flatten()

@@ -1,0 +1,210 @@
+//! Customers changed in Stripe outside the extension (the Dashboard): a deletion follows the
+//! table's policy (flag by default, or recreate), an email changed there is drift in
+//! audit_mismatches unless the table copies it to the profile. Read from Stripe's events.
+
+use libtest_mimic::{Failed, Trial};
+use postgres::Client;
+
+use crate::env;
+use crate::helpers::{
+    DEADLINE, customer_id, db, ensure, insert_profile, jobs_for, profiles_table, set_and_reload, sqlstate,
+    stripe_customers_for, wait_for, wait_for_customer,
+};
+
+pub(crate) fn tests() -> Vec<Trial> {
+    trials![
+        a_customer_deleted_in_stripe_is_flagged_by_default,
+        a_customer_deleted_in_stripe_is_recreated_when_the_table_says_so,
+        an_email_changed_in_stripe_is_drift_unless_the_table_copies_it,
+    ]
+}
+
+/// Runs `test` with the events read every 200 ms, from a reader that knows where Stripe's
+/// events stand (the emulator starts every test empty: the first poll finds the cursor lost).
+fn with_fast_polls(test: impl FnOnce(&mut Client) -> Result<(), Failed>) -> Result<(), Failed> {
+    let mut db = db();
+    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
+    db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now()", &[]).unwrap();
+    let result = wait_for("a poll after the emulator's reset", DEADLINE, || {
+        let settled: bool = db
+            .query_one("SELECT polled_at > now() - interval '1 second' FROM onboarding.events_cursor", &[])
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .unwrap_or(false);
+        settled.then_some(())
+    })
+    .and_then(|()| test(&mut db));
+    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
+    result
+}
+
+/// The change recorded for `customer` once handled: its outcome.
+fn handled(db: &mut Client, customer: &str) -> Option<String> {
+    db.query_opt("SELECT outcome FROM onboarding.customer_changes WHERE customer_id = $1 AND handled", &[&customer])
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+fn mismatches(db: &mut Client, user: &str) -> Vec<(String, String, String)> {
+    db.query("SELECT object, stripe_id, problem FROM onboarding.audit_mismatches(false) WHERE user_id = $1", &[&user])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn sequence_lines(db: &mut Client, user: &str, step: &str) -> Vec<String> {
+    db.query("SELECT line FROM onboarding.sequence($1) WHERE step = $2", &[&user, &step])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// By default a deleted customer is never recreated behind anyone's back: the profile keeps the
+/// ID, and the deletion shows in sequence() and in audit_mismatches at once, even against a
+/// snapshot of Stripe taken before it; reconcile then offers to recreate it.
+fn a_customer_deleted_in_stripe_is_flagged_by_default() -> Result<(), Failed> {
+    with_fast_polls(|db| {
+        let table = profiles_table(db, "profiles_deleted_flag");
+        let user = insert_profile(db, &table, Some("flag@example.com"));
+        let customer = wait_for_customer(db, &table, &user)?;
+        db.query_one("SELECT onboarding.refresh_stripe_snapshot()", &[]).unwrap();
+        ensure(mismatches(db, &user).is_empty(), || format!("before: {:?}", mismatches(db, &user)))?;
+
+        ensure(env().stripe.dashboard_delete_customer(&customer), || "no customer to delete".into())?;
+        let outcome = wait_for("the deletion handled", DEADLINE, || handled(db, &customer))?;
+        ensure(outcome == "flagged", || format!("outcome {outcome}"))?;
+        ensure(customer_id(db, &table, &user).as_deref() == Some(customer.as_str()), || {
+            "the profile's customer ID was cleared".into()
+        })?;
+        let creations = jobs_for(db, &user).iter().filter(|j| j.kind == "create_customer").count();
+        ensure(creations == 1, || format!("{creations} customer creations"))?;
+        let found = mismatches(db, &user);
+        ensure(found == [("customer".into(), customer.clone(), "missing or deleted in Stripe".into())], || {
+            format!("audit_mismatches from the old snapshot: {found:?}")
+        })?;
+        let lines = sequence_lines(db, &user, "stripe_customer_deleted");
+        ensure(lines == [format!("Stripe says customer {customer} was deleted: flagged (audit_mismatches)")], || {
+            format!("sequence: {lines:?}")
+        })?;
+        let actions: Vec<String> = db
+            .query("SELECT action FROM onboarding.reconcile(dry_run => true) WHERE user_id = $1", &[&user])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ensure(actions == ["recreate"], || format!("reconcile would: {actions:?}"))
+    })
+}
+
+/// With customer_deleted => 'recreate' the ID is cleared and a new customer created, under a new
+/// idempotency key; while another transaction holds the profile's row, the change waits (and
+/// nothing else does), then goes through.
+fn a_customer_deleted_in_stripe_is_recreated_when_the_table_says_so() -> Result<(), Failed> {
+    with_fast_polls(|db| {
+        let table = profiles_table(db, "profiles_deleted_recreate");
+        let said: String = db
+            .query_one(
+                "SELECT onboarding.set_stripe_change_policy($1::text::regclass, customer_deleted => 'recreate')",
+                &[&table],
+            )
+            .unwrap()
+            .get(0);
+        ensure(said.contains("deleted in Stripe is recreated; an email changed in Stripe is audited"), || {
+            said.clone()
+        })?;
+        let (code, message) = sqlstate(db.query_one(
+            "SELECT onboarding.set_stripe_change_policy($1::text::regclass, customer_deleted => 'destroy')",
+            &[&table],
+        ))?;
+        ensure(code == "22023" && message.contains("flag or recreate"), || format!("{code}: {message}"))?;
+        let (code, _) = sqlstate(
+            db.query_one("SELECT onboarding.set_stripe_change_policy('pg_class', email_changed => 'audit')", &[]),
+        )?;
+        ensure(code == "55000", || format!("an unattached table: {code}"))?;
+
+        let user = insert_profile(db, &table, Some("recreate@example.com"));
+        let deleted = wait_for_customer(db, &table, &user)?;
+        let mut holder = crate::helpers::db();
+        let mut lock = holder.transaction().unwrap();
+        lock.execute(&format!("SELECT 1 FROM {table} WHERE id::text = $1 FOR UPDATE"), &[&user]).unwrap();
+        ensure(env().stripe.dashboard_delete_customer(&deleted), || "no customer to delete".into())?;
+        wait_for("the deletion seen, waiting for the row", DEADLINE, || {
+            db.query_opt("SELECT FROM onboarding.customer_changes WHERE customer_id = $1 AND NOT handled", &[&deleted])
+                .unwrap()
+                .map(|_| ())
+        })?;
+        let other = insert_profile(db, &table, Some("meanwhile@example.com"));
+        wait_for_customer(db, &table, &other)?;
+        ensure(customer_id(db, &table, &user).as_deref() == Some(deleted.as_str()), || {
+            "the locked row was written".into()
+        })?;
+        lock.commit().unwrap();
+
+        let recreated =
+            wait_for("a new customer", DEADLINE, || customer_id(db, &table, &user).filter(|c| *c != deleted))?;
+        let live: Vec<String> =
+            stripe_customers_for(&user).iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+        ensure(live == [recreated.clone()], || format!("live customers in Stripe: {live:?}"))?;
+        let keys: Vec<String> = jobs_for(db, &user)
+            .into_iter()
+            .filter(|j| j.kind == "create_customer" && j.state == "succeeded")
+            .map(|j| j.idempotency_key)
+            .collect();
+        ensure(keys.len() == 2 && keys[0] != keys[1], || format!("creation keys {keys:?}"))?;
+        ensure(handled(db, &deleted).as_deref() == Some("recreated"), || "outcome".into())?;
+        let lines = sequence_lines(db, &user, "stripe_customer_deleted");
+        ensure(lines == [format!("Stripe says customer {deleted} was deleted: cleared, a new one queued")], || {
+            format!("sequence: {lines:?}")
+        })
+    })
+}
+
+/// The profile is the source of truth: an email changed in Stripe is drift in audit_mismatches
+/// (from the event, the snapshot being older), and the extension's own sync of a profile's email
+/// is not. With email_changed => 'update_profile' Stripe's email goes to the profile instead,
+/// and is not sent back to Stripe.
+fn an_email_changed_in_stripe_is_drift_unless_the_table_copies_it() -> Result<(), Failed> {
+    with_fast_polls(|db| {
+        let table = profiles_table(db, "profiles_email_drift");
+        let user = insert_profile(db, &table, Some("profile@example.com"));
+        let customer = wait_for_customer(db, &table, &user)?;
+        db.query_one("SELECT onboarding.refresh_stripe_snapshot()", &[]).unwrap();
+        env().stripe.dashboard_set_customer_email(&customer, Some("dashboard@example.com")).unwrap();
+        wait_for("the drift in audit_mismatches", DEADLINE, || {
+            let found = mismatches(db, &user);
+            (found == [("customer".into(), customer.clone(), "email differs: Stripe has dashboard@example.com".into())])
+                .then_some(())
+        })?;
+        ensure(handled(db, &customer).as_deref() == Some("email differs"), || "outcome".into())?;
+        let email: Option<String> =
+            db.query_one(&format!("SELECT email FROM {table} WHERE id::text = $1"), &[&user]).unwrap().get(0);
+        ensure(email.as_deref() == Some("profile@example.com"), || format!("the profile's email became {email:?}"))?;
+
+        // The profile changes; the extension sends it to Stripe; its own event is no drift.
+        db.execute(&format!("UPDATE {table} SET email = 'again@example.com' WHERE id::text = $1"), &[&user]).unwrap();
+        wait_for("the synced email read back", DEADLINE, || {
+            (handled(db, &customer).as_deref() == Some("email matches") && mismatches(db, &user).is_empty())
+                .then_some(())
+        })?;
+
+        let copied = profiles_table(db, "profiles_email_copied");
+        db.query_one(
+            "SELECT onboarding.set_stripe_change_policy($1::text::regclass, email_changed => 'update_profile')",
+            &[&copied],
+        )
+        .unwrap();
+        let user = insert_profile(db, &copied, Some("before@example.com"));
+        let customer = wait_for_customer(db, &copied, &user)?;
+        env().stripe.dashboard_set_customer_email(&customer, Some("from-stripe@example.com")).unwrap();
+        wait_for("Stripe's email in the profile", DEADLINE, || {
+            let email: Option<String> =
+                db.query_one(&format!("SELECT email FROM {copied} WHERE id::text = $1"), &[&user]).unwrap().get(0);
+            (email.as_deref() == Some("from-stripe@example.com")).then_some(())
+        })?;
+        ensure(handled(db, &customer).as_deref() == Some("profile email updated"), || "outcome".into())?;
+        let synced = jobs_for(db, &user).iter().filter(|j| j.kind == "update_customer_email").count();
+        ensure(synced == 0, || format!("{synced} email updates sent back to Stripe"))
+    })
+}
