@@ -328,12 +328,14 @@ CREATE FUNCTION onboarding.attach(
     customer_column name DEFAULT 'stripe_customer_id',
     connect_account_column name DEFAULT NULL,
     connect_policy text DEFAULT 'never',
-    connect_condition text DEFAULT NULL
+    connect_condition text DEFAULT NULL,
+    readiness_columns jsonb DEFAULT NULL
 ) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id_type regtype;
     text_types CONSTANT regtype[] := ARRAY['text', 'character varying']::regtype[];
+    not_boolean text;
 BEGIN
     IF profile_table IS NULL THEN
         RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -356,20 +358,50 @@ BEGIN
     IF connect_account_column IS NOT NULL THEN
         PERFORM onboarding._column_type(profile_table, connect_account_column, 'connect account', text_types);
     END IF;
+    -- Profile columns kept in step with what Stripe says of the account (sql/inbound.sql).
+    IF readiness_columns IS NOT NULL THEN
+        IF jsonb_typeof(readiness_columns) <> 'object' OR readiness_columns = '{}' OR EXISTS (
+               SELECT FROM jsonb_each(readiness_columns) c
+                WHERE c.key NOT IN ('ready', 'charges_enabled', 'payouts_enabled', 'details_submitted')
+                   OR jsonb_typeof(c.value) <> 'string') THEN
+            RAISE EXCEPTION 'onboarding.attach: readiness_columns names a boolean column for any of ready, charges_enabled, payouts_enabled, details_submitted'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: readiness_columns => ''{"ready": "stripe_account_ready", "payouts_enabled": "stripe_payouts_enabled"}''';
+        END IF;
+        IF connect_account_column IS NULL THEN
+            RAISE EXCEPTION 'onboarding.attach: readiness_columns needs a Connect account column' USING ERRCODE = 'undefined_column',
+                  HINT = 'Name it with connect_account_column => ''...''.';
+        END IF;
+        SELECT string_agg(format('%I (%s)', c.value, coalesce(format_type(a.atttypid, NULL), 'no such column')), ', ')
+          INTO not_boolean
+          FROM jsonb_each_text(readiness_columns) c
+          LEFT JOIN pg_attribute a ON a.attrelid = profile_table AND a.attname = c.value AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE a.atttypid IS DISTINCT FROM 'boolean'::regtype;
+        IF not_boolean IS NOT NULL THEN
+            RAISE EXCEPTION 'onboarding.attach: readiness columns of % must be boolean columns: %', profile_table, not_boolean
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = format('For example: ALTER TABLE %s ADD COLUMN stripe_payouts_enabled boolean NOT NULL DEFAULT false;', profile_table);
+        END IF;
+    END IF;
 
     INSERT INTO onboarding.attachments AS a
-        (profile_table, id_column, id_type, email_column, customer_column, connect_account_column)
-    VALUES (profile_table, id_column, id_type, email_column, customer_column, connect_account_column)
+        (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns)
+    VALUES (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns)
     ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
         SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
-            customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column;
+            customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column,
+            readiness_columns = EXCLUDED.readiness_columns;
+    -- The table's accounts are written to the new columns at the next poll.
+    UPDATE onboarding.connect_accounts c SET profile_behind = true
+     WHERE c.profile_table = attach.profile_table AND readiness_columns IS NOT NULL;
 
     PERFORM onboarding._create_triggers(a) FROM onboarding.attachments a WHERE a.profile_table = attach.profile_table;
     PERFORM onboarding.set_connect_policy(profile_table, connect_policy, connect_condition);
-    RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s)',
+    RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s%s)',
         profile_table, id_column, email_column, customer_column,
         coalesce(quote_ident(connect_account_column), 'none'),
-        connect_policy || coalesce(': ' || connect_condition, ''));
+        connect_policy || coalesce(': ' || connect_condition, ''),
+        coalesce(', readiness columns ' || readiness_columns::text, ''));
 END $$;
 COMMENT ON FUNCTION onboarding.attach IS
     'Provision a Stripe customer for every profile inserted into this table, after the insert commits';

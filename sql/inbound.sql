@@ -25,10 +25,14 @@ CREATE TABLE onboarding.connect_accounts (
     -- Read the account itself at the next poll: held before events were read, an event of the
     -- same second as the state held, or the cursor lost.
     refresh_due boolean NOT NULL DEFAULT false,
+    -- The profile's readiness columns (attach's readiness_columns) are to be written at the next
+    -- poll: the state changed, or the columns were just named, or the profile's row was held.
+    profile_behind boolean NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX connect_accounts_by_user ON onboarding.connect_accounts (user_id);
 CREATE INDEX connect_accounts_to_refresh ON onboarding.connect_accounts (account_id) WHERE refresh_due;
+CREATE INDEX connect_accounts_profile_behind ON onboarding.connect_accounts (account_id) WHERE profile_behind;
 
 -- Every event applied, so that none is applied twice (a page read again after a crash, a
 -- cursor moved back). Pruned with the jobs (onboarding.prune), once past Stripe's 30 days.
@@ -96,12 +100,14 @@ $$;
 -- The events reader takes its turn, when a poll is due and no other worker is polling (or the
 -- one that was has been gone a minute): `polling`, with the cursor, the accounts to read again,
 -- the seconds since the last account link and when the last poll was (Unix seconds: without a
--- cursor, events are read from then on). Otherwise the seconds until the next poll is due.
-CREATE FUNCTION onboarding._events_poll_begin(refresh_at_most integer)
+-- cursor, events are read from then on). Otherwise the seconds until the next poll is due, never
+-- more than `every` (onboarding.events_poll_interval: lowered by a reload, it applies at once).
+CREATE FUNCTION onboarding._events_poll_begin(refresh_at_most integer, every interval)
 RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, accounts_to_refresh text[],
                since_link double precision, last_polled_at bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    UPDATE onboarding.events_cursor c SET next_poll_at = now() + every WHERE c.next_poll_at > now() + every;
     UPDATE onboarding.events_cursor c SET polling_pid = pg_backend_pid(), polling_since = now()
      WHERE c.next_poll_at <= now() AND (c.polling_pid IS NULL OR c.polling_since < now() - interval '1 minute');
     polling := FOUND;
@@ -175,6 +181,11 @@ BEGIN
     LOOP
         written := written + 1;
         IF changed.says IS DISTINCT FROM changed.said THEN
+            -- The profile's readiness columns follow (_write_profile_readiness), if it has any.
+            UPDATE onboarding.connect_accounts c SET profile_behind = true
+             WHERE c.account_id = changed.account_id
+               AND EXISTS (SELECT FROM onboarding.attachments a
+                            WHERE a.profile_table = changed.profile_table AND a.readiness_columns IS NOT NULL);
             -- The user's sequence() shows it (an event outside any job).
             INSERT INTO onboarding.events (job_id, user_id, step, detail)
             VALUES (NULL, changed.user_id, 'stripe_account_updated', jsonb_build_object(
@@ -191,6 +202,45 @@ BEGIN
         END IF;
     END LOOP;
     RETURN written;
+END $$;
+
+-- Writes the readiness of up to `at_most` accounts whose profile is behind to the profile columns
+-- its table named (attach's readiness_columns), each on its own (a subtransaction), as the
+-- table's owner (onboarding._as_owner; the worker waits 50 ms for a lock at most). A profile row
+-- another transaction holds waits for the next poll; one the table refuses (its trigger fails, a
+-- statement times out) is given up with a WARNING. Returns how many wait.
+CREATE FUNCTION onboarding._write_profile_readiness(at_most integer) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c onboarding.connect_accounts;
+    a onboarding.attachments;
+    waiting integer := 0;
+BEGIN
+    FOR c IN SELECT * FROM onboarding.connect_accounts x WHERE x.profile_behind ORDER BY x.account_id LIMIT at_most LOOP
+        BEGIN
+            SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = c.profile_table;
+            IF a.readiness_columns IS NOT NULL AND a.connect_account_column IS NOT NULL THEN
+                PERFORM FROM onboarding._as_owner(a.profile_table,
+                    format('UPDATE %s SET %s WHERE %I = $1::%s AND %I = $2', a.profile_table,
+                           (SELECT string_agg(format('%I = $%s::boolean', r.value,
+                                   CASE r.key WHEN 'ready' THEN 3 WHEN 'charges_enabled' THEN 4
+                                              WHEN 'payouts_enabled' THEN 5 ELSE 6 END), ', ' ORDER BY r.key)
+                              FROM jsonb_each_text(a.readiness_columns) r),
+                           a.id_column, a.id_type, a.connect_account_column),
+                    ARRAY[c.user_id, c.account_id, c.ready::text, c.charges_enabled::text, c.payouts_enabled::text,
+                          c.details_submitted::text]);
+            END IF;
+            UPDATE onboarding.connect_accounts x SET profile_behind = false WHERE x.account_id = c.account_id;
+        EXCEPTION
+            WHEN lock_not_available THEN
+                waiting := waiting + 1;  -- the profile's row or table is held: at the next poll
+            WHEN query_canceled OR OTHERS THEN
+                RAISE WARNING 'onboarding: writing the readiness of Connect account % to the profile of user % in % failed: %',
+                    c.account_id, c.user_id, c.profile_table, SQLERRM;
+                UPDATE onboarding.connect_accounts x SET profile_behind = false WHERE x.account_id = c.account_id;
+        END;
+    END LOOP;
+    RETURN waiting;
 END $$;
 
 -- Marks accounts to be read again at the next poll (same-second events, a lost cursor).

@@ -1342,56 +1342,6 @@ BEGIN
          ORDER BY k.kind;
 END $$;
 
-CREATE OR REPLACE FUNCTION onboarding.attach(
-    profile_table regclass,
-    id_column name DEFAULT 'id',
-    email_column name DEFAULT 'email',
-    customer_column name DEFAULT 'stripe_customer_id',
-    connect_account_column name DEFAULT NULL,
-    connect_policy text DEFAULT 'never',
-    connect_condition text DEFAULT NULL
-) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    id_type regtype;
-    text_types CONSTANT regtype[] := ARRAY['text', 'character varying']::regtype[];
-BEGIN
-    IF profile_table IS NULL THEN
-        RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF (SELECT relkind FROM pg_class WHERE oid = profile_table) NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION 'onboarding.attach: % is not a table', profile_table
-            USING ERRCODE = 'wrong_object_type', HINT = 'Attach the table that holds the profiles, not a view.';
-    END IF;
-    PERFORM onboarding._check_attachable(profile_table);
-    id_type := onboarding._column_type(profile_table, id_column, 'id',
-        ARRAY['uuid', 'text', 'character varying', 'bigint', 'integer']::regtype[]);
-    PERFORM onboarding._column_type(profile_table, email_column, 'email', text_types || coalesce(to_regtype('citext'), 'text'));
-    PERFORM onboarding._column_type(profile_table, customer_column, 'customer', text_types);
-    -- The Connect column is optional: by default, used when the table has one.
-    IF connect_account_column IS NULL AND EXISTS (
-        SELECT FROM pg_attribute WHERE attrelid = profile_table AND attname = 'stripe_connect_account_id'
-           AND attnum > 0 AND NOT attisdropped) THEN
-        connect_account_column := 'stripe_connect_account_id';
-    END IF;
-    IF connect_account_column IS NOT NULL THEN
-        PERFORM onboarding._column_type(profile_table, connect_account_column, 'connect account', text_types);
-    END IF;
-
-    INSERT INTO onboarding.attachments AS a
-        (profile_table, id_column, id_type, email_column, customer_column, connect_account_column)
-    VALUES (profile_table, id_column, id_type, email_column, customer_column, connect_account_column)
-    ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
-        SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
-            customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column;
-
-    PERFORM onboarding._create_triggers(a) FROM onboarding.attachments a WHERE a.profile_table = attach.profile_table;
-    PERFORM onboarding.set_connect_policy(profile_table, connect_policy, connect_condition);
-    RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s)',
-        profile_table, id_column, email_column, customer_column,
-        coalesce(quote_ident(connect_account_column), 'none'),
-        connect_policy || coalesce(': ' || connect_condition, ''));
-END $$;
 
 
 -- Puts back jobs claimed by a worker process that no longer exists (crash, kill, restart, or
@@ -1789,10 +1739,14 @@ CREATE TABLE onboarding.connect_accounts (
     -- Read the account itself at the next poll: held before events were read, an event of the
     -- same second as the state held, or the cursor lost.
     refresh_due boolean NOT NULL DEFAULT false,
+    -- The profile's readiness columns (attach's readiness_columns) are to be written at the next
+    -- poll: the state changed, or the columns were just named, or the profile's row was held.
+    profile_behind boolean NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX connect_accounts_by_user ON onboarding.connect_accounts (user_id);
 CREATE INDEX connect_accounts_to_refresh ON onboarding.connect_accounts (account_id) WHERE refresh_due;
+CREATE INDEX connect_accounts_profile_behind ON onboarding.connect_accounts (account_id) WHERE profile_behind;
 
 -- Every event applied, so that none is applied twice (a page read again after a crash, a
 -- cursor moved back). Pruned with the jobs (onboarding.prune), once past Stripe's 30 days.
@@ -1860,12 +1814,14 @@ $$;
 -- The events reader takes its turn, when a poll is due and no other worker is polling (or the
 -- one that was has been gone a minute): `polling`, with the cursor, the accounts to read again,
 -- the seconds since the last account link and when the last poll was (Unix seconds: without a
--- cursor, events are read from then on). Otherwise the seconds until the next poll is due.
-CREATE FUNCTION onboarding._events_poll_begin(refresh_at_most integer)
+-- cursor, events are read from then on). Otherwise the seconds until the next poll is due, never
+-- more than `every` (onboarding.events_poll_interval: lowered by a reload, it applies at once).
+CREATE FUNCTION onboarding._events_poll_begin(refresh_at_most integer, every interval)
 RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, accounts_to_refresh text[],
                since_link double precision, last_polled_at bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    UPDATE onboarding.events_cursor c SET next_poll_at = now() + every WHERE c.next_poll_at > now() + every;
     UPDATE onboarding.events_cursor c SET polling_pid = pg_backend_pid(), polling_since = now()
      WHERE c.next_poll_at <= now() AND (c.polling_pid IS NULL OR c.polling_since < now() - interval '1 minute');
     polling := FOUND;
@@ -1939,6 +1895,11 @@ BEGIN
     LOOP
         written := written + 1;
         IF changed.says IS DISTINCT FROM changed.said THEN
+            -- The profile's readiness columns follow (_write_profile_readiness), if it has any.
+            UPDATE onboarding.connect_accounts c SET profile_behind = true
+             WHERE c.account_id = changed.account_id
+               AND EXISTS (SELECT FROM onboarding.attachments a
+                            WHERE a.profile_table = changed.profile_table AND a.readiness_columns IS NOT NULL);
             -- The user's sequence() shows it (an event outside any job).
             INSERT INTO onboarding.events (job_id, user_id, step, detail)
             VALUES (NULL, changed.user_id, 'stripe_account_updated', jsonb_build_object(
@@ -2006,7 +1967,7 @@ SELECT DISTINCT ON (j.stripe_id) j.stripe_id, j.profile_table, j.user_id, true
  ORDER BY j.stripe_id, j.id DESC;
 
 REVOKE EXECUTE ON FUNCTION onboarding._follow_account(), onboarding.account_ready(anyelement),
-    onboarding.account_status(anyelement), onboarding._events_poll_begin(integer),
+    onboarding.account_status(anyelement), onboarding._events_poll_begin(integer, interval),
     onboarding._events_not_applied(text[], text[], bigint[]), onboarding._apply_account_states(jsonb),
     onboarding._refresh_accounts(text[]), onboarding._events_poll_end(text, bigint, integer, interval, bigint, boolean),
     onboarding._account_link_issued(interval) FROM PUBLIC;
@@ -2178,12 +2139,140 @@ $$;
 
 ------------------------------------------------------------------------------------------------
 -- 14. Customers changed in Stripe outside the extension (deleted, or their email changed) follow
---     each table's policy (set_stripe_change_policy), and audit_mismatches shows them at once.
+--     each table's policy (set_stripe_change_policy), and audit_mismatches shows them at once;
+--     profile columns named at attach (readiness_columns) follow the Connect account's readiness.
 ------------------------------------------------------------------------------------------------
 ALTER TABLE onboarding.attachments
     ADD COLUMN on_customer_deleted text NOT NULL DEFAULT 'flag' CHECK (on_customer_deleted IN ('flag', 'recreate')),
     ADD COLUMN on_stripe_email_changed text NOT NULL DEFAULT 'audit'
-        CHECK (on_stripe_email_changed IN ('audit', 'update_profile'));
+        CHECK (on_stripe_email_changed IN ('audit', 'update_profile')),
+    ADD COLUMN readiness_columns jsonb;
+
+-- attach() takes readiness_columns: profile columns kept in step with the account's readiness.
+DROP FUNCTION onboarding.attach(regclass, name, name, name, name, text, text);
+CREATE FUNCTION onboarding.attach(
+    profile_table regclass,
+    id_column name DEFAULT 'id',
+    email_column name DEFAULT 'email',
+    customer_column name DEFAULT 'stripe_customer_id',
+    connect_account_column name DEFAULT NULL,
+    connect_policy text DEFAULT 'never',
+    connect_condition text DEFAULT NULL,
+    readiness_columns jsonb DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id_type regtype;
+    text_types CONSTANT regtype[] := ARRAY['text', 'character varying']::regtype[];
+    not_boolean text;
+BEGIN
+    IF profile_table IS NULL THEN
+        RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = profile_table) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'onboarding.attach: % is not a table', profile_table
+            USING ERRCODE = 'wrong_object_type', HINT = 'Attach the table that holds the profiles, not a view.';
+    END IF;
+    PERFORM onboarding._check_attachable(profile_table);
+    id_type := onboarding._column_type(profile_table, id_column, 'id',
+        ARRAY['uuid', 'text', 'character varying', 'bigint', 'integer']::regtype[]);
+    PERFORM onboarding._column_type(profile_table, email_column, 'email', text_types || coalesce(to_regtype('citext'), 'text'));
+    PERFORM onboarding._column_type(profile_table, customer_column, 'customer', text_types);
+    -- The Connect column is optional: by default, used when the table has one.
+    IF connect_account_column IS NULL AND EXISTS (
+        SELECT FROM pg_attribute WHERE attrelid = profile_table AND attname = 'stripe_connect_account_id'
+           AND attnum > 0 AND NOT attisdropped) THEN
+        connect_account_column := 'stripe_connect_account_id';
+    END IF;
+    IF connect_account_column IS NOT NULL THEN
+        PERFORM onboarding._column_type(profile_table, connect_account_column, 'connect account', text_types);
+    END IF;
+    -- Profile columns kept in step with what Stripe says of the account (sql/inbound.sql).
+    IF readiness_columns IS NOT NULL THEN
+        IF jsonb_typeof(readiness_columns) <> 'object' OR readiness_columns = '{}' OR EXISTS (
+               SELECT FROM jsonb_each(readiness_columns) c
+                WHERE c.key NOT IN ('ready', 'charges_enabled', 'payouts_enabled', 'details_submitted')
+                   OR jsonb_typeof(c.value) <> 'string') THEN
+            RAISE EXCEPTION 'onboarding.attach: readiness_columns names a boolean column for any of ready, charges_enabled, payouts_enabled, details_submitted'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: readiness_columns => ''{"ready": "stripe_account_ready", "payouts_enabled": "stripe_payouts_enabled"}''';
+        END IF;
+        IF connect_account_column IS NULL THEN
+            RAISE EXCEPTION 'onboarding.attach: readiness_columns needs a Connect account column' USING ERRCODE = 'undefined_column',
+                  HINT = 'Name it with connect_account_column => ''...''.';
+        END IF;
+        SELECT string_agg(format('%I (%s)', c.value, coalesce(format_type(a.atttypid, NULL), 'no such column')), ', ')
+          INTO not_boolean
+          FROM jsonb_each_text(readiness_columns) c
+          LEFT JOIN pg_attribute a ON a.attrelid = profile_table AND a.attname = c.value AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE a.atttypid IS DISTINCT FROM 'boolean'::regtype;
+        IF not_boolean IS NOT NULL THEN
+            RAISE EXCEPTION 'onboarding.attach: readiness columns of % must be boolean columns: %', profile_table, not_boolean
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = format('For example: ALTER TABLE %s ADD COLUMN stripe_payouts_enabled boolean NOT NULL DEFAULT false;', profile_table);
+        END IF;
+    END IF;
+
+    INSERT INTO onboarding.attachments AS a
+        (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns)
+    VALUES (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns)
+    ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
+        SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
+            customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column,
+            readiness_columns = EXCLUDED.readiness_columns;
+    -- The table's accounts are written to the new columns at the next poll.
+    UPDATE onboarding.connect_accounts c SET profile_behind = true
+     WHERE c.profile_table = attach.profile_table AND readiness_columns IS NOT NULL;
+
+    PERFORM onboarding._create_triggers(a) FROM onboarding.attachments a WHERE a.profile_table = attach.profile_table;
+    PERFORM onboarding.set_connect_policy(profile_table, connect_policy, connect_condition);
+    RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s%s)',
+        profile_table, id_column, email_column, customer_column,
+        coalesce(quote_ident(connect_account_column), 'none'),
+        connect_policy || coalesce(': ' || connect_condition, ''),
+        coalesce(', readiness columns ' || readiness_columns::text, ''));
+END $$;
+COMMENT ON FUNCTION onboarding.attach IS
+    'Provision a Stripe customer for every profile inserted into this table, after the insert commits';
+
+-- Writes the readiness of up to `at_most` accounts whose profile is behind to the profile columns
+-- its table named (attach's readiness_columns), each on its own (a subtransaction), as the
+-- table's owner (onboarding._as_owner; the worker waits 50 ms for a lock at most). A profile row
+-- another transaction holds waits for the next poll; one the table refuses (its trigger fails, a
+-- statement times out) is given up with a WARNING. Returns how many wait.
+CREATE FUNCTION onboarding._write_profile_readiness(at_most integer) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c onboarding.connect_accounts;
+    a onboarding.attachments;
+    waiting integer := 0;
+BEGIN
+    FOR c IN SELECT * FROM onboarding.connect_accounts x WHERE x.profile_behind ORDER BY x.account_id LIMIT at_most LOOP
+        BEGIN
+            SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = c.profile_table;
+            IF a.readiness_columns IS NOT NULL AND a.connect_account_column IS NOT NULL THEN
+                PERFORM FROM onboarding._as_owner(a.profile_table,
+                    format('UPDATE %s SET %s WHERE %I = $1::%s AND %I = $2', a.profile_table,
+                           (SELECT string_agg(format('%I = $%s::boolean', r.value,
+                                   CASE r.key WHEN 'ready' THEN 3 WHEN 'charges_enabled' THEN 4
+                                              WHEN 'payouts_enabled' THEN 5 ELSE 6 END), ', ' ORDER BY r.key)
+                              FROM jsonb_each_text(a.readiness_columns) r),
+                           a.id_column, a.id_type, a.connect_account_column),
+                    ARRAY[c.user_id, c.account_id, c.ready::text, c.charges_enabled::text, c.payouts_enabled::text,
+                          c.details_submitted::text]);
+            END IF;
+            UPDATE onboarding.connect_accounts x SET profile_behind = false WHERE x.account_id = c.account_id;
+        EXCEPTION
+            WHEN lock_not_available THEN
+                waiting := waiting + 1;  -- the profile's row or table is held: at the next poll
+            WHEN query_canceled OR OTHERS THEN
+                RAISE WARNING 'onboarding: writing the readiness of Connect account % to the profile of user % in % failed: %',
+                    c.account_id, c.user_id, c.profile_table, SQLERRM;
+                UPDATE onboarding.connect_accounts x SET profile_behind = false WHERE x.account_id = c.account_id;
+        END;
+    END LOOP;
+    RETURN waiting;
+END $$;
 
 -- What Stripe said of customers after their creation: one row per customer a deletion or an email
 -- change was heard for (customer.deleted, customer.updated), carrying metadata.user_id.
@@ -2390,7 +2479,9 @@ BEGIN
 END $$;
 
 REVOKE EXECUTE ON FUNCTION onboarding.set_stripe_change_policy(regclass, text, text),
-    onboarding._record_customer_changes(jsonb), onboarding._handle_customer_changes(integer) FROM PUBLIC;
+    onboarding._record_customer_changes(jsonb), onboarding._handle_customer_changes(integer),
+    onboarding.attach(regclass, name, name, name, name, text, text, jsonb),
+    onboarding._write_profile_readiness(integer) FROM PUBLIC;
 REVOKE ALL ON onboarding.customer_changes FROM PUBLIC;
 
 -- The workers go on as soon as this transaction commits.

@@ -21,7 +21,10 @@ CREATE TABLE onboarding.attachments (
     -- its email changed, leave the profile as the source of truth (audit) or copy it there.
     on_customer_deleted text NOT NULL DEFAULT 'flag' CHECK (on_customer_deleted IN ('flag', 'recreate')),
     on_stripe_email_changed text NOT NULL DEFAULT 'audit'
-        CHECK (on_stripe_email_changed IN ('audit', 'update_profile'))
+        CHECK (on_stripe_email_changed IN ('audit', 'update_profile')),
+    -- Boolean profile columns kept in step with the Connect account's readiness, by what they
+    -- hold: {"ready": column, "payouts_enabled": column, ...} (attach's readiness_columns).
+    readiness_columns jsonb
 );
 
 -- The transactional outbox: one row per unit of Stripe work.

@@ -128,6 +128,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         budget: None,
         warned_no_key: false,
         key_refused_at: None,
+        permissions_checked_for: None,
         last_maintenance: None,
         in_flight: FuturesUnordered::new(),
         budget_turns: Arc::default(),
@@ -213,6 +214,11 @@ struct Worker {
     warned_no_key: bool,
     /// When the key's permission check last refused it (see `key_has_permissions`).
     key_refused_at: Option<Instant>,
+    /// What the last passed permission check was for (a digest of the key, the API base and
+    /// version, and whether Connect is in use): a reload that changed none of them (a new rate
+    /// budget, say) checks nothing again. The check's probes wait for the budget on this thread,
+    /// and a signup behind them waited past 2 s at a 10/s budget.
+    permissions_checked_for: Option<u64>,
     /// When the claim last did maintenance (maintenance/: rescue and retention).
     last_maintenance: Option<Instant>,
     in_flight: FuturesUnordered<CallInFlight>,
@@ -649,7 +655,8 @@ impl Worker {
             }
             match StripeClient::new(&config) {
                 Ok(client) => {
-                    if !self.key_has_permissions(&client) {
+                    let checked = (api_key_text.as_str(), config.api_base.as_str(), config.api_version.as_deref());
+                    if !self.key_has_permissions(&client, checked) {
                         return None;
                     }
                     // Says when a reload took effect (never the key).
@@ -673,21 +680,32 @@ impl Worker {
         self.client.as_ref()
     }
 
-    /// Checks once per key (and again every [`PERMISSION_RECHECK`] while refused, or at a reload)
-    /// that it may do what this database needs: customers, and Connect accounts and their links
-    /// once a table has a Connect column. A restricted key without a permission gets one WARNING
-    /// naming it, and no job is claimed (none dies of it) until a reload or the next check.
+    /// Checks once per key (again every [`PERMISSION_RECHECK`] while refused, and at a reload that
+    /// changed the key, the API base or version, or Connect's use) that it may do what this
+    /// database needs: customers, and Connect accounts and their links once a table has a Connect
+    /// column. A restricted key without a permission gets one WARNING naming it, and no job is
+    /// claimed (none dies of it) until a reload or the next check.
     /// A check that gets no answer lets the worker go on: its calls retry as any.
-    fn key_has_permissions(&mut self, client: &StripeClient) -> bool {
+    fn key_has_permissions(&mut self, client: &StripeClient, checked: (&str, &str, Option<&str>)) -> bool {
         let connect = match in_transaction("looking for Connect columns", tables::connect_in_use) {
             Ok(Ok(connect)) => connect,
             _ => true,
         };
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (checked, connect).hash(&mut hasher);
+            hasher.finish()
+        };
+        if self.permissions_checked_for == Some(digest) {
+            return true;
+        }
         let budget = self.budget;
         let take_slot = || budget.as_ref().map_or(Ok(()), rate_budget::take_slot);
         match self.runtime.block_on(client.check_permissions(connect, take_slot)) {
             Ok(()) => {
                 self.key_refused_at = None;
+                self.permissions_checked_for = Some(digest);
                 true
             }
             Err(PermissionCheckError::Inconclusive(e)) => {
@@ -695,6 +713,7 @@ impl Worker {
                 true
             }
             Err(refused) => {
+                self.permissions_checked_for = None;
                 if self.key_refused_at.is_none() {
                     ereport!(
                         WARNING,

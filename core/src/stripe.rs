@@ -666,28 +666,26 @@ impl StripeClient {
         Ok(response.body["data"][0]["id"].as_str().map(str::to_string))
     }
 
-    /// The events of `types` created at or after `created_since` (Unix seconds), oldest first:
-    /// where a reader whose last poll found no event at all goes on from (no id to read after).
-    /// Stripe lists newest first, so every page of the range is read (up to `EVENTS_SINCE_PAGES`;
-    /// the rest would come after the newest, as with a cursor).
-    pub async fn events_since(&self, created_since: i64, types: &[&str]) -> Result<Vec<Value>, StripeError> {
-        let mut events: Vec<Value> = Vec::new();
-        for _ in 0..EVENTS_SINCE_PAGES {
-            let mut params: Params =
-                vec![("limit".into(), "100".into()), ("created[gte]".into(), created_since.to_string())];
-            if let Some(oldest) = events.last().and_then(|e| e["id"].as_str()) {
-                params.push(("starting_after".into(), object_id(oldest)?.to_string()));
-            }
-            params.extend(types.iter().enumerate().map(|(i, t)| (format!("types[{i}]"), t.to_string())));
-            let url = format!("{}/v1/events?{}", self.api_base, encode_form(&params));
-            let response = self.send(self.http.get(url)).await?;
-            events.extend(response.body["data"].as_array().cloned().unwrap_or_default());
-            if !has_more(&response.body) {
-                break;
-            }
+    /// One page (up to 100, newest first) of the events of `types` created at or after
+    /// `created_since` (Unix seconds), after the event `starting_after` (the previous page's
+    /// last, which is older): where a reader without a cursor goes on from (no id to read after).
+    /// Returns the events and whether older ones of the range follow.
+    pub async fn events_since_page(
+        &self,
+        created_since: i64,
+        starting_after: Option<&str>,
+        types: &[&str],
+    ) -> Result<(Vec<Value>, bool), StripeError> {
+        let mut params: Params =
+            vec![("limit".into(), "100".into()), ("created[gte]".into(), created_since.to_string())];
+        if let Some(after) = starting_after {
+            params.push(("starting_after".into(), object_id(after)?.to_string()));
         }
-        events.reverse();
-        Ok(events)
+        params.extend(types.iter().enumerate().map(|(i, t)| (format!("types[{i}]"), t.to_string())));
+        let url = format!("{}/v1/events?{}", self.api_base, encode_form(&params));
+        let response = self.send(self.http.get(url)).await?;
+        let more = has_more(&response.body);
+        Ok((response.body["data"].as_array().cloned().unwrap_or_default(), more))
     }
 
     /// `GET /v1/accounts/{id}`: the account as Stripe holds it now. An account that left the
@@ -755,9 +753,6 @@ fn object_in(response: Response) -> Result<(StripeObject, Response), StripeError
 }
 
 /// A list or search answer says more pages follow.
-/// Pages [`StripeClient::events_since`] reads at most (100 events each).
-const EVENTS_SINCE_PAGES: usize = 10;
-
 fn has_more(body: &Value) -> bool {
     body.get("has_more").and_then(Value::as_bool) == Some(true)
 }
@@ -999,13 +994,18 @@ mod tests {
         expected.push(("customer.updated", updated.as_str()));
         assert_eq!(read, expected, "oldest first, each once, from just after the cursor");
 
-        // Without a cursor, from a time: every event since, oldest first, across pages.
-        let since = rt.block_on(client.events_since(0, &types)).unwrap();
-        assert_eq!(since.len(), 122);
+        // Without a cursor, from a time: every event since, newest first, across pages.
+        let (mut since, more) = rt.block_on(client.events_since_page(0, None, &types)).unwrap();
+        assert!(more && since.len() == 100);
+        let oldest = since.last().unwrap()["id"].as_str().unwrap().to_string();
+        let (older, more) = rt.block_on(client.events_since_page(0, Some(&oldest), &types)).unwrap();
+        assert!(!more && older.len() == 22);
+        since.extend(older);
+        since.reverse();
         assert_eq!(since[1..], first.iter().chain(&rest).cloned().collect::<Vec<_>>()[..]);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         let future = now + 3600;
-        assert!(rt.block_on(client.events_since(future, &types)).unwrap().is_empty());
+        assert!(rt.block_on(client.events_since_page(future, None, &types)).unwrap().0.is_empty());
 
         // Past Stripe's 30 days the cursor is gone: the reader is told, not handed an empty page.
         stripe.age_events(31);

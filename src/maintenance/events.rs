@@ -34,12 +34,19 @@ use crate::rate_budget;
 pub const TYPES: &[&str] =
     &["account.updated", "account.application.deauthorized", "customer.updated", "customer.deleted"];
 
+/// Profiles whose readiness columns are written per poll (each a statement as the table's owner).
+const PROFILES_WRITTEN_AT_MOST: i32 = 100;
+
 /// Customer changes handled per poll (each reads its profile, and may write it): the rest wait.
 const CUSTOMER_CHANGES_AT_MOST: i32 = 50;
 
 /// Accounts read directly per poll (each a request): the rest wait for the next polls. (Polls
 /// following at once while more waited delayed signups past a lane test's 2 s at a 10/s budget.)
 const REFRESH_AT_MOST: i32 = 20;
+
+/// Pages of events read at most without a cursor (100 each); the newest are kept, and what came
+/// before them is read from the accounts themselves, as after a lost cursor.
+const SINCE_PAGES_AT_MOST: usize = 10;
 
 /// How far before the last poll a reader without a cursor reads events from: Stripe's clock and
 /// this server's may differ.
@@ -68,8 +75,9 @@ enum Page {
     /// Events after the cursor, oldest first, and whether newer ones follow.
     After(Vec<Value>, bool),
     /// No cursor (the last poll found no event at all, or `lost`: Stripe no longer holds it):
-    /// the events since the last poll, oldest first.
-    Since { events: Vec<Value>, lost: bool },
+    /// the events since the last poll, oldest first. `truncated`: more came than were read (the
+    /// newest are; what came before them is read from the accounts themselves).
+    Since { events: Vec<Value>, lost: bool, truncated: bool },
     /// The very first poll (or a lost cursor and no poll ever read): where to start, Stripe's
     /// newest event.
     Start { newest: Option<String>, lost: bool },
@@ -83,10 +91,15 @@ pub fn start(
     budget: Option<Gcra>,
     turns: Arc<BudgetTurns>,
 ) -> Result<Poll, Duration> {
+    let every = gucs::events_poll().map_or(Duration::from_secs(3600), |p| p.every);
     let taken = in_transaction("taking the events poll", || {
         Spi::connect(|spi| {
             let row = spi
-                .select("SELECT * FROM onboarding._events_poll_begin($1)", Some(1), &[REFRESH_AT_MOST.into()])?
+                .select(
+                    "SELECT * FROM onboarding._events_poll_begin($1, make_interval(secs => $2))",
+                    Some(1),
+                    &[REFRESH_AT_MOST.into(), every.as_secs_f64().into()],
+                )?
                 .first();
             let polling = row.get::<bool>(1)?.unwrap_or(false);
             let due_in = Duration::from_secs_f64(row.get::<f64>(2)?.unwrap_or(0.0).clamp(0.0, 86_400.0));
@@ -116,16 +129,29 @@ pub fn start(
         let read_at = unix_now();
         // Without a cursor, every event since the last poll that read (a margin for Stripe's
         // clock; ids already applied are skipped), so that none between two polls is missed.
+        // Stripe lists them newest first: each page is a request of its own for the budget.
         let since = |lost| {
-            let client = &client;
+            let (client, slot) = (&client, &slot);
             async move {
-                match last_polled_at {
-                    Some(polled_at) => client
-                        .events_since(polled_at - CLOCK_MARGIN_SECS, TYPES)
-                        .await
-                        .map(|events| Page::Since { events, lost }),
-                    None => client.newest_event(TYPES).await.map(|newest| Page::Start { newest, lost }),
+                let Some(polled_at) = last_polled_at else {
+                    return client.newest_event(TYPES).await.map(|newest| Page::Start { newest, lost });
+                };
+                let (mut events, mut more) = (Vec::<Value>::new(), true);
+                for page in 0..SINCE_PAGES_AT_MOST {
+                    if page > 0 {
+                        slot().await;
+                    }
+                    let older_than = events.last().and_then(|e| e["id"].as_str()).map(str::to_string);
+                    let read;
+                    (read, more) =
+                        client.events_since_page(polled_at - CLOCK_MARGIN_SECS, older_than.as_deref(), TYPES).await?;
+                    events.extend(read);
+                    if !more {
+                        break;
+                    }
                 }
+                events.reverse();
+                Ok(Page::Since { events, lost, truncated: more })
             }
         };
         let page = match &cursor {
@@ -196,12 +222,13 @@ fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, 
             return Ok(interval);
         }
         Ok(Page::After(events, more)) => (events, more, false, false),
-        Ok(Page::Since { events, lost }) => (events, false, lost, false),
+        Ok(Page::Since { events, lost, truncated }) => (events, false, lost, truncated),
         Ok(Page::Start { newest, lost }) => {
             cursor = newest.map(|id| (id, None));
             (Vec::new(), false, lost, true)
         }
     };
+    // `started`: what happened before the events read is not in them.
     if lost {
         warning!(
             "onboarding: Stripe no longer holds the events after the stored cursor (it keeps 30 days): \
@@ -271,6 +298,8 @@ fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, 
         let states: Vec<Value> = states.into_values().collect();
         Spi::run_with_args("SELECT onboarding._apply_account_states($1)", &[JsonB(Value::Array(states)).into()])?;
     }
+    // Profiles' readiness columns, for the accounts just changed and those held at earlier polls.
+    Spi::run_with_args("SELECT onboarding._write_profile_readiness($1)", &[PROFILES_WRITTEN_AT_MOST.into()])?;
     if !customers.is_empty() {
         let changes: Vec<Value> = customers.into_values().collect();
         Spi::run_with_args("SELECT onboarding._record_customer_changes($1)", &[JsonB(Value::Array(changes)).into()])?;

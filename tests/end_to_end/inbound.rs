@@ -8,7 +8,9 @@ use postgres::fallible_iterator::FallibleIterator;
 use stripe_emulator::Onboarding;
 
 use crate::env;
-use crate::helpers::{DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, set_and_reload, wait_for};
+use crate::helpers::{
+    DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, set_and_reload, sqlstate, wait_for,
+};
 
 pub(crate) fn tests() -> Vec<Trial> {
     trials![
@@ -16,6 +18,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         events_read_again_or_out_of_order_leave_the_newest_state,
         a_cursor_past_stripe_retention_starts_again_from_the_accounts,
         a_stalled_read_of_events_delays_no_signup,
+        profile_columns_named_at_attach_follow_the_account,
     ]
 }
 
@@ -269,6 +272,96 @@ fn a_stalled_read_of_events_delays_no_signup() -> Result<(), Failed> {
         let polling: bool =
             db.query_one("SELECT polling_pid IS NOT NULL FROM onboarding.events_cursor", &[]).unwrap().get(0);
         ensure(polling, || "the read was no longer stalled: the test shows nothing".into())
+    })();
+    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
+    result
+}
+
+/// attach(readiness_columns => ...) names boolean profile columns that follow the account's
+/// readiness; a held profile row waits (the readiness table does not), and columns named later
+/// are filled in for accounts that exist already. Bad mappings are refused with the reason.
+fn profile_columns_named_at_attach_follow_the_account() -> Result<(), Failed> {
+    let mut db = db();
+    let table = "public.profiles_inbound_columns";
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+             stripe_customer_id text, stripe_connect_account_id text,
+             stripe_account_ready boolean NOT NULL DEFAULT false, stripe_payouts_enabled boolean);"
+    ))
+    .unwrap();
+    for (columns, code) in [
+        (r#"{"rdy": "stripe_account_ready"}"#, "22023"),
+        (r#"{"ready": "email"}"#, "42804"),
+        (r#"{"ready": "no_such_column"}"#, "42804"),
+    ] {
+        let (got, message) = sqlstate(db.query_one(
+            &format!(
+                "SELECT onboarding.attach('{table}', connect_policy => 'always', readiness_columns => $1::text::jsonb)"
+            ),
+            &[&columns],
+        ))?;
+        ensure(got == code, || format!("{columns}: {got} {message}"))?;
+    }
+    db.batch_execute(&format!(
+        r#"SELECT onboarding.attach('{table}', connect_policy => 'always',
+               readiness_columns => '{{"ready": "stripe_account_ready", "payouts_enabled": "stripe_payouts_enabled"}}')"#
+    ))
+    .unwrap();
+    // Lowered by a reload, the interval applies at once (not after a poll already due in 15 s).
+    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
+    let result = (|| {
+        let user: String = db
+            .query_one(&format!("INSERT INTO {table} (email) VALUES ('columns@example.com') RETURNING id::text"), &[])
+            .unwrap()
+            .get(0);
+        let account = wait_for("the Connect account", DEADLINE, || {
+            db.query_one(&format!("SELECT stripe_connect_account_id FROM {table} WHERE id::text = $1"), &[&user])
+                .unwrap()
+                .get::<_, Option<String>>(0)
+        })?;
+        let columns = |db: &mut Client| -> (bool, Option<bool>) {
+            let row = db
+                .query_one(
+                    &format!("SELECT stripe_account_ready, stripe_payouts_enabled FROM {table} WHERE id::text = $1"),
+                    &[&user],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
+        wait_for("the profile's columns", DEADLINE, || (columns(&mut db) == (true, Some(true))).then_some(()))?;
+
+        let mut holder = crate::helpers::db();
+        let mut lock = holder.transaction().unwrap();
+        lock.execute(&format!("SELECT 1 FROM {table} WHERE id::text = $1 FOR UPDATE"), &[&user]).unwrap();
+        env().stripe.set_onboarding(&account, Onboarding::disabled("rejected.fraud")).unwrap();
+        wait_for_status(&mut db, &user, "disabled", DEADLINE, |s| !s.0)?;
+        let behind: bool = db
+            .query_one("SELECT profile_behind FROM onboarding.connect_accounts WHERE account_id = $1", &[&account])
+            .unwrap()
+            .get(0);
+        ensure(behind && columns(&mut db) == (true, Some(true)), || "the held row was written".into())?;
+        lock.commit().unwrap();
+        wait_for("the profile's columns after the lock", DEADLINE, || {
+            (columns(&mut db) == (false, Some(false))).then_some(())
+        })?;
+
+        // A column named later is filled in for the account that exists.
+        db.batch_execute(&format!(
+            r#"ALTER TABLE {table} ADD COLUMN stripe_charges_enabled boolean;
+               SELECT onboarding.attach('{table}', connect_policy => 'always',
+                   readiness_columns => '{{"ready": "stripe_account_ready", "charges_enabled": "stripe_charges_enabled"}}')"#
+        ))
+        .unwrap();
+        wait_for("the new column", DEADLINE, || {
+            let charges: Option<bool> = db
+                .query_one(&format!("SELECT stripe_charges_enabled FROM {table} WHERE id::text = $1"), &[&user])
+                .unwrap()
+                .get(0);
+            charges.is_some().then_some(())
+        })
+        .map(|_| ())
     })();
     set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
     result
