@@ -28,11 +28,16 @@ CREATE TABLE onboarding.connect_accounts (
     -- The profile's readiness columns (attach's readiness_columns) are to be written at the next
     -- poll: the state changed, or the columns were just named, or the profile's row was held.
     profile_behind boolean NOT NULL DEFAULT false,
+    -- An account link was issued: until then, while not ready, the account itself is read at
+    -- every poll (a platform's event list need not carry its connected accounts' events).
+    watch_until timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX connect_accounts_by_user ON onboarding.connect_accounts (user_id);
 CREATE INDEX connect_accounts_to_refresh ON onboarding.connect_accounts (account_id) WHERE refresh_due;
 CREATE INDEX connect_accounts_profile_behind ON onboarding.connect_accounts (account_id) WHERE profile_behind;
+CREATE INDEX connect_accounts_watched ON onboarding.connect_accounts (watch_until) WHERE watch_until IS NOT NULL;
+CREATE INDEX connect_accounts_by_age ON onboarding.connect_accounts (as_of NULLS FIRST);
 
 -- Every event applied, so that none is applied twice (a page read again after a crash, a
 -- cursor moved back). Pruned with the jobs (onboarding.prune), once past Stripe's 30 days.
@@ -116,8 +121,20 @@ BEGIN
       INTO due_in, last_event_id, since_link, last_polled_at
       FROM onboarding.events_cursor c;
     IF polling THEN
-        accounts_to_refresh := ARRAY(SELECT a.account_id FROM onboarding.connect_accounts a WHERE a.refresh_due
-                                      ORDER BY a.account_id LIMIT refresh_at_most);
+        -- Those due first, then those watched since an account link, then a few of those not
+        -- heard of for a day (never, first): each account is read from Stripe itself at least
+        -- daily (up to 28,800 a day at the default interval), whatever the event list carries.
+        accounts_to_refresh := ARRAY(
+            SELECT d.account_id
+              FROM (SELECT a.account_id, 0 AS rank FROM onboarding.connect_accounts a WHERE a.refresh_due
+                    UNION ALL
+                    SELECT a.account_id, 1 FROM onboarding.connect_accounts a
+                     WHERE a.watch_until > now() AND NOT a.ready
+                    UNION ALL
+                    (SELECT a.account_id, 2 FROM onboarding.connect_accounts a
+                      WHERE a.as_of IS NULL OR a.as_of < extract(epoch FROM now() - interval '1 day')
+                      ORDER BY a.as_of NULLS FIRST LIMIT 5)) d
+             GROUP BY d.account_id ORDER BY min(d.rank), d.account_id LIMIT refresh_at_most);
     END IF;
     RETURN NEXT;
 END $$;
@@ -277,11 +294,14 @@ BEGIN
                                     WHERE o.applied_at < now() - interval '31 days' LIMIT 1000));
 END $$;
 
--- An account link was issued: its owner may finish onboarding in minutes, so poll soon and often.
-CREATE FUNCTION onboarding._account_link_issued(fast interval) RETURNS void
+-- An account link was issued for `account`: its owner may finish onboarding in minutes, so poll
+-- soon and often (every `fast` for `fast_for`), and read the account itself at each of those polls
+-- until it is ready: the readiness never depends on the platform's event list alone.
+CREATE FUNCTION onboarding._account_link_issued(fast interval, account text, fast_for interval) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE onboarding.events_cursor SET last_link_at = now(), next_poll_at = least(next_poll_at, now() + fast);
+    UPDATE onboarding.connect_accounts c SET watch_until = now() + fast_for WHERE c.account_id = account;
 END $$;
 
 ------------------------------------------------------------------------------------------------

@@ -579,7 +579,7 @@ impl Worker {
                 match self.runtime.block_on(link) {
                     Ok(url) => {
                         requests::succeed(request.ticket, &url);
-                        events::account_link_issued();
+                        events::account_link_issued(object);
                         self.next_events_check = Instant::now(); // the next poll is due sooner
                     }
                     Err(error) => requests::fail(request.ticket, &error.to_string()),

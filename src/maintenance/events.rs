@@ -384,13 +384,14 @@ fn end_poll(
     )
 }
 
-/// Records that an account link was issued: the next polls come at the fast interval.
-pub fn account_link_issued() {
+/// Records that an account link was issued for `account`: the next polls come at the fast
+/// interval, and read the account itself until it is ready.
+pub fn account_link_issued(account: &str) {
     let Some(poll) = gucs::events_poll() else { return };
     let _ = in_transaction("noting an account link", || {
         Spi::run_with_args(
-            "SELECT onboarding._account_link_issued(make_interval(secs => $1))",
-            &[poll.fast.as_secs_f64().into()],
+            "SELECT onboarding._account_link_issued(make_interval(secs => $1), $2, make_interval(secs => $3))",
+            &[poll.fast.as_secs_f64().into(), account.into(), poll.fast_for.as_secs_f64().into()],
         )
     });
 }

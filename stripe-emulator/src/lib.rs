@@ -325,6 +325,13 @@ impl Emulator {
         self.shared.lock().store.events.all()
     }
 
+    /// Whether the platform's `GET /v1/events` lists the events of connected accounts
+    /// (`account.updated`, `account.application.deauthorized`): it does by default; `false`
+    /// leaves them out, for tests that must not depend on it (until the next reset).
+    pub fn set_connect_events_listed(&self, listed: bool) {
+        self.shared.update(|s| s.store.events.connect_events_unlisted = !listed);
+    }
+
     /// Ages every recorded event by `days`: its `created` moves that far back, so retention
     /// and `created` filters can be tested without waiting. Later events get the real time.
     pub fn age_events(&self, days: u32) {
