@@ -44,6 +44,9 @@ const CUSTOMER_CHANGES_AT_MOST: i32 = 50;
 /// following at once while more waited delayed signups past a lane test's 2 s at a 10/s budget.)
 const REFRESH_AT_MOST: i32 = 20;
 
+/// How long Stripe keeps events (30 days).
+const RETENTION_SECS: i64 = 30 * 86_400;
+
 /// Pages of events read at most without a cursor (100 each); the newest are kept, and what came
 /// before them is read from the accounts themselves, as after a lost cursor.
 const SINCE_PAGES_AT_MOST: usize = 10;
@@ -136,6 +139,8 @@ pub fn start(
                 let Some(polled_at) = last_polled_at else {
                     return client.newest_event(TYPES).await.map(|newest| Page::Start { newest, lost });
                 };
+                // Stripe keeps 30 days: a last poll further back than that misses some.
+                let lost = lost || unix_now() - polled_at > RETENTION_SECS - CLOCK_MARGIN_SECS;
                 let (mut events, mut more) = (Vec::<Value>::new(), true);
                 for page in 0..SINCE_PAGES_AT_MOST {
                     if page > 0 {
