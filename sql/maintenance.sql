@@ -40,7 +40,8 @@ END $$;
 
 ------------------------------------------------------------------------------------------------
 -- Retention: finished jobs (succeeded, skipped, cancelled) and their events are deleted after
--- onboarding.retention; dead and orphaned ones are kept until a human deals with them.
+-- onboarding.retention, and so are the events outside any job (what Stripe said of accounts and
+-- customers, reconcile's actions); dead and orphaned jobs are kept until a human deals with them.
 ------------------------------------------------------------------------------------------------
 
 CREATE FUNCTION onboarding.prune(older_than interval DEFAULT NULL, batch integer DEFAULT 1000) RETURNS bigint
@@ -59,6 +60,9 @@ BEGIN
     gone_events AS (DELETE FROM onboarding.events e USING doomed d WHERE e.job_id = d.id)
     DELETE FROM onboarding.jobs j USING doomed d WHERE j.id = d.id;
     GET DIAGNOSTICS pruned = ROW_COUNT;
+    DELETE FROM onboarding.events e
+     WHERE e.id = ANY (ARRAY(SELECT o.id FROM onboarding.events o
+                              WHERE o.job_id IS NULL AND o.at < now() - keep ORDER BY o.at LIMIT batch));
     RETURN pruned;
 END $$;
 

@@ -2498,6 +2498,30 @@ BEGIN
          ORDER BY p.profile_table::text, p.user_id, k.object;
 END $$;
 
+-- Retention also takes the events outside any job, which the events reader now writes often.
+CREATE INDEX events_outside_jobs ON onboarding.events (at) WHERE job_id IS NULL;
+CREATE OR REPLACE FUNCTION onboarding.prune(older_than interval DEFAULT NULL, batch integer DEFAULT 1000) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keep interval := coalesce(older_than, current_setting('onboarding.retention', true)::interval, '30 days');
+    pruned bigint;
+BEGIN
+    IF keep <= interval '0' THEN
+        RETURN 0;  -- retention 0: keep everything
+    END IF;
+    WITH doomed AS (
+        SELECT id FROM onboarding.jobs
+         WHERE onboarding._is_done(state) AND finished_at < now() - keep
+         ORDER BY finished_at LIMIT batch FOR UPDATE SKIP LOCKED),
+    gone_events AS (DELETE FROM onboarding.events e USING doomed d WHERE e.job_id = d.id)
+    DELETE FROM onboarding.jobs j USING doomed d WHERE j.id = d.id;
+    GET DIAGNOSTICS pruned = ROW_COUNT;
+    DELETE FROM onboarding.events e
+     WHERE e.id = ANY (ARRAY(SELECT o.id FROM onboarding.events o
+                              WHERE o.job_id IS NULL AND o.at < now() - keep ORDER BY o.at LIMIT batch));
+    RETURN pruned;
+END $$;
+
 REVOKE EXECUTE ON FUNCTION onboarding.set_stripe_change_policy(regclass, text, text),
     onboarding._record_customer_changes(jsonb), onboarding._handle_customer_changes(integer),
     onboarding.attach(regclass, name, name, name, name, text, text, jsonb),

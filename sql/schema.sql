@@ -101,6 +101,8 @@ CREATE TABLE onboarding.events (
 );
 CREATE INDEX events_by_job ON onboarding.events (job_id, id);
 CREATE INDEX events_by_user ON onboarding.events (user_id, id);
+-- Retention of the events outside any job (what Stripe said of accounts and customers, reconcile).
+CREATE INDEX events_outside_jobs ON onboarding.events (at) WHERE job_id IS NULL;
 
 -- The insert trigger's outbox (see src/intake.rs): one row per inserted profile without a
 -- customer, written in the inserting transaction by onboarding._intake_profile() with a plain heap

@@ -222,8 +222,25 @@ fn retention_prunes_finished_jobs_but_keeps_dead_ones() -> Result<(), Failed> {
         &[&user, &parked],
     )
     .unwrap();
+    // Events outside any job (the events reader's, reconcile's): an old one and a recent one.
+    db.batch_execute(
+        "INSERT INTO onboarding.events (job_id, user_id, step, at) VALUES
+             (NULL, 'outside-jobs', 'stripe_account_updated', now() - interval '40 days'),
+             (NULL, 'outside-jobs', 'stripe_account_updated', now() - interval '1 day')",
+    )
+    .unwrap();
     let pruned: i64 = db.query_one("SELECT onboarding.prune('30 days')", &[]).unwrap().get(0);
     ensure(pruned >= 1, || "nothing pruned".into())?;
+    let outside: i64 = db
+        .query_one(
+            "SELECT count(*) FROM onboarding.events WHERE user_id = 'outside-jobs' AND at > now() - interval '2 days'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let all_outside: i64 =
+        db.query_one("SELECT count(*) FROM onboarding.events WHERE user_id = 'outside-jobs'", &[]).unwrap().get(0);
+    ensure(outside == 1 && all_outside == 1, || format!("events outside jobs left: {all_outside} ({outside} recent)"))?;
     ensure(jobs_for(&mut db, &user).is_empty() && events_for(&mut db, &user).is_empty(), || {
         "the old job stayed".into()
     })?;
