@@ -217,7 +217,9 @@ fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, 
     let mut refetch: Vec<String> = Vec::new();
     let mut next_in = interval;
     let mut cursor = None::<(String, Option<i64>)>;
-    let (events, more, lost, started) = match read.page {
+    // `unread_before`: what happened before the events read is not in them (the first poll, or
+    // more came since the last poll than were read).
+    let (events, more, lost, unread_before) = match read.page {
         Err(error) => {
             if !*warned {
                 warning!("onboarding: could not read Stripe's events: {error}; trying again every {interval:?}");
@@ -233,14 +235,13 @@ fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, 
             (Vec::new(), false, lost, true)
         }
     };
-    // `started`: what happened before the events read is not in them.
     if lost {
         warning!(
             "onboarding: Stripe no longer holds the events after the stored cursor (it keeps 30 days): \
              reading the events since the last poll that Stripe still has, and every followed account"
         );
     }
-    if lost || started {
+    if lost || unread_before {
         // What happened before the events read is read from the accounts themselves.
         Spi::run("SELECT onboarding._refresh_accounts(NULL)")?;
     }

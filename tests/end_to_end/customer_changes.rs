@@ -7,8 +7,8 @@ use postgres::Client;
 
 use crate::env;
 use crate::helpers::{
-    DEADLINE, customer_id, db, ensure, insert_profile, jobs_for, profiles_table, set_and_reload, sqlstate,
-    stripe_customers_for, wait_for, wait_for_customer,
+    DEADLINE, customer_id, db, ensure, insert_profile, jobs_for, profiles_table, sqlstate, stripe_customers_for,
+    wait_for, wait_for_customer, with_fast_event_polls,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
@@ -19,23 +19,20 @@ pub(crate) fn tests() -> Vec<Trial> {
     ]
 }
 
-/// Runs `test` with the events read every 200 ms, from a reader that knows where Stripe's
-/// events stand (the emulator starts every test empty: the first poll finds the cursor lost).
+/// Runs `test` with the events read every 200 ms, after a poll that began after this call (the
+/// emulator starts every test empty: that poll found the stored cursor lost and went on).
 fn with_fast_polls(test: impl FnOnce(&mut Client) -> Result<(), Failed>) -> Result<(), Failed> {
     let mut db = db();
-    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
-    db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now()", &[]).unwrap();
-    let result = wait_for("a poll after the emulator's reset", DEADLINE, || {
-        let settled: bool = db
-            .query_one("SELECT polled_at > now() - interval '1 second' FROM onboarding.events_cursor", &[])
-            .unwrap()
-            .get::<_, Option<bool>>(0)
-            .unwrap_or(false);
-        settled.then_some(())
+    with_fast_event_polls(&mut db, |db| {
+        let asked_at: std::time::SystemTime = db.query_one("SELECT now()", &[]).unwrap().get(0);
+        db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now()", &[]).unwrap();
+        wait_for("a poll after the emulator's reset", DEADLINE, || {
+            let polled: Option<std::time::SystemTime> =
+                db.query_one("SELECT polled_at FROM onboarding.events_cursor", &[]).unwrap().get(0);
+            polled.filter(|at| *at > asked_at).map(|_| ())
+        })?;
+        test(db)
     })
-    .and_then(|()| test(&mut db));
-    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
-    result
 }
 
 /// The change recorded for `customer` once handled: its outcome.

@@ -47,6 +47,17 @@ pub(crate) fn set_and_reload(db: &mut Client, setting: &str) {
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
 
+/// Runs `test` with Stripe's events read every 200 ms, and at the default interval again after.
+pub(crate) fn with_fast_event_polls(
+    db: &mut Client,
+    test: impl FnOnce(&mut Client) -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    set_and_reload(db, "onboarding.events_poll_interval = '200ms'");
+    let result = test(db);
+    set_and_reload(db, "onboarding.events_poll_interval = DEFAULT");
+    result
+}
+
 pub(crate) fn db() -> Client {
     env().cluster.connect()
 }

@@ -10,6 +10,7 @@ use stripe_emulator::Onboarding;
 use crate::env;
 use crate::helpers::{
     DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, set_and_reload, sqlstate, wait_for,
+    with_fast_event_polls,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
@@ -155,13 +156,12 @@ fn an_account_onboarded_at_stripe_is_ready_within_a_poll() -> Result<(), Failed>
 /// applied: events read again are skipped, and old ones applied again never undo newer state.
 fn events_read_again_or_out_of_order_leave_the_newest_state() -> Result<(), Failed> {
     let mut db = db();
-    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
-    let result = (|| {
+    with_fast_event_polls(&mut db, |db| {
         let table = "public.profiles_inbound_order";
-        let (user, account) = provider(&mut db, table);
+        let (user, account) = provider(db, table);
         env().stripe.set_onboarding(&account, Onboarding::requirements_due()).unwrap();
         env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
-        wait_for("account_ready", DEADLINE, || ready(&mut db, &user).then_some(()))?;
+        wait_for("account_ready", DEADLINE, || ready(db, &user).then_some(()))?;
         let first_event = env()
             .stripe
             .events()
@@ -171,17 +171,17 @@ fn events_read_again_or_out_of_order_leave_the_newest_state() -> Result<(), Fail
             .unwrap();
         // Read from there once (the first poll started at Stripe's newest event and read the
         // account itself: what came before may not be applied yet), then again.
-        rewind(&mut db, &first_event, false);
-        wait_for("the rewound poll", DEADLINE, || polled_past(&mut db, &first_event))?;
-        ensure(ready(&mut db, &user), || "older events applied late undid readiness".into())?;
+        rewind(db, &first_event, false);
+        wait_for("the rewound poll", DEADLINE, || polled_past(db, &first_event))?;
+        ensure(ready(db, &user), || "older events applied late undid readiness".into())?;
         let applied_before: i64 =
             db.query_one("SELECT events_applied FROM onboarding.events_cursor", &[]).unwrap().get(0);
-        rewind(&mut db, &first_event, false);
-        wait_for("the second rewound poll", DEADLINE, || polled_past(&mut db, &first_event))?;
+        rewind(db, &first_event, false);
+        wait_for("the second rewound poll", DEADLINE, || polled_past(db, &first_event))?;
         let applied_after: i64 =
             db.query_one("SELECT events_applied FROM onboarding.events_cursor", &[]).unwrap().get(0);
         ensure(applied_after == applied_before, || format!("applied {applied_before} then {applied_after}"))?;
-        ensure(ready(&mut db, &user), || "reading events again undid readiness".into())?;
+        ensure(ready(db, &user), || "reading events again undid readiness".into())?;
 
         // Applied again as if new (ids forgotten) over state from a later read (as a read of
         // the account a minute on would give): every event is older, none may overwrite it.
@@ -191,15 +191,13 @@ fn events_read_again_or_out_of_order_leave_the_newest_state() -> Result<(), Fail
             &[&account],
         )
         .unwrap();
-        rewind(&mut db, &first_event, true);
-        wait_for("the rewound poll", DEADLINE, || polled_past(&mut db, &first_event))?;
-        let s = status(&mut db, &user).unwrap();
+        rewind(db, &first_event, true);
+        wait_for("the rewound poll", DEADLINE, || polled_past(db, &first_event))?;
+        let s = status(db, &user).unwrap();
         ensure(s == (false, false, true, true, vec![], Some("rejected.other".into()), false), || {
             format!("older events overwrote newer state: {s:?}")
         })
-    })();
-    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
-    result
+    })
 }
 
 /// Moves the cursor to `event` (events after it are read again), forgetting the applied ids if
@@ -238,32 +236,29 @@ fn polled_past(db: &mut Client, event: &str) -> Option<()> {
 /// at the newest event and reads the accounts themselves, so a change made meanwhile still shows.
 fn a_cursor_past_stripe_retention_starts_again_from_the_accounts() -> Result<(), Failed> {
     let mut db = db();
-    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
-    let result = (|| {
+    with_fast_event_polls(&mut db, |db| {
         let table = "public.profiles_inbound_lost";
-        let (user, account) = provider(&mut db, table);
+        let (user, account) = provider(db, table);
         env().stripe.set_onboarding(&account, Onboarding::requirements_due()).unwrap();
-        wait_for_status(&mut db, &user, "requirements due", DEADLINE, |s| !s.4.is_empty())?;
+        wait_for_status(db, &user, "requirements due", DEADLINE, |s| !s.4.is_empty())?;
         // A stored cursor to lose (the reader may have learnt the state by reading the account).
         wait_for("a stored cursor", DEADLINE, || {
             db.query_one("SELECT last_event_id FROM onboarding.events_cursor", &[]).unwrap().get::<_, Option<String>>(0)
         })?;
         // Slow polls while Stripe forgets every event, the enabling one too.
-        set_and_reload(&mut db, "onboarding.events_poll_interval = '1h'");
+        set_and_reload(db, "onboarding.events_poll_interval = '1h'");
         db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now() + interval '1 hour'", &[]).unwrap();
         env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
         env().stripe.age_events(31);
         let lost_before: Option<std::time::SystemTime> =
             db.query_one("SELECT cursor_lost_at FROM onboarding.events_cursor", &[]).unwrap().get(0);
-        set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
+        set_and_reload(db, "onboarding.events_poll_interval = '200ms'");
         db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now()", &[]).unwrap();
-        wait_for("account_ready from reading the account", DEADLINE, || ready(&mut db, &user).then_some(()))?;
+        wait_for("account_ready from reading the account", DEADLINE, || ready(db, &user).then_some(()))?;
         let lost_after: Option<std::time::SystemTime> =
             db.query_one("SELECT cursor_lost_at FROM onboarding.events_cursor", &[]).unwrap().get(0);
         ensure(lost_after.is_some() && lost_after != lost_before, || "the lost cursor was not noted".into())
-    })();
-    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
-    result
+    })
 }
 
 /// The events are read in the background: while Stripe takes 5 s to answer a read, a signup's
@@ -272,21 +267,18 @@ fn a_stalled_read_of_events_delays_no_signup() -> Result<(), Failed> {
     let mut db = db();
     let table = profiles_table(&mut db, "profiles_inbound_stall");
     env().stripe.inject(stripe_emulator::Fault::stall(Duration::from_secs(5)).on("GET", "/v1/events").times(1));
-    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
-    let result = (|| {
+    with_fast_event_polls(&mut db, |db| {
         db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now()", &[]).unwrap();
         wait_for("the read to stall", DEADLINE, || (env().stripe.pending_faults() == 0).then_some(()))?;
         let started = Instant::now();
-        let user = insert_profile(&mut db, &table, Some("signup@example.com"));
-        wait_for("the signup's customer", DEADLINE, || customer_id(&mut db, &table, &user))?;
+        let user = insert_profile(db, &table, Some("signup@example.com"));
+        wait_for("the signup's customer", DEADLINE, || customer_id(db, &table, &user))?;
         let took = started.elapsed();
         ensure(took < Duration::from_secs(2), || format!("the signup waited {took:?} behind a stalled read"))?;
         let polling: bool =
             db.query_one("SELECT polling_pid IS NOT NULL FROM onboarding.events_cursor", &[]).unwrap().get(0);
         ensure(polling, || "the read was no longer stalled: the test shows nothing".into())
-    })();
-    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
-    result
+    })
 }
 
 /// attach(readiness_columns => ...) names boolean profile columns that follow the account's
@@ -321,13 +313,12 @@ fn profile_columns_named_at_attach_follow_the_account() -> Result<(), Failed> {
     ))
     .unwrap();
     // Lowered by a reload, the interval applies at once (not after a poll already due in 15 s).
-    set_and_reload(&mut db, "onboarding.events_poll_interval = '200ms'");
-    let result = (|| {
+    with_fast_event_polls(&mut db, |db| {
         let user: String = db
             .query_one(&format!("INSERT INTO {table} (email) VALUES ('columns@example.com') RETURNING id::text"), &[])
             .unwrap()
             .get(0);
-        let account = wait_for_account(&mut db, table, &user)?;
+        let account = wait_for_account(db, table, &user)?;
         let columns = |db: &mut Client| -> (bool, Option<bool>) {
             let row = db
                 .query_one(
@@ -338,21 +329,21 @@ fn profile_columns_named_at_attach_follow_the_account() -> Result<(), Failed> {
             (row.get(0), row.get(1))
         };
         env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
-        wait_for("the profile's columns", DEADLINE, || (columns(&mut db) == (true, Some(true))).then_some(()))?;
+        wait_for("the profile's columns", DEADLINE, || (columns(db) == (true, Some(true))).then_some(()))?;
 
         let mut holder = crate::helpers::db();
         let mut lock = holder.transaction().unwrap();
         lock.execute(&format!("SELECT 1 FROM {table} WHERE id::text = $1 FOR UPDATE"), &[&user]).unwrap();
         env().stripe.set_onboarding(&account, Onboarding::disabled("rejected.fraud")).unwrap();
-        wait_for_status(&mut db, &user, "disabled", DEADLINE, |s| !s.0)?;
+        wait_for_status(db, &user, "disabled", DEADLINE, |s| !s.0)?;
         let behind: bool = db
             .query_one("SELECT profile_behind FROM onboarding.connect_accounts WHERE account_id = $1", &[&account])
             .unwrap()
             .get(0);
-        ensure(behind && columns(&mut db) == (true, Some(true)), || "the held row was written".into())?;
+        ensure(behind && columns(db) == (true, Some(true)), || "the held row was written".into())?;
         lock.commit().unwrap();
         wait_for("the profile's columns after the lock", DEADLINE, || {
-            (columns(&mut db) == (false, Some(false))).then_some(())
+            (columns(db) == (false, Some(false))).then_some(())
         })?;
 
         // A column named later is filled in for the account that exists.
@@ -370,9 +361,7 @@ fn profile_columns_named_at_attach_follow_the_account() -> Result<(), Failed> {
             charges.is_some().then_some(())
         })
         .map(|_| ())
-    })();
-    set_and_reload(&mut db, "onboarding.events_poll_interval = DEFAULT");
-    result
+    })
 }
 
 /// Stripe may list a connected account's events only under its `Stripe-Account`, not in the
