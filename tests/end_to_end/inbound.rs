@@ -241,23 +241,40 @@ fn a_cursor_past_stripe_retention_starts_again_from_the_accounts() -> Result<(),
         let (user, account) = provider(db, table);
         env().stripe.set_onboarding(&account, Onboarding::requirements_due()).unwrap();
         wait_for_status(db, &user, "requirements due", DEADLINE, |s| !s.4.is_empty())?;
-        // A stored cursor to lose (the reader may have learnt the state by reading the account).
-        wait_for("a stored cursor", DEADLINE, || {
-            db.query_one("SELECT last_event_id FROM onboarding.events_cursor", &[]).unwrap().get::<_, Option<String>>(0)
+        // A stored cursor of this test server's events to lose (not one left by an earlier test,
+        // whose loss the next poll notes anyway); the reader may have learnt the state by reading
+        // the account.
+        wait_for("a stored cursor of these events", DEADLINE, || {
+            let cursor: Option<String> =
+                db.query_one("SELECT last_event_id FROM onboarding.events_cursor", &[]).unwrap().get(0);
+            let held = |id: &String| env().stripe.events().iter().any(|e| e["id"].as_str() == Some(id.as_str()));
+            cursor.filter(held)
         })?;
-        // Slow polls while Stripe forgets every event, the enabling one too.
+        // Slow polls while Stripe forgets every event, the enabling one too. A poll in flight
+        // would set its own next poll when it ends: put the next one off only when none is.
         set_and_reload(db, "onboarding.events_poll_interval = '1h'");
-        db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now() + interval '1 hour'", &[]).unwrap();
-        env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
-        env().stripe.age_events(31);
+        wait_for("no poll in flight", DEADLINE, || {
+            let put_off = db
+                .execute(
+                    "UPDATE onboarding.events_cursor SET next_poll_at = now() + interval '1 hour'
+                      WHERE polling_pid IS NULL",
+                    &[],
+                )
+                .unwrap();
+            (put_off == 1).then_some(())
+        })?;
         let lost_before: Option<std::time::SystemTime> =
             db.query_one("SELECT cursor_lost_at FROM onboarding.events_cursor", &[]).unwrap().get(0);
+        env().stripe.set_onboarding(&account, Onboarding::Enabled).unwrap();
+        env().stripe.age_events(31);
         set_and_reload(db, "onboarding.events_poll_interval = '200ms'");
         db.execute("UPDATE onboarding.events_cursor SET next_poll_at = now()", &[]).unwrap();
-        wait_for("account_ready from reading the account", DEADLINE, || ready(db, &user).then_some(()))?;
-        let lost_after: Option<std::time::SystemTime> =
-            db.query_one("SELECT cursor_lost_at FROM onboarding.events_cursor", &[]).unwrap().get(0);
-        ensure(lost_after.is_some() && lost_after != lost_before, || "the lost cursor was not noted".into())
+        wait_for("the lost cursor to be noted", DEADLINE, || {
+            let lost: Option<std::time::SystemTime> =
+                db.query_one("SELECT cursor_lost_at FROM onboarding.events_cursor", &[]).unwrap().get(0);
+            (lost.is_some() && lost != lost_before).then_some(())
+        })?;
+        wait_for("account_ready after the lost cursor", DEADLINE, || ready(db, &user).then_some(()))
     })
 }
 
