@@ -326,12 +326,14 @@ CREATE TABLE onboarding.customer_changes (
     -- The table's policy was applied and the change logged; false: at the next poll (new, or the
     -- profile's row was held by another transaction).
     handled boolean NOT NULL DEFAULT false,
-    -- flagged, recreated, email matches, email differs, profile email updated, not linked, or
+    -- flagged, recreated, email matches, email differs, profile email updated, not linked, synced
+    -- by this extension (its own email sync: nothing to look up or log), or
     -- 'failed: ...' (the profile's table refused the write).
     outcome text,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX customer_changes_unhandled ON onboarding.customer_changes (updated_at) WHERE NOT handled;
+CREATE INDEX customer_changes_handled ON onboarding.customer_changes (updated_at) WHERE handled;  -- for prune()
 
 -- What a table does when Stripe says one of its customers changed outside the extension. NULL
 -- keeps a setting as it is.
@@ -373,23 +375,43 @@ BEGIN
 END $$;
 
 -- Records what events say of customers (from the events reader: each a JSON object with
--- customer, user_id, as_of and either deleted: true or email), to be handled next
--- (_handle_customer_changes). A deletion stays; an email older than the one held is dropped.
+-- customer, user_id, as_of and either deleted: true or email and the idempotency_key of the
+-- request that set it), to be handled next (_handle_customer_changes). A deletion stays; an email
+-- older than the one held is dropped. An email this extension's own sync set (its job's key) is
+-- handled at once: the profile had it, so there is nothing to look up or log (the audits still
+-- read it, as Stripe's newest email).
 CREATE FUNCTION onboarding._record_customer_changes(changes jsonb) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO onboarding.customer_changes AS c (customer_id, user_id, stripe_email, email_as_of, deleted_at)
+    INSERT INTO onboarding.customer_changes AS c
+           (customer_id, user_id, stripe_email, email_as_of, deleted_at, handled, profile_table, outcome)
     SELECT s->>'customer', s->>'user_id', s->>'email',
            CASE WHEN s ? 'email' THEN (s->>'as_of')::bigint END,
-           CASE WHEN coalesce((s->>'deleted')::boolean, false) THEN to_timestamp((s->>'as_of')::bigint) END
+           CASE WHEN coalesce((s->>'deleted')::boolean, false) THEN to_timestamp((s->>'as_of')::bigint) END,
+           sync.profile_table IS NOT NULL, sync.profile_table,
+           CASE WHEN sync.profile_table IS NOT NULL THEN 'synced by this extension' END
       FROM jsonb_array_elements(changes) s
+      LEFT JOIN LATERAL (
+          SELECT j.profile_table FROM onboarding.jobs j
+           WHERE j.user_id = s->>'user_id' AND j.kind = 'update_customer_email' AND j.stripe_id = s->>'customer'
+             AND j.idempotency_key = s->>'idempotency_key'
+           LIMIT 1) sync ON true
      WHERE s->>'user_id' IS NOT NULL  -- not made by this extension
     ON CONFLICT (customer_id) DO UPDATE
        SET stripe_email = CASE WHEN EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0) THEN EXCLUDED.stripe_email
                                ELSE c.stripe_email END,
            email_as_of = greatest(c.email_as_of, EXCLUDED.email_as_of),
            deleted_at = coalesce(c.deleted_at, EXCLUDED.deleted_at),
-           handled = c.handled AND NOT (c.deleted_at IS NULL AND EXCLUDED.deleted_at IS NOT NULL)
-                     AND NOT coalesce(EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0), false),
+           -- A new deletion is handled again, and so is a newer email unless it is the
+           -- extension's own (which also supersedes an email change still waiting, not a deletion).
+           handled = CASE WHEN EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0)
+                              THEN EXCLUDED.handled AND (c.handled OR c.deleted_at IS NULL)
+                          ELSE c.handled AND NOT (c.deleted_at IS NULL AND EXCLUDED.deleted_at IS NOT NULL) END,
+           profile_table = CASE WHEN EXCLUDED.handled AND EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0)
+                                     AND (c.handled OR c.deleted_at IS NULL) THEN EXCLUDED.profile_table
+                                ELSE c.profile_table END,
+           outcome = CASE WHEN EXCLUDED.handled AND EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0)
+                               AND (c.handled OR c.deleted_at IS NULL) THEN EXCLUDED.outcome
+                          ELSE c.outcome END,
            updated_at = now();
 $$;
 

@@ -41,7 +41,8 @@ END $$;
 ------------------------------------------------------------------------------------------------
 -- Retention: finished jobs (succeeded, skipped, cancelled) and their events are deleted after
 -- onboarding.retention, and so are the events outside any job (what Stripe said of accounts and
--- customers, reconcile's actions); dead and orphaned jobs are kept until a human deals with them.
+-- customers, reconcile's actions) and what Stripe said of customers once the audits no longer read
+-- it; dead and orphaned jobs are kept until a human deals with them.
 ------------------------------------------------------------------------------------------------
 
 CREATE FUNCTION onboarding.prune(older_than interval DEFAULT NULL, batch integer DEFAULT 1000) RETURNS bigint
@@ -63,6 +64,18 @@ BEGIN
     DELETE FROM onboarding.events e
      WHERE e.id = ANY (ARRAY(SELECT o.id FROM onboarding.events o
                               WHERE o.job_id IS NULL AND o.at < now() - keep ORDER BY o.at LIMIT batch));
+    -- What Stripe said of customers, once the audits no longer read it: an email that a later
+    -- snapshot has (audit_mismatches reads only those newer than its snapshot), a deletion whose
+    -- customer no profile links any longer (recreated, or linked by none). A flagged deletion
+    -- stays: the profile still links the deleted customer.
+    DELETE FROM onboarding.customer_changes c
+     WHERE c.customer_id = ANY (ARRAY(
+               SELECT x.customer_id FROM onboarding.customer_changes x
+                WHERE x.handled AND x.updated_at < now() - keep
+                  AND CASE WHEN x.deleted_at IS NOT NULL THEN x.outcome IN ('recreated', 'not linked')
+                           ELSE x.email_as_of < (SELECT floor(extract(epoch FROM max(s.started_at)))
+                                                   FROM onboarding.stripe_snapshots s WHERE s.finished_at IS NOT NULL) END
+                ORDER BY x.updated_at LIMIT batch));
     RETURN pruned;
 END $$;
 

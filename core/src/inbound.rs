@@ -59,7 +59,10 @@ pub enum Change {
     AccountDeauthorized { account: String },
     /// `customer.updated` that changed the email (`None`: cleared); the email after the update.
     /// `user_id`: the customer's `metadata.user_id` (the extension sets it on every customer).
-    CustomerEmail { customer: String, user_id: Option<String>, email: Option<String> },
+    /// `idempotency_key`: the `Idempotency-Key` of the API request that made the change (Stripe's
+    /// `request.idempotency_key`; none for the Dashboard): the extension knows its own email
+    /// syncs by it.
+    CustomerEmail { customer: String, user_id: Option<String>, email: Option<String>, idempotency_key: Option<String> },
     /// `customer.deleted` (in the Dashboard, or by any API client).
     CustomerDeleted { customer: String, user_id: Option<String> },
     /// Anything else, including a `customer.updated` that left the email alone.
@@ -113,7 +116,8 @@ pub fn parse_event(event: &Value) -> Result<InboundEvent, String> {
         }
         "customer.updated" if event["data"]["previous_attributes"].get("email").is_some() => {
             let email = object["email"].as_str().map(str::to_string);
-            Change::CustomerEmail { customer: customer()?, user_id: user_id(), email }
+            let idempotency_key = event["request"]["idempotency_key"].as_str().map(str::to_string);
+            Change::CustomerEmail { customer: customer()?, user_id: user_id(), email, idempotency_key }
         }
         "customer.deleted" => Change::CustomerDeleted { customer: customer()?, user_id: user_id() },
         _ => Change::Ignored,
@@ -268,6 +272,7 @@ mod tests {
         stripe.set_onboarding(&acct, stripe_emulator::Onboarding::Enabled).unwrap();
         let renamed = [("name".to_string(), "Ann".to_string())];
         rt.block_on(client.post(&format!("/v1/customers/{cus}"), &renamed, None)).unwrap();
+        rt.block_on(client.update_customer_email(&cus, "synced@example.com", "inbound-e")).unwrap();
         stripe.dashboard_set_customer_email(&cus, Some("new@example.com")).unwrap();
         stripe.dashboard_set_customer_email(&cus, None).unwrap();
         stripe.dashboard_delete_customer(&cus);
@@ -289,9 +294,21 @@ mod tests {
                 Change::CustomerEmail {
                     customer: cus.clone(),
                     user_id: user.clone(),
-                    email: Some("new@example.com".into())
+                    email: Some("synced@example.com".into()),
+                    idempotency_key: Some("inbound-e".into()),
                 },
-                Change::CustomerEmail { customer: cus.clone(), user_id: user.clone(), email: None },
+                Change::CustomerEmail {
+                    customer: cus.clone(),
+                    user_id: user.clone(),
+                    email: Some("new@example.com".into()),
+                    idempotency_key: None,
+                },
+                Change::CustomerEmail {
+                    customer: cus.clone(),
+                    user_id: user.clone(),
+                    email: None,
+                    idempotency_key: None
+                },
                 Change::CustomerDeleted { customer: cus.clone(), user_id: user.clone() },
                 Change::AccountDeauthorized { account: acct.clone() },
             ]

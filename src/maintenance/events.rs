@@ -274,8 +274,9 @@ fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, 
                 let deleted = json!({"customer": customer, "user_id": user_id, "as_of": created, "deleted": true});
                 customers.insert(customer, deleted);
             }
-            (Verdict::Apply, false, Change::CustomerEmail { customer, user_id, email }) => {
-                let changed = json!({"customer": customer, "user_id": user_id, "as_of": created, "email": email});
+            (Verdict::Apply, false, Change::CustomerEmail { customer, user_id, email, idempotency_key }) => {
+                let changed = json!({"customer": customer, "user_id": user_id, "as_of": created, "email": email,
+                                     "idempotency_key": idempotency_key});
                 customers.insert(customer, changed);
             }
             (Verdict::Apply, false, Change::Ignored) => {}

@@ -229,8 +229,35 @@ fn retention_prunes_finished_jobs_but_keeps_dead_ones() -> Result<(), Failed> {
              (NULL, 'outside-jobs', 'stripe_account_updated', now() - interval '1 day')",
     )
     .unwrap();
+    // What Stripe said of customers, handled 40 days ago unless said otherwise: prune keeps what
+    // the audits still read (an email newer than the snapshot, a flagged deletion).
+    db.query_one("SELECT onboarding.refresh_stripe_snapshot()", &[]).unwrap();
+    db.batch_execute(
+        "INSERT INTO onboarding.customer_changes
+                (customer_id, user_id, stripe_email, email_as_of, deleted_at, handled, outcome, updated_at)
+         SELECT c.id, 'retention', c.email, extract(epoch FROM c.as_of)::bigint,
+                CASE WHEN c.outcome IN ('recreated', 'flagged') THEN c.as_of END, true, c.outcome, c.handled_at
+           FROM (VALUES ('cus_retention_email_old', 'old@example.com', now() - interval '40 days', 'email differs', now() - interval '40 days'),
+                        ('cus_retention_email_new', 'new@example.com', now() + interval '1 minute', 'email differs', now() - interval '40 days'),
+                        ('cus_retention_recreated', NULL, now() - interval '40 days', 'recreated', now() - interval '40 days'),
+                        ('cus_retention_flagged', NULL, now() - interval '40 days', 'flagged', now() - interval '40 days'),
+                        ('cus_retention_recent', 'recent@example.com', now() - interval '40 days', 'email differs', now()))
+                c(id, email, as_of, outcome, handled_at)",
+    )
+    .unwrap();
     let pruned: i64 = db.query_one("SELECT onboarding.prune('30 days')", &[]).unwrap().get(0);
     ensure(pruned >= 1, || "nothing pruned".into())?;
+    let changes_left: Vec<String> = db
+        .query(
+            "WITH left_over AS (DELETE FROM onboarding.customer_changes WHERE user_id = 'retention' RETURNING customer_id)
+             SELECT customer_id FROM left_over ORDER BY 1",
+            &[],
+        )
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap();
+    ensure(changes_left == ["cus_retention_email_new", "cus_retention_flagged", "cus_retention_recent"], || {
+        format!("customer changes left: {changes_left:?}")
+    })?;
     let outside: i64 = db
         .query_one(
             "SELECT count(*) FROM onboarding.events WHERE user_id = 'outside-jobs' AND at > now() - interval '2 days'",

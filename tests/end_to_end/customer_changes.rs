@@ -179,12 +179,15 @@ fn an_email_changed_in_stripe_is_drift_unless_the_table_copies_it() -> Result<()
             db.query_one(&format!("SELECT email FROM {table} WHERE id::text = $1"), &[&user]).unwrap().get(0);
         ensure(email.as_deref() == Some("profile@example.com"), || format!("the profile's email became {email:?}"))?;
 
-        // The profile changes; the extension sends it to Stripe; its own event is no drift.
+        // The profile changes; the extension sends it to Stripe; its own event is no drift, known
+        // by its job's idempotency key: no look-up in the profiles, no line in sequence().
         db.execute(&format!("UPDATE {table} SET email = 'again@example.com' WHERE id::text = $1"), &[&user]).unwrap();
         wait_for("the synced email read back", DEADLINE, || {
-            (handled(db, &customer).as_deref() == Some("email matches") && mismatches(db, &user).is_empty())
+            (handled(db, &customer).as_deref() == Some("synced by this extension") && mismatches(db, &user).is_empty())
                 .then_some(())
         })?;
+        let lines = sequence_lines(db, &user, "stripe_customer_updated");
+        ensure(lines.len() == 1, || format!("Stripe's changes in sequence(): {lines:?}"))?;
 
         let copied = profiles_table(db, "profiles_email_copied");
         db.query_one(
