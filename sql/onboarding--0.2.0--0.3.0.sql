@@ -1885,38 +1885,46 @@ BEGIN
             SELECT s->>'account' AS account_id, (s->>'as_of')::bigint AS as_of,
                    coalesce((s->>'deauthorized')::boolean, false) AS deauthorized, s
               FROM jsonb_array_elements(states) s),
-        before AS (
-            SELECT c.account_id, c.ready,
-                   (c.charges_enabled, c.payouts_enabled, c.details_submitted, c.requirements_currently_due,
-                    c.disabled_reason, c.deauthorized_at)::text AS said
-              FROM onboarding.connect_accounts c JOIN incoming i USING (account_id)),
+        -- Each account's state after what Stripe says (a deauthorization keeps the last readiness).
+        next AS (
+            SELECT c.account_id, c.ready AS was_ready, n.*,
+                   greatest(c.as_of, i.as_of) AS as_of, coalesce((i.s->>'refresh_due')::boolean, false) AS refresh_due,
+                   n::text IS DISTINCT FROM (c.charges_enabled, c.payouts_enabled, c.details_submitted,
+                                            c.requirements_currently_due, c.disabled_reason, c.deauthorized_at)::text
+                       AS state_changed,
+                   c.profile_behind OR EXISTS (SELECT FROM onboarding.attachments a
+                                                WHERE a.profile_table = c.profile_table AND a.readiness_columns IS NOT NULL)
+                       AS profile_follows
+              FROM onboarding.connect_accounts c
+              JOIN incoming i USING (account_id)
+             CROSS JOIN LATERAL (SELECT
+                   CASE WHEN i.deauthorized THEN c.charges_enabled ELSE coalesce((i.s->>'charges_enabled')::boolean, false) END AS charges_enabled,
+                   CASE WHEN i.deauthorized THEN c.payouts_enabled ELSE coalesce((i.s->>'payouts_enabled')::boolean, false) END AS payouts_enabled,
+                   CASE WHEN i.deauthorized THEN c.details_submitted ELSE coalesce((i.s->>'details_submitted')::boolean, false) END AS details_submitted,
+                   CASE WHEN i.deauthorized THEN c.requirements_currently_due
+                        ELSE ARRAY(SELECT jsonb_array_elements_text(coalesce(i.s->'requirements_currently_due', '[]'))) END
+                       AS requirements_currently_due,
+                   CASE WHEN i.deauthorized THEN c.disabled_reason ELSE i.s->>'disabled_reason' END AS disabled_reason,
+                   CASE WHEN i.deauthorized THEN coalesce(c.deauthorized_at, to_timestamp(i.as_of)) ELSE c.deauthorized_at END
+                       AS deauthorized_at) n
+             WHERE c.as_of IS NULL OR c.as_of <= i.as_of),
         updated AS (
             UPDATE onboarding.connect_accounts c
-               SET charges_enabled = CASE WHEN i.deauthorized THEN c.charges_enabled ELSE coalesce((i.s->>'charges_enabled')::boolean, false) END,
-                   payouts_enabled = CASE WHEN i.deauthorized THEN c.payouts_enabled ELSE coalesce((i.s->>'payouts_enabled')::boolean, false) END,
-                   details_submitted = CASE WHEN i.deauthorized THEN c.details_submitted ELSE coalesce((i.s->>'details_submitted')::boolean, false) END,
-                   requirements_currently_due = CASE WHEN i.deauthorized THEN c.requirements_currently_due
-                       ELSE ARRAY(SELECT jsonb_array_elements_text(coalesce(i.s->'requirements_currently_due', '[]'))) END,
-                   disabled_reason = CASE WHEN i.deauthorized THEN c.disabled_reason ELSE i.s->>'disabled_reason' END,
-                   deauthorized_at = CASE WHEN i.deauthorized THEN coalesce(c.deauthorized_at, to_timestamp(i.as_of)) ELSE c.deauthorized_at END,
-                   as_of = greatest(c.as_of, i.as_of),
-                   refresh_due = coalesce((i.s->>'refresh_due')::boolean, false),
+               SET charges_enabled = n.charges_enabled, payouts_enabled = n.payouts_enabled,
+                   details_submitted = n.details_submitted, requirements_currently_due = n.requirements_currently_due,
+                   disabled_reason = n.disabled_reason, deauthorized_at = n.deauthorized_at,
+                   as_of = n.as_of, refresh_due = n.refresh_due,
+                   -- The profile's readiness columns follow (_write_profile_readiness), if it has any.
+                   profile_behind = CASE WHEN n.state_changed THEN n.profile_follows ELSE c.profile_behind END,
                    updated_at = now()
-              FROM incoming i
-             WHERE c.account_id = i.account_id AND (c.as_of IS NULL OR c.as_of <= i.as_of)
+              FROM next n
+             WHERE c.account_id = n.account_id
             RETURNING c.account_id, c.user_id, c.profile_table, c.ready, c.charges_enabled, c.payouts_enabled,
-                      c.details_submitted, c.requirements_currently_due, c.disabled_reason, c.deauthorized_at,
-                      (c.charges_enabled, c.payouts_enabled, c.details_submitted, c.requirements_currently_due,
-                       c.disabled_reason, c.deauthorized_at)::text AS says)
-        SELECT u.*, b.ready AS was_ready, b.said FROM updated u JOIN before b USING (account_id)
+                      c.details_submitted, c.requirements_currently_due, c.disabled_reason, c.deauthorized_at)
+        SELECT u.*, n.was_ready, n.state_changed FROM updated u JOIN next n USING (account_id)
     LOOP
         written := written + 1;
-        IF changed.says IS DISTINCT FROM changed.said THEN
-            -- The profile's readiness columns follow (_write_profile_readiness), if it has any.
-            UPDATE onboarding.connect_accounts c SET profile_behind = true
-             WHERE c.account_id = changed.account_id
-               AND EXISTS (SELECT FROM onboarding.attachments a
-                            WHERE a.profile_table = changed.profile_table AND a.readiness_columns IS NOT NULL);
+        IF changed.state_changed THEN
             -- The user's sequence() shows it (an event outside any job).
             INSERT INTO onboarding.events (job_id, user_id, step, detail)
             VALUES (NULL, changed.user_id, 'stripe_account_updated', jsonb_build_object(
