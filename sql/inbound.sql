@@ -426,9 +426,9 @@ $$;
 -- Applies each table's policy to up to `at_most` recorded changes not handled yet, each on its own
 -- (a subtransaction): the profile that links the customer is found by metadata.user_id, read and
 -- written as its table's owner (onboarding._as_owner; the worker waits 50 ms for a lock at most).
--- A change whose profile row or table another transaction holds waits for the next poll; one the
--- table refuses (its trigger fails, a statement times out) is recorded as failed. Returns how many
--- wait.
+-- A change whose profile row or table another transaction holds waits for the next poll (a held
+-- table that does not link the customer holds up none of its changes); one the table refuses (its
+-- trigger fails, a statement times out) is recorded as failed. Returns how many wait.
 CREATE FUNCTION onboarding._handle_customer_changes(at_most integer) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -438,25 +438,40 @@ DECLARE
     profile_email text;
     result text;
     sync_email text;
+    held boolean;
     waiting integer := 0;
 BEGIN
     FOR c IN SELECT * FROM onboarding.customer_changes x WHERE NOT x.handled ORDER BY x.updated_at LIMIT at_most LOOP
         BEGIN
             linked_by := NULL;
-            FOR a IN SELECT * FROM onboarding.attachments ORDER BY attachments.profile_table::oid LOOP
+            held := false;
+            -- The table whose job made or changed the customer first: one look-up, not one per
+            -- attached table, while retention keeps the job.
+            FOR a IN SELECT t.* FROM onboarding.attachments t
+                      ORDER BY NOT EXISTS (SELECT FROM onboarding.jobs j
+                                            WHERE j.user_id = c.user_id AND j.stripe_id = c.customer_id
+                                              AND j.profile_table = t.profile_table),
+                               t.profile_table::oid LOOP
                 BEGIN
                     SELECT r[1] INTO profile_email
                       FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
                                a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column),
                                ARRAY[c.user_id, c.customer_id]) r;
-                EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-                    CONTINUE;  -- a user id of another type: not this table's
+                EXCEPTION
+                    WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                        CONTINUE;  -- a user id of another type: not this table's
+                    WHEN lock_not_available THEN
+                        held := true;  -- another transaction holds the table: look in the others
+                        CONTINUE;
                 END;
                 IF FOUND THEN
                     linked_by := a;
                     EXIT;
                 END IF;
             END LOOP;
+            IF linked_by.profile_table IS NULL AND held THEN
+                RAISE EXCEPTION USING ERRCODE = 'lock_not_available';  -- a held table may link it: at the next poll
+            END IF;
             IF linked_by.profile_table IS NULL THEN
                 result := 'not linked';
             ELSIF c.deleted_at IS NOT NULL THEN

@@ -16,6 +16,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         a_customer_deleted_in_stripe_is_flagged_by_default,
         a_customer_deleted_in_stripe_is_recreated_when_the_table_says_so,
         an_email_changed_in_stripe_is_drift_unless_the_table_copies_it,
+        a_held_table_holds_up_only_its_own_customers_changes,
     ]
 }
 
@@ -206,5 +207,33 @@ fn an_email_changed_in_stripe_is_drift_unless_the_table_copies_it() -> Result<()
         ensure(handled(db, &customer).as_deref() == Some("profile email updated"), || "outcome".into())?;
         let synced = jobs_for(db, &user).iter().filter(|j| j.kind == "update_customer_email").count();
         ensure(synced == 0, || format!("{synced} email updates sent back to Stripe"))
+    })
+}
+
+/// A table another transaction holds (ACCESS EXCLUSIVE) holds up the changes of its own
+/// customers only: a deletion in another table is handled meanwhile, even with no job left to say
+/// which table made the customer (retention pruned it), and the held table's goes through once it
+/// is free.
+fn a_held_table_holds_up_only_its_own_customers_changes() -> Result<(), Failed> {
+    with_fast_polls(|db| {
+        let held = profiles_table(db, "profiles_changes_held"); // the older table: looked in first
+        let free = profiles_table(db, "profiles_changes_free");
+        let held_user = insert_profile(db, &held, Some("held@example.com"));
+        let held_customer = wait_for_customer(db, &held, &held_user)?;
+        let user = insert_profile(db, &free, Some("free@example.com"));
+        let customer = wait_for_customer(db, &free, &user)?;
+        db.execute("DELETE FROM onboarding.jobs WHERE user_id = ANY ($1)", &[&vec![&user, &held_user]]).unwrap();
+
+        let mut locker = crate::helpers::db();
+        let mut holding = locker.transaction().unwrap();
+        holding.batch_execute(&format!("LOCK TABLE {held} IN ACCESS EXCLUSIVE MODE")).unwrap();
+        ensure(env().stripe.dashboard_delete_customer(&held_customer), || "no customer to delete".into())?;
+        ensure(env().stripe.dashboard_delete_customer(&customer), || "no customer to delete".into())?;
+        let outcome = wait_for("the other table's deletion handled", DEADLINE, || handled(db, &customer))?;
+        ensure(outcome == "flagged", || format!("outcome {outcome}"))?;
+        ensure(handled(db, &held_customer).is_none(), || "the held table's change was handled".into())?;
+        holding.commit().unwrap();
+        let outcome = wait_for("the held table's deletion handled", DEADLINE, || handled(db, &held_customer))?;
+        ensure(outcome == "flagged", || format!("outcome {outcome}"))
     })
 }
