@@ -2395,16 +2395,16 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
            email_as_of = greatest(c.email_as_of, EXCLUDED.email_as_of),
            deleted_at = coalesce(c.deleted_at, EXCLUDED.deleted_at),
            -- A new deletion is handled again, and so is a newer email unless it is the
-           -- extension's own (which also supersedes an email change still waiting, not a deletion).
-           handled = CASE WHEN EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0)
-                              THEN EXCLUDED.handled AND (c.handled OR c.deleted_at IS NULL)
-                          ELSE c.handled AND NOT (c.deleted_at IS NULL AND EXCLUDED.deleted_at IS NOT NULL) END,
-           profile_table = CASE WHEN EXCLUDED.handled AND EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0)
-                                     AND (c.handled OR c.deleted_at IS NULL) THEN EXCLUDED.profile_table
-                                ELSE c.profile_table END,
-           outcome = CASE WHEN EXCLUDED.handled AND EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0)
-                               AND (c.handled OR c.deleted_at IS NULL) THEN EXCLUDED.outcome
-                          ELSE c.outcome END,
+           -- extension's own (`own`: it also supersedes an email change still waiting, not a
+           -- deletion).
+           (handled, profile_table, outcome) = (
+               SELECT CASE WHEN o.own THEN true
+                           WHEN o.newer THEN false
+                           ELSE c.handled AND NOT (c.deleted_at IS NULL AND EXCLUDED.deleted_at IS NOT NULL) END,
+                      CASE WHEN o.own THEN EXCLUDED.profile_table ELSE c.profile_table END,
+                      CASE WHEN o.own THEN EXCLUDED.outcome ELSE c.outcome END
+                 FROM (SELECT n.newer, n.newer AND EXCLUDED.handled AND (c.handled OR c.deleted_at IS NULL) AS own
+                         FROM (SELECT coalesce(EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0), false) AS newer) n) o),
            updated_at = now();
 $$;
 

@@ -645,13 +645,8 @@ impl StripeClient {
     /// the cursor. Returns them and whether newer ones follow. A cursor Stripe no longer holds
     /// (past its 30 days of events) answers 404 `resource_missing`: see [`lost_event_cursor`].
     pub async fn events_after(&self, cursor: &str, types: &[&str]) -> Result<(Vec<Value>, bool), StripeError> {
-        let mut params: Params =
-            vec![("limit".into(), "100".into()), ("ending_before".into(), object_id(cursor)?.into())];
-        params.extend(types.iter().enumerate().map(|(i, t)| (format!("types[{i}]"), t.to_string())));
-        let url = format!("{}/v1/events?{}", self.api_base, encode_form(&params));
-        let response = self.send(self.http.get(url)).await?;
-        let more = has_more(&response.body);
-        let mut events: Vec<Value> = response.body["data"].as_array().cloned().unwrap_or_default();
+        let params: Params = vec![("limit".into(), "100".into()), ("ending_before".into(), object_id(cursor)?.into())];
+        let (mut events, more) = self.list_events(params, types).await?;
         events.reverse(); // Stripe lists newest first
         Ok((events, more))
     }
@@ -659,11 +654,18 @@ impl StripeClient {
     /// The id of the newest event of `types` (all when empty), where a reader with no cursor yet
     /// starts; `None` when Stripe holds none.
     pub async fn newest_event(&self, types: &[&str]) -> Result<Option<String>, StripeError> {
-        let mut params: Params = vec![("limit".into(), "1".into())];
+        let (events, _) = self.list_events(vec![("limit".into(), "1".into())], types).await?;
+        Ok(events.first().and_then(|e| e["id"].as_str()).map(str::to_string))
+    }
+
+    /// One page of `GET /v1/events` with `params` and `types[]` (all types when empty), as Stripe
+    /// lists it (newest first), and whether more follow.
+    async fn list_events(&self, mut params: Params, types: &[&str]) -> Result<(Vec<Value>, bool), StripeError> {
         params.extend(types.iter().enumerate().map(|(i, t)| (format!("types[{i}]"), t.to_string())));
         let url = format!("{}/v1/events?{}", self.api_base, encode_form(&params));
         let response = self.send(self.http.get(url)).await?;
-        Ok(response.body["data"][0]["id"].as_str().map(str::to_string))
+        let more = has_more(&response.body);
+        Ok((response.body["data"].as_array().cloned().unwrap_or_default(), more))
     }
 
     /// One page (up to 100, newest first) of the events of `types` created at or after
@@ -681,11 +683,7 @@ impl StripeClient {
         if let Some(after) = starting_after {
             params.push(("starting_after".into(), object_id(after)?.to_string()));
         }
-        params.extend(types.iter().enumerate().map(|(i, t)| (format!("types[{i}]"), t.to_string())));
-        let url = format!("{}/v1/events?{}", self.api_base, encode_form(&params));
-        let response = self.send(self.http.get(url)).await?;
-        let more = has_more(&response.body);
-        Ok((response.body["data"].as_array().cloned().unwrap_or_default(), more))
+        self.list_events(params, types).await
     }
 
     /// `GET /v1/accounts/{id}`: the account as Stripe holds it now. An account that left the
