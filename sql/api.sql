@@ -294,8 +294,9 @@ BEGIN
     RETURN account;
 END $$;
 
--- For create_account_link: the profile's account if it has one; else, if the policy allows, the job
--- that creates it (and the customer's before it); else why not.
+-- For create_account_link: the profile's account if it has one (and this extension made it for the
+-- profile); else, if the policy allows, the job that creates it (and the customer's before it);
+-- else why not.
 CREATE FUNCTION onboarding._account_or_enqueue(tbl regclass, uid text,
                                                OUT account text, OUT job bigint, OUT refusal text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -305,7 +306,13 @@ DECLARE
 BEGIN
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tbl;
     account := onboarding._connect_account_of(tbl, uid);
-    IF account IS NOT NULL THEN
+    IF account IS NOT NULL AND NOT onboarding._tied(account, tbl, uid) THEN
+        -- A link opens the account's onboarding to whoever holds it: only for the profile's own.
+        PERFORM onboarding._refuse_untied(tbl, uid, account, 'account link');
+        refusal := format('the profile''s Connect account %s was not made for it by this extension', left(account, 60));
+        account := NULL;
+        RETURN;
+    ELSIF account IS NOT NULL THEN
         RETURN;
     END IF;
     due := onboarding._connect_due(a, uid);

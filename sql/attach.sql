@@ -45,7 +45,9 @@ BEGIN
     RETURN picked;
 END $$;
 
--- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows.
+-- Row-level AFTER UPDATE OF <email> trigger (only rows whose email changed): the customer follows,
+-- if this extension made it for this profile (sql/ties.sql); a column naming any other customer is
+-- reported and left alone (its owner could name another tenant's customer and take it over).
 -- TG_ARGV: id column, customer column, the attached table's oid (a partitioned table's triggers
 -- fire on its partitions; triggers made before 0.3.0 lack it and sit on the attached table itself).
 CREATE FUNCTION onboarding._enqueue_email_update() RETURNS trigger
@@ -55,15 +57,19 @@ DECLARE
     attached regclass := coalesce(TG_ARGV[2]::oid, TG_RELID);
 BEGIN
     IF picked[2] IS NOT NULL AND onboarding._sync_email_enabled() THEN
-        PERFORM onboarding._enqueue_for_customer(attached, picked[1], 'update_customer_email', picked[2],
-                                                 'email changed');
+        IF onboarding._tied(picked[2], attached, picked[1]) THEN
+            PERFORM onboarding._enqueue_for_customer(attached, picked[1], 'update_customer_email', picked[2],
+                                                     'email changed');
+        ELSE
+            PERFORM onboarding._refuse_untied(attached, picked[1], picked[2], 'email sync');
+        END IF;
     END IF;
     RETURN NULL;
 END $$;
 
 -- Statement-level AFTER DELETE trigger: deleting a profile deletes its Stripe customer (and Connect
--- account) when this extension created it (a succeeded creation job names it) and no other row of
--- the table uses it. Off with onboarding.delete_customers_with_profiles = off.
+-- account) when this extension made it for that profile (sql/ties.sql) and no other row of the
+-- table uses it. Off with onboarding.delete_customers_with_profiles = off.
 -- TG_ARGV: id, customer and Connect account column ('' when none).
 CREATE FUNCTION onboarding._compensate_deleted_profiles() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -79,18 +85,23 @@ BEGIN
             SELECT count(onboarding._enqueue_for_customer(%1$s::oid, d.%2$I::text, %5$L, d.%3$I, 'profile deleted'))
               FROM onboarding_deleted_profiles d
              WHERE d.%3$I IS NOT NULL
-               AND EXISTS (SELECT FROM onboarding.jobs c
-                            WHERE c.profile_table = %1$s::oid AND c.kind = %6$L
-                              AND c.user_id = d.%2$I::text AND c.state = onboarding._succeeded() AND c.stripe_id = d.%3$I)
+               AND onboarding._tied(d.%3$I, %1$s::oid, d.%2$I::text)
                AND NOT EXISTS (SELECT FROM onboarding._as_owner(%1$s::oid,
                                    pg_catalog.format('SELECT ''x'' FROM %%s other WHERE other.%%I = $1 LIMIT 1', %4$L, %3$L),
                                    ARRAY[d.%3$I::text])) $sql$,
             TG_RELID, TG_ARGV[0], TG_ARGV[i], TG_RELID::regclass,
-            CASE i WHEN 1 THEN 'delete_customer' ELSE 'delete_connect_account' END,
-            CASE i WHEN 1 THEN 'create_customer' ELSE 'create_connect_account' END);
+            CASE i WHEN 1 THEN 'delete_customer' ELSE 'delete_connect_account' END);
     END LOOP;
     RETURN NULL;
 END $$;
+
+-- What an error message shows of an argument: quoted, at most its first 60 characters (a 1 MB
+-- argument is not echoed whole into the logs).
+CREATE FUNCTION onboarding._quoted_prefix(value text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN value IS NULL THEN 'NULL'
+            WHEN length(value) <= 60 THEN quote_literal(value)
+            ELSE quote_literal(left(value, 60)) || format('... (%s characters)', length(value)) END;
 
 -- Checks that `col` exists in `tbl` with one of `allowed` types; returns its type.
 CREATE FUNCTION onboarding._column_type(tbl regclass, col name, role text, allowed regtype[]) RETURNS regtype
@@ -186,7 +197,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
-        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(quote_literal(policy), 'NULL')
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', onboarding._quoted_prefix(policy)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
@@ -372,7 +383,7 @@ BEGIN
             RAISE EXCEPTION 'onboarding.attach: readiness_columns needs a Connect account column' USING ERRCODE = 'undefined_column',
                   HINT = 'Name it with connect_account_column => ''...''.';
         END IF;
-        SELECT string_agg(format('%I (%s)', c.value, coalesce(format_type(a.atttypid, NULL), 'no such column')), ', ')
+        SELECT string_agg(format('%s (%s)', onboarding._quoted_prefix(c.value), coalesce(format_type(a.atttypid, NULL), 'no such column')), ', ')
           INTO not_boolean
           FROM jsonb_each_text(readiness_columns) c
           LEFT JOIN pg_attribute a ON a.attrelid = profile_table AND a.attname = c.value AND a.attnum > 0 AND NOT a.attisdropped
@@ -382,6 +393,27 @@ BEGIN
                 USING ERRCODE = 'datatype_mismatch',
                       HINT = format('For example: ALTER TABLE %s ADD COLUMN stripe_payouts_enabled boolean NOT NULL DEFAULT false;', profile_table);
         END IF;
+    END IF;
+
+    -- Each column for one purpose, and the ones the extension writes writable: otherwise every
+    -- later write-back would fail (with a WARNING each time) instead of attach() now.
+    IF (SELECT count(*) <> count(DISTINCT c) FROM unnest(ARRAY[id_column, email_column, customer_column, connect_account_column]
+                                                           || ARRAY(SELECT r.value::name
+                                                                      FROM jsonb_each_text(coalesce(readiness_columns, '{}')) r)) c
+         WHERE c IS NOT NULL) THEN
+        RAISE EXCEPTION 'onboarding.attach: a column of % is named for two purposes', profile_table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The id, email, customer, Connect account and readiness columns must be distinct columns.';
+    END IF;
+    SELECT string_agg(quote_ident(a.attname), ', ') INTO not_boolean
+      FROM pg_attribute a
+     WHERE a.attrelid = profile_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
+       AND a.attname = ANY (ARRAY[customer_column, connect_account_column]
+                            || ARRAY(SELECT r.value::name FROM jsonb_each_text(coalesce(readiness_columns, '{}')) r));
+    IF not_boolean IS NOT NULL THEN
+        RAISE EXCEPTION 'onboarding.attach: % of % is a generated column, which the extension could never write', not_boolean, profile_table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name plain columns for the customer, the Connect account and the readiness.';
     END IF;
 
     INSERT INTO onboarding.attachments AS a

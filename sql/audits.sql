@@ -270,6 +270,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                             coalesce('; cursor lost (past 30 days) at ' || c.cursor_lost_at, '')) END
       FROM onboarding.events_cursor c
     UNION ALL
+    SELECT 'Stripe events set aside', count(*)::numeric,
+           'could not be read or applied safely: onboarding.stripe_events_set_aside says why'
+      FROM onboarding.stripe_events_set_aside WHERE set_aside_at >= now() - since
+    UNION ALL
     SELECT 'Stripe events applied per minute',
            round(count(*) / greatest(extract(epoch FROM since) / 60, 1), 2)::numeric, 'from the Events API'
       FROM onboarding.stripe_events_applied WHERE applied_at >= now() - since
@@ -324,10 +328,11 @@ BEGIN
          ORDER BY o.user_id, o.id;
 END $$;
 
--- Profiles whose stored Stripe ID is missing or deleted in Stripe, belongs to another user, or
--- whose email differs from the customer's: in the latest snapshot of Stripe, or in what Stripe's
--- events said since (sql/inbound.sql: a deletion, a newer email), so that a change made in the
--- Dashboard shows without a new snapshot.
+-- Profiles whose stored Stripe ID is missing or deleted in Stripe, belongs to another user, was not
+-- made by this extension for the profile (sql/ties.sql: the extension leaves such an object alone),
+-- or whose email differs from the customer's: in the latest snapshot of Stripe, or in what
+-- Stripe's events said since (sql/inbound.sql: a deletion, a newer email), so that a change made
+-- in the Dashboard shows without a new snapshot.
 CREATE FUNCTION onboarding.audit_mismatches(refresh boolean DEFAULT true)
 RETURNS TABLE (profile_table regclass, user_id text, object text, stripe_id text, problem text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -340,14 +345,17 @@ BEGIN
         SELECT p.profile_table, p.user_id, k.object, k.stripe_id,
                CASE WHEN o.id IS NULL OR d.deleted_at IS NOT NULL THEN 'missing or deleted in Stripe'
                     WHEN o.user_id IS DISTINCT FROM p.user_id THEN format('belongs to user %s in Stripe', o.user_id)
+                    WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
                     ELSE format('email differs: Stripe has %s', coalesce(stripe.email, 'none')) END
           FROM onboarding._all_profiles() p
          CROSS JOIN LATERAL (VALUES ('customer', p.customer), ('account', p.account)) k(object, stripe_id)
           LEFT JOIN onboarding.stripe_objects o ON o.snapshot = snap AND o.id = k.stripe_id
           LEFT JOIN onboarding.customer_changes d ON k.object = 'customer' AND d.customer_id = k.stripe_id
+          LEFT JOIN onboarding.stripe_ties t ON t.stripe_id = k.stripe_id AND t.profile_table = p.profile_table
+                                            AND t.user_id = p.user_id
          CROSS JOIN LATERAL (SELECT CASE WHEN d.email_as_of >= taken THEN d.stripe_email ELSE o.email END AS email) stripe
          WHERE k.stripe_id IS NOT NULL
-           AND (o.id IS NULL OR d.deleted_at IS NOT NULL OR o.user_id IS DISTINCT FROM p.user_id
+           AND (o.id IS NULL OR d.deleted_at IS NOT NULL OR o.user_id IS DISTINCT FROM p.user_id OR t.stripe_id IS NULL
                 OR (k.object = 'customer' AND btrim(stripe.email) IS DISTINCT FROM btrim(p.email)))
          ORDER BY p.profile_table::text, p.user_id, k.object;
 END $$;

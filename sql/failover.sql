@@ -111,6 +111,10 @@ BEGIN
             SELECT t.profile_table INTO found_in FROM onboarding.attachments t ORDER BY t.profile_table LIMIT 1;
             CONTINUE WHEN found_in IS NULL;  -- nothing attached: nothing to account it to
         END IF;
+        -- Made by this extension (the old primary) for this user id, its tie lost with the old
+        -- primary's jobs: tied here, so that its deletion may go ahead (sql/ties.sql). An object
+        -- this server tied to another profile is not this sweep's to delete.
+        CONTINUE WHEN NOT onboarding._tie(o.id, object_kind, found_in, o.user_id);
         job := onboarding._enqueue_for_customer(found_in, o.user_id, delete_kind, o.id, 'failover sweep: ' || reason);
         IF job IS NOT NULL THEN
             INSERT INTO onboarding.events (job_id, user_id, step, detail)

@@ -31,11 +31,14 @@ CREATE TABLE onboarding.connect_accounts (
     -- An account link was issued: until then, while not ready, the account itself is read at
     -- every poll (a platform's event list need not carry its connected accounts' events).
     watch_until timestamptz,
+    -- While profile_behind: when to write the profile next (a held row or table backs off).
+    profile_retry_at timestamptz NOT NULL DEFAULT now(),
+    profile_attempts integer NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX connect_accounts_by_user ON onboarding.connect_accounts (user_id);
 CREATE INDEX connect_accounts_to_refresh ON onboarding.connect_accounts (account_id) WHERE refresh_due;
-CREATE INDEX connect_accounts_profile_behind ON onboarding.connect_accounts (account_id) WHERE profile_behind;
+CREATE INDEX connect_accounts_profile_behind ON onboarding.connect_accounts (profile_retry_at) WHERE profile_behind;
 CREATE INDEX connect_accounts_watched ON onboarding.connect_accounts (watch_until) WHERE watch_until IS NOT NULL;
 CREATE INDEX connect_accounts_by_age ON onboarding.connect_accounts (as_of NULLS FIRST);
 
@@ -48,6 +51,24 @@ CREATE TABLE onboarding.stripe_events_applied (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX stripe_events_applied_by_time ON onboarding.stripe_events_applied (applied_at);
+
+-- Events the reader could not read or apply safely (bytes that are not UTF-8 or an unpaired
+-- surrogate, a NUL, an id or field past Stripe's sizes): set aside with the reason, so that one
+-- event never stops the reader; the stats show how many. `event_id` is the event's id when it was
+-- usable (at most 255 characters), else a digest of the reason.
+CREATE TABLE onboarding.stripe_events_set_aside (
+    event_id text PRIMARY KEY CHECK (length(event_id) <= 255),
+    reason text NOT NULL,
+    set_aside_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION onboarding._set_events_aside(ids text[], reasons text[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO onboarding.stripe_events_set_aside AS s (event_id, reason)
+    SELECT coalesce(left(e.id, 255), 'unusable id ' || md5(e.reason)), left(e.reason, 500)
+      FROM unnest(ids, reasons) AS e(id, reason)
+    ON CONFLICT (event_id) DO UPDATE SET reason = EXCLUDED.reason, set_aside_at = now();
+$$;
 
 -- Where the events reader is: one row.
 CREATE TABLE onboarding.events_cursor (
@@ -82,24 +103,66 @@ CREATE TRIGGER jobs_follow_account AFTER UPDATE OF state ON onboarding.jobs
                        AND OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION onboarding._follow_account();
 
--- Whether the user's Connect account can take charges and receive payouts (charges and payouts
--- enabled, details submitted, not disabled or disconnected), as Stripe last said. One index
--- look-up, so it can sit in RLS policies; false for a user without an account. `user_id` of any
--- type (uuid, bigint, text), compared as text like jobs.user_id.
-CREATE FUNCTION onboarding.account_ready(user_id anyelement) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(bool_or(c.ready), false) FROM onboarding.connect_accounts c WHERE c.user_id = $1::text
+-- Whether the calling role may read the profile `uid` of `tbl` itself (its privileges, the table's
+-- row-level security): what account_ready and account_status answer for, as the other application
+-- functions do. `uid` is the id column's own text form (connect_accounts.user_id), cast to the id
+-- column's type, which attach() allows only among built-in types: no code of the caller runs.
+CREATE FUNCTION onboarding._caller_sees_profile(tbl regclass, uid text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT onboarding._caller_can_read(a.profile_table,
+                                format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type),
+                                ARRAY[uid]) = 'visible'
+                       FROM onboarding.attachments a WHERE a.profile_table = tbl), false)
 $$;
 
--- The user's Connect accounts with what Stripe last said of them.
-CREATE FUNCTION onboarding.account_status(user_id anyelement)
+-- Whether the user's Connect account can take charges and receive payouts (charges and payouts
+-- enabled, details submitted, not disabled or disconnected), as Stripe last said; false for a
+-- user without an account, and for a profile the calling role may not read. An index look-up,
+-- then (for a ready account) the caller's right to read the profile, so it can sit in RLS policies
+-- of other tables. The user id is text, compared with jobs.user_id's form; the uuid and bigint
+-- forms below turn theirs into text with PostgreSQL's own casts. Never anyelement: a SECURITY
+-- DEFINER function must not cast or compare a value whose type (and so casts and operators) its
+-- caller controls (README, "Security model").
+CREATE FUNCTION onboarding.account_ready(user_id text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM onboarding.connect_accounts c
+                    WHERE c.user_id = $1 AND c.ready AND onboarding._caller_sees_profile(c.profile_table, c.user_id))
+$$;
+CREATE FUNCTION onboarding.account_ready(user_id uuid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT onboarding.account_ready($1::text)
+$$;
+CREATE FUNCTION onboarding.account_ready(user_id bigint) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT onboarding.account_ready($1::text)
+$$;
+
+-- The user's Connect accounts with what Stripe last said of them: those of profiles the calling
+-- role may read (none otherwise, without saying whether any exists).
+CREATE FUNCTION onboarding.account_status(user_id text)
 RETURNS TABLE (account_id text, profile_table regclass, ready boolean, charges_enabled boolean,
                payouts_enabled boolean, details_submitted boolean, requirements_currently_due text[],
                disabled_reason text, deauthorized_at timestamptz, updated_at timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.account_id, c.profile_table, c.ready, c.charges_enabled, c.payouts_enabled, c.details_submitted,
            c.requirements_currently_due, c.disabled_reason, c.deauthorized_at, c.updated_at
-      FROM onboarding.connect_accounts c WHERE c.user_id = $1::text ORDER BY c.account_id
+      FROM onboarding.connect_accounts c
+     WHERE c.user_id = $1 AND onboarding._caller_sees_profile(c.profile_table, c.user_id)
+     ORDER BY c.account_id
+$$;
+CREATE FUNCTION onboarding.account_status(user_id uuid)
+RETURNS TABLE (account_id text, profile_table regclass, ready boolean, charges_enabled boolean,
+               payouts_enabled boolean, details_submitted boolean, requirements_currently_due text[],
+               disabled_reason text, deauthorized_at timestamptz, updated_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM onboarding.account_status($1::text)
+$$;
+CREATE FUNCTION onboarding.account_status(user_id bigint)
+RETURNS TABLE (account_id text, profile_table regclass, ready boolean, charges_enabled boolean,
+               payouts_enabled boolean, details_submitted boolean, requirements_currently_due text[],
+               disabled_reason text, deauthorized_at timestamptz, updated_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM onboarding.account_status($1::text)
 $$;
 
 -- The events reader takes its turn, when a poll is due and no other worker is polling (or the
@@ -157,9 +220,11 @@ END $$;
 -- What Stripe says of accounts (from events or from reading them), each a JSON object with
 -- account, as_of and either the readiness fields or deauthorized: true. Only followed accounts
 -- are written, and only over older state (the worker weighed same-second events already:
--- core/src/inbound.rs). A change of readiness is announced on channel onboarding_accounts with
--- {"user_id", "account_id", "table", "ready"}, at commit; a change of what Stripe says is logged
--- as a stripe_account_updated event (sequence()).
+-- core/src/inbound.rs). A change of readiness is announced on channel onboarding_accounts at
+-- commit (unless onboarding.notify_account_changes is off) with the table's name as the only
+-- payload: any role may LISTEN, and any role (a table owner's trigger included) may NOTIFY on any
+-- channel, so a notification is a hint to call account_ready/account_status, never an answer. A
+-- change of what Stripe says is logged as a stripe_account_updated event (sequence()).
 CREATE FUNCTION onboarding._apply_account_states(states jsonb) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -220,28 +285,46 @@ BEGIN
                 'requirements_currently_due', to_jsonb(changed.requirements_currently_due),
                 'disabled_reason', changed.disabled_reason, 'deauthorized', changed.deauthorized_at IS NOT NULL));
         END IF;
-        IF changed.ready IS DISTINCT FROM changed.was_ready THEN
-            PERFORM pg_notify('onboarding_accounts', jsonb_build_object(
-                'user_id', changed.user_id, 'account_id', changed.account_id,
-                'table', changed.profile_table::text, 'ready', changed.ready)::text);
+        IF changed.ready IS DISTINCT FROM changed.was_ready
+           AND coalesce(current_setting('onboarding.notify_account_changes', true), 'on')::boolean THEN
+            -- Table names are in pg_class, which every role reads: nothing more goes out.
+            PERFORM pg_notify('onboarding_accounts', changed.profile_table::text);
         END IF;
     END LOOP;
     RETURN written;
 END $$;
 
--- Writes the readiness of up to `at_most` accounts whose profile is behind to the profile columns
--- its table named (attach's readiness_columns), each on its own (a subtransaction), as the
--- table's owner (onboarding._as_owner; the worker waits 50 ms for a lock at most). A profile row
--- another transaction holds waits for the next poll; one the table refuses (its trigger fails, a
--- statement times out) is given up with a WARNING. Returns how many wait.
-CREATE FUNCTION onboarding._write_profile_readiness(at_most integer) RETURNS integer
+-- How long a profile write that must wait (its row or table held) waits before the next try: a
+-- second, doubling with each try, at most a minute. It never holds the head of the queue.
+CREATE FUNCTION onboarding._profile_write_backoff(attempts integer) RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN least(interval '1 second' * power(2, least(attempts, 6)), interval '1 minute');
+
+-- Writes the readiness of up to `at_most` accounts whose profile is behind (at most `per_table`
+-- of one table) to the profile columns its table named (attach's readiness_columns), each on its
+-- own (a subtransaction), as the table's owner (onboarding._as_owner; the worker waits 50 ms for
+-- a lock at most). A profile row or table another transaction holds is tried again later, backing
+-- off (_profile_write_backoff); one the table refuses (its trigger fails or asserts, a statement
+-- times out) is given up with a WARNING. A table that timed out or was held gets no more writes
+-- this time: one table's slow trigger delays only its own profiles. Returns how many wait.
+CREATE FUNCTION onboarding._write_profile_readiness(at_most integer, per_table integer DEFAULT 10) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c onboarding.connect_accounts;
     a onboarding.attachments;
+    set_aside regclass[] := '{}';
     waiting integer := 0;
 BEGIN
-    FOR c IN SELECT * FROM onboarding.connect_accounts x WHERE x.profile_behind ORDER BY x.account_id LIMIT at_most LOOP
+    FOR c IN SELECT (x).* FROM (
+                 SELECT x, row_number() OVER (PARTITION BY x.profile_table ORDER BY x.profile_retry_at) AS nth
+                   FROM onboarding.connect_accounts x
+                  WHERE x.profile_behind AND x.profile_retry_at <= now()
+                  ORDER BY x.profile_retry_at LIMIT at_most * 4) d
+              WHERE d.nth <= per_table ORDER BY (d.x).profile_retry_at LIMIT at_most LOOP
+        IF c.profile_table = ANY (set_aside) THEN
+            waiting := waiting + 1;
+            CONTINUE;
+        END IF;
         BEGIN
             SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = c.profile_table;
             IF a.readiness_columns IS NOT NULL AND a.connect_account_column IS NOT NULL THEN
@@ -255,14 +338,26 @@ BEGIN
                     ARRAY[c.user_id, c.account_id, c.ready::text, c.charges_enabled::text, c.payouts_enabled::text,
                           c.details_submitted::text]);
             END IF;
-            UPDATE onboarding.connect_accounts x SET profile_behind = false WHERE x.account_id = c.account_id;
+            UPDATE onboarding.connect_accounts x SET profile_behind = false, profile_attempts = 0
+             WHERE x.account_id = c.account_id;
         EXCEPTION
             WHEN lock_not_available THEN
-                waiting := waiting + 1;  -- the profile's row or table is held: at the next poll
-            WHEN query_canceled OR OTHERS THEN
+                -- The profile's row or table is held: later, and nothing else of this table now.
+                waiting := waiting + 1;
+                set_aside := set_aside || c.profile_table;
+                UPDATE onboarding.connect_accounts x
+                   SET profile_retry_at = now() + onboarding._profile_write_backoff(x.profile_attempts),
+                       profile_attempts = x.profile_attempts + 1
+                 WHERE x.account_id = c.account_id;
+            WHEN query_canceled OR assert_failure OR OTHERS THEN
+                -- (OTHERS leaves out query_canceled and assert_failure: an owner's trigger can raise either.)
+                IF SQLSTATE = '57014' THEN
+                    set_aside := set_aside || c.profile_table;
+                END IF;
                 RAISE WARNING 'onboarding: writing the readiness of Connect account % to the profile of user % in % failed: %',
-                    c.account_id, c.user_id, c.profile_table, SQLERRM;
-                UPDATE onboarding.connect_accounts x SET profile_behind = false WHERE x.account_id = c.account_id;
+                    c.account_id, c.user_id, c.profile_table, left(SQLERRM, 200);
+                UPDATE onboarding.connect_accounts x SET profile_behind = false, profile_attempts = 0
+                 WHERE x.account_id = c.account_id;
         END;
     END LOOP;
     RETURN waiting;
@@ -300,6 +395,7 @@ BEGIN
     DELETE FROM onboarding.stripe_events_applied e
      WHERE e.event_id = ANY (ARRAY(SELECT o.event_id FROM onboarding.stripe_events_applied o
                                     WHERE o.applied_at < now() - interval '31 days' LIMIT 1000));
+    DELETE FROM onboarding.stripe_events_set_aside e WHERE e.set_aside_at < now() - interval '31 days';
 END $$;
 
 -- An account link was issued for `account`: its owner may finish onboarding in minutes, so poll
@@ -338,9 +434,17 @@ CREATE TABLE onboarding.customer_changes (
     -- by this extension (its own email sync: nothing to look up or log), or
     -- 'failed: ...' (the profile's table refused the write).
     outcome text,
+    -- While not handled: when to try next (a profile row or table held backs off), and how often
+    -- it was tried.
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    attempts integer NOT NULL DEFAULT 0,
+    -- Read the customer itself at the next poll: two of its events came in the same second, and
+    -- only Stripe can say which is the newer.
+    refresh_due boolean NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX customer_changes_unhandled ON onboarding.customer_changes (updated_at) WHERE NOT handled;
+CREATE INDEX customer_changes_unhandled ON onboarding.customer_changes (next_attempt_at) WHERE NOT handled;
+CREATE INDEX customer_changes_to_refresh ON onboarding.customer_changes (customer_id) WHERE refresh_due;
 CREATE INDEX customer_changes_handled ON onboarding.customer_changes (updated_at) WHERE handled;  -- for prune()
 
 -- What a table does when Stripe says one of its customers changed outside the extension. NULL
@@ -363,14 +467,19 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'attach() it first.';
     END IF;
     IF customer_deleted NOT IN ('flag', 'recreate') THEN
-        RAISE EXCEPTION 'onboarding: customer_deleted must be flag or recreate, not %', quote_literal(customer_deleted)
+        RAISE EXCEPTION 'onboarding: customer_deleted must be flag or recreate, not %', onboarding._quoted_prefix(customer_deleted)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'flag (the default) keeps the ID and reports it; recreate clears it and creates a new customer.';
     END IF;
     IF email_changed NOT IN ('audit', 'update_profile') THEN
-        RAISE EXCEPTION 'onboarding: email_changed must be audit or update_profile, not %', quote_literal(email_changed)
+        RAISE EXCEPTION 'onboarding: email_changed must be audit or update_profile, not %', onboarding._quoted_prefix(email_changed)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'audit (the default) keeps the profile as the source of truth; update_profile copies Stripe''s email to it.';
+    END IF;
+    IF email_changed = 'update_profile' AND EXISTS (
+           SELECT FROM pg_attribute c WHERE c.attrelid = a.profile_table AND c.attname = a.email_column AND c.attgenerated <> '') THEN
+        RAISE EXCEPTION 'onboarding: the email column % of % is generated: Stripe''s email cannot be copied to it', quote_ident(a.email_column), profile_table
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep email_changed => ''audit'' for this table.';
     END IF;
     UPDATE onboarding.attachments t
        SET on_customer_deleted = coalesce(customer_deleted, t.on_customer_deleted),
@@ -423,105 +532,111 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
            updated_at = now();
 $$;
 
--- Applies each table's policy to up to `at_most` recorded changes not handled yet, each on its own
--- (a subtransaction): the profile that links the customer is found by metadata.user_id, read and
--- written as its table's owner (onboarding._as_owner; the worker waits 50 ms for a lock at most).
--- A change whose profile row or table another transaction holds waits for the next poll (a held
--- table that does not link the customer holds up none of its changes); one the table refuses (its
--- trigger fails, a statement times out) is recorded as failed. Returns how many wait.
-CREATE FUNCTION onboarding._handle_customer_changes(at_most integer) RETURNS integer
+-- Applies each table's policy to up to `at_most` recorded changes not handled yet (at most
+-- `per_table` of one table), each on its own (a subtransaction). The profile is the one this
+-- extension made the customer for (sql/ties.sql), read and written as its table's owner
+-- (onboarding._as_owner; the worker waits 50 ms for a lock at most), and only if it still links the
+-- customer: no other table is looked in, so no other table's schema, policies or locks decide the
+-- outcome. A change whose profile row or table another transaction holds is tried again later,
+-- backing off (_profile_write_backoff); one the table refuses (its trigger fails or asserts, a
+-- statement times out) is recorded as failed. A table that timed out or was held gets no more
+-- changes this time. Returns how many wait.
+CREATE FUNCTION onboarding._handle_customer_changes(at_most integer, per_table integer DEFAULT 10) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c onboarding.customer_changes;
+    tie onboarding.stripe_ties;
     a onboarding.attachments;
-    linked_by onboarding.attachments;
     profile_email text;
+    linked boolean;
     result text;
     sync_email text;
-    held boolean;
+    set_aside regclass[] := '{}';
     waiting integer := 0;
 BEGIN
-    FOR c IN SELECT * FROM onboarding.customer_changes x WHERE NOT x.handled ORDER BY x.updated_at LIMIT at_most LOOP
+    FOR c IN
+        SELECT (d.x).* FROM (
+            SELECT x, row_number() OVER (PARTITION BY t.profile_table ORDER BY x.next_attempt_at) AS nth
+              FROM (SELECT * FROM onboarding.customer_changes y
+                     WHERE NOT y.handled AND y.next_attempt_at <= now() ORDER BY y.next_attempt_at LIMIT at_most * 4) x
+              LEFT JOIN onboarding.stripe_ties t ON t.stripe_id = x.customer_id AND t.object = 'customer') d
+         WHERE d.nth <= per_table ORDER BY (d.x).next_attempt_at LIMIT at_most
+    LOOP
+        SELECT * INTO tie FROM onboarding.stripe_ties t WHERE t.stripe_id = c.customer_id AND t.object = 'customer';
+        IF tie.profile_table = ANY (set_aside) THEN
+            waiting := waiting + 1;
+            CONTINUE;
+        END IF;
         BEGIN
-            linked_by := NULL;
-            held := false;
-            -- The table whose job made or changed the customer first: one look-up, not one per
-            -- attached table, while retention keeps the job.
-            FOR a IN SELECT t.* FROM onboarding.attachments t
-                      ORDER BY NOT EXISTS (SELECT FROM onboarding.jobs j
-                                            WHERE j.user_id = c.user_id AND j.stripe_id = c.customer_id
-                                              AND j.profile_table = t.profile_table),
-                               t.profile_table::oid LOOP
-                BEGIN
-                    SELECT r[1] INTO profile_email
-                      FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
-                               a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column),
-                               ARRAY[c.user_id, c.customer_id]) r;
-                EXCEPTION
-                    WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-                        CONTINUE;  -- a user id of another type: not this table's
-                    WHEN lock_not_available THEN
-                        held := true;  -- another transaction holds the table: look in the others
-                        CONTINUE;
-                END;
-                IF FOUND THEN
-                    linked_by := a;
-                    EXIT;
-                END IF;
-            END LOOP;
-            IF linked_by.profile_table IS NULL AND held THEN
-                RAISE EXCEPTION USING ERRCODE = 'lock_not_available';  -- a held table may link it: at the next poll
+            SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tie.profile_table;
+            linked := false;
+            IF FOUND THEN
+                SELECT true, r[1] INTO linked, profile_email
+                  FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
+                           a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column),
+                           ARRAY[tie.user_id, c.customer_id]) r;
+                linked := coalesce(linked, false);
             END IF;
-            IF linked_by.profile_table IS NULL THEN
+            IF NOT linked THEN
+                -- Not made by this extension, or its profile no longer links it (deleted, relinked).
                 result := 'not linked';
             ELSIF c.deleted_at IS NOT NULL THEN
-                IF linked_by.on_customer_deleted = 'recreate' THEN
-                    PERFORM FROM onboarding._as_owner(linked_by.profile_table, format('UPDATE %s SET %I = NULL WHERE %I = $1::%s AND %I = $2',
-                                linked_by.profile_table, linked_by.customer_column, linked_by.id_column, linked_by.id_type,
-                                linked_by.customer_column), ARRAY[c.user_id, c.customer_id]);
-                    PERFORM onboarding._enqueue(linked_by.profile_table, c.user_id, 'create_customer', 'customer deleted in Stripe');
+                IF a.on_customer_deleted = 'recreate' THEN
+                    PERFORM FROM onboarding._as_owner(a.profile_table, format('UPDATE %s SET %I = NULL WHERE %I = $1::%s AND %I = $2',
+                                a.profile_table, a.customer_column, a.id_column, a.id_type, a.customer_column),
+                                ARRAY[tie.user_id, c.customer_id]);
+                    PERFORM onboarding._enqueue(a.profile_table, tie.user_id, 'create_customer', 'customer deleted in Stripe');
                     result := 'recreated';
                     RAISE LOG 'onboarding: Stripe customer % of % user % was deleted outside the extension: a new one is queued',
-                        c.customer_id, linked_by.profile_table, c.user_id;
+                        c.customer_id, a.profile_table, tie.user_id;
                 ELSE
                     result := 'flagged';
                     RAISE WARNING 'onboarding: Stripe customer % of % user % was deleted outside the extension; the profile still links it',
-                            c.customer_id, linked_by.profile_table, c.user_id
+                            c.customer_id, a.profile_table, tie.user_id
                         USING HINT = 'See onboarding.audit_mismatches(); onboarding.reconcile(dry_run => false) links or creates another, '
                                      'or set_stripe_change_policy(table, customer_deleted => ''recreate'') does it from now on.';
                 END IF;
                 INSERT INTO onboarding.events (job_id, user_id, step, detail)
-                VALUES (NULL, c.user_id, 'stripe_customer_deleted', jsonb_build_object('customer_id', c.customer_id,
-                        'table', linked_by.profile_table::text, 'outcome', result, 'deleted_at', c.deleted_at));
+                VALUES (NULL, tie.user_id, 'stripe_customer_deleted', jsonb_build_object('customer_id', c.customer_id,
+                        'table', a.profile_table::text, 'outcome', result, 'deleted_at', c.deleted_at));
             ELSE
                 IF btrim(c.stripe_email) IS NOT DISTINCT FROM btrim(profile_email) THEN
                     result := 'email matches';
-                ELSIF linked_by.on_stripe_email_changed = 'update_profile' AND c.stripe_email IS NOT NULL THEN
+                ELSIF a.on_stripe_email_changed = 'update_profile' AND c.stripe_email IS NOT NULL THEN
                     -- Not sent back to Stripe: the email trigger reads onboarding.sync_email.
                     sync_email := current_setting('onboarding.sync_email', true);
                     PERFORM set_config('onboarding.sync_email', 'off', true);
-                    PERFORM FROM onboarding._as_owner(linked_by.profile_table, format('UPDATE %s SET %I = $3 WHERE %I = $1::%s AND %I = $2',
-                                linked_by.profile_table, linked_by.email_column, linked_by.id_column, linked_by.id_type,
-                                linked_by.customer_column), ARRAY[c.user_id, c.customer_id, c.stripe_email]);
+                    PERFORM FROM onboarding._as_owner(a.profile_table, format('UPDATE %s SET %I = $3 WHERE %I = $1::%s AND %I = $2',
+                                a.profile_table, a.email_column, a.id_column, a.id_type, a.customer_column),
+                                ARRAY[tie.user_id, c.customer_id, c.stripe_email]);
                     PERFORM set_config('onboarding.sync_email', coalesce(sync_email, 'on'), true);
                     result := 'profile email updated';
                 ELSE
                     result := 'email differs';
                 END IF;
                 INSERT INTO onboarding.events (job_id, user_id, step, detail)
-                VALUES (NULL, c.user_id, 'stripe_customer_updated', jsonb_build_object('customer_id', c.customer_id,
-                        'table', linked_by.profile_table::text, 'outcome', result));
+                VALUES (NULL, tie.user_id, 'stripe_customer_updated', jsonb_build_object('customer_id', c.customer_id,
+                        'table', a.profile_table::text, 'outcome', result));
             END IF;
             UPDATE onboarding.customer_changes x
-               SET handled = true, profile_table = linked_by.profile_table, outcome = result,
-                   updated_at = now()
+               SET handled = true, profile_table = CASE WHEN linked THEN a.profile_table END, outcome = result,
+                   attempts = 0, updated_at = now()
              WHERE x.customer_id = c.customer_id;
         EXCEPTION
             WHEN lock_not_available THEN
-                waiting := waiting + 1;  -- the profile's row or table is held: at the next poll
-            WHEN query_canceled OR OTHERS THEN
+                -- The profile's row or table is held: later, and nothing else of this table now.
+                waiting := waiting + 1;
+                set_aside := set_aside || tie.profile_table;
+                UPDATE onboarding.customer_changes x
+                   SET next_attempt_at = now() + onboarding._profile_write_backoff(x.attempts), attempts = x.attempts + 1
+                 WHERE x.customer_id = c.customer_id;
+            WHEN query_canceled OR assert_failure OR OTHERS THEN
+                -- (OTHERS leaves out query_canceled and assert_failure: an owner's trigger can raise either.)
+                IF SQLSTATE = '57014' THEN
+                    set_aside := set_aside || tie.profile_table;
+                END IF;
                 RAISE WARNING 'onboarding: Stripe changed customer % of user %, and applying it failed: %',
-                    c.customer_id, c.user_id, SQLERRM;
+                    c.customer_id, tie.user_id, left(SQLERRM, 200);
                 UPDATE onboarding.customer_changes x
                    SET handled = true, outcome = left('failed: ' || SQLERRM, 200), updated_at = now()
                  WHERE x.customer_id = c.customer_id;

@@ -215,7 +215,13 @@ DECLARE
 BEGIN
     SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tbl;
     account := onboarding._connect_account_of(tbl, uid);
-    IF account IS NOT NULL THEN
+    IF account IS NOT NULL AND NOT onboarding._tied(account, tbl, uid) THEN
+        -- A link opens the account's onboarding to whoever holds it: only for the profile's own.
+        PERFORM onboarding._refuse_untied(tbl, uid, account, 'account link');
+        refusal := format('the profile''s Connect account %s was not made for it by this extension', left(account, 60));
+        account := NULL;
+        RETURN;
+    ELSIF account IS NOT NULL THEN
         RETURN;
     END IF;
     due := onboarding._connect_due(a, uid);
@@ -271,8 +277,12 @@ DECLARE
     attached regclass := coalesce(TG_ARGV[2]::oid, TG_RELID);
 BEGIN
     IF picked[2] IS NOT NULL AND onboarding._sync_email_enabled() THEN
-        PERFORM onboarding._enqueue_for_customer(attached, picked[1], 'update_customer_email', picked[2],
-                                                 'email changed');
+        IF onboarding._tied(picked[2], attached, picked[1]) THEN
+            PERFORM onboarding._enqueue_for_customer(attached, picked[1], 'update_customer_email', picked[2],
+                                                     'email changed');
+        ELSE
+            PERFORM onboarding._refuse_untied(attached, picked[1], picked[2], 'email sync');
+        END IF;
     END IF;
     RETURN NULL;
 END $$;
@@ -295,15 +305,12 @@ BEGIN
             SELECT count(onboarding._enqueue_for_customer(%1$s::oid, d.%2$I::text, %5$L, d.%3$I, 'profile deleted'))
               FROM onboarding_deleted_profiles d
              WHERE d.%3$I IS NOT NULL
-               AND EXISTS (SELECT FROM onboarding.jobs c
-                            WHERE c.profile_table = %1$s::oid AND c.kind = %6$L
-                              AND c.user_id = d.%2$I::text AND c.state = onboarding._succeeded() AND c.stripe_id = d.%3$I)
+               AND onboarding._tied(d.%3$I, %1$s::oid, d.%2$I::text)
                AND NOT EXISTS (SELECT FROM onboarding._as_owner(%1$s::oid,
                                    pg_catalog.format('SELECT ''x'' FROM %%s other WHERE other.%%I = $1 LIMIT 1', %4$L, %3$L),
                                    ARRAY[d.%3$I::text])) $sql$,
             TG_RELID, TG_ARGV[0], TG_ARGV[i], TG_RELID::regclass,
-            CASE i WHEN 1 THEN 'delete_customer' ELSE 'delete_connect_account' END,
-            CASE i WHEN 1 THEN 'create_customer' ELSE 'create_connect_account' END);
+            CASE i WHEN 1 THEN 'delete_customer' ELSE 'delete_connect_account' END);
     END LOOP;
     RETURN NULL;
 END $$;
@@ -342,7 +349,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
-        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(quote_literal(policy), 'NULL')
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', onboarding._quoted_prefix(policy)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
@@ -538,6 +545,7 @@ DECLARE
     a onboarding.attachments;
     relinked text[] := '{}';
     target_column name;
+    tie onboarding.stripe_ties;
 BEGIN
     -- Profiles pointing at nothing usable in Stripe.
     FOR r IN SELECT * FROM onboarding.audit_mismatches(false) m
@@ -545,7 +553,11 @@ BEGIN
         SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = r.profile_table;
         target_column := CASE r.object WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
         user_id := r.user_id;
-        IF r.problem LIKE 'email differs%' THEN
+        IF r.problem LIKE 'not made for this profile%' THEN
+            action := 'untied'; stripe_id := r.stripe_id; detail := r.problem || '; nothing done';
+            RETURN NEXT;
+            CONTINUE;
+        ELSIF r.problem LIKE 'email differs%' THEN
             action := 'sync email'; stripe_id := r.stripe_id; detail := r.problem;
             IF NOT dry_run THEN
                 PERFORM onboarding._enqueue_for_customer(r.profile_table, r.user_id, 'update_customer_email', r.stripe_id, 'reconcile');
@@ -553,13 +565,17 @@ BEGIN
             RETURN NEXT;
             CONTINUE;
         END IF;
+        -- The user's live object, unless this extension made it for another profile.
         SELECT o.id INTO stripe_id FROM onboarding.stripe_objects o
          WHERE o.snapshot = snap AND o.user_id = r.user_id AND o.object = r.object
+           AND NOT EXISTS (SELECT FROM onboarding.stripe_ties t WHERE t.stripe_id = o.id
+                              AND (t.profile_table, t.user_id) IS DISTINCT FROM (r.profile_table, r.user_id))
          ORDER BY o.id LIMIT 1;
         IF stripe_id IS NOT NULL AND r.problem = 'missing or deleted in Stripe' THEN
             action := 'relink'; detail := format('%s is %s; the user''s live %s is %s', r.stripe_id, r.problem, r.object, stripe_id);
             relinked := relinked || stripe_id;
             IF NOT dry_run THEN
+                PERFORM onboarding._tie(stripe_id, r.object, r.profile_table, r.user_id);
                 PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = $2 WHERE %I = $1::%s',
                             r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id, stripe_id]);
                 PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('from', r.stripe_id, 'to', stripe_id));
@@ -579,9 +595,17 @@ BEGIN
     -- Stripe objects no profile uses.
     FOR r IN SELECT * FROM onboarding.audit_orphans(false) o WHERE NOT o.stripe_id = ANY (relinked) LOOP
         action := 'delete orphan'; user_id := r.user_id; stripe_id := r.stripe_id; detail := r.problem;
+        -- Made for another user than its metadata says: not an orphan of this user's to delete.
+        SELECT * INTO tie FROM onboarding.stripe_ties t WHERE t.stripe_id = r.stripe_id;
+        CONTINUE WHEN FOUND AND tie.user_id IS DISTINCT FROM r.user_id;
         IF NOT dry_run THEN
-            PERFORM onboarding._enqueue_for_customer(
-                coalesce(reconcile.profile_table, (SELECT t.profile_table FROM onboarding.attachments t ORDER BY 1 LIMIT 1)),
+            IF tie.stripe_id IS NULL THEN
+                -- Made before ties were recorded: the operator's reconcile is what ties it.
+                tie.profile_table := coalesce(reconcile.profile_table,
+                                              (SELECT t.profile_table FROM onboarding.attachments t ORDER BY 1 LIMIT 1));
+                PERFORM onboarding._tie(r.stripe_id, r.object, tie.profile_table, r.user_id);
+            END IF;
+            PERFORM onboarding._enqueue_for_customer(tie.profile_table,
                 r.user_id, CASE r.object WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END,
                 r.stripe_id, 'reconcile');
             PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('stripe_id', r.stripe_id));
@@ -725,6 +749,17 @@ BEGIN
                                                             a.profile_table)));
                     EXIT planning;
                 END IF;
+            END IF;
+            -- Work on an existing object (an email sync, a deletion) only for the profile this
+            -- extension made it for (sql/ties.sql): whatever queued it, a column is not enough.
+            IF job.kind IN ('update_customer_email', 'delete_customer', 'delete_connect_account')
+               AND NOT onboarding._tied(job.stripe_id, job.profile_table, job.user_id) THEN
+                PERFORM onboarding._refuse_untied(job.profile_table, job.user_id, job.stripe_id,
+                                                  replace(job.kind, '_', ' '), job.id);
+                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                    jsonb_build_object('reason', format('Stripe object %s was not made for this profile by this extension',
+                                                        left(job.stripe_id, 60))));
+                EXIT planning;
             END IF;
             finished := false;
         END;
@@ -1162,6 +1197,10 @@ BEGIN
             SELECT t.profile_table INTO found_in FROM onboarding.attachments t ORDER BY t.profile_table LIMIT 1;
             CONTINUE WHEN found_in IS NULL;  -- nothing attached: nothing to account it to
         END IF;
+        -- Made by this extension (the old primary) for this user id, its tie lost with the old
+        -- primary's jobs: tied here, so that its deletion may go ahead (sql/ties.sql). An object
+        -- this server tied to another profile is not this sweep's to delete.
+        CONTINUE WHEN NOT onboarding._tie(o.id, object_kind, found_in, o.user_id);
         job := onboarding._enqueue_for_customer(found_in, o.user_id, delete_kind, o.id, 'failover sweep: ' || reason);
         IF job IS NOT NULL THEN
             INSERT INTO onboarding.events (job_id, user_id, step, detail)
@@ -1745,11 +1784,14 @@ CREATE TABLE onboarding.connect_accounts (
     -- An account link was issued: until then, while not ready, the account itself is read at
     -- every poll (a platform's event list need not carry its connected accounts' events).
     watch_until timestamptz,
+    -- While profile_behind: when to write the profile next (a held row or table backs off).
+    profile_retry_at timestamptz NOT NULL DEFAULT now(),
+    profile_attempts integer NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX connect_accounts_by_user ON onboarding.connect_accounts (user_id);
 CREATE INDEX connect_accounts_to_refresh ON onboarding.connect_accounts (account_id) WHERE refresh_due;
-CREATE INDEX connect_accounts_profile_behind ON onboarding.connect_accounts (account_id) WHERE profile_behind;
+CREATE INDEX connect_accounts_profile_behind ON onboarding.connect_accounts (profile_retry_at) WHERE profile_behind;
 CREATE INDEX connect_accounts_watched ON onboarding.connect_accounts (watch_until) WHERE watch_until IS NOT NULL;
 CREATE INDEX connect_accounts_by_age ON onboarding.connect_accounts (as_of NULLS FIRST);
 
@@ -1762,6 +1804,24 @@ CREATE TABLE onboarding.stripe_events_applied (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX stripe_events_applied_by_time ON onboarding.stripe_events_applied (applied_at);
+
+-- Events the reader could not read or apply safely (bytes that are not UTF-8 or an unpaired
+-- surrogate, a NUL, an id or field past Stripe's sizes): set aside with the reason, so that one
+-- event never stops the reader; the stats show how many. `event_id` is the event's id when it was
+-- usable (at most 255 characters), else a digest of the reason.
+CREATE TABLE onboarding.stripe_events_set_aside (
+    event_id text PRIMARY KEY CHECK (length(event_id) <= 255),
+    reason text NOT NULL,
+    set_aside_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION onboarding._set_events_aside(ids text[], reasons text[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO onboarding.stripe_events_set_aside AS s (event_id, reason)
+    SELECT coalesce(left(e.id, 255), 'unusable id ' || md5(e.reason)), left(e.reason, 500)
+      FROM unnest(ids, reasons) AS e(id, reason)
+    ON CONFLICT (event_id) DO UPDATE SET reason = EXCLUDED.reason, set_aside_at = now();
+$$;
 
 -- Where the events reader is: one row.
 CREATE TABLE onboarding.events_cursor (
@@ -1796,24 +1856,66 @@ CREATE TRIGGER jobs_follow_account AFTER UPDATE OF state ON onboarding.jobs
                        AND OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION onboarding._follow_account();
 
--- Whether the user's Connect account can take charges and receive payouts (charges and payouts
--- enabled, details submitted, not disabled or disconnected), as Stripe last said. One index
--- look-up, so it can sit in RLS policies; false for a user without an account. `user_id` of any
--- type (uuid, bigint, text), compared as text like jobs.user_id.
-CREATE FUNCTION onboarding.account_ready(user_id anyelement) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(bool_or(c.ready), false) FROM onboarding.connect_accounts c WHERE c.user_id = $1::text
+-- Whether the calling role may read the profile `uid` of `tbl` itself (its privileges, the table's
+-- row-level security): what account_ready and account_status answer for, as the other application
+-- functions do. `uid` is the id column's own text form (connect_accounts.user_id), cast to the id
+-- column's type, which attach() allows only among built-in types: no code of the caller runs.
+CREATE FUNCTION onboarding._caller_sees_profile(tbl regclass, uid text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT onboarding._caller_can_read(a.profile_table,
+                                format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type),
+                                ARRAY[uid]) = 'visible'
+                       FROM onboarding.attachments a WHERE a.profile_table = tbl), false)
 $$;
 
--- The user's Connect accounts with what Stripe last said of them.
-CREATE FUNCTION onboarding.account_status(user_id anyelement)
+-- Whether the user's Connect account can take charges and receive payouts (charges and payouts
+-- enabled, details submitted, not disabled or disconnected), as Stripe last said; false for a
+-- user without an account, and for a profile the calling role may not read. An index look-up,
+-- then (for a ready account) the caller's right to read the profile, so it can sit in RLS policies
+-- of other tables. The user id is text, compared with jobs.user_id's form; the uuid and bigint
+-- forms below turn theirs into text with PostgreSQL's own casts. Never anyelement: a SECURITY
+-- DEFINER function must not cast or compare a value whose type (and so casts and operators) its
+-- caller controls (README, "Security model").
+CREATE FUNCTION onboarding.account_ready(user_id text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM onboarding.connect_accounts c
+                    WHERE c.user_id = $1 AND c.ready AND onboarding._caller_sees_profile(c.profile_table, c.user_id))
+$$;
+CREATE FUNCTION onboarding.account_ready(user_id uuid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT onboarding.account_ready($1::text)
+$$;
+CREATE FUNCTION onboarding.account_ready(user_id bigint) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT onboarding.account_ready($1::text)
+$$;
+
+-- The user's Connect accounts with what Stripe last said of them: those of profiles the calling
+-- role may read (none otherwise, without saying whether any exists).
+CREATE FUNCTION onboarding.account_status(user_id text)
 RETURNS TABLE (account_id text, profile_table regclass, ready boolean, charges_enabled boolean,
                payouts_enabled boolean, details_submitted boolean, requirements_currently_due text[],
                disabled_reason text, deauthorized_at timestamptz, updated_at timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.account_id, c.profile_table, c.ready, c.charges_enabled, c.payouts_enabled, c.details_submitted,
            c.requirements_currently_due, c.disabled_reason, c.deauthorized_at, c.updated_at
-      FROM onboarding.connect_accounts c WHERE c.user_id = $1::text ORDER BY c.account_id
+      FROM onboarding.connect_accounts c
+     WHERE c.user_id = $1 AND onboarding._caller_sees_profile(c.profile_table, c.user_id)
+     ORDER BY c.account_id
+$$;
+CREATE FUNCTION onboarding.account_status(user_id uuid)
+RETURNS TABLE (account_id text, profile_table regclass, ready boolean, charges_enabled boolean,
+               payouts_enabled boolean, details_submitted boolean, requirements_currently_due text[],
+               disabled_reason text, deauthorized_at timestamptz, updated_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM onboarding.account_status($1::text)
+$$;
+CREATE FUNCTION onboarding.account_status(user_id bigint)
+RETURNS TABLE (account_id text, profile_table regclass, ready boolean, charges_enabled boolean,
+               payouts_enabled boolean, details_submitted boolean, requirements_currently_due text[],
+               disabled_reason text, deauthorized_at timestamptz, updated_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM onboarding.account_status($1::text)
 $$;
 
 -- The events reader takes its turn, when a poll is due and no other worker is polling (or the
@@ -1934,10 +2036,10 @@ BEGIN
                 'requirements_currently_due', to_jsonb(changed.requirements_currently_due),
                 'disabled_reason', changed.disabled_reason, 'deauthorized', changed.deauthorized_at IS NOT NULL));
         END IF;
-        IF changed.ready IS DISTINCT FROM changed.was_ready THEN
-            PERFORM pg_notify('onboarding_accounts', jsonb_build_object(
-                'user_id', changed.user_id, 'account_id', changed.account_id,
-                'table', changed.profile_table::text, 'ready', changed.ready)::text);
+        IF changed.ready IS DISTINCT FROM changed.was_ready
+           AND coalesce(current_setting('onboarding.notify_account_changes', true), 'on')::boolean THEN
+            -- Table names are in pg_class, which every role reads: nothing more goes out.
+            PERFORM pg_notify('onboarding_accounts', changed.profile_table::text);
         END IF;
     END LOOP;
     RETURN written;
@@ -1975,6 +2077,7 @@ BEGIN
     DELETE FROM onboarding.stripe_events_applied e
      WHERE e.event_id = ANY (ARRAY(SELECT o.event_id FROM onboarding.stripe_events_applied o
                                     WHERE o.applied_at < now() - interval '31 days' LIMIT 1000));
+    DELETE FROM onboarding.stripe_events_set_aside e WHERE e.set_aside_at < now() - interval '31 days';
 END $$;
 
 -- An account link was issued for `account`: its owner may finish onboarding in minutes, so poll
@@ -1994,15 +2097,19 @@ SELECT DISTINCT ON (j.stripe_id) j.stripe_id, j.profile_table, j.user_id, true
  WHERE j.kind = 'create_connect_account' AND j.state = 'succeeded' AND j.stripe_id IS NOT NULL
  ORDER BY j.stripe_id, j.id DESC;
 
-REVOKE EXECUTE ON FUNCTION onboarding._follow_account(), onboarding.account_ready(anyelement),
-    onboarding.account_status(anyelement), onboarding._events_poll_begin(integer, interval),
-    onboarding._events_not_applied(text[], text[], bigint[]), onboarding._apply_account_states(jsonb),
+REVOKE EXECUTE ON FUNCTION onboarding._follow_account(), onboarding._caller_sees_profile(regclass, text),
+    onboarding.account_ready(text), onboarding.account_ready(uuid), onboarding.account_ready(bigint),
+    onboarding.account_status(text), onboarding.account_status(uuid), onboarding.account_status(bigint),
+    onboarding._events_poll_begin(integer, interval),
+    onboarding._events_not_applied(text[], text[], bigint[]), onboarding._set_events_aside(text[], text[]),
+    onboarding._apply_account_states(jsonb),
     onboarding._refresh_accounts(text[]), onboarding._events_poll_end(text, bigint, integer, interval, bigint, boolean),
     onboarding._account_link_issued(interval, text, interval) FROM PUBLIC;
 
 
 -- The tables hold nothing for PUBLIC (sql/privileges.sql).
-REVOKE ALL ON onboarding.connect_accounts, onboarding.events_cursor, onboarding.stripe_events_applied FROM PUBLIC;
+REVOKE ALL ON onboarding.connect_accounts, onboarding.events_cursor, onboarding.stripe_events_applied,
+    onboarding.stripe_events_set_aside FROM PUBLIC;
 
 -- The events reader's lines in stats and sequence(); stats_for in its final 0.3.0 form (it needs
 -- the tables above).
@@ -2095,6 +2202,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                             coalesce(c.last_event_created::text, 'none'),
                             coalesce('; cursor lost (past 30 days) at ' || c.cursor_lost_at, '')) END
       FROM onboarding.events_cursor c
+    UNION ALL
+    SELECT 'Stripe events set aside', count(*)::numeric,
+           'could not be read or applied safely: onboarding.stripe_events_set_aside says why'
+      FROM onboarding.stripe_events_set_aside WHERE set_aside_at >= now() - since
     UNION ALL
     SELECT 'Stripe events applied per minute',
            round(count(*) / greatest(extract(epoch FROM since) / 60, 1), 2)::numeric, 'from the Events API'
@@ -2229,7 +2340,7 @@ BEGIN
             RAISE EXCEPTION 'onboarding.attach: readiness_columns needs a Connect account column' USING ERRCODE = 'undefined_column',
                   HINT = 'Name it with connect_account_column => ''...''.';
         END IF;
-        SELECT string_agg(format('%I (%s)', c.value, coalesce(format_type(a.atttypid, NULL), 'no such column')), ', ')
+        SELECT string_agg(format('%s (%s)', onboarding._quoted_prefix(c.value), coalesce(format_type(a.atttypid, NULL), 'no such column')), ', ')
           INTO not_boolean
           FROM jsonb_each_text(readiness_columns) c
           LEFT JOIN pg_attribute a ON a.attrelid = profile_table AND a.attname = c.value AND a.attnum > 0 AND NOT a.attisdropped
@@ -2239,6 +2350,27 @@ BEGIN
                 USING ERRCODE = 'datatype_mismatch',
                       HINT = format('For example: ALTER TABLE %s ADD COLUMN stripe_payouts_enabled boolean NOT NULL DEFAULT false;', profile_table);
         END IF;
+    END IF;
+
+    -- Each column for one purpose, and the ones the extension writes writable: otherwise every
+    -- later write-back would fail (with a WARNING each time) instead of attach() now.
+    IF (SELECT count(*) <> count(DISTINCT c) FROM unnest(ARRAY[id_column, email_column, customer_column, connect_account_column]
+                                                           || ARRAY(SELECT r.value::name
+                                                                      FROM jsonb_each_text(coalesce(readiness_columns, '{}')) r)) c
+         WHERE c IS NOT NULL) THEN
+        RAISE EXCEPTION 'onboarding.attach: a column of % is named for two purposes', profile_table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The id, email, customer, Connect account and readiness columns must be distinct columns.';
+    END IF;
+    SELECT string_agg(quote_ident(a.attname), ', ') INTO not_boolean
+      FROM pg_attribute a
+     WHERE a.attrelid = profile_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
+       AND a.attname = ANY (ARRAY[customer_column, connect_account_column]
+                            || ARRAY(SELECT r.value::name FROM jsonb_each_text(coalesce(readiness_columns, '{}')) r));
+    IF not_boolean IS NOT NULL THEN
+        RAISE EXCEPTION 'onboarding.attach: % of % is a generated column, which the extension could never write', not_boolean, profile_table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name plain columns for the customer, the Connect account and the readiness.';
     END IF;
 
     INSERT INTO onboarding.attachments AS a
@@ -2263,19 +2395,35 @@ END $$;
 COMMENT ON FUNCTION onboarding.attach IS
     'Provision a Stripe customer for every profile inserted into this table, after the insert commits';
 
+-- How long a profile write that must wait (its row or table held) waits before the next try: a
+-- second, doubling with each try, at most a minute. It never holds the head of the queue.
+CREATE FUNCTION onboarding._profile_write_backoff(attempts integer) RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN least(interval '1 second' * power(2, least(attempts, 6)), interval '1 minute');
+
 -- Writes the readiness of up to `at_most` accounts whose profile is behind to the profile columns
 -- its table named (attach's readiness_columns), each on its own (a subtransaction), as the
 -- table's owner (onboarding._as_owner; the worker waits 50 ms for a lock at most). A profile row
 -- another transaction holds waits for the next poll; one the table refuses (its trigger fails, a
 -- statement times out) is given up with a WARNING. Returns how many wait.
-CREATE FUNCTION onboarding._write_profile_readiness(at_most integer) RETURNS integer
+CREATE FUNCTION onboarding._write_profile_readiness(at_most integer, per_table integer DEFAULT 10) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c onboarding.connect_accounts;
     a onboarding.attachments;
+    set_aside regclass[] := '{}';
     waiting integer := 0;
 BEGIN
-    FOR c IN SELECT * FROM onboarding.connect_accounts x WHERE x.profile_behind ORDER BY x.account_id LIMIT at_most LOOP
+    FOR c IN SELECT (x).* FROM (
+                 SELECT x, row_number() OVER (PARTITION BY x.profile_table ORDER BY x.profile_retry_at) AS nth
+                   FROM onboarding.connect_accounts x
+                  WHERE x.profile_behind AND x.profile_retry_at <= now()
+                  ORDER BY x.profile_retry_at LIMIT at_most * 4) d
+              WHERE d.nth <= per_table ORDER BY (d.x).profile_retry_at LIMIT at_most LOOP
+        IF c.profile_table = ANY (set_aside) THEN
+            waiting := waiting + 1;
+            CONTINUE;
+        END IF;
         BEGIN
             SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = c.profile_table;
             IF a.readiness_columns IS NOT NULL AND a.connect_account_column IS NOT NULL THEN
@@ -2289,14 +2437,26 @@ BEGIN
                     ARRAY[c.user_id, c.account_id, c.ready::text, c.charges_enabled::text, c.payouts_enabled::text,
                           c.details_submitted::text]);
             END IF;
-            UPDATE onboarding.connect_accounts x SET profile_behind = false WHERE x.account_id = c.account_id;
+            UPDATE onboarding.connect_accounts x SET profile_behind = false, profile_attempts = 0
+             WHERE x.account_id = c.account_id;
         EXCEPTION
             WHEN lock_not_available THEN
-                waiting := waiting + 1;  -- the profile's row or table is held: at the next poll
-            WHEN query_canceled OR OTHERS THEN
+                -- The profile's row or table is held: later, and nothing else of this table now.
+                waiting := waiting + 1;
+                set_aside := set_aside || c.profile_table;
+                UPDATE onboarding.connect_accounts x
+                   SET profile_retry_at = now() + onboarding._profile_write_backoff(x.profile_attempts),
+                       profile_attempts = x.profile_attempts + 1
+                 WHERE x.account_id = c.account_id;
+            WHEN query_canceled OR assert_failure OR OTHERS THEN
+                -- (OTHERS leaves out query_canceled and assert_failure: an owner's trigger can raise either.)
+                IF SQLSTATE = '57014' THEN
+                    set_aside := set_aside || c.profile_table;
+                END IF;
                 RAISE WARNING 'onboarding: writing the readiness of Connect account % to the profile of user % in % failed: %',
-                    c.account_id, c.user_id, c.profile_table, SQLERRM;
-                UPDATE onboarding.connect_accounts x SET profile_behind = false WHERE x.account_id = c.account_id;
+                    c.account_id, c.user_id, c.profile_table, left(SQLERRM, 200);
+                UPDATE onboarding.connect_accounts x SET profile_behind = false, profile_attempts = 0
+                 WHERE x.account_id = c.account_id;
         END;
     END LOOP;
     RETURN waiting;
@@ -2323,9 +2483,17 @@ CREATE TABLE onboarding.customer_changes (
     -- by this extension (its own email sync: nothing to look up or log), or
     -- 'failed: ...' (the profile's table refused the write).
     outcome text,
+    -- While not handled: when to try next (a profile row or table held backs off), and how often
+    -- it was tried.
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    attempts integer NOT NULL DEFAULT 0,
+    -- Read the customer itself at the next poll: two of its events came in the same second, and
+    -- only Stripe can say which is the newer.
+    refresh_due boolean NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX customer_changes_unhandled ON onboarding.customer_changes (updated_at) WHERE NOT handled;
+CREATE INDEX customer_changes_unhandled ON onboarding.customer_changes (next_attempt_at) WHERE NOT handled;
+CREATE INDEX customer_changes_to_refresh ON onboarding.customer_changes (customer_id) WHERE refresh_due;
 CREATE INDEX customer_changes_handled ON onboarding.customer_changes (updated_at) WHERE handled;  -- for prune()
 
 -- What a table does when Stripe says one of its customers changed outside the extension. NULL
@@ -2348,14 +2516,19 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'attach() it first.';
     END IF;
     IF customer_deleted NOT IN ('flag', 'recreate') THEN
-        RAISE EXCEPTION 'onboarding: customer_deleted must be flag or recreate, not %', quote_literal(customer_deleted)
+        RAISE EXCEPTION 'onboarding: customer_deleted must be flag or recreate, not %', onboarding._quoted_prefix(customer_deleted)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'flag (the default) keeps the ID and reports it; recreate clears it and creates a new customer.';
     END IF;
     IF email_changed NOT IN ('audit', 'update_profile') THEN
-        RAISE EXCEPTION 'onboarding: email_changed must be audit or update_profile, not %', quote_literal(email_changed)
+        RAISE EXCEPTION 'onboarding: email_changed must be audit or update_profile, not %', onboarding._quoted_prefix(email_changed)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'audit (the default) keeps the profile as the source of truth; update_profile copies Stripe''s email to it.';
+    END IF;
+    IF email_changed = 'update_profile' AND EXISTS (
+           SELECT FROM pg_attribute c WHERE c.attrelid = a.profile_table AND c.attname = a.email_column AND c.attgenerated <> '') THEN
+        RAISE EXCEPTION 'onboarding: the email column % of % is generated: Stripe''s email cannot be copied to it', quote_ident(a.email_column), profile_table
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep email_changed => ''audit'' for this table.';
     END IF;
     UPDATE onboarding.attachments t
        SET on_customer_deleted = coalesce(customer_deleted, t.on_customer_deleted),
@@ -2414,99 +2587,102 @@ $$;
 -- A change whose profile row or table another transaction holds waits for the next poll (a held
 -- table that does not link the customer holds up none of its changes); one the table refuses (its
 -- trigger fails, a statement times out) is recorded as failed. Returns how many wait.
-CREATE FUNCTION onboarding._handle_customer_changes(at_most integer) RETURNS integer
+CREATE FUNCTION onboarding._handle_customer_changes(at_most integer, per_table integer DEFAULT 10) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c onboarding.customer_changes;
+    tie onboarding.stripe_ties;
     a onboarding.attachments;
-    linked_by onboarding.attachments;
     profile_email text;
+    linked boolean;
     result text;
     sync_email text;
-    held boolean;
+    set_aside regclass[] := '{}';
     waiting integer := 0;
 BEGIN
-    FOR c IN SELECT * FROM onboarding.customer_changes x WHERE NOT x.handled ORDER BY x.updated_at LIMIT at_most LOOP
+    FOR c IN
+        SELECT (d.x).* FROM (
+            SELECT x, row_number() OVER (PARTITION BY t.profile_table ORDER BY x.next_attempt_at) AS nth
+              FROM (SELECT * FROM onboarding.customer_changes y
+                     WHERE NOT y.handled AND y.next_attempt_at <= now() ORDER BY y.next_attempt_at LIMIT at_most * 4) x
+              LEFT JOIN onboarding.stripe_ties t ON t.stripe_id = x.customer_id AND t.object = 'customer') d
+         WHERE d.nth <= per_table ORDER BY (d.x).next_attempt_at LIMIT at_most
+    LOOP
+        SELECT * INTO tie FROM onboarding.stripe_ties t WHERE t.stripe_id = c.customer_id AND t.object = 'customer';
+        IF tie.profile_table = ANY (set_aside) THEN
+            waiting := waiting + 1;
+            CONTINUE;
+        END IF;
         BEGIN
-            linked_by := NULL;
-            held := false;
-            -- The table whose job made or changed the customer first: one look-up, not one per
-            -- attached table, while retention keeps the job.
-            FOR a IN SELECT t.* FROM onboarding.attachments t
-                      ORDER BY NOT EXISTS (SELECT FROM onboarding.jobs j
-                                            WHERE j.user_id = c.user_id AND j.stripe_id = c.customer_id
-                                              AND j.profile_table = t.profile_table),
-                               t.profile_table::oid LOOP
-                BEGIN
-                    SELECT r[1] INTO profile_email
-                      FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
-                               a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column),
-                               ARRAY[c.user_id, c.customer_id]) r;
-                EXCEPTION
-                    WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-                        CONTINUE;  -- a user id of another type: not this table's
-                    WHEN lock_not_available THEN
-                        held := true;  -- another transaction holds the table: look in the others
-                        CONTINUE;
-                END;
-                IF FOUND THEN
-                    linked_by := a;
-                    EXIT;
-                END IF;
-            END LOOP;
-            IF linked_by.profile_table IS NULL AND held THEN
-                RAISE EXCEPTION USING ERRCODE = 'lock_not_available';  -- a held table may link it: at the next poll
+            SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = tie.profile_table;
+            linked := false;
+            IF FOUND THEN
+                SELECT true, r[1] INTO linked, profile_email
+                  FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s AND %I = $2',
+                           a.email_column, a.profile_table, a.id_column, a.id_type, a.customer_column),
+                           ARRAY[tie.user_id, c.customer_id]) r;
+                linked := coalesce(linked, false);
             END IF;
-            IF linked_by.profile_table IS NULL THEN
+            IF NOT linked THEN
+                -- Not made by this extension, or its profile no longer links it (deleted, relinked).
                 result := 'not linked';
             ELSIF c.deleted_at IS NOT NULL THEN
-                IF linked_by.on_customer_deleted = 'recreate' THEN
-                    PERFORM FROM onboarding._as_owner(linked_by.profile_table, format('UPDATE %s SET %I = NULL WHERE %I = $1::%s AND %I = $2',
-                                linked_by.profile_table, linked_by.customer_column, linked_by.id_column, linked_by.id_type,
-                                linked_by.customer_column), ARRAY[c.user_id, c.customer_id]);
-                    PERFORM onboarding._enqueue(linked_by.profile_table, c.user_id, 'create_customer', 'customer deleted in Stripe');
+                IF a.on_customer_deleted = 'recreate' THEN
+                    PERFORM FROM onboarding._as_owner(a.profile_table, format('UPDATE %s SET %I = NULL WHERE %I = $1::%s AND %I = $2',
+                                a.profile_table, a.customer_column, a.id_column, a.id_type, a.customer_column),
+                                ARRAY[tie.user_id, c.customer_id]);
+                    PERFORM onboarding._enqueue(a.profile_table, tie.user_id, 'create_customer', 'customer deleted in Stripe');
                     result := 'recreated';
                     RAISE LOG 'onboarding: Stripe customer % of % user % was deleted outside the extension: a new one is queued',
-                        c.customer_id, linked_by.profile_table, c.user_id;
+                        c.customer_id, a.profile_table, tie.user_id;
                 ELSE
                     result := 'flagged';
                     RAISE WARNING 'onboarding: Stripe customer % of % user % was deleted outside the extension; the profile still links it',
-                            c.customer_id, linked_by.profile_table, c.user_id
+                            c.customer_id, a.profile_table, tie.user_id
                         USING HINT = 'See onboarding.audit_mismatches(); onboarding.reconcile(dry_run => false) links or creates another, '
                                      'or set_stripe_change_policy(table, customer_deleted => ''recreate'') does it from now on.';
                 END IF;
                 INSERT INTO onboarding.events (job_id, user_id, step, detail)
-                VALUES (NULL, c.user_id, 'stripe_customer_deleted', jsonb_build_object('customer_id', c.customer_id,
-                        'table', linked_by.profile_table::text, 'outcome', result, 'deleted_at', c.deleted_at));
+                VALUES (NULL, tie.user_id, 'stripe_customer_deleted', jsonb_build_object('customer_id', c.customer_id,
+                        'table', a.profile_table::text, 'outcome', result, 'deleted_at', c.deleted_at));
             ELSE
                 IF btrim(c.stripe_email) IS NOT DISTINCT FROM btrim(profile_email) THEN
                     result := 'email matches';
-                ELSIF linked_by.on_stripe_email_changed = 'update_profile' AND c.stripe_email IS NOT NULL THEN
+                ELSIF a.on_stripe_email_changed = 'update_profile' AND c.stripe_email IS NOT NULL THEN
                     -- Not sent back to Stripe: the email trigger reads onboarding.sync_email.
                     sync_email := current_setting('onboarding.sync_email', true);
                     PERFORM set_config('onboarding.sync_email', 'off', true);
-                    PERFORM FROM onboarding._as_owner(linked_by.profile_table, format('UPDATE %s SET %I = $3 WHERE %I = $1::%s AND %I = $2',
-                                linked_by.profile_table, linked_by.email_column, linked_by.id_column, linked_by.id_type,
-                                linked_by.customer_column), ARRAY[c.user_id, c.customer_id, c.stripe_email]);
+                    PERFORM FROM onboarding._as_owner(a.profile_table, format('UPDATE %s SET %I = $3 WHERE %I = $1::%s AND %I = $2',
+                                a.profile_table, a.email_column, a.id_column, a.id_type, a.customer_column),
+                                ARRAY[tie.user_id, c.customer_id, c.stripe_email]);
                     PERFORM set_config('onboarding.sync_email', coalesce(sync_email, 'on'), true);
                     result := 'profile email updated';
                 ELSE
                     result := 'email differs';
                 END IF;
                 INSERT INTO onboarding.events (job_id, user_id, step, detail)
-                VALUES (NULL, c.user_id, 'stripe_customer_updated', jsonb_build_object('customer_id', c.customer_id,
-                        'table', linked_by.profile_table::text, 'outcome', result));
+                VALUES (NULL, tie.user_id, 'stripe_customer_updated', jsonb_build_object('customer_id', c.customer_id,
+                        'table', a.profile_table::text, 'outcome', result));
             END IF;
             UPDATE onboarding.customer_changes x
-               SET handled = true, profile_table = linked_by.profile_table, outcome = result,
-                   updated_at = now()
+               SET handled = true, profile_table = CASE WHEN linked THEN a.profile_table END, outcome = result,
+                   attempts = 0, updated_at = now()
              WHERE x.customer_id = c.customer_id;
         EXCEPTION
             WHEN lock_not_available THEN
-                waiting := waiting + 1;  -- the profile's row or table is held: at the next poll
-            WHEN query_canceled OR OTHERS THEN
+                -- The profile's row or table is held: later, and nothing else of this table now.
+                waiting := waiting + 1;
+                set_aside := set_aside || tie.profile_table;
+                UPDATE onboarding.customer_changes x
+                   SET next_attempt_at = now() + onboarding._profile_write_backoff(x.attempts), attempts = x.attempts + 1
+                 WHERE x.customer_id = c.customer_id;
+            WHEN query_canceled OR assert_failure OR OTHERS THEN
+                -- (OTHERS leaves out query_canceled and assert_failure: an owner's trigger can raise either.)
+                IF SQLSTATE = '57014' THEN
+                    set_aside := set_aside || tie.profile_table;
+                END IF;
                 RAISE WARNING 'onboarding: Stripe changed customer % of user %, and applying it failed: %',
-                    c.customer_id, c.user_id, SQLERRM;
+                    c.customer_id, tie.user_id, left(SQLERRM, 200);
                 UPDATE onboarding.customer_changes x
                    SET handled = true, outcome = left('failed: ' || SQLERRM, 200), updated_at = now()
                  WHERE x.customer_id = c.customer_id;
@@ -2531,14 +2707,17 @@ BEGIN
         SELECT p.profile_table, p.user_id, k.object, k.stripe_id,
                CASE WHEN o.id IS NULL OR d.deleted_at IS NOT NULL THEN 'missing or deleted in Stripe'
                     WHEN o.user_id IS DISTINCT FROM p.user_id THEN format('belongs to user %s in Stripe', o.user_id)
+                    WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
                     ELSE format('email differs: Stripe has %s', coalesce(stripe.email, 'none')) END
           FROM onboarding._all_profiles() p
          CROSS JOIN LATERAL (VALUES ('customer', p.customer), ('account', p.account)) k(object, stripe_id)
           LEFT JOIN onboarding.stripe_objects o ON o.snapshot = snap AND o.id = k.stripe_id
           LEFT JOIN onboarding.customer_changes d ON k.object = 'customer' AND d.customer_id = k.stripe_id
+          LEFT JOIN onboarding.stripe_ties t ON t.stripe_id = k.stripe_id AND t.profile_table = p.profile_table
+                                            AND t.user_id = p.user_id
          CROSS JOIN LATERAL (SELECT CASE WHEN d.email_as_of >= taken THEN d.stripe_email ELSE o.email END AS email) stripe
          WHERE k.stripe_id IS NOT NULL
-           AND (o.id IS NULL OR d.deleted_at IS NOT NULL OR o.user_id IS DISTINCT FROM p.user_id
+           AND (o.id IS NULL OR d.deleted_at IS NOT NULL OR o.user_id IS DISTINCT FROM p.user_id OR t.stripe_id IS NULL
                 OR (k.object = 'customer' AND btrim(stripe.email) IS DISTINCT FROM btrim(p.email)))
          ORDER BY p.profile_table::text, p.user_id, k.object;
 END $$;
@@ -2580,10 +2759,143 @@ BEGIN
 END $$;
 
 REVOKE EXECUTE ON FUNCTION onboarding.set_stripe_change_policy(regclass, text, text),
-    onboarding._record_customer_changes(jsonb), onboarding._handle_customer_changes(integer),
+    onboarding._record_customer_changes(jsonb), onboarding._handle_customer_changes(integer, integer),
     onboarding.attach(regclass, name, name, name, name, text, text, jsonb),
-    onboarding._write_profile_readiness(integer) FROM PUBLIC;
+    onboarding._write_profile_readiness(integer, integer), onboarding._profile_write_backoff(integer) FROM PUBLIC;
 REVOKE ALL ON onboarding.customer_changes FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- 15. No tenant can act on another's Stripe objects: the extension acts on an existing object
+--     only through the tie it recorded when a job made it (sql/ties.sql), never because a
+--     profile's column names it.
+------------------------------------------------------------------------------------------------
+-- One row per customer or Connect account a creation job made or adopted (after a look-up by
+-- metadata.user_id), for the attached table and user id of that job. Kept after the job is pruned.
+CREATE TABLE onboarding.stripe_ties (
+    stripe_id text PRIMARY KEY,
+    object text NOT NULL CHECK (object IN ('customer', 'account')),
+    profile_table regclass NOT NULL,
+    user_id text NOT NULL,
+    -- The job that made or adopted it; NULL for a tie recorded otherwise: at the upgrade to 0.3.0
+    -- (from the profiles that alone linked an object), by the sweep after a promotion, or by
+    -- reconcile (an orphan it deletes, a live customer it relinks).
+    job_id bigint,
+    tied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX stripe_ties_by_profile ON onboarding.stripe_ties (profile_table, user_id);
+
+-- Records the tie of `stripe_id` to the profile `uid` of `tbl`, unless it has one (the first tie
+-- stands: an object is never handed from one profile to another). Returns whether it is tied to
+-- that profile now.
+CREATE FUNCTION onboarding._tie(stripe_id text, object text, tbl regclass, uid text, job bigint DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO onboarding.stripe_ties AS t (stripe_id, object, profile_table, user_id, job_id)
+    VALUES (_tie.stripe_id, _tie.object, tbl, uid, job)
+    ON CONFLICT ON CONSTRAINT stripe_ties_pkey DO NOTHING;
+    RETURN FOUND OR onboarding._tied(_tie.stripe_id, tbl, uid);
+END $$;
+
+-- Whether `stripe_id` was made by this extension for the profile `uid` of `tbl`.
+CREATE FUNCTION onboarding._tied(stripe_id text, tbl regclass, uid text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM onboarding.stripe_ties t
+                    WHERE t.stripe_id = $1 AND t.profile_table = tbl AND t.user_id = uid COLLATE "default")
+$$;
+
+-- A creation job made (or adopted) its object: tie it to the job's profile, whatever happens to
+-- the object next (written back, or orphaned and compensated).
+CREATE FUNCTION onboarding._tie_made_object() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT onboarding._tie(NEW.stripe_id, CASE NEW.kind WHEN 'create_customer' THEN 'customer' ELSE 'account' END,
+                           NEW.profile_table, NEW.user_id, NEW.id) THEN
+        RAISE WARNING 'onboarding: job % of % user % came back with Stripe object %, which this extension made for another profile',
+                NEW.id, NEW.profile_table, NEW.user_id, NEW.stripe_id
+            USING HINT = 'It is not acted on for this profile. See onboarding.audit_mismatches().';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_tie_made_object AFTER UPDATE OF state ON onboarding.jobs
+    FOR EACH ROW WHEN (NEW.kind IN ('create_customer', 'create_connect_account') AND NEW.stripe_id IS NOT NULL
+                       AND NEW.state IN ('succeeded', 'orphaned') AND OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION onboarding._tie_made_object();
+
+-- Says that a profile's column names a Stripe object this extension did not make for that
+-- profile, and that `action` was not done: a WARNING and an event in sequence(); the profile shows
+-- in audit_mismatches. Nothing says whom the object belongs to.
+CREATE FUNCTION onboarding._refuse_untied(tbl regclass, uid text, stripe_id text, action text, job bigint DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE WARNING 'onboarding: % user % names Stripe object %, which this extension did not make for this profile: % not done',
+            tbl, uid, left(stripe_id, 60), action
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'The extension acts only on the objects it made for a profile, never because a column names one. '
+                     'See onboarding.audit_mismatches().';
+    INSERT INTO onboarding.events (job_id, user_id, step, detail)
+    VALUES (job, uid, 'untied_object_refused',
+            jsonb_build_object('stripe_id', left(stripe_id, 255), 'table', tbl::text, 'action', action));
+END $$;
+
+-- The objects made before 0.3.0: those of the creation jobs retention has kept (the first job
+-- that named each), then those that one profile alone links among every attached table (their
+-- jobs pruned). An object two profiles link is left untied: audit_mismatches shows both, and
+-- nothing is done to it until a person decides.
+INSERT INTO onboarding.stripe_ties (stripe_id, object, profile_table, user_id, job_id, tied_at)
+SELECT DISTINCT ON (j.stripe_id) j.stripe_id, CASE j.kind WHEN 'create_customer' THEN 'customer' ELSE 'account' END,
+       j.profile_table, j.user_id, j.id, coalesce(j.finished_at, j.updated_at)
+  FROM onboarding.jobs j
+ WHERE j.kind IN ('create_customer', 'create_connect_account') AND j.stripe_id IS NOT NULL
+   AND j.state IN ('succeeded', 'orphaned')
+ ORDER BY j.stripe_id, j.id;
+INSERT INTO onboarding.stripe_ties (stripe_id, object, profile_table, user_id)
+SELECT c.account_id, 'account', c.profile_table, c.user_id FROM onboarding.connect_accounts c
+ON CONFLICT ON CONSTRAINT stripe_ties_pkey DO NOTHING;
+DO $$
+DECLARE
+    a onboarding.attachments;
+    -- (table, user id, object, stripe id) of every profile link, as json: no temporary table in an
+    -- extension script.
+    links jsonb := '[]';
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments LOOP
+        BEGIN
+            links := links || coalesce((
+                SELECT jsonb_agg(jsonb_build_array(a.profile_table::oid, r[1], k.object, k.stripe_id))
+                  FROM onboarding._as_owner(a.profile_table,
+                           format('SELECT t.%1$I::text, t.%2$I::text, %3$s FROM %4$s t WHERE t.%2$I IS NOT NULL%5$s',
+                                  a.id_column, a.customer_column,
+                                  coalesce('t.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                                  a.profile_table,
+                                  coalesce(' OR t.' || quote_ident(a.connect_account_column) || ' IS NOT NULL', ''))) r
+                 CROSS JOIN LATERAL (VALUES ('customer', r[2]), ('account', r[3])) k(object, stripe_id)
+                 WHERE k.stripe_id IS NOT NULL), '[]');
+        EXCEPTION WHEN query_canceled OR assert_failure OR OTHERS THEN
+            RAISE WARNING 'onboarding: the Stripe objects % links could not be read, so none of them is tied: %',
+                    a.profile_table, left(SQLERRM, 200)
+                USING HINT = 'Their email syncs, deletions and account links are refused until they are; see audit_mismatches().';
+        END;
+    END LOOP;
+    INSERT INTO onboarding.stripe_ties (stripe_id, object, profile_table, user_id)
+    SELECT l->>3, min(l->>2), min((l->>0)::oid)::regclass, min(l->>1)
+      FROM jsonb_array_elements(links) l
+     GROUP BY l->>3 HAVING count(*) = 1
+    ON CONFLICT ON CONSTRAINT stripe_ties_pkey DO NOTHING;
+END $$;
+
+-- What an error message shows of an argument: quoted, at most its first 60 characters (a 1 MB
+-- argument is not echoed whole into the logs).
+CREATE FUNCTION onboarding._quoted_prefix(value text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN value IS NULL THEN 'NULL'
+            WHEN length(value) <= 60 THEN quote_literal(value)
+            ELSE quote_literal(left(value, 60)) || format('... (%s characters)', length(value)) END;
+
+REVOKE EXECUTE ON FUNCTION onboarding._quoted_prefix(text), onboarding._tie(text, text, regclass, text, bigint), onboarding._tied(text, regclass, text),
+    onboarding._tie_made_object(), onboarding._refuse_untied(regclass, text, text, text, bigint) FROM PUBLIC;
+REVOKE ALL ON onboarding.stripe_ties FROM PUBLIC;
 
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

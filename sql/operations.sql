@@ -204,7 +204,9 @@ $$;
 -- What it takes to make Stripe and the profiles agree, and (dry_run => false) doing it: queue
 -- missing customers, retry dead jobs, relink a profile whose customer is gone to the live orphan
 -- of the same user (else clear it and queue a new one), delete orphans, sync differing emails.
--- Every action done is an event ('reconciled', or the jobs it queues).
+-- Every action done is an event ('reconciled', or the jobs it queues). A profile naming an object
+-- this extension did not make for it is reported ('untied'), never acted on (sql/ties.sql): which
+-- profile the object belongs to is for a person to decide.
 CREATE FUNCTION onboarding.reconcile(dry_run boolean DEFAULT true, profile_table regclass DEFAULT NULL)
 RETURNS TABLE (action text, user_id text, stripe_id text, detail text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -214,6 +216,7 @@ DECLARE
     a onboarding.attachments;
     relinked text[] := '{}';
     target_column name;
+    tie onboarding.stripe_ties;
 BEGIN
     -- Profiles pointing at nothing usable in Stripe.
     FOR r IN SELECT * FROM onboarding.audit_mismatches(false) m
@@ -221,7 +224,11 @@ BEGIN
         SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = r.profile_table;
         target_column := CASE r.object WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
         user_id := r.user_id;
-        IF r.problem LIKE 'email differs%' THEN
+        IF r.problem LIKE 'not made for this profile%' THEN
+            action := 'untied'; stripe_id := r.stripe_id; detail := r.problem || '; nothing done';
+            RETURN NEXT;
+            CONTINUE;
+        ELSIF r.problem LIKE 'email differs%' THEN
             action := 'sync email'; stripe_id := r.stripe_id; detail := r.problem;
             IF NOT dry_run THEN
                 PERFORM onboarding._enqueue_for_customer(r.profile_table, r.user_id, 'update_customer_email', r.stripe_id, 'reconcile');
@@ -229,13 +236,17 @@ BEGIN
             RETURN NEXT;
             CONTINUE;
         END IF;
+        -- The user's live object, unless this extension made it for another profile.
         SELECT o.id INTO stripe_id FROM onboarding.stripe_objects o
          WHERE o.snapshot = snap AND o.user_id = r.user_id AND o.object = r.object
+           AND NOT EXISTS (SELECT FROM onboarding.stripe_ties t WHERE t.stripe_id = o.id
+                              AND (t.profile_table, t.user_id) IS DISTINCT FROM (r.profile_table, r.user_id))
          ORDER BY o.id LIMIT 1;
         IF stripe_id IS NOT NULL AND r.problem = 'missing or deleted in Stripe' THEN
             action := 'relink'; detail := format('%s is %s; the user''s live %s is %s', r.stripe_id, r.problem, r.object, stripe_id);
             relinked := relinked || stripe_id;
             IF NOT dry_run THEN
+                PERFORM onboarding._tie(stripe_id, r.object, r.profile_table, r.user_id);
                 PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = $2 WHERE %I = $1::%s',
                             r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id, stripe_id]);
                 PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('from', r.stripe_id, 'to', stripe_id));
@@ -255,9 +266,17 @@ BEGIN
     -- Stripe objects no profile uses.
     FOR r IN SELECT * FROM onboarding.audit_orphans(false) o WHERE NOT o.stripe_id = ANY (relinked) LOOP
         action := 'delete orphan'; user_id := r.user_id; stripe_id := r.stripe_id; detail := r.problem;
+        -- Made for another user than its metadata says: not an orphan of this user's to delete.
+        SELECT * INTO tie FROM onboarding.stripe_ties t WHERE t.stripe_id = r.stripe_id;
+        CONTINUE WHEN FOUND AND tie.user_id IS DISTINCT FROM r.user_id;
         IF NOT dry_run THEN
-            PERFORM onboarding._enqueue_for_customer(
-                coalesce(reconcile.profile_table, (SELECT t.profile_table FROM onboarding.attachments t ORDER BY 1 LIMIT 1)),
+            IF tie.stripe_id IS NULL THEN
+                -- Made before ties were recorded: the operator's reconcile is what ties it.
+                tie.profile_table := coalesce(reconcile.profile_table,
+                                              (SELECT t.profile_table FROM onboarding.attachments t ORDER BY 1 LIMIT 1));
+                PERFORM onboarding._tie(r.stripe_id, r.object, tie.profile_table, r.user_id);
+            END IF;
+            PERFORM onboarding._enqueue_for_customer(tie.profile_table,
                 r.user_id, CASE r.object WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END,
                 r.stripe_id, 'reconcile');
             PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('stripe_id', r.stripe_id));

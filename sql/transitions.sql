@@ -171,6 +171,17 @@ BEGIN
                     EXIT planning;
                 END IF;
             END IF;
+            -- Work on an existing object (an email sync, a deletion) only for the profile this
+            -- extension made it for (sql/ties.sql): whatever queued it, a column is not enough.
+            IF job.kind IN ('update_customer_email', 'delete_customer', 'delete_connect_account')
+               AND NOT onboarding._tied(job.stripe_id, job.profile_table, job.user_id) THEN
+                PERFORM onboarding._refuse_untied(job.profile_table, job.user_id, job.stripe_id,
+                                                  replace(job.kind, '_', ' '), job.id);
+                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                    jsonb_build_object('reason', format('Stripe object %s was not made for this profile by this extension',
+                                                        left(job.stripe_id, 60))));
+                EXIT planning;
+            END IF;
             finished := false;
         END;
         RETURN NEXT;

@@ -23,6 +23,7 @@ pub static DELETE_CUSTOMERS_WITH_PROFILES: GucSetting<bool> = GucSetting::<bool>
 pub static IDEMPOTENCY_HORIZON_S: GucSetting<i32> = GucSetting::<i32>::new(23 * 3600);
 pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 pub static SYNC_EMAIL: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static NOTIFY_ACCOUNT_CHANGES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static OWNER_STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
@@ -221,6 +222,15 @@ pub fn register() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"onboarding.notify_account_changes",
+        c"A change of a Connect account's readiness is announced with NOTIFY onboarding_accounts.",
+        c"The payload is the profile table's name only: any role may LISTEN (PostgreSQL cannot restrict it), and any \
+          role may NOTIFY on the same channel, so listeners call account_ready() or account_status() to learn more.",
+        &NOTIFY_ACCOUNT_CHANGES,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"onboarding.sync_email",

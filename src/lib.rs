@@ -41,26 +41,27 @@ mod worker;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/job_states.sql", name = "job_states", requires = ["schema"]);
-extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["schema", "job_states"]);
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema", "job_states", "attach"]);
+extension_sql_file!("../sql/ties.sql", name = "ties", requires = ["schema", "job_states"]);
+extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["schema", "job_states", "ties"]);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema", "job_states", "attach", "ties"]);
 extension_sql_file!(
     "../sql/transitions.sql",
     name = "transitions",
     requires = ["schema", "job_states", "attach", "api"]
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["schema", "job_states"]);
-extension_sql_file!("../sql/failover.sql", name = "failover", requires = ["schema", "job_states", "api"]);
+extension_sql_file!("../sql/failover.sql", name = "failover", requires = ["schema", "job_states", "api", "ties"]);
 extension_sql_file!(
     "../sql/audits.sql",
     name = "audits",
-    requires = ["schema", "job_states", "attach", "maintenance", "inbound"]
+    requires = ["schema", "job_states", "attach", "maintenance", "inbound", "ties"]
 );
 extension_sql_file!(
     "../sql/operations.sql",
     name = "operations",
     requires = ["schema", "job_states", "api", "maintenance", "audits"]
 );
-extension_sql_file!("../sql/inbound.sql", name = "inbound", requires = ["schema", "job_states", "api"]);
+extension_sql_file!("../sql/inbound.sql", name = "inbound", requires = ["schema", "job_states", "api", "ties"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]

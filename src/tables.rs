@@ -108,8 +108,15 @@ fn calling_role() -> pg_sys::Oid {
 /// in a security-restricted operation: `visible`, `not found` (it may read the table, no policy
 /// hides rows from it, and there is no such row) or `refused` (no SELECT privilege, or a policy
 /// may be what hides the row: the answer must not say which).
+///
+/// A check inside a check answers `refused`: a policy of the profile table that calls an
+/// application function (`account_ready` in its `USING`, say) would otherwise recurse until the
+/// stack runs out.
 #[pg_extern(name = "_caller_can_read", volatile, parallel_unsafe)]
 fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Option<String>>, "'{}'")) -> &'static str {
+    let Some(_checking) = CheckingCaller::enter() else {
+        return "refused";
+    };
     let caller = unsafe { pg_sys::GetOuterUserId() };
     owner::as_role(caller, gucs::owner_statement_timeout_ms(), 0, || {
         let may_select = read_bool("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", table).unwrap_or(false);
@@ -124,6 +131,25 @@ fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Opt
         let hidden_by_policy = read_bool("SELECT pg_catalog.row_security_active($1)", table).unwrap_or(true);
         if hidden_by_policy { "refused" } else { "not found" }
     })
+}
+
+thread_local! {
+    static CHECKING_CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`caller_can_read`] is running in this backend; left on an error too (dropped while unwinding).
+struct CheckingCaller;
+
+impl CheckingCaller {
+    fn enter() -> Option<CheckingCaller> {
+        (!CHECKING_CALLER.replace(true)).then_some(CheckingCaller)
+    }
+}
+
+impl Drop for CheckingCaller {
+    fn drop(&mut self) {
+        CHECKING_CALLER.set(false);
+    }
 }
 
 /// A boolean about `table`, read with read-only SPI (which works on a standby too).

@@ -644,46 +644,128 @@ impl StripeClient {
     /// empty): `GET /v1/events?ending_before=<cursor>`, whose page is the events just newer than
     /// the cursor. Returns them and whether newer ones follow. A cursor Stripe no longer holds
     /// (past its 30 days of events) answers 404 `resource_missing`: see [`lost_event_cursor`].
-    pub async fn events_after(&self, cursor: &str, types: &[&str]) -> Result<(Vec<Value>, bool), StripeError> {
-        let params: Params = vec![("limit".into(), "100".into()), ("ending_before".into(), object_id(cursor)?.into())];
-        let (mut events, more) = self.list_events(params, types).await?;
+    ///
+    /// One event never fails its page: the page is decoded with [`lenient_json`], and if it is
+    /// still not JSON it is read again one event at a time, an event that is not JSON even alone
+    /// coming back as [`ListedEvent::Unreadable`] so that the reader can set it aside and move
+    /// past it. `Err` only when such an event's id cannot be found either (nothing to move past).
+    pub async fn events_after(&self, cursor: &str, types: &[&str]) -> Result<(Vec<ListedEvent>, bool), StripeError> {
+        let from = EventsFrom::EndingBefore(object_id(cursor)?.to_string());
+        let (mut events, more) = self.list_events(Vec::new(), from, 100, types).await?;
         events.reverse(); // Stripe lists newest first
         Ok((events, more))
     }
 
     /// The id of the newest event of `types` (all when empty), where a reader with no cursor yet
-    /// starts; `None` when Stripe holds none.
+    /// starts; `None` when Stripe holds none. An unreadable newest event still gives its id; an
+    /// id that cannot be a cursor is an error (the reader asks again at its next poll).
     pub async fn newest_event(&self, types: &[&str]) -> Result<Option<String>, StripeError> {
-        let (events, _) = self.list_events(vec![("limit".into(), "1".into())], types).await?;
-        Ok(events.first().and_then(|e| e["id"].as_str()).map(str::to_string))
-    }
-
-    /// One page of `GET /v1/events` with `params` and `types[]` (all types when empty), as Stripe
-    /// lists it (newest first), and whether more follow.
-    async fn list_events(&self, mut params: Params, types: &[&str]) -> Result<(Vec<Value>, bool), StripeError> {
-        params.extend(types.iter().enumerate().map(|(i, t)| (format!("types[{i}]"), t.to_string())));
-        let url = format!("{}/v1/events?{}", self.api_base, encode_form(&params));
-        let response = self.send(self.http.get(url)).await?;
-        let more = has_more(&response.body);
-        Ok((response.body["data"].as_array().cloned().unwrap_or_default(), more))
+        let (events, _) = self.list_events(Vec::new(), EventsFrom::Newest, 1, types).await?;
+        let Some(newest) = events.first() else { return Ok(None) };
+        match newest.cursor() {
+            Some(id) => Ok(Some(id.to_string())),
+            None => Err(StripeError::InvalidResponse {
+                status: 200,
+                request_id: None,
+                message: "the newest event has no id that can be a cursor".into(),
+            }),
+        }
     }
 
     /// One page (up to 100, newest first) of the events of `types` created at or after
     /// `created_since` (Unix seconds), after the event `starting_after` (the previous page's
     /// last, which is older): where a reader without a cursor goes on from (no id to read after).
-    /// Returns the events and whether older ones of the range follow.
+    /// Returns the events and whether older ones of the range follow. One event never fails its
+    /// page, as for [`events_after`](Self::events_after).
     pub async fn events_since_page(
         &self,
         created_since: i64,
         starting_after: Option<&str>,
         types: &[&str],
-    ) -> Result<(Vec<Value>, bool), StripeError> {
-        let mut params: Params =
-            vec![("limit".into(), "100".into()), ("created[gte]".into(), created_since.to_string())];
-        if let Some(after) = starting_after {
-            params.push(("starting_after".into(), object_id(after)?.to_string()));
+    ) -> Result<(Vec<ListedEvent>, bool), StripeError> {
+        let filter: Params = vec![("created[gte]".into(), created_since.to_string())];
+        let from = match starting_after {
+            Some(after) => EventsFrom::StartingAfter(object_id(after)?.to_string()),
+            None => EventsFrom::Newest,
+        };
+        self.list_events(filter, from, 100, types).await
+    }
+
+    /// `GET /v1/events/{id}`, decoded with [`lenient_json`] (an event that is not JSON even so is
+    /// an [`StripeError::InvalidResponse`]). An event past Stripe's 30 days answers 404.
+    pub async fn retrieve_event(&self, id: &str) -> Result<Value, StripeError> {
+        let url = format!("{}/v1/events/{}", self.api_base, object_id(id)?);
+        self.get_lenient(url).await?.decoded()
+    }
+
+    /// `GET /v1/customers/{id}`: the customer as Stripe holds it now; a deleted customer answers
+    /// `{id, object: "customer", deleted: true}`, an unknown one 404 `resource_missing`. Decoded
+    /// with [`lenient_json`], as events are: what it says goes through the same checks
+    /// ([`crate::inbound::customer_change`]), and a hostile email must not look like a broken
+    /// answer.
+    pub async fn retrieve_customer(&self, id: &str) -> Result<Value, StripeError> {
+        let url = format!("{}/v1/customers/{}", self.api_base, object_id(id)?);
+        self.get_lenient(url).await?.decoded()
+    }
+
+    /// Up to `limit` events of `GET /v1/events` with `filter` and `types[]` (all types when
+    /// empty), from `from`, as Stripe lists them (newest first), and whether more follow. A page
+    /// that is not JSON even read leniently is read again one event at a time.
+    async fn list_events(
+        &self,
+        filter: Params,
+        from: EventsFrom,
+        limit: usize,
+        types: &[&str],
+    ) -> Result<(Vec<ListedEvent>, bool), StripeError> {
+        match self.get_lenient(events_url(&self.api_base, &filter, &from, limit, types)).await? {
+            Lenient::Decoded(response) => Ok(ListedEvent::all_in(&response.body)),
+            Lenient::NotJson(not_json) if limit == 1 => Ok((vec![not_json.unreadable_event()?], true)),
+            Lenient::NotJson(_) => self.list_events_one_by_one(&filter, from, limit, types).await,
         }
-        self.list_events(params, types).await
+    }
+
+    /// [`list_events`](Self::list_events) one event a request (`limit=1`), each from the last:
+    /// what one bad event costs is its own entry, not the page. Stops early at an event whose id
+    /// cannot be a cursor (the next read goes on from the entry before it).
+    async fn list_events_one_by_one(
+        &self,
+        filter: &Params,
+        mut from: EventsFrom,
+        limit: usize,
+        types: &[&str],
+    ) -> Result<(Vec<ListedEvent>, bool), StripeError> {
+        let newest_first = !matches!(from, EventsFrom::EndingBefore(_));
+        let (mut events, mut more) = (Vec::new(), true);
+        while more && events.len() < limit {
+            let url = events_url(&self.api_base, filter, &from, 1, types);
+            let (event, more_after) = match self.get_lenient(url).await? {
+                Lenient::Decoded(response) => {
+                    let (mut page, more_after) = ListedEvent::all_in(&response.body);
+                    match page.pop() {
+                        Some(event) => (event, more_after),
+                        None => break,
+                    }
+                }
+                // Whether more follow is in the body that could not be read: the next read says.
+                Lenient::NotJson(not_json) => (not_json.unreadable_event()?, true),
+            };
+            more = more_after;
+            let next = event.cursor().map(str::to_string);
+            events.push(event);
+            match next {
+                Some(id) => from = from.moved_to(id),
+                // The reader goes on from the entry before, at its next poll, not at once.
+                None => {
+                    more = false;
+                    break;
+                }
+            }
+        }
+        if !newest_first {
+            events.reverse(); // read oldest first (`ending_before`), listed as Stripe lists them
+        }
+        Ok((events, more))
     }
 
     /// `GET /v1/accounts/{id}`: the account as Stripe holds it now. An account that left the
@@ -721,6 +803,27 @@ impl StripeClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, StripeError> {
+        let (status, headers, body) = self.exchange(request).await?;
+        interpret(status, &headers, &body)
+    }
+
+    /// A GET whose body is decoded with [`lenient_json`]; a 2xx that is not JSON even so is
+    /// handed back as it came, for [`NotJson::unreadable_event`].
+    async fn get_lenient(&self, url: String) -> Result<Lenient, StripeError> {
+        let (status, headers, body) = self.exchange(self.http.get(url)).await?;
+        match lenient_json(&body) {
+            Err(e) if (200..300).contains(&status) => Ok(Lenient::NotJson(NotJson {
+                status,
+                request_id: header_text(&headers, "request-id"),
+                text: String::from_utf8_lossy(&body).into_owned(),
+                why: e.to_string(),
+            })),
+            json => answer(status, &headers, json.ok()).map(Lenient::Decoded),
+        }
+    }
+
+    /// Sends `request` and reads the whole answer: status, headers and body.
+    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<(u16, HeaderMap, Vec<u8>), StripeError> {
         let request = request
             .header(AUTHORIZATION, self.authorization.clone())
             .header("Stripe-Version", self.api_version.clone());
@@ -729,13 +832,219 @@ impl StripeClient {
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(transport_error)?;
         // Everything of an answer may end up stored (errors, events, snapshots): never the key.
-        match String::from_utf8_lossy(&bytes) {
-            text if text.contains(self.api_key.0.as_str()) => {
-                interpret(status, &headers, self.api_key.redact(&text).as_bytes())
-            }
-            _ => interpret(status, &headers, &bytes),
+        let body = match String::from_utf8_lossy(&bytes) {
+            text if text.contains(self.api_key.0.as_str()) => self.api_key.redact(&text).into_owned().into_bytes(),
+            _ => bytes.to_vec(),
+        };
+        Ok((status, headers, body))
+    }
+}
+
+/// Where a read of `GET /v1/events` starts (Stripe lists newest first).
+#[derive(Clone, Debug)]
+enum EventsFrom {
+    /// The newest event (of the filter).
+    Newest,
+    /// The events just newer than this one (`ending_before`).
+    EndingBefore(String),
+    /// The events just older than this one (`starting_after`).
+    StartingAfter(String),
+}
+
+impl EventsFrom {
+    /// Where the next read goes on from once the event `id` was read from here.
+    fn moved_to(self, id: String) -> EventsFrom {
+        match self {
+            EventsFrom::EndingBefore(_) => EventsFrom::EndingBefore(id),
+            EventsFrom::Newest | EventsFrom::StartingAfter(_) => EventsFrom::StartingAfter(id),
         }
     }
+}
+
+fn events_url(api_base: &str, filter: &Params, from: &EventsFrom, limit: usize, types: &[&str]) -> String {
+    let mut params: Params = vec![("limit".into(), limit.to_string())];
+    match from {
+        EventsFrom::Newest => {}
+        EventsFrom::EndingBefore(id) => params.push(("ending_before".into(), id.clone())),
+        EventsFrom::StartingAfter(id) => params.push(("starting_after".into(), id.clone())),
+    }
+    params.extend(filter.iter().cloned());
+    params.extend(types.iter().enumerate().map(|(i, t)| (format!("types[{i}]"), t.to_string())));
+    format!("{api_base}/v1/events?{}", encode_form(&params))
+}
+
+/// One entry of a page of events.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ListedEvent {
+    /// An event that decoded (leniently: see [`lenient_json`]). Not yet checked: read it with
+    /// [`crate::inbound::parse_event`], which refuses what cannot be applied safely.
+    Read(Value),
+    /// An event that is not JSON even read alone: only its id could be found.
+    Unreadable(Unreadable),
+}
+
+/// An event set aside unread: its id (always a valid Stripe id, usable as a cursor) and why.
+/// The reason names no content of the event (serde_json's errors give only a position).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    pub id: String,
+    pub why: String,
+}
+
+impl ListedEvent {
+    /// The events of a list answer (none if it has no `data` array) and whether more follow.
+    fn all_in(body: &Value) -> (Vec<ListedEvent>, bool) {
+        let data = body.get("data").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        (data.iter().cloned().map(ListedEvent::Read).collect(), has_more(body))
+    }
+
+    /// The event's id when it can be a cursor (a valid Stripe id): where a reader goes on from.
+    /// `None` for a read event without one; such an event is never a cursor (it would make every
+    /// later read fail), so the reader goes on from the entry before it, and reads it again.
+    pub fn cursor(&self) -> Option<&str> {
+        match self {
+            ListedEvent::Read(event) => event.get("id").and_then(Value::as_str).filter(|id| is_stripe_id(id)),
+            ListedEvent::Unreadable(unreadable) => Some(&unreadable.id),
+        }
+    }
+}
+
+/// What [`StripeClient::get_lenient`] got.
+enum Lenient {
+    Decoded(Response),
+    NotJson(NotJson),
+}
+
+impl Lenient {
+    fn decoded(self) -> Result<Value, StripeError> {
+        match self {
+            Lenient::Decoded(response) => Ok(response.body),
+            Lenient::NotJson(NotJson { status, request_id, why, .. }) => Err(StripeError::InvalidResponse {
+                status,
+                request_id,
+                message: format!("the body is not JSON, even read leniently: {why}"),
+            }),
+        }
+    }
+}
+
+/// A 2xx answer that is not JSON even read leniently.
+struct NotJson {
+    status: u16,
+    request_id: Option<String>,
+    /// The body, invalid UTF-8 replaced.
+    text: String,
+    why: String,
+}
+
+impl NotJson {
+    /// The one event of a `limit=1` page, set aside by its id ([`event_id_in`]).
+    fn unreadable_event(self) -> Result<ListedEvent, StripeError> {
+        match event_id_in(&self.text).filter(|id| is_stripe_id(id)) {
+            Some(id) => Ok(ListedEvent::Unreadable(Unreadable { id: id.to_string(), why: self.why })),
+            None => Err(StripeError::InvalidResponse {
+                status: self.status,
+                request_id: self.request_id,
+                message: format!(
+                    "an event is not JSON, even read leniently, and its id cannot be found to move past it: {}",
+                    self.why
+                ),
+            }),
+        }
+    }
+}
+
+/// Decodes an answer that carries events, so that one event cannot fail its page: bytes that
+/// are not UTF-8 become U+FFFD, and escaped lone surrogates (which serde_json refuses) become
+/// `\ufffd`. What decodes so is checked downstream ([`crate::inbound::parse_event`] refuses
+/// U+FFFD).
+pub fn lenient_json(body: &[u8]) -> Result<Value, serde_json::Error> {
+    let text = String::from_utf8_lossy(body);
+    serde_json::from_str(&without_lone_surrogates(&text))
+}
+
+/// `text` with every escaped surrogate (`\ud800` to `\udfff`) that is not half of a high-low
+/// pair rewritten to `\ufffd`. Other escapes are stepped over whole, so in `\\ud800` (an
+/// escaped backslash, then the letters `ud800`) nothing changes.
+fn without_lone_surrogates(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut rewritten = String::new();
+    let mut copied = 0; // `text[..copied]` is in `rewritten`
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match escaped_unit(bytes, i) {
+            Some(0xD800..=0xDBFF) if matches!(escaped_unit(bytes, i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => {
+                rewritten.push_str(&text[copied..i]);
+                rewritten.push_str("\\ufffd");
+                i += 6;
+                copied = i;
+            }
+            Some(_) => i += 6,
+            // Any other escape, `\\` included: its second character escapes nothing.
+            None => i += 2,
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    rewritten.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(rewritten)
+}
+
+/// The UTF-16 code unit of the `\uXXXX` escape at `at`, if there is one.
+fn escaped_unit(bytes: &[u8], at: usize) -> Option<u16> {
+    let escape = bytes.get(at..at + 6)?;
+    let hex = escape.strip_prefix(b"\\u").filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))?;
+    u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// The id of the event of a one-event list page that is not JSON: the first `"id"` key directly
+/// in the first object of `data`'s array, if its value is a string starting `evt_`. A tolerant
+/// scan (it follows strings and nesting only), so that an `"id"` deeper in the event, such as a
+/// metadata key a customer chose, is never taken for it.
+fn event_id_in(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut nesting: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => nesting.push(bytes[i]),
+            b'}' | b']' => {
+                nesting.pop();
+            }
+            b'"' => {
+                let end = string_end(bytes, i)?;
+                let key_value = text[end + 1..].trim_start().strip_prefix(':');
+                if let (b"{[{", "id", Some(value)) = (nesting.as_slice(), &text[i + 1..end], key_value) {
+                    let value = value.trim_start().strip_prefix('"')?;
+                    let id = &value[..value.find('"')?];
+                    return id.starts_with("evt_").then_some(id);
+                }
+                i = end;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index of the quote closing the JSON string opened at `open`.
+fn string_end(bytes: &[u8], open: usize) -> Option<usize> {
+    let mut i = open + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// The object a successful answer carries.
@@ -778,10 +1087,15 @@ fn oldest(objects: Vec<ListedObject>) -> Option<StripeObject> {
     objects.into_iter().min_by(|a, b| (a.created, &a.summary.id).cmp(&(b.created, &b.summary.id))).map(|o| o.summary)
 }
 
+/// Whether `id` has the form of a Stripe id, `prefix_alphanumerics` of at most 255 bytes: safe in
+/// a request path, a cursor, a log line and an index.
+pub fn is_stripe_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// Stripe object ids are `prefix_alphanumerics`; anything else would change the request path.
 fn object_id(id: &str) -> Result<&str, StripeError> {
-    let valid = !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if valid { Ok(id) } else { Err(StripeError::Config(format!("{id:?} is not a Stripe object id"))) }
+    if is_stripe_id(id) { Ok(id) } else { Err(StripeError::Config(format!("{id:?} is not a Stripe object id"))) }
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -790,8 +1104,12 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// Turns a status, headers and body into a [`Response`] or a [`StripeError`].
 pub fn interpret(status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Response, StripeError> {
+    answer(status, headers, serde_json::from_slice(body).ok())
+}
+
+/// [`interpret`] of a body already decoded (`None`: not JSON).
+fn answer(status: u16, headers: &HeaderMap, json: Option<Value>) -> Result<Response, StripeError> {
     let request_id = header_text(headers, "request-id");
-    let json: Option<Value> = serde_json::from_slice(body).ok();
     if (200..300).contains(&status) {
         let body = json.ok_or_else(|| StripeError::InvalidResponse {
             status,
@@ -925,6 +1243,53 @@ mod tests {
     }
 
     #[test]
+    fn lenient_decoding_replaces_bytes_that_are_not_utf8() {
+        let decoded = lenient_json(b"{\"email\": \"a\xffb\xc3\x28@x.co\", \"ok\": \"\xc3\xa9\"}").unwrap();
+        assert_eq!(decoded, serde_json::json!({"email": "a\u{FFFD}b\u{FFFD}(@x.co", "ok": "é"}));
+        assert!(serde_json::from_slice::<Value>(b"{\"email\": \"a\xffb\"}").is_err(), "strict decoding refuses it");
+        // What is not JSON stays an error.
+        assert!(lenient_json(b"{\"email\": \"a\x01b\"}").is_err());
+        assert!(lenient_json(b"{\"id\": ").is_err());
+    }
+
+    #[test]
+    fn lenient_decoding_rewrites_lone_surrogates_only() {
+        let decoded = |json: &str| lenient_json(json.as_bytes()).unwrap();
+        assert_eq!(decoded(r#""a\ud800b""#), "a\u{FFFD}b");
+        assert_eq!(decoded(r#""\uDFFF""#), "\u{FFFD}", "a low half alone, in capitals");
+        assert_eq!(decoded(r#""\ud83d\ude00""#), "😀", "a pair is a character");
+        assert_eq!(decoded(r#""\ud800\ud83d\ude00""#), "\u{FFFD}😀", "two highs: the first is alone");
+        assert_eq!(decoded(r#""\ude00\ud83d""#), "\u{FFFD}\u{FFFD}", "low then high is no pair");
+        assert_eq!(decoded(r#""\\ud800""#), "\\ud800", "an escaped backslash, then letters");
+        assert_eq!(decoded(r#""\\\ud800""#), "\\\u{FFFD}", "an escaped backslash, then an escape");
+        assert_eq!(decoded(r#"{"\ud800": "\u00e9\u0000"}"#), serde_json::json!({"\u{FFFD}": "é\u{0}"}));
+        assert!(serde_json::from_str::<Value>(r#""\ud800""#).is_err(), "strict decoding refuses it");
+        // Nothing to rewrite: borrowed as it is; a bad escape is left for serde_json to refuse.
+        assert!(matches!(without_lone_surrogates(r#""\u00e9\n""#), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(without_lone_surrogates(r#""\ud8" \ud80x \u+800 \"#), r#""\ud8" \ud80x \u+800 \"#);
+        assert!(lenient_json(br#""\ud8""#).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_events_id_is_found_at_the_events_own_level() {
+        let page = |event: &str| format!(r#"{{"object": "list", "data": [{event}], "has_more": true}}"#);
+        // Stripe's order, the id first; and the emulator's, sorted, the id after the payload.
+        let first = page(r#"{"id": "evt_1", "object": "event", "data": {"object": {"id": "cus_1", "email": "a\x"}}}"#);
+        assert_eq!(event_id_in(&first), Some("evt_1"));
+        let metadata = r#"{"object": {"id": "cus_1", "metadata": {"id": "evt_fake"}, "name": "\"id\": \"evt_q\""}}"#;
+        let sorted = page(&format!(r#"{{"created": 1, "data": {metadata}, "id" : "evt_2", "type": "id"}}"#));
+        assert_eq!(event_id_in(&sorted), Some("evt_2"), "never a deeper id, nor one inside a string");
+        let value_first = page(r#"{"type": "id", "bad": "\x01", "id":"evt_3"}"#);
+        assert_eq!(event_id_in(&value_first), Some("evt_3"), "a string \"id\" that is a value is no key");
+        // None: no id, an id that is not an event's, one that is not a string, a broken text.
+        for none in [page(r#"{"object": "event"}"#), page(r#"{"id": "cus_1"}"#), page(r#"{"id": 7}"#)] {
+            assert_eq!(event_id_in(&none), None, "{none}");
+        }
+        assert_eq!(event_id_in(r#"{"data": [{"object": "ev"#), None);
+        assert_eq!(event_id_in(r#"{"id": "evt_top"}"#), None, "not in a list");
+    }
+
+    #[test]
     fn object_ids_cannot_change_the_path() {
         assert_eq!(object_id("cus_AbC123"), Ok("cus_AbC123"));
         for bad in ["", "cus_1/../accounts", "cus_1?expand=x", "cus 1", "cus_%2F"] {
@@ -962,6 +1327,12 @@ mod tests {
         (stripe, client)
     }
 
+    /// The events of a page, all of which must have been read.
+    fn all_read(events: Vec<ListedEvent>) -> Vec<Value> {
+        let read = |e| if let ListedEvent::Read(e) = e { e } else { panic!("unreadable: {e:?}") };
+        events.into_iter().map(read).collect()
+    }
+
     #[test]
     fn events_are_read_oldest_first_after_a_cursor_and_a_lost_cursor_says_so() {
         let (stripe, client) = emulated_stripe();
@@ -978,10 +1349,11 @@ mod tests {
         let updated = &created[5];
         rt.block_on(client.update_customer_email(updated, "new@example.com", "key-events-update")).unwrap();
 
-        let (first, more) = rt.block_on(client.events_after(&cursor, &types)).unwrap();
+        let page = |(events, more): (Vec<ListedEvent>, bool)| (all_read(events), more);
+        let (first, more) = page(rt.block_on(client.events_after(&cursor, &types)).unwrap());
         assert!(more && first.len() == 100, "{} events, more: {more}", first.len());
         let next = first.last().unwrap()["id"].as_str().unwrap().to_string();
-        let (rest, more) = rt.block_on(client.events_after(&next, &types)).unwrap();
+        let (rest, more) = page(rt.block_on(client.events_after(&next, &types)).unwrap());
         assert!(!more && rest.len() == 21, "{} events, more: {more}", rest.len());
         let read: Vec<(&str, &str)> = first
             .iter()
@@ -993,10 +1365,10 @@ mod tests {
         assert_eq!(read, expected, "oldest first, each once, from just after the cursor");
 
         // Without a cursor, from a time: every event since, newest first, across pages.
-        let (mut since, more) = rt.block_on(client.events_since_page(0, None, &types)).unwrap();
+        let (mut since, more) = page(rt.block_on(client.events_since_page(0, None, &types)).unwrap());
         assert!(more && since.len() == 100);
         let oldest = since.last().unwrap()["id"].as_str().unwrap().to_string();
-        let (older, more) = rt.block_on(client.events_since_page(0, Some(&oldest), &types)).unwrap();
+        let (older, more) = page(rt.block_on(client.events_since_page(0, Some(&oldest), &types)).unwrap());
         assert!(!more && older.len() == 22);
         since.extend(older);
         since.reverse();

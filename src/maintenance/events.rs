@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use onboarding_core::budget::Gcra;
 use onboarding_core::budget_turns::BudgetTurns;
 use onboarding_core::inbound::{AccountReadiness, Change, Verdict, parse_event, plan};
-use onboarding_core::stripe::{StripeClient, StripeError, account_gone, lost_event_cursor};
+use onboarding_core::stripe::{ListedEvent, StripeClient, StripeError, account_gone, lost_event_cursor};
 use pgrx::JsonB;
 use pgrx::prelude::*;
 use serde_json::{Value, json};
@@ -76,11 +76,11 @@ struct Read {
 
 enum Page {
     /// Events after the cursor, oldest first, and whether newer ones follow.
-    After(Vec<Value>, bool),
+    After(Vec<ListedEvent>, bool),
     /// No cursor (the last poll found no event at all, or `lost`: Stripe no longer holds it):
     /// the events since the last poll, oldest first. `truncated`: more came than were read (the
     /// newest are; what came before them is read from the accounts themselves).
-    Since { events: Vec<Value>, lost: bool, truncated: bool },
+    Since { events: Vec<ListedEvent>, lost: bool, truncated: bool },
     /// The very first poll (or a lost cursor and no poll ever read): where to start, Stripe's
     /// newest event.
     Start { newest: Option<String>, lost: bool },
@@ -141,12 +141,12 @@ pub fn start(
                 };
                 // Stripe keeps 30 days: a last poll further back than that misses some.
                 let lost = lost || unix_now() - polled_at > RETENTION_SECS - CLOCK_MARGIN_SECS;
-                let (mut events, mut more) = (Vec::<Value>::new(), true);
+                let (mut events, mut more) = (Vec::<ListedEvent>::new(), true);
                 for page in 0..SINCE_PAGES_AT_MOST {
                     if page > 0 {
                         slot().await;
                     }
-                    let older_than = events.last().and_then(|e| e["id"].as_str()).map(str::to_string);
+                    let older_than = events.iter().rev().find_map(ListedEvent::cursor).map(str::to_string);
                     let read;
                     (read, more) =
                         client.events_since_page(polled_at - CLOCK_MARGIN_SECS, older_than.as_deref(), TYPES).await?;
@@ -245,25 +245,48 @@ fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, 
         // What happened before the events read is read from the accounts themselves.
         Spi::run("SELECT onboarding._refresh_accounts(NULL)")?;
     }
-    if let Some(last) = events.last() {
-        cursor = last["id"].as_str().map(|id| (id.to_string(), last["created"].as_i64()));
+    // Never a huge or malformed id as the cursor: every later read would fail on it.
+    if let Some(last) = events.iter().rev().find(|e| e.cursor().is_some()) {
+        let created = match last {
+            ListedEvent::Read(event) => event["created"].as_i64(),
+            ListedEvent::Unreadable(_) => None,
+        };
+        cursor = last.cursor().map(|id| (id.to_string(), created));
     }
     if more {
         next_in = Duration::ZERO;
     }
-    let fresh = not_applied_before(&events)?;
-    let parsed = events
-        .iter()
-        .filter(|e| e["id"].as_str().is_some_and(|id| fresh.contains(id)))
-        .filter_map(|e| parse_event(e).inspect_err(|why| warning!("onboarding: skipping {why}")).ok())
-        .collect::<Vec<_>>();
+    // One event that cannot be read or applied safely (bytes that are not UTF-8, a NUL, a 3 kB
+    // id) is set aside, said and recorded; it never stops its page, the cursor or anyone else.
+    let mut readable = Vec::with_capacity(events.len());
+    let mut set_aside = Vec::new();
+    for event in &events {
+        match event {
+            ListedEvent::Read(value) => match parse_event(value) {
+                // Its type was checked by parse_event: safe to store.
+                Ok(parsed) => readable.push((parsed, value["type"].as_str().unwrap_or_default().to_string())),
+                Err(malformed) => set_aside.push((malformed.id.clone(), malformed.to_string())),
+            },
+            ListedEvent::Unreadable(unreadable) => {
+                set_aside.push((Some(unreadable.id.clone()), format!("{}: {}", unreadable.id, unreadable.why)))
+            }
+        }
+    }
+    record_set_aside(&set_aside)?;
+    let fresh = not_applied_before(&readable)?;
+    let parsed = readable.into_iter().map(|(e, _)| e).filter(|e| fresh.contains(&e.id)).collect::<Vec<_>>();
     let applied = parsed.len() as i32;
     let as_of = stored_as_of(&parsed)?;
     for step in plan(parsed, |account| as_of.get(account).copied().flatten()) {
         let created = step.event.created;
         match (step.verdict, step.superseded, step.event.change) {
             (Verdict::Stale, ..) | (_, true, _) => {}
-            (Verdict::Refetch, false, change) => refetch.extend(change.object_id().map(str::to_string)),
+            // Accounts are read again; a customer's two emails of one second are not yet (its
+            // deletion always applies: core's plan).
+            (Verdict::Refetch, false, change @ (Change::Account(_) | Change::AccountDeauthorized { .. })) => {
+                refetch.extend(change.object_id().map(str::to_string))
+            }
+            (Verdict::Refetch, false, _) => {}
             (Verdict::Apply, false, Change::Account(readiness)) => {
                 states.insert(readiness.account.clone(), readiness_state(&readiness, created));
             }
@@ -333,15 +356,29 @@ fn readiness_state(readiness: &AccountReadiness, as_of: i64) -> Value {
     })
 }
 
+/// Events set aside unread or unapplied (an id when one is usable, and why): a WARNING each, and
+/// a row of `onboarding.stripe_events_set_aside`.
+fn record_set_aside(set_aside: &[(Option<String>, String)]) -> Result<(), pgrx::spi::Error> {
+    if set_aside.is_empty() {
+        return Ok(());
+    }
+    for (_, why) in set_aside {
+        warning!("onboarding: skipping Stripe event {why}");
+    }
+    let ids: Vec<Option<String>> = set_aside.iter().map(|(id, _)| id.clone()).collect();
+    let reasons: Vec<String> = set_aside.iter().map(|(_, why)| why.clone()).collect();
+    Spi::run_with_args("SELECT onboarding._set_events_aside($1, $2)", &[ids.into(), reasons.into()])
+}
+
 /// The ids of `events` not applied before, now recorded as applied.
-fn not_applied_before(events: &[Value]) -> Result<std::collections::HashSet<String>, pgrx::spi::Error> {
+fn not_applied_before(
+    events: &[(onboarding_core::inbound::InboundEvent, String)],
+) -> Result<std::collections::HashSet<String>, pgrx::spi::Error> {
     let (mut ids, mut types, mut created) = (Vec::new(), Vec::new(), Vec::new());
-    for event in events {
-        if let (Some(id), Some(kind)) = (event["id"].as_str(), event["type"].as_str()) {
-            ids.push(id.to_string());
-            types.push(kind.to_string());
-            created.push(event["created"].as_i64().unwrap_or(0));
-        }
+    for (event, kind) in events {
+        ids.push(event.id.clone());
+        types.push(kind.clone());
+        created.push(event.created);
     }
     if ids.is_empty() {
         return Ok(Default::default());

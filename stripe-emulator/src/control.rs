@@ -19,6 +19,7 @@ use crate::state::Shared;
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return reply(400, json!({"error": {"message": "unreadable body"}})),
@@ -97,6 +98,22 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
             }
             Err(e) => reply(400, json!({"error": {"message": e}})),
         },
+        ("POST", "/_emulator/events/clock") => match event_clock(&body) {
+            Ok(created) => {
+                shared.update(|s| s.store.events.clock = created);
+                reply(200, json!({"ok": true}))
+            }
+            Err(e) => reply(400, json!({"error": {"message": e}})),
+        },
+        ("POST", "/_emulator/events/raw") => {
+            let pushed = raw_event(&query).and_then(|(id, kind, created)| {
+                shared.update(|s| dashboard::push_raw_event(s, &id, &kind, created, body.to_vec()))
+            });
+            match pushed {
+                Ok(()) => reply(200, json!({"ok": true})),
+                Err(e) => reply(400, json!({"error": {"message": e}})),
+            }
+        }
         _ => object_control(shared, &method, &path, &body),
     }
 }
@@ -155,6 +172,37 @@ fn days(body: &[u8]) -> Result<u32, String> {
         days: u32,
     }
     serde_json::from_slice::<Days>(body).map(|d| d.days).map_err(|e| format!("expected {{\"days\": N}}: {e}"))
+}
+
+/// `{"created": N}` or `{"created": null}`.
+fn event_clock(body: &[u8]) -> Result<Option<i64>, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Clock {
+        created: Option<i64>,
+    }
+    serde_json::from_slice::<Clock>(body)
+        .map(|c| c.created)
+        .map_err(|e| format!("expected {{\"created\": N}} or {{\"created\": null}}: {e}"))
+}
+
+/// `id=…&type=…` and optionally `&created=N`, in the query string (the body is the event).
+fn raw_event(query: &str) -> Result<(String, String, Option<i64>), String> {
+    let (mut id, mut kind, mut created) = (None, None, None);
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "id" => id = Some(value.into_owned()),
+            "type" => kind = Some(value.into_owned()),
+            "created" => {
+                created = Some(value.parse::<i64>().map_err(|_| format!("created={value} is not an integer"))?)
+            }
+            other => return Err(format!("unknown query parameter {other:?} (expected id, type, created)")),
+        }
+    }
+    match (id, kind) {
+        (Some(id), Some(kind)) => Ok((id, kind, created)),
+        _ => Err("expected ?id=evt_…&type=…[&created=N], with the event's bytes as the body".into()),
+    }
 }
 
 /// `{"ms": N}`

@@ -53,6 +53,20 @@ pub fn set_onboarding(state: &mut State, id: &str, step: &Onboarding) -> Result<
     Ok(updated)
 }
 
+/// Appends an event served as exactly `bytes` (see [`crate::events::EventLog::push_raw`]),
+/// created at `created`, else as any new event (the pinned clock, else now).
+pub fn push_raw_event(
+    state: &mut State,
+    id: &str,
+    kind: &str,
+    created: Option<i64>,
+    bytes: Vec<u8>,
+) -> Result<(), String> {
+    let events = &mut state.store.events;
+    let created = created.or(events.clock).unwrap_or_else(now_secs);
+    events.push_raw(id, kind, created, bytes)
+}
+
 /// The account disconnects from the platform; false if there was no live account.
 pub fn deauthorize_account(state: &mut State, id: &str) -> bool {
     let at = indexed_at(state);

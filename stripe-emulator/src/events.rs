@@ -5,6 +5,11 @@
 //! several share a `created` second. Stripe keeps events for 30 days; the emulator hides older
 //! ones everywhere (list, retrieve and as cursors). Tests age events instead of waiting:
 //! [`EventLog::age`] moves every recorded event's `created` back (`POST /_emulator/events/age`).
+//!
+//! Tests can also put an event in the log as exact bytes ([`EventLog::push_raw`]), such as no
+//! Stripe object would serialize to (a byte that is not UTF-8, an escaped lone surrogate, a NUL,
+//! a huge id), to see one hostile event among good ones; and pin the `created` of new events
+//! ([`EventLog::clock`]) so that changes fall in one second reliably.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,7 +35,26 @@ pub struct Cause {
 
 struct Recorded {
     seq: u64,
+    /// For a raw event, a stand-in carrying the `id`, `type` and `created` it is listed by.
     event: Value,
+    raw: Option<RawEvent>,
+}
+
+/// An event served as exact bytes: answers carry [`RawEvent::token`] (a JSON string) where the
+/// event goes, and the server swaps the token for the bytes ([`EventLog::raw_parts_in`]).
+struct RawEvent {
+    token: String,
+    bytes: Vec<u8>,
+}
+
+impl Recorded {
+    /// The event as answers carry it.
+    fn served(&self) -> Value {
+        match &self.raw {
+            Some(raw) => Value::String(raw.token.clone()),
+            None => self.event.clone(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -41,6 +65,11 @@ pub struct EventLog {
     /// The platform's `GET /v1/events` leaves out events of connected accounts (those with
     /// `account`), as Stripe may: they are listed with the connected account's `Stripe-Account`.
     pub connect_events_unlisted: bool,
+    /// The `created` of every event recorded from now on, when set: two changes made apart in
+    /// time then fall in one second, as they may at Stripe, without a test racing the clock.
+    pub clock: Option<i64>,
+    /// Raw events by their token, to find them in answers.
+    raw_tokens: HashMap<String, u64>,
 }
 
 impl EventLog {
@@ -62,6 +91,7 @@ impl EventLog {
                 break id;
             }
         };
+        let created = self.clock.unwrap_or(now_secs);
         let mut data = json!({ "object": object });
         if let Some(previous) = previous {
             data["previous_attributes"] = Value::Object(previous);
@@ -70,7 +100,7 @@ impl EventLog {
             "id": id,
             "object": "event",
             "api_version": params::PINNED_API_VERSION,
-            "created": now_secs,
+            "created": created,
             "data": data,
             "livemode": false,
             "pending_webhooks": 0,
@@ -81,14 +111,52 @@ impl EventLog {
         if let Some(account) = account {
             event["account"] = json!(account);
         }
-        self.next_seq += 1;
-        self.ids.insert(id, self.next_seq);
-        self.by_seq.insert(self.next_seq, Recorded { seq: self.next_seq, event: event.clone() });
+        self.insert(id, event.clone(), None);
         event
     }
 
+    fn insert(&mut self, id: String, event: Value, raw: Option<RawEvent>) {
+        self.next_seq += 1;
+        if let Some(raw) = &raw {
+            self.raw_tokens.insert(raw.token.clone(), self.next_seq);
+        }
+        self.ids.insert(id, self.next_seq);
+        self.by_seq.insert(self.next_seq, Recorded { seq: self.next_seq, event, raw });
+    }
+
+    /// Appends an event that list and retrieve answers carry as exactly `bytes` (which need not
+    /// be JSON, nor UTF-8), listed, filtered and used as a cursor by `id`, `kind` and `created`
+    /// like any other event (the bytes are never read). Errors if an event `id` exists.
+    pub fn push_raw(&mut self, id: &str, kind: &str, created: i64, bytes: Vec<u8>) -> Result<(), String> {
+        if self.ids.contains_key(id) {
+            let shown: String = id.chars().take(60).collect();
+            return Err(format!("an event {shown:?} exists already"));
+        }
+        // Seen in no real answer: nothing else in one can be mistaken for it.
+        let token = format!("stripe-emulator-raw-event-{}", random_alnum(32));
+        let stand_in = json!({"id": id, "object": "event", "type": kind, "created": created, "raw": true});
+        self.insert(id.to_string(), stand_in, Some(RawEvent { token, bytes }));
+        Ok(())
+    }
+
+    /// The raw events an answer carries ([`EventLog::list`], [`EventLog::retrieve`]): each
+    /// token as it appears in the serialized answer (quoted) and the bytes that replace it.
+    pub fn raw_parts_in(&self, answer: &Value) -> Vec<(String, Vec<u8>)> {
+        let carried = match answer.get("data").and_then(Value::as_array) {
+            Some(data) => data.iter().collect(),
+            None => vec![answer],
+        };
+        carried
+            .into_iter()
+            .filter_map(|v| self.raw_tokens.get(v.as_str()?))
+            .filter_map(|seq| self.by_seq.get(seq)?.raw.as_ref())
+            .map(|raw| (format!("\"{}\"", raw.token), raw.bytes.clone()))
+            .collect()
+    }
+
     /// Moves every recorded event's `created` back by `secs`, as if they had happened that much
-    /// earlier. Events recorded afterwards get the real time.
+    /// earlier (a raw event is listed and filtered as such; its bytes are left as they are).
+    /// Events recorded afterwards get the real time (or the pinned [`EventLog::clock`]).
     pub fn age(&mut self, secs: i64) {
         for r in self.by_seq.values_mut() {
             let created = r.event["created"].as_i64().unwrap_or(0);
@@ -96,7 +164,8 @@ impl EventLog {
         }
     }
 
-    /// Every recorded event, oldest first, retained or not.
+    /// Every recorded event, oldest first, retained or not; a raw event as its stand-in
+    /// (`id`, `object`, `type`, `created` and `raw: true`).
     pub fn all(&self) -> Vec<Value> {
         self.by_seq.values().map(|r| r.event.clone()).collect()
     }
@@ -111,7 +180,7 @@ impl EventLog {
     }
 
     pub fn retrieve(&self, id: &str, now_secs: i64) -> Result<Value, ApiError> {
-        self.get(id, now_secs).map(|r| r.event.clone()).ok_or_else(|| no_such_event(id, "id"))
+        self.get(id, now_secs).map(Recorded::served).ok_or_else(|| no_such_event(id, "id"))
     }
 
     /// `GET /v1/events`; parameter names and shapes are already checked against the list.
@@ -143,7 +212,7 @@ impl EventLog {
                 && crate::api::created_matches(&created, r.event["created"].as_i64())
         };
         let (page, has_more) = crate::api::page_of(self.by_seq.values(), |r| r.seq, after, before, limit, wanted)?;
-        Ok(crate::api::list_answer("/v1/events", has_more, page.iter().map(|r| r.event.clone()).collect()))
+        Ok(crate::api::list_answer("/v1/events", has_more, page.iter().map(|r| r.served()).collect()))
     }
 }
 

@@ -36,7 +36,9 @@
 //! | `DELETE /_emulator/restricted_keys` | forgets every permission set: restricted keys may do everything again |
 //! | `GET /_emulator/events` | every recorded event, oldest first, aged-out ones included ([`Emulator::events`]) |
 //! | `POST /_emulator/events/age` | `{"days": N}`: moves every recorded event's `created` N days back ([`Emulator::age_events`]); past 30 days `GET /v1/events` no longer serves it |
-//! | `POST /_emulator/customers/{id}` | a Dashboard email change: `{"email": "new@example.com"}` or `{"email": null}`; answers the customer, records `customer.updated` ([`Emulator::dashboard_set_customer_email`]) |
+//! | `POST /_emulator/events/clock` | `{"created": N}` pins the `created` of every event recorded from then on, `{"created": null}` unpins it ([`Emulator::set_event_clock`]) |
+//! | `POST /_emulator/events/raw?id=evt_…&type=customer.updated&created=N` | the request body, as exact bytes, becomes one event of `GET /v1/events` and `GET /v1/events/{id}`; `created` optional ([`Emulator::push_raw_event`]); 400 if the id exists |
+//! | `POST /_emulator/customers/{id}` | a Dashboard email change: `{"email": "new@example.com"}` or `{"email": null}`, any string taken unchecked (`"\u0000"` included); answers the customer, records `customer.updated` ([`Emulator::dashboard_set_customer_email`]) |
 //! | `DELETE /_emulator/customers/{id}` | a Dashboard deletion: answers `{"id", "object": "customer", "deleted": true}`, records `customer.deleted` ([`Emulator::dashboard_delete_customer`]) |
 //! | `POST /_emulator/accounts/{id}/onboarding` | moves a connected account through onboarding ([`Onboarding`], [`Emulator::set_onboarding`]); answers the account, records `account.updated`: `{"state":"requirements_due","currently_due":["external_account"],"disabled_reason":"requirements.past_due"}` (both fields optional), `{"state":"details_submitted"}`, `{"state":"enabled"}`, `{"state":"disabled","disabled_reason":"rejected.fraud"}` (`currently_due` optional) |
 //! | `POST /_emulator/accounts/{id}/deauthorize` | the account disconnects from the platform: gone (403 `account_invalid`), records `account.application.deauthorized` ([`Emulator::deauthorize_account`]) |
@@ -338,6 +340,25 @@ impl Emulator {
         self.shared.update(|s| s.store.events.age(i64::from(days) * 86_400));
     }
 
+    /// Pins the `created` of every event recorded from now on (`None`: the real time again),
+    /// so that changes made one after the other fall in one second, as they may at Stripe, and
+    /// a test need not race the clock. Objects' own `created` keep the real time. Until the
+    /// next reset.
+    pub fn set_event_clock(&self, created: Option<i64>) {
+        self.shared.update(|s| s.store.events.clock = created);
+    }
+
+    /// Appends an event that `GET /v1/events` and `GET /v1/events/{id}` serve as exactly
+    /// `bytes`, which need not be JSON nor UTF-8: a byte that is not UTF-8, an escaped lone
+    /// surrogate (`\ud800`), a `\u0000`, a 3,000-character id, in one event of a page. It is
+    /// listed, filtered and used as a cursor by `id`, `kind` (its `type`) and `created` (`None`:
+    /// as any new event, the [pinned clock](Emulator::set_event_clock) or now) like any other
+    /// event; the bytes are never read. [`Emulator::events`] shows it as a stand-in (`id`,
+    /// `object`, `type`, `created`, `raw: true`). Errors if an event `id` exists.
+    pub fn push_raw_event(&self, id: &str, kind: &str, created: Option<i64>, bytes: Vec<u8>) -> Result<(), String> {
+        self.shared.update(|s| dashboard::push_raw_event(s, id, kind, created, bytes))
+    }
+
     /// Moves a live connected account through onboarding (see [`Onboarding`]), recording
     /// `account.updated` with `previous_attributes`. Returns the updated account. From then on,
     /// API updates to the account leave its `requirements` as the test set them.
@@ -361,6 +382,7 @@ impl Emulator {
 
     /// Changes a customer's email "in the Dashboard" (`None` clears it), recording
     /// `customer.updated` with `previous_attributes.email` (nothing if the email is unchanged).
+    /// Any string is taken as it is, unchecked (a NUL included), as hostile input would come.
     /// Returns the updated customer.
     pub fn dashboard_set_customer_email(&self, customer: &str, email: Option<&str>) -> Result<Value, String> {
         self.shared.update(|s| dashboard::set_customer_email(s, customer, email))

@@ -23,6 +23,8 @@ Test controls: GET /_emulator/requests, POST /_emulator/reset, POST /_emulator/f
 POST /_emulator/latency {\"ms\":N}, POST /_emulator/search_lag {\"ms\":N}, GET /_emulator/customers,
 POST /_emulator/restricted_keys {\"key\":\"rk_test_…\",\"permissions\":[\"rak_customer_write\"]},
 GET /_emulator/events, POST /_emulator/events/age {\"days\":N} (past 30 days events are gone),
+POST /_emulator/events/clock {\"created\":N|null} (pins new events' created),
+POST /_emulator/events/raw?id=evt_…&type=…[&created=N] (the body, as exact bytes, is one event),
 POST /_emulator/customers/{id} {\"email\":\"…\"|null} and DELETE /_emulator/customers/{id}
 (Dashboard changes), POST /_emulator/accounts/{id}/onboarding {\"state\":\"requirements_due\"|
 \"details_submitted\"|\"enabled\"|\"disabled\",\"disabled_reason\":…,\"currently_due\":[…]},

@@ -208,11 +208,13 @@ struct Reply {
     body: Value,
     replayed: bool,
     should_retry: Option<bool>,
+    /// Raw events in `body`: each token (quoted, as serialized) and the bytes sent in its place.
+    raw: Vec<(String, Vec<u8>)>,
 }
 
 impl Outcome {
     fn ok(status: u16, body: Value) -> Outcome {
-        Outcome::Respond(Reply { status, body, replayed: false, should_retry: None })
+        Outcome::Respond(Reply { status, body, replayed: false, should_retry: None, raw: Vec::new() })
     }
 
     fn error(e: ApiError) -> Outcome {
@@ -223,6 +225,9 @@ impl Outcome {
 impl Reply {
     fn into_response(self, request_id: &str, idempotency_key: Option<&str>, version: Option<&str>) -> HttpResponse {
         let mut body = serde_json::to_vec_pretty(&self.body).expect("JSON values serialize");
+        for (token, bytes) in &self.raw {
+            body = splice(body, token.as_bytes(), bytes);
+        }
         body.push(b'\n');
         let mut response = json_response(self.status, body);
         let headers = response.headers_mut();
@@ -245,6 +250,14 @@ impl Reply {
             set("stripe-should-retry", if retry { "true" } else { "false" });
         }
         response
+    }
+}
+
+/// `body` with the first `token` replaced by `bytes`.
+fn splice(body: Vec<u8>, token: &[u8], bytes: &[u8]) -> Vec<u8> {
+    match body.windows(token.len()).position(|w| w == token) {
+        Some(at) => [&body[..at], bytes, &body[at + token.len()..]].concat(),
+        None => body,
     }
 }
 
@@ -332,6 +345,7 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
                     body: saved.body,
                     replayed: true,
                     should_retry: None,
+                    raw: Vec::new(),
                 });
             }
         }
@@ -343,7 +357,7 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
         tokio::time::sleep(latency).await;
     }
 
-    let (status, body) = shared.update(|s| {
+    let (status, body, raw) = shared.update(|s| {
         let now = Instant::now();
         let ctx = Ctx {
             now_secs: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
@@ -384,13 +398,17 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
                 s.idempotency.complete(&key, saved);
             }
         }
-        (status, body)
+        let raw = match route {
+            Route::ListEvents | Route::GetEvent(_) if status == 200 => s.store.events.raw_parts_in(&body),
+            _ => Vec::new(),
+        };
+        (status, body, raw)
     });
 
     match after {
         Some(FaultAction::DropAfterExecute) => Outcome::Drop,
         Some(f @ FaultAction::Status { .. }) => status_fault(f),
-        _ => Outcome::ok(status, body),
+        _ => Outcome::Respond(Reply { status, body, replayed: false, should_retry: None, raw }),
     }
 }
 
@@ -419,5 +437,5 @@ fn status_fault(action: FaultAction) -> Outcome {
     };
     let mut error = ApiError::new(status, &error_type, message);
     error.code = code;
-    Outcome::Respond(Reply { status, body: error.body(), replayed: false, should_retry })
+    Outcome::Respond(Reply { status, body: error.body(), replayed: false, should_retry, raw: Vec::new() })
 }

@@ -552,3 +552,166 @@ fn reading_events_needs_the_event_read_permission() {
     assert_eq!(types(&listed), ["customer.created"]);
     assert_eq!(Permission::parse("rak_event_read"), Some(Permission::EventRead));
 }
+
+impl Harness {
+    /// A `/v1` GET answered as bytes, which need not be JSON.
+    fn get_bytes(&self, path: &str, query: &str) -> (u16, Vec<u8>) {
+        let url = format!("{}{path}?{query}", self.emu.base_url());
+        let resp = self
+            .http
+            .get(url)
+            .header("Authorization", format!("Bearer {KEY}"))
+            .header("Stripe-Version", PINNED_API_VERSION)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.bytes().unwrap().to_vec())
+    }
+
+    /// The ids of a list answer read leniently (a byte that is not UTF-8, and the lone
+    /// surrogate these tests write, as U+FFFD).
+    fn lenient_ids(&self, query: &str) -> Vec<String> {
+        let (status, bytes) = self.get_bytes("/v1/events", query);
+        assert_eq!(status, 200);
+        ids(&serde_json::from_str(&String::from_utf8_lossy(&bytes).replace(r"\ud800", r"\ufffd")).unwrap())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// One hostile event as a test writes it: `payload` spliced into an otherwise ordinary event.
+fn raw_event(id: &str, created: i64, payload: &[u8]) -> Vec<u8> {
+    let head = format!(r#"{{"id": "{id}", "object": "event", "type": "customer.updated", "created": {created}, "#)
+        + r#""data": {"object": {"id": "cus_raw", "object": "customer", "email": ""#;
+    [head.as_bytes(), payload, br#""}, "previous_attributes": {"email": null}}}"#].concat()
+}
+
+#[test]
+fn a_raw_event_is_served_as_its_exact_bytes_in_its_place_in_the_list() {
+    let h = Harness::new();
+    h.post("/v1/customers", "name=A");
+    let now = now_secs();
+    let not_utf8 = raw_event("evt_raw1", now, b"a\xffb@example.com");
+    h.emu.push_raw_event("evt_raw1", "customer.updated", None, not_utf8.clone()).unwrap();
+    h.post("/v1/customers", "name=B");
+    let [first, _, last] = &h.emu.events()[..] else { panic!("three events") };
+    let (first, last) = (first["id"].as_str().unwrap(), last["id"].as_str().unwrap());
+
+    // Listed newest first in its place; its bytes exactly, once.
+    let (status, page) = h.get_bytes("/v1/events", "");
+    assert_eq!(status, 200);
+    assert!(contains(&page, &not_utf8) && !contains(&page, b"stripe-emulator-raw-event"));
+    assert_eq!(h.lenient_ids(""), [last, "evt_raw1", first]);
+    // A cursor, and filtered by its type and created like any other.
+    assert_eq!(h.lenient_ids("ending_before=evt_raw1"), [last]);
+    assert_eq!(h.lenient_ids("starting_after=evt_raw1"), [first]);
+    assert_eq!(h.lenient_ids("type=customer.updated"), ["evt_raw1"]);
+    assert_eq!(h.lenient_ids("types[0]=customer.created"), [last, first]);
+    // Retrieved alone: the same bytes.
+    let (status, alone) = h.get_bytes("/v1/events/evt_raw1", "");
+    assert_eq!((status, alone.trim_ascii_end()), (200, &not_utf8[..]));
+    // The test's view shows a stand-in.
+    assert_eq!(
+        h.emu.events()[1],
+        json!({"id": "evt_raw1", "object": "event", "type": "customer.updated", "created": now, "raw": true})
+    );
+    // An id is one event's.
+    assert!(h.emu.push_raw_event("evt_raw1", "customer.updated", None, vec![]).is_err());
+    assert!(h.emu.push_raw_event(first, "customer.updated", None, vec![]).is_err());
+
+    // An escaped lone surrogate, a NUL and a 3,000-character id, each one event among others.
+    let old = now - 600;
+    h.emu
+        .push_raw_event("evt_surrogate", "customer.updated", Some(old), raw_event("evt_surrogate", old, br"\ud800"))
+        .unwrap();
+    h.emu.push_raw_event("evt_nul", "customer.updated", Some(old), raw_event("evt_nul", old, br"a\u0000b")).unwrap();
+    let huge = format!("evt_{}", "x".repeat(3000));
+    h.emu.push_raw_event(&huge, "customer.updated", Some(old), raw_event(&huge, old, b"h@example.com")).unwrap();
+    let (_, page) = h.get_bytes("/v1/events", "type=customer.updated");
+    assert!(contains(&page, br#""email": "\ud800"}"#) && contains(&page, br#""email": "a\u0000b"}"#));
+    assert_eq!(h.lenient_ids("type=customer.updated"), [huge.as_str(), "evt_nul", "evt_surrogate", "evt_raw1"]);
+    // Its own `created` counts, not the time it was pushed.
+    assert_eq!(h.lenient_ids(&format!("type=customer.updated&created[lt]={now}")).len(), 3);
+    let (status, alone) = h.get_bytes(&format!("/v1/events/{huge}"), "");
+    assert_eq!(status, 200);
+    assert!(alone.starts_with(format!(r#"{{"id": "{huge}""#).as_bytes()));
+
+    // Over HTTP: the body is the event, the query names it.
+    let url = |query: &str| format!("{}/_emulator/events/raw?{query}", h.emu.base_url());
+    let bytes = raw_event("evt_http", now, b"\xc3\x28");
+    let pushed =
+        h.http.post(url(&format!("id=evt_http&type=customer.deleted&created={now}"))).body(bytes.clone()).send();
+    assert_eq!(pushed.unwrap().status().as_u16(), 200);
+    assert_eq!(h.lenient_ids("type=customer.deleted"), ["evt_http"]);
+    assert!(contains(&h.get_bytes("/v1/events/evt_http", "").1, &bytes));
+    for bad in [
+        "id=evt_http&type=customer.deleted",
+        "type=customer.deleted",
+        "id=evt_2&type=x&created=soon",
+        "id=e&type=x&k=v",
+    ] {
+        let refused = h.http.post(url(bad)).body("{}").send().unwrap();
+        assert_eq!(refused.status().as_u16(), 400, "{bad}");
+    }
+
+    // Reset forgets them.
+    h.emu.reset();
+    assert!(h.lenient_ids("").is_empty());
+    h.emu.push_raw_event("evt_raw1", "customer.updated", None, not_utf8).unwrap();
+}
+
+#[test]
+fn a_pinned_event_clock_puts_changes_in_one_second() {
+    let h = Harness::new();
+    let id = h.post("/v1/customers", "email=a%40b.co")["id"].as_str().unwrap().to_string();
+    let pinned = now_secs() - 100;
+    h.emu.set_event_clock(Some(pinned));
+    h.emu.dashboard_set_customer_email(&id, Some("b@b.co")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    h.emu.dashboard_set_customer_email(&id, Some("c@b.co")).unwrap();
+    h.post(&format!("/v1/customers/{id}"), "email=d%40b.co");
+    let created: Vec<i64> = h.emu.events().iter().map(|e| e["created"].as_i64().unwrap()).collect();
+    assert_eq!(created[1..], [pinned, pinned, pinned]);
+    assert!(created[0] > pinned, "events before the pin keep their time");
+    // Objects keep the real time.
+    let customer = h.post("/v1/customers", "email=e%40b.co");
+    assert!(customer["created"].as_i64().unwrap() > pinned);
+    assert_eq!(newest(&h)["created"], pinned);
+    // A raw event without a time of its own takes the pinned one.
+    h.emu.push_raw_event("evt_pinned", "customer.updated", None, b"{}".to_vec()).unwrap();
+    assert_eq!(newest(&h)["created"], pinned);
+
+    h.emu.set_event_clock(None);
+    h.emu.dashboard_set_customer_email(&id, Some("f@b.co")).unwrap();
+    assert!(newest(&h)["created"].as_i64().unwrap() > pinned);
+
+    // Over HTTP.
+    assert_eq!(h.control("POST", "/_emulator/events/clock", Some(json!({"created": pinned}))).0, 200);
+    h.emu.dashboard_set_customer_email(&id, Some("g@b.co")).unwrap();
+    assert_eq!(newest(&h)["created"], pinned);
+    assert_eq!(h.control("POST", "/_emulator/events/clock", Some(json!({"created": null}))).0, 200);
+    h.emu.dashboard_set_customer_email(&id, Some("h@b.co")).unwrap();
+    assert!(newest(&h)["created"].as_i64().unwrap() > pinned);
+    assert_eq!(h.control("POST", "/_emulator/events/clock", Some(json!({"at": 1}))).0, 400);
+    assert_eq!(h.control("POST", "/_emulator/events/clock", Some(json!({"created": "soon"}))).0, 400);
+
+    // Reset unpins it.
+    h.emu.set_event_clock(Some(pinned));
+    h.emu.reset();
+    h.post("/v1/customers", "name=A");
+    assert!(newest(&h)["created"].as_i64().unwrap() > pinned);
+}
+
+#[test]
+fn a_dashboard_email_may_be_any_string_a_nul_included() {
+    let h = Harness::new();
+    let id = h.post("/v1/customers", "email=a%40b.co")["id"].as_str().unwrap().to_string();
+    let updated = h.emu.dashboard_set_customer_email(&id, Some("a\0b@example.com")).unwrap();
+    assert_eq!(updated["email"], "a\0b@example.com");
+    let (_, page) = h.get_bytes("/v1/events", "type=customer.updated");
+    assert!(contains(&page, br#""email": "a\u0000b@example.com""#));
+    let (status, _) = h.control("POST", &format!("/_emulator/customers/{id}"), Some(json!({"email": "no at sign\0"})));
+    assert_eq!(status, 200);
+    assert_eq!(h.events("type=customer.updated")["data"][0]["data"]["object"]["email"], "no at sign\0");
+}

@@ -110,16 +110,18 @@ fn an_account_onboarded_at_stripe_is_ready_within_a_poll() -> Result<(), Failed>
     println!("    account enabled at Stripe -> account_ready true: {:?}", enabled_at.elapsed());
     let status = status(&mut db, &user).unwrap();
     ensure(status == (true, true, true, true, vec![], None, false), || format!("{status:?}"))?;
-    let heard = listener
+    // A hint for whoever listens, naming the table only: any role may LISTEN.
+    let heard: Vec<String> = listener
         .notifications()
         .timeout_iter(Duration::from_secs(1))
         .iterator()
         .filter_map(Result::ok)
-        .map(|n| serde_json::from_str::<serde_json::Value>(n.payload()).unwrap())
-        .find(|n| n["user_id"] == user.as_str() && n["ready"] == true);
-    ensure(heard.is_some_and(|n| n["account_id"] == account.as_str() && n["table"] == table), || {
-        "no NOTIFY onboarding_accounts saying ready".into()
-    })?;
+        .map(|n| n.payload().to_string())
+        .collect();
+    ensure(
+        heard.iter().any(|p| p == table) && heard.iter().all(|p| !p.contains(&user) && !p.contains(&account)),
+        || format!("NOTIFY onboarding_accounts: {heard:?}"),
+    )?;
 
     // The user's sequence() tells what Stripe said, and stats how far the reader is.
     let lines: Vec<String> = db

@@ -38,6 +38,7 @@ macro_rules! trials {
 
 // Declared after `trials!` so that they can use it.
 mod api;
+mod attach_checks;
 mod audits;
 mod claim_cursor;
 mod compensation;
@@ -45,9 +46,11 @@ mod concurrency;
 mod connect;
 mod customer_changes;
 mod dropped_tables;
+mod granted_roles;
 mod helpers;
 mod idle;
 mod inbound;
+mod inbound_isolation;
 mod intake;
 mod lanes;
 mod locked_rows;
@@ -61,6 +64,7 @@ mod spellings;
 mod statistics;
 mod stripe_api;
 mod tenant;
+mod tenant_objects;
 
 fn main() {
     let mut args = Arguments::from_args();
@@ -71,11 +75,14 @@ fn main() {
         compensation::tests(),
         retries::tests(),
         api::tests(),
+        attach_checks::tests(),
         connect::tests(),
         audits::tests(),
         idle::tests(),
         security::tests(),
         tenant::tests(),
+        granted_roles::tests(),
+        tenant_objects::tests(),
         row_security::tests(),
         concurrency::tests(),
         spellings::tests(),
@@ -90,6 +97,7 @@ fn main() {
         stripe_api::tests(),
         inbound::tests(),
         customer_changes::tests(),
+        inbound_isolation::tests(),
     ]
     .into_iter()
     .flatten()
