@@ -47,6 +47,16 @@ BEGIN
     END IF;
 END $$;
 
+-- Whether the calling role may read the profile `uid` of `a`'s table itself (its privileges, the
+-- table's row-level security): 'visible', 'not found' or 'refused' (src/tables.rs). Every
+-- application function answers only for profiles it may read. `uid` is cast to the id column's
+-- type, which attach() allows only among built-in types: no code of the caller runs.
+CREATE FUNCTION onboarding._caller_reads_profile(a onboarding.attachments, uid text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT onboarding._caller_can_read(a.profile_table,
+               format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type), ARRAY[uid])
+$$;
+
 -- Checks a user id against the attached table: NULL, empty, malformed (for the id column's type)
 -- and unknown ids are refused with their own SQLSTATE. Returns the profile's row as jsonb
 -- (id, email, customer, connect account, whether this very transaction inserted it). Its id is
@@ -68,9 +78,7 @@ BEGIN
     BEGIN
         -- Only a profile the caller may read itself (its privileges, the table's row-level
         -- security): applications act for their own users, not for anyone whose id they know.
-        IF onboarding._caller_can_read(a.profile_table,
-               format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type),
-               ARRAY[user_id]) = 'refused' THEN
+        IF onboarding._caller_reads_profile(a, user_id) = 'refused' THEN
             RAISE EXCEPTION 'onboarding: no profile % that this role may read in %', quote_literal(user_id), a.profile_table
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'The calling role must be able to SELECT the profile: its privileges on the table and '
@@ -341,11 +349,8 @@ BEGIN
     SELECT * INTO j FROM onboarding.jobs x WHERE x.id = job_status.job_id;
     -- Jobs of profiles the caller may read only; whether another job exists is not said, except to
     -- roles that may read the queue anyway.
-    IF NOT FOUND OR NOT EXISTS (SELECT FROM onboarding.attachments a WHERE a.profile_table = j.profile_table)
-       OR onboarding._caller_can_read(j.profile_table,
-              (SELECT format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type)
-                 FROM onboarding.attachments a WHERE a.profile_table = j.profile_table),
-              ARRAY[j.user_id]) <> 'visible' THEN
+    IF NOT FOUND OR (SELECT onboarding._caller_reads_profile(a, j.user_id) FROM onboarding.attachments a
+                      WHERE a.profile_table = j.profile_table) IS DISTINCT FROM 'visible' THEN
         IF NOT FOUND AND has_table_privilege(onboarding._calling_role(), 'onboarding.jobs', 'SELECT') THEN
             RAISE EXCEPTION 'onboarding.job_status: no job %', job_id USING ERRCODE = 'no_data_found';
         END IF;

@@ -95,14 +95,6 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- What an error message shows of an argument: quoted, at most its first 60 characters (a 1 MB
--- argument is not echoed whole into the logs).
-CREATE FUNCTION onboarding._quoted_prefix(value text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN value IS NULL THEN 'NULL'
-            WHEN length(value) <= 60 THEN quote_literal(value)
-            ELSE quote_literal(left(value, 60)) || format('... (%s characters)', length(value)) END;
-
 -- Checks that `col` exists in `tbl` with one of `allowed` types; returns its type.
 CREATE FUNCTION onboarding._column_type(tbl regclass, col name, role text, allowed regtype[]) RETURNS regtype
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -197,7 +189,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
-        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', onboarding._quoted_prefix(policy)
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(onboarding._quoted_prefix(policy), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
@@ -217,7 +209,7 @@ BEGIN
             PERFORM onboarding._check_connect_condition(condition);
         EXCEPTION WHEN syntax_error THEN
             RAISE EXCEPTION 'onboarding: the connect condition % is not one SQL expression: %',
-                    onboarding._quoted_condition(condition), left(SQLERRM, 200)
+                    onboarding._quoted_prefix(condition), left(SQLERRM, 200)
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Write one boolean expression over the profile''s columns, e.g. role = ''provider''.';
         END;
@@ -225,7 +217,7 @@ BEGIN
             PERFORM FROM onboarding._as_owner(profile_table, onboarding._connect_condition_query(a, 'NULL') || ' LIMIT 0');
         EXCEPTION WHEN OTHERS THEN
             RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %',
-                    onboarding._quoted_condition(condition), profile_table, left(SQLERRM, 200)
+                    onboarding._quoted_prefix(condition), profile_table, left(SQLERRM, 200)
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
         END;
@@ -347,6 +339,7 @@ DECLARE
     id_type regtype;
     text_types CONSTANT regtype[] := ARRAY['text', 'character varying']::regtype[];
     not_boolean text;
+    generated text;
 BEGIN
     IF profile_table IS NULL THEN
         RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -405,13 +398,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'The id, email, customer, Connect account and readiness columns must be distinct columns.';
     END IF;
-    SELECT string_agg(quote_ident(a.attname), ', ') INTO not_boolean
+    SELECT string_agg(quote_ident(a.attname), ', ') INTO generated
       FROM pg_attribute a
      WHERE a.attrelid = profile_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
        AND a.attname = ANY (ARRAY[customer_column, connect_account_column]
                             || ARRAY(SELECT r.value::name FROM jsonb_each_text(coalesce(readiness_columns, '{}')) r));
-    IF not_boolean IS NOT NULL THEN
-        RAISE EXCEPTION 'onboarding.attach: % of % is a generated column, which the extension could never write', not_boolean, profile_table
+    IF generated IS NOT NULL THEN
+        RAISE EXCEPTION 'onboarding.attach: % of % is a generated column, which the extension could never write', generated, profile_table
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Name plain columns for the customer, the Connect account and the readiness.';
     END IF;

@@ -103,18 +103,6 @@ CREATE TRIGGER jobs_follow_account AFTER UPDATE OF state ON onboarding.jobs
                        AND OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION onboarding._follow_account();
 
--- Whether the calling role may read the profile `uid` of `tbl` itself (its privileges, the table's
--- row-level security): what account_ready and account_status answer for, as the other application
--- functions do. `uid` is the id column's own text form (connect_accounts.user_id), cast to the id
--- column's type, which attach() allows only among built-in types: no code of the caller runs.
-CREATE FUNCTION onboarding._caller_sees_profile(tbl regclass, uid text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT onboarding._caller_can_read(a.profile_table,
-                                format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type),
-                                ARRAY[uid]) = 'visible'
-                       FROM onboarding.attachments a WHERE a.profile_table = tbl), false)
-$$;
-
 -- Whether the user's Connect account can take charges and receive payouts (charges and payouts
 -- enabled, details submitted, not disabled or disconnected), as Stripe last said; false for a
 -- user without an account, and for a profile the calling role may not read. An index look-up,
@@ -125,8 +113,8 @@ $$;
 -- caller controls (README, "Security model").
 CREATE FUNCTION onboarding.account_ready(user_id text) RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT FROM onboarding.connect_accounts c
-                    WHERE c.user_id = $1 AND c.ready AND onboarding._caller_sees_profile(c.profile_table, c.user_id))
+    SELECT EXISTS (SELECT FROM onboarding.connect_accounts c JOIN onboarding.attachments a USING (profile_table)
+                    WHERE c.user_id = $1 AND c.ready AND onboarding._caller_reads_profile(a, c.user_id) = 'visible')
 $$;
 CREATE FUNCTION onboarding.account_ready(user_id uuid) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -146,8 +134,8 @@ RETURNS TABLE (account_id text, profile_table regclass, ready boolean, charges_e
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.account_id, c.profile_table, c.ready, c.charges_enabled, c.payouts_enabled, c.details_submitted,
            c.requirements_currently_due, c.disabled_reason, c.deauthorized_at, c.updated_at
-      FROM onboarding.connect_accounts c
-     WHERE c.user_id = $1 AND onboarding._caller_sees_profile(c.profile_table, c.user_id)
+      FROM onboarding.connect_accounts c JOIN onboarding.attachments a USING (profile_table)
+     WHERE c.user_id = $1 AND onboarding._caller_reads_profile(a, c.user_id) = 'visible'
      ORDER BY c.account_id
 $$;
 CREATE FUNCTION onboarding.account_status(user_id uuid)
@@ -467,12 +455,12 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'attach() it first.';
     END IF;
     IF customer_deleted NOT IN ('flag', 'recreate') THEN
-        RAISE EXCEPTION 'onboarding: customer_deleted must be flag or recreate, not %', onboarding._quoted_prefix(customer_deleted)
+        RAISE EXCEPTION 'onboarding: customer_deleted must be flag or recreate, not %', coalesce(onboarding._quoted_prefix(customer_deleted), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'flag (the default) keeps the ID and reports it; recreate clears it and creates a new customer.';
     END IF;
     IF email_changed NOT IN ('audit', 'update_profile') THEN
-        RAISE EXCEPTION 'onboarding: email_changed must be audit or update_profile, not %', onboarding._quoted_prefix(email_changed)
+        RAISE EXCEPTION 'onboarding: email_changed must be audit or update_profile, not %', coalesce(onboarding._quoted_prefix(email_changed), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'audit (the default) keeps the profile as the source of truth; update_profile copies Stripe''s email to it.';
     END IF;
@@ -544,6 +532,7 @@ $$;
 CREATE FUNCTION onboarding._handle_customer_changes(at_most integer, per_table integer DEFAULT 10) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    due record;
     c onboarding.customer_changes;
     tie onboarding.stripe_ties;
     a onboarding.attachments;
@@ -554,15 +543,16 @@ DECLARE
     set_aside regclass[] := '{}';
     waiting integer := 0;
 BEGIN
-    FOR c IN
-        SELECT (d.x).* FROM (
-            SELECT x, row_number() OVER (PARTITION BY t.profile_table ORDER BY x.next_attempt_at) AS nth
+    FOR due IN
+        SELECT d.x, d.t FROM (
+            SELECT x, t, row_number() OVER (PARTITION BY t.profile_table ORDER BY x.next_attempt_at) AS nth
               FROM (SELECT * FROM onboarding.customer_changes y
                      WHERE NOT y.handled AND y.next_attempt_at <= now() ORDER BY y.next_attempt_at LIMIT at_most * 4) x
               LEFT JOIN onboarding.stripe_ties t ON t.stripe_id = x.customer_id AND t.object = 'customer') d
          WHERE d.nth <= per_table ORDER BY (d.x).next_attempt_at LIMIT at_most
     LOOP
-        SELECT * INTO tie FROM onboarding.stripe_ties t WHERE t.stripe_id = c.customer_id AND t.object = 'customer';
+        c := due.x;
+        tie := due.t;
         IF tie.profile_table = ANY (set_aside) THEN
             waiting := waiting + 1;
             CONTINUE;

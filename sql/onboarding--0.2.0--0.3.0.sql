@@ -41,12 +41,12 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'check_connect_condition_wrapper';
 
-CREATE FUNCTION onboarding."_quoted_condition"(
-	"condition" TEXT /* & str */
+CREATE FUNCTION onboarding."_quoted_prefix"(
+	"value" TEXT /* & str */
 ) RETURNS TEXT /* String */
 IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'quoted_condition_wrapper';
+AS 'MODULE_PATHNAME', 'quoted_prefix_wrapper';
 
 -- The extension's triggers run with its owner's rights (they write the queue), so they read only
 -- the columns attach() named, and only while those still have the types attach() allows: the text
@@ -122,6 +122,16 @@ $$;
 --    may read.
 ------------------------------------------------------------------------------------------------
 
+-- Whether the calling role may read the profile `uid` of `a`'s table itself (its privileges, the
+-- table's row-level security): 'visible', 'not found' or 'refused' (src/tables.rs). Every
+-- application function answers only for profiles it may read. `uid` is cast to the id column's
+-- type, which attach() allows only among built-in types: no code of the caller runs.
+CREATE FUNCTION onboarding._caller_reads_profile(a onboarding.attachments, uid text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT onboarding._caller_can_read(a.profile_table,
+               format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type), ARRAY[uid])
+$$;
+
 -- Checks a user id against the attached table: NULL, empty, malformed (for the id column's type)
 -- and unknown ids are refused with their own SQLSTATE. Returns the profile's row as jsonb
 -- (id, email, customer, connect account, whether this very transaction inserted it).
@@ -141,9 +151,7 @@ BEGIN
     BEGIN
         -- Only a profile the caller may read itself (its privileges, the table's row-level
         -- security): applications act for their own users, not for anyone whose id they know.
-        IF onboarding._caller_can_read(a.profile_table,
-               format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type),
-               ARRAY[user_id]) = 'refused' THEN
+        IF onboarding._caller_reads_profile(a, user_id) = 'refused' THEN
             RAISE EXCEPTION 'onboarding: no profile % that this role may read in %', quote_literal(user_id), a.profile_table
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'The calling role must be able to SELECT the profile: its privileges on the table and '
@@ -250,11 +258,8 @@ BEGIN
     SELECT * INTO j FROM onboarding.jobs x WHERE x.id = job_status.job_id;
     -- Jobs of profiles the caller may read only; whether another job exists is not said, except to
     -- roles that may read the queue anyway.
-    IF NOT FOUND OR NOT EXISTS (SELECT FROM onboarding.attachments a WHERE a.profile_table = j.profile_table)
-       OR onboarding._caller_can_read(j.profile_table,
-              (SELECT format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type)
-                 FROM onboarding.attachments a WHERE a.profile_table = j.profile_table),
-              ARRAY[j.user_id]) <> 'visible' THEN
+    IF NOT FOUND OR (SELECT onboarding._caller_reads_profile(a, j.user_id) FROM onboarding.attachments a
+                      WHERE a.profile_table = j.profile_table) IS DISTINCT FROM 'visible' THEN
         IF NOT FOUND AND has_table_privilege(onboarding._calling_role(), 'onboarding.jobs', 'SELECT') THEN
             RAISE EXCEPTION 'onboarding.job_status: no job %', job_id USING ERRCODE = 'no_data_found';
         END IF;
@@ -349,7 +354,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
-        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', onboarding._quoted_prefix(policy)
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(onboarding._quoted_prefix(policy), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
@@ -369,7 +374,7 @@ BEGIN
             PERFORM onboarding._check_connect_condition(condition);
         EXCEPTION WHEN syntax_error THEN
             RAISE EXCEPTION 'onboarding: the connect condition % is not one SQL expression: %',
-                    onboarding._quoted_condition(condition), left(SQLERRM, 200)
+                    onboarding._quoted_prefix(condition), left(SQLERRM, 200)
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Write one boolean expression over the profile''s columns, e.g. role = ''provider''.';
         END;
@@ -377,7 +382,7 @@ BEGIN
             PERFORM FROM onboarding._as_owner(profile_table, onboarding._connect_condition_query(a, 'NULL') || ' LIMIT 0');
         EXCEPTION WHEN OTHERS THEN
             RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %',
-                    onboarding._quoted_condition(condition), profile_table, left(SQLERRM, 200)
+                    onboarding._quoted_prefix(condition), profile_table, left(SQLERRM, 200)
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
         END;
@@ -939,8 +944,9 @@ DROP FUNCTION onboarding._connect_due(onboarding.attachments, anyelement);
 -- 3. Privileges of the new functions (sql/privileges.sql: nothing for PUBLIC).
 ------------------------------------------------------------------------------------------------
 REVOKE EXECUTE ON FUNCTION onboarding._as_owner(oid, text, text[]), onboarding._calling_role(),
-    onboarding._caller_can_read(oid, text, text[]), onboarding._check_connect_condition(text),
-    onboarding._quoted_condition(text), onboarding._check_profile_columns(regclass, name[]),
+    onboarding._caller_can_read(oid, text, text[]), onboarding._caller_reads_profile(onboarding.attachments, text),
+    onboarding._check_connect_condition(text),
+    onboarding._quoted_prefix(text), onboarding._check_profile_columns(regclass, name[]),
     onboarding._profile_columns(regclass, anyelement, name[]), onboarding._connect_due(onboarding.attachments, text),
     onboarding._connect_condition_query(onboarding.attachments, text),
     onboarding._claim_jobs(integer, interval, timestamptz[], bigint[], integer[])
@@ -1856,18 +1862,6 @@ CREATE TRIGGER jobs_follow_account AFTER UPDATE OF state ON onboarding.jobs
                        AND OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION onboarding._follow_account();
 
--- Whether the calling role may read the profile `uid` of `tbl` itself (its privileges, the table's
--- row-level security): what account_ready and account_status answer for, as the other application
--- functions do. `uid` is the id column's own text form (connect_accounts.user_id), cast to the id
--- column's type, which attach() allows only among built-in types: no code of the caller runs.
-CREATE FUNCTION onboarding._caller_sees_profile(tbl regclass, uid text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT onboarding._caller_can_read(a.profile_table,
-                                format('SELECT ''x'' FROM %s WHERE %I = $1::%s', a.profile_table, a.id_column, a.id_type),
-                                ARRAY[uid]) = 'visible'
-                       FROM onboarding.attachments a WHERE a.profile_table = tbl), false)
-$$;
-
 -- Whether the user's Connect account can take charges and receive payouts (charges and payouts
 -- enabled, details submitted, not disabled or disconnected), as Stripe last said; false for a
 -- user without an account, and for a profile the calling role may not read. An index look-up,
@@ -1878,8 +1872,8 @@ $$;
 -- caller controls (README, "Security model").
 CREATE FUNCTION onboarding.account_ready(user_id text) RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT FROM onboarding.connect_accounts c
-                    WHERE c.user_id = $1 AND c.ready AND onboarding._caller_sees_profile(c.profile_table, c.user_id))
+    SELECT EXISTS (SELECT FROM onboarding.connect_accounts c JOIN onboarding.attachments a USING (profile_table)
+                    WHERE c.user_id = $1 AND c.ready AND onboarding._caller_reads_profile(a, c.user_id) = 'visible')
 $$;
 CREATE FUNCTION onboarding.account_ready(user_id uuid) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -1899,8 +1893,8 @@ RETURNS TABLE (account_id text, profile_table regclass, ready boolean, charges_e
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.account_id, c.profile_table, c.ready, c.charges_enabled, c.payouts_enabled, c.details_submitted,
            c.requirements_currently_due, c.disabled_reason, c.deauthorized_at, c.updated_at
-      FROM onboarding.connect_accounts c
-     WHERE c.user_id = $1 AND onboarding._caller_sees_profile(c.profile_table, c.user_id)
+      FROM onboarding.connect_accounts c JOIN onboarding.attachments a USING (profile_table)
+     WHERE c.user_id = $1 AND onboarding._caller_reads_profile(a, c.user_id) = 'visible'
      ORDER BY c.account_id
 $$;
 CREATE FUNCTION onboarding.account_status(user_id uuid)
@@ -2097,7 +2091,7 @@ SELECT DISTINCT ON (j.stripe_id) j.stripe_id, j.profile_table, j.user_id, true
  WHERE j.kind = 'create_connect_account' AND j.state = 'succeeded' AND j.stripe_id IS NOT NULL
  ORDER BY j.stripe_id, j.id DESC;
 
-REVOKE EXECUTE ON FUNCTION onboarding._follow_account(), onboarding._caller_sees_profile(regclass, text),
+REVOKE EXECUTE ON FUNCTION onboarding._follow_account(),
     onboarding.account_ready(text), onboarding.account_ready(uuid), onboarding.account_ready(bigint),
     onboarding.account_status(text), onboarding.account_status(uuid), onboarding.account_status(bigint),
     onboarding._events_poll_begin(integer, interval),
@@ -2304,6 +2298,7 @@ DECLARE
     id_type regtype;
     text_types CONSTANT regtype[] := ARRAY['text', 'character varying']::regtype[];
     not_boolean text;
+    generated text;
 BEGIN
     IF profile_table IS NULL THEN
         RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -2362,13 +2357,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'The id, email, customer, Connect account and readiness columns must be distinct columns.';
     END IF;
-    SELECT string_agg(quote_ident(a.attname), ', ') INTO not_boolean
+    SELECT string_agg(quote_ident(a.attname), ', ') INTO generated
       FROM pg_attribute a
      WHERE a.attrelid = profile_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
        AND a.attname = ANY (ARRAY[customer_column, connect_account_column]
                             || ARRAY(SELECT r.value::name FROM jsonb_each_text(coalesce(readiness_columns, '{}')) r));
-    IF not_boolean IS NOT NULL THEN
-        RAISE EXCEPTION 'onboarding.attach: % of % is a generated column, which the extension could never write', not_boolean, profile_table
+    IF generated IS NOT NULL THEN
+        RAISE EXCEPTION 'onboarding.attach: % of % is a generated column, which the extension could never write', generated, profile_table
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Name plain columns for the customer, the Connect account and the readiness.';
     END IF;
@@ -2516,12 +2511,12 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'attach() it first.';
     END IF;
     IF customer_deleted NOT IN ('flag', 'recreate') THEN
-        RAISE EXCEPTION 'onboarding: customer_deleted must be flag or recreate, not %', onboarding._quoted_prefix(customer_deleted)
+        RAISE EXCEPTION 'onboarding: customer_deleted must be flag or recreate, not %', coalesce(onboarding._quoted_prefix(customer_deleted), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'flag (the default) keeps the ID and reports it; recreate clears it and creates a new customer.';
     END IF;
     IF email_changed NOT IN ('audit', 'update_profile') THEN
-        RAISE EXCEPTION 'onboarding: email_changed must be audit or update_profile, not %', onboarding._quoted_prefix(email_changed)
+        RAISE EXCEPTION 'onboarding: email_changed must be audit or update_profile, not %', coalesce(onboarding._quoted_prefix(email_changed), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'audit (the default) keeps the profile as the source of truth; update_profile copies Stripe''s email to it.';
     END IF;
@@ -2590,6 +2585,7 @@ $$;
 CREATE FUNCTION onboarding._handle_customer_changes(at_most integer, per_table integer DEFAULT 10) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    due record;
     c onboarding.customer_changes;
     tie onboarding.stripe_ties;
     a onboarding.attachments;
@@ -2600,15 +2596,16 @@ DECLARE
     set_aside regclass[] := '{}';
     waiting integer := 0;
 BEGIN
-    FOR c IN
-        SELECT (d.x).* FROM (
-            SELECT x, row_number() OVER (PARTITION BY t.profile_table ORDER BY x.next_attempt_at) AS nth
+    FOR due IN
+        SELECT d.x, d.t FROM (
+            SELECT x, t, row_number() OVER (PARTITION BY t.profile_table ORDER BY x.next_attempt_at) AS nth
               FROM (SELECT * FROM onboarding.customer_changes y
                      WHERE NOT y.handled AND y.next_attempt_at <= now() ORDER BY y.next_attempt_at LIMIT at_most * 4) x
               LEFT JOIN onboarding.stripe_ties t ON t.stripe_id = x.customer_id AND t.object = 'customer') d
          WHERE d.nth <= per_table ORDER BY (d.x).next_attempt_at LIMIT at_most
     LOOP
-        SELECT * INTO tie FROM onboarding.stripe_ties t WHERE t.stripe_id = c.customer_id AND t.object = 'customer';
+        c := due.x;
+        tie := due.t;
         IF tie.profile_table = ANY (set_aside) THEN
             waiting := waiting + 1;
             CONTINUE;
@@ -2885,15 +2882,7 @@ BEGIN
     ON CONFLICT ON CONSTRAINT stripe_ties_pkey DO NOTHING;
 END $$;
 
--- What an error message shows of an argument: quoted, at most its first 60 characters (a 1 MB
--- argument is not echoed whole into the logs).
-CREATE FUNCTION onboarding._quoted_prefix(value text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN value IS NULL THEN 'NULL'
-            WHEN length(value) <= 60 THEN quote_literal(value)
-            ELSE quote_literal(left(value, 60)) || format('... (%s characters)', length(value)) END;
-
-REVOKE EXECUTE ON FUNCTION onboarding._quoted_prefix(text), onboarding._tie(text, text, regclass, text, bigint), onboarding._tied(text, regclass, text),
+REVOKE EXECUTE ON FUNCTION onboarding._tie(text, text, regclass, text, bigint), onboarding._tied(text, regclass, text),
     onboarding._tie_made_object(), onboarding._refuse_untied(regclass, text, text, text, bigint) FROM PUBLIC;
 REVOKE ALL ON onboarding.stripe_ties FROM PUBLIC;
 

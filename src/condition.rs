@@ -9,10 +9,10 @@ use pgrx::{PgList, is_a};
 
 /// Longest condition accepted; conditions are short predicates over a row.
 const MAX_LENGTH: usize = 2000;
-/// How much of a refused condition an error message quotes.
+/// How much of a refused condition (or any argument) an error message quotes.
 const QUOTED: usize = 60;
 
-/// The start of `condition` for an error message: at most [`QUOTED`] characters.
+/// The start of `condition` (or any argument) for an error message: at most [`QUOTED`] characters.
 fn quoted(condition: &str) -> String {
     let mut shown: String = condition.chars().take(QUOTED).collect();
     if shown.len() < condition.len() {
@@ -77,10 +77,11 @@ fn check_connect_condition(condition: &str) {
     }
 }
 
-/// [`quoted`] for SQL: what error messages about a condition show of it.
-#[pg_extern(name = "_quoted_condition", immutable, parallel_safe)]
-fn quoted_condition(condition: &str) -> String {
-    quoted(condition)
+/// [`quoted`] for SQL: what error messages show of a condition, or of any other argument (a 1 MB
+/// argument is not echoed whole into the logs).
+#[pg_extern(name = "_quoted_prefix", immutable, parallel_safe)]
+fn quoted_prefix(value: &str) -> String {
+    quoted(value)
 }
 
 /// The columns a condition reads, as far as a walk of its raw parse tree can tell: the names of

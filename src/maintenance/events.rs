@@ -246,12 +246,12 @@ fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, 
         Spi::run("SELECT onboarding._refresh_accounts(NULL)")?;
     }
     // Never a huge or malformed id as the cursor: every later read would fail on it.
-    if let Some(last) = events.iter().rev().find(|e| e.cursor().is_some()) {
+    if let Some((id, last)) = events.iter().rev().find_map(|e| Some((e.cursor()?, e))) {
         let created = match last {
             ListedEvent::Read(event) => event["created"].as_i64(),
             ListedEvent::Unreadable(_) => None,
         };
-        cursor = last.cursor().map(|id| (id.to_string(), created));
+        cursor = Some((id.to_string(), created));
     }
     if more {
         next_in = Duration::ZERO;

@@ -79,6 +79,28 @@ pub(crate) fn profiles_table(db: &mut Client, name: &str) -> String {
     table
 }
 
+/// `schema.table` owned by `role`, a tenant who owns her schema and nothing else (both made if
+/// missing): created by her with the usual profile columns, `extra_columns` and whatever `setup`
+/// (run as her) adds. A superuser attaches it.
+pub(crate) fn tenant_table(db: &mut Client, role: &str, table: &str, extra_columns: &str, setup: &str) {
+    let schema = table.split('.').next().expect("schema.table");
+    db.batch_execute(&format!(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                 CREATE ROLE {role} LOGIN;
+             END IF;
+         END $$;
+         CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role};
+         DROP TABLE IF EXISTS {table};
+         SET ROLE {role};
+         CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_customer_id text,
+                               stripe_connect_account_id text{extra_columns});
+         {setup}
+         RESET ROLE;"
+    ))
+    .unwrap();
+}
+
 pub(crate) fn insert_profile(db: &mut impl postgres::GenericClient, table: &str, email: Option<&str>) -> String {
     db.query_one(&format!("INSERT INTO {table} (email) VALUES ($1) RETURNING id::text"), &[&email]).unwrap().get(0)
 }

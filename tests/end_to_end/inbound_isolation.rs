@@ -7,7 +7,7 @@ use postgres::Client;
 
 use crate::env;
 use crate::helpers::{
-    DEADLINE, db, ensure, insert_profile, profiles_table, wait_for, wait_for_customer, with_fast_event_polls,
+    self, DEADLINE, db, ensure, insert_profile, profiles_table, wait_for, wait_for_customer, with_fast_event_polls,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
@@ -18,23 +18,12 @@ pub(crate) fn tests() -> Vec<Trial> {
     ]
 }
 
-/// A table owned by role `isolation_tenant`, attached by a superuser, with readiness columns.
+/// A table owned by role `isolation_tenant`, attached by a superuser, with a readiness column.
 fn her_table(db: &mut Client, name: &str, setup: &str) -> String {
     let table = format!("isolation_tenant.{name}");
+    helpers::tenant_table(db, "isolation_tenant", &table, ", ready boolean NOT NULL DEFAULT false", setup);
     db.batch_execute(&format!(
-        "DO $$ BEGIN
-             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'isolation_tenant') THEN
-                 CREATE ROLE isolation_tenant LOGIN;
-             END IF;
-         END $$;
-         CREATE SCHEMA IF NOT EXISTS isolation_tenant AUTHORIZATION isolation_tenant;
-         DROP TABLE IF EXISTS {table};
-         SET ROLE isolation_tenant;
-         CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_customer_id text,
-                               stripe_connect_account_id text, ready boolean NOT NULL DEFAULT false);
-         {setup}
-         RESET ROLE;
-         SELECT onboarding.attach('{table}', connect_account_column => 'stripe_connect_account_id',
+        "SELECT onboarding.attach('{table}', connect_account_column => 'stripe_connect_account_id',
                                   readiness_columns => '{{\"ready\": \"ready\"}}');"
     ))
     .unwrap();

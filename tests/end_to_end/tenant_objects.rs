@@ -7,7 +7,7 @@ use postgres::Client;
 
 use crate::env;
 use crate::helpers::{
-    DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, sqlstate, wait_for, wait_for_customer,
+    self, DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, sqlstate, wait_for, wait_for_customer,
     with_fast_event_polls,
 };
 
@@ -20,22 +20,11 @@ pub(crate) fn tests() -> Vec<Trial> {
 }
 
 /// The tenant's own attached table `tenant_objects.<name>` (she owns it; a superuser attached it).
-fn tenant_table(db: &mut Client, name: &str, connect: bool) -> String {
+fn tenant_table(db: &mut Client, name: &str) -> String {
     let table = format!("tenant_objects.{name}");
+    helpers::tenant_table(db, "tenant_objects", &table, "", "");
     db.batch_execute(&format!(
-        "DO $$ BEGIN
-             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenant_objects') THEN
-                 CREATE ROLE tenant_objects LOGIN;
-             END IF;
-         END $$;
-         CREATE SCHEMA IF NOT EXISTS tenant_objects AUTHORIZATION tenant_objects;
-         DROP TABLE IF EXISTS {table};
-         SET ROLE tenant_objects;
-         CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
-                               stripe_customer_id text, stripe_connect_account_id text);
-         RESET ROLE;
-         SELECT onboarding.attach('{table}', connect_account_column => 'stripe_connect_account_id'{policy});",
-        policy = if connect { ", connect_policy => 'always'" } else { "" },
+        "SELECT onboarding.attach('{table}', connect_account_column => 'stripe_connect_account_id');"
     ))
     .unwrap();
     table
@@ -66,7 +55,7 @@ fn a_tenant_naming_anothers_customer_cannot_change_its_email() -> Result<(), Fai
         )?;
         let victim = insert_profile(db, &victims, Some("victim@example.com"));
         let victim_customer = wait_for_customer(db, &victims, &victim)?;
-        let hers = tenant_table(db, "profiles_email", false);
+        let hers = tenant_table(db, "profiles_email");
         let attacker = insert_profile(db, &hers, Some("attacker@example.com"));
         wait_for_customer(db, &hers, &attacker)?;
 
@@ -131,7 +120,7 @@ fn a_tenant_naming_anothers_connect_account_gets_no_link_to_it() -> Result<(), F
             .unwrap()
             .get::<_, Option<String>>(0)
     })?;
-    let hers = tenant_table(&mut db, "profiles_account", false);
+    let hers = tenant_table(&mut db, "profiles_account");
     let attacker = insert_profile(&mut db, &hers, Some("attacker@example.com"));
     wait_for_customer(&mut db, &hers, &attacker)?;
     db.batch_execute("SET ROLE tenant_objects").unwrap();
@@ -159,7 +148,7 @@ fn a_tenant_naming_anothers_connect_account_gets_no_link_to_it() -> Result<(), F
 /// victim's customer was never recreated.
 fn another_tables_schema_never_decides_what_happens_to_a_customer() -> Result<(), Failed> {
     let mut db = db();
-    let hers = tenant_table(&mut db, "profiles_retyped", false);
+    let hers = tenant_table(&mut db, "profiles_retyped");
     with_fast_event_polls(&mut db, |db| {
         let victims = profiles_table(db, "profiles_victim_recreate");
         db.execute(
