@@ -1814,19 +1814,30 @@ CREATE INDEX stripe_events_applied_by_time ON onboarding.stripe_events_applied (
 -- Events the reader could not read or apply safely (bytes that are not UTF-8 or an unpaired
 -- surrogate, a NUL, an id or field past Stripe's sizes): set aside with the reason, so that one
 -- event never stops the reader; the stats show how many. `event_id` is the event's id when it was
--- usable (at most 255 characters), else a digest of the reason.
+-- usable (at most 255 characters), else a digest of the reason. An event with a usable id is read
+-- again on its own (GET /v1/events/{id}) at `retry_at`, backing off, and leaves this table once
+-- applied; NULL: never again (no usable id, or Stripe no longer has it).
 CREATE TABLE onboarding.stripe_events_set_aside (
     event_id text PRIMARY KEY CHECK (length(event_id) <= 255),
     reason text NOT NULL,
-    set_aside_at timestamptz NOT NULL DEFAULT now()
+    set_aside_at timestamptz NOT NULL DEFAULT now(),
+    attempts integer NOT NULL DEFAULT 0,
+    retry_at timestamptz
 );
+CREATE INDEX stripe_events_set_aside_to_retry ON onboarding.stripe_events_set_aside (retry_at) WHERE retry_at IS NOT NULL;
 
-CREATE FUNCTION onboarding._set_events_aside(ids text[], reasons text[]) RETURNS void
+-- Sets events aside (`ids` NULL where none is usable), or again after a retry failed: read again a
+-- minute later, then 4, 16… at most 6 hours apart (`retry`: false when reading it again is pointless).
+CREATE FUNCTION onboarding._set_events_aside(ids text[], reasons text[], retry boolean DEFAULT true) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO onboarding.stripe_events_set_aside AS s (event_id, reason)
-    SELECT coalesce(left(e.id, 255), 'unusable id ' || md5(e.reason)), left(e.reason, 500)
+    INSERT INTO onboarding.stripe_events_set_aside AS s (event_id, reason, retry_at)
+    SELECT coalesce(left(e.id, 255), 'unusable id ' || md5(e.reason)), left(e.reason, 500),
+           CASE WHEN retry AND e.id IS NOT NULL AND length(e.id) <= 255 THEN now() + interval '1 minute' END
       FROM unnest(ids, reasons) AS e(id, reason)
-    ON CONFLICT (event_id) DO UPDATE SET reason = EXCLUDED.reason, set_aside_at = now();
+    ON CONFLICT (event_id) DO UPDATE
+       SET reason = EXCLUDED.reason, attempts = s.attempts + 1,
+           retry_at = CASE WHEN EXCLUDED.retry_at IS NOT NULL
+                           THEN now() + least(interval '1 minute' * power(4, least(s.attempts + 1, 6)), interval '6 hours') END;
 $$;
 
 -- Where the events reader is: one row.
@@ -1915,11 +1926,13 @@ $$;
 -- The events reader takes its turn, when a poll is due and no other worker is polling (or the
 -- one that was has been gone a minute): `polling`, with the cursor, the accounts to read again,
 -- the seconds since the last account link and when the last poll was (Unix seconds: without a
--- cursor, events are read from then on). Otherwise the seconds until the next poll is due, never
--- more than `every` (onboarding.events_poll_interval: lowered by a reload, it applies at once).
+-- cursor, events are read from then on), the events set aside to read again and the customers to
+-- read (two events of one second). Otherwise the seconds until the next poll is due, never more
+-- than `every` (onboarding.events_poll_interval: lowered by a reload, it applies at once).
 CREATE FUNCTION onboarding._events_poll_begin(refresh_at_most integer, every interval)
 RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, accounts_to_refresh text[],
-               since_link double precision, last_polled_at bigint)
+               since_link double precision, last_polled_at bigint, events_to_retry text[],
+               customers_to_refresh text[])
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE onboarding.events_cursor c SET next_poll_at = now() + every WHERE c.next_poll_at > now() + every;
@@ -1945,6 +1958,10 @@ BEGIN
                       WHERE a.as_of IS NULL OR a.as_of < extract(epoch FROM now() - interval '1 day')
                       ORDER BY a.as_of NULLS FIRST LIMIT 5)) d
              GROUP BY d.account_id ORDER BY min(d.rank), d.account_id LIMIT refresh_at_most);
+        events_to_retry := ARRAY(SELECT s.event_id FROM onboarding.stripe_events_set_aside s
+                                  WHERE s.retry_at <= now() ORDER BY s.retry_at LIMIT 5);
+        customers_to_refresh := ARRAY(SELECT x.customer_id FROM onboarding.customer_changes x
+                                       WHERE x.refresh_due ORDER BY x.customer_id LIMIT refresh_at_most);
     END IF;
     RETURN NEXT;
 END $$;
@@ -1961,6 +1978,8 @@ BEGIN
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id)
     SELECT coalesce(array_agg(event_id), '{}') INTO fresh FROM added;
+    -- An event set aside earlier and read again is applied (now or before): no longer aside.
+    DELETE FROM onboarding.stripe_events_set_aside s WHERE s.event_id = ANY (ids);
     RETURN fresh;
 END $$;
 
@@ -2540,23 +2559,27 @@ END $$;
 -- request that set it), to be handled next (_handle_customer_changes). A deletion stays; an email
 -- older than the one held is dropped. An email this extension's own sync set (its job's key) is
 -- handled at once: the profile had it, so there is nothing to look up or log (the audits still
--- read it, as Stripe's newest email).
+-- read it, as Stripe's newest email). `refresh: true`: another event of the same second may be
+-- the newer one, so the customer is read at the next poll; `refreshed: true`: this is that read
+-- (a deleted customer's carries no user_id: the one recorded is kept).
 CREATE FUNCTION onboarding._record_customer_changes(changes jsonb) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO onboarding.customer_changes AS c
-           (customer_id, user_id, stripe_email, email_as_of, deleted_at, handled, profile_table, outcome)
-    SELECT s->>'customer', s->>'user_id', s->>'email',
+           (customer_id, user_id, stripe_email, email_as_of, deleted_at, handled, profile_table, outcome, refresh_due)
+    SELECT s->>'customer', coalesce(s->>'user_id', known.user_id), s->>'email',
            CASE WHEN s ? 'email' THEN (s->>'as_of')::bigint END,
            CASE WHEN coalesce((s->>'deleted')::boolean, false) THEN to_timestamp((s->>'as_of')::bigint) END,
            sync.profile_table IS NOT NULL, sync.profile_table,
-           CASE WHEN sync.profile_table IS NOT NULL THEN 'synced by this extension' END
+           CASE WHEN sync.profile_table IS NOT NULL THEN 'synced by this extension' END,
+           coalesce((s->>'refresh')::boolean, false)
       FROM jsonb_array_elements(changes) s
+      LEFT JOIN onboarding.customer_changes known ON known.customer_id = s->>'customer'
       LEFT JOIN LATERAL (
           SELECT j.profile_table FROM onboarding.jobs j
            WHERE j.user_id = s->>'user_id' AND j.kind = 'update_customer_email' AND j.stripe_id = s->>'customer'
              AND j.idempotency_key = s->>'idempotency_key'
            LIMIT 1) sync ON true
-     WHERE s->>'user_id' IS NOT NULL  -- not made by this extension
+     WHERE coalesce(s->>'user_id', known.user_id) IS NOT NULL  -- not made by this extension
     ON CONFLICT (customer_id) DO UPDATE
        SET stripe_email = CASE WHEN EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0) THEN EXCLUDED.stripe_email
                                ELSE c.stripe_email END,
@@ -2573,7 +2596,11 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                       CASE WHEN o.own THEN EXCLUDED.outcome ELSE c.outcome END
                  FROM (SELECT n.newer, n.newer AND EXCLUDED.handled AND (c.handled OR c.deleted_at IS NULL) AS own
                          FROM (SELECT coalesce(EXCLUDED.email_as_of >= coalesce(c.email_as_of, 0), false) AS newer) n) o),
+           refresh_due = c.refresh_due OR EXCLUDED.refresh_due,
            updated_at = now();
+    UPDATE onboarding.customer_changes c SET refresh_due = false
+      FROM jsonb_array_elements(changes) s
+     WHERE c.customer_id = s->>'customer' AND coalesce((s->>'refreshed')::boolean, false) AND c.refresh_due;
 $$;
 
 -- Applies each table's policy to up to `at_most` recorded changes not handled yet, each on its own
@@ -2688,6 +2715,15 @@ BEGIN
     RETURN waiting;
 END $$;
 
+-- Seconds until the next profile write is due (a readiness column, a customer change), 0 when one
+-- is due now, NULL when none waits: the profile writer sleeps until then (src/profile_writer.rs).
+CREATE FUNCTION onboarding._profile_writes_due_in() RETURNS double precision
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT greatest(extract(epoch FROM least(
+               (SELECT min(c.profile_retry_at) FROM onboarding.connect_accounts c WHERE c.profile_behind),
+               (SELECT min(x.next_attempt_at) FROM onboarding.customer_changes x WHERE NOT x.handled)) - now()), 0)::float8
+$$;
+
 -- Profiles whose stored Stripe ID is missing or deleted in Stripe, belongs to another user, or
 -- whose email differs from the customer's: in the latest snapshot of Stripe, or in what Stripe's
 -- events said since (sql/inbound.sql: a deletion, a newer email), so that a change made in the
@@ -2758,7 +2794,8 @@ END $$;
 REVOKE EXECUTE ON FUNCTION onboarding.set_stripe_change_policy(regclass, text, text),
     onboarding._record_customer_changes(jsonb), onboarding._handle_customer_changes(integer, integer),
     onboarding.attach(regclass, name, name, name, name, text, text, jsonb),
-    onboarding._write_profile_readiness(integer, integer), onboarding._profile_write_backoff(integer) FROM PUBLIC;
+    onboarding._write_profile_readiness(integer, integer), onboarding._profile_write_backoff(integer),
+    onboarding._profile_writes_due_in() FROM PUBLIC;
 REVOKE ALL ON onboarding.customer_changes FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------------

@@ -371,11 +371,6 @@ pub fn hold_the_key() {
     HOLDS_THE_KEY.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether this process is a worker (the workers are the processes that hold the key).
-pub fn in_worker() -> bool {
-    HOLDS_THE_KEY.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
 }

@@ -1,6 +1,6 @@
 //! The launcher: one background worker (registered at preload) that keeps `onboarding.workers`
-//! workers running for every database where the extension is installed, or only for
-//! `onboarding.database` when that is set.
+//! workers and one profile writer (profile_writer.rs) running for every database where the
+//! extension is installed, or only for `onboarding.database` when that is set.
 //!
 //! It cannot look inside databases (it connects to none; pg_database is a shared catalog), so it
 //! starts workers for every database that allows connections; a worker that finds no extension
@@ -51,7 +51,7 @@ pub extern "C-unwind" fn onboarding_launcher_main(_arg: pg_sys::Datum) {
     processes::publish_launcher();
     log!("onboarding: launcher started");
 
-    let mut running: Vec<(pg_sys::Oid, DynamicBackgroundWorker)> = Vec::new();
+    let mut running: Vec<(pg_sys::Oid, Process, DynamicBackgroundWorker)> = Vec::new();
     let mut last_full_rescan = Instant::now();
     let mut warned_full = false;
     while !shutdown_requested() {
@@ -62,22 +62,29 @@ pub extern "C-unwind" fn onboarding_launcher_main(_arg: pg_sys::Datum) {
             wake::forget_databases_without_extension();
             last_full_rescan = Instant::now();
         }
-        running.retain(|(_, worker)| !matches!(worker.pid(), Err(BackgroundWorkerStatus::Stopped)));
+        running.retain(|(_, _, process)| !matches!(process.pid(), Err(BackgroundWorkerStatus::Stopped)));
         for database in databases() {
             if wake::without_extension(database.oid) {
                 continue;
             }
-            let have = running.iter().filter(|(oid, _)| *oid == database.oid).count();
-            for number in have..gucs::workers() {
-                match start_worker(&database, number + 1) {
-                    Some(worker) => running.push((database.oid, worker)),
+            let have = |kind| running.iter().filter(|(oid, k, _)| *oid == database.oid && *k == kind).count();
+            let mut missing: Vec<(Process, usize)> =
+                (have(Process::Worker)..gucs::workers()).map(|n| (Process::Worker, n + 1)).collect();
+            // No workers (onboarding.workers = 0: paused), no profile writer either.
+            if gucs::workers() > 0 && have(Process::ProfileWriter) == 0 {
+                missing.push((Process::ProfileWriter, 1));
+            }
+            for (kind, number) in missing {
+                match start(kind, &database, number) {
+                    Some(process) => running.push((database.oid, kind, process)),
                     None => {
                         if !std::mem::replace(&mut warned_full, true) {
                             ereport!(
                                 WARNING,
                                 PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                                 format!("onboarding: could not start a worker for database \"{}\"", database.name),
-                                "Raise max_worker_processes: the launcher takes one, and each database onboarding.workers."
+                                "Raise max_worker_processes: the launcher takes one, and each database onboarding.workers \
+                                 plus one profile writer."
                             );
                         }
                         break;
@@ -92,12 +99,31 @@ pub extern "C-unwind" fn onboarding_launcher_main(_arg: pg_sys::Datum) {
     log!("onboarding: launcher stopped");
 }
 
+/// What the launcher keeps running for each database.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Process {
+    /// `onboarding.workers` of them: the queue and Stripe's events (worker.rs).
+    Worker,
+    /// One: what Stripe said, written to profiles as their owners (profile_writer.rs).
+    ProfileWriter,
+}
+
 /// Registered outside any transaction: the handle must outlive it.
-fn start_worker(database: &Database, number: usize) -> Option<DynamicBackgroundWorker> {
-    BackgroundWorkerBuilder::new(&format!("onboarding worker {number} for {}", database.name))
-        .set_type("onboarding worker")
+fn start(kind: Process, database: &Database, number: usize) -> Option<DynamicBackgroundWorker> {
+    let (name, kind_name, function) = match kind {
+        Process::Worker => {
+            (format!("onboarding worker {number} for {}", database.name), "onboarding worker", "onboarding_worker_main")
+        }
+        Process::ProfileWriter => (
+            format!("onboarding profile writer for {}", database.name),
+            "onboarding profile writer",
+            "onboarding_profile_writer_main",
+        ),
+    };
+    BackgroundWorkerBuilder::new(&name)
+        .set_type(kind_name)
         .set_library("onboarding")
-        .set_function("onboarding_worker_main")
+        .set_function(function)
         .set_argument(Some(pg_sys::Datum::from(database.oid.to_u32() as usize)))
         .set_extra(&database.name)
         .enable_spi_access()

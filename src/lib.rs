@@ -7,6 +7,8 @@
 //! - [`intake`]: the insert trigger (the outbox write on the application's path);
 //! - [`wake`]: waking the workers (or the launcher) when a transaction commits;
 //! - [`launcher`]: starts the workers of every database where the extension is installed;
+//! - [`profile_writer`]: the process that writes what Stripe said (readiness, customer changes)
+//!   back into profiles, as each table's owner, apart from the workers' loop;
 //! - [`worker`]: the background worker's loop, a pipeline (claim → calls in flight → record); its
 //!   steps are in `worker/`: `claim`, `calls` (the Stripe side of a job), `record`, and `queue`
 //!   (every SQL statement they and the loop run);
@@ -30,6 +32,7 @@ mod intake;
 mod launcher;
 mod maintenance;
 mod pg;
+mod profile_writer;
 mod rate_budget;
 mod release;
 mod requests;

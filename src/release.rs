@@ -3,8 +3,10 @@
 //! A DBA upgrades by installing the new package, restarting PostgreSQL, then running
 //! `ALTER EXTENSION onboarding UPDATE` in each database. Between the restart and the UPDATE the new
 //! library meets the old SQL: its workers must not call functions that changed, so they wait
-//! (see `worker.rs`) until the database's `extversion` is [`LIBRARY_VERSION`]; they read it with
-//! `worker/queue.rs`'s `installed_release`.
+//! (see `worker.rs`, `profile_writer.rs`) until the database's `extversion` is [`LIBRARY_VERSION`];
+//! they read it with [`installed`].
+
+use pgrx::prelude::*;
 
 /// The release this library is: `default_version` of the control file it ships with.
 pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -26,4 +28,17 @@ pub fn update_needed(installed: &str) -> String {
         "the onboarding library is version {LIBRARY_VERSION} but this database has the extension's SQL at \
          version {installed}; no job is touched until you run: ALTER EXTENSION onboarding UPDATE;"
     )
+}
+
+/// Reads `pg_extension.extversion` (in the caller's transaction).
+pub fn installed() -> Installed {
+    // A scalar subquery: always one row (Spi::get_one errs on none), NULL when not installed.
+    let version =
+        Spi::get_one::<String>("SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'onboarding')")
+            .unwrap_or_else(|e| error!("onboarding: reading the installed extension version: {e}"));
+    match version {
+        None => Installed::No,
+        Some(v) if v == LIBRARY_VERSION => Installed::Current,
+        Some(v) => Installed::Other(v),
+    }
 }

@@ -13,8 +13,19 @@ use pgrx::prelude::*;
 use crate::gucs;
 use crate::pg::owner;
 
-/// How long the worker waits for a lock on an application table (rows it skips: SKIP LOCKED).
-const WORKER_LOCK_TIMEOUT_MS: std::ffi::c_int = 50;
+/// How long a background process waits for a lock on an application table (rows it skips: SKIP
+/// LOCKED).
+const BACKGROUND_LOCK_TIMEOUT_MS: std::ffi::c_int = 50;
+
+/// Set in the worker and the profile writer: they serve everyone, so they never wait long for
+/// one application's lock.
+static WAITS_BRIEFLY_FOR_LOCKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called by a background process at start: from then on its statements on application tables
+/// wait at most [`BACKGROUND_LOCK_TIMEOUT_MS`] for a lock.
+pub fn wait_briefly_for_locks() {
+    WAITS_BRIEFLY_FOR_LOCKS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Runs `statement` (its result columns all text) with `params` as `$1 … $n` (text) as the owner of
 /// `table`, and returns its rows. Not for applications: EXECUTE is revoked from PUBLIC.
@@ -33,9 +44,11 @@ fn as_owner(
         );
     }
     let owner = owner_of(table);
-    // The worker never waits for an application's lock: a table someone holds (ALTER TABLE, VACUUM
-    // FULL, LOCK) fails the statement with 55P03 at once, and the job waits for a later claim.
-    let lock_timeout = if gucs::in_worker() { WORKER_LOCK_TIMEOUT_MS } else { 0 };
+    // The background processes never wait for an application's lock: a table someone holds (ALTER
+    // TABLE, VACUUM FULL, LOCK) fails the statement with 55P03 at once, and the job (or profile
+    // write) waits for a later turn.
+    let waits_briefly = WAITS_BRIEFLY_FOR_LOCKS.load(std::sync::atomic::Ordering::Relaxed);
+    let lock_timeout = if waits_briefly { BACKGROUND_LOCK_TIMEOUT_MS } else { 0 };
     let rows = owner::as_role(owner, gucs::owner_statement_timeout_ms(), lock_timeout, || {
         run(statement, None, &params, |result| {
             let mut rows = Vec::new();

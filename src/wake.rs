@@ -46,6 +46,7 @@ static WITHOUT_EXTENSION: PgAtomic<WithoutExtension> =
 static WAKE_WORKERS: AtomicBool = AtomicBool::new(false);
 static RESCAN_QUEUE: AtomicBool = AtomicBool::new(false);
 static WAKE_LAUNCHER: AtomicBool = AtomicBool::new(false);
+static WAKE_PROFILE_WRITER: AtomicBool = AtomicBool::new(false);
 static CALLBACK_INSTALLED: AtomicBool = AtomicBool::new(false);
 
 pub fn init_shared_memory() {
@@ -92,6 +93,12 @@ pub fn wake_workers_after_commit() {
     after_commit(&WAKE_WORKERS);
 }
 
+/// Wakes this database's profile writer once the current transaction commits (the events reader's
+/// way to say "profiles to write").
+pub fn wake_profile_writer_after_commit() {
+    after_commit(&WAKE_PROFILE_WRITER);
+}
+
 fn after_commit(wanted: &AtomicBool) {
     if !shared_memory_ready() {
         return;
@@ -117,6 +124,9 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
             if WAKE_WORKERS.swap(false, Ordering::Relaxed) {
                 processes::set_worker_latches();
             }
+            if WAKE_PROFILE_WRITER.swap(false, Ordering::Relaxed) {
+                processes::set_profile_writer_latch();
+            }
             if WAKE_LAUNCHER.swap(false, Ordering::Relaxed) {
                 let database = my_database();
                 let marks = &WITHOUT_EXTENSION.get().databases;
@@ -131,6 +141,7 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
             WAKE_WORKERS.store(false, Ordering::Relaxed);
             RESCAN_QUEUE.store(false, Ordering::Relaxed);
             WAKE_LAUNCHER.store(false, Ordering::Relaxed);
+            WAKE_PROFILE_WRITER.store(false, Ordering::Relaxed);
         }
         _ => {}
     }
@@ -138,8 +149,8 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
 
 static mut PREVIOUS_OBJECT_ACCESS_HOOK: pg_sys::object_access_hook_type = None;
 
-/// `DROP EXTENSION onboarding` wakes this database's workers after commit, so they notice at once
-/// that the extension is gone and exit (see worker.rs).
+/// `DROP EXTENSION onboarding` wakes this database's workers and profile writer after commit, so
+/// they notice at once that the extension is gone and exit (see worker.rs, profile_writer.rs).
 pub fn install_drop_extension_hook() {
     unsafe {
         PREVIOUS_OBJECT_ACCESS_HOOK = pg_sys::object_access_hook;
@@ -164,6 +175,7 @@ unsafe extern "C-unwind" fn on_object_access(
             && pg_sys::get_extension_oid(c"onboarding".as_ptr(), true) == object_id
         {
             after_commit(&WAKE_WORKERS);
+            after_commit(&WAKE_PROFILE_WRITER);
         }
     }
 }

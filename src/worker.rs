@@ -114,6 +114,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
     // The postmaster we were forked from holds no Stripe key (gucs.rs): read the files ourselves,
     // as the one kind of process that keeps it.
     gucs::hold_the_key();
+    tables::wait_briefly_for_locks();
     unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     let runtime = signal_safe_runtime().unwrap_or_else(|e| error!("onboarding: cannot start the HTTP runtime: {e}"));
     let Some(slot) = processes::publish_this_worker() else {
@@ -414,7 +415,7 @@ impl Worker {
     /// `ALTER EXTENSION onboarding UPDATE` (warned once, requests refused meanwhile), None when
     /// the extension is not installed here.
     fn check_sql_release(&mut self, database_name: &str) -> Option<bool> {
-        let installed = match in_transaction("reading the extension version", queue::installed_release) {
+        let installed = match in_transaction("reading the extension version", release::installed) {
             Ok(installed) => installed,
             Err(_) => return Some(false), // logged; look again after the pause
         };

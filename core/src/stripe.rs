@@ -499,6 +499,19 @@ impl StripeClient {
     /// retry may cure, search included (no answer, 409, 429, 5xx), and for any failure of the
     /// lists: the caller's retry policy applies as to any call, and a 429 reaches its rate budget.
     pub async fn find_customer(&self, user_id: &str, emails: &[&str]) -> Result<LookUp, StripeError> {
+        self.find_customer_except(user_id, emails, &[]).await
+    }
+
+    /// [`find_customer`](Self::find_customer), never finding one of `not_these`: customers made
+    /// for other profiles with the same user id (another table's), which a look-up must neither
+    /// adopt nor delete.
+    pub async fn find_customer_except(
+        &self,
+        user_id: &str,
+        emails: &[&str],
+        not_these: &[String],
+    ) -> Result<LookUp, StripeError> {
+        let mine = |c: &ListedObject| c.belongs_to(user_id) && !not_these.contains(&c.summary.id);
         let mut found = Vec::new();
         for email in emails {
             let mut after: Option<String> = None;
@@ -519,7 +532,7 @@ impl StripeClient {
                 pages += 1;
                 let page = ListedObject::all_in(&body);
                 after = page.last().map(|c| c.summary.id.clone());
-                found.extend(page.into_iter().filter(|c| c.belongs_to(user_id)));
+                found.extend(page.into_iter().filter(mine));
                 if !has_more(&body) || after.is_none() {
                     break;
                 }
@@ -528,11 +541,11 @@ impl StripeClient {
         if !found.is_empty() {
             return Ok(LookUp::of(found));
         }
-        self.search_customer(user_id).await
+        self.search_customer(user_id, not_these).await
     }
 
     /// Customer search on `metadata['user_id']`, every page (`next_page` passed back as `page`).
-    async fn search_customer(&self, user_id: &str) -> Result<LookUp, StripeError> {
+    async fn search_customer(&self, user_id: &str, not_these: &[String]) -> Result<LookUp, StripeError> {
         let escaped = user_id.replace('\\', "\\\\").replace('\'', "\\'");
         let query = format!("metadata['user_id']:'{escaped}'");
         let mut found = Vec::new();
@@ -550,7 +563,7 @@ impl StripeClient {
                 Ok(response) => response.body,
                 Err(error) => return self.search_failed(error),
             };
-            found.extend(owned_by(&body, user_id));
+            found.extend(owned_by(&body, user_id).filter(|c| !not_these.contains(&c.summary.id)));
             page = body.get("next_page").and_then(Value::as_str).map(str::to_string);
             if !has_more(&body) || page.is_none() {
                 return Ok(LookUp::of(found));
@@ -590,12 +603,18 @@ impl StripeClient {
     /// created just now). [`LookUp::Undecided`] past [`ACCOUNT_LOOK_UP_MAX_PAGES`]; `Err` when a
     /// page fails.
     pub async fn find_account(&self, user_id: &str) -> Result<LookUp, StripeError> {
+        self.find_account_except(user_id, &[]).await
+    }
+
+    /// [`find_account`](Self::find_account), never finding one of `not_these` (as
+    /// [`find_customer_except`](Self::find_customer_except)).
+    pub async fn find_account_except(&self, user_id: &str, not_these: &[String]) -> Result<LookUp, StripeError> {
         let mut found = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..self.account_pages {
             let (page, more) = self.list_page(ListKind::Accounts, after.as_deref()).await?;
             after = page.last().map(|a| a.summary.id.clone());
-            found.extend(page.into_iter().filter(|a| a.belongs_to(user_id)));
+            found.extend(page.into_iter().filter(|a| a.belongs_to(user_id) && !not_these.contains(&a.summary.id)));
             if !more || after.is_none() {
                 return Ok(LookUp::of(found));
             }
@@ -1456,6 +1475,38 @@ mod tests {
             panic!("decided on a partly read list")
         };
         assert!(reason.contains("more than 1 pages") && !reason.contains(email), "{reason}");
+    }
+
+    #[test]
+    fn a_look_up_never_finds_what_was_made_for_another_profile() {
+        let (_stripe, client) = emulated_stripe();
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        // Two tables with the same user id (auth.users' uuid): the other table's customer is older.
+        let made =
+            create_customers(&rt, &client, ["same@example.com", "same@example.com"].map(|e| ("u-9".into(), e.into())));
+        let (theirs, mine) = (made[0].clone(), made[1].clone());
+        let find = |emails: &[&str], not_these: &[String]| {
+            rt.block_on(client.find_customer_except("u-9", emails, not_these)).unwrap()
+        };
+        assert_eq!(find(&["same@example.com"], std::slice::from_ref(&mine.id)), LookUp::Found(theirs.clone()));
+        assert_eq!(
+            find(&["same@example.com"], std::slice::from_ref(&theirs.id)),
+            LookUp::Found(mine.clone()),
+            "by the email list"
+        );
+        assert_eq!(find(&[], std::slice::from_ref(&theirs.id)), LookUp::Found(mine.clone()), "by search");
+        assert_eq!(find(&[], &[theirs.id.clone(), mine.id.clone()]), LookUp::NotFound);
+        let account = rt
+            .block_on(
+                client.create_account(
+                    &NewAccount { user_id: "u-9".into(), email: "same@example.com".into() },
+                    "acct-u-9",
+                ),
+            )
+            .unwrap()
+            .0;
+        let found = rt.block_on(client.find_account_except("u-9", std::slice::from_ref(&account.id))).unwrap();
+        assert_eq!(found, LookUp::NotFound);
     }
 
     #[test]

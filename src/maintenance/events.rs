@@ -1,8 +1,10 @@
 //! Stripe back into Postgres, with no webhook endpoint: a worker reads Stripe's Events API from the
 //! cursor in `onboarding.events_cursor` and keeps `onboarding.connect_accounts` (sql/inbound.sql)
 //! in step with what Stripe says of the accounts the extension created; customers deleted or
-//! given another email outside the extension go to `onboarding.customer_changes`, where each
-//! table's policy is applied to them (flag or recreate; audit or copy the email).
+//! given another email outside the extension go to `onboarding.customer_changes`. Writing any of
+//! it to profiles (readiness columns; each table's policy for changed customers: flag or
+//! recreate, audit or copy the email) is the profile writer's (profile_writer.rs), woken after the
+//! apply commits: an owner's slow trigger never holds up this loop, which serves signups.
 //!
 //! A poll is three steps, none holding a transaction across a call: take the turn (one worker
 //! at a time, when `onboarding.events_poll_interval` says one is due); read a page of events
@@ -20,25 +22,18 @@ use std::time::{Duration, SystemTime};
 
 use onboarding_core::budget::Gcra;
 use onboarding_core::budget_turns::BudgetTurns;
-use onboarding_core::inbound::{AccountReadiness, Change, Verdict, parse_event, plan};
+use onboarding_core::inbound::{AccountReadiness, Change, SHOWN_ID_CHARS, Verdict, customer_change, parse_event, plan};
 use onboarding_core::stripe::{ListedEvent, StripeClient, StripeError, account_gone, lost_event_cursor};
 use pgrx::JsonB;
 use pgrx::prelude::*;
 use serde_json::{Value, json};
 
-use crate::gucs;
 use crate::pg::transaction::in_transaction;
-use crate::rate_budget;
+use crate::{gucs, rate_budget, wake};
 
 /// The events read: accounts' readiness, and customers deleted or changed outside the extension.
 pub const TYPES: &[&str] =
     &["account.updated", "account.application.deauthorized", "customer.updated", "customer.deleted"];
-
-/// Profiles whose readiness columns are written per poll (each a statement as the table's owner).
-const PROFILES_WRITTEN_AT_MOST: i32 = 100;
-
-/// Customer changes handled per poll (each reads its profile, and may write it): the rest wait.
-const CUSTOMER_CHANGES_AT_MOST: i32 = 50;
 
 /// Accounts read directly per poll (each a request): the rest wait for the next polls. (Polls
 /// following at once while more waited delayed signups past a lane test's 2 s at a 10/s budget.)
@@ -59,6 +54,18 @@ const CLOCK_MARGIN_SECS: i64 = 60;
 /// have issued an account link meanwhile (which makes one due sooner).
 const CHECK_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
 
+/// The poller's turn, as `_events_poll_begin` answers.
+struct Turn {
+    polling: bool,
+    due_in: Duration,
+    cursor: Option<String>,
+    accounts: Vec<String>,
+    since_link: Option<Duration>,
+    last_polled_at: Option<i64>,
+    events_to_retry: Vec<String>,
+    customers: Vec<String>,
+}
+
 /// A poll whose requests run in the background.
 pub struct Poll {
     reading: tokio::task::JoinHandle<Read>,
@@ -71,8 +78,15 @@ struct Read {
     /// When the events were read (Unix seconds).
     read_at: i64,
     /// Each account read again: when its request was sent (Unix seconds) and Stripe's answer.
-    accounts: Vec<(String, i64, Result<Value, StripeError>)>,
+    accounts: Vec<ObjectRead>,
+    /// Each customer read (two of its events came in one second), as for accounts.
+    customers: Vec<ObjectRead>,
+    /// Each event set aside at an earlier poll, read again on its own.
+    retried: Vec<(String, Result<Value, StripeError>)>,
 }
+
+/// An object read from Stripe: its id, when the request was sent (Unix seconds), the answer.
+type ObjectRead = (String, i64, Result<Value, StripeError>);
 
 enum Page {
     /// Events after the cursor, oldest first, and whether newer ones follow.
@@ -104,20 +118,24 @@ pub fn start(
                     &[REFRESH_AT_MOST.into(), every.as_secs_f64().into()],
                 )?
                 .first();
-            let polling = row.get::<bool>(1)?.unwrap_or(false);
-            let due_in = Duration::from_secs_f64(row.get::<f64>(2)?.unwrap_or(0.0).clamp(0.0, 86_400.0));
-            let cursor = row.get::<String>(3)?;
-            let accounts = row.get::<Vec<String>>(4)?.unwrap_or_default();
-            let since_link = row.get::<f64>(5)?.map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9)));
-            let last_polled_at = row.get::<i64>(6)?;
-            Ok::<_, pgrx::spi::Error>((polling, due_in, cursor, accounts, since_link, last_polled_at))
+            let due_in = row.get_by_name::<f64, _>("due_in")?.unwrap_or(0.0).clamp(0.0, 86_400.0);
+            Ok::<_, pgrx::spi::Error>(Turn {
+                polling: row.get_by_name::<bool, _>("polling")?.unwrap_or(false),
+                due_in: Duration::from_secs_f64(due_in),
+                cursor: row.get_by_name("last_event_id")?,
+                accounts: row.get_by_name("accounts_to_refresh")?.unwrap_or_default(),
+                since_link: row
+                    .get_by_name::<f64, _>("since_link")?
+                    .map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9))),
+                last_polled_at: row.get_by_name("last_polled_at")?,
+                events_to_retry: row.get_by_name("events_to_retry")?.unwrap_or_default(),
+                customers: row.get_by_name("customers_to_refresh")?.unwrap_or_default(),
+            })
         })
     });
-    let (cursor, accounts, since_link, last_polled_at) = match taken {
-        Ok(Ok((true, _, cursor, accounts, since_link, last_polled_at))) => {
-            (cursor, accounts, since_link, last_polled_at)
-        }
-        Ok(Ok((false, due_in, ..))) => return Err(due_in.min(CHECK_AT_LEAST_EVERY)),
+    let Turn { cursor, accounts, since_link, last_polled_at, events_to_retry, customers, .. } = match taken {
+        Ok(Ok(turn)) if turn.polling => turn,
+        Ok(Ok(turn)) => return Err(turn.due_in.min(CHECK_AT_LEAST_EVERY)),
         // Not installed at this release yet, or a standby: ask again later.
         _ => return Err(CHECK_AT_LEAST_EVERY),
     };
@@ -169,7 +187,7 @@ pub fn start(
                 read => read.map(|(events, more)| Page::After(events, more)),
             },
         };
-        let mut read_accounts = Vec::with_capacity(accounts.len());
+        let (mut read_accounts, mut read_customers, mut retried) = (Vec::new(), Vec::new(), Vec::new());
         if page.is_ok() {
             for account in accounts {
                 slot().await;
@@ -177,8 +195,19 @@ pub fn start(
                 let answer = client.retrieve_account(&account).await;
                 read_accounts.push((account, sent_at, answer));
             }
+            for customer in customers {
+                slot().await;
+                let sent_at = unix_now();
+                let answer = client.retrieve_customer(&customer).await;
+                read_customers.push((customer, sent_at, answer));
+            }
+            for event in events_to_retry {
+                slot().await;
+                let answer = client.retrieve_event(&event).await;
+                retried.push((event, answer));
+            }
         }
-        Read { page, read_at, accounts: read_accounts }
+        Read { page, read_at, accounts: read_accounts, customers: read_customers, retried }
     });
     Ok(Poll { reading, since_link })
 }
@@ -188,103 +217,230 @@ impl Poll {
         self.reading.is_finished()
     }
 
-    /// Applies what the poll read (call once [`Poll::is_finished`]), in one transaction, and
-    /// returns when to ask again whether a poll is due; `warned` says a failure was already told.
+    /// Applies what the poll read (call once [`Poll::is_finished`]) and returns when to ask again
+    /// whether a poll is due; `warned` says a failed read was already told. The page is applied in
+    /// one transaction; if anything in it fails, again one event (and one object read) at a time,
+    /// each in its own transaction, and what fails alone is set aside: one event never stops the
+    /// cursor or any other event.
     pub fn finish(self, runtime: &tokio::runtime::Runtime, warned: &mut bool) -> Duration {
         let Poll { reading, since_link } = self;
         let Ok(read) = runtime.block_on(reading) else {
             return CHECK_AT_LEAST_EVERY; // the task panicked: the turn lapses in a minute
         };
         let interval = gucs::events_poll().map_or(Duration::from_secs(3600), |p| p.next_poll_in(since_link));
-        // AssertUnwindSafe: a failed transaction leaves `warned` as good as any value.
-        let applied =
-            in_transaction("applying Stripe's events", std::panic::AssertUnwindSafe(|| apply(read, interval, warned)));
-        match applied {
-            Ok(Ok(next_in)) => next_in,
-            Ok(Err(e)) => {
-                warning!("onboarding: applying Stripe's events: {e}");
-                interval
+        let page = match &read.page {
+            Ok(page) => PageRead::of(page),
+            Err(error) => {
+                if !*warned {
+                    warning!("onboarding: could not read Stripe's events: {error}; trying again every {interval:?}");
+                    *warned = true;
+                }
+                let _ = in_transaction("ending the events poll", || end_poll(None, 0, interval, None, false));
+                return interval;
             }
-            Err(_) => interval,
+        };
+        *warned = false;
+        if page.lost {
+            warning!(
+                "onboarding: Stripe no longer holds the events after the stored cursor (it keeps 30 days): \
+                 reading the events since the last poll that Stripe still has, and every followed account"
+            );
+        }
+        let objects = Objects { accounts: &read.accounts, customers: &read.customers, retried: &read.retried };
+        let together = in_transaction("applying Stripe's events", || {
+            let applied = apply(page.events, &objects)?;
+            end(&page, applied, interval, read.read_at)
+        });
+        match together {
+            Ok(Ok(next_in)) => return next_in,
+            Ok(Err(e)) => warning!("onboarding: applying Stripe's events: {e}; applying them one at a time"),
+            Err(_) => warning!("onboarding: applying Stripe's events one at a time"),
+        }
+        let mut applied = Applied::default();
+        for event in page.events {
+            match in_transaction("applying a Stripe event", || apply(std::slice::from_ref(event), &Objects::NONE)) {
+                Ok(Ok(one)) => applied.add(one),
+                failed => set_aside_alone(event.cursor(), &failed),
+            }
+        }
+        for retried in &read.retried {
+            let alone = Objects { retried: std::slice::from_ref(retried), ..Objects::NONE };
+            match in_transaction("applying a Stripe event read again", || apply(&[], &alone)) {
+                Ok(Ok(one)) => applied.add(one),
+                failed => set_aside_alone(Some(&retried.0), &failed),
+            }
+        }
+        for (list, accounts) in [(&read.accounts, true), (&read.customers, false)] {
+            for object in list {
+                let alone = std::slice::from_ref(object);
+                let objects = if accounts {
+                    Objects { accounts: alone, ..Objects::NONE }
+                } else {
+                    Objects { customers: alone, ..Objects::NONE }
+                };
+                // One that fails stays due: read again at the next poll.
+                if let Ok(Ok(one)) = in_transaction("applying a Stripe object read", || apply(&[], &objects)) {
+                    applied.add(one);
+                }
+            }
+        }
+        match in_transaction("ending the events poll", || end(&page, applied, interval, read.read_at)) {
+            Ok(Ok(next_in)) => next_in,
+            _ => interval,
         }
     }
 }
 
-/// Applies a poll's read and ends the poll; returns when the next one is due.
-fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, pgrx::spi::Error> {
+/// What a page of a poll says: the events to apply, whether more follow, and where the cursor goes.
+struct PageRead<'a> {
+    events: &'a [ListedEvent],
+    more: bool,
+    /// Stripe no longer held the events after the cursor.
+    lost: bool,
+    /// What happened before the events read is not in them (the first poll, or more came since
+    /// the last poll than were read): it is read from the accounts themselves.
+    unread_before: bool,
+    cursor: Option<(String, Option<i64>)>,
+}
+
+impl<'a> PageRead<'a> {
+    fn of(page: &'a Page) -> PageRead<'a> {
+        let (events, more, lost, unread_before, mut cursor) = match page {
+            Page::After(events, more) => (events.as_slice(), *more, false, false, None),
+            Page::Since { events, lost, truncated } => (events.as_slice(), false, *lost, *truncated, None),
+            Page::Start { newest, lost } => (&[][..], false, *lost, true, newest.clone().map(|id| (id, None))),
+        };
+        // Never a huge or malformed id as the cursor: every later read would fail on it.
+        if let Some((id, last)) = events.iter().rev().find_map(|e| Some((e.cursor()?, e))) {
+            let created = match last {
+                ListedEvent::Read(event) => event["created"].as_i64(),
+                ListedEvent::Unreadable(_) => None,
+            };
+            cursor = Some((id.to_string(), created));
+        }
+        PageRead { events, more, lost, unread_before, cursor }
+    }
+}
+
+/// What a poll read of objects themselves, and the events set aside read again.
+struct Objects<'a> {
+    accounts: &'a [ObjectRead],
+    customers: &'a [ObjectRead],
+    retried: &'a [(String, Result<Value, StripeError>)],
+}
+
+impl Objects<'_> {
+    const NONE: Objects<'static> = Objects { accounts: &[], customers: &[], retried: &[] };
+}
+
+/// What an apply did: events newly applied, and accounts to read again (same-second events).
+#[derive(Default)]
+struct Applied {
+    events: i32,
+    refetch: Vec<String>,
+}
+
+impl Applied {
+    fn add(&mut self, other: Applied) {
+        self.events += other.events;
+        self.refetch.extend(other.refetch);
+    }
+}
+
+/// Ends the poll: what the page leaves unknown is read from the accounts at the next poll, the
+/// cursor moves, and the next poll is due (at once when more waits). Returns when.
+fn end(page: &PageRead, applied: Applied, interval: Duration, read_at: i64) -> Result<Duration, pgrx::spi::Error> {
+    let mut next_in = if page.more { Duration::ZERO } else { interval };
+    if page.lost || page.unread_before {
+        Spi::run("SELECT onboarding._refresh_accounts(NULL)")?;
+    }
+    if !applied.refetch.is_empty() {
+        // Read at once, by the next poll: an owner may be waiting for exactly this change.
+        Spi::run_with_args("SELECT onboarding._refresh_accounts($1)", &[applied.refetch.into()])?;
+        next_in = Duration::ZERO;
+    }
+    end_poll(page.cursor.clone(), applied.events, next_in, Some(read_at), page.lost)?;
+    Ok(next_in)
+}
+
+/// An event (or one read again) that failed alone: set aside, said, read again later.
+fn set_aside_alone<T>(id: Option<&str>, failed: &Result<Result<T, pgrx::spi::Error>, String>) {
+    let why = match failed {
+        Ok(Err(e)) => e.to_string(),
+        Err(message) => message.clone(),
+        Ok(Ok(_)) => return,
+    };
+    let shown = id.map_or_else(|| "(unusable id)".to_string(), |id| id.chars().take(SHOWN_ID_CHARS).collect());
+    let reason = format!("{shown}: applying it failed: {}", why.chars().take(200).collect::<String>());
+    let _ = in_transaction("setting a Stripe event aside", || {
+        record_set_aside(&[(id.map(str::to_string), reason.clone())], true)
+    });
+}
+
+/// Applies events (a page, or one of it), objects read and events read again, in the caller's
+/// transaction; the poll's end is [`end`]'s.
+fn apply(events: &[ListedEvent], objects: &Objects) -> Result<Applied, pgrx::spi::Error> {
     let mut states: HashMap<String, Value> = HashMap::new();
     let mut customers: HashMap<String, Value> = HashMap::new();
     let mut refetch: Vec<String> = Vec::new();
-    let mut next_in = interval;
-    let mut cursor = None::<(String, Option<i64>)>;
-    // `unread_before`: what happened before the events read is not in them (the first poll, or
-    // more came since the last poll than were read).
-    let (events, more, lost, unread_before) = match read.page {
-        Err(error) => {
-            if !*warned {
-                warning!("onboarding: could not read Stripe's events: {error}; trying again every {interval:?}");
-                *warned = true;
-            }
-            end_poll(None, 0, interval, None, false)?;
-            return Ok(interval);
-        }
-        Ok(Page::After(events, more)) => (events, more, false, false),
-        Ok(Page::Since { events, lost, truncated }) => (events, false, lost, truncated),
-        Ok(Page::Start { newest, lost }) => {
-            cursor = newest.map(|id| (id, None));
-            (Vec::new(), false, lost, true)
-        }
-    };
-    if lost {
-        warning!(
-            "onboarding: Stripe no longer holds the events after the stored cursor (it keeps 30 days): \
-             reading the events since the last poll that Stripe still has, and every followed account"
-        );
-    }
-    if lost || unread_before {
-        // What happened before the events read is read from the accounts themselves.
-        Spi::run("SELECT onboarding._refresh_accounts(NULL)")?;
-    }
-    // Never a huge or malformed id as the cursor: every later read would fail on it.
-    if let Some((id, last)) = events.iter().rev().find_map(|e| Some((e.cursor()?, e))) {
-        let created = match last {
-            ListedEvent::Read(event) => event["created"].as_i64(),
-            ListedEvent::Unreadable(_) => None,
-        };
-        cursor = Some((id.to_string(), created));
-    }
-    if more {
-        next_in = Duration::ZERO;
-    }
     // One event that cannot be read or applied safely (bytes that are not UTF-8, a NUL, a 3 kB
     // id) is set aside, said and recorded; it never stops its page, the cursor or anyone else.
-    let mut readable = Vec::with_capacity(events.len());
-    let mut set_aside = Vec::new();
-    for event in &events {
+    let mut readable = Vec::with_capacity(events.len() + objects.retried.len());
+    let (mut set_aside, mut gone) = (Vec::new(), Vec::new());
+    let retried = objects.retried.iter().filter_map(|(id, answer)| match answer {
+        Ok(event) => Some((Some(id.as_str()), ListedEvent::Read(event.clone()))),
+        Err(e) => {
+            // Stripe no longer has it (past its 30 days): nothing left to read.
+            let missing = matches!(e, StripeError::Api(api) if api.status == 404);
+            let entry = (Some(id.clone()), format!("{id}: reading it again failed: {e}"));
+            if missing {
+                gone.push(entry)
+            } else {
+                set_aside.push(entry)
+            }
+            None
+        }
+    });
+    // Those set aside earlier first: they are older than the page.
+    let all: Vec<(Option<&str>, ListedEvent)> = retried.chain(events.iter().map(|e| (e.cursor(), e.clone()))).collect();
+    for (id, event) in &all {
         match event {
             ListedEvent::Read(value) => match parse_event(value) {
                 // Its type was checked by parse_event: safe to store.
                 Ok(parsed) => readable.push((parsed, value["type"].as_str().unwrap_or_default().to_string())),
-                Err(malformed) => set_aside.push((malformed.id.clone(), malformed.to_string())),
+                Err(malformed) => {
+                    set_aside.push((id.map(str::to_string).or(malformed.id.clone()), malformed.to_string()))
+                }
             },
             ListedEvent::Unreadable(unreadable) => {
                 set_aside.push((Some(unreadable.id.clone()), format!("{}: {}", unreadable.id, unreadable.why)))
             }
         }
     }
-    record_set_aside(&set_aside)?;
+    record_set_aside(&set_aside, true)?;
+    record_set_aside(&gone, false)?;
     let fresh = not_applied_before(&readable)?;
     let parsed = readable.into_iter().map(|(e, _)| e).filter(|e| fresh.contains(&e.id)).collect::<Vec<_>>();
     let applied = parsed.len() as i32;
     let as_of = stored_as_of(&parsed)?;
-    for step in plan(parsed, |account| as_of.get(account).copied().flatten()) {
+    for step in plan(parsed, |object| as_of.get(object).copied().flatten()) {
         let created = step.event.created;
         match (step.verdict, step.superseded, step.event.change) {
             (Verdict::Stale, ..) | (_, true, _) => {}
-            // Accounts are read again; a customer's two emails of one second are not yet (its
-            // deletion always applies: core's plan).
+            // Accounts are read again, by the next poll.
             (Verdict::Refetch, false, change @ (Change::Account(_) | Change::AccountDeauthorized { .. })) => {
                 refetch.extend(change.object_id().map(str::to_string))
+            }
+            // A customer's email as this event says (the later-listed of its second), and the
+            // customer read by the next poll, which settles which came last.
+            (
+                verdict @ (Verdict::Apply | Verdict::Refetch),
+                false,
+                Change::CustomerEmail { customer, user_id, email, idempotency_key },
+            ) => {
+                let changed = json!({"customer": customer, "user_id": user_id, "as_of": created, "email": email,
+                                     "idempotency_key": idempotency_key, "refresh": verdict == Verdict::Refetch});
+                customers.insert(customer, changed);
             }
             (Verdict::Refetch, false, _) => {}
             (Verdict::Apply, false, Change::Account(readiness)) => {
@@ -297,52 +453,64 @@ fn apply(read: Read, interval: Duration, warned: &mut bool) -> Result<Duration, 
                 let deleted = json!({"customer": customer, "user_id": user_id, "as_of": created, "deleted": true});
                 customers.insert(customer, deleted);
             }
-            (Verdict::Apply, false, Change::CustomerEmail { customer, user_id, email, idempotency_key }) => {
-                let changed = json!({"customer": customer, "user_id": user_id, "as_of": created, "email": email,
-                                     "idempotency_key": idempotency_key});
-                customers.insert(customer, changed);
-            }
             (Verdict::Apply, false, Change::Ignored) => {}
         }
     }
-    for (account, sent_at, answer) in read.accounts {
+    for (account, sent_at, answer) in objects.accounts {
         let state = match answer {
-            Ok(object) => match AccountReadiness::from_account(&object) {
-                Some(readiness) => readiness_state(&readiness, sent_at),
+            Ok(object) => match AccountReadiness::from_account(object) {
+                Some(readiness) => readiness_state(&readiness, *sent_at),
                 None => continue,
             },
-            Err(e) if account_gone(&e) => json!({"account": account, "as_of": sent_at, "deauthorized": true}),
+            Err(e) if account_gone(e) => json!({"account": account, "as_of": sent_at, "deauthorized": true}),
             Err(e) => {
                 warning!("onboarding: reading Connect account {account}: {e}");
                 continue; // still due: read again at the next poll
             }
         };
         // A read is as new as any event of the poll before it: the later of the two wins.
-        let newer = states.get(&account).is_none_or(|s| s["as_of"].as_i64() <= Some(sent_at));
-        if newer {
-            states.insert(account, state);
+        if states.get(account).is_none_or(|s| s["as_of"].as_i64() <= Some(*sent_at)) {
+            states.insert(account.clone(), state);
         }
     }
-    *warned = false;
+    for (customer, sent_at, answer) in objects.customers {
+        let deleted = json!({"customer": customer, "as_of": sent_at, "deleted": true, "refreshed": true});
+        let read = match answer {
+            Ok(object) => match customer_change(object) {
+                Ok(Change::CustomerEmail { user_id, email, .. }) => {
+                    json!({"customer": customer, "user_id": user_id, "as_of": sent_at, "email": email, "refreshed": true})
+                }
+                Ok(_) => deleted,
+                Err(malformed) => {
+                    // What its events said stands; reading it again would say the same.
+                    warning!("onboarding: reading customer {customer} again: {malformed}");
+                    json!({"customer": customer, "as_of": sent_at, "refreshed": true})
+                }
+            },
+            Err(StripeError::Api(e)) if e.status == 404 => deleted,
+            Err(e) => {
+                warning!("onboarding: reading customer {customer}: {e}");
+                continue; // still due: read again at the next poll
+            }
+        };
+        if customers.get(customer).is_none_or(|c| c["as_of"].as_i64() <= Some(*sent_at)) {
+            customers.insert(customer.clone(), read);
+        }
+    }
+    if !states.is_empty() || !customers.is_empty() {
+        // Profiles' readiness columns and the tables' change policies: the profile writer's work
+        // (profile_writer.rs), never this loop's, which serves signups.
+        wake::wake_profile_writer_after_commit();
+    }
     if !states.is_empty() {
         let states: Vec<Value> = states.into_values().collect();
         Spi::run_with_args("SELECT onboarding._apply_account_states($1)", &[JsonB(Value::Array(states)).into()])?;
     }
-    // Profiles' readiness columns, for the accounts just changed and those held at earlier polls.
-    Spi::run_with_args("SELECT onboarding._write_profile_readiness($1)", &[PROFILES_WRITTEN_AT_MOST.into()])?;
     if !customers.is_empty() {
         let changes: Vec<Value> = customers.into_values().collect();
         Spi::run_with_args("SELECT onboarding._record_customer_changes($1)", &[JsonB(Value::Array(changes)).into()])?;
     }
-    // Also those that waited for a locked profile at an earlier poll.
-    Spi::run_with_args("SELECT onboarding._handle_customer_changes($1)", &[CUSTOMER_CHANGES_AT_MOST.into()])?;
-    if !refetch.is_empty() {
-        // Read at once, by the next poll: an owner may be waiting for exactly this change.
-        Spi::run_with_args("SELECT onboarding._refresh_accounts($1)", &[refetch.into()])?;
-        next_in = Duration::ZERO;
-    }
-    end_poll(cursor, applied, next_in, Some(read.read_at), lost)?;
-    Ok(next_in)
+    Ok(Applied { events: applied, refetch })
 }
 
 /// The readiness as `_apply_account_states` takes it, as of `as_of` (Unix seconds).
@@ -357,8 +525,8 @@ fn readiness_state(readiness: &AccountReadiness, as_of: i64) -> Value {
 }
 
 /// Events set aside unread or unapplied (an id when one is usable, and why): a WARNING each, and
-/// a row of `onboarding.stripe_events_set_aside`.
-fn record_set_aside(set_aside: &[(Option<String>, String)]) -> Result<(), pgrx::spi::Error> {
+/// a row of `onboarding.stripe_events_set_aside`, read again later if `retry`.
+fn record_set_aside(set_aside: &[(Option<String>, String)], retry: bool) -> Result<(), pgrx::spi::Error> {
     if set_aside.is_empty() {
         return Ok(());
     }
@@ -367,7 +535,7 @@ fn record_set_aside(set_aside: &[(Option<String>, String)]) -> Result<(), pgrx::
     }
     let ids: Vec<Option<String>> = set_aside.iter().map(|(id, _)| id.clone()).collect();
     let reasons: Vec<String> = set_aside.iter().map(|(_, why)| why.clone()).collect();
-    Spi::run_with_args("SELECT onboarding._set_events_aside($1, $2)", &[ids.into(), reasons.into()])
+    Spi::run_with_args("SELECT onboarding._set_events_aside($1, $2, $3)", &[ids.into(), reasons.into(), retry.into()])
 }
 
 /// The ids of `events` not applied before, now recorded as applied.
@@ -390,7 +558,8 @@ fn not_applied_before(
     Ok(fresh.unwrap_or_default().into_iter().collect())
 }
 
-/// The time of the state held for each followed account the events are about.
+/// The time of the state held for each followed account and each customer's email the events are
+/// about.
 fn stored_as_of(
     events: &[onboarding_core::inbound::InboundEvent],
 ) -> Result<HashMap<String, Option<i64>>, pgrx::spi::Error> {
@@ -400,7 +569,9 @@ fn stored_as_of(
     }
     Spi::connect(|spi| {
         let rows = spi.select(
-            "SELECT account_id, as_of FROM onboarding.connect_accounts WHERE account_id = ANY ($1)",
+            "SELECT account_id, as_of FROM onboarding.connect_accounts WHERE account_id = ANY ($1)
+             UNION ALL
+             SELECT customer_id, email_as_of FROM onboarding.customer_changes WHERE customer_id = ANY ($1)",
             None,
             &[accounts.into()],
         )?;

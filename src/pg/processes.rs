@@ -1,9 +1,9 @@
 //! The extension's shared memory at preload, and the registry of its processes in it.
 //!
-//! Each worker publishes its PGPROC number and database in a slot; the launcher publishes its own.
-//! Others set their latches through it: a committing transaction wakes the workers of its
-//! database, `CREATE EXTENSION` wakes the launcher (wake.rs), a caller asks the workers for work
-//! (requests.rs).
+//! Each worker publishes its PGPROC number and database in a slot; so does each database's profile
+//! writer, and the launcher its own. Others set their latches through it: a committing transaction
+//! wakes the workers of its database, the events reader its profile writer, `CREATE EXTENSION`
+//! the launcher (wake.rs), a caller asks the workers for work (requests.rs).
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, Ordering};
 
@@ -28,6 +28,9 @@ pub struct Processes {
     /// Per worker: the earliest start (PostgreSQL microseconds) of the transactions that made jobs
     /// pending where its claims may have passed, since it last looked; [`NO_RESCAN`] if none.
     worker_rescan_from: [AtomicI64; MAX_WORKERS],
+    /// Each database's profile writer (profile_writer.rs), one per database at most.
+    writer_procnos: [AtomicI32; MAX_WORKERS],
+    writer_databases: [AtomicU32; MAX_WORKERS],
 }
 
 const NO_RESCAN: i64 = i64::MAX;
@@ -44,6 +47,8 @@ impl Default for Processes {
             worker_standby_waits: std::array::from_fn(|_| AtomicU32::new(0)),
             worker_standby_wait_since: std::array::from_fn(|_| AtomicI64::new(0)),
             worker_rescan_from: std::array::from_fn(|_| AtomicI64::new(NO_RESCAN)),
+            writer_procnos: std::array::from_fn(|_| AtomicI32::new(NO_PROCESS)),
+            writer_databases: std::array::from_fn(|_| AtomicU32::new(NO_DATABASE)),
         }
     }
 }
@@ -92,6 +97,38 @@ unsafe extern "C-unwind" fn unpublish_worker(_code: i32, slot: pg_sys::Datum) {
     shared.worker_standby_waits[slot.value()].store(0, Ordering::Release);
     shared.worker_databases[slot.value()].store(NO_DATABASE, Ordering::Release);
     shared.worker_procnos[slot.value()].store(NO_PROCESS, Ordering::Release);
+}
+
+/// Called by a profile writer once connected: from now on [`set_profile_writer_latch`] in its
+/// database wakes it. False when all slots are taken. Freed when the process exits.
+pub fn publish_profile_writer() -> bool {
+    let shared = PROCESSES.get();
+    let Some(slot) = (0..MAX_WORKERS).find(|&i| {
+        shared.writer_procnos[i].compare_exchange(NO_PROCESS, my_procno(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }) else {
+        return false;
+    };
+    shared.writer_databases[slot].store(my_database(), Ordering::Release);
+    unsafe { pg_sys::before_shmem_exit(Some(unpublish_profile_writer), pg_sys::Datum::from(slot)) };
+    true
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn unpublish_profile_writer(_code: i32, slot: pg_sys::Datum) {
+    let shared = PROCESSES.get();
+    shared.writer_databases[slot.value()].store(NO_DATABASE, Ordering::Release);
+    shared.writer_procnos[slot.value()].store(NO_PROCESS, Ordering::Release);
+}
+
+/// Wakes this database's profile writer (atomics and a latch only, like [`set_worker_latches`]).
+pub fn set_profile_writer_latch() {
+    let shared = PROCESSES.get();
+    let database = my_database();
+    for slot in 0..MAX_WORKERS {
+        if shared.writer_databases[slot].load(Ordering::Acquire) == database {
+            set_latch_of(shared.writer_procnos[slot].load(Ordering::Acquire));
+        }
+    }
 }
 
 pub fn publish_launcher() {

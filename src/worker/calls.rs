@@ -27,6 +27,9 @@ pub struct Call {
     /// When its first request went out, after the rate budget's wait (set by the call itself):
     /// its `stripe_request` event, logged at the claim, is moved to this time.
     pub sent_at: Option<SystemTime>,
+    /// What a look-up by `metadata.user_id` must never find: the objects this extension made for
+    /// another table's profile with the same user id.
+    made_for_others: Vec<String>,
 }
 
 pub enum Work {
@@ -111,12 +114,14 @@ impl Call {
         match &self.work {
             Work::CreateCustomer { customer, look_up } => {
                 let emails: Option<Vec<&str>> = look_up.as_ref().map(|e| e.iter().map(String::as_str).collect());
-                let find = emails.as_deref().map(|emails| client.find_customer(&self.user_id, emails));
+                let find = emails
+                    .as_deref()
+                    .map(|emails| client.find_customer_except(&self.user_id, emails, &self.made_for_others));
                 look_up_or_create(find, client.create_customer(customer, &self.idempotency_key)).await
             }
             Work::DeleteCustomer(id) => delete(client, StripeCollection::Customers, id).await,
             Work::CreateAccount { account, look_up } => {
-                let find = look_up.then(|| client.find_account(&self.user_id));
+                let find = look_up.then(|| client.find_account_except(&self.user_id, &self.made_for_others));
                 look_up_or_create(find, client.create_account(account, &self.idempotency_key)).await
             }
             Work::DeleteAccount(id) => delete(client, StripeCollection::Accounts, id).await,
@@ -128,7 +133,7 @@ impl Call {
             }
             Work::CleanUpCustomer { emails } => {
                 let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
-                match client.find_customer(&self.user_id, &emails).await {
+                match client.find_customer_except(&self.user_id, &emails, &self.made_for_others).await {
                     Ok(LookUp::Found(found)) => delete(client, StripeCollection::Customers, &found.id).await,
                     Ok(LookUp::NotFound) => Outcome::NothingToCleanUp,
                     Ok(LookUp::Undecided(reason)) => Outcome::Undecided(reason),
@@ -336,6 +341,7 @@ pub fn plan(job: ClaimedJob) -> Planned {
         idempotency_key: job.idempotency_key,
         work,
         sent_at: None,
+        made_for_others: job.made_for_others,
     };
     Planned::Call { call, first_params, request: detail }
 }

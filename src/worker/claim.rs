@@ -13,7 +13,7 @@ use pgrx::pg_sys;
 
 use crate::gucs;
 use crate::maintenance::{rescue, retention};
-use crate::release::Installed;
+use crate::release::{self, Installed};
 use crate::worker::calls::{self, Call, Planned};
 use crate::worker::queue;
 
@@ -30,7 +30,7 @@ pub fn claim_and_plan(
     announced_from: Option<i64>,
     credit: &mut LaneCredit,
 ) -> Result<(Vec<Call>, usize, Option<Duration>), Installed> {
-    match queue::installed_release() {
+    match release::installed() {
         Installed::Current => {}
         other => return Err(other),
     }
@@ -65,8 +65,12 @@ pub fn claim_and_plan(
     let calls = claimed
         .into_iter()
         .filter(|job| !job.finished)
-        .filter_map(|job| {
+        .filter_map(|mut job| {
             let id = job.id;
+            if job.looks_up() {
+                // What another table's profile with this user id holds: never adopted or deleted.
+                job.made_for_others = queue::made_for_other_profiles(id);
+            }
             match calls::plan(job) {
                 Planned::Finish(transition, detail) => {
                     queue::finish(id, transition, detail);

@@ -1,6 +1,6 @@
-//! Every statement the worker runs on its hot path, behind a small typed API: the release the
-//! database holds, promoting the intake, claiming jobs, recording what calls did (events,
-//! write-backs, finished jobs), the next due time, and the requests it takes on and watches.
+//! Every statement the worker runs on its hot path, behind a small typed API: promoting the
+//! intake, claiming jobs, recording what calls did (events, write-backs, finished jobs), the next
+//! due time, and the requests it takes on and watches.
 //!
 //! Each function runs inside the caller's transaction (`pg::transaction::in_transaction`); a
 //! failing statement raises an ERROR, which that transaction catches. The loop (worker.rs) decides
@@ -18,21 +18,7 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-use crate::release::{Installed, LIBRARY_VERSION};
 use crate::requests::RequestKind;
-
-/// Reads `pg_extension.extversion`.
-pub fn installed_release() -> Installed {
-    // A scalar subquery: always one row (Spi::get_one errs on none), NULL when not installed.
-    let version =
-        Spi::get_one::<String>("SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'onboarding')")
-            .unwrap_or_else(|e| error!("onboarding: reading the installed extension version: {e}"));
-    match version {
-        None => Installed::No,
-        Some(v) if v == LIBRARY_VERSION => Installed::Current,
-        Some(v) => Installed::Other(v),
-    }
-}
 
 /// Turns up to `at_most` committed inserts into jobs, set-based (see intake.rs). Each claim
 /// promotes about as many as it can take, so a backlog waits in the intake, not all at once here.
@@ -74,6 +60,17 @@ pub struct ClaimedJob {
     pub key: JobKey,
     /// Finished (or put back) by the claim itself: nothing left to do for it here.
     pub finished: bool,
+    /// The objects this extension made for other profiles with the same user id (another
+    /// table's): filled in for a job that [`looks up`](ClaimedJob::looks_up) what Stripe holds.
+    pub made_for_others: Vec<String>,
+}
+
+impl ClaimedJob {
+    /// Whether the job may look for the user's objects by `metadata.user_id` (to adopt one, or to
+    /// delete what a lost attempt made): past the idempotency horizon, or its profile is gone.
+    pub fn looks_up(&self) -> bool {
+        self.look_up_first || self.profile.is_none()
+    }
 }
 
 /// A claim cursor's keys as `_claim_jobs` and `_next_due_in` take them: run_at and id per lane.
@@ -135,11 +132,25 @@ pub fn claim(
                 lane: row.get::<i16>(13)?.unwrap_or_default(),
                 key: JobKey { run_at, id },
                 finished: row.get::<bool>(15)?.unwrap_or(false),
+                made_for_others: Vec::new(),
             });
         }
         Ok::<_, pgrx::spi::Error>(claimed)
     })
     .unwrap_or_else(|e| error!("onboarding: claiming jobs: {e}"))
+}
+
+/// The Stripe objects this extension made for profiles of other tables with job `job_id`'s user
+/// id (sql/ties.sql).
+pub fn made_for_other_profiles(job_id: i64) -> Vec<String> {
+    Spi::get_one_with_args::<Vec<String>>(
+        "SELECT coalesce(array_agg(t.stripe_id), '{}') FROM onboarding.jobs j
+           JOIN onboarding.stripe_ties t ON t.user_id = j.user_id AND t.profile_table <> j.profile_table
+          WHERE j.id = $1",
+        &[job_id.into()],
+    )
+    .unwrap_or_else(|e| error!("onboarding: reading the objects made for other profiles: {e}"))
+    .unwrap_or_default()
 }
 
 /// Time until the next pending job is due (zero if overdue), None if nothing is pending, each

@@ -17,6 +17,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         a_customer_deleted_in_stripe_is_recreated_when_the_table_says_so,
         an_email_changed_in_stripe_is_drift_unless_the_table_copies_it,
         a_held_table_holds_up_only_its_own_customers_changes,
+        two_email_changes_in_one_second_end_with_stripes_own,
     ]
 }
 
@@ -235,5 +236,42 @@ fn a_held_table_holds_up_only_its_own_customers_changes() -> Result<(), Failed> 
         holding.commit().unwrap();
         let outcome = wait_for("the held table's deletion handled", DEADLINE, || handled(db, &held_customer))?;
         ensure(outcome == "flagged", || format!("outcome {outcome}"))
+    })
+}
+
+/// Two email changes of one customer in the same second: nothing orders two events of one second,
+/// so the customer is read from Stripe. Before the fix the later event cancelled the earlier and
+/// was itself ignored: no change was recorded at all, and audit_mismatches showed nothing.
+fn two_email_changes_in_one_second_end_with_stripes_own() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_same_second");
+    let user = insert_profile(&mut db, &table, Some("before@example.com"));
+    let customer = wait_for_customer(&mut db, &table, &user)?;
+    with_fast_polls(|db| {
+        db.query_one("SELECT onboarding.refresh_stripe_snapshot()", &[]).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        env().stripe.set_event_clock(Some(now));
+        env().stripe.clear_requests();
+        let changes = ["first@example.com", "second@example.com"]
+            .map(|email| env().stripe.dashboard_set_customer_email(&customer, Some(email)));
+        env().stripe.set_event_clock(None);
+        for change in changes {
+            change?;
+        }
+        let recorded = wait_for("the change read from Stripe itself", DEADLINE, || {
+            db.query_opt(
+                "SELECT stripe_email FROM onboarding.customer_changes
+                  WHERE customer_id = $1 AND handled AND NOT refresh_due",
+                &[&customer],
+            )
+            .unwrap()
+            .map(|r| r.get::<_, Option<String>>(0))
+        })?;
+        ensure(recorded.as_deref() == Some("second@example.com"), || format!("recorded {recorded:?}"))?;
+        let read =
+            env().stripe.requests().iter().any(|r| r.method == "GET" && r.path == format!("/v1/customers/{customer}"));
+        ensure(read, || "the customer was not read".into())?;
+        let drift = mismatches(db, &user);
+        ensure(drift.iter().any(|(_, id, _)| *id == customer), || format!("audit_mismatches: {drift:?}"))
     })
 }

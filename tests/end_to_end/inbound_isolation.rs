@@ -1,6 +1,10 @@
 //! From Stripe back to Postgres, one tenant's table holds up nobody else's: what the events reader
 //! writes to profiles (readiness columns, customer changes) is applied change by change, every
 //! error caught (assertions included), and a table whose writes wait or fail delays only itself.
+//! Those writes run in the profile writer, never on the loop that serves signups; an event that
+//! cannot be applied is set aside and read again later, and never stops the others.
+
+use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
 use postgres::Client;
@@ -15,6 +19,8 @@ pub(crate) fn tests() -> Vec<Trial> {
         an_owners_assertion_holds_up_no_other_tables_readiness,
         a_held_table_keeps_no_other_tables_change_waiting,
         an_event_that_cannot_be_read_is_set_aside_and_the_reader_goes_on,
+        a_slow_readiness_trigger_delays_no_signup,
+        an_event_that_cannot_be_applied_is_set_aside_then_read_again,
     ]
 }
 
@@ -216,4 +222,125 @@ fn an_event_that_cannot_be_read_is_set_aside_and_the_reader_goes_on() -> Result<
             .get(0);
         ensure(unusable >= 1, || "the 3,000-character id was not set aside".into())
     })
+}
+
+/// Her readiness column has a trigger that takes 2 s a row (under owner_statement_timeout), and
+/// six of her accounts just became ready. Before the fix those writes ran on the worker's loop,
+/// up to 10 of one table a poll: another table's signup waited for all of them (20 s seen).
+fn a_slow_readiness_trigger_delays_no_signup() -> Result<(), Failed> {
+    let mut db = db();
+    let hers = her_table(
+        &mut db,
+        "slow",
+        "CREATE TABLE isolation_tenant.slow_flag (slow boolean);
+         INSERT INTO isolation_tenant.slow_flag VALUES (true);
+         CREATE FUNCTION isolation_tenant.slow_ready() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF (SELECT slow FROM isolation_tenant.slow_flag) THEN
+                 PERFORM pg_sleep(2);
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER slow_ready BEFORE UPDATE OF ready ON isolation_tenant.slow
+             FOR EACH ROW EXECUTE FUNCTION isolation_tenant.slow_ready();",
+    );
+    let others = profiles_table(&mut db, "profiles_isolation_slow");
+    let result = with_fast_event_polls(&mut db, |db| {
+        for n in 0..6 {
+            ready_account(db, &hers, &format!("acct_isolation_slow_{n}"));
+        }
+        wait_for("her trigger sleeping", DEADLINE, || {
+            let sleeping: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'onboarding%' AND wait_event = 'PgSleep'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (sleeping > 0).then_some(())
+        })?;
+        // Her remaining writes take 10 s more; a signup takes milliseconds.
+        let user = insert_profile(db, &others, Some("not-held-up@example.com"));
+        wait_for("another table's signup while her trigger sleeps", Duration::from_secs(4), || {
+            helpers::customer_id(db, &others, &user)
+        })?;
+        Ok(())
+    });
+    db.batch_execute(
+        "UPDATE isolation_tenant.slow_flag SET slow = false;
+         DELETE FROM onboarding.connect_accounts WHERE account_id LIKE 'acct_isolation_slow_%';",
+    )
+    .unwrap();
+    result
+}
+
+/// Applying one event fails (here a fault planted on the extension's own table: any error while
+/// applying one event, a bug included). Before the fix the whole apply failed at every poll, the
+/// cursor stayed, and no later event of anyone was applied; the reader also paused a minute
+/// after each failure. Now the event is set aside, every other event applied, and once the cause
+/// is gone the event set aside is read again on its own and applied.
+fn an_event_that_cannot_be_applied_is_set_aside_then_read_again() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_isolation_poison");
+    let poisoned_user = insert_profile(&mut db, &table, Some("poisoned@example.com"));
+    let poisoned = wait_for_customer(&mut db, &table, &poisoned_user)?;
+    let other_user = insert_profile(&mut db, &table, Some("other@example.com"));
+    let other = wait_for_customer(&mut db, &table, &other_user)?;
+    db.batch_execute(&format!(
+        "CREATE FUNCTION public.isolation_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.customer_id = '{poisoned}' THEN
+                 RAISE EXCEPTION 'planted fault';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER isolation_poison BEFORE INSERT OR UPDATE ON onboarding.customer_changes
+             FOR EACH ROW EXECUTE FUNCTION public.isolation_poison();"
+    ))
+    .unwrap();
+    let result = with_fast_event_polls(&mut db, |db| {
+        env().stripe.dashboard_delete_customer(&poisoned);
+        env().stripe.dashboard_delete_customer(&other);
+        let handled = |db: &mut Client, customer: &str| {
+            db.query_opt(
+                "SELECT outcome FROM onboarding.customer_changes WHERE customer_id = $1 AND handled",
+                &[&customer],
+            )
+            .unwrap()
+            .map(|r| r.get::<_, String>(0))
+        };
+        let outcome = wait_for("the other deletion handled", DEADLINE, || handled(db, &other))?;
+        ensure(outcome == "flagged", || format!("outcome {outcome}"))?;
+        let aside: Vec<(String, bool)> = db
+            .query(
+                "SELECT reason, retry_at IS NOT NULL FROM onboarding.stripe_events_set_aside
+                  WHERE reason LIKE '%planted fault%'",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        ensure(aside.len() == 1 && aside[0].1 && aside[0].0.contains("applying it failed"), || {
+            format!("set aside: {aside:?}")
+        })?;
+        db.batch_execute(
+            "DROP TRIGGER isolation_poison ON onboarding.customer_changes;
+             UPDATE onboarding.stripe_events_set_aside SET retry_at = now() WHERE reason LIKE '%planted fault%';",
+        )?;
+        let outcome = wait_for("the event set aside, read again and applied", DEADLINE, || handled(db, &poisoned))?;
+        ensure(outcome == "flagged", || format!("outcome {outcome}"))?;
+        let left: i64 = db
+            .query_one(
+                "SELECT count(*) FROM onboarding.stripe_events_set_aside WHERE reason LIKE '%planted fault%'",
+                &[],
+            )?
+            .get(0);
+        ensure(left == 0, || "the event applied is still set aside".into())
+    });
+    db.batch_execute(
+        "DROP TRIGGER IF EXISTS isolation_poison ON onboarding.customer_changes;
+         DROP FUNCTION public.isolation_poison();",
+    )
+    .unwrap();
+    result
 }

@@ -7,15 +7,17 @@ use postgres::Client;
 
 use crate::env;
 use crate::helpers::{
-    self, DEADLINE, customer_id, db, ensure, insert_profile, profiles_table, sqlstate, wait_for, wait_for_customer,
-    with_fast_event_polls,
+    self, DEADLINE, customer_id, db, ensure, events_for, insert_profile, profiles_table, sqlstate, steps,
+    stripe_customers_for, wait_for, wait_for_customer, wait_for_state, with_fast_event_polls,
 };
+use stripe_emulator::Fault;
 
 pub(crate) fn tests() -> Vec<Trial> {
     trials![
         a_tenant_naming_anothers_customer_cannot_change_its_email,
         a_tenant_naming_anothers_connect_account_gets_no_link_to_it,
         another_tables_schema_never_decides_what_happens_to_a_customer,
+        a_look_up_never_adopts_another_tables_customer_of_the_same_user_id,
     ]
 }
 
@@ -179,4 +181,45 @@ fn another_tables_schema_never_decides_what_happens_to_a_customer() -> Result<()
             wait_for("a new customer", DEADLINE, || customer_id(db, &victims, &victim).filter(|c| *c != customer))?;
         ensure(new_customer.starts_with("cus_"), || format!("new customer {new_customer}"))
     })
+}
+
+/// Two tables keyed by the same user ids (auth.users' uuid, say: a `profiles` and a `sellers`
+/// table), each with its own customer. Before the fix, a job of one table that looks Stripe up by
+/// `metadata.user_id` (past the idempotency horizon) adopted the other table's customer and wrote
+/// it into its profile; now it never finds what the extension made for another profile, and
+/// creates its own.
+fn a_look_up_never_adopts_another_tables_customer_of_the_same_user_id() -> Result<(), Failed> {
+    let mut db = db();
+    let first = profiles_table(&mut db, "profiles_same_ids_a");
+    let second = profiles_table(&mut db, "profiles_same_ids_b");
+    let user: String = db
+        .query_one(&format!("INSERT INTO {first} (email) VALUES ('same@example.com') RETURNING id::text"), &[])?
+        .get(0);
+    let theirs = wait_for_customer(&mut db, &first, &user)?;
+    // The second table's first attempt is refused, so its job dies having made nothing.
+    env().stripe.inject(Fault::status(400).message("refused for the test").on("POST", "/v1/customers"));
+    db.execute(&format!("INSERT INTO {second} (id, email) VALUES ($1::text::uuid, 'same@example.com')"), &[&user])?;
+    wait_for_state(&mut db, &user, "dead")?;
+    // Two days later: Stripe has forgotten the key, so the retry looks the user up first.
+    env().stripe.expire_idempotency_keys();
+    db.execute(
+        &format!(
+            "UPDATE onboarding.jobs SET first_attempt_at = now() - interval '2 days'
+                  WHERE user_id = $1 AND profile_table = '{second}'::regclass"
+        ),
+        &[&user],
+    )?;
+    db.query(
+        &format!(
+            "SELECT * FROM onboarding.retry((SELECT id FROM onboarding.jobs
+                                                  WHERE user_id = $1 AND profile_table = '{second}'::regclass))"
+        ),
+        &[&user],
+    )?;
+    let ours = wait_for_customer(&mut db, &second, &user)?;
+    ensure(ours != theirs, || format!("{second} adopted {first}'s customer {theirs}"))?;
+    let customers = stripe_customers_for(&user);
+    ensure(customers.len() == 2, || format!("customers of the user id: {customers:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(!steps(&events).contains(&"adopted"), || format!("steps {:?}", steps(&events)))
 }
