@@ -94,10 +94,15 @@ BEGIN
                           coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
                           a.profile_table, a.id_type),
                    ARRAY[user_id]) r;
-    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-        RAISE EXCEPTION 'onboarding: % is not a valid % (the type of %.%)', quote_literal(user_id), a.id_type,
-                a.profile_table, quote_ident(a.id_column)
-            USING ERRCODE = 'invalid_text_representation';
+    EXCEPTION
+        WHEN invalid_text_representation THEN
+            RAISE EXCEPTION 'onboarding: % is not a valid % (the type of %.%)', onboarding._quoted_prefix(user_id), a.id_type,
+                    a.profile_table, quote_ident(a.id_column)
+                USING ERRCODE = 'invalid_text_representation';
+        WHEN numeric_value_out_of_range THEN
+            RAISE EXCEPTION 'onboarding: % is out of range for % (the type of %.%)', onboarding._quoted_prefix(user_id),
+                    a.id_type, a.profile_table, quote_ident(a.id_column)
+                USING ERRCODE = 'numeric_value_out_of_range';
     END;
     IF profile IS NULL THEN
         RAISE EXCEPTION 'onboarding: no profile with id % in %', quote_literal(user_id), a.profile_table

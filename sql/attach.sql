@@ -344,6 +344,11 @@ BEGIN
     IF profile_table IS NULL THEN
         RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_class WHERE oid = profile_table) THEN
+        RAISE EXCEPTION 'onboarding.attach: no table has oid %', profile_table::oid
+            USING ERRCODE = 'undefined_table',
+                  HINT = 'The table was dropped, or the oid is mistyped: pass the table by name, attach(''public.profiles'').';
+    END IF;
     IF (SELECT relkind FROM pg_class WHERE oid = profile_table) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'onboarding.attach: % is not a table', profile_table
             USING ERRCODE = 'wrong_object_type', HINT = 'Attach the table that holds the profiles, not a view.';

@@ -326,6 +326,12 @@ BEGIN
          GROUP BY o.object, o.id, o.user_id
         HAVING NOT bool_or(coalesce(CASE o.object WHEN 'customer' THEN p.customer ELSE p.account END = o.id, false))
          ORDER BY o.user_id, o.id;
+    -- What could not be looked at is said, not taken for "nothing wrong".
+    RETURN QUERY
+        SELECT 'account', NULL::text, NULL::text, 'not checked: ' || onboarding._accounts_not_listed_why(snap)
+         WHERE onboarding._accounts_not_listed_why(snap) IS NOT NULL
+           AND (EXISTS (SELECT FROM onboarding.connect_accounts) OR EXISTS (SELECT FROM onboarding.attachments a
+                                                                            WHERE a.connect_policy <> 'never'));
 END $$;
 
 -- Profiles whose stored Stripe ID is missing or deleted in Stripe, belongs to another user, was not
@@ -340,10 +346,15 @@ DECLARE
     snap bigint := onboarding._snapshot(refresh);
     -- Whole seconds, as Stripe times events: one of the snapshot's second counts as newer.
     taken bigint := (SELECT floor(extract(epoch FROM s.started_at)) FROM onboarding.stripe_snapshots s WHERE s.id = snap);
+    -- Accounts the snapshot does not hold are not checked against Stripe, and said to be.
+    unlisted text := onboarding._accounts_not_listed_why(snap);
 BEGIN
     RETURN QUERY
         SELECT p.profile_table, p.user_id, k.object, k.stripe_id,
-               CASE WHEN o.id IS NULL OR d.deleted_at IS NOT NULL THEN 'missing or deleted in Stripe'
+               CASE WHEN k.object = 'account' AND unlisted IS NOT NULL
+                    THEN CASE WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
+                              ELSE 'not checked: ' || unlisted END
+                    WHEN o.id IS NULL OR d.deleted_at IS NOT NULL THEN 'missing or deleted in Stripe'
                     WHEN o.user_id IS DISTINCT FROM p.user_id THEN format('belongs to user %s in Stripe', o.user_id)
                     WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
                     ELSE format('email differs: Stripe has %s', coalesce(stripe.email, 'none')) END

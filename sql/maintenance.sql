@@ -113,8 +113,17 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
     SELECT onboarding._request_snapshot(wait_ms);
 $$;
 
+-- Why snapshot `snap` holds no Connect accounts (NULL: it does).
+CREATE FUNCTION onboarding._accounts_not_listed_why(snap bigint) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN NOT s.accounts_listed
+                THEN coalesce('Stripe refused to list them: ' || s.accounts_not_listed_why,
+                              'Connect is not in use here (no Connect policy, account or job)') END
+      FROM onboarding.stripe_snapshots s WHERE s.id = snap
+$$;
+
 -- The latest finished snapshot, taking a fresh one first if asked. Says so when it holds no
--- accounts because Connect is not in use (src/maintenance/snapshot.rs).
+-- accounts (src/maintenance/snapshot.rs: Connect not in use, or Stripe refused to list them).
 CREATE FUNCTION onboarding._snapshot(refresh boolean) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -130,7 +139,8 @@ BEGIN
         END IF;
     END IF;
     IF NOT (SELECT s.accounts_listed FROM onboarding.stripe_snapshots s WHERE s.id = latest) THEN
-        RAISE NOTICE 'onboarding: Stripe snapshot % holds customers only: no attached table has a Connect-account column, so Connect accounts were not listed', latest;
+        RAISE NOTICE 'onboarding: Stripe snapshot % holds customers only: %; Connect accounts are not checked', latest,
+            onboarding._accounts_not_listed_why(latest);
     END IF;
     RETURN latest;
 END $$;

@@ -167,10 +167,15 @@ BEGIN
                           coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
                           a.profile_table, a.id_type),
                    ARRAY[user_id]) r;
-    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-        RAISE EXCEPTION 'onboarding: % is not a valid % (the type of %.%)', quote_literal(user_id), a.id_type,
-                a.profile_table, quote_ident(a.id_column)
-            USING ERRCODE = 'invalid_text_representation';
+    EXCEPTION
+        WHEN invalid_text_representation THEN
+            RAISE EXCEPTION 'onboarding: % is not a valid % (the type of %.%)', onboarding._quoted_prefix(user_id), a.id_type,
+                    a.profile_table, quote_ident(a.id_column)
+                USING ERRCODE = 'invalid_text_representation';
+        WHEN numeric_value_out_of_range THEN
+            RAISE EXCEPTION 'onboarding: % is out of range for % (the type of %.%)', onboarding._quoted_prefix(user_id),
+                    a.id_type, a.profile_table, quote_ident(a.id_column)
+                USING ERRCODE = 'numeric_value_out_of_range';
     END;
     IF profile IS NULL THEN
         RAISE EXCEPTION 'onboarding: no profile with id % in %', quote_literal(user_id), a.profile_table
@@ -484,6 +489,18 @@ DECLARE
 BEGIN
     IF batch IS NULL OR batch < 1 THEN
         RAISE EXCEPTION 'onboarding.backfill: batch must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF backfill.profile_table IS NOT NULL AND NOT EXISTS (SELECT FROM pg_class WHERE oid = backfill.profile_table) THEN
+        RAISE EXCEPTION 'onboarding.backfill: no table has oid %', backfill.profile_table::oid
+            USING ERRCODE = 'undefined_table', HINT = 'Pass an attached table by name, or no table to backfill them all.';
+    ELSIF backfill.profile_table IS NOT NULL
+          AND NOT EXISTS (SELECT FROM onboarding.attachments t WHERE t.profile_table = backfill.profile_table) THEN
+        RAISE EXCEPTION 'onboarding.backfill: % is not attached', backfill.profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'attach() it first (its existing profiles are then what backfill() provisions); SELECT * FROM onboarding.attachments lists the attached tables.';
+    ELSIF NOT EXISTS (SELECT FROM onboarding.attachments) THEN
+        RAISE NOTICE 'onboarding.backfill: no table is attached, so there is nothing to backfill'
+            USING HINT = 'attach() a table first.';
     END IF;
     FOR a IN SELECT * FROM onboarding.attachments t
               WHERE backfill.profile_table IS NULL OR t.profile_table = backfill.profile_table
@@ -1708,14 +1725,25 @@ CREATE INDEX jobs_running ON onboarding.jobs (claimed_at) WHERE state = 'running
 CREATE INDEX jobs_done_by_finished_at ON onboarding.jobs (finished_at) WHERE state IN ('succeeded', 'skipped', 'cancelled');
 
 ------------------------------------------------------------------------------------------------
--- 11. The Stripe snapshot lists accounts only when Connect is in use (an attached table has a
---     Connect-account column), and says so: a Stripe account without Connect refuses the call,
---     which failed audit_orphans, audit_mismatches and reconcile.
+-- 11. The Stripe snapshot lists accounts only when Connect is in use (a Connect policy, account
+--     or job: src/tables.rs), and says so, as it says when Stripe refuses to list them: a Stripe
+--     account without Connect refuses the call, which failed audit_orphans, audit_mismatches and
+--     reconcile.
 ------------------------------------------------------------------------------------------------
-ALTER TABLE onboarding.stripe_snapshots ADD COLUMN accounts_listed boolean NOT NULL DEFAULT true;
+ALTER TABLE onboarding.stripe_snapshots ADD COLUMN accounts_listed boolean NOT NULL DEFAULT true,
+                                        ADD COLUMN accounts_not_listed_why text;
+
+-- Why snapshot `snap` holds no Connect accounts (NULL: it does).
+CREATE FUNCTION onboarding._accounts_not_listed_why(snap bigint) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN NOT s.accounts_listed
+                THEN coalesce('Stripe refused to list them: ' || s.accounts_not_listed_why,
+                              'Connect is not in use here (no Connect policy, account or job)') END
+      FROM onboarding.stripe_snapshots s WHERE s.id = snap
+$$;
 
 -- The latest finished snapshot, taking a fresh one first if asked. Says so when it holds no
--- accounts because Connect is not in use (src/maintenance/snapshot.rs).
+-- accounts (src/maintenance/snapshot.rs: Connect not in use, or Stripe refused to list them).
 CREATE OR REPLACE FUNCTION onboarding._snapshot(refresh boolean) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1731,7 +1759,8 @@ BEGIN
         END IF;
     END IF;
     IF NOT (SELECT s.accounts_listed FROM onboarding.stripe_snapshots s WHERE s.id = latest) THEN
-        RAISE NOTICE 'onboarding: Stripe snapshot % holds customers only: no attached table has a Connect-account column, so Connect accounts were not listed', latest;
+        RAISE NOTICE 'onboarding: Stripe snapshot % holds customers only: %; Connect accounts are not checked', latest,
+            onboarding._accounts_not_listed_why(latest);
     END IF;
     RETURN latest;
 END $$;
@@ -2114,7 +2143,7 @@ REVOKE EXECUTE ON FUNCTION onboarding._follow_account(),
     onboarding.account_ready(text), onboarding.account_ready(uuid), onboarding.account_ready(bigint),
     onboarding.account_status(text), onboarding.account_status(uuid), onboarding.account_status(bigint),
     onboarding._events_poll_begin(integer, interval),
-    onboarding._events_not_applied(text[], text[], bigint[]), onboarding._set_events_aside(text[], text[]),
+    onboarding._events_not_applied(text[], text[], bigint[]), onboarding._set_events_aside(text[], text[], boolean),
     onboarding._apply_account_states(jsonb),
     onboarding._refresh_accounts(text[]), onboarding._events_poll_end(text, bigint, integer, interval, bigint, boolean),
     onboarding._account_link_issued(interval, text, interval) FROM PUBLIC;
@@ -2321,6 +2350,11 @@ DECLARE
 BEGIN
     IF profile_table IS NULL THEN
         RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_class WHERE oid = profile_table) THEN
+        RAISE EXCEPTION 'onboarding.attach: no table has oid %', profile_table::oid
+            USING ERRCODE = 'undefined_table',
+                  HINT = 'The table was dropped, or the oid is mistyped: pass the table by name, attach(''public.profiles'').';
     END IF;
     IF (SELECT relkind FROM pg_class WHERE oid = profile_table) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'onboarding.attach: % is not a table', profile_table
@@ -2735,10 +2769,15 @@ DECLARE
     snap bigint := onboarding._snapshot(refresh);
     -- Whole seconds, as Stripe times events: one of the snapshot's second counts as newer.
     taken bigint := (SELECT floor(extract(epoch FROM s.started_at)) FROM onboarding.stripe_snapshots s WHERE s.id = snap);
+    -- Accounts the snapshot does not hold are not checked against Stripe, and said to be.
+    unlisted text := onboarding._accounts_not_listed_why(snap);
 BEGIN
     RETURN QUERY
         SELECT p.profile_table, p.user_id, k.object, k.stripe_id,
-               CASE WHEN o.id IS NULL OR d.deleted_at IS NOT NULL THEN 'missing or deleted in Stripe'
+               CASE WHEN k.object = 'account' AND unlisted IS NOT NULL
+                    THEN CASE WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
+                              ELSE 'not checked: ' || unlisted END
+                    WHEN o.id IS NULL OR d.deleted_at IS NOT NULL THEN 'missing or deleted in Stripe'
                     WHEN o.user_id IS DISTINCT FROM p.user_id THEN format('belongs to user %s in Stripe', o.user_id)
                     WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
                     ELSE format('email differs: Stripe has %s', coalesce(stripe.email, 'none')) END
@@ -2922,6 +2961,40 @@ END $$;
 REVOKE EXECUTE ON FUNCTION onboarding._tie(text, text, regclass, text, bigint), onboarding._tied(text, regclass, text),
     onboarding._tie_made_object(), onboarding._refuse_untied(regclass, text, text, text, bigint) FROM PUBLIC;
 REVOKE ALL ON onboarding.stripe_ties FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- 16. Connect is optional: a Stripe account that is not a Connect platform (or a key without
+--     Connect's permissions) still gets customers and audits. A snapshot whose accounts Stripe
+--     refused to list says why (stripe_snapshots.accounts_not_listed_why, section 11), and the
+--     audits say what they could not check instead of failing.
+------------------------------------------------------------------------------------------------
+
+-- Stripe customers and Connect accounts carrying a metadata.user_id that no profile has, or whose
+-- profile links another object. (Objects without metadata.user_id were not made by this extension.)
+CREATE OR REPLACE FUNCTION onboarding.audit_orphans(refresh boolean DEFAULT true)
+RETURNS TABLE (object text, stripe_id text, user_id text, problem text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap bigint := onboarding._snapshot(refresh);
+BEGIN
+    RETURN QUERY
+        SELECT o.object, o.id, o.user_id,
+               CASE WHEN count(p.user_id) = 0 THEN 'no profile has this user_id'
+                    ELSE format('the profile links %s', coalesce(min(CASE o.object WHEN 'customer' THEN p.customer
+                                                                                 ELSE p.account END), 'nothing')) END
+          FROM onboarding.stripe_objects o
+          LEFT JOIN onboarding._all_profiles() p ON p.user_id = o.user_id
+         WHERE o.snapshot = snap AND o.user_id IS NOT NULL
+         GROUP BY o.object, o.id, o.user_id
+        HAVING NOT bool_or(coalesce(CASE o.object WHEN 'customer' THEN p.customer ELSE p.account END = o.id, false))
+         ORDER BY o.user_id, o.id;
+    -- What could not be looked at is said, not taken for "nothing wrong".
+    RETURN QUERY
+        SELECT 'account', NULL::text, NULL::text, 'not checked: ' || onboarding._accounts_not_listed_why(snap)
+         WHERE onboarding._accounts_not_listed_why(snap) IS NOT NULL
+           AND (EXISTS (SELECT FROM onboarding.connect_accounts) OR EXISTS (SELECT FROM onboarding.attachments a
+                                                                            WHERE a.connect_policy <> 'never'));
+END $$;
 
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

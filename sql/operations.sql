@@ -118,6 +118,18 @@ BEGIN
     IF batch IS NULL OR batch < 1 THEN
         RAISE EXCEPTION 'onboarding.backfill: batch must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF backfill.profile_table IS NOT NULL AND NOT EXISTS (SELECT FROM pg_class WHERE oid = backfill.profile_table) THEN
+        RAISE EXCEPTION 'onboarding.backfill: no table has oid %', backfill.profile_table::oid
+            USING ERRCODE = 'undefined_table', HINT = 'Pass an attached table by name, or no table to backfill them all.';
+    ELSIF backfill.profile_table IS NOT NULL
+          AND NOT EXISTS (SELECT FROM onboarding.attachments t WHERE t.profile_table = backfill.profile_table) THEN
+        RAISE EXCEPTION 'onboarding.backfill: % is not attached', backfill.profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'attach() it first (its existing profiles are then what backfill() provisions); SELECT * FROM onboarding.attachments lists the attached tables.';
+    ELSIF NOT EXISTS (SELECT FROM onboarding.attachments) THEN
+        RAISE NOTICE 'onboarding.backfill: no table is attached, so there is nothing to backfill'
+            USING HINT = 'attach() a table first.';
+    END IF;
     FOR a IN SELECT * FROM onboarding.attachments t
               WHERE backfill.profile_table IS NULL OR t.profile_table = backfill.profile_table
               ORDER BY t.profile_table::text LOOP

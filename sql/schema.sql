@@ -142,9 +142,12 @@ CREATE TABLE onboarding.stripe_snapshots (
     pages integer NOT NULL DEFAULT 0,
     customers integer NOT NULL DEFAULT 0,
     accounts integer NOT NULL DEFAULT 0,
-    -- False when no attached table had a Connect-account column: the snapshot holds customers
-    -- only (a Stripe account without Connect refuses to list accounts, and the audits need none).
-    accounts_listed boolean NOT NULL DEFAULT true
+    -- False when the snapshot holds customers only: Connect is not in use (no Connect policy,
+    -- account or job: src/tables.rs), or Stripe refused to list accounts (a Stripe account that
+    -- is not a Connect platform, a key without Connect's read permission), as
+    -- accounts_not_listed_why says. The audits then check customers only, and say so.
+    accounts_listed boolean NOT NULL DEFAULT true,
+    accounts_not_listed_why text
 );
 CREATE TABLE onboarding.stripe_objects (
     snapshot bigint NOT NULL REFERENCES onboarding.stripe_snapshots (id) ON DELETE CASCADE,

@@ -170,8 +170,20 @@ fn read_bool(query: &str, table: pg_sys::Oid) -> Option<bool> {
     Spi::connect(|client| client.select(query, Some(1), &[table.into()])?.first().get_one::<bool>()).ok().flatten()
 }
 
-/// Whether Connect is in use here: an attached table has a Connect-account column.
+/// Whether Connect is in use here: a table's Connect policy is not `never`, the extension made
+/// or follows a Connect account, or a Connect job waits (an explicit `enqueue_connect_account`
+/// or `create_account_link`). A Connect-account column alone is not use: the seed's own schema
+/// has one, and a platform that only wants customers must need no Connect permission, nor a
+/// Stripe account that is a Connect platform.
 pub fn connect_in_use() -> Result<bool, pgrx::spi::Error> {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM onboarding.attachments WHERE connect_account_column IS NOT NULL)")
-        .map(|in_use| in_use.unwrap_or(false))
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM onboarding.attachments
+                         WHERE connect_account_column IS NOT NULL AND connect_policy <> 'never')
+             OR EXISTS (SELECT FROM onboarding.connect_accounts)
+             OR EXISTS (SELECT FROM onboarding.stripe_ties WHERE object = 'account')
+             OR EXISTS (SELECT FROM onboarding.jobs
+                         WHERE kind IN ('create_connect_account', 'delete_connect_account')
+                           AND onboarding._is_open(state))",
+    )
+    .map(|in_use| in_use.unwrap_or(false))
 }

@@ -39,7 +39,7 @@ use onboarding_core::budget_turns::BudgetTurns;
 use onboarding_core::claim_cursor::ClaimCursor;
 use onboarding_core::lane_shares::LaneCredit;
 use onboarding_core::pacing::{self, Pacing};
-use onboarding_core::permissions::PermissionCheckError;
+use onboarding_core::permissions::{PermissionCheckError, permission_refused};
 use onboarding_core::runtime::signal_safe_runtime;
 use onboarding_core::state::JobState;
 use onboarding_core::stripe::{ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, StripeClient, StripeError};
@@ -129,6 +129,9 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         budget: None,
         warned_no_key: false,
         key_refused_at: None,
+        connect_refused_at: None,
+        connect_checked: false,
+        next_permission_look: Instant::now() + PERMISSION_RECHECK,
         permissions_checked_for: None,
         last_maintenance: None,
         in_flight: FuturesUnordered::new(),
@@ -157,6 +160,10 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
             worker.client = None; // calls in flight keep the client they started with
             worker.warned_no_key = false;
             worker.key_refused_at = None;
+            if worker.connect_refused_at.is_some() {
+                // The key's Connect permissions may have been granted: check them again now.
+                worker.permissions_checked_for = None;
+            }
         }
         if worker.sql_release != SqlRelease::Current {
             match worker.check_sql_release(&database_name) {
@@ -215,6 +222,13 @@ struct Worker {
     warned_no_key: bool,
     /// When the key's permission check last refused it (see `key_has_permissions`).
     key_refused_at: Option<Instant>,
+    /// Since when the key may do customers' work but not Connect's: Connect's jobs wait, the
+    /// rest go on (a check refused only Connect's permissions, or a Connect call got a 403).
+    connect_refused_at: Option<Instant>,
+    /// Whether the last passed check covered Connect, and when to look again whether it should
+    /// (a table's Connect policy set, an account link asked for, without a reload).
+    connect_checked: bool,
+    next_permission_look: Instant,
     /// What the last passed permission check was for (a digest of the key, the API base and
     /// version, and whether Connect is in use): a reload that changed none of them (a new rate
     /// budget, say) checks nothing again. The check's probes wait for the budget on this thread,
@@ -280,6 +294,7 @@ impl Worker {
     /// installed in this database.
     fn step(&mut self, woken: bool) -> Option<Wait> {
         let poll = gucs::poll_interval();
+        self.look_at_permissions_again();
         self.serve_new_requests();
         if !self.timeline_noted {
             // Before the first claim: on a promoted standby, take back the old primary's jobs.
@@ -309,11 +324,14 @@ impl Worker {
                 self.sweep_after_promotion();
             }
             // AssertUnwindSafe: a failed claim leaves the cursor half-moved, and it is dropped below.
+            let connect_refused = self.connect_refused_at.is_some();
             let (cursor, credit) = (&mut self.claim_cursor, &mut self.lane_credit);
             let announced_from = processes::take_announced_rescan(self.slot);
             let claimed = in_transaction(
                 "claiming jobs",
-                AssertUnwindSafe(|| claim_and_plan(capacity as i32, maintain, cursor, announced_from, credit)),
+                AssertUnwindSafe(|| {
+                    claim_and_plan(capacity as i32, connect_refused, maintain, cursor, announced_from, credit)
+                }),
             );
             if claimed.is_err() {
                 self.claim_cursor = ClaimCursor::default(); // its claims were undone: start from the front
@@ -507,6 +525,24 @@ impl Worker {
             .into_iter()
             .filter_map(|joined| joined.inspect_err(|e| warning!("onboarding: a Stripe call failed: {e}")).ok())
             .collect();
+        for (call, outcome, _) in &finished {
+            if let Outcome::Failed(error) = outcome
+                && call.is_connect()
+                && permission_refused(error)
+                && self.connect_refused_at.replace(Instant::now()).is_none()
+            {
+                // Recorded as postponed (record.rs); said once here, checked again every minute.
+                ereport!(
+                    WARNING,
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "onboarding: Stripe refused a Connect call: {error}; Connect jobs wait until the key may, customers go on"
+                    ),
+                    "Give the restricted key the Connect permissions README \"Restricted keys\" lists, then \
+                     SELECT pg_reload_conf(); the worker also checks again every minute."
+                );
+            }
+        }
         self.unrecorded.extend(finished.into_iter().map(|(call, outcome, elapsed)| (call, (outcome, elapsed))));
         self.record_finished_calls(false);
     }
@@ -539,6 +575,10 @@ impl Worker {
         for request in requests::take_new() {
             if self.client.is_none() {
                 requests::fail(request.ticket, "onboarding.stripe_api_key is not set");
+                continue;
+            }
+            if request.kind == RequestKind::AccountLink && self.connect_refused_at.is_some() {
+                requests::fail(request.ticket, &format!("no account link: {}", record::CONNECT_REFUSED));
                 continue;
             }
             if request.kind == RequestKind::Snapshot {
@@ -681,11 +721,30 @@ impl Worker {
         self.client.as_ref()
     }
 
+    /// Every [`PERMISSION_RECHECK`]: while Connect's permissions are refused, or once Connect came
+    /// into use since a check that did not cover it, the client is built and the key checked again
+    /// at the next step (calls in flight keep the client they started with).
+    fn look_at_permissions_again(&mut self) {
+        let now = Instant::now();
+        if now < self.next_permission_look || self.client.is_none() {
+            return;
+        }
+        self.next_permission_look = now + PERMISSION_RECHECK;
+        let newly_in_use = !self.connect_checked
+            && matches!(in_transaction("looking for Connect's use", tables::connect_in_use), Ok(Ok(true)));
+        if self.connect_refused_at.is_some() || newly_in_use {
+            self.client = None;
+            self.permissions_checked_for = None;
+        }
+    }
+
     /// Checks once per key (again every [`PERMISSION_RECHECK`] while refused, and at a reload that
     /// changed the key, the API base or version, or Connect's use) that it may do what this
-    /// database needs: customers, and Connect accounts and their links once a table has a Connect
-    /// column. A restricted key without a permission gets one WARNING naming it, and no job is
-    /// claimed (none dies of it) until a reload or the next check.
+    /// database needs: customers, and Connect accounts and their links once Connect is in use
+    /// (`tables::connect_in_use`: a Connect policy, an account, a Connect job; a column alone is
+    /// not). A restricted key without a permission gets one WARNING naming it: without customers'
+    /// no job is claimed, without only Connect's no Connect job is (customers go on); none dies
+    /// of it, until a reload or the next check.
     /// A check that gets no answer lets the worker go on: its calls retry as any.
     fn key_has_permissions(&mut self, client: &StripeClient, checked: (&str, &str, Option<&str>)) -> bool {
         let connect = match in_transaction("looking for Connect columns", tables::connect_in_use) {
@@ -705,8 +764,28 @@ impl Worker {
         let take_slot = || budget.as_ref().map_or(Ok(()), rate_budget::take_slot);
         match self.runtime.block_on(client.check_permissions(connect, take_slot)) {
             Ok(()) => {
+                if self.connect_refused_at.take().is_some() {
+                    log!("onboarding: the Stripe key may do Connect's work now; Connect jobs go on");
+                }
                 self.key_refused_at = None;
                 self.permissions_checked_for = Some(digest);
+                self.connect_checked = connect;
+                true
+            }
+            Err(refused) if refused.connect_only() => {
+                if self.connect_refused_at.is_none() {
+                    ereport!(
+                        WARNING,
+                        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                        format!("onboarding: {refused}; Connect jobs wait until the key may, customers go on"),
+                        "Give the restricted key the Connect permissions README \"Restricted keys\" lists, then \
+                         SELECT pg_reload_conf(); the worker also checks again every minute."
+                    );
+                }
+                self.connect_refused_at = Some(Instant::now());
+                self.key_refused_at = None;
+                self.permissions_checked_for = Some(digest);
+                self.connect_checked = connect;
                 true
             }
             Err(PermissionCheckError::Inconclusive(e)) => {

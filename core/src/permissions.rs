@@ -27,6 +27,8 @@ pub struct MissingPermission {
     pub endpoint: &'static str,
     /// What the extension needs it for.
     pub needed_for: &'static str,
+    /// Needed for Connect only (accounts, account links): customers go on without it.
+    pub connect_only: bool,
     pub request_id: Option<String>,
 }
 
@@ -44,6 +46,11 @@ pub enum PermissionCheckError {
 }
 
 impl PermissionCheckError {
+    /// Whether only Connect's permissions are missing: customers may go on, Connect waits.
+    pub fn connect_only(&self) -> bool {
+        matches!(self, PermissionCheckError::Missing(missing) if missing.iter().all(|m| m.connect_only))
+    }
+
     /// Structured form for events and job rows.
     pub fn to_json(&self) -> Value {
         match self {
@@ -90,6 +97,7 @@ impl std::error::Error for PermissionCheckError {}
 /// One probe: what it needs, where it goes, what it sends.
 struct Probe {
     needed_for: &'static str,
+    connect_only: bool,
     endpoint: &'static str,
     path: String,
     params: Params,
@@ -99,6 +107,7 @@ fn probes(connect: bool) -> Vec<Probe> {
     // Write implies read: the look-ups' lists and search are covered too.
     let mut probes = vec![Probe {
         needed_for: "creating and updating customers",
+        connect_only: false,
         endpoint: "POST /v1/customers/{id}",
         path: format!("/v1/customers/{PROBE_CUSTOMER}"),
         params: vec![],
@@ -106,6 +115,7 @@ fn probes(connect: bool) -> Vec<Probe> {
     if connect {
         probes.push(Probe {
             needed_for: "creating Connect accounts",
+            connect_only: true,
             endpoint: "POST /v1/accounts/{id}",
             path: format!("/v1/accounts/{PROBE_ACCOUNT}"),
             params: vec![],
@@ -114,6 +124,7 @@ fn probes(connect: bool) -> Vec<Probe> {
         // parameter error.
         probes.push(Probe {
             needed_for: "creating account onboarding links",
+            connect_only: true,
             endpoint: "POST /v1/account_links",
             path: "/v1/account_links".into(),
             params: vec![
@@ -153,6 +164,7 @@ fn verdict(probe: &Probe, answer: Result<(), StripeError>) -> Verdict {
             permission: e.message.as_deref().and_then(named_permission),
             endpoint: probe.endpoint,
             needed_for: probe.needed_for,
+            connect_only: probe.connect_only,
             request_id: e.request_id.clone(),
         }),
         409 | 429 => Verdict::Inconclusive(error),
@@ -162,6 +174,13 @@ fn verdict(probe: &Probe, answer: Result<(), StripeError>) -> Verdict {
         _ if e.should_retry == Some(true) => Verdict::Inconclusive(error),
         _ => Verdict::Allowed,
     }
+}
+
+/// Whether a call's error is Stripe refusing the key a permission (a 403 other than the
+/// `account_invalid` of an account that is not the platform's): nothing the call did is wrong,
+/// and a later try with a key that may will work.
+pub fn permission_refused(error: &StripeError) -> bool {
+    matches!(error, StripeError::Api(e) if e.status == 403 && e.code.as_deref() != Some("account_invalid"))
 }
 
 /// The permission a refusal names: "Having the 'rak_customer_write' permission would allow this

@@ -55,6 +55,11 @@ impl JobKind {
         JobKind::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 
+    /// Connect's jobs (accounts): they need Connect's permissions, and nothing else does.
+    pub const fn is_connect(self) -> bool {
+        matches!(self, JobKind::CreateConnectAccount | JobKind::DeleteConnectAccount)
+    }
+
     /// Jobs that work on an existing Stripe object, named by `stripe_id` from the start.
     pub const fn targets_an_object(self) -> bool {
         matches!(self, JobKind::DeleteCustomer | JobKind::UpdateCustomerEmail | JobKind::DeleteConnectAccount)

@@ -84,9 +84,21 @@ pub fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeCl
                 _ => Err("could not check a page".into()),
             }
         });
-        if let Err(error) = listed {
-            warning!("onboarding: the sweep after promotion failed listing {object}s ({error}); trying again later");
-            return false;
+        match listed {
+            Ok(()) => {}
+            Err(error) if kind == ListKind::Accounts && error.refused() => {
+                // Not a Connect platform (or no Connect read permission): there is nothing of
+                // Connect's to sweep that the extension could have made.
+                warning!(
+                    "onboarding: the sweep after promotion could not list Connect accounts ({error}); swept customers only"
+                );
+            }
+            Err(error) => {
+                warning!(
+                    "onboarding: the sweep after promotion failed listing {object}s ({error}); trying again later"
+                );
+                return false;
+            }
         }
     }
     let recorded = in_transaction("recording the sweep after a promotion", || {

@@ -6,11 +6,38 @@ use std::time::Duration;
 
 use onboarding_core::budget::Gcra;
 use onboarding_core::policy::{Disposition, classify};
-use onboarding_core::stripe::{ListKind, ListedObject, StripeClient};
+use onboarding_core::stripe::{ListKind, ListedObject, StripeClient, StripeError};
 use pgrx::prelude::*;
 
 use crate::pg::latch::shutdown_requested;
 use crate::{gucs, rate_budget};
+
+/// Why a listing stopped.
+#[derive(Debug)]
+pub enum ListingError {
+    /// Stripe's answer, after the retries the policy allows.
+    Stripe(Box<StripeError>),
+    /// The caller's `take` failed, or the worker is shutting down.
+    Stopped(String),
+}
+
+impl ListingError {
+    /// Stripe refuses for good to list what was asked: for accounts, a Stripe account that is not
+    /// a Connect platform, or a key without Connect's read permission (400, 403 or 404). Whoever
+    /// lists accounts then goes on without them, and says so.
+    pub fn refused(&self) -> bool {
+        matches!(self, ListingError::Stripe(error) if matches!(&**error, StripeError::Api(e) if matches!(e.status, 400 | 403 | 404)))
+    }
+}
+
+impl std::fmt::Display for ListingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListingError::Stripe(error) => error.fmt(f),
+            ListingError::Stopped(why) => f.write_str(why),
+        }
+    }
+}
 
 /// Lists every object of `kind` (created at or after `created_since`, a Unix time, when given),
 /// newest first, handing each page to `take`. Stops at the first error: Stripe's, `take`'s, or
@@ -22,11 +49,11 @@ pub fn for_each_page(
     kind: ListKind,
     created_since: Option<i64>,
     mut take: impl FnMut(&[ListedObject]) -> Result<(), String>,
-) -> Result<(), String> {
+) -> Result<(), ListingError> {
     let mut after: Option<String> = None;
     loop {
         if shutdown_requested() {
-            return Err("the worker is shutting down".into());
+            return Err(ListingError::Stopped("the worker is shutting down".into()));
         }
         let mut attempt = 0;
         let page = loop {
@@ -46,8 +73,8 @@ pub fn for_each_page(
             }
         };
         check_for_interrupts!();
-        let (objects, more) = page.map_err(|error| error.to_string())?;
-        take(&objects)?;
+        let (objects, more) = page.map_err(|error| ListingError::Stripe(Box::new(error)))?;
+        take(&objects).map_err(ListingError::Stopped)?;
         after = objects.last().map(|o| o.summary.id.clone());
         if !more || after.is_none() {
             return Ok(());

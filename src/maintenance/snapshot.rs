@@ -1,8 +1,10 @@
 //! The Stripe snapshot behind the audits: every customer and account in Stripe copied into
 //! `onboarding.stripe_objects`, taken by a worker (which alone holds the key) when
 //! `onboarding.refresh_stripe_snapshot` asks through the request channel (requests.rs).
-//! Accounts are listed only while Connect is in use (an attached table has a Connect-account
-//! column): a Stripe account without Connect refuses the call, and the audits then need none.
+//! Accounts are listed only while Connect is in use (`tables::connect_in_use`); a Stripe account
+//! that is not a Connect platform refuses to list them, and the snapshot then holds customers
+//! only and says why (`accounts_not_listed_why`): the audits check customers and say what they
+//! could not check, instead of failing.
 
 use onboarding_core::budget::Gcra;
 use onboarding_core::stripe::{ListKind, StripeClient};
@@ -24,9 +26,9 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
         requests::fail(ticket, "could not start a snapshot");
         return;
     };
-    let accounts_listed = connect_in_use;
+    let mut accounts_not_listed = (!connect_in_use).then_some(None::<String>);
     let customers = (ListKind::Customers, "customer");
-    let kinds: &[_] = if accounts_listed { &[customers, (ListKind::Accounts, "account")] } else { &[customers] };
+    let kinds: &[_] = if connect_in_use { &[customers, (ListKind::Accounts, "account")] } else { &[customers] };
     for &(kind, object) in kinds {
         let listed = for_each_page(runtime, client, budget, kind, None, |objects| {
             let rows: Vec<serde_json::Value> = objects
@@ -48,16 +50,26 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
                 _ => Err("could not store a snapshot page".into()),
             }
         });
-        if let Err(error) = listed {
-            requests::fail(ticket, &format!("listing {object}s: {error}"));
-            return;
+        match listed {
+            Ok(()) => {}
+            Err(error) if kind == ListKind::Accounts && error.refused() => {
+                warning!(
+                    "onboarding: Stripe refused to list Connect accounts ({error}); the snapshot holds customers only"
+                );
+                accounts_not_listed = Some(Some(error.to_string()));
+            }
+            Err(error) => {
+                requests::fail(ticket, &format!("listing {object}s: {error}"));
+                return;
+            }
         }
     }
     let finished = in_transaction("finishing a Stripe snapshot", || {
-        if !accounts_listed {
+        if let Some(why) = &accounts_not_listed {
             Spi::run_with_args(
-                "UPDATE onboarding.stripe_snapshots SET accounts_listed = false WHERE id = $1",
-                &[snapshot.into()],
+                "UPDATE onboarding.stripe_snapshots SET accounts_listed = false, accounts_not_listed_why = $2
+                  WHERE id = $1",
+                &[snapshot.into(), why.clone().into()],
             )?;
         }
         Spi::run_with_args("SELECT onboarding._snapshot_finish($1)", &[snapshot.into()])

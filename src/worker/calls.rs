@@ -110,6 +110,12 @@ impl Call {
         }
     }
 
+    /// Whether the call is Connect's (an account to create or delete): a key without Connect's
+    /// permissions holds these back only.
+    pub fn is_connect(&self) -> bool {
+        matches!(self.work, Work::CreateAccount { .. } | Work::DeleteAccount(_))
+    }
+
     pub async fn perform(&self, client: &StripeClient) -> Outcome {
         match &self.work {
             Work::CreateCustomer { customer, look_up } => {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use onboarding_core::claim_cursor::{ClaimCursor, LANES};
 use onboarding_core::lane_shares::LaneCredit;
+use onboarding_core::state::JobKind;
 
 use pgrx::pg_sys;
 
@@ -16,8 +17,10 @@ use crate::maintenance::{rescue, retention};
 use crate::release::{self, Installed};
 use crate::worker::calls::{self, Call, Planned};
 use crate::worker::queue;
+use crate::worker::record;
 
-/// Claims and plans up to `batch_size` jobs, doing maintenance first when `maintain`, moving
+/// Claims and plans up to `batch_size` jobs (Connect's put back while `connect_refused`: the key
+/// lacks Connect's permissions), doing maintenance first when `maintain`, moving
 /// `cursor` on past what it claims (back first to `announced_from`, the earliest start of the
 /// transactions announced to this worker since its last claim: pg/processes.rs) (the caller drops it if the transaction fails: the claims
 /// are then undone) and spending the lower lanes' `credit`. Returns the calls to start, how many
@@ -25,6 +28,7 @@ use crate::worker::queue;
 /// unless this database holds this library's SQL.
 pub fn claim_and_plan(
     batch_size: i32,
+    connect_refused: bool,
     maintain: bool,
     cursor: &mut ClaimCursor,
     announced_from: Option<i64>,
@@ -67,6 +71,10 @@ pub fn claim_and_plan(
         .filter(|job| !job.finished)
         .filter_map(|mut job| {
             let id = job.id;
+            if connect_refused && JobKind::parse(&job.kind).is_some_and(JobKind::is_connect) {
+                queue::postpone(id, record::CONNECT_REFUSED);
+                return None;
+            }
             if job.looks_up() {
                 // What another table's profile with this user id holds: never adopted or deleted.
                 job.made_for_others = queue::made_for_other_profiles(id);

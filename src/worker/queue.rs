@@ -140,6 +140,13 @@ pub fn claim(
     .unwrap_or_else(|e| error!("onboarding: claiming jobs: {e}"))
 }
 
+/// Puts a running job back without spending an attempt (`onboarding._postpone`: again in a second,
+/// then less often the longer it waited, at most a minute apart).
+pub fn postpone(job_id: i64, reason: &str) {
+    Spi::run_with_args("SELECT onboarding._postpone($1, $2)", &[job_id.into(), reason.into()])
+        .unwrap_or_else(|e| error!("onboarding: postponing job {job_id}: {e}"));
+}
+
 /// The Stripe objects this extension made for profiles of other tables with job `job_id`'s user
 /// id (sql/ties.sql).
 pub fn made_for_other_profiles(job_id: i64) -> Vec<String> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use onboarding_core::claim_cursor::ScanFrom;
 use onboarding_core::job::{AfterFailure, after_failure};
+use onboarding_core::permissions::permission_refused;
 use onboarding_core::policy::{Disposition, classify, key_after_unknown_outcome};
 use onboarding_core::state::{Success, Transition};
 use onboarding_core::stripe::{Response, StripeObject};
@@ -17,6 +18,9 @@ use crate::gucs;
 use crate::pg::transaction::in_transaction;
 use crate::worker::calls::{Call, Outcome, Work, die, skip};
 use crate::worker::queue::{self, WriteBack};
+
+/// Why a Connect job waits (its `postponed` event) while the key lacks Connect's permissions.
+pub const CONNECT_REFUSED: &str = "the Stripe key lacks a Connect permission (README \"Restricted keys\")";
 
 /// Phase 3: all outcomes in one transaction; if that fails, each job on its own, so one bad
 /// write-back (say, a failing trigger on the profile table) cannot hold the others hostage.
@@ -187,6 +191,11 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             warning!("onboarding: {what}: {reason}; run onboarding.retry({job_id}) once it can (job {job_id})");
             let detail = json!({"reason": reason, "attempt": call.attempts});
             queue::finish(job_id, die(&reason), detail);
+        }
+        Outcome::Failed(error) if call.is_connect() && permission_refused(error) => {
+            // Not the job's fault: it waits for a key that may (the worker says so once).
+            log!("onboarding: {} refused: the Stripe key lacks a Connect permission (job {job_id})", call.describe());
+            queue::postpone(job_id, CONNECT_REFUSED);
         }
         Outcome::Failed(error) => {
             if let Some(status) = error.status() {

@@ -75,6 +75,11 @@ impl Route {
             Route::GetEvent(_) => "GET /v1/events/{id}",
         }
     }
+
+    /// Search endpoints have their own rate limit instead of the per-endpoint one.
+    pub fn is_search(&self) -> bool {
+        matches!(self, Route::SearchCustomers)
+    }
 }
 
 pub fn unrecognized(method: &str, path: &str) -> ApiError {

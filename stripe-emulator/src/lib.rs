@@ -46,6 +46,29 @@
 //! Controls on one object answer 404 `{"error": {"message": …}}` when it is not live, 400 for a
 //! malformed body. Nothing under `/_emulator/` appears in the request log.
 //!
+//! ## Rate limits
+//!
+//! Stripe's rate limits can be enforced; all are off by default (`None` in [`EmulatorConfig`]).
+//! A `/v1` request over a limit is answered as Stripe's limiter answers it (and as
+//! [`Fault::rate_limit`] injects it): `429` with `type: "invalid_request_error"`,
+//! `code: "rate_limit"`, before any injected fault, never stored under its idempotency key.
+//!
+//! | Limit | Counts | Set by | Stripe's |
+//! |---|---|---|---|
+//! | global | every `/v1` request | [`EmulatorConfig::rate_limit`], [`Emulator::set_rate_limit`], `--rate-limit N` | 100/s live, 25/s sandbox |
+//! | per endpoint | each endpoint apart, an endpoint being the method and path pattern: `GET /v1/customers/cus_A` and `GET /v1/customers/cus_B` are one, `GET /v1/customers`, `POST /v1/customers/{id}` and `DELETE /v1/customers/{id}` three others | [`EmulatorConfig::endpoint_rate_limit`], [`Emulator::set_endpoint_rate_limit`], `--endpoint-rate-limit N` | 25/s |
+//! | search | the search endpoints (`GET /v1/customers/search`) together, instead of the per-endpoint limit | [`EmulatorConfig::search_rate_limit`], [`Emulator::set_search_rate_limit`], `--search-rate-limit N` | 20/s |
+//!
+//! [`Emulator::enforce_stripe_live_limits`] and [`Emulator::enforce_stripe_sandbox_limits`] set
+//! all three. Each limit counts in a sliding one-second window: a request is admitted if fewer
+//! than the limit's requests were admitted under it in the second before. A request is checked
+//! against the global limit, then against its endpoint's (or search's), and counts against them
+//! only if both admit it: a refused request counts against none. An unknown route (404) counts
+//! only globally; a request refused before the limits (401, no `Stripe-Version`) and the
+//! `/_emulator/` controls never count. [`RecordedRequest::rate_limited_by`] (`rate_limited_by` in
+//! `GET /_emulator/requests`) and [`Emulator::rate_limited`] tell which limit refused a request.
+//! The limits are kept across [`Emulator::reset`]; what they counted is not.
+//!
 //! ## Events
 //!
 //! Every change the emulator makes is recorded as a Stripe `event` (`evt_…`, `api_version` the
@@ -91,6 +114,7 @@ mod idempotency;
 mod onboarding;
 mod params;
 mod permissions;
+mod rate_limit;
 mod search;
 mod server;
 mod state;
@@ -109,6 +133,7 @@ pub use faults::{Fault, FaultAction};
 pub use onboarding::Onboarding;
 pub use params::{PINNED_API_VERSION, is_known as is_known_param, is_stripe_error_code};
 pub use permissions::{PLATFORM_ACCOUNT, Permission};
+pub use rate_limit::RateLimitKind;
 
 use state::Shared;
 
@@ -123,8 +148,15 @@ pub struct EmulatorConfig {
     /// Added to every `/v1` request before it executes (after the idempotency key is
     /// claimed, so a concurrent retry sees it in flight).
     pub latency: Duration,
-    /// Answer `429 rate_limit` above this many `/v1` requests per second.
+    /// Answer `429 rate_limit` above this many `/v1` requests per second, all together
+    /// (Stripe: 100 in live mode, 25 in a sandbox). See [Rate limits](crate#rate-limits).
     pub rate_limit: Option<u32>,
+    /// Answer `429 rate_limit` above this many requests per second to any one endpoint, the
+    /// search endpoints excepted (Stripe: 25). See [Rate limits](crate#rate-limits).
+    pub endpoint_rate_limit: Option<u32>,
+    /// Answer `429 rate_limit` above this many requests per second to the search endpoints,
+    /// all together (Stripe: 20). See [Rate limits](crate#rate-limits).
+    pub search_rate_limit: Option<u32>,
     /// One line per request on stderr (never the API key).
     pub log_requests: bool,
     /// Answer a request without `Stripe-Version` in the pinned version, as Stripe answers it in
@@ -140,6 +172,8 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("search_lag", &self.search_lag)
             .field("latency", &self.latency)
             .field("rate_limit", &self.rate_limit)
+            .field("endpoint_rate_limit", &self.endpoint_rate_limit)
+            .field("search_rate_limit", &self.search_rate_limit)
             .field("log_requests", &self.log_requests)
             .field("accept_unpinned", &self.accept_unpinned)
             .finish()
@@ -164,6 +198,9 @@ pub struct RecordedRequest {
     pub request_id: Option<String>,
     /// Answered from the idempotency store (`Idempotent-Replayed: true`).
     pub replayed: bool,
+    /// The configured [rate limit](crate#rate-limits) that answered `429 rate_limit`; `None`
+    /// for any other answer, an injected [`Fault::rate_limit`] included.
+    pub rate_limited_by: Option<RateLimitKind>,
 }
 
 impl RecordedRequest {
@@ -180,6 +217,7 @@ impl RecordedRequest {
             "status": self.status,
             "request_id": self.request_id,
             "replayed": self.replayed,
+            "rate_limited_by": self.rate_limited_by.map(RateLimitKind::as_str),
         })
     }
 }
@@ -263,8 +301,57 @@ impl Emulator {
         self.shared.update(|s| s.config.search_lag = lag);
     }
 
+    /// [`EmulatorConfig::rate_limit`]; `None` turns it off.
     pub fn set_rate_limit(&self, per_second: Option<u32>) {
         self.shared.update(|s| s.config.rate_limit = per_second);
+    }
+
+    /// [`EmulatorConfig::endpoint_rate_limit`]; `None` turns it off.
+    pub fn set_endpoint_rate_limit(&self, per_second: Option<u32>) {
+        self.shared.update(|s| s.config.endpoint_rate_limit = per_second);
+    }
+
+    /// [`EmulatorConfig::search_rate_limit`]; `None` turns it off.
+    pub fn set_search_rate_limit(&self, per_second: Option<u32>) {
+        self.shared.update(|s| s.config.search_rate_limit = per_second);
+    }
+
+    /// Stripe's documented live-mode limits: 100 requests per second in all, 25 per endpoint,
+    /// 20 for search.
+    pub fn enforce_stripe_live_limits(&self) {
+        self.set_rate_limits(100, 25, 20);
+    }
+
+    /// Stripe's documented sandbox limits: 25 requests per second in all, 25 per endpoint, 20
+    /// for search.
+    pub fn enforce_stripe_sandbox_limits(&self) {
+        self.set_rate_limits(25, 25, 20);
+    }
+
+    fn set_rate_limits(&self, global: u32, endpoint: u32, search: u32) {
+        self.shared.update(|s| {
+            s.config.rate_limit = Some(global);
+            s.config.endpoint_rate_limit = Some(endpoint);
+            s.config.search_rate_limit = Some(search);
+        });
+    }
+
+    /// The requests in the log (see [`Emulator::requests`]) that a configured
+    /// [rate limit](crate#rate-limits) refused, in arrival order: each one's endpoint (method
+    /// and path pattern, as `"GET /v1/customers/{id}"`; method and path for an unknown route)
+    /// and the limit that refused it.
+    pub fn rate_limited(&self) -> Vec<(String, RateLimitKind)> {
+        self.requests()
+            .into_iter()
+            .filter_map(|r| {
+                let limit = r.rate_limited_by?;
+                let endpoint = match api::Route::resolve(&r.method, &r.path) {
+                    Some(route) => route.endpoint().to_string(),
+                    None => format!("{} {}", r.method, r.path),
+                };
+                Some((endpoint, limit))
+            })
+            .collect()
     }
 
     /// Chaos mode: every matching request that no queued fault claims fails with `probability`,

@@ -15,7 +15,14 @@ usage: stripe-emulator [options]
   --port-file PATH      write the bound port to PATH once listening
   --search-lag-ms N     delay before writes become searchable (default 0)
   --latency-ms N        delay added to every /v1 request (default 0)
-  --rate-limit N        answer 429 above N /v1 requests per second
+  --rate-limit N        answer 429 above N /v1 requests per second in all
+                        (Stripe: 100 live, 25 sandbox)
+  --endpoint-rate-limit N
+                        answer 429 above N requests per second to one endpoint
+                        (method and path pattern; Stripe: 25)
+  --search-rate-limit N answer 429 above N search requests per second (Stripe: 20);
+                        search does not count under --endpoint-rate-limit
+                        (rate limits: sliding one-second windows, all off by default)
   --quiet               do not log requests to stderr
 Every /v1 request must send `Stripe-Version: {version}` (the version whose parameter lists
 the server enforces); it is echoed back.
@@ -62,21 +69,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
                 .map(Duration::from_millis)
                 .map_err(|_| format!("{flag}: not a number of milliseconds: {v}"))
         };
+        let per_second = |v: String| {
+            v.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| format!("{flag}: not a positive integer: {v}"))
+        };
         match flag.as_str() {
             "--listen" => options.listen = value()?,
             "--api-key" => options.config.api_key = Some(value()?),
             "--port-file" => options.port_file = Some(value()?.into()),
             "--search-lag-ms" => options.config.search_lag = millis(value()?)?,
             "--latency-ms" => options.config.latency = millis(value()?)?,
-            "--rate-limit" => {
-                let v = value()?;
-                let n = v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("--rate-limit: not a positive integer: {v}"))?;
-                options.config.rate_limit = Some(n);
-            }
+            "--rate-limit" => options.config.rate_limit = Some(per_second(value()?)?),
+            "--endpoint-rate-limit" => options.config.endpoint_rate_limit = Some(per_second(value()?)?),
+            "--search-rate-limit" => options.config.search_rate_limit = Some(per_second(value()?)?),
             "--quiet" => options.config.log_requests = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument: {other}")),
@@ -161,4 +165,29 @@ fn main() -> ExitCode {
     runtime.block_on(signals);
     emulator.stop();
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_args;
+
+    fn parse(args: &[&str]) -> Result<super::Options, String> {
+        parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn rate_limits_are_off_unless_given() {
+        let config = parse(&[]).unwrap().config;
+        assert_eq!((config.rate_limit, config.endpoint_rate_limit, config.search_rate_limit), (None, None, None));
+        let config =
+            parse(&["--rate-limit", "100", "--endpoint-rate-limit=25", "--search-rate-limit", "20"]).unwrap().config;
+        assert_eq!(
+            (config.rate_limit, config.endpoint_rate_limit, config.search_rate_limit),
+            (Some(100), Some(25), Some(20))
+        );
+        for bad in ["0", "-1", "x"] {
+            let error = parse(&["--endpoint-rate-limit", bad]).err().unwrap();
+            assert_eq!(error, format!("--endpoint-rate-limit: not a positive integer: {bad}"));
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! HTTP serving and the per-request pipeline, in Stripe's order:
-//! auth -> API version -> rate limit -> injected fault -> routing -> restricted-key permission ->
+//! auth -> API version -> rate limits -> injected fault -> routing -> restricted-key permission ->
 //! idempotency -> latency -> execute. Nothing rejected before execution is stored under an idempotency key.
 //!
 //! Unlike Stripe, which falls back to the account's default version, the emulator requires
@@ -29,6 +29,7 @@ use crate::faults::{self, FaultAction};
 use crate::form;
 use crate::idempotency::{self, Claim, Fingerprint, Saved};
 use crate::params;
+use crate::rate_limit::RateLimitKind;
 use crate::state::Shared;
 use crate::store::random_alnum;
 
@@ -122,6 +123,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
             status: None,
             request_id: None,
             replayed: false,
+            rate_limited_by: None,
         })
     });
 
@@ -162,6 +164,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
                     r.status = Some(reply.status);
                     r.request_id = Some(request_id.clone());
                     r.replayed = reply.replayed;
+                    r.rate_limited_by = reply.rate_limited_by;
                 })
             });
             if log_requests {
@@ -210,19 +213,33 @@ struct Reply {
     should_retry: Option<bool>,
     /// Raw events in `body`: each token (quoted, as serialized) and the bytes sent in its place.
     raw: Vec<(String, Vec<u8>)>,
+    /// The configured limit that refused the request, if one did.
+    rate_limited_by: Option<RateLimitKind>,
 }
 
 impl Outcome {
     fn ok(status: u16, body: Value) -> Outcome {
-        Outcome::Respond(Reply { status, body, replayed: false, should_retry: None, raw: Vec::new() })
+        Outcome::Respond(Reply::new(status, body))
     }
 
     fn error(e: ApiError) -> Outcome {
         Outcome::ok(e.status, e.body())
     }
+
+    /// The 429 Stripe's rate limiter sends, as [`faults::Fault::rate_limit`] injects it.
+    fn rate_limited(limit: RateLimitKind) -> Outcome {
+        let error =
+            ApiError::new(429, "invalid_request_error", faults::RATE_LIMIT_MESSAGE).code(faults::RATE_LIMIT_CODE);
+        Outcome::Respond(Reply { rate_limited_by: Some(limit), ..Reply::new(error.status, error.body()) })
+    }
 }
 
 impl Reply {
+    /// A plain answer: executed (not replayed), no extra headers.
+    fn new(status: u16, body: Value) -> Reply {
+        Reply { status, body, replayed: false, should_retry: None, raw: Vec::new(), rate_limited_by: None }
+    }
+
     fn into_response(self, request_id: &str, idempotency_key: Option<&str>, version: Option<&str>) -> HttpResponse {
         let mut body = serde_json::to_vec_pretty(&self.body).expect("JSON values serialize");
         for (token, bytes) in &self.raw {
@@ -284,6 +301,9 @@ impl Drop for ClaimGuard<'_> {
 }
 
 async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
+    // Resolved before the rate limits, which count each endpoint apart; an unknown route is
+    // answered only after any injected fault, as before.
+    let route = Route::resolve(&req.method, &req.path);
     // Rejections here come before Stripe's idempotency layer: never stored.
     let (api_key, fault) = {
         let mut state = shared.lock();
@@ -299,10 +319,8 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
         if let Err(e) = check_version(req.stripe_version.as_deref(), state.config.accept_unpinned) {
             return Outcome::error(e);
         }
-        if state.over_rate_limit(Instant::now()) {
-            return Outcome::error(
-                ApiError::new(429, "invalid_request_error", faults::RATE_LIMIT_MESSAGE).code(faults::RATE_LIMIT_CODE),
-            );
+        if let Err(limit) = state.check_rate_limits(Instant::now(), route.as_ref()) {
+            return Outcome::rate_limited(limit);
         }
         (api_key, state.faults.take(&req.method, &req.path))
     };
@@ -321,7 +339,7 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
         Some(f) => Some(f),
     };
 
-    let Some(route) = Route::resolve(&req.method, &req.path) else {
+    let Some(route) = route else {
         return Outcome::error(api::unrecognized(&req.method, &req.path));
     };
     // Before the idempotency layer: a refusal is not stored (see permissions.rs).
@@ -340,13 +358,7 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
             Claim::Claimed => claim.key = Some(key.clone()),
             Claim::Rejected(e) => return Outcome::error(e),
             Claim::Replay(saved) => {
-                return Outcome::Respond(Reply {
-                    status: saved.status,
-                    body: saved.body,
-                    replayed: true,
-                    should_retry: None,
-                    raw: Vec::new(),
-                });
+                return Outcome::Respond(Reply { replayed: true, ..Reply::new(saved.status, saved.body) });
             }
         }
     }
@@ -408,7 +420,7 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
     match after {
         Some(FaultAction::DropAfterExecute) => Outcome::Drop,
         Some(f @ FaultAction::Status { .. }) => status_fault(f),
-        _ => Outcome::Respond(Reply { status, body, replayed: false, should_retry: None, raw }),
+        _ => Outcome::Respond(Reply { raw, ..Reply::new(status, body) }),
     }
 }
 
@@ -437,5 +449,5 @@ fn status_fault(action: FaultAction) -> Outcome {
     };
     let mut error = ApiError::new(status, &error_type, message);
     error.code = code;
-    Outcome::Respond(Reply { status, body: error.body(), replayed: false, should_retry, raw: Vec::new() })
+    Outcome::Respond(Reply { should_retry, ..Reply::new(status, error.body()) })
 }

@@ -1,14 +1,15 @@
 //! State shared by the server tasks and the [`crate::Emulator`] handle. One mutex guards
 //! everything; it is never held across an `.await`, and requests are small.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::api::Route;
 use crate::faults::FaultQueue;
 use crate::idempotency::IdempotencyStore;
 use crate::permissions::RestrictedKeys;
+use crate::rate_limit::{Limits, RateLimitKind, RateLimiter};
 use crate::store::Store;
 use crate::{EmulatorConfig, RecordedRequest};
 
@@ -49,8 +50,8 @@ pub struct State {
     next_request: u64,
     /// Bumped on every log change, so waiters can tell a real change from a spurious wakeup.
     pub generation: u64,
-    /// Arrival times of recent requests, for the optional rate limit.
-    recent: VecDeque<Instant>,
+    /// Requests admitted recently, for the optional rate limits.
+    rate_limiter: RateLimiter,
 }
 
 struct LogEntry {
@@ -71,7 +72,7 @@ impl Shared {
                 log: Vec::new(),
                 next_request: 0,
                 generation: 0,
-                recent: VecDeque::new(),
+                rate_limiter: RateLimiter::default(),
             }),
             changed: Condvar::new(),
             in_flight: AtomicUsize::new(0),
@@ -133,21 +134,18 @@ impl State {
         self.faults.clear();
         self.config.latency = Duration::ZERO;
         self.log.clear();
-        self.recent.clear();
+        self.rate_limiter = RateLimiter::default();
     }
 
-    /// Sliding one-second window; true if this request is over the configured limit.
-    pub fn over_rate_limit(&mut self, now: Instant) -> bool {
-        let Some(limit) = self.config.rate_limit else {
-            return false;
+    /// Checks a `/v1` request arriving at `now` for `route` (`None`: unknown) against the
+    /// configured rate limits (see [`RateLimiter::admit`]): counted if admitted, or the limit
+    /// that refuses it.
+    pub fn check_rate_limits(&mut self, now: Instant, route: Option<&Route>) -> Result<(), RateLimitKind> {
+        let limits = Limits {
+            global: self.config.rate_limit,
+            endpoint: self.config.endpoint_rate_limit,
+            search: self.config.search_rate_limit,
         };
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
-            self.recent.pop_front();
-        }
-        if self.recent.len() >= limit as usize {
-            return true;
-        }
-        self.recent.push_back(now);
-        false
+        self.rate_limiter.admit(now, route, limits)
     }
 }

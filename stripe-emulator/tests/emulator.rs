@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use stripe_emulator::{Emulator, EmulatorConfig, Fault, FaultAction, PINNED_API_VERSION, RecordedRequest};
+use stripe_emulator::{
+    Emulator, EmulatorConfig, Fault, FaultAction, PINNED_API_VERSION, RateLimitKind, RecordedRequest,
+};
 
 const KEY: &str = "sk_test_51EmulatorTestKey0123456789wxyz";
 const WAIT: Duration = Duration::from_secs(5);
@@ -877,6 +879,133 @@ fn configured_rate_limit_answers_429_and_is_not_stored() {
     h.emu.set_rate_limit(None);
     let r = h.post_idem("/v1/customers", "email=a%40b.co", "rl4");
     assert_eq!((r.status, r.header("idempotent-replayed")), (200, None));
+}
+
+/// Requests sent back to back until one is answered 429 (at most `cap`, so a machine too slow
+/// to send the limit's worth within a second fails the test rather than hanging): the statuses
+/// in order, the 429 last.
+fn until_rate_limited(cap: usize, mut send: impl FnMut(usize) -> Resp) -> Vec<Resp> {
+    let mut answers = Vec::new();
+    for i in 0..cap {
+        let r = send(i);
+        let refused = r.status == 429;
+        answers.push(r);
+        if refused {
+            return answers;
+        }
+    }
+    panic!("no 429 in {cap} requests");
+}
+
+fn assert_rate_limit_error(r: &Resp) {
+    assert_eq!(
+        (r.status, r.error_type(), r.error_code()),
+        (429, "invalid_request_error", "rate_limit"),
+        "{:?}",
+        r.body
+    );
+}
+
+#[test]
+fn per_endpoint_limit_refuses_one_endpoint_and_not_another() {
+    let h = Harness::with(EmulatorConfig { endpoint_rate_limit: Some(25), ..EmulatorConfig::default() });
+    let a = h.create_customer("email=a%40b.co")["id"].as_str().unwrap().to_string();
+    let b = h.create_customer("email=b%40b.co")["id"].as_str().unwrap().to_string();
+    let mut gets = Vec::new();
+    // A GET after every third POST: until the first POST is refused, at most 25 POSTs fall in
+    // any second, so at most 10 GETs do, however slow the machine.
+    let posts = until_rate_limited(500, |i| {
+        if i % 3 == 0 {
+            let id = if i % 2 == 0 { &a } else { &b };
+            gets.push(h.get(&format!("/v1/customers/{id}"), ""));
+        }
+        h.post("/v1/customers", &format!("email=p{i}%40b.co"))
+    });
+    let refused = posts.last().unwrap();
+    assert_rate_limit_error(refused);
+    // The two set-up POSTs may share the window: at least 23 of the burst get through.
+    assert!(posts.len() > 23 && posts[..posts.len() - 1].iter().all(|r| r.status == 200));
+    // Right after the refusal, another endpoint still answers.
+    gets.push(h.get(&format!("/v1/customers/{a}"), ""));
+    assert!(gets.iter().all(|r| r.status == 200), "{:?}", gets.iter().map(|r| r.status).collect::<Vec<_>>());
+
+    assert_eq!(h.emu.rate_limited(), vec![("POST /v1/customers".to_string(), RateLimitKind::Endpoint)]);
+    let log = h.emu.requests();
+    let refused_entry = log.iter().find(|r| r.status == Some(429)).unwrap();
+    assert_eq!(refused_entry.rate_limited_by, Some(RateLimitKind::Endpoint));
+    assert_eq!(refused_entry.request_id.as_deref(), refused.header("request-id"));
+    let dump = h.control("GET", "/_emulator/requests", None);
+    let limited: Vec<&Value> = dump.as_array().unwrap().iter().filter(|r| !r["rate_limited_by"].is_null()).collect();
+    assert_eq!(limited.len(), 1);
+    assert_eq!((&limited[0]["status"], &limited[0]["rate_limited_by"]), (&json!(429), &json!("endpoint")));
+}
+
+#[test]
+fn object_ids_do_not_make_new_endpoints() {
+    let h = Harness::with(EmulatorConfig { endpoint_rate_limit: Some(25), ..EmulatorConfig::default() });
+    // Unknown ids answer 404 resource_missing, and count under the endpoint all the same.
+    let answers = until_rate_limited(500, |i| h.get(&format!("/v1/customers/cus_{i}"), ""));
+    assert_rate_limit_error(answers.last().unwrap());
+    assert!(answers.len() > 25 && answers[..answers.len() - 1].iter().all(|r| r.status == 404));
+    assert_eq!(h.emu.rate_limited(), vec![("GET /v1/customers/{id}".to_string(), RateLimitKind::Endpoint)]);
+}
+
+#[test]
+fn search_is_refused_above_its_own_limit() {
+    let h = Harness::new();
+    h.emu.enforce_stripe_live_limits();
+    let answers = until_rate_limited(500, |_| h.get("/v1/customers/search", "query=email%3A%22a%40b.co%22"));
+    assert_rate_limit_error(answers.last().unwrap());
+    // 20, not the per-endpoint 25: the 21st search within a second is the first refused.
+    assert!(answers.len() > 20 && answers[..answers.len() - 1].iter().all(|r| r.status == 200));
+    assert_eq!(h.get("/v1/customers", "").status, 200);
+    assert_eq!(h.emu.rate_limited(), vec![("GET /v1/customers/search".to_string(), RateLimitKind::Search)]);
+}
+
+#[test]
+fn unknown_routes_count_only_globally() {
+    let h = Harness::with(EmulatorConfig {
+        rate_limit: Some(10),
+        endpoint_rate_limit: Some(1),
+        search_rate_limit: Some(1),
+        ..EmulatorConfig::default()
+    });
+    // One path each time: were unknown routes counted by path, the second would be refused.
+    let answers = until_rate_limited(500, |_| h.get("/v1/nothing_here", ""));
+    assert!(answers.len() > 10 && answers[..answers.len() - 1].iter().all(|r| r.status == 404));
+    assert_rate_limit_error(answers.last().unwrap());
+    assert_eq!(h.emu.rate_limited(), vec![("GET /v1/nothing_here".to_string(), RateLimitKind::Global)]);
+}
+
+#[test]
+fn default_config_enforces_no_rate_limit() {
+    let h = Harness::new();
+    let id = h.create_customer("email=a%40b.co")["id"].as_str().unwrap().to_string();
+    for i in 0..60 {
+        assert_eq!(h.post("/v1/customers", &format!("email=d{i}%40b.co")).status, 200);
+        assert_eq!(h.get(&format!("/v1/customers/{id}"), "").status, 200);
+        assert_eq!(h.get("/v1/customers/search", "query=email%3A%22a%40b.co%22").status, 200);
+    }
+    assert!(h.emu.rate_limited().is_empty());
+    assert!(h.emu.requests().iter().all(|r| r.rate_limited_by.is_none()));
+}
+
+#[test]
+fn control_routes_never_count_against_rate_limits() {
+    let h = Harness::new();
+    h.emu.enforce_stripe_sandbox_limits();
+    h.emu.set_rate_limit(Some(2));
+    for _ in 0..30 {
+        h.control("GET", "/_emulator/requests", None);
+        h.control("GET", "/_emulator/customers", None);
+    }
+    // Whatever the timing, the first two /v1 requests fit in an empty window.
+    assert_eq!(h.post("/v1/customers", "email=a%40b.co").status, 200);
+    assert_eq!(h.get("/v1/customers", "").status, 200);
+    // And the controls still answer while /v1 requests are refused.
+    let answers = until_rate_limited(500, |_| h.get("/v1/customers", ""));
+    assert_rate_limit_error(answers.last().unwrap());
+    assert_eq!(h.control("GET", "/_emulator/customers", None).as_array().unwrap().len(), 1);
 }
 
 #[test]

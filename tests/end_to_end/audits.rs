@@ -20,6 +20,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         retention_prunes_finished_jobs_but_keeps_dead_ones,
         reconcile_repairs_what_the_audits_find,
         audits_work_on_a_stripe_account_without_connect,
+        a_connect_column_alone_needs_no_connect_platform,
     ]
 }
 
@@ -69,6 +70,60 @@ fn audits_work_on_a_stripe_account_without_connect() -> Result<(), Failed> {
     ensure(mismatches.is_empty(), || format!("{} mismatches", mismatches.len()))?;
     let missing = missing.map_err(|e| format!("audit_missing failed: {}", db_error(&e)))?;
     ensure(missing.is_empty(), || format!("{} missing", missing.len()))
+}
+
+/// The seed's own schema: `profiles` has a `stripe_connect_account_id` column, which `attach`
+/// picks up, and the platform wants customers only (policy `never`), on a Stripe account that is
+/// not a Connect platform (it answers 404 to listing accounts). Before the fix the column made
+/// Connect "in use": the snapshot listed accounts and failed, and every audit with it. Now the
+/// audits check customers; once Connect is in use and Stripe still refuses, they say what they
+/// could not check, in their result and in the snapshot.
+fn a_connect_column_alone_needs_no_connect_platform() -> Result<(), Failed> {
+    let mut db = db();
+    db.batch_execute("DROP DATABASE IF EXISTS connect_column_only WITH (FORCE)").unwrap();
+    db.batch_execute("CREATE DATABASE connect_column_only").unwrap();
+    let mut other = env().cluster.connect_to("connect_column_only");
+    other
+        .batch_execute(
+            "CREATE EXTENSION onboarding;
+             CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+                                           stripe_customer_id text, stripe_connect_account_id text);
+             SELECT onboarding.attach('public.profiles');",
+        )
+        .unwrap();
+    let user = insert_profile(&mut other, "public.profiles", Some("seed@example.com"));
+    let customer = wait_for_customer(&mut other, "public.profiles", &user)?;
+    let not_connect =
+        Fault::status(404).on("GET", "/v1/accounts").message("Unrecognized request URL (GET: /v1/accounts).");
+    env().stripe.set_random_faults(1.0, vec![not_connect]);
+    let result = (|| -> Result<(), Failed> {
+        let orphans = other.query("SELECT stripe_id FROM onboarding.audit_orphans()", &[]);
+        let orphans = orphans.map_err(|e| format!("audit_orphans failed: {}", db_error(&e)))?;
+        ensure(orphans.iter().all(|r| r.get::<_, Option<String>>(0).as_deref() != Some(customer.as_str())), || {
+            "the customer is an orphan".into()
+        })?;
+        let mismatches = other.query("SELECT problem FROM onboarding.audit_mismatches(false)", &[]);
+        let mismatches = mismatches.map_err(|e| format!("audit_mismatches failed: {}", db_error(&e)))?;
+        ensure(mismatches.is_empty(), || format!("{} mismatches", mismatches.len()))?;
+        // Connect in use now, and Stripe still refuses: the snapshot and the audits say so.
+        other.batch_execute("SELECT onboarding.set_connect_policy('public.profiles', 'always')")?;
+        let unchecked: Vec<String> = other
+            .query("SELECT problem FROM onboarding.audit_orphans() WHERE stripe_id IS NULL", &[])
+            .map_err(|e| format!("audit_orphans failed: {}", db_error(&e)))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ensure(unchecked.len() == 1 && unchecked[0].starts_with("not checked: Stripe refused to list them"), || {
+            format!("audit_orphans: {unchecked:?}")
+        })?;
+        let why: Option<String> = other
+            .query_one("SELECT accounts_not_listed_why FROM onboarding.stripe_snapshots ORDER BY id DESC LIMIT 1", &[])?
+            .get(0);
+        ensure(why.as_deref().is_some_and(|w| w.contains("404")), || format!("accounts_not_listed_why {why:?}"))
+    })();
+    env().stripe.set_random_faults(0.0, vec![]);
+    other.batch_execute("DROP EXTENSION onboarding CASCADE").unwrap(); // its worker leaves
+    result
 }
 
 fn audits_find_the_planted_gaps() -> Result<(), Failed> {

@@ -6,13 +6,14 @@ use stripe_emulator::{Fault, Permission};
 
 use crate::env;
 use crate::helpers::{
-    API_KEY, DEADLINE, db, ensure, events_for, insert_profile, only_job, profiles_table, set_and_reload, steps,
-    stripe_customers_for, wait_for, wait_for_customer, wait_for_state,
+    API_KEY, DEADLINE, db, ensure, events_for, insert_profile, jobs_for, only_job, profiles_table, set_and_reload,
+    steps, stripe_customers_for, wait_for, wait_for_customer, wait_for_state,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
     trials![
         a_restricted_key_without_a_permission_is_named_once_and_no_job_dies_of_it,
+        a_key_without_connect_permissions_holds_back_connect_only,
         a_500_whose_create_went_through_is_resolved_by_the_look_up,
         a_500_whose_create_did_not_go_through_is_retried_under_a_new_key,
         a_look_up_that_cannot_decide_creates_nothing_and_says_why,
@@ -56,6 +57,56 @@ fn a_restricted_key_without_a_permission_is_named_once_and_no_job_dies_of_it() -
         let warnings = log[log_before..].matches("rak_customer_write").count();
         ensure(warnings == 1, || format!("the missing permission was logged {warnings} times, not once"))?;
         ensure(!log.contains(RESTRICTED_KEY), || "the restricted key is in the server log".into())
+    })();
+    use_key(&mut db, API_KEY);
+    stripe.remove_restricted_key(RESTRICTED_KEY);
+    result
+}
+
+/// A restricted key that may write customers (and read events) but do nothing of Connect's, on a
+/// table with a Connect column and policy `never`: customers go on; a Connect job asked for
+/// explicitly waits, spending no attempt, with one WARNING; once the key may, it goes through.
+/// Before the fix a Connect column made Connect "in use" and, lacking its permissions, no job at
+/// all was claimed: a platform that only wants customers got none.
+fn a_key_without_connect_permissions_holds_back_connect_only() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_no_connect_key");
+    let stripe = &env().stripe;
+    stripe.set_restricted_key(RESTRICTED_KEY, [Permission::CustomerWrite, Permission::EventRead])?;
+    let log_before = env().cluster.server_log().len();
+    use_key(&mut db, RESTRICTED_KEY);
+    let result = (|| {
+        wait_for("the worker to take the key", DEADLINE, || {
+            env().cluster.server_log()[log_before..].contains("Stripe client ready").then_some(())
+        })?;
+        let user = insert_profile(&mut db, &table, Some("customers-only@example.com"));
+        wait_for_customer(&mut db, &table, &user)?;
+        db.query_one("SELECT onboarding.enqueue_connect_account($1, $2::text::regclass)", &[&user, &table])?;
+        let postponed = |db: &mut postgres::Client| {
+            events_for(db, &user).iter().any(|(step, detail)| {
+                step == "postponed" && detail["reason"].as_str().is_some_and(|r| r.contains("Connect permission"))
+            })
+        };
+        wait_for("the Connect job to wait for the key", DEADLINE, || postponed(&mut db).then_some(()))?;
+        let account_job = |db: &mut postgres::Client| {
+            jobs_for(db, &user).into_iter().find(|j| j.kind == "create_connect_account").ok_or("no Connect job")
+        };
+        let waiting = account_job(&mut db)?;
+        ensure(waiting.state == "pending" && waiting.attempts == 0, || format!("{waiting:?}"))?;
+        let needed = [Permission::CustomerWrite, Permission::ConnectedAccountWrite, Permission::AccountLinkWrite];
+        stripe.set_restricted_key(RESTRICTED_KEY, needed.into_iter().chain([Permission::EventRead]))?;
+        db.batch_execute("SELECT pg_reload_conf()").unwrap();
+        let account = wait_for("the account once the key may", DEADLINE, || {
+            db.query_one(&format!("SELECT stripe_connect_account_id FROM {table} WHERE id::text = $1"), &[&user])
+                .unwrap()
+                .get::<_, Option<String>>(0)
+        })?;
+        ensure(account.starts_with("acct_"), || account.clone())?;
+        let done = account_job(&mut db)?;
+        ensure(done.state == "succeeded" && done.last_error.is_none(), || format!("{done:?}"))?;
+        let log = env().cluster.server_log();
+        let warnings = log[log_before..].lines().filter(|l| l.contains("Connect jobs wait")).count();
+        ensure(warnings == 1, || format!("the refusal was said {warnings} times, not once"))
     })();
     use_key(&mut db, API_KEY);
     stripe.remove_restricted_key(RESTRICTED_KEY);
