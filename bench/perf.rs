@@ -17,7 +17,11 @@
 //! 8. line 1 while another session holds one profile's row through its write-back;
 //! 9. the queue's own history: line 2's throughput after 100,000 finished jobs, and while another
 //!    session holds a REPEATABLE READ snapshot open (twice in a row, then once released), each as
-//!    a ratio of the run before it.
+//!    a ratio of the run before it;
+//! 10. Stripe's limits, all of them: a live key against a test server enforcing Stripe's live
+//!     limits (100 a second in all, 25 per endpoint, 20 search), a backfill of 2,000 with signups
+//!     at 2/s, with the global budget alone and with every budget: 429s, customers a second,
+//!     signups' p99.
 //!
 //! Sizes can be lowered for a quick look: BENCH_THROUGHPUT, BENCH_SLOW, BENCH_MEMORY, BENCH_HISTORY,
 //! BENCH_FINISHED (profiles); BENCH_ONLY=1,4 runs only those parts. BENCH_PROFILE=1 loads
@@ -37,6 +41,8 @@ use support::replication::{Replicated, STANDBY_NAME};
 use support::wait::open_work;
 
 const API_KEY: &str = "sk_test_benchmark0000000000";
+/// A live-mode key (for line 10's budgets: Stripe's live limits); only the test server sees it.
+const LIVE_KEY: &str = "sk_live_benchmark0000000000";
 
 fn size(name: &str, default: i64) -> i64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -54,6 +60,8 @@ fn main() {
         "onboarding.stripe_api_base = '{}'\n\
          onboarding.stripe_api_key = '{API_KEY}'\n\
          onboarding.rate_limit = 0\n\
+         onboarding.endpoint_rate_limit = 0\n\
+         onboarding.search_rate_limit = 0\n\
          onboarding.poll_interval = '1s'\n\
          onboarding.request_timeout = '5s'\n\
          track_commit_timestamp = on\n\
@@ -304,6 +312,53 @@ fn main() {
         set(
             &mut db,
             &[("onboarding.rate_limit", "0"), ("onboarding.rate_burst", "5"), ("onboarding.batch_size", "100")],
+        );
+    }
+    if part("10") {
+        // 10. Stripe's per-endpoint limit: side by side, the global budget alone (as before issue
+        // 27) and with each endpoint's budget too, at Stripe's live limits.
+        let backlog = size("BENCH_LIMITS", 2_000);
+        let live =
+            Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(LIVE_KEY.into()), ..Default::default() })
+                .expect("start a live-keyed Stripe emulator");
+        live.enforce_stripe_live_limits();
+        let base = live.base_url();
+        let settings = [
+            ("onboarding.stripe_api_base", base.as_str()),
+            ("onboarding.stripe_api_key", LIVE_KEY),
+            ("onboarding.rate_limit", "-1"),
+            ("onboarding.rate_burst", "5"),
+            ("onboarding.batch_size", "100"),
+        ];
+        let mut results = Vec::new();
+        for (label, per_endpoint) in [("global budget only", "0"), ("every budget", "-1")] {
+            set(&mut db, &settings);
+            set(
+                &mut db,
+                &[("onboarding.endpoint_rate_limit", per_endpoint), ("onboarding.search_rate_limit", per_endpoint)],
+            );
+            std::thread::sleep(Duration::from_secs(2)); // the worker rebuilds its client with them
+            live.clear_requests();
+            let per_second = backfill_under_stripe_limits(&mut db, backlog);
+            let (_, p99) = per_second.1;
+            results.push((label, live.rate_limited().len(), per_second.0, p99));
+        }
+        for (i, (label, refused, per_second, p99)) in results.iter().enumerate() {
+            row(
+                &format!("10{}. backfill of {backlog} + signups at 2/s, live key, {label}", ["", "b"][i.min(1)]),
+                format!("{refused} 429s, {per_second:.1} customers/s, p99 {p99:.2} s"),
+                ["-", "0 429s, >= 23/s, p99 <= 1.5 s"][i.min(1)],
+            );
+        }
+        set(
+            &mut db,
+            &[
+                ("onboarding.stripe_api_base", stripe.base_url().as_str()),
+                ("onboarding.stripe_api_key", API_KEY),
+                ("onboarding.rate_limit", "0"),
+                ("onboarding.endpoint_rate_limit", "0"),
+                ("onboarding.search_rate_limit", "0"),
+            ],
         );
     }
     if part("9") {
@@ -563,6 +618,54 @@ fn signups_during_backfill(db: &mut Client, backlog: i64, signups: usize, gap: D
     drain(db, Duration::from_secs(60));
     let (p50, _, p99) = written_back_percentiles(db, &users);
     (p50 / 1000.0, p99 / 1000.0)
+}
+
+/// Line 10: a backfill of `backlog` profiles with 20 signups at 2/s arriving as it starts.
+/// Returns the backfill's customers a second (from its call to its last write-back) and the
+/// signups' commit -> written back p50 and p99 in seconds.
+fn backfill_under_stripe_limits(db: &mut Client, backlog: i64) -> (f64, (f64, f64)) {
+    db.batch_execute(
+        "CREATE TABLE IF NOT EXISTS public.limited (LIKE public.profiles INCLUDING ALL);
+         SELECT onboarding.attach('public.limited');
+         TRUNCATE public.limited;",
+    )
+    .unwrap();
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute("SET LOCAL session_replication_role = replica").unwrap(); // no insert trigger: no jobs yet
+    tx.execute(
+        "INSERT INTO public.limited (email) SELECT 'limited-' || g || '@example.com' FROM generate_series(1, $1::bigint) g",
+        &[&backlog],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let started = Instant::now();
+    db.batch_execute("CALL onboarding.backfill('public.limited', 1000)").unwrap();
+    let mut users = Vec::new();
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        let user: String = db
+            .query_one(
+                "INSERT INTO public.profiles (email) VALUES ($1) RETURNING id::text",
+                &[&format!("limited-signup-{i}@example.com")],
+            )
+            .unwrap()
+            .get(0);
+        users.push(user);
+    }
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let left: i64 =
+            db.query_one("SELECT count(*) FROM public.limited WHERE stripe_customer_id IS NULL", &[]).unwrap().get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} of the backfill not provisioned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drain(db, Duration::from_secs(60));
+    let (p50, _, p99) = written_back_percentiles(db, &users);
+    (backlog as f64 / seconds, (p50 / 1000.0, p99 / 1000.0))
 }
 
 /// Line 7c: line 7b with lanes while the events reader (issue 15) is as busy as it gets: polls

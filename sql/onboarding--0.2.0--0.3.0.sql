@@ -1741,6 +1741,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                               'Connect is not in use here (no Connect policy, account or job)') END
       FROM onboarding.stripe_snapshots s WHERE s.id = snap
 $$;
+REVOKE EXECUTE ON FUNCTION onboarding._accounts_not_listed_why(bigint) FROM PUBLIC;
 
 -- The latest finished snapshot, taking a fresh one first if asked. Says so when it holds no
 -- accounts (src/maintenance/snapshot.rs: Connect not in use, or Stripe refused to list them).

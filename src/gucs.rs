@@ -30,6 +30,8 @@ pub static OWNER_STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(25);
 pub static RATE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static RATE_BURST: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static ENDPOINT_RATE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(-1);
+pub static SEARCH_RATE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(12);
 pub static RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000);
@@ -251,6 +253,26 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"onboarding.endpoint_rate_limit",
+        c"Most Stripe requests in any second to any one endpoint (POST /v1/customers, GET /v1/customers/{id}, ...), all workers together (-1: 24; 0: no limit).",
+        c"Stripe limits each endpoint to 25 requests a second by default, besides the global limit; raise it for an account whose limits Stripe raised.",
+        &ENDPOINT_RATE_LIMIT,
+        -1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"onboarding.search_rate_limit",
+        c"Most Stripe search requests in any second, all workers together (-1: 19; 0: no limit).",
+        c"Stripe limits search to 20 requests a second; search counts under this instead of onboarding.endpoint_rate_limit.",
+        &SEARCH_RATE_LIMIT,
+        -1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"onboarding.rate_burst",
         c"Requests that may go back to back after a quiet spell, within onboarding.rate_limit.",
         c"",
@@ -449,14 +471,26 @@ pub fn idempotency_horizon() -> Duration {
     Duration::from_secs(IDEMPOTENCY_HORIZON_S.get().max(1) as u64)
 }
 
-/// The rate budget for requests made with `api_key`, or None when unlimited.
-pub fn rate_budget(api_key: &str) -> Option<onboarding_core::budget::Gcra> {
-    let ceiling = match RATE_LIMIT.get() {
-        -1 if api_key.starts_with("sk_live_") || api_key.starts_with("rk_live_") => 95,
-        -1 => 24,
-        n => n.max(0),
+/// The rate budgets for requests made with `api_key`: just under each limit Stripe publishes
+/// (docs.stripe.com/rate-limits: 100 a second live and 25 in a sandbox for all requests, 25 for
+/// each endpoint, 20 for search), or as `onboarding.rate_limit`, `onboarding.endpoint_rate_limit`
+/// and `onboarding.search_rate_limit` say (0: that limit is not kept).
+pub fn rate_budget(api_key: &str) -> onboarding_core::budget::Budgets {
+    let live = api_key.starts_with("sk_live_") || api_key.starts_with("rk_live_");
+    let budget = |setting: &GucSetting<i32>, default: u32, burst: u32| {
+        let ceiling = match setting.get() {
+            -1 => default,
+            n => n.max(0) as u32,
+        };
+        onboarding_core::budget::Gcra::new(ceiling, burst)
     };
-    onboarding_core::budget::Gcra::new(ceiling as u32, RATE_BURST.get().max(1) as u32)
+    // One endpoint's requests go evenly (no burst): each burst slot would cost a slot of its
+    // sustained rate, and a flood of one kind (a backfill's creates) is what meets this limit.
+    onboarding_core::budget::Budgets {
+        global: budget(&RATE_LIMIT, if live { 95 } else { 24 }, RATE_BURST.get().max(1) as u32),
+        per_endpoint: budget(&ENDPOINT_RATE_LIMIT, 24, 1),
+        search: budget(&SEARCH_RATE_LIMIT, 19, 1),
+    }
 }
 
 pub fn workers() -> usize {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use onboarding_core::budget::Gcra;
+use onboarding_core::budget::{Budgets, Gcra};
 use onboarding_core::budget_turns::BudgetTurns;
 use onboarding_core::claim_cursor::ClaimCursor;
 use onboarding_core::lane_shares::LaneCredit;
@@ -42,7 +42,7 @@ use onboarding_core::pacing::{self, Pacing};
 use onboarding_core::permissions::{PermissionCheckError, permission_refused};
 use onboarding_core::runtime::signal_safe_runtime;
 use onboarding_core::state::JobState;
-use onboarding_core::stripe::{ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, StripeClient, StripeError};
+use onboarding_core::stripe::{ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, StripeClient};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
@@ -52,6 +52,7 @@ use crate::maintenance::snapshot::take_snapshot;
 use crate::pg::latch::{handle_sigterm_in_commits, shutdown_requested, take_latch, wait_for_latch};
 use crate::pg::transaction::{in_transaction, report_table_stats};
 use crate::pg::{processes, replication};
+use crate::rate_budget::SharedAdmission;
 use crate::release::{self, Installed};
 use crate::requests::{self, RequestKind};
 use crate::worker::calls::{Call, Outcome};
@@ -59,7 +60,7 @@ use crate::worker::claim::claim_and_plan;
 use crate::worker::queue::TakenOn;
 use crate::worker::record::record_results;
 use crate::worker::standby_gate::StandbyGate;
-use crate::{gucs, rate_budget, tables, wake};
+use crate::{gucs, tables, wake};
 
 /// Shortest wait before looking for due jobs again when a claim found fewer than it could take.
 const MIN_SLEEP: Duration = Duration::from_millis(20);
@@ -126,7 +127,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
     let mut worker = Worker {
         runtime,
         client: None,
-        budget: None,
+        budgets: Budgets::default(),
         warned_no_key: false,
         key_refused_at: None,
         connect_refused_at: None,
@@ -217,8 +218,9 @@ type CallInFlight = tokio::task::JoinHandle<(Call, Outcome, Duration)>;
 struct Worker {
     runtime: tokio::runtime::Runtime,
     client: Option<StripeClient>,
-    /// The shared rate budget for the configured key (None: unlimited); rebuilt with the client.
-    budget: Option<Gcra>,
+    /// The shared rate budgets for the configured key (global, per endpoint, search); rebuilt
+    /// with the client.
+    budgets: Budgets,
     warned_no_key: bool,
     /// When the key's permission check last refused it (see `key_has_permissions`).
     key_refused_at: Option<Instant>,
@@ -406,7 +408,8 @@ impl Worker {
             return;
         }
         let Some(client) = self.client.as_ref() else { return };
-        match events::start(&self.runtime, client, self.budget, self.budget_turns.clone()) {
+        let client = client.admitted_by(Arc::new(SharedAdmission::new(self.budgets, self.budget_turns.clone(), false)));
+        match events::start(&self.runtime, &client) {
             Ok(poll) => self.events_poll = Some(poll),
             Err(ask_again_in) => self.next_events_check = now + ask_again_in.max(MIN_SLEEP),
         }
@@ -422,8 +425,8 @@ impl Worker {
     /// After a promotion: sweeps Stripe for objects the old primary left behind, until done.
     fn sweep_after_promotion(&mut self) {
         let Some(sweep) = self.sweep.as_ref().filter(|sweep| sweep.due()) else { return };
-        let client = self.client.as_ref().expect("sweeps run with a client");
-        if failover::sweep(sweep, &self.runtime, client, self.budget.as_ref()) {
+        let client = self.admitted_client(false).expect("sweeps run with a client");
+        if failover::sweep(sweep, &self.runtime, &client) {
             self.sweep = None;
         }
     }
@@ -471,34 +474,32 @@ impl Worker {
 
     /// Whether the calls waiting for budget slots keep the budget busy for a pacing spacing.
     fn budget_saturated(&self) -> bool {
-        pacing::saturated(self.waiting_for_slot.load(Ordering::Relaxed), self.budget.map(|gcra| gcra.interval))
+        // The slower of the global budget and an endpoint's: a flood of one kind of call meets
+        // its endpoint's limit first.
+        let interval = [self.budgets.global, self.budgets.per_endpoint].into_iter().flatten().map(|g| g.interval).max();
+        pacing::saturated(self.waiting_for_slot.load(Ordering::Relaxed), interval)
     }
 
     /// Starts a claimed job's Stripe call on the runtime's thread, so it goes out when its budget
     /// slot opens even while this thread is in a transaction.
     fn start(&mut self, call: Call) {
         let client = self.client.clone().expect("calls are claimed only with a client");
-        let (budget, turns) = (self.budget, self.budget_turns.clone());
-        let waiting_for_slot = self.waiting_for_slot.clone();
-        if budget.is_some() {
-            waiting_for_slot.fetch_add(1, Ordering::Relaxed);
+        let mut admission = SharedAdmission::new(self.budgets, self.budget_turns.clone(), call.lane == 0);
+        if !self.budgets.is_unlimited() {
+            self.waiting_for_slot.fetch_add(1, Ordering::Relaxed);
+            admission = admission.counted_in(self.waiting_for_slot.clone());
         }
+        let admission = Arc::new(admission);
+        let client = client.admitted_by(admission.clone());
         log!("onboarding: {} (job {}, attempt {})", call.describe(), call.job_id, call.attempts);
         self.in_flight.push(self.runtime.spawn(async move {
-            if let Some(gcra) = &budget {
-                turns.wait_for_slot(call.lane == 0, || rate_budget::take_slot(gcra)).await;
-                waiting_for_slot.fetch_sub(1, Ordering::Relaxed);
-            }
             let mut call = call;
-            call.sent_at = Some(std::time::SystemTime::now());
-            let started = Instant::now();
             let outcome = call.perform(&client).await;
-            if let (Some(gcra), Outcome::Failed(StripeError::Api(e))) = (&budget, &outcome)
-                && e.status == 429
-            {
-                rate_budget::penalize(gcra);
-            }
-            (call, outcome, started.elapsed())
+            admission.done();
+            // Timed from its first request's slot: the wait for the budget is not Stripe's time.
+            call.sent_at = admission.first_sent_at();
+            let elapsed = call.sent_at.and_then(|at| at.elapsed().ok()).unwrap_or_default();
+            (call, outcome, elapsed)
         }));
     }
 
@@ -582,8 +583,8 @@ impl Worker {
                 continue;
             }
             if request.kind == RequestKind::Snapshot {
-                let client = self.client.as_ref().expect("requests are refused without a client");
-                take_snapshot(request.ticket, &self.runtime, client, self.budget.as_ref());
+                let client = self.admitted_client(false).expect("requests are refused without a client");
+                take_snapshot(request.ticket, &self.runtime, &client);
                 continue;
             }
             let found = in_transaction("taking on a request", || {
@@ -601,11 +602,11 @@ impl Worker {
         }
     }
 
-    /// Waits for a slot of the rate budget (outside the async batch: snapshots and links).
-    fn wait_for_budget(&self) {
-        if let Some(gcra) = &self.budget {
-            rate_budget::wait_for_slot(gcra);
-        }
+    /// The client, each of whose requests waits for the shared rate budgets (`first_lane`: ahead
+    /// of the queue's requests, as a signup's).
+    fn admitted_client(&self, first_lane: bool) -> Option<StripeClient> {
+        let admission = SharedAdmission::new(self.budgets, self.budget_turns.clone(), first_lane);
+        self.client.as_ref().map(|client| client.admitted_by(Arc::new(admission)))
     }
 
     /// Answers a request whose Stripe object exists: the id itself, or a fresh account link
@@ -614,8 +615,8 @@ impl Worker {
         match request.kind {
             RequestKind::Customer | RequestKind::Snapshot => requests::succeed(request.ticket, object),
             RequestKind::AccountLink => {
-                self.wait_for_budget();
-                let client = self.client.as_ref().expect("requests are refused without a client");
+                // An application waits for it: ahead of the queue's requests, as a signup's.
+                let client = self.admitted_client(true).expect("requests are refused without a client");
                 let link = client.create_account_link(object, &request.refresh_url, &request.return_url);
                 match self.runtime.block_on(link) {
                     Ok(url) => {
@@ -682,7 +683,7 @@ impl Worker {
                 }
                 return None;
             };
-            self.budget = gucs::rate_budget(&api_key_text);
+            self.budgets = gucs::rate_budget(&api_key_text);
             let config = ClientConfig {
                 api_base: gucs::stripe_api_base(),
                 api_key,
@@ -701,8 +702,15 @@ impl Worker {
                         return None;
                     }
                     // Says when a reload took effect (never the key).
-                    let budget =
-                        self.budget.map_or("off".into(), |g| format!("{:.2}/s", 1.0 / g.interval.as_secs_f64()));
+                    let per_second = |g: Option<Gcra>| {
+                        g.map_or("off".into(), |g| format!("{:.2}/s", 1.0 / g.interval.as_secs_f64()))
+                    };
+                    let budget = format!(
+                        "{} (each endpoint {}, search {})",
+                        per_second(self.budgets.global),
+                        per_second(self.budgets.per_endpoint),
+                        per_second(self.budgets.search)
+                    );
                     log!(
                         "onboarding: Stripe client ready: {}, API version {}, rate budget {budget}",
                         config.api_base,
@@ -760,9 +768,9 @@ impl Worker {
         if self.permissions_checked_for == Some(digest) {
             return true;
         }
-        let budget = self.budget;
-        let take_slot = || budget.as_ref().map_or(Ok(()), rate_budget::take_slot);
-        match self.runtime.block_on(client.check_permissions(connect, take_slot)) {
+        let admission = SharedAdmission::new(self.budgets, self.budget_turns.clone(), false);
+        let client = client.admitted_by(Arc::new(admission));
+        match self.runtime.block_on(client.check_permissions(connect)) {
             Ok(()) => {
                 if self.connect_refused_at.take().is_some() {
                     log!("onboarding: the Stripe key may do Connect's work now; Connect jobs go on");

@@ -6,7 +6,11 @@
 //! the TAT one interval on, or learns how long to wait before trying again. One number means the state fits in one atomic in
 //! shared memory, updated with compare-and-swap by every worker (see the extension's rate_budget.rs).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
+
+use crate::endpoint::Endpoint;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gcra {
@@ -62,6 +66,39 @@ impl Gcra {
     pub fn penalize(&self, tat: Duration, now: Duration) -> Duration {
         tat.max(now + RATE_LIMITED_PAUSE + self.interval * (self.burst - 1))
     }
+}
+
+/// Every budget a request must fit, as Stripe publishes its limits: all requests together
+/// (`global`), each endpoint apart (`per_endpoint`: `POST /v1/customers` is one, `GET
+/// /v1/customers/{id}` another), and search (`search`, instead of the per-endpoint one). `None`:
+/// that limit is not kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Budgets {
+    pub global: Option<Gcra>,
+    pub per_endpoint: Option<Gcra>,
+    pub search: Option<Gcra>,
+}
+
+impl Budgets {
+    /// The budget of `endpoint`'s own limit.
+    pub fn of_endpoint(&self, endpoint: Endpoint) -> Option<Gcra> {
+        if endpoint.is_search() { self.search } else { self.per_endpoint }
+    }
+
+    /// No limit is kept at all.
+    pub fn is_unlimited(&self) -> bool {
+        self.global.is_none() && self.per_endpoint.is_none() && self.search.is_none()
+    }
+}
+
+/// What lets each request of a client go (see [`crate::stripe::StripeClient::admitted_by`]): it
+/// waits until the request fits every budget that applies, and hears of Stripe's 429s. The
+/// extension keeps its budgets in shared memory, for every worker together.
+pub trait Admission: Send + Sync {
+    /// Waits until a request to `endpoint` may be sent now, its slots taken.
+    fn admit(&self, endpoint: Endpoint) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Stripe answered a request to `endpoint` with 429 anyway.
+    fn rate_limited(&self, endpoint: Endpoint);
 }
 
 /// A monotonic clock shared by every process on the machine (CLOCK_MONOTONIC).

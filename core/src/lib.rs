@@ -26,6 +26,7 @@
 pub mod budget;
 pub mod budget_turns;
 pub mod claim_cursor;
+pub mod endpoint;
 pub mod inbound;
 pub mod job;
 pub mod lane_shares;

@@ -196,19 +196,12 @@ impl StripeClient {
     /// Checks that the key may create customers and, with `connect`, Connect accounts and their
     /// onboarding links, without creating anything ([`crate::permissions`]). Every probe is
     /// sent (so one check names every missing permission) unless the key is refused outright
-    /// or a probe gets no decision. Each probe first takes a slot of the rate budget
-    /// (`take_slot` says how long until one opens, otherwise): four workers' checks at once once
-    /// took Stripe past the budget.
-    pub async fn check_permissions(
-        &self,
-        connect: bool,
-        mut take_slot: impl FnMut() -> Result<(), std::time::Duration>,
-    ) -> Result<(), PermissionCheckError> {
+    /// or a probe gets no decision. Each probe waits for the client's admission (the rate
+    /// budgets, [`StripeClient::admitted_by`]): four workers' checks at once once took Stripe past
+    /// the budget.
+    pub async fn check_permissions(&self, connect: bool) -> Result<(), PermissionCheckError> {
         let mut missing = Vec::new();
         for probe in probes(connect) {
-            while let Err(wait) = take_slot() {
-                tokio::time::sleep(wait).await;
-            }
             let answer = self.post(&probe.path, &probe.params, None).await.map(|_| ());
             match verdict(&probe, answer) {
                 Verdict::Allowed => {}
@@ -260,7 +253,7 @@ mod tests {
     fn check(stripe: &Emulator, permissions: &[Permission], connect: bool) -> Result<(), PermissionCheckError> {
         stripe.set_restricted_key(RESTRICTED, permissions.iter().copied()).unwrap();
         let rt = crate::runtime::signal_safe_runtime().unwrap();
-        rt.block_on(client_for(stripe, RESTRICTED).check_permissions(connect, || Ok(())))
+        rt.block_on(client_for(stripe, RESTRICTED).check_permissions(connect))
     }
 
     const ALL: [Permission; 3] =
@@ -287,10 +280,7 @@ mod tests {
         );
         // A secret key passes the same way.
         let rt = crate::runtime::signal_safe_runtime().unwrap();
-        assert_eq!(
-            rt.block_on(client_for(&stripe, "sk_test_secretkey0123456789").check_permissions(true, || Ok(()))),
-            Ok(())
-        );
+        assert_eq!(rt.block_on(client_for(&stripe, "sk_test_secretkey0123456789").check_permissions(true)), Ok(()));
     }
 
     #[test]
@@ -343,8 +333,7 @@ mod tests {
             Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(key.into()), ..Default::default() }).unwrap();
         let rt = crate::runtime::signal_safe_runtime().unwrap();
         let wrong = "sk_test_wrongkey0123456789";
-        let Err(PermissionCheckError::KeyRefused(e)) =
-            rt.block_on(client_for(&stripe, wrong).check_permissions(true, || Ok(())))
+        let Err(PermissionCheckError::KeyRefused(e)) = rt.block_on(client_for(&stripe, wrong).check_permissions(true))
         else {
             panic!("a wrong key passed")
         };
@@ -353,13 +342,13 @@ mod tests {
         assert_eq!(stripe.requests().len(), 1, "no probe after the key was refused");
 
         stripe.inject(stripe_emulator::Fault::status(503).on("POST", "/v1/accounts"));
-        let answer = rt.block_on(client_for(&stripe, key).check_permissions(true, || Ok(())));
+        let answer = rt.block_on(client_for(&stripe, key).check_permissions(true));
         assert!(
             matches!(answer, Err(PermissionCheckError::Inconclusive(ref e)) if e.status() == Some(503)),
             "{answer:?}"
         );
         stripe.inject(stripe_emulator::Fault::drop_before().on("POST", "/v1/customers"));
-        let answer = rt.block_on(client_for(&stripe, key).check_permissions(false, || Ok(())));
+        let answer = rt.block_on(client_for(&stripe, key).check_permissions(false));
         assert!(
             matches!(
                 answer,

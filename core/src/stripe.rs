@@ -9,6 +9,8 @@ use std::time::Duration;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
 
+use crate::budget::Admission;
+use crate::endpoint::Endpoint;
 use crate::local_budget::LocalBudget;
 use crate::policy::{Disposition, classify};
 
@@ -376,6 +378,8 @@ pub struct StripeClient {
     /// Page bounds of the look-ups ([`CUSTOMER_LOOK_UP_MAX_PAGES`], [`ACCOUNT_LOOK_UP_MAX_PAGES`]).
     customer_pages: u32,
     account_pages: u32,
+    /// What lets each request go (the rate budgets); none: every request goes at once.
+    admission: Option<Arc<dyn Admission>>,
 }
 
 impl StripeClient {
@@ -410,7 +414,14 @@ impl StripeClient {
             search_budget: LocalBudget::new(config.search_rate).map(Arc::new),
             customer_pages: CUSTOMER_LOOK_UP_MAX_PAGES,
             account_pages: ACCOUNT_LOOK_UP_MAX_PAGES,
+            admission: None,
         })
+    }
+
+    /// The same client, each of whose requests first waits for `admission` (the rate budgets:
+    /// global, its endpoint's, search's), which also hears of every 429.
+    pub fn admitted_by(&self, admission: Arc<dyn Admission>) -> StripeClient {
+        StripeClient { admission: Some(admission), ..self.clone() }
     }
 
     /// The same client with both look-ups bounded to `pages` pages (at least 1) instead of
@@ -845,9 +856,18 @@ impl StripeClient {
     async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<(u16, HeaderMap, Vec<u8>), StripeError> {
         let request = request
             .header(AUTHORIZATION, self.authorization.clone())
-            .header("Stripe-Version", self.api_version.clone());
-        let response = request.send().await.map_err(transport_error)?;
+            .header("Stripe-Version", self.api_version.clone())
+            .build()
+            .map_err(transport_error)?;
+        let endpoint = Endpoint::of(request.method().as_str(), request.url().path());
+        if let Some(admission) = &self.admission {
+            admission.admit(endpoint).await;
+        }
+        let response = self.http.execute(request).await.map_err(transport_error)?;
         let status = response.status().as_u16();
+        if let Some(admission) = self.admission.as_ref().filter(|_| status == 429) {
+            admission.rate_limited(endpoint);
+        }
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(transport_error)?;
         // Everything of an answer may end up stored (errors, events, snapshots): never the key.
@@ -1475,6 +1495,42 @@ mod tests {
             panic!("decided on a partly read list")
         };
         assert!(reason.contains("more than 1 pages") && !reason.contains(email), "{reason}");
+    }
+
+    /// An admission that lets everything go, noting what it was asked.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<(Endpoint, &'static str)>>);
+
+    impl Admission for Recording {
+        fn admit(&self, endpoint: Endpoint) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            self.0.lock().unwrap().push((endpoint, "admitted"));
+            Box::pin(async {})
+        }
+        fn rate_limited(&self, endpoint: Endpoint) {
+            self.0.lock().unwrap().push((endpoint, "429"));
+        }
+    }
+
+    #[test]
+    fn every_request_waits_for_its_own_endpoint_and_429s_are_heard() {
+        let (stripe, client) = emulated_stripe();
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        let recording = Arc::new(Recording::default());
+        let client = client.admitted_by(recording.clone());
+        let customer = create_customers(&rt, &client, [("u-admit".to_string(), "admit@example.com".to_string())]);
+        rt.block_on(client.find_customer("u-admit", &["admit@example.com"])).unwrap();
+        stripe.inject(stripe_emulator::Fault::rate_limit().on("GET", "/v1/customers/"));
+        assert!(rt.block_on(client.retrieve_customer(&customer[0].id)).is_err());
+        let asked = recording.0.lock().unwrap().clone();
+        assert_eq!(
+            asked,
+            [
+                (Endpoint::CreateCustomer, "admitted"),
+                (Endpoint::ListCustomers, "admitted"),
+                (Endpoint::RetrieveCustomer, "admitted"),
+                (Endpoint::RetrieveCustomer, "429"),
+            ]
+        );
     }
 
     #[test]

@@ -17,11 +17,8 @@
 //! meanwhile show in `audit_mismatches(refresh => true)`, which reads Stripe itself.)
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use onboarding_core::budget::Gcra;
-use onboarding_core::budget_turns::BudgetTurns;
 use onboarding_core::inbound::{AccountReadiness, Change, SHOWN_ID_CHARS, Verdict, customer_change, parse_event, plan};
 use onboarding_core::stripe::{ListedEvent, StripeClient, StripeError, account_gone, lost_event_cursor};
 use pgrx::JsonB;
@@ -29,7 +26,7 @@ use pgrx::prelude::*;
 use serde_json::{Value, json};
 
 use crate::pg::transaction::in_transaction;
-use crate::{gucs, rate_budget, wake};
+use crate::{gucs, wake};
 
 /// The events read: accounts' readiness, and customers deleted or changed outside the extension.
 pub const TYPES: &[&str] =
@@ -102,12 +99,7 @@ enum Page {
 
 /// Takes the poller's turn if a poll is due and starts reading. Returns the poll, or when to ask
 /// again.
-pub fn start(
-    runtime: &tokio::runtime::Runtime,
-    client: &StripeClient,
-    budget: Option<Gcra>,
-    turns: Arc<BudgetTurns>,
-) -> Result<Poll, Duration> {
+pub fn start(runtime: &tokio::runtime::Runtime, client: &StripeClient) -> Result<Poll, Duration> {
     let every = gucs::events_poll().map_or(Duration::from_secs(3600), |p| p.every);
     let taken = in_transaction("taking the events poll", || {
         Spi::connect(|spi| {
@@ -140,19 +132,14 @@ pub fn start(
         _ => return Err(CHECK_AT_LEAST_EVERY),
     };
     let client = client.clone();
+    // Each request waits for the rate budgets, behind every signup's (the client's admission).
     let reading = runtime.spawn(async move {
-        let slot = || async {
-            if let Some(gcra) = &budget {
-                turns.wait_for_slot(false, || rate_budget::take_slot(gcra)).await;
-            }
-        };
-        slot().await;
         let read_at = unix_now();
         // Without a cursor, every event since the last poll that read (a margin for Stripe's
         // clock; ids already applied are skipped), so that none between two polls is missed.
         // Stripe lists them newest first: each page is a request of its own for the budget.
         let since = |lost| {
-            let (client, slot) = (&client, &slot);
+            let client = &client;
             async move {
                 let Some(polled_at) = last_polled_at else {
                     return client.newest_event(TYPES).await.map(|newest| Page::Start { newest, lost });
@@ -160,10 +147,7 @@ pub fn start(
                 // Stripe keeps 30 days: a last poll further back than that misses some.
                 let lost = lost || unix_now() - polled_at > RETENTION_SECS - CLOCK_MARGIN_SECS;
                 let (mut events, mut more) = (Vec::<ListedEvent>::new(), true);
-                for page in 0..SINCE_PAGES_AT_MOST {
-                    if page > 0 {
-                        slot().await;
-                    }
+                for _ in 0..SINCE_PAGES_AT_MOST {
                     let older_than = events.iter().rev().find_map(ListedEvent::cursor).map(str::to_string);
                     let read;
                     (read, more) =
@@ -180,29 +164,23 @@ pub fn start(
         let page = match &cursor {
             None => since(false).await,
             Some(cursor) => match client.events_after(cursor, TYPES).await {
-                Err(e) if lost_event_cursor(&e) => {
-                    slot().await;
-                    since(true).await
-                }
+                Err(e) if lost_event_cursor(&e) => since(true).await,
                 read => read.map(|(events, more)| Page::After(events, more)),
             },
         };
         let (mut read_accounts, mut read_customers, mut retried) = (Vec::new(), Vec::new(), Vec::new());
         if page.is_ok() {
             for account in accounts {
-                slot().await;
                 let sent_at = unix_now();
                 let answer = client.retrieve_account(&account).await;
                 read_accounts.push((account, sent_at, answer));
             }
             for customer in customers {
-                slot().await;
                 let sent_at = unix_now();
                 let answer = client.retrieve_customer(&customer).await;
                 read_customers.push((customer, sent_at, answer));
             }
             for event in events_to_retry {
-                slot().await;
                 let answer = client.retrieve_event(&event).await;
                 retried.push((event, answer));
             }

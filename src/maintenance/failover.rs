@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use onboarding_core::budget::Gcra;
 use onboarding_core::stripe::{ListKind, StripeClient};
 use pgrx::prelude::*;
 use serde_json::{Value, json};
@@ -52,7 +51,7 @@ pub fn note_timeline() -> Result<Option<Sweep>, String> {
 
 /// Sweeps customers, then (where a table has a Connect column) accounts. Returns whether the
 /// sweep is done; a failed one is tried again at the next maintenance.
-pub fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeClient, budget: Option<&Gcra>) -> bool {
+pub fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeClient) -> bool {
     let started = Instant::now();
     let uses_connect = in_transaction("looking for Connect columns", tables::connect_in_use);
     let Ok(Ok(uses_connect)) = uses_connect else { return false };
@@ -63,7 +62,7 @@ pub fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeCl
         &[(ListKind::Customers, "customer")]
     };
     for &(kind, object) in kinds {
-        let listed = for_each_page(runtime, client, budget, kind, Some(sweep.from), |objects| {
+        let listed = for_each_page(runtime, client, kind, Some(sweep.from), |objects| {
             let page: Vec<Value> = objects
                 .iter()
                 .filter(|o| !o.deleted)

@@ -1,16 +1,15 @@
 //! Paging through a Stripe list (customers or accounts) from a worker: each page waits for the
-//! rate budget, a page that fails is retried as the retry policy says, and the caller takes each
+//! rate budgets (the client's admission), a page that fails is retried as the retry policy says, and the caller takes each
 //! page in turn (to store it in a transaction of its own, never one open across a call).
 
 use std::time::Duration;
 
-use onboarding_core::budget::Gcra;
 use onboarding_core::policy::{Disposition, classify};
 use onboarding_core::stripe::{ListKind, ListedObject, StripeClient, StripeError};
 use pgrx::prelude::*;
 
+use crate::gucs;
 use crate::pg::latch::shutdown_requested;
-use crate::{gucs, rate_budget};
 
 /// Why a listing stopped.
 #[derive(Debug)]
@@ -45,7 +44,6 @@ impl std::fmt::Display for ListingError {
 pub fn for_each_page(
     runtime: &tokio::runtime::Runtime,
     client: &StripeClient,
-    budget: Option<&Gcra>,
     kind: ListKind,
     created_since: Option<i64>,
     mut take: impl FnMut(&[ListedObject]) -> Result<(), String>,
@@ -58,9 +56,6 @@ pub fn for_each_page(
         let mut attempt = 0;
         let page = loop {
             attempt += 1;
-            if let Some(gcra) = budget {
-                rate_budget::wait_for_slot(gcra);
-            }
             match runtime.block_on(client.list_page_since(kind, after.as_deref(), created_since)) {
                 Ok(page) => break Ok(page),
                 Err(error) => match classify(&error, false) {

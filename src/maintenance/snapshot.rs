@@ -6,7 +6,6 @@
 //! only and says why (`accounts_not_listed_why`): the audits check customers and say what they
 //! could not check, instead of failing.
 
-use onboarding_core::budget::Gcra;
 use onboarding_core::stripe::{ListKind, StripeClient};
 use pgrx::prelude::*;
 
@@ -17,7 +16,7 @@ use crate::tables;
 
 /// Copies every customer and account from Stripe into `onboarding.stripe_objects`, a page per
 /// transaction (listing.rs), and answers the request `ticket` with the snapshot id.
-pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &StripeClient, budget: Option<&Gcra>) {
+pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &StripeClient) {
     let started = in_transaction("starting a Stripe snapshot", || {
         let connect_in_use = tables::connect_in_use()?;
         Ok::<_, pgrx::spi::Error>((Spi::get_one::<i64>("SELECT onboarding._snapshot_begin()")?, connect_in_use))
@@ -30,7 +29,7 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
     let customers = (ListKind::Customers, "customer");
     let kinds: &[_] = if connect_in_use { &[customers, (ListKind::Accounts, "account")] } else { &[customers] };
     for &(kind, object) in kinds {
-        let listed = for_each_page(runtime, client, budget, kind, None, |objects| {
+        let listed = for_each_page(runtime, client, kind, None, |objects| {
             let rows: Vec<serde_json::Value> = objects
                 .iter()
                 .filter(|o| !o.deleted)

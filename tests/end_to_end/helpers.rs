@@ -34,6 +34,8 @@ pub(crate) fn settings(stripe: &Emulator, extra: &str) -> String {
          onboarding.request_timeout = '{timeout}ms'\n\
          track_commit_timestamp = on\n\
          onboarding.rate_limit = 0\n\
+         onboarding.endpoint_rate_limit = 0\n\
+         onboarding.search_rate_limit = 0\n\
          {extra}\n",
         base = stripe.base_url(),
         poll = POLL_INTERVAL.as_millis(),

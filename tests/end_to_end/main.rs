@@ -55,6 +55,7 @@ mod intake;
 mod lanes;
 mod locked_rows;
 mod partitions;
+mod rate_limits;
 mod request_times;
 mod retries;
 mod row_security;
@@ -90,6 +91,7 @@ fn main() {
         dropped_tables::tests(),
         locked_rows::tests(),
         lanes::tests(),
+        rate_limits::tests(),
         statistics::tests(),
         request_times::tests(),
         slow_condition::tests(),

@@ -18,6 +18,8 @@ pub fn fast_recovery(api_base: &str, api_key: &str, workers: u32, batch_size: u3
          onboarding.connect_timeout = '1s'\n\
          onboarding.request_timeout = '1s'\n\
          onboarding.lease = '15s'\n\
-         onboarding.rate_limit = 0\n"
+         onboarding.rate_limit = 0\n\
+         onboarding.endpoint_rate_limit = 0\n\
+         onboarding.search_rate_limit = 0\n"
     )
 }
