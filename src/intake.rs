@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pgrx::prelude::*;
 
+use crate::pg::compat;
 use crate::wake;
 
 /// Columns of `onboarding.intake`, in order (sql/schema.sql).
@@ -89,7 +90,7 @@ unsafe fn column(
         let descriptor = (*profiles).rd_att;
         let mut is_null = false;
         let value = pg_sys::heap_getattr(row, attnum as i32, descriptor, &mut is_null);
-        let value_type = (*(*descriptor).attrs.as_ptr().add(attnum as usize - 1)).atttypid;
+        let value_type = compat::attribute_type(descriptor, attnum);
         (!is_null).then_some((value, value_type))
     }
 }

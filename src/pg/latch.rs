@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 
+use crate::pg::compat;
+
 /// SIGTERM (smart/fast shutdown, pg_terminate_backend) sets this; pgrx's own flag resets on read.
 pub fn shutdown_requested() -> bool {
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
@@ -18,7 +20,7 @@ static COMMITTING: AtomicBool = AtomicBool::new(false);
 /// Replaces pgrx's SIGTERM handler (install after `attach_signal_handlers`): the same flag and
 /// latch, and during a commit also what ends a wait for a stalled synchronous standby.
 pub fn handle_sigterm_in_commits() {
-    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
+    unsafe { compat::set_signal_handler(pg_sys::SIGTERM, Some(on_sigterm)) };
 }
 
 unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
@@ -113,7 +115,7 @@ pub fn wait_on_my_latch(timeout: Duration) {
 
 /// This process's PGPROC number, which others use to wake it with [`set_latch_of`].
 pub fn my_procno() -> i32 {
-    unsafe { (*pg_sys::MyProc).pgprocno }
+    unsafe { compat::procno(pg_sys::MyProc) }
 }
 
 /// Sets the latch of the process with this PGPROC number; ignores numbers out of range.
