@@ -4,9 +4,10 @@
 //!
 //! They install packages (`cargo pgrx package` trees) into the system's PostgreSQL directories, so
 //! `scripts/test` runs them alone, after the other suites, and they leave the current package
-//! installed. Packages: `ONBOARDING_PREVIOUS_PACKAGE` (default target/releases/onboarding-0.2.0,
-//! built by `scripts/package-release 0.2.0`) and `ONBOARDING_CURRENT_PACKAGE` (default
-//! target/package/current, from `cargo pgrx package --debug --out-dir target/package/current`).
+//! installed. Packages: `ONBOARDING_PREVIOUS_PACKAGE` (default
+//! target/releases/onboarding-<previous>-pg<major>, built by `scripts/package-release <previous>`)
+//! and `ONBOARDING_CURRENT_PACKAGE` (default target/package/current-pg<major>, from `cargo pgrx
+//! package --debug --out-dir …`), for the server `PG_CONFIG` names (Debian's 15 by default).
 
 mod support;
 
@@ -64,13 +65,35 @@ enum Release {
 
 fn package(release: Release) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let major = pg_major();
     let (var, default) = match release {
-        Release::Previous => ("ONBOARDING_PREVIOUS_PACKAGE", format!("target/releases/onboarding-{PREVIOUS}")),
-        Release::Current => ("ONBOARDING_CURRENT_PACKAGE", "target/package/current".to_string()),
+        Release::Previous => {
+            ("ONBOARDING_PREVIOUS_PACKAGE", format!("target/releases/onboarding-{PREVIOUS}-pg{major}"))
+        }
+        Release::Current => ("ONBOARDING_CURRENT_PACKAGE", format!("target/package/current-pg{major}")),
     };
     let dir = std::env::var_os(var).map_or_else(|| root.join(default), PathBuf::from);
-    assert!(dir.join("usr").is_dir(), "no package at {} (see the top of tests/upgrade.rs)", dir.display());
+    let library = in_package(&dir, &pg_config("--pkglibdir")).join("onboarding.so");
+    assert!(library.is_file(), "no package at {} (see the top of tests/upgrade.rs)", dir.display());
     dir
+}
+
+/// `PG_CONFIG`'s answer to `arg` (Debian's PostgreSQL 15 by default).
+fn pg_config(arg: &str) -> String {
+    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+    let out = std::process::Command::new(&pg_config).arg(arg).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The server's major version: 15, 16, 18.
+fn pg_major() -> String {
+    pg_config("--version").split_whitespace().nth(1).and_then(|v| v.split('.').next()).unwrap().to_string()
+}
+
+/// Where the server directory `dir` is inside a package tree (cargo pgrx package keeps absolute
+/// paths under its output directory).
+fn in_package(package: &Path, dir: &str) -> PathBuf {
+    package.join(dir.trim_start_matches('/'))
 }
 
 /// Copies a package tree onto `/`, each file through a temporary name and a rename, as package
@@ -84,7 +107,9 @@ fn install(package: &Path) {
         }
     }
     let mut files = Vec::new();
-    walk(&package.join("usr"), &mut files);
+    for dir in [pg_config("--pkglibdir"), format!("{}/extension", pg_config("--sharedir"))] {
+        walk(&in_package(package, &dir), &mut files);
+    }
     for file in files {
         let target = Path::new("/").join(file.strip_prefix(package).unwrap());
         let staging = target.with_extension("upgrade-test-tmp");
@@ -103,8 +128,7 @@ impl Drop for StopOnDrop<'_> {
 }
 
 fn extension_dir() -> PathBuf {
-    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_config").arg("--sharedir").output().unwrap();
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension")
+    PathBuf::from(pg_config("--sharedir")).join("extension")
 }
 
 fn settings(stripe: &Emulator) -> String {
@@ -149,8 +173,8 @@ fn database_with(cluster: &Cluster, name: &str, version: &str) -> Client {
 fn the_previous_release_install_script_is_kept_verbatim() -> Result<(), Failed> {
     let kept =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("sql/onboarding--{PREVIOUS}.sql")))?;
-    let built =
-        package(Release::Previous).join(format!("usr/share/postgresql/15/extension/onboarding--{PREVIOUS}.sql"));
+    let built = in_package(&package(Release::Previous), &pg_config("--sharedir"))
+        .join(format!("extension/onboarding--{PREVIOUS}.sql"));
     let built = std::fs::read_to_string(built)?;
     // pgrx orders the files of one build nondeterministically (two builds of the v0.2.0 tag put
     // sql/transitions.sql in different places), so the same statements in any order pass.
