@@ -560,25 +560,33 @@ fn written_back_percentiles(db: &mut Client, users: &[String]) -> (f64, f64, f64
     (row.get(0), row.get(1), row.get(2))
 }
 
-/// Line 7: signups arriving every `gap` (`signups` of them) while a backfill of `backlog` profiles
-/// waits for a rate budget of 24/s. `fifo` puts the backfill's jobs in the signups' lane, as every
-/// job was before lanes. Returns the signups' commit -> written back p50 / p99 in seconds.
-fn signups_during_backfill(db: &mut Client, backlog: i64, signups: usize, gap: Duration, fifo: bool) -> (f64, f64) {
-    db.batch_execute(
-        "CREATE TABLE IF NOT EXISTS public.backlog (LIKE public.profiles INCLUDING ALL);
-         SELECT onboarding.attach('public.backlog');
-         TRUNCATE public.backlog;",
-    )
+/// Fills `public.<table>` (attached, emptied first) with `profiles` existing profiles, without
+/// jobs (as if they predated the extension), then backfills it: the jobs wait in lane 3.
+fn backfill_of(db: &mut Client, table: &str, profiles: i64) {
+    db.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS public.{table} (LIKE public.profiles INCLUDING ALL);
+         SELECT onboarding.attach('public.{table}');
+         TRUNCATE public.{table};"
+    ))
     .unwrap();
     let mut tx = db.transaction().unwrap();
     tx.batch_execute("SET LOCAL session_replication_role = replica").unwrap(); // no insert trigger: no jobs yet
     tx.execute(
-        "INSERT INTO public.backlog (email) SELECT 'old-' || g || '@example.com' FROM generate_series(1, $1::bigint) g",
-        &[&backlog],
+        &format!(
+            "INSERT INTO public.{table} (email) SELECT '{table}-' || g || '@example.com' FROM generate_series(1, $1::bigint) g"
+        ),
+        &[&profiles],
     )
     .unwrap();
     tx.commit().unwrap();
-    db.batch_execute("CALL onboarding.backfill('public.backlog', 1000)").unwrap();
+    db.batch_execute(&format!("CALL onboarding.backfill('public.{table}', 1000)")).unwrap();
+}
+
+/// Line 7: signups arriving every `gap` (`signups` of them) while a backfill of `backlog` profiles
+/// waits for a rate budget of 24/s. `fifo` puts the backfill's jobs in the signups' lane, as every
+/// job was before lanes. Returns the signups' commit -> written back p50 / p99 in seconds.
+fn signups_during_backfill(db: &mut Client, backlog: i64, signups: usize, gap: Duration, fifo: bool) -> (f64, f64) {
+    backfill_of(db, "backlog", backlog);
     if fifo {
         db.batch_execute(
             "UPDATE onboarding.jobs SET lane = 0 WHERE profile_table = 'public.backlog'::regclass AND state = 'pending'",
@@ -624,22 +632,8 @@ fn signups_during_backfill(db: &mut Client, backlog: i64, signups: usize, gap: D
 /// Returns the backfill's customers a second (from its call to its last write-back) and the
 /// signups' commit -> written back p50 and p99 in seconds.
 fn backfill_under_stripe_limits(db: &mut Client, backlog: i64) -> (f64, (f64, f64)) {
-    db.batch_execute(
-        "CREATE TABLE IF NOT EXISTS public.limited (LIKE public.profiles INCLUDING ALL);
-         SELECT onboarding.attach('public.limited');
-         TRUNCATE public.limited;",
-    )
-    .unwrap();
-    let mut tx = db.transaction().unwrap();
-    tx.batch_execute("SET LOCAL session_replication_role = replica").unwrap(); // no insert trigger: no jobs yet
-    tx.execute(
-        "INSERT INTO public.limited (email) SELECT 'limited-' || g || '@example.com' FROM generate_series(1, $1::bigint) g",
-        &[&backlog],
-    )
-    .unwrap();
-    tx.commit().unwrap();
     let started = Instant::now();
-    db.batch_execute("CALL onboarding.backfill('public.limited', 1000)").unwrap();
+    backfill_of(db, "limited", backlog);
     let mut users = Vec::new();
     for i in 0..20 {
         std::thread::sleep(Duration::from_millis(500));

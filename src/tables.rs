@@ -22,9 +22,22 @@ const BACKGROUND_LOCK_TIMEOUT_MS: std::ffi::c_int = 50;
 static WAITS_BRIEFLY_FOR_LOCKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Called by a background process at start: from then on its statements on application tables
-/// wait at most [`BACKGROUND_LOCK_TIMEOUT_MS`] for a lock.
+/// wait at most [`BACKGROUND_LOCK_TIMEOUT_MS`] for a lock, and those on the extension's own tables
+/// at most half a second, less than `deadlock_timeout`'s default second: DDL on the extension
+/// (`DROP EXTENSION`, `ALTER EXTENSION … UPDATE`), which locks its tables one after the other,
+/// never deadlocks with a worker that holds one and waits for another (seen on PostgreSQL 18:
+/// the DDL was chosen as the victim). The worker's transaction gives up instead, and its work is
+/// tried again at the next turn.
 pub fn wait_briefly_for_locks() {
     WAITS_BRIEFLY_FOR_LOCKS.store(true, std::sync::atomic::Ordering::Relaxed);
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"lock_timeout".as_ptr(),
+            c"500".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        )
+    };
 }
 
 /// Runs `statement` (its result columns all text) with `params` as `$1 … $n` (text) as the owner of

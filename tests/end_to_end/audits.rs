@@ -24,6 +24,18 @@ pub(crate) fn tests() -> Vec<Trial> {
     ]
 }
 
+/// Database `name`, made afresh, with the extension and what `setup` adds (a Stripe account of its
+/// own shape, apart from the shared test database).
+fn fresh_database(name: &str, setup: &str) -> Client {
+    let mut db = db();
+    // One statement each: neither runs in the implicit transaction of a multi-statement batch.
+    db.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    db.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let mut other = env().cluster.connect_to(name);
+    other.batch_execute(&format!("CREATE EXTENSION onboarding; {setup}")).unwrap();
+    other
+}
+
 /// The server's message of a failed statement.
 fn db_error(e: &postgres::Error) -> String {
     e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
@@ -34,19 +46,12 @@ fn db_error(e: &postgres::Error) -> String {
 /// says so, and the audits work (before, audit_orphans failed with the listing's error, and every
 /// audit on a table without a Connect-account column).
 fn audits_work_on_a_stripe_account_without_connect() -> Result<(), Failed> {
-    let mut db = db();
-    // One statement each: neither runs in the implicit transaction of a multi-statement batch.
-    db.batch_execute("DROP DATABASE IF EXISTS no_connect WITH (FORCE)").unwrap();
-    db.batch_execute("CREATE DATABASE no_connect").unwrap();
-    let mut other = env().cluster.connect_to("no_connect");
-    other
-        .batch_execute(
-            "CREATE EXTENSION onboarding;
-             CREATE TABLE public.members (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
-                                          stripe_customer_id text);
-             SELECT onboarding.attach('public.members');",
-        )
-        .unwrap();
+    let mut other = fresh_database(
+        "no_connect",
+        "CREATE TABLE public.members (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+                                      stripe_customer_id text);
+         SELECT onboarding.attach('public.members');",
+    );
     let user = insert_profile(&mut other, "public.members", Some("member@example.com"));
     let customer = wait_for_customer(&mut other, "public.members", &user)?;
     env().stripe.inject(
@@ -79,18 +84,12 @@ fn audits_work_on_a_stripe_account_without_connect() -> Result<(), Failed> {
 /// audits check customers; once Connect is in use and Stripe still refuses, they say what they
 /// could not check, in their result and in the snapshot.
 fn a_connect_column_alone_needs_no_connect_platform() -> Result<(), Failed> {
-    let mut db = db();
-    db.batch_execute("DROP DATABASE IF EXISTS connect_column_only WITH (FORCE)").unwrap();
-    db.batch_execute("CREATE DATABASE connect_column_only").unwrap();
-    let mut other = env().cluster.connect_to("connect_column_only");
-    other
-        .batch_execute(
-            "CREATE EXTENSION onboarding;
-             CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
-                                           stripe_customer_id text, stripe_connect_account_id text);
-             SELECT onboarding.attach('public.profiles');",
-        )
-        .unwrap();
+    let mut other = fresh_database(
+        "connect_column_only",
+        "CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+                                       stripe_customer_id text, stripe_connect_account_id text);
+         SELECT onboarding.attach('public.profiles');",
+    );
     let user = insert_profile(&mut other, "public.profiles", Some("seed@example.com"));
     let customer = wait_for_customer(&mut other, "public.profiles", &user)?;
     let not_connect =
