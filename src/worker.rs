@@ -530,18 +530,9 @@ impl Worker {
             if let Outcome::Failed(error) = outcome
                 && call.is_connect()
                 && permission_refused(error)
-                && self.connect_refused_at.replace(Instant::now()).is_none()
             {
-                // Recorded as postponed (record.rs); said once here, checked again every minute.
-                ereport!(
-                    WARNING,
-                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                    format!(
-                        "onboarding: Stripe refused a Connect call: {error}; Connect jobs wait until the key may, customers go on"
-                    ),
-                    "Give the restricted key the Connect permissions README \"Restricted keys\" lists, then \
-                     SELECT pg_reload_conf(); the worker also checks again every minute."
-                );
+                // Recorded as postponed (record.rs).
+                self.refuse_connect(&format!("Stripe refused a Connect call: {error}"));
             }
         }
         self.unrecorded.extend(finished.into_iter().map(|(call, outcome, elapsed)| (call, (outcome, elapsed))));
@@ -729,6 +720,20 @@ impl Worker {
         self.client.as_ref()
     }
 
+    /// The key may not do Connect's work (`why`): Connect's jobs wait from now on, said once until
+    /// a check passes; the check runs again every [`PERMISSION_RECHECK`].
+    fn refuse_connect(&mut self, why: &str) {
+        if self.connect_refused_at.replace(Instant::now()).is_none() {
+            ereport!(
+                WARNING,
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("onboarding: {why}; Connect jobs wait until the key may, customers go on"),
+                "Give the restricted key the Connect permissions README \"Restricted keys\" lists, then \
+                 SELECT pg_reload_conf(); the worker also checks again every minute."
+            );
+        }
+    }
+
     /// Every [`PERMISSION_RECHECK`]: while Connect's permissions are refused, or once Connect came
     /// into use since a check that did not cover it, the client is built and the key checked again
     /// at the next step (calls in flight keep the client they started with).
@@ -781,16 +786,7 @@ impl Worker {
                 true
             }
             Err(refused) if refused.connect_only() => {
-                if self.connect_refused_at.is_none() {
-                    ereport!(
-                        WARNING,
-                        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                        format!("onboarding: {refused}; Connect jobs wait until the key may, customers go on"),
-                        "Give the restricted key the Connect permissions README \"Restricted keys\" lists, then \
-                         SELECT pg_reload_conf(); the worker also checks again every minute."
-                    );
-                }
-                self.connect_refused_at = Some(Instant::now());
+                self.refuse_connect(&refused.to_string());
                 self.key_refused_at = None;
                 self.permissions_checked_for = Some(digest);
                 self.connect_checked = connect;

@@ -7,8 +7,8 @@ use postgres::Client;
 
 use crate::env;
 use crate::helpers::{
-    DEADLINE, customer_id, db, ensure, insert_profile, jobs_for, profiles_table, sqlstate, stripe_customers_for,
-    wait_for, wait_for_customer, with_fast_event_polls,
+    DEADLINE, customer_id, db, ensure, handled, insert_profile, jobs_for, profiles_table, sqlstate,
+    stripe_customers_for, wait_for, wait_for_customer, with_fast_event_polls,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
@@ -35,13 +35,6 @@ fn with_fast_polls(test: impl FnOnce(&mut Client) -> Result<(), Failed>) -> Resu
         })?;
         test(db)
     })
-}
-
-/// The change recorded for `customer` once handled: its outcome.
-fn handled(db: &mut Client, customer: &str) -> Option<String> {
-    db.query_opt("SELECT outcome FROM onboarding.customer_changes WHERE customer_id = $1 AND handled", &[&customer])
-        .unwrap()
-        .map(|r| r.get(0))
 }
 
 fn mismatches(db: &mut Client, user: &str) -> Vec<(String, String, String)> {

@@ -111,6 +111,13 @@ pub(crate) fn customer_id(db: &mut Client, table: &str, user: &str) -> Option<St
     db.query_one(&format!("SELECT stripe_customer_id FROM {table} WHERE id::text = $1"), &[&user]).unwrap().get(0)
 }
 
+/// The change recorded for `customer` once handled: its outcome.
+pub(crate) fn handled(db: &mut Client, customer: &str) -> Option<String> {
+    db.query_opt("SELECT outcome FROM onboarding.customer_changes WHERE customer_id = $1 AND handled", &[&customer])
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
 pub(crate) fn wait_for_customer(db: &mut Client, table: &str, user: &str) -> Result<String, Failed> {
     wait_for(&format!("a customer for {user}"), DEADLINE, || customer_id(db, table, user))
 }

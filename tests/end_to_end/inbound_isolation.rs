@@ -147,14 +147,8 @@ fn a_held_table_keeps_no_other_tables_change_waiting() -> Result<(), Failed> {
             (recorded == HERS as i64).then_some(())
         })?;
         env().stripe.dashboard_delete_customer(&other_customer);
-        let outcome = wait_for("the other table's deletion handled", DEADLINE, || {
-            db.query_opt(
-                "SELECT outcome FROM onboarding.customer_changes WHERE customer_id = $1 AND handled",
-                &[&other_customer],
-            )
-            .unwrap()
-            .map(|r| r.get::<_, String>(0))
-        })?;
+        let outcome =
+            wait_for("the other table's deletion handled", DEADLINE, || helpers::handled(db, &other_customer))?;
         ensure(outcome == "flagged", || format!("outcome {outcome}"))
     });
     db.batch_execute("UPDATE isolation_tenant.held_flag SET held = false").unwrap();
@@ -194,14 +188,7 @@ fn an_event_that_cannot_be_read_is_set_aside_and_the_reader_goes_on() -> Result<
             env().stripe.push_raw_event(id, "customer.updated", None, bytes)?;
         }
         env().stripe.dashboard_delete_customer(&customer);
-        let outcome = wait_for("the deletion after them handled", DEADLINE, || {
-            db.query_opt(
-                "SELECT outcome FROM onboarding.customer_changes WHERE customer_id = $1 AND handled",
-                &[&customer],
-            )
-            .unwrap()
-            .map(|r| r.get::<_, String>(0))
-        })?;
+        let outcome = wait_for("the deletion after them handled", DEADLINE, || helpers::handled(db, &customer))?;
         ensure(outcome == "flagged", || format!("outcome {outcome}"))?;
         let set_aside: Vec<String> = db
             .query(
@@ -301,15 +288,7 @@ fn an_event_that_cannot_be_applied_is_set_aside_then_read_again() -> Result<(), 
     let result = with_fast_event_polls(&mut db, |db| {
         env().stripe.dashboard_delete_customer(&poisoned);
         env().stripe.dashboard_delete_customer(&other);
-        let handled = |db: &mut Client, customer: &str| {
-            db.query_opt(
-                "SELECT outcome FROM onboarding.customer_changes WHERE customer_id = $1 AND handled",
-                &[&customer],
-            )
-            .unwrap()
-            .map(|r| r.get::<_, String>(0))
-        };
-        let outcome = wait_for("the other deletion handled", DEADLINE, || handled(db, &other))?;
+        let outcome = wait_for("the other deletion handled", DEADLINE, || helpers::handled(db, &other))?;
         ensure(outcome == "flagged", || format!("outcome {outcome}"))?;
         let aside: Vec<(String, bool)> = db
             .query(
@@ -327,7 +306,8 @@ fn an_event_that_cannot_be_applied_is_set_aside_then_read_again() -> Result<(), 
             "DROP TRIGGER isolation_poison ON onboarding.customer_changes;
              UPDATE onboarding.stripe_events_set_aside SET retry_at = now() WHERE reason LIKE '%planted fault%';",
         )?;
-        let outcome = wait_for("the event set aside, read again and applied", DEADLINE, || handled(db, &poisoned))?;
+        let outcome =
+            wait_for("the event set aside, read again and applied", DEADLINE, || helpers::handled(db, &poisoned))?;
         ensure(outcome == "flagged", || format!("outcome {outcome}"))?;
         let left: i64 = db
             .query_one(

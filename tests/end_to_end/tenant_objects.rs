@@ -168,14 +168,7 @@ fn another_tables_schema_never_decides_what_happens_to_a_customer() -> Result<()
         .unwrap();
 
         ensure(env().stripe.dashboard_delete_customer(&customer), || "no customer to delete".into())?;
-        let outcome = wait_for("the deletion handled", DEADLINE, || {
-            db.query_opt(
-                "SELECT outcome FROM onboarding.customer_changes WHERE customer_id = $1 AND handled",
-                &[&customer],
-            )
-            .unwrap()
-            .map(|r| r.get::<_, String>(0))
-        })?;
+        let outcome = wait_for("the deletion handled", DEADLINE, || helpers::handled(db, &customer))?;
         ensure(outcome == "recreated", || format!("outcome {outcome}"))?;
         let new_customer =
             wait_for("a new customer", DEADLINE, || customer_id(db, &victims, &victim).filter(|c| *c != customer))?;
