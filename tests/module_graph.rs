@@ -1,10 +1,12 @@
-//! The extension's modules (src/**/*.rs) must not import each other in a cycle.
+//! No crate of the workspace has modules that import each other in a cycle: the extension
+//! (`src/`), its pure core (`core/src/`) and the Stripe test server (`stripe-emulator/src/`).
 //!
-//! Reads every source file, collects the modules each one refers to — `use crate::…` trees,
-//! `crate::x::…` and `super::…` paths anywhere in the code, and `x::…` paths to its own child
-//! modules (how the crate root calls its modules) — and fails, naming each cycle and where its
-//! references are, if the graph has one. Comments and string literals are left out, so prose and
-//! SQL never count. No PostgreSQL needed.
+//! Reads every source file of a crate, collects the modules each one refers to — `use crate::…`
+//! trees, `crate::x::…` and `super::…` paths anywhere in the code, and `x::…` paths to its own
+//! child modules (how the crate root calls its modules) — and fails, naming the crate, each cycle
+//! and where its references are, if the graph has one. Comments and string literals are left
+//! out, so prose and SQL never count; an inline module (`mod tests { use super::*; }`) is part of
+//! its file's module, its `super` the file's. No PostgreSQL needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,31 +19,89 @@ type Reference = (PathBuf, usize);
 
 #[test]
 fn modules_do_not_import_each_other_in_a_cycle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let files = source_files(&src);
+    assert_no_module_cycle("the extension (onboarding)", "src", 5);
+}
+
+#[test]
+fn core_modules_do_not_import_each_other_in_a_cycle() {
+    assert_no_module_cycle("onboarding-core", "core/src", 10);
+}
+
+#[test]
+fn stripe_emulator_modules_do_not_import_each_other_in_a_cycle() {
+    assert_no_module_cycle("stripe-emulator", "stripe-emulator/src", 10);
+}
+
+/// Fails, naming its cycles, if the library crate whose sources are under `src_dir` (relative to
+/// the workspace root) has any; it has at least `expected_modules` modules (fewer: the scan is broken).
+fn assert_no_module_cycle(crate_name: &str, src_dir: &str, expected_modules: usize) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join(src_dir);
+    let files = library_files(&src);
     let modules: BTreeMap<Module, PathBuf> = files.iter().map(|file| (module_of(&src, file), file.clone())).collect();
     assert!(modules.contains_key("crate"), "no src/lib.rs under {}", src.display());
-    assert!(modules.len() >= 5, "expected the extension's modules under {}, found {:?}", src.display(), modules.keys());
+    assert!(
+        modules.len() >= expected_modules,
+        "expected {crate_name}'s modules under {}, found {:?}",
+        src.display(),
+        modules.keys()
+    );
 
     let graph = graph(&modules);
     let edges: usize = graph.values().map(BTreeMap::len).sum();
     assert!(edges >= modules.len() - 1, "too few references found, is the scanner broken?\n{}", describe(&graph));
 
-    println!("the module graph of src/ (module -> the modules it uses):\n{}", describe(&graph));
+    println!("the module graph of {crate_name}, {src_dir}/ (module -> the modules it uses):\n{}", describe(&graph));
     let cycles = cycles(&graph);
     if !cycles.is_empty() {
-        let mut message = format!("the module graph of src/ has {} cycle(s):\n", cycles.len());
-        for cycle in &cycles {
+        let mut message = format!("the module graph of {crate_name} ({src_dir}/) has {} cycle(s):\n", cycles.len());
+        let at = |from: &Module, to: &Module| {
+            let (path, line) = &graph[from][to];
+            format!("{from} -> {to}: {}:{line}", path.strip_prefix(root).unwrap_or(path).display())
+        };
+        for (cycle, component) in &cycles {
             message += &format!("\n  {}\n", cycle.join(" -> "));
+            let on_cycle: BTreeSet<(&Module, &Module)> = cycle.windows(2).map(|pair| (&pair[0], &pair[1])).collect();
             for pair in cycle.windows(2) {
-                let (path, line) = &graph[&pair[0]][&pair[1]];
-                let shown = path.strip_prefix(src.parent().unwrap()).unwrap_or(path).display();
-                message += &format!("    {} -> {}: {shown}:{line}\n", pair[0], pair[1]);
+                message += &format!("    {}\n", at(&pair[0], &pair[1]));
+            }
+            // The other references among the same modules: breaking the cycle shown may leave others.
+            let others: Vec<(&Module, &Module)> = component
+                .iter()
+                .flat_map(|from| graph[from].keys().filter(|to| component.contains(*to)).map(move |to| (from, to)))
+                .filter(|edge| !on_cycle.contains(edge))
+                .collect();
+            if !others.is_empty() {
+                let members = component.iter().cloned().collect::<Vec<_>>().join(", ");
+                message += &format!("    other references among {members}:\n");
+                for (from, to) in others {
+                    message += &format!("    {}\n", at(from, to));
+                }
             }
         }
         message += &format!("\nthe whole graph:\n{}", describe(&graph));
         panic!("{message}");
     }
+}
+
+/// The library's source files: every `.rs` under `src` but the binaries' crate roots
+/// (`src/main.rs`, `src/bin/`), which are crates of their own that reach the library by its
+/// name. A binary declaring modules of its own would need a graph of its own: refused here.
+fn library_files(src: &Path) -> Vec<PathBuf> {
+    let binaries = [src.join("main.rs"), src.join("bin")];
+    let (files, binary_files): (Vec<PathBuf>, Vec<PathBuf>) =
+        source_files(src).into_iter().partition(|file| !binaries.iter().any(|b| file.starts_with(b)));
+    for file in binary_files {
+        let tokens = tokens(&strip_comments_and_strings(&std::fs::read_to_string(&file).unwrap()));
+        let declares_file_module =
+            tokens.windows(3).any(|t| t[0].0 == "mod" && is_identifier(&t[1].0) && t[2].0 == ";");
+        assert!(
+            !declares_file_module,
+            "{} declares a module in a file: give the binary a graph of its own",
+            file.display()
+        );
+    }
+    files
 }
 
 fn source_files(dir: &Path) -> Vec<PathBuf> {
@@ -68,14 +128,14 @@ fn module_of(src: &Path, file: &Path) -> Module {
     if parts == ["lib"] { "crate".into() } else { parts.join("::") }
 }
 
-/// For each module, the modules it refers to (itself and its ancestors' own items aside).
+/// For each module, the modules it refers to (itself aside).
 fn graph(modules: &BTreeMap<Module, PathBuf>) -> BTreeMap<Module, BTreeMap<Module, Reference>> {
     let mut graph = BTreeMap::new();
     for (module, file) in modules {
         let code = strip_comments_and_strings(&std::fs::read_to_string(file).unwrap());
         let mut uses: BTreeMap<Module, Reference> = BTreeMap::new();
-        for (path, line) in paths(&code) {
-            let Some(absolute) = absolute(module, &path, modules) else { continue };
+        for (path, line, inline) in paths(&code) {
+            let Some(absolute) = absolute(module, &inline, &path, modules) else { continue };
             if let Some(target) = longest_module(&absolute, modules)
                 && target != *module
             {
@@ -88,18 +148,37 @@ fn graph(modules: &BTreeMap<Module, PathBuf>) -> BTreeMap<Module, BTreeMap<Modul
 }
 
 /// Every path in the code, `use` trees expanded (`use crate::{a, b::{self, C}}` gives
-/// `crate::a`, `crate::b`, `crate::b::C`), each with its line.
-fn paths(code: &str) -> Vec<(Vec<String>, usize)> {
+/// `crate::a`, `crate::b`, `crate::b::C`), each with its line and the inline modules it is in
+/// (`["tests"]` inside `mod tests { … }`), which its `super` and `self` start from.
+fn paths(code: &str) -> Vec<(Vec<String>, usize, Vec<String>)> {
     let tokens = tokens(code);
     let mut found = Vec::new();
+    // The inline modules open at `i`, each with the brace depth inside it.
+    let mut inline: Vec<(String, usize)> = Vec::new();
+    let mut depth: usize = 0;
     let mut i = 0;
     while i < tokens.len() {
         let (token, line) = &tokens[i];
+        match token.as_str() {
+            "{" => depth += 1,
+            "}" => {
+                depth = depth.saturating_sub(1);
+                while inline.last().is_some_and(|(_, inside)| *inside > depth) {
+                    inline.pop();
+                }
+            }
+            "mod" if tokens.get(i + 2).is_some_and(|(t, _)| t == "{") && is_identifier(&tokens[i + 1].0) => {
+                inline.push((tokens[i + 1].0.clone(), depth + 1));
+                i += 2; // on to the brace
+                continue;
+            }
+            _ => {}
+        }
         if token == "use" && (i == 0 || tokens[i - 1].0 != "::") {
             let end = tokens[i..].iter().position(|(t, _)| t == ";").map_or(tokens.len(), |p| i + p);
             let mut at = i + 1;
             for path in use_tree(&tokens[..end], &mut at, vec![]) {
-                found.push((path, *line));
+                found.push((path, *line, names(&inline)));
             }
             i = end + 1;
             continue;
@@ -113,7 +192,7 @@ fn paths(code: &str) -> Vec<(Vec<String>, usize)> {
                 j += 2;
             }
             if path.len() > 1 {
-                found.push((path, *line));
+                found.push((path, *line, names(&inline)));
             }
             i = j;
             continue;
@@ -121,6 +200,11 @@ fn paths(code: &str) -> Vec<(Vec<String>, usize)> {
         i += 1;
     }
     found
+}
+
+/// The names of the inline modules open.
+fn names(inline: &[(String, usize)]) -> Vec<String> {
+    inline.iter().map(|(name, _)| name.clone()).collect()
 }
 
 /// Expands one `use` tree starting at `tokens[*at]` under `prefix`.
@@ -167,10 +251,17 @@ fn use_tree(tokens: &[(String, usize)], at: &mut usize, prefix: Vec<String>) -> 
 }
 
 /// The path as seen from the crate root, or None when it does not start inside the crate:
-/// `crate::…`, `super::…`, `self::…`, or a child module of `module`.
-fn absolute(module: &str, path: &[String], modules: &BTreeMap<Module, PathBuf>) -> Option<Vec<String>> {
+/// `crate::…`, `super::…`, `self::…`, or a child module of `module`. `inline`: the inline modules
+/// of `module`'s file the path is in.
+fn absolute(
+    module: &str,
+    inline: &[String],
+    path: &[String],
+    modules: &BTreeMap<Module, PathBuf>,
+) -> Option<Vec<String>> {
     let mut current: Vec<String> =
         if module == "crate" { vec![] } else { module.split("::").map(String::from).collect() };
+    current.extend(inline.iter().cloned());
     let mut rest = path;
     match rest.first().map(String::as_str) {
         Some("crate") => {
@@ -339,9 +430,9 @@ fn raw_string(rest: &[char], at_word_start: bool) -> Option<usize> {
     Some(rest.len())
 }
 
-/// Each cycle once, as a closed walk (`a -> b -> a`), one per strongly connected component of
-/// more than one module.
-fn cycles(graph: &BTreeMap<Module, BTreeMap<Module, Reference>>) -> Vec<Vec<Module>> {
+/// One cycle per strongly connected component of more than one module, as a closed walk
+/// (`a -> b -> a`), with the component (every module on some cycle with those of the walk).
+fn cycles(graph: &BTreeMap<Module, BTreeMap<Module, Reference>>) -> Vec<(Vec<Module>, BTreeSet<Module>)> {
     let components = strongly_connected(graph);
     let mut cycles = Vec::new();
     for component in components.into_iter().filter(|c| c.len() > 1) {
@@ -370,7 +461,7 @@ fn cycles(graph: &BTreeMap<Module, BTreeMap<Module, Reference>>) -> Vec<Vec<Modu
         }
         walk.push(start);
         walk.reverse();
-        cycles.push(walk);
+        cycles.push((walk, component));
     }
     cycles
 }
