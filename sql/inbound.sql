@@ -664,9 +664,11 @@ END $$;
 
 -- Seconds until the next profile write is due (a readiness column, a customer change), 0 when one
 -- is due now, NULL when none waits: the profile writer sleeps until then (src/profile_writer.rs).
+-- (greatest() skips NULLs: "none waits" is kept apart from "due now" before it is applied.)
 CREATE FUNCTION onboarding._profile_writes_due_in() RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT greatest(extract(epoch FROM least(
+    SELECT CASE WHEN due IS NOT NULL THEN greatest(extract(epoch FROM due - now()), 0)::float8 END
+      FROM (SELECT least(
                (SELECT min(c.profile_retry_at) FROM onboarding.connect_accounts c WHERE c.profile_behind),
-               (SELECT min(x.next_attempt_at) FROM onboarding.customer_changes x WHERE NOT x.handled)) - now()), 0)::float8
+               (SELECT min(x.next_attempt_at) FROM onboarding.customer_changes x WHERE NOT x.handled)) AS due) next
 $$;

@@ -20,6 +20,7 @@ use postgres::Client;
 use stripe_emulator::{Emulator, EmulatorConfig, Fault};
 use support::cluster::Cluster;
 use support::schema::{differences, fingerprint};
+use support::upgrade_script::{expand, statements};
 use support::wait::{ensure, open_work};
 
 /// The release before this one: its package makes the database the in-place upgrade test upgrades.
@@ -41,6 +42,7 @@ fn main() {
     args.test_threads = Some(1);
     let trials = trials![
         the_previous_release_install_script_is_kept_verbatim,
+        the_upgrade_script_is_its_source_expanded,
         a_fresh_install_and_an_upgraded_one_have_the_same_schema,
         the_schema_check_catches_an_upgrade_script_that_forgets_a_change,
         a_previous_release_database_upgrades_in_place_keeping_every_job,
@@ -192,6 +194,30 @@ fn the_previous_release_install_script_is_kept_verbatim() -> Result<(), Failed> 
 
 /// A cluster running the current package, with every release's install script beside it (so that
 /// `CREATE EXTENSION … VERSION` can make a database of any release to upgrade).
+/// `sql/onboarding--<previous>--<current>.sql` is what `sql/upgrades/<previous>--<current>.sql`
+/// expands to with this release's install script (tests/support/upgrade_script.rs): no function is
+/// written twice, and the shipped script is not stale. `ONBOARDING_BLESS=1` writes it instead
+/// (`scripts/upgrade-script`).
+fn the_upgrade_script_is_its_source_expanded() -> Result<(), Failed> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source_name = format!("sql/upgrades/{PREVIOUS}--{CURRENT}.sql");
+    let shipped_name = format!("sql/onboarding--{PREVIOUS}--{CURRENT}.sql");
+    let source = std::fs::read_to_string(root.join(&source_name))?;
+    let install_script = std::fs::read_to_string(
+        in_package(&package(Release::Current), &format!("{}/extension", pg_config("--sharedir")))
+            .join(format!("onboarding--{CURRENT}.sql")),
+    )?;
+    let expanded = expand(&source, &source_name, &install_script)?;
+    if std::env::var_os("ONBOARDING_BLESS").is_some() {
+        std::fs::write(root.join(&shipped_name), &expanded)?;
+        return Ok(());
+    }
+    let shipped = std::fs::read_to_string(root.join(&shipped_name))?;
+    ensure(shipped == expanded, || {
+        format!("{shipped_name} is not what {source_name} expands to: edit the source, then run scripts/upgrade-script")
+    })
+}
+
 fn current_cluster(name: &str, stripe: &Emulator) -> Cluster {
     install(&package(Release::Current));
     for version in RELEASED {
@@ -226,45 +252,6 @@ fn a_fresh_install_and_an_upgraded_one_have_the_same_schema() -> Result<(), Fail
         }
         Ok(())
     }
-}
-
-/// Splits an SQL script into statements (outside quotes, dollar quotes and comments).
-fn statements(script: &str) -> Vec<String> {
-    let (mut out, mut current) = (Vec::new(), String::new());
-    let mut chars = script.char_indices().peekable();
-    let mut dollar: Option<String> = None;
-    let (mut in_quote, mut in_comment) = (false, false);
-    while let Some((i, c)) = chars.next() {
-        current.push(c);
-        if in_comment {
-            in_comment = c != '\n';
-        } else if in_quote {
-            in_quote = c != '\'';
-        } else if let Some(tag) = &dollar {
-            if current.ends_with(tag.as_str()) && current.len() > tag.len() {
-                dollar = None;
-            }
-        } else if c == '-' && script[i + 1..].starts_with('-') {
-            in_comment = true;
-        } else if c == '\'' {
-            in_quote = true;
-        } else if c == '$' {
-            let rest = &script[i + 1..];
-            if let Some(end) =
-                rest.find('$').filter(|&end| rest[..end].chars().all(|x| x.is_alphanumeric() || x == '_'))
-            {
-                let tag = format!("${}$", &rest[..end]);
-                for _ in 0..=end {
-                    current.push(chars.next().unwrap().1);
-                }
-                dollar = Some(tag);
-            }
-        } else if c == ';' {
-            out.push(std::mem::take(&mut current));
-        }
-    }
-    out.push(current);
-    out
 }
 
 /// The statements of a script that change the schema, by their position.

@@ -1,4 +1,5 @@
-//! Idling: with nothing due, the worker sleeps on its latch instead of polling.
+//! Idling: with nothing due, the worker and the profile writer sleep on their latches instead of
+//! polling.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use libtest_mimic::{Failed, Trial};
 use crate::helpers::{DEADLINE, db, ensure, wait_for, worker_pid};
 
 pub(crate) fn tests() -> Vec<Trial> {
-    trials![an_idle_worker_sleeps_instead_of_polling]
+    trials![an_idle_worker_sleeps_instead_of_polling, an_idle_profile_writer_sleeps_instead_of_polling]
 }
 
 /// CPU time (user + system, in clock ticks) a process has used, from /proc.
@@ -28,4 +29,25 @@ fn an_idle_worker_sleeps_instead_of_polling() -> Result<(), Failed> {
     std::thread::sleep(Duration::from_millis(1500)); // the measurement window
     let used = cpu_ticks(pid) - before;
     ensure(used <= 10, || format!("the idle worker used {used} ticks of CPU in 1.5 s"))
+}
+
+/// With no profile write due, the profile writer sleeps until woken (or its safety-net wake-up)
+/// and burns no CPU. Until 0.4.0 "nothing due" read as "due now" (greatest(NULL, 0) is 0) and it
+/// ran its pass back to back: about 80 % of a core in every database, for ever.
+fn an_idle_profile_writer_sleeps_instead_of_polling() -> Result<(), Failed> {
+    let mut db = db();
+    let due_in: Option<f64> = db.query_one("SELECT onboarding._profile_writes_due_in()", &[]).unwrap().get(0);
+    ensure(due_in.is_none(), || format!("nothing is due, yet the next profile write is due in {due_in:?} s"))?;
+    let pid = wait_for("the profile writer", DEADLINE, || {
+        db.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'onboarding profile writer' AND datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get::<_, i32>(0))
+    })?;
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(1500)); // the measurement window
+    let used = cpu_ticks(pid) - before;
+    ensure(used <= 10, || format!("the idle profile writer used {used} ticks of CPU in 1.5 s"))
 }

@@ -2,4 +2,5 @@ pub mod cluster;
 pub mod replication;
 pub mod schema;
 pub mod settings;
+pub mod upgrade_script;
 pub mod wait;
