@@ -11,9 +11,11 @@ use serde_json::{Map, Value, json};
 use crate::auth;
 use crate::error::ApiError;
 use crate::events::{self, Cause};
+use crate::pagination::{created_filter, created_matches, limit_param, list_answer, page_of};
 use crate::params;
+use crate::random::random_alnum;
 use crate::search::Query;
-use crate::store::{Collection, Record, Store, new_id, random_alnum};
+use crate::store::{Collection, Record, Store, new_id};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -295,7 +297,7 @@ fn list_customers(p: &Map<String, Value>, store: &Store) -> Result<Value, ApiErr
     let email = match p.get("email") {
         None => None,
         Some(Value::String(e)) => Some(e.clone()),
-        Some(_) => return Err(invalid_string("email")),
+        Some(_) => return Err(ApiError::invalid_string("email")),
     };
     // Exact and case-sensitive, as Stripe documents for this filter.
     list(&store.customers, "/v1/customers", "customer", p, |c| {
@@ -307,7 +309,7 @@ fn search_customers(p: &Map<String, Value>, store: &Store, ctx: &Ctx) -> Result<
     let query = match p.get("query") {
         None => return Err(ApiError::missing_param("query")),
         Some(Value::String(q)) => Query::parse(q).map_err(|m| ApiError::invalid(m).param("query"))?,
-        Some(_) => return Err(invalid_string("query")),
+        Some(_) => return Err(ApiError::invalid_string("query")),
     };
     let limit = limit_param(p)?;
     let before_seq = match p.get("page") {
@@ -315,7 +317,7 @@ fn search_customers(p: &Map<String, Value>, store: &Store, ctx: &Ctx) -> Result<
         Some(Value::String(page)) => {
             parse_page(page).ok_or_else(|| ApiError::invalid(format!("Invalid page: '{page}'")).param("page"))?
         }
-        Some(_) => return Err(invalid_string("page")),
+        Some(_) => return Err(ApiError::invalid_string("page")),
     };
     let mut hits = store
         .customers
@@ -706,12 +708,8 @@ fn string_param(p: &Map<String, Value>, name: &str) -> Result<Option<Value>, Api
         None => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(Some(Value::Null)),
         Some(Value::String(s)) => Ok(Some(Value::String(s.clone()))),
-        Some(_) => Err(invalid_string(name)),
+        Some(_) => Err(ApiError::invalid_string(name)),
     }
-}
-
-fn invalid_string(name: &str) -> ApiError {
-    ApiError::invalid("Invalid string: expected a single value, not a hash or array").param(name)
 }
 
 fn invalid_hash(name: &str) -> ApiError {
@@ -787,42 +785,6 @@ fn apply_metadata(metadata: &mut Map<String, Value>, p: &Map<String, Value>) -> 
     Ok(())
 }
 
-pub fn limit_param(p: &Map<String, Value>) -> Result<usize, ApiError> {
-    match p.get("limit") {
-        None => Ok(10),
-        Some(Value::String(s)) => match s.parse::<usize>() {
-            Ok(n @ 1..=100) => Ok(n),
-            Ok(_) => Err(ApiError::invalid("Invalid limit: must be at least 1 and at most 100").param("limit")),
-            Err(_) => Err(ApiError::invalid(format!("Invalid integer: {s}")).param("limit")),
-        },
-        Some(_) => Err(invalid_string("limit")),
-    }
-}
-
-/// `created=N` or `created[gt|gte|lt|lte]=N`.
-pub fn created_filter(p: &Map<String, Value>) -> Result<Vec<(String, i64)>, ApiError> {
-    let int = |name: &str, v: &Value| match v {
-        Value::String(s) => {
-            s.parse::<i64>().map_err(|_| ApiError::invalid(format!("Invalid integer: {s}")).param(name))
-        }
-        _ => Err(invalid_string(name)),
-    };
-    match p.get("created") {
-        None => Ok(vec![]),
-        Some(Value::Object(ops)) => ops
-            .iter()
-            .map(|(op, v)| {
-                let param = format!("created[{op}]");
-                if !["gt", "gte", "lt", "lte"].contains(&op.as_str()) {
-                    return Err(ApiError::unknown_param(&param));
-                }
-                Ok((op.clone(), int(&param, v)?))
-            })
-            .collect(),
-        Some(v) => Ok(vec![("eq".to_string(), int("created", v)?)]),
-    }
-}
-
 /// Cursor pagination over live objects, newest first. Cursors may name deleted objects:
 /// their position in the order still exists.
 fn list(
@@ -847,48 +809,4 @@ fn list(
     let wanted = |r: &&Record| !r.deleted && keep(&r.object) && created_matches(&created, r.object["created"].as_i64());
     let (page, has_more) = page_of(coll.records(), |r| r.seq, after, before, limit, wanted)?;
     Ok(list_answer(url, has_more, page.iter().map(|r| r.object.clone()).collect()))
-}
-
-/// One page of a list shown newest first: up to `limit` of the `wanted` records (in `seq` order,
-/// oldest first) after cursor `after` or before `before` (their `seq`), and whether more follow.
-pub fn page_of<'a, R>(
-    records: impl DoubleEndedIterator<Item = &'a R>,
-    seq: impl Fn(&R) -> u64,
-    after: Option<u64>,
-    before: Option<u64>,
-    limit: usize,
-    wanted: impl Fn(&&'a R) -> bool,
-) -> Result<(Vec<&'a R>, bool), ApiError> {
-    if after.is_some() && before.is_some() {
-        return Err(ApiError::invalid("You may only specify one of these parameters: starting_after, ending_before.")
-            .param("ending_before"));
-    }
-    let mut page: Vec<&R> = match before {
-        // Walk forward in time from the cursor, then present newest first.
-        Some(b) => records.filter(|r| seq(r) > b).filter(wanted).take(limit + 1).collect(),
-        None => records.rev().filter(|r| after.is_none_or(|a| seq(r) < a)).filter(wanted).take(limit + 1).collect(),
-    };
-    let has_more = page.len() > limit;
-    page.truncate(limit);
-    if before.is_some() {
-        page.reverse();
-    }
-    Ok((page, has_more))
-}
-
-/// A list answer's envelope.
-pub fn list_answer(url: &str, has_more: bool, data: Vec<Value>) -> Value {
-    json!({"object": "list", "url": url, "has_more": has_more, "data": data})
-}
-
-/// Whether an object `created` (Unix seconds) passes a `created[...]` filter.
-pub fn created_matches(filter: &[(String, i64)], created: Option<i64>) -> bool {
-    let c = created.unwrap_or(0);
-    filter.iter().all(|(op, n)| match op.as_str() {
-        "gt" => c > *n,
-        "gte" => c >= *n,
-        "lt" => c < *n,
-        "lte" => c <= *n,
-        _ => c == *n,
-    })
 }

@@ -13,7 +13,7 @@ use crate::dashboard;
 use crate::faults::{Fault, FaultSpec};
 use crate::onboarding::Onboarding;
 use crate::permissions::Permission;
-use crate::server::{HttpResponse, json_response};
+use crate::response::{HttpResponse, json_response};
 use crate::state::Shared;
 
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {

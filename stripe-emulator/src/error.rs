@@ -22,7 +22,7 @@ impl ApiError {
 
     /// Only codes Stripe has (`error_codes` in the parameter lists); injected faults set any.
     pub fn code(mut self, code: &str) -> Self {
-        debug_assert!(crate::params::is_stripe_error_code(code), "Stripe has no error code {code}");
+        debug_assert!(crate::pinned_version::is_stripe_error_code(code), "Stripe has no error code {code}");
         self.code = Some(code.to_string());
         self
     }
@@ -30,6 +30,11 @@ impl ApiError {
     pub fn param(mut self, param: &str) -> Self {
         self.param = Some(param.to_string());
         self
+    }
+
+    /// A hash or an array where Stripe takes a single value.
+    pub fn invalid_string(param: &str) -> Self {
+        Self::invalid("Invalid string: expected a single value, not a hash or array").param(param)
     }
 
     pub fn missing_param(param: &str) -> Self {

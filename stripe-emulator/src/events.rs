@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::params;
-use crate::store::random_alnum;
+use crate::pagination::{created_filter, created_matches, limit_param, list_answer, page_of};
+use crate::pinned_version;
+use crate::random::random_alnum;
 
 /// How long Stripe keeps events.
 pub const RETENTION_SECS: i64 = 30 * 86_400;
@@ -99,7 +100,7 @@ impl EventLog {
         let mut event = json!({
             "id": id,
             "object": "event",
-            "api_version": params::PINNED_API_VERSION,
+            "api_version": pinned_version::PINNED_API_VERSION,
             "created": created,
             "data": data,
             "livemode": false,
@@ -185,8 +186,8 @@ impl EventLog {
 
     /// `GET /v1/events`; parameter names and shapes are already checked against the list.
     pub fn list(&self, p: &Map<String, Value>, now_secs: i64) -> Result<Value, ApiError> {
-        let limit = crate::api::limit_param(p)?;
-        let created = crate::api::created_filter(p)?;
+        let limit = limit_param(p)?;
+        let created = created_filter(p)?;
         let types = type_filter(p)?;
         // Without webhook endpoints every event has nothing pending and nothing failed.
         let delivered = p.get("delivery_success").and_then(Value::as_str) != Some("false");
@@ -198,9 +199,7 @@ impl EventLog {
                     // Unknown and aged-out ids answer alike: Stripe no longer has the event.
                     self.get(id, now_secs).map(|r| Some(r.seq)).ok_or_else(|| no_such_event(id, name))
                 }
-                Some(_) => {
-                    Err(ApiError::invalid("Invalid string: expected a single value, not a hash or array").param(name))
-                }
+                Some(_) => Err(ApiError::invalid_string(name)),
             }
         };
         let (after, before) = (cursor("starting_after")?, cursor("ending_before")?);
@@ -209,10 +208,10 @@ impl EventLog {
                 && !(self.connect_events_unlisted && r.event.get("account").is_some())
                 && Self::retained(r, now_secs)
                 && types.iter().any(|t| t.matches(r.event["type"].as_str().unwrap_or("")))
-                && crate::api::created_matches(&created, r.event["created"].as_i64())
+                && created_matches(&created, r.event["created"].as_i64())
         };
-        let (page, has_more) = crate::api::page_of(self.by_seq.values(), |r| r.seq, after, before, limit, wanted)?;
-        Ok(crate::api::list_answer("/v1/events", has_more, page.iter().map(|r| r.served()).collect()))
+        let (page, has_more) = page_of(self.by_seq.values(), |r| r.seq, after, before, limit, wanted)?;
+        Ok(list_answer("/v1/events", has_more, page.iter().map(|r| r.served()).collect()))
     }
 }
 
@@ -253,7 +252,7 @@ fn type_filter(p: &Map<String, Value>) -> Result<Vec<TypeFilter>, ApiError> {
         Some(Value::String(s)) if s.is_empty() => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => {
-            return Err(ApiError::invalid("Invalid string: expected a single value, not a hash or array").param("type"));
+            return Err(ApiError::invalid_string("type"));
         }
     };
     let many: Option<Vec<String>> = match p.get("types") {

@@ -104,6 +104,7 @@
 
 mod api;
 mod auth;
+mod config;
 mod control;
 mod dashboard;
 mod error;
@@ -112,9 +113,14 @@ mod faults;
 mod form;
 mod idempotency;
 mod onboarding;
+mod pagination;
 mod params;
 mod permissions;
+mod pinned_version;
+mod random;
 mod rate_limit;
+mod recorded_request;
+mod response;
 mod search;
 mod server;
 mod state;
@@ -123,104 +129,21 @@ mod store;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
+pub use config::EmulatorConfig;
 pub use events::{PLATFORM_APPLICATION, RETENTION_SECS as EVENT_RETENTION_SECS};
 pub use faults::{Fault, FaultAction};
 pub use onboarding::Onboarding;
-pub use params::{PINNED_API_VERSION, is_known as is_known_param, is_stripe_error_code};
 pub use permissions::{PLATFORM_ACCOUNT, Permission};
+pub use pinned_version::{PINNED_API_VERSION, is_known as is_known_param, is_stripe_error_code};
 pub use rate_limit::RateLimitKind;
+pub use recorded_request::RecordedRequest;
 
 use state::Shared;
-
-/// Settings fixed at start (some adjustable later through [`Emulator`]).
-#[derive(Clone, Default)]
-pub struct EmulatorConfig {
-    /// Accept only this exact key. `None` accepts any `sk_test_…` or `rk_test_…` key.
-    pub api_key: Option<String>,
-    /// How long a write takes to show up in search results (Stripe's search is eventually
-    /// consistent). Zero makes search read-after-write.
-    pub search_lag: Duration,
-    /// Added to every `/v1` request before it executes (after the idempotency key is
-    /// claimed, so a concurrent retry sees it in flight).
-    pub latency: Duration,
-    /// Answer `429 rate_limit` above this many `/v1` requests per second, all together
-    /// (Stripe: 100 in live mode, 25 in a sandbox). See [Rate limits](crate#rate-limits).
-    pub rate_limit: Option<u32>,
-    /// Answer `429 rate_limit` above this many requests per second to any one endpoint, the
-    /// search endpoints excepted (Stripe: 25). See [Rate limits](crate#rate-limits).
-    pub endpoint_rate_limit: Option<u32>,
-    /// Answer `429 rate_limit` above this many requests per second to the search endpoints,
-    /// all together (Stripe: 20). See [Rate limits](crate#rate-limits).
-    pub search_rate_limit: Option<u32>,
-    /// One line per request on stderr (never the API key).
-    pub log_requests: bool,
-    /// Answer a request without `Stripe-Version` in the pinned version, as Stripe answers it in
-    /// the account's default: for releases of the extension older than the pin (the upgrade
-    /// suite runs one). By default such a request is refused.
-    pub accept_unpinned: bool,
-}
-
-impl std::fmt::Debug for EmulatorConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmulatorConfig")
-            .field("api_key", &self.api_key.as_deref().map(auth::mask))
-            .field("search_lag", &self.search_lag)
-            .field("latency", &self.latency)
-            .field("rate_limit", &self.rate_limit)
-            .field("endpoint_rate_limit", &self.endpoint_rate_limit)
-            .field("search_rate_limit", &self.search_rate_limit)
-            .field("log_requests", &self.log_requests)
-            .field("accept_unpinned", &self.accept_unpinned)
-            .finish()
-    }
-}
-
-/// One `/v1` request as the emulator saw it. The Authorization header is never recorded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordedRequest {
-    pub method: String,
-    pub path: String,
-    /// Form body (POST) and query string parameters, nested: `metadata[a]=b` is
-    /// `{"metadata": {"a": "b"}}`. Leaf values are strings, as sent.
-    pub params: Value,
-    pub idempotency_key: Option<String>,
-    /// The `Stripe-Version` header as sent.
-    pub stripe_version: Option<String>,
-    pub arrived_at: SystemTime,
-    /// `None` if the connection was dropped (injected) or the client went away first.
-    pub status: Option<u16>,
-    /// The `Request-Id` sent back; `None` when no response was sent.
-    pub request_id: Option<String>,
-    /// Answered from the idempotency store (`Idempotent-Replayed: true`).
-    pub replayed: bool,
-    /// The configured [rate limit](crate#rate-limits) that answered `429 rate_limit`; `None`
-    /// for any other answer, an injected [`Fault::rate_limit`] included.
-    pub rate_limited_by: Option<RateLimitKind>,
-}
-
-impl RecordedRequest {
-    /// The shape served by `GET /_emulator/requests`.
-    pub fn to_json(&self) -> Value {
-        let arrived_ms = self.arrived_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        json!({
-            "method": self.method,
-            "path": self.path,
-            "params": self.params,
-            "idempotency_key": self.idempotency_key,
-            "stripe_version": self.stripe_version,
-            "arrived_at_ms": arrived_ms,
-            "status": self.status,
-            "request_id": self.request_id,
-            "replayed": self.replayed,
-            "rate_limited_by": self.rate_limited_by.map(RateLimitKind::as_str),
-        })
-    }
-}
 
 /// A running emulator. Dropping it stops the server.
 pub struct Emulator {

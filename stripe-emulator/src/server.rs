@@ -4,22 +4,21 @@
 //!
 //! Unlike Stripe, which falls back to the account's default version, the emulator requires
 //! `Stripe-Version` on every `/v1` request and answers only in the version its parameter lists
-//! were generated for ([`params::PINNED_API_VERSION`]), echoing it back.
+//! were generated for ([`pinned_version::PINNED_API_VERSION`]), echoing it back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt, Limited};
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::RecordedRequest;
 use crate::api::{self, Ctx, Route};
 use crate::auth;
 use crate::control;
@@ -28,10 +27,12 @@ use crate::events::Cause;
 use crate::faults::{self, FaultAction};
 use crate::form;
 use crate::idempotency::{self, Claim, Fingerprint, Saved};
-use crate::params;
+use crate::pinned_version;
+use crate::random::random_alnum;
 use crate::rate_limit::RateLimitKind;
+use crate::recorded_request::RecordedRequest;
+use crate::response::{HttpResponse, json_response};
 use crate::state::Shared;
-use crate::store::random_alnum;
 
 const MAX_BODY: usize = 1 << 20;
 
@@ -46,8 +47,6 @@ impl std::fmt::Display for DropConnection {
 }
 
 impl std::error::Error for DropConnection {}
-
-pub type HttpResponse = Response<Full<Bytes>>;
 
 pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut shutdown: oneshot::Receiver<()>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -177,7 +176,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
                 ));
             }
             // Echoed only when it is the version the answer was given in.
-            let version = request.stripe_version.as_deref().filter(|v| params::is_served_version(v));
+            let version = request.stripe_version.as_deref().filter(|v| pinned_version::is_served_version(v));
             Ok(reply.into_response(&request_id, request.idempotency_key.as_deref(), version))
         }
     }
@@ -276,13 +275,6 @@ fn splice(body: Vec<u8>, token: &[u8], bytes: &[u8]) -> Vec<u8> {
         Some(at) => [&body[..at], bytes, &body[at + token.len()..]].concat(),
         None => body,
     }
-}
-
-pub fn json_response(status: u16, body: Vec<u8>) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }
 
 /// Frees an idempotency key claimed by a request that never got to store a result, e.g.
@@ -433,12 +425,12 @@ fn check_version(version: Option<&str>, accept_unpinned: bool) -> Result<(), Api
             "This test server requires a pinned API version: send the header `Stripe-Version: {}` \
              with every request (without it Stripe uses the account's default API version, which \
              differs between accounts).",
-            params::PINNED_API_VERSION
+            pinned_version::PINNED_API_VERSION
         ))),
-        Some(v) if params::is_served_version(v) => Ok(()),
+        Some(v) if pinned_version::is_served_version(v) => Ok(()),
         Some(v) => Err(ApiError::invalid(format!(
             "Invalid Stripe API version: {v}. This test server speaks only {}.",
-            params::PINNED_API_VERSION
+            pinned_version::PINNED_API_VERSION
         ))),
     }
 }

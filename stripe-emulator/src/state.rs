@@ -6,12 +6,13 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::api::Route;
+use crate::config::EmulatorConfig;
 use crate::faults::FaultQueue;
 use crate::idempotency::IdempotencyStore;
 use crate::permissions::RestrictedKeys;
 use crate::rate_limit::{Limits, RateLimitKind, RateLimiter};
+use crate::recorded_request::RecordedRequest;
 use crate::store::Store;
-use crate::{EmulatorConfig, RecordedRequest};
 
 pub struct Shared {
     state: Mutex<State>,

@@ -4,11 +4,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use serde_json::Value;
 
 use crate::events::EventLog;
+use crate::random::random_alnum;
 
 pub struct Record {
     /// Creation order; list endpoints sort newest first by it, so ties in `created`
@@ -103,10 +102,6 @@ impl Store {
         self.next_seq += 1;
         self.next_seq
     }
-}
-
-pub fn random_alnum(len: usize) -> String {
-    rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// A fresh id with Stripe's shape (`cus_` + 14 characters, `acct_` + 16), unique in `taken`.
