@@ -21,7 +21,9 @@
 //! 10. Stripe's limits, all of them: a live key against a test server enforcing Stripe's live
 //!     limits (100 a second in all, 25 per endpoint, 20 search), a backfill of 2,000 with signups
 //!     at 2/s, with the global budget alone and with every budget: 429s, customers a second,
-//!     signups' p99.
+//!     signups' p99;
+//! 11. lines 1, 2 and 4 again on each PostgreSQL major named in BENCH_MAJORS (bench/perf: 15 and
+//!     18), a fresh cluster each, side by side.
 //!
 //! Sizes can be lowered for a quick look: BENCH_THROUGHPUT, BENCH_SLOW, BENCH_MEMORY, BENCH_HISTORY,
 //! BENCH_FINISHED (profiles); BENCH_ONLY=1,4 runs only those parts. BENCH_PROFILE=1 loads
@@ -31,6 +33,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -76,19 +79,14 @@ fn main() {
     };
     let cluster = Cluster::start("bench", &settings);
     let mut db = cluster.connect();
-    db.batch_execute(
-        "CREATE EXTENSION onboarding;
-         CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
-             stripe_customer_id text, stripe_connect_account_id text);
-         CREATE TABLE public.profiles_plain (LIKE public.profiles INCLUDING ALL);
-         CREATE TABLE public.signups (LIKE public.profiles INCLUDING ALL);
-         SELECT onboarding.attach('public.profiles');
-         SELECT onboarding.attach('public.signups');",
-    )
-    .unwrap();
+    db.batch_execute(TABLES).unwrap();
 
     let row = |what: &str, value: String, target: &str| println!("  {what:<58} {value:>34}   (target {target})");
-    println!("\nonboarding benchmark — {} cores, PostgreSQL 15, release build, Stripe emulator on loopback\n", cores());
+    println!(
+        "\nonboarding benchmark — {} cores, PostgreSQL {}, release build, Stripe emulator on loopback\n",
+        cores(),
+        server_version(&mut db)
+    );
 
     let mut busy_phases = None;
     if part("1") {
@@ -125,8 +123,7 @@ fn main() {
     if part("2") {
         // 2. Throughput, 0 ms.
         let n = size("BENCH_THROUGHPUT", 20_000);
-        set(&mut db, &[("onboarding.batch_size", "100")]);
-        let rate = throughput(&mut db, n, 1000);
+        let rate = line2_throughput(&mut db, n);
         row(
             &format!("2. throughput, 0 ms Stripe, budget off ({n} profiles)"),
             format!("{rate:.0} profiles/s"),
@@ -185,59 +182,11 @@ fn main() {
         set(&mut db, &[("onboarding.rate_limit", "0"), ("onboarding.batch_size", "100")]);
     }
     if part("4") {
-        // 4. Trigger cost (pgbench, 2 clients): the plain table against an attached one with the
-        // worker paused, as deployed (the worker provisioning what pgbench inserts under the rate
-        // budget a live key gets by default: 95/s, Stripe allows 100) and with the budget off. The
-        // four alternate, three turns of 5 s, so the machine's drift hits all alike; each turn's
-        // ratio is against that turn's plain run, and the spread of the three is shown.
-        // Start from a steady state: no autovacuum of the earlier parts' rows during the runs.
-        db.batch_execute("VACUUM ANALYZE").unwrap();
-        db.batch_execute("CHECKPOINT").unwrap();
-        // As deployed: the default batch (the earlier lines leave 100), whichever lines ran before.
-        set(&mut db, &[("onboarding.batch_size", "25")]);
-        let deployed_at = |rate_limit: &str, db: &mut Client| {
-            set(db, &[("onboarding.stripe_api_key", API_KEY), ("onboarding.rate_limit", rate_limit)]);
-            let before = provisioned(db);
-            let tps = pgbench(&cluster, "public.signups", 5);
-            let provisioned_per_second = (provisioned(db) - before) as f64 / 5.0;
-            set(db, &[("onboarding.stripe_api_key", "")]); // no key: the workers claim nothing
-            clear_backlog(db);
-            (tps, provisioned_per_second)
-        };
-        let (mut plain, mut paused, mut deployed, mut flat_out) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        set(&mut db, &[("onboarding.stripe_api_key", "")]);
-        for _ in 0..3 {
-            plain.push(pgbench(&cluster, "public.profiles_plain", 5));
-            paused.push(pgbench(&cluster, "public.signups", 5));
-            clear_backlog(&mut db);
-            deployed.push(deployed_at("95", &mut db));
-            flat_out.push(deployed_at("0", &mut db));
-        }
-        set(
-            &mut db,
-            &[("onboarding.stripe_api_key", API_KEY), ("onboarding.rate_limit", "0"), ("onboarding.batch_size", "100")],
-        );
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        // The mean ratio and the spread of the turns' ratios.
-        let cost = |runs: &[f64]| {
-            let ratios: Vec<f64> = plain.iter().zip(runs).map(|(p, r)| p / r).collect();
-            let (lo, hi) = ratios.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-            format!("{:.2}x ({lo:.2}-{hi:.2}, {:.0} tps", mean(&ratios), mean(runs))
-        };
-        let tps = |runs: &[(f64, f64)]| runs.iter().map(|r| r.0).collect::<Vec<_>>();
-        let rate = |runs: &[(f64, f64)]| mean(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
-        row("4a. INSERT+COMMIT/s without the trigger", format!("{:.0} tps", mean(&plain)), "baseline");
-        row("4b. cost with the trigger, worker paused", cost(&paused) + ")", "<= 1.10x");
-        row(
-            "4c. cost with the trigger, as deployed (budget 95/s)",
-            format!("{}, {:.0} prov/s)", cost(&tps(&deployed)), rate(&deployed)),
-            "<= 1.15x",
-        );
-        row(
-            "4d. the same, budget off (worker flat out)",
-            format!("{}, {:.0} prov/s)", cost(&tps(&flat_out)), rate(&flat_out)),
-            "-",
-        );
+        let trigger = TriggerCost::measure(&cluster, &mut db);
+        row("4a. INSERT+COMMIT/s without the trigger", format!("{:.0} tps", trigger.plain_tps()), "baseline");
+        row("4b. cost with the trigger, worker paused", trigger.paused(), "<= 1.10x");
+        row("4c. cost with the trigger, as deployed (budget 95/s)", trigger.deployed(), "<= 1.15x");
+        row("4d. the same, budget off (worker flat out)", trigger.flat_out(), "-");
     }
     if part("5") {
         // 5. Memory (of the worker, once it runs: alone, this line may come before it has started).
@@ -368,7 +317,203 @@ fn main() {
     if part("6") {
         standby_wait_cost(&settings, &row);
     }
+    if part("11") {
+        majors_side_by_side(&settings);
+    }
     println!();
+}
+
+/// The profile tables every benchmark cluster starts with: two attached, one plain (line 4's
+/// baseline).
+const TABLES: &str = "CREATE EXTENSION onboarding;
+     CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+         stripe_customer_id text, stripe_connect_account_id text);
+     CREATE TABLE public.profiles_plain (LIKE public.profiles INCLUDING ALL);
+     CREATE TABLE public.signups (LIKE public.profiles INCLUDING ALL);
+     SELECT onboarding.attach('public.profiles');
+     SELECT onboarding.attach('public.signups');";
+
+fn server_version(db: &mut Client) -> String {
+    db.query_one("SHOW server_version", &[]).unwrap().get(0)
+}
+
+/// Line 2: profiles provisioned a second, 0 ms Stripe, budget off, inserted 1,000 a statement.
+fn line2_throughput(db: &mut Client, n: i64) -> f64 {
+    set(db, &[("onboarding.batch_size", "100")]);
+    throughput(db, n, 1000)
+}
+
+/// Line 11: lines 1, 2 and 4 on each PostgreSQL major `bench/perf` installed the release build
+/// into (BENCH_MAJORS, "15=<pg_config> 18=<pg_config>"), each on a fresh cluster of its own, one
+/// after the other, side by side with the ratio of the last major to the first.
+fn majors_side_by_side(settings: &str) {
+    let majors: Vec<(String, PathBuf)> = std::env::var("BENCH_MAJORS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|m| m.split_once('=').map(|(major, pg_config)| (major.to_string(), PathBuf::from(pg_config))))
+        .collect();
+    if majors.len() < 2 {
+        println!("  11. (skipped: BENCH_MAJORS names fewer than two majors; bench/perf sets it from BENCH_VERSIONS)");
+        return;
+    }
+    struct Figures {
+        version: String,
+        latency: (f64, f64, f64),
+        throughput: f64,
+        trigger: TriggerCost,
+    }
+    let n = size("BENCH_THROUGHPUT", 20_000);
+    let figures: Vec<Figures> = majors
+        .iter()
+        .map(|(major, pg_config)| {
+            let cluster = Cluster::start_with(pg_config, &format!("bench-pg{major}"), settings);
+            let mut db = cluster.connect();
+            db.batch_execute(TABLES).unwrap();
+            // "15.20" of "15.20 (Debian 15.20-0+deb12u1)"
+            let version = server_version(&mut db).split_whitespace().next().unwrap_or_default().to_string();
+            let latency = latency(&mut db, size("BENCH_MAJORS_LATENCY", 300) as usize, Duration::ZERO);
+            let throughput = line2_throughput(&mut db, n);
+            let trigger = TriggerCost::measure(&cluster, &mut db);
+            cluster.stop();
+            Figures { version, latency, throughput, trigger }
+        })
+        .collect();
+    let (first, last) = (&figures[0], &figures[figures.len() - 1]);
+    let line = |what: &str, cells: Vec<String>, ratio: String| {
+        let cells: String = cells.iter().map(|c| format!("{c:>22}")).collect();
+        println!("  {what:<46}{cells}   {ratio}");
+    };
+    println!();
+    line(
+        "11. lines 1, 2 and 4 on each major",
+        figures.iter().map(|f| format!("PostgreSQL {}", f.version)).collect(),
+        format!("{} / {}", last.version, first.version),
+    );
+    line(
+        "11-1. commit -> written back: p50 / p99",
+        figures.iter().map(|f| format!("{:.1} / {:.1} ms", f.latency.0, f.latency.2)).collect(),
+        format!("{:.2}x / {:.2}x", last.latency.0 / first.latency.0, last.latency.2 / first.latency.2),
+    );
+    line(
+        &format!("11-2. throughput ({n} profiles)"),
+        figures.iter().map(|f| format!("{:.0}/s", f.throughput)).collect(),
+        format!("{:.2}x", last.throughput / first.throughput),
+    );
+    line(
+        "11-4a. INSERT+COMMIT/s without the trigger",
+        figures.iter().map(|f| format!("{:.0} tps", f.trigger.plain_tps())).collect(),
+        format!("{:.2}x", last.trigger.plain_tps() / first.trigger.plain_tps()),
+    );
+    for (what, cost) in [
+        ("11-4b. trigger's cost, worker paused", TriggerCost::paused_ratio as fn(&TriggerCost) -> f64),
+        ("11-4c. trigger's cost, as deployed (95/s)", TriggerCost::deployed_ratio),
+        ("11-4d. trigger's cost, budget off", TriggerCost::flat_out_ratio),
+    ] {
+        line(
+            what,
+            figures.iter().map(|f| format!("{:.2}x", cost(&f.trigger))).collect(),
+            format!("{:.2}x", cost(&last.trigger) / cost(&first.trigger)),
+        );
+    }
+}
+
+/// Line 4: single-row INSERT+COMMIT per second (pgbench, 2 clients) into the plain table and into
+/// an attached one with the worker paused, as deployed (the worker provisioning what pgbench
+/// inserts under the rate budget a live key gets by default: 95/s, Stripe allows 100) and with the
+/// budget off. The four alternate, three turns of 5 s, so the machine's drift hits all alike; each
+/// turn's ratio is against that turn's plain run.
+struct TriggerCost {
+    plain: Vec<f64>,
+    paused: Vec<f64>,
+    /// (tps, profiles provisioned a second) of each turn.
+    deployed: Vec<(f64, f64)>,
+    flat_out: Vec<(f64, f64)>,
+}
+
+impl TriggerCost {
+    fn measure(cluster: &Cluster, db: &mut Client) -> TriggerCost {
+        // Start from a steady state: no autovacuum of the earlier parts' rows during the runs.
+        db.batch_execute("VACUUM ANALYZE").unwrap();
+        db.batch_execute("CHECKPOINT").unwrap();
+        // As deployed: the default batch (the earlier lines leave 100), whichever lines ran before.
+        set(db, &[("onboarding.batch_size", "25")]);
+        let deployed_at = |rate_limit: &str, db: &mut Client| {
+            set(db, &[("onboarding.stripe_api_key", API_KEY), ("onboarding.rate_limit", rate_limit)]);
+            let before = provisioned(db);
+            let tps = pgbench(cluster, "public.signups", 5);
+            let provisioned_per_second = (provisioned(db) - before) as f64 / 5.0;
+            set(db, &[("onboarding.stripe_api_key", "")]); // no key: the workers claim nothing
+            clear_backlog(db);
+            (tps, provisioned_per_second)
+        };
+        let mut runs =
+            TriggerCost { plain: Vec::new(), paused: Vec::new(), deployed: Vec::new(), flat_out: Vec::new() };
+        set(db, &[("onboarding.stripe_api_key", "")]);
+        for _ in 0..3 {
+            runs.plain.push(pgbench(cluster, "public.profiles_plain", 5));
+            runs.paused.push(pgbench(cluster, "public.signups", 5));
+            clear_backlog(db);
+            runs.deployed.push(deployed_at("95", db));
+            runs.flat_out.push(deployed_at("0", db));
+        }
+        set(
+            db,
+            &[("onboarding.stripe_api_key", API_KEY), ("onboarding.rate_limit", "0"), ("onboarding.batch_size", "100")],
+        );
+        runs
+    }
+
+    fn plain_tps(&self) -> f64 {
+        mean(&self.plain)
+    }
+
+    /// Each turn's plain tps over these runs' tps.
+    fn ratios(&self, runs: &[f64]) -> Vec<f64> {
+        self.plain.iter().zip(runs).map(|(plain, run)| plain / run).collect()
+    }
+
+    /// The mean ratio, the spread of the turns' ratios and the runs' tps.
+    fn describe(&self, runs: &[f64]) -> String {
+        let ratios = self.ratios(runs);
+        let (lo, hi) = ratios.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        format!("{:.2}x ({lo:.2}-{hi:.2}, {:.0} tps", mean(&ratios), mean(runs))
+    }
+
+    fn paused(&self) -> String {
+        self.describe(&self.paused) + ")"
+    }
+
+    fn deployed(&self) -> String {
+        format!("{}, {:.0} prov/s)", self.describe(&tps(&self.deployed)), mean(&provisioned_rate(&self.deployed)))
+    }
+
+    fn flat_out(&self) -> String {
+        format!("{}, {:.0} prov/s)", self.describe(&tps(&self.flat_out)), mean(&provisioned_rate(&self.flat_out)))
+    }
+
+    fn paused_ratio(&self) -> f64 {
+        mean(&self.ratios(&self.paused))
+    }
+
+    fn deployed_ratio(&self) -> f64 {
+        mean(&self.ratios(&tps(&self.deployed)))
+    }
+
+    fn flat_out_ratio(&self) -> f64 {
+        mean(&self.ratios(&tps(&self.flat_out)))
+    }
+}
+
+fn tps(runs: &[(f64, f64)]) -> Vec<f64> {
+    runs.iter().map(|r| r.0).collect()
+}
+
+fn provisioned_rate(runs: &[(f64, f64)]) -> Vec<f64> {
+    runs.iter().map(|r| r.1).collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
 }
 
 /// Line 9: what the queue's history does to its throughput. Line 2's run (budget off, 0 ms

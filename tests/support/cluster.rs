@@ -1,7 +1,8 @@
 #![allow(dead_code)] // shared by several test binaries, each using a part of it
 
-//! A throwaway PostgreSQL 15 cluster with the extension preloaded, run as the `postgres` user
-//! when the tests run as root (PostgreSQL refuses to run as root).
+//! A throwaway PostgreSQL cluster with the extension preloaded, run as the `postgres` user when
+//! the tests run as root (PostgreSQL refuses to run as root). Its binaries come from `PG_CONFIG`
+//! (Debian's 15 when unset), or from the `pg_config` a caller names.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,9 +22,14 @@ fn running_as_root() -> bool {
     unsafe { geteuid() == 0 }
 }
 
-fn pg_config(arg: &str) -> PathBuf {
-    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
-    let out = Command::new(&pg_config).arg(arg).output().unwrap_or_else(|e| panic!("running {pg_config}: {e}"));
+/// The `pg_config` of the server under test: `PG_CONFIG`, else Debian's PostgreSQL 15.
+pub fn default_pg_config() -> PathBuf {
+    std::env::var_os("PG_CONFIG").map(PathBuf::from).unwrap_or_else(|| "/usr/lib/postgresql/15/bin/pg_config".into())
+}
+
+fn pg_config_of(pg_config: &Path, arg: &str) -> PathBuf {
+    let out =
+        Command::new(pg_config).arg(arg).output().unwrap_or_else(|e| panic!("running {}: {e}", pg_config.display()));
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -35,14 +41,19 @@ impl Cluster {
     /// initdb + start, with `settings` appended to postgresql.conf.
     /// `name` keeps clusters of one test run apart.
     pub fn start(name: &str, settings: &str) -> Cluster {
-        let library = pg_config("--pkglibdir").join("onboarding.so");
+        Cluster::start_with(&default_pg_config(), name, settings)
+    }
+
+    /// [`Cluster::start`] with the server `pg_config` belongs to.
+    pub fn start_with(pg_config: &Path, name: &str, settings: &str) -> Cluster {
+        let library = pg_config_of(pg_config, "--pkglibdir").join("onboarding.so");
         assert!(
             library.exists(),
             "{} is missing: install the extension first (cargo pgrx install --pg-config {})",
             library.display(),
-            pg_config("--bindir").join("pg_config").display()
+            pg_config.display()
         );
-        let cluster = Cluster::unstarted(name);
+        let cluster = Cluster::unstarted_with(pg_config, name);
         let _ = std::fs::remove_dir_all(&cluster.data_dir);
         std::fs::create_dir_all(&cluster.data_dir).unwrap();
         if running_as_root() {
@@ -145,10 +156,14 @@ impl Cluster {
     /// A handle on a data directory that something else will make (pg_basebackup, say), with a
     /// free port and the same naming as [`Cluster::start`]; nothing is created or started.
     pub fn unstarted(name: &str) -> Cluster {
+        Cluster::unstarted_with(&default_pg_config(), name)
+    }
+
+    fn unstarted_with(pg_config: &Path, name: &str) -> Cluster {
         Cluster {
             port: free_port(),
             data_dir: std::env::temp_dir().join(format!("onboarding-tests-{}-{name}", std::process::id())),
-            bin_dir: pg_config("--bindir"),
+            bin_dir: pg_config_of(pg_config, "--bindir"),
         }
     }
 
