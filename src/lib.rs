@@ -10,11 +10,13 @@
 //! - [`profile_writer`]: the process that writes what Stripe said (readiness, customer changes)
 //!   back into profiles, as each table's owner, apart from the workers' loop;
 //! - [`worker`]: the background worker's loop, a pipeline (claim → calls in flight → record); its
-//!   steps are in `worker/`: `claim`, `calls` (the Stripe side of a job), `record`, and `queue`
-//!   (every SQL statement they and the loop run);
-//! - [`maintenance`]: apart from the hot path, one concern per file: `rescue` (taking back
-//!   abandoned jobs), `retention` (pruning), `snapshot` (the Stripe snapshot for the audits),
-//!   `failover` (after a promotion);
+//!   steps are in `worker/`: `claim`, `calls` (the Stripe side of a job), `record`, `serving`
+//!   (requests from SQL sessions) and `queue` (every SQL statement they and the loop run);
+//! - [`stripe_key`]: the Stripe key's life cycle in a worker (client, permission checks, budgets);
+//! - [`maintenance`]: apart from the hot path, each concern a service owning its state and
+//!   schedule, run by one supervisor: `failover` (the timeline, the sweep after a promotion),
+//!   `rescue` (taking back abandoned jobs), `retention` (pruning), `events` (Stripe's events
+//!   read back); and `snapshot` (the Stripe snapshot for the audits, on request);
 //! - [`requests`]: `get_or_create_customer`'s channel to the worker through shared memory;
 //! - [`rate_budget`]: the rate budget for Stripe requests that all workers share;
 //! - [`release`]: this library's release, against the one whose SQL a database holds;
@@ -36,6 +38,7 @@ mod profile_writer;
 mod rate_budget;
 mod release;
 mod requests;
+mod stripe_key;
 mod tables;
 mod wake;
 mod worker;

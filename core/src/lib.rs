@@ -15,7 +15,8 @@
 //! - [`standby_wait`]: holding calls until the standbys have the commit they came from;
 //! - [`claim_cursor`]: where claims start in each lane, past the dead entries of earlier claims;
 //! - [`lane_shares`]: the share of the claimed work kept for the lower priority lanes;
-//! - [`pacing`]: spacing claims and records while the rate budget is what limits the worker.
+//! - [`pacing`]: spacing claims and records while the rate budget is what limits the worker;
+//! - [`schedule`]: when the worker's maintenance services run.
 //!
 //! Nothing here touches PostgreSQL; the extension (`src/` at the top of the repository) is the glue.
 
@@ -35,6 +36,7 @@ pub mod pacing;
 pub mod permissions;
 pub mod policy;
 pub mod runtime;
+pub mod schedule;
 pub mod standby_wait;
 pub mod state;
 pub mod stripe;

@@ -17,14 +17,16 @@
 //! meanwhile show in `audit_mismatches(refresh => true)`, which reads Stripe itself.)
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use onboarding_core::inbound::{AccountReadiness, Change, SHOWN_ID_CHARS, Verdict, customer_change, parse_event, plan};
+use onboarding_core::schedule::Deadline;
 use onboarding_core::stripe::{ListedEvent, StripeClient, StripeError, account_gone, lost_event_cursor};
 use pgrx::JsonB;
 use pgrx::prelude::*;
 use serde_json::{Value, json};
 
+use crate::maintenance::service::{Context, Service};
 use crate::pg::transaction::in_transaction;
 use crate::{gucs, wake};
 
@@ -51,6 +53,63 @@ const CLOCK_MARGIN_SECS: i64 = 60;
 /// have issued an account link meanwhile (which makes one due sooner).
 const CHECK_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
 
+/// While a read runs in the background, how soon to look whether it finished (its answer does
+/// not wake the worker's loop).
+const READ_WATCH: Duration = Duration::from_millis(20);
+
+/// The events reader: one read of Stripe's events at a time, in the background, started when
+/// `onboarding._events_poll_begin` gives this worker the turn.
+pub struct EventsReader {
+    poll: Option<Poll>,
+    /// When to ask again whether a read is due.
+    next_check: Deadline,
+    /// A failed read was told (once, until one succeeds).
+    warned: bool,
+}
+
+impl Default for EventsReader {
+    fn default() -> EventsReader {
+        EventsReader { poll: None, next_check: Deadline::now(Instant::now()), warned: false }
+    }
+}
+
+impl EventsReader {
+    /// An account link was issued: the next read is due sooner (the fast interval).
+    pub fn read_soon(&mut self) {
+        self.next_check.bring_forward(Instant::now());
+    }
+}
+
+impl Service for EventsReader {
+    fn run_if_due(&mut self, context: &Context) {
+        if self.poll.as_ref().is_some_and(Poll::is_finished) {
+            let poll = self.poll.take().expect("checked above");
+            let next_in = poll.finish(context.runtime, &mut self.warned);
+            self.next_check.set(Instant::now(), next_in.min(CHECK_AT_LEAST_EVERY));
+        }
+        if self.poll.is_some() || !self.next_check.due(context.now) {
+            return;
+        }
+        if gucs::events_poll().is_none() {
+            // Off (onboarding.events_poll_interval = 0): a reload that turns it on is seen soon.
+            self.next_check.set(context.now, CHECK_AT_LEAST_EVERY);
+            return;
+        }
+        let Some(client) = context.key.admitted(false) else { return };
+        match start(context.runtime, &client) {
+            Ok(poll) => self.poll = Some(poll),
+            Err(ask_again_in) => self.next_check.set(context.now, ask_again_in.max(READ_WATCH)),
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        Some(match self.poll {
+            Some(_) => Instant::now() + READ_WATCH,
+            None => self.next_check.at(),
+        })
+    }
+}
+
 /// The poller's turn, as `_events_poll_begin` answers.
 struct Turn {
     polling: bool,
@@ -64,7 +123,7 @@ struct Turn {
 }
 
 /// A poll whose requests run in the background.
-pub struct Poll {
+struct Poll {
     reading: tokio::task::JoinHandle<Read>,
     since_link: Option<Duration>,
 }
@@ -99,7 +158,7 @@ enum Page {
 
 /// Takes the poller's turn if a poll is due and starts reading. Returns the poll, or when to ask
 /// again.
-pub fn start(runtime: &tokio::runtime::Runtime, client: &StripeClient) -> Result<Poll, Duration> {
+fn start(runtime: &tokio::runtime::Runtime, client: &StripeClient) -> Result<Poll, Duration> {
     let every = gucs::events_poll().map_or(Duration::from_secs(3600), |p| p.every);
     let taken = in_transaction("taking the events poll", || {
         Spi::connect(|spi| {
@@ -191,7 +250,7 @@ pub fn start(runtime: &tokio::runtime::Runtime, client: &StripeClient) -> Result
 }
 
 impl Poll {
-    pub fn is_finished(&self) -> bool {
+    fn is_finished(&self) -> bool {
         self.reading.is_finished()
     }
 
@@ -200,7 +259,7 @@ impl Poll {
     /// one transaction; if anything in it fails, again one event (and one object read) at a time,
     /// each in its own transaction, and what fails alone is set aside: one event never stops the
     /// cursor or any other event.
-    pub fn finish(self, runtime: &tokio::runtime::Runtime, warned: &mut bool) -> Duration {
+    fn finish(self, runtime: &tokio::runtime::Runtime, warned: &mut bool) -> Duration {
         let Poll { reading, since_link } = self;
         let Ok(read) = runtime.block_on(reading) else {
             return CHECK_AT_LEAST_EVERY; // the task panicked: the turn lapses in a minute

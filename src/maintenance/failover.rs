@@ -4,23 +4,83 @@
 //! creating (`onboarding._note_timeline`); then (a worker that finds the sweep unfinished) sweeps
 //! Stripe's customers and accounts created since shortly before the last replicated commit, and
 //! sql/failover.sql decides what each needs (nothing, adoption by its profile's job, or deletion
-//! as an orphan).
+//! as an orphan). Claims wait until the timeline is noted; the sweep, when due, runs every
+//! `onboarding.poll_interval` until it succeeds.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use onboarding_core::schedule::{Deadline, Periodic};
 use onboarding_core::stripe::{ListKind, StripeClient};
 use pgrx::prelude::*;
 use serde_json::{Value, json};
 
 use crate::gucs;
 use crate::maintenance::listing::for_each_page;
+use crate::maintenance::service::{Context, Service};
 use crate::pg::replication;
 use crate::pg::transaction::in_transaction;
 use crate::tables;
 
+/// After a failed note of the timeline, how long until the next try (claims wait meanwhile).
+const NOTE_RETRY: Duration = Duration::from_secs(1);
+
+pub struct Failover {
+    /// Whether this worker has recorded the WAL timeline it runs on (once, before its first claim).
+    noted: bool,
+    /// When to try noting it (again).
+    next_note: Deadline,
+    /// A sweep of Stripe after a promotion, still to do.
+    sweep: Option<Sweep>,
+    schedule: Periodic,
+}
+
+impl Default for Failover {
+    fn default() -> Failover {
+        Failover { noted: false, next_note: Deadline::now(Instant::now()), sweep: None, schedule: Periodic::default() }
+    }
+}
+
+impl Service for Failover {
+    fn run_if_due(&mut self, context: &Context) {
+        if !self.noted {
+            if !self.next_note.due(context.now) {
+                return;
+            }
+            // Before the first claim: on a promoted standby, take back the old primary's jobs.
+            match note_timeline() {
+                Ok(sweep) => (self.noted, self.sweep) = (true, sweep),
+                Err(_) => self.next_note.set(context.now, NOTE_RETRY),
+            }
+            return;
+        }
+        let Some(due) = self.sweep.as_ref().filter(|sweep| sweep.due()) else { return };
+        if !self.schedule.due(context.now, gucs::poll_interval(), context.woken_by_commit) {
+            return;
+        }
+        let Some(client) = context.key.admitted(false) else { return };
+        self.schedule.ran(context.now);
+        if sweep(due, context.runtime, &client) {
+            self.sweep = None;
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        if !self.noted {
+            return Some(self.next_note.at());
+        }
+        let sweep = self.sweep.as_ref()?;
+        let next = self.schedule.next_due(gucs::poll_interval()).unwrap_or(sweep.not_before);
+        Some(next.max(sweep.not_before))
+    }
+
+    fn holds_claims(&self) -> bool {
+        !self.noted
+    }
+}
+
 /// A sweep to do: objects created since `from` (Unix seconds), for `timeline`, once
 /// `not_before` has passed.
-pub struct Sweep {
+struct Sweep {
     timeline: u32,
     from: i64,
     /// A request the old primary sent just before it died may still be executing at Stripe: the
@@ -29,14 +89,14 @@ pub struct Sweep {
 }
 
 impl Sweep {
-    pub fn due(&self) -> bool {
+    fn due(&self) -> bool {
         Instant::now() >= self.not_before
     }
 }
 
 /// Records the timeline this worker runs on (`onboarding._note_timeline`); returns the sweep due,
 /// if this server was promoted (or a sweep was left unfinished).
-pub fn note_timeline() -> Result<Option<Sweep>, String> {
+fn note_timeline() -> Result<Option<Sweep>, String> {
     let timeline = replication::timeline();
     let from = in_transaction("noting the WAL timeline", || {
         Spi::get_one_with_args::<f64>(
@@ -51,7 +111,7 @@ pub fn note_timeline() -> Result<Option<Sweep>, String> {
 
 /// Sweeps customers, then (where a table has a Connect column) accounts. Returns whether the
 /// sweep is done; a failed one is tried again at the next maintenance.
-pub fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeClient) -> bool {
+fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeClient) -> bool {
     let started = Instant::now();
     let uses_connect = in_transaction("looking for Connect columns", tables::connect_in_use);
     let Ok(Ok(uses_connect)) = uses_connect else { return false };

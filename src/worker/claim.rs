@@ -1,5 +1,4 @@
-//! Phase 1 of the pipeline, one short transaction: maintenance when due, committed inserts turned
-//! into jobs, due jobs claimed up to the free capacity (each lane from where the last claim there
+//! Phase 1 of the pipeline, one short transaction: committed inserts turned into jobs, due jobs claimed up to the free capacity (each lane from where the last claim there
 //! stopped: core's `claim_cursor`), and each planned (calls.rs): jobs that need no Stripe call are
 //! finished here, the others log `stripe_request` and come back as [`Call`]s to start once the
 //! claim commits.
@@ -13,14 +12,13 @@ use onboarding_core::state::JobKind;
 use pgrx::pg_sys;
 
 use crate::gucs;
-use crate::maintenance::{rescue, retention};
 use crate::release::{self, Installed};
 use crate::worker::calls::{self, Call, Planned};
 use crate::worker::queue;
 use crate::worker::record;
 
 /// Claims and plans up to `batch_size` jobs (Connect's put back while `connect_refused`: the key
-/// lacks Connect's permissions), doing maintenance first when `maintain`, moving
+/// lacks Connect's permissions), moving
 /// `cursor` on past what it claims (back first to `announced_from`, the earliest start of the
 /// transactions announced to this worker since its last claim: pg/processes.rs) (the caller drops it if the transaction fails: the claims
 /// are then undone) and spending the lower lanes' `credit`. Returns the calls to start, how many
@@ -29,7 +27,6 @@ use crate::worker::record;
 pub fn claim_and_plan(
     batch_size: i32,
     connect_refused: bool,
-    maintain: bool,
     cursor: &mut ClaimCursor,
     announced_from: Option<i64>,
     credit: &mut LaneCredit,
@@ -38,11 +35,6 @@ pub fn claim_and_plan(
         Installed::Current => {}
         other => return Err(other),
     }
-    if maintain {
-        rescue::requeue_abandoned();
-        retention::prune();
-    }
-
     let promoted = queue::promote_intake(batch_size);
 
     let scan = cursor.scan_from(announced_from, gucs::poll_interval(), Instant::now());
