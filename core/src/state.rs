@@ -433,8 +433,8 @@ mod tests {
         for entry in std::fs::read_dir(&sql_dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with("onboarding--") {
-                continue; // released and upgrade scripts: history, not the current definition
+            if name.starts_with("onboarding--") || path.is_dir() {
+                continue; // released and upgrade scripts (sql/upgrades/): history, not the current definition
             }
             let text = std::fs::read_to_string(&path).unwrap();
             if let Some(start) = text.find("-- state machine: moves begin") {
