@@ -1,10 +1,13 @@
 //! Pure logic of the `onboarding` extension, testable with plain `cargo test`:
 //!
-//! - [`budget`]: the client-side rate budget (GCRA) shared by every worker;
+//! - [`budget`]: the client-side rate budgets (GCRA) shared by every worker, and the admission
+//!   each request waits for;
+//! - [`endpoint`]: Stripe's endpoints as its rate limits count them;
 //! - [`local_budget`]: the same budget for one process's async tasks (customer search's own);
 //! - [`budget_turns`]: whose call takes the next budget slot (a signup's first);
-//! - [`stripe`]: the Stripe HTTP client (form encoding, auth, idempotency keys, error parsing,
-//!   look-ups by `metadata.user_id`);
+//! - [`stripe`]: the Stripe HTTP client, one file per concern: the client (auth, the pinned
+//!   version, idempotency keys, sending), errors, answers, form encoding, customers, accounts,
+//!   lists, events, look-ups by `metadata.user_id`;
 //! - [`permissions`]: checking, without creating anything, that a key may do what the extension needs;
 //! - [`inbound`]: what Stripe's events say about the accounts and customers the extension made, and
 //!   which of them to apply;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::stripe::StripeError;
+use crate::stripe::error::StripeError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
@@ -88,7 +88,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stripe::{ApiError, TransportKind};
+    use crate::stripe::error::{ApiError, TransportKind};
 
     fn api(status: u16, should_retry: Option<bool>) -> StripeError {
         StripeError::Api(ApiError {
