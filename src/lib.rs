@@ -35,6 +35,7 @@ mod launcher;
 mod maintenance;
 mod pg;
 mod profile_writer;
+mod queries;
 mod rate_budget;
 mod release;
 mod requests;

@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 use crate::pg::latch::{shutdown_requested, wait_for_latch};
 use crate::pg::processes;
 use crate::pg::transaction::{in_transaction, report_table_stats};
+use crate::queries::inbound;
 use crate::release::{self, Installed};
 use crate::{tables, wake};
 
@@ -79,26 +80,17 @@ pub extern "C-unwind" fn onboarding_profile_writer_main(arg: pg_sys::Datum) {
 /// transaction. Returns how long to sleep.
 fn write_due_profiles() -> Duration {
     let readiness = in_transaction("writing Connect readiness to profiles", || {
-        Spi::get_one_with_args::<i32>(
-            "SELECT onboarding._write_profile_readiness($1, $2)",
-            &[READINESS_AT_MOST.into(), READINESS_PER_TABLE.into()],
-        )
+        inbound::write_profile_readiness(READINESS_AT_MOST, READINESS_PER_TABLE)
     });
     let changes = in_transaction("applying customer changes to profiles", || {
-        Spi::get_one_with_args::<i32>(
-            "SELECT onboarding._handle_customer_changes($1, $2)",
-            &[CHANGES_AT_MOST.into(), CHANGES_PER_TABLE.into()],
-        )
+        inbound::handle_customer_changes(CHANGES_AT_MOST, CHANGES_PER_TABLE)
     });
     let held = match (readiness, changes) {
-        (Ok(Ok(waiting_a)), Ok(Ok(waiting_b))) => waiting_a.unwrap_or(0) + waiting_b.unwrap_or(0) > 0,
+        (Ok(Ok(waiting_a)), Ok(Ok(waiting_b))) => waiting_a + waiting_b > 0,
         _ => return PAUSE, // said as a WARNING; try again after a pause
     };
-    let due_in = in_transaction("reading when the next profile write is due", || {
-        Spi::get_one::<f64>("SELECT onboarding._profile_writes_due_in()")
-    });
-    let sleep = match due_in {
-        Ok(Ok(Some(seconds))) => Duration::from_secs_f64(seconds.clamp(0.0, IDLE_AT_MOST.as_secs_f64())),
+    let sleep = match in_transaction("reading when the next profile write is due", inbound::profile_writes_due_in) {
+        Ok(Ok(Some(due_in))) => due_in.min(IDLE_AT_MOST),
         Ok(Ok(None)) => IDLE_AT_MOST,
         _ => PAUSE,
     };

@@ -6,6 +6,7 @@
 //! (see `worker.rs`, `profile_writer.rs`) until the database's `extversion` is [`LIBRARY_VERSION`];
 //! they read it with [`installed`].
 
+use crate::queries::catalog;
 use pgrx::prelude::*;
 
 /// The release this library is: `default_version` of the control file it ships with.
@@ -32,10 +33,8 @@ pub fn update_needed(installed: &str) -> String {
 
 /// Reads `pg_extension.extversion` (in the caller's transaction).
 pub fn installed() -> Installed {
-    // A scalar subquery: always one row (Spi::get_one errs on none), NULL when not installed.
-    let version =
-        Spi::get_one::<String>("SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'onboarding')")
-            .unwrap_or_else(|e| error!("onboarding: reading the installed extension version: {e}"));
+    let version = catalog::extension_version()
+        .unwrap_or_else(|e| error!("onboarding: reading the installed extension version: {e}"));
     match version {
         None => Installed::No,
         Some(v) if v == LIBRARY_VERSION => Installed::Current,

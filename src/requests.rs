@@ -13,6 +13,7 @@ use pgrx::{PGRXSharedMemory, PgLwLock, pg_shmem_init};
 
 use crate::pg::latch::{my_procno, set_latch_of, wait_on_my_latch};
 use crate::pg::processes::{self, shared_memory_ready};
+use crate::queries::maintenance;
 
 const SLOTS: usize = 32;
 const MAX_TEXT: usize = 512;
@@ -228,10 +229,7 @@ fn request(kind: RequestKind, profile_table: pg_sys::Oid, user_id: &str, urls: [
 
 /// Progress of a long snapshot, as committed page by page by the worker.
 fn report_snapshot_progress(last: &mut String) {
-    let progress = Spi::get_one::<String>(
-        "SELECT format('%s pages: %s customers, %s accounts', pages, customers, accounts)
-           FROM onboarding.stripe_snapshots WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1",
-    );
+    let progress = maintenance::snapshot_progress();
     if let Ok(Some(progress)) = progress
         && progress != *last
     {

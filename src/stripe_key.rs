@@ -15,8 +15,8 @@ use pgrx::prelude::*;
 
 use crate::gucs;
 use crate::pg::transaction::in_transaction;
+use crate::queries::catalog;
 use crate::rate_budget::SharedAdmission;
-use crate::tables;
 
 /// While the key's permissions are refused, how often the worker checks them again by itself.
 pub const PERMISSION_RECHECK: Duration = Duration::from_secs(60);
@@ -191,7 +191,7 @@ impl StripeKey {
         }
         self.next_permission_look = now + PERMISSION_RECHECK;
         let newly_in_use = !self.connect_checked
-            && matches!(in_transaction("looking for Connect's use", tables::connect_in_use), Ok(Ok(true)));
+            && matches!(in_transaction("looking for Connect's use", catalog::connect_in_use), Ok(Ok(true)));
         if self.connect_refused_at.is_some() || newly_in_use {
             self.client = None;
             self.permissions_checked_for = None;
@@ -201,7 +201,7 @@ impl StripeKey {
     /// Checks once per key (again every [`PERMISSION_RECHECK`] while refused, and at a reload that
     /// changed the key, the API base or version, or Connect's use) that it may do what this
     /// database needs: customers, and Connect accounts and their links once Connect is in use
-    /// (`tables::connect_in_use`: a Connect policy, an account, a Connect job; a column alone is
+    /// (`catalog::connect_in_use`: a Connect policy, an account, a Connect job; a column alone is
     /// not). A restricted key without a permission gets one WARNING naming it: without customers'
     /// no job is claimed, without only Connect's no Connect job is (customers go on); none dies
     /// of it, until a reload or the next check.
@@ -212,7 +212,7 @@ impl StripeKey {
         client: &StripeClient,
         checked: (&str, &str, Option<&str>),
     ) -> bool {
-        let connect = match in_transaction("looking for Connect columns", tables::connect_in_use) {
+        let connect = match in_transaction("looking for Connect columns", catalog::connect_in_use) {
             Ok(Ok(connect)) => connect,
             _ => true,
         };

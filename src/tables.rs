@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 
 use crate::gucs;
 use crate::pg::owner;
+use crate::queries::catalog;
 
 /// How long a background process waits for a lock on an application table (rows it skips: SKIP
 /// LOCKED).
@@ -145,7 +146,7 @@ fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Opt
     };
     let caller = unsafe { pg_sys::GetOuterUserId() };
     owner::as_role(caller, gucs::owner_statement_timeout_ms(), 0, || {
-        let may_select = read_bool("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", table).unwrap_or(false);
+        let may_select = catalog::may_select(table).unwrap_or(false);
         if !may_select {
             return "refused";
         }
@@ -154,7 +155,7 @@ fn caller_can_read(table: pg_sys::Oid, statement: &str, params: default!(Vec<Opt
         if found {
             return "visible";
         }
-        let hidden_by_policy = read_bool("SELECT pg_catalog.row_security_active($1)", table).unwrap_or(true);
+        let hidden_by_policy = catalog::row_security_active(table).unwrap_or(true);
         if hidden_by_policy { "refused" } else { "not found" }
     })
 }
@@ -176,27 +177,4 @@ impl Drop for CheckingCaller {
     fn drop(&mut self) {
         CHECKING_CALLER.set(false);
     }
-}
-
-/// A boolean about `table`, read with read-only SPI (which works on a standby too).
-fn read_bool(query: &str, table: pg_sys::Oid) -> Option<bool> {
-    Spi::connect(|client| client.select(query, Some(1), &[table.into()])?.first().get_one::<bool>()).ok().flatten()
-}
-
-/// Whether Connect is in use here: a table's Connect policy is not `never`, the extension made
-/// or follows a Connect account, or a Connect job waits (an explicit `enqueue_connect_account`
-/// or `create_account_link`). A Connect-account column alone is not use: the seed's own schema
-/// has one, and a platform that only wants customers must need no Connect permission, nor a
-/// Stripe account that is a Connect platform.
-pub fn connect_in_use() -> Result<bool, pgrx::spi::Error> {
-    Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM onboarding.attachments
-                         WHERE connect_account_column IS NOT NULL AND connect_policy <> 'never')
-             OR EXISTS (SELECT FROM onboarding.connect_accounts)
-             OR EXISTS (SELECT FROM onboarding.stripe_ties WHERE object = 'account')
-             OR EXISTS (SELECT FROM onboarding.jobs
-                         WHERE kind IN ('create_connect_account', 'delete_connect_account')
-                           AND onboarding._is_open(state))",
-    )
-    .map(|in_use| in_use.unwrap_or(false))
 }

@@ -12,12 +12,13 @@
 //! wake-ups within a tick, so new work never waits for the slowest call in flight.
 //!
 //! This file is the loop; what each step does with a job is apart:
-//! - [`claim`]: phase 1, claiming and planning;
+//! - [`claim`]: phase 1, claiming and planning (its statements, and every other of the hot path,
+//!   are `queries::jobs`);
 //! - [`calls`]: the Stripe side of a job (planning it into a call, the call, its outcome);
 //! - [`record`]: phase 3, recording outcomes;
-//! - [`queue`]: every SQL statement of these steps, and of the loop's own reads;
 //! - [`standby_gate`]: between claim and call, the wait for standbys to have the claim's commit;
-//! - [`serving`]: `get_or_create_customer`, account link and snapshot requests.
+//! - [`serving`]: `get_or_create_customer`, account link and snapshot requests;
+//! - [`sql_release`]: waiting for `ALTER EXTENSION onboarding UPDATE` when the SQL is behind.
 //!
 //! The Stripe key's life cycle (client, permission checks, rate budgets) is stripe_key.rs; the
 //! maintenance services (failover, rescue, retention, the events reader) are maintenance/, run by
@@ -25,9 +26,9 @@
 
 mod calls;
 mod claim;
-mod queue;
 mod record;
 mod serving;
+mod sql_release;
 mod standby_gate;
 
 use std::panic::AssertUnwindSafe;
@@ -49,8 +50,8 @@ use crate::maintenance::{Context, Supervisor};
 use crate::pg::latch::{handle_sigterm_in_commits, shutdown_requested, take_latch, wait_for_latch};
 use crate::pg::transaction::{in_transaction, report_table_stats};
 use crate::pg::{processes, replication};
-use crate::release::{self, Installed};
-use crate::requests;
+use crate::queries::jobs;
+use crate::release::Installed;
 use crate::stripe_key::StripeKey;
 use crate::worker::calls::{Call, Outcome};
 use crate::worker::claim::claim_and_plan;
@@ -75,13 +76,6 @@ const REQUEST_WATCH: Duration = Duration::from_millis(50);
 
 /// Pause after an unexpected database error, so a persistent one does not spin.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
-
-/// While the database's SQL is another release's, how often to look for `ALTER EXTENSION … UPDATE`
-/// (its commit also wakes the workers).
-const UPDATE_POLL: Duration = Duration::from_secs(1);
-
-/// While waiting for that update, the shortest gap between two looks (wake-ups come per commit).
-const UPDATE_RECHECK: Duration = Duration::from_millis(50);
 
 /// A worker serves one database (its oid is the argument; the launcher starts it, see
 /// launcher.rs) until shutdown, or until it finds the extension is not installed there.
@@ -142,11 +136,7 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
             match worker.check_sql_release(&database_name) {
                 Some(true) => woken = true,
                 Some(false) => {
-                    // Every insert's commit sets the latch: look at most every UPDATE_RECHECK, not
-                    // once per commit (requests are refused within that time).
-                    if wait_for_latch(UPDATE_POLL) {
-                        std::thread::sleep(UPDATE_RECHECK);
-                    }
+                    Worker::wait_for_update();
                     continue;
                 }
                 None => {
@@ -294,7 +284,7 @@ impl Worker {
                 // Keep a batch of new inserts as pending jobs (their status and cancel work by job
                 // id), but leave a backlog in the intake, where it costs least.
                 self.last_top_up = now;
-                let _ = in_transaction("turning inserts into jobs", || queue::top_up_pending(gucs::batch_size()));
+                let _ = in_transaction("turning inserts into jobs", || jobs::top_up_pending(gucs::batch_size()));
             }
         }
         if !self.in_flight.is_empty() {
@@ -323,47 +313,6 @@ impl Worker {
     fn release_confirmed_calls(&mut self) {
         for call in self.standby_gate.release() {
             self.start(call);
-        }
-    }
-
-    /// Looks at the database's extension release while it is not known to be this library's.
-    /// Returns Some(true) when the worker may go on, Some(false) while it must wait for
-    /// `ALTER EXTENSION onboarding UPDATE` (warned once, requests refused meanwhile), None when
-    /// the extension is not installed here.
-    fn check_sql_release(&mut self, database_name: &str) -> Option<bool> {
-        let installed = match in_transaction("reading the extension version", release::installed) {
-            Ok(installed) => installed,
-            Err(_) => return Some(false), // logged; look again after the pause
-        };
-        match installed {
-            Installed::No => None,
-            Installed::Current => {
-                if let SqlRelease::Behind(old) = &self.sql_release {
-                    log!(
-                        "onboarding: database \"{database_name}\" now has version {} (was {old}); worker resumes",
-                        release::LIBRARY_VERSION
-                    );
-                }
-                self.sql_release = SqlRelease::Current;
-                Some(true)
-            }
-            Installed::Other(version) => {
-                let message = release::update_needed(&version);
-                if self.sql_release != SqlRelease::Behind(version.clone()) {
-                    ereport!(
-                        WARNING,
-                        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                        format!("onboarding: in database \"{database_name}\", {message}"),
-                        "Run ALTER EXTENSION onboarding UPDATE; in this database (as its owner or a superuser). \
-                         Inserted profiles keep queueing meanwhile and are provisioned right after."
-                    );
-                    self.sql_release = SqlRelease::Behind(version);
-                }
-                for request in requests::take_new() {
-                    requests::fail(request.ticket, &message);
-                }
-                Some(false)
-            }
         }
     }
 

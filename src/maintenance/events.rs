@@ -22,12 +22,12 @@ use std::time::{Duration, Instant, SystemTime};
 use onboarding_core::inbound::{AccountReadiness, Change, SHOWN_ID_CHARS, Verdict, customer_change, parse_event, plan};
 use onboarding_core::schedule::Deadline;
 use onboarding_core::stripe::{ListedEvent, StripeClient, StripeError, account_gone, lost_event_cursor};
-use pgrx::JsonB;
 use pgrx::prelude::*;
 use serde_json::{Value, json};
 
 use crate::maintenance::service::{Context, Service};
 use crate::pg::transaction::in_transaction;
+use crate::queries::inbound::{self, Turn};
 use crate::{gucs, wake};
 
 /// The events read: accounts' readiness, and customers deleted or changed outside the extension.
@@ -110,18 +110,6 @@ impl Service for EventsReader {
     }
 }
 
-/// The poller's turn, as `_events_poll_begin` answers.
-struct Turn {
-    polling: bool,
-    due_in: Duration,
-    cursor: Option<String>,
-    accounts: Vec<String>,
-    since_link: Option<Duration>,
-    last_polled_at: Option<i64>,
-    events_to_retry: Vec<String>,
-    customers: Vec<String>,
-}
-
 /// A poll whose requests run in the background.
 struct Poll {
     reading: tokio::task::JoinHandle<Read>,
@@ -160,31 +148,16 @@ enum Page {
 /// again.
 fn start(runtime: &tokio::runtime::Runtime, client: &StripeClient) -> Result<Poll, Duration> {
     let every = gucs::events_poll().map_or(Duration::from_secs(3600), |p| p.every);
-    let taken = in_transaction("taking the events poll", || {
-        Spi::connect(|spi| {
-            let row = spi
-                .select(
-                    "SELECT * FROM onboarding._events_poll_begin($1, make_interval(secs => $2))",
-                    Some(1),
-                    &[REFRESH_AT_MOST.into(), every.as_secs_f64().into()],
-                )?
-                .first();
-            let due_in = row.get_by_name::<f64, _>("due_in")?.unwrap_or(0.0).clamp(0.0, 86_400.0);
-            Ok::<_, pgrx::spi::Error>(Turn {
-                polling: row.get_by_name::<bool, _>("polling")?.unwrap_or(false),
-                due_in: Duration::from_secs_f64(due_in),
-                cursor: row.get_by_name("last_event_id")?,
-                accounts: row.get_by_name("accounts_to_refresh")?.unwrap_or_default(),
-                since_link: row
-                    .get_by_name::<f64, _>("since_link")?
-                    .map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9))),
-                last_polled_at: row.get_by_name("last_polled_at")?,
-                events_to_retry: row.get_by_name("events_to_retry")?.unwrap_or_default(),
-                customers: row.get_by_name("customers_to_refresh")?.unwrap_or_default(),
-            })
-        })
-    });
-    let Turn { cursor, accounts, since_link, last_polled_at, events_to_retry, customers, .. } = match taken {
+    let taken = in_transaction("taking the events poll", || inbound::poll_begin(REFRESH_AT_MOST, every));
+    let Turn {
+        last_event_id: cursor,
+        accounts_to_refresh: accounts,
+        since_link,
+        last_polled_at,
+        events_to_retry,
+        customers_to_refresh: customers,
+        ..
+    } = match taken {
         Ok(Ok(turn)) if turn.polling => turn,
         Ok(Ok(turn)) => return Err(turn.due_in.min(CHECK_AT_LEAST_EVERY)),
         // Not installed at this release yet, or a standby: ask again later.
@@ -272,7 +245,7 @@ impl Poll {
                     warning!("onboarding: could not read Stripe's events: {error}; trying again every {interval:?}");
                     *warned = true;
                 }
-                let _ = in_transaction("ending the events poll", || end_poll(None, 0, interval, None, false));
+                let _ = in_transaction("ending the events poll", || inbound::poll_end(None, 0, interval, None, false));
                 return interval;
             }
         };
@@ -389,14 +362,14 @@ impl Applied {
 fn end(page: &PageRead, applied: Applied, interval: Duration, read_at: i64) -> Result<Duration, pgrx::spi::Error> {
     let mut next_in = if page.more { Duration::ZERO } else { interval };
     if page.lost || page.unread_before {
-        Spi::run("SELECT onboarding._refresh_accounts(NULL)")?;
+        inbound::refresh_accounts(None)?;
     }
     if !applied.refetch.is_empty() {
         // Read at once, by the next poll: an owner may be waiting for exactly this change.
-        Spi::run_with_args("SELECT onboarding._refresh_accounts($1)", &[applied.refetch.into()])?;
+        inbound::refresh_accounts(Some(applied.refetch))?;
         next_in = Duration::ZERO;
     }
-    end_poll(page.cursor.clone(), applied.events, next_in, Some(read_at), page.lost)?;
+    inbound::poll_end(page.cursor.clone(), applied.events, next_in, Some(read_at), page.lost)?;
     Ok(next_in)
 }
 
@@ -540,12 +513,10 @@ fn apply(events: &[ListedEvent], objects: &Objects) -> Result<Applied, pgrx::spi
         wake::wake_profile_writer_after_commit();
     }
     if !states.is_empty() {
-        let states: Vec<Value> = states.into_values().collect();
-        Spi::run_with_args("SELECT onboarding._apply_account_states($1)", &[JsonB(Value::Array(states)).into()])?;
+        inbound::apply_account_states(states.into_values().collect())?;
     }
     if !customers.is_empty() {
-        let changes: Vec<Value> = customers.into_values().collect();
-        Spi::run_with_args("SELECT onboarding._record_customer_changes($1)", &[JsonB(Value::Array(changes)).into()])?;
+        inbound::record_customer_changes(customers.into_values().collect())?;
     }
     Ok(Applied { events: applied, refetch })
 }
@@ -572,7 +543,7 @@ fn record_set_aside(set_aside: &[(Option<String>, String)], retry: bool) -> Resu
     }
     let ids: Vec<Option<String>> = set_aside.iter().map(|(id, _)| id.clone()).collect();
     let reasons: Vec<String> = set_aside.iter().map(|(_, why)| why.clone()).collect();
-    Spi::run_with_args("SELECT onboarding._set_events_aside($1, $2, $3)", &[ids.into(), reasons.into(), retry.into()])
+    inbound::set_events_aside(ids, reasons, retry)
 }
 
 /// The ids of `events` not applied before, now recorded as applied.
@@ -588,11 +559,7 @@ fn not_applied_before(
     if ids.is_empty() {
         return Ok(Default::default());
     }
-    let fresh = Spi::get_one_with_args::<Vec<String>>(
-        "SELECT onboarding._events_not_applied($1, $2, $3)",
-        &[ids.into(), types.into(), created.into()],
-    )?;
-    Ok(fresh.unwrap_or_default().into_iter().collect())
+    Ok(inbound::events_not_applied(ids, types, created)?.into_iter().collect())
 }
 
 /// The time of the state held for each followed account and each customer's email the events are
@@ -604,48 +571,15 @@ fn stored_as_of(
     if accounts.is_empty() {
         return Ok(HashMap::new());
     }
-    Spi::connect(|spi| {
-        let rows = spi.select(
-            "SELECT account_id, as_of FROM onboarding.connect_accounts WHERE account_id = ANY ($1)
-             UNION ALL
-             SELECT customer_id, email_as_of FROM onboarding.customer_changes WHERE customer_id = ANY ($1)",
-            None,
-            &[accounts.into()],
-        )?;
-        let mut held = HashMap::new();
-        for row in rows {
-            if let Some(account) = row.get::<String>(1)? {
-                held.insert(account, row.get::<i64>(2)?);
-            }
-        }
-        Ok(held)
-    })
-}
-
-fn end_poll(
-    cursor: Option<(String, Option<i64>)>,
-    applied: i32,
-    next_in: Duration,
-    read_at: Option<i64>,
-    lost: bool,
-) -> Result<(), pgrx::spi::Error> {
-    let (id, created) = cursor.map_or((None, None), |(id, created)| (Some(id), created));
-    Spi::run_with_args(
-        "SELECT onboarding._events_poll_end($1, $2, $3, make_interval(secs => $4), $5, $6)",
-        &[id.into(), created.into(), applied.into(), next_in.as_secs_f64().into(), read_at.into(), lost.into()],
-    )
+    inbound::held_as_of(accounts)
 }
 
 /// Records that an account link was issued for `account`: the next polls come at the fast
 /// interval, and read the account itself until it is ready.
 pub fn account_link_issued(account: &str) {
     let Some(poll) = gucs::events_poll() else { return };
-    let _ = in_transaction("noting an account link", || {
-        Spi::run_with_args(
-            "SELECT onboarding._account_link_issued(make_interval(secs => $1), $2, make_interval(secs => $3))",
-            &[poll.fast.as_secs_f64().into(), account.into(), poll.fast_for.as_secs_f64().into()],
-        )
-    });
+    let _ =
+        in_transaction("noting an account link", || inbound::account_link_issued(poll.fast, account, poll.fast_for));
 }
 
 fn unix_now() -> i64 {

@@ -19,7 +19,7 @@ use crate::maintenance::listing::for_each_page;
 use crate::maintenance::service::{Context, Service};
 use crate::pg::replication;
 use crate::pg::transaction::in_transaction;
-use crate::tables;
+use crate::queries::{catalog, failover};
 
 /// After a failed note of the timeline, how long until the next try (claims wait meanwhile).
 const NOTE_RETRY: Duration = Duration::from_secs(1);
@@ -98,13 +98,8 @@ impl Sweep {
 /// if this server was promoted (or a sweep was left unfinished).
 fn note_timeline() -> Result<Option<Sweep>, String> {
     let timeline = replication::timeline();
-    let from = in_transaction("noting the WAL timeline", || {
-        Spi::get_one_with_args::<f64>(
-            "SELECT extract(epoch FROM onboarding._note_timeline($1))::float8",
-            &[(timeline as i32).into()],
-        )
-    })?
-    .map_err(|e| e.to_string())?;
+    let from = in_transaction("noting the WAL timeline", || failover::note_timeline(timeline as i32))?
+        .map_err(|e| e.to_string())?;
     let not_before = Instant::now() + gucs::request_timeout();
     Ok(from.map(|from| Sweep { timeline, from: from.floor() as i64, not_before }))
 }
@@ -113,7 +108,7 @@ fn note_timeline() -> Result<Option<Sweep>, String> {
 /// sweep is done; a failed one is tried again at the next maintenance.
 fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeClient) -> bool {
     let started = Instant::now();
-    let uses_connect = in_transaction("looking for Connect columns", tables::connect_in_use);
+    let uses_connect = in_transaction("looking for Connect columns", catalog::connect_in_use);
     let Ok(Ok(uses_connect)) = uses_connect else { return false };
     let (mut checked, mut orphans) = (0i32, 0i32);
     let kinds: &[(ListKind, &str)] = if uses_connect {
@@ -130,14 +125,11 @@ fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeClient
                 .collect();
             checked += page.len() as i32;
             let found = in_transaction("checking Stripe objects after a promotion", || {
-                Spi::get_one_with_args::<i32>(
-                    "SELECT onboarding._check_after_failover($1, $2)",
-                    &[object.into(), pgrx::JsonB(Value::Array(page)).into()],
-                )
+                failover::check_after_failover(object, page)
             });
             match found {
                 Ok(Ok(found)) => {
-                    orphans += found.unwrap_or(0);
+                    orphans += found;
                     Ok(())
                 }
                 _ => Err("could not check a page".into()),
@@ -161,10 +153,7 @@ fn sweep(sweep: &Sweep, runtime: &tokio::runtime::Runtime, client: &StripeClient
         }
     }
     let recorded = in_transaction("recording the sweep after a promotion", || {
-        Spi::run_with_args(
-            "SELECT onboarding._failover_swept($1, $2, $3)",
-            &[(sweep.timeline as i32).into(), checked.into(), orphans.into()],
-        )
+        failover::swept(sweep.timeline as i32, checked, orphans)
     });
     log!(
         "onboarding: swept Stripe after the promotion to timeline {}: {checked} object(s) checked, {orphans} orphan(s) \

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 use crate::gucs;
 use crate::maintenance::service::{Context, Service};
 use crate::pg::transaction::in_transaction;
+use crate::queries::maintenance;
 
 #[derive(Default)]
 pub struct Rescue {
@@ -32,12 +33,8 @@ impl Service for Rescue {
 
 /// Requeues abandoned jobs, in the caller's transaction, and logs how many it took back.
 fn requeue_abandoned() {
-    let requeued = Spi::get_one_with_args::<i32>(
-        "SELECT onboarding._requeue_abandoned($1, make_interval(secs => $2))",
-        &[(gucs::max_attempts() as i32).into(), gucs::lease().as_secs_f64().into()],
-    );
-    match requeued {
-        Ok(Some(n)) if n > 0 => {
+    match maintenance::requeue_abandoned(gucs::max_attempts() as i32, gucs::lease().as_secs_f64()) {
+        Ok(n) if n > 0 => {
             log!("onboarding: took back {n} job(s) from a worker that exited or overran its lease")
         }
         Ok(_) => {}

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 use crate::gucs;
 use crate::maintenance::service::{Context, Service};
 use crate::pg::transaction::in_transaction;
+use crate::queries::maintenance;
 
 #[derive(Default)]
 pub struct Retention {
@@ -23,7 +24,7 @@ impl Service for Retention {
         }
         self.schedule.ran(context.now);
         let _ = in_transaction("pruning finished jobs", || {
-            Spi::get_one::<i64>("SELECT onboarding.prune()").unwrap_or_else(|e| error!("onboarding: pruning: {e}"))
+            maintenance::prune().unwrap_or_else(|e| error!("onboarding: pruning: {e}"))
         });
     }
 

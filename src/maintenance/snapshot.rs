@@ -11,15 +11,15 @@ use pgrx::prelude::*;
 
 use crate::maintenance::listing::for_each_page;
 use crate::pg::transaction::in_transaction;
+use crate::queries::{catalog, maintenance};
 use crate::requests;
-use crate::tables;
 
 /// Copies every customer and account from Stripe into `onboarding.stripe_objects`, a page per
 /// transaction (listing.rs), and answers the request `ticket` with the snapshot id.
 pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &StripeClient) {
     let started = in_transaction("starting a Stripe snapshot", || {
-        let connect_in_use = tables::connect_in_use()?;
-        Ok::<_, pgrx::spi::Error>((Spi::get_one::<i64>("SELECT onboarding._snapshot_begin()")?, connect_in_use))
+        let connect_in_use = catalog::connect_in_use()?;
+        Ok::<_, pgrx::spi::Error>((maintenance::snapshot_begin()?, connect_in_use))
     });
     let Ok(Ok((Some(snapshot), connect_in_use))) = started else {
         requests::fail(ticket, "could not start a snapshot");
@@ -38,12 +38,8 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
                                        "email": o.summary.email})
                 })
                 .collect();
-            let stored = in_transaction("storing a snapshot page", || {
-                Spi::run_with_args(
-                    "SELECT onboarding._snapshot_add($1, $2, $3)",
-                    &[snapshot.into(), object.into(), pgrx::JsonB(serde_json::Value::Array(rows)).into()],
-                )
-            });
+            let stored =
+                in_transaction("storing a snapshot page", || maintenance::snapshot_add(snapshot, object, rows));
             match stored {
                 Ok(Ok(())) => Ok(()),
                 _ => Err("could not store a snapshot page".into()),
@@ -64,14 +60,10 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
         }
     }
     let finished = in_transaction("finishing a Stripe snapshot", || {
-        if let Some(why) = &accounts_not_listed {
-            Spi::run_with_args(
-                "UPDATE onboarding.stripe_snapshots SET accounts_listed = false, accounts_not_listed_why = $2
-                  WHERE id = $1",
-                &[snapshot.into(), why.clone().into()],
-            )?;
-        }
-        Spi::run_with_args("SELECT onboarding._snapshot_finish($1)", &[snapshot.into()])
+        maintenance::snapshot_finish(
+            snapshot,
+            accounts_not_listed.as_ref().map(|why| why.as_deref().unwrap_or_default()),
+        )
     });
     match finished {
         Ok(Ok(())) => requests::succeed(ticket, &snapshot.to_string()),

@@ -12,7 +12,7 @@ use onboarding_core::stripe::{LookUp, NewAccount, NewCustomer, Response, StripeC
 use pgrx::prelude::*;
 use serde_json::{Value, json};
 
-use crate::worker::queue::ClaimedJob;
+use crate::queries::jobs::ClaimedJob;
 
 /// A claimed job that needs a Stripe call.
 pub struct Call {

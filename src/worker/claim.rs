@@ -12,9 +12,9 @@ use onboarding_core::state::JobKind;
 use pgrx::pg_sys;
 
 use crate::gucs;
+use crate::queries::jobs;
 use crate::release::{self, Installed};
 use crate::worker::calls::{self, Call, Planned};
-use crate::worker::queue;
 use crate::worker::record;
 
 /// Claims and plans up to `batch_size` jobs (Connect's put back while `connect_refused`: the key
@@ -35,12 +35,12 @@ pub fn claim_and_plan(
         Installed::Current => {}
         other => return Err(other),
     }
-    let promoted = queue::promote_intake(batch_size);
+    let promoted = jobs::promote_intake(batch_size);
 
     let scan = cursor.scan_from(announced_from, gucs::poll_interval(), Instant::now());
     let reserved = credit.reserve(gucs::lane_shares(), batch_size.max(0) as usize);
     let started = Instant::now();
-    let claimed = queue::claim(batch_size, gucs::idempotency_horizon(), &scan, reserved);
+    let claimed = jobs::claim(batch_size, gucs::idempotency_horizon(), &scan, reserved);
     if ClaimCursor::is_full(&scan) {
         cursor.full_scan_took(started.elapsed());
     }
@@ -57,31 +57,31 @@ pub fn claim_and_plan(
         // Every lane gave all it had due: the next claims start after this transaction's start.
         cursor.exhausted(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() });
     }
-    let mut starting = queue::CallsStarting::default();
+    let mut starting = jobs::CallsStarting::default();
     let calls = claimed
         .into_iter()
         .filter(|job| !job.finished)
         .filter_map(|mut job| {
             let id = job.id;
             if connect_refused && JobKind::parse(&job.kind).is_some_and(JobKind::is_connect) {
-                queue::postpone(id, record::CONNECT_REFUSED);
+                jobs::postpone(id, record::CONNECT_REFUSED);
                 return None;
             }
             if job.looks_up() {
                 // What another table's profile with this user id holds: never adopted or deleted.
-                job.made_for_others = queue::made_for_other_profiles(id);
+                job.made_for_others = jobs::made_for_other_profiles(id);
             }
             match calls::plan(job) {
                 Planned::Finish(transition, detail) => {
-                    queue::finish(id, transition, detail);
+                    jobs::finish(id, transition, detail);
                     None
                 }
                 Planned::WaitForCustomer => {
-                    queue::wait_for_customer(id);
+                    jobs::wait_for_customer(id);
                     None
                 }
                 Planned::WriteBack(object) => {
-                    queue::write_back(id, &object); // or postponed again, if the row is still locked
+                    jobs::write_back(id, &object); // or postponed again, if the row is still locked
                     None
                 }
                 Planned::Call { call, first_params, request } => {
@@ -94,6 +94,6 @@ pub fn claim_and_plan(
     starting.record();
     // A full promotion may have left more inserts behind (they woke us once, not again).
     let next_due =
-        if promoted >= i64::from(batch_size) { Some(Duration::ZERO) } else { queue::next_due_in(&cursor.current()) };
+        if promoted >= i64::from(batch_size) { Some(Duration::ZERO) } else { jobs::next_due_in(&cursor.current()) };
     Ok((calls, claimed_count, next_due))
 }

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use crate::gucs;
 use crate::pg::transaction::in_transaction;
+use crate::queries::jobs::{self, WriteBack};
 use crate::worker::calls::{Call, Outcome, Work, die, skip};
-use crate::worker::queue::{self, WriteBack};
 
 /// Why a Connect job waits (its `postponed` event) while the key lacks Connect's permissions.
 pub const CONNECT_REFUSED: &str = "the Stripe key lacks a Connect permission (README \"Restricted keys\")";
@@ -30,7 +30,7 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
     let all = in_transaction(
         "recording Stripe results",
         AssertUnwindSafe(|| {
-            queue::requests_sent(&sent_times(calls.iter()));
+            jobs::requests_sent(&sent_times(calls.iter()));
             // Customers created as asked, the common outcome: set-based; everything else one by one.
             let (created, others): (Vec<_>, Vec<_>) =
                 outcomes.iter().partition(|(call, (outcome, _))| created_as_asked(call, outcome).is_some());
@@ -38,7 +38,7 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
             for (call, (result, elapsed)) in others {
                 record_one(call, result, *elapsed);
             }
-            queue::next_due_in(scan)
+            jobs::next_due_in(scan)
         }),
     );
     if let Ok(next_due) = all {
@@ -48,7 +48,7 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
         let one = in_transaction(
             "recording a Stripe result",
             AssertUnwindSafe(|| {
-                queue::requests_sent(&sent_times(std::iter::once(*call)));
+                jobs::requests_sent(&sent_times(std::iter::once(*call)));
                 record_one(call, result, *elapsed)
             }),
         );
@@ -65,7 +65,7 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
                 AssertUnwindSafe(|| {
                     let detail = json!({"reason": reason, "stripe_id": stripe_id});
                     let parked = Transition::Die { error: reason.clone(), object: stripe_id.map(Into::into) };
-                    queue::finish(call.job_id, parked, detail)
+                    jobs::finish(call.job_id, parked, detail)
                 }),
             );
         }
@@ -95,7 +95,7 @@ fn created_as_asked<'a>(call: &Call, outcome: &'a Outcome) -> Option<(&'a Stripe
     }
 }
 
-/// Records created customers in one statement ([`queue::record_created`]): responses,
+/// Records created customers in one statement ([`jobs::record_created`]): responses,
 /// write-backs, finished jobs. Jobs it could not write back (the profile vanished or got another
 /// customer meanwhile) go through the one-by-one write-back, which handles those cases.
 fn record_created(created: &[&(&Call, (Outcome, Duration))]) {
@@ -111,7 +111,7 @@ fn record_created(created: &[&(&Call, (Outcome, Duration))]) {
         objects.push(customer.id.clone());
         responses.push(created_response(call, customer, response, *elapsed));
     }
-    let written = queue::record_created(job_ids, objects, responses);
+    let written = jobs::record_created(job_ids, objects, responses);
     let written: std::collections::HashSet<i64> = written.into_iter().collect();
     for (call, (outcome, _)) in created {
         if !written.contains(&call.job_id) {
@@ -142,7 +142,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
     let elapsed_ms = elapsed.as_millis() as u64;
     match outcome {
         Outcome::Created(customer, response) => {
-            queue::log_event(job_id, "stripe_response", created_response(call, customer, response, elapsed));
+            jobs::log_event(job_id, "stripe_response", created_response(call, customer, response, elapsed));
             link_object(job_id, user_id, customer);
         }
         Outcome::Adopted(existing) => {
@@ -151,7 +151,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 object_noun(&existing.id),
                 existing.id
             );
-            queue::log_event(job_id, "adopted", json!({"stripe_id": existing.id, "duration_ms": elapsed_ms}));
+            jobs::log_event(job_id, "adopted", json!({"stripe_id": existing.id, "duration_ms": elapsed_ms}));
             link_object(job_id, user_id, existing);
         }
         Outcome::Deleted { object, response } => {
@@ -159,7 +159,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 Some(r) => json!({"status": r.status, "request_id": r.request_id, "duration_ms": elapsed_ms}),
                 None => json!({"note": "already gone", "duration_ms": elapsed_ms}),
             };
-            queue::log_event(job_id, "stripe_response", detail);
+            jobs::log_event(job_id, "stripe_response", detail);
             log!("onboarding: deleted Stripe {} {object} of user {user_id} (job {job_id})", object_noun(object));
             let detail = json!({"stripe_id": object});
             let done = if matches!(call.work, Work::CleanUpCustomer { .. }) {
@@ -169,7 +169,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             } else {
                 Transition::Succeed { how: Success::Compensated, stripe_id: None }
             };
-            queue::finish(job_id, done, detail);
+            jobs::finish(job_id, done, detail);
         }
         Outcome::EmailUpdated(response) => {
             let Work::UpdateEmail { customer, email } = &call.work else { unreachable!("only email updates update") };
@@ -177,30 +177,30 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 "status": response.status, "request_id": response.request_id, "stripe_id": customer,
                 "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
             });
-            queue::log_event(job_id, "stripe_response", detail);
+            jobs::log_event(job_id, "stripe_response", detail);
             log!("onboarding: updated the email of Stripe customer {customer} of user {user_id} (job {job_id})");
-            queue::finish_email_update(job_id, email, json!({"stripe_id": customer, "email": email}));
+            jobs::finish_email_update(job_id, email, json!({"stripe_id": customer, "email": email}));
         }
         Outcome::NothingToCleanUp => {
             let because = "profile not found; no customer from earlier attempts";
-            queue::finish(job_id, skip(because), json!({"reason": because}));
+            jobs::finish(job_id, skip(because), json!({"reason": because}));
         }
         Outcome::Undecided(reason) => {
             let what = call.describe();
             let reason = format!("the look-up could not decide whether Stripe holds the object: {reason}");
             warning!("onboarding: {what}: {reason}; run onboarding.retry({job_id}) once it can (job {job_id})");
             let detail = json!({"reason": reason, "attempt": call.attempts});
-            queue::finish(job_id, die(&reason), detail);
+            jobs::finish(job_id, die(&reason), detail);
         }
         Outcome::Failed(error) if call.is_connect() && permission_refused(error) => {
             // Not the job's fault: it waits for a key that may (the worker says so once).
             log!("onboarding: {} refused: the Stripe key lacks a Connect permission (job {job_id})", call.describe());
-            queue::postpone(job_id, CONNECT_REFUSED);
+            jobs::postpone(job_id, CONNECT_REFUSED);
         }
         Outcome::Failed(error) => {
             if let Some(status) = error.status() {
                 let detail = json!({"status": status, "request_id": error.request_id(), "duration_ms": elapsed_ms});
-                queue::log_event(job_id, "stripe_response", detail);
+                jobs::log_event(job_id, "stripe_response", detail);
             }
             let message = error.to_string();
             let mut detail = error.to_json();
@@ -219,7 +219,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                     if disposition == Disposition::OutcomeUnknown {
                         // Fixed here, before the retry can be claimed (and replicated with it).
                         let key = key_after_unknown_outcome(call.idempotency_key(), call.attempts);
-                        queue::look_up_then_use_key(job_id, &key);
+                        jobs::look_up_then_use_key(job_id, &key);
                         detail["next_idempotency_key"] = key.into();
                         detail["outcome"] = "unknown: the next attempt looks the object up, then creates it under \
                                              next_idempotency_key if Stripe holds none"
@@ -230,11 +230,11 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                         delay.as_secs_f64(),
                         call.attempts
                     );
-                    queue::finish(job_id, Transition::RetryIn { delay, error: message }, detail);
+                    jobs::finish(job_id, Transition::RetryIn { delay, error: message }, detail);
                 }
                 AfterFailure::Dead => {
                     warning!("onboarding: {what} failed for good: {message} (job {job_id}, attempt {})", call.attempts);
-                    queue::finish(job_id, die(&message), detail);
+                    jobs::finish(job_id, die(&message), detail);
                 }
             }
         }
@@ -256,10 +256,10 @@ fn link_object(job_id: i64, user_id: &str, customer: &StripeObject) {
         );
         warning!("onboarding: not linking {}: {reason} (job {job_id})", customer.id);
         let detail = json!({"reason": reason, "stripe_id": customer.id});
-        queue::finish(job_id, die(&reason), detail);
+        jobs::finish(job_id, die(&reason), detail);
         return;
     }
-    match queue::write_back(job_id, &customer.id) {
+    match jobs::write_back(job_id, &customer.id) {
         WriteBack::WrittenBack => log!(
             "onboarding: wrote Stripe {} {} back to the profile of user {user_id} (job {job_id})",
             object_noun(&customer.id),

@@ -11,9 +11,9 @@ use pgrx::prelude::*;
 use crate::maintenance::events;
 use crate::maintenance::snapshot::take_snapshot;
 use crate::pg::transaction::in_transaction;
+use crate::queries::jobs::{self, TakenOn};
 use crate::requests::{self, RequestKind};
 use crate::worker::Worker;
-use crate::worker::queue::{self, TakenOn};
 use crate::worker::record;
 
 impl Worker {
@@ -36,7 +36,7 @@ impl Worker {
                 continue;
             }
             let found = in_transaction("taking on a request", || {
-                queue::take_on_request(request.kind, request.table, &request.user_id)
+                jobs::take_on_request(request.kind, request.table, &request.user_id)
             });
             match found {
                 Ok(Ok(TakenOn::Exists(object))) => self.answer(&request, &object),
@@ -80,19 +80,17 @@ impl Worker {
             return false;
         }
         let ids: Vec<i64> = watched.iter().map(|(_, job)| *job).collect();
-        let jobs = in_transaction("checking jobs that callers wait for", || queue::watched_jobs(&ids));
+        let jobs = in_transaction("checking jobs that callers wait for", || jobs::watched_jobs(&ids));
         let Ok(Ok(jobs)) = jobs else { return true };
         let mut waiting = false;
         for (request, job_id) in watched {
             match jobs.iter().find(|job| job.id == job_id) {
                 None => requests::fail(request.ticket, &format!("job {job_id} no longer exists")),
-                Some(job) if JobState::parse(&job.state).is_some_and(JobState::is_open) => waiting = true,
-                Some(queue::WatchedJob { state, object: Some(object), .. })
-                    if JobState::parse(state) == Some(JobState::Succeeded) =>
-                {
+                Some(job) if job.state.is_open() => waiting = true,
+                Some(jobs::WatchedJob { state: JobState::Succeeded, object: Some(object), .. }) => {
                     self.answer(&request, object)
                 }
-                Some(queue::WatchedJob { state, error, .. }) => requests::fail(
+                Some(jobs::WatchedJob { state, error, .. }) => requests::fail(
                     request.ticket,
                     &format!("job {job_id} ended {state}: {}", error.as_deref().unwrap_or("nothing on the profile")),
                 ),

@@ -109,29 +109,33 @@ pub fn claim(
         let mut claimed = Vec::new();
         for row in rows {
             let profile = row
-                .get::<bool>(9)?
+                .get_by_name::<bool, _>("profile_found")?
                 .unwrap_or(false)
                 .then(|| -> Result<Profile, pgrx::spi::Error> {
-                    Ok(Profile { email: row.get(10)?, customer_id: row.get(11)?, connect_account_id: row.get(12)? })
+                    Ok(Profile {
+                        email: row.get_by_name("email")?,
+                        customer_id: row.get_by_name("customer_id")?,
+                        connect_account_id: row.get_by_name("connect_account_id")?,
+                    })
                 })
                 .transpose()?;
-            let id = row.get(1)?.unwrap_or_default();
-            let run_at = row.get::<TimestampWithTimeZone>(14)?.map_or(0, i64::from);
+            let id = row.get_by_name("job_id")?.unwrap_or_default();
+            let run_at = row.get_by_name::<TimestampWithTimeZone, _>("run_at")?.map_or(0, i64::from);
             claimed.push(ClaimedJob {
                 id,
-                kind: row.get(2)?.unwrap_or_default(),
-                user_id: row.get(3)?.unwrap_or_default(),
-                idempotency_key: row.get(4)?.unwrap_or_default(),
-                attempts: row.get::<i32>(5)?.unwrap_or_default().max(0) as u32,
-                stripe_id: row.get(6)?,
-                first_request: row.get::<JsonB>(7)?.and_then(|JsonB(v)| {
+                kind: row.get_by_name("kind")?.unwrap_or_default(),
+                user_id: row.get_by_name("user_id")?.unwrap_or_default(),
+                idempotency_key: row.get_by_name("idempotency_key")?.unwrap_or_default(),
+                attempts: row.get_by_name::<i32, _>("attempts")?.unwrap_or_default().max(0) as u32,
+                stripe_id: row.get_by_name("stripe_id")?,
+                first_request: row.get_by_name::<JsonB, _>("request_params")?.and_then(|JsonB(v)| {
                     Some(NewCustomer { user_id: v["user_id"].as_str()?.into(), email: v["email"].as_str()?.into() })
                 }),
-                look_up_first: row.get(8)?.unwrap_or(false),
+                look_up_first: row.get_by_name("look_up_first")?.unwrap_or(false),
                 profile,
-                lane: row.get::<i16>(13)?.unwrap_or_default(),
+                lane: row.get_by_name::<i16, _>("lane")?.unwrap_or_default(),
                 key: JobKey { run_at, id },
-                finished: row.get::<bool>(15)?.unwrap_or(false),
+                finished: row.get_by_name::<bool, _>("finished")?.unwrap_or(false),
                 made_for_others: Vec::new(),
             });
         }
@@ -316,29 +320,33 @@ pub fn take_on_request(kind: RequestKind, table: pg_sys::Oid, user_id: &str) -> 
     // trigger's job, which we were busy with): then there is nothing to enqueue.
     let sql = match kind {
         RequestKind::Customer => {
-            "SELECT c, CASE WHEN c IS NULL
+            "SELECT c AS object, CASE WHEN c IS NULL
                            THEN onboarding._enqueue($1::regclass, $2, $3, 'get_or_create_customer')
-                       END, NULL::text
+                       END AS job, NULL::text AS refusal
                FROM onboarding._customer_of($1::regclass, $2) c"
         }
-        RequestKind::AccountLink => "SELECT * FROM onboarding._account_or_enqueue($1::regclass, $2)",
+        RequestKind::AccountLink => {
+            "SELECT account AS object, job, refusal FROM onboarding._account_or_enqueue($1::regclass, $2)"
+        }
         RequestKind::Snapshot => unreachable!("a snapshot enqueues no job"),
     };
-    let found = Spi::get_three_with_args::<String, i64, String>(
-        sql,
-        &[table.into(), user_id.into(), JobKind::CreateCustomer.as_str().into()],
-    )?;
-    Ok(match found {
-        (Some(object), _, _) => TakenOn::Exists(object),
-        (None, Some(job), _) => TakenOn::Job(job),
-        (None, None, refusal) => TakenOn::Refused(refusal),
+    Spi::connect_mut(|spi| {
+        let row =
+            spi.update(sql, Some(1), &[table.into(), user_id.into(), JobKind::CreateCustomer.as_str().into()])?.first();
+        let object = row.get_by_name::<String, _>("object")?;
+        let job = row.get_by_name::<i64, _>("job")?;
+        Ok(match (object, job) {
+            (Some(object), _) => TakenOn::Exists(object),
+            (None, Some(job)) => TakenOn::Job(job),
+            (None, None) => TakenOn::Refused(row.get_by_name("refusal")?),
+        })
     })
 }
 
 /// A job a waiting caller watches, as it is now.
 pub struct WatchedJob {
     pub id: i64,
-    pub state: String,
+    pub state: JobState,
     /// The job's Stripe object, else the object its profile now has.
     pub object: Option<String>,
     pub error: Option<String>,
@@ -350,7 +358,7 @@ pub fn watched_jobs(ids: &[i64]) -> Result<Vec<WatchedJob>, pgrx::spi::Error> {
         let rows = spi.select(
             "SELECT id, state, coalesce(stripe_id, CASE kind
                         WHEN $2 THEN onboarding._customer_of(profile_table, user_id)
-                        ELSE onboarding._connect_account_of(profile_table, user_id) END),
+                        ELSE onboarding._connect_account_of(profile_table, user_id) END) AS object,
                     last_error
                FROM onboarding.jobs WHERE id = ANY($1)",
             None,
@@ -358,11 +366,13 @@ pub fn watched_jobs(ids: &[i64]) -> Result<Vec<WatchedJob>, pgrx::spi::Error> {
         )?;
         let mut jobs = Vec::new();
         for row in rows {
+            let state = row.get_by_name::<String, _>("state")?.unwrap_or_default();
             jobs.push(WatchedJob {
-                id: row.get::<i64>(1)?.unwrap_or_default(),
-                state: row.get::<String>(2)?.unwrap_or_default(),
-                object: row.get::<String>(3)?,
-                error: row.get::<String>(4)?,
+                id: row.get_by_name::<i64, _>("id")?.unwrap_or_default(),
+                // The jobs table's CHECK allows only JobState's names (core's state machine).
+                state: JobState::parse(&state).unwrap_or_else(|| error!("onboarding: unknown job state {state:?}")),
+                object: row.get_by_name::<String, _>("object")?,
+                error: row.get_by_name::<String, _>("last_error")?,
             });
         }
         Ok::<_, pgrx::spi::Error>(jobs)
