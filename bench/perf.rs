@@ -23,7 +23,10 @@
 //!     at 2/s, with the global budget alone and with every budget: 429s, customers a second,
 //!     signups' p99;
 //! 11. lines 1, 2 and 4 again on each PostgreSQL major named in BENCH_MAJORS (bench/perf: 15 and
-//!     18), a fresh cluster each, side by side.
+//!     18), a fresh cluster each, side by side;
+//! 12. this build against the previous release's package (BENCH_PACKAGES, release builds both),
+//!     each installed in turn on a fresh cluster of the same settings: the worker's statements per
+//!     job (profiles one at a time), line 1b's idle p50, line 2's throughput and line 4c's trigger cost, side by side.
 //!
 //! Sizes can be lowered for a quick look: BENCH_THROUGHPUT, BENCH_SLOW, BENCH_MEMORY, BENCH_HISTORY,
 //! BENCH_FINISHED (profiles); BENCH_ONLY=1,4 runs only those parts. BENCH_PROFILE=1 loads
@@ -39,7 +42,8 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 use stripe_emulator::{Emulator, EmulatorConfig, Fault};
-use support::cluster::Cluster;
+use support::cluster::{Cluster, StopOnDrop, default_pg_config};
+use support::package_tree;
 use support::replication::{Replicated, STANDBY_NAME};
 use support::wait::open_work;
 
@@ -78,6 +82,7 @@ fn main() {
         ""
     };
     let cluster = Cluster::start("bench", &settings);
+    let stop_on_panic = StopOnDrop(&cluster);
     let mut db = cluster.connect();
     db.batch_execute(TABLES).unwrap();
 
@@ -313,12 +318,15 @@ fn main() {
     if part("9") {
         queue_history(&mut db, &cluster, &row);
     }
-    cluster.stop();
+    drop(stop_on_panic); // stops it: line 6 starts its own pair
     if part("6") {
         standby_wait_cost(&settings, &row);
     }
     if part("11") {
         majors_side_by_side(&settings);
+    }
+    if part("12") {
+        releases_side_by_side(&settings);
     }
     println!();
 }
@@ -367,6 +375,7 @@ fn majors_side_by_side(settings: &str) {
         .iter()
         .map(|(major, pg_config)| {
             let cluster = Cluster::start_with(pg_config, &format!("bench-pg{major}"), settings);
+            let _stop = StopOnDrop(&cluster);
             let mut db = cluster.connect();
             db.batch_execute(TABLES).unwrap();
             // "15.20" of "15.20 (Debian 15.20-0+deb12u1)"
@@ -374,7 +383,6 @@ fn majors_side_by_side(settings: &str) {
             let latency = latency(&mut db, size("BENCH_MAJORS_LATENCY", 300) as usize, Duration::ZERO);
             let throughput = line2_throughput(&mut db, n);
             let trigger = TriggerCost::measure(&cluster, &mut db);
-            cluster.stop();
             Figures { version, latency, throughput, trigger }
         })
         .collect();
@@ -415,6 +423,113 @@ fn majors_side_by_side(settings: &str) {
             format!("{:.2}x", cost(&last.trigger) / cost(&first.trigger)),
         );
     }
+}
+
+/// Line 12: the previous release's package and this build's (BENCH_PACKAGES, "0.3.0=<tree>
+/// current=<tree>", release builds both, made by bench/perf), each installed in turn into
+/// `PG_CONFIG`'s server and measured on a fresh cluster of the same settings, with
+/// pg_stat_statements counting the worker's statements; the last package stays installed.
+fn releases_side_by_side(settings: &str) {
+    let packages: Vec<(String, PathBuf)> = std::env::var("BENCH_PACKAGES")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.split_once('=').map(|(label, tree)| (label.to_string(), PathBuf::from(tree))))
+        .collect();
+    if packages.len() < 2 {
+        println!("  12. (skipped: BENCH_PACKAGES names fewer than two packages; bench/perf sets it)");
+        return;
+    }
+    struct Figures {
+        label: String,
+        statements_per_job: (f64, f64),
+        idle_p50: f64,
+        throughput: f64,
+        trigger: TriggerCost,
+    }
+    let settings = format!(
+        "{settings}shared_preload_libraries = 'onboarding,pg_stat_statements'\npg_stat_statements.track = all\n"
+    );
+    let (n, spaced) = (size("BENCH_THROUGHPUT", 20_000), size("BENCH_SPACED", 60) as usize);
+    let figures: Vec<Figures> = packages
+        .iter()
+        .map(|(label, tree)| {
+            package_tree::install(&default_pg_config(), tree);
+            let cluster = Cluster::start(&format!("bench-{label}"), &settings);
+            let _stop = StopOnDrop(&cluster);
+            let mut db = cluster.connect();
+            db.batch_execute(TABLES).unwrap();
+            let statements_per_job = worker_statements_per_job(&mut db, size("BENCH_STATEMENTS", 300) as usize);
+            let (_, (idle_p50, _, _)) = latency_of(&mut db, spaced, Duration::from_secs(1));
+            let throughput = line2_throughput(&mut db, n);
+            let trigger = TriggerCost::measure(&cluster, &mut db);
+            Figures { label: label.clone(), statements_per_job, idle_p50, throughput, trigger }
+        })
+        .collect();
+    let (first, last) = (&figures[0], &figures[figures.len() - 1]);
+    let line = |what: &str, cells: Vec<String>, ratio: String, target: &str| {
+        let cells: String = cells.iter().map(|c| format!("{c:>16}")).collect();
+        println!("  {what:<52}{cells}   {ratio:>8}   (target {target})");
+    };
+    println!();
+    line(
+        "12. this build against the previous release",
+        figures.iter().map(|f| f.label.clone()).collect(),
+        format!("{} / {}", last.label, first.label),
+        "-",
+    );
+    line(
+        "12a. the worker's statements per job, sent / all run",
+        figures.iter().map(|f| format!("{:.1} / {:.1}", f.statements_per_job.0, f.statements_per_job.1)).collect(),
+        format!("{:.2}x", last.statements_per_job.1 / first.statements_per_job.1),
+        "<= 10",
+    );
+    line(
+        &format!("12b. line 1b: commit -> written back, {spaced} 1 s apart, p50"),
+        figures.iter().map(|f| format!("{:.2} ms", f.idle_p50)).collect(),
+        format!("{:.2}x", last.idle_p50 / first.idle_p50),
+        "<= 0.6x",
+    );
+    line(
+        &format!("12c. line 2: throughput ({n} profiles)"),
+        figures.iter().map(|f| format!("{:.0}/s", f.throughput)).collect(),
+        format!("{:.2}x", last.throughput / first.throughput),
+        ">= 1.3x",
+    );
+    line(
+        "12d. line 4c: the trigger's cost as deployed (95/s)",
+        figures.iter().map(|f| format!("{:.2}x", f.trigger.deployed_ratio())).collect(),
+        format!("{:.2}x", last.trigger.deployed_ratio() / first.trigger.deployed_ratio()),
+        "no worse",
+    );
+}
+
+/// The statements the worker runs per job while `n` profiles arrive one at a time (line 1's
+/// pattern, where nothing is batched): those it sends (SPI calls: pg_stat_statements' top level)
+/// and all it runs (with those inside the SQL functions and triggers they call). The harness's
+/// own statements run as another role, so they are not counted.
+fn worker_statements_per_job(db: &mut Client, n: usize) -> (f64, f64) {
+    db.batch_execute(
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+         DROP ROLE IF EXISTS bench_app;
+         CREATE ROLE bench_app;
+         GRANT USAGE ON SCHEMA onboarding TO bench_app;
+         GRANT SELECT ON ALL TABLES IN SCHEMA onboarding TO bench_app;
+         GRANT SELECT, INSERT ON public.profiles TO bench_app;",
+    )
+    .unwrap();
+    drain(db, Duration::from_secs(600));
+    db.batch_execute("SELECT pg_stat_statements_reset(); SET ROLE bench_app").unwrap();
+    one_at_a_time(db, n, Duration::ZERO);
+    db.batch_execute("RESET ROLE").unwrap();
+    let row = db
+        .query_one(
+            "SELECT coalesce(sum(calls) FILTER (WHERE toplevel), 0)::float8, coalesce(sum(calls), 0)::float8
+               FROM pg_stat_statements
+              WHERE userid = 'postgres'::regrole AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .unwrap();
+    (row.get::<_, f64>(0) / n as f64, row.get::<_, f64>(1) / n as f64)
 }
 
 /// Line 4: single-row INSERT+COMMIT per second (pgbench, 2 clients) into the plain table and into
@@ -634,6 +749,14 @@ fn latency(db: &mut Client, samples: usize, gap: Duration) -> (f64, f64, f64) {
 
 /// [`latency`], with the users it inserted.
 fn latency_of(db: &mut Client, samples: usize, gap: Duration) -> (Vec<String>, (f64, f64, f64)) {
+    let users = one_at_a_time(db, samples, gap);
+    let percentiles = written_back_percentiles(db, &users);
+    (users, percentiles)
+}
+
+/// Inserts `samples` profiles one at a time, each `gap` after the previous one was written back
+/// (the arrival pattern being measured, not a wait for anything); returns their users.
+fn one_at_a_time(db: &mut Client, samples: usize, gap: Duration) -> Vec<String> {
     let mut users = Vec::new();
     for i in 0..samples {
         std::thread::sleep(gap);
@@ -655,8 +778,7 @@ fn latency_of(db: &mut Client, samples: usize, gap: Duration) -> (Vec<String>, (
         }
         users.push(user);
     }
-    let percentiles = written_back_percentiles(db, &users);
-    (users, percentiles)
+    users
 }
 
 /// Where the milliseconds from commit to write-back go, medians over these users' jobs: the

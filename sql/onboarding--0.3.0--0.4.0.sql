@@ -17,5 +17,45 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                (SELECT min(x.next_attempt_at) FROM onboarding.customer_changes x WHERE NOT x.handled)) AS due) next
 $$;
 
+-- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
+-- job): committed inserts promoted and due jobs claimed together, and when requests were sent
+-- recorded with the created customers.
+-- onboarding._promote_and_claim, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._promote_and_claim(promote_at_most integer, max_jobs integer, horizon interval,
+                                               after_run_at timestamptz[], after_id bigint[], reserved integer[])
+RETURNS TABLE (promoted bigint, job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
+               run_at timestamptz, finished boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken bigint := onboarding._promote_intake(promote_at_most);
+BEGIN
+    RETURN QUERY SELECT taken, c.* FROM onboarding._claim_jobs(max_jobs, horizon, after_run_at, after_id, reserved) c;
+    IF NOT FOUND THEN
+        promoted := taken;
+        RETURN NEXT;
+    END IF;
+END $$;
+-- onboarding._record_sent_and_created, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._record_sent_and_created(sent_jobs bigint[], sent_attempts integer[],
+                                                    sent_at double precision[], job_ids bigint[], objects text[],
+                                                    responses jsonb[])
+RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF cardinality(sent_jobs) > 0 THEN
+        PERFORM onboarding._requests_sent(sent_jobs, sent_attempts, sent_at);
+    END IF;
+    IF cardinality(job_ids) > 0 THEN
+        RETURN onboarding._record_created(job_ids, objects, responses);
+    END IF;
+    RETURN '{}';
+END $$;
+REVOKE ALL ON FUNCTION onboarding._promote_and_claim(integer, integer, interval, timestamptz[], bigint[], integer[])
+    FROM PUBLIC;
+REVOKE ALL ON FUNCTION onboarding._record_sent_and_created(bigint[], integer[], double precision[], bigint[], text[],
+                                                           jsonb[]) FROM PUBLIC;
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

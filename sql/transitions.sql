@@ -188,6 +188,26 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The worker's claim in one statement: committed inserts turned into jobs (_promote_intake, up to
+-- promote_at_most), then due jobs claimed (_claim_jobs). Every row carries how many inserts were
+-- promoted; when nothing was claimed, one row with no job carries it.
+CREATE FUNCTION onboarding._promote_and_claim(promote_at_most integer, max_jobs integer, horizon interval,
+                                               after_run_at timestamptz[], after_id bigint[], reserved integer[])
+RETURNS TABLE (promoted bigint, job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
+               run_at timestamptz, finished boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken bigint := onboarding._promote_intake(promote_at_most);
+BEGIN
+    RETURN QUERY SELECT taken, c.* FROM onboarding._claim_jobs(max_jobs, horizon, after_run_at, after_id, reserved) c;
+    IF NOT FOUND THEN
+        promoted := taken;
+        RETURN NEXT;
+    END IF;
+END $$;
+
 -- Records an event and moves a running job to `new_state`. `retry_in` schedules a pending retry.
 CREATE FUNCTION onboarding._finish_job(job bigint, new_state text, step text, detail jsonb,
                                        stripe_id text DEFAULT NULL, error text DEFAULT NULL,
@@ -426,6 +446,23 @@ BEGIN
                           WHERE r.job_id = s.job_id AND r.step = 'stripe_request'
                             AND r.detail->>'attempt' = s.attempt::text) this_attempt
      WHERE e.id = this_attempt.id;
+END $$;
+
+-- The worker's record in one statement: when each request went out (_requests_sent), then the
+-- customers created as asked (_record_created, whose answer it returns).
+CREATE FUNCTION onboarding._record_sent_and_created(sent_jobs bigint[], sent_attempts integer[],
+                                                    sent_at double precision[], job_ids bigint[], objects text[],
+                                                    responses jsonb[])
+RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF cardinality(sent_jobs) > 0 THEN
+        PERFORM onboarding._requests_sent(sent_jobs, sent_attempts, sent_at);
+    END IF;
+    IF cardinality(job_ids) > 0 THEN
+        RETURN onboarding._record_created(job_ids, objects, responses);
+    END IF;
+    RETURN '{}';
 END $$;
 
 -- A Connect account job whose profile has no customer yet waits for the customer's job (without

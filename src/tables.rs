@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 
 use crate::gucs;
 use crate::pg::owner;
+use crate::pg::prepared;
 use crate::queries::catalog;
 
 /// How long a background process waits for a lock on an application table (rows it skips: SKIP
@@ -94,6 +95,11 @@ fn run<R>(
 ) -> Result<R, pgrx::spi::Error> {
     if unsafe { pg_sys::RecoveryInProgress() } {
         Spi::connect(|client| take(client.select(statement, limit, &text_args(params))?))
+    } else if limit.is_none() {
+        // Planned once per process and statement (the worker runs each table's few statements for
+        // every job); PostgreSQL plans again when the table changes, or for another role where row
+        // security applies.
+        prepared::run_made(statement, &text_args(params), take)
     } else {
         Spi::connect_mut(|client| take(client.update(statement, limit, &text_args(params))?))
     }

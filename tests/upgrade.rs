@@ -18,7 +18,8 @@ use std::time::Duration;
 use libtest_mimic::{Arguments, Failed, Trial};
 use postgres::Client;
 use stripe_emulator::{Emulator, EmulatorConfig, Fault};
-use support::cluster::Cluster;
+use support::cluster::{Cluster, StopOnDrop, default_pg_config};
+use support::package_tree::{self, in_package};
 use support::schema::{differences, fingerprint};
 use support::upgrade_script::{expand, statements};
 use support::wait::{ensure, open_work};
@@ -92,41 +93,9 @@ fn pg_major() -> String {
     pg_config("--version").split_whitespace().nth(1).and_then(|v| v.split('.').next()).unwrap().to_string()
 }
 
-/// Where the server directory `dir` is inside a package tree (cargo pgrx package keeps absolute
-/// paths under its output directory).
-fn in_package(package: &Path, dir: &str) -> PathBuf {
-    package.join(dir.trim_start_matches('/'))
-}
-
-/// Copies a package tree onto `/`, each file through a temporary name and a rename, as package
-/// managers do: a running server that has the old library mapped keeps its copy intact. Files of
-/// another release's SQL that the new package lacks stay, as they would with apt.
+/// Copies a package tree onto `/` (tests/support/package_tree.rs), for `PG_CONFIG`'s server.
 fn install(package: &Path) {
-    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() { walk(&path, files) } else { files.push(path) }
-        }
-    }
-    let mut files = Vec::new();
-    for dir in [pg_config("--pkglibdir"), format!("{}/extension", pg_config("--sharedir"))] {
-        walk(&in_package(package, &dir), &mut files);
-    }
-    for file in files {
-        let target = Path::new("/").join(file.strip_prefix(package).unwrap());
-        let staging = target.with_extension("upgrade-test-tmp");
-        std::fs::copy(&file, &staging).unwrap_or_else(|e| panic!("copying {}: {e}", file.display()));
-        std::fs::rename(&staging, &target).unwrap();
-    }
-}
-
-/// Stops a test cluster (and removes its data) however the test ends, panics included.
-struct StopOnDrop<'a>(&'a Cluster);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.stop();
-    }
+    package_tree::install(&default_pg_config(), package);
 }
 
 fn extension_dir() -> PathBuf {

@@ -8,5 +8,15 @@
 -- pass back to back ("none" had read as "due now").
 -- @replace onboarding._profile_writes_due_in
 
+-- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
+-- job): committed inserts promoted and due jobs claimed together, and when requests were sent
+-- recorded with the created customers.
+-- @replace onboarding._promote_and_claim
+-- @replace onboarding._record_sent_and_created
+REVOKE ALL ON FUNCTION onboarding._promote_and_claim(integer, integer, interval, timestamptz[], bigint[], integer[])
+    FROM PUBLIC;
+REVOKE ALL ON FUNCTION onboarding._record_sent_and_created(bigint[], integer[], double precision[], bigint[], text[],
+                                                           jsonb[]) FROM PUBLIC;
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

@@ -3,12 +3,15 @@
 
 use pgrx::prelude::*;
 
+use crate::pg::prepared;
+
 type Result<T> = std::result::Result<T, pgrx::spi::Error>;
 
 /// `pg_extension.extversion` of the extension here (None: not installed).
 pub fn extension_version() -> Result<Option<String>> {
-    // A scalar subquery: always one row (Spi::get_one errs on none), NULL when not installed.
-    Spi::get_one::<String>("SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'onboarding')")
+    // A scalar subquery: always one row, NULL when not installed. Asked before every claim:
+    // prepared once.
+    prepared::one::<String>("SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'onboarding')", &[])
 }
 
 /// Whether Connect is in use here: a table's Connect policy is not `never`, the extension made

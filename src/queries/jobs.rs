@@ -18,16 +18,8 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use serde_json::Value;
 
+use crate::pg::prepared;
 use crate::requests::RequestKind;
-
-/// Turns up to `at_most` committed inserts into jobs, set-based (see intake.rs). Each claim
-/// promotes about as many as it can take, so a backlog waits in the intake, not all at once here.
-/// Returns how many it took: `at_most` means more may be waiting.
-pub fn promote_intake(at_most: i32) -> i64 {
-    Spi::get_one_with_args::<i64>("SELECT onboarding._promote_intake($1)", &[at_most.into()])
-        .unwrap_or_else(|e| error!("onboarding: turning inserted profiles into jobs: {e}"))
-        .unwrap_or_default()
-}
 
 /// Promotes inserts until `pending` jobs wait (or the intake is empty).
 pub fn top_up_pending(pending: i32) {
@@ -83,31 +75,35 @@ fn scan_args(scan: &ScanFrom) -> (Vec<Option<TimestampWithTimeZone>>, Vec<Option
         .unzip()
 }
 
-/// Claims up to `batch_size` due jobs (`FOR UPDATE SKIP LOCKED`), first up to `reserved` from
-/// each lane, then lane by lane; each lane scanned from `scan`'s key. Those whose first attempt
-/// is older than `idempotency_horizon` come with `look_up_first`.
-pub fn claim(
-    batch_size: i32,
-    idempotency_horizon: Duration,
-    scan: &ScanFrom,
-    reserved: [usize; LANES],
-) -> Vec<ClaimedJob> {
+/// What a claim did: how many committed inserts it turned into jobs (set-based, see intake.rs;
+/// `batch_size` means more may be waiting), and the jobs it claimed.
+pub struct Claimed {
+    pub promoted: i64,
+    pub jobs: Vec<ClaimedJob>,
+}
+
+/// Turns up to `batch_size` committed inserts into jobs (each claim promotes about as many as it
+/// can take, so a backlog waits in the intake), then claims up to `batch_size` due jobs (`FOR
+/// UPDATE SKIP LOCKED`), first up to `reserved` from each lane, then lane by lane; each lane
+/// scanned from `scan`'s key. Those whose first attempt is older than `idempotency_horizon` come
+/// with `look_up_first`. One statement (`onboarding._promote_and_claim`), prepared once.
+pub fn claim(batch_size: i32, idempotency_horizon: Duration, scan: &ScanFrom, reserved: [usize; LANES]) -> Claimed {
     let (after_run_at, after_id) = scan_args(scan);
     let reserved: Vec<i32> = reserved.iter().map(|&n| n as i32).collect();
-    Spi::connect_mut(|spi| {
-        let rows = spi.update(
-            "SELECT * FROM onboarding._claim_jobs($1, make_interval(secs => $2), $3, $4, $5)",
-            None,
-            &[
-                batch_size.into(),
-                idempotency_horizon.as_secs_f64().into(),
-                after_run_at.into(),
-                after_id.into(),
-                reserved.into(),
-            ],
-        )?;
-        let mut claimed = Vec::new();
+    let args = [
+        batch_size.into(),
+        batch_size.into(),
+        idempotency_horizon.as_secs_f64().into(),
+        after_run_at.into(),
+        after_id.into(),
+        reserved.into(),
+    ];
+    let sql = "SELECT * FROM onboarding._promote_and_claim($1, $2, make_interval(secs => $3), $4, $5, $6)";
+    prepared::run(sql, &args, |rows| {
+        let mut claimed = Claimed { promoted: 0, jobs: Vec::new() };
         for row in rows {
+            claimed.promoted = row.get_by_name::<i64, _>("promoted")?.unwrap_or_default();
+            let Some(id) = row.get_by_name::<i64, _>("job_id")? else { continue }; // nothing claimed
             let profile = row
                 .get_by_name::<bool, _>("profile_found")?
                 .unwrap_or(false)
@@ -119,9 +115,8 @@ pub fn claim(
                     })
                 })
                 .transpose()?;
-            let id = row.get_by_name("job_id")?.unwrap_or_default();
             let run_at = row.get_by_name::<TimestampWithTimeZone, _>("run_at")?.map_or(0, i64::from);
-            claimed.push(ClaimedJob {
+            claimed.jobs.push(ClaimedJob {
                 id,
                 kind: row.get_by_name("kind")?.unwrap_or_default(),
                 user_id: row.get_by_name("user_id")?.unwrap_or_default(),
@@ -139,7 +134,7 @@ pub fn claim(
                 made_for_others: Vec::new(),
             });
         }
-        Ok::<_, pgrx::spi::Error>(claimed)
+        Ok(claimed)
     })
     .unwrap_or_else(|e| error!("onboarding: claiming jobs: {e}"))
 }
@@ -168,7 +163,7 @@ pub fn made_for_other_profiles(job_id: i64) -> Vec<String> {
 /// lane looked at from `scan`'s key.
 pub fn next_due_in(scan: &ScanFrom) -> Option<Duration> {
     let (after_run_at, after_id) = scan_args(scan);
-    Spi::get_one_with_args::<f64>("SELECT onboarding._next_due_in($1, $2)", &[after_run_at.into(), after_id.into()])
+    prepared::one::<f64>("SELECT onboarding._next_due_in($1, $2)", &[after_run_at.into(), after_id.into()])
         .unwrap_or_else(|e| error!("onboarding: reading the next due time: {e}"))
         .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)))
 }
@@ -199,11 +194,9 @@ impl CallsStarting {
         if self.job_ids.is_empty() {
             return;
         }
-        Spi::run_with_args(
-            "SELECT onboarding._calls_starting($1, $2, $3)",
-            &[self.job_ids.into(), self.params.into(), self.details.into()],
-        )
-        .unwrap_or_else(|e| error!("onboarding: logging the calls about to start: {e}"));
+        let args = [self.job_ids.into(), self.params.into(), self.details.into()];
+        prepared::run("SELECT onboarding._calls_starting($1, $2, $3)", &args, |_| Ok(()))
+            .unwrap_or_else(|e| error!("onboarding: logging the calls about to start: {e}"));
     }
 }
 
@@ -236,36 +229,34 @@ pub fn look_up_then_use_key(job_id: i64, key: &str) {
     .unwrap_or_else(|e| error!("onboarding: replacing the idempotency key of job {job_id}: {e}"));
 }
 
-/// Moves each call's `stripe_request` event (logged at its claim, before the rate budget's wait)
-/// to when its request was sent: `(job id, attempt, seconds since the epoch)`.
-pub fn requests_sent(sent: &[(i64, u32, f64)]) {
-    if sent.is_empty() {
-        return;
+/// The record's statement (`onboarding._record_sent_and_created`, prepared once): each call's
+/// `stripe_request` event (logged at its claim, before the rate budget's wait) moved to when its
+/// request was sent, `sent`: `(job id, attempt, seconds since the epoch)`; then the customers
+/// created as asked: each job's `stripe_response` event (`responses`), the write-back of
+/// `objects`, the finished jobs. Returns the jobs it wrote back; the others' profiles vanished or
+/// got another customer meanwhile.
+pub fn record_sent_and_created(
+    sent: &[(i64, u32, f64)],
+    job_ids: Vec<i64>,
+    objects: Vec<String>,
+    responses: Vec<Value>,
+) -> Vec<i64> {
+    if sent.is_empty() && job_ids.is_empty() {
+        return Vec::new();
     }
-    let jobs: Vec<i64> = sent.iter().map(|s| s.0).collect();
+    let sent_jobs: Vec<i64> = sent.iter().map(|s| s.0).collect();
     let attempts: Vec<i32> = sent.iter().map(|s| s.1 as i32).collect();
     let times: Vec<f64> = sent.iter().map(|s| s.2).collect();
-    Spi::run_with_args("SELECT onboarding._requests_sent($1, $2, $3)", &[jobs.into(), attempts.into(), times.into()])
-        .unwrap_or_else(|e| error!("onboarding: recording when requests were sent: {e}"));
+    let responses: Vec<JsonB> = responses.into_iter().map(JsonB).collect();
+    let args = [sent_jobs.into(), attempts.into(), times.into(), job_ids.into(), objects.into(), responses.into()];
+    prepared::one::<Vec<i64>>("SELECT onboarding._record_sent_and_created($1, $2, $3, $4, $5, $6)", &args)
+        .unwrap_or_else(|e| error!("onboarding: recording the calls' results: {e}"))
+        .unwrap_or_default()
 }
 
 pub fn log_event(job_id: i64, step: &str, detail: Value) {
     Spi::run_with_args("SELECT onboarding._log_event($1, $2, $3)", &[job_id.into(), step.into(), JsonB(detail).into()])
         .unwrap_or_else(|e| error!("onboarding: logging {step} for job {job_id}: {e}"));
-}
-
-/// Records created customers in one statement (`onboarding._record_created`): each job's
-/// `stripe_response` event (`responses`), the write-back of `objects`, the finished jobs.
-/// Returns the jobs it wrote back; the others' profiles vanished or got another customer
-/// meanwhile.
-pub fn record_created(job_ids: Vec<i64>, objects: Vec<String>, responses: Vec<Value>) -> Vec<i64> {
-    let responses: Vec<JsonB> = responses.into_iter().map(JsonB).collect();
-    Spi::get_one_with_args::<Vec<i64>>(
-        "SELECT onboarding._record_created($1, $2, $3)",
-        &[job_ids.into(), objects.into(), responses.into()],
-    )
-    .unwrap_or_else(|e| error!("onboarding: recording created customers: {e}"))
-    .unwrap_or_default()
 }
 
 /// What `onboarding._write_back` did with a created or adopted object.
@@ -283,10 +274,9 @@ pub enum WriteBack {
 
 /// Writes a created or adopted customer or account back to the job's profile.
 pub fn write_back(job_id: i64, object_id: &str) -> WriteBack {
-    let outcome =
-        Spi::get_one_with_args::<String>("SELECT onboarding._write_back($1, $2)", &[job_id.into(), object_id.into()])
-            .unwrap_or_else(|e| error!("onboarding: writing back {object_id}: {e}"))
-            .unwrap_or_default();
+    let outcome = prepared::one::<String>("SELECT onboarding._write_back($1, $2)", &[job_id.into(), object_id.into()])
+        .unwrap_or_else(|e| error!("onboarding: writing back {object_id}: {e}"))
+        .unwrap_or_default();
     match outcome.as_str() {
         "written_back" => WriteBack::WrittenBack,
         "already_linked" => WriteBack::AlreadyLinked,

@@ -35,12 +35,11 @@ pub fn claim_and_plan(
         Installed::Current => {}
         other => return Err(other),
     }
-    let promoted = jobs::promote_intake(batch_size);
-
     let scan = cursor.scan_from(announced_from, gucs::poll_interval(), Instant::now());
     let reserved = credit.reserve(gucs::lane_shares(), batch_size.max(0) as usize);
     let started = Instant::now();
-    let claimed = jobs::claim(batch_size, gucs::idempotency_horizon(), &scan, reserved);
+    let jobs::Claimed { promoted, jobs: claimed } =
+        jobs::claim(batch_size, gucs::idempotency_horizon(), &scan, reserved);
     if ClaimCursor::is_full(&scan) {
         cursor.full_scan_took(started.elapsed());
     }

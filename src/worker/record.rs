@@ -30,11 +30,11 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
     let all = in_transaction(
         "recording Stripe results",
         AssertUnwindSafe(|| {
-            jobs::requests_sent(&sent_times(calls.iter()));
-            // Customers created as asked, the common outcome: set-based; everything else one by one.
+            // Customers created as asked, the common outcome: set-based, with when every request
+            // was sent, in one statement; everything else one by one.
             let (created, others): (Vec<_>, Vec<_>) =
                 outcomes.iter().partition(|(call, (outcome, _))| created_as_asked(call, outcome).is_some());
-            record_created(&created);
+            record_created(&sent_times(calls.iter()), &created);
             for (call, (result, elapsed)) in others {
                 record_one(call, result, *elapsed);
             }
@@ -48,7 +48,7 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
         let one = in_transaction(
             "recording a Stripe result",
             AssertUnwindSafe(|| {
-                jobs::requests_sent(&sent_times(std::iter::once(*call)));
+                record_created(&sent_times(std::iter::once(*call)), &[]);
                 record_one(call, result, *elapsed)
             }),
         );
@@ -95,13 +95,11 @@ fn created_as_asked<'a>(call: &Call, outcome: &'a Outcome) -> Option<(&'a Stripe
     }
 }
 
-/// Records created customers in one statement ([`jobs::record_created`]): responses,
-/// write-backs, finished jobs. Jobs it could not write back (the profile vanished or got another
-/// customer meanwhile) go through the one-by-one write-back, which handles those cases.
-fn record_created(created: &[&(&Call, (Outcome, Duration))]) {
-    if created.is_empty() {
-        return;
-    }
+/// Records when the requests were `sent` and the created customers in one statement
+/// ([`jobs::record_sent_and_created`]): responses, write-backs, finished jobs. Jobs it could not
+/// write back (the profile vanished or got another customer meanwhile) go through the one-by-one
+/// write-back, which handles those cases.
+fn record_created(sent: &[(i64, u32, f64)], created: &[&(&Call, (Outcome, Duration))]) {
     let mut job_ids = Vec::with_capacity(created.len());
     let mut objects = Vec::with_capacity(created.len());
     let mut responses = Vec::with_capacity(created.len());
@@ -111,7 +109,7 @@ fn record_created(created: &[&(&Call, (Outcome, Duration))]) {
         objects.push(customer.id.clone());
         responses.push(created_response(call, customer, response, *elapsed));
     }
-    let written = jobs::record_created(job_ids, objects, responses);
+    let written = jobs::record_sent_and_created(sent, job_ids, objects, responses);
     let written: std::collections::HashSet<i64> = written.into_iter().collect();
     for (call, (outcome, _)) in created {
         if !written.contains(&call.job_id) {

@@ -258,3 +258,13 @@ pub fn send_signal(pid: i32, signal: i32) -> bool {
     }
     unsafe { kill(pid, signal) == 0 }
 }
+
+/// Stops a cluster (and removes its data) however the code holding it ends, panics included: a
+/// failed run leaves no server behind (one left running would skew everything measured after).
+pub struct StopOnDrop<'a>(pub &'a Cluster);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.discard();
+    }
+}

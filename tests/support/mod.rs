@@ -1,4 +1,5 @@
 pub mod cluster;
+pub mod package_tree;
 pub mod replication;
 pub mod schema;
 pub mod settings;
