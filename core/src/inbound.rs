@@ -466,19 +466,9 @@ mod tests {
     /// Drives the emulator through every change the worker reads and parses the events it records.
     #[test]
     fn events_as_the_emulator_records_them_parse_to_their_changes() {
-        use crate::stripe::{ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, NewAccount, NewCustomer, StripeClient};
-        let key = "sk_test_inboundevents0123456789";
-        let config = stripe_emulator::EmulatorConfig { api_key: Some(key.into()), ..Default::default() };
-        let stripe = stripe_emulator::Emulator::start("127.0.0.1:0", config).unwrap();
-        let client = StripeClient::new(&ClientConfig {
-            api_base: stripe.base_url(),
-            api_key: ApiKey::new(key).unwrap(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(5),
-            api_version: None,
-            search_rate: DEFAULT_SEARCH_RATE,
-        })
-        .unwrap();
+        use crate::stripe::emulated::emulated_stripe_with_key;
+        use crate::stripe::{NewAccount, NewCustomer};
+        let (stripe, client) = emulated_stripe_with_key("sk_test_inboundevents0123456789");
         let rt = crate::runtime::signal_safe_runtime().unwrap();
         let new = NewCustomer { user_id: "u1".into(), email: "old@example.com".into() };
         let cus = rt.block_on(client.create_customer(&new, "inbound-c")).unwrap().0.id;

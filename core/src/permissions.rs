@@ -216,12 +216,11 @@ impl StripeClient {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use stripe_emulator::{Emulator, EmulatorConfig, Permission};
 
     use super::*;
-    use crate::stripe::{ApiError, ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, TransportKind};
+    use crate::stripe::{ApiError, DEFAULT_SEARCH_RATE, TransportKind};
 
     /// A Stripe error answer as the client parses it.
     fn refusal(status: u16, code: Option<&str>, message: &str) -> StripeError {
@@ -239,15 +238,7 @@ mod tests {
     const RESTRICTED: &str = "rk_test_permissioncheck0123456789wxyz";
 
     fn client_for(stripe: &Emulator, key: &str) -> StripeClient {
-        StripeClient::new(&ClientConfig {
-            api_base: stripe.base_url(),
-            api_key: ApiKey::new(key).unwrap(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(5),
-            api_version: None,
-            search_rate: DEFAULT_SEARCH_RATE,
-        })
-        .unwrap()
+        crate::stripe::emulated::client_of(stripe, key, DEFAULT_SEARCH_RATE)
     }
 
     fn check(stripe: &Emulator, permissions: &[Permission], connect: bool) -> Result<(), PermissionCheckError> {

@@ -7,19 +7,28 @@ use super::customers::NewCustomer;
 use super::objects::StripeObject;
 
 pub fn emulated_stripe() -> (stripe_emulator::Emulator, StripeClient) {
-    let key = "sk_test_findaccount0123456789";
+    emulated_stripe_with_key("sk_test_findaccount0123456789")
+}
+
+/// [`emulated_stripe`], the emulator taking `key`.
+pub fn emulated_stripe_with_key(key: &str) -> (stripe_emulator::Emulator, StripeClient) {
     let config = stripe_emulator::EmulatorConfig { api_key: Some(key.into()), ..Default::default() };
     let stripe = stripe_emulator::Emulator::start("127.0.0.1:0", config).unwrap();
-    let client = StripeClient::new(&ClientConfig {
+    let client = client_of(&stripe, key, DEFAULT_SEARCH_RATE);
+    (stripe, client)
+}
+
+/// A client of `stripe` with `key` (which the emulator may refuse) and its own search budget.
+pub fn client_of(stripe: &stripe_emulator::Emulator, key: &str, search_rate: u32) -> StripeClient {
+    StripeClient::new(&ClientConfig {
         api_base: stripe.base_url(),
         api_key: ApiKey::new(key).unwrap(),
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
         api_version: None,
-        search_rate: DEFAULT_SEARCH_RATE,
+        search_rate,
     })
-    .unwrap();
-    (stripe, client)
+    .unwrap()
 }
 
 /// Customers made by the client, one a request; returns them in creation order.

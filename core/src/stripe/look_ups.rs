@@ -190,8 +190,7 @@ mod tests {
 
     use super::*;
     use crate::stripe::accounts::NewAccount;
-    use crate::stripe::client::{ApiKey, ClientConfig};
-    use crate::stripe::emulated::{create_customers, emulated_stripe};
+    use crate::stripe::emulated::{client_of, create_customers, emulated_stripe, emulated_stripe_with_key};
 
     #[test]
     fn the_oldest_live_object_of_the_user_wins_ties_going_to_the_smaller_id() {
@@ -379,19 +378,8 @@ mod tests {
     #[test]
     fn search_has_its_own_rate_budget_shared_by_concurrent_look_ups() {
         let key = "sk_test_searchbudget0123456789";
-        let config = stripe_emulator::EmulatorConfig { api_key: Some(key.into()), ..Default::default() };
-        let stripe = stripe_emulator::Emulator::start("127.0.0.1:0", config).unwrap();
-        let client = |search_rate| {
-            StripeClient::new(&ClientConfig {
-                api_base: stripe.base_url(),
-                api_key: ApiKey::new(key).unwrap(),
-                connect_timeout: Duration::from_secs(1),
-                request_timeout: Duration::from_secs(5),
-                api_version: None,
-                search_rate,
-            })
-            .unwrap()
-        };
+        let (stripe, _) = emulated_stripe_with_key(key);
+        let client = |search_rate| client_of(&stripe, key, search_rate);
         let rt = crate::runtime::signal_safe_runtime().unwrap();
         let search_times = |client: &StripeClient| {
             stripe.clear_requests();

@@ -24,7 +24,7 @@ mod accounts;
 mod client;
 mod customers;
 #[cfg(test)]
-mod emulated;
+pub(crate) mod emulated;
 pub(crate) mod error;
 mod events;
 mod form;
