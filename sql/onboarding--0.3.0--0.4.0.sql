@@ -57,5 +57,65 @@ REVOKE ALL ON FUNCTION onboarding._promote_and_claim(integer, integer, interval,
 REVOKE ALL ON FUNCTION onboarding._record_sent_and_created(bigint[], integer[], double precision[], bigint[], text[],
                                                            jsonb[]) FROM PUBLIC;
 
+-- sql/transitions.sql: an application transaction still open after enqueueing a job for a profile
+-- no longer holds up every claim (their promotion waited for it, then failed): the promotion skips
+-- that profile's insert until then.
+-- onboarding._promote_intake_rows, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._promote_intake_rows(max_rows integer, only_row tid) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken_count bigint;
+BEGIN
+    WITH taken AS (
+        DELETE FROM onboarding.intake i
+         WHERE i.ctid = ANY (ARRAY(SELECT x.ctid FROM onboarding.intake x
+                                    WHERE only_row IS NULL OR x.ctid = only_row
+                                    LIMIT max_rows FOR UPDATE SKIP LOCKED))
+        RETURNING i.profile_table, i.user_id, i.enqueued_at,
+                  onboarding._intake_key(i.profile_table, i.user_id, i.xmin, i.enqueued_at) AS idempotency_key,
+                  CASE WHEN current_setting('track_commit_timestamp')::boolean
+                       THEN pg_xact_commit_timestamp(i.xmin) END AS committed_at),
+    profiles AS (
+        SELECT DISTINCT ON (t.profile_table, t.user_id) t.*
+          FROM taken t ORDER BY t.profile_table, t.user_id, t.enqueued_at),
+    new_jobs AS (
+        INSERT INTO onboarding.jobs (kind, profile_table, user_id, idempotency_key, run_at, created_at, updated_at)
+        SELECT 'create_customer', p.profile_table, p.user_id, p.idempotency_key, now(), p.enqueued_at,
+               p.enqueued_at
+          FROM profiles p ORDER BY p.enqueued_at
+        ON CONFLICT DO NOTHING
+        RETURNING id, profile_table, user_id),
+    logged AS (
+        INSERT INTO onboarding.events (job_id, user_id, step, at, detail)
+        SELECT n.id, n.user_id, 'enqueued', p.enqueued_at,
+               jsonb_build_object('source', 'insert', 'committed_at', p.committed_at)
+          FROM new_jobs n JOIN profiles p USING (profile_table, user_id)
+         ORDER BY n.id)
+    SELECT count(*) INTO taken_count FROM taken;
+    RETURN taken_count;
+END $$;
+-- onboarding._promote_intake, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._promote_intake(max_rows integer) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken_count bigint := 0;
+    intake_row tid;
+BEGIN
+    PERFORM set_config('lock_timeout', '1ms', true);
+    BEGIN
+        RETURN onboarding._promote_intake_rows(max_rows, NULL);
+    EXCEPTION WHEN lock_not_available THEN
+        FOR intake_row IN SELECT x.ctid FROM onboarding.intake x LIMIT max_rows LOOP
+            BEGIN
+                taken_count := taken_count + onboarding._promote_intake_rows(1, intake_row);
+            EXCEPTION WHEN lock_not_available THEN
+                NULL; -- its profile's other job is still being enqueued: a later claim takes it
+            END;
+        END LOOP;
+    END;
+    RETURN taken_count;
+END $$;
+REVOKE ALL ON FUNCTION onboarding._promote_intake_rows(integer, tid) FROM PUBLIC;
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();

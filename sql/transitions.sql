@@ -14,14 +14,44 @@
 -- ids they sort after every key a claim has passed (core/src/claim_cursor.rs).
 -- The job's idempotency key comes from the intake row itself (_intake_key): a standby promoted
 -- after this server called Stripe promotes the replicated row again under the same key.
+-- A transaction still open that enqueued a job for one of these profiles (enqueue_customer in an
+-- application's transaction) holds that profile's place in jobs_one_open_per_target until it ends,
+-- and inserting its job here would wait for it: never on behalf of every other profile. So all
+-- rows at once without waiting; if one would have waited, row by row, each such row left in the
+-- intake for a later claim. (The lock_timeout set here ends with the function: its SET clause.)
 CREATE FUNCTION onboarding._promote_intake(max_rows integer) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken_count bigint := 0;
+    intake_row tid;
+BEGIN
+    PERFORM set_config('lock_timeout', '1ms', true);
+    BEGIN
+        RETURN onboarding._promote_intake_rows(max_rows, NULL);
+    EXCEPTION WHEN lock_not_available THEN
+        FOR intake_row IN SELECT x.ctid FROM onboarding.intake x LIMIT max_rows LOOP
+            BEGIN
+                taken_count := taken_count + onboarding._promote_intake_rows(1, intake_row);
+            EXCEPTION WHEN lock_not_available THEN
+                NULL; -- its profile's other job is still being enqueued: a later claim takes it
+            END;
+        END LOOP;
+    END;
+    RETURN taken_count;
+END $$;
+
+-- _promote_intake's work: up to max_rows intake rows (only the row at `only_row`, when given) that
+-- no other worker is taking.
+CREATE FUNCTION onboarding._promote_intake_rows(max_rows integer, only_row tid) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     taken_count bigint;
 BEGIN
     WITH taken AS (
         DELETE FROM onboarding.intake i
-         WHERE i.ctid = ANY (ARRAY(SELECT x.ctid FROM onboarding.intake x LIMIT max_rows FOR UPDATE SKIP LOCKED))
+         WHERE i.ctid = ANY (ARRAY(SELECT x.ctid FROM onboarding.intake x
+                                    WHERE only_row IS NULL OR x.ctid = only_row
+                                    LIMIT max_rows FOR UPDATE SKIP LOCKED))
         RETURNING i.profile_table, i.user_id, i.enqueued_at,
                   onboarding._intake_key(i.profile_table, i.user_id, i.xmin, i.enqueued_at) AS idempotency_key,
                   CASE WHEN current_setting('track_commit_timestamp')::boolean

@@ -18,5 +18,12 @@ REVOKE ALL ON FUNCTION onboarding._promote_and_claim(integer, integer, interval,
 REVOKE ALL ON FUNCTION onboarding._record_sent_and_created(bigint[], integer[], double precision[], bigint[], text[],
                                                            jsonb[]) FROM PUBLIC;
 
+-- sql/transitions.sql: an application transaction still open after enqueueing a job for a profile
+-- no longer holds up every claim (their promotion waited for it, then failed): the promotion skips
+-- that profile's insert until then.
+-- @replace onboarding._promote_intake_rows
+-- @replace onboarding._promote_intake
+REVOKE ALL ON FUNCTION onboarding._promote_intake_rows(integer, tid) FROM PUBLIC;
+
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();
