@@ -351,15 +351,20 @@ fn line2_throughput(db: &mut Client, n: i64) -> f64 {
     throughput(db, n, 1000)
 }
 
+/// A variable's `label=path` pairs, space-separated (BENCH_MAJORS, BENCH_PACKAGES: bench/perf sets them).
+fn labelled_paths(variable: &str) -> Vec<(String, PathBuf)> {
+    std::env::var(variable)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pair| pair.split_once('=').map(|(label, path)| (label.to_string(), PathBuf::from(path))))
+        .collect()
+}
+
 /// Line 11: lines 1, 2 and 4 on each PostgreSQL major `bench/perf` installed the release build
 /// into (BENCH_MAJORS, "15=<pg_config> 18=<pg_config>"), each on a fresh cluster of its own, one
 /// after the other, side by side with the ratio of the last major to the first.
 fn majors_side_by_side(settings: &str) {
-    let majors: Vec<(String, PathBuf)> = std::env::var("BENCH_MAJORS")
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|m| m.split_once('=').map(|(major, pg_config)| (major.to_string(), PathBuf::from(pg_config))))
-        .collect();
+    let majors = labelled_paths("BENCH_MAJORS");
     if majors.len() < 2 {
         println!("  11. (skipped: BENCH_MAJORS names fewer than two majors; bench/perf sets it from BENCH_VERSIONS)");
         return;
@@ -430,11 +435,7 @@ fn majors_side_by_side(settings: &str) {
 /// `PG_CONFIG`'s server and measured on a fresh cluster of the same settings, with
 /// pg_stat_statements counting the worker's statements; the last package stays installed.
 fn releases_side_by_side(settings: &str) {
-    let packages: Vec<(String, PathBuf)> = std::env::var("BENCH_PACKAGES")
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.split_once('=').map(|(label, tree)| (label.to_string(), PathBuf::from(tree))))
-        .collect();
+    let packages = labelled_paths("BENCH_PACKAGES");
     if packages.len() < 2 {
         println!("  12. (skipped: BENCH_PACKAGES names fewer than two packages; bench/perf sets it)");
         return;
@@ -478,7 +479,7 @@ fn releases_side_by_side(settings: &str) {
         "-",
     );
     line(
-        "12a. the worker's statements per job, sent / all run",
+        "12a. background statements per job, sent / all run",
         figures.iter().map(|f| format!("{:.1} / {:.1}", f.statements_per_job.0, f.statements_per_job.1)).collect(),
         format!("{:.2}x", last.statements_per_job.1 / first.statements_per_job.1),
         "<= 10",
@@ -503,7 +504,8 @@ fn releases_side_by_side(settings: &str) {
     );
 }
 
-/// The statements the worker runs per job while `n` profiles arrive one at a time (line 1's
+/// The statements the extension's background processes (the worker, and the profile writer
+/// beside it) run per job while `n` profiles arrive one at a time (line 1's
 /// pattern, where nothing is batched): those it sends (SPI calls: pg_stat_statements' top level)
 /// and all it runs (with those inside the SQL functions and triggers they call). The harness's
 /// own statements run as another role, so they are not counted.
