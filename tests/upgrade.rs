@@ -47,7 +47,7 @@ fn main() {
         a_fresh_install_and_an_upgraded_one_have_the_same_schema,
         the_schema_check_catches_an_upgrade_script_that_forgets_a_change,
         a_previous_release_database_upgrades_in_place_keeping_every_job,
-        public_can_execute_exactly_the_functions_the_readme_lists,
+        public_can_execute_exactly_the_functions_the_docs_list,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     // Whatever happened, leave the current release installed for whoever comes next.
@@ -569,13 +569,14 @@ fn sorted(users: &[String]) -> Vec<String> {
 // Privileges of a fresh install
 // ---------------------------------------------------------------------------------------------
 
-/// The functions the README's "Roles and grants" section lists between its markers as executable
-/// by PUBLIC.
+/// The functions the security model's "Roles and grants" section (docs/src/operations/security.md)
+/// lists between its markers as executable by PUBLIC.
 fn documented_public_functions() -> Vec<String> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("<!-- public functions: begin -->").expect("README marker");
-    let end = readme.find("<!-- public functions: end -->").expect("README marker");
-    let mut listed: Vec<String> = readme[start..end]
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/operations/security.md");
+    let page_text = std::fs::read_to_string(page).unwrap();
+    let start = page_text.find("<!-- public functions: begin -->").expect("marker in docs/src/operations/security.md");
+    let end = page_text.find("<!-- public functions: end -->").expect("marker in docs/src/operations/security.md");
+    let mut listed: Vec<String> = page_text[start..end]
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- `")?.split('`').next().map(str::to_string))
         .collect();
@@ -583,7 +584,7 @@ fn documented_public_functions() -> Vec<String> {
     listed
 }
 
-fn public_can_execute_exactly_the_functions_the_readme_lists() -> Result<(), Failed> {
+fn public_can_execute_exactly_the_functions_the_docs_list() -> Result<(), Failed> {
     let stripe = emulator();
     let cluster = current_cluster("privileges", &stripe);
     let _stop = StopOnDrop(&cluster);
@@ -603,7 +604,7 @@ fn public_can_execute_exactly_the_functions_the_readme_lists() -> Result<(), Fai
         executable.sort();
         let documented = documented_public_functions();
         ensure(executable == documented, || {
-            format!("PUBLIC can execute {executable:#?}\nbut the README lists {documented:#?}")
+            format!("PUBLIC can execute {executable:#?}\nbut docs/src/operations/security.md lists {documented:#?}")
         })?;
         // And PUBLIC has no rights on the queue (a NULL relacl gives PUBLIC nothing).
         let open: Vec<String> = db
