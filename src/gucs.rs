@@ -59,7 +59,7 @@ pub fn register() {
     GucRegistry::define_string_guc(
         c"onboarding.stripe_api_version",
         c"Stripe API version sent with every request (Stripe-Version).",
-        c"Defaults to the version this release is built and tested against; see the README before moving it. \
+        c"Defaults to the version this release is built and tested against; see docs/src/guides/real-stripe.md before moving it. \
           Empty: that default.",
         &STRIPE_API_VERSION,
         GucContext::Sighup,

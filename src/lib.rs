@@ -3,7 +3,7 @@
 //!
 //! Where things are:
 //! - `sql/`: the extension's SQL, one file per concern, installed in the order given below (what
-//!   each holds: README.md, "Repository layout");
+//!   each holds: docs/src/architecture.md);
 //! - [`intake`]: the insert trigger (the outbox write on the application's path);
 //! - [`wake`]: waking the workers (or the launcher) when a transaction commits;
 //! - [`launcher`]: starts the workers of every database where the extension is installed;

@@ -175,7 +175,7 @@ impl StripeKey {
                 WARNING,
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 format!("onboarding: {why}; Connect jobs wait until the key may, customers go on"),
-                "Give the restricted key the Connect permissions README \"Restricted keys\" lists, then \
+                "Give the restricted key the Connect permissions the docs list (docs/src/guides/stripe-key.md, \"Restricted keys\"), then \
                  SELECT pg_reload_conf(); the worker also checks again every minute."
             );
         }
@@ -254,7 +254,7 @@ impl StripeKey {
                         WARNING,
                         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                         format!("onboarding: {refused}; no job is claimed until the key may"),
-                        "Give the restricted key the permissions README \"Restricted keys\" lists (or use another \
+                        "Give the restricted key the permissions the docs list (docs/src/guides/stripe-key.md, \"Restricted keys\") (or use another \
                          key), then SELECT pg_reload_conf(); the worker also checks again every minute."
                     );
                 }

@@ -221,7 +221,10 @@ fn run_page(page: &Path, steps: &[Step]) -> Result<(), Failed> {
     let database = format!(
         "docs_{}",
         relative(page).trim_start_matches("docs/src/").trim_end_matches(".md").replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            .to_lowercase()
     );
+    // Each page starts with an empty Stripe, as a reader's own account would be.
+    env.stripe.reset();
     let mut admin = env.cluster.connect();
     drop_database(&mut admin, &database);
     admin.batch_execute(&format!("CREATE DATABASE {database}"))?;
@@ -617,7 +620,28 @@ fn book_links() -> Result<(), Failed> {
             }
         }
     }
+    // README.md and CONTRIBUTING.md are read on the forge, not in the book: their relative links
+    // name files of the repository.
+    for page in ["README.md", "CONTRIBUTING.md"] {
+        let text = std::fs::read_to_string(root().join(page)).unwrap_or_default();
+        for (_, link) in markdown_links(&text) {
+            let path = link.split('#').next().unwrap();
+            if !link.contains("://") && !path.is_empty() && !root().join(path).exists() {
+                problems.push(format!("{page}: links to {link}, which the repository does not have"));
+            }
+        }
+    }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n").into()) }
+}
+
+/// The `(text, destination)` of every inline link in a Markdown text.
+fn markdown_links(text: &str) -> Vec<(String, String)> {
+    Parser::new(text)
+        .filter_map(|event| match event {
+            Event::Start(Tag::Link { dest_url, .. }) => Some((String::new(), dest_url.to_string())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The values of `attr="…"` in an HTML text.

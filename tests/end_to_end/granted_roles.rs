@@ -1,4 +1,4 @@
-//! A role granted the application functions, as the README advises, gets no further than its
+//! A role granted the application functions, as docs/src/operations/security.md advises, gets no further than its
 //! grants: no code of its own runs with the extension's rights, and it reads the readiness of
 //! the profiles it may read itself, nobody else's.
 

@@ -46,7 +46,7 @@ fn a_restricted_key_without_a_permission_is_named_once_and_no_job_dies_of_it() -
         ensure(!refused.contains(RESTRICTED_KEY), || format!("the key is in the log: {refused}"))?;
         let user = insert_profile(&mut db, &table, Some("restricted@example.com"));
         // Let the worker see it (it promotes inserts only while it may call Stripe: the intake keeps it).
-        // What README "Restricted keys" lists (the test tables have a Connect column).
+        // What docs/src/guides/stripe-key.md ("Restricted keys") lists (the test tables have a Connect column).
         let needed = [Permission::CustomerWrite, Permission::ConnectedAccountWrite, Permission::AccountLinkWrite];
         stripe.set_restricted_key(RESTRICTED_KEY, needed)?;
         db.batch_execute("SELECT pg_reload_conf()").unwrap();
