@@ -177,8 +177,13 @@ RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, acc
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE onboarding.events_cursor c SET next_poll_at = now() + every WHERE c.next_poll_at > now() + every;
+    -- The turn is free, or its holder is gone (stopped mid-poll by a restart, a crash or a failover:
+    -- no live process with its pid started before it took the turn), or has held it for a minute.
     UPDATE onboarding.events_cursor c SET polling_pid = pg_backend_pid(), polling_since = now()
-     WHERE c.next_poll_at <= now() AND (c.polling_pid IS NULL OR c.polling_since < now() - interval '1 minute');
+     WHERE c.next_poll_at <= now()
+       AND (c.polling_pid IS NULL OR c.polling_since < now() - interval '1 minute'
+            OR NOT EXISTS (SELECT FROM pg_stat_activity a
+                            WHERE a.pid = c.polling_pid AND a.backend_start <= c.polling_since));
     polling := FOUND;
     SELECT greatest(extract(epoch FROM c.next_poll_at - now()), 0), c.last_event_id,
            extract(epoch FROM now() - c.last_link_at), floor(extract(epoch FROM c.polled_at))::bigint

@@ -17,6 +17,51 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                (SELECT min(x.next_attempt_at) FROM onboarding.customer_changes x WHERE NOT x.handled)) AS due) next
 $$;
 
+-- sql/inbound.sql: a reader stopped in the middle of a poll (restart, crash, failover) no longer
+-- keeps the events reader's turn for a minute: the next poll takes it over once its holder is gone.
+-- onboarding._events_poll_begin, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._events_poll_begin(refresh_at_most integer, every interval)
+RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, accounts_to_refresh text[],
+               since_link double precision, last_polled_at bigint, events_to_retry text[],
+               customers_to_refresh text[])
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.events_cursor c SET next_poll_at = now() + every WHERE c.next_poll_at > now() + every;
+    -- The turn is free, or its holder is gone (stopped mid-poll by a restart, a crash or a failover:
+    -- no live process with its pid started before it took the turn), or has held it for a minute.
+    UPDATE onboarding.events_cursor c SET polling_pid = pg_backend_pid(), polling_since = now()
+     WHERE c.next_poll_at <= now()
+       AND (c.polling_pid IS NULL OR c.polling_since < now() - interval '1 minute'
+            OR NOT EXISTS (SELECT FROM pg_stat_activity a
+                            WHERE a.pid = c.polling_pid AND a.backend_start <= c.polling_since));
+    polling := FOUND;
+    SELECT greatest(extract(epoch FROM c.next_poll_at - now()), 0), c.last_event_id,
+           extract(epoch FROM now() - c.last_link_at), floor(extract(epoch FROM c.polled_at))::bigint
+      INTO due_in, last_event_id, since_link, last_polled_at
+      FROM onboarding.events_cursor c;
+    IF polling THEN
+        -- Those due first, then those watched since an account link, then a few of those not
+        -- heard of for a day (never, first): each account is read from Stripe itself at least
+        -- daily (up to 28,800 a day at the default interval), whatever the event list carries.
+        accounts_to_refresh := ARRAY(
+            SELECT d.account_id
+              FROM (SELECT a.account_id, 0 AS rank FROM onboarding.connect_accounts a WHERE a.refresh_due
+                    UNION ALL
+                    SELECT a.account_id, 1 FROM onboarding.connect_accounts a
+                     WHERE a.watch_until > now() AND NOT a.ready
+                    UNION ALL
+                    (SELECT a.account_id, 2 FROM onboarding.connect_accounts a
+                      WHERE a.as_of IS NULL OR a.as_of < extract(epoch FROM now() - interval '1 day')
+                      ORDER BY a.as_of NULLS FIRST LIMIT 5)) d
+             GROUP BY d.account_id ORDER BY min(d.rank), d.account_id LIMIT refresh_at_most);
+        events_to_retry := ARRAY(SELECT s.event_id FROM onboarding.stripe_events_set_aside s
+                                  WHERE s.retry_at <= now() ORDER BY s.retry_at LIMIT 5);
+        customers_to_refresh := ARRAY(SELECT x.customer_id FROM onboarding.customer_changes x
+                                       WHERE x.refresh_due ORDER BY x.customer_id LIMIT refresh_at_most);
+    END IF;
+    RETURN NEXT;
+END $$;
+
 -- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
 -- job): committed inserts promoted and due jobs claimed together, and when requests were sent
 -- recorded with the created customers.

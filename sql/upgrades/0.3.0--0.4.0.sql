@@ -8,6 +8,10 @@
 -- pass back to back ("none" had read as "due now").
 -- @replace onboarding._profile_writes_due_in
 
+-- sql/inbound.sql: a reader stopped in the middle of a poll (restart, crash, failover) no longer
+-- keeps the events reader's turn for a minute: the next poll takes it over once its holder is gone.
+-- @replace onboarding._events_poll_begin
+
 -- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
 -- job): committed inserts promoted and due jobs claimed together, and when requests were sent
 -- recorded with the created customers.

@@ -21,6 +21,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         a_stalled_read_of_events_delays_no_signup,
         profile_columns_named_at_attach_follow_the_account,
         readiness_follows_a_linked_account_without_its_events,
+        a_turn_left_by_a_reader_that_is_gone_is_taken_at_once,
     ]
 }
 
@@ -416,4 +417,44 @@ fn readiness_follows_a_linked_account_without_its_events() -> Result<(), Failed>
     result?;
     println!("    account enabled (its events unlisted) -> account_ready true: {:?}", enabled_at.elapsed());
     ensure(listed, || "the emulator recorded no account.updated: the test shows nothing".into())
+}
+
+/// A worker stopped in the middle of a poll (a restart, a crash, a failover) leaves its turn taken
+/// (`events_cursor.polling_pid`): the next poll takes it over at once, since that process is gone,
+/// instead of reading no event for a minute.
+fn a_turn_left_by_a_reader_that_is_gone_is_taken_at_once() -> Result<(), Failed> {
+    let mut db = db();
+    let gone: i32 = {
+        let mut other = crate::env().cluster.connect();
+        other.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0)
+    };
+    wait_for("the closed session to leave pg_stat_activity", DEADLINE, || {
+        let left: bool =
+            db.query_one("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)", &[&gone]).unwrap().get(0);
+        left.then_some(())
+    })?;
+    with_fast_event_polls(&mut db, |db| {
+        // Let any poll in flight finish, then leave the turn to the gone process, as a stop would.
+        let polled_before = wait_for("no poll in flight", DEADLINE, || {
+            db.query_opt(
+                "UPDATE onboarding.events_cursor SET polling_pid = $1, polling_since = now(), next_poll_at = now()
+                  WHERE polling_pid IS NULL
+                  RETURNING coalesce(polled_at, 'epoch')",
+                &[&gone],
+            )
+            .unwrap()
+            .map(|row| row.get::<_, std::time::SystemTime>(0))
+        })?;
+        let left_at = Instant::now();
+        // Well under the minute after which a live reader's turn is taken over.
+        wait_for("another worker to take the turn and poll", Duration::from_secs(10), || {
+            let polled: bool = db
+                .query_one("SELECT polled_at > $1 FROM onboarding.events_cursor", &[&polled_before])
+                .unwrap()
+                .get::<_, Option<bool>>(0)
+                .unwrap_or(false);
+            polled.then_some(())
+        })?;
+        ensure(left_at.elapsed() < Duration::from_secs(10), || "took the minute's takeover".into())
+    })
 }
