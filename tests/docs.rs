@@ -177,9 +177,13 @@ fn steps(page: &Path) -> Result<Vec<Step>, String> {
                 let (line, body) = html.take().unwrap();
                 let mut rest = body.as_str();
                 while let Some(start) = rest.find("<!-- test:") {
-                    let end = rest[start..].find("-->").ok_or(format!("{}:{line}: unclosed directive", page.display()))?;
+                    let end =
+                        rest[start..].find("-->").ok_or(format!("{}:{line}: unclosed directive", page.display()))?;
                     let directive = rest[start + "<!-- test:".len()..start + end].trim();
-                    steps.push(Step { line, kind: directive_kind(directive).map_err(|e| format!("{}:{line}: {e}", page.display()))? });
+                    steps.push(Step {
+                        line,
+                        kind: directive_kind(directive).map_err(|e| format!("{}:{line}: {e}", page.display()))?,
+                    });
                     rest = &rest[start + end..];
                 }
                 if !body.trim_start().starts_with("<!--") {
@@ -205,7 +209,8 @@ fn directive_kind(directive: &str) -> Result<StepKind, String> {
             let (action, rest) = rest.split_once(char::is_whitespace).unwrap_or((&rest, ""));
             match action {
                 "onboarding" => {
-                    let (state, sql) = rest.trim().split_once(char::is_whitespace).ok_or("expected: stripe onboarding STATE SQL")?;
+                    let (state, sql) =
+                        rest.trim().split_once(char::is_whitespace).ok_or("expected: stripe onboarding STATE SQL")?;
                     StepKind::Onboard { state: state.into(), account_sql: sql.trim().into() }
                 }
                 "delete-customer" => StepKind::DeleteCustomer(rest.trim().into()),
@@ -220,7 +225,10 @@ fn run_page(page: &Path, steps: &[Step]) -> Result<(), Failed> {
     let env = env();
     let database = format!(
         "docs_{}",
-        relative(page).trim_start_matches("docs/src/").trim_end_matches(".md").replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        relative(page)
+            .trim_start_matches("docs/src/")
+            .trim_end_matches(".md")
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
             .to_lowercase()
     );
     // Each page starts with an empty Stripe, as a reader's own account would be.
@@ -230,7 +238,8 @@ fn run_page(page: &Path, steps: &[Step]) -> Result<(), Failed> {
     admin.batch_execute(&format!("CREATE DATABASE {database}"))?;
     let mut db = env.cluster.connect_to(&database);
     // A page that shows `CREATE EXTENSION` runs it itself; every other starts with it done.
-    let creates_extension = steps.iter().any(|s| matches!(&s.kind, StepKind::Sql { sql, .. } if sql.contains("CREATE EXTENSION")));
+    let creates_extension =
+        steps.iter().any(|s| matches!(&s.kind, StepKind::Sql { sql, .. } if sql.contains("CREATE EXTENSION")));
     if !creates_extension {
         db.batch_execute("CREATE EXTENSION onboarding")?;
     }
@@ -261,7 +270,12 @@ fn run_page(page: &Path, steps: &[Step]) -> Result<(), Failed> {
             StepKind::Setup(sql) => {
                 let output = psql(&env.cluster, &database, sql);
                 if !output.status.success() {
-                    return Err(format!("{}: setup failed: {}", at(step.line), String::from_utf8_lossy(&output.stderr)).into());
+                    return Err(format!(
+                        "{}: setup failed: {}",
+                        at(step.line),
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                    .into());
                 }
             }
             StepKind::Wait(sql) => {
@@ -290,7 +304,8 @@ fn run_page(page: &Path, steps: &[Step]) -> Result<(), Failed> {
 
 /// Drops a page's database; its worker leaves first (`DROP EXTENSION`).
 fn drop_database(admin: &mut postgres::Client, database: &str) {
-    let exists = admin.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&database]).unwrap().get::<_, i64>(0);
+    let exists =
+        admin.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&database]).unwrap().get::<_, i64>(0);
     if exists == 1 {
         let _ = env().cluster.connect_to(database).batch_execute("DROP EXTENSION IF EXISTS onboarding CASCADE");
         admin.batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)")).unwrap();
@@ -411,11 +426,17 @@ fn catalog_db() -> postgres::Client {
 }
 
 /// Compares what the catalog has with what a page documents, both ways.
-fn compare(what: &str, page: &str, catalog: &BTreeMap<String, String>, documented: &BTreeMap<String, String>) -> Result<(), Failed> {
+fn compare(
+    what: &str,
+    page: &str,
+    catalog: &BTreeMap<String, String>,
+    documented: &BTreeMap<String, String>,
+) -> Result<(), Failed> {
     let mut problems = Vec::new();
     for (name, expected) in catalog {
         match documented.get(name) {
-            None => problems.push(format!("{name}: not documented in docs/src/{page}; add a section:\n## `{name}`\n{expected}")),
+            None => problems
+                .push(format!("{name}: not documented in docs/src/{page}; add a section:\n## `{name}`\n{expected}")),
             Some(section) if !section.contains(expected.as_str()) => problems.push(format!(
                 "{name}: docs/src/{page} does not say what the catalog says; the section must contain:\n{expected}"
             )),
@@ -466,7 +487,8 @@ fn reference_relations() -> Result<(), Failed> {
           ORDER BY c.relname, a.attnum",
         &[],
     )? {
-        let entry = catalog.entry(row.get("name")).or_insert_with(|| "| column | type | meaning |\n|---|---|---|\n".into());
+        let entry =
+            catalog.entry(row.get("name")).or_insert_with(|| "| column | type | meaning |\n|---|---|---|\n".into());
         entry.push_str(&format!("| `{}` | `{}` |", row.get::<_, &str>("column"), row.get::<_, &str>("type")));
         entry.push('\n');
     }
@@ -603,13 +625,16 @@ fn book_links() -> Result<(), Failed> {
             let path = path.split('?').next().unwrap();
             let target = if path.is_empty() { file.clone() } else { normalize(&file.parent().unwrap().join(path)) };
             if !target.exists() {
-                problems.push(format!("{}: links to {link}, which the book does not have", file.strip_prefix(&out_dir).unwrap().display()));
+                problems.push(format!(
+                    "{}: links to {link}, which the book does not have",
+                    file.strip_prefix(&out_dir).unwrap().display()
+                ));
                 continue;
             }
             if !anchor.is_empty() && target.extension().is_some_and(|e| e == "html") {
-                let ids = ids_of
-                    .entry(target.clone())
-                    .or_insert_with(|| attribute_values(&std::fs::read_to_string(&target).unwrap(), "id").into_iter().collect());
+                let ids = ids_of.entry(target.clone()).or_insert_with(|| {
+                    attribute_values(&std::fs::read_to_string(&target).unwrap(), "id").into_iter().collect()
+                });
                 if !ids.contains(anchor) {
                     problems.push(format!(
                         "{}: links to {link}, but {} has no #{anchor}",

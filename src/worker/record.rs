@@ -20,7 +20,8 @@ use crate::queries::jobs::{self, WriteBack};
 use crate::worker::calls::{Call, Outcome, Work, die, skip};
 
 /// Why a Connect job waits (its `postponed` event) while the key lacks Connect's permissions.
-pub const CONNECT_REFUSED: &str = "the Stripe key lacks a Connect permission (docs/src/guides/stripe-key.md, \"Restricted keys\")";
+pub const CONNECT_REFUSED: &str =
+    "the Stripe key lacks a Connect permission (docs/src/guides/stripe-key.md, \"Restricted keys\")";
 
 /// Phase 3: all outcomes in one transaction; if that fails, each job on its own, so one bad
 /// write-back (say, a failing trigger on the profile table) cannot hold the others hostage.
