@@ -62,6 +62,112 @@ BEGIN
     RETURN NEXT;
 END $$;
 
+-- sql/operations.sql: reconcile no longer takes the audit's "not checked" line (accounts Stripe
+-- refused to list) for an orphan with no id, which made reconcile(dry_run => false) fail.
+-- onboarding.reconcile, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding.reconcile(dry_run boolean DEFAULT true, profile_table regclass DEFAULT NULL)
+RETURNS TABLE (action text, user_id text, stripe_id text, detail text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap bigint := onboarding.refresh_stripe_snapshot();
+    r record;
+    a onboarding.attachments;
+    relinked text[] := '{}';
+    target_column name;
+    tie onboarding.stripe_ties;
+BEGIN
+    -- Profiles pointing at nothing usable in Stripe.
+    FOR r IN SELECT * FROM onboarding.audit_mismatches(false) m
+              WHERE reconcile.profile_table IS NULL OR m.profile_table = reconcile.profile_table LOOP
+        SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = r.profile_table;
+        target_column := CASE r.object WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
+        user_id := r.user_id;
+        IF r.problem LIKE 'not made for this profile%' THEN
+            action := 'untied'; stripe_id := r.stripe_id; detail := r.problem || '; nothing done';
+            RETURN NEXT;
+            CONTINUE;
+        ELSIF r.problem LIKE 'email differs%' THEN
+            action := 'sync email'; stripe_id := r.stripe_id; detail := r.problem;
+            IF NOT dry_run THEN
+                PERFORM onboarding._enqueue_for_customer(r.profile_table, r.user_id, 'update_customer_email', r.stripe_id, 'reconcile');
+            END IF;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- The user's live object, unless this extension made it for another profile.
+        SELECT o.id INTO stripe_id FROM onboarding.stripe_objects o
+         WHERE o.snapshot = snap AND o.user_id = r.user_id AND o.object = r.object
+           AND NOT EXISTS (SELECT FROM onboarding.stripe_ties t WHERE t.stripe_id = o.id
+                              AND (t.profile_table, t.user_id) IS DISTINCT FROM (r.profile_table, r.user_id))
+         ORDER BY o.id LIMIT 1;
+        IF stripe_id IS NOT NULL AND r.problem = 'missing or deleted in Stripe' THEN
+            action := 'relink'; detail := format('%s is %s; the user''s live %s is %s', r.stripe_id, r.problem, r.object, stripe_id);
+            relinked := relinked || stripe_id;
+            IF NOT dry_run THEN
+                PERFORM onboarding._tie(stripe_id, r.object, r.profile_table, r.user_id);
+                PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = $2 WHERE %I = $1::%s',
+                            r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id, stripe_id]);
+                PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('from', r.stripe_id, 'to', stripe_id));
+            END IF;
+        ELSE
+            action := 'recreate'; stripe_id := r.stripe_id; detail := r.problem;
+            IF NOT dry_run THEN
+                PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = NULL WHERE %I = $1::%s',
+                            r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id]);
+                PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('cleared', r.stripe_id, 'problem', r.problem));
+                PERFORM onboarding._enqueue(r.profile_table, r.user_id,
+                    CASE r.object WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END, 'reconcile');
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- Stripe objects no profile uses.
+    -- (A 'not checked' line names no object: it is for a person to read, not an orphan.)
+    FOR r IN SELECT * FROM onboarding.audit_orphans(false) o
+              WHERE o.stripe_id IS NOT NULL AND o.stripe_id <> ALL (relinked) LOOP
+        action := 'delete orphan'; user_id := r.user_id; stripe_id := r.stripe_id; detail := r.problem;
+        -- Made for another user than its metadata says: not an orphan of this user's to delete.
+        SELECT * INTO tie FROM onboarding.stripe_ties t WHERE t.stripe_id = r.stripe_id;
+        CONTINUE WHEN FOUND AND tie.user_id IS DISTINCT FROM r.user_id;
+        IF NOT dry_run THEN
+            IF tie.stripe_id IS NULL THEN
+                -- Made before ties were recorded: the operator's reconcile is what ties it.
+                tie.profile_table := coalesce(reconcile.profile_table,
+                                              (SELECT t.profile_table FROM onboarding.attachments t ORDER BY 1 LIMIT 1));
+                PERFORM onboarding._tie(r.stripe_id, r.object, tie.profile_table, r.user_id);
+            END IF;
+            PERFORM onboarding._enqueue_for_customer(tie.profile_table,
+                r.user_id, CASE r.object WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END,
+                r.stripe_id, 'reconcile');
+            PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('stripe_id', r.stripe_id));
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- Profiles without their objects.
+    FOR r IN SELECT * FROM onboarding.audit_missing('0 seconds') m
+              WHERE reconcile.profile_table IS NULL OR m.profile_table = reconcile.profile_table LOOP
+        user_id := r.user_id; stripe_id := NULL;
+        IF r.state = onboarding._dead() THEN
+            action := 'retry'; detail := format('job %s: %s', r.job_id, r.last_error);
+            IF NOT dry_run THEN
+                PERFORM onboarding.retry(r.job_id);
+            END IF;
+        ELSIF r.state = 'no job' OR onboarding._is_final(r.state) THEN  -- (dead ones: above)
+            action := 'enqueue ' || r.missing; detail := format('latest job: %s', r.state);
+            IF NOT dry_run THEN
+                PERFORM onboarding._enqueue(r.profile_table, r.user_id,
+                    CASE r.missing WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END, 'reconcile');
+            END IF;
+        ELSE
+            CONTINUE;  -- in flight
+        END IF;
+        IF NOT dry_run THEN
+            PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('detail', detail));
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
 -- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
 -- job): committed inserts promoted and due jobs claimed together, and when requests were sent
 -- recorded with the created customers.

@@ -276,7 +276,9 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     -- Stripe objects no profile uses.
-    FOR r IN SELECT * FROM onboarding.audit_orphans(false) o WHERE NOT o.stripe_id = ANY (relinked) LOOP
+    -- (A 'not checked' line names no object: it is for a person to read, not an orphan.)
+    FOR r IN SELECT * FROM onboarding.audit_orphans(false) o
+              WHERE o.stripe_id IS NOT NULL AND o.stripe_id <> ALL (relinked) LOOP
         action := 'delete orphan'; user_id := r.user_id; stripe_id := r.stripe_id; detail := r.problem;
         -- Made for another user than its metadata says: not an orphan of this user's to delete.
         SELECT * INTO tie FROM onboarding.stripe_ties t WHERE t.stripe_id = r.stripe_id;

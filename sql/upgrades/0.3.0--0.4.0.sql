@@ -12,6 +12,10 @@
 -- keeps the events reader's turn for a minute: the next poll takes it over once its holder is gone.
 -- @replace onboarding._events_poll_begin
 
+-- sql/operations.sql: reconcile no longer takes the audit's "not checked" line (accounts Stripe
+-- refused to list) for an orphan with no id, which made reconcile(dry_run => false) fail.
+-- @replace onboarding.reconcile
+
 -- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
 -- job): committed inserts promoted and due jobs claimed together, and when requests were sent
 -- recorded with the created customers.

@@ -118,7 +118,21 @@ fn a_connect_column_alone_needs_no_connect_platform() -> Result<(), Failed> {
         let why: Option<String> = other
             .query_one("SELECT accounts_not_listed_why FROM onboarding.stripe_snapshots ORDER BY id DESC LIMIT 1", &[])?
             .get(0);
-        ensure(why.as_deref().is_some_and(|w| w.contains("404")), || format!("accounts_not_listed_why {why:?}"))
+        ensure(why.as_deref().is_some_and(|w| w.contains("404")), || format!("accounts_not_listed_why {why:?}"))?;
+        // reconcile reads that line for what it is, not as an orphan (with no id) to delete.
+        let planned: Vec<(String, Option<String>)> = other
+            .query("SELECT action, stripe_id FROM onboarding.reconcile()", &[])
+            .map_err(|e| format!("reconcile failed: {}", db_error(&e)))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        ensure(!planned.iter().any(|(action, id)| action == "delete orphan" && id.is_none()), || {
+            format!("reconcile plans {planned:?}")
+        })?;
+        other
+            .query("SELECT * FROM onboarding.reconcile(dry_run => false)", &[])
+            .map_err(|e| format!("reconcile(dry_run => false) failed: {}", db_error(&e)))?;
+        Ok(())
     })();
     env().stripe.set_random_faults(0.0, vec![]);
     other.batch_execute("DROP EXTENSION onboarding CASCADE").unwrap(); // its worker leaves
