@@ -84,9 +84,15 @@ BEGIN
                       HINT = 'The calling role must be able to SELECT the profile: its privileges on the table and '
                              'the table''s row-level security policies decide.';
         END IF;
-        -- Then read as the table's owner (src/tables.rs).
+        -- Then read as the table's owner (src/tables.rs). A row this transaction wrote is one it
+        -- inserted only if its insert also wrote the intake (an UPDATE sets xmin too, of a profile
+        -- the worker sees committed); the intake is read only then, and is normally empty.
         SELECT jsonb_build_object('id', r[1], 'email', r[2], 'customer', r[3], 'connect_account', r[4],
-                                  'inserted_by_this_transaction', onboarding._inserted_by_this_transaction(r[5]::bigint))
+                                  'inserted_by_this_transaction',
+                                  onboarding._inserted_by_this_transaction(r[5]::bigint)
+                                  AND EXISTS (SELECT FROM onboarding.intake i
+                                               WHERE i.profile_table = a.profile_table AND i.user_id = r[1]
+                                                 AND onboarding._inserted_by_this_transaction(i.xmin::text::bigint)))
           INTO profile
           FROM onboarding._as_owner(a.profile_table,
                    format('SELECT %1$I::text, %2$I::text, %3$I::text, %4$s, xmin::text FROM %5$s WHERE %1$I = $1::%6$s',

@@ -168,6 +168,65 @@ BEGIN
     END LOOP;
 END $$;
 
+-- sql/api.sql: a profile the calling transaction updated (not inserted) is no longer refused with
+-- 55000 "inserted by this transaction" by get_or_create_customer and create_account_link.
+-- onboarding._profile, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._profile(a onboarding.attachments, user_id text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    profile jsonb;
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'onboarding: user_id is NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF btrim(user_id) = '' THEN
+        RAISE EXCEPTION 'onboarding: user_id is empty' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF length(user_id) > 500 THEN
+        RAISE EXCEPTION 'onboarding: user_id is % characters long', length(user_id)
+            USING ERRCODE = 'string_data_right_truncation', HINT = 'Stripe metadata values hold at most 500 characters.';
+    END IF;
+    BEGIN
+        -- Only a profile the caller may read itself (its privileges, the table's row-level
+        -- security): applications act for their own users, not for anyone whose id they know.
+        IF onboarding._caller_reads_profile(a, user_id) = 'refused' THEN
+            RAISE EXCEPTION 'onboarding: no profile % that this role may read in %', quote_literal(user_id), a.profile_table
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'The calling role must be able to SELECT the profile: its privileges on the table and '
+                             'the table''s row-level security policies decide.';
+        END IF;
+        -- Then read as the table's owner (src/tables.rs). A row this transaction wrote is one it
+        -- inserted only if its insert also wrote the intake (an UPDATE sets xmin too, of a profile
+        -- the worker sees committed); the intake is read only then, and is normally empty.
+        SELECT jsonb_build_object('id', r[1], 'email', r[2], 'customer', r[3], 'connect_account', r[4],
+                                  'inserted_by_this_transaction',
+                                  onboarding._inserted_by_this_transaction(r[5]::bigint)
+                                  AND EXISTS (SELECT FROM onboarding.intake i
+                                               WHERE i.profile_table = a.profile_table AND i.user_id = r[1]
+                                                 AND onboarding._inserted_by_this_transaction(i.xmin::text::bigint)))
+          INTO profile
+          FROM onboarding._as_owner(a.profile_table,
+                   format('SELECT %1$I::text, %2$I::text, %3$I::text, %4$s, xmin::text FROM %5$s WHERE %1$I = $1::%6$s',
+                          a.id_column, a.email_column, a.customer_column,
+                          coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                          a.profile_table, a.id_type),
+                   ARRAY[user_id]) r;
+    EXCEPTION
+        WHEN invalid_text_representation THEN
+            RAISE EXCEPTION 'onboarding: % is not a valid % (the type of %.%)', onboarding._quoted_prefix(user_id), a.id_type,
+                    a.profile_table, quote_ident(a.id_column)
+                USING ERRCODE = 'invalid_text_representation';
+        WHEN numeric_value_out_of_range THEN
+            RAISE EXCEPTION 'onboarding: % is out of range for % (the type of %.%)', onboarding._quoted_prefix(user_id),
+                    a.id_type, a.profile_table, quote_ident(a.id_column)
+                USING ERRCODE = 'numeric_value_out_of_range';
+    END;
+    IF profile IS NULL THEN
+        RAISE EXCEPTION 'onboarding: no profile with id % in %', quote_literal(user_id), a.profile_table
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'Stripe resources are created for committed profiles only: insert and commit the profile first.';
+    END IF;
+    RETURN profile;
+END $$;
+
 -- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
 -- job): committed inserts promoted and due jobs claimed together, and when requests were sent
 -- recorded with the created customers.

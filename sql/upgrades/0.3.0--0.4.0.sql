@@ -16,6 +16,10 @@
 -- refused to list) for an orphan with no id, which made reconcile(dry_run => false) fail.
 -- @replace onboarding.reconcile
 
+-- sql/api.sql: a profile the calling transaction updated (not inserted) is no longer refused with
+-- 55000 "inserted by this transaction" by get_or_create_customer and create_account_link.
+-- @replace onboarding._profile
+
 -- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
 -- job): committed inserts promoted and due jobs claimed together, and when requests were sent
 -- recorded with the created customers.

@@ -339,6 +339,9 @@ pub struct WatchedJob {
     pub state: JobState,
     /// The job's Stripe object, else the object its profile now has.
     pub object: Option<String>,
+    /// An object the job made whose write-back waits for a row another transaction holds (the
+    /// caller's own, as often as not: an RPC that updated the profile, then asked).
+    pub object_to_link: Option<String>,
     pub error: Option<String>,
 }
 
@@ -349,7 +352,7 @@ pub fn watched_jobs(ids: &[i64]) -> Result<Vec<WatchedJob>, pgrx::spi::Error> {
             "SELECT id, state, coalesce(stripe_id, CASE kind
                         WHEN $2 THEN onboarding._customer_of(profile_table, user_id)
                         ELSE onboarding._connect_account_of(profile_table, user_id) END) AS object,
-                    last_error
+                    object_to_link, last_error
                FROM onboarding.jobs WHERE id = ANY($1)",
             None,
             &[ids.to_vec().into(), JobKind::CreateCustomer.as_str().into()],
@@ -362,6 +365,7 @@ pub fn watched_jobs(ids: &[i64]) -> Result<Vec<WatchedJob>, pgrx::spi::Error> {
                 // The jobs table's CHECK allows only JobState's names (core's state machine).
                 state: JobState::parse(&state).unwrap_or_else(|| error!("onboarding: unknown job state {state:?}")),
                 object: row.get_by_name::<String, _>("object")?,
+                object_to_link: row.get_by_name::<String, _>("object_to_link")?,
                 error: row.get_by_name::<String, _>("last_error")?,
             });
         }

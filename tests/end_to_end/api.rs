@@ -18,6 +18,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         enqueue_customer_and_status_functions_for_applications,
         get_or_create_customer_returns_at_once_or_joins_the_running_job,
         get_or_create_customer_refuses_uncommitted_profiles_and_times_out_clearly,
+        a_profile_updated_in_the_calling_transaction_is_not_taken_for_inserted,
         email_changes_follow_to_the_stripe_customer,
     ]
 }
@@ -204,6 +205,35 @@ fn get_or_create_customer_refuses_uncommitted_profiles_and_times_out_clearly() -
         ensure(got == code, || format!("{id:?}/{wait}: expected {code}, got {got} {message}"))?;
     }
     Ok(())
+}
+
+/// An RPC that updates the caller's profile and then asks for its customer, in one transaction:
+/// the profile is committed (an earlier transaction inserted it), so the worker can serve it. The
+/// check once took any row this transaction wrote (its xmin, which an UPDATE sets too) for one
+/// it inserted, and refused with 55000 "inserted by this transaction".
+fn a_profile_updated_in_the_calling_transaction_is_not_taken_for_inserted() -> Result<(), Failed> {
+    let mut db = db();
+    let table = profiles_table(&mut db, "profiles_updated_then_asked");
+    // Inserted before attach: committed, and no job yet.
+    db.batch_execute(&format!("SELECT onboarding.detach('{table}')")).unwrap();
+    let user = insert_profile(&mut db, &table, Some("updated@example.com"));
+    db.batch_execute(&format!("SELECT onboarding.attach('{table}')")).unwrap();
+    let mut tx = db.transaction().unwrap();
+    tx.execute(&format!("UPDATE {table} SET email = email WHERE id::text = $1"), &[&user]).unwrap();
+    let answer = tx.query_one(
+        "SELECT onboarding.get_or_create_customer($1, 10000, 'public.profiles_updated_then_asked')",
+        &[&user],
+    );
+    let outcome = match answer {
+        Ok(row) => Ok(row.get::<_, String>(0)),
+        Err(e) => Err(sqlstate(Err::<(), _>(e)).map(|(code, message)| format!("{code} {message}"))?),
+    };
+    let _ = tx.commit();
+    let customer =
+        outcome.map_err(|e| format!("get_or_create_customer after an UPDATE in the same transaction: {e}"))?;
+    ensure(customer.starts_with("cus_"), || format!("answered {customer}"))?;
+    let written = wait_for_customer(&mut db, &table, &user)?;
+    ensure(written == customer, || format!("answered {customer}, wrote {written}"))
 }
 
 fn stripe_email_of(user: &str) -> Option<String> {
