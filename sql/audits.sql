@@ -348,6 +348,8 @@ DECLARE
     taken bigint := (SELECT floor(extract(epoch FROM s.started_at)) FROM onboarding.stripe_snapshots s WHERE s.id = snap);
     -- Accounts the snapshot does not hold are not checked against Stripe, and said to be.
     unlisted text := onboarding._accounts_not_listed_why(snap);
+    -- An object the extension made after the snapshot began is not in it, and not missing for that.
+    snapshot_began timestamptz := (SELECT s.started_at FROM onboarding.stripe_snapshots s WHERE s.id = snap);
 BEGIN
     RETURN QUERY
         SELECT p.profile_table, p.user_id, k.object, k.stripe_id,
@@ -366,6 +368,7 @@ BEGIN
                                             AND t.user_id = p.user_id
          CROSS JOIN LATERAL (SELECT CASE WHEN d.email_as_of >= taken THEN d.stripe_email ELSE o.email END AS email) stripe
          WHERE k.stripe_id IS NOT NULL
+           AND NOT (o.id IS NULL AND d.deleted_at IS NULL AND coalesce(t.tied_at >= snapshot_began, false))
            AND (o.id IS NULL OR d.deleted_at IS NOT NULL OR o.user_id IS DISTINCT FROM p.user_id OR t.stripe_id IS NULL
                 OR (k.object = 'customer' AND btrim(stripe.email) IS DISTINCT FROM btrim(p.email)))
          ORDER BY p.profile_table::text, p.user_id, k.object;

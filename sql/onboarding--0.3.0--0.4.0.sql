@@ -227,6 +227,44 @@ BEGIN
     RETURN profile;
 END $$;
 
+-- sql/audits.sql: audit_mismatches(refresh => false) no longer reports an object the extension
+-- made after the last snapshot began as "missing or deleted in Stripe".
+-- onboarding.audit_mismatches, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding.audit_mismatches(refresh boolean DEFAULT true)
+RETURNS TABLE (profile_table regclass, user_id text, object text, stripe_id text, problem text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap bigint := onboarding._snapshot(refresh);
+    -- Whole seconds, as Stripe times events: one of the snapshot's second counts as newer.
+    taken bigint := (SELECT floor(extract(epoch FROM s.started_at)) FROM onboarding.stripe_snapshots s WHERE s.id = snap);
+    -- Accounts the snapshot does not hold are not checked against Stripe, and said to be.
+    unlisted text := onboarding._accounts_not_listed_why(snap);
+    -- An object the extension made after the snapshot began is not in it, and not missing for that.
+    snapshot_began timestamptz := (SELECT s.started_at FROM onboarding.stripe_snapshots s WHERE s.id = snap);
+BEGIN
+    RETURN QUERY
+        SELECT p.profile_table, p.user_id, k.object, k.stripe_id,
+               CASE WHEN k.object = 'account' AND unlisted IS NOT NULL
+                    THEN CASE WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
+                              ELSE 'not checked: ' || unlisted END
+                    WHEN o.id IS NULL OR d.deleted_at IS NOT NULL THEN 'missing or deleted in Stripe'
+                    WHEN o.user_id IS DISTINCT FROM p.user_id THEN format('belongs to user %s in Stripe', o.user_id)
+                    WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
+                    ELSE format('email differs: Stripe has %s', coalesce(stripe.email, 'none')) END
+          FROM onboarding._all_profiles() p
+         CROSS JOIN LATERAL (VALUES ('customer', p.customer), ('account', p.account)) k(object, stripe_id)
+          LEFT JOIN onboarding.stripe_objects o ON o.snapshot = snap AND o.id = k.stripe_id
+          LEFT JOIN onboarding.customer_changes d ON k.object = 'customer' AND d.customer_id = k.stripe_id
+          LEFT JOIN onboarding.stripe_ties t ON t.stripe_id = k.stripe_id AND t.profile_table = p.profile_table
+                                            AND t.user_id = p.user_id
+         CROSS JOIN LATERAL (SELECT CASE WHEN d.email_as_of >= taken THEN d.stripe_email ELSE o.email END AS email) stripe
+         WHERE k.stripe_id IS NOT NULL
+           AND NOT (o.id IS NULL AND d.deleted_at IS NULL AND coalesce(t.tied_at >= snapshot_began, false))
+           AND (o.id IS NULL OR d.deleted_at IS NOT NULL OR o.user_id IS DISTINCT FROM p.user_id OR t.stripe_id IS NULL
+                OR (k.object = 'customer' AND btrim(stripe.email) IS DISTINCT FROM btrim(p.email)))
+         ORDER BY p.profile_table::text, p.user_id, k.object;
+END $$;
+
 -- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
 -- job): committed inserts promoted and due jobs claimed together, and when requests were sent
 -- recorded with the created customers.

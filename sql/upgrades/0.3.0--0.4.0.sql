@@ -20,6 +20,10 @@
 -- 55000 "inserted by this transaction" by get_or_create_customer and create_account_link.
 -- @replace onboarding._profile
 
+-- sql/audits.sql: audit_mismatches(refresh => false) no longer reports an object the extension
+-- made after the last snapshot began as "missing or deleted in Stripe".
+-- @replace onboarding.audit_mismatches
+
 -- sql/transitions.sql: the worker's claim and record are one statement each (fewer statements per
 -- job): committed inserts promoted and due jobs claimed together, and when requests were sent
 -- recorded with the created customers.

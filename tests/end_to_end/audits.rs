@@ -21,6 +21,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         reconcile_repairs_what_the_audits_find,
         audits_work_on_a_stripe_account_without_connect,
         a_connect_column_alone_needs_no_connect_platform,
+        a_customer_made_after_the_snapshot_is_not_missing,
     ]
 }
 
@@ -475,4 +476,46 @@ fn reconcile_repairs_what_the_audits_find() -> Result<(), Failed> {
         .unwrap()
         .get(0);
     ensure(recorded == 4, || format!("{recorded} reconcile events"))
+}
+
+/// `audit_mismatches(refresh => false)` compares with the last snapshot of Stripe: a customer made
+/// since (a signup after the snapshot) is not in it, and is not "missing or deleted in Stripe"
+/// (it was, before: every signup since the last snapshot showed as a mismatch).
+fn a_customer_made_after_the_snapshot_is_not_missing() -> Result<(), Failed> {
+    let mut db = fresh_database(
+        "snapshot_then_signup",
+        "CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+                                       stripe_customer_id text);
+         SELECT onboarding.attach('public.profiles');",
+    );
+    let result = (|| -> Result<(), Failed> {
+        let before = insert_profile(&mut db, "public.profiles", Some("before@example.com"));
+        wait_for_customer(&mut db, "public.profiles", &before)?;
+        db.batch_execute("SELECT onboarding.refresh_stripe_snapshot()")?;
+        let after = insert_profile(&mut db, "public.profiles", Some("after@example.com"));
+        wait_for_customer(&mut db, "public.profiles", &after)?;
+        let mismatches: Vec<(String, String)> = db
+            .query("SELECT user_id, problem FROM onboarding.audit_mismatches(refresh => false)", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        ensure(mismatches.is_empty(), || format!("mismatches against the older snapshot: {mismatches:?}"))?;
+        // A customer deleted in Stripe after the snapshot is still found missing, from its event.
+        let customer = customer_id(&mut db, "public.profiles", &after).unwrap();
+        ensure(env().stripe.dashboard_delete_customer(&customer), || "no such customer".into())?;
+        db.batch_execute("UPDATE onboarding.events_cursor SET next_poll_at = now()")?;
+        wait_for("the deletion to be read back", crate::helpers::DEADLINE, || {
+            let found: bool = db
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM onboarding.audit_mismatches(refresh => false)
+                                     WHERE user_id = $1 AND problem = 'missing or deleted in Stripe')",
+                    &[&after],
+                )
+                .unwrap()
+                .get(0);
+            found.then_some(())
+        })
+    })();
+    db.batch_execute("DROP EXTENSION onboarding CASCADE").unwrap(); // its worker leaves
+    result
 }
