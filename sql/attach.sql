@@ -474,6 +474,8 @@ BEGIN
         SELECT c.id, c.user_id, 'cancelled', jsonb_build_object('reason', reason, 'by', session_user::text)
           FROM cancelled c;
         DELETE FROM onboarding.attachments a WHERE a.profile_table = dropped;
+        -- Its profiles are gone: their accounts are no longer followed (nor read from Stripe daily).
+        DELETE FROM onboarding.connect_accounts c WHERE c.profile_table = dropped;
         RAISE NOTICE 'onboarding: %: detached, its waiting jobs cancelled', reason;
     END LOOP;
 EXCEPTION WHEN OTHERS THEN

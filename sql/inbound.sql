@@ -198,10 +198,12 @@ BEGIN
               FROM (SELECT a.account_id, 0 AS rank FROM onboarding.connect_accounts a WHERE a.refresh_due
                     UNION ALL
                     SELECT a.account_id, 1 FROM onboarding.connect_accounts a
-                     WHERE a.watch_until > now() AND NOT a.ready
+                     WHERE a.watch_until > now() AND NOT a.ready AND a.deauthorized_at IS NULL
                     UNION ALL
+                    -- (A disconnected account answers nothing but "no access" any more.)
                     (SELECT a.account_id, 2 FROM onboarding.connect_accounts a
-                      WHERE a.as_of IS NULL OR a.as_of < extract(epoch FROM now() - interval '1 day')
+                      WHERE (a.as_of IS NULL OR a.as_of < extract(epoch FROM now() - interval '1 day'))
+                        AND a.deauthorized_at IS NULL
                       ORDER BY a.as_of NULLS FIRST LIMIT 5)) d
              GROUP BY d.account_id ORDER BY min(d.rank), d.account_id LIMIT refresh_at_most);
         events_to_retry := ARRAY(SELECT s.event_id FROM onboarding.stripe_events_set_aside s

@@ -18,7 +18,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- sql/inbound.sql: a reader stopped in the middle of a poll (restart, crash, failover) no longer
--- keeps the events reader's turn for a minute: the next poll takes it over once its holder is gone.
+-- keeps the events reader's turn for a minute: the next poll takes it over once its holder is gone;
+-- a disconnected account is no longer read from Stripe at every poll or daily.
 -- onboarding._events_poll_begin, as sql/ defines it
 CREATE OR REPLACE FUNCTION onboarding._events_poll_begin(refresh_at_most integer, every interval)
 RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, accounts_to_refresh text[],
@@ -48,10 +49,12 @@ BEGIN
               FROM (SELECT a.account_id, 0 AS rank FROM onboarding.connect_accounts a WHERE a.refresh_due
                     UNION ALL
                     SELECT a.account_id, 1 FROM onboarding.connect_accounts a
-                     WHERE a.watch_until > now() AND NOT a.ready
+                     WHERE a.watch_until > now() AND NOT a.ready AND a.deauthorized_at IS NULL
                     UNION ALL
+                    -- (A disconnected account answers nothing but "no access" any more.)
                     (SELECT a.account_id, 2 FROM onboarding.connect_accounts a
-                      WHERE a.as_of IS NULL OR a.as_of < extract(epoch FROM now() - interval '1 day')
+                      WHERE (a.as_of IS NULL OR a.as_of < extract(epoch FROM now() - interval '1 day'))
+                        AND a.deauthorized_at IS NULL
                       ORDER BY a.as_of NULLS FIRST LIMIT 5)) d
              GROUP BY d.account_id ORDER BY min(d.rank), d.account_id LIMIT refresh_at_most);
         events_to_retry := ARRAY(SELECT s.event_id FROM onboarding.stripe_events_set_aside s
@@ -60,6 +63,39 @@ BEGIN
                                        WHERE x.refresh_due ORDER BY x.customer_id LIMIT refresh_at_most);
     END IF;
     RETURN NEXT;
+END $$;
+
+-- sql/attach.sql: dropping an attached table also stops following its profiles' Connect accounts.
+-- onboarding._forget_dropped_tables, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dropped oid;
+    dropped_name text;
+    reason text;
+BEGIN
+    FOR dropped, dropped_name IN
+        SELECT o.objid, o.object_identity FROM pg_event_trigger_dropped_objects() o
+         WHERE o.classid = 'pg_class'::regclass AND o.objsubid = 0 AND o.object_type IN ('table', 'partitioned table')
+           AND o.objid IN (SELECT a.profile_table FROM onboarding.attachments a)
+    LOOP
+        reason := format('table %s was dropped', dropped_name);
+        DELETE FROM onboarding.intake i WHERE i.profile_table = dropped;
+        WITH cancelled AS (
+            UPDATE onboarding.jobs j SET state = onboarding._cancelled(), last_error = reason
+             WHERE j.profile_table = dropped AND j.state = onboarding._pending()
+            RETURNING j.id, j.user_id)
+        INSERT INTO onboarding.events (job_id, user_id, step, detail)
+        SELECT c.id, c.user_id, 'cancelled', jsonb_build_object('reason', reason, 'by', session_user::text)
+          FROM cancelled c;
+        DELETE FROM onboarding.attachments a WHERE a.profile_table = dropped;
+        -- Its profiles are gone: their accounts are no longer followed (nor read from Stripe daily).
+        DELETE FROM onboarding.connect_accounts c WHERE c.profile_table = dropped;
+        RAISE NOTICE 'onboarding: %: detached, its waiting jobs cancelled', reason;
+    END LOOP;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'onboarding: could not detach a dropped table: %', SQLERRM
+        USING HINT = 'SELECT onboarding.detach(oid) for it by hand.';
 END $$;
 
 -- sql/operations.sql: reconcile no longer takes the audit's "not checked" line (accounts Stripe

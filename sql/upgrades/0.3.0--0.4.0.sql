@@ -9,8 +9,12 @@
 -- @replace onboarding._profile_writes_due_in
 
 -- sql/inbound.sql: a reader stopped in the middle of a poll (restart, crash, failover) no longer
--- keeps the events reader's turn for a minute: the next poll takes it over once its holder is gone.
+-- keeps the events reader's turn for a minute: the next poll takes it over once its holder is gone;
+-- a disconnected account is no longer read from Stripe at every poll or daily.
 -- @replace onboarding._events_poll_begin
+
+-- sql/attach.sql: dropping an attached table also stops following its profiles' Connect accounts.
+-- @replace onboarding._forget_dropped_tables
 
 -- sql/operations.sql: reconcile no longer takes the audit's "not checked" line (accounts Stripe
 -- refused to list) for an orphan with no id, which made reconcile(dry_run => false) fail.

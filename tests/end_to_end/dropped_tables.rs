@@ -54,7 +54,31 @@ fn dropping_an_attached_table_detaches_it_and_cancels_its_waiting_jobs() -> Resu
     )
     .unwrap();
     let dangling = dangling_attachments(&mut db);
-    ensure(dangling == 0, || format!("{dangling} attachment(s) of dropped tables left behind"))
+    ensure(dangling == 0, || format!("{dangling} attachment(s) of dropped tables left behind"))?;
+
+    // The Connect accounts of its profiles are no longer followed (they were read daily, for ever).
+    db.batch_execute(
+        "DROP TABLE IF EXISTS public.profiles_dropped_sellers;
+         CREATE TABLE public.profiles_dropped_sellers (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+             stripe_customer_id text, stripe_connect_account_id text);
+         SELECT onboarding.attach('public.profiles_dropped_sellers', connect_policy => 'always');",
+    )
+    .unwrap();
+    let seller = insert_profile(&mut db, "public.profiles_dropped_sellers", Some("seller@example.com"));
+    let oid: u32 = db.query_one("SELECT 'public.profiles_dropped_sellers'::regclass::oid", &[]).unwrap().get(0);
+    crate::helpers::wait_for("the seller's account to be followed", crate::helpers::DEADLINE, || {
+        let followed: i64 = db
+            .query_one("SELECT count(*) FROM onboarding.connect_accounts WHERE user_id = $1", &[&seller])
+            .unwrap()
+            .get(0);
+        (followed == 1).then_some(())
+    })?;
+    db.batch_execute("DROP TABLE public.profiles_dropped_sellers").unwrap();
+    let followed: i64 = db
+        .query_one("SELECT count(*) FROM onboarding.connect_accounts WHERE profile_table = $1::oid", &[&oid])
+        .unwrap()
+        .get(0);
+    ensure(followed == 0, || format!("{followed} account(s) of the dropped table still followed"))
 }
 
 fn the_extensions_own_tables_cannot_be_attached() -> Result<(), Failed> {

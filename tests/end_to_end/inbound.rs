@@ -152,7 +152,17 @@ fn an_account_onboarded_at_stripe_is_ready_within_a_poll() -> Result<(), Failed>
     wait_for("ready again", poll, || ready(&mut db, &user).then_some(()))?;
     ensure(env().stripe.deauthorize_account(&account), || "no account to deauthorize".into())?;
     wait_for_status(&mut db, &user, "deauthorized", poll, |s| s.6 && !s.0)?;
-    ensure(!ready(&mut db, &user), || "a disconnected account is ready".into())
+    ensure(!ready(&mut db, &user), || "a disconnected account is ready".into())?;
+    // A disconnected account answers nothing but "no access": it is no longer read, though it is
+    // not ready and its link's fast minutes are not over (it was, at every poll, and daily after).
+    env().stripe.clear_requests();
+    let account_path = format!("/v1/accounts/{account}");
+    wait_for("two polls of Stripe's events", poll * 2, || {
+        let polls = env().stripe.requests().iter().filter(|r| r.method == "GET" && r.path == "/v1/events").count();
+        (polls >= 2).then_some(())
+    })?;
+    let reads = env().stripe.requests().iter().filter(|r| r.method == "GET" && r.path == account_path).count();
+    ensure(reads == 0, || format!("the disconnected account was read {reads} times in two polls"))
 }
 
 /// Moves the cursor back to before every event of the account, and forgets or keeps what was
