@@ -201,6 +201,19 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
       LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
     UNION ALL
+    -- This database's workers, and what they can do with the Stripe key: without a usable one they
+    -- claim nothing, and jobs wait with only the server log saying why.
+    SELECT 'workers running', count(*)::numeric, 'keys: ' || coalesce(string_agg(DISTINCT k, ', '), 'none')
+      FROM unnest(onboarding._worker_key_states()) k
+    UNION ALL
+    SELECT 'workers without a usable Stripe key', count(*) FILTER (WHERE k IN ('missing', 'refused'))::numeric,
+           'no key, or Stripe refused it: the server log says which'
+      FROM unnest(onboarding._worker_key_states()) k
+    UNION ALL
+    SELECT 'workers whose key may not do Connect', count(*) FILTER (WHERE k = 'connect refused')::numeric,
+           'Connect jobs wait; customers go on'
+      FROM unnest(onboarding._worker_key_states()) k
+    UNION ALL
     -- Pending work by priority lane (jobs.lane, claimed lowest first).
     SELECT 'pending in lane ' || l.lane, count(j.id)::numeric, l.what
       FROM (VALUES (0, 'signups and application requests'), (1, 'retries'), (2, 'email syncs and compensation'),

@@ -403,3 +403,127 @@ REVOKE ALL ON FUNCTION onboarding._promote_intake_rows(integer, tid) FROM PUBLIC
 
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();
+
+-- src/stripe_key.rs, sql/audits.sql: onboarding.stats says how many workers run and whether their
+-- Stripe key is usable (jobs waited for a missing or refused key with only the server log saying so).
+-- onboarding._worker_key_states, as sql/ defines it
+CREATE OR REPLACE FUNCTION "_worker_key_states"() RETURNS TEXT[] /* Vec < String > */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'worker_key_states_wrapper';
+REVOKE ALL ON FUNCTION onboarding._worker_key_states() FROM PUBLIC;
+-- onboarding.stats_for, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding.stats_for(since interval DEFAULT '1 hour')
+RETURNS TABLE (metric text, value numeric, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH recent AS (SELECT * FROM onboarding.jobs WHERE created_at >= now() - since),
+    latency AS (
+        SELECT extract(epoch FROM w.at - onboarding._queued_commit_time(q.detail, q.xmin)) * 1000 AS ms
+          FROM onboarding.events w
+          JOIN LATERAL (SELECT e.detail, e.xmin FROM onboarding.events e
+                         WHERE e.job_id = w.job_id AND e.step = 'enqueued' ORDER BY e.id LIMIT 1) q ON true
+         WHERE w.step = 'written_back' AND w.at >= now() - since
+           AND current_setting('track_commit_timestamp')::boolean),
+    calls AS (SELECT (detail->>'duration_ms')::numeric AS ms FROM onboarding.events
+               WHERE step = 'stripe_response' AND at >= now() - since AND detail ? 'duration_ms'),
+    failures AS (SELECT coalesce(detail->>'status', detail->>'transport', detail->>'kind') AS status,
+                        coalesce(detail->>'code', '') AS code
+                   FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since)
+    SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
+      FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
+      LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
+    UNION ALL
+    -- This database's workers, and what they can do with the Stripe key: without a usable one they
+    -- claim nothing, and jobs wait with only the server log saying why.
+    SELECT 'workers running', count(*)::numeric, 'keys: ' || coalesce(string_agg(DISTINCT k, ', '), 'none')
+      FROM unnest(onboarding._worker_key_states()) k
+    UNION ALL
+    SELECT 'workers without a usable Stripe key', count(*) FILTER (WHERE k IN ('missing', 'refused'))::numeric,
+           'no key, or Stripe refused it: the server log says which'
+      FROM unnest(onboarding._worker_key_states()) k
+    UNION ALL
+    SELECT 'workers whose key may not do Connect', count(*) FILTER (WHERE k = 'connect refused')::numeric,
+           'Connect jobs wait; customers go on'
+      FROM unnest(onboarding._worker_key_states()) k
+    UNION ALL
+    -- Pending work by priority lane (jobs.lane, claimed lowest first).
+    SELECT 'pending in lane ' || l.lane, count(j.id)::numeric, l.what
+      FROM (VALUES (0, 'signups and application requests'), (1, 'retries'), (2, 'email syncs and compensation'),
+                   (3, 'backfill and reconcile')) l(lane, what)
+      LEFT JOIN onboarding.jobs j ON j.lane = l.lane AND j.state = onboarding._pending()
+     GROUP BY l.lane, l.what
+    UNION ALL
+    SELECT 'inserts awaiting the worker', count(*)::numeric, 'in onboarding.intake, not yet jobs'
+      FROM onboarding.intake
+    UNION ALL
+    SELECT 'oldest pending (s)', coalesce(extract(epoch FROM now() - min(created_at)), 0)::numeric(12, 1), NULL
+      FROM (SELECT created_at FROM onboarding.jobs WHERE state = onboarding._pending()
+            UNION ALL SELECT enqueued_at FROM onboarding.intake) pending
+    UNION ALL
+    SELECT 'succeeded per minute', (count(*) / greatest(extract(epoch FROM since) / 60, 1))::numeric(12, 2),
+           format('%s succeeded in %s', count(*), since)
+      FROM onboarding.jobs WHERE state = onboarding._succeeded() AND finished_at >= now() - since
+    UNION ALL
+    SELECT 'commit to written back p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM latency, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'commit to written back max', max(ms)::numeric(12, 1), 'ms' FROM latency
+    UNION ALL
+    SELECT 'stripe call p' || p, percentile_cont(p / 100.0) WITHIN GROUP (ORDER BY ms)::numeric(12, 1), 'ms'
+      FROM calls, unnest(ARRAY[50, 95, 99]) p GROUP BY p
+    UNION ALL
+    SELECT 'attempts per finished job', avg(attempts)::numeric(12, 2), NULL
+      FROM recent WHERE NOT onboarding._is_open(state)
+    UNION ALL
+    SELECT 'failure rate', round(count(*) FILTER (WHERE step IN ('failed', 'dead') AND detail ? 'kind')::numeric
+                                 / nullif(count(*) FILTER (WHERE step = 'stripe_request'), 0), 4),
+           'failed Stripe attempts per request'
+      FROM onboarding.events WHERE at >= now() - since
+    UNION ALL
+    SELECT 'failures ' || status || coalesce(' ' || nullif(code, ''), ''), count(*)::numeric, 'failed or dead attempts'
+      FROM failures GROUP BY status, code
+    UNION ALL
+    -- Claimed calls held until standbys have their claim's commit (src/worker/standby_gate.rs).
+    SELECT 'calls waiting for standbys', w.calls::numeric,
+           CASE WHEN w.calls > 0 THEN format('the longest for %s s, for %s', round(w.waiting_seconds::numeric, 1),
+                concat_ws(' and ',
+                    CASE WHEN current_setting('synchronous_standby_names') <> '' THEN 'synchronous_standby_names = '
+                         || quote_literal(current_setting('synchronous_standby_names')) END,
+                    CASE WHEN coalesce(current_setting('onboarding.wait_for_standbys', true), '') <> ''
+                         THEN 'onboarding.wait_for_standbys = ' || quote_literal(current_setting('onboarding.wait_for_standbys')) END))
+           END
+      FROM onboarding._standby_wait() w
+    UNION ALL
+    -- A worker's own commit waiting for a synchronous standby (before its calls can be held).
+    SELECT 'workers waiting for a synchronous standby', count(*)::numeric,
+           CASE WHEN count(*) > 0 THEN format('their commits wait (SyncRep) for synchronous_standby_names = %L',
+                                              current_setting('synchronous_standby_names')) END
+      FROM pg_stat_activity a
+     WHERE a.backend_type = 'onboarding worker' AND a.datname = current_database() AND a.wait_event = 'SyncRep'
+    UNION ALL
+    SELECT 'orphans found after the last promotion', t.orphans_found::numeric,
+           format('timeline %s (from %s) since %s: %s', t.timeline, t.promoted_from, t.seen_at,
+                  CASE WHEN t.swept_at IS NULL THEN 'sweeping Stripe'
+                       ELSE format('%s Stripe objects checked by %s', t.objects_checked, t.swept_at) END)
+      FROM (SELECT * FROM onboarding.timelines WHERE promoted_from IS NOT NULL ORDER BY timeline DESC LIMIT 1) t
+    UNION ALL
+    -- The events reader (sql/inbound.sql): Stripe's changes up to its last read are applied.
+    SELECT 'Stripe events cursor lag (s)', extract(epoch FROM now() - c.polled_at)::numeric(12, 1),
+           CASE WHEN c.polled_at IS NULL THEN 'Stripe''s events not read yet'
+                ELSE format('read up to %s; newest event read from %s%s', c.polled_at,
+                            coalesce(c.last_event_created::text, 'none'),
+                            coalesce('; cursor lost (past 30 days) at ' || c.cursor_lost_at, '')) END
+      FROM onboarding.events_cursor c
+    UNION ALL
+    SELECT 'Stripe events set aside', count(*)::numeric,
+           'could not be read or applied safely: onboarding.stripe_events_set_aside says why'
+      FROM onboarding.stripe_events_set_aside WHERE set_aside_at >= now() - since
+    UNION ALL
+    SELECT 'Stripe events applied per minute',
+           round(count(*) / greatest(extract(epoch FROM since) / 60, 1), 2)::numeric, 'from the Events API'
+      FROM onboarding.stripe_events_applied WHERE applied_at >= now() - since
+    UNION ALL
+    SELECT 'Connect accounts ready', count(*) FILTER (WHERE ready)::numeric,
+           format('of %s followed (onboarding.connect_accounts)', count(*))
+      FROM onboarding.connect_accounts;
+$$;

@@ -61,7 +61,7 @@ extension_sql_file!("../sql/failover.sql", name = "failover", requires = ["schem
 extension_sql_file!(
     "../sql/audits.sql",
     name = "audits",
-    requires = ["schema", "job_states", "attach", "maintenance", "inbound", "ties"]
+    requires = ["schema", "job_states", "attach", "maintenance", "inbound", "ties", stripe_key::worker_key_states]
 );
 extension_sql_file!(
     "../sql/operations.sql",

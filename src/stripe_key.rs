@@ -18,6 +18,43 @@ use crate::pg::transaction::in_transaction;
 use crate::queries::catalog;
 use crate::rate_budget::SharedAdmission;
 
+/// What a worker can do with its Stripe key, as `onboarding.stats` shows it (published in the
+/// process registry, pg/processes.rs, at every turn of the worker's loop).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KeyState {
+    /// Not known yet (the worker is starting).
+    Starting = 0,
+    /// No key, or its file or setting is unusable: jobs wait.
+    Missing = 1,
+    /// Stripe refused the key, or it lacks customers' permissions: no job is claimed.
+    Refused = 2,
+    /// The key may do customers' work but not Connect's: Connect's jobs wait.
+    ConnectRefused = 3,
+    /// The key may do what this database needs.
+    Usable = 4,
+}
+
+impl KeyState {
+    pub fn name(code: u32) -> &'static str {
+        match code {
+            1 => "missing",
+            2 => "refused",
+            3 => "connect refused",
+            4 => "usable",
+            _ => "starting",
+        }
+    }
+}
+
+/// The key states of this database's workers, by name: `onboarding.stats` counts them.
+#[pg_extern(name = "_worker_key_states", stable, parallel_safe)]
+fn worker_key_states() -> Vec<String> {
+    if !crate::pg::processes::shared_memory_ready() {
+        return Vec::new();
+    }
+    crate::pg::processes::key_states_of_my_database().into_iter().map(|code| KeyState::name(code).to_string()).collect()
+}
+
 /// While the key's permissions are refused, how often the worker checks them again by itself.
 pub const PERMISSION_RECHECK: Duration = Duration::from_secs(60);
 
@@ -90,6 +127,17 @@ impl StripeKey {
     /// The client, each of whose requests waits for the shared rate budgets.
     pub fn admitted(&self, first_lane: bool) -> Option<StripeClient> {
         self.client.as_ref().map(|client| client.admitted_by(Arc::new(self.admission(first_lane))))
+    }
+
+    /// What this worker can do with its key now.
+    pub fn state(&self) -> KeyState {
+        match (&self.client, self.connect_refused_at, self.refused_at) {
+            (Some(_), Some(_), _) => KeyState::ConnectRefused,
+            (Some(_), None, _) => KeyState::Usable,
+            (None, _, Some(_)) => KeyState::Refused,
+            (None, _, None) if self.warned_no_key => KeyState::Missing,
+            (None, _, None) => KeyState::Starting,
+        }
     }
 
     /// Whether Connect's work waits (the key may not do it).

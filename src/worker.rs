@@ -146,7 +146,9 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
                 }
             }
         }
-        if worker.key.client(&worker.runtime).is_none() && worker.in_flight.is_empty() {
+        let usable = worker.key.client(&worker.runtime).is_some();
+        processes::publish_key_state(worker.slot, worker.key.state() as u32);
+        if !usable && worker.in_flight.is_empty() {
             // Paused (no key): ignore commit wake-ups, which would otherwise spin the loop; a
             // reload is noticed within a second.
             worker.serve_new_requests(); // refuses them

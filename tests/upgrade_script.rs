@@ -21,3 +21,14 @@ fn finds_definitions_and_makes_them_replacements() {
     assert!(!out.contains("TABLE"));
     assert!(expand("-- @replace onboarding.t\n", "s.sql", install).unwrap_err().contains("s.sql:1"));
 }
+
+/// pgrx writes Rust types as block comments, some with a quote in them (a lifetime): a statement
+/// splitter that took it for a string swallowed the statements after it.
+#[test]
+fn a_quote_inside_a_block_comment_ends_no_statement() {
+    let install = "CREATE  FUNCTION \"_a\"() RETURNS TEXT /* & '_ str */\nLANGUAGE c AS 'MODULE_PATHNAME', 'a';\n\
+        CREATE  FUNCTION \"_b\"() RETURNS TEXT[] /* Vec < String > */\nLANGUAGE c AS 'MODULE_PATHNAME', 'b';\n";
+    let out = expand("-- @replace onboarding._b\n", "s.sql", install).unwrap();
+    assert!(out.contains("CREATE OR REPLACE FUNCTION \"_b\"()"), "{out}");
+    assert!(!out.contains("\"_a\""), "{out}");
+}

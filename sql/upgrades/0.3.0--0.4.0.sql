@@ -47,3 +47,9 @@ REVOKE ALL ON FUNCTION onboarding._promote_intake_rows(integer, tid) FROM PUBLIC
 
 -- The workers go on as soon as this transaction commits.
 SELECT onboarding._wake_worker_after_commit();
+
+-- src/stripe_key.rs, sql/audits.sql: onboarding.stats says how many workers run and whether their
+-- Stripe key is usable (jobs waited for a missing or refused key with only the server log saying so).
+-- @replace onboarding._worker_key_states
+REVOKE ALL ON FUNCTION onboarding._worker_key_states() FROM PUBLIC;
+-- @replace onboarding.stats_for

@@ -28,6 +28,8 @@ pub struct Processes {
     /// Per worker: the earliest start (PostgreSQL microseconds) of the transactions that made jobs
     /// pending where its claims may have passed, since it last looked; [`NO_RESCAN`] if none.
     worker_rescan_from: [AtomicI64; MAX_WORKERS],
+    /// Per worker: what it can do with its Stripe key (stripe_key.rs `KeyState`), for the stats.
+    worker_key_states: [AtomicU32; MAX_WORKERS],
     /// Each database's profile writer (profile_writer.rs), one per database at most.
     writer_procnos: [AtomicI32; MAX_WORKERS],
     writer_databases: [AtomicU32; MAX_WORKERS],
@@ -47,6 +49,7 @@ impl Default for Processes {
             worker_standby_waits: std::array::from_fn(|_| AtomicU32::new(0)),
             worker_standby_wait_since: std::array::from_fn(|_| AtomicI64::new(0)),
             worker_rescan_from: std::array::from_fn(|_| AtomicI64::new(NO_RESCAN)),
+            worker_key_states: std::array::from_fn(|_| AtomicU32::new(0)),
             writer_procnos: std::array::from_fn(|_| AtomicI32::new(NO_PROCESS)),
             writer_databases: std::array::from_fn(|_| AtomicU32::new(NO_DATABASE)),
         }
@@ -86,6 +89,7 @@ pub fn publish_this_worker() -> Option<usize> {
     })?;
     // A new worker's first claim scans from the front anyway.
     shared.worker_rescan_from[slot].store(NO_RESCAN, Ordering::Release);
+    shared.worker_key_states[slot].store(0, Ordering::Release);
     shared.worker_databases[slot].store(my_database(), Ordering::Release);
     unsafe { pg_sys::before_shmem_exit(Some(unpublish_worker), pg_sys::Datum::from(slot)) };
     Some(slot)
@@ -97,6 +101,24 @@ unsafe extern "C-unwind" fn unpublish_worker(_code: i32, slot: pg_sys::Datum) {
     shared.worker_standby_waits[slot.value()].store(0, Ordering::Release);
     shared.worker_databases[slot.value()].store(NO_DATABASE, Ordering::Release);
     shared.worker_procnos[slot.value()].store(NO_PROCESS, Ordering::Release);
+}
+
+/// Records what this worker can do with its Stripe key (an opaque code; stripe_key.rs names them).
+pub fn publish_key_state(slot: usize, state: u32) {
+    PROCESSES.get().worker_key_states[slot].store(state, Ordering::Release);
+}
+
+/// The key states of this database's live workers, one per worker.
+pub fn key_states_of_my_database() -> Vec<u32> {
+    let shared = PROCESSES.get();
+    let database = my_database();
+    (0..MAX_WORKERS)
+        .filter(|&slot| {
+            shared.worker_databases[slot].load(Ordering::Acquire) == database
+                && shared.worker_procnos[slot].load(Ordering::Acquire) != NO_PROCESS
+        })
+        .map(|slot| shared.worker_key_states[slot].load(Ordering::Acquire))
+        .collect()
 }
 
 /// Called by a profile writer once connected: from now on [`set_profile_writer_latch`] in its

@@ -44,6 +44,18 @@ fn a_restricted_key_without_a_permission_is_named_once_and_no_job_dies_of_it() -
     let result = (|| {
         let refused = refused?;
         ensure(!refused.contains(RESTRICTED_KEY), || format!("the key is in the log: {refused}"))?;
+        // The stats say it too, where an operator's dashboard reads (before, only the log did).
+        let without_key = |db: &mut postgres::Client| -> f64 {
+            db.query_one(
+                "SELECT value::float8 FROM onboarding.stats WHERE metric = 'workers without a usable Stripe key'",
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(-1.0)
+        };
+        wait_for("the stats to count the worker without a usable key", DEADLINE, || {
+            (without_key(&mut db) >= 1.0).then_some(())
+        })?;
         let user = insert_profile(&mut db, &table, Some("restricted@example.com"));
         // Let the worker see it (it promotes inserts only while it may call Stripe: the intake keeps it).
         // What docs/src/guides/stripe-key.md ("Restricted keys") lists (the test tables have a Connect column).
@@ -53,6 +65,8 @@ fn a_restricted_key_without_a_permission_is_named_once_and_no_job_dies_of_it() -
         wait_for_customer(&mut db, &table, &user)?;
         let job = only_job(&mut db, &user)?;
         ensure(job.attempts == 1 && job.last_error.is_none(), || format!("attempts were spent meanwhile: {job:?}"))?;
+        let usable = without_key(&mut db);
+        ensure(usable == 0.0, || format!("{usable} workers still counted without a usable key"))?;
         let log = env().cluster.server_log();
         let warnings = log[log_before..].matches("rak_customer_write").count();
         ensure(warnings == 1, || format!("the missing permission was logged {warnings} times, not once"))?;

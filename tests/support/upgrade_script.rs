@@ -21,11 +21,14 @@ pub fn statements(script: &str) -> Vec<String> {
     let (mut out, mut current) = (Vec::new(), String::new());
     let mut chars = script.char_indices().peekable();
     let mut dollar: Option<String> = None;
-    let (mut in_quote, mut in_comment) = (false, false);
+    let (mut in_quote, mut in_comment, mut in_block_comment) = (false, false, false);
     while let Some((i, c)) = chars.next() {
         current.push(c);
         if in_comment {
             in_comment = c != '\n';
+        } else if in_block_comment {
+            // pgrx's type notes are block comments, some with a quote in them (`/* & '_ str */`).
+            in_block_comment = !current.ends_with("*/");
         } else if in_quote {
             in_quote = c != '\'';
         } else if let Some(tag) = &dollar {
@@ -34,6 +37,9 @@ pub fn statements(script: &str) -> Vec<String> {
             }
         } else if c == '-' && script[i + 1..].starts_with('-') {
             in_comment = true;
+        } else if c == '/' && script[i + 1..].starts_with('*') {
+            in_block_comment = true;
+            current.push(chars.next().unwrap().1);
         } else if c == '\'' {
             in_quote = true;
         } else if c == '$' {
