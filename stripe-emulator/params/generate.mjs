@@ -17,8 +17,14 @@
 // bracket form: `address[line1]`, `controller[fees][payer]`, array items as `expand[]` and
 // `tax_id_data[][type]`. Each path says which value shapes it takes (`string`, `number`,
 // `boolean`, `hash`, `array`), its enum values where the types list them, whether "" is
-// accepted to unset it (`emptyable`), whether the SDK marks it required, and `free_form` for
-// hashes with arbitrary keys (`metadata`), below which nothing is listed.
+// accepted to unset it (`emptyable`; on a `/v2` endpoint, whose bodies are JSON, it means the
+// SDK types take `null`), whether the SDK marks it required, and `free_form` for hashes with
+// arbitrary keys (`metadata`), below which nothing is listed.
+//
+// The `/v2` endpoints (Accounts v2, Account Links v2, thin Events) come from the SDK's
+// `resources/V2/Core/*.d.ts` the same way. Two things the SDK's types cannot say are added by
+// hand, each with its source, in `V2_ADDITIONS` below. The output also lists `v2_event_types`:
+// every thin event type the SDK declares (`type: 'v2.core.account.created'`, ...).
 
 import { createRequire } from 'node:module';
 import fs from 'node:fs';
@@ -51,7 +57,38 @@ const ENDPOINTS = [
   ['POST', '/v1/account_links', 'AccountLinks', 'create'],
   ['GET', '/v1/events', 'Events', 'list'],
   ['GET', '/v1/events/{id}', 'Events', 'retrieve'],
+  ['POST', '/v2/core/accounts', 'V2/Core/Accounts', 'create'],
+  ['POST', '/v2/core/accounts/{id}', 'V2/Core/Accounts', 'update'],
+  ['GET', '/v2/core/accounts', 'V2/Core/Accounts', 'list'],
+  ['GET', '/v2/core/accounts/{id}', 'V2/Core/Accounts', 'retrieve'],
+  ['POST', '/v2/core/accounts/{id}/close', 'V2/Core/Accounts', 'close'],
+  ['POST', '/v2/core/account_links', 'V2/Core/AccountLinks', 'create'],
+  ['GET', '/v2/core/events', 'V2/Core/Events', 'list'],
+  ['GET', '/v2/core/events/{id}', 'V2/Core/Events', 'retrieve'],
 ];
+
+// What the SDK's v2 types leave out, by endpoint and parameter path.
+const V2_ADDITIONS = {
+  // The v2 list endpoints take a `page` token: Stripe's reference lists it ("page (string,
+  // optional) The page token to navigate to next or previous batch of accounts given by the
+  // list request", https://docs.stripe.com/api/v2/core/accounts/list), but the SDK never passes
+  // it as a parameter: it follows `next_page_url`, which carries it (esm/autoPagination.js,
+  // V2ListIterator).
+  'GET /v2/core/accounts': { page: { type: ['string'] } },
+  'GET /v2/core/events': {
+    page: { type: ['string'] },
+    // The SDK types `created` as its shared RangeQueryParam (numbers); Stripe's OpenAPI spec
+    // gives the bounds as `date-time` strings (RFC 3339), as every v2 timestamp is. Both shapes
+    // are listed; the emulator reads either.
+    'created[gt]': { type: ['number', 'string'] },
+    'created[gte]': { type: ['number', 'string'] },
+    'created[lt]': { type: ['number', 'string'] },
+    'created[lte]': { type: ['number', 'string'] },
+  },
+};
+
+// The file declaring the thin event types, `interface ... extends EventBase { type: '...' }`.
+const V2_EVENTS_FILE = 'V2/Core/Events';
 
 // The `code` values an API error can carry: the OpenAPI enum of `api_errors.code`, which the
 // SDK types as the code of a PaymentIntent's last payment error.
@@ -62,7 +99,11 @@ const resourceFile = (name, ext) => path.join(esm, 'resources', `${name}${ext}`)
 
 const apiVersion = readApiVersion();
 const program = ts.createProgram(
-  [...new Set(ENDPOINTS.map(([, , file]) => resourceFile(file, '.d.ts'))), resourceFile(ERROR_CODES[0], '.d.ts')],
+  [
+    ...new Set(ENDPOINTS.map(([, , file]) => resourceFile(file, '.d.ts'))),
+    resourceFile(ERROR_CODES[0], '.d.ts'),
+    resourceFile(V2_EVENTS_FILE, '.d.ts'),
+  ],
   { strict: true, noEmit: true, target: ts.ScriptTarget.ES2022, moduleResolution: ts.ModuleResolutionKind.Node10 },
 );
 const checker = program.getTypeChecker();
@@ -73,8 +114,19 @@ for (const [method, routePath, file, sdkMethod] of ENDPOINTS) {
   const paramsType = paramsTypeOf(file, sdkMethod);
   const spec = new Map();
   describeObject(paramsType, '', spec, []);
-  endpoints[`${method} ${routePath}`] = spec;
+  const name = `${method} ${routePath}`;
+  for (const [at, added] of Object.entries(V2_ADDITIONS[name] ?? {})) {
+    const entry = spec.get(at) ?? { type: new Set(), enum: new Set(), emptyable: false, free_form: false, required: false };
+    for (const kind of added.type) entry.type.add(kind);
+    spec.set(at, entry);
+  }
+  endpoints[name] = spec;
 }
+for (const name of Object.keys(V2_ADDITIONS)) {
+  if (!endpoints[name]) throw new Error(`V2_ADDITIONS names ${name}, which is not in ENDPOINTS`);
+}
+
+const v2EventTypes = thinEventTypes();
 
 const errorCodes = stringLiterals(typeOfAlias(ERROR_CODES[0], ERROR_CODES[1]));
 
@@ -167,6 +219,34 @@ function typeOfAlias(file, names) {
   }
 }
 
+/** The SDK's `Decimal` (esm/Decimal.d.ts), which v2 sends as a decimal string. */
+function isDecimal(type) {
+  const symbol = type.aliasSymbol ?? type.getSymbol();
+  const declaration = symbol?.declarations?.[0];
+  return symbol?.getName() === 'Decimal' && declaration?.getSourceFile().fileName.endsWith('Decimal.d.ts');
+}
+
+/** Every `type: '...'` of an interface extending `EventBase` in the v2 events file, sorted. */
+function thinEventTypes() {
+  const source = program.getSourceFile(resourceFile(V2_EVENTS_FILE, '.d.ts'));
+  const types = new Set();
+  source.forEachChild((node) => {
+    if (!ts.isInterfaceDeclaration(node)) return;
+    const extendsBase = (node.heritageClauses ?? []).some((clause) =>
+      clause.types.some((t) => t.expression.getText() === 'EventBase'),
+    );
+    if (!extendsBase) return;
+    for (const member of node.members) {
+      if (ts.isPropertySignature(member) && member.name.getText() === 'type' && member.type) {
+        const literal = checker.getTypeAtLocation(member.type);
+        if (literal.flags & ts.TypeFlags.StringLiteral) types.add(literal.value);
+      }
+    }
+  });
+  if (types.size === 0) throw new Error(`no thin event types in ${V2_EVENTS_FILE}.d.ts`);
+  return [...types].sort();
+}
+
 function stringLiterals(type) {
   return members(type)
     .filter((t) => t.flags & ts.TypeFlags.StringLiteral)
@@ -217,6 +297,9 @@ function describe(type, at, spec, stack, required) {
     } else if (flags & ts.TypeFlags.Intersection && t.types.some((part) => part.flags & ts.TypeFlags.String)) {
       // `OtherString`: the SDK's way of leaving enums open to values added later.
       entry.type.add('string');
+    } else if (isDecimal(t)) {
+      // v2's `decimal_string`: the SDK's Decimal class, sent as a JSON string ("12.5").
+      entry.type.add('string');
     } else if (flags & (ts.TypeFlags.Boolean | ts.TypeFlags.BooleanLiteral)) {
       entry.type.add('boolean');
     } else if (flags & (ts.TypeFlags.Number | ts.TypeFlags.NumberLiteral)) {
@@ -254,6 +337,7 @@ function render() {
     `  "generated_from": ${JSON.stringify(`stripe ${sdkPackage.version} (npm), TypeScript definitions; by params/generate.mjs, do not edit`)},`,
   );
   lines.push(`  "error_codes": ${JSON.stringify(errorCodes)},`);
+  lines.push(`  "v2_event_types": ${JSON.stringify(v2EventTypes)},`);
   lines.push('  "endpoints": {');
   const endpointNames = Object.keys(endpoints);
   endpointNames.forEach((name, i) => {

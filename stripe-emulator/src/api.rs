@@ -1,4 +1,4 @@
-//! The emulated `/v1` endpoints: routing, parameter validation and object shapes.
+//! The emulated `/v1` endpoints (routed by [`crate::route`]): parameter validation and object shapes.
 //! Everything here is synchronous and runs under the state lock, so one request's
 //! read-modify-write never interleaves with another's. Parameter names and shapes are checked
 //! first, against Stripe's lists for the pinned version ([`crate::params`]); the handlers then
@@ -14,75 +14,9 @@ use crate::events::{self, Cause};
 use crate::pagination::{created_filter, created_matches, limit_param, list_answer, page_of};
 use crate::params;
 use crate::random::random_alnum;
+use crate::route::Route;
 use crate::search::Query;
 use crate::store::{Collection, Record, Store, new_id};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    CreateCustomer,
-    ListCustomers,
-    SearchCustomers,
-    GetCustomer(String),
-    UpdateCustomer(String),
-    DeleteCustomer(String),
-    CreateAccount,
-    ListAccounts,
-    GetAccount(String),
-    UpdateAccount(String),
-    DeleteAccount(String),
-    CreateAccountLink,
-    ListEvents,
-    GetEvent(String),
-}
-
-impl Route {
-    pub fn resolve(method: &str, path: &str) -> Option<Route> {
-        let segments: Vec<&str> = path.strip_prefix("/v1/")?.split('/').collect();
-        let id = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        Some(match (method, segments.as_slice()) {
-            ("POST", ["customers"]) => Route::CreateCustomer,
-            ("GET", ["customers"]) => Route::ListCustomers,
-            ("GET", ["customers", "search"]) => Route::SearchCustomers,
-            ("GET", ["customers", c]) => Route::GetCustomer(id(c)?),
-            ("POST", ["customers", c]) => Route::UpdateCustomer(id(c)?),
-            ("DELETE", ["customers", c]) => Route::DeleteCustomer(id(c)?),
-            ("POST", ["accounts"]) => Route::CreateAccount,
-            ("GET", ["accounts"]) => Route::ListAccounts,
-            ("GET", ["accounts", a]) => Route::GetAccount(id(a)?),
-            ("POST", ["accounts", a]) => Route::UpdateAccount(id(a)?),
-            ("DELETE", ["accounts", a]) => Route::DeleteAccount(id(a)?),
-            ("POST", ["account_links"]) => Route::CreateAccountLink,
-            ("GET", ["events"]) => Route::ListEvents,
-            ("GET", ["events", e]) => Route::GetEvent(id(e)?),
-            _ => return None,
-        })
-    }
-
-    /// The endpoint's name in the parameter lists: method and path template.
-    pub fn endpoint(&self) -> &'static str {
-        match self {
-            Route::CreateCustomer => "POST /v1/customers",
-            Route::ListCustomers => "GET /v1/customers",
-            Route::SearchCustomers => "GET /v1/customers/search",
-            Route::GetCustomer(_) => "GET /v1/customers/{id}",
-            Route::UpdateCustomer(_) => "POST /v1/customers/{id}",
-            Route::DeleteCustomer(_) => "DELETE /v1/customers/{id}",
-            Route::CreateAccount => "POST /v1/accounts",
-            Route::ListAccounts => "GET /v1/accounts",
-            Route::GetAccount(_) => "GET /v1/accounts/{id}",
-            Route::UpdateAccount(_) => "POST /v1/accounts/{id}",
-            Route::DeleteAccount(_) => "DELETE /v1/accounts/{id}",
-            Route::CreateAccountLink => "POST /v1/account_links",
-            Route::ListEvents => "GET /v1/events",
-            Route::GetEvent(_) => "GET /v1/events/{id}",
-        }
-    }
-
-    /// Search endpoints have their own rate limit instead of the per-endpoint one.
-    pub fn is_search(&self) -> bool {
-        matches!(self, Route::SearchCustomers)
-    }
-}
 
 pub fn unrecognized(method: &str, path: &str) -> ApiError {
     ApiError::new(
@@ -98,6 +32,8 @@ pub fn unrecognized(method: &str, path: &str) -> ApiError {
 /// What a handler needs besides the store.
 pub struct Ctx<'a> {
     pub now_secs: i64,
+    /// The same moment in milliseconds: API v2 timestamps have millisecond precision.
+    pub now_ms: i64,
     pub now: Instant,
     /// When writes made by this request become visible to search.
     pub indexed_at: Instant,
@@ -141,6 +77,15 @@ pub fn execute(route: &Route, params: &Value, store: &mut Store, ctx: &Ctx) -> R
         Route::CreateAccountLink => create_account_link(p, store, ctx),
         Route::ListEvents => store.events.list(p, ctx.now_secs),
         Route::GetEvent(id) => store.events.retrieve(id, ctx.now_secs),
+        // The server hands these to `v2::api`; never reached.
+        Route::CreateV2Account
+        | Route::ListV2Accounts
+        | Route::GetV2Account(_)
+        | Route::UpdateV2Account(_)
+        | Route::CloseV2Account(_)
+        | Route::CreateV2AccountLink
+        | Route::ListV2Events
+        | Route::GetV2Event(_) => Err(ApiError::new(500, "api_error", "a /v2 endpoint reached the /v1 handlers")),
     }
 }
 
@@ -717,7 +662,7 @@ fn invalid_hash(name: &str) -> ApiError {
 }
 
 /// Loose on purpose: enough to catch obviously malformed addresses, as Stripe does.
-fn check_email(email: &str, param: &str) -> Result<(), ApiError> {
+pub fn check_email(email: &str, param: &str) -> Result<(), ApiError> {
     let valid = email.len() <= 512
         && !email.chars().any(char::is_whitespace)
         && email
@@ -730,9 +675,9 @@ fn check_email(email: &str, param: &str) -> Result<(), ApiError> {
     }
 }
 
-const METADATA_MAX_KEYS: usize = 50;
-const METADATA_MAX_KEY_LEN: usize = 40;
-const METADATA_MAX_VALUE_LEN: usize = 500;
+pub const METADATA_MAX_KEYS: usize = 50;
+pub const METADATA_MAX_KEY_LEN: usize = 40;
+pub const METADATA_MAX_VALUE_LEN: usize = 500;
 
 /// Merges `metadata[...]` into `metadata`: a key set to "" is removed, and `metadata=""`
 /// clears everything. Limits are checked on the result.

@@ -12,10 +12,10 @@ pub struct EmulatorConfig {
     /// How long a write takes to show up in search results (Stripe's search is eventually
     /// consistent). Zero makes search read-after-write.
     pub search_lag: Duration,
-    /// Added to every `/v1` request before it executes (after the idempotency key is
+    /// Added to every `/v1` and `/v2` request before it executes (after the idempotency key is
     /// claimed, so a concurrent retry sees it in flight).
     pub latency: Duration,
-    /// Answer `429 rate_limit` above this many `/v1` requests per second, all together
+    /// Answer `429 rate_limit` above this many `/v1` and `/v2` requests per second, all together
     /// (Stripe: 100 in live mode, 25 in a sandbox). See [Rate limits](crate#rate-limits).
     pub rate_limit: Option<u32>,
     /// Answer `429 rate_limit` above this many requests per second to any one endpoint, the

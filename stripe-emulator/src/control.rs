@@ -15,6 +15,7 @@ use crate::onboarding::Onboarding;
 use crate::permissions::Permission;
 use crate::response::{HttpResponse, json_response};
 use crate::state::Shared;
+use crate::v2;
 
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
     let method = req.method().as_str().to_string();
@@ -91,16 +92,27 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
             reply(200, Value::Array(accounts))
         }
         ("GET", "/_emulator/events") => reply(200, Value::Array(shared.lock().store.events.all())),
+        ("GET", "/_emulator/v2/accounts") => {
+            let accounts = shared.lock().v2.accounts.records().map(|r| v2::accounts::render_all(&r.object)).collect();
+            reply(200, Value::Array(accounts))
+        }
+        ("GET", "/_emulator/v2/events") => reply(200, Value::Array(shared.lock().v2.events.all())),
         ("POST", "/_emulator/events/age") => match days(&body) {
             Ok(days) => {
-                shared.update(|s| s.store.events.age(i64::from(days) * 86_400));
+                shared.update(|s| {
+                    s.store.events.age(i64::from(days) * 86_400);
+                    s.v2.events.age(i64::from(days) * 86_400);
+                });
                 reply(200, json!({"ok": true}))
             }
             Err(e) => reply(400, json!({"error": {"message": e}})),
         },
         ("POST", "/_emulator/events/clock") => match event_clock(&body) {
             Ok(created) => {
-                shared.update(|s| s.store.events.clock = created);
+                shared.update(|s| {
+                    s.store.events.clock = created;
+                    s.v2.events.clock = created;
+                });
                 reply(200, json!({"ok": true}))
             }
             Err(e) => reply(400, json!({"error": {"message": e}})),
@@ -118,7 +130,8 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
     }
 }
 
-/// Controls on one object: `/_emulator/customers/{id}`, `/_emulator/accounts/{id}/…`.
+/// Controls on one object: `/_emulator/customers/{id}`, `/_emulator/accounts/{id}/…`,
+/// `/_emulator/v2/accounts/{id}…`.
 fn object_control(shared: &Shared, method: &str, path: &str, body: &[u8]) -> HttpResponse {
     let segments: Vec<&str> = path.trim_start_matches("/_emulator/").split('/').collect();
     let outcome = match (method, segments.as_slice()) {
@@ -141,6 +154,18 @@ fn object_control(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Htt
                 Err(format!("no live account {id}"))
             }
         }
+        ("POST", ["v2", "accounts", id, "onboarding"]) => serde_json::from_slice::<Onboarding>(body)
+            .map_err(|e| format!("expected {{\"state\": \"requirements_due\"|\"details_submitted\"|\"enabled\"|\"disabled\", …}}: {e}"))
+            .and_then(|step| shared.update(|s| v2::dashboard::set_onboarding(s, id, &step))),
+        ("POST", ["v2", "accounts", id, "close"]) => {
+            if shared.update(|s| v2::dashboard::close(s, id)) {
+                Ok(json!({"id": id, "object": "v2.core.account", "closed": true}))
+            } else {
+                Err(format!("no live v2 account {id}"))
+            }
+        }
+        ("POST", ["v2", "accounts", id]) => contact_email(body)
+            .and_then(|email| shared.update(|s| v2::dashboard::set_contact_email(s, id, email.as_deref()))),
         _ => {
             return reply(404, json!({"error": {"message": format!("no emulator control endpoint {method} {path}")}}));
         }
@@ -162,6 +187,18 @@ fn customer_email(body: &[u8]) -> Result<Option<String>, String> {
     serde_json::from_slice::<Email>(body)
         .map(|e| e.email)
         .map_err(|e| format!("expected {{\"email\": \"…\"}} or {{\"email\": null}}: {e}"))
+}
+
+/// `{"contact_email": "…"}` or `{"contact_email": null}`.
+fn contact_email(body: &[u8]) -> Result<Option<String>, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ContactEmail {
+        contact_email: Option<String>,
+    }
+    serde_json::from_slice::<ContactEmail>(body)
+        .map(|e| e.contact_email)
+        .map_err(|e| format!("expected {{\"contact_email\": \"…\"}} or {{\"contact_email\": null}}: {e}"))
 }
 
 /// `{"days": N}`

@@ -67,4 +67,29 @@ impl ApiError {
         }
         json!({ "error": err })
     }
+
+    /// The envelope of a `/v2` answer: `{"error": {type, code, message, param}}`, without v1's
+    /// `doc_url`. API v2 has error types of its own, which the official SDK maps to its classes
+    /// by `type` alone (`generateV2Error` in stripe-node's `esm/Error.js`: `idempotency_error`,
+    /// `rate_limit`, `already_canceled`, …), falling back to v1's mapping by HTTP status for any
+    /// other `type`. So a refusal by the rate limiter carries `type: "rate_limit"` here (v1 says
+    /// `invalid_request_error` with `code: "rate_limit"`); the `code` is kept. Other errors keep
+    /// v1's types (`invalid_request_error`, `api_error`, `idempotency_error`). Assumed, not
+    /// confirmed: that `param` names a parameter by its JSON path (`use_case.type`).
+    pub fn body_v2(&self) -> Value {
+        let mut err = Map::new();
+        let error_type = match self.code.as_deref() {
+            Some("rate_limit") => "rate_limit",
+            _ => self.error_type.as_str(),
+        };
+        err.insert("type".into(), json!(error_type));
+        if let Some(code) = &self.code {
+            err.insert("code".into(), json!(code));
+        }
+        err.insert("message".into(), json!(self.message));
+        if let Some(param) = &self.param {
+            err.insert("param".into(), json!(param));
+        }
+        json!({ "error": err })
+    }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// A failure to inject. The constructors match any `/v1` request, once; narrow them with
-/// [`Fault::on`] and [`Fault::times`]:
+/// [`Fault::on`] and [`Fault::times`] (a `/v2` request is matched only by a fault given a `/v2`
+/// path with [`Fault::on`]). On a `/v2` path the error is in v2's envelope, and the `stored`
+/// variants follow v2's idempotency: the failure is not replayed, the retry completes the work.
 /// `Fault::status(503).on("POST", "/v1/customers").times(2).should_retry(true)`.
 #[derive(Debug, Clone, PartialEq)]
 #[must_use = "a Fault does nothing until passed to Emulator::inject"]

@@ -14,8 +14,8 @@ usage: stripe-emulator [options]
                         STRIPE_EMULATOR_API_KEY does the same without showing in `ps`
   --port-file PATH      write the bound port to PATH once listening
   --search-lag-ms N     delay before writes become searchable (default 0)
-  --latency-ms N        delay added to every /v1 request (default 0)
-  --rate-limit N        answer 429 above N /v1 requests per second in all
+  --latency-ms N        delay added to every /v1 and /v2 request (default 0)
+  --rate-limit N        answer 429 above N /v1 and /v2 requests per second in all
                         (Stripe: 100 live, 25 sandbox)
   --endpoint-rate-limit N
                         answer 429 above N requests per second to one endpoint
@@ -24,8 +24,9 @@ usage: stripe-emulator [options]
                         search does not count under --endpoint-rate-limit
                         (rate limits: sliding one-second windows, all off by default)
   --quiet               do not log requests to stderr
-Every /v1 request must send `Stripe-Version: {version}` (the version whose parameter lists
-the server enforces); it is echoed back.
+Every /v1 and /v2 request must send `Stripe-Version: {version}` (the version whose
+parameter lists the server enforces); it is echoed back. /v2 serves Accounts v2, Account Links
+v2 and thin events (POST bodies are JSON).
 Test controls: GET /_emulator/requests, POST /_emulator/reset, POST /_emulator/faults,
 POST /_emulator/latency {\"ms\":N}, POST /_emulator/search_lag {\"ms\":N}, GET /_emulator/customers,
 POST /_emulator/restricted_keys {\"key\":\"rk_test_…\",\"permissions\":[\"rak_customer_write\"]},
@@ -35,7 +36,10 @@ POST /_emulator/events/raw?id=evt_…&type=…[&created=N] (the body, as exact b
 POST /_emulator/customers/{id} {\"email\":\"…\"|null} and DELETE /_emulator/customers/{id}
 (Dashboard changes), POST /_emulator/accounts/{id}/onboarding {\"state\":\"requirements_due\"|
 \"details_submitted\"|\"enabled\"|\"disabled\",\"disabled_reason\":…,\"currently_due\":[…]},
-POST /_emulator/accounts/{id}/deauthorize. Every change is recorded as an event: GET /v1/events.";
+POST /_emulator/accounts/{id}/deauthorize; for Accounts v2: GET /_emulator/v2/accounts,
+GET /_emulator/v2/events, POST /_emulator/v2/accounts/{id}/onboarding (the same bodies),
+POST /_emulator/v2/accounts/{id}/close, POST /_emulator/v2/accounts/{id} {\"contact_email\":\"…\"|null}.
+Every change is recorded as an event: GET /v1/events, and thin events at GET /v2/core/events.";
 
 fn usage() -> String {
     USAGE.replace("{version}", PINNED_API_VERSION)

@@ -18,6 +18,8 @@ struct Lists {
     api_version: String,
     /// Every `code` a Stripe API error can carry in this version.
     error_codes: HashSet<String>,
+    /// Every thin event type the SDK declares (`v2.core.account.created`, …).
+    v2_event_types: HashSet<String>,
     /// `"POST /v1/customers"` -> bracketed path -> what it accepts.
     endpoints: HashMap<String, HashMap<String, ParamSpec>>,
 }
@@ -37,6 +39,10 @@ pub struct ParamSpec {
     /// A hash with arbitrary keys (`metadata`): nothing below it is listed.
     #[serde(default)]
     pub free_form: bool,
+    /// The SDK types it as required: at the top level, in every request; below, whenever its
+    /// parent hash is sent. Checked for `/v2` endpoints (`/v1` handlers check what they need).
+    #[serde(default)]
+    pub required: bool,
 }
 
 impl ParamSpec {
@@ -62,6 +68,11 @@ pub fn is_served_version(version: &str) -> bool {
 /// Whether Stripe has this error code in the pinned version.
 pub fn is_stripe_error_code(code: &str) -> bool {
     lists().error_codes.contains(code)
+}
+
+/// Whether the SDK declares this thin event type (served by `GET /v2/core/events`).
+pub fn is_v2_event_type(kind: &str) -> bool {
+    lists().v2_event_types.contains(kind)
 }
 
 /// The parameters of `endpoint` (`"POST /v1/accounts"`) by bracketed path; `None` for an endpoint
@@ -96,11 +107,24 @@ mod tests {
             "POST /v1/account_links",
             "GET /v1/events",
             "GET /v1/events/{id}",
+            "POST /v2/core/accounts",
+            "POST /v2/core/accounts/{id}",
+            "GET /v2/core/accounts",
+            "GET /v2/core/accounts/{id}",
+            "POST /v2/core/accounts/{id}/close",
+            "POST /v2/core/account_links",
+            "GET /v2/core/events",
+            "GET /v2/core/events/{id}",
         ] {
             assert!(lists().endpoints.contains_key(endpoint), "{endpoint}");
         }
         assert!(is_known("POST /v1/accounts", "controller[stripe_dashboard][type]"));
         assert!(is_known("GET /v1/customers", "expand[]"));
         assert!(is_stripe_error_code("parameter_unknown") && !is_stripe_error_code("idempotency_key_reused"));
+        assert!(is_known("POST /v2/core/accounts", "configuration[merchant][capabilities][card_payments][requested]"));
+        assert!(is_known("GET /v2/core/accounts", "page") && is_known("GET /v2/core/events", "created[gte]"));
+        // Removed from Account Links v2 in 2026-09-30.endive, before the pin.
+        assert!(!is_known("POST /v2/core/account_links", "use_case[account_onboarding][configurations]"));
+        assert!(is_v2_event_type("v2.core.account[requirements].updated") && !is_v2_event_type("account.updated"));
     }
 }

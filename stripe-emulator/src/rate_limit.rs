@@ -1,4 +1,4 @@
-//! Stripe's request rate limits: a global one over every `/v1` request, one per endpoint (each
+//! Stripe's request rate limits: a global one over every `/v1` and `/v2` request, one per endpoint (each
 //! [`Route`] pattern apart, whatever the object id), and one shared by the search endpoints,
 //! which count under it instead of the per-endpoint limit. Unknown routes count only globally.
 //!
@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::api::Route;
+use crate::route::Route;
 
 const WINDOW: Duration = Duration::from_secs(1);
 
@@ -18,7 +18,7 @@ const WINDOW: Duration = Duration::from_secs(1);
 /// [`crate::Emulator::rate_limited`] and [`crate::RecordedRequest::rate_limited_by`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateLimitKind {
-    /// [`crate::EmulatorConfig::rate_limit`]: all `/v1` requests together.
+    /// [`crate::EmulatorConfig::rate_limit`]: all `/v1` and `/v2` requests together.
     Global,
     /// [`crate::EmulatorConfig::endpoint_rate_limit`]: the requests to one endpoint.
     Endpoint,

@@ -1,4 +1,4 @@
-//! The request log's entries: each `/v1` request as the emulator saw it.
+//! The request log's entries: each `/v1` and `/v2` request as the emulator saw it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -6,13 +6,14 @@ use serde_json::{Value, json};
 
 use crate::rate_limit::RateLimitKind;
 
-/// One `/v1` request as the emulator saw it. The Authorization header is never recorded.
+/// One `/v1` or `/v2` request as the emulator saw it. The Authorization header is never recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedRequest {
     pub method: String,
     pub path: String,
     /// Form body (POST) and query string parameters, nested: `metadata[a]=b` is
-    /// `{"metadata": {"a": "b"}}`. Leaf values are strings, as sent.
+    /// `{"metadata": {"a": "b"}}`. Leaf values are strings, as sent. A `/v2` POST's are its JSON
+    /// body as sent (typed values); a `/v2` GET's its query string, as for `/v1`.
     pub params: Value,
     pub idempotency_key: Option<String>,
     /// The `Stripe-Version` header as sent.

@@ -3,8 +3,17 @@
 //! idempotency -> latency -> execute. Nothing rejected before execution is stored under an idempotency key.
 //!
 //! Unlike Stripe, which falls back to the account's default version, the emulator requires
-//! `Stripe-Version` on every `/v1` request and answers only in the version its parameter lists
-//! were generated for ([`pinned_version::PINNED_API_VERSION`]), echoing it back.
+//! `Stripe-Version` on every `/v1` and `/v2` request and answers only in the version its
+//! parameter lists were generated for ([`pinned_version::PINNED_API_VERSION`]), echoing it back.
+//!
+//! A request under `/v2/` goes through the same pipeline with API v2's rules: its parameters are
+//! its JSON body or query string ([`v2::request`]; a body that cannot be read is refused after
+//! routing, before the idempotency layer), every error it gets is in v2's envelope
+//! ([`ApiError::body_v2`]), it runs in [`v2::api`], and its idempotency key keeps only a success
+//! for replay: after a failure, a retry with the key executes again and completes what the
+//! failed attempt got done ([`crate::idempotency`]). So a POST 500 after execute, stored
+//! ([`FaultAction::StoredAfterExecute`]), on `/v2` leaves the object made and the key failed: the
+//! retry answers 200 with that object, where `/v1` replays the 500.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::api::{self, Ctx, Route};
+use crate::api::{self, Ctx};
 use crate::auth;
 use crate::control;
 use crate::error::ApiError;
@@ -32,7 +41,9 @@ use crate::random::random_alnum;
 use crate::rate_limit::RateLimitKind;
 use crate::recorded_request::RecordedRequest;
 use crate::response::{HttpResponse, json_response};
+use crate::route::{self, Route};
 use crate::state::Shared;
+use crate::v2;
 
 const MAX_BODY: usize = 1 << 20;
 
@@ -90,25 +101,44 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
     let authorization = header("authorization");
     let idempotency_key = header("idempotency-key").filter(|k| !k.is_empty());
     let stripe_version = header("stripe-version");
+    let content_type = header("content-type");
     let query = req.uri().query().unwrap_or("").to_string();
+    let is_v2 = route::is_v2_path(&path);
 
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
             let error = ApiError::invalid(format!("Request bodies are limited to {MAX_BODY} bytes."));
-            return Ok(json_response(413, error.body().to_string().into_bytes()));
+            let body = if is_v2 { error.body_v2() } else { error.body() };
+            return Ok(json_response(413, body.to_string().into_bytes()));
         }
     };
-    // GET/DELETE parameters travel in the query string; POST takes both, body last.
-    let mut raw = query.into_bytes();
-    if method == "POST" && !body.is_empty() {
-        if !raw.is_empty() {
-            raw.push(b'&');
+    // v1: GET/DELETE parameters travel in the query string; POST takes both, body last.
+    // v2: a POST's are its JSON body, a GET's its query string.
+    let (params, unreadable) = if is_v2 {
+        match v2::request::parse(&method, &query, content_type.as_deref(), &body) {
+            Ok(params) => (params, None),
+            Err(e) => (Value::Object(Default::default()), Some(e)),
         }
-        raw.extend_from_slice(&body);
-    }
-    let parsed = form::parse(&raw);
-    let params = parsed.clone().unwrap_or(Value::Object(Default::default()));
+    } else {
+        let mut raw = query.into_bytes();
+        if method == "POST" && !body.is_empty() {
+            if !raw.is_empty() {
+                raw.push(b'&');
+            }
+            raw.extend_from_slice(&body);
+        }
+        match form::parse(&raw) {
+            Ok(params) => (params, None),
+            Err(e) => (
+                Value::Object(Default::default()),
+                Some(
+                    ApiError::invalid(format!("Invalid parameters: conflicting values for `{}`", e.param))
+                        .param(&e.param),
+                ),
+            ),
+        }
+    };
 
     let request_id = format!("req_{}", random_alnum(14));
     let log_id = shared.update(|s| {
@@ -126,7 +156,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
         })
     });
 
-    let request = V1Request {
+    let request = ApiRequest {
         method,
         path,
         params,
@@ -134,12 +164,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
         idempotency_key,
         stripe_version,
         request_id: request_id.clone(),
+        is_v2,
+        unreadable,
     };
-    let outcome = match parsed {
-        Ok(_) => pipeline(&shared, &request).await,
-        Err(e) => Outcome::error(
-            ApiError::invalid(format!("Invalid parameters: conflicting values for `{}`", e.param)).param(&e.param),
-        ),
+    let outcome = match &request.unreadable {
+        // A v1 form that cannot be read is refused at once, as before the v2 pipeline existed.
+        Some(e) if !request.is_v2 => Outcome::error(e.clone(), false),
+        _ => pipeline(&shared, &request).await,
     };
 
     let log_requests = shared.lock().config.log_requests;
@@ -188,8 +219,8 @@ fn log_line(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-/// The parts of a `/v1` request the pipeline looks at.
-struct V1Request {
+/// The parts of a `/v1` or `/v2` request the pipeline looks at.
+struct ApiRequest {
     method: String,
     path: String,
     params: Value,
@@ -198,6 +229,10 @@ struct V1Request {
     stripe_version: Option<String>,
     /// The `Request-Id` the answer will carry, named in the events the request causes.
     request_id: String,
+    /// Under `/v2/`: API v2's rules apply.
+    is_v2: bool,
+    /// Why its parameters could not be read, if they could not.
+    unreadable: Option<ApiError>,
 }
 
 enum Outcome {
@@ -221,15 +256,16 @@ impl Outcome {
         Outcome::Respond(Reply::new(status, body))
     }
 
-    fn error(e: ApiError) -> Outcome {
-        Outcome::ok(e.status, e.body())
+    /// `e` in v1's envelope, or v2's.
+    fn error(e: ApiError, v2: bool) -> Outcome {
+        Outcome::ok(e.status, error_body(&e, v2))
     }
 
     /// The 429 Stripe's rate limiter sends, as [`faults::Fault::rate_limit`] injects it.
-    fn rate_limited(limit: RateLimitKind) -> Outcome {
+    fn rate_limited(limit: RateLimitKind, v2: bool) -> Outcome {
         let error =
             ApiError::new(429, "invalid_request_error", faults::RATE_LIMIT_MESSAGE).code(faults::RATE_LIMIT_CODE);
-        Outcome::Respond(Reply { rate_limited_by: Some(limit), ..Reply::new(error.status, error.body()) })
+        Outcome::Respond(Reply { rate_limited_by: Some(limit), ..Reply::new(error.status, error_body(&error, v2)) })
     }
 }
 
@@ -269,6 +305,10 @@ impl Reply {
     }
 }
 
+fn error_body(e: &ApiError, v2: bool) -> Value {
+    if v2 { e.body_v2() } else { e.body() }
+}
+
 /// `body` with the first `token` replaced by `bytes`.
 fn splice(body: Vec<u8>, token: &[u8], bytes: &[u8]) -> Vec<u8> {
     match body.windows(token.len()).position(|w| w == token) {
@@ -292,7 +332,8 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
+async fn pipeline(shared: &Shared, req: &ApiRequest) -> Outcome {
+    let v2 = req.is_v2;
     // Resolved before the rate limits, which count each endpoint apart; an unknown route is
     // answered only after any injected fault, as before.
     let route = Route::resolve(&req.method, &req.path);
@@ -305,14 +346,14 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
             Some(key) => key,
             None => match auth::check(req.authorization.as_deref(), state.config.api_key.as_deref()) {
                 Ok(key) => key,
-                Err(e) => return Outcome::error(e),
+                Err(e) => return Outcome::error(e, v2),
             },
         };
         if let Err(e) = check_version(req.stripe_version.as_deref(), state.config.accept_unpinned) {
-            return Outcome::error(e);
+            return Outcome::error(e, v2);
         }
         if let Err(limit) = state.check_rate_limits(Instant::now(), route.as_ref()) {
-            return Outcome::rate_limited(limit);
+            return Outcome::rate_limited(limit, v2);
         }
         (api_key, state.faults.take(&req.method, &req.path))
     };
@@ -326,29 +367,41 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
         }
         Some(FaultAction::DropBeforeExecute) => return Outcome::Drop,
         Some(f @ FaultAction::Status { after_execute, .. }) if !after_execute => {
-            return status_fault(f);
+            return status_fault(f, v2);
         }
         Some(f) => Some(f),
     };
 
     let Some(route) = route else {
-        return Outcome::error(api::unrecognized(&req.method, &req.path));
+        return Outcome::error(api::unrecognized(&req.method, &req.path), v2);
     };
     // Before the idempotency layer: a refusal is not stored (see permissions.rs).
     if let Err(e) = shared.lock().restricted_keys.check(&api_key, &route) {
-        return Outcome::error(e);
+        return Outcome::error(e, v2);
+    }
+    // A /v2 body that cannot be read: the endpoint never starts executing.
+    if let Some(e) = &req.unreadable {
+        return Outcome::error(e.clone(), v2);
     }
 
     let mut claim = ClaimGuard { shared, key: None };
+    // What an earlier failed /v2 attempt with the same key got done.
+    let mut progress = None;
     if let (Some(key), "POST") = (&req.idempotency_key, req.method.as_str()) {
         if let Err(e) = idempotency::check_key(key) {
-            return Outcome::error(e);
+            return Outcome::error(e, v2);
         }
         let fingerprint =
             Fingerprint { method: req.method.clone(), path: req.path.clone(), params: req.params.clone() };
-        match shared.update(|s| s.idempotency.claim(key, fingerprint)) {
-            Claim::Claimed => claim.key = Some(key.clone()),
-            Claim::Rejected(e) => return Outcome::error(e),
+        let claimed = shared.update(|s| {
+            if v2 { s.idempotency.claim_v2(key, fingerprint) } else { s.idempotency.claim(key, fingerprint) }
+        });
+        match claimed {
+            Claim::Claimed(done) => {
+                claim.key = Some(key.clone());
+                progress = done;
+            }
+            Claim::Rejected(e) => return Outcome::error(e, v2),
             Claim::Replay(saved) => {
                 return Outcome::Respond(Reply { replayed: true, ..Reply::new(saved.status, saved.body) });
             }
@@ -363,8 +416,10 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
 
     let (status, body, raw) = shared.update(|s| {
         let now = Instant::now();
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let ctx = Ctx {
-            now_secs: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+            now_secs: since_epoch.as_secs() as i64,
+            now_ms: since_epoch.as_millis() as i64,
             now,
             indexed_at: now + s.config.search_lag,
             api_key: &api_key,
@@ -381,21 +436,35 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
                 e.code = code.clone();
                 Err(e)
             }
+            _ if v2 => v2::api::execute(&route, &req.params, &mut s.v2, &ctx, progress.as_ref()),
             _ => api::execute(&route, &req.params, &mut s.store, &ctx),
         };
+        // What this attempt got done before an injected failure hid it: the object answered.
+        let mut done = None;
         let (status, body) = match (result, &after) {
             // Executed for real; what is stored and answered is the failure that followed.
-            (Ok(_), Some(FaultAction::StoredAfterExecute { status, error_type, code, message })) => {
+            (Ok(object), Some(FaultAction::StoredAfterExecute { status, error_type, code, message })) => {
                 let mut e = ApiError::new(*status, error_type, message.clone());
                 e.code = code.clone();
-                (e.status, e.body())
+                done = Some(object);
+                (e.status, error_body(&e, v2))
             }
             (Ok(object), _) => (200, object),
-            (Err(e), _) => (e.status, e.body()),
+            (Err(e), _) => (e.status, error_body(&e, v2)),
         };
         if let Some(key) = claim.key.take() {
-            // Validation errors happen before Stripe starts executing, so they are not kept.
-            if status == 400 {
+            if v2 {
+                // v2 keeps only successes; a failure keeps what got done for the retry.
+                let done = done.or(progress);
+                if status == 200 {
+                    s.idempotency.complete(&key, Saved { status, body: body.clone() });
+                } else if status == 400 && done.is_none() {
+                    s.idempotency.release(&key);
+                } else {
+                    s.idempotency.fail(&key, done);
+                }
+            } else if status == 400 {
+                // Validation errors happen before Stripe starts executing, so they are not kept.
                 s.idempotency.release(&key);
             } else {
                 let saved = Saved { status, body: body.clone() };
@@ -411,7 +480,7 @@ async fn pipeline(shared: &Shared, req: &V1Request) -> Outcome {
 
     match after {
         Some(FaultAction::DropAfterExecute) => Outcome::Drop,
-        Some(f @ FaultAction::Status { .. }) => status_fault(f),
+        Some(f @ FaultAction::Status { .. }) => status_fault(f, v2),
         _ => Outcome::Respond(Reply { raw, ..Reply::new(status, body) }),
     }
 }
@@ -435,11 +504,11 @@ fn check_version(version: Option<&str>, accept_unpinned: bool) -> Result<(), Api
     }
 }
 
-fn status_fault(action: FaultAction) -> Outcome {
+fn status_fault(action: FaultAction, v2: bool) -> Outcome {
     let FaultAction::Status { status, error_type, code, message, should_retry, .. } = action else {
         unreachable!("only called with status faults");
     };
     let mut error = ApiError::new(status, &error_type, message);
     error.code = code;
-    Outcome::Respond(Reply { should_retry, ..Reply::new(status, error.body()) })
+    Outcome::Respond(Reply { should_retry, ..Reply::new(status, error_body(&error, v2)) })
 }

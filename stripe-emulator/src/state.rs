@@ -5,20 +5,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::api::Route;
 use crate::config::EmulatorConfig;
 use crate::faults::FaultQueue;
 use crate::idempotency::IdempotencyStore;
 use crate::permissions::RestrictedKeys;
 use crate::rate_limit::{Limits, RateLimitKind, RateLimiter};
 use crate::recorded_request::RecordedRequest;
+use crate::route::Route;
 use crate::store::Store;
+use crate::v2::store::V2Store;
 
 pub struct Shared {
     state: Mutex<State>,
     /// Signalled whenever the request log changes, for [`crate::Emulator::wait_for`].
     changed: Condvar,
-    /// `/v1` requests being handled right now, and the most at once since the last reset.
+    /// `/v1` and `/v2` requests being handled right now, and the most at once since the last reset.
     pub in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
 }
@@ -43,6 +44,8 @@ impl Drop for InFlight<'_> {
 pub struct State {
     pub config: EmulatorConfig,
     pub store: Store,
+    /// Accounts v2 and thin events.
+    pub v2: V2Store,
     pub idempotency: IdempotencyStore,
     pub faults: FaultQueue,
     /// Kept across [`State::reset`], like the configured key: they are the account's keys.
@@ -67,6 +70,7 @@ impl Shared {
             state: Mutex::new(State {
                 config,
                 store: Store::default(),
+                v2: V2Store::default(),
                 idempotency: IdempotencyStore::default(),
                 faults: FaultQueue::default(),
                 restricted_keys: RestrictedKeys::default(),
@@ -131,6 +135,7 @@ impl State {
 
     pub fn reset(&mut self) {
         self.store = Store::default();
+        self.v2 = V2Store::default();
         self.idempotency = IdempotencyStore::default();
         self.faults.clear();
         self.config.latency = Duration::ZERO;
@@ -138,7 +143,7 @@ impl State {
         self.rate_limiter = RateLimiter::default();
     }
 
-    /// Checks a `/v1` request arriving at `now` for `route` (`None`: unknown) against the
+    /// Checks a `/v1` or `/v2` request arriving at `now` for `route` (`None`: unknown) against the
     /// configured rate limits (see [`RateLimiter::admit`]): counted if admitted, or the limit
     /// that refuses it.
     pub fn check_rate_limits(&mut self, now: Instant, route: Option<&Route>) -> Result<(), RateLimitKind> {

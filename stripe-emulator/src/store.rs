@@ -77,7 +77,7 @@ impl Collection {
     }
 
     /// All records, tombstones included, oldest first.
-    pub fn records(&self) -> impl DoubleEndedIterator<Item = &Record> {
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = &Record> + Clone {
         self.by_seq.values()
     }
 
