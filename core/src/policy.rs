@@ -1,5 +1,8 @@
 //! Retry policy: which failures are worth another attempt, and how long to wait first.
 //! Follows Stripe's guidance and its official SDKs (see shared/reference/stripe-api.md).
+//!
+//! Two namespaces, two classifications: [`classify`] for `/v1` requests, [`classify_v2`] for
+//! `/v2` ones, whose idempotency works otherwise. The backoff is the same for both.
 
 use std::time::Duration;
 
@@ -57,6 +60,70 @@ pub fn classify(error: &StripeError, is_post: bool) -> Disposition {
             (None, s) if s >= 500 => RETRY,
             (None, _) => Disposition::Permanent,
         },
+    }
+}
+
+/// How long after a v2 request was first sent its idempotency key is trusted to cover a retry.
+/// Past it, the next attempt looks the object up first ([`v2_look_up_before_retry`]).
+///
+/// Stripe documents no window for v2 keys in what was checked: v1 keys are kept "at least 24
+/// hours" (docs.stripe.com/api/idempotent_requests), and v2's 30 days are reported only by
+/// secondary sources (SDK ports' docs: "v1 has 24h window, v2 has 30d window"). Trusting a key
+/// for longer than Stripe keeps it would make a second object; looking up a little early costs
+/// one look-up. So v1's documented floor, until Stripe documents v2's.
+pub const V2_KEY_HORIZON: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Whether the attempt after `since_first_sent` (the time since the request was first sent under
+/// its key) must look the object up before sending again: past [`V2_KEY_HORIZON`], Stripe may
+/// have forgotten the key and would do the work a second time.
+pub fn v2_look_up_before_retry(since_first_sent: Duration) -> bool {
+    since_first_sent >= V2_KEY_HORIZON
+}
+
+/// Classifies the outcome of a `/v2` request. v2's idempotency is not v1's: "For API v1, Stripe
+/// saves the status code and body of the first request made with a given idempotency key …
+/// Retries with the same key return the saved response, including `500` errors. With API v2,
+/// retries don't repeat successful operations. Stripe retries failed or partially failed work to
+/// completion when possible and returns an updated response. If a retry can't succeed, Stripe
+/// returns an error explaining why" (docs.stripe.com/api/idempotent_requests; "the API retries
+/// failed requests without producing side effects", docs.stripe.com/api-v2-overview). So:
+///
+/// - **retried under the same key**: no answer, 409 (a request with the key still running),
+///   424, 429 (rate limited; also `type`/`code` `rate_limit`), and every 5xx, **a POST's 500
+///   included**: the retry completes the work, it does not replay the 500. Hence no
+///   [`Disposition::OutcomeUnknown`] and no new key in v2;
+/// - **permanent**: `Stripe-Should-Retry: false` (which, as for v1, overrides every other rule,
+///   and is how "a retry can't succeed" is said), every other 4xx, and an answer that is not
+///   what was asked for;
+/// - **look-up first**: `idempotency_error` on a POST (not a 409): the key is bound to another
+///   request (another body, as when the profile changed between attempts, or another endpoint),
+///   so the object may exist from the first: find it before anything else, never a blind create
+///   under a new key. Past [`V2_KEY_HORIZON`] the caller looks up first as well
+///   ([`v2_look_up_before_retry`]).
+///
+/// `Stripe-Should-Retry: true` retries whatever the status, as for v1.
+pub fn classify_v2(error: &StripeError, is_post: bool) -> Disposition {
+    const RETRY: Disposition = Disposition::Retry { rate_limited: false };
+    match error {
+        StripeError::Transport { .. } => RETRY,
+        StripeError::InvalidResponse { .. } | StripeError::Config(_) => Disposition::Permanent,
+        StripeError::Api(e) => {
+            let rate_limited = e.status == 429
+                || e.error_type.as_deref() == Some("rate_limit")
+                || e.code.as_deref().is_some_and(|code| code == "rate_limit" || code == "lock_timeout");
+            let idempotency = e.error_type.as_deref() == Some("idempotency_error");
+            match (e.should_retry, e.status) {
+                (Some(true), _) => Disposition::Retry { rate_limited },
+                (Some(false), _) => Disposition::Permanent,
+                (None, _) if rate_limited => Disposition::Retry { rate_limited: true },
+                // A request with the same key is still running: nothing is decided yet.
+                (None, 409) => RETRY,
+                (None, _) if idempotency && is_post => Disposition::LookUpFirst,
+                (None, 424) => RETRY,
+                (None, s) if s >= 500 => RETRY,
+                (None, _) => Disposition::Permanent,
+            }
+        }
     }
 }
 
@@ -148,6 +215,71 @@ mod tests {
         for (error, is_post, expected) in cases {
             assert_eq!(classify(&error, is_post), expected, "{error:?} post={is_post}");
         }
+    }
+
+    fn v2_error(status: u16, error_type: Option<&str>, code: Option<&str>, should_retry: Option<bool>) -> StripeError {
+        let StripeError::Api(mut e) = api(status, should_retry) else { unreachable!() };
+        e.error_type = error_type.map(str::to_string);
+        e.code = code.map(str::to_string);
+        StripeError::Api(e)
+    }
+
+    #[test]
+    fn v2_retries_failed_work_under_the_same_key_and_looks_up_only_when_the_key_is_taken() {
+        use Disposition::*;
+        let retry = Retry { rate_limited: false };
+        let limited = Retry { rate_limited: true };
+        let cases = [
+            // A POST's 500: Stripe completes the work under the key; no new key, no look-up.
+            (api(500, None), true, retry),
+            (api(500, None), false, retry),
+            (api(502, None), true, retry),
+            (api(503, None), true, retry),
+            (api(504, None), true, retry),
+            (api(409, None), true, retry),
+            (v2_error(409, Some("idempotency_error"), Some("idempotency_key_in_use"), None), true, retry),
+            (api(424, None), true, retry),
+            (api(429, None), true, limited),
+            (v2_error(429, Some("rate_limit"), None, None), true, limited),
+            (v2_error(400, Some("rate_limit"), None, None), true, limited),
+            (v2_error(400, Some("invalid_request_error"), Some("rate_limit"), None), true, limited),
+            (v2_error(429, Some("invalid_request_error"), Some("lock_timeout"), None), true, limited),
+            // Stripe-Should-Retry wins.
+            (api(500, Some(false)), true, Permanent),
+            (api(400, Some(true)), true, retry),
+            (v2_error(429, None, None, Some(true)), true, limited),
+            (v2_error(400, Some("idempotency_error"), None, Some(false)), true, Permanent),
+            // The key is bound to another request: the object may exist.
+            (v2_error(400, Some("idempotency_error"), None, None), true, LookUpFirst),
+            (v2_error(400, Some("idempotency_error"), None, None), false, Permanent),
+            // Everything else a retry would get the same way.
+            (v2_error(400, Some("invalid_request_error"), Some("invalid_fields"), None), true, Permanent),
+            (v2_error(400, Some("blocked_by_stripe"), None, None), true, Permanent),
+            (v2_error(400, Some("quota_exceeded"), None, None), true, Permanent),
+            (api(401, None), true, Permanent),
+            (api(402, None), true, Permanent),
+            (api(403, None), true, Permanent),
+            (api(404, None), true, Permanent),
+            (StripeError::Transport { kind: TransportKind::Timeout, message: String::new() }, true, retry),
+            (StripeError::Transport { kind: TransportKind::Connect, message: String::new() }, true, retry),
+            (StripeError::InvalidResponse { status: 200, request_id: None, message: String::new() }, true, Permanent),
+            (StripeError::Config(String::new()), true, Permanent),
+        ];
+        for (error, is_post, expected) in cases {
+            assert_eq!(classify_v2(&error, is_post), expected, "{error:?} post={is_post}");
+            assert_ne!(classify_v2(&error, is_post), OutcomeUnknown);
+        }
+        // Where the two namespaces part: a POST's 500.
+        assert_eq!(classify(&api(500, None), true), OutcomeUnknown);
+        assert_eq!(classify_v2(&api(500, None), true), retry);
+    }
+
+    #[test]
+    fn a_v2_key_is_trusted_for_a_day_then_the_object_is_looked_up_first() {
+        assert!(!v2_look_up_before_retry(Duration::ZERO));
+        assert!(!v2_look_up_before_retry(V2_KEY_HORIZON - Duration::from_secs(1)));
+        assert!(v2_look_up_before_retry(V2_KEY_HORIZON));
+        assert!(v2_look_up_before_retry(Duration::from_secs(30 * 24 * 60 * 60)));
     }
 
     #[test]

@@ -1,10 +1,15 @@
-//! For the tests: a client of a fresh emulated Stripe, and customers made through it.
+//! For the tests: a client of a fresh emulated Stripe, and customers (v1) and Accounts (v2) made
+//! through it.
+//!
+//! It uses `v2` through its re-exports: the v2 tests that need it live in `v2/tests.rs`, never in
+//! the v2 resource modules themselves, so that no module cycle goes through here.
 
 use std::time::Duration;
 
 use super::client::{ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, StripeClient};
 use super::customers::NewCustomer;
 use super::objects::StripeObject;
+use super::v2::{Account, NewAccount, V2Client};
 
 pub fn emulated_stripe() -> (stripe_emulator::Emulator, StripeClient) {
     emulated_stripe_with_key("sk_test_findaccount0123456789")
@@ -43,6 +48,32 @@ pub fn create_customers(
         .map(|(i, (user_id, email))| {
             let customer = NewCustomer { user_id, email };
             rt.block_on(client.create_customer(&customer, &format!("create-{i}-{}", customer.user_id))).unwrap().0
+        })
+        .collect()
+}
+
+/// [`emulated_stripe`]'s client, speaking `/v2`.
+pub fn emulated_v2() -> (stripe_emulator::Emulator, V2Client) {
+    let (stripe, client) = emulated_stripe();
+    (stripe, client.v2())
+}
+
+/// v2 Accounts (customer-configured, [`NewAccount::new`]) made by the client, one a request, each
+/// under its own idempotency key (never one of an earlier call's: v2 answers a key's first success
+/// again); returns them in creation order.
+pub fn create_v2_accounts(
+    rt: &tokio::runtime::Runtime,
+    client: &V2Client,
+    accounts: impl IntoIterator<Item = (String, String)>,
+) -> Vec<Account> {
+    accounts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (user_id, email))| {
+            static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let key = format!("create-v2-{call}-{i}-{user_id}");
+            rt.block_on(client.create_account(&NewAccount::new(user_id, email), &key)).unwrap().0
         })
         .collect()
 }

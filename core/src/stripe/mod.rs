@@ -12,7 +12,10 @@
 //! - `objects`: [`StripeObject`] and object ids;
 //! - `customers`, `accounts` (with account links), `lists` (pages of customers or accounts),
 //!   `events`: what the client asks Stripe, each resource's methods and types;
-//! - `look_ups`: finding a user's customer or account before making one ([`LookUp`]).
+//! - `look_ups`: finding a user's customer or account before making one ([`LookUp`]);
+//! - `v2`: Stripe's API v2 (Accounts v2, Account Links v2, thin events), kept apart: JSON
+//!   bodies, `include`, URL pagination, v2 errors; it shares the client with all of the above
+//!   ([`v2::V2Client`], made by [`StripeClient::v2`]).
 //!
 //! Other modules use all this through this one (`stripe::StripeClient`, `stripe::StripeError`,
 //! ...); the submodules use each other directly, never through it, so that no module cycle goes
@@ -33,6 +36,7 @@ mod lists;
 mod look_ups;
 mod objects;
 mod response;
+pub mod v2;
 
 pub use accounts::{EXPRESS_CONTROLLER, NewAccount, account_gone, express_controller_object};
 pub use client::{
