@@ -150,7 +150,13 @@ pub extern "C-unwind" fn onboarding_worker_main(arg: pg_sys::Datum) {
         processes::publish_key_state(worker.slot, worker.key.state() as u32);
         if !usable && worker.in_flight.is_empty() {
             // Paused (no key): ignore commit wake-ups, which would otherwise spin the loop; a
-            // reload is noticed within a second.
+            // reload is noticed within a second, and so is DROP EXTENSION (this worker would
+            // otherwise hold its slot and connection until a key came).
+            if matches!(in_transaction("reading the extension version", crate::release::installed), Ok(Installed::No)) {
+                wake::mark_without_extension(database);
+                log!("onboarding: extension not installed in database \"{database_name}\"; worker exiting");
+                return;
+            }
             worker.serve_new_requests(); // refuses them
             std::thread::sleep(Duration::from_secs(1).min(gucs::poll_interval()));
             continue;

@@ -15,6 +15,7 @@ use crate::helpers::{
 pub(crate) fn tests() -> Vec<Trial> {
     trials![
         every_database_with_the_extension_gets_workers,
+        a_worker_without_a_key_leaves_when_the_extension_is_dropped,
         enqueue_customer_and_status_functions_for_applications,
         get_or_create_customer_returns_at_once_or_joins_the_running_job,
         get_or_create_customer_refuses_uncommitted_profiles_and_times_out_clearly,
@@ -77,6 +78,38 @@ fn every_database_with_the_extension_gets_workers() -> Result<(), Failed> {
     drop(other);
     db.batch_execute("DROP DATABASE other_app").unwrap();
     Ok(())
+}
+
+/// A worker paused for want of a Stripe key still leaves its database when the extension is
+/// dropped there (it slept through DROP EXTENSION, holding a worker slot and a connection, until
+/// a key came).
+fn a_worker_without_a_key_leaves_when_the_extension_is_dropped() -> Result<(), Failed> {
+    let mut db = db();
+    db.batch_execute("DROP DATABASE IF EXISTS keyless_app").unwrap();
+    db.batch_execute("CREATE DATABASE keyless_app").unwrap();
+    crate::helpers::set_and_reload(&mut db, "onboarding.stripe_api_key = ''");
+    let result = (|| -> Result<(), Failed> {
+        let out = env().cluster.psql("keyless_app", "CREATE EXTENSION onboarding");
+        ensure(out.status.success(), || format!("CREATE EXTENSION: {}", String::from_utf8_lossy(&out.stderr)))?;
+        wait_for("a worker for keyless_app", DEADLINE, || (workers_in(&mut db, "keyless_app") == 1).then_some(()))?;
+        let mut other = env().cluster.connect_to("keyless_app");
+        wait_for("the worker to find no key", DEADLINE, || {
+            let without: f64 = other
+                .query_one(
+                    "SELECT value::float8 FROM onboarding.stats WHERE metric = 'workers without a usable Stripe key'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (without == 1.0).then_some(())
+        })?;
+        other.batch_execute("DROP EXTENSION onboarding CASCADE").unwrap();
+        drop(other);
+        wait_for("the keyless worker to exit", DEADLINE, || (workers_in(&mut db, "keyless_app") == 0).then_some(()))
+    })();
+    crate::helpers::set_and_reload(&mut db, &format!("onboarding.stripe_api_key = '{}'", crate::helpers::API_KEY));
+    let _ = db.batch_execute("DROP DATABASE IF EXISTS keyless_app WITH (FORCE)");
+    result
 }
 
 fn enqueue_customer_and_status_functions_for_applications() -> Result<(), Failed> {
