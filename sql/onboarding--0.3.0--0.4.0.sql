@@ -272,11 +272,11 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     snap bigint := onboarding._snapshot(refresh);
     -- Whole seconds, as Stripe times events: one of the snapshot's second counts as newer.
-    taken bigint := (SELECT floor(extract(epoch FROM s.started_at)) FROM onboarding.stripe_snapshots s WHERE s.id = snap);
-    -- Accounts the snapshot does not hold are not checked against Stripe, and said to be.
-    unlisted text := onboarding._accounts_not_listed_why(snap);
     -- An object the extension made after the snapshot began is not in it, and not missing for that.
     snapshot_began timestamptz := (SELECT s.started_at FROM onboarding.stripe_snapshots s WHERE s.id = snap);
+    taken bigint := floor(extract(epoch FROM snapshot_began));
+    -- Accounts the snapshot does not hold are not checked against Stripe, and said to be.
+    unlisted text := onboarding._accounts_not_listed_why(snap);
 BEGIN
     RETURN QUERY
         SELECT p.profile_table, p.user_id, k.object, k.stripe_id,
@@ -428,7 +428,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                WHERE step = 'stripe_response' AND at >= now() - since AND detail ? 'duration_ms'),
     failures AS (SELECT coalesce(detail->>'status', detail->>'transport', detail->>'kind') AS status,
                         coalesce(detail->>'code', '') AS code
-                   FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since)
+                   FROM onboarding.events WHERE step IN ('failed', 'dead') AND at >= now() - since),
+    -- What each of this database's workers can do with its Stripe key (shared memory, read once).
+    keys AS (SELECT unnest(onboarding._worker_key_states()) AS k)
     SELECT 'jobs ' || s, count(j.id)::numeric, 'in the queue now'
       FROM unnest(ARRAY[onboarding._pending(), onboarding._running(), onboarding._dead()]) s
       LEFT JOIN onboarding.jobs j ON j.state = s GROUP BY s
@@ -436,15 +438,15 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     -- This database's workers, and what they can do with the Stripe key: without a usable one they
     -- claim nothing, and jobs wait with only the server log saying why.
     SELECT 'workers running', count(*)::numeric, 'keys: ' || coalesce(string_agg(DISTINCT k, ', '), 'none')
-      FROM unnest(onboarding._worker_key_states()) k
+      FROM keys
     UNION ALL
     SELECT 'workers without a usable Stripe key', count(*) FILTER (WHERE k IN ('missing', 'refused'))::numeric,
            'no key, or Stripe refused it: the server log says which'
-      FROM unnest(onboarding._worker_key_states()) k
+      FROM keys
     UNION ALL
     SELECT 'workers whose key may not do Connect', count(*) FILTER (WHERE k = 'connect refused')::numeric,
            'Connect jobs wait; customers go on'
-      FROM unnest(onboarding._worker_key_states()) k
+      FROM keys
     UNION ALL
     -- Pending work by priority lane (jobs.lane, claimed lowest first).
     SELECT 'pending in lane ' || l.lane, count(j.id)::numeric, l.what

@@ -35,13 +35,22 @@ pub enum KeyState {
 }
 
 impl KeyState {
-    pub fn name(code: u32) -> &'static str {
-        match code {
-            1 => "missing",
-            2 => "refused",
-            3 => "connect refused",
-            4 => "usable",
-            _ => "starting",
+    const ALL: [KeyState; 5] =
+        [KeyState::Starting, KeyState::Missing, KeyState::Refused, KeyState::ConnectRefused, KeyState::Usable];
+
+    /// The state a worker published (pg/processes.rs); an unknown code reads as starting.
+    fn from_code(code: u32) -> KeyState {
+        KeyState::ALL.into_iter().find(|state| *state as u32 == code).unwrap_or(KeyState::Starting)
+    }
+
+    /// As `onboarding.stats` counts it.
+    fn name(self) -> &'static str {
+        match self {
+            KeyState::Starting => "starting",
+            KeyState::Missing => "missing",
+            KeyState::Refused => "refused",
+            KeyState::ConnectRefused => "connect refused",
+            KeyState::Usable => "usable",
         }
     }
 }
@@ -52,7 +61,10 @@ fn worker_key_states() -> Vec<String> {
     if !crate::pg::processes::shared_memory_ready() {
         return Vec::new();
     }
-    crate::pg::processes::key_states_of_my_database().into_iter().map(|code| KeyState::name(code).to_string()).collect()
+    crate::pg::processes::key_states_of_my_database()
+        .into_iter()
+        .map(|code| KeyState::from_code(code).name().to_string())
+        .collect()
 }
 
 /// While the key's permissions are refused, how often the worker checks them again by itself.
