@@ -114,7 +114,8 @@ BEGIN
                   HINT = format('Columns of %s: %s. Name the right one with %s_column => ''...''.', tbl,
                       (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
                         WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped),
-                      CASE role WHEN 'connect account' THEN 'connect_account' ELSE role END);
+                      CASE role WHEN 'connect account' THEN 'connect_account' WHEN 'account' THEN 'customer'
+                                WHEN 'display name' THEN 'display_name' ELSE role END);
     END IF;
     IF NOT col_type = ANY (allowed) THEN
         RAISE EXCEPTION 'onboarding: column %.% is of type %, but the % column must be %',
@@ -199,7 +200,10 @@ BEGIN
     END IF;
     IF policy <> 'never' AND a.connect_account_column IS NULL THEN
         RAISE EXCEPTION 'onboarding: % has no Connect account column', profile_table
-            USING ERRCODE = 'undefined_column', HINT = 'attach() it again with connect_account_column => ''...''.';
+            USING ERRCODE = 'undefined_column',
+                  HINT = CASE a.stripe_objects WHEN 'v1' THEN 'attach() it again with connect_account_column => ''...''.'
+                         ELSE 'attach() it again with connect_account_column => ''...'': it receives the Account''s id '
+                              'once the Account is a connected account.' END;
     END IF;
     a.connect_policy := policy;
     a.connect_condition := condition;
@@ -236,6 +240,37 @@ BEGIN
             onboarding._connect_trigger_columns(a));
     END IF;
     RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
+END $$;
+
+-- What the Accounts of an accounts_v2 table get: the capabilities requested when the Connect
+-- policy adds the merchant and recipient configurations (an empty array leaves one out), and the
+-- Dashboard and responsibilities sent when an Account is made. NULL keeps the current value.
+-- Applies to what is sent from now on; Accounts made already keep what they were made with.
+CREATE FUNCTION onboarding.set_account_options(profile_table regclass, merchant_capabilities text[] DEFAULT NULL,
+                                               recipient_capabilities text[] DEFAULT NULL, dashboard text DEFAULT NULL,
+                                               fees_collector text DEFAULT NULL, losses_collector text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    chosen jsonb;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_account_options.profile_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'attach() it first.';
+    ELSIF a.stripe_objects <> 'accounts_v2' THEN
+        RAISE EXCEPTION 'onboarding: % makes v1 objects; account options are for accounts_v2 tables', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'v1 Connect accounts are Express accounts with card payments and transfers.';
+    END IF;
+    -- Checked and normalized by the parser the worker reads them with (src/account_options.rs).
+    chosen := onboarding._account_options(a.account_options || jsonb_strip_nulls(jsonb_build_object(
+        'merchant', to_jsonb(merchant_capabilities), 'recipient', to_jsonb(recipient_capabilities),
+        'dashboard', dashboard, 'fees_collector', fees_collector, 'losses_collector', losses_collector)));
+    UPDATE onboarding.attachments t SET account_options = chosen
+     WHERE t.profile_table = set_account_options.profile_table;
+    RETURN format('onboarding: Accounts of %s: %s', profile_table, chosen);
 END $$;
 
 -- The UPDATE OF list of the Connect trigger: the customer column and the columns the condition
@@ -316,7 +351,9 @@ BEGIN
         CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s
         REFERENCING OLD TABLE AS onboarding_deleted_profiles
         FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L, %L)$sql$,
-        a.profile_table, a.id_column, a.customer_column, coalesce(a.connect_account_column, ''));
+        a.profile_table, a.id_column, a.customer_column,
+        -- An accounts_v2 table's Connect column names the same Account: closed once, as the customer.
+        CASE WHEN a.stripe_objects = 'v1' THEN coalesce(a.connect_account_column, '') ELSE '' END);
     EXECUTE format($sql$
         CREATE TRIGGER onboarding_sync_email AFTER UPDATE OF %2$I ON %1$s
         FOR EACH ROW WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I)
@@ -324,15 +361,20 @@ BEGIN
         a.profile_table, a.email_column, a.id_column, a.customer_column, a.profile_table::oid);
 END $$;
 
+-- stripe_objects: 'v1' (a Customer, and an Express account by the Connect policy) or 'accounts_v2'
+-- (one Accounts v2 Account: see onboarding.attachments). customer_column defaults to
+-- stripe_customer_id for v1 and to stripe_account_id for accounts_v2, whose Account is the customer.
 CREATE FUNCTION onboarding.attach(
     profile_table regclass,
     id_column name DEFAULT 'id',
     email_column name DEFAULT 'email',
-    customer_column name DEFAULT 'stripe_customer_id',
+    customer_column name DEFAULT NULL,
     connect_account_column name DEFAULT NULL,
     connect_policy text DEFAULT 'never',
     connect_condition text DEFAULT NULL,
-    readiness_columns jsonb DEFAULT NULL
+    readiness_columns jsonb DEFAULT NULL,
+    stripe_objects text DEFAULT 'v1',
+    display_name_column name DEFAULT NULL
 ) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -340,10 +382,24 @@ DECLARE
     text_types CONSTANT regtype[] := ARRAY['text', 'character varying']::regtype[];
     not_boolean text;
     generated text;
+    attached_as text;
 BEGIN
     IF profile_table IS NULL THEN
         RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    IF stripe_objects IS NULL OR stripe_objects NOT IN ('v1', 'accounts_v2') THEN
+        RAISE EXCEPTION 'onboarding.attach: stripe_objects must be v1 or accounts_v2, not %',
+                coalesce(onboarding._quoted_prefix(stripe_objects), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'v1: a Customer per profile (and an Express account by the Connect policy); accounts_v2: one '
+                         'Accounts v2 Account per profile, its customer and, by the Connect policy, its connected account.';
+    END IF;
+    IF display_name_column IS NOT NULL AND stripe_objects = 'v1' THEN
+        RAISE EXCEPTION 'onboarding.attach: display_name_column goes with stripe_objects => ''accounts_v2'''
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'v1 Customers are sent the email and the user id only.';
+    END IF;
+    customer_column := coalesce(customer_column,
+                                CASE stripe_objects WHEN 'v1' THEN 'stripe_customer_id' ELSE 'stripe_account_id' END);
     IF NOT EXISTS (SELECT FROM pg_class WHERE oid = profile_table) THEN
         RAISE EXCEPTION 'onboarding.attach: no table has oid %', profile_table::oid
             USING ERRCODE = 'undefined_table',
@@ -354,10 +410,27 @@ BEGIN
             USING ERRCODE = 'wrong_object_type', HINT = 'Attach the table that holds the profiles, not a view.';
     END IF;
     PERFORM onboarding._check_attachable(profile_table);
+    -- A table's profiles keep the model their objects were made with: a v1 Customer id is no
+    -- Account id, nor the other way round.
+    SELECT a.stripe_objects INTO attached_as FROM onboarding.attachments a WHERE a.profile_table = attach.profile_table;
+    IF attached_as <> stripe_objects AND (
+           EXISTS (SELECT FROM onboarding.stripe_ties t WHERE t.profile_table = attach.profile_table)
+           OR EXISTS (SELECT FROM onboarding.jobs j WHERE j.profile_table = attach.profile_table
+                         AND onboarding._is_open(j.state))) THEN
+        RAISE EXCEPTION 'onboarding.attach: % is attached with stripe_objects => %, and has Stripe objects or jobs of that model',
+                profile_table, quote_literal(attached_as)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'A table switches model only before any of its profiles is provisioned. See "Choosing the '
+                         'Stripe objects" in the Connect guide for moving to accounts_v2.';
+    END IF;
     id_type := onboarding._column_type(profile_table, id_column, 'id',
         ARRAY['uuid', 'text', 'character varying', 'bigint', 'integer']::regtype[]);
     PERFORM onboarding._column_type(profile_table, email_column, 'email', text_types || coalesce(to_regtype('citext'), 'text'));
-    PERFORM onboarding._column_type(profile_table, customer_column, 'customer', text_types);
+    PERFORM onboarding._column_type(profile_table, customer_column,
+                                    CASE stripe_objects WHEN 'v1' THEN 'customer' ELSE 'account' END, text_types);
+    IF display_name_column IS NOT NULL THEN
+        PERFORM onboarding._column_type(profile_table, display_name_column, 'display name', text_types);
+    END IF;
     -- The Connect column is optional: by default, used when the table has one.
     IF connect_account_column IS NULL AND EXISTS (
         SELECT FROM pg_attribute WHERE attrelid = profile_table AND attname = 'stripe_connect_account_id'
@@ -395,7 +468,8 @@ BEGIN
 
     -- Each column for one purpose, and the ones the extension writes writable: otherwise every
     -- later write-back would fail (with a WARNING each time) instead of attach() now.
-    IF (SELECT count(*) <> count(DISTINCT c) FROM unnest(ARRAY[id_column, email_column, customer_column, connect_account_column]
+    IF (SELECT count(*) <> count(DISTINCT c) FROM unnest(ARRAY[id_column, email_column, customer_column, connect_account_column,
+                                                                 display_name_column]
                                                            || ARRAY(SELECT r.value::name
                                                                       FROM jsonb_each_text(coalesce(readiness_columns, '{}')) r)) c
          WHERE c IS NOT NULL) THEN
@@ -415,18 +489,33 @@ BEGIN
     END IF;
 
     INSERT INTO onboarding.attachments AS a
-        (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns)
-    VALUES (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns)
+        (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns,
+         stripe_objects, display_name_column, account_options)
+    VALUES (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns,
+            stripe_objects, display_name_column,
+            CASE stripe_objects WHEN 'accounts_v2' THEN onboarding._account_options('{}') END)
     ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
         SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
             customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column,
-            readiness_columns = EXCLUDED.readiness_columns;
+            readiness_columns = EXCLUDED.readiness_columns, stripe_objects = EXCLUDED.stripe_objects,
+            display_name_column = EXCLUDED.display_name_column,
+            -- Attached again: the options set for its Accounts stay.
+            account_options = CASE WHEN EXCLUDED.stripe_objects = 'accounts_v2'
+                                   THEN coalesce(a.account_options, EXCLUDED.account_options) END;
     -- The table's accounts are written to the new columns at the next poll.
     UPDATE onboarding.connect_accounts c SET profile_behind = true
      WHERE c.profile_table = attach.profile_table AND readiness_columns IS NOT NULL;
 
     PERFORM onboarding._create_triggers(a) FROM onboarding.attachments a WHERE a.profile_table = attach.profile_table;
     PERFORM onboarding.set_connect_policy(profile_table, connect_policy, connect_condition);
+    IF stripe_objects = 'accounts_v2' THEN
+        RETURN format('onboarding: attached to %s with Accounts v2 (id %I, email %I, account %I, display name %s, '
+                      'connect account %s, connect policy %s%s)',
+            profile_table, id_column, email_column, customer_column, coalesce(quote_ident(display_name_column), 'none'),
+            coalesce(quote_ident(connect_account_column), 'none'),
+            connect_policy || coalesce(': ' || connect_condition, ''),
+            coalesce(', readiness columns ' || readiness_columns::text, ''));
+    END IF;
     RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s%s)',
         profile_table, id_column, email_column, customer_column,
         coalesce(quote_ident(connect_account_column), 'none'),

@@ -304,14 +304,15 @@ CREATE VIEW onboarding.stats AS SELECT * FROM onboarding.stats_for('1 hour');
 -- Stripe against the profiles, from the latest snapshot of Stripe (or a fresh one: refresh).
 ------------------------------------------------------------------------------------------------
 
--- Every attached profile with its Stripe IDs.
+-- Every attached profile with its Stripe IDs. Not yet those of accounts_v2 tables: the snapshot
+-- holds v1 objects only, and would call their Accounts missing.
 CREATE FUNCTION onboarding._all_profiles()
 RETURNS TABLE (profile_table regclass, user_id text, customer text, account text, email text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a onboarding.attachments;
 BEGIN
-    FOR a IN SELECT * FROM onboarding.attachments LOOP
+    FOR a IN SELECT * FROM onboarding.attachments t WHERE t.stripe_objects = 'v1' LOOP
         RETURN QUERY
             SELECT a.profile_table, r[1], r[2], r[3], r[4]
               FROM onboarding._as_owner(a.profile_table,

@@ -310,7 +310,8 @@ CREATE OR REPLACE FUNCTION onboarding._promote_and_claim(promote_at_most integer
 RETURNS TABLE (promoted bigint, job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
                profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
-               run_at timestamptz, finished boolean)
+               run_at timestamptz, finished boolean, stripe_objects text, account_options jsonb, display_name text,
+               first_attempt_age double precision)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     taken bigint := onboarding._promote_intake(promote_at_most);
@@ -529,3 +530,495 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
            format('of %s followed (onboarding.connect_accounts)', count(*))
       FROM onboarding.connect_accounts;
 $$;
+
+-- Issue 31, Accounts v2 (sql/schema.sql, sql/attach.sql, sql/transitions.sql): a table attached
+-- with stripe_objects => 'accounts_v2' gets one Accounts v2 Account per profile. Existing tables
+-- stay v1, unchanged.
+ALTER TABLE onboarding.attachments
+    ADD COLUMN stripe_objects text NOT NULL DEFAULT 'v1' CHECK (stripe_objects IN ('v1', 'accounts_v2')),
+    ADD COLUMN display_name_column name,
+    ADD COLUMN account_options jsonb,
+    ADD CONSTRAINT attachments_options_only_for_accounts_v2
+        CHECK ((stripe_objects = 'accounts_v2') = (account_options IS NOT NULL)
+               AND (display_name_column IS NULL OR stripe_objects = 'accounts_v2'));
+DROP FUNCTION onboarding.attach(regclass, name, name, name, name, text, text, jsonb);
+-- onboarding.attach, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding.attach(
+    profile_table regclass,
+    id_column name DEFAULT 'id',
+    email_column name DEFAULT 'email',
+    customer_column name DEFAULT NULL,
+    connect_account_column name DEFAULT NULL,
+    connect_policy text DEFAULT 'never',
+    connect_condition text DEFAULT NULL,
+    readiness_columns jsonb DEFAULT NULL,
+    stripe_objects text DEFAULT 'v1',
+    display_name_column name DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id_type regtype;
+    text_types CONSTANT regtype[] := ARRAY['text', 'character varying']::regtype[];
+    not_boolean text;
+    generated text;
+    attached_as text;
+BEGIN
+    IF profile_table IS NULL THEN
+        RAISE EXCEPTION 'onboarding.attach: profile_table is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF stripe_objects IS NULL OR stripe_objects NOT IN ('v1', 'accounts_v2') THEN
+        RAISE EXCEPTION 'onboarding.attach: stripe_objects must be v1 or accounts_v2, not %',
+                coalesce(onboarding._quoted_prefix(stripe_objects), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'v1: a Customer per profile (and an Express account by the Connect policy); accounts_v2: one '
+                         'Accounts v2 Account per profile, its customer and, by the Connect policy, its connected account.';
+    END IF;
+    IF display_name_column IS NOT NULL AND stripe_objects = 'v1' THEN
+        RAISE EXCEPTION 'onboarding.attach: display_name_column goes with stripe_objects => ''accounts_v2'''
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'v1 Customers are sent the email and the user id only.';
+    END IF;
+    customer_column := coalesce(customer_column,
+                                CASE stripe_objects WHEN 'v1' THEN 'stripe_customer_id' ELSE 'stripe_account_id' END);
+    IF NOT EXISTS (SELECT FROM pg_class WHERE oid = profile_table) THEN
+        RAISE EXCEPTION 'onboarding.attach: no table has oid %', profile_table::oid
+            USING ERRCODE = 'undefined_table',
+                  HINT = 'The table was dropped, or the oid is mistyped: pass the table by name, attach(''public.profiles'').';
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = profile_table) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'onboarding.attach: % is not a table', profile_table
+            USING ERRCODE = 'wrong_object_type', HINT = 'Attach the table that holds the profiles, not a view.';
+    END IF;
+    PERFORM onboarding._check_attachable(profile_table);
+    -- A table's profiles keep the model their objects were made with: a v1 Customer id is no
+    -- Account id, nor the other way round.
+    SELECT a.stripe_objects INTO attached_as FROM onboarding.attachments a WHERE a.profile_table = attach.profile_table;
+    IF attached_as <> stripe_objects AND (
+           EXISTS (SELECT FROM onboarding.stripe_ties t WHERE t.profile_table = attach.profile_table)
+           OR EXISTS (SELECT FROM onboarding.jobs j WHERE j.profile_table = attach.profile_table
+                         AND onboarding._is_open(j.state))) THEN
+        RAISE EXCEPTION 'onboarding.attach: % is attached with stripe_objects => %, and has Stripe objects or jobs of that model',
+                profile_table, quote_literal(attached_as)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'A table switches model only before any of its profiles is provisioned. See "Choosing the '
+                         'Stripe objects" in the Connect guide for moving to accounts_v2.';
+    END IF;
+    id_type := onboarding._column_type(profile_table, id_column, 'id',
+        ARRAY['uuid', 'text', 'character varying', 'bigint', 'integer']::regtype[]);
+    PERFORM onboarding._column_type(profile_table, email_column, 'email', text_types || coalesce(to_regtype('citext'), 'text'));
+    PERFORM onboarding._column_type(profile_table, customer_column,
+                                    CASE stripe_objects WHEN 'v1' THEN 'customer' ELSE 'account' END, text_types);
+    IF display_name_column IS NOT NULL THEN
+        PERFORM onboarding._column_type(profile_table, display_name_column, 'display name', text_types);
+    END IF;
+    -- The Connect column is optional: by default, used when the table has one.
+    IF connect_account_column IS NULL AND EXISTS (
+        SELECT FROM pg_attribute WHERE attrelid = profile_table AND attname = 'stripe_connect_account_id'
+           AND attnum > 0 AND NOT attisdropped) THEN
+        connect_account_column := 'stripe_connect_account_id';
+    END IF;
+    IF connect_account_column IS NOT NULL THEN
+        PERFORM onboarding._column_type(profile_table, connect_account_column, 'connect account', text_types);
+    END IF;
+    -- Profile columns kept in step with what Stripe says of the account (sql/inbound.sql).
+    IF readiness_columns IS NOT NULL THEN
+        IF jsonb_typeof(readiness_columns) <> 'object' OR readiness_columns = '{}' OR EXISTS (
+               SELECT FROM jsonb_each(readiness_columns) c
+                WHERE c.key NOT IN ('ready', 'charges_enabled', 'payouts_enabled', 'details_submitted')
+                   OR jsonb_typeof(c.value) <> 'string') THEN
+            RAISE EXCEPTION 'onboarding.attach: readiness_columns names a boolean column for any of ready, charges_enabled, payouts_enabled, details_submitted'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: readiness_columns => ''{"ready": "stripe_account_ready", "payouts_enabled": "stripe_payouts_enabled"}''';
+        END IF;
+        IF connect_account_column IS NULL THEN
+            RAISE EXCEPTION 'onboarding.attach: readiness_columns needs a Connect account column' USING ERRCODE = 'undefined_column',
+                  HINT = 'Name it with connect_account_column => ''...''.';
+        END IF;
+        SELECT string_agg(format('%s (%s)', onboarding._quoted_prefix(c.value), coalesce(format_type(a.atttypid, NULL), 'no such column')), ', ')
+          INTO not_boolean
+          FROM jsonb_each_text(readiness_columns) c
+          LEFT JOIN pg_attribute a ON a.attrelid = profile_table AND a.attname = c.value AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE a.atttypid IS DISTINCT FROM 'boolean'::regtype;
+        IF not_boolean IS NOT NULL THEN
+            RAISE EXCEPTION 'onboarding.attach: readiness columns of % must be boolean columns: %', profile_table, not_boolean
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = format('For example: ALTER TABLE %s ADD COLUMN stripe_payouts_enabled boolean NOT NULL DEFAULT false;', profile_table);
+        END IF;
+    END IF;
+
+    -- Each column for one purpose, and the ones the extension writes writable: otherwise every
+    -- later write-back would fail (with a WARNING each time) instead of attach() now.
+    IF (SELECT count(*) <> count(DISTINCT c) FROM unnest(ARRAY[id_column, email_column, customer_column, connect_account_column,
+                                                                 display_name_column]
+                                                           || ARRAY(SELECT r.value::name
+                                                                      FROM jsonb_each_text(coalesce(readiness_columns, '{}')) r)) c
+         WHERE c IS NOT NULL) THEN
+        RAISE EXCEPTION 'onboarding.attach: a column of % is named for two purposes', profile_table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The id, email, customer, Connect account and readiness columns must be distinct columns.';
+    END IF;
+    SELECT string_agg(quote_ident(a.attname), ', ') INTO generated
+      FROM pg_attribute a
+     WHERE a.attrelid = profile_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
+       AND a.attname = ANY (ARRAY[customer_column, connect_account_column]
+                            || ARRAY(SELECT r.value::name FROM jsonb_each_text(coalesce(readiness_columns, '{}')) r));
+    IF generated IS NOT NULL THEN
+        RAISE EXCEPTION 'onboarding.attach: % of % is a generated column, which the extension could never write', generated, profile_table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name plain columns for the customer, the Connect account and the readiness.';
+    END IF;
+
+    INSERT INTO onboarding.attachments AS a
+        (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns,
+         stripe_objects, display_name_column, account_options)
+    VALUES (profile_table, id_column, id_type, email_column, customer_column, connect_account_column, readiness_columns,
+            stripe_objects, display_name_column,
+            CASE stripe_objects WHEN 'accounts_v2' THEN onboarding._account_options('{}') END)
+    ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
+        SET id_column = EXCLUDED.id_column, id_type = EXCLUDED.id_type, email_column = EXCLUDED.email_column,
+            customer_column = EXCLUDED.customer_column, connect_account_column = EXCLUDED.connect_account_column,
+            readiness_columns = EXCLUDED.readiness_columns, stripe_objects = EXCLUDED.stripe_objects,
+            display_name_column = EXCLUDED.display_name_column,
+            -- Attached again: the options set for its Accounts stay.
+            account_options = CASE WHEN EXCLUDED.stripe_objects = 'accounts_v2'
+                                   THEN coalesce(a.account_options, EXCLUDED.account_options) END;
+    -- The table's accounts are written to the new columns at the next poll.
+    UPDATE onboarding.connect_accounts c SET profile_behind = true
+     WHERE c.profile_table = attach.profile_table AND readiness_columns IS NOT NULL;
+
+    PERFORM onboarding._create_triggers(a) FROM onboarding.attachments a WHERE a.profile_table = attach.profile_table;
+    PERFORM onboarding.set_connect_policy(profile_table, connect_policy, connect_condition);
+    IF stripe_objects = 'accounts_v2' THEN
+        RETURN format('onboarding: attached to %s with Accounts v2 (id %I, email %I, account %I, display name %s, '
+                      'connect account %s, connect policy %s%s)',
+            profile_table, id_column, email_column, customer_column, coalesce(quote_ident(display_name_column), 'none'),
+            coalesce(quote_ident(connect_account_column), 'none'),
+            connect_policy || coalesce(': ' || connect_condition, ''),
+            coalesce(', readiness columns ' || readiness_columns::text, ''));
+    END IF;
+    RETURN format('onboarding: attached to %s (id %I, email %I, customer %I, connect account %s, connect policy %s%s)',
+        profile_table, id_column, email_column, customer_column,
+        coalesce(quote_ident(connect_account_column), 'none'),
+        connect_policy || coalesce(': ' || connect_condition, ''),
+        coalesce(', readiness columns ' || readiness_columns::text, ''));
+END $$;
+COMMENT ON FUNCTION onboarding.attach IS
+    'Provision a Stripe customer for every profile inserted into this table, after the insert commits';
+REVOKE ALL ON FUNCTION onboarding.attach(regclass, name, name, name, name, text, text, jsonb, text, name) FROM PUBLIC;
+-- onboarding.set_account_options, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding.set_account_options(profile_table regclass, merchant_capabilities text[] DEFAULT NULL,
+                                               recipient_capabilities text[] DEFAULT NULL, dashboard text DEFAULT NULL,
+                                               fees_collector text DEFAULT NULL, losses_collector text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+    chosen jsonb;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_account_options.profile_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'attach() it first.';
+    ELSIF a.stripe_objects <> 'accounts_v2' THEN
+        RAISE EXCEPTION 'onboarding: % makes v1 objects; account options are for accounts_v2 tables', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'v1 Connect accounts are Express accounts with card payments and transfers.';
+    END IF;
+    -- Checked and normalized by the parser the worker reads them with (src/account_options.rs).
+    chosen := onboarding._account_options(a.account_options || jsonb_strip_nulls(jsonb_build_object(
+        'merchant', to_jsonb(merchant_capabilities), 'recipient', to_jsonb(recipient_capabilities),
+        'dashboard', dashboard, 'fees_collector', fees_collector, 'losses_collector', losses_collector)));
+    UPDATE onboarding.attachments t SET account_options = chosen
+     WHERE t.profile_table = set_account_options.profile_table;
+    RETURN format('onboarding: Accounts of %s: %s', profile_table, chosen);
+END $$;
+REVOKE ALL ON FUNCTION onboarding.set_account_options(regclass, text[], text[], text, text, text) FROM PUBLIC;
+-- onboarding._account_options, as sql/ defines it
+CREATE OR REPLACE FUNCTION "_account_options"(
+	"options" jsonb /* JsonB */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'account_options_wrapper';
+REVOKE ALL ON FUNCTION onboarding._account_options(jsonb) FROM PUBLIC;
+-- onboarding._column_type, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._column_type(tbl regclass, col name, role text, allowed regtype[]) RETURNS regtype
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col_type regtype;
+BEGIN
+    IF col IS NULL OR col = '' THEN
+        RAISE EXCEPTION 'onboarding: the % column name is empty', role
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        RAISE EXCEPTION 'onboarding: table % has no column % (the % column)', tbl, quote_ident(col), role
+            USING ERRCODE = 'undefined_column',
+                  HINT = format('Columns of %s: %s. Name the right one with %s_column => ''...''.', tbl,
+                      (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+                        WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped),
+                      CASE role WHEN 'connect account' THEN 'connect_account' WHEN 'account' THEN 'customer'
+                                WHEN 'display name' THEN 'display_name' ELSE role END);
+    END IF;
+    IF NOT col_type = ANY (allowed) THEN
+        RAISE EXCEPTION 'onboarding: column %.% is of type %, but the % column must be %',
+                tbl, quote_ident(col), col_type, role, array_to_string(allowed, ' or ')
+            USING ERRCODE = 'datatype_mismatch';
+    END IF;
+    RETURN col_type;
+END $$;
+-- onboarding._create_triggers, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._create_triggers(a onboarding.attachments) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM onboarding._drop_triggers(a.profile_table);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_enqueue AFTER INSERT ON %1$s
+        FOR EACH ROW EXECUTE FUNCTION onboarding._intake_profile(%2$L, %3$L, %4$L)$sql$,
+        a.profile_table, a.id_column, a.customer_column, a.profile_table::oid);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_compensate AFTER DELETE ON %s
+        REFERENCING OLD TABLE AS onboarding_deleted_profiles
+        FOR EACH STATEMENT EXECUTE FUNCTION onboarding._compensate_deleted_profiles(%L, %L, %L)$sql$,
+        a.profile_table, a.id_column, a.customer_column,
+        -- An accounts_v2 table's Connect column names the same Account: closed once, as the customer.
+        CASE WHEN a.stripe_objects = 'v1' THEN coalesce(a.connect_account_column, '') ELSE '' END);
+    EXECUTE format($sql$
+        CREATE TRIGGER onboarding_sync_email AFTER UPDATE OF %2$I ON %1$s
+        FOR EACH ROW WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I)
+        EXECUTE FUNCTION onboarding._enqueue_email_update(%3$L, %4$L, %5$L)$sql$,
+        a.profile_table, a.email_column, a.id_column, a.customer_column, a.profile_table::oid);
+END $$;
+-- onboarding.set_connect_policy, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding.set_connect_policy(profile_table regclass, policy text, condition text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = set_connect_policy.profile_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'onboarding: table % is not attached', profile_table
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF policy IS NULL OR policy NOT IN ('never', 'always', 'when') THEN
+        RAISE EXCEPTION 'onboarding: connect policy must be never, always or when, not %', coalesce(onboarding._quoted_prefix(policy), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (policy = 'when') <> (nullif(btrim(condition), '') IS NOT NULL) THEN
+        RAISE EXCEPTION 'onboarding: a condition goes with policy ''when'', and only with it'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: set_connect_policy(''public.profiles'', ''when'', ''role = ''''provider'''''')';
+    END IF;
+    IF policy <> 'never' AND a.connect_account_column IS NULL THEN
+        RAISE EXCEPTION 'onboarding: % has no Connect account column', profile_table
+            USING ERRCODE = 'undefined_column',
+                  HINT = CASE a.stripe_objects WHEN 'v1' THEN 'attach() it again with connect_account_column => ''...''.'
+                         ELSE 'attach() it again with connect_account_column => ''...'': it receives the Account''s id '
+                              'once the Account is a connected account.' END;
+    END IF;
+    a.connect_policy := policy;
+    a.connect_condition := condition;
+    IF policy = 'when' THEN
+        -- One expression (src/condition.rs), then planned (not run) as the table's owner.
+        BEGIN
+            PERFORM onboarding._check_connect_condition(condition);
+        EXCEPTION WHEN syntax_error THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % is not one SQL expression: %',
+                    onboarding._quoted_prefix(condition), left(SQLERRM, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write one boolean expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+        BEGIN
+            PERFORM FROM onboarding._as_owner(profile_table, onboarding._connect_condition_query(a, 'NULL') || ' LIMIT 0');
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'onboarding: the connect condition % does not work on %: %',
+                    onboarding._quoted_prefix(condition), profile_table, left(SQLERRM, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write a boolean SQL expression over the profile''s columns, e.g. role = ''provider''.';
+        END;
+    END IF;
+    UPDATE onboarding.attachments t SET connect_policy = policy, connect_condition = condition
+     WHERE t.profile_table = set_connect_policy.profile_table;
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = profile_table AND tgname = 'onboarding_connect') THEN
+        EXECUTE format('DROP TRIGGER onboarding_connect ON %s', profile_table);
+    END IF;
+    IF policy <> 'never' THEN
+        EXECUTE format($sql$
+            CREATE TRIGGER onboarding_connect AFTER UPDATE %5$s ON %1$s
+            FOR EACH ROW WHEN (NEW.%2$I IS NULL AND NEW.%3$I IS NOT NULL)
+            EXECUTE FUNCTION onboarding._enqueue_connect_if_due(%4$L)$sql$,
+            profile_table, a.connect_account_column, a.customer_column, profile_table::oid,
+            onboarding._connect_trigger_columns(a));
+    END IF;
+    RETURN format('onboarding: Connect accounts for %s: %s', profile_table, policy || coalesce(': ' || condition, ''));
+END $$;
+-- onboarding._follow_account, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._follow_account() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- Not yet for an accounts_v2 table's Accounts: they are read on /v2/core/accounts, which the
+    -- reader does not read yet (issue 31).
+    IF EXISTS (SELECT FROM onboarding.attachments a
+                WHERE a.profile_table = NEW.profile_table AND a.stripe_objects = 'accounts_v2') THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO onboarding.connect_accounts (account_id, profile_table, user_id)
+    VALUES (NEW.stripe_id, NEW.profile_table, NEW.user_id)
+    ON CONFLICT (account_id) DO NOTHING;
+    RETURN NULL;
+END $$;
+-- onboarding._all_profiles, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._all_profiles()
+RETURNS TABLE (profile_table regclass, user_id text, customer text, account text, email text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments t WHERE t.stripe_objects = 'v1' LOOP
+        RETURN QUERY
+            SELECT a.profile_table, r[1], r[2], r[3], r[4]
+              FROM onboarding._as_owner(a.profile_table,
+                       format('SELECT t.%1$I::text, t.%2$I::text, %3$s, t.%4$I::text FROM %5$s t',
+                              a.id_column, a.customer_column,
+                              coalesce('t.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text'), a.email_column,
+                              a.profile_table)) r;
+    END LOOP;
+END $$;
+-- The claim returns each job's table's model and options (_promote_and_claim, new in 0.4.0, is
+-- written above with them).
+DROP FUNCTION onboarding._claim_jobs(integer, interval, timestamptz[], bigint[], integer[]);
+-- onboarding._claim_jobs, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval, after_run_at timestamptz[],
+                                       after_id bigint[], reserved integer[])
+RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
+               stripe_id text, request_params jsonb, look_up_first boolean,
+               profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
+               run_at timestamptz, finished boolean, stripe_objects text, account_options jsonb, display_name text,
+               first_attempt_age double precision)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    job onboarding.jobs;
+    a onboarding.attachments;
+    due boolean;
+    claimed bigint[] := '{}';
+    wanted integer;
+BEGIN
+    FOR pass IN 1 .. 2 LOOP
+        FOR l IN 0 .. 3 LOOP
+            wanted := max_jobs - cardinality(claimed);
+            IF pass = 1 THEN
+                wanted := least(wanted, coalesce(reserved[l + 1], 0));
+            END IF;
+            CONTINUE WHEN wanted <= 0;
+            claimed := claimed || ARRAY(
+                SELECT j.id FROM onboarding.jobs j
+                 WHERE j.state = onboarding._pending() AND j.lane = l AND j.run_at <= now()
+                   AND (j.run_at, j.id) > (coalesce(after_run_at[l + 1], '-infinity'), coalesce(after_id[l + 1], 0))
+                   AND j.id <> ALL (claimed)  -- our own locks do not skip them
+                 ORDER BY j.run_at, j.id
+                 LIMIT wanted
+                 FOR UPDATE SKIP LOCKED);
+        END LOOP;
+    END LOOP;
+    FOR job IN
+        WITH taken AS (
+            UPDATE onboarding.jobs j
+               SET state = onboarding._running(), attempts = j.attempts + 1, claimed_by = pg_backend_pid(),
+                   claimer_started_at = onboarding._backend_started_at(), claimed_at = now(),
+                   first_attempt_at = coalesce(j.first_attempt_at, now())
+             WHERE j.id = ANY (claimed)
+            RETURNING j.*)
+        SELECT * FROM taken t ORDER BY t.lane, t.run_at, t.id
+    LOOP
+        -- Every claimed job comes back, where the next claim starts; those finished here say so.
+        job_id := job.id; lane := job.lane; run_at := job.run_at; finished := true;
+        <<planning>>
+        BEGIN
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (job.id, job.user_id, 'claimed', jsonb_build_object('attempt', job.attempts, 'worker_pid', pg_backend_pid()));
+            SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = job.profile_table;
+            IF NOT FOUND THEN
+                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                    jsonb_build_object('reason', format('table %s is no longer attached', job.profile_table)));
+                EXIT planning;
+            END IF;
+            kind := job.kind; user_id := job.user_id;
+            -- A creation job's stripe_id is the object it holds for a postponed write-back, if any.
+            idempotency_key := job.idempotency_key; attempts := job.attempts;
+            stripe_id := coalesce(job.stripe_id, job.object_to_link);
+            request_params := job.request_params;
+            stripe_objects := a.stripe_objects; account_options := a.account_options;
+            first_attempt_age := extract(epoch FROM now() - job.first_attempt_at);
+            -- An accounts_v2 job looks up only when its key may be gone or was refused: after a
+            -- promotion (jobs.look_up_first alone) the same key and body get the same Account, and
+            -- the v2 list, eventually consistent, could not tell a recent Account absent anyway.
+            look_up_first := (job.look_up_first AND a.stripe_objects = 'v1') OR job.first_attempt_at < now() - horizon
+                             OR job.last_error_detail->>'type' = 'idempotency_error';
+            BEGIN
+                -- As the table's owner (src/tables.rs), like every statement on an application table.
+                SELECT r[1], r[2], r[3], r[4] INTO email, customer_id, connect_account_id, display_name
+                  FROM onboarding._as_owner(a.profile_table,
+                           format('SELECT %I::text, %I::text, %s, %s FROM %s WHERE %I = $1::%s',
+                                  a.email_column, a.customer_column,
+                                  coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                                  coalesce(quote_ident(a.display_name_column) || '::text', 'NULL::text'),
+                                  a.profile_table, a.id_column, a.id_type),
+                           ARRAY[job.user_id]) r;
+                profile_found := FOUND;
+            EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
+                profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+                display_name := NULL;
+            WHEN lock_not_available THEN
+                -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
+                -- does not wait for it (src/tables.rs); this job tries again in a second.
+                PERFORM onboarding._postpone(job.id, format('table %s is locked by another transaction', a.profile_table));
+                EXIT planning;
+            WHEN OTHERS OR query_canceled THEN
+                -- query_canceled (which OTHERS leaves out): the read ran past onboarding.owner_statement_timeout
+                -- (or the worker's statement was cancelled); it parks this job, not the whole claim.
+                PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                    jsonb_build_object('reason', 'could not read the profile: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                    error => 'could not read the profile: ' || SQLERRM
+                             || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.owner_statement_timeout)' ELSE '' END);
+                EXIT planning;
+            END;
+            -- A conditional account job: the condition is checked now, in the worker (bounded by
+            -- onboarding.connect_condition_timeout), never in the application's UPDATE.
+            IF job.conditional AND profile_found THEN
+                BEGIN
+                    due := onboarding._connect_due(a, job.user_id);
+                EXCEPTION WHEN OTHERS OR query_canceled THEN
+                    PERFORM onboarding._finish_job(job.id, onboarding._dead(), 'dead',
+                        jsonb_build_object('reason', 'the Connect condition failed: ' || SQLERRM, 'sqlstate', SQLSTATE),
+                        error => 'the Connect condition failed: ' || SQLERRM
+                                 || CASE SQLSTATE WHEN '57014' THEN ' (onboarding.connect_condition_timeout)' ELSE '' END);
+                    EXIT planning;
+                END;
+                IF NOT due THEN
+                    PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                        jsonb_build_object('reason', format('the Connect policy of %s does not want an account for this profile',
+                                                            a.profile_table)));
+                    EXIT planning;
+                END IF;
+            END IF;
+            -- Work on an existing object (an email sync, a deletion) only for the profile this
+            -- extension made it for (sql/ties.sql): whatever queued it, a column is not enough.
+            IF job.kind IN ('update_customer_email', 'delete_customer', 'delete_connect_account')
+               AND NOT onboarding._tied(job.stripe_id, job.profile_table, job.user_id) THEN
+                PERFORM onboarding._refuse_untied(job.profile_table, job.user_id, job.stripe_id,
+                                                  replace(job.kind, '_', ' '), job.id);
+                PERFORM onboarding._finish_job(job.id, onboarding._skipped(), 'skipped',
+                    jsonb_build_object('reason', format('Stripe object %s was not made for this profile by this extension',
+                                                        left(job.stripe_id, 60))));
+                EXIT planning;
+            END IF;
+            finished := false;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION onboarding._claim_jobs(integer, interval, timestamptz[], bigint[], integer[]) FROM PUBLIC;

@@ -24,7 +24,22 @@ CREATE TABLE onboarding.attachments (
         CHECK (on_stripe_email_changed IN ('audit', 'update_profile')),
     -- Boolean profile columns kept in step with the Connect account's readiness, by what they
     -- hold: {"ready": column, "payouts_enabled": column, ...} (attach's readiness_columns).
-    readiness_columns jsonb
+    readiness_columns jsonb,
+    -- Which Stripe objects its profiles get (attach's stripe_objects). 'v1': a Customer, and by
+    -- the Connect policy an Express Connect account, a second object. 'accounts_v2': one Accounts
+    -- v2 Account, made with the customer configuration; customer_column holds its id (the Account
+    -- is the customer: `customer_account`), and the Connect policy adds the merchant and recipient
+    -- configurations to it, then writes the same id to connect_account_column.
+    stripe_objects text NOT NULL DEFAULT 'v1' CHECK (stripe_objects IN ('v1', 'accounts_v2')),
+    -- accounts_v2: the column sent as the Account's display_name (NULL: none is sent).
+    display_name_column name,
+    -- accounts_v2: what its Accounts get (set_account_options), in the stored form of
+    -- core/src/stripe/v2/options.rs: the Dashboard and responsibilities sent at creation, the
+    -- configurations and capabilities the Connect policy adds. NULL for v1 tables.
+    account_options jsonb,
+    CONSTRAINT attachments_options_only_for_accounts_v2
+        CHECK ((stripe_objects = 'accounts_v2') = (account_options IS NOT NULL)
+               AND (display_name_column IS NULL OR stripe_objects = 'accounts_v2'))
 );
 
 -- The transactional outbox: one row per unit of Stripe work.

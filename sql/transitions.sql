@@ -100,7 +100,8 @@ CREATE FUNCTION onboarding._claim_jobs(max_jobs integer, horizon interval, after
 RETURNS TABLE (job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
                profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
-               run_at timestamptz, finished boolean)
+               run_at timestamptz, finished boolean, stripe_objects text, account_options jsonb, display_name text,
+               first_attempt_age double precision)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job onboarding.jobs;
@@ -153,21 +154,28 @@ BEGIN
             idempotency_key := job.idempotency_key; attempts := job.attempts;
             stripe_id := coalesce(job.stripe_id, job.object_to_link);
             request_params := job.request_params;
-            look_up_first := job.look_up_first OR job.first_attempt_at < now() - horizon
+            stripe_objects := a.stripe_objects; account_options := a.account_options;
+            first_attempt_age := extract(epoch FROM now() - job.first_attempt_at);
+            -- An accounts_v2 job looks up only when its key may be gone or was refused: after a
+            -- promotion (jobs.look_up_first alone) the same key and body get the same Account, and
+            -- the v2 list, eventually consistent, could not tell a recent Account absent anyway.
+            look_up_first := (job.look_up_first AND a.stripe_objects = 'v1') OR job.first_attempt_at < now() - horizon
                              OR job.last_error_detail->>'type' = 'idempotency_error';
             BEGIN
                 -- As the table's owner (src/tables.rs), like every statement on an application table.
-                SELECT r[1], r[2], r[3] INTO email, customer_id, connect_account_id
+                SELECT r[1], r[2], r[3], r[4] INTO email, customer_id, connect_account_id, display_name
                   FROM onboarding._as_owner(a.profile_table,
-                           format('SELECT %I::text, %I::text, %s FROM %s WHERE %I = $1::%s',
+                           format('SELECT %I::text, %I::text, %s, %s FROM %s WHERE %I = $1::%s',
                                   a.email_column, a.customer_column,
                                   coalesce(quote_ident(a.connect_account_column) || '::text', 'NULL::text'),
+                                  coalesce(quote_ident(a.display_name_column) || '::text', 'NULL::text'),
                                   a.profile_table, a.id_column, a.id_type),
                            ARRAY[job.user_id]) r;
                 profile_found := FOUND;
             EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
                 -- A user id that cannot be an id of this table (say, an orphan's metadata): no profile.
                 profile_found := false; email := NULL; customer_id := NULL; connect_account_id := NULL;
+                display_name := NULL;
             WHEN lock_not_available THEN
                 -- Another transaction holds the table (ALTER TABLE, VACUUM FULL, LOCK): the worker
                 -- does not wait for it (src/tables.rs); this job tries again in a second.
@@ -226,7 +234,8 @@ CREATE FUNCTION onboarding._promote_and_claim(promote_at_most integer, max_jobs 
 RETURNS TABLE (promoted bigint, job_id bigint, kind text, user_id text, idempotency_key text, attempts integer,
                stripe_id text, request_params jsonb, look_up_first boolean,
                profile_found boolean, email text, customer_id text, connect_account_id text, lane smallint,
-               run_at timestamptz, finished boolean)
+               run_at timestamptz, finished boolean, stripe_objects text, account_options jsonb, display_name text,
+               first_attempt_age double precision)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     taken bigint := onboarding._promote_intake(promote_at_most);

@@ -28,6 +28,7 @@
 
 use pgrx::prelude::*;
 
+mod account_options;
 mod condition;
 mod gucs;
 mod intake;

@@ -24,8 +24,10 @@
 //! maintenance services (failover, rescue, retention, the events reader) are maintenance/, run by
 //! its supervisor at each step.
 
+mod accounts_v2;
 mod calls;
 mod claim;
+mod outcome;
 mod record;
 mod serving;
 mod sql_release;

@@ -102,6 +102,17 @@ pub fn plan_delete(customer: &str, profile: Option<&Profile>) -> DeletePlan {
     }
 }
 
+/// What an accounts_v2 compensation job does: the one Account is the profile's customer and its
+/// connected account, so the profile uses it if either column links it.
+pub fn plan_close_account(account: &str, profile: Option<&Profile>) -> DeletePlan {
+    match profile {
+        Some(p) if p.customer_id.as_deref() == Some(account) || p.connect_account_id.as_deref() == Some(account) => {
+            DeletePlan::InUse
+        }
+        _ => DeletePlan::Delete(account.to_string()),
+    }
+}
+
 /// What an `update_customer_email` job does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EmailPlan {
@@ -229,6 +240,17 @@ mod tests {
         let other = profile(Some("a@b.co"), Some("cus_2"));
         assert_eq!(plan_delete("cus_1", other.as_ref()), DeletePlan::Delete("cus_1".into()));
         assert_eq!(plan_delete("cus_1", None), DeletePlan::Delete("cus_1".into()));
+    }
+
+    #[test]
+    fn an_account_is_never_closed_while_either_column_links_it() {
+        let both =
+            Profile { email: None, customer_id: Some("acct_1".into()), connect_account_id: Some("acct_1".into()) };
+        let connect_only = Profile { customer_id: Some("acct_2".into()), ..both.clone() };
+        assert_eq!(plan_close_account("acct_1", Some(&both)), DeletePlan::InUse);
+        assert_eq!(plan_close_account("acct_1", Some(&connect_only)), DeletePlan::InUse);
+        assert_eq!(plan_close_account("acct_3", Some(&both)), DeletePlan::Delete("acct_3".into()));
+        assert_eq!(plan_close_account("acct_1", None), DeletePlan::Delete("acct_1".into()));
     }
 
     #[test]

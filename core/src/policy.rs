@@ -80,6 +80,21 @@ pub fn v2_look_up_before_retry(since_first_sent: Duration) -> bool {
     since_first_sent >= V2_KEY_HORIZON
 }
 
+/// How long the v2 Accounts list may lag behind a write: an Account made less than this ago may
+/// not be listed yet (the list is eventually consistent; Stripe gives no bound, and its lag is
+/// seconds in practice). A look-up that does not find the Account the first attempt may have made
+/// is proof of absence only once that attempt is older than this.
+pub const V2_LIST_SETTLED: Duration = Duration::from_secs(10 * 60);
+
+/// Whether a v2 look-up that did not find the user's Account proves that the attempt made
+/// `since_first_sent` ago made none (see [`V2_LIST_SETTLED`]); if not, when to look again.
+pub fn v2_not_found_is_absent(since_first_sent: Duration) -> Result<(), Duration> {
+    match V2_LIST_SETTLED.checked_sub(since_first_sent) {
+        None | Some(Duration::ZERO) => Ok(()),
+        Some(remaining) => Err(remaining.max(Duration::from_secs(30))),
+    }
+}
+
 /// Classifies the outcome of a `/v2` request. v2's idempotency is not v1's: "For API v1, Stripe
 /// saves the status code and body of the first request made with a given idempotency key …
 /// Retries with the same key return the saved response, including `500` errors. With API v2,
@@ -156,6 +171,15 @@ impl Backoff {
 mod tests {
     use super::*;
     use crate::stripe::error::{ApiError, TransportKind};
+
+    #[test]
+    fn a_v2_look_up_proves_absence_only_once_the_list_has_settled() {
+        assert_eq!(v2_not_found_is_absent(V2_LIST_SETTLED), Ok(()));
+        assert_eq!(v2_not_found_is_absent(V2_KEY_HORIZON), Ok(()));
+        assert_eq!(v2_not_found_is_absent(Duration::ZERO), Err(V2_LIST_SETTLED));
+        // Never sooner than 30 s, even just before the list settles.
+        assert_eq!(v2_not_found_is_absent(V2_LIST_SETTLED - Duration::from_secs(1)), Err(Duration::from_secs(30)));
+    }
 
     fn api(status: u16, should_retry: Option<bool>) -> StripeError {
         StripeError::Api(ApiError {

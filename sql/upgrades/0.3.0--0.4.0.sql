@@ -53,3 +53,31 @@ SELECT onboarding._wake_worker_after_commit();
 -- @replace onboarding._worker_key_states
 REVOKE ALL ON FUNCTION onboarding._worker_key_states() FROM PUBLIC;
 -- @replace onboarding.stats_for
+
+-- Issue 31, Accounts v2 (sql/schema.sql, sql/attach.sql, sql/transitions.sql): a table attached
+-- with stripe_objects => 'accounts_v2' gets one Accounts v2 Account per profile. Existing tables
+-- stay v1, unchanged.
+ALTER TABLE onboarding.attachments
+    ADD COLUMN stripe_objects text NOT NULL DEFAULT 'v1' CHECK (stripe_objects IN ('v1', 'accounts_v2')),
+    ADD COLUMN display_name_column name,
+    ADD COLUMN account_options jsonb,
+    ADD CONSTRAINT attachments_options_only_for_accounts_v2
+        CHECK ((stripe_objects = 'accounts_v2') = (account_options IS NOT NULL)
+               AND (display_name_column IS NULL OR stripe_objects = 'accounts_v2'));
+DROP FUNCTION onboarding.attach(regclass, name, name, name, name, text, text, jsonb);
+-- @replace onboarding.attach
+REVOKE ALL ON FUNCTION onboarding.attach(regclass, name, name, name, name, text, text, jsonb, text, name) FROM PUBLIC;
+-- @replace onboarding.set_account_options
+REVOKE ALL ON FUNCTION onboarding.set_account_options(regclass, text[], text[], text, text, text) FROM PUBLIC;
+-- @replace onboarding._account_options
+REVOKE ALL ON FUNCTION onboarding._account_options(jsonb) FROM PUBLIC;
+-- @replace onboarding._column_type
+-- @replace onboarding._create_triggers
+-- @replace onboarding.set_connect_policy
+-- @replace onboarding._follow_account
+-- @replace onboarding._all_profiles
+-- The claim returns each job's table's model and options (_promote_and_claim, new in 0.4.0, is
+-- written above with them).
+DROP FUNCTION onboarding._claim_jobs(integer, interval, timestamptz[], bigint[], integer[]);
+-- @replace onboarding._claim_jobs
+REVOKE ALL ON FUNCTION onboarding._claim_jobs(integer, interval, timestamptz[], bigint[], integer[]) FROM PUBLIC;

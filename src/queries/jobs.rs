@@ -13,6 +13,7 @@ use onboarding_core::claim_cursor::{JobKey, LANES, ScanFrom};
 use onboarding_core::job::Profile;
 use onboarding_core::state::{JobKind, JobState, Transition};
 use onboarding_core::stripe::NewCustomer;
+use onboarding_core::stripe::v2::AccountOptions;
 use pgrx::JsonB;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
@@ -55,6 +56,20 @@ pub struct ClaimedJob {
     /// The objects this extension made for other profiles with the same user id (another
     /// table's): filled in for a job that [`looks up`](ClaimedJob::looks_up) what Stripe holds.
     pub made_for_others: Vec<String>,
+    /// Its table's Accounts v2 settings; `None` for a v1 table.
+    pub accounts_v2: Option<AccountsV2Table>,
+    /// What the first attempt sent, as stored (`jobs.request_params`): an accounts_v2 retry
+    /// resends exactly its body.
+    pub request_params: Option<Value>,
+    /// How long ago the first attempt was claimed (zero for this one).
+    pub since_first_attempt: Duration,
+}
+
+/// What an accounts_v2 table's job needs beyond the profile: the table's options
+/// (`attachments.account_options`) and the profile's display name, if a column is named.
+pub struct AccountsV2Table {
+    pub options: AccountOptions,
+    pub display_name: Option<String>,
 }
 
 impl ClaimedJob {
@@ -116,6 +131,22 @@ pub fn claim(batch_size: i32, idempotency_horizon: Duration, scan: &ScanFrom, re
                 })
                 .transpose()?;
             let run_at = row.get_by_name::<TimestampWithTimeZone, _>("run_at")?.map_or(0, i64::from);
+            let accounts_v2 = match row.get_by_name::<String, _>("stripe_objects")?.as_deref() {
+                Some("accounts_v2") => {
+                    let JsonB(stored) = row.get_by_name::<JsonB, _>("account_options")?.unwrap_or(JsonB(Value::Null));
+                    // Stored checked (set_account_options); unreadable only if written by hand.
+                    let options = AccountOptions::from_json(&stored).unwrap_or_else(|bad| {
+                        warning!(
+                            "onboarding: account options {stored} unreadable ({}); using the defaults",
+                            bad.message
+                        );
+                        AccountOptions::default()
+                    });
+                    Some(AccountsV2Table { options, display_name: row.get_by_name("display_name")? })
+                }
+                _ => None,
+            };
+            let request_params = row.get_by_name::<JsonB, _>("request_params")?.map(|JsonB(v)| v);
             claimed.jobs.push(ClaimedJob {
                 id,
                 kind: row.get_by_name("kind")?.unwrap_or_default(),
@@ -123,7 +154,7 @@ pub fn claim(batch_size: i32, idempotency_horizon: Duration, scan: &ScanFrom, re
                 idempotency_key: row.get_by_name("idempotency_key")?.unwrap_or_default(),
                 attempts: row.get_by_name::<i32, _>("attempts")?.unwrap_or_default().max(0) as u32,
                 stripe_id: row.get_by_name("stripe_id")?,
-                first_request: row.get_by_name::<JsonB, _>("request_params")?.and_then(|JsonB(v)| {
+                first_request: request_params.as_ref().and_then(|v| {
                     Some(NewCustomer { user_id: v["user_id"].as_str()?.into(), email: v["email"].as_str()?.into() })
                 }),
                 look_up_first: row.get_by_name("look_up_first")?.unwrap_or(false),
@@ -132,6 +163,11 @@ pub fn claim(batch_size: i32, idempotency_horizon: Duration, scan: &ScanFrom, re
                 key: JobKey { run_at, id },
                 finished: row.get_by_name::<bool, _>("finished")?.unwrap_or(false),
                 made_for_others: Vec::new(),
+                accounts_v2,
+                request_params,
+                since_first_attempt: Duration::from_secs_f64(
+                    row.get_by_name::<f64, _>("first_attempt_age")?.unwrap_or(0.0).clamp(0.0, 1e9),
+                ),
             });
         }
         Ok(claimed)
@@ -292,6 +328,16 @@ pub fn finish_email_update(job_id: i64, email: &str, detail: Value) {
         &[job_id.into(), email.into(), JsonB(detail).into()],
     )
     .unwrap_or_else(|e| error!("onboarding: finishing email update job {job_id}: {e}"));
+}
+
+/// Whether an attached table's profiles get Accounts v2 (`attachments.stripe_objects`).
+pub fn uses_accounts_v2(table: pg_sys::Oid) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT stripe_objects = 'accounts_v2' FROM onboarding.attachments WHERE profile_table = $1",
+        &[table.into()],
+    )
+    .unwrap_or_else(|e| error!("onboarding: reading a table's Stripe objects: {e}"))
+    .unwrap_or(false)
 }
 
 /// What taking on a get_or_create_customer / create_account_link request found.

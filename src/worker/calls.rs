@@ -2,7 +2,7 @@
 //! no SQL), the [`Call`] that does it and the [`Outcome`] it comes back with. The claim (claim.rs)
 //! carries out the plans, the loop (worker.rs) runs the calls, record.rs records their outcomes.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use onboarding_core::job::{
     AccountPlan, CustomerPlan, DeletePlan, EmailPlan, plan_account, plan_customer, plan_delete, plan_email_update,
@@ -13,6 +13,8 @@ use pgrx::prelude::*;
 use serde_json::{Value, json};
 
 use crate::queries::jobs::ClaimedJob;
+use crate::worker::accounts_v2::{self, V2Plan, V2Work};
+pub use crate::worker::outcome::Outcome;
 
 /// A claimed job that needs a Stripe call.
 pub struct Call {
@@ -30,6 +32,8 @@ pub struct Call {
     /// What a look-up by `metadata.user_id` must never find: the objects this extension made for
     /// another table's profile with the same user id.
     made_for_others: Vec<String>,
+    /// How long ago its first attempt was claimed: what an Accounts v2 look-up's "not found" is worth.
+    since_first_attempt: Duration,
 }
 
 pub enum Work {
@@ -58,24 +62,8 @@ pub enum Work {
     CleanUpCustomer {
         emails: Vec<String>,
     },
-}
-
-pub enum Outcome {
-    Created(StripeObject, Response),
-    /// Found in Stripe by `metadata.user_id` instead of created.
-    Adopted(StripeObject),
-    /// A customer or account deleted; `response` is `None` when Stripe says it was already gone.
-    Deleted {
-        object: String,
-        response: Option<Response>,
-    },
-    /// A clean-up found no customer: the earlier attempt never executed.
-    NothingToCleanUp,
-    EmailUpdated(Response),
-    /// A look-up could not tell whether Stripe holds the object (search refused, too many pages):
-    /// creating one could make a second, so the job waits for an operator, with the reason.
-    Undecided(String),
-    Failed(StripeError),
+    /// A job of an accounts_v2 table: the same jobs, done on one Accounts v2 Account (accounts_v2.rs).
+    AccountsV2(V2Work),
 }
 
 impl Call {
@@ -107,13 +95,37 @@ impl Call {
             Work::CleanUpCustomer { .. } => {
                 format!("looking for a customer of deleted user {} to delete (compensation)", self.user_id)
             }
+            Work::AccountsV2(work) => work.describe(&self.user_id),
         }
+    }
+
+    /// Whether it speaks API v2 (whose failures `policy::classify_v2` reads).
+    pub fn is_v2(&self) -> bool {
+        matches!(self.work, Work::AccountsV2(_))
+    }
+
+    /// Whether it sends a POST (whose 500 Stripe keeps under its idempotency key).
+    pub fn is_post(&self) -> bool {
+        match &self.work {
+            Work::CreateCustomer { .. } | Work::CreateAccount { .. } | Work::UpdateEmail { .. } => true,
+            Work::AccountsV2(work) => work.is_post(),
+            _ => false,
+        }
+    }
+
+    /// What it undoes a lost attempt of (the profile is gone): its outcome skips the job.
+    pub fn cleans_up(&self) -> bool {
+        matches!(self.work, Work::CleanUpCustomer { .. } | Work::AccountsV2(V2Work::CleanUp))
     }
 
     /// Whether the call is Connect's (an account to create or delete): a key without Connect's
     /// permissions holds these back only.
     pub fn is_connect(&self) -> bool {
-        matches!(self.work, Work::CreateAccount { .. } | Work::DeleteAccount(_))
+        match &self.work {
+            Work::CreateAccount { .. } | Work::DeleteAccount(_) => true,
+            Work::AccountsV2(work) => work.is_connect(),
+            _ => false,
+        }
     }
 
     pub async fn perform(&self, client: &StripeClient) -> Outcome {
@@ -145,6 +157,10 @@ impl Call {
                     Ok(LookUp::Undecided(reason)) => Outcome::Undecided(reason),
                     Err(error) => Outcome::Failed(error),
                 }
+            }
+            Work::AccountsV2(work) => {
+                let key = &self.idempotency_key;
+                work.perform(client, &self.user_id, key, &self.made_for_others, self.since_first_attempt).await
             }
         }
     }
@@ -204,7 +220,7 @@ pub enum Planned {
     WriteBack(String),
     /// A call to start, with its `stripe_request` event detail and, for a first attempt, what it
     /// sends (`jobs.request_params`).
-    Call { call: Call, first_params: Option<Value>, request: Value },
+    Call { call: Box<Call>, first_params: Option<Value>, request: Value },
 }
 
 /// Decides what a claimed job needs (inside the claim transaction, which carries it out): jobs
@@ -220,6 +236,16 @@ pub fn plan(job: ClaimedJob) -> Planned {
     };
     if let (JobKind::CreateCustomer | JobKind::CreateConnectAccount, Some(object)) = (kind, &job.stripe_id) {
         return Planned::WriteBack(object.clone());
+    }
+    if let Some(table) = &job.accounts_v2 {
+        return match accounts_v2::plan(&job, kind, table) {
+            V2Plan::Call(work, first_params) => {
+                let request = work.request(&job);
+                Planned::Call { call: Box::new(Call::new(job, Work::AccountsV2(work))), first_params, request }
+            }
+            V2Plan::Finish(transition, detail) => Planned::Finish(transition, detail),
+            V2Plan::WaitForCustomer => Planned::WaitForCustomer,
+        };
     }
     let work = match kind {
         JobKind::CreateCustomer => match plan_customer(user_id, job.profile.clone(), job.first_request.clone()) {
@@ -338,18 +364,25 @@ pub fn plan(job: ClaimedJob) -> Planned {
             "method": "GET", "path": "/v1/customers", "attempt": job.attempts, "emails": emails,
             "reason": "profile deleted after an attempt whose answer was lost",
         }),
+        Work::AccountsV2(work) => work.request(&job),
     };
-    let call = Call {
-        job_id: id,
-        user_id: job.user_id,
-        attempts: job.attempts,
-        lane: job.lane,
-        idempotency_key: job.idempotency_key,
-        work,
-        sent_at: None,
-        made_for_others: job.made_for_others,
-    };
-    Planned::Call { call, first_params, request: detail }
+    Planned::Call { call: Box::new(Call::new(job, work)), first_params, request: detail }
+}
+
+impl Call {
+    fn new(job: ClaimedJob, work: Work) -> Call {
+        Call {
+            job_id: job.id,
+            user_id: job.user_id,
+            attempts: job.attempts,
+            lane: job.lane,
+            idempotency_key: job.idempotency_key,
+            work,
+            sent_at: None,
+            made_for_others: job.made_for_others,
+            since_first_attempt: job.since_first_attempt,
+        }
+    }
 }
 
 pub fn skip(because: &str) -> Transition {

@@ -85,7 +85,7 @@ pub fn claim_and_plan(
                 }
                 Planned::Call { call, first_params, request } => {
                     starting.push(id, first_params, request);
-                    Some(call)
+                    Some(*call)
                 }
             }
         })

@@ -8,7 +8,7 @@ use std::time::Duration;
 use onboarding_core::claim_cursor::ScanFrom;
 use onboarding_core::job::{AfterFailure, after_failure};
 use onboarding_core::permissions::permission_refused;
-use onboarding_core::policy::{Disposition, classify, key_after_unknown_outcome};
+use onboarding_core::policy::{Disposition, classify, classify_v2, key_after_unknown_outcome};
 use onboarding_core::state::{Success, Transition};
 use onboarding_core::stripe::{Response, StripeObject};
 use pgrx::prelude::*;
@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::gucs;
 use crate::pg::transaction::in_transaction;
 use crate::queries::jobs::{self, WriteBack};
+use crate::worker::accounts_v2::V2Work;
 use crate::worker::calls::{Call, Outcome, Work, die, skip};
 
 /// Why a Connect job waits (its `postponed` event) while the key lacks Connect's permissions.
@@ -57,7 +58,7 @@ pub fn record_results(calls: &[Call], results: Vec<(Outcome, Duration)>, scan: &
             let stripe_id = match (&call.work, result) {
                 (_, Outcome::Created(customer, _) | Outcome::Adopted(customer)) => Some(customer.id.as_str()),
                 (_, Outcome::Deleted { object, .. }) => Some(object.as_str()),
-                (Work::DeleteCustomer(id), _) => Some(id.as_str()),
+                (Work::DeleteCustomer(id) | Work::AccountsV2(V2Work::Close(id)), _) => Some(id.as_str()),
                 _ => None,
             };
             let reason = format!("could not record the Stripe result: {message}");
@@ -115,7 +116,7 @@ fn record_created(sent: &[(i64, u32, f64)], created: &[&(&Call, (Outcome, Durati
     for (call, (outcome, _)) in created {
         if !written.contains(&call.job_id) {
             let (customer, _) = created_as_asked(call, outcome).expect("partitioned by created_as_asked");
-            link_object(call.job_id, &call.user_id, customer);
+            link_object(call, customer);
         }
     }
 }
@@ -124,7 +125,7 @@ fn record_created(sent: &[(i64, u32, f64)], created: &[&(&Call, (Outcome, Durati
 fn created_response(call: &Call, object: &StripeObject, response: &Response, elapsed: Duration) -> Value {
     log!(
         "onboarding: created Stripe {} {} for user {} (job {}, request {})",
-        object_noun(&object.id),
+        object_noun(call, &object.id),
         object.id,
         call.user_id,
         call.job_id,
@@ -142,16 +143,16 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
     match outcome {
         Outcome::Created(customer, response) => {
             jobs::log_event(job_id, "stripe_response", created_response(call, customer, response, elapsed));
-            link_object(job_id, user_id, customer);
+            link_object(call, customer);
         }
         Outcome::Adopted(existing) => {
             log!(
                 "onboarding: found existing Stripe {} {} for user {user_id}; adopting it (job {job_id})",
-                object_noun(&existing.id),
+                object_noun(call, &existing.id),
                 existing.id
             );
             jobs::log_event(job_id, "adopted", json!({"stripe_id": existing.id, "duration_ms": elapsed_ms}));
-            link_object(job_id, user_id, existing);
+            link_object(call, existing);
         }
         Outcome::Deleted { object, response } => {
             let detail = match response {
@@ -159,11 +160,12 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 None => json!({"note": "already gone", "duration_ms": elapsed_ms}),
             };
             jobs::log_event(job_id, "stripe_response", detail);
-            log!("onboarding: deleted Stripe {} {object} of user {user_id} (job {job_id})", object_noun(object));
+            log!("onboarding: deleted Stripe {} {object} of user {user_id} (job {job_id})", object_noun(call, object));
             let detail = json!({"stripe_id": object});
-            let done = if matches!(call.work, Work::CleanUpCustomer { .. }) {
+            let done = if call.cleans_up() {
                 // A creation job whose profile is gone: skipped, after undoing its lost attempt.
-                let because = "profile not found; the customer of a lost attempt was deleted".into();
+                let because =
+                    format!("profile not found; the {} of a lost attempt was deleted", object_noun(call, object));
                 Transition::Skip { because, undone: Some(object.clone()) }
             } else {
                 Transition::Succeed { how: Success::Compensated, stripe_id: None }
@@ -171,7 +173,11 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             jobs::finish(job_id, done, detail);
         }
         Outcome::EmailUpdated(response) => {
-            let Work::UpdateEmail { customer, email } = &call.work else { unreachable!("only email updates update") };
+            let (Work::UpdateEmail { customer, email }
+            | Work::AccountsV2(V2Work::UpdateEmail { account: customer, email })) = &call.work
+            else {
+                unreachable!("only email updates update")
+            };
             let detail = json!({
                 "status": response.status, "request_id": response.request_id, "stripe_id": customer,
                 "idempotent_replayed": response.replayed, "duration_ms": elapsed_ms,
@@ -191,6 +197,22 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             let detail = json!({"reason": reason, "attempt": call.attempts});
             jobs::finish(job_id, die(&reason), detail);
         }
+        Outcome::NotYetListed(wait) if call.attempts < gucs::max_attempts() => {
+            let error = "the Account was not found, but the v2 Accounts list may not show it yet (it is eventually \
+                         consistent)";
+            log!("onboarding: {}: {error}; looking again in {}s (job {job_id})", call.describe(), wait.as_secs());
+            let detail = json!({"reason": error, "attempt": call.attempts, "retry_in_ms": wait.as_millis() as u64});
+            jobs::finish(job_id, Transition::RetryIn { delay: *wait, error: error.into() }, detail);
+        }
+        Outcome::NotYetListed(_) => {
+            let reason = "the v2 Accounts list never showed the Account an earlier attempt may have made, and its \
+                          attempts are used up";
+            warning!(
+                "onboarding: {}: {reason}; run onboarding.retry({job_id}) to look again (job {job_id})",
+                call.describe()
+            );
+            jobs::finish(job_id, die(reason), json!({"reason": reason, "attempt": call.attempts}));
+        }
         Outcome::Failed(error) if call.is_connect() && permission_refused(error) => {
             // Not the job's fault: it waits for a key that may (the worker says so once).
             log!("onboarding: {} refused: the Stripe key lacks a Connect permission (job {job_id})", call.describe());
@@ -204,11 +226,8 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             let message = error.to_string();
             let mut detail = error.to_json();
             detail["attempt"] = call.attempts.into();
-            let is_post = matches!(
-                call.work,
-                Work::CreateCustomer { .. } | Work::CreateAccount { .. } | Work::UpdateEmail { .. }
-            );
-            let disposition = classify(error, is_post);
+            let disposition =
+                if call.is_v2() { classify_v2(error, call.is_post()) } else { classify(error, call.is_post()) };
             let next =
                 after_failure(call.attempts, gucs::max_attempts(), disposition, &gucs::backoff(), &mut rand::rng());
             let what = call.describe();
@@ -241,12 +260,19 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
 }
 
 /// "customer" or "Connect account", for log lines.
-fn object_noun(id: &str) -> &'static str {
-    if id.starts_with("acct_") { "Connect account" } else { "customer" }
+fn object_noun(call: &Call, id: &str) -> &'static str {
+    if call.is_v2() {
+        "Account (v2)"
+    } else if id.starts_with("acct_") {
+        "Connect account"
+    } else {
+        "customer"
+    }
 }
 
 /// Writes a created or adopted customer or account back to the profile (in the results transaction).
-fn link_object(job_id: i64, user_id: &str, customer: &StripeObject) {
+fn link_object(call: &Call, customer: &StripeObject) {
+    let (job_id, user_id) = (call.job_id, call.user_id.as_str());
     if customer.metadata_user_id.as_deref() != Some(user_id) {
         // Never link, nor delete, a customer that Stripe says belongs to someone else.
         let reason = format!(
@@ -261,20 +287,20 @@ fn link_object(job_id: i64, user_id: &str, customer: &StripeObject) {
     match jobs::write_back(job_id, &customer.id) {
         WriteBack::WrittenBack => log!(
             "onboarding: wrote Stripe {} {} back to the profile of user {user_id} (job {job_id})",
-            object_noun(&customer.id),
+            object_noun(call, &customer.id),
             customer.id
         ),
         WriteBack::AlreadyLinked => {}
         WriteBack::Postponed => log!(
             "onboarding: the profile of user {user_id} is locked by another transaction; Stripe {} {} will be \
              written back later (job {job_id})",
-            object_noun(&customer.id),
+            object_noun(call, &customer.id),
             customer.id
         ),
         WriteBack::NotLinked(other) => warning!(
             "onboarding: Stripe {} {} for user {user_id} is not linked ({other}); \
                  job {job_id} is orphaned and the object will be deleted",
-            object_noun(&customer.id),
+            object_noun(call, &customer.id),
             customer.id
         ),
     }

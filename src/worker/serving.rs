@@ -58,7 +58,14 @@ impl Worker {
             RequestKind::AccountLink => {
                 // An application waits for it: ahead of the queue's requests, as a signup's.
                 let client = self.key.admitted(true).expect("requests are refused without a client");
-                let link = client.create_account_link(object, &request.refresh_url, &request.return_url);
+                let v2 = in_transaction("reading the table's Stripe objects", || jobs::uses_accounts_v2(request.table));
+                let (refresh, back) = (&request.refresh_url, &request.return_url);
+                let link = async {
+                    match v2 {
+                        Ok(true) => client.v2().create_account_link(object, refresh, back).await.map(|link| link.url),
+                        _ => client.create_account_link(object, refresh, back).await,
+                    }
+                };
                 match self.runtime.block_on(link) {
                     Ok(url) => {
                         requests::succeed(request.ticket, &url);

@@ -37,6 +37,7 @@ macro_rules! trials {
 }
 
 // Declared after `trials!` so that they can use it.
+mod accounts_v2;
 mod api;
 mod attach_checks;
 mod audits;
@@ -100,6 +101,7 @@ fn main() {
         inbound::tests(),
         customer_changes::tests(),
         inbound_isolation::tests(),
+        accounts_v2::tests(),
     ]
     .into_iter()
     .flatten()

@@ -15,6 +15,7 @@
 //!   [`AccountUpdate`], [`Account`]);
 //! - `look_up`: a bounded look-up of a user's Account, which can say "not found in N" but never
 //!   "absent" ([`AccountLookUp`]);
+//! - `options`: what a table's Accounts get, set per table ([`AccountOptions`]);
 //! - `account_links`: onboarding links ([`AccountLink`]);
 //! - `events`: thin events, `related_object` and no snapshot ([`ThinEvent`]);
 //! - `readiness`: v1's readiness facts read from a v2 Account ([`V2Readiness`]);
@@ -32,6 +33,7 @@ mod errors;
 mod events;
 mod keys;
 mod look_up;
+mod options;
 mod pages;
 mod readiness;
 mod time;
@@ -53,6 +55,7 @@ pub use events::{
 };
 pub use keys::{KeyKind, v2_key_refusal};
 pub use look_up::AccountLookUp;
+pub use options::{AccountOptions, BadOption};
 pub use pages::{MAX_NEXT_PAGE_URL_LEN, NextPage, Page, next_page};
 pub use readiness::{V2Readiness, in_v1_words};
 pub use time::{rfc3339, unix_millis};

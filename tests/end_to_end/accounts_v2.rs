@@ -1,0 +1,341 @@
+//! Tables attached with `stripe_objects => 'accounts_v2'`: one Accounts v2 Account per profile,
+//! made after commit and exactly once, the Connect policy adding configurations to it, links,
+//! email sync and compensation on it; v1's promises, repeated for v2; and a v1 and a v2 table
+//! side by side.
+
+use libtest_mimic::{Failed, Trial};
+use postgres::Client;
+use serde_json::Value;
+use stripe_emulator::{Fault, RecordedRequest};
+
+use crate::env;
+use crate::helpers::{
+    DEADLINE, db, ensure, events_for, jobs_for, sqlstate, steps, stripe_customers_for, stripe_requests_for, wait_for,
+    wait_for_state,
+};
+
+pub(crate) fn tests() -> Vec<Trial> {
+    trials![
+        a_committed_profile_gets_one_account_and_a_rolled_back_one_nothing,
+        a_lost_answer_is_retried_under_the_same_key_into_the_same_account,
+        the_connect_policy_adds_configurations_to_the_same_account,
+        email_changes_and_deletions_reach_the_account,
+        an_account_past_the_idempotency_horizon_is_looked_up_and_adopted,
+        attach_and_account_options_are_checked,
+        a_v1_table_and_a_v2_table_work_side_by_side,
+    ]
+}
+
+/// A table with the columns an accounts_v2 attachment uses, attached (extra attach arguments in
+/// `attach_args`).
+fn v2_table(db: &mut Client, name: &str, attach_args: &str) -> String {
+    let table = format!("public.{name}");
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, full_name text, role text,
+             stripe_account_id text, stripe_connect_account_id text);
+         SELECT onboarding.attach('{table}', stripe_objects => 'accounts_v2', display_name_column => 'full_name'{attach_args});"
+    ))
+    .unwrap();
+    table
+}
+
+fn insert(db: &mut impl postgres::GenericClient, table: &str, email: &str, role: &str) -> String {
+    db.query_one(
+        &format!("INSERT INTO {table} (email, full_name, role) VALUES ($1, 'Ada Lovelace', $2) RETURNING id::text"),
+        &[&email, &role],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn column(db: &mut Client, table: &str, column: &str, user: &str) -> Option<String> {
+    db.query_one(&format!("SELECT {column} FROM {table} WHERE id::text = $1"), &[&user]).unwrap().get(0)
+}
+
+fn wait_for_account(db: &mut Client, table: &str, user: &str) -> Result<String, Failed> {
+    wait_for("the Account's write-back", DEADLINE, || column(db, table, "stripe_account_id", user))
+}
+
+fn v2_accounts_for(user: &str) -> Vec<Value> {
+    env().stripe.v2_accounts().into_iter().filter(|a| a["metadata"]["user_id"] == user).collect()
+}
+
+/// Requests to one Account's own paths (updates carry no `metadata.user_id` to find them by).
+fn requests_on(account: &str) -> Vec<RecordedRequest> {
+    env().stripe.requests().into_iter().filter(|r| r.path.contains(account)).collect()
+}
+
+fn requests_to(requests: &[RecordedRequest], method: &str, path: &str) -> usize {
+    requests.iter().filter(|r| r.method == method && r.path == path).count()
+}
+
+fn applied(account: &Value) -> Vec<String> {
+    let mut names: Vec<String> = account["applied_configurations"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn a_committed_profile_gets_one_account_and_a_rolled_back_one_nothing() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(&mut db, "profiles_v2_basic", "");
+    let mut tx = db.transaction().unwrap();
+    let rolled_back = insert(&mut tx, &table, "never@example.com", "buyer");
+    tx.rollback().unwrap();
+    let user = insert(&mut db, &table, "ada@example.com", "buyer");
+    let account = wait_for_account(&mut db, &table, &user)?;
+
+    let accounts = v2_accounts_for(&user);
+    ensure(accounts.len() == 1 && accounts[0]["id"] == account.as_str(), || format!("Stripe holds {accounts:?}"))?;
+    let a = &accounts[0];
+    ensure(
+        a["contact_email"] == "ada@example.com"
+            && a["display_name"] == "Ada Lovelace"
+            && applied(a) == ["customer"]
+            && a["dashboard"] == "express",
+        || format!("account {a}"),
+    )?;
+    // One POST /v2/core/accounts under the job's key, and no v1 call at all.
+    let requests = stripe_requests_for(&user);
+    let job = jobs_for(&mut db, &user).into_iter().next().ok_or("no job")?;
+    ensure(
+        requests.len() == 1
+            && requests[0].path == "/v2/core/accounts"
+            && requests[0].idempotency_key.as_deref() == Some(job.idempotency_key.as_str()),
+        || format!("requests {:?}", requests.iter().map(|r| (&r.method, &r.path)).collect::<Vec<_>>()),
+    )?;
+    ensure(job.kind == "create_customer" && job.state == "succeeded", || format!("job {job:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events).ends_with(&["stripe_request", "stripe_response", "written_back"]), || {
+        format!("steps {:?}", steps(&events))
+    })?;
+    // The rolled-back profile: no job, no request, no Account (the committed one shows the worker ran).
+    ensure(
+        jobs_for(&mut db, &rolled_back).is_empty()
+            && stripe_requests_for(&rolled_back).is_empty()
+            && v2_accounts_for(&rolled_back).is_empty(),
+        || "a rolled-back profile reached Stripe".into(),
+    )?;
+    ensure(stripe_customers_for(&user).is_empty(), || "a v1 customer was made too".into())
+}
+
+fn a_lost_answer_is_retried_under_the_same_key_into_the_same_account() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(&mut db, "profiles_v2_lost", "");
+    // The first attempt makes the Account but its answer is lost; the second fails (503) before
+    // Stripe does anything; the third is answered: by v2 idempotency, with the first's Account.
+    env().stripe.inject(Fault::drop_after().on("POST", "/v2/core/accounts"));
+    env().stripe.inject(Fault::status(503).on("POST", "/v2/core/accounts"));
+    let user = insert(&mut db, &table, "lost@example.com", "buyer");
+    let account = wait_for_account(&mut db, &table, &user)?;
+    let accounts = v2_accounts_for(&user);
+    ensure(accounts.len() == 1 && accounts[0]["id"] == account.as_str(), || format!("Stripe holds {accounts:?}"))?;
+    let requests = stripe_requests_for(&user);
+    let keys: Vec<_> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
+    ensure(requests.len() == 3 && keys.iter().all(|k| k.is_some() && *k == keys[0]), || {
+        format!("{} requests, keys {keys:?}", requests.len())
+    })?;
+    // Every attempt sent the same body (v2 refuses another body under the key).
+    ensure(requests.iter().all(|r| r.params == requests[0].params), || "the retries changed the body".into())
+}
+
+fn the_connect_policy_adds_configurations_to_the_same_account() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(
+        &mut db,
+        "profiles_v2_connect",
+        ", connect_account_column => 'stripe_connect_account_id', connect_policy => 'when', \
+         connect_condition => $$role = 'provider'$$",
+    );
+    let buyer = insert(&mut db, &table, "buyer@example.com", "buyer");
+    let provider = insert(&mut db, &table, "provider@example.com", "provider");
+    let connected = wait_for("the provider's connected Account", DEADLINE, || {
+        column(&mut db, &table, "stripe_connect_account_id", &provider)
+    })?;
+    let account = column(&mut db, &table, "stripe_account_id", &provider);
+    ensure(account.as_deref() == Some(connected.as_str()), || format!("account {account:?}, connected {connected}"))?;
+    let accounts = v2_accounts_for(&provider);
+    ensure(accounts.len() == 1, || format!("Stripe holds {accounts:?}"))?;
+    let a = &accounts[0];
+    ensure(
+        applied(a) == ["customer", "merchant", "recipient"]
+            && a["configuration"]["merchant"]["capabilities"]["card_payments"].is_object()
+            && a["configuration"]["recipient"]["capabilities"]["stripe_balance"]["stripe_transfers"].is_object(),
+        || format!("account {a}"),
+    )?;
+    let requests = [stripe_requests_for(&provider), requests_on(&connected)].concat();
+    ensure(
+        requests_to(&requests, "POST", "/v2/core/accounts") == 1
+            && requests_to(&requests, "POST", &format!("/v2/core/accounts/{connected}")) == 1,
+        || format!("requests {:?}", requests.iter().map(|r| &r.path).collect::<Vec<_>>()),
+    )?;
+    wait_for_account(&mut db, &table, &buyer)?;
+    ensure(column(&mut db, &table, "stripe_connect_account_id", &buyer).is_none(), || "a buyer got Connect".into())?;
+    ensure(applied(&v2_accounts_for(&buyer)[0]) == ["customer"], || "a buyer's Account got Connect".into())?;
+
+    // An onboarding link for the provider: Account Links v2, for the Account.
+    let link: String = db
+        .query_one(
+            "SELECT onboarding.create_account_link($1, 'https://example.com/refresh', 'https://example.com/return',
+                                                   profile_table => $2::text::regclass)",
+            &[&provider, &table],
+        )
+        .unwrap()
+        .get(0);
+    let links: Vec<RecordedRequest> =
+        env().stripe.requests().into_iter().filter(|r| r.path == "/v2/core/account_links").collect();
+    ensure(link.starts_with("http") && links.len() == 1 && links[0].params["account"] == connected.as_str(), || {
+        format!("link {link}, requests {links:?}")
+    })?;
+
+    // Options: recipient only, from now on.
+    db.batch_execute(&format!("SELECT onboarding.set_account_options('{table}', merchant_capabilities => '{{}}')"))
+        .unwrap();
+    let recipient = insert(&mut db, &table, "recipient@example.com", "provider");
+    wait_for("the recipient's connected Account", DEADLINE, || {
+        column(&mut db, &table, "stripe_connect_account_id", &recipient)
+    })?;
+    let a = &v2_accounts_for(&recipient)[0];
+    ensure(applied(a) == ["customer", "recipient"], || format!("account {a}"))
+}
+
+fn email_changes_and_deletions_reach_the_account() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(
+        &mut db,
+        "profiles_v2_changes",
+        ", connect_account_column => 'stripe_connect_account_id', connect_policy => 'always'",
+    );
+    let user = insert(&mut db, &table, "old@example.com", "provider");
+    let account =
+        wait_for("the connected Account", DEADLINE, || column(&mut db, &table, "stripe_connect_account_id", &user))?;
+    db.execute(&format!("UPDATE {table} SET email = 'new@example.com' WHERE id::text = $1"), &[&user]).unwrap();
+    wait_for("the contact email's update", DEADLINE, || {
+        (v2_accounts_for(&user)[0]["contact_email"] == "new@example.com").then_some(())
+    })?;
+
+    // Deleting the profile closes its one Account, once (both columns name it).
+    db.execute(&format!("DELETE FROM {table} WHERE id::text = $1"), &[&user]).unwrap();
+    wait_for("the Account's closing", DEADLINE, || (v2_accounts_for(&user)[0]["closed"] == true).then_some(()))?;
+    let closes = requests_to(&requests_on(&account), "POST", &format!("/v2/core/accounts/{account}/close"));
+    let closing_jobs: Vec<_> =
+        jobs_for(&mut db, &user).into_iter().filter(|j| j.kind.starts_with("delete_")).map(|j| j.kind).collect();
+    ensure(closes == 1 && closing_jobs == ["delete_customer"], || format!("{closes} closes by jobs {closing_jobs:?}"))?;
+    wait_for_state(&mut db, &user, "succeeded").map(|_| ())
+}
+
+fn an_account_past_the_idempotency_horizon_is_looked_up_and_adopted() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(&mut db, "profiles_v2_horizon", "");
+    // Stripe makes the Account but the answer is lost; the retry is refused, parking the job.
+    env().stripe.inject(Fault::drop_after().on("POST", "/v2/core/accounts"));
+    env().stripe.inject(Fault::status(400).message("refused for the test").on("POST", "/v2/core/accounts"));
+    let user = insert(&mut db, &table, "horizon@example.com", "buyer");
+    wait_for_state(&mut db, &user, "dead")?;
+    ensure(v2_accounts_for(&user).len() == 1, || "the first attempt made no Account".into())?;
+
+    // Two days later Stripe may have forgotten the key: a retry looks the Account up first.
+    env().stripe.expire_idempotency_keys();
+    let job = "(SELECT id FROM onboarding.jobs WHERE user_id = $1 AND kind = 'create_customer')";
+    db.execute(
+        &format!("UPDATE onboarding.jobs SET first_attempt_at = now() - interval '2 days' WHERE id = {job}"),
+        &[&user],
+    )
+    .unwrap();
+    db.query(&format!("SELECT * FROM onboarding.retry({job})"), &[&user]).unwrap();
+    let account = wait_for_account(&mut db, &table, &user)?;
+    let accounts: Vec<Value> = v2_accounts_for(&user).into_iter().map(|a| a["id"].clone()).collect();
+    ensure(accounts == [account.as_str()], || format!("the profile has {account}; Stripe holds {accounts:?}"))?;
+    let events = events_for(&mut db, &user);
+    ensure(steps(&events).ends_with(&["adopted", "written_back"]), || format!("steps {:?}", steps(&events)))
+}
+
+fn attach_and_account_options_are_checked() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(&mut db, "profiles_v2_checks", "");
+    let v1 = "public.profiles_v2_checks_v1";
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {v1};
+         CREATE TABLE {v1} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, full_name text,
+                            stripe_customer_id text, stripe_account_id text);"
+    ))
+    .unwrap();
+    let options = |args: &str| format!("SELECT onboarding.set_account_options('{table}', {args})");
+    for (sql, code, says) in [
+        (format!("SELECT onboarding.attach('{v1}', stripe_objects => 'v3')"), "22023", "v1 or accounts_v2"),
+        (format!("SELECT onboarding.attach('{v1}', display_name_column => 'full_name')"), "22023", "accounts_v2"),
+        (
+            format!("SELECT onboarding.attach('{v1}', stripe_objects => 'accounts_v2', customer_column => 'nope')"),
+            "42703",
+            "customer_column",
+        ),
+        (options("merchant_capabilities => '{teleport_payments}'"), "22023", "card_payments"),
+        (options("merchant_capabilities => '{}', recipient_capabilities => '{}'"), "22023", "at least one"),
+        (options("dashboard => 'fancy'"), "22023", "express, full or none"),
+        (format!("SELECT onboarding.set_account_options('{v1}')"), "55000", "attach() it first"),
+    ] {
+        let (got, message) = sqlstate(db.query(&sql, &[]))?;
+        ensure(got == code && message.contains(says), || format!("{sql}: {got} {message}"))?;
+    }
+    // An attached v1 table is told it makes v1 objects.
+    db.batch_execute(&format!("SELECT onboarding.attach('{v1}')")).unwrap();
+    let (got, message) = sqlstate(db.query(&format!("SELECT onboarding.set_account_options('{v1}')"), &[]))?;
+    ensure(got == "55000" && message.contains("v1 objects"), || format!("{got} {message}"))?;
+
+    // Once a profile has its Account, the table keeps its model.
+    let user = insert(&mut db, &table, "kept@example.com", "buyer");
+    wait_for_account(&mut db, &table, &user)?;
+    let (got, message) = sqlstate(db.query(&format!("SELECT onboarding.attach('{table}')"), &[]))?;
+    ensure(got == "55000" && message.contains("switches model only before"), || format!("{got} {message}"))?;
+    // Attached again with its model, its options stay.
+    db.batch_execute(&options("dashboard => 'none'")).unwrap();
+    db.batch_execute(&format!("SELECT onboarding.attach('{table}', stripe_objects => 'accounts_v2')")).unwrap();
+    let dashboard: String = db
+        .query_one(
+            "SELECT account_options->>'dashboard' FROM onboarding.attachments WHERE profile_table = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .get(0);
+    ensure(dashboard == "none", || format!("options after re-attach: dashboard {dashboard}"))
+}
+
+fn a_v1_table_and_a_v2_table_work_side_by_side() -> Result<(), Failed> {
+    let mut db = db();
+    let v2 = v2_table(&mut db, "profiles_side_v2", "");
+    let v1 = "public.profiles_side_v1";
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {v1};
+         CREATE TABLE {v1} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_customer_id text);
+         SELECT onboarding.attach('{v1}');"
+    ))
+    .unwrap();
+    // One transaction signs a user up in both.
+    let mut tx = db.transaction().unwrap();
+    let in_v2 = insert(&mut tx, &v2, "both@example.com", "buyer");
+    let in_v1: String = tx
+        .query_one(&format!("INSERT INTO {v1} (email) VALUES ('both@example.com') RETURNING id::text"), &[])
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    let account = wait_for_account(&mut db, &v2, &in_v2)?;
+    let customer = wait_for("the v1 customer", DEADLINE, || column(&mut db, v1, "stripe_customer_id", &in_v1))?;
+    ensure(account.starts_with("acct_") && customer.starts_with("cus_"), || format!("{account}, {customer}"))?;
+    // The audits read a snapshot of v1 objects: they leave the v2 table out rather than call its
+    // Accounts missing (readiness and audits for v2 come with the v2 reader).
+    let mismatches: i64 = db
+        .query_one(
+            "SELECT count(*) FROM onboarding.audit_mismatches() WHERE profile_table = $1::text::regclass",
+            &[&v2],
+        )
+        .unwrap()
+        .get(0);
+    ensure(mismatches == 0, || format!("{mismatches} audit lines for the v2 table"))?;
+    let paths = |user: &str| -> Vec<String> { stripe_requests_for(user).into_iter().map(|r| r.path).collect() };
+    ensure(paths(&in_v2) == ["/v2/core/accounts"] && paths(&in_v1) == ["/v1/customers"], || {
+        format!("v2 table {:?}, v1 table {:?}", paths(&in_v2), paths(&in_v1))
+    })
+}
