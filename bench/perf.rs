@@ -24,6 +24,10 @@
 //!     signups' p99;
 //! 11. lines 1, 2 and 4 again on each PostgreSQL major named in BENCH_MAJORS (bench/perf: 15 and
 //!     18), a fresh cluster each, side by side;
+//! 13. Accounts v2 beside v1: lines 1, 2 and 3b for a table attached with `stripe_objects =>
+//!     'accounts_v2'` (one Account per signup) and for the v1 table, measured in turns in this
+//!     run, with the WAL each signup writes in all (a v2 Account must cost the database no more
+//!     than a v1 Customer);
 //! 12. this build against the previous release's package (BENCH_PACKAGES, release builds both),
 //!     each installed in turn on a fresh cluster of the same settings: the worker's statements per
 //!     job (profiles one at a time), line 1b's idle p50, line 2's throughput and line 4c's trigger cost, side by side.
@@ -315,6 +319,9 @@ fn main() {
             ],
         );
     }
+    if part("13") {
+        accounts_v2_beside_v1(&mut db, &stripe, &row);
+    }
     if part("9") {
         queue_history(&mut db, &cluster, &row);
     }
@@ -338,8 +345,11 @@ const TABLES: &str = "CREATE EXTENSION onboarding;
          stripe_customer_id text, stripe_connect_account_id text);
      CREATE TABLE public.profiles_plain (LIKE public.profiles INCLUDING ALL);
      CREATE TABLE public.signups (LIKE public.profiles INCLUDING ALL);
+     CREATE TABLE public.members_v2 (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+         stripe_account_id text);
      SELECT onboarding.attach('public.profiles');
-     SELECT onboarding.attach('public.signups');";
+     SELECT onboarding.attach('public.signups');
+     SELECT onboarding.attach('public.members_v2', stripe_objects => 'accounts_v2');";
 
 fn server_version(db: &mut Client) -> String {
     db.query_one("SHOW server_version", &[]).unwrap().get(0)
@@ -702,6 +712,68 @@ fn top_statements(db: &mut Client, label: &str) {
     db.batch_execute("SELECT pg_stat_statements_reset()").unwrap();
 }
 
+/// Line 13: lines 1, 2 and 3b for the accounts_v2 table beside the v1 table, in turns (v1, v2,
+/// v1, v2: the machine's drift lands on both), and the worker's statements per job of each.
+fn accounts_v2_beside_v1(db: &mut Client, stripe: &Emulator, row: &dyn Fn(&str, String, &str)) {
+    let both = |measure: &mut dyn FnMut(&mut Client, Table) -> f64, db: &mut Client| -> (f64, f64) {
+        let mut runs = [Vec::new(), Vec::new()];
+        for _ in 0..2 {
+            for (i, table) in [V1, V2].into_iter().enumerate() {
+                runs[i].push(measure(db, table));
+            }
+        }
+        (mean(&runs[0]), mean(&runs[1]))
+    };
+    let side = |v1: f64, v2: f64, unit: &str| format!("{v1:.1} / {v2:.1} {unit} ({:.2}x)", v2 / v1);
+    let samples = size("BENCH_V2_SAMPLES", 200) as usize;
+    let (v1, v2) = both(
+        &mut |db, table| {
+            let users = one_at_a_time_in(db, table, samples, Duration::ZERO);
+            written_back_percentiles(db, &users).0
+        },
+        db,
+    );
+    row("13a. line 1's p50, v1 Customer / v2 Account", side(v1, v2, "ms"), "v2 <= 1.10x");
+    // The database's work per signup, insert to write-back, as the WAL it writes (the harness's
+    // polls write none): the intake, the job and its moves, the events, the write-back.
+    let wal = |db: &mut Client, table: Table| -> f64 {
+        let before = wal_lsn(db);
+        one_at_a_time_in(db, table, 100, Duration::ZERO);
+        drain(db, Duration::from_secs(60));
+        let after = wal_lsn(db);
+        let bytes: f64 = db
+            .query_one("SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)::float8", &[&after, &before])
+            .unwrap()
+            .get(0);
+        bytes / 100.0
+    };
+    let (v1_wal, v2_wal) = both(&mut |db, table| wal(db, table), db);
+    row("13b. WAL per signup, v1 / v2", side(v1_wal / 1024.0, v2_wal / 1024.0, "KiB"), "v2 <= 1.05x");
+    set(db, &[("onboarding.batch_size", "100")]);
+    let n = size("BENCH_V2_THROUGHPUT", 5000);
+    let (v1, v2) = both(&mut |db, table| throughput_in(db, table, n, 1000), db);
+    row(&format!("13c. line 2's throughput ({n}), v1 / v2"), side(v1, v2, "/s"), "v2 >= 0.90x");
+    stripe.set_latency(Duration::from_millis(250));
+    stripe.set_rate_limit(Some(100));
+    set(db, &[("onboarding.rate_limit", "100"), ("onboarding.rate_burst", "1")]);
+    let before_429 = count_429(stripe);
+    let budgeted = size("BENCH_V2_SLOW", 1000);
+    let (v1, v2) = both(&mut |db, table| throughput_in(db, table, budgeted, 500), db);
+    row(
+        &format!("13d. line 3b ({budgeted}, 250 ms, 100/s), v1 / v2"),
+        format!("{} , {} 429s", side(v1, v2, "/s"), count_429(stripe) - before_429),
+        ">= 95/s each, zero 429s",
+    );
+    stripe.set_rate_limit(None);
+    stripe.set_latency(Duration::ZERO);
+    set(db, &[("onboarding.rate_limit", "0")]);
+}
+
+/// The current WAL position.
+fn wal_lsn(db: &mut Client) -> String {
+    db.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0)
+}
+
 /// Line 6: commit -> written back, one at a time, on a primary with a streaming standby, as
 /// deployed three ways. fsync is off on both servers (as everywhere here): what a standby adds is
 /// its round trip and WAL receiver, not its disk.
@@ -759,19 +831,29 @@ fn latency_of(db: &mut Client, samples: usize, gap: Duration) -> (Vec<String>, (
 /// Inserts `samples` profiles one at a time, each `gap` after the previous one was written back
 /// (the arrival pattern being measured, not a wait for anything); returns their users.
 fn one_at_a_time(db: &mut Client, samples: usize, gap: Duration) -> Vec<String> {
+    one_at_a_time_in(db, V1, samples, gap)
+}
+
+/// A benchmark table: its name and the column its objects are written back to.
+type Table = (&'static str, &'static str);
+const V1: Table = ("public.profiles", "stripe_customer_id");
+const V2: Table = ("public.members_v2", "stripe_account_id");
+
+/// [`one_at_a_time`] into `table`.
+fn one_at_a_time_in(db: &mut Client, (table, column): Table, samples: usize, gap: Duration) -> Vec<String> {
     let mut users = Vec::new();
     for i in 0..samples {
         std::thread::sleep(gap);
         let user: String = db
             .query_one(
-                "INSERT INTO public.profiles (email) VALUES ($1) RETURNING id::text",
+                &format!("INSERT INTO {table} (email) VALUES ($1) RETURNING id::text"),
                 &[&format!("lat{i}@example.com")],
             )
             .unwrap()
             .get(0);
         let deadline = Instant::now() + Duration::from_secs(10);
         while db
-            .query_one("SELECT stripe_customer_id IS NULL FROM public.profiles WHERE id::text = $1", &[&user])
+            .query_one(&format!("SELECT {column} IS NULL FROM {table} WHERE id::text = $1"), &[&user])
             .unwrap()
             .get::<_, bool>(0)
         {
@@ -987,6 +1069,11 @@ fn busiest_second(stripe: &Emulator, since: std::time::SystemTime) -> usize {
 /// Inserts `n` profiles in statements of `per_statement` rows and times them until all are
 /// written back. Returns profiles per second.
 fn throughput(db: &mut Client, n: i64, per_statement: i64) -> f64 {
+    throughput_in(db, V1, n, per_statement)
+}
+
+/// [`throughput`] into `table`.
+fn throughput_in(db: &mut Client, (table, _): Table, n: i64, per_statement: i64) -> f64 {
     drain(db, Duration::from_secs(600));
     let start = Instant::now();
     let marker: String = db.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0);
@@ -994,7 +1081,9 @@ fn throughput(db: &mut Client, n: i64, per_statement: i64) -> f64 {
     while left > 0 {
         let k = left.min(per_statement);
         db.execute(
-            "INSERT INTO public.profiles (email) SELECT $1 || '-' || g || '@example.com' FROM generate_series(1, $2::bigint) g",
+            &format!(
+                "INSERT INTO {table} (email) SELECT $1 || '-' || g || '@example.com' FROM generate_series(1, $2::bigint) g"
+            ),
             &[&marker, &k],
         )
         .unwrap();

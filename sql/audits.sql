@@ -304,22 +304,24 @@ CREATE VIEW onboarding.stats AS SELECT * FROM onboarding.stats_for('1 hour');
 -- Stripe against the profiles, from the latest snapshot of Stripe (or a fresh one: refresh).
 ------------------------------------------------------------------------------------------------
 
--- Every attached profile with its Stripe IDs. Not yet those of accounts_v2 tables: the snapshot
--- holds v1 objects only, and would call their Accounts missing.
+-- Every attached profile with its Stripe IDs and its table's model. An accounts_v2 profile's one
+-- Account is its `customer` (the Connect column names the same Account: not listed twice).
 CREATE FUNCTION onboarding._all_profiles()
-RETURNS TABLE (profile_table regclass, user_id text, customer text, account text, email text)
+RETURNS TABLE (profile_table regclass, user_id text, customer text, account text, email text, stripe_objects text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a onboarding.attachments;
 BEGIN
-    FOR a IN SELECT * FROM onboarding.attachments t WHERE t.stripe_objects = 'v1' LOOP
+    FOR a IN SELECT * FROM onboarding.attachments LOOP
         RETURN QUERY
-            SELECT a.profile_table, r[1], r[2], r[3], r[4]
+            SELECT a.profile_table, r[1], r[2], r[3], r[4], a.stripe_objects
               FROM onboarding._as_owner(a.profile_table,
                        format('SELECT t.%1$I::text, t.%2$I::text, %3$s, t.%4$I::text FROM %5$s t',
                               a.id_column, a.customer_column,
-                              coalesce('t.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text'), a.email_column,
-                              a.profile_table)) r;
+                              CASE WHEN a.stripe_objects = 'v1'
+                                   THEN coalesce('t.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text')
+                                   ELSE 'NULL::text' END,
+                              a.email_column, a.profile_table)) r;
     END LOOP;
 END $$;
 
@@ -334,13 +336,13 @@ BEGIN
     RETURN QUERY
         SELECT o.object, o.id, o.user_id,
                CASE WHEN count(p.user_id) = 0 THEN 'no profile has this user_id'
-                    ELSE format('the profile links %s', coalesce(min(CASE o.object WHEN 'customer' THEN p.customer
-                                                                                 ELSE p.account END), 'nothing')) END
+                    ELSE format('the profile links %s', coalesce(min(CASE o.object WHEN 'account' THEN p.account
+                                                                                 ELSE p.customer END), 'nothing')) END
           FROM onboarding.stripe_objects o
           LEFT JOIN onboarding._all_profiles() p ON p.user_id = o.user_id
          WHERE o.snapshot = snap AND o.user_id IS NOT NULL
          GROUP BY o.object, o.id, o.user_id
-        HAVING NOT bool_or(coalesce(CASE o.object WHEN 'customer' THEN p.customer ELSE p.account END = o.id, false))
+        HAVING NOT bool_or(coalesce(CASE o.object WHEN 'account' THEN p.account ELSE p.customer END = o.id, false))
          ORDER BY o.user_id, o.id;
     -- What could not be looked at is said, not taken for "nothing wrong".
     RETURN QUERY
@@ -377,7 +379,8 @@ BEGIN
                     WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
                     ELSE format('email differs: Stripe has %s', coalesce(stripe.email, 'none')) END
           FROM onboarding._all_profiles() p
-         CROSS JOIN LATERAL (VALUES ('customer', p.customer), ('account', p.account)) k(object, stripe_id)
+         CROSS JOIN LATERAL (VALUES (CASE p.stripe_objects WHEN 'v1' THEN 'customer' ELSE 'account_v2' END, p.customer),
+                                    ('account', p.account)) k(object, stripe_id)
           LEFT JOIN onboarding.stripe_objects o ON o.snapshot = snap AND o.id = k.stripe_id
           LEFT JOIN onboarding.customer_changes d ON k.object = 'customer' AND d.customer_id = k.stripe_id
           LEFT JOIN onboarding.stripe_ties t ON t.stripe_id = k.stripe_id AND t.profile_table = p.profile_table
@@ -386,6 +389,6 @@ BEGIN
          WHERE k.stripe_id IS NOT NULL
            AND NOT (o.id IS NULL AND d.deleted_at IS NULL AND coalesce(t.tied_at >= snapshot_began, false))
            AND (o.id IS NULL OR d.deleted_at IS NOT NULL OR o.user_id IS DISTINCT FROM p.user_id OR t.stripe_id IS NULL
-                OR (k.object = 'customer' AND btrim(stripe.email) IS DISTINCT FROM btrim(p.email)))
+                OR (k.object IN ('customer', 'account_v2') AND btrim(stripe.email) IS DISTINCT FROM btrim(p.email)))
          ORDER BY p.profile_table::text, p.user_id, k.object;
 END $$;

@@ -53,8 +53,28 @@ BEGIN
     RETURN sweep_from;
 END $$;
 
--- Checks Stripe objects (a page of customers or accounts created since the sweep began: jsonb
--- array of {id, user_id}) against the profiles. Returns how many were queued for deletion.
+-- Whether an accounts_v2 table has a profile with this user id (read as each table's owner).
+CREATE FUNCTION onboarding._has_accounts_v2_profile(uid text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments t WHERE t.stripe_objects = 'accounts_v2' LOOP
+        BEGIN
+            IF EXISTS (SELECT FROM onboarding._as_owner(a.profile_table, format('SELECT ''x'' FROM %s WHERE %I = $1::%s',
+                                   a.profile_table, a.id_column, a.id_type), ARRAY[uid])) THEN
+                RETURN true;
+            END IF;
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            CONTINUE;  -- not an id of this table
+        END;
+    END LOOP;
+    RETURN false;
+END $$;
+
+-- Checks Stripe objects (a page of customers, accounts or, object_kind account_v2, the Accounts v2
+-- of accounts_v2 tables, created since the sweep began: jsonb array of {id, user_id}) against the
+-- profiles. Returns how many were queued for deletion.
 -- Per object, by its metadata user id:
 -- - a succeeded job or the profile names it: nothing to do;
 -- - the profile has no such object yet: an insert still in the intake will get it back under
@@ -67,8 +87,10 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     o record;
     a onboarding.attachments;
-    create_kind text := CASE object_kind WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END;
-    delete_kind text := CASE object_kind WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END;
+    -- An accounts_v2 profile's Account is its customer: made by its customer job, in its customer column.
+    create_kind text := CASE object_kind WHEN 'account' THEN 'create_connect_account' ELSE 'create_customer' END;
+    delete_kind text := CASE object_kind WHEN 'account' THEN 'delete_connect_account' ELSE 'delete_customer' END;
+    model text := CASE object_kind WHEN 'account_v2' THEN 'accounts_v2' ELSE 'v1' END;
     target_column name;
     linked text;
     found_in regclass;
@@ -81,8 +103,8 @@ BEGIN
         CONTINUE WHEN EXISTS (SELECT FROM onboarding.jobs j
                                WHERE j.stripe_id = o.id AND j.kind = create_kind AND j.state = onboarding._succeeded());
         found_in := NULL; reason := NULL;
-        FOR a IN SELECT * FROM onboarding.attachments t ORDER BY t.profile_table LOOP
-            target_column := CASE object_kind WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
+        FOR a IN SELECT * FROM onboarding.attachments t WHERE t.stripe_objects = model ORDER BY t.profile_table LOOP
+            target_column := CASE object_kind WHEN 'account' THEN a.connect_account_column ELSE a.customer_column END;
             CONTINUE WHEN target_column IS NULL;
             BEGIN
                 SELECT a.profile_table, r[1] INTO found_in, linked
@@ -100,21 +122,33 @@ BEGIN
             -- replays this object to it.
             CONTINUE WHEN create_kind = 'create_customer' AND EXISTS (
                 SELECT FROM onboarding.intake i WHERE i.profile_table = found_in AND i.user_id = o.user_id);
-            -- Else its job (open, or made now) adopts this object instead of creating another.
+            -- Else its job (open, or made now) adopts this object instead of creating another: a
+            -- v1 job by looking it up first; an accounts_v2 job, whose look-up could not see a
+            -- recent Account in the v2 list, by writing this very one back at its next claim.
             job := onboarding._enqueue(found_in, o.user_id, create_kind, 'failover sweep');
-            UPDATE onboarding.jobs j SET look_up_first = true WHERE j.id = job AND NOT j.look_up_first;
+            IF model = 'accounts_v2' THEN
+                UPDATE onboarding.jobs j SET object_to_link = o.id
+                 WHERE j.id = job AND j.object_to_link IS NULL AND j.stripe_id IS NULL;
+            ELSE
+                UPDATE onboarding.jobs j SET look_up_first = true WHERE j.id = job AND NOT j.look_up_first;
+            END IF;
             CONTINUE;
         ELSIF found_in IS NOT NULL THEN
             reason := format('created by the old primary; the profile has %s', linked);
         ELSE
+            -- A v2 Account with a merchant configuration is listed by /v1/accounts too: one whose
+            -- user has an accounts_v2 profile is the v2 pass's to judge, never deleted here.
+            CONTINUE WHEN object_kind = 'account' AND onboarding._has_accounts_v2_profile(o.user_id);
             reason := 'created by the old primary for a profile this server never received';
-            SELECT t.profile_table INTO found_in FROM onboarding.attachments t ORDER BY t.profile_table LIMIT 1;
+            SELECT t.profile_table INTO found_in FROM onboarding.attachments t WHERE t.stripe_objects = model
+             ORDER BY t.profile_table LIMIT 1;
             CONTINUE WHEN found_in IS NULL;  -- nothing attached: nothing to account it to
         END IF;
         -- Made by this extension (the old primary) for this user id, its tie lost with the old
         -- primary's jobs: tied here, so that its deletion may go ahead (sql/ties.sql). An object
         -- this server tied to another profile is not this sweep's to delete.
-        CONTINUE WHEN NOT onboarding._tie(o.id, object_kind, found_in, o.user_id);
+        CONTINUE WHEN NOT onboarding._tie(o.id, CASE object_kind WHEN 'account' THEN 'account' ELSE 'customer' END,
+                                          found_in, o.user_id);
         job := onboarding._enqueue_for_customer(found_in, o.user_id, delete_kind, o.id, 'failover sweep: ' || reason);
         IF job IS NOT NULL THEN
             INSERT INTO onboarding.events (job_id, user_id, step, detail)

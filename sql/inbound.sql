@@ -34,7 +34,10 @@ CREATE TABLE onboarding.connect_accounts (
     -- While profile_behind: when to write the profile next (a held row or table backs off).
     profile_retry_at timestamptz NOT NULL DEFAULT now(),
     profile_attempts integer NOT NULL DEFAULT 0,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    -- Its table's model (attachments.stripe_objects): an accounts_v2 Account is read on
+    -- /v2/core/accounts and heard of through v2 thin events; deauthorized_at is when it was closed.
+    stripe_objects text NOT NULL DEFAULT 'v1' CHECK (stripe_objects IN ('v1', 'accounts_v2'))
 );
 CREATE INDEX connect_accounts_by_user ON onboarding.connect_accounts (user_id);
 CREATE INDEX connect_accounts_to_refresh ON onboarding.connect_accounts (account_id) WHERE refresh_due;
@@ -96,7 +99,11 @@ CREATE TABLE onboarding.events_cursor (
     last_link_at timestamptz,
     -- When the cursor was last found past Stripe's 30 days of events (every account re-read).
     cursor_lost_at timestamptz,
-    events_applied bigint NOT NULL DEFAULT 0
+    events_applied bigint NOT NULL DEFAULT 0,
+    -- The v2 thin events (GET /v2/core/events, read while an accounts_v2 table is attached): the
+    -- `created` (Unix milliseconds) of the newest one read; the next read starts there (ids
+    -- already applied are skipped). NULL: none read yet (start now, reading every v2 Account).
+    v2_events_since bigint
 );
 INSERT INTO onboarding.events_cursor DEFAULT VALUES;
 
@@ -104,14 +111,10 @@ INSERT INTO onboarding.events_cursor DEFAULT VALUES;
 CREATE FUNCTION onboarding._follow_account() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- Not yet for an accounts_v2 table's Accounts: they are read on /v2/core/accounts, which the
-    -- reader does not read yet (issue 31).
-    IF EXISTS (SELECT FROM onboarding.attachments a
-                WHERE a.profile_table = NEW.profile_table AND a.stripe_objects = 'accounts_v2') THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO onboarding.connect_accounts (account_id, profile_table, user_id)
-    VALUES (NEW.stripe_id, NEW.profile_table, NEW.user_id)
+    INSERT INTO onboarding.connect_accounts (account_id, profile_table, user_id, stripe_objects)
+    VALUES (NEW.stripe_id, NEW.profile_table, NEW.user_id,
+            coalesce((SELECT a.stripe_objects FROM onboarding.attachments a WHERE a.profile_table = NEW.profile_table),
+                     'v1'))
     ON CONFLICT (account_id) DO NOTHING;
     RETURN NULL;
 END $$;
@@ -174,12 +177,15 @@ $$;
 -- one that was has been gone a minute): `polling`, with the cursor, the accounts to read again,
 -- the seconds since the last account link and when the last poll was (Unix seconds: without a
 -- cursor, events are read from then on), the events set aside to read again and the customers to
--- read (two events of one second). Otherwise the seconds until the next poll is due, never more
--- than `every` (onboarding.events_poll_interval: lowered by a reload, it applies at once).
+-- read (two events of one second); and for Accounts v2, whether to read v2 thin events (an
+-- accounts_v2 table is attached), from when (Unix milliseconds; NULL: none read yet), and which of
+-- the accounts to read are v2 Accounts. Otherwise the seconds until the next poll is due, never
+-- more than `every` (onboarding.events_poll_interval: lowered by a reload, it applies at once).
 CREATE FUNCTION onboarding._events_poll_begin(refresh_at_most integer, every interval)
 RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, accounts_to_refresh text[],
                since_link double precision, last_polled_at bigint, events_to_retry text[],
-               customers_to_refresh text[])
+               customers_to_refresh text[], read_v2_events boolean, v2_events_since bigint,
+               v2_accounts_to_refresh text[])
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE onboarding.events_cursor c SET next_poll_at = now() + every WHERE c.next_poll_at > now() + every;
@@ -216,6 +222,11 @@ BEGIN
                                   WHERE s.retry_at <= now() ORDER BY s.retry_at LIMIT 5);
         customers_to_refresh := ARRAY(SELECT x.customer_id FROM onboarding.customer_changes x
                                        WHERE x.refresh_due ORDER BY x.customer_id LIMIT refresh_at_most);
+        read_v2_events := EXISTS (SELECT FROM onboarding.attachments a WHERE a.stripe_objects = 'accounts_v2');
+        v2_events_since := (SELECT c.v2_events_since FROM onboarding.events_cursor c);
+        v2_accounts_to_refresh := ARRAY(SELECT a.account_id FROM onboarding.connect_accounts a
+                                         WHERE a.account_id = ANY (accounts_to_refresh)
+                                           AND a.stripe_objects = 'accounts_v2');
     END IF;
     RETURN NEXT;
 END $$;
@@ -416,6 +427,20 @@ BEGIN
      WHERE e.event_id = ANY (ARRAY(SELECT o.event_id FROM onboarding.stripe_events_applied o
                                     WHERE o.applied_at < now() - interval '31 days' LIMIT 1000));
     DELETE FROM onboarding.stripe_events_set_aside e WHERE e.set_aside_at < now() - interval '31 days';
+END $$;
+
+-- The v2 thin events were read up to `since` (Unix milliseconds: the newest one's `created`, or
+-- when the first read began); with `refresh_all`, every v2 Account is read at the next polls
+-- (the first read, a cursor past Stripe's 30 days, more events than one poll reads).
+CREATE FUNCTION onboarding._v2_events_read(since bigint, refresh_all boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.events_cursor c SET v2_events_since = greatest(c.v2_events_since, since)
+     WHERE c.polling_pid = pg_backend_pid();
+    IF refresh_all THEN
+        UPDATE onboarding.connect_accounts a SET refresh_due = true
+         WHERE a.stripe_objects = 'accounts_v2' AND NOT a.refresh_due;
+    END IF;
 END $$;
 
 -- An account link was issued for `account`: its owner may finish onboarding in minutes, so poll

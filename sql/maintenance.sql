@@ -93,11 +93,14 @@ CREATE FUNCTION onboarding._snapshot_add(snapshot bigint, kind text, page jsonb)
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO onboarding.stripe_objects (snapshot, id, object, user_id, email)
     SELECT snapshot, o->>'id', kind, o->>'user_id', o->>'email' FROM jsonb_array_elements(page) o
-    ON CONFLICT DO NOTHING;
+    -- A v2 Account with a merchant configuration is listed by /v1/accounts too: listed last, the
+    -- v2 answer stands (its contact email).
+    ON CONFLICT (snapshot, id) DO UPDATE SET object = EXCLUDED.object, user_id = EXCLUDED.user_id, email = EXCLUDED.email
+       WHERE EXCLUDED.object = 'account_v2';
     UPDATE onboarding.stripe_snapshots
        SET pages = pages + 1,
            customers = customers + CASE kind WHEN 'customer' THEN jsonb_array_length(page) ELSE 0 END,
-           accounts = accounts + CASE kind WHEN 'account' THEN jsonb_array_length(page) ELSE 0 END
+           accounts = accounts + CASE WHEN kind IN ('account', 'account_v2') THEN jsonb_array_length(page) ELSE 0 END
      WHERE id = snapshot;
 $$;
 

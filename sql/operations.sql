@@ -234,7 +234,8 @@ BEGIN
     FOR r IN SELECT * FROM onboarding.audit_mismatches(false) m
               WHERE reconcile.profile_table IS NULL OR m.profile_table = reconcile.profile_table LOOP
         SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = r.profile_table;
-        target_column := CASE r.object WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
+        -- (An accounts_v2 profile's Account, object account_v2, is in its customer column.)
+        target_column := CASE r.object WHEN 'account' THEN a.connect_account_column ELSE a.customer_column END;
         user_id := r.user_id;
         IF r.problem LIKE 'not made for this profile%' THEN
             action := 'untied'; stripe_id := r.stripe_id; detail := r.problem || '; nothing done';
@@ -258,7 +259,8 @@ BEGIN
             action := 'relink'; detail := format('%s is %s; the user''s live %s is %s', r.stripe_id, r.problem, r.object, stripe_id);
             relinked := relinked || stripe_id;
             IF NOT dry_run THEN
-                PERFORM onboarding._tie(stripe_id, r.object, r.profile_table, r.user_id);
+                PERFORM onboarding._tie(stripe_id, CASE r.object WHEN 'account' THEN 'account' ELSE 'customer' END,
+                                        r.profile_table, r.user_id);
                 PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = $2 WHERE %I = $1::%s',
                             r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id, stripe_id]);
                 PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('from', r.stripe_id, 'to', stripe_id));
@@ -270,7 +272,7 @@ BEGIN
                             r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id]);
                 PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('cleared', r.stripe_id, 'problem', r.problem));
                 PERFORM onboarding._enqueue(r.profile_table, r.user_id,
-                    CASE r.object WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END, 'reconcile');
+                    CASE r.object WHEN 'account' THEN 'create_connect_account' ELSE 'create_customer' END, 'reconcile');
             END IF;
         END IF;
         RETURN NEXT;
@@ -286,12 +288,16 @@ BEGIN
         IF NOT dry_run THEN
             IF tie.stripe_id IS NULL THEN
                 -- Made before ties were recorded: the operator's reconcile is what ties it.
+                -- (Of the object's model: a v2 Account is closed through an accounts_v2 table's job.)
                 tie.profile_table := coalesce(reconcile.profile_table,
-                                              (SELECT t.profile_table FROM onboarding.attachments t ORDER BY 1 LIMIT 1));
-                PERFORM onboarding._tie(r.stripe_id, r.object, tie.profile_table, r.user_id);
+                                              (SELECT t.profile_table FROM onboarding.attachments t
+                                                WHERE (t.stripe_objects = 'accounts_v2') = (r.object = 'account_v2')
+                                                ORDER BY 1 LIMIT 1));
+                PERFORM onboarding._tie(r.stripe_id, CASE r.object WHEN 'account' THEN 'account' ELSE 'customer' END,
+                                        tie.profile_table, r.user_id);
             END IF;
             PERFORM onboarding._enqueue_for_customer(tie.profile_table,
-                r.user_id, CASE r.object WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END,
+                r.user_id, CASE r.object WHEN 'account' THEN 'delete_connect_account' ELSE 'delete_customer' END,
                 r.stripe_id, 'reconcile');
             PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('stripe_id', r.stripe_id));
         END IF;

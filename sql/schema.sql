@@ -167,7 +167,8 @@ CREATE TABLE onboarding.stripe_snapshots (
 CREATE TABLE onboarding.stripe_objects (
     snapshot bigint NOT NULL REFERENCES onboarding.stripe_snapshots (id) ON DELETE CASCADE,
     id text NOT NULL,
-    object text NOT NULL CHECK (object IN ('customer', 'account')),
+    -- customer, account (v1's), account_v2 (an Accounts v2 Account of an accounts_v2 table).
+    object text NOT NULL CHECK (object IN ('customer', 'account', 'account_v2')),
     user_id text,
     email text,
     PRIMARY KEY (snapshot, id)

@@ -11,6 +11,10 @@
 //!    off, a Connect account for every profile: the old primary creates customers and accounts the
 //!    new primary has no profile for, which the new primary must find and delete by itself.
 //!
+//! 6. scenario 3 for a table attached with `stripe_objects => 'accounts_v2'`: the old primary
+//!    makes Accounts v2 (and makes them connected accounts) that the new primary must find in the
+//!    v2 list and close, while every surviving profile keeps exactly one live Account.
+//!
 //! Plus checks that need a standby: `get_or_create_customer` refused at once on a standby; a worker
 //! waiting for a stalled synchronous standby that still obeys pg_terminate_backend and a fast
 //! shutdown; calls held for a stalled asynchronous standby named in `onboarding.wait_for_standbys`
@@ -46,12 +50,13 @@ fn main() {
         return; // `cargo test -- --list`: nothing to list, this binary is one run
     }
     let started = Instant::now();
-    let runs: [(&str, Run); 5] = [
+    let runs: [(&str, Run); 6] = [
         ("1. backlog: async standby with every insert, rate budget 30/s, its claims after them lost", backlog),
         ("2. sync standby stalled, application commits local, wait_for_standbys = 'standby1'", sync_stalled),
         ("3. async standby stalled for the last batch, wait_for_standbys off, Connect accounts too", async_lagging),
         ("4. a standby and a stalled synchronous standby", standby_checks),
         ("5. an async standby in wait_for_standbys, stalled, then a timeout", named_standby_wait),
+        ("6. as 3, for a table of Accounts v2 (accounts_v2)", async_lagging_accounts_v2),
     ];
     // `cargo test --test failover -- sync` runs the runs whose title contains "sync".
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -446,6 +451,77 @@ fn after_failover(
         })
         .count();
     report.figure(format!("jobs finished under their original key         {original_key} / {}", profiles.len()));
+    Ok(report)
+}
+
+/// Scenario 6: scenario 3's loss for an accounts_v2 table. The old primary makes an Account (and
+/// makes it a connected account) for each of the 40 profiles the standby never gets; the new
+/// primary's sweep must find them in the v2 list and close them, and every surviving profile ends
+/// with exactly one live Account, on both its columns.
+fn async_lagging_accounts_v2() -> Result<Report, Failed> {
+    let stripe = start_emulator();
+    let pair = Replicated::start("async-v2", &primary_settings(&stripe, "onboarding.wait_for_standbys = ''\n"), STANDBY_SETTINGS);
+    pair.wait_streaming(false)?;
+    pair.primary.connect().batch_execute(
+        "CREATE EXTENSION onboarding;
+         CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
+             stripe_account_id text, stripe_connect_account_id text);
+         SELECT onboarding.attach('public.profiles', stripe_objects => 'accounts_v2',
+                                  connect_account_column => 'stripe_connect_account_id', connect_policy => 'always');",
+    )?;
+    let mut db = app_session(&pair.primary)?;
+    let (mut acknowledged, unreplicated) = replicate_then_stall(&pair, &mut db)?;
+    let connected = |s: &Emulator, user: &String| {
+        s.v2_accounts().iter().any(|a| user_of(a) == *user && a["applied_configurations"].to_string().contains("merchant"))
+    };
+    if !stripe.wait_for(Duration::from_secs(30), |s| unreplicated.iter().all(|u| connected(s, u))) {
+        return Err("the old primary did not make connected Accounts for the unreplicated profiles within 30 s".into());
+    }
+    acknowledged.extend(unreplicated.iter().cloned());
+    let promotion = pair.fail_over()?;
+    let promoted_at = Instant::now();
+    let mut report = Report::default();
+    report.figure(format!("promotion                                      {:.1} s", promotion.as_secs_f64()));
+    let mut db = app_session(&pair.standby)?;
+    insert_batches(&mut db, 1)?;
+
+    let live = |s: &Emulator| -> Vec<serde_json::Value> {
+        s.v2_accounts().into_iter().filter(|a| a["closed"] != true).collect()
+    };
+    let lost: HashSet<&String> = unreplicated.iter().collect();
+    let swept = stripe.wait_for(SWEEP_DEADLINE, |s| live(s).iter().all(|a| !lost.contains(&user_of(a))));
+    report.check(
+        format!("Accounts of lost profiles closed after         {:.1} s", promoted_at.elapsed().as_secs_f64()),
+        swept,
+    );
+    let drained = wait_for("every profile's Account on both columns, no open job", DRAIN_DEADLINE, || {
+        count(
+            &mut db,
+            "SELECT (SELECT count(*) FROM public.profiles
+                      WHERE stripe_account_id IS NULL OR stripe_connect_account_id IS DISTINCT FROM stripe_account_id)
+                  + (SELECT count(*) FROM onboarding.jobs WHERE state IN ('pending', 'running'))
+                  + (SELECT count(*) FROM onboarding.intake)",
+        )
+        .filter(|open| *open == 0)
+    });
+    report.check(format!("new primary drained (deadline {DRAIN_DEADLINE:?})"), drained.is_ok());
+    let profiles = profiles_with(&mut db, "stripe_account_id")?;
+    let lost_count = acknowledged.iter().filter(|id| !profiles.contains_key(*id)).count();
+    report.check(
+        format!("acknowledged commits lost                      {lost_count} (the stalled batches: 40)"),
+        lost_count == 40,
+    );
+    let accounts = live(&stripe);
+    let (exactly_one, duplicated) = one_object_each(&accounts, &profiles);
+    report.check(
+        format!(
+            "surviving profiles with exactly one live Account {exactly_one} / {} ({duplicated} with more than one)",
+            profiles.len()
+        ),
+        exactly_one == profiles.len() && duplicated == 0,
+    );
+    let without_profile = accounts.iter().filter(|a| !profiles.contains_key(&user_of(a))).count();
+    report.check(format!("live Accounts without a profile                {without_profile}"), without_profile == 0);
     Ok(report)
 }
 

@@ -11,7 +11,9 @@
 -- sql/inbound.sql: a reader stopped in the middle of a poll (restart, crash, failover) no longer
 -- keeps the events reader's turn for a minute: the next poll takes it over once its holder is gone;
 -- a disconnected account is no longer read from Stripe at every poll or daily.
+DROP FUNCTION onboarding._events_poll_begin(integer, interval);  -- its result gains the v2 columns (issue 31)
 -- @replace onboarding._events_poll_begin
+REVOKE ALL ON FUNCTION onboarding._events_poll_begin(integer, interval) FROM PUBLIC;
 
 -- sql/attach.sql: dropping an attached table also stops following its profiles' Connect accounts.
 -- @replace onboarding._forget_dropped_tables
@@ -75,7 +77,26 @@ REVOKE ALL ON FUNCTION onboarding._account_options(jsonb) FROM PUBLIC;
 -- @replace onboarding._create_triggers
 -- @replace onboarding.set_connect_policy
 -- @replace onboarding._follow_account
+-- sql/inbound.sql, src/maintenance/events.rs: an accounts_v2 table's connected Accounts are
+-- followed as v1 accounts are: read on /v2/core/accounts, heard of through v2 thin events.
+ALTER TABLE onboarding.connect_accounts
+    ADD COLUMN stripe_objects text NOT NULL DEFAULT 'v1' CHECK (stripe_objects IN ('v1', 'accounts_v2'));
+ALTER TABLE onboarding.events_cursor ADD COLUMN v2_events_since bigint;
+-- @replace onboarding._v2_events_read
+REVOKE ALL ON FUNCTION onboarding._v2_events_read(bigint, boolean) FROM PUBLIC;
+-- sql/audits.sql, sql/operations.sql, src/maintenance/snapshot.rs: the audits and reconcile
+-- cover accounts_v2 tables, from v2 Accounts listed into the snapshot (object account_v2).
+ALTER TABLE onboarding.stripe_objects DROP CONSTRAINT stripe_objects_object_check,
+    ADD CONSTRAINT stripe_objects_object_check CHECK (object IN ('customer', 'account', 'account_v2'));
+DROP FUNCTION onboarding._all_profiles();
 -- @replace onboarding._all_profiles
+REVOKE ALL ON FUNCTION onboarding._all_profiles() FROM PUBLIC;
+-- @replace onboarding._snapshot_add
+-- @replace onboarding.audit_orphans
+-- sql/failover.sql, src/maintenance/failover.rs: the sweep after a promotion covers v2 Accounts.
+-- @replace onboarding._has_accounts_v2_profile
+REVOKE ALL ON FUNCTION onboarding._has_accounts_v2_profile(text) FROM PUBLIC;
+-- @replace onboarding._check_after_failover
 -- The claim returns each job's table's model and options (_promote_and_claim, new in 0.4.0, is
 -- written above with them).
 DROP FUNCTION onboarding._claim_jobs(integer, interval, timestamptz[], bigint[], integer[]);

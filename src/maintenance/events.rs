@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use onboarding_core::inbound::{AccountReadiness, Change, SHOWN_ID_CHARS, Verdict, customer_change, parse_event, plan};
 use onboarding_core::schedule::Deadline;
+use onboarding_core::stripe::v2::{EventsFilter, ListedThinEvent, READINESS_INCLUDE, ThinEvent, V2Readiness};
 use onboarding_core::stripe::{ListedEvent, StripeClient, StripeError, account_gone, lost_event_cursor};
 use pgrx::prelude::*;
 use serde_json::{Value, json};
@@ -64,12 +65,19 @@ pub struct EventsReader {
     /// When to ask again whether a read is due.
     next_check: Deadline,
     /// A failed read was told (once, until one succeeds).
-    warned: bool,
+    warned: Warned,
+}
+
+/// Which failed reads were told: v1's events, v2's thin events.
+#[derive(Default)]
+struct Warned {
+    v1: bool,
+    v2: bool,
 }
 
 impl Default for EventsReader {
     fn default() -> EventsReader {
-        EventsReader { poll: None, next_check: Deadline::now(Instant::now()), warned: false }
+        EventsReader { poll: None, next_check: Deadline::now(Instant::now()), warned: Warned::default() }
     }
 }
 
@@ -127,6 +135,21 @@ struct Read {
     customers: Vec<ObjectRead>,
     /// Each event set aside at an earlier poll, read again on its own.
     retried: Vec<(String, Result<Value, StripeError>)>,
+    /// The v2 thin events, when an accounts_v2 table is attached.
+    v2: Option<Result<V2Events, StripeError>>,
+}
+
+/// What a poll read of the v2 thin events (`GET /v2/core/events`). A thin event carries no
+/// snapshot: applying one means reading its Account at the next poll (at once), whose answer
+/// then weighs as any account read.
+struct V2Events {
+    /// The events about Accounts since the cursor, as listed.
+    events: Vec<ListedThinEvent>,
+    /// Where the cursor goes (Unix milliseconds).
+    since: i64,
+    /// What happened before these events is not in them (the first read, a cursor past Stripe's 30
+    /// days, more than a poll reads): every v2 Account is read again.
+    refresh_all: bool,
 }
 
 /// An object read from Stripe: its id, when the request was sent (Unix seconds), the answer.
@@ -156,6 +179,9 @@ fn start(runtime: &tokio::runtime::Runtime, client: &StripeClient) -> Result<Pol
         last_polled_at,
         events_to_retry,
         customers_to_refresh: customers,
+        read_v2_events,
+        v2_events_since,
+        v2_accounts_to_refresh: v2_accounts,
         ..
     } = match taken {
         Ok(Ok(turn)) if turn.polling => turn,
@@ -201,10 +227,25 @@ fn start(runtime: &tokio::runtime::Runtime, client: &StripeClient) -> Result<Pol
             },
         };
         let (mut read_accounts, mut read_customers, mut retried) = (Vec::new(), Vec::new(), Vec::new());
+        let v2 = match read_v2_events {
+            true => Some(read_v2_events_since(&client, v2_events_since).await),
+            false => None,
+        };
         if page.is_ok() {
             for account in accounts {
                 let sent_at = unix_now();
-                let answer = client.retrieve_account(&account).await;
+                let answer = if v2_accounts.contains(&account) {
+                    // A v2 Account answers `closed: true` while Stripe keeps it, then 404: gone
+                    // either way, and read as closed.
+                    match client.v2().retrieve_account(&account, &READINESS_INCLUDE).await {
+                        Err(StripeError::Api(e)) if e.status == 404 => {
+                            Ok(json!({"object": "v2.core.account", "id": account, "closed": true}))
+                        }
+                        answer => answer,
+                    }
+                } else {
+                    client.retrieve_account(&account).await
+                };
                 read_accounts.push((account, sent_at, answer));
             }
             for customer in customers {
@@ -217,7 +258,7 @@ fn start(runtime: &tokio::runtime::Runtime, client: &StripeClient) -> Result<Pol
                 retried.push((event, answer));
             }
         }
-        Read { page, read_at, accounts: read_accounts, customers: read_customers, retried }
+        Read { page, read_at, accounts: read_accounts, customers: read_customers, retried, v2 }
     });
     Ok(Poll { reading, since_link })
 }
@@ -232,12 +273,21 @@ impl Poll {
     /// one transaction; if anything in it fails, again one event (and one object read) at a time,
     /// each in its own transaction, and what fails alone is set aside: one event never stops the
     /// cursor or any other event.
-    fn finish(self, runtime: &tokio::runtime::Runtime, warned: &mut bool) -> Duration {
+    fn finish(self, runtime: &tokio::runtime::Runtime, warned: &mut Warned) -> Duration {
         let Poll { reading, since_link } = self;
-        let Ok(read) = runtime.block_on(reading) else {
+        let Ok(mut read) = runtime.block_on(reading) else {
             return CHECK_AT_LEAST_EVERY; // the task panicked: the turn lapses in a minute
         };
         let interval = gucs::events_poll().map_or(Duration::from_secs(3600), |p| p.next_poll_in(since_link));
+        // The v2 thin events first, in a transaction of their own: they only mark Accounts to
+        // read, and neither they nor v1's events can hold up the other.
+        let v2_next_in = read.v2.take().map_or(interval, |v2| apply_v2_events(v2, interval, &mut warned.v2));
+        finish_v1(read, interval, &mut warned.v1).min(v2_next_in)
+    }
+}
+
+/// [`Poll::finish`] for v1's events and every object read.
+fn finish_v1(read: Read, interval: Duration, warned: &mut bool) -> Duration {
         let page = match &read.page {
             Ok(page) => PageRead::of(page),
             Err(error) => {
@@ -294,10 +344,102 @@ impl Poll {
                 }
             }
         }
-        match in_transaction("ending the events poll", || end(&page, applied, interval, read.read_at)) {
-            Ok(Ok(next_in)) => next_in,
-            _ => interval,
+    match in_transaction("ending the events poll", || end(&page, applied, interval, read.read_at)) {
+        Ok(Ok(next_in)) => next_in,
+        _ => interval,
+    }
+}
+
+/// Reads the v2 thin events about Accounts since `since` (Unix milliseconds; ids applied before
+/// are skipped, so the cursor's own millisecond is read again), newest first as Stripe lists
+/// them, at most [`SINCE_PAGES_AT_MOST`] pages. Without a cursor, or with one past Stripe's 30
+/// days, none are read: the cursor starts now and every v2 Account is read itself.
+async fn read_v2_events_since(client: &StripeClient, since: Option<i64>) -> Result<V2Events, StripeError> {
+    let now_ms = unix_now() * 1000;
+    let margin_ms = CLOCK_MARGIN_SECS * 1000;
+    let Some(since) = since.filter(|since| now_ms - since < (RETENTION_SECS - CLOCK_MARGIN_SECS) * 1000) else {
+        return Ok(V2Events { events: Vec::new(), since: now_ms - margin_ms, refresh_all: true });
+    };
+    let v2 = client.v2();
+    let mut filter = EventsFilter::accounts();
+    filter.created.gte = Some(since);
+    let mut page = v2.list_events(&filter).await?;
+    let mut events = std::mem::take(&mut page.data);
+    let mut pages = 1;
+    while let Some(next) = page.next.take() {
+        if pages == SINCE_PAGES_AT_MOST {
+            // The newest are read; what came between the cursor and them, from the Accounts.
+            return Ok(V2Events { since: newest(&events).unwrap_or(since), events, refresh_all: true });
         }
+        page = v2.next_events_page(&next).await?;
+        events.append(&mut page.data);
+        pages += 1;
+    }
+    Ok(V2Events { since: newest(&events).unwrap_or(since), events, refresh_all: false })
+}
+
+/// The newest `created` (Unix milliseconds) among the events read.
+fn newest(events: &[ListedThinEvent]) -> Option<i64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ListedThinEvent::Event(event) => Some(event.created_ms),
+            ListedThinEvent::Malformed(_) => None,
+        })
+        .max()
+}
+
+/// Applies the v2 thin events read (in a transaction of its own): each one not applied before
+/// marks its Account, if followed, to be read at the next poll, which comes at once; one that
+/// cannot be used is set aside (never read again: only v1's events are). Returns when to poll next.
+fn apply_v2_events(read: Result<V2Events, StripeError>, interval: Duration, warned: &mut bool) -> Duration {
+    let read = match read {
+        Ok(read) => read,
+        Err(error) => {
+            if !*warned {
+                warning!("onboarding: could not read Stripe's v2 events: {error}; trying again every {interval:?}");
+                *warned = true;
+            }
+            return interval;
+        }
+    };
+    *warned = false;
+    let applied = in_transaction("applying Stripe's v2 events", || -> Result<bool, pgrx::spi::Error> {
+        let (mut usable, mut set_aside): (Vec<&ThinEvent>, Vec<(Option<String>, String)>) = (Vec::new(), Vec::new());
+        for listed in &read.events {
+            match listed {
+                ListedThinEvent::Event(event) => usable.push(event),
+                ListedThinEvent::Malformed(malformed) => set_aside.push((
+                    malformed.id.clone(),
+                    format!("{}: {}", malformed.id.as_deref().unwrap_or("(unusable id)"), malformed.why),
+                )),
+            }
+        }
+        record_set_aside(&set_aside, false)?;
+        let ids: Vec<String> = usable.iter().map(|e| e.id.clone()).collect();
+        let types: Vec<String> = usable.iter().map(|e| e.event_type.clone()).collect();
+        let created: Vec<i64> = usable.iter().map(|e| e.created_ms.div_euclid(1000)).collect();
+        let fresh = if ids.is_empty() { Vec::new() } else { inbound::events_not_applied(ids, types, created)? };
+        let accounts: Vec<String> = usable
+            .iter()
+            .filter(|e| fresh.contains(&e.id))
+            .filter_map(|e| e.account().map(str::to_string))
+            .collect();
+        let any = !accounts.is_empty();
+        if any {
+            inbound::refresh_accounts(Some(accounts))?;
+        }
+        inbound::v2_events_read(read.since, read.refresh_all)?;
+        Ok(any || read.refresh_all)
+    });
+    match applied {
+        Ok(Ok(true)) => Duration::ZERO,
+        Ok(Ok(false)) => interval,
+        Ok(Err(e)) => {
+            warning!("onboarding: applying Stripe's v2 events: {e}; reading them again at the next poll");
+            interval
+        }
+        Err(_) => interval,
     }
 }
 
@@ -468,8 +610,8 @@ fn apply(events: &[ListedEvent], objects: &Objects) -> Result<Applied, pgrx::spi
     }
     for (account, sent_at, answer) in objects.accounts {
         let state = match answer {
-            Ok(object) => match AccountReadiness::from_account(object) {
-                Some(readiness) => readiness_state(&readiness, *sent_at),
+            Ok(object) => match account_state(object, *sent_at) {
+                Some(state) => state,
                 None => continue,
             },
             Err(e) if account_gone(e) => json!({"account": account, "as_of": sent_at, "deauthorized": true}),
@@ -519,6 +661,28 @@ fn apply(events: &[ListedEvent], objects: &Objects) -> Result<Applied, pgrx::spi
         inbound::record_customer_changes(customers.into_values().collect())?;
     }
     Ok(Applied { events: applied, refetch })
+}
+
+/// What an account read says, as `_apply_account_states` takes it: a v1 account's readiness, or a
+/// v2 Account's in v1's words (core's `V2Readiness`; a closed Account is as a disconnected one:
+/// never ready again). None for an answer that is neither.
+fn account_state(object: &Value, as_of: i64) -> Option<Value> {
+    if let Some(readiness) = AccountReadiness::from_account(object) {
+        return Some(readiness_state(&readiness, as_of));
+    }
+    let v2 = V2Readiness::from_account(object)?;
+    if v2.closed {
+        return Some(json!({"account": v2.account, "as_of": as_of, "deauthorized": true}));
+    }
+    let readiness = AccountReadiness {
+        account: v2.account,
+        charges_enabled: v2.charges_enabled,
+        payouts_enabled: v2.payouts_enabled,
+        details_submitted: v2.details_submitted,
+        requirements_currently_due: v2.requirements_currently_due,
+        disabled_reason: v2.disabled_reason,
+    };
+    Some(readiness_state(&readiness, as_of))
 }
 
 /// The readiness as `_apply_account_states` takes it, as of `as_of` (Unix seconds).

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use onboarding_core::policy::{Disposition, classify};
+use onboarding_core::policy::{Disposition, classify, classify_v2};
+use onboarding_core::stripe::v2::{Account, AccountsFilter, ListedAccount, NextPage, Page};
 use onboarding_core::stripe::{ListKind, ListedObject, StripeClient, StripeError};
 use pgrx::prelude::*;
 
@@ -73,6 +74,56 @@ pub fn for_each_page(
         after = objects.last().map(|o| o.summary.id.clone());
         if !more || after.is_none() {
             return Ok(());
+        }
+    }
+}
+
+/// Lists every v2 Account Stripe holds that is not closed (Stripe's default), page by page
+/// (`next_page_url`), handing each page's readable Accounts to `take`, as [`for_each_page`] does
+/// for v1's lists. (The v2 list takes no `created` filter: a caller wanting recent ones filters.)
+pub fn for_each_v2_accounts_page(
+    runtime: &tokio::runtime::Runtime,
+    client: &StripeClient,
+    mut take: impl FnMut(&[Account]) -> Result<(), String>,
+) -> Result<(), ListingError> {
+    let v2 = client.v2();
+    let mut next: Option<NextPage> = None;
+    loop {
+        if shutdown_requested() {
+            return Err(ListingError::Stopped("the worker is shutting down".into()));
+        }
+        let mut attempt = 0;
+        let page: Result<Page<ListedAccount>, StripeError> = loop {
+            attempt += 1;
+            let read = match &next {
+                None => runtime.block_on(v2.list_accounts(&AccountsFilter::default())),
+                Some(next) => runtime.block_on(v2.next_accounts_page(next)),
+            };
+            match read {
+                Ok(page) => break Ok(page),
+                Err(error) => match classify_v2(&error, false) {
+                    Disposition::Retry { rate_limited } if attempt < gucs::max_attempts() => {
+                        let delay = gucs::backoff().delay(attempt, rate_limited, &mut rand::rng());
+                        std::thread::sleep(delay.min(Duration::from_secs(30)));
+                    }
+                    _ => break Err(error),
+                },
+            }
+        };
+        check_for_interrupts!();
+        let page = page.map_err(|error| ListingError::Stripe(Box::new(error)))?;
+        let accounts: Vec<Account> = page
+            .data
+            .into_iter()
+            .filter_map(|listed| match listed {
+                ListedAccount::Account(account) => Some(account),
+                ListedAccount::Unreadable => None,
+            })
+            .collect();
+        take(&accounts).map_err(ListingError::Stopped)?;
+        match page.next {
+            Some(more) => next = Some(more),
+            None => return Ok(()),
         }
     }
 }

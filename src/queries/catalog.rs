@@ -32,6 +32,12 @@ pub fn connect_in_use() -> Result<bool> {
     .map(|in_use| in_use.unwrap_or(false))
 }
 
+/// Whether an attached table makes Accounts v2 (the snapshot then lists `/v2/core/accounts`).
+pub fn accounts_v2_in_use() -> Result<bool> {
+    Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM onboarding.attachments WHERE stripe_objects = 'accounts_v2')")
+        .map(|in_use| in_use.unwrap_or(false))
+}
+
 /// Whether the current role may SELECT from `table` (None: could not tell).
 pub fn may_select(table: pg_sys::Oid) -> Option<bool> {
     read_bool("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", table)

@@ -25,6 +25,12 @@ pub struct Turn {
     pub last_polled_at: Option<i64>,
     pub events_to_retry: Vec<String>,
     pub customers_to_refresh: Vec<String>,
+    /// Read v2 thin events (an accounts_v2 table is attached).
+    pub read_v2_events: bool,
+    /// From when (the newest v2 event read's `created`, Unix milliseconds; None: none read yet).
+    pub v2_events_since: Option<i64>,
+    /// Which of `accounts_to_refresh` are v2 Accounts (read on `/v2/core/accounts`).
+    pub v2_accounts_to_refresh: Vec<String>,
 }
 
 /// Takes the poller's turn if a poll is due (`every` apart), with at most `refresh_at_most`
@@ -48,6 +54,9 @@ pub fn poll_begin(refresh_at_most: i32, every: Duration) -> Result<Turn> {
             last_polled_at: row.get_by_name("last_polled_at")?,
             events_to_retry: row.get_by_name("events_to_retry")?.unwrap_or_default(),
             customers_to_refresh: row.get_by_name("customers_to_refresh")?.unwrap_or_default(),
+            read_v2_events: row.get_by_name::<bool, _>("read_v2_events")?.unwrap_or(false),
+            v2_events_since: row.get_by_name("v2_events_since")?,
+            v2_accounts_to_refresh: row.get_by_name("v2_accounts_to_refresh")?.unwrap_or_default(),
         })
     })
 }
@@ -66,6 +75,12 @@ pub fn poll_end(
         "SELECT onboarding._events_poll_end($1, $2, $3, make_interval(secs => $4), $5, $6)",
         &[id.into(), created.into(), applied.into(), next_in.as_secs_f64().into(), read_at.into(), lost.into()],
     )
+}
+
+/// The v2 thin events were read up to `since` (Unix milliseconds); `refresh_all`: every v2
+/// Account is to be read at the next polls.
+pub fn v2_events_read(since: i64, refresh_all: bool) -> Result<()> {
+    Spi::run_with_args("SELECT onboarding._v2_events_read($1, $2)", &[since.into(), refresh_all.into()])
 }
 
 /// Marks accounts to be read again by the next polls (None: every followed account).

@@ -6,12 +6,12 @@
 use libtest_mimic::{Failed, Trial};
 use postgres::Client;
 use serde_json::Value;
-use stripe_emulator::{Fault, RecordedRequest};
+use stripe_emulator::{Fault, Onboarding, RecordedRequest};
 
 use crate::env;
 use crate::helpers::{
     DEADLINE, db, ensure, events_for, jobs_for, sqlstate, steps, stripe_customers_for, stripe_requests_for, wait_for,
-    wait_for_state,
+    wait_for_state, with_fast_event_polls,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
@@ -23,6 +23,9 @@ pub(crate) fn tests() -> Vec<Trial> {
         an_account_past_the_idempotency_horizon_is_looked_up_and_adopted,
         attach_and_account_options_are_checked,
         a_v1_table_and_a_v2_table_work_side_by_side,
+        readiness_and_closing_come_back_from_v2_events,
+        audits_and_reconcile_cover_v2_accounts,
+        a_backfill_gives_existing_profiles_their_accounts,
     ]
 }
 
@@ -33,7 +36,8 @@ fn v2_table(db: &mut Client, name: &str, attach_args: &str) -> String {
     db.batch_execute(&format!(
         "DROP TABLE IF EXISTS {table};
          CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, full_name text, role text,
-             stripe_account_id text, stripe_connect_account_id text);
+             stripe_account_id text, stripe_connect_account_id text,
+             stripe_account_ready boolean NOT NULL DEFAULT false);
          SELECT onboarding.attach('{table}', stripe_objects => 'accounts_v2', display_name_column => 'full_name'{attach_args});"
     ))
     .unwrap();
@@ -338,4 +342,147 @@ fn a_v1_table_and_a_v2_table_work_side_by_side() -> Result<(), Failed> {
     ensure(paths(&in_v2) == ["/v2/core/accounts"] && paths(&in_v1) == ["/v1/customers"], || {
         format!("v2 table {:?}, v1 table {:?}", paths(&in_v2), paths(&in_v1))
     })
+}
+
+fn ready(db: &mut Client, user: &str) -> bool {
+    db.query_one("SELECT onboarding.account_ready($1::text)", &[&user]).unwrap().get(0)
+}
+
+fn readiness_and_closing_come_back_from_v2_events() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(
+        &mut db,
+        "profiles_v2_readiness",
+        ", connect_account_column => 'stripe_connect_account_id', connect_policy => 'always', \
+         readiness_columns => '{\"ready\": \"stripe_account_ready\"}'",
+    );
+    with_fast_event_polls(&mut db, |db| {
+        let user = insert(db, &table, "seller@example.com", "seller");
+        let account = wait_for("the connected Account", DEADLINE, || {
+            column(db, &table, "stripe_connect_account_id", &user)
+        })?;
+        // Followed from its Connect job on, read on /v2/core/accounts (the poll after the first
+        // reads every v2 Account): not ready, with what is due.
+        wait_for("the Account's first read", DEADLINE, || {
+            let due: Option<Vec<String>> = db
+                .query_opt(
+                    "SELECT requirements_currently_due FROM onboarding.account_status($1::text) WHERE account_id = $2",
+                    &[&user, &account],
+                )
+                .unwrap()
+                .map(|row| row.get(0));
+            due.filter(|due| !due.is_empty()).map(|_| ())
+        })?;
+        ensure(!ready(db, &user), || "ready before onboarding".into())?;
+        let reads_before = requests_to(&requests_on(&account), "GET", &format!("/v2/core/accounts/{account}"));
+
+        // Onboarding completes in Stripe: a thin event names the Account, which is read, and
+        // account_ready and the profile's readiness column follow.
+        env().stripe.set_v2_onboarding(&account, Onboarding::Enabled).map_err(|e| e.to_string())?;
+        wait_for("account_ready", DEADLINE, || ready(db, &user).then_some(()))?;
+        wait_for("the readiness column", DEADLINE, || {
+            let on: bool = db
+                .query_one(&format!("SELECT stripe_account_ready FROM {table} WHERE id::text = $1"), &[&user])
+                .unwrap()
+                .get(0);
+            on.then_some(())
+        })?;
+        let reads = requests_to(&requests_on(&account), "GET", &format!("/v2/core/accounts/{account}"));
+        let event_reads = env().stripe.requests().into_iter().filter(|r| r.path == "/v2/core/events").count();
+        ensure(reads > reads_before && event_reads > 0, || format!("{reads} Account reads, {event_reads} event reads"))?;
+
+        // Closed in the Dashboard: never ready again.
+        ensure(env().stripe.dashboard_close_v2_account(&account), || "the test server did not close it".into())?;
+        wait_for("the closing", DEADLINE, || (!ready(db, &user)).then_some(()))?;
+        let closed: Option<bool> = db
+            .query_one("SELECT deauthorized_at IS NOT NULL FROM onboarding.account_status($1::text)", &[&user])
+            .unwrap()
+            .get(0);
+        ensure(closed == Some(true), || "a closed Account is not marked".into())
+    })
+}
+
+fn audits_and_reconcile_cover_v2_accounts() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(&mut db, "profiles_v2_audits", "");
+    let closed_user = insert(&mut db, &table, "closed@example.com", "buyer");
+    let orphan_user = insert(&mut db, &table, "orphan@example.com", "buyer");
+    let closed = wait_for_account(&mut db, &table, &closed_user)?;
+    let orphan = wait_for_account(&mut db, &table, &orphan_user)?;
+    // Closed in the Dashboard; and a profile that lets go of its Account (an orphan now).
+    ensure(env().stripe.dashboard_close_v2_account(&closed), || "the test server did not close it".into())?;
+    db.execute(&format!("UPDATE {table} SET stripe_account_id = NULL WHERE id::text = $1"), &[&orphan_user]).unwrap();
+
+    let mismatches: Vec<(String, String, String)> = db
+        .query(
+            "SELECT object, stripe_id, problem FROM onboarding.audit_mismatches() WHERE profile_table = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    ensure(
+        mismatches == [("account_v2".to_string(), closed.clone(), "missing or deleted in Stripe".to_string())],
+        || format!("mismatches {mismatches:?}"),
+    )?;
+    let orphans: Vec<(String, String)> = db
+        .query("SELECT object, stripe_id FROM onboarding.audit_orphans(false) WHERE user_id = $1", &[&orphan_user])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    ensure(orphans == [("account_v2".to_string(), orphan.clone())], || format!("orphans {orphans:?}"))?;
+
+    // Reconcile: the closed one recreated, the orphan closed (through the profile's table).
+    let actions: Vec<(String, Option<String>)> = db
+        .query("SELECT action, stripe_id FROM onboarding.reconcile(dry_run => false, profile_table => $1::text::regclass)", &[
+            &table,
+        ])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    ensure(
+        actions.contains(&("recreate".to_string(), Some(closed.clone())))
+            && actions.contains(&("delete orphan".to_string(), Some(orphan.clone()))),
+        || format!("reconcile did {actions:?}"),
+    )?;
+    let recreated = wait_for("the recreated Account", DEADLINE, || {
+        column(&mut db, &table, "stripe_account_id", &closed_user).filter(|id| *id != closed)
+    })?;
+    wait_for("the orphan's closing", DEADLINE, || {
+        env().stripe.v2_accounts().iter().any(|a| a["id"] == orphan.as_str() && a["closed"] == true).then_some(())
+    })?;
+    let live: Vec<Value> = v2_accounts_for(&closed_user).into_iter().filter(|a| a["closed"] != true).collect();
+    ensure(live.len() == 1 && live[0]["id"] == recreated.as_str(), || format!("live Accounts {live:?}"))?;
+    // Nothing left to say.
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM onboarding.audit_mismatches() WHERE profile_table = $1::text::regclass", &[
+            &table,
+        ])
+        .unwrap()
+        .get(0);
+    ensure(left == 0, || format!("{left} mismatches after reconcile"))
+}
+
+fn a_backfill_gives_existing_profiles_their_accounts() -> Result<(), Failed> {
+    let mut db = db();
+    let table = "public.profiles_v2_backfill";
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_account_id text);
+         INSERT INTO {table} (email) SELECT 'existing-' || g || '@example.com' FROM generate_series(1, 5) g;
+         SELECT onboarding.attach('{table}', stripe_objects => 'accounts_v2');
+         CALL onboarding.backfill('{table}');"
+    ))
+    .unwrap();
+    wait_for("every existing profile's Account", DEADLINE, || {
+        let missing: i64 =
+            db.query_one(&format!("SELECT count(*) FROM {table} WHERE stripe_account_id IS NULL"), &[]).unwrap().get(0);
+        (missing == 0).then_some(())
+    })?;
+    let users: Vec<String> =
+        db.query(&format!("SELECT id::text FROM {table}"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    ensure(users.iter().all(|u| v2_accounts_for(u).len() == 1), || "a profile has not exactly one Account".into())
 }

@@ -346,10 +346,18 @@ fn apply_defaults(defaults: &mut Value, given: &Value) {
     }
 }
 
-/// Applies `configuration.<name>` (`slot`: the Account's, `null` until first applied).
+/// Applies `configuration.<name>` (`slot`: the Account's, `null` until first applied). A merchant
+/// or recipient configuration also gets `stripe_balance.payouts`, which Stripe requests itself
+/// ("We've made payouts a capability in both the merchant and recipient configurations",
+/// docs.stripe.com/changelog/basil/2025-04-30/payouts-are-now-a-capability; the SDK's request
+/// types do not let a platform ask for it), its status following onboarding as the others'.
 fn apply_configuration(slot: &mut Value, name: &str, given: &Value, step: Option<&Onboarding>) {
     if slot.is_null() {
         *slot = json!({"applied": true, "capabilities": {}});
+        if name == "merchant" || name == "recipient" {
+            let payouts = ["stripe_balance".to_string(), "payouts".to_string()];
+            capabilities::set(&mut slot["capabilities"], &payouts, onboarding::capability_status(step));
+        }
     }
     for (field, value) in given.as_object().into_iter().flatten() {
         match field.as_str() {
