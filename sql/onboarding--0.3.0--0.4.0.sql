@@ -20,11 +20,13 @@ $$;
 -- sql/inbound.sql: a reader stopped in the middle of a poll (restart, crash, failover) no longer
 -- keeps the events reader's turn for a minute: the next poll takes it over once its holder is gone;
 -- a disconnected account is no longer read from Stripe at every poll or daily.
+DROP FUNCTION onboarding._events_poll_begin(integer, interval);  -- its result gains the v2 columns (issue 31)
 -- onboarding._events_poll_begin, as sql/ defines it
 CREATE OR REPLACE FUNCTION onboarding._events_poll_begin(refresh_at_most integer, every interval)
 RETURNS TABLE (polling boolean, due_in double precision, last_event_id text, accounts_to_refresh text[],
                since_link double precision, last_polled_at bigint, events_to_retry text[],
-               customers_to_refresh text[])
+               customers_to_refresh text[], read_v2_events boolean, v2_events_since bigint,
+               v2_accounts_to_refresh text[])
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE onboarding.events_cursor c SET next_poll_at = now() + every WHERE c.next_poll_at > now() + every;
@@ -61,9 +63,15 @@ BEGIN
                                   WHERE s.retry_at <= now() ORDER BY s.retry_at LIMIT 5);
         customers_to_refresh := ARRAY(SELECT x.customer_id FROM onboarding.customer_changes x
                                        WHERE x.refresh_due ORDER BY x.customer_id LIMIT refresh_at_most);
+        read_v2_events := EXISTS (SELECT FROM onboarding.attachments a WHERE a.stripe_objects = 'accounts_v2');
+        v2_events_since := (SELECT c.v2_events_since FROM onboarding.events_cursor c);
+        v2_accounts_to_refresh := ARRAY(SELECT a.account_id FROM onboarding.connect_accounts a
+                                         WHERE a.account_id = ANY (accounts_to_refresh)
+                                           AND a.stripe_objects = 'accounts_v2');
     END IF;
     RETURN NEXT;
 END $$;
+REVOKE ALL ON FUNCTION onboarding._events_poll_begin(integer, interval) FROM PUBLIC;
 
 -- sql/attach.sql: dropping an attached table also stops following its profiles' Connect accounts.
 -- onboarding._forget_dropped_tables, as sql/ defines it
@@ -116,7 +124,8 @@ BEGIN
     FOR r IN SELECT * FROM onboarding.audit_mismatches(false) m
               WHERE reconcile.profile_table IS NULL OR m.profile_table = reconcile.profile_table LOOP
         SELECT * INTO a FROM onboarding.attachments t WHERE t.profile_table = r.profile_table;
-        target_column := CASE r.object WHEN 'customer' THEN a.customer_column ELSE a.connect_account_column END;
+        -- (An accounts_v2 profile's Account, object account_v2, is in its customer column.)
+        target_column := CASE r.object WHEN 'account' THEN a.connect_account_column ELSE a.customer_column END;
         user_id := r.user_id;
         IF r.problem LIKE 'not made for this profile%' THEN
             action := 'untied'; stripe_id := r.stripe_id; detail := r.problem || '; nothing done';
@@ -140,7 +149,8 @@ BEGIN
             action := 'relink'; detail := format('%s is %s; the user''s live %s is %s', r.stripe_id, r.problem, r.object, stripe_id);
             relinked := relinked || stripe_id;
             IF NOT dry_run THEN
-                PERFORM onboarding._tie(stripe_id, r.object, r.profile_table, r.user_id);
+                PERFORM onboarding._tie(stripe_id, CASE r.object WHEN 'account' THEN 'account' ELSE 'customer' END,
+                                        r.profile_table, r.user_id);
                 PERFORM FROM onboarding._as_owner(r.profile_table, format('UPDATE %s SET %I = $2 WHERE %I = $1::%s',
                             r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id, stripe_id]);
                 PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('from', r.stripe_id, 'to', stripe_id));
@@ -152,7 +162,7 @@ BEGIN
                             r.profile_table, target_column, a.id_column, a.id_type), ARRAY[r.user_id]);
                 PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('cleared', r.stripe_id, 'problem', r.problem));
                 PERFORM onboarding._enqueue(r.profile_table, r.user_id,
-                    CASE r.object WHEN 'customer' THEN 'create_customer' ELSE 'create_connect_account' END, 'reconcile');
+                    CASE r.object WHEN 'account' THEN 'create_connect_account' ELSE 'create_customer' END, 'reconcile');
             END IF;
         END IF;
         RETURN NEXT;
@@ -168,12 +178,16 @@ BEGIN
         IF NOT dry_run THEN
             IF tie.stripe_id IS NULL THEN
                 -- Made before ties were recorded: the operator's reconcile is what ties it.
+                -- (Of the object's model: a v2 Account is closed through an accounts_v2 table's job.)
                 tie.profile_table := coalesce(reconcile.profile_table,
-                                              (SELECT t.profile_table FROM onboarding.attachments t ORDER BY 1 LIMIT 1));
-                PERFORM onboarding._tie(r.stripe_id, r.object, tie.profile_table, r.user_id);
+                                              (SELECT t.profile_table FROM onboarding.attachments t
+                                                WHERE (t.stripe_objects = 'accounts_v2') = (r.object = 'account_v2')
+                                                ORDER BY 1 LIMIT 1));
+                PERFORM onboarding._tie(r.stripe_id, CASE r.object WHEN 'account' THEN 'account' ELSE 'customer' END,
+                                        tie.profile_table, r.user_id);
             END IF;
             PERFORM onboarding._enqueue_for_customer(tie.profile_table,
-                r.user_id, CASE r.object WHEN 'customer' THEN 'delete_customer' ELSE 'delete_connect_account' END,
+                r.user_id, CASE r.object WHEN 'account' THEN 'delete_connect_account' ELSE 'delete_customer' END,
                 r.stripe_id, 'reconcile');
             PERFORM onboarding._reconciled(r.user_id, action, jsonb_build_object('stripe_id', r.stripe_id));
         END IF;
@@ -288,7 +302,8 @@ BEGIN
                     WHEN t.stripe_id IS NULL THEN 'not made for this profile by this extension'
                     ELSE format('email differs: Stripe has %s', coalesce(stripe.email, 'none')) END
           FROM onboarding._all_profiles() p
-         CROSS JOIN LATERAL (VALUES ('customer', p.customer), ('account', p.account)) k(object, stripe_id)
+         CROSS JOIN LATERAL (VALUES (CASE p.stripe_objects WHEN 'v1' THEN 'customer' ELSE 'account_v2' END, p.customer),
+                                    ('account', p.account)) k(object, stripe_id)
           LEFT JOIN onboarding.stripe_objects o ON o.snapshot = snap AND o.id = k.stripe_id
           LEFT JOIN onboarding.customer_changes d ON k.object = 'customer' AND d.customer_id = k.stripe_id
           LEFT JOIN onboarding.stripe_ties t ON t.stripe_id = k.stripe_id AND t.profile_table = p.profile_table
@@ -297,7 +312,7 @@ BEGIN
          WHERE k.stripe_id IS NOT NULL
            AND NOT (o.id IS NULL AND d.deleted_at IS NULL AND coalesce(t.tied_at >= snapshot_began, false))
            AND (o.id IS NULL OR d.deleted_at IS NOT NULL OR o.user_id IS DISTINCT FROM p.user_id OR t.stripe_id IS NULL
-                OR (k.object = 'customer' AND btrim(stripe.email) IS DISTINCT FROM btrim(p.email)))
+                OR (k.object IN ('customer', 'account_v2') AND btrim(stripe.email) IS DISTINCT FROM btrim(p.email)))
          ORDER BY p.profile_table::text, p.user_id, k.object;
 END $$;
 
@@ -859,33 +874,191 @@ END $$;
 CREATE OR REPLACE FUNCTION onboarding._follow_account() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- Not yet for an accounts_v2 table's Accounts: they are read on /v2/core/accounts, which the
-    -- reader does not read yet (issue 31).
-    IF EXISTS (SELECT FROM onboarding.attachments a
-                WHERE a.profile_table = NEW.profile_table AND a.stripe_objects = 'accounts_v2') THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO onboarding.connect_accounts (account_id, profile_table, user_id)
-    VALUES (NEW.stripe_id, NEW.profile_table, NEW.user_id)
+    INSERT INTO onboarding.connect_accounts (account_id, profile_table, user_id, stripe_objects)
+    VALUES (NEW.stripe_id, NEW.profile_table, NEW.user_id,
+            coalesce((SELECT a.stripe_objects FROM onboarding.attachments a WHERE a.profile_table = NEW.profile_table),
+                     'v1'))
     ON CONFLICT (account_id) DO NOTHING;
     RETURN NULL;
 END $$;
+-- sql/inbound.sql, src/maintenance/events.rs: an accounts_v2 table's connected Accounts are
+-- followed as v1 accounts are: read on /v2/core/accounts, heard of through v2 thin events.
+ALTER TABLE onboarding.connect_accounts
+    ADD COLUMN stripe_objects text NOT NULL DEFAULT 'v1' CHECK (stripe_objects IN ('v1', 'accounts_v2'));
+ALTER TABLE onboarding.events_cursor ADD COLUMN v2_events_since bigint;
+-- onboarding._v2_events_read, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._v2_events_read(since bigint, refresh_all boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE onboarding.events_cursor c SET v2_events_since = greatest(c.v2_events_since, since)
+     WHERE c.polling_pid = pg_backend_pid();
+    IF refresh_all THEN
+        UPDATE onboarding.connect_accounts a SET refresh_due = true
+         WHERE a.stripe_objects = 'accounts_v2' AND NOT a.refresh_due;
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION onboarding._v2_events_read(bigint, boolean) FROM PUBLIC;
+-- sql/audits.sql, sql/operations.sql, src/maintenance/snapshot.rs: the audits and reconcile
+-- cover accounts_v2 tables, from v2 Accounts listed into the snapshot (object account_v2).
+ALTER TABLE onboarding.stripe_objects DROP CONSTRAINT stripe_objects_object_check,
+    ADD CONSTRAINT stripe_objects_object_check CHECK (object IN ('customer', 'account', 'account_v2'));
+DROP FUNCTION onboarding._all_profiles();
 -- onboarding._all_profiles, as sql/ defines it
 CREATE OR REPLACE FUNCTION onboarding._all_profiles()
-RETURNS TABLE (profile_table regclass, user_id text, customer text, account text, email text)
+RETURNS TABLE (profile_table regclass, user_id text, customer text, account text, email text, stripe_objects text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a onboarding.attachments;
 BEGIN
-    FOR a IN SELECT * FROM onboarding.attachments t WHERE t.stripe_objects = 'v1' LOOP
+    FOR a IN SELECT * FROM onboarding.attachments LOOP
         RETURN QUERY
-            SELECT a.profile_table, r[1], r[2], r[3], r[4]
+            SELECT a.profile_table, r[1], r[2], r[3], r[4], a.stripe_objects
               FROM onboarding._as_owner(a.profile_table,
                        format('SELECT t.%1$I::text, t.%2$I::text, %3$s, t.%4$I::text FROM %5$s t',
                               a.id_column, a.customer_column,
-                              coalesce('t.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text'), a.email_column,
-                              a.profile_table)) r;
+                              CASE WHEN a.stripe_objects = 'v1'
+                                   THEN coalesce('t.' || quote_ident(a.connect_account_column) || '::text', 'NULL::text')
+                                   ELSE 'NULL::text' END,
+                              a.email_column, a.profile_table)) r;
     END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION onboarding._all_profiles() FROM PUBLIC;
+-- onboarding._snapshot_add, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._snapshot_add(snapshot bigint, kind text, page jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO onboarding.stripe_objects (snapshot, id, object, user_id, email)
+    SELECT snapshot, o->>'id', kind, o->>'user_id', o->>'email' FROM jsonb_array_elements(page) o
+    -- A v2 Account with a merchant configuration is listed by /v1/accounts too: listed last, the
+    -- v2 answer stands (its contact email).
+    ON CONFLICT (snapshot, id) DO UPDATE SET object = EXCLUDED.object, user_id = EXCLUDED.user_id, email = EXCLUDED.email
+       WHERE EXCLUDED.object = 'account_v2';
+    UPDATE onboarding.stripe_snapshots
+       SET pages = pages + 1,
+           customers = customers + CASE kind WHEN 'customer' THEN jsonb_array_length(page) ELSE 0 END,
+           accounts = accounts + CASE WHEN kind IN ('account', 'account_v2') THEN jsonb_array_length(page) ELSE 0 END
+     WHERE id = snapshot;
+$$;
+-- onboarding.audit_orphans, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding.audit_orphans(refresh boolean DEFAULT true)
+RETURNS TABLE (object text, stripe_id text, user_id text, problem text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap bigint := onboarding._snapshot(refresh);
+BEGIN
+    RETURN QUERY
+        SELECT o.object, o.id, o.user_id,
+               CASE WHEN count(p.user_id) = 0 THEN 'no profile has this user_id'
+                    ELSE format('the profile links %s', coalesce(min(CASE o.object WHEN 'account' THEN p.account
+                                                                                 ELSE p.customer END), 'nothing')) END
+          FROM onboarding.stripe_objects o
+          LEFT JOIN onboarding._all_profiles() p ON p.user_id = o.user_id
+         WHERE o.snapshot = snap AND o.user_id IS NOT NULL
+         GROUP BY o.object, o.id, o.user_id
+        HAVING NOT bool_or(coalesce(CASE o.object WHEN 'account' THEN p.account ELSE p.customer END = o.id, false))
+         ORDER BY o.user_id, o.id;
+    -- What could not be looked at is said, not taken for "nothing wrong".
+    RETURN QUERY
+        SELECT 'account', NULL::text, NULL::text, 'not checked: ' || onboarding._accounts_not_listed_why(snap)
+         WHERE onboarding._accounts_not_listed_why(snap) IS NOT NULL
+           AND (EXISTS (SELECT FROM onboarding.connect_accounts) OR EXISTS (SELECT FROM onboarding.attachments a
+                                                                            WHERE a.connect_policy <> 'never'));
+END $$;
+-- sql/failover.sql, src/maintenance/failover.rs: the sweep after a promotion covers v2 Accounts.
+-- onboarding._has_accounts_v2_profile, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._has_accounts_v2_profile(uid text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a onboarding.attachments;
+BEGIN
+    FOR a IN SELECT * FROM onboarding.attachments t WHERE t.stripe_objects = 'accounts_v2' LOOP
+        BEGIN
+            IF EXISTS (SELECT FROM onboarding._as_owner(a.profile_table, format('SELECT ''x'' FROM %s WHERE %I = $1::%s',
+                                   a.profile_table, a.id_column, a.id_type), ARRAY[uid])) THEN
+                RETURN true;
+            END IF;
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            CONTINUE;  -- not an id of this table
+        END;
+    END LOOP;
+    RETURN false;
+END $$;
+REVOKE ALL ON FUNCTION onboarding._has_accounts_v2_profile(text) FROM PUBLIC;
+-- onboarding._check_after_failover, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._check_after_failover(object_kind text, objects jsonb) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o record;
+    a onboarding.attachments;
+    -- An accounts_v2 profile's Account is its customer: made by its customer job, in its customer column.
+    create_kind text := CASE object_kind WHEN 'account' THEN 'create_connect_account' ELSE 'create_customer' END;
+    delete_kind text := CASE object_kind WHEN 'account' THEN 'delete_connect_account' ELSE 'delete_customer' END;
+    model text := CASE object_kind WHEN 'account_v2' THEN 'accounts_v2' ELSE 'v1' END;
+    target_column name;
+    linked text;
+    found_in regclass;
+    orphans integer := 0;
+    reason text;
+    job bigint;
+BEGIN
+    FOR o IN SELECT x.id, x.user_id FROM jsonb_to_recordset(objects) AS x(id text, user_id text)
+              WHERE x.user_id IS NOT NULL LOOP
+        CONTINUE WHEN EXISTS (SELECT FROM onboarding.jobs j
+                               WHERE j.stripe_id = o.id AND j.kind = create_kind AND j.state = onboarding._succeeded());
+        found_in := NULL; reason := NULL;
+        FOR a IN SELECT * FROM onboarding.attachments t WHERE t.stripe_objects = model ORDER BY t.profile_table LOOP
+            target_column := CASE object_kind WHEN 'account' THEN a.connect_account_column ELSE a.customer_column END;
+            CONTINUE WHEN target_column IS NULL;
+            BEGIN
+                SELECT a.profile_table, r[1] INTO found_in, linked
+                  FROM onboarding._as_owner(a.profile_table, format('SELECT %I::text FROM %s WHERE %I = $1::%s',
+                           target_column, a.profile_table, a.id_column, a.id_type), ARRAY[o.user_id]) r;
+            EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                CONTINUE;  -- not an id of this table
+            END;
+            EXIT WHEN found_in IS NOT NULL;
+        END LOOP;
+        IF found_in IS NOT NULL AND linked = o.id THEN
+            CONTINUE;
+        ELSIF found_in IS NOT NULL AND linked IS NULL THEN
+            -- An insert not yet promoted becomes a job under the key the old primary used: Stripe
+            -- replays this object to it.
+            CONTINUE WHEN create_kind = 'create_customer' AND EXISTS (
+                SELECT FROM onboarding.intake i WHERE i.profile_table = found_in AND i.user_id = o.user_id);
+            -- Else its job (open, or made now) adopts this object instead of creating another: a
+            -- v1 job by looking it up first; an accounts_v2 job, whose look-up could not see a
+            -- recent Account in the v2 list, by writing this very one back at its next claim.
+            job := onboarding._enqueue(found_in, o.user_id, create_kind, 'failover sweep');
+            IF model = 'accounts_v2' THEN
+                UPDATE onboarding.jobs j SET object_to_link = o.id
+                 WHERE j.id = job AND j.object_to_link IS NULL AND j.stripe_id IS NULL;
+            ELSE
+                UPDATE onboarding.jobs j SET look_up_first = true WHERE j.id = job AND NOT j.look_up_first;
+            END IF;
+            CONTINUE;
+        ELSIF found_in IS NOT NULL THEN
+            reason := format('created by the old primary; the profile has %s', linked);
+        ELSE
+            -- A v2 Account with a merchant configuration is listed by /v1/accounts too: one whose
+            -- user has an accounts_v2 profile is the v2 pass's to judge, never deleted here.
+            CONTINUE WHEN object_kind = 'account' AND onboarding._has_accounts_v2_profile(o.user_id);
+            reason := 'created by the old primary for a profile this server never received';
+            SELECT t.profile_table INTO found_in FROM onboarding.attachments t WHERE t.stripe_objects = model
+             ORDER BY t.profile_table LIMIT 1;
+            CONTINUE WHEN found_in IS NULL;  -- nothing attached: nothing to account it to
+        END IF;
+        -- Made by this extension (the old primary) for this user id, its tie lost with the old
+        -- primary's jobs: tied here, so that its deletion may go ahead (sql/ties.sql). An object
+        -- this server tied to another profile is not this sweep's to delete.
+        CONTINUE WHEN NOT onboarding._tie(o.id, CASE object_kind WHEN 'account' THEN 'account' ELSE 'customer' END,
+                                          found_in, o.user_id);
+        job := onboarding._enqueue_for_customer(found_in, o.user_id, delete_kind, o.id, 'failover sweep: ' || reason);
+        IF job IS NOT NULL THEN
+            INSERT INTO onboarding.events (job_id, user_id, step, detail)
+            VALUES (job, o.user_id, 'orphaned', jsonb_build_object('stripe_id', o.id, 'reason', reason));
+            orphans := orphans + 1;
+        END IF;
+    END LOOP;
+    RETURN orphans;
 END $$;
 -- The claim returns each job's table's model and options (_promote_and_claim, new in 0.4.0, is
 -- written above with them).

@@ -460,7 +460,11 @@ fn after_failover(
 /// with exactly one live Account, on both its columns.
 fn async_lagging_accounts_v2() -> Result<Report, Failed> {
     let stripe = start_emulator();
-    let pair = Replicated::start("async-v2", &primary_settings(&stripe, "onboarding.wait_for_standbys = ''\n"), STANDBY_SETTINGS);
+    let pair = Replicated::start(
+        "async-v2",
+        &primary_settings(&stripe, "onboarding.wait_for_standbys = ''\n"),
+        STANDBY_SETTINGS,
+    );
     pair.wait_streaming(false)?;
     pair.primary.connect().batch_execute(
         "CREATE EXTENSION onboarding;
@@ -472,7 +476,9 @@ fn async_lagging_accounts_v2() -> Result<Report, Failed> {
     let mut db = app_session(&pair.primary)?;
     let (mut acknowledged, unreplicated) = replicate_then_stall(&pair, &mut db)?;
     let connected = |s: &Emulator, user: &String| {
-        s.v2_accounts().iter().any(|a| user_of(a) == *user && a["applied_configurations"].to_string().contains("merchant"))
+        s.v2_accounts()
+            .iter()
+            .any(|a| user_of(a) == *user && a["applied_configurations"].to_string().contains("merchant"))
     };
     if !stripe.wait_for(Duration::from_secs(30), |s| unreplicated.iter().all(|u| connected(s, u))) {
         return Err("the old primary did not make connected Accounts for the unreplicated profiles within 30 s".into());

@@ -288,62 +288,62 @@ impl Poll {
 
 /// [`Poll::finish`] for v1's events and every object read.
 fn finish_v1(read: Read, interval: Duration, warned: &mut bool) -> Duration {
-        let page = match &read.page {
-            Ok(page) => PageRead::of(page),
-            Err(error) => {
-                if !*warned {
-                    warning!("onboarding: could not read Stripe's events: {error}; trying again every {interval:?}");
-                    *warned = true;
-                }
-                let _ = in_transaction("ending the events poll", || inbound::poll_end(None, 0, interval, None, false));
-                return interval;
+    let page = match &read.page {
+        Ok(page) => PageRead::of(page),
+        Err(error) => {
+            if !*warned {
+                warning!("onboarding: could not read Stripe's events: {error}; trying again every {interval:?}");
+                *warned = true;
             }
-        };
-        *warned = false;
-        if page.lost {
-            warning!(
-                "onboarding: Stripe no longer holds the events after the stored cursor (it keeps 30 days): \
+            let _ = in_transaction("ending the events poll", || inbound::poll_end(None, 0, interval, None, false));
+            return interval;
+        }
+    };
+    *warned = false;
+    if page.lost {
+        warning!(
+            "onboarding: Stripe no longer holds the events after the stored cursor (it keeps 30 days): \
                  reading the events since the last poll that Stripe still has, and every followed account"
-            );
+        );
+    }
+    let objects = Objects { accounts: &read.accounts, customers: &read.customers, retried: &read.retried };
+    let together = in_transaction("applying Stripe's events", || {
+        let applied = apply(page.events, &objects)?;
+        end(&page, applied, interval, read.read_at)
+    });
+    match together {
+        Ok(Ok(next_in)) => return next_in,
+        Ok(Err(e)) => warning!("onboarding: applying Stripe's events: {e}; applying them one at a time"),
+        Err(_) => warning!("onboarding: applying Stripe's events one at a time"),
+    }
+    let mut applied = Applied::default();
+    for event in page.events {
+        match in_transaction("applying a Stripe event", || apply(std::slice::from_ref(event), &Objects::NONE)) {
+            Ok(Ok(one)) => applied.add(one),
+            failed => set_aside_alone(event.cursor(), &failed),
         }
-        let objects = Objects { accounts: &read.accounts, customers: &read.customers, retried: &read.retried };
-        let together = in_transaction("applying Stripe's events", || {
-            let applied = apply(page.events, &objects)?;
-            end(&page, applied, interval, read.read_at)
-        });
-        match together {
-            Ok(Ok(next_in)) => return next_in,
-            Ok(Err(e)) => warning!("onboarding: applying Stripe's events: {e}; applying them one at a time"),
-            Err(_) => warning!("onboarding: applying Stripe's events one at a time"),
+    }
+    for retried in &read.retried {
+        let alone = Objects { retried: std::slice::from_ref(retried), ..Objects::NONE };
+        match in_transaction("applying a Stripe event read again", || apply(&[], &alone)) {
+            Ok(Ok(one)) => applied.add(one),
+            failed => set_aside_alone(Some(&retried.0), &failed),
         }
-        let mut applied = Applied::default();
-        for event in page.events {
-            match in_transaction("applying a Stripe event", || apply(std::slice::from_ref(event), &Objects::NONE)) {
-                Ok(Ok(one)) => applied.add(one),
-                failed => set_aside_alone(event.cursor(), &failed),
+    }
+    for (list, accounts) in [(&read.accounts, true), (&read.customers, false)] {
+        for object in list {
+            let alone = std::slice::from_ref(object);
+            let objects = if accounts {
+                Objects { accounts: alone, ..Objects::NONE }
+            } else {
+                Objects { customers: alone, ..Objects::NONE }
+            };
+            // One that fails stays due: read again at the next poll.
+            if let Ok(Ok(one)) = in_transaction("applying a Stripe object read", || apply(&[], &objects)) {
+                applied.add(one);
             }
         }
-        for retried in &read.retried {
-            let alone = Objects { retried: std::slice::from_ref(retried), ..Objects::NONE };
-            match in_transaction("applying a Stripe event read again", || apply(&[], &alone)) {
-                Ok(Ok(one)) => applied.add(one),
-                failed => set_aside_alone(Some(&retried.0), &failed),
-            }
-        }
-        for (list, accounts) in [(&read.accounts, true), (&read.customers, false)] {
-            for object in list {
-                let alone = std::slice::from_ref(object);
-                let objects = if accounts {
-                    Objects { accounts: alone, ..Objects::NONE }
-                } else {
-                    Objects { customers: alone, ..Objects::NONE }
-                };
-                // One that fails stays due: read again at the next poll.
-                if let Ok(Ok(one)) = in_transaction("applying a Stripe object read", || apply(&[], &objects)) {
-                    applied.add(one);
-                }
-            }
-        }
+    }
     match in_transaction("ending the events poll", || end(&page, applied, interval, read.read_at)) {
         Ok(Ok(next_in)) => next_in,
         _ => interval,
@@ -420,11 +420,8 @@ fn apply_v2_events(read: Result<V2Events, StripeError>, interval: Duration, warn
         let types: Vec<String> = usable.iter().map(|e| e.event_type.clone()).collect();
         let created: Vec<i64> = usable.iter().map(|e| e.created_ms.div_euclid(1000)).collect();
         let fresh = if ids.is_empty() { Vec::new() } else { inbound::events_not_applied(ids, types, created)? };
-        let accounts: Vec<String> = usable
-            .iter()
-            .filter(|e| fresh.contains(&e.id))
-            .filter_map(|e| e.account().map(str::to_string))
-            .collect();
+        let accounts: Vec<String> =
+            usable.iter().filter(|e| fresh.contains(&e.id)).filter_map(|e| e.account().map(str::to_string)).collect();
         let any = !accounts.is_empty();
         if any {
             inbound::refresh_accounts(Some(accounts))?;

@@ -69,9 +69,8 @@ pub fn take_snapshot(ticket: u64, runtime: &tokio::runtime::Runtime, client: &St
                 .filter(|a| !a.closed)
                 .map(|a| serde_json::json!({"id": a.id, "user_id": a.metadata_user_id, "email": a.contact_email}))
                 .collect();
-            let stored = in_transaction("storing a snapshot page", || {
-                maintenance::snapshot_add(snapshot, "account_v2", rows)
-            });
+            let stored =
+                in_transaction("storing a snapshot page", || maintenance::snapshot_add(snapshot, "account_v2", rows));
             match stored {
                 Ok(Ok(())) => Ok(()),
                 _ => Err("could not store a snapshot page".into()),

@@ -242,8 +242,11 @@ fn adding_the_merchant_and_recipient_configurations_requests_capabilities_and_ne
     assert_eq!(entries[0]["minimum_deadline"]["status"], "past_due");
     assert_eq!(
         entries[0]["impact"]["restricts_capabilities"],
+        // (stripe_balance.payouts: Stripe requests it on every merchant and recipient configuration.)
         json!([
             {"capability": "card_payments", "configuration": "merchant", "deadline": {"status": "past_due"}},
+            {"capability": "stripe_balance.payouts", "configuration": "merchant", "deadline": {"status": "past_due"}},
+            {"capability": "stripe_balance.payouts", "configuration": "recipient", "deadline": {"status": "past_due"}},
             {"capability": "stripe_balance.stripe_transfers", "configuration": "recipient", "deadline": {"status": "past_due"}},
         ])
     );
@@ -461,15 +464,17 @@ fn every_change_records_thin_events_with_the_related_object_and_the_request() {
             "v2.core.account.updated",
             "v2.core.account[configuration.merchant].updated",
             "v2.core.account[configuration.merchant].capability_status_updated",
+            "v2.core.account[configuration.merchant].capability_status_updated",
             "v2.core.account[requirements].updated",
         ]
     );
     let status_event = &h.emu.v2_events()[3];
     assert_eq!(status_event["data"], json!({"updated_capability": "card_payments"}));
+    assert_eq!(h.emu.v2_events()[4]["data"], json!({"updated_capability": "stripe_balance.payouts"}));
     // An update that changes nothing records nothing; neither does a refused one.
     h.post(&format!("/v2/core/accounts/{id}"), json!({"contact_email": "e@example.com"})).ok();
     assert_eq!(h.post(&format!("/v2/core/accounts/{id}"), json!({"bogus": 1})).status, 400);
-    assert_eq!(h.emu.v2_events().len(), 5);
+    assert_eq!(h.emu.v2_events().len(), 6);
     // Thin events never show in /v1/events, nor v1 events in /v2/core/events.
     assert!(h.emu.events().is_empty());
     for t in h.thin_types() {
@@ -703,11 +708,14 @@ fn onboarding_moves_capabilities_and_requirements_and_records_their_events() {
         types,
         [
             "v2.core.account[configuration.merchant].capability_status_updated",
+            "v2.core.account[configuration.merchant].capability_status_updated",
+            "v2.core.account[configuration.recipient].capability_status_updated",
             "v2.core.account[configuration.recipient].capability_status_updated",
             "v2.core.account[requirements].updated",
         ]
     );
-    assert_eq!(new[1]["data"]["updated_capability"], "stripe_balance.stripe_transfers");
+    assert_eq!(new[2]["data"]["updated_capability"], "stripe_balance.payouts");
+    assert_eq!(new[3]["data"]["updated_capability"], "stripe_balance.stripe_transfers");
     assert!(new.iter().all(|e| e["reason"].is_null() && e["related_object"]["id"] == id.as_str()));
 
     // Over HTTP, as a separate-process test would.

@@ -358,9 +358,8 @@ fn readiness_and_closing_come_back_from_v2_events() -> Result<(), Failed> {
     );
     with_fast_event_polls(&mut db, |db| {
         let user = insert(db, &table, "seller@example.com", "seller");
-        let account = wait_for("the connected Account", DEADLINE, || {
-            column(db, &table, "stripe_connect_account_id", &user)
-        })?;
+        let account =
+            wait_for("the connected Account", DEADLINE, || column(db, &table, "stripe_connect_account_id", &user))?;
         // Followed from its Connect job on, read on /v2/core/accounts (the poll after the first
         // reads every v2 Account): not ready, with what is due.
         wait_for("the Account's first read", DEADLINE, || {
@@ -389,7 +388,9 @@ fn readiness_and_closing_come_back_from_v2_events() -> Result<(), Failed> {
         })?;
         let reads = requests_to(&requests_on(&account), "GET", &format!("/v2/core/accounts/{account}"));
         let event_reads = env().stripe.requests().into_iter().filter(|r| r.path == "/v2/core/events").count();
-        ensure(reads > reads_before && event_reads > 0, || format!("{reads} Account reads, {event_reads} event reads"))?;
+        ensure(reads > reads_before && event_reads > 0, || {
+            format!("{reads} Account reads, {event_reads} event reads")
+        })?;
 
         // Closed in the Dashboard: never ready again.
         ensure(env().stripe.dashboard_close_v2_account(&account), || "the test server did not close it".into())?;
@@ -436,9 +437,10 @@ fn audits_and_reconcile_cover_v2_accounts() -> Result<(), Failed> {
 
     // Reconcile: the closed one recreated, the orphan closed (through the profile's table).
     let actions: Vec<(String, Option<String>)> = db
-        .query("SELECT action, stripe_id FROM onboarding.reconcile(dry_run => false, profile_table => $1::text::regclass)", &[
-            &table,
-        ])
+        .query(
+            "SELECT action, stripe_id FROM onboarding.reconcile(dry_run => false, profile_table => $1::text::regclass)",
+            &[&table],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -458,9 +460,10 @@ fn audits_and_reconcile_cover_v2_accounts() -> Result<(), Failed> {
     ensure(live.len() == 1 && live[0]["id"] == recreated.as_str(), || format!("live Accounts {live:?}"))?;
     // Nothing left to say.
     let left: i64 = db
-        .query_one("SELECT count(*) FROM onboarding.audit_mismatches() WHERE profile_table = $1::text::regclass", &[
-            &table,
-        ])
+        .query_one(
+            "SELECT count(*) FROM onboarding.audit_mismatches() WHERE profile_table = $1::text::regclass",
+            &[&table],
+        )
         .unwrap()
         .get(0);
     ensure(left == 0, || format!("{left} mismatches after reconcile"))
@@ -473,10 +476,11 @@ fn a_backfill_gives_existing_profiles_their_accounts() -> Result<(), Failed> {
         "DROP TABLE IF EXISTS {table};
          CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_account_id text);
          INSERT INTO {table} (email) SELECT 'existing-' || g || '@example.com' FROM generate_series(1, 5) g;
-         SELECT onboarding.attach('{table}', stripe_objects => 'accounts_v2');
-         CALL onboarding.backfill('{table}');"
+         SELECT onboarding.attach('{table}', stripe_objects => 'accounts_v2');"
     ))
     .unwrap();
+    // On its own: the procedure commits between batches.
+    db.batch_execute(&format!("CALL onboarding.backfill('{table}')")).unwrap();
     wait_for("every existing profile's Account", DEADLINE, || {
         let missing: i64 =
             db.query_one(&format!("SELECT count(*) FROM {table} WHERE stripe_account_id IS NULL"), &[]).unwrap().get(0);
