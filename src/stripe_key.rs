@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use onboarding_core::budget::{Budgets, Gcra};
 use onboarding_core::budget_turns::BudgetTurns;
-use onboarding_core::permissions::PermissionCheckError;
+use onboarding_core::permissions::{Needs, PermissionCheckError};
 use onboarding_core::stripe::{ApiKey, ClientConfig, DEFAULT_SEARCH_RATE, STRIPE_API_VERSION, StripeClient};
 use pgrx::prelude::*;
 
@@ -70,6 +70,15 @@ fn worker_key_states() -> Vec<String> {
 /// While the key's permissions are refused, how often the worker checks them again by itself.
 pub const PERMISSION_RECHECK: Duration = Duration::from_secs(60);
 
+/// What waits while the key lacks a permission, each on its own (`StripeKey::held_back`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeldBack {
+    /// Connect's jobs (accounts, links).
+    pub connect: bool,
+    /// Every job of an accounts_v2 table (`/v2`).
+    pub accounts_v2: bool,
+}
+
 pub struct StripeKey {
     client: Option<StripeClient>,
     /// The shared rate budgets for the configured key (global, per endpoint, search); rebuilt
@@ -83,9 +92,14 @@ pub struct StripeKey {
     /// Since when the key may do customers' work but not Connect's: Connect's jobs wait, the
     /// rest go on (a check refused only Connect's permissions, or a Connect call got a 403).
     connect_refused_at: Option<Instant>,
-    /// Whether the last passed check covered Connect, and when to look again whether it should
-    /// (a table's Connect policy set, an account link asked for, without a reload).
+    /// Since when the key may not call `/v2`, which accounts_v2 tables need: their jobs wait,
+    /// v1 tables' go on (a check refused only that, or a v2 call got a 403).
+    accounts_v2_refused_at: Option<Instant>,
+    /// Whether the last passed check covered Connect (and `/v2`), and when to look again whether
+    /// it should (a table's Connect policy set, an account link asked for, an accounts_v2 table
+    /// attached, without a reload).
     connect_checked: bool,
+    accounts_v2_checked: bool,
     next_permission_look: Instant,
     /// What the last passed permission check was for (a digest of the key, the API base and
     /// version, and whether Connect is in use): a reload that changed none of them (a new rate
@@ -103,7 +117,9 @@ impl StripeKey {
             warned_no_key: false,
             refused_at: None,
             connect_refused_at: None,
+            accounts_v2_refused_at: None,
             connect_checked: false,
+            accounts_v2_checked: false,
             next_permission_look: Instant::now() + PERMISSION_RECHECK,
             permissions_checked_for: None,
         }
@@ -115,8 +131,8 @@ impl StripeKey {
         self.client = None;
         self.warned_no_key = false;
         self.refused_at = None;
-        if self.connect_refused_at.is_some() {
-            // The key's Connect permissions may have been granted: check them again now.
+        if self.connect_refused_at.is_some() || self.accounts_v2_refused_at.is_some() {
+            // The key's Connect (or /v2) permissions may have been granted: check them again now.
             self.permissions_checked_for = None;
         }
     }
@@ -155,6 +171,11 @@ impl StripeKey {
     /// Whether Connect's work waits (the key may not do it).
     pub fn connect_refused(&self) -> bool {
         self.connect_refused_at.is_some()
+    }
+
+    /// What waits for the key: Connect's jobs, accounts_v2 tables' jobs.
+    pub fn held_back(&self) -> HeldBack {
+        HeldBack { connect: self.connect_refused_at.is_some(), accounts_v2: self.accounts_v2_refused_at.is_some() }
     }
 
     /// The client, built (and the key checked) after each configuration reload. None while no
@@ -241,6 +262,20 @@ impl StripeKey {
         }
     }
 
+    /// The key may not call `/v2` (`why`): accounts_v2 tables' jobs wait from now on, said once
+    /// until a check passes; the check runs again every [`PERMISSION_RECHECK`].
+    pub fn refuse_accounts_v2(&mut self, why: &str) {
+        if self.accounts_v2_refused_at.replace(Instant::now()).is_none() {
+            ereport!(
+                WARNING,
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("onboarding: {why}; accounts_v2 tables' jobs wait until the key may, v1 tables' go on"),
+                "Give the restricted key the permissions the docs list for Accounts v2 (docs/src/guides/stripe-key.md, \"Restricted \
+                 keys\"), or use a secret key, then SELECT pg_reload_conf(); the worker also checks again every minute."
+            );
+        }
+    }
+
     /// Every [`PERMISSION_RECHECK`]: while Connect's permissions are refused, or once Connect came
     /// into use since a check that did not cover it, the client is built and the key checked again
     /// at the next use (calls in flight keep the client they started with).
@@ -250,9 +285,14 @@ impl StripeKey {
             return;
         }
         self.next_permission_look = now + PERMISSION_RECHECK;
-        let newly_in_use = !self.connect_checked
-            && matches!(in_transaction("looking for Connect's use", catalog::connect_in_use), Ok(Ok(true)));
-        if self.connect_refused_at.is_some() || newly_in_use {
+        let newly_in_use = (!self.connect_checked
+            && matches!(in_transaction("looking for Connect's use", catalog::connect_in_use), Ok(Ok(true))))
+            || (!self.accounts_v2_checked
+                && matches!(
+                    in_transaction("looking for accounts_v2 tables", catalog::accounts_v2_in_use),
+                    Ok(Ok(true))
+                ));
+        if self.connect_refused_at.is_some() || self.accounts_v2_refused_at.is_some() || newly_in_use {
             self.client = None;
             self.permissions_checked_for = None;
         }
@@ -272,35 +312,53 @@ impl StripeKey {
         client: &StripeClient,
         checked: (&str, &str, Option<&str>),
     ) -> bool {
-        let connect = match in_transaction("looking for Connect columns", catalog::connect_in_use) {
-            Ok(Ok(connect)) => connect,
+        let in_use = |what, query: fn() -> Result<bool, pgrx::spi::Error>| match in_transaction(what, query) {
+            Ok(Ok(in_use)) => in_use,
             _ => true,
+        };
+        let needs = Needs {
+            connect: in_use("looking for Connect columns", catalog::connect_in_use),
+            accounts_v2: in_use("looking for accounts_v2 tables", catalog::accounts_v2_in_use),
         };
         let digest = {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            (checked, connect).hash(&mut hasher);
+            (checked, needs).hash(&mut hasher);
             hasher.finish()
         };
         if self.permissions_checked_for == Some(digest) {
             return true;
         }
         let client = client.admitted_by(Arc::new(self.admission(false)));
-        match runtime.block_on(client.check_permissions(connect)) {
+        let passed = |key: &mut StripeKey| {
+            key.refused_at = None;
+            key.permissions_checked_for = Some(digest);
+            key.connect_checked = needs.connect;
+            key.accounts_v2_checked = needs.accounts_v2;
+        };
+        match runtime.block_on(client.check_permissions_for(needs)) {
             Ok(()) => {
                 if self.connect_refused_at.take().is_some() {
                     log!("onboarding: the Stripe key may do Connect's work now; Connect jobs go on");
                 }
-                self.refused_at = None;
-                self.permissions_checked_for = Some(digest);
-                self.connect_checked = connect;
+                if self.accounts_v2_refused_at.take().is_some() {
+                    log!("onboarding: the Stripe key may call /v2 now; accounts_v2 tables' jobs go on");
+                }
+                passed(self);
                 true
             }
-            Err(refused) if refused.connect_only() => {
-                self.refuse_connect(&refused.to_string());
-                self.refused_at = None;
-                self.permissions_checked_for = Some(digest);
-                self.connect_checked = connect;
+            // Only Connect's or accounts_v2 tables' permissions are missing: those jobs wait, each
+            // for its own, and v1 customers go on.
+            Err(refused) if refused.scoped_only() => {
+                match refused.only(|m| m.connect_only) {
+                    Some(connect) => self.refuse_connect(&connect.to_string()),
+                    None => self.connect_refused_at = None,
+                }
+                match refused.only(|m| m.accounts_v2_only && !m.connect_only) {
+                    Some(v2) => self.refuse_accounts_v2(&v2.to_string()),
+                    None => self.accounts_v2_refused_at = None,
+                }
+                passed(self);
                 true
             }
             Err(PermissionCheckError::Inconclusive(e)) => {

@@ -258,12 +258,12 @@ impl Worker {
         } else if self.key.current().is_some() && capacity > 0 && (woken || now >= self.next_claim) {
             self.pacing.claimed(now);
             // AssertUnwindSafe: a failed claim leaves the cursor half-moved, and it is dropped below.
-            let connect_refused = self.key.connect_refused();
+            let held_back = self.key.held_back();
             let (cursor, credit) = (&mut self.claim_cursor, &mut self.lane_credit);
             let announced_from = processes::take_announced_rescan(self.slot);
             let claimed = in_transaction(
                 "claiming jobs",
-                AssertUnwindSafe(|| claim_and_plan(capacity as i32, connect_refused, cursor, announced_from, credit)),
+                AssertUnwindSafe(|| claim_and_plan(capacity as i32, held_back, cursor, announced_from, credit)),
             );
             if claimed.is_err() {
                 self.claim_cursor = ClaimCursor::default(); // its claims were undone: start from the front
@@ -383,11 +383,14 @@ impl Worker {
             .collect();
         for (call, outcome, _) in &finished {
             if let Outcome::Failed(error) = outcome
-                && call.is_connect()
                 && permission_refused(error)
             {
                 // Recorded as postponed (record.rs).
-                self.key.refuse_connect(&format!("Stripe refused a Connect call: {error}"));
+                if call.is_connect() {
+                    self.key.refuse_connect(&format!("Stripe refused a Connect call: {error}"));
+                } else if call.is_v2() {
+                    self.key.refuse_accounts_v2(&format!("Stripe refused a /v2 call: {error}"));
+                }
             }
         }
         self.unrecorded.extend(finished.into_iter().map(|(call, outcome, elapsed)| (call, (outcome, elapsed))));

@@ -2,15 +2,21 @@
 //! anything: one request per resource, each one Stripe can only refuse (a 403 naming the missing
 //! permission, for a restricted key) or fail on an object that cannot exist (an id no Stripe id
 //! looks like). Run it when the client is built for a key; it costs one request without Connect,
-//! three with.
+//! three with, and one or two more (`/v2`) while an accounts_v2 table is attached.
+//!
+//! Whether `/v2` takes restricted keys at all, Stripe's documents disagree
+//! (`docs.stripe.com/api-v2-overview`: "only … with secret keys"; `docs.stripe.com/keys/
+//! restricted-api-keys`: "All Stripe APIs support restricted API keys"): the v2 probes ask Stripe
+//! itself, and a refusal that names no permission is reported as such.
 //!
 //! Assumed, not confirmed: Stripe checks a restricted key's permissions for an endpoint before
 //! it looks up the object, so an allowed probe answers "no such object" and a refused one 403.
 
 use std::fmt;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::stripe::v2::{ACCOUNT_LINKS_PATH, ACCOUNTS_PATH, account_link_body};
 use crate::stripe::{Params, StripeClient, StripeError};
 
 /// Ids no Stripe object has (Stripe's are the prefix and alphanumerics), so no probe can touch one.
@@ -29,6 +35,8 @@ pub struct MissingPermission {
     pub needed_for: &'static str,
     /// Needed for Connect only (accounts, account links): customers go on without it.
     pub connect_only: bool,
+    /// Needed for accounts_v2 tables only (`/v2`): v1 tables' jobs go on without it.
+    pub accounts_v2_only: bool,
     pub request_id: Option<String>,
 }
 
@@ -49,6 +57,21 @@ impl PermissionCheckError {
     /// Whether only Connect's permissions are missing: customers may go on, Connect waits.
     pub fn connect_only(&self) -> bool {
         matches!(self, PermissionCheckError::Missing(missing) if missing.iter().all(|m| m.connect_only))
+    }
+
+    /// Whether every permission missing is Connect's or accounts_v2 tables' only: v1 customers
+    /// may go on, and each of those waits for its own.
+    pub fn scoped_only(&self) -> bool {
+        matches!(self, PermissionCheckError::Missing(missing)
+            if missing.iter().all(|m| m.connect_only || m.accounts_v2_only))
+    }
+
+    /// The missing permissions needed by `wanted` only (Connect's, or accounts_v2 tables'), as
+    /// an error of their own; `None` if there are none.
+    pub fn only(&self, wanted: fn(&MissingPermission) -> bool) -> Option<PermissionCheckError> {
+        let PermissionCheckError::Missing(missing) = self else { return None };
+        let some: Vec<MissingPermission> = missing.iter().filter(|m| wanted(m)).cloned().collect();
+        (!some.is_empty()).then_some(PermissionCheckError::Missing(some))
     }
 
     /// Structured form for events and job rows.
@@ -98,42 +121,85 @@ impl std::error::Error for PermissionCheckError {}
 struct Probe {
     needed_for: &'static str,
     connect_only: bool,
+    accounts_v2_only: bool,
     endpoint: &'static str,
     path: String,
-    params: Params,
+    body: Body,
 }
 
-fn probes(connect: bool) -> Vec<Probe> {
+/// A probe's request body: v1's form, or a `/v2` JSON body.
+enum Body {
+    Form(Params),
+    Json(Value),
+}
+
+/// What a database needs of the key: customers always; Connect's accounts and links once Connect
+/// is in use; `/v2` once an accounts_v2 table is attached (its Accounts, and their links when
+/// Connect is in use too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Needs {
+    pub connect: bool,
+    pub accounts_v2: bool,
+}
+
+const PROBE_URL: &str = "https://example.com/onboarding-permission-check";
+
+fn probes(needs: Needs) -> Vec<Probe> {
     // Write implies read: the look-ups' lists and search are covered too.
     let mut probes = vec![Probe {
         needed_for: "creating and updating customers",
         connect_only: false,
+        accounts_v2_only: false,
         endpoint: "POST /v1/customers/{id}",
         path: format!("/v1/customers/{PROBE_CUSTOMER}"),
-        params: vec![],
+        body: Body::Form(vec![]),
     }];
-    if connect {
+    if needs.connect {
         probes.push(Probe {
             needed_for: "creating Connect accounts",
             connect_only: true,
+            accounts_v2_only: false,
             endpoint: "POST /v1/accounts/{id}",
             path: format!("/v1/accounts/{PROBE_ACCOUNT}"),
-            params: vec![],
+            body: Body::Form(vec![]),
         });
         // Every parameter, valid: only the account is missing, so a refusal cannot hide behind a
         // parameter error.
         probes.push(Probe {
             needed_for: "creating account onboarding links",
             connect_only: true,
+            accounts_v2_only: false,
             endpoint: "POST /v1/account_links",
             path: "/v1/account_links".into(),
-            params: vec![
+            body: Body::Form(vec![
                 ("account".into(), PROBE_ACCOUNT.into()),
                 ("type".into(), "account_onboarding".into()),
-                ("refresh_url".into(), "https://example.com/onboarding-permission-check".into()),
-                ("return_url".into(), "https://example.com/onboarding-permission-check".into()),
-            ],
+                ("refresh_url".into(), PROBE_URL.into()),
+                ("return_url".into(), PROBE_URL.into()),
+            ]),
         });
+    }
+    if needs.accounts_v2 {
+        // An update of an Account that does not exist: what making, configuring, closing and
+        // changing an accounts_v2 profile's Account needs.
+        probes.push(Probe {
+            needed_for: "creating and updating Accounts v2 (accounts_v2 tables)",
+            connect_only: false,
+            accounts_v2_only: true,
+            endpoint: "POST /v2/core/accounts/{id}",
+            path: format!("{ACCOUNTS_PATH}/{PROBE_ACCOUNT}"),
+            body: Body::Json(json!({})),
+        });
+        if needs.connect {
+            probes.push(Probe {
+                needed_for: "creating Account Links v2 (accounts_v2 tables)",
+                connect_only: true,
+                accounts_v2_only: true,
+                endpoint: "POST /v2/core/account_links",
+                path: ACCOUNT_LINKS_PATH.into(),
+                body: Body::Json(account_link_body(PROBE_ACCOUNT, PROBE_URL, PROBE_URL)),
+            });
+        }
     }
     probes
 }
@@ -165,6 +231,7 @@ fn verdict(probe: &Probe, answer: Result<(), StripeError>) -> Verdict {
             endpoint: probe.endpoint,
             needed_for: probe.needed_for,
             connect_only: probe.connect_only,
+            accounts_v2_only: probe.accounts_v2_only,
             request_id: e.request_id.clone(),
         }),
         409 | 429 => Verdict::Inconclusive(error),
@@ -200,9 +267,18 @@ impl StripeClient {
     /// budgets, [`StripeClient::admitted_by`]): four workers' checks at once once took Stripe past
     /// the budget.
     pub async fn check_permissions(&self, connect: bool) -> Result<(), PermissionCheckError> {
+        self.check_permissions_for(Needs { connect, accounts_v2: false }).await
+    }
+
+    /// [`check_permissions`](Self::check_permissions) for what `needs` says, `/v2` included.
+    pub async fn check_permissions_for(&self, needs: Needs) -> Result<(), PermissionCheckError> {
         let mut missing = Vec::new();
-        for probe in probes(connect) {
-            let answer = self.post(&probe.path, &probe.params, None).await.map(|_| ());
+        for probe in probes(needs) {
+            let answer = match &probe.body {
+                Body::Form(params) => self.post(&probe.path, params, None).await,
+                Body::Json(body) => self.v2().post_probe(&probe.path, body).await,
+            }
+            .map(|_| ());
             match verdict(&probe, answer) {
                 Verdict::Allowed => {}
                 Verdict::Refused(m) => missing.push(m),
@@ -318,6 +394,37 @@ mod tests {
     }
 
     #[test]
+    fn with_accounts_v2_the_v2_endpoints_are_probed_and_their_refusals_scoped() {
+        let stripe = Emulator::start("127.0.0.1:0", EmulatorConfig::default()).unwrap();
+        stripe.set_restricted_key(RESTRICTED, ALL).unwrap();
+        let rt = crate::runtime::signal_safe_runtime().unwrap();
+        let client = client_for(&stripe, RESTRICTED);
+        let both = Needs { connect: true, accounts_v2: true };
+        assert_eq!(rt.block_on(client.check_permissions_for(both)), Ok(()));
+        let answers: Vec<_> = stripe.requests().into_iter().map(|r| (r.path, r.status)).collect();
+        assert_eq!(
+            answers[3..],
+            [
+                ("/v2/core/accounts/acct_onboarding_permission_check".to_string(), Some(404)),
+                ("/v2/core/account_links".to_string(), Some(400)),
+            ]
+        );
+        assert!(stripe.v2_accounts().is_empty());
+
+        // Customers only: the v2 refusals are accounts_v2 tables' (and Connect's), not everyone's.
+        stripe.set_restricted_key(RESTRICTED, [Permission::CustomerWrite]).unwrap();
+        let refused =
+            rt.block_on(client.check_permissions_for(Needs { connect: false, accounts_v2: true })).unwrap_err();
+        assert!(refused.scoped_only() && !refused.connect_only(), "{refused:?}");
+        let Some(PermissionCheckError::Missing(v2)) = refused.only(|m| m.accounts_v2_only) else {
+            panic!("{refused:?}")
+        };
+        let named: Vec<_> = v2.iter().map(|m| (m.permission.as_deref(), m.endpoint)).collect();
+        assert_eq!(named, [(Some("rak_connected_account_write"), "POST /v2/core/accounts/{id}")]);
+        assert!(refused.only(|m| m.connect_only).is_none());
+    }
+
+    #[test]
     fn a_bad_key_and_a_missing_answer_are_their_own_errors() {
         let key = "sk_test_theonlykey0123456789";
         let stripe =
@@ -351,7 +458,7 @@ mod tests {
 
     #[test]
     fn verdicts_on_stripes_answers() {
-        let probe = &probes(true)[0];
+        let probe = &probes(Needs { connect: true, accounts_v2: false })[0];
         let named = "The provided key 'rk_live_****abcd' does not have the required permissions for this endpoint \
                      on account 'acct_1'. Having the 'rak_customer_write' permission would allow this request to continue.";
         let Verdict::Refused(m) = verdict(probe, Err(refusal(403, None, named))) else { panic!() };

@@ -14,11 +14,12 @@ use pgrx::pg_sys;
 use crate::gucs;
 use crate::queries::jobs;
 use crate::release::{self, Installed};
+use crate::stripe_key::HeldBack;
 use crate::worker::calls::{self, Call, Planned};
 use crate::worker::record;
 
-/// Claims and plans up to `batch_size` jobs (Connect's put back while `connect_refused`: the key
-/// lacks Connect's permissions), moving
+/// Claims and plans up to `batch_size` jobs (Connect's, or accounts_v2 tables', put back while
+/// `held_back` says the key lacks their permissions), moving
 /// `cursor` on past what it claims (back first to `announced_from`, the earliest start of the
 /// transactions announced to this worker since its last claim: pg/processes.rs) (the caller drops it if the transaction fails: the claims
 /// are then undone) and spending the lower lanes' `credit`. Returns the calls to start, how many
@@ -26,7 +27,7 @@ use crate::worker::record;
 /// unless this database holds this library's SQL.
 pub fn claim_and_plan(
     batch_size: i32,
-    connect_refused: bool,
+    held_back: HeldBack,
     cursor: &mut ClaimCursor,
     announced_from: Option<i64>,
     credit: &mut LaneCredit,
@@ -62,8 +63,12 @@ pub fn claim_and_plan(
         .filter(|job| !job.finished)
         .filter_map(|mut job| {
             let id = job.id;
-            if connect_refused && JobKind::parse(&job.kind).is_some_and(JobKind::is_connect) {
+            if held_back.connect && JobKind::parse(&job.kind).is_some_and(JobKind::is_connect) {
                 jobs::postpone(id, record::CONNECT_REFUSED);
+                return None;
+            }
+            if held_back.accounts_v2 && job.accounts_v2.is_some() {
+                jobs::postpone(id, record::ACCOUNTS_V2_REFUSED);
                 return None;
             }
             if job.looks_up() {

@@ -23,6 +23,9 @@ use crate::worker::calls::{Call, Outcome, Work, die, skip};
 /// Why a Connect job waits (its `postponed` event) while the key lacks Connect's permissions.
 pub const CONNECT_REFUSED: &str =
     "the Stripe key lacks a Connect permission (docs/src/guides/stripe-key.md, \"Restricted keys\")";
+/// Why an accounts_v2 table's job waits while the key may not call `/v2`.
+pub const ACCOUNTS_V2_REFUSED: &str =
+    "the Stripe key may not call /v2, which Accounts v2 need (docs/src/guides/stripe-key.md, \"Restricted keys\")";
 
 /// Phase 3: all outcomes in one transaction; if that fails, each job on its own, so one bad
 /// write-back (say, a failing trigger on the profile table) cannot hold the others hostage.
@@ -217,6 +220,10 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             // Not the job's fault: it waits for a key that may (the worker says so once).
             log!("onboarding: {} refused: the Stripe key lacks a Connect permission (job {job_id})", call.describe());
             jobs::postpone(job_id, CONNECT_REFUSED);
+        }
+        Outcome::Failed(error) if call.is_v2() && permission_refused(error) => {
+            log!("onboarding: {} refused: the Stripe key may not call /v2 (job {job_id})", call.describe());
+            jobs::postpone(job_id, ACCOUNTS_V2_REFUSED);
         }
         Outcome::Failed(error) => {
             if let Some(status) = error.status() {

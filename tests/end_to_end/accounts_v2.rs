@@ -6,12 +6,12 @@
 use libtest_mimic::{Failed, Trial};
 use postgres::Client;
 use serde_json::Value;
-use stripe_emulator::{Fault, Onboarding, RecordedRequest};
+use stripe_emulator::{Fault, Onboarding, Permission, RecordedRequest};
 
 use crate::env;
 use crate::helpers::{
-    DEADLINE, db, ensure, events_for, jobs_for, sqlstate, steps, stripe_customers_for, stripe_requests_for, wait_for,
-    wait_for_state, with_fast_event_polls,
+    API_KEY, DEADLINE, db, ensure, events_for, jobs_for, set_and_reload, sqlstate, steps, stripe_customers_for,
+    stripe_requests_for, wait_for, wait_for_customer, wait_for_state, with_fast_event_polls,
 };
 
 pub(crate) fn tests() -> Vec<Trial> {
@@ -26,6 +26,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         readiness_and_closing_come_back_from_v2_events,
         audits_and_reconcile_cover_v2_accounts,
         a_backfill_gives_existing_profiles_their_accounts,
+        a_key_that_may_not_call_v2_holds_back_v2_tables_only,
     ]
 }
 
@@ -489,4 +490,71 @@ fn a_backfill_gives_existing_profiles_their_accounts() -> Result<(), Failed> {
     let users: Vec<String> =
         db.query(&format!("SELECT id::text FROM {table}"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
     ensure(users.iter().all(|u| v2_accounts_for(u).len() == 1), || "a profile has not exactly one Account".into())
+}
+
+const RESTRICTED_KEY: &str = "rk_test_onboardingE2Ev2restricted3b1d";
+
+/// A restricted key with customers' permissions but not the connected accounts' (which the test
+/// server, as Stripe is assumed to, asks of `/v2/core/accounts`): the worker names the missing
+/// permission once; a v1 table's customers go on, an accounts_v2 table's jobs wait without
+/// spending an attempt, and go through once the key may.
+fn a_key_that_may_not_call_v2_holds_back_v2_tables_only() -> Result<(), Failed> {
+    let mut db = db();
+    let v2 = v2_table(&mut db, "profiles_v2_restricted", "");
+    let v1 = "public.profiles_v2_restricted_v1";
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {v1};
+         CREATE TABLE {v1} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_customer_id text);
+         SELECT onboarding.attach('{v1}');"
+    ))
+    .unwrap();
+    let stripe = &env().stripe;
+    stripe.set_restricted_key(RESTRICTED_KEY, [Permission::CustomerWrite, Permission::EventRead])?;
+    let log_before = env().cluster.server_log().len();
+    set_and_reload(&mut db, &format!("onboarding.stripe_api_key = '{RESTRICTED_KEY}'"));
+    let result = (|| {
+        let warning = wait_for("the worker to name the permission /v2 needs", DEADLINE, || {
+            let log = env().cluster.server_log();
+            log[log_before..]
+                .lines()
+                .find(|l| l.contains("WARNING") && l.contains("accounts_v2 tables' jobs wait"))
+                .map(str::to_string)
+        })?;
+        ensure(warning.contains("rak_connected_account_write") && warning.contains("/v2/core/accounts"), || {
+            format!("the warning names no permission: {warning}")
+        })?;
+        let customer: String = db
+            .query_one(&format!("INSERT INTO {v1} (email) VALUES ('v1@example.com') RETURNING id::text"), &[])?
+            .get(0);
+        wait_for_customer(&mut db, v1, &customer)?;
+        let user = insert(&mut db, &v2, "v2@example.com", "buyer");
+        wait_for("the v2 job to wait for the key", DEADLINE, || {
+            events_for(&mut db, &user)
+                .iter()
+                .any(|(step, detail)| {
+                    step == "postponed" && detail["reason"].as_str().is_some_and(|r| r.contains("/v2"))
+                })
+                .then_some(())
+        })?;
+        let waiting = jobs_for(&mut db, &user).into_iter().next().ok_or("no job")?;
+        ensure(waiting.state == "pending" && waiting.attempts == 0, || format!("{waiting:?}"))?;
+        ensure(v2_accounts_for(&user).is_empty(), || "an Account was made".into())?;
+
+        let may = [
+            Permission::CustomerWrite,
+            Permission::EventRead,
+            Permission::ConnectedAccountWrite,
+            Permission::AccountLinkWrite,
+        ];
+        stripe.set_restricted_key(RESTRICTED_KEY, may)?;
+        db.batch_execute("SELECT pg_reload_conf()").unwrap();
+        wait_for_account(&mut db, &v2, &user)?;
+        let job = jobs_for(&mut db, &user).into_iter().next().ok_or("no job")?;
+        ensure(job.attempts == 1 && job.last_error.is_none(), || format!("attempts were spent meanwhile: {job:?}"))?;
+        let log = env().cluster.server_log();
+        ensure(!log.contains(RESTRICTED_KEY), || "the restricted key is in the server log".into())
+    })();
+    set_and_reload(&mut db, &format!("onboarding.stripe_api_key = '{API_KEY}'"));
+    stripe.remove_restricted_key(RESTRICTED_KEY);
+    result
 }
