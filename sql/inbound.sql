@@ -536,6 +536,28 @@ BEGIN
                   CASE a.on_stripe_email_changed WHEN 'audit' THEN 'audited' ELSE 'copied to the profile' END);
 END $$;
 
+-- v2 thin events about Accounts (`accounts`, each with the idempotency key of the request that
+-- caused it, NULL for a change made in the Dashboard): an accounts_v2 table's Account, the
+-- profile's customer, changed outside the extension (its contact email, or closed) is read at the
+-- next poll, and what it says then goes through the table's change policy as a v1 customer's
+-- change does (_record_customer_changes, _handle_customer_changes). The extension's own requests
+-- (a job's key) change nothing to look at. Returns how many are to be read.
+CREATE FUNCTION onboarding._v2_customers_changed(accounts text[], keys text[]) RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH changed AS (
+        INSERT INTO onboarding.customer_changes AS c (customer_id, user_id, handled, refresh_due)
+        SELECT DISTINCT t.stripe_id, t.user_id, true, true
+          FROM unnest(accounts, keys) AS e(account, key)
+          JOIN onboarding.stripe_ties t ON t.stripe_id = e.account AND t.object = 'customer'
+          JOIN onboarding.attachments a ON a.profile_table = t.profile_table AND a.stripe_objects = 'accounts_v2'
+         WHERE e.key IS NULL
+            OR NOT EXISTS (SELECT FROM onboarding.jobs j
+                            WHERE j.user_id = t.user_id AND j.idempotency_key = e.key)
+        ON CONFLICT (customer_id) DO UPDATE SET refresh_due = true, updated_at = now()
+        RETURNING 1)
+    SELECT count(*)::integer FROM changed;
+$$;
+
 -- Records what events say of customers (from the events reader: each a JSON object with
 -- customer, user_id, as_of and either deleted: true or email and the idempotency_key of the
 -- request that set it), to be handled next (_handle_customer_changes). A deletion stays; an email

@@ -898,6 +898,24 @@ BEGIN
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION onboarding._v2_events_read(bigint, boolean) FROM PUBLIC;
+-- An accounts_v2 profile's Account changed in the Dashboard goes through its table's change policy.
+-- onboarding._v2_customers_changed, as sql/ defines it
+CREATE OR REPLACE FUNCTION onboarding._v2_customers_changed(accounts text[], keys text[]) RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH changed AS (
+        INSERT INTO onboarding.customer_changes AS c (customer_id, user_id, handled, refresh_due)
+        SELECT DISTINCT t.stripe_id, t.user_id, true, true
+          FROM unnest(accounts, keys) AS e(account, key)
+          JOIN onboarding.stripe_ties t ON t.stripe_id = e.account AND t.object = 'customer'
+          JOIN onboarding.attachments a ON a.profile_table = t.profile_table AND a.stripe_objects = 'accounts_v2'
+         WHERE e.key IS NULL
+            OR NOT EXISTS (SELECT FROM onboarding.jobs j
+                            WHERE j.user_id = t.user_id AND j.idempotency_key = e.key)
+        ON CONFLICT (customer_id) DO UPDATE SET refresh_due = true, updated_at = now()
+        RETURNING 1)
+    SELECT count(*)::integer FROM changed;
+$$;
+REVOKE ALL ON FUNCTION onboarding._v2_customers_changed(text[], text[]) FROM PUBLIC;
 -- sql/audits.sql, sql/operations.sql, src/maintenance/snapshot.rs: the audits and reconcile
 -- cover accounts_v2 tables, from v2 Accounts listed into the snapshot (object account_v2).
 ALTER TABLE onboarding.stripe_objects DROP CONSTRAINT stripe_objects_object_check,

@@ -84,6 +84,9 @@ ALTER TABLE onboarding.connect_accounts
 ALTER TABLE onboarding.events_cursor ADD COLUMN v2_events_since bigint;
 -- @replace onboarding._v2_events_read
 REVOKE ALL ON FUNCTION onboarding._v2_events_read(bigint, boolean) FROM PUBLIC;
+-- An accounts_v2 profile's Account changed in the Dashboard goes through its table's change policy.
+-- @replace onboarding._v2_customers_changed
+REVOKE ALL ON FUNCTION onboarding._v2_customers_changed(text[], text[]) FROM PUBLIC;
 -- sql/audits.sql, sql/operations.sql, src/maintenance/snapshot.rs: the audits and reconcile
 -- cover accounts_v2 tables, from v2 Accounts listed into the snapshot (object account_v2).
 ALTER TABLE onboarding.stripe_objects DROP CONSTRAINT stripe_objects_object_check,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use onboarding_core::inbound::{AccountReadiness, Change, SHOWN_ID_CHARS, Verdict, customer_change, parse_event, plan};
 use onboarding_core::schedule::Deadline;
-use onboarding_core::stripe::v2::{EventsFilter, ListedThinEvent, READINESS_INCLUDE, ThinEvent, V2Readiness};
+use onboarding_core::stripe::v2::{Account, EventsFilter, ListedThinEvent, READINESS_INCLUDE, ThinEvent, V2Readiness};
 use onboarding_core::stripe::{ListedEvent, StripeClient, StripeError, account_gone, lost_event_cursor};
 use pgrx::prelude::*;
 use serde_json::{Value, json};
@@ -250,7 +250,12 @@ fn start(runtime: &tokio::runtime::Runtime, client: &StripeClient) -> Result<Pol
             }
             for customer in customers {
                 let sent_at = unix_now();
-                let answer = client.retrieve_customer(&customer).await;
+                // An accounts_v2 profile's customer is its Account (v2 ids are acct_, customers cus_).
+                let answer = if customer.starts_with("acct_") {
+                    client.v2().retrieve_account(&customer, &[]).await
+                } else {
+                    client.retrieve_customer(&customer).await
+                };
                 read_customers.push((customer, sent_at, answer));
             }
             for event in events_to_retry {
@@ -362,6 +367,9 @@ async fn read_v2_events_since(client: &StripeClient, since: Option<i64>) -> Resu
     };
     let v2 = client.v2();
     let mut filter = EventsFilter::accounts();
+    // An Account's creation is this extension's own doing (a signup's): nothing to read back, and
+    // recording each one as applied would cost every signup a row.
+    filter.types.retain(|t| t != "v2.core.account.created");
     filter.created.gte = Some(since);
     let mut page = v2.list_events(&filter).await?;
     let mut events = std::mem::take(&mut page.data);
@@ -378,6 +386,10 @@ async fn read_v2_events_since(client: &StripeClient, since: Option<i64>) -> Resu
     Ok(V2Events { since: newest(&events).unwrap_or(since), events, refresh_all: false })
 }
 
+/// The v2 thin events that can change what an Account says as a customer: its contact email
+/// (`updated`), its existence (`closed`).
+const CUSTOMER_CHANGE_TYPES: [&str; 2] = ["v2.core.account.updated", "v2.core.account.closed"];
+
 /// The newest `created` (Unix milliseconds) among the events read.
 fn newest(events: &[ListedThinEvent]) -> Option<i64> {
     events
@@ -390,8 +402,11 @@ fn newest(events: &[ListedThinEvent]) -> Option<i64> {
 }
 
 /// Applies the v2 thin events read (in a transaction of its own): each one not applied before
-/// marks its Account, if followed, to be read at the next poll, which comes at once; one that
-/// cannot be used is set aside (never read again: only v1's events are). Returns when to poll next.
+/// marks its Account to be read at the next poll, which comes at once: a followed connected
+/// Account for its readiness; an accounts_v2 profile's Account changed outside the extension for
+/// its table's change policy. One that cannot be used is set aside (never read again: only v1's
+/// events are). If applying fails, the cursor moves on and every v2 Account is read instead.
+/// Returns when to poll next.
 fn apply_v2_events(read: Result<V2Events, StripeError>, interval: Duration, warned: &mut bool) -> Duration {
     let read = match read {
         Ok(read) => read,
@@ -420,11 +435,20 @@ fn apply_v2_events(read: Result<V2Events, StripeError>, interval: Duration, warn
         let types: Vec<String> = usable.iter().map(|e| e.event_type.clone()).collect();
         let created: Vec<i64> = usable.iter().map(|e| e.created_ms.div_euclid(1000)).collect();
         let fresh = if ids.is_empty() { Vec::new() } else { inbound::events_not_applied(ids, types, created)? };
-        let accounts: Vec<String> =
-            usable.iter().filter(|e| fresh.contains(&e.id)).filter_map(|e| e.account().map(str::to_string)).collect();
-        let any = !accounts.is_empty();
+        let fresh: Vec<&ThinEvent> = usable.into_iter().filter(|e| fresh.contains(&e.id)).collect();
+        let accounts: Vec<String> = fresh.iter().filter_map(|e| e.account().map(str::to_string)).collect();
+        let mut any = !accounts.is_empty();
         if any {
             inbound::refresh_accounts(Some(accounts))?;
+        }
+        // An Account that is a profile's customer, changed or closed outside the extension.
+        let (changed, keys): (Vec<String>, Vec<Option<String>>) = fresh
+            .iter()
+            .filter(|e| CUSTOMER_CHANGE_TYPES.contains(&e.event_type.as_str()))
+            .filter_map(|e| Some((e.account()?.to_string(), e.idempotency_key.clone())))
+            .unzip();
+        if !changed.is_empty() {
+            any |= inbound::v2_customers_changed(changed, keys)? > 0;
         }
         inbound::v2_events_read(read.since, read.refresh_all)?;
         Ok(any || read.refresh_all)
@@ -432,11 +456,15 @@ fn apply_v2_events(read: Result<V2Events, StripeError>, interval: Duration, warn
     match applied {
         Ok(Ok(true)) => Duration::ZERO,
         Ok(Ok(false)) => interval,
-        Ok(Err(e)) => {
-            warning!("onboarding: applying Stripe's v2 events: {e}; reading them again at the next poll");
-            interval
+        failed => {
+            // Never stuck on one event: the cursor moves on, and every v2 Account is read itself
+            // instead, which misses nothing its events could have said.
+            if let Ok(Err(e)) = failed {
+                warning!("onboarding: applying Stripe's v2 events: {e}; reading every v2 Account instead");
+            }
+            let moved = in_transaction("moving the v2 events cursor", || inbound::v2_events_read(read.since, true));
+            if matches!(moved, Ok(Ok(()))) { Duration::ZERO } else { interval }
         }
-        Err(_) => interval,
     }
 }
 
@@ -625,6 +653,16 @@ fn apply(events: &[ListedEvent], objects: &Objects) -> Result<Applied, pgrx::spi
     for (customer, sent_at, answer) in objects.customers {
         let deleted = json!({"customer": customer, "as_of": sent_at, "deleted": true, "refreshed": true});
         let read = match answer {
+            // An accounts_v2 profile's Account read as its customer: closed is deleted.
+            Ok(object) if object.get("object").and_then(Value::as_str) == Some("v2.core.account") => {
+                match Account::from_json(object) {
+                    Some(account) if !account.closed => {
+                        json!({"customer": customer, "user_id": account.metadata_user_id,
+                        "as_of": sent_at, "email": account.contact_email, "refreshed": true})
+                    }
+                    _ => deleted,
+                }
+            }
             Ok(object) => match customer_change(object) {
                 Ok(Change::CustomerEmail { user_id, email, .. }) => {
                     json!({"customer": customer, "user_id": user_id, "as_of": sent_at, "email": email, "refreshed": true})

@@ -83,6 +83,13 @@ pub fn v2_events_read(since: i64, refresh_all: bool) -> Result<()> {
     Spi::run_with_args("SELECT onboarding._v2_events_read($1, $2)", &[since.into(), refresh_all.into()])
 }
 
+/// v2 thin events' Accounts and their requests' idempotency keys: those that are an accounts_v2
+/// profile's customer, changed outside the extension, are read at the next poll. Returns how many.
+pub fn v2_customers_changed(accounts: Vec<String>, keys: Vec<Option<String>>) -> Result<i32> {
+    Spi::get_one_with_args::<i32>("SELECT onboarding._v2_customers_changed($1, $2)", &[accounts.into(), keys.into()])
+        .map(Option::unwrap_or_default)
+}
+
 /// Marks accounts to be read again by the next polls (None: every followed account).
 pub fn refresh_accounts(accounts: Option<Vec<String>>) -> Result<()> {
     Spi::run_with_args("SELECT onboarding._refresh_accounts($1)", &[accounts.into()])

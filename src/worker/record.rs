@@ -88,14 +88,14 @@ fn sent_times<'a>(calls: impl Iterator<Item = &'a Call>) -> Vec<(i64, u32, f64)>
         .collect()
 }
 
-/// The customer a create_customer call created for its own user (the common outcome), if so.
+/// The customer (or, for an accounts_v2 table, the Account) a create_customer call created for
+/// its own user (the common outcome), if so.
 fn created_as_asked<'a>(call: &Call, outcome: &'a Outcome) -> Option<(&'a StripeObject, &'a Response)> {
     match (&call.work, outcome) {
-        (Work::CreateCustomer { .. }, Outcome::Created(customer, response))
-            if customer.metadata_user_id.as_deref() == Some(call.user_id.as_str()) =>
-        {
-            Some((customer, response))
-        }
+        (
+            Work::CreateCustomer { .. } | Work::AccountsV2(V2Work::Create { .. }),
+            Outcome::Created(customer, response),
+        ) if customer.metadata_user_id.as_deref() == Some(call.user_id.as_str()) => Some((customer, response)),
         _ => None,
     }
 }

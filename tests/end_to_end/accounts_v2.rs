@@ -27,6 +27,7 @@ pub(crate) fn tests() -> Vec<Trial> {
         audits_and_reconcile_cover_v2_accounts,
         a_backfill_gives_existing_profiles_their_accounts,
         a_key_that_may_not_call_v2_holds_back_v2_tables_only,
+        dashboard_changes_go_through_the_tables_change_policy,
     ]
 }
 
@@ -557,4 +558,56 @@ fn a_key_that_may_not_call_v2_holds_back_v2_tables_only() -> Result<(), Failed> 
     set_and_reload(&mut db, &format!("onboarding.stripe_api_key = '{API_KEY}'"));
     stripe.remove_restricted_key(RESTRICTED_KEY);
     result
+}
+
+/// A profile's Account changed in the Dashboard (its contact email, then closed) goes through the
+/// table's change policy as a v1 customer does; the extension's own changes (the email sync) are
+/// not read back as changes.
+fn dashboard_changes_go_through_the_tables_change_policy() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(&mut db, "profiles_v2_dashboard", "");
+    db.batch_execute(&format!(
+        "SELECT onboarding.set_stripe_change_policy('{table}', customer_deleted => 'recreate', email_changed => 'update_profile')"
+    ))
+    .unwrap();
+    with_fast_event_polls(&mut db, |db| {
+        let user = insert(db, &table, "first@example.com", "buyer");
+        let account = wait_for_account(db, &table, &user)?;
+        // The extension's own email sync: Stripe's thin event carries its job's key.
+        db.execute(&format!("UPDATE {table} SET email = 'synced@example.com' WHERE id::text = $1"), &[&user])?;
+        wait_for("the email sync", DEADLINE, || {
+            (v2_accounts_for(&user)[0]["contact_email"] == "synced@example.com").then_some(())
+        })?;
+        let changes = |db: &mut Client| -> i64 {
+            db.query_one("SELECT count(*) FROM onboarding.customer_changes WHERE customer_id = $1", &[&account])
+                .unwrap()
+                .get(0)
+        };
+
+        // Changed in the Dashboard: the table copies Stripe's email to the profile.
+        env().stripe.dashboard_set_v2_contact_email(&account, Some("dashboard@example.com"))?;
+        wait_for("the profile to take Stripe's email", DEADLINE, || {
+            let email: Option<String> =
+                db.query_one(&format!("SELECT email FROM {table} WHERE id::text = $1"), &[&user]).unwrap().get(0);
+            (email.as_deref() == Some("dashboard@example.com")).then_some(())
+        })?;
+        ensure(changes(db) == 1, || "the Dashboard's change was not recorded once".into())?;
+
+        // Closed in the Dashboard: the table recreates it, a new Account.
+        ensure(env().stripe.dashboard_close_v2_account(&account), || "the test server did not close it".into())?;
+        let recreated = wait_for("the recreated Account", DEADLINE, || {
+            column(db, &table, "stripe_account_id", &user).filter(|id| *id != account)
+        })?;
+        let live: Vec<Value> = v2_accounts_for(&user).into_iter().filter(|a| a["closed"] != true).collect();
+        ensure(live.len() == 1 && live[0]["id"] == recreated.as_str(), || format!("live Accounts {live:?}"))?;
+        let outcomes: Vec<String> = events_for(db, &user)
+            .into_iter()
+            .filter(|(step, _)| step.starts_with("stripe_customer_"))
+            .map(|(step, detail)| format!("{step}: {}", detail["outcome"].as_str().unwrap_or_default()))
+            .collect();
+        ensure(
+            outcomes == ["stripe_customer_updated: profile email updated", "stripe_customer_deleted: recreated"],
+            || format!("outcomes {outcomes:?}"),
+        )
+    })
 }
