@@ -1146,8 +1146,11 @@ BEGIN
             -- An accounts_v2 job looks up only when its key may be gone or was refused: after a
             -- promotion (jobs.look_up_first alone) the same key and body get the same Account, and
             -- the v2 list, eventually consistent, could not tell a recent Account absent anyway.
+            -- Nor for a 409 (`idempotency_key_in_use`: the first request still runs, and the same key
+            -- gets its answer), only for a key bound to another body (400).
             look_up_first := (job.look_up_first AND a.stripe_objects = 'v1') OR job.first_attempt_at < now() - horizon
-                             OR job.last_error_detail->>'type' = 'idempotency_error';
+                             OR (job.last_error_detail->>'type' = 'idempotency_error'
+                                 AND (a.stripe_objects = 'v1' OR job.last_error_detail->>'status' = '400'));
             BEGIN
                 -- As the table's owner (src/tables.rs), like every statement on an application table.
                 SELECT r[1], r[2], r[3], r[4] INTO email, customer_id, connect_account_id, display_name

@@ -2,7 +2,9 @@
 //! worker is SIGKILLed three times and PostgreSQL is stopped with `-m immediate` once, and 1 % of
 //! the profiles are deleted right after insert. Then it checks that every profile has exactly one
 //! Stripe customer, no customer is left without a profile, and no job was lost, and prints the
-//! figures.
+//! figures. It runs twice: for a v1 table (Customers), then for a table attached with
+//! `stripe_objects => 'accounts_v2'` (one Account v2 per profile, closed when its profile is
+//! deleted), each on its own cluster and test server.
 //!
 //!   cargo test --test chaos                          # 300 profiles (part of scripts/test)
 //!   CHAOS_PROFILES=10000 cargo test --test chaos     # the full run (bench/chaos)
@@ -24,6 +26,63 @@ use support::cluster::Cluster;
 const API_KEY: &str = "sk_test_CHAOSCANARY0c7b1e94f2a6";
 const FAULT_RATE: f64 = 0.2;
 const BATCH: usize = 50;
+
+/// Which Stripe objects the run's table gets.
+#[derive(Clone, Copy, PartialEq)]
+enum Model {
+    V1,
+    AccountsV2,
+}
+
+impl Model {
+    fn name(self) -> &'static str {
+        match self {
+            Model::V1 => "v1",
+            Model::AccountsV2 => "accounts_v2",
+        }
+    }
+
+    /// The profile column the object is written to.
+    fn column(self) -> &'static str {
+        match self {
+            Model::V1 => "stripe_customer_id",
+            Model::AccountsV2 => "stripe_account_id",
+        }
+    }
+
+    /// The objects Stripe holds that count (v2: not closed).
+    fn live_objects(self, stripe: &Emulator) -> Vec<serde_json::Value> {
+        match self {
+            Model::V1 => stripe.customers(),
+            Model::AccountsV2 => stripe.v2_accounts().into_iter().filter(|a| a["closed"] != true).collect(),
+        }
+    }
+
+    /// The dead jobs the faults may leave (v1: a POST's 500 without Stripe-Should-Retry is
+    /// permanent; v2 retries a POST's 500 under the same key: none).
+    fn expected_dead(self, reason: &str) -> bool {
+        self == Model::V1 && reason.starts_with("500 no header")
+    }
+
+    fn faults(self) -> Vec<Fault> {
+        match self {
+            Model::V1 => faults(),
+            Model::AccountsV2 => {
+                let post = |f: Fault| f.on("POST", "/v2/core/accounts");
+                vec![
+                    post(Fault::rate_limit()),
+                    post(Fault::status(409).error_type("idempotency_error").code("idempotency_key_in_use")),
+                    post(Fault::status(500)),
+                    post(Fault::status(503)),
+                    post(Fault::drop_before()),
+                    post(Fault::drop_after()),
+                    post(Fault::stall(Duration::from_millis(1500))), // beyond the 1 s request timeout
+                    Fault::status(503).on("GET", "/v2/core/accounts/"),
+                ]
+            }
+        }
+    }
+}
 
 fn faults() -> Vec<Fault> {
     let post = |f: Fault| f.on("POST", "/v1/customers");
@@ -47,20 +106,27 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test -- --list`: nothing to list, this binary is one run
     }
-    let stripe = Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })
-        .expect("start the Stripe emulator");
-    stripe.set_random_faults(FAULT_RATE, faults());
-    let settings = support::settings::fast_recovery(&stripe.base_url(), API_KEY, 2, 10);
-    let cluster = Cluster::start("chaos", &settings);
-    let outcome = run(&cluster, &stripe, profiles);
-    cluster.stop();
-    match outcome {
-        Ok(0) => {}
-        Ok(_) => std::process::exit(1),
-        Err(e) => {
-            eprintln!("chaos: {e}");
-            std::process::exit(1);
+    let mut failed = false;
+    for model in [Model::V1, Model::AccountsV2] {
+        let stripe =
+            Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(API_KEY.into()), ..Default::default() })
+                .expect("start the Stripe emulator");
+        stripe.set_random_faults(FAULT_RATE, model.faults());
+        let settings = support::settings::fast_recovery(&stripe.base_url(), API_KEY, 2, 10);
+        let cluster = Cluster::start(&format!("chaos-{}", model.name()), &settings);
+        let outcome = run(&cluster, &stripe, profiles, model);
+        cluster.stop();
+        match outcome {
+            Ok(0) => {}
+            Ok(_) => failed = true,
+            Err(e) => {
+                eprintln!("chaos ({}): {e}", model.name());
+                failed = true;
+            }
         }
+    }
+    if failed {
+        std::process::exit(1);
     }
 }
 
@@ -81,7 +147,16 @@ fn drain(cluster: &Cluster, db: &mut Client, deadline: Duration) -> Result<(), S
             Err(_) => *db = cluster.connect(),
         }
         if Instant::now() > until {
-            return Err(format!("jobs still open after {deadline:?}"));
+            // What is still open, and why, for whoever reads the failure.
+            let open: Vec<String> = db
+                .query(
+                    "SELECT kind || ' ' || state || ' (' || count(*) || '): ' || coalesce(min(last_error), '-')
+                       FROM onboarding.jobs WHERE state IN ('pending', 'running') GROUP BY kind, state",
+                    &[],
+                )
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            return Err(format!("jobs still open after {deadline:?}: {open:?}"));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -110,15 +185,17 @@ fn kill_a_worker(cluster: &Cluster, db: &mut Client) -> bool {
     false
 }
 
-fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize) -> Result<usize, String> {
+fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize, model: Model) -> Result<usize, String> {
     let started = Instant::now();
     let mut db = cluster.connect();
-    db.batch_execute(
+    db.batch_execute(&format!(
         "CREATE EXTENSION onboarding;
          CREATE TABLE public.profiles (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text,
-             stripe_customer_id text, stripe_connect_account_id text);
-         SELECT onboarding.attach('public.profiles');",
-    )
+             {column} text, stripe_connect_account_id text);
+         SELECT onboarding.attach('public.profiles', stripe_objects => '{model}');",
+        column = model.column(),
+        model = model.name()
+    ))
     .map_err(|e| e.to_string())?;
 
     // Disruptions at these shares of the inserts: SIGKILL a worker (the postmaster then restarts
@@ -177,8 +254,7 @@ fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize) -> Result<usize, S
            FROM onboarding.jobs WHERE state = 'dead' GROUP BY 1 ORDER BY 2 DESC",
     )?;
     let dead: Vec<(String, i64)> = dead.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let unexpected_dead: i64 =
-        dead.iter().filter(|(reason, _)| !reason.starts_with("500 no header")).map(|(_, n)| n).sum();
+    let unexpected_dead: i64 = dead.iter().filter(|(reason, _)| !model.expected_dead(reason)).map(|(_, n)| n).sum();
     let dead_total: i64 = dead.iter().map(|(_, n)| n).sum();
 
     // Stripe recovers; the operator retries the parked jobs.
@@ -186,9 +262,9 @@ fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize) -> Result<usize, S
     q(&mut db, "SELECT * FROM onboarding.retry_dead()")?;
     drain(cluster, &mut db, Duration::from_secs(60))?;
 
-    let rows = q(&mut db, "SELECT id::text, stripe_customer_id FROM public.profiles")?;
+    let rows = q(&mut db, &format!("SELECT id::text, {} FROM public.profiles", model.column()))?;
     let profiles_now: HashMap<String, Option<String>> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let customers = stripe.customers();
+    let customers = model.live_objects(stripe);
     let mut by_user: HashMap<&str, Vec<&str>> = HashMap::new();
     for c in &customers {
         by_user
@@ -224,7 +300,8 @@ fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize) -> Result<usize, S
 
     let expected = profiles_now.len();
     println!(
-        "\nchaos: {profiles} profiles requested, {inserted} inserted, {deleted} deleted after insert, {failed_batches} batches lost to restarts"
+        "\nchaos ({}): {profiles} profiles requested, {inserted} inserted, {deleted} deleted after insert, {failed_batches} batches lost to restarts",
+        model.name()
     );
     println!(
         "       {kills} worker SIGKILLs, {restarts} immediate restarts, {} Stripe requests, {faulted} failed or dropped",
@@ -236,10 +313,10 @@ fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize) -> Result<usize, S
     }
     let checks: Vec<(String, bool)> = vec![
         (format!("profiles provisioned / expected        {provisioned} / {expected}"), provisioned == expected),
-        (format!("profiles with exactly one customer     {exactly_one} / {expected}"), exactly_one == expected),
-        (format!("Stripe customers without a profile     {orphans}"), orphans == 0),
+        (format!("profiles with exactly one object       {exactly_one} / {expected}"), exactly_one == expected),
+        (format!("live Stripe objects without a profile  {orphans}"), orphans == 0),
         (format!("jobs lost                              {lost}"), lost == 0),
-        (format!("dead jobs not from injected 500s       {unexpected_dead}"), unexpected_dead == 0),
+        (format!("dead jobs not from injected faults     {unexpected_dead}"), unexpected_dead == 0),
         (format!("key occurrences in the server log      {key_in_log}"), key_in_log == 0),
         (
             format!("disruptions carried out                {kills} kills, {restarts} restart"),
@@ -251,6 +328,6 @@ fn run(cluster: &Cluster, stripe: &Emulator, profiles: usize) -> Result<usize, S
     }
     println!("  wall time                              {:.1} s", started.elapsed().as_secs_f64());
     let failed = checks.iter().filter(|(_, ok)| !ok).count();
-    println!("chaos: {} passed, {failed} failed", checks.len() - failed);
+    println!("chaos ({}): {} passed, {failed} failed", model.name(), checks.len() - failed);
     Ok(failed)
 }

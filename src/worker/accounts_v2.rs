@@ -214,10 +214,16 @@ fn creation_params(account: &NewAccount) -> Value {
     })
 }
 
+/// An Account to make for `user_id`: the write-back needs its id, `metadata.user_id` and contact
+/// email only, so nothing is asked to be included in the answer (smaller answers, at every signup).
+fn new_account(user_id: impl Into<String>, email: impl Into<String>) -> NewAccount {
+    NewAccount { include: Vec::new(), ..NewAccount::new(user_id, email) }
+}
+
 /// The first attempt's Account, from what [`creation_params`] stored; `None` if unreadable.
 fn stored_creation(params: &Value) -> Option<NewAccount> {
     let text = |key: &str| params.get(key).and_then(Value::as_str);
-    let mut account = NewAccount::new(text("user_id")?, text("email")?);
+    let mut account = new_account(text("user_id")?, text("email")?);
     account.display_name = text("display_name").map(String::from);
     account.dashboard = Dashboard::parse(text("dashboard")?)?;
     account.responsibilities = Responsibilities {
@@ -258,7 +264,7 @@ pub fn plan(job: &ClaimedJob, kind: JobKind, table: &AccountsV2Table) -> V2Plan 
                     match stored {
                         Some(account) => (V2Work::Create { account, look_up }, None),
                         None => {
-                            let mut account = NewAccount::new(customer.user_id, customer.email);
+                            let mut account = new_account(customer.user_id, customer.email);
                             account.display_name = table
                                 .display_name
                                 .as_deref()

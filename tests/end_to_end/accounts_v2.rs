@@ -10,7 +10,7 @@ use stripe_emulator::{Fault, Onboarding, Permission, RecordedRequest};
 
 use crate::env;
 use crate::helpers::{
-    API_KEY, DEADLINE, db, ensure, events_for, jobs_for, set_and_reload, sqlstate, steps, stripe_customers_for,
+    self, API_KEY, DEADLINE, db, ensure, events_for, jobs_for, set_and_reload, sqlstate, steps, stripe_customers_for,
     stripe_requests_for, wait_for, wait_for_customer, wait_for_state, with_fast_event_polls,
 };
 
@@ -28,6 +28,8 @@ pub(crate) fn tests() -> Vec<Trial> {
         a_backfill_gives_existing_profiles_their_accounts,
         a_key_that_may_not_call_v2_holds_back_v2_tables_only,
         dashboard_changes_go_through_the_tables_change_policy,
+        a_tenant_naming_anothers_account_reaches_nothing_of_it,
+        a_key_still_in_use_is_retried_not_looked_up,
     ]
 }
 
@@ -609,5 +611,97 @@ fn dashboard_changes_go_through_the_tables_change_policy() -> Result<(), Failed>
             outcomes == ["stripe_customer_updated: profile email updated", "stripe_customer_deleted: recreated"],
             || format!("outcomes {outcomes:?}"),
         )
+    })
+}
+
+/// A hostile tenant (she owns her accounts_v2 table) writes another table's Account into her
+/// profile's columns: her email change, her link request and her deletion reach nothing of it
+/// (the extension acts on an Account only for the profile it made it for: sql/ties.sql).
+fn a_tenant_naming_anothers_account_reaches_nothing_of_it() -> Result<(), Failed> {
+    let mut db = db();
+    let victims = v2_table(
+        &mut db,
+        "profiles_v2_victims",
+        ", connect_account_column => 'stripe_connect_account_id', connect_policy => 'always'",
+    );
+    let victim = insert(&mut db, &victims, "victim@example.com", "seller");
+    let target = wait_for("the victim's connected Account", DEADLINE, || {
+        column(&mut db, &victims, "stripe_connect_account_id", &victim)
+    })?;
+    let hers = "tenant_objects_v2.profiles";
+    helpers::tenant_table(&mut db, "tenant_objects_v2", hers, ", stripe_account_id text", "");
+    db.batch_execute(&format!(
+        "SELECT onboarding.attach('{hers}', stripe_objects => 'accounts_v2',
+                                  connect_account_column => 'stripe_connect_account_id');"
+    ))
+    .unwrap();
+    let attacker: String = db
+        .query_one(&format!("INSERT INTO {hers} (email) VALUES ('attacker@example.com') RETURNING id::text"), &[])?
+        .get(0);
+    wait_for_account(&mut db, hers, &attacker)?;
+    db.batch_execute("SET ROLE tenant_objects_v2").unwrap();
+    db.execute(
+        &format!(
+            "UPDATE {hers} SET stripe_account_id = $2, stripe_connect_account_id = $2,
+                               email = 'attacker+owned@example.com' WHERE id::text = $1"
+        ),
+        &[&attacker, &target],
+    )?;
+    db.batch_execute("RESET ROLE").unwrap();
+    let refused = |db: &mut Client| -> Vec<String> {
+        db.query(
+            "SELECT detail->>'action' FROM onboarding.events WHERE user_id = $1 AND step = 'untied_object_refused'",
+            &[&attacker],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    wait_for("the email sync refused", DEADLINE, || Some(refused(&mut db)).filter(|r| !r.is_empty()))?;
+    let link = db.query(
+        "SELECT onboarding.create_account_link($1, 'https://example.com/r', 'https://example.com/b',
+                                               profile_table => $2::text::regclass)",
+        &[&attacker, &hers],
+    );
+    ensure(link.is_err(), || "she got a link to the victim's Account".into())?;
+    db.execute(&format!("DELETE FROM {hers} WHERE id::text = $1"), &[&attacker])?;
+    // Her own Account (now named by no profile) is hers to lose; the victim's stays as it was.
+    let untouched = || {
+        let a = env().stripe.v2_accounts().into_iter().find(|a| a["id"] == target.as_str()).unwrap_or_default();
+        a["closed"] == false && a["contact_email"] == "victim@example.com"
+    };
+    let actions = refused(&mut db);
+    ensure(untouched(), || format!("the victim's Account was changed; refusals {actions:?}"))?;
+    ensure(actions.iter().any(|a| a == "email sync") && actions.iter().any(|a| a == "account link"), || {
+        format!("refusals {actions:?}")
+    })?;
+    let posts_to_target = requests_on(&target)
+        .iter()
+        .filter(|r| r.method == "POST" && r.path != format!("/v2/core/accounts/{target}"))
+        .count();
+    ensure(posts_to_target == 0, || format!("{posts_to_target} requests closed or linked the victim's Account"))
+}
+
+/// A 409 `idempotency_key_in_use` (the first request under the key still runs) is retried under
+/// the same key, which gets the first request's Account: not looked up in the v2 list, which could
+/// not show a minutes-old Account and would have kept the job waiting for it to settle (seen in
+/// the chaos run: jobs open after 90 s).
+fn a_key_still_in_use_is_retried_not_looked_up() -> Result<(), Failed> {
+    let mut db = db();
+    let table = v2_table(&mut db, "profiles_v2_key_in_use", "");
+    env().stripe.inject(
+        Fault::status(409)
+            .error_type("idempotency_error")
+            .code("idempotency_key_in_use")
+            .on("POST", "/v2/core/accounts"),
+    );
+    let user = insert(&mut db, &table, "in-use@example.com", "buyer");
+    let account = wait_for_account(&mut db, &table, &user)?;
+    let lists =
+        env().stripe.requests().into_iter().filter(|r| r.method == "GET" && r.path == "/v2/core/accounts").count();
+    let accounts = v2_accounts_for(&user);
+    ensure(lists == 0 && accounts.len() == 1 && accounts[0]["id"] == account.as_str(), || {
+        format!("{lists} list requests, Accounts {accounts:?}")
     })
 }
