@@ -726,14 +726,23 @@ fn accounts_v2_beside_v1(db: &mut Client, stripe: &Emulator, row: &dyn Fn(&str, 
     };
     let side = |v1: f64, v2: f64, unit: &str| format!("{v1:.1} / {v2:.1} {unit} ({:.2}x)", v2 / v1);
     let samples = size("BENCH_V2_SAMPLES", 200) as usize;
+    let mut phases_of = [Vec::new(), Vec::new()];
     let (v1, v2) = both(
         &mut |db, table| {
             let users = one_at_a_time_in(db, table, samples, Duration::ZERO);
+            phases_of[usize::from(table == V2)].push(phases(db, &users));
             written_back_percentiles(db, &users).0
         },
         db,
     );
     row("13a. line 1's p50, v1 Customer / v2 Account", side(v1, v2, "ms"), "v2 <= 1.10x");
+    let medians = |runs: &[[f64; 4]]| -> String {
+        (0..4)
+            .map(|i| format!("{:.2}", mean(&runs.iter().map(|r| r[i]).collect::<Vec<_>>())))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    row("13a'. its phases (1c's), v1 | v2", format!("{} | {} ms", medians(&phases_of[0]), medians(&phases_of[1])), "-");
     // The database's work per signup, insert to write-back, as the WAL it writes (the harness's
     // polls write none): the intake, the job and its moves, the events, the write-back.
     let wal = |db: &mut Client, table: Table| -> f64 {

@@ -54,20 +54,7 @@ pub fn for_each_page(
         if shutdown_requested() {
             return Err(ListingError::Stopped("the worker is shutting down".into()));
         }
-        let mut attempt = 0;
-        let page = loop {
-            attempt += 1;
-            match runtime.block_on(client.list_page_since(kind, after.as_deref(), created_since)) {
-                Ok(page) => break Ok(page),
-                Err(error) => match classify(&error, false) {
-                    Disposition::Retry { rate_limited } if attempt < gucs::max_attempts() => {
-                        let delay = gucs::backoff().delay(attempt, rate_limited, &mut rand::rng());
-                        std::thread::sleep(delay.min(Duration::from_secs(30)));
-                    }
-                    _ => break Err(error),
-                },
-            }
-        };
+        let page = read_page(runtime, classify, || client.list_page_since(kind, after.as_deref(), created_since));
         check_for_interrupts!();
         let (objects, more) = page.map_err(|error| ListingError::Stripe(Box::new(error)))?;
         take(&objects).map_err(ListingError::Stopped)?;
@@ -92,24 +79,13 @@ pub fn for_each_v2_accounts_page(
         if shutdown_requested() {
             return Err(ListingError::Stopped("the worker is shutting down".into()));
         }
-        let mut attempt = 0;
-        let page: Result<Page<ListedAccount>, StripeError> = loop {
-            attempt += 1;
-            let read = match &next {
-                None => runtime.block_on(v2.list_accounts(&AccountsFilter::default())),
-                Some(next) => runtime.block_on(v2.next_accounts_page(next)),
-            };
-            match read {
-                Ok(page) => break Ok(page),
-                Err(error) => match classify_v2(&error, false) {
-                    Disposition::Retry { rate_limited } if attempt < gucs::max_attempts() => {
-                        let delay = gucs::backoff().delay(attempt, rate_limited, &mut rand::rng());
-                        std::thread::sleep(delay.min(Duration::from_secs(30)));
-                    }
-                    _ => break Err(error),
-                },
+        let filter = AccountsFilter::default();
+        let page: Result<Page<ListedAccount>, StripeError> = read_page(runtime, classify_v2, || async {
+            match &next {
+                None => v2.list_accounts(&filter).await,
+                Some(next) => v2.next_accounts_page(next).await,
             }
-        };
+        });
         check_for_interrupts!();
         let page = page.map_err(|error| ListingError::Stripe(Box::new(error)))?;
         let accounts: Vec<Account> = page
@@ -124,6 +100,31 @@ pub fn for_each_v2_accounts_page(
         match page.next {
             Some(more) => next = Some(more),
             None => return Ok(()),
+        }
+    }
+}
+
+/// Reads one page, again after a failure the retry policy (`classify`: v1's or v2's) retries, at
+/// most `onboarding.max_attempts` times, backing off on this thread (30 s at most). (The error is
+/// the client's own, as every call of it returns it.)
+#[allow(clippy::result_large_err)]
+fn read_page<T, F: Future<Output = Result<T, StripeError>>>(
+    runtime: &tokio::runtime::Runtime,
+    classify: fn(&StripeError, bool) -> Disposition,
+    mut read: impl FnMut() -> F,
+) -> Result<T, StripeError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match runtime.block_on(read()) {
+            Ok(page) => return Ok(page),
+            Err(error) => match classify(&error, false) {
+                Disposition::Retry { rate_limited } if attempt < gucs::max_attempts() => {
+                    let delay = gucs::backoff().delay(attempt, rate_limited, &mut rand::rng());
+                    std::thread::sleep(delay.min(Duration::from_secs(30)));
+                }
+                _ => return Err(error),
+            },
         }
     }
 }

@@ -96,7 +96,7 @@ impl V2Work {
         match self {
             V2Work::Create { account, look_up } => json!({
                 "method": "POST", "path": ACCOUNTS_PATH, "attempt": attempt, "idempotency_key": job.idempotency_key,
-                "email": account.contact_email, "configuration": ["customer"], "look_up_first": look_up,
+                "email": account.contact_email, "look_up_first": look_up,
             }),
             V2Work::Configure { account, capabilities, .. } => json!({
                 "method": "POST", "path": format!("{ACCOUNTS_PATH}/{account}"), "attempt": attempt,
@@ -204,14 +204,27 @@ async fn close(client: &StripeClient, id: &str, key: &str) -> Outcome {
 }
 
 /// What the first attempt of a creation sends, stored (`jobs.request_params`) so that every retry
-/// sends exactly the same body (`email` and `user_id` as v1's: the write-back compares the email).
+/// sends exactly the same body: `email` and `user_id` as v1's (the write-back compares the email),
+/// and only what differs from the defaults (the Express equivalent: a job row carries it through
+/// each of its moves, so a signup writes no more than a v1 one). Should the defaults change under a
+/// job in flight, its retry sends another body: Stripe refuses the key (`idempotency_error`) and
+/// the job looks its Account up first, as after any refusal.
 fn creation_params(account: &NewAccount) -> Value {
-    json!({
-        "email": account.contact_email, "user_id": account.user_id, "display_name": account.display_name,
-        "dashboard": account.dashboard.as_str(),
-        "fees_collector": account.responsibilities.fees_collector.as_str(),
-        "losses_collector": account.responsibilities.losses_collector.as_str(),
-    })
+    let mut params = json!({"email": account.contact_email, "user_id": account.user_id});
+    if let Some(name) = &account.display_name {
+        params["display_name"] = json!(name);
+    }
+    if account.dashboard != Dashboard::default() {
+        params["dashboard"] = json!(account.dashboard.as_str());
+    }
+    let Responsibilities { fees_collector, losses_collector } = account.responsibilities;
+    if fees_collector != FeesCollector::default() {
+        params["fees_collector"] = json!(fees_collector.as_str());
+    }
+    if losses_collector != LossesCollector::default() {
+        params["losses_collector"] = json!(losses_collector.as_str());
+    }
+    params
 }
 
 /// An Account to make for `user_id`: the write-back needs its id, `metadata.user_id` and contact
@@ -225,11 +238,15 @@ fn stored_creation(params: &Value) -> Option<NewAccount> {
     let text = |key: &str| params.get(key).and_then(Value::as_str);
     let mut account = new_account(text("user_id")?, text("email")?);
     account.display_name = text("display_name").map(String::from);
-    account.dashboard = Dashboard::parse(text("dashboard")?)?;
-    account.responsibilities = Responsibilities {
-        fees_collector: FeesCollector::parse(text("fees_collector")?)?,
-        losses_collector: LossesCollector::parse(text("losses_collector")?)?,
-    };
+    if let Some(name) = text("dashboard") {
+        account.dashboard = Dashboard::parse(name)?;
+    }
+    if let Some(name) = text("fees_collector") {
+        account.responsibilities.fees_collector = FeesCollector::parse(name)?;
+    }
+    if let Some(name) = text("losses_collector") {
+        account.responsibilities.losses_collector = LossesCollector::parse(name)?;
+    }
     Some(account)
 }
 

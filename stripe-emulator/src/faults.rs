@@ -18,6 +18,8 @@ pub struct Fault {
     pub method: Option<String>,
     /// Matches paths starting with this, e.g. `/v1/customers` also matches `/v1/customers/cus_1`.
     pub path_prefix: String,
+    /// Matches `path_prefix` exactly, not paths under it ([`Fault::on_exact`]).
+    pub exact_path: bool,
     pub times: u32,
     pub action: FaultAction,
 }
@@ -56,7 +58,7 @@ pub enum FaultAction {
 
 impl Fault {
     fn new(action: FaultAction) -> Fault {
-        Fault { method: None, path_prefix: "/v1/".to_string(), times: 1, action }
+        Fault { method: None, path_prefix: "/v1/".to_string(), exact_path: false, times: 1, action }
     }
 
     /// An error response with Stripe's usual type and message for `status`
@@ -107,6 +109,17 @@ impl Fault {
         self.method = (method != "*").then(|| method.to_ascii_uppercase());
         self.path_prefix = path_prefix.to_string();
         self
+    }
+
+    /// Restricts the fault to one method and exactly this path: `POST /v2/core/accounts` (a
+    /// create), not `POST /v2/core/accounts/{id}` (an update, or a permission check's probe).
+    pub fn on_exact(self, method: &str, path: &str) -> Fault {
+        Fault { exact_path: true, ..self.on(method, path) }
+    }
+
+    /// Whether the fault's path matches `path`.
+    fn path_matches(&self, path: &str) -> bool {
+        if self.exact_path { path == self.path_prefix } else { path.starts_with(&self.path_prefix) }
     }
 
     pub fn times(mut self, times: u32) -> Fault {
@@ -181,7 +194,7 @@ impl Fault {
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
-        self.times > 0 && self.method.as_deref().is_none_or(|m| m == method) && path.starts_with(&self.path_prefix)
+        self.times > 0 && self.method.as_deref().is_none_or(|m| m == method) && self.path_matches(path)
     }
 }
 
@@ -225,10 +238,8 @@ impl FaultQueue {
     fn take_random(&self, method: &str, path: &str) -> Option<FaultAction> {
         use rand::Rng;
         let (probability, faults) = self.random.as_ref()?;
-        let candidates: Vec<&Fault> = faults
-            .iter()
-            .filter(|f| f.method.as_deref().is_none_or(|m| m == method) && path.starts_with(&f.path_prefix))
-            .collect();
+        let candidates: Vec<&Fault> =
+            faults.iter().filter(|f| f.method.as_deref().is_none_or(|m| m == method) && f.path_matches(path)).collect();
         let mut rng = rand::rng();
         if candidates.is_empty() || !rng.random_bool(*probability) {
             return None;
@@ -331,6 +342,14 @@ impl TryFrom<FaultSpec> for Fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exact_path_leaves_the_paths_under_it_alone() {
+        let mut q = FaultQueue::default();
+        q.push(Fault::status(503).on_exact("POST", "/v2/core/accounts"));
+        assert!(q.take("POST", "/v2/core/accounts/acct_1").is_none());
+        assert!(matches!(q.take("POST", "/v2/core/accounts"), Some(FaultAction::Status { status: 503, .. })));
+    }
 
     #[test]
     fn consumed_in_injection_order() {

@@ -135,8 +135,8 @@ fn a_lost_answer_is_retried_under_the_same_key_into_the_same_account() -> Result
     let table = v2_table(&mut db, "profiles_v2_lost", "");
     // The first attempt makes the Account but its answer is lost; the second fails (503) before
     // Stripe does anything; the third is answered: by v2 idempotency, with the first's Account.
-    env().stripe.inject(Fault::drop_after().on("POST", "/v2/core/accounts"));
-    env().stripe.inject(Fault::status(503).on("POST", "/v2/core/accounts"));
+    env().stripe.inject(Fault::drop_after().on_exact("POST", "/v2/core/accounts"));
+    env().stripe.inject(Fault::status(503).on_exact("POST", "/v2/core/accounts"));
     let user = insert(&mut db, &table, "lost@example.com", "buyer");
     let account = wait_for_account(&mut db, &table, &user)?;
     let accounts = v2_accounts_for(&user);
@@ -239,8 +239,8 @@ fn an_account_past_the_idempotency_horizon_is_looked_up_and_adopted() -> Result<
     let mut db = db();
     let table = v2_table(&mut db, "profiles_v2_horizon", "");
     // Stripe makes the Account but the answer is lost; the retry is refused, parking the job.
-    env().stripe.inject(Fault::drop_after().on("POST", "/v2/core/accounts"));
-    env().stripe.inject(Fault::status(400).message("refused for the test").on("POST", "/v2/core/accounts"));
+    env().stripe.inject(Fault::drop_after().on_exact("POST", "/v2/core/accounts"));
+    env().stripe.inject(Fault::status(400).message("refused for the test").on_exact("POST", "/v2/core/accounts"));
     let user = insert(&mut db, &table, "horizon@example.com", "buyer");
     wait_for_state(&mut db, &user, "dead")?;
     ensure(v2_accounts_for(&user).len() == 1, || "the first attempt made no Account".into())?;
@@ -694,7 +694,7 @@ fn a_key_still_in_use_is_retried_not_looked_up() -> Result<(), Failed> {
         Fault::status(409)
             .error_type("idempotency_error")
             .code("idempotency_key_in_use")
-            .on("POST", "/v2/core/accounts"),
+            .on_exact("POST", "/v2/core/accounts"),
     );
     let user = insert(&mut db, &table, "in-use@example.com", "buyer");
     let account = wait_for_account(&mut db, &table, &user)?;
