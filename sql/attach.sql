@@ -420,8 +420,8 @@ BEGIN
         RAISE EXCEPTION 'onboarding.attach: % is attached with stripe_objects => %, and has Stripe objects or jobs of that model',
                 profile_table, quote_literal(attached_as)
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'A table switches model only before any of its profiles is provisioned. See "Choosing the '
-                         'Stripe objects" in the Connect guide for moving to accounts_v2.';
+                  HINT = 'A table switches model only before any of its profiles is provisioned: a Customer does not '
+                         'become an Account. See "Moving to Accounts v2" in docs/src/guides/accounts-v2.md.';
     END IF;
     id_type := onboarding._column_type(profile_table, id_column, 'id',
         ARRAY['uuid', 'text', 'character varying', 'bigint', 'integer']::regtype[]);

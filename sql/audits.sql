@@ -212,8 +212,14 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
            'no key, or Stripe refused it: the server log says which'
       FROM keys
     UNION ALL
-    SELECT 'workers whose key may not do Connect', count(*) FILTER (WHERE k = 'connect refused')::numeric,
+    SELECT 'workers whose key may not do Connect',
+           count(*) FILTER (WHERE k IN ('connect refused', 'connect and accounts_v2 refused'))::numeric,
            'Connect jobs wait; customers go on'
+      FROM keys
+    UNION ALL
+    SELECT 'workers whose key may not call /v2',
+           count(*) FILTER (WHERE k IN ('accounts_v2 refused', 'connect and accounts_v2 refused'))::numeric,
+           'accounts_v2 tables'' jobs wait; v1 tables'' go on'
       FROM keys
     UNION ALL
     -- Pending work by priority lane (jobs.lane, claimed lowest first).

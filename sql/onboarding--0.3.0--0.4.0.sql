@@ -460,8 +460,14 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
            'no key, or Stripe refused it: the server log says which'
       FROM keys
     UNION ALL
-    SELECT 'workers whose key may not do Connect', count(*) FILTER (WHERE k = 'connect refused')::numeric,
+    SELECT 'workers whose key may not do Connect',
+           count(*) FILTER (WHERE k IN ('connect refused', 'connect and accounts_v2 refused'))::numeric,
            'Connect jobs wait; customers go on'
+      FROM keys
+    UNION ALL
+    SELECT 'workers whose key may not call /v2',
+           count(*) FILTER (WHERE k IN ('accounts_v2 refused', 'connect and accounts_v2 refused'))::numeric,
+           'accounts_v2 tables'' jobs wait; v1 tables'' go on'
       FROM keys
     UNION ALL
     -- Pending work by priority lane (jobs.lane, claimed lowest first).
@@ -614,8 +620,8 @@ BEGIN
         RAISE EXCEPTION 'onboarding.attach: % is attached with stripe_objects => %, and has Stripe objects or jobs of that model',
                 profile_table, quote_literal(attached_as)
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'A table switches model only before any of its profiles is provisioned. See "Choosing the '
-                         'Stripe objects" in the Connect guide for moving to accounts_v2.';
+                  HINT = 'A table switches model only before any of its profiles is provisioned: a Customer does not '
+                         'become an Account. See "Moving to Accounts v2" in docs/src/guides/accounts-v2.md.';
     END IF;
     id_type := onboarding._column_type(profile_table, id_column, 'id',
         ARRAY['uuid', 'text', 'character varying', 'bigint', 'integer']::regtype[]);

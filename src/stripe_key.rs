@@ -32,11 +32,22 @@ pub enum KeyState {
     ConnectRefused = 3,
     /// The key may do what this database needs.
     Usable = 4,
+    /// The key may not call `/v2`: accounts_v2 tables' jobs wait.
+    AccountsV2Refused = 5,
+    /// Both of those: Connect's jobs and accounts_v2 tables' wait.
+    ConnectAndAccountsV2Refused = 6,
 }
 
 impl KeyState {
-    const ALL: [KeyState; 5] =
-        [KeyState::Starting, KeyState::Missing, KeyState::Refused, KeyState::ConnectRefused, KeyState::Usable];
+    const ALL: [KeyState; 7] = [
+        KeyState::Starting,
+        KeyState::Missing,
+        KeyState::Refused,
+        KeyState::ConnectRefused,
+        KeyState::Usable,
+        KeyState::AccountsV2Refused,
+        KeyState::ConnectAndAccountsV2Refused,
+    ];
 
     /// The state a worker published (pg/processes.rs); an unknown code reads as starting.
     fn from_code(code: u32) -> KeyState {
@@ -51,6 +62,8 @@ impl KeyState {
             KeyState::Refused => "refused",
             KeyState::ConnectRefused => "connect refused",
             KeyState::Usable => "usable",
+            KeyState::AccountsV2Refused => "accounts_v2 refused",
+            KeyState::ConnectAndAccountsV2Refused => "connect and accounts_v2 refused",
         }
     }
 }
@@ -159,12 +172,17 @@ impl StripeKey {
 
     /// What this worker can do with its key now.
     pub fn state(&self) -> KeyState {
-        match (&self.client, self.connect_refused_at, self.refused_at) {
-            (Some(_), Some(_), _) => KeyState::ConnectRefused,
-            (Some(_), None, _) => KeyState::Usable,
-            (None, _, Some(_)) => KeyState::Refused,
-            (None, _, None) if self.warned_no_key => KeyState::Missing,
-            (None, _, None) => KeyState::Starting,
+        let held_back = self.held_back();
+        match (&self.client, self.refused_at) {
+            (Some(_), _) => match (held_back.connect, held_back.accounts_v2) {
+                (true, true) => KeyState::ConnectAndAccountsV2Refused,
+                (true, false) => KeyState::ConnectRefused,
+                (false, true) => KeyState::AccountsV2Refused,
+                (false, false) => KeyState::Usable,
+            },
+            (None, Some(_)) => KeyState::Refused,
+            (None, None) if self.warned_no_key => KeyState::Missing,
+            (None, None) => KeyState::Starting,
         }
     }
 

@@ -542,6 +542,16 @@ fn a_key_that_may_not_call_v2_holds_back_v2_tables_only() -> Result<(), Failed> 
         let waiting = jobs_for(&mut db, &user).into_iter().next().ok_or("no job")?;
         ensure(waiting.state == "pending" && waiting.attempts == 0, || format!("{waiting:?}"))?;
         ensure(v2_accounts_for(&user).is_empty(), || "an Account was made".into())?;
+        // Where an operator's dashboard reads (onboarding_stats_workers_key_v2_refused).
+        let v2_refused = |db: &mut Client| -> f64 {
+            db.query_one(
+                "SELECT value::float8 FROM onboarding.stats WHERE metric = 'workers whose key may not call /v2'",
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(-1.0)
+        };
+        wait_for("the stats to count the worker", DEADLINE, || (v2_refused(&mut db) >= 1.0).then_some(()))?;
 
         let may = [
             Permission::CustomerWrite,
@@ -554,6 +564,8 @@ fn a_key_that_may_not_call_v2_holds_back_v2_tables_only() -> Result<(), Failed> 
         wait_for_account(&mut db, &v2, &user)?;
         let job = jobs_for(&mut db, &user).into_iter().next().ok_or("no job")?;
         ensure(job.attempts == 1 && job.last_error.is_none(), || format!("attempts were spent meanwhile: {job:?}"))?;
+        let still = v2_refused(&mut db);
+        ensure(still == 0.0, || format!("{still} workers still counted as refused /v2"))?;
         let log = env().cluster.server_log();
         ensure(!log.contains(RESTRICTED_KEY), || "the restricted key is in the server log".into())
     })();
