@@ -202,6 +202,16 @@ pub enum Transition {
 }
 
 impl Transition {
+    /// [`Transition::Skip`] with nothing undone: nothing to do, `because`.
+    pub fn skip(because: &str) -> Transition {
+        Transition::Skip { because: because.into(), undone: None }
+    }
+
+    /// [`Transition::Die`] naming no object: parked with `error`.
+    pub fn die(error: &str) -> Transition {
+        Transition::Die { error: error.into(), object: None }
+    }
+
     pub fn to(&self) -> JobState {
         match self {
             Transition::Claim => JobState::Running,

@@ -37,14 +37,6 @@ pub enum V2Plan {
     WaitForCustomer,
 }
 
-fn skip(because: &str) -> Transition {
-    Transition::Skip { because: because.into(), undone: None }
-}
-
-fn die(error: &str) -> Transition {
-    Transition::Die { error: error.into(), object: None }
-}
-
 /// What an accounts_v2 job sends.
 pub enum V2Work {
     /// The profile's Account, with the customer configuration; with `look_up`, first look for one
@@ -265,7 +257,10 @@ pub fn plan(job: &ClaimedJob, kind: JobKind, table: &AccountsV2Table) -> V2Plan 
             });
             match plan_customer(user_id, job.profile.clone(), first) {
                 CustomerPlan::ProfileGone => {
-                    return V2Plan::Finish(skip("profile not found"), json!({"reason": "profile not found"}));
+                    return V2Plan::Finish(
+                        Transition::skip("profile not found"),
+                        json!({"reason": "profile not found"}),
+                    );
                 }
                 CustomerPlan::CleanUp(_) => (V2Work::CleanUp, None),
                 CustomerPlan::AlreadyProvisioned(existing) => {
@@ -274,7 +269,7 @@ pub fn plan(job: &ClaimedJob, kind: JobKind, table: &AccountsV2Table) -> V2Plan 
                     return V2Plan::Finish(done, detail);
                 }
                 CustomerPlan::Unusable(reason) => {
-                    return V2Plan::Finish(die(&reason), json!({"reason": reason}));
+                    return V2Plan::Finish(Transition::die(&reason), json!({"reason": reason}));
                 }
                 CustomerPlan::Create(customer) => {
                     let look_up = job.look_up_first;
@@ -301,7 +296,10 @@ pub fn plan(job: &ClaimedJob, kind: JobKind, table: &AccountsV2Table) -> V2Plan 
             // The same Account, so "after the customer" means: once the Account is on the profile.
             match plan_account(user_id, job.profile.as_ref(), None) {
                 AccountPlan::ProfileGone => {
-                    return V2Plan::Finish(skip("profile not found"), json!({"reason": "profile not found"}));
+                    return V2Plan::Finish(
+                        Transition::skip("profile not found"),
+                        json!({"reason": "profile not found"}),
+                    );
                 }
                 AccountPlan::AlreadyProvisioned(existing) => {
                     let detail = json!({"reason": "profile already has a connected Account", "stripe_id": existing});
@@ -328,7 +326,7 @@ pub fn plan(job: &ClaimedJob, kind: JobKind, table: &AccountsV2Table) -> V2Plan 
             match plan_close_account(&target(), job.profile.as_ref()) {
                 DeletePlan::InUse => {
                     let detail = json!({"reason": "the profile links this Account again", "stripe_id": target()});
-                    return V2Plan::Finish(skip("the profile links this Account again"), detail);
+                    return V2Plan::Finish(Transition::skip("the profile links this Account again"), detail);
                 }
                 DeletePlan::Delete(account) => (V2Work::Close(account), None),
             }
@@ -336,8 +334,10 @@ pub fn plan(job: &ClaimedJob, kind: JobKind, table: &AccountsV2Table) -> V2Plan 
         JobKind::UpdateCustomerEmail => {
             let first_email = job.request_params.as_ref().and_then(|p| p.get("email")).and_then(Value::as_str);
             match plan_email_update(&target(), job.profile.as_ref(), first_email) {
-                EmailPlan::Skip(reason) => return V2Plan::Finish(skip(&reason), json!({"reason": reason})),
-                EmailPlan::Unusable(reason) => return V2Plan::Finish(die(&reason), json!({"reason": reason})),
+                EmailPlan::Skip(reason) => return V2Plan::Finish(Transition::skip(&reason), json!({"reason": reason})),
+                EmailPlan::Unusable(reason) => {
+                    return V2Plan::Finish(Transition::die(&reason), json!({"reason": reason}));
+                }
                 EmailPlan::Update(email) => {
                     let params = first_email.is_none().then(|| json!({"email": email, "user_id": user_id}));
                     (V2Work::UpdateEmail { account: target(), email }, params)

@@ -232,7 +232,7 @@ pub fn plan(job: ClaimedJob) -> Planned {
     let mut first_params = None;
     let Some(kind) = JobKind::parse(&job.kind) else {
         let reason = format!("unknown job kind {:?}", job.kind);
-        return Planned::Finish(die(&reason), json!({"reason": reason}));
+        return Planned::Finish(Transition::die(&reason), json!({"reason": reason}));
     };
     if let (JobKind::CreateCustomer | JobKind::CreateConnectAccount, Some(object)) = (kind, &job.stripe_id) {
         return Planned::WriteBack(object.clone());
@@ -251,7 +251,7 @@ pub fn plan(job: ClaimedJob) -> Planned {
         JobKind::CreateCustomer => match plan_customer(user_id, job.profile.clone(), job.first_request.clone()) {
             CustomerPlan::ProfileGone => {
                 log!("onboarding: profile of user {user_id} no longer exists; skipping job {id}");
-                return Planned::Finish(skip("profile not found"), json!({"reason": "profile not found"}));
+                return Planned::Finish(Transition::skip("profile not found"), json!({"reason": "profile not found"}));
             }
             CustomerPlan::CleanUp(sent) => Work::CleanUpCustomer { emails: vec![sent.email] },
             CustomerPlan::AlreadyProvisioned(existing) => {
@@ -261,7 +261,7 @@ pub fn plan(job: ClaimedJob) -> Planned {
             }
             CustomerPlan::Unusable(reason) => {
                 warning!("onboarding: not creating a Stripe customer for user {user_id}: {reason} (job {id})");
-                return Planned::Finish(die(&reason), json!({"reason": reason}));
+                return Planned::Finish(Transition::die(&reason), json!({"reason": reason}));
             }
             CustomerPlan::Create(customer) => {
                 if job.first_request.is_none() {
@@ -281,7 +281,7 @@ pub fn plan(job: ClaimedJob) -> Planned {
             match plan_delete(&target, job.profile.as_ref()) {
                 DeletePlan::InUse => {
                     let detail = json!({"reason": "the profile links this customer again", "stripe_id": target});
-                    return Planned::Finish(skip("the profile links this customer again"), detail);
+                    return Planned::Finish(Transition::skip("the profile links this customer again"), detail);
                 }
                 DeletePlan::Delete(customer) => Work::DeleteCustomer(customer),
             }
@@ -291,7 +291,10 @@ pub fn plan(job: ClaimedJob) -> Planned {
                 job.first_request.as_ref().map(|r| NewAccount { user_id: r.user_id.clone(), email: r.email.clone() });
             match plan_account(user_id, job.profile.as_ref(), first) {
                 AccountPlan::ProfileGone => {
-                    return Planned::Finish(skip("profile not found"), json!({"reason": "profile not found"}));
+                    return Planned::Finish(
+                        Transition::skip("profile not found"),
+                        json!({"reason": "profile not found"}),
+                    );
                 }
                 AccountPlan::AlreadyProvisioned(existing) => {
                     let detail = json!({"reason": "profile already has a Connect account", "stripe_id": existing});
@@ -302,7 +305,7 @@ pub fn plan(job: ClaimedJob) -> Planned {
                 }
                 AccountPlan::WaitForCustomer => return Planned::WaitForCustomer,
                 AccountPlan::Unusable(reason) => {
-                    return Planned::Finish(die(&reason), json!({"reason": reason}));
+                    return Planned::Finish(Transition::die(&reason), json!({"reason": reason}));
                 }
                 AccountPlan::Create(account) => {
                     if job.first_request.is_none() {
@@ -316,7 +319,7 @@ pub fn plan(job: ClaimedJob) -> Planned {
             let target = job.stripe_id.clone().unwrap_or_default();
             if job.profile.as_ref().and_then(|p| p.connect_account_id.as_deref()) == Some(target.as_str()) {
                 let detail = json!({"reason": "the profile links this account again", "stripe_id": target});
-                return Planned::Finish(skip("the profile links this account again"), detail);
+                return Planned::Finish(Transition::skip("the profile links this account again"), detail);
             }
             Work::DeleteAccount(target)
         }
@@ -325,10 +328,10 @@ pub fn plan(job: ClaimedJob) -> Planned {
             let first_email = job.first_request.as_ref().map(|r| r.email.as_str());
             match plan_email_update(&target, job.profile.as_ref(), first_email) {
                 EmailPlan::Skip(reason) => {
-                    return Planned::Finish(skip(&reason), json!({"reason": reason}));
+                    return Planned::Finish(Transition::skip(&reason), json!({"reason": reason}));
                 }
                 EmailPlan::Unusable(reason) => {
-                    return Planned::Finish(die(&reason), json!({"reason": reason}));
+                    return Planned::Finish(Transition::die(&reason), json!({"reason": reason}));
                 }
                 EmailPlan::Update(email) => {
                     if job.first_request.is_none() {
@@ -383,14 +386,6 @@ impl Call {
             since_first_attempt: job.since_first_attempt,
         }
     }
-}
-
-pub fn skip(because: &str) -> Transition {
-    Transition::Skip { because: because.into(), undone: None }
-}
-
-pub fn die(error: &str) -> Transition {
-    Transition::Die { error: error.into(), object: None }
 }
 
 /// What a job's first attempt sends (`jobs.request_params`); retries resend exactly that.

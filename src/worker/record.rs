@@ -18,7 +18,7 @@ use crate::gucs;
 use crate::pg::transaction::in_transaction;
 use crate::queries::jobs::{self, WriteBack};
 use crate::worker::accounts_v2::V2Work;
-use crate::worker::calls::{Call, Outcome, Work, die, skip};
+use crate::worker::calls::{Call, Outcome, Work};
 
 /// Why a Connect job waits (its `postponed` event) while the key lacks Connect's permissions.
 pub const CONNECT_REFUSED: &str =
@@ -191,14 +191,14 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
         }
         Outcome::NothingToCleanUp => {
             let because = "profile not found; no customer from earlier attempts";
-            jobs::finish(job_id, skip(because), json!({"reason": because}));
+            jobs::finish(job_id, Transition::skip(because), json!({"reason": because}));
         }
         Outcome::Undecided(reason) => {
             let what = call.describe();
             let reason = format!("the look-up could not decide whether Stripe holds the object: {reason}");
             warning!("onboarding: {what}: {reason}; run onboarding.retry({job_id}) once it can (job {job_id})");
             let detail = json!({"reason": reason, "attempt": call.attempts});
-            jobs::finish(job_id, die(&reason), detail);
+            jobs::finish(job_id, Transition::die(&reason), detail);
         }
         Outcome::NotYetListed(wait) if call.attempts < gucs::max_attempts() => {
             let error = "the Account was not found, but the v2 Accounts list may not show it yet (it is eventually \
@@ -214,7 +214,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 "onboarding: {}: {reason}; run onboarding.retry({job_id}) to look again (job {job_id})",
                 call.describe()
             );
-            jobs::finish(job_id, die(reason), json!({"reason": reason, "attempt": call.attempts}));
+            jobs::finish(job_id, Transition::die(reason), json!({"reason": reason, "attempt": call.attempts}));
         }
         Outcome::Failed(error) if call.is_connect() && permission_refused(error) => {
             // Not the job's fault: it waits for a key that may (the worker says so once).
@@ -259,7 +259,7 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
                 }
                 AfterFailure::Dead => {
                     warning!("onboarding: {what} failed for good: {message} (job {job_id}, attempt {})", call.attempts);
-                    jobs::finish(job_id, die(&message), detail);
+                    jobs::finish(job_id, Transition::die(&message), detail);
                 }
             }
         }
@@ -288,7 +288,7 @@ fn link_object(call: &Call, customer: &StripeObject) {
         );
         warning!("onboarding: not linking {}: {reason} (job {job_id})", customer.id);
         let detail = json!({"reason": reason, "stripe_id": customer.id});
-        jobs::finish(job_id, die(&reason), detail);
+        jobs::finish(job_id, Transition::die(&reason), detail);
         return;
     }
     match jobs::write_back(job_id, &customer.id) {
