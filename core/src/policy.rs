@@ -95,6 +95,15 @@ pub fn v2_not_found_is_absent(since_first_sent: Duration) -> Result<(), Duration
     }
 }
 
+/// The key under which a creation job closes the Account its lost attempt made, once the profile
+/// is gone. Not the creation's own key: Stripe binds a key to one endpoint ("Keys for idempotent
+/// requests can only be used for the same endpoint they were first used for") and would refuse
+/// the close. Derived from it, so it is fixed when the creation's key is and the same at every
+/// retry of the clean-up.
+pub fn v2_clean_up_close_key(creation_key: &str) -> String {
+    format!("{creation_key}-close")
+}
+
 /// Classifies the outcome of a `/v2` request. v2's idempotency is not v1's: "For API v1, Stripe
 /// saves the status code and body of the first request made with a given idempotency key …
 /// Retries with the same key return the saved response, including `500` errors. With API v2,
@@ -171,6 +180,15 @@ impl Backoff {
 mod tests {
     use super::*;
     use crate::stripe::error::{ApiError, TransportKind};
+
+    #[test]
+    fn a_clean_up_closes_under_its_own_fixed_key_which_stripe_can_take() {
+        let creation = "onboarding-42f04381-4681-e0f5-e7b2-99e5f9e91716";
+        let close = v2_clean_up_close_key(creation);
+        assert_ne!(close, creation);
+        assert_eq!(close, v2_clean_up_close_key(creation));
+        assert!(crate::stripe::v2::checked_idempotency_key(&close).is_ok());
+    }
 
     #[test]
     fn a_v2_look_up_proves_absence_only_once_the_list_has_settled() {

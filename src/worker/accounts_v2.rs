@@ -15,7 +15,7 @@ use onboarding_core::job::{
     AccountPlan, CustomerPlan, DeletePlan, EmailPlan, plan_account, plan_close_account, plan_customer,
     plan_email_update,
 };
-use onboarding_core::policy::v2_not_found_is_absent;
+use onboarding_core::policy::{v2_clean_up_close_key, v2_not_found_is_absent};
 use onboarding_core::state::{JobKind, Success, Transition};
 use onboarding_core::stripe::v2::{
     ACCOUNTS_PATH, Account, AccountLookUp, AccountUpdate, Dashboard, FeesCollector, LossesCollector, NewAccount,
@@ -156,7 +156,9 @@ impl V2Work {
                 }
             }
             V2Work::CleanUp => match v2.find_account(user_id, made_for_others).await {
-                Ok(AccountLookUp::Found { account, .. }) => close(client, &account.id, key).await,
+                Ok(AccountLookUp::Found { account, .. }) => {
+                    close(client, &account.id, &v2_clean_up_close_key(key)).await
+                }
                 Ok(AccountLookUp::NotFound { .. }) => match v2_not_found_is_absent(since_first_attempt) {
                     Ok(()) => Outcome::NothingToCleanUp,
                     Err(wait) => Outcome::NotYetListed(wait),
