@@ -79,9 +79,15 @@ fn tenant_is_superuser(db: &mut Client) -> bool {
 /// Before 0.3.0 the worker's write-back ran all of these as the bootstrap superuser: she became
 /// superuser and copied the live key into her table.
 fn a_table_owners_code_runs_with_her_rights_only() -> Result<(), Failed> {
+    owners_code_runs_with_her_rights_only("")
+}
+
+/// Her table attached with `attach_args` added (the Stripe object model): every vector of her code
+/// runs in the worker, as her, without the key or the queue.
+pub(crate) fn owners_code_runs_with_her_rights_only(attach_args: &str) -> Result<(), Failed> {
     let mut db = db();
     tenant(&mut db);
-    db.batch_execute(
+    db.batch_execute(&format!(
         "SET ROLE tenant;
          CREATE TABLE tenant.profiles (
              id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -100,8 +106,9 @@ fn a_table_owners_code_runs_with_her_rights_only() -> Result<(), Failed> {
          RESET ROLE;
          SELECT onboarding.attach('tenant.profiles', connect_account_column => 'stripe_connect_account_id',
                                   connect_policy => 'when',
-                                  connect_condition => 'tenant.capture_immutable(''connect condition'', email) IS NOT NULL');",
-    )
+                                  connect_condition => 'tenant.capture_immutable(''connect condition'', email) IS NOT NULL'
+                                  {attach_args});",
+    ))
     .unwrap();
     db.batch_execute("SET ROLE tenant").unwrap();
     let user: String = db

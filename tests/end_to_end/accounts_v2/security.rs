@@ -1,4 +1,5 @@
-//! A key that may not call /v2, and a tenant naming another's Account.
+//! A hostile owner of an accounts_v2 table, a key that may not call /v2, and a tenant naming
+//! another's Account.
 
 use libtest_mimic::{Failed, Trial};
 use postgres::Client;
@@ -12,6 +13,7 @@ use crate::helpers::{
 
 pub(super) fn tests() -> Vec<Trial> {
     trials![
+        an_accounts_v2_table_owners_code_runs_with_her_rights_only,
         a_key_that_may_not_call_v2_holds_back_v2_tables_only,
         a_tenant_naming_anothers_account_reaches_nothing_of_it,
     ]
@@ -163,4 +165,12 @@ fn a_tenant_naming_anothers_account_reaches_nothing_of_it() -> Result<(), Failed
         .filter(|r| r.method == "POST" && r.path != format!("/v2/core/accounts/{target}"))
         .count();
     ensure(posts_to_target == 0, || format!("{posts_to_target} requests closed or linked the victim's Account"))
+}
+
+/// The hostile owner of tenant.rs, her table attached with `accounts_v2`: the Account's write-back
+/// and the Connect column's and her condition run her code as her only.
+fn an_accounts_v2_table_owners_code_runs_with_her_rights_only() -> Result<(), Failed> {
+    crate::tenant::owners_code_runs_with_her_rights_only(
+        ", stripe_objects => 'accounts_v2', customer_column => 'stripe_customer_id'",
+    )
 }
