@@ -2,7 +2,7 @@
 
 use libtest_mimic::{Failed, Trial};
 
-use super::{column, insert, v2_table, wait_for_account};
+use super::{column, insert, v1_table, v2_table, wait_for_account};
 use crate::helpers::{DEADLINE, db, ensure, sqlstate, stripe_requests_for, wait_for};
 
 pub(super) fn tests() -> Vec<Trial> {
@@ -62,13 +62,7 @@ fn attach_and_account_options_are_checked() -> Result<(), Failed> {
 fn a_v1_table_and_a_v2_table_work_side_by_side() -> Result<(), Failed> {
     let mut db = db();
     let v2 = v2_table(&mut db, "profiles_side_v2", "");
-    let v1 = "public.profiles_side_v1";
-    db.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {v1};
-         CREATE TABLE {v1} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_customer_id text);
-         SELECT onboarding.attach('{v1}');"
-    ))
-    .unwrap();
+    let v1 = &v1_table(&mut db, "profiles_side_v1");
     // One transaction signs a user up in both.
     let mut tx = db.transaction().unwrap();
     let in_v2 = insert(&mut tx, &v2, "both@example.com", "buyer");

@@ -47,6 +47,18 @@ pub(super) fn v2_table(db: &mut Client, name: &str, attach_args: &str) -> String
     table
 }
 
+/// A v1 table (the default model) beside the v2 ones, attached.
+pub(super) fn v1_table(db: &mut Client, name: &str) -> String {
+    let table = format!("public.{name}");
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_customer_id text);
+         SELECT onboarding.attach('{table}');"
+    ))
+    .unwrap();
+    table
+}
+
 pub(super) fn insert(db: &mut impl postgres::GenericClient, table: &str, email: &str, role: &str) -> String {
     db.query_one(
         &format!("INSERT INTO {table} (email, full_name, role) VALUES ($1, 'Ada Lovelace', $2) RETURNING id::text"),

@@ -5,7 +5,7 @@ use libtest_mimic::{Failed, Trial};
 use postgres::Client;
 use stripe_emulator::Permission;
 
-use super::{column, insert, requests_on, v2_accounts_for, v2_table, wait_for_account};
+use super::{column, insert, requests_on, v1_table, v2_accounts_for, v2_table, wait_for_account};
 use crate::env;
 use crate::helpers::{
     self, API_KEY, DEADLINE, db, ensure, events_for, jobs_for, set_and_reload, wait_for, wait_for_customer,
@@ -28,13 +28,7 @@ const RESTRICTED_KEY: &str = "rk_test_onboardingE2Ev2restricted3b1d";
 fn a_key_that_may_not_call_v2_holds_back_v2_tables_only() -> Result<(), Failed> {
     let mut db = db();
     let v2 = v2_table(&mut db, "profiles_v2_restricted", "");
-    let v1 = "public.profiles_v2_restricted_v1";
-    db.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {v1};
-         CREATE TABLE {v1} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text, stripe_customer_id text);
-         SELECT onboarding.attach('{v1}');"
-    ))
-    .unwrap();
+    let v1 = &v1_table(&mut db, "profiles_v2_restricted_v1");
     let stripe = &env().stripe;
     stripe.set_restricted_key(RESTRICTED_KEY, [Permission::CustomerWrite, Permission::EventRead])?;
     let log_before = env().cluster.server_log().len();
