@@ -186,11 +186,6 @@ impl StripeKey {
         }
     }
 
-    /// Whether Connect's work waits (the key may not do it).
-    pub fn connect_refused(&self) -> bool {
-        self.connect_refused_at.is_some()
-    }
-
     /// What waits for the key: Connect's jobs, accounts_v2 tables' jobs.
     pub fn held_back(&self) -> HeldBack {
         HeldBack { connect: self.connect_refused_at.is_some(), accounts_v2: self.accounts_v2_refused_at.is_some() }
@@ -354,7 +349,7 @@ impl StripeKey {
             key.connect_checked = needs.connect;
             key.accounts_v2_checked = needs.accounts_v2;
         };
-        match runtime.block_on(client.check_permissions_for(needs)) {
+        match runtime.block_on(client.check_permissions(needs)) {
             Ok(()) => {
                 if self.connect_refused_at.take().is_some() {
                     log!("onboarding: the Stripe key may do Connect's work now; Connect jobs go on");

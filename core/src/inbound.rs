@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::stripe::is_stripe_id;
+use crate::stripe::v2::V2Readiness;
 
 /// A connected account's readiness, as the account object says.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,21 @@ pub struct AccountReadiness {
     pub details_submitted: bool,
     pub requirements_currently_due: Vec<String>,
     pub disabled_reason: Option<String>,
+}
+
+/// A v2 Account's readiness in v1's facts, the ones the readiness columns and `account_status`
+/// hold (its transfers, configurations and closing have no v1 field: a caller reads `closed`).
+impl From<V2Readiness> for AccountReadiness {
+    fn from(v2: V2Readiness) -> AccountReadiness {
+        AccountReadiness {
+            account: v2.account,
+            charges_enabled: v2.charges_enabled,
+            payouts_enabled: v2.payouts_enabled,
+            details_submitted: v2.details_submitted,
+            requirements_currently_due: v2.requirements_currently_due,
+            disabled_reason: v2.disabled_reason,
+        }
+    }
 }
 
 impl AccountReadiness {

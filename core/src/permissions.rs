@@ -54,11 +54,6 @@ pub enum PermissionCheckError {
 }
 
 impl PermissionCheckError {
-    /// Whether only Connect's permissions are missing: customers may go on, Connect waits.
-    pub fn connect_only(&self) -> bool {
-        matches!(self, PermissionCheckError::Missing(missing) if missing.iter().all(|m| m.connect_only))
-    }
-
     /// Whether every permission missing is Connect's or accounts_v2 tables' only: v1 customers
     /// may go on, and each of those waits for its own.
     pub fn scoped_only(&self) -> bool {
@@ -260,18 +255,14 @@ fn named_permission(message: &str) -> Option<String> {
 }
 
 impl StripeClient {
-    /// Checks that the key may create customers and, with `connect`, Connect accounts and their
-    /// onboarding links, without creating anything ([`crate::permissions`]). Every probe is
+    /// Checks that the key may create customers and what else `needs` says (Connect accounts and
+    /// their onboarding links; `/v2`'s Accounts and their links), without creating anything
+    /// ([`crate::permissions`]). Every probe is
     /// sent (so one check names every missing permission) unless the key is refused outright
     /// or a probe gets no decision. Each probe waits for the client's admission (the rate
     /// budgets, [`StripeClient::admitted_by`]): four workers' checks at once once took Stripe past
     /// the budget.
-    pub async fn check_permissions(&self, connect: bool) -> Result<(), PermissionCheckError> {
-        self.check_permissions_for(Needs { connect, accounts_v2: false }).await
-    }
-
-    /// [`check_permissions`](Self::check_permissions) for what `needs` says, `/v2` included.
-    pub async fn check_permissions_for(&self, needs: Needs) -> Result<(), PermissionCheckError> {
+    pub async fn check_permissions(&self, needs: Needs) -> Result<(), PermissionCheckError> {
         let mut missing = Vec::new();
         for probe in probes(needs) {
             let answer = match &probe.body {
@@ -320,8 +311,11 @@ mod tests {
     fn check(stripe: &Emulator, permissions: &[Permission], connect: bool) -> Result<(), PermissionCheckError> {
         stripe.set_restricted_key(RESTRICTED, permissions.iter().copied()).unwrap();
         let rt = crate::runtime::signal_safe_runtime().unwrap();
-        rt.block_on(client_for(stripe, RESTRICTED).check_permissions(connect))
+        rt.block_on(client_for(stripe, RESTRICTED).check_permissions(Needs { connect, accounts_v2: false }))
     }
+
+    const CONNECT: Needs = Needs { connect: true, accounts_v2: false };
+    const CUSTOMERS: Needs = Needs { connect: false, accounts_v2: false };
 
     const ALL: [Permission; 3] =
         [Permission::CustomerWrite, Permission::ConnectedAccountWrite, Permission::AccountLinkWrite];
@@ -347,7 +341,7 @@ mod tests {
         );
         // A secret key passes the same way.
         let rt = crate::runtime::signal_safe_runtime().unwrap();
-        assert_eq!(rt.block_on(client_for(&stripe, "sk_test_secretkey0123456789").check_permissions(true)), Ok(()));
+        assert_eq!(rt.block_on(client_for(&stripe, "sk_test_secretkey0123456789").check_permissions(CONNECT)), Ok(()));
     }
 
     #[test]
@@ -400,7 +394,7 @@ mod tests {
         let rt = crate::runtime::signal_safe_runtime().unwrap();
         let client = client_for(&stripe, RESTRICTED);
         let both = Needs { connect: true, accounts_v2: true };
-        assert_eq!(rt.block_on(client.check_permissions_for(both)), Ok(()));
+        assert_eq!(rt.block_on(client.check_permissions(both)), Ok(()));
         let answers: Vec<_> = stripe.requests().into_iter().map(|r| (r.path, r.status)).collect();
         assert_eq!(
             answers[3..],
@@ -413,9 +407,8 @@ mod tests {
 
         // Customers only: the v2 refusals are accounts_v2 tables' (and Connect's), not everyone's.
         stripe.set_restricted_key(RESTRICTED, [Permission::CustomerWrite]).unwrap();
-        let refused =
-            rt.block_on(client.check_permissions_for(Needs { connect: false, accounts_v2: true })).unwrap_err();
-        assert!(refused.scoped_only() && !refused.connect_only(), "{refused:?}");
+        let refused = rt.block_on(client.check_permissions(Needs { connect: false, accounts_v2: true })).unwrap_err();
+        assert!(refused.scoped_only() && refused.only(|m| !m.connect_only).is_some(), "{refused:?}");
         let Some(PermissionCheckError::Missing(v2)) = refused.only(|m| m.accounts_v2_only) else {
             panic!("{refused:?}")
         };
@@ -431,7 +424,8 @@ mod tests {
             Emulator::start("127.0.0.1:0", EmulatorConfig { api_key: Some(key.into()), ..Default::default() }).unwrap();
         let rt = crate::runtime::signal_safe_runtime().unwrap();
         let wrong = "sk_test_wrongkey0123456789";
-        let Err(PermissionCheckError::KeyRefused(e)) = rt.block_on(client_for(&stripe, wrong).check_permissions(true))
+        let Err(PermissionCheckError::KeyRefused(e)) =
+            rt.block_on(client_for(&stripe, wrong).check_permissions(CONNECT))
         else {
             panic!("a wrong key passed")
         };
@@ -440,13 +434,13 @@ mod tests {
         assert_eq!(stripe.requests().len(), 1, "no probe after the key was refused");
 
         stripe.inject(stripe_emulator::Fault::status(503).on("POST", "/v1/accounts"));
-        let answer = rt.block_on(client_for(&stripe, key).check_permissions(true));
+        let answer = rt.block_on(client_for(&stripe, key).check_permissions(CONNECT));
         assert!(
             matches!(answer, Err(PermissionCheckError::Inconclusive(ref e)) if e.status() == Some(503)),
             "{answer:?}"
         );
         stripe.inject(stripe_emulator::Fault::drop_before().on("POST", "/v1/customers"));
-        let answer = rt.block_on(client_for(&stripe, key).check_permissions(false));
+        let answer = rt.block_on(client_for(&stripe, key).check_permissions(CUSTOMERS));
         assert!(
             matches!(
                 answer,

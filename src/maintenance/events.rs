@@ -709,15 +709,7 @@ fn account_state(object: &Value, as_of: i64) -> Option<Value> {
     if v2.closed {
         return Some(json!({"account": v2.account, "as_of": as_of, "deauthorized": true}));
     }
-    let readiness = AccountReadiness {
-        account: v2.account,
-        charges_enabled: v2.charges_enabled,
-        payouts_enabled: v2.payouts_enabled,
-        details_submitted: v2.details_submitted,
-        requirements_currently_due: v2.requirements_currently_due,
-        disabled_reason: v2.disabled_reason,
-    };
-    Some(readiness_state(&readiness, as_of))
+    Some(readiness_state(&AccountReadiness::from(v2), as_of))
 }
 
 /// The readiness as `_apply_account_states` takes it, as of `as_of` (Unix seconds).

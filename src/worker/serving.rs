@@ -26,7 +26,7 @@ impl Worker {
                 requests::fail(request.ticket, "onboarding.stripe_api_key is not set");
                 continue;
             }
-            if request.kind == RequestKind::AccountLink && self.key.connect_refused() {
+            if request.kind == RequestKind::AccountLink && self.key.held_back().connect {
                 requests::fail(request.ticket, &format!("no account link: {}", record::CONNECT_REFUSED));
                 continue;
             }

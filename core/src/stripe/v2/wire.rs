@@ -77,15 +77,15 @@ impl V2Client {
         &self.inner
     }
 
-    /// `POST {path}` with `body` as JSON. `idempotency_key`: required for every write the
-    /// extension may repeat (v2 retries are keyed as v1's, with other semantics: see
-    /// `policy::classify_v2`); `None` only for what is never retried as the same request.
     /// `POST {path}` with `body` and no idempotency key: for the key's permission check
     /// (`permissions.rs`), whose probes touch no object and are never retried as such.
     pub async fn post_probe(&self, path: &str, body: &Value) -> Result<Response, StripeError> {
         self.post(path, body, None).await
     }
 
+    /// `POST {path}` with `body` as JSON. `idempotency_key`: required for every write the
+    /// extension may repeat (v2 retries are keyed as v1's, with other semantics: see
+    /// `policy::classify_v2`); `None` only for what is never retried as the same request.
     pub(super) async fn post(
         &self,
         path: &str,
