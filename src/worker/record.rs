@@ -190,8 +190,8 @@ fn record_one(call: &Call, outcome: &Outcome, elapsed: Duration) {
             jobs::finish_email_update(job_id, email, json!({"stripe_id": customer, "email": email}));
         }
         Outcome::NothingToCleanUp => {
-            let because = "profile not found; no customer from earlier attempts";
-            jobs::finish(job_id, Transition::skip(because), json!({"reason": because}));
+            let because = format!("profile not found; no {} from earlier attempts", object_noun(call, ""));
+            jobs::finish(job_id, Transition::skip(&because), json!({"reason": because}));
         }
         Outcome::Undecided(reason) => {
             let what = call.describe();

@@ -58,12 +58,19 @@ impl Worker {
             RequestKind::AccountLink => {
                 // An application waits for it: ahead of the queue's requests, as a signup's.
                 let client = self.key.admitted(true).expect("requests are refused without a client");
-                let v2 = in_transaction("reading the table's Stripe objects", || jobs::uses_accounts_v2(request.table));
+                // Which API makes the link: a model that cannot be read is not guessed.
+                let v2 = match in_transaction("reading the table's Stripe objects", || {
+                    jobs::uses_accounts_v2(request.table)
+                }) {
+                    Ok(v2) => v2,
+                    Err(message) => return requests::fail(request.ticket, &format!("no account link: {message}")),
+                };
                 let (refresh, back) = (&request.refresh_url, &request.return_url);
                 let link = async {
-                    match v2 {
-                        Ok(true) => client.v2().create_account_link(object, refresh, back).await.map(|link| link.url),
-                        _ => client.create_account_link(object, refresh, back).await,
+                    if v2 {
+                        client.v2().create_account_link(object, refresh, back).await.map(|link| link.url)
+                    } else {
+                        client.create_account_link(object, refresh, back).await
                     }
                 };
                 match self.runtime.block_on(link) {
